@@ -1,0 +1,1 @@
+//! raftline's benchmarks: the fsync disk profiler and the cluster load benchmark.
