@@ -1,1 +1,3 @@
 //! raftline's benchmarks: the fsync disk profiler and the cluster load benchmark.
+
+pub mod fsync;

@@ -1,0 +1,394 @@
+//! Disk profiling for a Raft log: how fast small appends become durable, and how far batching can go.
+//!
+//! The two measurements here are the stable API other benchmarks call to print the disk's own
+//! limits beside their figures: [`measure_fdatasync`] and [`measure_sequential_bandwidth`].
+
+mod aligned_buf;
+mod error;
+mod latency;
+mod pwrite_path;
+mod scratch;
+mod uring_path;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+pub use aligned_buf::SECTOR_BYTES;
+pub use error::BenchError;
+pub use latency::LatencySummary;
+pub use scratch::{available_bytes, check_dir, FREE_SPACE_RESERVE_BYTES};
+
+use aligned_buf::AlignedBuf;
+use latency::LatencyRecorder;
+use scratch::ScratchFile;
+use uring_path::UringPath;
+
+/// Largest single write a probe may issue (64 MiB): bounds every buffer a measurement allocates.
+pub const WRITE_BYTES_MAX: usize = 64 << 20;
+/// Most writes a bandwidth probe keeps in flight.
+pub const QUEUE_DEPTH_MAX: usize = 32;
+
+/// How the measured writes reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoPath {
+    /// pwrite through the page cache, then fdatasync (etcd's WAL, fio `--ioengine=sync`).
+    Buffered,
+    /// O_DIRECT pwrite from a sector-aligned buffer, then fdatasync (used where io_uring is refused).
+    DirectPwrite,
+    /// O_DIRECT write then fdatasync through io_uring: raftline's own log path.
+    DirectUring,
+}
+
+impl IoPath {
+    /// True for the paths that open the file with O_DIRECT.
+    pub fn is_direct(self) -> bool {
+        !matches!(self, IoPath::Buffered)
+    }
+
+    /// A short name for tables and `--io-path`.
+    pub fn name(self) -> &'static str {
+        match self {
+            IoPath::Buffered => "buffered",
+            IoPath::DirectPwrite => "direct-pwrite",
+            IoPath::DirectUring => "direct-uring",
+        }
+    }
+}
+
+/// What the scratch file holds before the timed writes start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileLayout {
+    /// A new file fallocate'd to `file_bytes_max` (unwritten extents, as fio and a fresh segment):
+    /// on ext4 each fdatasync also commits the journal for the extent conversion.
+    Fallocated,
+    /// A file whose blocks were written and synced beforehand (a zero-filled or recycled segment):
+    /// each fdatasync only needs the device flush.
+    Prewritten,
+}
+
+/// One fdatasync measurement: sequential writes of `write_bytes`, each followed by fdatasync.
+#[derive(Clone, Debug)]
+pub struct FsyncProbe {
+    /// Bytes per write (a multiple of `SECTOR_BYTES` on the O_DIRECT paths).
+    pub write_bytes: usize,
+    /// The step stops after this long...
+    pub duration: Duration,
+    /// ...or when the next write would pass this file size, whichever comes first.
+    pub file_bytes_max: u64,
+    /// How the writes reach the disk.
+    pub path: IoPath,
+    /// What the file holds before the timed writes.
+    pub layout: FileLayout,
+}
+
+impl FsyncProbe {
+    /// A probe on a fresh fallocate'd file of at most 1 GiB.
+    pub fn new(write_bytes: usize, duration: Duration, path: IoPath) -> Self {
+        FsyncProbe {
+            write_bytes,
+            duration,
+            file_bytes_max: 1 << 30,
+            path,
+            layout: FileLayout::Fallocated,
+        }
+    }
+}
+
+/// The result of [`measure_fdatasync`].
+#[derive(Clone, Debug, Serialize)]
+pub struct FsyncMeasurement {
+    /// How the writes reached the disk.
+    pub path: IoPath,
+    /// What the file held before the timed writes.
+    pub layout: FileLayout,
+    /// Bytes per write.
+    pub write_bytes: usize,
+    /// Write + fdatasync pairs completed.
+    pub commits: u64,
+    /// Wall time of the timed loop, seconds.
+    pub elapsed_s: f64,
+    /// Latency of the fdatasync alone (what fio reports as `sync` latency).
+    pub fdatasync: LatencySummary,
+    /// Latency of write + fdatasync: what one unbatched log append costs.
+    pub commit: LatencySummary,
+    /// Commits (= fdatasyncs) per second.
+    pub commits_per_s: f64,
+    /// Durable bytes per second.
+    pub bytes_per_s: f64,
+}
+
+/// One sequential bandwidth measurement: O_DIRECT writes with several in flight, one fdatasync at the end.
+#[derive(Clone, Debug)]
+pub struct BandwidthProbe {
+    /// Bytes per write (a multiple of `SECTOR_BYTES`).
+    pub write_bytes: usize,
+    /// Writes kept in flight (io_uring); the pwrite fallbacks always run at depth 1.
+    pub queue_depth: usize,
+    /// Writing stops after this long...
+    pub duration: Duration,
+    /// ...or at this file size, whichever comes first.
+    pub file_bytes_max: u64,
+    /// How the writes reach the disk.
+    pub path: IoPath,
+}
+
+/// The result of [`measure_sequential_bandwidth`].
+#[derive(Clone, Debug, Serialize)]
+pub struct BandwidthMeasurement {
+    /// How the writes reached the disk.
+    pub path: IoPath,
+    /// Bytes per write.
+    pub write_bytes: usize,
+    /// Writes in flight.
+    pub queue_depth: usize,
+    /// Bytes written and made durable.
+    pub bytes_written: u64,
+    /// Wall time including the final fdatasync, seconds.
+    pub elapsed_s: f64,
+    /// The final fdatasync alone, microseconds.
+    pub end_fdatasync_us: f64,
+    /// Durable bytes per second.
+    pub bytes_per_s: f64,
+}
+
+/// A flag that makes every running measurement stop at its next operation (Ctrl-C handlers raise it).
+#[derive(Clone, Debug, Default)]
+pub struct StopSignal(Arc<AtomicBool>);
+
+impl StopSignal {
+    /// Asks running measurements to stop; they return `BenchError::Interrupted` after removing their files.
+    pub fn raise(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// True once `raise` was called.
+    pub fn is_raised(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Measures sequential writes each followed by fdatasync in a scratch file under `dir` (removed afterwards).
+pub fn measure_fdatasync(
+    dir: &Path,
+    probe: &FsyncProbe,
+    stop: &StopSignal,
+) -> Result<FsyncMeasurement, BenchError> {
+    measure_fdatasync_observed(dir, probe, stop, &mut |_| {})
+}
+
+/// Measures O_DIRECT sequential bandwidth, `queue_depth` writes in flight and one fdatasync at the end.
+pub fn measure_sequential_bandwidth(
+    dir: &Path,
+    probe: &BandwidthProbe,
+    stop: &StopSignal,
+) -> Result<BandwidthMeasurement, BenchError> {
+    measure_sequential_bandwidth_observed(dir, probe, stop, &mut |_| {})
+}
+
+/// Tells whether `dir` accepts O_DIRECT and io_uring by writing one sector; returns the fastest path that works
+/// at or below `wanted`, with the reason for every step down.
+pub fn resolve_io_path(
+    dir: &Path,
+    wanted: IoPath,
+) -> Result<(IoPath, Vec<BenchError>), BenchError> {
+    let mut refusals = Vec::new();
+    let mut path = wanted;
+    if path == IoPath::DirectUring {
+        match UringPath::new() {
+            Ok(_) => {}
+            Err(e @ BenchError::UringUnavailable { .. }) => {
+                refusals.push(e);
+                path = IoPath::DirectPwrite;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if path.is_direct() {
+        let probe_result = ScratchFile::create(dir, true).and_then(|file| {
+            let buf = AlignedBuf::patterned(SECTOR_BYTES, 1);
+            pwrite_path::write_full(&file, &buf, 0).map_err(|e| match e {
+                BenchError::Io { source, .. } if source.raw_os_error() == Some(libc::EINVAL) => {
+                    BenchError::DirectIoRefused {
+                        dir: dir.to_path_buf(),
+                        source,
+                    }
+                }
+                other => other,
+            })
+        });
+        match probe_result {
+            Ok(()) => {}
+            Err(e @ BenchError::DirectIoRefused { .. }) => {
+                refusals.push(e);
+                path = IoPath::Buffered;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((path, refusals))
+}
+
+/// [`measure_fdatasync`] calling `progress(elapsed)` after every commit.
+pub fn measure_fdatasync_observed(
+    dir: &Path,
+    probe: &FsyncProbe,
+    stop: &StopSignal,
+    progress: &mut dyn FnMut(Duration),
+) -> Result<FsyncMeasurement, BenchError> {
+    validate_write_bytes(probe.write_bytes, probe.path)?;
+    if probe.file_bytes_max < probe.write_bytes as u64 {
+        return Err(BenchError::InvalidProbe(format!(
+            "file size limit {} B is below one write of {} B",
+            probe.file_bytes_max, probe.write_bytes
+        )));
+    }
+    check_dir(dir, probe.file_bytes_max)?;
+    let file = ScratchFile::create(dir, probe.path.is_direct())?;
+    let buf = AlignedBuf::patterned(probe.write_bytes, probe.write_bytes as u64);
+    let mut uring = match probe.path {
+        IoPath::DirectUring => Some(UringPath::new()?),
+        IoPath::Buffered | IoPath::DirectPwrite => None,
+    };
+    prepare_layout(&file, probe, uring.as_mut())?;
+
+    let mut fdatasync = LatencyRecorder::new();
+    let mut commit = LatencyRecorder::new();
+    let write_bytes = probe.write_bytes as u64;
+    let mut offset = 0u64;
+    let start = Instant::now();
+    loop {
+        if stop.is_raised() {
+            return Err(BenchError::Interrupted);
+        }
+        if start.elapsed() >= probe.duration || offset + write_bytes > probe.file_bytes_max {
+            break;
+        }
+        let (write_time, fdatasync_time) = match uring.as_mut() {
+            Some(ring) => ring.write_then_fdatasync(&file, &buf, offset)?,
+            None => pwrite_path::write_then_fdatasync(&file, &buf, offset)?,
+        };
+        fdatasync.record(fdatasync_time);
+        commit.record(write_time + fdatasync_time);
+        offset += write_bytes;
+        progress(start.elapsed());
+    }
+    let elapsed_s = start.elapsed().as_secs_f64();
+    let commits = offset / write_bytes;
+    Ok(FsyncMeasurement {
+        path: probe.path,
+        layout: probe.layout,
+        write_bytes: probe.write_bytes,
+        commits,
+        elapsed_s,
+        fdatasync: fdatasync.summary(),
+        commit: commit.summary(),
+        commits_per_s: commits as f64 / elapsed_s,
+        bytes_per_s: offset as f64 / elapsed_s,
+    })
+}
+
+/// [`measure_sequential_bandwidth`] calling `progress(elapsed)` as writes are submitted.
+pub fn measure_sequential_bandwidth_observed(
+    dir: &Path,
+    probe: &BandwidthProbe,
+    stop: &StopSignal,
+    progress: &mut dyn FnMut(Duration),
+) -> Result<BandwidthMeasurement, BenchError> {
+    validate_write_bytes(probe.write_bytes, probe.path)?;
+    if probe.queue_depth == 0 || probe.queue_depth > QUEUE_DEPTH_MAX {
+        return Err(BenchError::InvalidProbe(format!(
+            "queue depth {} is outside 1..={QUEUE_DEPTH_MAX}",
+            probe.queue_depth
+        )));
+    }
+    check_dir(dir, probe.file_bytes_max)?;
+    let file = ScratchFile::create(dir, probe.path.is_direct())?;
+    let write_bytes = probe.write_bytes as u64;
+    let start = Instant::now();
+    let mut more = |next_offset: u64| {
+        if stop.is_raised() {
+            return Err(BenchError::Interrupted);
+        }
+        let elapsed = start.elapsed();
+        progress(elapsed);
+        Ok(elapsed < probe.duration && next_offset + write_bytes <= probe.file_bytes_max)
+    };
+    let (queue_depth, bytes_written, end_fdatasync) = match probe.path {
+        IoPath::DirectUring => {
+            let mut ring = UringPath::new()?;
+            let bufs: Vec<AlignedBuf> = (0..probe.queue_depth)
+                .map(|i| AlignedBuf::patterned(probe.write_bytes, i as u64 + 7))
+                .collect();
+            let bytes_written = ring.stream_writes(&file, &bufs, &mut more)?;
+            let t = Instant::now();
+            ring.fdatasync(&file)?;
+            (probe.queue_depth, bytes_written, t.elapsed())
+        }
+        IoPath::Buffered | IoPath::DirectPwrite => {
+            let buf = AlignedBuf::patterned(probe.write_bytes, 7);
+            let mut offset = 0u64;
+            while more(offset)? {
+                pwrite_path::write_full(&file, &buf, offset)?;
+                offset += write_bytes;
+            }
+            let t = Instant::now();
+            file.file()
+                .sync_data()
+                .map_err(|e| file.io_error("fdatasync", e))?;
+            (1, offset, t.elapsed())
+        }
+    };
+    let elapsed_s = start.elapsed().as_secs_f64();
+    Ok(BandwidthMeasurement {
+        path: probe.path,
+        write_bytes: probe.write_bytes,
+        queue_depth,
+        bytes_written,
+        elapsed_s,
+        end_fdatasync_us: end_fdatasync.as_secs_f64() * 1e6,
+        bytes_per_s: bytes_written as f64 / elapsed_s,
+    })
+}
+
+fn validate_write_bytes(write_bytes: usize, path: IoPath) -> Result<(), BenchError> {
+    if write_bytes == 0 || write_bytes > WRITE_BYTES_MAX || write_bytes % SECTOR_BYTES != 0 {
+        return Err(BenchError::InvalidProbe(format!(
+            "write size {write_bytes} B must be a multiple of {SECTOR_BYTES} B between {SECTOR_BYTES} B and {WRITE_BYTES_MAX} B ({} path)",
+            path.name()
+        )));
+    }
+    Ok(())
+}
+
+/// Puts the scratch file in the state `probe.layout` asks for, outside the timed loop.
+fn prepare_layout(
+    file: &ScratchFile,
+    probe: &FsyncProbe,
+    uring: Option<&mut UringPath>,
+) -> Result<(), BenchError> {
+    file.fallocate(probe.file_bytes_max)?;
+    if probe.layout == FileLayout::Fallocated {
+        return Ok(());
+    }
+    const FILL_BYTES: usize = 1 << 20;
+    let fill = AlignedBuf::patterned(FILL_BYTES, 3);
+    let mut offset = 0u64;
+    // Whole MiBs only: the timed loop stays below `file_bytes_max`, a partial MiB at the end stays unwritten.
+    while offset + FILL_BYTES as u64 <= probe.file_bytes_max {
+        pwrite_path::write_full(file, &fill, offset)?;
+        offset += FILL_BYTES as u64;
+    }
+    match uring {
+        Some(ring) => ring.fdatasync(file),
+        None => file
+            .file()
+            .sync_data()
+            .map_err(|e| file.io_error("fdatasync", e)),
+    }
+}
