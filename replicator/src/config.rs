@@ -1,0 +1,132 @@
+//! Static parameters of one node. Every time is in ticks; every queue has a limit here.
+
+use crate::message::NodeId;
+
+/// Deliberate protocol bugs the simulator must be able to find. Only tests set anything but
+/// `None`; production pays one comparison where each is checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mutation {
+    /// The correct protocol.
+    #[default]
+    None,
+    /// (a) Commit an entry of an earlier term by counting its replicas (breaks Raft §5.4.2).
+    CommitPreviousTerm,
+    /// (b) Grant votes without the log up-to-date check.
+    SkipUpToDateCheck,
+    /// (c) Send a vote grant before the vote is durable.
+    VoteBeforePersist,
+    /// (d) Let a follower acknowledge entries before they are durable.
+    AckBeforeDurable,
+}
+
+/// Configuration of one Raft node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Config {
+    /// This node.
+    pub id: NodeId,
+    /// All voting members, including `id`.
+    pub voters: Vec<NodeId>,
+    /// Lower bound (inclusive) of the randomized election timeout.
+    pub election_ticks_min: u32,
+    /// Upper bound (exclusive) of the randomized election timeout.
+    pub election_ticks_max: u32,
+    /// Leader heartbeat interval.
+    pub heartbeat_ticks: u32,
+    /// Run a pre-vote round before bumping the term (thesis §9.6).
+    pub pre_vote: bool,
+    /// Leader steps down without contact from a majority within `election_ticks_min`; followers
+    /// that heard from a leader that recently ignore vote requests.
+    pub check_quorum: bool,
+    /// Append messages in flight per follower.
+    pub inflight_msgs_max: usize,
+    /// Entry bytes in flight per follower.
+    pub inflight_bytes_max: u64,
+    /// Entry bytes per AppendEntries (a message carries at least one entry).
+    pub msg_bytes_max: u64,
+    /// Largest payload a proposal may carry.
+    pub entry_bytes_max: u64,
+    /// Entries the leader holds beyond its commit index before refusing proposals.
+    pub uncommitted_entries_max: u64,
+    /// Messages waiting for local durability before they may be sent; the oldest is dropped
+    /// beyond this (a lost message is within Raft's fault model).
+    pub gated_msgs_max: usize,
+    /// Test-only fault injection; see [`Mutation`].
+    pub mutation: Mutation,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The node must be one of the voters, ids non-zero and distinct.
+    #[error("voters {voters:?} must be distinct, non-zero and include node {id}")]
+    Voters { id: NodeId, voters: Vec<NodeId> },
+    /// Timeouts out of order.
+    #[error("need 0 < heartbeat_ticks ({heartbeat}) < election_ticks_min ({min}) < election_ticks_max ({max})")]
+    Timeouts { heartbeat: u32, min: u32, max: u32 },
+    /// A limit of zero would stall replication.
+    #[error("limit {0} must be positive")]
+    ZeroLimit(&'static str),
+}
+
+impl Config {
+    /// Defaults sized for a 3–7 node cluster ticking every few milliseconds.
+    pub fn new(id: NodeId, voters: Vec<NodeId>) -> Self {
+        Config {
+            id,
+            voters,
+            election_ticks_min: 10,
+            election_ticks_max: 20,
+            heartbeat_ticks: 2,
+            pre_vote: true,
+            check_quorum: true,
+            inflight_msgs_max: 64,
+            inflight_bytes_max: 8 << 20,
+            msg_bytes_max: 1 << 20,
+            entry_bytes_max: 1 << 20,
+            uncommitted_entries_max: 4096,
+            gated_msgs_max: 4096,
+            mutation: Mutation::None,
+        }
+    }
+
+    /// Checks the configuration; the core refuses to start with an invalid one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut sorted = self.voters.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != self.voters.len() || sorted.contains(&0) || !sorted.contains(&self.id) {
+            return Err(ConfigError::Voters {
+                id: self.id,
+                voters: self.voters.clone(),
+            });
+        }
+        if !(0 < self.heartbeat_ticks
+            && self.heartbeat_ticks < self.election_ticks_min
+            && self.election_ticks_min < self.election_ticks_max)
+        {
+            return Err(ConfigError::Timeouts {
+                heartbeat: self.heartbeat_ticks,
+                min: self.election_ticks_min,
+                max: self.election_ticks_max,
+            });
+        }
+        for (name, value) in [
+            ("inflight_msgs_max", self.inflight_msgs_max as u64),
+            ("inflight_bytes_max", self.inflight_bytes_max),
+            ("msg_bytes_max", self.msg_bytes_max),
+            ("entry_bytes_max", self.entry_bytes_max),
+            ("uncommitted_entries_max", self.uncommitted_entries_max),
+            ("gated_msgs_max", self.gated_msgs_max as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::ZeroLimit(name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Votes needed to win an election or commit an entry.
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+}

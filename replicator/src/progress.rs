@@ -1,0 +1,171 @@
+//! The leader's view of one follower: how far it matches, what to send next, and how much is in
+//! flight. Replication policy as plain data (etcd's `Progress` and `Inflights`).
+
+use std::collections::VecDeque;
+
+use crate::message::Index;
+
+/// How the leader currently sends to a follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProgressState {
+    /// Match unknown: one AppendEntries at a time until one succeeds.
+    Probe,
+    /// Match known: stream optimistically within the in-flight window.
+    Replicate,
+}
+
+/// A bounded window of AppendEntries in flight, by message count and entry bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Inflights {
+    /// `(last index carried, entry bytes)` of each message in flight, oldest first.
+    msgs: VecDeque<(Index, u64)>,
+    bytes: u64,
+    msgs_max: usize,
+    bytes_max: u64,
+}
+
+impl Inflights {
+    /// An empty window with the given limits.
+    pub fn new(msgs_max: usize, bytes_max: u64) -> Self {
+        Inflights {
+            msgs: VecDeque::new(),
+            bytes: 0,
+            msgs_max,
+            bytes_max,
+        }
+    }
+
+    /// True when no further message may be sent.
+    pub fn is_full(&self) -> bool {
+        self.msgs.len() >= self.msgs_max || self.bytes >= self.bytes_max
+    }
+
+    /// Records a message carrying entries up to `last_index`.
+    pub fn add(&mut self, last_index: Index, bytes: u64) {
+        assert!(!self.is_full(), "sending into a full in-flight window");
+        debug_assert!(self.msgs.back().is_none_or(|&(last, _)| last < last_index));
+        self.msgs.push_back((last_index, bytes));
+        self.bytes += bytes;
+    }
+
+    /// Frees every message whose entries are all acknowledged by `index`.
+    pub fn free_to(&mut self, index: Index) {
+        while let Some(&(last, bytes)) = self.msgs.front() {
+            if last > index {
+                break;
+            }
+            self.msgs.pop_front();
+            self.bytes -= bytes;
+        }
+    }
+
+    /// Frees the oldest message (a heartbeat response proves the follower is alive but an
+    /// acknowledgement was probably lost).
+    pub fn free_first(&mut self) {
+        if let Some((_, bytes)) = self.msgs.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
+    /// Forgets everything in flight.
+    pub fn clear(&mut self) {
+        self.msgs.clear();
+        self.bytes = 0;
+    }
+
+    /// Messages in flight.
+    pub fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
+    /// True when nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+}
+
+/// Replication state of one follower, kept by the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Progress {
+    /// Highest index known to be durable and matching on the follower.
+    pub match_index: Index,
+    /// Next index to send.
+    pub next_index: Index,
+    /// Probe or replicate.
+    pub state: ProgressState,
+    /// In probe state: a probe is outstanding, wait for its answer or a heartbeat response.
+    pub probe_sent: bool,
+    /// Heard from since the last check-quorum round.
+    pub recent_active: bool,
+    /// Messages in flight in replicate state.
+    pub inflights: Inflights,
+}
+
+impl Progress {
+    /// A follower of a new leader whose log ends at `last_index`.
+    pub fn new(last_index: Index, inflight_msgs_max: usize, inflight_bytes_max: u64) -> Self {
+        Progress {
+            match_index: 0,
+            next_index: last_index + 1,
+            state: ProgressState::Probe,
+            probe_sent: false,
+            recent_active: false,
+            inflights: Inflights::new(inflight_msgs_max, inflight_bytes_max),
+        }
+    }
+
+    /// True when the leader must not send entries now.
+    pub fn is_paused(&self) -> bool {
+        match self.state {
+            ProgressState::Probe => self.probe_sent,
+            ProgressState::Replicate => self.inflights.is_full(),
+        }
+    }
+
+    /// Applies a success acknowledging `index`; true if the match advanced.
+    pub fn acknowledge(&mut self, index: Index) -> bool {
+        let advanced = index > self.match_index;
+        if advanced {
+            self.match_index = index;
+            self.probe_sent = false;
+        }
+        self.next_index = self.next_index.max(index + 1);
+        self.inflights.free_to(index);
+        advanced
+    }
+
+    /// Switches to streaming from the match.
+    pub fn become_replicate(&mut self) {
+        self.state = ProgressState::Replicate;
+        self.next_index = self.match_index + 1;
+        self.inflights.clear();
+    }
+
+    /// Switches to probing from `next_index` (at least match + 1).
+    pub fn become_probe(&mut self, next_index: Index) {
+        self.state = ProgressState::Probe;
+        self.next_index = next_index.max(self.match_index + 1);
+        self.probe_sent = false;
+        self.inflights.clear();
+    }
+
+    /// Applies a rejection of a message sent with `rejected_prev`; false if it is stale.
+    pub fn reject(&mut self, rejected_prev: Index, hinted_next: Index) -> bool {
+        match self.state {
+            ProgressState::Replicate => {
+                if rejected_prev <= self.match_index {
+                    return false;
+                }
+                self.become_probe(self.match_index + 1);
+                true
+            }
+            ProgressState::Probe => {
+                if rejected_prev + 1 != self.next_index {
+                    return false;
+                }
+                self.become_probe(hinted_next.min(rejected_prev));
+                true
+            }
+        }
+    }
+}

@@ -1,0 +1,920 @@
+//! The Raft state machine: messages, ticks and durability acknowledgements in; a [`Ready`] of
+//! things to persist, send and apply out. No I/O, no clock, no randomness of its own.
+//!
+//! Read top to bottom: construction, the driver API (`tick`, `step`, `propose`, the durability
+//! acknowledgements, `ready`), the role transitions, then one step function per role.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use rand::RngCore;
+
+use crate::config::{Config, ConfigError, Mutation};
+use crate::message::{
+    AppendReject, Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Term,
+};
+use crate::progress::{Progress, ProgressState};
+use crate::raft_log::RaftLog;
+
+/// The role a node plays in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Follows the leader of its term, if it knows one.
+    Follower,
+    /// Asking whether it could win an election, without bumping its term.
+    PreCandidate,
+    /// Campaigning in its term, having voted for itself.
+    Candidate,
+    /// Leads its term.
+    Leader,
+}
+
+/// Why a proposal was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProposeError {
+    /// Only the leader accepts proposals; `leader` is its best guess of who is.
+    #[error("not the leader (leader hint: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// The payload exceeds `entry_bytes_max`.
+    #[error("entry of {bytes} bytes exceeds the limit of {limit}")]
+    TooLarge { bytes: u64, limit: u64 },
+    /// Too many entries await commit; retry once some commit.
+    #[error("{uncommitted} entries await commit (limit {limit})")]
+    Busy { uncommitted: u64, limit: u64 },
+}
+
+/// Everything the driver must do, handed out by [`Raft::ready`].
+///
+/// Persist `hard_state` and `entries` in order (entries replace any stored entries at or after
+/// `entries[0].index`), then report durability with [`Raft::hard_state_durable`] and
+/// [`Raft::log_durable`]. `messages` may be sent at once: the core holds back any message whose
+/// safety depends on state not yet durable. Apply `committed` in order.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// New hard state to persist atomically.
+    pub hard_state: Option<HardState>,
+    /// Entries to write, in index order.
+    pub entries: Vec<Entry>,
+    /// Messages safe to send now.
+    pub messages: Vec<Message>,
+    /// Newly committed entries, durable locally, to apply in order.
+    pub committed: Vec<Entry>,
+}
+
+impl Ready {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.hard_state.is_none()
+            && self.entries.is_empty()
+            && self.messages.is_empty()
+            && self.committed.is_empty()
+    }
+}
+
+/// A message waiting until the local state it reports is durable.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Gated {
+    msg: Message,
+    /// Must be the durable hard state before sending.
+    hard_state: Option<HardState>,
+    /// `(index, term)` that must be durable before sending.
+    log: Option<(Index, Term)>,
+}
+
+enum GateStatus {
+    Send,
+    Wait,
+    Drop,
+}
+
+/// Outcome of counting votes.
+enum Poll {
+    Won,
+    Lost,
+    Pending,
+}
+
+/// One Raft node's consensus state.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Raft {
+    cfg: Config,
+    term: Term,
+    vote: Option<NodeId>,
+    role: Role,
+    leader: Option<NodeId>,
+    log: RaftLog,
+    /// The local log matches the disk, durably, up to here.
+    durable_index: Index,
+    commit: Index,
+    applied: Index,
+    election_elapsed: u32,
+    /// Drawn from the driver's RNG at the next tick after each reset.
+    election_timeout: Option<u32>,
+    heartbeat_elapsed: u32,
+    votes: BTreeMap<NodeId, bool>,
+    progress: BTreeMap<NodeId, Progress>,
+    hard_state_durable: HardState,
+    hard_state_handed_out: HardState,
+    /// Entries from here on have not been handed out for persistence yet.
+    persist_from: Index,
+    outbox: Vec<Message>,
+    gated: VecDeque<Gated>,
+}
+
+impl Raft {
+    /// A node starting from its durable state: hard state and the entries on its disk (all of
+    /// them durable). A fresh node passes `HardState::default()` and no entries.
+    pub fn new(
+        cfg: Config,
+        hard_state: HardState,
+        entries: Vec<Entry>,
+    ) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let log = RaftLog::from_entries(entries);
+        // The entries' write may have become durable without the hard state's: nothing was sent
+        // in a term whose hard state was not durable, so adopting the log's term without a vote
+        // is safe.
+        let (term, vote) = if log.last_term() > hard_state.term {
+            (log.last_term(), None)
+        } else {
+            (hard_state.term, hard_state.vote)
+        };
+        let last = log.last_index();
+        Ok(Raft {
+            cfg,
+            term,
+            vote,
+            role: Role::Follower,
+            leader: None,
+            log,
+            durable_index: last,
+            commit: 0,
+            applied: 0,
+            election_elapsed: 0,
+            election_timeout: None,
+            heartbeat_elapsed: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            hard_state_durable: hard_state,
+            hard_state_handed_out: hard_state,
+            persist_from: last + 1,
+            outbox: Vec::new(),
+            gated: VecDeque::new(),
+        })
+    }
+
+    // ---- read access -------------------------------------------------------------------
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    /// Current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+    /// Current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    /// Leader of the current term, if known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    /// Current term and vote.
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+        }
+    }
+    /// Highest index known committed.
+    pub fn commit_index(&self) -> Index {
+        self.commit
+    }
+    /// Highest index handed out for applying.
+    pub fn applied_index(&self) -> Index {
+        self.applied
+    }
+    /// Highest index of the local log known durable.
+    pub fn durable_index(&self) -> Index {
+        self.durable_index
+    }
+    /// Last index of the local log (durable or not).
+    pub fn last_index(&self) -> Index {
+        self.log.last_index()
+    }
+    /// Term of the entry at `index`, if the log holds it (index 0 has term 0).
+    pub fn term_at(&self, index: Index) -> Option<Term> {
+        self.log.term(index)
+    }
+    /// The entry at `index`, if the log holds it.
+    pub fn entry(&self, index: Index) -> Option<&Entry> {
+        self.log.entry(index)
+    }
+    /// The leader's view of `peer`, when leading.
+    pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
+        self.progress.get(&peer)
+    }
+
+    // ---- driver API --------------------------------------------------------------------
+
+    /// Advances logical time by one tick. `rng` is the driver's seeded generator; it is used
+    /// only to draw the randomized election timeout.
+    pub fn tick(&mut self, rng: &mut dyn RngCore) {
+        if self.election_timeout.is_none() {
+            let span = self.cfg.election_ticks_max - self.cfg.election_ticks_min;
+            self.election_timeout = Some(self.cfg.election_ticks_min + rng.next_u32() % span);
+        }
+        self.election_elapsed += 1;
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else if self.election_elapsed >= self.election_timeout.expect("drawn above") {
+            self.campaign();
+        }
+    }
+
+    /// Starts an election now, as if the election timeout had fired.
+    pub fn campaign(&mut self) {
+        if self.role == Role::Leader {
+            return;
+        }
+        if self.cfg.pre_vote {
+            self.become_pre_candidate();
+        } else {
+            self.become_candidate();
+        }
+    }
+
+    /// Appends a client command; returns the `(term, index)` it will commit at, if it commits.
+    pub fn propose(&mut self, payload: Arc<[u8]>) -> Result<(Term, Index), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        let bytes = payload.len() as u64;
+        if bytes > self.cfg.entry_bytes_max {
+            return Err(ProposeError::TooLarge {
+                bytes,
+                limit: self.cfg.entry_bytes_max,
+            });
+        }
+        let uncommitted = self.log.last_index() - self.commit;
+        if uncommitted >= self.cfg.uncommitted_entries_max {
+            return Err(ProposeError::Busy {
+                uncommitted,
+                limit: self.cfg.uncommitted_entries_max,
+            });
+        }
+        let index = self.append_as_leader(EntryKind::Command, payload);
+        self.broadcast_append(false);
+        Ok((self.term, index))
+    }
+
+    /// Reports that `hard_state` (handed out earlier by `ready`) is durable.
+    pub fn hard_state_durable(&mut self, hard_state: HardState) {
+        assert!(
+            hard_state.term <= self.term,
+            "durable hard state from the future"
+        );
+        if hard_state.term > self.hard_state_durable.term
+            || (hard_state.term == self.hard_state_durable.term && hard_state.vote.is_some())
+        {
+            self.hard_state_durable = hard_state;
+        }
+        self.release_gated();
+    }
+
+    /// Reports that the log is durable through `index`, whose entry had `term` when written.
+    /// Acknowledgements of writes since overwritten are recognised by the term and ignored.
+    pub fn log_durable(&mut self, index: Index, term: Term) {
+        if index > self.durable_index
+            && index < self.persist_from
+            && self.log.term(index) == Some(term)
+        {
+            self.durable_index = index;
+            if self.role == Role::Leader {
+                self.maybe_commit();
+            }
+        }
+        self.release_gated();
+    }
+
+    /// Hands out everything to do since the last call.
+    pub fn ready(&mut self) -> Ready {
+        let mut rd = Ready::default();
+        let hs = self.hard_state();
+        if hs != self.hard_state_handed_out {
+            rd.hard_state = Some(hs);
+            self.hard_state_handed_out = hs;
+        }
+        let last = self.log.last_index();
+        if self.persist_from <= last {
+            rd.entries = self.log.range(self.persist_from, last).to_vec();
+            self.persist_from = last + 1;
+        }
+        rd.messages = std::mem::take(&mut self.outbox);
+        let applicable = self.commit.min(self.durable_index);
+        if applicable > self.applied {
+            rd.committed = self.log.range(self.applied + 1, applicable).to_vec();
+            self.applied = applicable;
+        }
+        self.check_invariants();
+        rd
+    }
+
+    /// Handles a message from a peer.
+    pub fn step(&mut self, msg: Message) {
+        assert_eq!(msg.to, self.cfg.id, "message delivered to the wrong node");
+        if !self.cfg.voters.contains(&msg.from) || msg.from == self.cfg.id {
+            return;
+        }
+        if msg.term > self.term {
+            match msg.body {
+                MessageBody::PreVote { .. } | MessageBody::RequestVote { .. }
+                    if self.in_lease() =>
+                {
+                    // A leader was heard from recently: a disruptive candidate is ignored.
+                    return;
+                }
+                // A pre-vote does not move our term; neither does a grant for our own pre-vote.
+                MessageBody::PreVote { .. } => {}
+                MessageBody::PreVoteResponse { granted: true } => {}
+                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+                    self.become_follower(msg.term, Some(msg.from));
+                }
+                _ => self.become_follower(msg.term, None),
+            }
+        } else if msg.term < self.term {
+            match msg.body {
+                // Tell a stale leader (or pre-candidate) about the newer term so it steps down.
+                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+                    self.send(msg.from, MessageBody::HeartbeatResponse);
+                }
+                MessageBody::PreVote { .. } => {
+                    self.send(msg.from, MessageBody::PreVoteResponse { granted: false });
+                }
+                _ => {}
+            }
+            return;
+        }
+        match msg.body {
+            MessageBody::PreVote {
+                last_index,
+                last_term,
+            } => self.handle_vote_request(msg.from, msg.term, true, last_index, last_term),
+            MessageBody::RequestVote {
+                last_index,
+                last_term,
+            } => self.handle_vote_request(msg.from, msg.term, false, last_index, last_term),
+            _ => match self.role {
+                Role::Leader => self.step_leader(msg),
+                Role::PreCandidate | Role::Candidate => self.step_candidate(msg),
+                Role::Follower => self.step_follower(msg),
+            },
+        }
+    }
+
+    // ---- role transitions --------------------------------------------------------------
+
+    fn reset(&mut self, term: Term) {
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+            // Messages of older terms still waiting for durability would only confuse peers.
+            self.gated.retain(|g| g.msg.term >= term);
+        }
+        self.leader = None;
+        self.election_elapsed = 0;
+        self.election_timeout = None;
+        self.heartbeat_elapsed = 0;
+        self.votes.clear();
+        self.progress.clear();
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        assert!(term >= self.term);
+        self.reset(term);
+        self.role = Role::Follower;
+        self.leader = leader;
+    }
+
+    fn become_pre_candidate(&mut self) {
+        assert_ne!(self.role, Role::Leader);
+        // Keep term and vote: a failed pre-vote must leave no trace.
+        let term = self.term;
+        self.reset(term);
+        self.role = Role::PreCandidate;
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        self.broadcast_vote_request(
+            term + 1,
+            MessageBody::PreVote {
+                last_index,
+                last_term,
+            },
+        );
+        self.votes.insert(self.cfg.id, true);
+        if let Poll::Won = self.poll() {
+            self.become_candidate();
+        }
+    }
+
+    fn become_candidate(&mut self) {
+        assert_ne!(self.role, Role::Leader);
+        let term = self.term + 1;
+        self.reset(term);
+        self.role = Role::Candidate;
+        self.vote = Some(self.cfg.id);
+        self.votes.insert(self.cfg.id, true);
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        // Sent only once the self-vote is durable (see `send`).
+        self.broadcast_vote_request(
+            term,
+            MessageBody::RequestVote {
+                last_index,
+                last_term,
+            },
+        );
+        if let Poll::Won = self.poll() {
+            self.become_leader();
+        }
+    }
+
+    fn become_leader(&mut self) {
+        assert_eq!(self.role, Role::Candidate);
+        assert_eq!(self.vote, Some(self.cfg.id));
+        let term = self.term;
+        self.reset(term);
+        self.role = Role::Leader;
+        self.leader = Some(self.cfg.id);
+        let last = self.log.last_index();
+        for &peer in self.cfg.voters.iter().filter(|&&p| p != self.cfg.id) {
+            let pr = Progress::new(
+                last,
+                self.cfg.inflight_msgs_max,
+                self.cfg.inflight_bytes_max,
+            );
+            self.progress.insert(peer, pr);
+        }
+        // Entries of earlier terms commit only together with one of ours (Raft §5.4.2).
+        self.append_as_leader(EntryKind::Noop, Arc::from(&[][..]));
+        self.broadcast_append(true);
+    }
+
+    // ---- shared handlers ---------------------------------------------------------------
+
+    fn in_lease(&self) -> bool {
+        self.cfg.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed < self.cfg.election_ticks_min
+    }
+
+    fn handle_vote_request(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        pre: bool,
+        last_index: Index,
+        last_term: Term,
+    ) {
+        let can_vote = if pre {
+            // A pre-vote is for a future term; `step` already ignored it if we are in a lease.
+            term > self.term
+        } else {
+            self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none())
+        };
+        let up_to_date = self.cfg.mutation == Mutation::SkipUpToDateCheck
+            || (last_term, last_index) >= (self.log.last_term(), self.log.last_index());
+        let granted = can_vote && up_to_date;
+        if pre {
+            let reply_term = if granted { term } else { self.term };
+            self.send_with_term(from, reply_term, MessageBody::PreVoteResponse { granted });
+            return;
+        }
+        if granted {
+            self.vote = Some(from);
+            self.election_elapsed = 0;
+        }
+        self.send(from, MessageBody::RequestVoteResponse { granted });
+    }
+
+    // ---- leader ------------------------------------------------------------------------
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        if self.election_elapsed >= self.cfg.election_ticks_min {
+            self.election_elapsed = 0;
+            if self.cfg.check_quorum {
+                let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+                if active < self.cfg.quorum() {
+                    let term = self.term;
+                    self.become_follower(term, None);
+                    return;
+                }
+                self.progress
+                    .values_mut()
+                    .for_each(|p| p.recent_active = false);
+            }
+        }
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+            for peer in peers {
+                let commit = self.commit.min(self.progress[&peer].match_index);
+                self.send(peer, MessageBody::Heartbeat { commit });
+            }
+        }
+    }
+
+    fn step_leader(&mut self, msg: Message) {
+        let from = msg.from;
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        match msg.body {
+            MessageBody::AppendEntriesResponse { result: Ok(index) } => {
+                assert!(
+                    index <= self.log.last_index(),
+                    "follower acknowledged entries the leader never had"
+                );
+                if pr.acknowledge(index) {
+                    if pr.state == ProgressState::Probe {
+                        pr.become_replicate();
+                    }
+                    self.maybe_commit();
+                }
+                self.send_append(from, false);
+            }
+            MessageBody::AppendEntriesResponse {
+                result: Err(reject),
+            } => {
+                let hinted_next = match reject
+                    .hint_term
+                    .and_then(|t| self.log.last_index_of_term(t))
+                {
+                    Some(last_of_term) => last_of_term + 1,
+                    None => reject.hint_index,
+                };
+                let pr = self.progress.get_mut(&from).expect("checked above");
+                if pr.reject(reject.rejected_prev_index, hinted_next.max(1)) {
+                    self.send_append(from, true);
+                }
+            }
+            MessageBody::HeartbeatResponse => {
+                pr.probe_sent = false;
+                if pr.state == ProgressState::Replicate && pr.inflights.is_full() {
+                    pr.inflights.free_first();
+                }
+                if pr.match_index < self.log.last_index() {
+                    self.send_append(from, true);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn append_as_leader(&mut self, kind: EntryKind, payload: Arc<[u8]>) -> Index {
+        assert_eq!(self.role, Role::Leader);
+        let index = self.log.last_index() + 1;
+        self.log.push(Entry {
+            term: self.term,
+            index,
+            kind,
+            payload,
+        });
+        index
+    }
+
+    fn broadcast_append(&mut self, allow_empty: bool) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            self.send_append(peer, allow_empty);
+        }
+    }
+
+    /// Sends entries to `to` while its window allows (one message when probing). With
+    /// `allow_empty`, sends an empty AppendEntries when there is nothing new, to carry the
+    /// commit index or probe the follower's log.
+    fn send_append(&mut self, to: NodeId, mut allow_empty: bool) {
+        loop {
+            let pr = &self.progress[&to];
+            if pr.is_paused() {
+                return;
+            }
+            let prev_index = pr.next_index - 1;
+            let prev_term = self
+                .log
+                .term(prev_index)
+                .expect("the leader holds every index it sends from");
+            let entries = if pr.next_index <= self.log.last_index() {
+                self.log.slice_from(pr.next_index, self.cfg.msg_bytes_max)
+            } else {
+                Vec::new()
+            };
+            if entries.is_empty() && !allow_empty {
+                return;
+            }
+            allow_empty = false;
+            let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+            let last = entries.last().map(|e| e.index);
+            let pr = self.progress.get_mut(&to).expect("peer exists");
+            match pr.state {
+                ProgressState::Probe => pr.probe_sent = true,
+                ProgressState::Replicate => {
+                    if let Some(last) = last {
+                        pr.next_index = last + 1;
+                        pr.inflights.add(last, bytes);
+                    }
+                }
+            }
+            let commit = self.commit;
+            self.send(
+                to,
+                MessageBody::AppendEntries {
+                    prev_index,
+                    prev_term,
+                    entries,
+                    commit,
+                },
+            );
+            if last.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Advances the commit index to the highest index durable on a quorum (the leader counting
+    /// its own durable index), provided that entry is of the current term.
+    fn maybe_commit(&mut self) {
+        let mut matches: Vec<Index> = self.progress.values().map(|p| p.match_index).collect();
+        matches.push(self.durable_index);
+        matches.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_index = matches[self.cfg.quorum() - 1];
+        if quorum_index <= self.commit {
+            return;
+        }
+        let current_term = self.log.term(quorum_index) == Some(self.term);
+        if current_term || self.cfg.mutation == Mutation::CommitPreviousTerm {
+            self.commit = quorum_index;
+            self.broadcast_append(true);
+        }
+    }
+
+    // ---- candidates --------------------------------------------------------------------
+
+    fn broadcast_vote_request(&mut self, term: Term, body: MessageBody) {
+        let peers: Vec<NodeId> = self
+            .cfg
+            .voters
+            .iter()
+            .copied()
+            .filter(|&p| p != self.cfg.id)
+            .collect();
+        for peer in peers {
+            self.send_with_term(peer, term, body.clone());
+        }
+    }
+
+    fn poll(&self) -> Poll {
+        let granted = self.votes.values().filter(|&&g| g).count();
+        let rejected = self.votes.len() - granted;
+        if granted >= self.cfg.quorum() {
+            Poll::Won
+        } else if rejected >= self.cfg.quorum() {
+            Poll::Lost
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn step_candidate(&mut self, msg: Message) {
+        match (self.role, &msg.body) {
+            (_, MessageBody::AppendEntries { .. }) | (_, MessageBody::Heartbeat { .. }) => {
+                // A leader exists in our term (or, for a pre-candidate, a later one).
+                self.become_follower(msg.term, Some(msg.from));
+                self.step_follower(msg);
+            }
+            (Role::PreCandidate, MessageBody::PreVoteResponse { granted })
+                if msg.term == self.term + 1 =>
+            {
+                self.votes.insert(msg.from, *granted);
+                match self.poll() {
+                    Poll::Won => self.become_candidate(),
+                    Poll::Lost => self.become_follower(self.term, None),
+                    Poll::Pending => {}
+                }
+            }
+            (Role::Candidate, MessageBody::RequestVoteResponse { granted }) => {
+                self.votes.insert(msg.from, *granted);
+                match self.poll() {
+                    Poll::Won => self.become_leader(),
+                    Poll::Lost => self.become_follower(self.term, None),
+                    Poll::Pending => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ---- follower ----------------------------------------------------------------------
+
+    fn step_follower(&mut self, msg: Message) {
+        match msg.body {
+            MessageBody::AppendEntries {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => {
+                self.leader = Some(msg.from);
+                self.election_elapsed = 0;
+                self.handle_append(msg.from, prev_index, prev_term, entries, commit);
+            }
+            MessageBody::Heartbeat { commit } => {
+                self.leader = Some(msg.from);
+                self.election_elapsed = 0;
+                // The leader sends at most our acknowledged match, which we still hold.
+                debug_assert!(commit <= self.log.last_index());
+                self.commit = self.commit.max(commit.min(self.log.last_index()));
+                self.send(msg.from, MessageBody::HeartbeatResponse);
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+    ) {
+        if prev_index < self.commit {
+            // Everything up to our commit index already matches; tell the leader so.
+            let at = self.commit;
+            self.send_ack(from, at);
+            return;
+        }
+        if self.log.term(prev_index) != Some(prev_term) {
+            let probe = prev_index.min(self.log.last_index());
+            let (hint_term, hint_index) = if prev_index > self.log.last_index() {
+                (None, self.log.last_index() + 1)
+            } else {
+                (self.log.term(probe), self.log.first_index_of_term_at(probe))
+            };
+            let reject = AppendReject {
+                rejected_prev_index: prev_index,
+                hint_term,
+                hint_index,
+            };
+            self.send(
+                from,
+                MessageBody::AppendEntriesResponse {
+                    result: Err(reject),
+                },
+            );
+            return;
+        }
+        let last_new = prev_index + entries.len() as Index;
+        if let Some(conflict) = self.log.find_conflict(&entries) {
+            assert!(
+                conflict > self.commit,
+                "a leader tried to overwrite committed entry {conflict}"
+            );
+            let first = entries[0].index;
+            self.log
+                .truncate_and_append(conflict, &entries[(conflict - first) as usize..]);
+            self.persist_from = self.persist_from.min(conflict);
+            self.durable_index = self.durable_index.min(conflict - 1);
+        }
+        self.commit = self.commit.max(commit.min(last_new));
+        self.send_ack(from, last_new);
+    }
+
+    /// Acknowledges a match through `index`: sent once that entry is durable.
+    fn send_ack(&mut self, to: NodeId, index: Index) {
+        let term = self
+            .log
+            .term(index)
+            .expect("acknowledging an index we hold");
+        let msg = self.message(
+            to,
+            self.term,
+            MessageBody::AppendEntriesResponse { result: Ok(index) },
+        );
+        let log = if self.cfg.mutation == Mutation::AckBeforeDurable {
+            None
+        } else {
+            Some((index, term))
+        };
+        self.enqueue(msg, log);
+    }
+
+    // ---- output ------------------------------------------------------------------------
+
+    fn message(&self, to: NodeId, term: Term, body: MessageBody) -> Message {
+        Message {
+            from: self.cfg.id,
+            to,
+            term,
+            body,
+        }
+    }
+
+    fn send(&mut self, to: NodeId, body: MessageBody) {
+        let msg = self.message(to, self.term, body);
+        self.enqueue(msg, None);
+    }
+
+    fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        let msg = self.message(to, term, body);
+        self.enqueue(msg, None);
+    }
+
+    /// Queues `msg`; it leaves only once the hard state as of now is durable and, if `log` is
+    /// given, that entry is durable too.
+    fn enqueue(&mut self, msg: Message, log: Option<(Index, Term)>) {
+        let hs = self.hard_state();
+        let vote_grant = matches!(msg.body, MessageBody::RequestVoteResponse { granted: true });
+        let skip_hs = vote_grant && self.cfg.mutation == Mutation::VoteBeforePersist;
+        let hard_state = (hs != self.hard_state_durable && !skip_hs).then_some(hs);
+        let gated = Gated {
+            msg,
+            hard_state,
+            log,
+        };
+        match self.gate_status(&gated) {
+            GateStatus::Send => self.outbox.push(gated.msg),
+            GateStatus::Wait => {
+                if self.gated.len() >= self.cfg.gated_msgs_max {
+                    self.gated.pop_front();
+                }
+                self.gated.push_back(gated);
+            }
+            GateStatus::Drop => {}
+        }
+    }
+
+    fn gate_status(&self, g: &Gated) -> GateStatus {
+        if g.msg.term < self.term && !matches!(g.msg.body, MessageBody::PreVoteResponse { .. }) {
+            return GateStatus::Drop;
+        }
+        if let Some((index, term)) = g.log {
+            if self.log.term(index) != Some(term) {
+                return GateStatus::Drop;
+            }
+            if index > self.durable_index {
+                return GateStatus::Wait;
+            }
+        }
+        match g.hard_state {
+            Some(hs) if hs != self.hard_state_durable => GateStatus::Wait,
+            _ => GateStatus::Send,
+        }
+    }
+
+    fn release_gated(&mut self) {
+        let mut waiting = VecDeque::with_capacity(self.gated.len());
+        while let Some(g) = self.gated.pop_front() {
+            match self.gate_status(&g) {
+                GateStatus::Send => self.outbox.push(g.msg),
+                GateStatus::Wait => waiting.push_back(g),
+                GateStatus::Drop => {}
+            }
+        }
+        self.gated = waiting;
+    }
+
+    fn check_invariants(&self) {
+        let last = self.log.last_index();
+        assert!(
+            self.applied <= self.commit && self.commit <= last,
+            "applied <= commit <= last"
+        );
+        assert!(self.durable_index <= last && self.persist_from <= last + 1);
+        assert!(self.hard_state_durable.term <= self.term);
+        assert!(self.gated.len() <= self.cfg.gated_msgs_max);
+        match self.role {
+            Role::Leader => {
+                assert_eq!(self.leader, Some(self.cfg.id));
+                assert_eq!(self.vote, Some(self.cfg.id));
+                assert!(
+                    self.log.last_term() == self.term,
+                    "a leader's log ends in its term (no-op)"
+                );
+                for pr in self.progress.values() {
+                    assert!(pr.match_index < pr.next_index && pr.next_index <= last + 1);
+                }
+            }
+            Role::Candidate => assert_eq!(self.vote, Some(self.cfg.id)),
+            Role::Follower | Role::PreCandidate => assert!(self.progress.is_empty()),
+        }
+    }
+}

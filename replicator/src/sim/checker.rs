@@ -1,0 +1,251 @@
+//! The safety properties the simulator checks after every step, from the Raft paper's Figure 3
+//! plus the durability promise: an acknowledged entry is never lost.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use crate::message::{Entry, EntryKind, Index, NodeId, Term};
+use crate::raft::{Raft, Role};
+use crate::sim::disk::SimDisk;
+
+/// Which property a run broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Property {
+    /// Two leaders in one term.
+    ElectionSafety,
+    /// Two logs hold an entry with the same index and term but differ before it or in it.
+    LogMatching,
+    /// A leader lacks an entry committed in an earlier term.
+    LeaderCompleteness,
+    /// Two nodes applied different entries at one index.
+    StateMachineSafety,
+    /// An entry was committed before a majority held it durably.
+    CommitDurability,
+    /// An entry acknowledged to a client is missing from a leader's log.
+    AckedEntryLost,
+    /// No leader committed within the bound after the faults stopped.
+    Liveness,
+}
+
+/// A broken property, with enough context to replay and read the trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The property.
+    pub property: Property,
+    /// What exactly was seen.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.property, self.detail)
+    }
+}
+
+/// Identity of an entry's content: its kind and, for commands, the client proposal id.
+pub type Digest = (EntryKind, u64);
+
+/// The content identity of `e`.
+pub fn digest(e: &Entry) -> Digest {
+    let mut id = [0u8; 8];
+    let n = e.payload.len().min(8);
+    id[..n].copy_from_slice(&e.payload[..n]);
+    (e.kind, u64::from_le_bytes(id))
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Committed {
+    term: Term,
+    digest: Digest,
+    /// Term of the node that first reported it committed.
+    commit_term: Term,
+}
+
+/// History of the whole run, against which every step is checked.
+#[derive(Debug, Default)]
+pub struct Checker {
+    leaders: BTreeMap<Term, NodeId>,
+    /// `(index, term)` → content and the term of the entry before it, for Log Matching.
+    entries: HashMap<(Index, Term), (Digest, Term)>,
+    committed: BTreeMap<Index, Committed>,
+    applied: BTreeMap<Index, (Term, Digest)>,
+    /// Commit index already checked, per node (reset when the node restarts).
+    seen_commit: HashMap<NodeId, Index>,
+    /// Entries acknowledged to clients.
+    acked: BTreeMap<Index, (Term, Digest)>,
+}
+
+fn violation(property: Property, detail: String) -> Result<(), Violation> {
+    Err(Violation { property, detail })
+}
+
+impl Checker {
+    /// Entries acknowledged to clients so far.
+    pub fn acked_count(&self) -> usize {
+        self.acked.len()
+    }
+
+    /// Highest index anyone has reported committed.
+    pub fn committed_max(&self) -> Index {
+        self.committed.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// A node restarted: its volatile commit index starts again from zero.
+    pub fn node_restarted(&mut self, node: NodeId) {
+        self.seen_commit.remove(&node);
+    }
+
+    /// Checks entries a node just handed out for writing (Log Matching, by induction: an
+    /// `(index, term)` always has the same content and the same predecessor term).
+    pub fn entries_written(&mut self, raft: &Raft, entries: &[Entry]) -> Result<(), Violation> {
+        for e in entries {
+            let prev_term = raft
+                .term_at(e.index - 1)
+                .expect("the log holds the predecessor");
+            let seen = *self
+                .entries
+                .entry((e.index, e.term))
+                .or_insert((digest(e), prev_term));
+            if seen != (digest(e), prev_term) {
+                return violation(
+                    Property::LogMatching,
+                    format!(
+                        "n{} holds ({},t{}) = {:?} after t{}, another log holds {:?} after t{}",
+                        raft.id(),
+                        e.index,
+                        e.term,
+                        digest(e),
+                        prev_term,
+                        seen.0,
+                        seen.1
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a node's role and commit index after it handled an event.
+    pub fn observe(
+        &mut self,
+        raft: &Raft,
+        disks: &[SimDisk],
+        quorum: usize,
+    ) -> Result<(), Violation> {
+        let id = raft.id();
+        if raft.role() == Role::Leader {
+            let term = raft.term();
+            match self.leaders.get(&term) {
+                Some(&other) if other != id => {
+                    return violation(
+                        Property::ElectionSafety,
+                        format!("n{other} and n{id} both lead term {term}"),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    self.leaders.insert(term, id);
+                    self.check_new_leader(raft)?;
+                }
+            }
+        }
+        let from = self.seen_commit.get(&id).copied().unwrap_or(0) + 1;
+        for index in from..=raft.commit_index() {
+            let e = raft.entry(index).expect("committed entries are in the log");
+            let now = Committed {
+                term: e.term,
+                digest: digest(e),
+                commit_term: raft.term(),
+            };
+            let first = !self.committed.contains_key(&index);
+            let known = *self.committed.entry(index).or_insert(now);
+            if (known.term, known.digest) != (now.term, now.digest) {
+                return violation(
+                    Property::StateMachineSafety,
+                    format!(
+                        "n{id} commits ({index},t{}) but ({index},t{}) was committed",
+                        e.term, known.term
+                    ),
+                );
+            }
+            if first && raft.role() == Role::Leader {
+                let holders = disks.iter().filter(|d| d.holds(index, e.term)).count();
+                if holders < quorum {
+                    return violation(
+                        Property::CommitDurability,
+                        format!("n{id} committed ({index},t{}) durable on {holders} disks, quorum {quorum}", e.term),
+                    );
+                }
+            }
+        }
+        self.seen_commit
+            .insert(id, raft.commit_index().max(from - 1));
+        Ok(())
+    }
+
+    fn check_new_leader(&self, raft: &Raft) -> Result<(), Violation> {
+        for (&index, c) in &self.committed {
+            if c.commit_term < raft.term() && raft.term_at(index) != Some(c.term) {
+                return violation(
+                    Property::LeaderCompleteness,
+                    format!(
+                        "n{} leads t{} without ({index},t{}) committed in t{}",
+                        raft.id(),
+                        raft.term(),
+                        c.term,
+                        c.commit_term
+                    ),
+                );
+            }
+        }
+        for (&index, &(term, _)) in &self.acked {
+            if raft.term_at(index) != Some(term) {
+                return violation(
+                    Property::AckedEntryLost,
+                    format!(
+                        "n{} leads t{} without acknowledged ({index},t{term})",
+                        raft.id(),
+                        raft.term()
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks entries a node applied (State Machine Safety).
+    pub fn applied(&mut self, node: NodeId, entries: &[Entry]) -> Result<(), Violation> {
+        for e in entries {
+            let now = (e.term, digest(e));
+            let known = *self.applied.entry(e.index).or_insert(now);
+            if known != now {
+                return violation(
+                    Property::StateMachineSafety,
+                    format!(
+                        "n{node} applied ({},t{}) where another applied ({},t{})",
+                        e.index, e.term, e.index, known.0
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that a client got an acknowledgement for `e`.
+    pub fn acknowledged(&mut self, e: &Entry) {
+        self.acked.insert(e.index, (e.term, digest(e)));
+    }
+
+    /// Checks that `raft`'s log holds every acknowledged entry.
+    pub fn holds_all_acked(&self, raft: &Raft) -> Result<(), Violation> {
+        for (&index, &(term, _)) in &self.acked {
+            if raft.term_at(index) != Some(term) {
+                return violation(
+                    Property::AckedEntryLost,
+                    format!("n{} lacks acknowledged ({index},t{term})", raft.id()),
+                );
+            }
+        }
+        Ok(())
+    }
+}

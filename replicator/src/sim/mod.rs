@@ -1,0 +1,708 @@
+//! The deterministic simulator: a whole cluster in one thread, driven by one seed.
+//!
+//! Time is simulated in units ([`TICK_UNITS`] per Raft tick). Every source of nondeterminism —
+//! message latency, loss, duplication, partitions, fsync latency, crashes, client proposals,
+//! election timeouts — is drawn from one ChaCha RNG seeded from [`SimConfig::seed`], so a seed
+//! replays a run bit for bit. After every event the [`checker::Checker`] verifies the safety
+//! properties; at the end the run heals all faults and checks that the cluster recovers, then
+//! kills the leader and measures how long the cluster takes to commit again.
+
+pub mod checker;
+pub mod disk;
+pub mod network;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{Config, Mutation};
+use crate::message::{Index, Message, Term};
+use crate::raft::{ProposeError, Raft, Role};
+use checker::{Checker, Property, Violation};
+use disk::SimDisk;
+use network::Links;
+
+/// Simulated time units per Raft tick.
+pub const TICK_UNITS: u64 = 100;
+
+/// Which faults a run injects, and how often. Rates are per mille; "per tick" rates are drawn
+/// once per tick for the whole cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultMix {
+    /// Messages lost.
+    pub drop_per_mille: u32,
+    /// Messages delivered twice.
+    pub duplicate_per_mille: u32,
+    /// Normal one-way latency is drawn from `1..=latency_units_max`.
+    pub latency_units_max: u64,
+    /// Messages delayed up to `slow_units_max` instead (reordering across elections and crashes).
+    pub slow_per_mille: u32,
+    /// Upper bound of a slow message's latency.
+    pub slow_units_max: u64,
+    /// An fsync takes `1..=fsync_units_max`.
+    pub fsync_units_max: u64,
+    /// Per tick, when healed: chance of a new partition (split, isolation or one-way cut).
+    pub partition_per_mille: u32,
+    /// Per tick, when partitioned: chance of healing.
+    pub heal_per_mille: u32,
+    /// Per tick: chance of crashing a random live node.
+    pub crash_per_mille: u32,
+    /// Per tick: chance of crashing the leader.
+    pub crash_leader_per_mille: u32,
+    /// Per fsync started: chance the node crashes before it completes, losing the writes.
+    pub crash_syncing_per_mille: u32,
+    /// A crashed node restarts after `1..=restart_units_max`.
+    pub restart_units_max: u64,
+}
+
+impl FaultMix {
+    /// A perfect network and disks that never crash (latency only).
+    pub fn none() -> Self {
+        FaultMix {
+            drop_per_mille: 0,
+            duplicate_per_mille: 0,
+            latency_units_max: 30,
+            slow_per_mille: 0,
+            slow_units_max: 30,
+            fsync_units_max: 40,
+            partition_per_mille: 0,
+            heal_per_mille: 0,
+            crash_per_mille: 0,
+            crash_leader_per_mille: 0,
+            crash_syncing_per_mille: 0,
+            restart_units_max: 1,
+        }
+    }
+
+    /// Every fault on at a moderate rate.
+    pub fn standard() -> Self {
+        FaultMix {
+            drop_per_mille: 50,
+            duplicate_per_mille: 20,
+            latency_units_max: 30,
+            slow_per_mille: 20,
+            slow_units_max: 600,
+            fsync_units_max: 60,
+            partition_per_mille: 10,
+            heal_per_mille: 30,
+            crash_per_mille: 10,
+            crash_leader_per_mille: 5,
+            crash_syncing_per_mille: 20,
+            restart_units_max: 800,
+        }
+    }
+
+    /// A random mix: each fault is off or on at a random intensity (swarm testing).
+    pub fn random(rng: &mut impl Rng) -> Self {
+        let mut pick = |max: u32| {
+            if rng.gen_bool(0.3) {
+                0
+            } else {
+                rng.gen_range(1..=max)
+            }
+        };
+        FaultMix {
+            drop_per_mille: pick(200),
+            duplicate_per_mille: pick(100),
+            latency_units_max: 30,
+            slow_per_mille: pick(100),
+            slow_units_max: 800,
+            fsync_units_max: 80,
+            partition_per_mille: pick(30),
+            heal_per_mille: 30,
+            crash_per_mille: pick(30),
+            crash_leader_per_mille: pick(30),
+            crash_syncing_per_mille: pick(200),
+            restart_units_max: 1000,
+        }
+    }
+}
+
+/// Everything that defines one simulated run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimConfig {
+    /// The seed; the same config replays the same run.
+    pub seed: u64,
+    /// Cluster size (3, 5 or 7).
+    pub nodes: usize,
+    /// Ticks with faults on before the recovery checks.
+    pub fault_ticks: u64,
+    /// The fault mix.
+    pub faults: FaultMix,
+    /// Protocol bug to inject (tests only).
+    pub mutation: Mutation,
+    /// Pre-vote on the nodes.
+    pub pre_vote: bool,
+    /// Check-quorum on the nodes.
+    pub check_quorum: bool,
+    /// Client proposals per tick are drawn from `0..=proposals_per_tick_max`.
+    pub proposals_per_tick_max: u32,
+    /// Proposal payload sizes are drawn from `8..=payload_bytes_max`.
+    pub payload_bytes_max: u64,
+    /// The nodes' AppendEntries byte limit (small values force multi-message catch-up).
+    pub msg_bytes_max: u64,
+    /// Liveness bound: after healing (and after killing the leader), a leader must commit
+    /// within this many ticks.
+    pub recovery_ticks_max: u64,
+}
+
+impl SimConfig {
+    /// Standard faults on a cluster of `nodes`.
+    pub fn standard(seed: u64, nodes: usize) -> Self {
+        SimConfig {
+            seed,
+            nodes,
+            fault_ticks: 1000,
+            faults: FaultMix::standard(),
+            mutation: Mutation::None,
+            pre_vote: true,
+            check_quorum: true,
+            proposals_per_tick_max: 2,
+            payload_bytes_max: 64,
+            msg_bytes_max: 256,
+            recovery_ticks_max: 500,
+        }
+    }
+
+    /// A configuration drawn from `seed` alone: cluster size, fault mix, pre-vote, check-quorum
+    /// and message sizes all vary (swarm testing: each run stresses a different corner).
+    pub fn swarm(seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5157_4152_4d00_0000);
+        let nodes = [3, 3, 5, 5, 7][rng.gen_range(0..5)];
+        SimConfig {
+            nodes,
+            faults: FaultMix::random(&mut rng),
+            pre_vote: rng.gen_bool(0.7),
+            check_quorum: rng.gen_bool(0.7),
+            proposals_per_tick_max: rng.gen_range(1..=4),
+            msg_bytes_max: [64, 256, 4096][rng.gen_range(0..3)],
+            ..SimConfig::standard(seed, nodes)
+        }
+    }
+
+    fn node_config(&self, index: usize) -> Config {
+        let voters = (1..=self.nodes as u64).collect();
+        let mut cfg = Config::new(index as u64 + 1, voters);
+        cfg.pre_vote = self.pre_vote;
+        cfg.check_quorum = self.check_quorum;
+        cfg.msg_bytes_max = self.msg_bytes_max;
+        cfg.inflight_msgs_max = 8;
+        cfg.inflight_bytes_max = 16 * self.msg_bytes_max;
+        cfg.uncommitted_entries_max = 256;
+        cfg.mutation = self.mutation;
+        cfg
+    }
+}
+
+/// What a run did, when it passed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimReport {
+    /// The seed.
+    pub seed: u64,
+    /// Events processed (each followed by the safety checks).
+    pub steps: u64,
+    /// Ticks simulated in total.
+    pub ticks: u64,
+    /// Proposals the leaders accepted.
+    pub proposals: u64,
+    /// Proposals acknowledged to the client (committed and applied by the node they went to).
+    pub acked: usize,
+    /// Highest committed index.
+    pub committed_max: Index,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Ticks from healing every fault to a leader committing in its term.
+    pub heal_recovery_ticks: u64,
+    /// Ticks from killing a stable leader to a new leader committing in its term.
+    pub leader_loss_recovery_ticks: u64,
+}
+
+/// A run that broke a property: replay it with the same config to see the trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimFailure {
+    /// The seed.
+    pub seed: u64,
+    /// Tick at which the violation was seen.
+    pub tick: u64,
+    /// Event count at which it was seen.
+    pub step: u64,
+    /// What broke.
+    pub violation: Violation,
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Tick,
+    Deliver(Message),
+    FsyncDone { node: usize, epoch: u64 },
+    Crash { node: usize, epoch: u64 },
+    Restart { node: usize },
+}
+
+#[derive(Debug)]
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+struct SimNode {
+    raft: Option<Raft>,
+    /// Bumped at every crash so events of an earlier life are ignored.
+    epoch: u64,
+    last_role: Option<(Role, Term)>,
+}
+
+/// A running simulation.
+pub struct Simulator<'t> {
+    cfg: SimConfig,
+    rng: ChaCha8Rng,
+    now: u64,
+    seq: u64,
+    steps: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    nodes: Vec<SimNode>,
+    disks: Vec<SimDisk>,
+    links: Links,
+    checker: Checker,
+    faults_on: bool,
+    /// `(node, index, term)` → proposal id, for proposals awaiting their acknowledgement.
+    proposals: HashMap<(usize, Index, Term), u64>,
+    proposals_accepted: u64,
+    crashes: u64,
+    client_target: usize,
+    trace: Option<&'t mut dyn FnMut(&str)>,
+}
+
+/// Runs one simulation without a trace.
+pub fn run(cfg: &SimConfig) -> Result<SimReport, SimFailure> {
+    Simulator::new(cfg.clone(), None).run()
+}
+
+/// Runs one simulation, passing each line of a readable trace to `trace`.
+pub fn run_traced(cfg: &SimConfig, trace: &mut dyn FnMut(&str)) -> Result<SimReport, SimFailure> {
+    Simulator::new(cfg.clone(), Some(trace)).run()
+}
+
+impl<'t> Simulator<'t> {
+    fn new(cfg: SimConfig, trace: Option<&'t mut dyn FnMut(&str)>) -> Self {
+        assert!(
+            cfg.nodes >= 1 && cfg.nodes <= 9,
+            "cluster size {} out of range",
+            cfg.nodes
+        );
+        let nodes = (0..cfg.nodes)
+            .map(|i| SimNode {
+                raft: Some(
+                    Raft::new(cfg.node_config(i), Default::default(), Vec::new())
+                        .expect("valid config"),
+                ),
+                epoch: 0,
+                last_role: None,
+            })
+            .collect();
+        Simulator {
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+            now: 0,
+            seq: 0,
+            steps: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            disks: vec![SimDisk::default(); cfg.nodes],
+            links: Links::new(cfg.nodes),
+            checker: Checker::default(),
+            faults_on: true,
+            proposals: HashMap::new(),
+            proposals_accepted: 0,
+            crashes: 0,
+            client_target: 0,
+            trace,
+            cfg,
+        }
+    }
+
+    fn run(mut self) -> Result<SimReport, SimFailure> {
+        self.run_checked().map_err(|violation| SimFailure {
+            seed: self.cfg.seed,
+            tick: self.now / TICK_UNITS,
+            step: self.steps,
+            violation,
+        })
+    }
+
+    fn run_checked(&mut self) -> Result<SimReport, Violation> {
+        self.schedule(0, Event::Tick);
+        let fault_end = self.cfg.fault_ticks * TICK_UNITS;
+        while self.queue.peek().is_some_and(|Reverse(s)| s.at < fault_end) {
+            self.step()?;
+        }
+        // Faults stop: heal the network, restart every crashed node.
+        self.faults_on = false;
+        self.links.heal();
+        self.log(|| "faults stop: network healed, crashed nodes restart".into());
+        for node in 0..self.nodes.len() {
+            if self.nodes[node].raft.is_none() {
+                self.restart(node)?;
+            }
+        }
+        let heal_recovery_ticks = self.await_leader_commit(0)?;
+        // Leader loss: kill the stable leader, measure the time to a new one committing.
+        let (old, old_term) = self.stable_leader().expect("awaited above");
+        self.crash(old);
+        let leader_loss_recovery_ticks = self.await_leader_commit(old_term + 1)?;
+        self.restart(old)?;
+        let (leader, _) = self.stable_leader().expect("awaited above");
+        self.checker
+            .holds_all_acked(self.nodes[leader].raft.as_ref().expect("leader is up"))?;
+        Ok(SimReport {
+            seed: self.cfg.seed,
+            steps: self.steps,
+            ticks: self.now / TICK_UNITS,
+            proposals: self.proposals_accepted,
+            acked: self.checker.acked_count(),
+            committed_max: self.checker.committed_max(),
+            crashes: self.crashes,
+            heal_recovery_ticks,
+            leader_loss_recovery_ticks,
+        })
+    }
+
+    /// Steps until some leader of a term >= `term_min` has committed an entry of its own term;
+    /// returns the ticks it took, or a liveness violation past the bound.
+    fn await_leader_commit(&mut self, term_min: Term) -> Result<u64, Violation> {
+        let start = self.now;
+        let deadline = start + self.cfg.recovery_ticks_max * TICK_UNITS;
+        loop {
+            if let Some((_, term)) = self.stable_leader() {
+                if term >= term_min {
+                    return Ok((self.now - start).div_ceil(TICK_UNITS));
+                }
+            }
+            if self.now > deadline {
+                return Err(Violation {
+                    property: Property::Liveness,
+                    detail: format!(
+                        "no leader of term >= {term_min} committed within {} ticks of the faults stopping",
+                        self.cfg.recovery_ticks_max
+                    ),
+                });
+            }
+            self.step()?;
+        }
+    }
+
+    /// The highest-term leader that has committed an entry of its own term.
+    fn stable_leader(&self) -> Option<(usize, Term)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.raft.as_ref().map(|r| (i, r)))
+            .filter(|(_, r)| {
+                r.role() == Role::Leader && r.term_at(r.commit_index()) == Some(r.term())
+            })
+            .map(|(i, r)| (i, r.term()))
+            .max_by_key(|&(_, t)| t)
+    }
+
+    fn step(&mut self) -> Result<(), Violation> {
+        let Reverse(next) = self
+            .queue
+            .pop()
+            .expect("the tick event is always scheduled");
+        assert!(next.at >= self.now, "time went back");
+        self.now = next.at;
+        self.steps += 1;
+        match next.event {
+            Event::Tick => self.tick()?,
+            Event::Deliver(msg) => {
+                let (from, to) = (msg.from as usize - 1, msg.to as usize - 1);
+                if !self.links.connected(from, to) {
+                    self.log(|| format!("cut  {msg}"));
+                } else if self.nodes[to].raft.is_some() {
+                    self.log(|| format!("recv {msg}"));
+                    self.nodes[to]
+                        .raft
+                        .as_mut()
+                        .expect("checked above")
+                        .step(msg);
+                    self.drain(to)?;
+                }
+            }
+            Event::FsyncDone { node, epoch } => {
+                if self.nodes[node].epoch == epoch {
+                    let synced = self.disks[node].complete_fsync();
+                    self.log(|| format!("n{} fsync done {:?}", node + 1, synced));
+                    let raft = self.nodes[node].raft.as_mut().expect("same epoch means up");
+                    if let Some(hs) = synced.hard_state {
+                        raft.hard_state_durable(hs);
+                    }
+                    if let Some((index, term)) = synced.log {
+                        raft.log_durable(index, term);
+                    }
+                    self.drain(node)?;
+                }
+            }
+            Event::Crash { node, epoch } => {
+                if self.nodes[node].epoch == epoch && self.faults_on {
+                    self.crash(node);
+                }
+            }
+            Event::Restart { node } => {
+                if self.nodes[node].raft.is_none() {
+                    self.restart(node)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<(), Violation> {
+        self.schedule(TICK_UNITS, Event::Tick);
+        if self.faults_on {
+            self.inject_faults();
+        }
+        for _ in 0..self.rng.gen_range(0..=self.cfg.proposals_per_tick_max) {
+            self.propose()?;
+        }
+        for node in 0..self.nodes.len() {
+            if let Some(raft) = self.nodes[node].raft.as_mut() {
+                raft.tick(&mut self.rng);
+                self.drain(node)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn inject_faults(&mut self) {
+        let f = self.cfg.faults.clone();
+        let n = self.nodes.len();
+        if self.links.is_healed() {
+            if self.per_mille(f.partition_per_mille) {
+                match self.rng.gen_range(0..4) {
+                    0 => self.links.split(&mut self.rng),
+                    1 => {
+                        let node = self.rng.gen_range(0..n);
+                        self.links.isolate(node)
+                    }
+                    2 => {
+                        if let Some(leader) = self.leader() {
+                            self.links.isolate(leader)
+                        }
+                    }
+                    _ => self.links.cut_one_way(&mut self.rng),
+                }
+                let shape = self.links.describe();
+                self.log(|| format!("partition: {shape}"));
+            }
+        } else if self.per_mille(f.heal_per_mille) {
+            self.links.heal();
+            self.log(|| "partition healed".into());
+        }
+        if self.per_mille(f.crash_per_mille) {
+            let node = self.rng.gen_range(0..n);
+            if self.nodes[node].raft.is_some() {
+                self.crash(node);
+            }
+        }
+        if self.per_mille(f.crash_leader_per_mille) {
+            if let Some(leader) = self.leader() {
+                self.crash(leader);
+            }
+        }
+    }
+
+    fn leader(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.raft.as_ref().is_some_and(|r| r.role() == Role::Leader))
+            .max_by_key(|(_, n)| n.raft.as_ref().map(Raft::term))
+            .map(|(i, _)| i)
+    }
+
+    fn propose(&mut self) -> Result<(), Violation> {
+        let target = self.client_target;
+        let Some(raft) = self.nodes[target].raft.as_mut() else {
+            self.client_target = self.rng.gen_range(0..self.nodes.len());
+            return Ok(());
+        };
+        let id = self.rng.gen::<u64>() | 1;
+        let len = self.rng.gen_range(8..=self.cfg.payload_bytes_max.max(8)) as usize;
+        let mut payload = vec![0u8; len];
+        payload[..8].copy_from_slice(&id.to_le_bytes());
+        match raft.propose(Arc::from(payload)) {
+            Ok((term, index)) => {
+                self.proposals_accepted += 1;
+                self.proposals.insert((target, index, term), id);
+                self.log(|| {
+                    format!(
+                        "n{} accepts proposal {id:#x} at ({index},t{term})",
+                        target + 1
+                    )
+                });
+                self.drain(target)?;
+            }
+            Err(ProposeError::NotLeader { leader: Some(l) }) => self.client_target = l as usize - 1,
+            Err(_) => self.client_target = self.rng.gen_range(0..self.nodes.len()),
+        }
+        Ok(())
+    }
+
+    /// Carries out everything the node's core asks for, then checks the properties.
+    fn drain(&mut self, node: usize) -> Result<(), Violation> {
+        loop {
+            let Some(raft) = self.nodes[node].raft.as_mut() else {
+                return Ok(());
+            };
+            let rd = raft.ready();
+            if rd.is_empty() {
+                break;
+            }
+            if let Some(hs) = rd.hard_state {
+                self.disks[node].write_hard_state(hs);
+            }
+            if !rd.entries.is_empty() {
+                let raft = self.nodes[node].raft.as_ref().expect("checked above");
+                self.checker.entries_written(raft, &rd.entries)?;
+                self.disks[node].write_entries(rd.entries);
+            }
+            for msg in rd.messages {
+                self.send(msg);
+            }
+            if !rd.committed.is_empty() {
+                self.checker.applied(node as u64 + 1, &rd.committed)?;
+                for e in &rd.committed {
+                    if let Some(id) = self.proposals.remove(&(node, e.index, e.term)) {
+                        assert_eq!(
+                            checker::digest(e).1,
+                            id,
+                            "the core applied a different entry"
+                        );
+                        self.checker.acknowledged(e);
+                        self.log(|| {
+                            format!(
+                                "n{} acks proposal {id:#x} at ({},t{})",
+                                node + 1,
+                                e.index,
+                                e.term
+                            )
+                        });
+                    }
+                }
+            }
+        }
+        if self.disks[node].start_fsync() {
+            let duration = self.rng.gen_range(1..=self.cfg.faults.fsync_units_max);
+            let epoch = self.nodes[node].epoch;
+            self.schedule(duration, Event::FsyncDone { node, epoch });
+            if self.faults_on && self.per_mille(self.cfg.faults.crash_syncing_per_mille) {
+                let at = self.rng.gen_range(0..duration);
+                self.schedule(at, Event::Crash { node, epoch });
+            }
+        }
+        let raft = self.nodes[node].raft.as_ref().expect("drained above");
+        let role = (raft.role(), raft.term());
+        if self.nodes[node].last_role != Some(role) {
+            self.nodes[node].last_role = Some(role);
+            self.log(|| format!("n{} is {:?} in t{}", node + 1, role.0, role.1));
+        }
+        let raft = self.nodes[node].raft.as_ref().expect("drained above");
+        let quorum = raft.config().quorum();
+        self.checker.observe(raft, &self.disks, quorum)
+    }
+
+    fn send(&mut self, msg: Message) {
+        let f = &self.cfg.faults;
+        let (drop, dup, slow) = (f.drop_per_mille, f.duplicate_per_mille, f.slow_per_mille);
+        if self.faults_on && self.per_mille(drop) {
+            self.log(|| format!("drop {msg}"));
+            return;
+        }
+        let copies = if self.faults_on && self.per_mille(dup) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let latency = if self.faults_on && self.per_mille(slow) {
+                self.rng.gen_range(1..=self.cfg.faults.slow_units_max)
+            } else {
+                self.rng.gen_range(1..=self.cfg.faults.latency_units_max)
+            };
+            self.schedule(latency, Event::Deliver(msg.clone()));
+        }
+    }
+
+    fn crash(&mut self, node: usize) {
+        assert!(
+            self.nodes[node].raft.is_some(),
+            "crashing a node that is down"
+        );
+        self.nodes[node].raft = None;
+        self.nodes[node].epoch += 1;
+        self.nodes[node].last_role = None;
+        self.disks[node].crash();
+        self.crashes += 1;
+        self.log(|| format!("n{} crashes, unsynced writes lost", node + 1));
+        if self.faults_on {
+            let after = self.rng.gen_range(1..=self.cfg.faults.restart_units_max);
+            self.schedule(after, Event::Restart { node });
+        }
+    }
+
+    fn restart(&mut self, node: usize) -> Result<(), Violation> {
+        let disk = &self.disks[node];
+        let cfg = self.cfg.node_config(node);
+        let raft = Raft::new(cfg, disk.hard_state(), disk.log().to_vec()).expect("valid config");
+        let (hs, last) = (disk.hard_state(), disk.log().len());
+        self.log(|| format!("n{} restarts with {hs:?}, {last} durable entries", node + 1));
+        self.nodes[node].raft = Some(raft);
+        self.checker.node_restarted(node as u64 + 1);
+        self.drain(node)
+    }
+
+    fn per_mille(&mut self, rate: u32) -> bool {
+        rate > 0 && self.rng.gen_range(0..1000) < rate
+    }
+
+    fn schedule(&mut self, after: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at: self.now + after,
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    fn log(&mut self, line: impl FnOnce() -> String) {
+        if let Some(trace) = self.trace.as_mut() {
+            let text = format!(
+                "{:>7}.{:02} {}",
+                self.now / TICK_UNITS,
+                self.now % TICK_UNITS,
+                line()
+            );
+            trace(&text);
+        }
+    }
+}
