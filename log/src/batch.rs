@@ -1,0 +1,428 @@
+//! The batch: the unit producers send, the leader stamps and appends, followers persist and
+//! consumers receive. Its bytes travel unchanged from network to disk to consumer.
+//!
+//! Layout (all integers little-endian), `BATCH_HEADER_BYTES` = 48:
+//! ```text
+//!  0 u32 magic "RLNB"      4 u32 crc32c of bytes [8, end)
+//!  8 u16 version (1)       10 u16 flags (0 for data; MARKER_TRUNCATE for a log marker)
+//! 12 u32 record_count      16 u64 base_offset
+//! 24 u64 term              32 u64 index
+//! 40 u32 payload_bytes     44 u32 reserved (0)
+//! 48 payload: rkyv archive of Vec<Record>
+//! ```
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+/// Bytes of the fixed batch header that precedes the rkyv payload.
+pub const BATCH_HEADER_BYTES: usize = 48;
+/// Hard upper bound on a batch's total size, whatever the configuration says.
+pub const BATCH_BYTES_LIMIT: usize = 64 << 20;
+
+const MAGIC: u32 = u32::from_le_bytes(*b"RLNB");
+const VERSION: u16 = 1;
+/// Flag of a log-internal truncation marker (never a wire batch).
+pub(crate) const FLAG_TRUNCATE_MARKER: u16 = 1;
+
+/// One record of the log.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Record {
+    /// Optional key (the latest value per key survives compaction).
+    pub key: Option<Vec<u8>>,
+    /// The record's value.
+    pub value: Vec<u8>,
+    /// Producer timestamp in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Application headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Why bytes are not a valid batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// Fewer bytes than the header, or than the header says.
+    #[error("batch truncated: have {have} bytes, need {need}")]
+    Truncated {
+        /// Bytes available.
+        have: usize,
+        /// Bytes the header requires.
+        need: usize,
+    },
+    /// Magic, version, flags or reserved field is wrong.
+    #[error("bad batch header: {0}")]
+    BadHeader(&'static str),
+    /// Bigger than the limit.
+    #[error("batch of {bytes} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Size of the batch.
+        bytes: usize,
+        /// The limit it exceeds.
+        limit: usize,
+    },
+    /// Checksum mismatch.
+    #[error("batch checksum mismatch: stored {expected:#010x}, computed {actual:#010x}")]
+    Checksum {
+        /// CRC stored in the header.
+        expected: u32,
+        /// CRC computed over the bytes.
+        actual: u32,
+    },
+    /// The rkyv payload failed validation or disagrees with the header.
+    #[error("bad batch payload: {0}")]
+    BadPayload(String),
+}
+
+/// CRC32C (Castagnoli) of `bytes`.
+pub(crate) fn crc32c(bytes: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(b[at..at + 2].try_into().expect("2 bytes"))
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// The decoded fixed header of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// Offset of the first record.
+    pub base_offset: u64,
+    /// Number of records.
+    pub record_count: u32,
+    /// Raft term of the entry.
+    pub term: u64,
+    /// Raft index of the entry.
+    pub index: u64,
+    /// Header flags (0 for every wire batch).
+    pub flags: u16,
+    /// Total bytes of the batch (header + payload).
+    pub total_bytes: usize,
+    /// CRC stored in the header.
+    pub crc: u32,
+}
+
+impl BatchHeader {
+    /// Offset one past the last record of this batch.
+    pub fn next_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.record_count)
+    }
+}
+
+/// Parses the fixed header of the batch starting at `bytes[0]` without checking the CRC.
+pub fn parse_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    if bytes.len() < BATCH_HEADER_BYTES {
+        return Err(BatchError::Truncated {
+            have: bytes.len(),
+            need: BATCH_HEADER_BYTES,
+        });
+    }
+    if u32_at(bytes, 0) != MAGIC {
+        return Err(BatchError::BadHeader("magic"));
+    }
+    if u16_at(bytes, 8) != VERSION {
+        return Err(BatchError::BadHeader("version"));
+    }
+    let flags = u16_at(bytes, 10);
+    if flags & !FLAG_TRUNCATE_MARKER != 0 {
+        return Err(BatchError::BadHeader("unknown flags"));
+    }
+    if u32_at(bytes, 44) != 0 {
+        return Err(BatchError::BadHeader("reserved field not zero"));
+    }
+    let total_bytes = BATCH_HEADER_BYTES + u32_at(bytes, 40) as usize;
+    if total_bytes > BATCH_BYTES_LIMIT {
+        return Err(BatchError::TooLarge {
+            bytes: total_bytes,
+            limit: BATCH_BYTES_LIMIT,
+        });
+    }
+    Ok(BatchHeader {
+        crc: u32_at(bytes, 4),
+        flags,
+        record_count: u32_at(bytes, 12),
+        base_offset: u64_at(bytes, 16),
+        term: u64_at(bytes, 24),
+        index: u64_at(bytes, 32),
+        total_bytes,
+    })
+}
+
+/// Checks header and CRC of the batch at the start of `bytes` (no payload decoding); this is
+/// what recovery and readers verify on every batch read from disk.
+pub fn check_frame(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = parse_header(bytes)?;
+    if bytes.len() < header.total_bytes {
+        return Err(BatchError::Truncated {
+            have: bytes.len(),
+            need: header.total_bytes,
+        });
+    }
+    let actual = crc32c(&bytes[8..header.total_bytes]);
+    if actual != header.crc {
+        return Err(BatchError::Checksum {
+            expected: header.crc,
+            actual,
+        });
+    }
+    Ok(header)
+}
+
+/// A batch whose header, checksum and rkyv payload have been validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    bytes: Vec<u8>,
+}
+
+impl Batch {
+    /// Encodes records into a new batch with base_offset, term and index 0 (to be stamped).
+    pub fn encode(records: &[Record]) -> Result<Batch, BatchError> {
+        let payload = rkyv::to_bytes::<rancor::Error>(&records.to_vec())
+            .map_err(|e| BatchError::BadPayload(e.to_string()))?;
+        let total = BATCH_HEADER_BYTES + payload.len();
+        if total > BATCH_BYTES_LIMIT {
+            return Err(BatchError::TooLarge {
+                bytes: total,
+                limit: BATCH_BYTES_LIMIT,
+            });
+        }
+        let count =
+            u32::try_from(records.len()).map_err(|_| BatchError::BadHeader("record_count"))?;
+        let mut bytes = Vec::with_capacity(total);
+        bytes.extend_from_slice(&header_bytes(0, count, 0, 0, 0, payload.len() as u32));
+        bytes.extend_from_slice(&payload);
+        let mut batch = Batch { bytes };
+        batch.reseal();
+        Ok(batch)
+    }
+
+    /// A log-internal truncation marker: entries from `index` on are void; the log continues at
+    /// `index` with offset `next_offset` after an entry of term `prev_term`.
+    pub(crate) fn truncate_marker(index: u64, next_offset: u64, prev_term: u64) -> Batch {
+        let bytes =
+            header_bytes(FLAG_TRUNCATE_MARKER, 0, next_offset, prev_term, index, 0).to_vec();
+        let mut batch = Batch { bytes };
+        batch.reseal();
+        batch
+    }
+
+    /// Validates bytes (header, CRC, rkyv payload, record count) and takes them as a batch.
+    pub fn decode(bytes: Vec<u8>) -> Result<Batch, BatchError> {
+        let header = check_frame(&bytes)?;
+        if header.total_bytes != bytes.len() {
+            return Err(BatchError::BadHeader(
+                "payload length disagrees with batch length",
+            ));
+        }
+        if header.flags != 0 {
+            return Err(BatchError::BadHeader("flags set on a data batch"));
+        }
+        let batch = Batch { bytes };
+        let count = batch.with_archive(|records| records.len())?;
+        if count != header.record_count as usize {
+            return Err(BatchError::BadPayload(format!(
+                "header says {} records, payload holds {count}",
+                header.record_count
+            )));
+        }
+        Ok(batch)
+    }
+
+    /// Takes bytes read back from our own disk, already verified by `check_frame`.
+    pub(crate) fn from_verified(bytes: Vec<u8>) -> Batch {
+        debug_assert!(check_frame(&bytes).is_ok());
+        Batch { bytes }
+    }
+
+    /// Writes base_offset, term and index into the header and recomputes the CRC; the records
+    /// are not re-encoded.
+    pub fn stamp(&mut self, base_offset: u64, term: u64, index: u64) {
+        self.bytes[16..24].copy_from_slice(&base_offset.to_le_bytes());
+        self.bytes[24..32].copy_from_slice(&term.to_le_bytes());
+        self.bytes[32..40].copy_from_slice(&index.to_le_bytes());
+        self.reseal();
+    }
+
+    fn reseal(&mut self) {
+        let crc = crc32c(&self.bytes[8..]);
+        self.bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// The decoded fixed header.
+    pub fn header(&self) -> BatchHeader {
+        parse_header(&self.bytes).expect("a Batch always holds a valid header")
+    }
+
+    /// The exact bytes (wire = disk = consumer).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Gives the bytes back.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// Decodes the records (validated rkyv access, then deserialisation).
+    pub fn records(&self) -> Result<Vec<Record>, BatchError> {
+        self.with_archive(|archived| {
+            rkyv::deserialize::<Vec<Record>, rancor::Error>(archived)
+                .map_err(|e| BatchError::BadPayload(e.to_string()))
+        })?
+    }
+
+    fn with_archive<T>(
+        &self,
+        f: impl FnOnce(&rkyv::vec::ArchivedVec<ArchivedRecord>) -> T,
+    ) -> Result<T, BatchError> {
+        let payload = &self.bytes[BATCH_HEADER_BYTES..];
+        let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
+        aligned.extend_from_slice(payload);
+        let archived =
+            rkyv::access::<rkyv::vec::ArchivedVec<ArchivedRecord>, rancor::Error>(&aligned)
+                .map_err(|e| BatchError::BadPayload(e.to_string()))?;
+        Ok(f(archived))
+    }
+}
+
+fn header_bytes(
+    flags: u16,
+    record_count: u32,
+    base_offset: u64,
+    term: u64,
+    index: u64,
+    payload_bytes: u32,
+) -> [u8; BATCH_HEADER_BYTES] {
+    let mut h = [0u8; BATCH_HEADER_BYTES];
+    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    h[10..12].copy_from_slice(&flags.to_le_bytes());
+    h[12..16].copy_from_slice(&record_count.to_le_bytes());
+    h[16..24].copy_from_slice(&base_offset.to_le_bytes());
+    h[24..32].copy_from_slice(&term.to_le_bytes());
+    h[32..40].copy_from_slice(&index.to_le_bytes());
+    h[40..44].copy_from_slice(&payload_bytes.to_le_bytes());
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_records() -> Vec<Record> {
+        vec![
+            Record {
+                key: Some(b"k1".to_vec()),
+                value: b"hello".to_vec(),
+                timestamp_ms: 7,
+                headers: vec![],
+            },
+            Record {
+                key: None,
+                value: vec![0xAB; 300],
+                timestamp_ms: u64::MAX,
+                headers: vec![("h".into(), b"v".to_vec()), ("empty".into(), vec![])],
+            },
+        ]
+    }
+
+    #[test]
+    fn encoded_batch_decodes_to_the_same_records() {
+        let batch = Batch::encode(&sample_records()).unwrap();
+        let again = Batch::decode(batch.as_bytes().to_vec()).unwrap();
+        assert_eq!(again.records().unwrap(), sample_records());
+        assert_eq!(again.header().record_count, 2);
+    }
+
+    #[test]
+    fn stamping_changes_header_fields_and_keeps_records_and_validity() {
+        let mut batch = Batch::encode(&sample_records()).unwrap();
+        let payload_before = batch.as_bytes()[BATCH_HEADER_BYTES..].to_vec();
+        batch.stamp(1000, 3, 42);
+        let decoded = Batch::decode(batch.as_bytes().to_vec()).unwrap();
+        let h = decoded.header();
+        assert_eq!(
+            (h.base_offset, h.term, h.index, h.next_offset()),
+            (1000, 3, 42, 1002)
+        );
+        assert_eq!(
+            &decoded.as_bytes()[BATCH_HEADER_BYTES..],
+            &payload_before[..]
+        );
+        assert_eq!(decoded.records().unwrap(), sample_records());
+    }
+
+    #[test]
+    fn every_single_bit_flip_fails_validation() {
+        let mut batch = Batch::encode(&sample_records()).unwrap();
+        batch.stamp(5, 6, 7);
+        let good = batch.into_bytes();
+        for bit in 0..good.len() * 8 {
+            let mut bad = good.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                Batch::decode(bad).is_err(),
+                "flip of bit {bit} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_and_oversized_inputs_are_typed_errors() {
+        let good = Batch::encode(&sample_records()).unwrap().into_bytes();
+        assert!(matches!(
+            Batch::decode(good[..10].to_vec()),
+            Err(BatchError::Truncated { .. })
+        ));
+        assert!(matches!(
+            Batch::decode(good[..good.len() - 1].to_vec()),
+            Err(BatchError::Truncated { .. })
+        ));
+        let mut huge = good.clone();
+        huge[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Batch::decode(huge),
+            Err(BatchError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn payload_that_is_not_a_record_archive_is_rejected_despite_a_valid_crc() {
+        let mut bytes = header_bytes(0, 1, 0, 0, 0, 16).to_vec();
+        bytes.extend_from_slice(&[0xFF; 16]);
+        let crc = crc32c(&bytes[8..]);
+        bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            Batch::decode(bytes),
+            Err(BatchError::BadPayload(_))
+        ));
+    }
+
+    #[test]
+    fn record_count_must_match_the_payload() {
+        let mut batch = Batch::encode(&sample_records()).unwrap().into_bytes();
+        batch[12..16].copy_from_slice(&3u32.to_le_bytes());
+        let crc = crc32c(&batch[8..]);
+        batch[4..8].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            Batch::decode(batch),
+            Err(BatchError::BadPayload(_))
+        ));
+    }
+
+    #[test]
+    fn empty_batch_is_valid() {
+        let batch = Batch::encode(&[]).unwrap();
+        assert_eq!(
+            Batch::decode(batch.into_bytes())
+                .unwrap()
+                .records()
+                .unwrap(),
+            vec![]
+        );
+    }
+}

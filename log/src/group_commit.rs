@@ -1,0 +1,310 @@
+//! The writer thread: many appenders hand batches over a bounded channel; the writer packs
+//! whatever has queued into one sector-aligned group, writes it and fdatasyncs once, then tells
+//! every appender in the group. While one group's fdatasync is in flight, the next accumulates
+//! in the channel.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use crate::aligned_buf::{align_up, AlignedBuf};
+use crate::backend::Backend;
+use crate::batch::{Batch, FLAG_TRUNCATE_MARKER};
+use crate::error::LogError;
+use crate::index::{EntryLoc, LogIndex, SegmentRef};
+use crate::segment::{self, Preallocate, SegmentHeader};
+
+/// Completion of one queued operation: `Ok` once it is durable.
+pub(crate) type Done = Sender<Result<(), LogError>>;
+
+/// Work for the writer, in log order.
+pub(crate) enum Op {
+    /// A stamped batch to persist.
+    Append { batch: Batch, done: Option<Done> },
+    /// A truncation marker to persist on its own.
+    Truncate { marker: Batch, done: Done },
+}
+
+impl Op {
+    fn bytes(&self) -> usize {
+        match self {
+            Op::Append { batch, .. } => batch.as_bytes().len(),
+            Op::Truncate { marker, .. } => marker.as_bytes().len(),
+        }
+    }
+}
+
+/// Counters of the writer, for benchmarks and status.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// fdatasync calls completed (one per group).
+    pub fdatasyncs: AtomicU64,
+    /// Batches made durable.
+    pub batches: AtomicU64,
+    /// Bytes written including padding.
+    pub bytes_written: AtomicU64,
+}
+
+/// "Durable up to index N", or the error that failed the log.
+pub(crate) struct DurableState {
+    pub durable_index: u64,
+    pub failed: Option<String>,
+}
+
+/// State shared by the writer, appenders and readers.
+pub(crate) struct Shared {
+    pub index: RwLock<LogIndex>,
+    pub durable: Mutex<DurableState>,
+    pub durable_changed: Condvar,
+    pub stats: WriterStats,
+}
+
+/// Static parameters of the writer.
+pub(crate) struct WriterParams {
+    pub dir: PathBuf,
+    pub segment_bytes: u64,
+    pub group_bytes_max: usize,
+    pub preallocate: Preallocate,
+}
+
+/// The writer thread's state.
+pub(crate) struct Writer {
+    params: WriterParams,
+    backend: Backend,
+    shared: Arc<Shared>,
+    file: File,
+    header: SegmentHeader,
+    pos: u64,
+    buf: AlignedBuf,
+    spare: Option<JoinHandle<std::io::Result<PathBuf>>>,
+    failed: Option<String>,
+}
+
+impl Writer {
+    /// A writer continuing segment `header` at `pos` (opened with `file` for `backend`).
+    pub fn new(
+        params: WriterParams,
+        backend: Backend,
+        shared: Arc<Shared>,
+        file: File,
+        header: SegmentHeader,
+        pos: u64,
+    ) -> Writer {
+        let buf = AlignedBuf::new(params.group_bytes_max);
+        let mut w = Writer {
+            params,
+            backend,
+            shared,
+            file,
+            header,
+            pos,
+            buf,
+            spare: None,
+            failed: None,
+        };
+        w.prepare_spare();
+        w
+    }
+
+    fn prepare_spare(&mut self) {
+        let dir = self.params.dir.clone();
+        let (seq, bytes, how) = (
+            self.header.seq + 1,
+            self.params.segment_bytes,
+            self.params.preallocate,
+        );
+        self.spare = Some(std::thread::spawn(move || {
+            segment::prepare(&dir, seq, bytes, how)
+        }));
+    }
+
+    /// Runs until every sender is gone.
+    pub fn run(mut self, rx: Receiver<Op>) {
+        let mut carry: Option<Op> = None;
+        let mut group: Vec<Op> = Vec::new();
+        loop {
+            let first = match carry.take() {
+                Some(op) => op,
+                None => match rx.recv() {
+                    Ok(op) => op,
+                    Err(_) => break,
+                },
+            };
+            let group_max = self.group_bytes_max();
+            let mut bytes = first.bytes();
+            // A truncation marker is a group of its own.
+            let alone = matches!(first, Op::Truncate { .. });
+            group.push(first);
+            if !alone {
+                loop {
+                    match rx.try_recv() {
+                        Ok(op @ Op::Append { .. }) if bytes + op.bytes() <= group_max => {
+                            bytes += op.bytes();
+                            group.push(op);
+                        }
+                        Ok(op) => {
+                            carry = Some(op);
+                            break;
+                        }
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    }
+                }
+            }
+            self.commit(&mut group, bytes);
+        }
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.join();
+        }
+    }
+
+    fn group_bytes_max(&self) -> usize {
+        self.params
+            .group_bytes_max
+            .min(self.header.group_bytes_max as usize)
+    }
+
+    /// Writes `group` (`bytes` of batches) as one write + fdatasync and completes its ops.
+    fn commit(&mut self, group: &mut Vec<Op>, bytes: usize) {
+        let result = match &self.failed {
+            Some(why) => Err(LogError::Failed(why.clone())),
+            None => self.write_group(group, bytes),
+        };
+        if let Err(e) = &result {
+            if self.failed.is_none() {
+                let why = e.to_string();
+                tracing::error!(error = %why, "log write failed; the log is failed until reopened");
+                self.failed = Some(why.clone());
+                let mut d = self.shared.durable.lock().expect("durable lock");
+                d.failed = Some(why);
+                self.shared.durable_changed.notify_all();
+            }
+        }
+        for op in group.drain(..) {
+            let done = match op {
+                Op::Append { done, .. } => done,
+                Op::Truncate { done, .. } => Some(done),
+            };
+            if let Some(done) = done {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+
+    fn write_group(&mut self, group: &[Op], bytes: usize) -> Result<(), LogError> {
+        debug_assert!(bytes <= self.group_bytes_max());
+        if self.pos + align_up(bytes as u64) > self.params.segment_bytes {
+            self.roll_over()?;
+        }
+        self.buf.clear();
+        let mut locs = Vec::with_capacity(group.len());
+        for op in group {
+            let batch = match op {
+                Op::Append { batch, .. } => batch,
+                Op::Truncate { marker, .. } => marker,
+            };
+            let h = batch.header();
+            locs.push((h, self.pos + self.buf.len() as u64));
+            self.buf.extend_from_slice(batch.as_bytes());
+        }
+        self.buf.pad_to_sector();
+        self.backend
+            .write_durable(&self.file, &self.buf, self.pos)
+            .map_err(|e| {
+                LogError::io(
+                    format!("writing + fdatasync of segment {}", self.header.seq),
+                    e,
+                )
+            })?;
+        self.pos += self.buf.len() as u64;
+        let stats = &self.shared.stats;
+        stats.fdatasyncs.fetch_add(1, Ordering::Relaxed);
+        stats
+            .batches
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        stats
+            .bytes_written
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        let durable_index = {
+            let mut index = self.shared.index.write().expect("index lock");
+            for (h, pos) in locs {
+                if h.flags & FLAG_TRUNCATE_MARKER != 0 {
+                    index.truncate_suffix(h.index, h.base_offset, h.term);
+                } else {
+                    index.push(EntryLoc {
+                        index: h.index,
+                        term: h.term,
+                        base_offset: h.base_offset,
+                        record_count: h.record_count,
+                        seg: self.header.seq,
+                        pos,
+                        len: h.total_bytes as u32,
+                    });
+                }
+            }
+            index.next_index - 1
+        };
+        let mut d = self.shared.durable.lock().expect("durable lock");
+        d.durable_index = durable_index;
+        self.shared.durable_changed.notify_all();
+        Ok(())
+    }
+
+    /// Seals the current segment (all its groups are durable) and starts the next one.
+    fn roll_over(&mut self) -> Result<(), LogError> {
+        let dir = self.params.dir.clone();
+        let prepared = match self
+            .spare
+            .take()
+            .map(|h| h.join().expect("segment preparation panicked"))
+        {
+            Some(Ok(path)) => path,
+            Some(Err(e)) => return Err(LogError::io("preparing the next segment", e)),
+            None => segment::prepare(
+                &dir,
+                self.header.seq + 1,
+                self.params.segment_bytes,
+                self.params.preallocate,
+            )
+            .map_err(|e| LogError::io("preparing the next segment", e))?,
+        };
+        let header = {
+            let index = self.shared.index.read().expect("index lock");
+            SegmentHeader {
+                seq: self.header.seq + 1,
+                base_index: index.next_index,
+                base_offset: index.next_offset,
+                prev_term: index.last_term,
+                segment_bytes: self.params.segment_bytes,
+                group_bytes_max: self.params.group_bytes_max as u64,
+            }
+        };
+        let file = segment::install(&dir, &prepared, &header, self.backend.kind())
+            .map_err(|e| LogError::io(format!("installing segment {}", header.seq), e))?;
+        let path = segment::segment_path(&dir, header.seq);
+        let read_file = File::open(&path)
+            .map_err(|e| LogError::io(format!("opening {}", path.display()), e))?;
+        self.shared
+            .index
+            .write()
+            .expect("index lock")
+            .segments
+            .push_back(SegmentRef {
+                seq: header.seq,
+                file: Arc::new(read_file),
+            });
+        tracing::debug!(
+            seq = header.seq,
+            base_index = header.base_index,
+            "rolled over to a new segment"
+        );
+        self.file = file;
+        self.header = header;
+        self.pos = segment::SEGMENT_HEADER_BYTES;
+        self.prepare_spare();
+        Ok(())
+    }
+}

@@ -1,0 +1,537 @@
+//! The log: the Raft-facing and consumer-facing API over segments, group commit and recovery.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::aligned_buf::SECTOR_BYTES;
+use crate::backend::{open_options, Backend, BackendChoice, BackendKind};
+use crate::batch::{check_frame, Batch};
+use crate::error::{CorruptionKind, LogError};
+use crate::group_commit::{DurableState, Op, Shared, Writer, WriterParams};
+use crate::index::LogIndex;
+use crate::recovery::recover;
+use crate::segment::{self, Preallocate, SegmentHeader, SEGMENT_HEADER_BYTES};
+
+/// Configuration of a log; every queue and buffer has an explicit limit.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Directory holding the segment files.
+    pub dir: PathBuf,
+    /// Write path selection.
+    pub backend: BackendChoice,
+    /// Fixed size of each segment file.
+    pub segment_bytes: u64,
+    /// Largest batch accepted.
+    pub batch_bytes_max: usize,
+    /// Largest group written with one fdatasync (bounds a torn tail).
+    pub group_bytes_max: usize,
+    /// Operations queued for the writer before appenders block (backpressure).
+    pub queue_depth: usize,
+    /// How new segments are preallocated.
+    pub preallocate: Preallocate,
+}
+
+impl LogConfig {
+    /// Defaults for production: 64 MiB segments, 1 MiB batches, 4 MiB groups, 4096 queued ops.
+    pub fn new(dir: impl Into<PathBuf>) -> LogConfig {
+        LogConfig {
+            dir: dir.into(),
+            backend: BackendChoice::Auto,
+            segment_bytes: 64 << 20,
+            batch_bytes_max: 1 << 20,
+            group_bytes_max: 4 << 20,
+            queue_depth: 4096,
+            preallocate: Preallocate::ZeroFill,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let sector = SECTOR_BYTES as u64;
+        if self.segment_bytes % sector != 0 || self.segment_bytes < 2 * sector {
+            return Err(format!(
+                "segment_bytes {} must be a multiple of {sector} and >= 2 sectors",
+                self.segment_bytes
+            ));
+        }
+        if self.batch_bytes_max > self.group_bytes_max
+            || self.batch_bytes_max > crate::batch::BATCH_BYTES_LIMIT
+        {
+            return Err("batch_bytes_max must be <= group_bytes_max and <= 64 MiB".into());
+        }
+        if crate::aligned_buf::align_up(self.group_bytes_max as u64)
+            > self.segment_bytes - SEGMENT_HEADER_BYTES
+        {
+            return Err("group_bytes_max must fit in one segment after its header".into());
+        }
+        if self.queue_depth == 0 {
+            return Err("queue_depth must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Raft terms of accepted (queued or durable) entries, for the checks appenders need at once.
+struct Sequencer {
+    first_index: u64,
+    prev_term: u64,
+    next_offset: u64,
+    /// (term, base_offset) of entries `first_index..`.
+    entries: VecDeque<(u64, u64)>,
+}
+
+impl Sequencer {
+    fn next_index(&self) -> u64 {
+        self.first_index + self.entries.len() as u64
+    }
+
+    fn term_at(&self, index: u64) -> Option<u64> {
+        if index + 1 == self.first_index {
+            return Some(self.prev_term);
+        }
+        let i = index.checked_sub(self.first_index)?;
+        self.entries
+            .get(usize::try_from(i).ok()?)
+            .map(|&(term, _)| term)
+    }
+}
+
+/// Where an accepted batch landed; `wait` returns once it is durable.
+#[derive(Debug)]
+pub struct AppendTicket {
+    /// Raft index of the entry.
+    pub index: u64,
+    /// Offset of its first record.
+    pub base_offset: u64,
+    /// Offset one past its last record.
+    pub next_offset: u64,
+    done: Receiver<Result<(), LogError>>,
+}
+
+impl AppendTicket {
+    /// Blocks until the batch is durable, or the log failed.
+    pub fn wait(&self) -> Result<(), LogError> {
+        self.done.recv().unwrap_or(Err(LogError::Closed))
+    }
+
+    /// The completion channel, for callers that select over many.
+    pub fn receiver(&self) -> &Receiver<Result<(), LogError>> {
+        &self.done
+    }
+}
+
+/// A segmented, group-committing, crash-safe log.
+pub struct Log {
+    shared: Arc<Shared>,
+    seq: Mutex<Sequencer>,
+    tx: Option<Sender<Op>>,
+    writer: Option<JoinHandle<()>>,
+    config: LogConfig,
+    kind: BackendKind,
+    torn_bytes_cut: u64,
+}
+
+impl Log {
+    /// Opens (creating if empty) the log in `config.dir`, recovering what is on disk.
+    pub fn open(config: LogConfig) -> Result<Log, LogError> {
+        config
+            .validate()
+            .map_err(|why| LogError::io("invalid log configuration", std::io::Error::other(why)))?;
+        let dir = config.dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LogError::io(format!("creating {}", dir.display()), e))?;
+        let backend = Backend::open(config.backend, &dir)
+            .map_err(|e| LogError::io("setting up the write backend", e))?;
+        let kind = backend.kind();
+        let mut seqs = segment::list_segments(&dir)
+            .map_err(|e| LogError::io(format!("listing {}", dir.display()), e))?;
+        if seqs.is_empty() {
+            let header = SegmentHeader {
+                seq: 1,
+                base_index: 1,
+                base_offset: 0,
+                prev_term: 0,
+                segment_bytes: config.segment_bytes,
+                group_bytes_max: config.group_bytes_max as u64,
+            };
+            let prepared = segment::prepare(&dir, 1, config.segment_bytes, config.preallocate)
+                .map_err(|e| LogError::io("preparing the first segment", e))?;
+            segment::install(&dir, &prepared, &header, kind)
+                .map_err(|e| LogError::io("installing the first segment", e))?;
+            seqs.push(1);
+        }
+        let recovered = recover(&dir, &seqs)?;
+        let index = recovered.index;
+        let tail_path = segment::segment_path(&dir, recovered.tail.seq);
+        let tail_file = open_options(kind)
+            .open(&tail_path)
+            .map_err(|e| LogError::io(format!("opening {} for writing", tail_path.display()), e))?;
+        let sequencer = Sequencer {
+            first_index: index.first_index,
+            prev_term: index.prev_term,
+            next_offset: index.next_offset,
+            entries: index
+                .entries
+                .iter()
+                .map(|e| (e.term, e.base_offset))
+                .collect(),
+        };
+        let durable_index = index.next_index - 1;
+        let shared = Arc::new(Shared {
+            index: RwLock::new(index),
+            durable: Mutex::new(DurableState {
+                durable_index,
+                failed: None,
+            }),
+            durable_changed: Condvar::new(),
+            stats: Default::default(),
+        });
+        let params = WriterParams {
+            dir,
+            segment_bytes: config.segment_bytes,
+            group_bytes_max: config.group_bytes_max,
+            preallocate: config.preallocate,
+        };
+        let writer = Writer::new(
+            params,
+            backend,
+            Arc::clone(&shared),
+            tail_file,
+            recovered.tail,
+            recovered.tail_pos,
+        );
+        let (tx, rx) = crossbeam_channel::bounded(config.queue_depth);
+        let handle = std::thread::Builder::new()
+            .name("raftline-log-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| LogError::io("spawning the log writer thread", e))?;
+        Ok(Log {
+            shared,
+            seq: Mutex::new(sequencer),
+            tx: Some(tx),
+            writer: Some(handle),
+            config,
+            kind,
+            torn_bytes_cut: recovered.torn_bytes_cut,
+        })
+    }
+
+    /// The write path in use.
+    pub fn backend(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// Bytes of a torn tail cut by recovery when this log was opened.
+    pub fn torn_bytes_cut(&self) -> u64 {
+        self.torn_bytes_cut
+    }
+
+    /// Writer counters (fdatasyncs, batches, bytes).
+    pub fn stats(&self) -> &crate::group_commit::WriterStats {
+        &self.shared.stats
+    }
+
+    fn check_failed(&self) -> Result<(), LogError> {
+        match &self.shared.durable.lock().expect("durable lock").failed {
+            Some(why) => Err(LogError::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends `batch` as the entry at `index` (or at the next index if `None`) with `term`: stamps
+    /// base offset, term and index into its header and queues it for the next group commit.
+    /// Blocks while the writer's queue is full.
+    pub fn append(
+        &self,
+        index: Option<u64>,
+        term: u64,
+        mut batch: Batch,
+    ) -> Result<AppendTicket, LogError> {
+        let bytes = batch.as_bytes().len();
+        if bytes > self.config.batch_bytes_max {
+            return Err(LogError::TooLarge {
+                bytes,
+                limit: self.config.batch_bytes_max,
+            });
+        }
+        self.check_failed()?;
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let mut seq = self.seq.lock().expect("sequencer lock");
+        let next_index = seq.next_index();
+        if let Some(index) = index {
+            if index != next_index {
+                return Err(LogError::IndexMismatch {
+                    expected: next_index,
+                    got: index,
+                });
+            }
+        }
+        let last_term = seq
+            .term_at(next_index - 1)
+            .expect("term of the last entry is known");
+        assert!(
+            term >= last_term,
+            "term {term} appended after term {last_term}: terms never decrease in a Raft log"
+        );
+        let base_offset = seq.next_offset;
+        batch.stamp(base_offset, term, next_index);
+        let record_count = u64::from(batch.header().record_count);
+        let tx = self.tx.as_ref().expect("sender lives until drop");
+        tx.send(Op::Append {
+            batch,
+            done: Some(done_tx),
+        })
+        .map_err(|_| LogError::Closed)?;
+        seq.entries.push_back((term, base_offset));
+        seq.next_offset = base_offset + record_count;
+        Ok(AppendTicket {
+            index: next_index,
+            base_offset,
+            next_offset: seq.next_offset,
+            done: done_rx,
+        })
+    }
+
+    /// Removes entries from `from_index` on (a follower's conflicting, never-committed suffix).
+    /// `commit_index` is the caller's commit index: cutting at or below it is refused. The cut is
+    /// durable once the returned ticket completes.
+    pub fn truncate_suffix(
+        &self,
+        from_index: u64,
+        commit_index: u64,
+    ) -> Result<AppendTicket, LogError> {
+        if from_index <= commit_index {
+            return Err(LogError::TruncateCommitted {
+                from: from_index,
+                commit: commit_index,
+            });
+        }
+        self.check_failed()?;
+        let mut seq = self.seq.lock().expect("sequencer lock");
+        let last = seq.next_index() - 1;
+        if from_index < seq.first_index || from_index > last + 1 {
+            return Err(LogError::OutOfRange {
+                index: from_index,
+                first: seq.first_index,
+                last,
+            });
+        }
+        let keep = (from_index - seq.first_index) as usize;
+        let next_offset = seq
+            .entries
+            .get(keep)
+            .map_or(seq.next_offset, |&(_, off)| off);
+        let prev_term = seq
+            .term_at(from_index - 1)
+            .expect("term before a retained entry is known");
+        let marker = Batch::truncate_marker(from_index, next_offset, prev_term);
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let tx = self.tx.as_ref().expect("sender lives until drop");
+        tx.send(Op::Truncate {
+            marker,
+            done: done_tx,
+        })
+        .map_err(|_| LogError::Closed)?;
+        seq.entries.truncate(keep);
+        seq.next_offset = next_offset;
+        Ok(AppendTicket {
+            index: from_index,
+            base_offset: next_offset,
+            next_offset,
+            done: done_rx,
+        })
+    }
+
+    /// Term of the entry at `index` (accepted or durable), including the entry just before the
+    /// first retained one; `None` outside.
+    pub fn term_at(&self, index: u64) -> Option<u64> {
+        self.seq.lock().expect("sequencer lock").term_at(index)
+    }
+
+    /// Index of the first retained entry (`last_index() + 1` when empty).
+    pub fn first_index(&self) -> u64 {
+        self.seq.lock().expect("sequencer lock").first_index
+    }
+
+    /// Index of the last accepted entry (0 if none ever).
+    pub fn last_index(&self) -> u64 {
+        self.seq.lock().expect("sequencer lock").next_index() - 1
+    }
+
+    /// Offset the next appended record will get.
+    pub fn next_offset(&self) -> u64 {
+        self.seq.lock().expect("sequencer lock").next_offset
+    }
+
+    /// Every entry up to this index is durable.
+    pub fn durable_index(&self) -> u64 {
+        self.shared
+            .durable
+            .lock()
+            .expect("durable lock")
+            .durable_index
+    }
+
+    /// Waits until the durable index reaches `index` or `timeout` passes; returns the durable index.
+    pub fn wait_durable(&self, index: u64, timeout: Duration) -> Result<u64, LogError> {
+        let guard = self.shared.durable.lock().expect("durable lock");
+        let (guard, _) = self
+            .shared
+            .durable_changed
+            .wait_timeout_while(guard, timeout, |d| {
+                d.durable_index < index && d.failed.is_none()
+            })
+            .expect("durable lock");
+        match &guard.failed {
+            Some(why) => Err(LogError::Failed(why.clone())),
+            None => Ok(guard.durable_index),
+        }
+    }
+
+    /// Earliest retained record offset.
+    pub fn start_offset(&self) -> u64 {
+        self.shared.index.read().expect("index lock").start_offset
+    }
+
+    /// Durable entries `from..=to` (Raft indexes), at most `bytes_max` bytes (but at least one
+    /// entry); each batch is verified against its checksum on the way out.
+    pub fn entries(&self, from: u64, to: u64, bytes_max: usize) -> Result<Vec<Batch>, LogError> {
+        let plan = {
+            let index = self.shared.index.read().expect("index lock");
+            let last = index.next_index - 1;
+            if from < index.first_index || to > last {
+                let bad = if from < index.first_index { from } else { to };
+                return Err(LogError::OutOfRange {
+                    index: bad,
+                    first: index.first_index,
+                    last,
+                });
+            }
+            let mut plan = Vec::new();
+            let mut total = 0usize;
+            for i in from..=to {
+                let e = index.get(i).expect("retained durable entry");
+                if !plan.is_empty() && total + e.len as usize > bytes_max {
+                    break;
+                }
+                total += e.len as usize;
+                plan.push((index.segment_file(e.seg), e.seg, e.pos, e.len));
+            }
+            plan
+        };
+        plan.into_iter()
+            .map(|(file, seg, pos, len)| self.read_batch(&file, seg, pos, len))
+            .collect()
+    }
+
+    /// Durable batches from the one holding record `offset`, none with a Raft index above
+    /// `upto_index` (the commit index), at most `bytes_max` bytes (but at least one batch).
+    pub fn read_from_offset(
+        &self,
+        offset: u64,
+        upto_index: u64,
+        bytes_max: usize,
+    ) -> Result<Vec<Batch>, LogError> {
+        let plan = {
+            let index = self.shared.index.read().expect("index lock");
+            if offset < index.start_offset {
+                return Err(LogError::BelowStart {
+                    offset,
+                    start_offset: index.start_offset,
+                });
+            }
+            let mut plan = Vec::new();
+            let mut total = 0usize;
+            for e in index.entries.range(index.position_of_offset(offset)..) {
+                if e.index > upto_index || (!plan.is_empty() && total + e.len as usize > bytes_max)
+                {
+                    break;
+                }
+                total += e.len as usize;
+                plan.push((index.segment_file(e.seg), e.seg, e.pos, e.len));
+            }
+            plan
+        };
+        plan.into_iter()
+            .map(|(file, seg, pos, len)| self.read_batch(&file, seg, pos, len))
+            .collect()
+    }
+
+    fn read_batch(
+        &self,
+        file: &std::fs::File,
+        seg: u64,
+        pos: u64,
+        len: u32,
+    ) -> Result<Batch, LogError> {
+        let path = segment::segment_path(&self.config.dir, seg);
+        let mut bytes = vec![0u8; len as usize];
+        file.read_exact_at(&mut bytes, pos)
+            .map_err(|e| LogError::io(format!("reading {}", path.display()), e))?;
+        check_frame(&bytes).map_err(|e| LogError::Corrupt {
+            segment: path,
+            position: pos,
+            kind: match e {
+                crate::batch::BatchError::Checksum { expected, actual } => {
+                    CorruptionKind::Checksum { expected, actual }
+                }
+                other => CorruptionKind::BadFrame(other.to_string()),
+            },
+        })?;
+        Ok(Batch::from_verified(bytes))
+    }
+
+    /// Deletes whole segments whose entries all lie below `index` (never the segment being
+    /// written), then fsyncs the directory. Returns how many segments were dropped.
+    pub fn truncate_prefix(&self, index: u64) -> Result<usize, LogError> {
+        let mut seq = self.seq.lock().expect("sequencer lock");
+        let dropped = {
+            let mut log_index = self.shared.index.write().expect("index lock");
+            assert!(
+                index <= log_index.next_index,
+                "prefix truncation beyond the durable log"
+            );
+            let active = log_index.segments.back().map_or(0, |s| s.seq);
+            let dropped = log_index.drop_segments_below(index, active);
+            sync_sequencer_front(&mut seq, &log_index);
+            dropped
+        };
+        for &s in &dropped {
+            let path = segment::segment_path(&self.config.dir, s);
+            std::fs::remove_file(&path)
+                .map_err(|e| LogError::io(format!("deleting {}", path.display()), e))?;
+        }
+        if !dropped.is_empty() {
+            segment::sync_dir(&self.config.dir)
+                .map_err(|e| LogError::io("fsync of the log directory", e))?;
+        }
+        Ok(dropped.len())
+    }
+}
+
+/// Moves the sequencer's first index up to the durable index's after a prefix drop.
+fn sync_sequencer_front(seq: &mut Sequencer, index: &LogIndex) {
+    while seq.first_index < index.first_index {
+        let (term, _) = seq
+            .entries
+            .pop_front()
+            .expect("dropped entries were accepted");
+        seq.first_index += 1;
+        seq.prev_term = term;
+    }
+    debug_assert_eq!(seq.prev_term, index.prev_term);
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
