@@ -4,10 +4,17 @@
 //! limits beside their figures: [`measure_fdatasync`] and [`measure_sequential_bandwidth`].
 
 mod aligned_buf;
+pub mod classify;
+pub mod device;
 mod error;
+pub mod honesty;
 mod latency;
+pub mod predict;
+pub mod profile;
 mod pwrite_path;
 mod scratch;
+pub mod svg_plot;
+pub mod text_report;
 mod uring_path;
 
 use std::path::Path;
