@@ -6,14 +6,18 @@ pub mod backend;
 pub mod batch;
 pub mod error;
 mod group_commit;
+pub mod hard_state;
 mod index;
 mod log;
 mod recovery;
 pub mod segment;
+pub mod snapshot;
 
 pub use backend::{BackendChoice, BackendKind};
 pub use batch::{Batch, BatchError, BatchHeader, Record};
 pub use error::{CorruptionKind, LogError};
 pub use group_commit::WriterStats;
+pub use hard_state::{HardState, HardStateStore};
 pub use log::{AppendTicket, Log, LogConfig};
 pub use segment::Preallocate;
+pub use snapshot::{latest_snapshot, read_snapshot, write_snapshot, SnapshotMeta};
