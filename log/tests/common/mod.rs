@@ -43,7 +43,10 @@ pub fn batch(tag: u64, n: usize) -> Batch {
 
 /// The tag a batch made by `batch` carries.
 pub fn tag_of(b: &Batch) -> u64 {
-    b.records().expect("records")[0].timestamp_ms
+    b.records()
+        .expect("records")
+        .first()
+        .map_or(u64::MAX, |r| r.timestamp_ms)
 }
 
 /// Appends `tags` one at a time, each waited for (so each is its own group), with `term`.
