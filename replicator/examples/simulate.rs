@@ -22,9 +22,14 @@ struct Args {
     /// Print a readable trace of every event (single-seed mode).
     #[arg(long)]
     trace: bool,
-    /// Run many seeds, each with a fault mix and cluster size drawn from the seed.
+    /// Run many seeds (see --mix).
     #[arg(long)]
     swarm: bool,
+    /// Fault mix: "random" (cluster size, faults, pre-vote, check-quorum and message size drawn
+    /// from each seed; the default with --swarm), "standard" (every fault at a moderate rate on
+    /// --nodes nodes; the default without --swarm) or "churn" (3 nodes, new leaders crash soon).
+    #[arg(long)]
+    mix: Option<String>,
     /// Number of seeds in swarm mode, starting at --seed.
     #[arg(long, default_value_t = 100)]
     seeds: u64,
@@ -51,10 +56,14 @@ fn parse_mutation(name: &str) -> Result<Mutation, String> {
 }
 
 fn config(args: &Args, seed: u64, mutation: Mutation) -> SimConfig {
-    let mut cfg = if args.swarm {
-        SimConfig::swarm(seed)
-    } else {
-        SimConfig::standard(seed, args.nodes)
+    let mix = args
+        .mix
+        .as_deref()
+        .unwrap_or(if args.swarm { "random" } else { "standard" });
+    let mut cfg = match mix {
+        "random" => SimConfig::swarm(seed),
+        "churn" => SimConfig::churn(seed),
+        _ => SimConfig::standard(seed, args.nodes),
     };
     cfg.fault_ticks = args.ticks;
     cfg.mutation = mutation;
@@ -67,6 +76,14 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(mix) = args
+        .mix
+        .as_deref()
+        .filter(|m| !["random", "standard", "churn"].contains(m))
+    {
+        eprintln!("unknown --mix {mix:?}: use random, standard or churn");
+        return ExitCode::FAILURE;
+    }
     let mutation = match args.mutation.as_deref().map(parse_mutation).transpose() {
         Ok(m) => m.unwrap_or(Mutation::None),
         Err(e) => {
@@ -112,7 +129,7 @@ fn main() -> ExitCode {
                     "FAILED seed {} at tick {} step {}: {}",
                     f.seed, f.tick, f.step, f.violation
                 );
-                println!("  replay: cargo run --release -p raftline-replicator --example simulate -- --swarm --seeds 1 --seed {} --ticks {} --trace", f.seed, args.ticks);
+                println!("  replay: cargo run --release -p raftline-replicator --example simulate -- --mix {} --seed {} --ticks {} --trace", args.mix.as_deref().unwrap_or("random"), f.seed, args.ticks);
             }
         }
     }

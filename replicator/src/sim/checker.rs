@@ -21,6 +21,9 @@ pub enum Property {
     StateMachineSafety,
     /// An entry was committed before a majority held it durably.
     CommitDurability,
+    /// An entry was committed while a node lacking it could still win an election: some
+    /// future schedule would lose it (Raft's Figure 8).
+    UnsafeCommit,
     /// An entry acknowledged to a client is missing from a leader's log.
     AckedEntryLost,
     /// No leader committed within the bound after the faults stopped.
@@ -126,12 +129,15 @@ impl Checker {
     }
 
     /// Checks a node's role and commit index after it handled an event.
+    /// `rafts[k]` and `disks[k]` are node `k + 1`'s core (`None` while down) and disk.
     pub fn observe(
         &mut self,
-        raft: &Raft,
+        node: usize,
+        rafts: &[Option<&Raft>],
         disks: &[SimDisk],
-        quorum: usize,
     ) -> Result<(), Violation> {
+        let raft = rafts[node].expect("observing a node that is up");
+        let quorum = raft.config().quorum();
         let id = raft.id();
         if raft.role() == Role::Leader {
             let term = raft.term();
@@ -174,6 +180,12 @@ impl Checker {
                     return violation(
                         Property::CommitDurability,
                         format!("n{id} committed ({index},t{}) durable on {holders} disks, quorum {quorum}", e.term),
+                    );
+                }
+                if let Some(x) = electable_without(index, e.term, rafts, disks, quorum) {
+                    return violation(
+                        Property::UnsafeCommit,
+                        format!("n{id} committed ({index},t{}) but n{x}, lacking it, can still be elected", e.term),
                     );
                 }
             }
@@ -248,4 +260,57 @@ impl Checker {
         }
         Ok(())
     }
+}
+
+/// A node whose log lacks `(index, term)` yet is at least as up-to-date as the logs of a quorum
+/// (itself included), if any. Each node is judged by both its durable log and, when up, its
+/// in-memory log; as a voter, by the weaker of the two (a crash may leave it the durable one).
+fn electable_without(
+    index: Index,
+    term: Term,
+    rafts: &[Option<&Raft>],
+    disks: &[SimDisk],
+    quorum: usize,
+) -> Option<NodeId> {
+    let versions: Vec<Vec<(Term, Index, bool)>> = rafts
+        .iter()
+        .zip(disks)
+        .map(|(raft, disk)| {
+            let durable = disk.log().last().map_or((0, 0), |e| (e.term, e.index));
+            let mut v = vec![(durable.0, durable.1, disk.holds(index, term))];
+            if let Some(r) = raft {
+                v.push((
+                    r.term_at(r.last_index()).expect("last entry"),
+                    r.last_index(),
+                    r.term_at(index) == Some(term),
+                ));
+            }
+            v
+        })
+        .collect();
+    let weakest: Vec<(Term, Index)> = versions
+        .iter()
+        .map(|v| {
+            v.iter()
+                .map(|&(t, i, _)| (t, i))
+                .min()
+                .expect("one version at least")
+        })
+        .collect();
+    for (x, vs) in versions.iter().enumerate() {
+        for &(last_term, last_index, holds) in vs {
+            if holds {
+                continue;
+            }
+            let votes = 1 + weakest
+                .iter()
+                .enumerate()
+                .filter(|&(k, &w)| k != x && w <= (last_term, last_index))
+                .count();
+            if votes >= quorum {
+                return Some(x as NodeId + 1);
+            }
+        }
+    }
+    None
 }

@@ -54,6 +54,9 @@ pub struct FaultMix {
     pub crash_leader_per_mille: u32,
     /// Per fsync started: chance the node crashes before it completes, losing the writes.
     pub crash_syncing_per_mille: u32,
+    /// Per election won: chance the new leader crashes within two ticks (leader churn: leaves
+    /// uncommitted entries of many terms behind, the ground for Raft's Figure 8).
+    pub crash_new_leader_per_mille: u32,
     /// A crashed node restarts after `1..=restart_units_max`.
     pub restart_units_max: u64,
 }
@@ -73,6 +76,7 @@ impl FaultMix {
             crash_per_mille: 0,
             crash_leader_per_mille: 0,
             crash_syncing_per_mille: 0,
+            crash_new_leader_per_mille: 0,
             restart_units_max: 1,
         }
     }
@@ -91,6 +95,7 @@ impl FaultMix {
             crash_per_mille: 10,
             crash_leader_per_mille: 5,
             crash_syncing_per_mille: 20,
+            crash_new_leader_per_mille: 50,
             restart_units_max: 800,
         }
     }
@@ -116,6 +121,7 @@ impl FaultMix {
             crash_per_mille: pick(30),
             crash_leader_per_mille: pick(30),
             crash_syncing_per_mille: pick(200),
+            crash_new_leader_per_mille: pick(500),
             restart_units_max: 1000,
         }
     }
@@ -180,6 +186,25 @@ impl SimConfig {
             proposals_per_tick_max: rng.gen_range(1..=4),
             msg_bytes_max: [64, 256, 4096][rng.gen_range(0..3)],
             ..SimConfig::standard(seed, nodes)
+        }
+    }
+
+    /// Leader churn on 3 nodes: new leaders often crash within two ticks, messages carry one
+    /// entry each, fsyncs are slow and often cut short by a crash. Built to produce uncommitted
+    /// entries of several terms and elections racing crashes — where commit-rule and
+    /// vote-durability bugs show.
+    pub fn churn(seed: u64) -> Self {
+        let faults = FaultMix {
+            crash_new_leader_per_mille: 500,
+            crash_syncing_per_mille: 100,
+            fsync_units_max: 80,
+            restart_units_max: 300,
+            ..FaultMix::standard()
+        };
+        SimConfig {
+            faults,
+            msg_bytes_max: 64,
+            ..SimConfig::standard(seed, 3)
         }
     }
 
@@ -625,10 +650,17 @@ impl<'t> Simulator<'t> {
         if self.nodes[node].last_role != Some(role) {
             self.nodes[node].last_role = Some(role);
             self.log(|| format!("n{} is {:?} in t{}", node + 1, role.0, role.1));
+            if role.0 == Role::Leader
+                && self.faults_on
+                && self.per_mille(self.cfg.faults.crash_new_leader_per_mille)
+            {
+                let at = self.rng.gen_range(1..=2 * TICK_UNITS);
+                let epoch = self.nodes[node].epoch;
+                self.schedule(at, Event::Crash { node, epoch });
+            }
         }
-        let raft = self.nodes[node].raft.as_ref().expect("drained above");
-        let quorum = raft.config().quorum();
-        self.checker.observe(raft, &self.disks, quorum)
+        let rafts: Vec<Option<&Raft>> = self.nodes.iter().map(|n| n.raft.as_ref()).collect();
+        self.checker.observe(node, &rafts, &self.disks)
     }
 
     fn send(&mut self, msg: Message) {
