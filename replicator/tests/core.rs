@@ -1,0 +1,437 @@
+//! Scenario tests of the Raft core, driven by hand: each proves one rule of the protocol.
+
+use std::sync::Arc;
+
+use raftline_replicator::{
+    Config, ConfigError, Entry, EntryKind, HardState, Message, MessageBody, Mutation, ProposeError,
+    Raft, Ready, Role,
+};
+
+fn config(id: u64, n: u64) -> Config {
+    let mut cfg = Config::new(id, (1..=n).collect());
+    cfg.pre_vote = false;
+    cfg
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        kind: EntryKind::Command,
+        payload: Arc::from(&b"x"[..]),
+    }
+}
+
+fn node(cfg: Config, term: u64, entries: Vec<Entry>) -> Raft {
+    Raft::new(cfg, HardState { term, vote: None }, entries).expect("valid config")
+}
+
+/// Makes everything in `rd` durable at once and returns its messages.
+fn persist_all(raft: &mut Raft, rd: Ready) -> Vec<Message> {
+    if let Some(hs) = rd.hard_state {
+        raft.hard_state_durable(hs);
+    }
+    if let Some(last) = rd.entries.last() {
+        raft.log_durable(last.index, last.term);
+    }
+    let mut msgs = rd.messages;
+    let released = raft.ready();
+    assert_eq!(
+        released.hard_state, None,
+        "nothing new to persist after an acknowledgement"
+    );
+    msgs.extend(released.messages);
+    msgs
+}
+
+/// Delivers messages with instant durability until the cluster is quiet.
+fn settle(nodes: &mut [Raft]) {
+    let mut inflight: Vec<Message> = Vec::new();
+    for n in nodes.iter_mut() {
+        let rd = n.ready();
+        inflight.extend(persist_all(n, rd));
+    }
+    while !inflight.is_empty() {
+        for msg in std::mem::take(&mut inflight) {
+            let to = msg.to as usize - 1;
+            nodes[to].step(msg);
+            let rd = nodes[to].ready();
+            inflight.extend(persist_all(&mut nodes[to], rd));
+        }
+    }
+}
+
+fn cluster(n: u64) -> Vec<Raft> {
+    let mut nodes: Vec<Raft> = (1..=n).map(|id| node(config(id, n), 0, vec![])).collect();
+    nodes[0].campaign();
+    settle(&mut nodes);
+    assert_eq!(nodes[0].role(), Role::Leader);
+    nodes
+}
+
+fn vote_request(from: u64, to: u64, term: u64, last_index: u64, last_term: u64) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        body: MessageBody::RequestVote {
+            last_index,
+            last_term,
+        },
+    }
+}
+
+#[test]
+fn vote_grant_is_held_until_the_vote_is_durable() {
+    let mut f = node(config(2, 3), 0, vec![]);
+    f.step(vote_request(1, 2, 1, 0, 0));
+    let rd = f.ready();
+    assert_eq!(
+        rd.hard_state,
+        Some(HardState {
+            term: 1,
+            vote: Some(1)
+        })
+    );
+    assert!(
+        rd.messages.is_empty(),
+        "a grant left before the vote was durable: {:?}",
+        rd.messages
+    );
+    f.hard_state_durable(HardState {
+        term: 1,
+        vote: Some(1),
+    });
+    let msgs = f.ready().messages;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(
+        msgs[0].body,
+        MessageBody::RequestVoteResponse { granted: true }
+    );
+}
+
+#[test]
+fn vote_before_persist_mutation_sends_the_grant_early() {
+    let mut cfg = config(2, 3);
+    cfg.mutation = Mutation::VoteBeforePersist;
+    let mut f = node(cfg, 0, vec![]);
+    f.step(vote_request(1, 2, 1, 0, 0));
+    assert_eq!(
+        f.ready().messages.len(),
+        1,
+        "the mutation must skip the durability gate"
+    );
+}
+
+#[test]
+fn candidate_requests_votes_only_after_its_self_vote_is_durable() {
+    let mut c = node(config(1, 3), 0, vec![]);
+    c.campaign();
+    assert_eq!(c.role(), Role::Candidate);
+    let rd = c.ready();
+    assert!(rd.messages.is_empty());
+    c.hard_state_durable(rd.hard_state.expect("the self-vote must be persisted"));
+    let msgs = c.ready().messages;
+    assert_eq!(msgs.len(), 2);
+    assert!(msgs
+        .iter()
+        .all(|m| matches!(m.body, MessageBody::RequestVote { .. }) && m.term == 1));
+}
+
+#[test]
+fn vote_is_refused_to_a_candidate_with_a_less_up_to_date_log() {
+    let mut f = node(config(2, 3), 1, vec![entry(1, 1), entry(2, 1)]);
+    f.step(vote_request(1, 2, 2, 1, 1));
+    let rd = f.ready();
+    let msgs = persist_all(&mut f, rd);
+    assert_eq!(
+        msgs[0].body,
+        MessageBody::RequestVoteResponse { granted: false }
+    );
+    assert_eq!(f.hard_state().vote, None);
+}
+
+#[test]
+fn only_one_vote_is_granted_per_term() {
+    let mut f = node(config(2, 3), 0, vec![]);
+    f.step(vote_request(1, 2, 1, 0, 0));
+    f.step(vote_request(3, 2, 1, 0, 0));
+    let rd = f.ready();
+    let msgs = persist_all(&mut f, rd);
+    let grants: Vec<_> = msgs.iter().map(|m| (m.to, m.body.clone())).collect();
+    assert_eq!(
+        grants,
+        vec![
+            (1, MessageBody::RequestVoteResponse { granted: true }),
+            (3, MessageBody::RequestVoteResponse { granted: false })
+        ]
+    );
+}
+
+#[test]
+fn pre_candidate_keeps_its_term_and_asks_for_the_next() {
+    let mut cfg = config(1, 3);
+    cfg.pre_vote = true;
+    let mut c = node(cfg, 4, vec![]);
+    c.campaign();
+    assert_eq!((c.role(), c.term()), (Role::PreCandidate, 4));
+    let rd = c.ready();
+    assert_eq!(rd.hard_state, None, "a pre-vote changes no durable state");
+    assert!(rd
+        .messages
+        .iter()
+        .all(|m| m.term == 5 && matches!(m.body, MessageBody::PreVote { .. })));
+}
+
+#[test]
+fn follower_with_a_live_leader_ignores_a_disruptive_pre_vote() {
+    let mut nodes = cluster(3);
+    let mut f = nodes.remove(1);
+    let pre_vote = Message {
+        from: 3,
+        to: 2,
+        term: 5,
+        body: MessageBody::PreVote {
+            last_index: 9,
+            last_term: 4,
+        },
+    };
+    f.step(pre_vote);
+    assert_eq!(f.term(), 1);
+    assert!(f.ready().messages.is_empty());
+}
+
+#[test]
+fn follower_acknowledges_entries_only_once_durable() {
+    let mut f = node(config(2, 3), 1, vec![]);
+    let append = MessageBody::AppendEntries {
+        prev_index: 0,
+        prev_term: 0,
+        entries: vec![entry(1, 1)],
+        commit: 0,
+    };
+    f.step(Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        body: append,
+    });
+    let rd = f.ready();
+    assert_eq!(rd.entries.len(), 1);
+    assert!(
+        rd.messages.is_empty(),
+        "acked before durable: {:?}",
+        rd.messages
+    );
+    f.log_durable(1, 1);
+    let msgs = f.ready().messages;
+    assert_eq!(
+        msgs[0].body,
+        MessageBody::AppendEntriesResponse { result: Ok(1) }
+    );
+}
+
+#[test]
+fn leader_replicates_before_its_own_fsync_and_counts_itself_only_once_durable() {
+    let mut nodes = cluster(3);
+    let leader = &mut nodes[0];
+    let (term, index) = leader
+        .propose(Arc::from(&b"cmd"[..]))
+        .expect("leader accepts");
+    let rd = leader.ready();
+    assert_eq!(rd.entries.last().map(|e| e.index), Some(index));
+    assert_eq!(
+        rd.messages.len(),
+        2,
+        "entries go out before the local write is durable"
+    );
+    // One follower's durable ack plus the leader's non-durable copy is not a quorum.
+    leader.step(Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::AppendEntriesResponse { result: Ok(index) },
+    });
+    assert!(leader.commit_index() < index);
+    leader.log_durable(index, term);
+    assert_eq!(leader.commit_index(), index);
+}
+
+/// Raft §5.4.2 (Figure 8): a new leader must not commit an entry of an earlier term by counting
+/// replicas, only together with an entry of its own term.
+fn figure_8_commit(mutation: Mutation) -> u64 {
+    let mut cfg = config(1, 3);
+    cfg.msg_bytes_max = 1;
+    cfg.mutation = mutation;
+    let mut l = node(cfg, 2, vec![entry(1, 1), entry(2, 1)]);
+    l.campaign();
+    let rd = l.ready();
+    l.hard_state_durable(rd.hard_state.expect("self-vote"));
+    l.step(Message {
+        from: 2,
+        to: 1,
+        term: 3,
+        body: MessageBody::RequestVoteResponse { granted: true },
+    });
+    assert_eq!(l.role(), Role::Leader);
+    let _ = l.ready(); // the no-op (3, t3) is handed out but not yet durable
+    l.step(Message {
+        from: 2,
+        to: 1,
+        term: 3,
+        body: MessageBody::AppendEntriesResponse { result: Ok(2) },
+    });
+    l.commit_index()
+}
+
+#[test]
+fn leader_does_not_commit_an_earlier_term_entry_by_counting_replicas() {
+    assert_eq!(figure_8_commit(Mutation::None), 0);
+    assert_eq!(
+        figure_8_commit(Mutation::CommitPreviousTerm),
+        2,
+        "the mutation commits it"
+    );
+}
+
+#[test]
+fn rejection_hint_skips_back_a_whole_term() {
+    let log = vec![
+        entry(1, 1),
+        entry(2, 1),
+        entry(3, 2),
+        entry(4, 2),
+        entry(5, 2),
+    ];
+    let mut f = node(config(2, 3), 4, log);
+    let probe = |prev_index, prev_term| Message {
+        from: 1,
+        to: 2,
+        term: 4,
+        body: MessageBody::AppendEntries {
+            prev_index,
+            prev_term,
+            entries: vec![],
+            commit: 0,
+        },
+    };
+    f.step(probe(7, 3));
+    f.step(probe(5, 3));
+    let rejects: Vec<_> = f
+        .ready()
+        .messages
+        .into_iter()
+        .map(|m| match m.body {
+            MessageBody::AppendEntriesResponse { result: Err(r) } => (r.hint_term, r.hint_index),
+            other => panic!("expected a rejection, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(rejects, vec![(None, 6), (Some(2), 3)]);
+}
+
+#[test]
+fn conflicting_suffix_is_replaced_and_its_durability_forgotten() {
+    let mut f = node(config(2, 3), 2, vec![entry(1, 1), entry(2, 2), entry(3, 2)]);
+    let append = MessageBody::AppendEntries {
+        prev_index: 1,
+        prev_term: 1,
+        entries: vec![entry(2, 3)],
+        commit: 0,
+    };
+    f.step(Message {
+        from: 1,
+        to: 2,
+        term: 3,
+        body: append,
+    });
+    assert_eq!(
+        (f.last_index(), f.term_at(2), f.durable_index()),
+        (2, Some(3), 1)
+    );
+    let rd = f.ready();
+    assert_eq!(rd.entries, vec![entry(2, 3)]);
+    f.log_durable(3, 2); // a stale acknowledgement of the overwritten write is ignored
+    assert_eq!(f.durable_index(), 1);
+}
+
+#[test]
+fn isolated_leader_steps_down_after_an_election_timeout() {
+    let mut nodes = cluster(3);
+    let leader = &mut nodes[0];
+    let _ = leader.ready();
+    let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+    for _ in 0..2 * leader.config().election_ticks_min {
+        leader.tick(&mut rng);
+    }
+    assert_eq!(leader.role(), Role::Follower);
+}
+
+#[test]
+fn in_flight_window_and_message_size_are_bounded_per_follower() {
+    let mut cfg = config(1, 3);
+    cfg.inflight_msgs_max = 4;
+    cfg.msg_bytes_max = 100;
+    let mut nodes = vec![
+        node(cfg, 0, vec![]),
+        node(config(2, 3), 0, vec![]),
+        node(config(3, 3), 0, vec![]),
+    ];
+    nodes[0].campaign();
+    settle(&mut nodes);
+    let leader = &mut nodes[0];
+    for _ in 0..50 {
+        leader.propose(Arc::from(vec![7u8; 40])).expect("accepted");
+    }
+    let rd = leader.ready();
+    for to in [2, 3] {
+        let appends: Vec<_> = rd
+            .messages
+            .iter()
+            .filter(|m| m.to == to)
+            .filter_map(|m| match &m.body {
+                MessageBody::AppendEntries { entries, .. } if !entries.is_empty() => Some(entries),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(appends.len(), 4, "window of 4 messages to n{to}");
+        for entries in appends {
+            assert!(
+                entries.iter().map(Entry::size_bytes).sum::<u64>() <= 100 || entries.len() == 1
+            );
+        }
+    }
+}
+
+#[test]
+fn proposals_are_refused_by_followers_and_when_too_large() {
+    let mut nodes = cluster(3);
+    assert_eq!(
+        nodes[1].propose(Arc::from(&b"x"[..])),
+        Err(ProposeError::NotLeader { leader: Some(1) })
+    );
+    let limit = nodes[0].config().entry_bytes_max;
+    let big: Arc<[u8]> = Arc::from(vec![0u8; limit as usize + 1]);
+    assert_eq!(
+        nodes[0].propose(big),
+        Err(ProposeError::TooLarge {
+            bytes: limit + 1,
+            limit
+        })
+    );
+}
+
+#[test]
+fn invalid_configurations_are_rejected_with_a_reason() {
+    let mut cfg = Config::new(4, vec![1, 2, 3]);
+    assert!(matches!(cfg.validate(), Err(ConfigError::Voters { .. })));
+    cfg = Config::new(1, vec![1, 2, 3]);
+    cfg.election_ticks_max = cfg.election_ticks_min;
+    assert!(matches!(cfg.validate(), Err(ConfigError::Timeouts { .. })));
+    cfg = Config::new(1, vec![1, 2, 3]);
+    cfg.inflight_msgs_max = 0;
+    assert_eq!(
+        cfg.validate(),
+        Err(ConfigError::ZeroLimit("inflight_msgs_max"))
+    );
+    assert!(Raft::new(cfg, HardState::default(), vec![]).is_err());
+}
