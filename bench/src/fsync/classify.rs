@@ -16,7 +16,7 @@ pub enum DiskClass {
     NvmeConsumer,
     /// An NVMe disk with power-loss protection: its cache is durable, a flush is nearly free (~10–60 µs).
     NvmePlp,
-    /// A virtual disk, or a latency no physical class explains.
+    /// A virtual disk, no block device at all, or a latency no physical class explains.
     UnknownVirtualised,
 }
 
@@ -99,7 +99,15 @@ pub fn latency_class(fdatasync_us_p50: f64) -> Option<DiskClass> {
 pub fn classify(fdatasync_us_p50: f64, device: &DeviceFacts) -> Classification {
     let by_latency = latency_class(fdatasync_us_p50);
     let looks_like = by_latency.map_or("no physical disk", DiskClass::label);
-    let (class, reason) = if !device.virtual_disk_evidence.is_empty() {
+    let (class, reason) = if device.disk.is_none() {
+        (
+            DiskClass::UnknownVirtualised,
+            format!(
+                "st_dev {} is no block device (tmpfs, overlayfs, btrfs); its p50 fdatasync of {fdatasync_us_p50:.0} µs looks like {looks_like}",
+                device.dev
+            ),
+        )
+    } else if !device.virtual_disk_evidence.is_empty() {
         (
             DiskClass::UnknownVirtualised,
             format!(
@@ -142,6 +150,7 @@ mod tests {
 
     fn physical(rotational: bool) -> DeviceFacts {
         DeviceFacts {
+            disk: Some("sda".into()),
             rotational: Some(rotational),
             ..DeviceFacts::default()
         }
@@ -208,6 +217,17 @@ mod tests {
             classify(300.0, &physical(true)).class,
             DiskClass::UnknownVirtualised
         );
+    }
+
+    #[test]
+    fn directory_without_a_block_device_is_unknown() {
+        let tmpfs = DeviceFacts {
+            dev: "0:27".into(),
+            ..DeviceFacts::default()
+        };
+        let c = classify(26.0, &tmpfs);
+        assert_eq!(c.class, DiskClass::UnknownVirtualised);
+        assert!(c.reason.contains("no block device"), "{}", c.reason);
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub enum BenchError {
         source: io::Error,
     },
     /// The filesystem has less free space than the measurement needs.
-    #[error("not enough free space in {dir}: the measurement needs {needed_bytes} bytes, {available_bytes} are available; lower --size or free some space")]
+    #[error("not enough free space in {dir}: the measurement needs {} MiB (its largest file plus a reserve), {} MiB are available; lower --size or free some space", needed_bytes >> 20, available_bytes >> 20)]
     NoSpace {
         /// The directory measured.
         dir: PathBuf,

@@ -34,7 +34,7 @@ pub fn render_text(p: &Profile) -> String {
     );
     let _ = writeln!(
         o,
-        "fast path: {}; each step at most {:.1} s and {} MiB",
+        "fast path: {}; each step at most {} s and {} MiB",
         p.fast_path.name(),
         p.step_duration_s,
         p.file_bytes_max >> 20
