@@ -94,9 +94,10 @@ fn draw_panel(s: &mut String, top: f64, panel: &Panel) {
     if xs.is_empty() || ys.is_empty() {
         return;
     }
+    // Half a doubling of padding on each side keeps the end points and their labels inside the frame.
     let (x_min, x_max) = (
-        xs[0].log2(),
-        xs[xs.len() - 1].log2().max(xs[0].log2() + 1.0),
+        xs[0].log2() - 0.5,
+        xs[xs.len() - 1].log2().max(xs[0].log2() + 1.0) + 0.5,
     );
     let y_lo = ys
         .iter()
@@ -219,7 +220,11 @@ fn draw_panel(s: &mut String, top: f64, panel: &Panel) {
             xp,
             yp - 9.0,
             panel.colour,
-            grouped(y)
+            if y < 10.0 {
+                format!("{y:.1}")
+            } else {
+                grouped(y)
+            }
         );
     }
 }
