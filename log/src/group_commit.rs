@@ -308,3 +308,85 @@ impl Writer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendKind;
+    use crate::index::LogIndex;
+
+    #[test]
+    fn a_failed_write_fails_the_log_for_good_and_is_never_retried() {
+        let dir = tempfile::Builder::new()
+            .prefix("raftline-gc-test")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let header = SegmentHeader {
+            seq: 1,
+            base_index: 1,
+            base_offset: 0,
+            prev_term: 0,
+            segment_bytes: 64 << 10,
+            group_bytes_max: 8 << 10,
+        };
+        let prepared =
+            segment::prepare(dir.path(), 1, header.segment_bytes, Preallocate::Sparse).unwrap();
+        segment::install(dir.path(), &prepared, &header, BackendKind::Buffered).unwrap();
+        // A read-only descriptor makes the real write fail (EBADF): the same path an fdatasync
+        // error takes.
+        let read_only = File::open(segment::segment_path(dir.path(), 1)).unwrap();
+        let shared = Arc::new(Shared {
+            index: RwLock::new(LogIndex::starting_at(1, 0, 0)),
+            durable: Mutex::new(DurableState {
+                durable_index: 0,
+                failed: None,
+            }),
+            durable_changed: Condvar::new(),
+            stats: WriterStats::default(),
+        });
+        let params = WriterParams {
+            dir: dir.path().to_path_buf(),
+            segment_bytes: header.segment_bytes,
+            group_bytes_max: 8 << 10,
+            preallocate: Preallocate::Sparse,
+        };
+        let writer = Writer::new(
+            params,
+            Backend::Pwrite { direct: false },
+            Arc::clone(&shared),
+            read_only,
+            header,
+            4096,
+        );
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let thread = std::thread::spawn(move || writer.run(rx));
+        let send = |index: u64| {
+            let mut batch = Batch::encode(&[]).unwrap();
+            batch.stamp(0, 1, index);
+            let (done, result) = crossbeam_channel::bounded(1);
+            tx.send(Op::Append {
+                batch,
+                done: Some(done),
+            })
+            .unwrap();
+            result.recv().unwrap()
+        };
+        assert!(
+            matches!(send(1), Err(LogError::Io { .. })),
+            "the write error surfaces"
+        );
+        assert!(
+            matches!(send(1), Err(LogError::Failed(_))),
+            "later appends fail without another write"
+        );
+        drop(tx);
+        thread.join().unwrap();
+        assert!(shared.durable.lock().unwrap().failed.is_some());
+        assert_eq!(shared.stats.fdatasyncs.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            shared.index.read().unwrap().next_index,
+            1,
+            "nothing became durable"
+        );
+    }
+}
