@@ -9,6 +9,7 @@ pub mod device;
 mod error;
 pub mod honesty;
 mod latency;
+pub mod machine_load;
 pub mod predict;
 pub mod profile;
 mod pwrite_path;

@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::classify::{classify, Classification, LatencyBand, LATENCY_BANDS};
 use super::device::{inspect, DeviceFacts};
 use super::honesty::{honesty_warnings, HonestyWarning};
+use super::machine_load::MachineLoad;
 use super::predict::{
     predict, CurvePoint, Prediction, ReferenceProfile, RECORD_BYTES, REFERENCE_PROFILES,
 };
@@ -121,6 +122,10 @@ pub struct Profile {
     pub reference_predictions: Vec<ReferencePrediction>,
     /// Fit or not, and what to expect.
     pub verdict: Verdict,
+    /// Machine load when the run started.
+    pub load_start: MachineLoad,
+    /// Machine load when the run ended.
+    pub load_end: MachineLoad,
 }
 
 /// Runs every step of the profile in `config.dir`, removing each scratch file after its step.
@@ -130,6 +135,7 @@ pub fn run_profile(
     observer: &mut dyn ProfileObserver,
 ) -> Result<Profile, BenchError> {
     let dir = config.dir.as_path();
+    let load_start = MachineLoad::now();
     check_dir(dir, config.file_bytes_max)?;
     let (fast_path, refusals) = resolve_io_path(dir, config.fast_path)?;
     let fallbacks: Vec<String> = refusals.iter().map(ToString::to_string).collect();
@@ -290,6 +296,8 @@ pub fn run_profile(
         predictions,
         reference_predictions,
         verdict,
+        load_start,
+        load_end: MachineLoad::now(),
     })
 }
 

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::classify::FDATASYNC_US_P50_IMPLAUSIBLE;
+use super::machine_load::MachineLoad;
 use super::predict::{Prediction, RECOMMENDED_COMMIT_LATENCY_FACTOR};
 use super::profile::{size_label, Profile};
 use super::{FileLayout, LatencySummary};
@@ -39,6 +40,20 @@ pub fn render_text(p: &Profile) -> String {
         p.step_duration_s,
         p.file_bytes_max >> 20
     );
+    let load = |l: &MachineLoad| l.load_avg_1m.map_or("?".to_string(), |v| format!("{v:.2}"));
+    let _ = writeln!(
+        o,
+        "machine: load average {} at start, {} at end, {} cores",
+        load(&p.load_start),
+        load(&p.load_end),
+        p.load_start.cpus
+    );
+    if p.load_start.busy() || p.load_end.busy() {
+        let _ = writeln!(
+            o,
+            "WARNING: the machine was busy: latencies include scheduler delay after each wake-up; rerun on a quiet machine (or under `chrt -f 20`) before trusting them"
+        );
+    }
     for f in &p.fallbacks {
         let _ = writeln!(o, "WARNING: fell back from the wanted fast path: {f}");
     }
