@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::{self, IsTerminal};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,8 +13,8 @@ use raftline_bench::fsync::profile::{run_profile, ProfileConfig, ProfileObserver
 use raftline_bench::fsync::text_report::render_text;
 use raftline_bench::fsync::{svg_plot, BenchError, IoPath, StopSignal};
 
-/// The directory used when --dir is not given; the only one this command creates (and removes again if it
-/// created it and left it empty).
+/// The directory used when --dir is not given; the only one this command creates, given or defaulted (and
+/// removes again if it created it and left it empty).
 const DEFAULT_DIR: &str = "./data";
 /// Longest accepted --duration per step.
 const STEP_DURATION_S_MAX: f64 = 600.0;
@@ -37,8 +37,8 @@ records/s for 256 B and 1 KiB records with and without group commit (beside refe
 profiles), and gives the verdict: fit when p99 fdatasync < 10 ms (the etcd rule).\n\n\
 Exit status: 0 fit, 2 unfit, 1 error, 130 interrupted.")]
 pub struct FsyncArgs {
-    /// Directory on the disk to profile. Must exist, except the default ./data, which is created (and removed
-    /// again if it was created here and is left empty).
+    /// Directory on the disk to profile [default: ./data]. Must exist, except ./data, which is created (and
+    /// removed again if it was created here and is left empty).
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Time budget per step in seconds (8 steps; the default run takes about 35 s).
@@ -90,18 +90,23 @@ pub fn run(args: FsyncArgs) -> anyhow::Result<ExitCode> {
     if args.size == 0 {
         bail!("--size must be at least 1 MiB");
     }
-    let (dir, created_dir) = match &args.dir {
-        Some(dir) => (dir.clone(), false),
-        None => {
-            let dir = PathBuf::from(DEFAULT_DIR);
-            let created = !dir.exists();
-            if created {
-                fs::create_dir_all(&dir)
-                    .with_context(|| format!("creating the default directory {DEFAULT_DIR}"))?;
-            }
-            (dir, created)
-        }
+    // ./data, given or defaulted, is the node's own data directory: creating it is what the operator
+    // expects. Any other missing directory is more likely a typo than a wish, so it is an error.
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
+    let without_cur_dir = |p: &Path| {
+        p.components()
+            .filter(|c| *c != Component::CurDir)
+            .collect::<PathBuf>()
     };
+    let is_default = without_cur_dir(&dir) == without_cur_dir(Path::new(DEFAULT_DIR));
+    let created_dir = is_default && !dir.exists();
+    if created_dir {
+        fs::create_dir(&dir)
+            .with_context(|| format!("creating the default directory {}", dir.display()))?;
+    }
     let result = profile_and_print(&args, &dir);
     if created_dir {
         // Only succeeds if empty: never removes anything this command did not create.

@@ -32,6 +32,27 @@ fn missing_dir_is_a_clear_error() {
 }
 
 #[test]
+fn default_data_dir_is_created_and_removed_again() {
+    let cwd = ext4_tempdir();
+    let out = raftline()
+        .args(["bench", "fsync", "--duration", "0.02", "--size", "8"])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0 | 2)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("data"));
+    assert_eq!(
+        fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "./data created for the run and removed"
+    );
+}
+
+#[test]
 fn bad_duration_is_refused() {
     let dir = ext4_tempdir();
     let out = raftline()
