@@ -1,7 +1,7 @@
 //! One `measure_fdatasync` run as JSON: the step `raftline bench fsync` runs, alone, so that
 //! `bench/fio-compare.sh` can put fio right before and right after it.
 //!
-//!   cargo run --release -p raftline-bench --example fdatasync_probe -- DIR buffered|direct-pwrite|direct-uring SECONDS FILE_MIB
+//!   cargo run --release -p raftline-bench --example fdatasync_probe -- DIR buffered|direct-pwrite|direct-uring|direct-uring-linked SECONDS FILE_MIB
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [dir, path, seconds, file_mib] = args.as_slice() else {
         eprintln!(
-            "usage: fdatasync_probe DIR buffered|direct-pwrite|direct-uring SECONDS FILE_MIB"
+            "usage: fdatasync_probe DIR buffered|direct-pwrite|direct-uring|direct-uring-linked SECONDS FILE_MIB"
         );
         return ExitCode::from(64);
     };
@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         "buffered" => IoPath::Buffered,
         "direct-pwrite" => IoPath::DirectPwrite,
         "direct-uring" => IoPath::DirectUring,
+        "direct-uring-linked" => IoPath::DirectUringLinked,
         other => {
             eprintln!("unknown path {other}");
             return ExitCode::from(64);

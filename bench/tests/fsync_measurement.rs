@@ -49,7 +49,12 @@ fn probe(path: IoPath, layout: FileLayout) -> FsyncProbe {
 #[test]
 fn every_path_and_layout_records_ordered_percentiles_and_leaves_no_file() {
     let dir = ext4_tempdir();
-    for path in [IoPath::Buffered, IoPath::DirectPwrite, IoPath::DirectUring] {
+    for path in [
+        IoPath::Buffered,
+        IoPath::DirectPwrite,
+        IoPath::DirectUring,
+        IoPath::DirectUringLinked,
+    ] {
         for layout in [FileLayout::Fallocated, FileLayout::Prewritten] {
             let p = probe(path, layout);
             let m = measure_fdatasync(dir.path(), &p, &StopSignal::default())

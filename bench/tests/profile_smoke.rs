@@ -53,7 +53,11 @@ fn fast_path_profile_has_every_step_and_table() {
         (0..recorder.plan.len()).collect::<Vec<_>>(),
         "every planned step ran in order"
     );
-    assert_eq!(recorder.plan.len(), 8);
+    assert_eq!(recorder.plan.len(), 9);
+    assert_eq!(
+        p.fast_4k_linked.as_ref().map(|m| m.path),
+        Some(IoPath::DirectUringLinked)
+    );
     assert!(p.fast_4k_prewritten.is_some());
     let sizes: Vec<usize> = p.curve.iter().map(|m| m.write_bytes).collect();
     assert_eq!(sizes, BATCH_SIZES.to_vec());
@@ -99,7 +103,7 @@ fn fast_path_profile_has_every_step_and_table() {
 fn forced_buffered_profile_skips_the_direct_steps() {
     let (p, recorder, _dir) = run(IoPath::Buffered);
     assert_eq!(p.fast_path, IoPath::Buffered);
-    assert!(p.fast_4k_prewritten.is_none());
+    assert!(p.fast_4k_prewritten.is_none() && p.fast_4k_linked.is_none());
     assert_eq!(
         recorder.plan.len(),
         6,

@@ -28,7 +28,7 @@ const EXIT_INTERRUPTED: u8 = 130;
 #[command(long_about = "Profile a disk the way a Raft log uses it.\n\n\
 Measures, in scratch files inside --dir (removed afterwards, also on Ctrl-C):\n  \
 1. 4 KiB sequential writes each followed by fdatasync, buffered (the etcd disk check)\n  \
-2. the same on raftline's fast path: O_DIRECT through io_uring (fresh file, and into prewritten blocks)\n  \
+2. the same on raftline's fast path: O_DIRECT through io_uring (fresh file, with the fdatasync linked to\n     the write as the log submits it, and into prewritten blocks)\n  \
 3. the group-commit curve: 4 KiB to 1 MiB writes, each followed by fdatasync\n  \
 4. sequential O_DIRECT bandwidth with 4 writes in flight and one fdatasync at the end\n  \
 5. honesty checks: flushes too fast for the device class, volatile write cache, rotational flag\n\n\
@@ -41,7 +41,7 @@ pub struct FsyncArgs {
     /// removed again if it was created here and is left empty).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Time budget per step in seconds (8 steps; the default run takes about 35 s).
+    /// Time budget per step in seconds (9 steps; the default run takes about 40 s).
     #[arg(long, default_value_t = 4.0)]
     duration: f64,
     /// Largest scratch file per step in MiB; a step ends early when its file is full. Needs this much free
@@ -65,8 +65,10 @@ enum PathArg {
     Buffered,
     /// O_DIRECT pwrite + fdatasync.
     DirectPwrite,
-    /// O_DIRECT write + fdatasync through io_uring (raftline's log path).
+    /// O_DIRECT write, then fdatasync, through io_uring (as fio does; also measures the linked variant).
     DirectUring,
+    /// O_DIRECT write with a linked fdatasync through io_uring (raftline's log path).
+    DirectUringLinked,
 }
 
 impl From<PathArg> for IoPath {
@@ -75,6 +77,7 @@ impl From<PathArg> for IoPath {
             PathArg::Buffered => IoPath::Buffered,
             PathArg::DirectPwrite => IoPath::DirectPwrite,
             PathArg::DirectUring => IoPath::DirectUring,
+            PathArg::DirectUringLinked => IoPath::DirectUringLinked,
         }
     }
 }

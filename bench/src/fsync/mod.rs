@@ -48,8 +48,10 @@ pub enum IoPath {
     Buffered,
     /// O_DIRECT pwrite from a sector-aligned buffer, then fdatasync (used where io_uring is refused).
     DirectPwrite,
-    /// O_DIRECT write then fdatasync through io_uring: raftline's own log path.
+    /// O_DIRECT write, wait, then fdatasync through io_uring (what fio `--ioengine=io_uring --fdatasync=1` does).
     DirectUring,
+    /// O_DIRECT write with an fdatasync linked to it (IO_LINK), submitted together: raftline's log path.
+    DirectUringLinked,
 }
 
 impl IoPath {
@@ -58,12 +60,18 @@ impl IoPath {
         !matches!(self, IoPath::Buffered)
     }
 
+    /// True for the io_uring paths.
+    pub fn uses_uring(self) -> bool {
+        matches!(self, IoPath::DirectUring | IoPath::DirectUringLinked)
+    }
+
     /// A short name for tables and `--io-path`.
     pub fn name(self) -> &'static str {
         match self {
             IoPath::Buffered => "buffered",
             IoPath::DirectPwrite => "direct-pwrite",
             IoPath::DirectUring => "direct-uring",
+            IoPath::DirectUringLinked => "direct-uring-linked",
         }
     }
 }
@@ -121,7 +129,8 @@ pub struct FsyncMeasurement {
     pub commits: u64,
     /// Wall time of the timed loop, seconds.
     pub elapsed_s: f64,
-    /// Latency of the fdatasync alone (what fio reports as `sync` latency).
+    /// Latency of the fdatasync alone (what fio reports as `sync` latency); on the linked path, from the
+    /// write's completion to the fdatasync's.
     pub fdatasync: LatencySummary,
     /// Latency of write + fdatasync: what one unbatched log append costs.
     pub commit: LatencySummary,
@@ -207,7 +216,7 @@ pub fn resolve_io_path(
 ) -> Result<(IoPath, Vec<BenchError>), BenchError> {
     let mut refusals = Vec::new();
     let mut path = wanted;
-    if path == IoPath::DirectUring {
+    if path.uses_uring() {
         match UringPath::new() {
             Ok(_) => {}
             Err(e @ BenchError::UringUnavailable { .. }) => {
@@ -260,7 +269,7 @@ pub fn measure_fdatasync_observed(
     let file = ScratchFile::create(dir, probe.path.is_direct())?;
     let buf = AlignedBuf::patterned(probe.write_bytes, probe.write_bytes as u64);
     let mut uring = match probe.path {
-        IoPath::DirectUring => Some(UringPath::new()?),
+        IoPath::DirectUring | IoPath::DirectUringLinked => Some(UringPath::new()?),
         IoPath::Buffered | IoPath::DirectPwrite => None,
     };
     prepare_layout(&file, probe, uring.as_mut())?;
@@ -278,6 +287,9 @@ pub fn measure_fdatasync_observed(
             break;
         }
         let (write_time, fdatasync_time) = match uring.as_mut() {
+            Some(ring) if probe.path == IoPath::DirectUringLinked => {
+                ring.write_linked_fdatasync(&file, &buf, offset)?
+            }
             Some(ring) => ring.write_then_fdatasync(&file, &buf, offset)?,
             None => pwrite_path::write_then_fdatasync(&file, &buf, offset)?,
         };
@@ -330,7 +342,7 @@ pub fn measure_sequential_bandwidth_observed(
         Ok(elapsed < probe.duration && next_offset + write_bytes <= probe.file_bytes_max)
     };
     let (queue_depth, bytes_written, end_fdatasync) = match probe.path {
-        IoPath::DirectUring => {
+        IoPath::DirectUring | IoPath::DirectUringLinked => {
             let mut ring = UringPath::new()?;
             let bufs: Vec<AlignedBuf> = (0..probe.queue_depth)
                 .map(|i| AlignedBuf::patterned(probe.write_bytes, i as u64 + 7))

@@ -104,6 +104,8 @@ pub struct Profile {
     pub buffered_4k: FsyncMeasurement,
     /// 4 KiB write + fdatasync on the fast path, fresh fallocate'd file: the figure classified.
     pub fast_4k: FsyncMeasurement,
+    /// 4 KiB with the fdatasync linked to the write (IO_LINK), when the fast path is io_uring.
+    pub fast_4k_linked: Option<FsyncMeasurement>,
     /// 4 KiB on the fast path into blocks written beforehand (a zero-filled or recycled segment).
     pub fast_4k_prewritten: Option<FsyncMeasurement>,
     /// Write + fdatasync per batch size on the fast path (the group-commit curve, 4 KiB first).
@@ -149,6 +151,13 @@ pub fn run_profile(
     if fast_path != IoPath::Buffered {
         plan.push(StepPlan {
             label: format!("4 KiB {} write + fdatasync", fast_path.name()),
+            duration: d,
+        });
+    }
+    let linked = fast_path == IoPath::DirectUring;
+    if linked {
+        plan.push(StepPlan {
+            label: "4 KiB direct-uring-linked write + fdatasync".into(),
             duration: d,
         });
     }
@@ -209,6 +218,17 @@ pub fn run_profile(
             ),
             observer,
         )?
+    };
+    let fast_4k_linked = if linked {
+        let p = probe(
+            4096,
+            IoPath::DirectUringLinked,
+            FileLayout::Fallocated,
+            config.file_bytes_max,
+        );
+        Some(fsync_step(p, observer)?)
+    } else {
+        None
     };
     let fast_4k_prewritten = if direct {
         let size = config.file_bytes_max.min(PREWRITTEN_FILE_BYTES_MAX);
@@ -287,6 +307,7 @@ pub fn run_profile(
         device,
         buffered_4k,
         fast_4k,
+        fast_4k_linked,
         fast_4k_prewritten,
         curve,
         bandwidth,

@@ -71,6 +71,7 @@ pub fn render_text(p: &Profile) -> String {
     if p.fast_4k.path != p.buffered_4k.path {
         rows.push(&p.fast_4k);
     }
+    rows.extend(p.fast_4k_linked.iter());
     rows.extend(p.fast_4k_prewritten.iter());
     for m in rows {
         let name = match m.layout {

@@ -45,13 +45,42 @@ impl UringPath {
         Ok((t1 - t0, t1.elapsed()))
     }
 
+    /// Submits the write and an fdatasync linked to it (IO_LINK) in one go, as the log's group commit
+    /// does; returns (write time, time from the write's completion to the fdatasync's).
+    pub(crate) fn write_linked_fdatasync(
+        &mut self,
+        file: &ScratchFile,
+        buf: &AlignedBuf,
+        offset: u64,
+    ) -> Result<(Duration, Duration), BenchError> {
+        let t0 = Instant::now();
+        self.push(write_entry(file, buf, offset, 0).flags(squeue::Flags::IO_LINK));
+        self.push(fsync_entry(file));
+        // Both completions are reaped before any result is judged: a failed write cancels the fsync
+        // (-ECANCELED), and the kernel owns the buffer until both are back.
+        let first = self.wait_one(file)?;
+        let t1 = Instant::now();
+        let second = self.wait_one(file)?;
+        let t2 = Instant::now();
+        let (write, fsync) = if first.0 == FSYNC_TAG {
+            (second, first)
+        } else {
+            (first, second)
+        };
+        assert_eq!(
+            fsync.0, FSYNC_TAG,
+            "the chain is one write and one fdatasync"
+        );
+        check_write(file, buf, write.1)?;
+        if fsync.1 < 0 {
+            return Err(file.io_error("fdatasync", io::Error::from_raw_os_error(-fsync.1)));
+        }
+        Ok((t1 - t0, t2 - t1))
+    }
+
     /// Submits one fdatasync and waits for it. Never retried on failure.
     pub(crate) fn fdatasync(&mut self, file: &ScratchFile) -> Result<(), BenchError> {
-        let fsync = opcode::Fsync::new(types::Fd(file.file().as_raw_fd()))
-            .flags(types::FsyncFlags::DATASYNC)
-            .build()
-            .user_data(FSYNC_TAG);
-        self.push(fsync);
+        self.push(fsync_entry(file));
         let (tag, result) = self.wait_one(file)?;
         assert_eq!(tag, FSYNC_TAG, "only the fdatasync is in flight");
         if result < 0 {
@@ -161,6 +190,13 @@ fn write_entry(file: &ScratchFile, buf: &AlignedBuf, offset: u64, tag: u64) -> s
     .offset(offset)
     .build()
     .user_data(tag)
+}
+
+fn fsync_entry(file: &ScratchFile) -> squeue::Entry {
+    opcode::Fsync::new(types::Fd(file.file().as_raw_fd()))
+        .flags(types::FsyncFlags::DATASYNC)
+        .build()
+        .user_data(FSYNC_TAG)
 }
 
 fn check_write(file: &ScratchFile, buf: &AlignedBuf, result: i32) -> Result<(), BenchError> {
