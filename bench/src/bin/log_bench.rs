@@ -38,6 +38,10 @@ struct Args {
     /// Seconds of appending T.
     #[arg(long, short = 't', default_value_t = 5.0)]
     seconds: f64,
+    /// Seconds of unmeasured appending first (lets the background zero-fill of the next
+    /// segment, started at open, finish).
+    #[arg(long, default_value_t = 1.0)]
+    warmup_seconds: f64,
     /// Write backend (auto falls back as the log does).
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
@@ -210,6 +214,31 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the appenders for `seconds`; returns their merged latency histogram and batch count.
+fn drive(
+    log: &Arc<Log>,
+    args: &Args,
+    template: &Batch,
+    seconds: f64,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let handles: Vec<_> = (0..args.appenders)
+        .map(|_| {
+            let (log, template) = (Arc::clone(log), template.clone());
+            let in_flight = args.in_flight;
+            std::thread::spawn(move || appender(&log, &template, in_flight, until))
+        })
+        .collect();
+    let mut latency_ns = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut batches = 0;
+    for h in handles {
+        let r = h.join().expect("appender panicked")?;
+        latency_ns.add(&r.latency_ns)?;
+        batches += r.batches;
+    }
+    Ok((latency_ns, batches))
+}
+
 /// The log's figures the disk limits are compared with.
 struct LogFigures {
     durable_bytes_per_s: f64,
@@ -224,26 +253,17 @@ fn run(
     template: &Batch,
 ) -> anyhow::Result<(String, LogFigures)> {
     let log = Arc::new(Log::open(config.clone())?);
-    let started = Instant::now();
-    let until = started + Duration::from_secs_f64(args.seconds);
-    let handles: Vec<_> = (0..args.appenders)
-        .map(|_| {
-            let (log, template) = (Arc::clone(&log), template.clone());
-            let in_flight = args.in_flight;
-            std::thread::spawn(move || appender(&log, &template, in_flight, until))
-        })
-        .collect();
-    let mut latency_ns = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let mut batches = 0;
-    for h in handles {
-        let r = h.join().expect("appender panicked")?;
-        latency_ns.add(&r.latency_ns)?;
-        batches += r.batches;
+    if args.warmup_seconds > 0.0 {
+        drive(&log, args, template, args.warmup_seconds)?;
     }
-    let elapsed_s = started.elapsed().as_secs_f64();
     let stats = log.stats();
-    let fdatasyncs = stats.fdatasyncs.load(Ordering::Relaxed);
-    let bytes_written = stats.bytes_written.load(Ordering::Relaxed);
+    let fdatasyncs_before = stats.fdatasyncs.load(Ordering::Relaxed);
+    let bytes_written_before = stats.bytes_written.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let (latency_ns, batches) = drive(&log, args, template, args.seconds)?;
+    let elapsed_s = started.elapsed().as_secs_f64();
+    let fdatasyncs = stats.fdatasyncs.load(Ordering::Relaxed) - fdatasyncs_before;
+    let bytes_written = stats.bytes_written.load(Ordering::Relaxed) - bytes_written_before;
     let records = batches * args.batch_records as u64;
     let batch_bytes = template.as_bytes().len() as u64;
     let us = |q: f64| latency_ns.value_at_quantile(q) as f64 / 1e3;
