@@ -64,7 +64,7 @@ pub fn render_text(p: &Profile) -> String {
     );
     let _ = writeln!(
         o,
-        "{:<30} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>10}",
+        "{:<33} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>10}",
         "path", "commits", "p50", "p90", "p99", "p99.9", "max", "commit p50", "entries/s"
     );
     let mut rows = vec![&p.buffered_4k];
@@ -80,7 +80,7 @@ pub fn render_text(p: &Profile) -> String {
         };
         let _ = writeln!(
             o,
-            "{:<30} {:>8} {} {:>11.0} {:>10}",
+            "{:<33} {:>8} {} {:>11.0} {:>10}",
             name,
             m.commits,
             latency_cells(&m.fdatasync),
@@ -149,9 +149,15 @@ pub fn render_text(p: &Profile) -> String {
         "   thresholds on p50 fdatasync: {}; below {FDATASYNC_US_P50_IMPLAUSIBLE:.0} µs implausible; a virtual disk is always unknown/virtualised",
         bands.join(" | ")
     );
-    for w in &p.warnings {
+    // Warnings usually share their evidence: print it once after the run of warnings it backs.
+    for (i, w) in p.warnings.iter().enumerate() {
         let _ = writeln!(o, "WARNING: {}", w.message);
-        let _ = writeln!(o, "  evidence: {}", w.evidence.join("; "));
+        if p.warnings
+            .get(i + 1)
+            .is_none_or(|next| next.evidence != w.evidence)
+        {
+            let _ = writeln!(o, "  evidence: {}", w.evidence.join("; "));
+        }
     }
 
     let _ = writeln!(o, "\n6. prediction from the measured curve");
