@@ -106,11 +106,17 @@ impl Writer {
             spare: None,
             failed: None,
         };
-        w.prepare_spare();
+        w.prepare_spare_if_due();
         w
     }
 
-    fn prepare_spare(&mut self) {
+    /// Starts preparing the next segment in the background once the active one is a quarter
+    /// full: early enough to be ready at roll-over, late enough that a log which is opened and
+    /// closed often does not zero-fill segments it never uses.
+    fn prepare_spare_if_due(&mut self) {
+        if self.spare.is_some() || self.pos < self.params.segment_bytes / 4 {
+            return;
+        }
         let dir = self.params.dir.clone();
         let (seq, bytes, how) = (
             self.header.seq + 1,
@@ -220,6 +226,7 @@ impl Writer {
                 )
             })?;
         self.pos += self.buf.len() as u64;
+        self.prepare_spare_if_due();
         let stats = &self.shared.stats;
         stats.fdatasyncs.fetch_add(1, Ordering::Relaxed);
         stats
@@ -304,7 +311,7 @@ impl Writer {
         self.file = file;
         self.header = header;
         self.pos = segment::SEGMENT_HEADER_BYTES;
-        self.prepare_spare();
+        self.prepare_spare_if_due();
         Ok(())
     }
 }

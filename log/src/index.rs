@@ -90,12 +90,6 @@ impl LogIndex {
         self.last_term = prev_term;
     }
 
-    /// The entry at `index`, if durable and retained.
-    pub fn get(&self, index: u64) -> Option<&EntryLoc> {
-        let i = index.checked_sub(self.first_index)?;
-        self.entries.get(usize::try_from(i).ok()?)
-    }
-
     /// Position in `entries` of the first batch that holds `offset` or starts after it.
     pub fn position_of_offset(&self, offset: u64) -> usize {
         self.entries.partition_point(|e| e.next_offset() <= offset)

@@ -412,21 +412,9 @@ impl Log {
                     last,
                 });
             }
-            let mut plan = Vec::new();
-            let mut total = 0usize;
-            for i in from..=to {
-                let e = index.get(i).expect("retained durable entry");
-                if !plan.is_empty() && total + e.len as usize > bytes_max {
-                    break;
-                }
-                total += e.len as usize;
-                plan.push((index.segment_file(e.seg), e.seg, e.pos, e.len));
-            }
-            plan
+            self.plan_reads(&index, (from - index.first_index) as usize, to, bytes_max)
         };
-        plan.into_iter()
-            .map(|(file, seg, pos, len)| self.read_batch(&file, seg, pos, len))
-            .collect()
+        self.read_planned(plan)
     }
 
     /// Durable batches from the one holding record `offset`, none with a Raft index above
@@ -445,18 +433,42 @@ impl Log {
                     start_offset: index.start_offset,
                 });
             }
-            let mut plan = Vec::new();
-            let mut total = 0usize;
-            for e in index.entries.range(index.position_of_offset(offset)..) {
-                if e.index > upto_index || (!plan.is_empty() && total + e.len as usize > bytes_max)
-                {
-                    break;
-                }
-                total += e.len as usize;
-                plan.push((index.segment_file(e.seg), e.seg, e.pos, e.len));
-            }
-            plan
+            self.plan_reads(
+                &index,
+                index.position_of_offset(offset),
+                upto_index,
+                bytes_max,
+            )
         };
+        self.read_planned(plan)
+    }
+
+    /// Locations of the entries from position `start` of the index, none above `upto_index`,
+    /// at most `bytes_max` bytes but at least one entry.
+    fn plan_reads(
+        &self,
+        index: &LogIndex,
+        start: usize,
+        upto_index: u64,
+        bytes_max: usize,
+    ) -> Vec<(Arc<std::fs::File>, u64, u64, u32)> {
+        let mut plan = Vec::new();
+        let mut total = 0usize;
+        for e in index.entries.range(start.min(index.entries.len())..) {
+            if e.index > upto_index || (!plan.is_empty() && total + e.len as usize > bytes_max) {
+                break;
+            }
+            total += e.len as usize;
+            plan.push((index.segment_file(e.seg), e.seg, e.pos, e.len));
+        }
+        plan
+    }
+
+    /// Reads planned locations outside the index lock, verifying each batch's checksum.
+    fn read_planned(
+        &self,
+        plan: Vec<(Arc<std::fs::File>, u64, u64, u32)>,
+    ) -> Result<Vec<Batch>, LogError> {
         plan.into_iter()
             .map(|(file, seg, pos, len)| self.read_batch(&file, seg, pos, len))
             .collect()
