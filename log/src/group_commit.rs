@@ -27,6 +27,13 @@ pub(crate) enum Op {
     Append { batch: Batch, done: Option<Done> },
     /// A truncation marker to persist on its own.
     Truncate { marker: Batch, done: Done },
+    /// Discard the whole log; it restarts at `next_index`/`next_offset` after `prev_term`.
+    Restart {
+        next_index: u64,
+        next_offset: u64,
+        prev_term: u64,
+        done: Done,
+    },
 }
 
 impl Op {
@@ -34,6 +41,7 @@ impl Op {
         match self {
             Op::Append { batch, .. } => batch.as_bytes().len(),
             Op::Truncate { marker, .. } => marker.as_bytes().len(),
+            Op::Restart { .. } => 0,
         }
     }
 }
@@ -140,10 +148,24 @@ impl Writer {
                     Err(_) => break,
                 },
             };
+            if let Op::Restart {
+                next_index,
+                next_offset,
+                prev_term,
+                done,
+            } = first
+            {
+                let result = match &self.failed {
+                    Some(why) => Err(LogError::Failed(why.clone())),
+                    None => self.restart(next_index, next_offset, prev_term),
+                };
+                let _ = done.send(result);
+                continue;
+            }
             let group_max = self.group_bytes_max();
             let mut bytes = first.bytes();
             // A truncation marker is a group of its own.
-            let alone = matches!(first, Op::Truncate { .. });
+            let alone = !matches!(first, Op::Append { .. });
             group.push(first);
             if !alone {
                 loop {
@@ -192,7 +214,7 @@ impl Writer {
         for op in group.drain(..) {
             let done = match op {
                 Op::Append { done, .. } => done,
-                Op::Truncate { done, .. } => Some(done),
+                Op::Truncate { done, .. } | Op::Restart { done, .. } => Some(done),
             };
             if let Some(done) = done {
                 let _ = done.send(result.clone());
@@ -211,6 +233,7 @@ impl Writer {
             let batch = match op {
                 Op::Append { batch, .. } => batch,
                 Op::Truncate { marker, .. } => marker,
+                Op::Restart { .. } => unreachable!("a restart is never part of a group"),
             };
             let h = batch.header();
             locs.push((h, self.pos + self.buf.len() as u64));
@@ -262,6 +285,42 @@ impl Writer {
 
     /// Seals the current segment (all its groups are durable) and starts the next one.
     fn roll_over(&mut self) -> Result<(), LogError> {
+        let start = {
+            let index = self.shared.index.read().expect("index lock");
+            (index.next_index, index.next_offset, index.last_term)
+        };
+        self.start_segment(start, false)
+    }
+
+    /// Starts a restart segment at the given position, then deletes every earlier segment.
+    /// A crash before the deletes leaves obsolete segments that recovery skips and removes.
+    fn restart(
+        &mut self,
+        next_index: u64,
+        next_offset: u64,
+        prev_term: u64,
+    ) -> Result<(), LogError> {
+        self.start_segment((next_index, next_offset, prev_term), true)?;
+        let obsolete: Vec<u64> = {
+            let mut index = self.shared.index.write().expect("index lock");
+            let segments = std::mem::take(&mut index.segments);
+            let mut fresh = LogIndex::starting_at(next_index, next_offset, prev_term);
+            let (obsolete, current): (Vec<_>, Vec<_>) =
+                segments.into_iter().partition(|s| s.seq < self.header.seq);
+            fresh.segments.extend(current);
+            *index = fresh;
+            obsolete.iter().map(|s| s.seq).collect()
+        };
+        segment::remove_segments(&self.params.dir, &obsolete)
+            .map_err(|e| LogError::io("deleting segments obsolete after a restart", e))?;
+        let mut d = self.shared.durable.lock().expect("durable lock");
+        d.durable_index = next_index - 1;
+        self.shared.durable_changed.notify_all();
+        Ok(())
+    }
+
+    /// Seals the current segment and starts the next at log position `(index, offset, prev_term)`.
+    fn start_segment(&mut self, start: (u64, u64, u64), restart: bool) -> Result<(), LogError> {
         let dir = self.params.dir.clone();
         let prepared = match self
             .spare
@@ -278,16 +337,14 @@ impl Writer {
             )
             .map_err(|e| LogError::io("preparing the next segment", e))?,
         };
-        let header = {
-            let index = self.shared.index.read().expect("index lock");
-            SegmentHeader {
-                seq: self.header.seq + 1,
-                base_index: index.next_index,
-                base_offset: index.next_offset,
-                prev_term: index.last_term,
-                segment_bytes: self.params.segment_bytes,
-                group_bytes_max: self.params.group_bytes_max as u64,
-            }
+        let header = SegmentHeader {
+            seq: self.header.seq + 1,
+            base_index: start.0,
+            base_offset: start.1,
+            prev_term: start.2,
+            segment_bytes: self.params.segment_bytes,
+            group_bytes_max: self.params.group_bytes_max as u64,
+            restart,
         };
         let file = segment::install(&dir, &prepared, &header, self.backend.kind())
             .map_err(|e| LogError::io(format!("installing segment {}", header.seq), e))?;
@@ -335,6 +392,7 @@ mod tests {
             prev_term: 0,
             segment_bytes: 64 << 10,
             group_bytes_max: 8 << 10,
+            restart: false,
         };
         let prepared =
             segment::prepare(dir.path(), 1, header.segment_bytes, Preallocate::Sparse).unwrap();

@@ -158,6 +158,7 @@ impl Log {
                 prev_term: 0,
                 segment_bytes: config.segment_bytes,
                 group_bytes_max: config.group_bytes_max as u64,
+                restart: false,
             };
             let prepared = segment::prepare(&dir, 1, config.segment_bytes, config.preallocate)
                 .map_err(|e| LogError::io("preparing the first segment", e))?;
@@ -498,6 +499,40 @@ impl Log {
         Ok(Batch::from_verified(bytes))
     }
 
+    /// Discards the whole log and restarts it after a snapshot that ends at `last_index` with
+    /// `last_term` (a follower installing a snapshot beyond its log): the next entry is
+    /// `last_index + 1` at record offset `next_offset`. Durable when the ticket completes.
+    pub fn restart_after_snapshot(
+        &self,
+        last_index: u64,
+        last_term: u64,
+        next_offset: u64,
+    ) -> Result<AppendTicket, LogError> {
+        self.check_failed()?;
+        let mut seq = self.seq.lock().expect("sequencer lock");
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let op = Op::Restart {
+            next_index: last_index + 1,
+            next_offset,
+            prev_term: last_term,
+            done: done_tx,
+        };
+        let tx = self.tx.as_ref().expect("sender lives until drop");
+        tx.send(op).map_err(|_| LogError::Closed)?;
+        *seq = Sequencer {
+            first_index: last_index + 1,
+            prev_term: last_term,
+            next_offset,
+            entries: VecDeque::new(),
+        };
+        Ok(AppendTicket {
+            index: last_index + 1,
+            base_offset: next_offset,
+            next_offset,
+            done: done_rx,
+        })
+    }
+
     /// Deletes whole segments whose entries all lie below `index` (never the segment being
     /// written), then fsyncs the directory. Returns how many segments were dropped.
     pub fn truncate_prefix(&self, index: u64) -> Result<usize, LogError> {
@@ -513,15 +548,8 @@ impl Log {
             sync_sequencer_front(&mut seq, &log_index);
             dropped
         };
-        for &s in &dropped {
-            let path = segment::segment_path(&self.config.dir, s);
-            std::fs::remove_file(&path)
-                .map_err(|e| LogError::io(format!("deleting {}", path.display()), e))?;
-        }
-        if !dropped.is_empty() {
-            segment::sync_dir(&self.config.dir)
-                .map_err(|e| LogError::io("fsync of the log directory", e))?;
-        }
+        segment::remove_segments(&self.config.dir, &dropped)
+            .map_err(|e| LogError::io("deleting segments below the prefix", e))?;
         Ok(dropped.len())
     }
 }

@@ -22,7 +22,7 @@ use crate::aligned_buf::{align_up, SECTOR_BYTES};
 use crate::batch::{check_frame, BatchError, BatchHeader, FLAG_TRUNCATE_MARKER};
 use crate::error::{CorruptionKind, LogError};
 use crate::index::{EntryLoc, LogIndex, SegmentRef};
-use crate::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::segment::{self, segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
 
 /// Where the writer continues after recovery.
 pub(crate) struct Recovered {
@@ -99,6 +99,8 @@ fn valid_batch_at_or_after(data: &[u8], from: usize) -> bool {
 /// Reads all segments `seqs` (ascending, non-empty) of `dir` and rebuilds the index.
 pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
     assert!(!seqs.is_empty(), "recover needs at least one segment");
+    let seqs = skip_before_restart(dir, seqs)?;
+    let seqs = &seqs[..];
     let mut index: Option<LogIndex> = None;
     let mut torn_bytes_cut = 0;
     let mut tail = None;
@@ -204,6 +206,27 @@ pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
         tail_pos,
         torn_bytes_cut,
     })
+}
+
+/// Drops (and deletes) the segments before the last restart segment: a crash after a restart
+/// segment was installed may have left them behind.
+fn skip_before_restart(dir: &Path, seqs: &[u64]) -> Result<Vec<u64>, LogError> {
+    let mut restart_at = 0;
+    for (i, &seq) in seqs.iter().enumerate() {
+        let path = segment_path(dir, seq);
+        let mut first_sector = vec![0u8; SECTOR_BYTES];
+        let file = File::open(&path)
+            .map_err(|e| LogError::io(format!("opening {}", path.display()), e))?;
+        let n = file
+            .read_at(&mut first_sector, 0)
+            .map_err(|e| LogError::io(format!("reading {}", path.display()), e))?;
+        if SegmentHeader::decode(&first_sector[..n]).is_ok_and(|h| h.restart) {
+            restart_at = i;
+        }
+    }
+    segment::remove_segments(dir, &seqs[..restart_at])
+        .map_err(|e| LogError::io("deleting segments obsolete after a restart", e))?;
+    Ok(seqs[restart_at..].to_vec())
 }
 
 /// Durably overwrites `[from, to)` of the segment with zeros, keeping the bytes before `from` in

@@ -2,9 +2,10 @@
 //!
 //! Header (little-endian, in the first 4 KiB sector; the rest of the sector is zero):
 //! ```text
-//!  0 u64 magic "RLNSEG01"   8 u32 version (1)    12 u32 crc32c of bytes [16, 64)
+//!  0 u64 magic "RLNSEG01"   8 u32 version (1)    12 u32 crc32c of bytes [16, 72)
 //! 16 u64 seq               24 u64 base_index    32 u64 base_offset
 //! 40 u64 prev_term         48 u64 segment_bytes 56 u64 group_bytes_max
+//! 64 u64 flags (bit 0: RESTART — the log restarts here; every earlier segment is obsolete)
 //! ```
 //! `base_index`/`base_offset`/`prev_term` describe the log position where the segment begins,
 //! so a segment can be read even after all earlier segments were dropped.
@@ -20,6 +21,7 @@ use crate::batch::crc32c;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"RLNSEG01");
 const VERSION: u32 = 1;
+const HEADER_USED_BYTES: usize = 72;
 /// Bytes before the first batch of a segment.
 pub const SEGMENT_HEADER_BYTES: u64 = SECTOR_BYTES as u64;
 const PREP_SUFFIX: &str = "seg.prep";
@@ -52,11 +54,14 @@ pub struct SegmentHeader {
     /// Largest group (one write + fdatasync) the writer puts in this segment: the bound on how
     /// much of the tail a torn write can damage.
     pub group_bytes_max: u64,
+    /// The log restarts at this segment (after a snapshot install past the log's end): every
+    /// earlier segment is obsolete.
+    pub restart: bool,
 }
 
 impl SegmentHeader {
-    fn encode(&self) -> [u8; 64] {
-        let mut h = [0u8; 64];
+    fn encode(&self) -> [u8; HEADER_USED_BYTES] {
+        let mut h = [0u8; HEADER_USED_BYTES];
         h[0..8].copy_from_slice(&MAGIC.to_le_bytes());
         h[8..12].copy_from_slice(&VERSION.to_le_bytes());
         for (at, v) in [
@@ -66,17 +71,18 @@ impl SegmentHeader {
             (40, self.prev_term),
             (48, self.segment_bytes),
             (56, self.group_bytes_max),
+            (64, u64::from(self.restart)),
         ] {
             h[at..at + 8].copy_from_slice(&v.to_le_bytes());
         }
-        let crc = crc32c(&h[16..64]);
+        let crc = crc32c(&h[16..HEADER_USED_BYTES]);
         h[12..16].copy_from_slice(&crc.to_le_bytes());
         h
     }
 
     /// Decodes and verifies a header; the error says what is wrong.
     pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, String> {
-        if bytes.len() < 64 {
+        if bytes.len() < HEADER_USED_BYTES {
             return Err(format!("header truncated at {} bytes", bytes.len()));
         }
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
@@ -88,7 +94,7 @@ impl SegmentHeader {
             return Err(format!("unsupported version {version}"));
         }
         let stored = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
-        let actual = crc32c(&bytes[16..64]);
+        let actual = crc32c(&bytes[16..HEADER_USED_BYTES]);
         if stored != actual {
             return Err(format!(
                 "header checksum: stored {stored:#010x}, computed {actual:#010x}"
@@ -101,6 +107,11 @@ impl SegmentHeader {
             prev_term: u64_at(40),
             segment_bytes: u64_at(48),
             group_bytes_max: u64_at(56),
+            restart: match u64_at(64) {
+                0 => false,
+                1 => true,
+                other => return Err(format!("unknown segment flags {other:#x}")),
+            },
         })
     }
 }
@@ -137,6 +148,17 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
 /// fsyncs a directory so that creates, renames and deletes in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Deletes segments `seqs` of `dir`, then fsyncs the directory (if any was deleted).
+pub fn remove_segments(dir: &Path, seqs: &[u64]) -> io::Result<()> {
+    for &seq in seqs {
+        std::fs::remove_file(segment_path(dir, seq))?;
+    }
+    if !seqs.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Creates the zero-filled (or fallocated / sparse) body of segment `seq` under a temporary name.
@@ -210,6 +232,7 @@ mod tests {
             prev_term: 2,
             segment_bytes: 1 << 20,
             group_bytes_max: 1 << 16,
+            restart: true,
         };
         let bytes = h.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Ok(h));

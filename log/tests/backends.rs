@@ -353,6 +353,54 @@ fn readers_never_see_undurable_batches(kind: BackendKind) {
     writer.join().unwrap();
 }
 
+fn restart_after_snapshot_discards_the_log_and_survives_reopen(kind: BackendKind) {
+    let dir = scratch();
+    let old_segment;
+    {
+        let log = Log::open(config(dir.path(), kind)).unwrap();
+        append_waited(&log, 2, 0..20);
+        old_segment = std::fs::read(segment_path(dir.path(), 1)).unwrap();
+        log.restart_after_snapshot(100, 7, 5000)
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(
+            (log.first_index(), log.last_index(), log.next_offset()),
+            (101, 100, 5000)
+        );
+        assert_eq!(
+            (log.term_at(100), log.term_at(20), log.durable_index()),
+            (Some(7), None, 100)
+        );
+        log.append(Some(101), 7, batch(101, 3))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    assert!(
+        !segment_path(dir.path(), 1).exists(),
+        "obsolete segments are deleted"
+    );
+    // A crash between installing the restart segment and deleting the old ones leaves them.
+    std::fs::write(segment_path(dir.path(), 1), &old_segment).unwrap();
+    let log = Log::open(config(dir.path(), kind)).unwrap();
+    assert!(
+        !segment_path(dir.path(), 1).exists(),
+        "recovery deletes segments before a restart"
+    );
+    assert_eq!(
+        (log.first_index(), log.last_index(), log.term_at(100)),
+        (101, 101, Some(7))
+    );
+    assert_eq!(all_tags(&log), vec![101]);
+    assert_eq!(
+        log.read_from_offset(5000, u64::MAX, 1).unwrap()[0]
+            .header()
+            .base_offset,
+        5000
+    );
+}
+
 macro_rules! for_every_backend {
     ($($test:ident),* $(,)?) => {
         mod uring_direct { $( #[test] fn $test() { super::$test(raftline_log::BackendKind::UringDirect) } )* }
@@ -372,4 +420,5 @@ for_every_backend!(
     prefix_truncation_drops_whole_segments_only,
     consumer_reads_find_the_batch_holding_an_offset,
     readers_never_see_undurable_batches,
+    restart_after_snapshot_discards_the_log_and_survives_reopen,
 );
