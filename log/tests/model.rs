@@ -1,4 +1,4 @@
-//! Property test: random append / truncate-suffix / truncate-prefix / reopen sequences agree
+//! Property test: random append / truncate-suffix / truncate-prefix / restart / reopen sequences agree
 //! with an in-memory model of the log. Replay a failure with PROPTEST_RNG_SEED=<seed>.
 
 mod common;
@@ -22,6 +22,10 @@ enum Step {
     TruncatePrefix {
         ahead: u64,
     },
+    /// Restart after a snapshot `ahead` entries past the end.
+    Restart {
+        ahead: u64,
+    },
     Reopen,
 }
 
@@ -31,6 +35,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0u64..20).prop_map(|back| Step::TruncateSuffix { back }),
         1 => (0u64..30).prop_map(|ahead| Step::TruncatePrefix { ahead }),
         1 => Just(Step::Reopen),
+        1 => (0u64..10).prop_map(|ahead| Step::Restart { ahead }),
     ]
 }
 
@@ -127,6 +132,17 @@ fn run(steps: Vec<Step>) {
                     m.prev_term = e.1;
                 }
                 m.first = new_first;
+            }
+            Step::Restart { ahead } => {
+                let (last_index, next_offset) = (m.last() + ahead, m.next_offset() + 10 * ahead);
+                log.restart_after_snapshot(last_index, m.term, next_offset)
+                    .unwrap()
+                    .wait()
+                    .unwrap();
+                m.first = last_index + 1;
+                m.prev_term = m.term;
+                m.start_offset = next_offset;
+                m.entries.clear();
             }
             Step::Reopen => {
                 drop(log);
