@@ -272,7 +272,7 @@ pub fn measure_fdatasync_observed(
         IoPath::DirectUring | IoPath::DirectUringLinked => Some(UringPath::new()?),
         IoPath::Buffered | IoPath::DirectPwrite => None,
     };
-    prepare_layout(&file, probe, uring.as_mut())?;
+    prepare_layout(&file, probe, uring.as_mut(), stop)?;
 
     let mut fdatasync = LatencyRecorder::new();
     let mut commit = LatencyRecorder::new();
@@ -393,18 +393,23 @@ fn prepare_layout(
     file: &ScratchFile,
     probe: &FsyncProbe,
     uring: Option<&mut UringPath>,
+    stop: &StopSignal,
 ) -> Result<(), BenchError> {
     file.fallocate(probe.file_bytes_max)?;
     if probe.layout == FileLayout::Fallocated {
         return Ok(());
     }
-    const FILL_BYTES: usize = 1 << 20;
-    let fill = AlignedBuf::patterned(FILL_BYTES, 3);
+    // Whole MiBs, then sectors: every block the timed loop may write is written here first.
     let mut offset = 0u64;
-    // Whole MiBs only: the timed loop stays below `file_bytes_max`, a partial MiB at the end stays unwritten.
-    while offset + FILL_BYTES as u64 <= probe.file_bytes_max {
-        pwrite_path::write_full(file, &fill, offset)?;
-        offset += FILL_BYTES as u64;
+    for chunk_bytes in [1 << 20, SECTOR_BYTES] {
+        let fill = AlignedBuf::patterned(chunk_bytes, 3);
+        while offset + chunk_bytes as u64 <= probe.file_bytes_max {
+            if stop.is_raised() {
+                return Err(BenchError::Interrupted);
+            }
+            pwrite_path::write_full(file, &fill, offset)?;
+            offset += chunk_bytes as u64;
+        }
     }
     match uring {
         Some(ring) => ring.fdatasync(file),
