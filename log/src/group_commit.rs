@@ -77,6 +77,7 @@ pub(crate) struct WriterParams {
     pub segment_bytes: u64,
     pub group_bytes_max: usize,
     pub preallocate: Preallocate,
+    pub emulated_fsync_delay: std::time::Duration,
 }
 
 /// The writer thread's state.
@@ -248,6 +249,9 @@ impl Writer {
                     e,
                 )
             })?;
+        if !self.params.emulated_fsync_delay.is_zero() {
+            std::thread::sleep(self.params.emulated_fsync_delay);
+        }
         self.pos += self.buf.len() as u64;
         self.prepare_spare_if_due();
         let stats = &self.shared.stats;
@@ -414,6 +418,7 @@ mod tests {
             segment_bytes: header.segment_bytes,
             group_bytes_max: 8 << 10,
             preallocate: Preallocate::Sparse,
+            emulated_fsync_delay: std::time::Duration::ZERO,
         };
         let writer = Writer::new(
             params,

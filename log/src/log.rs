@@ -35,6 +35,9 @@ pub struct LogConfig {
     pub queue_depth: usize,
     /// How new segments are preallocated.
     pub preallocate: Preallocate,
+    /// Benchmarks only: extra time added after every fdatasync, to emulate a slower disk
+    /// (DESIGN §3a: this machine's ~45 µs flush hides what batching buys on real disks).
+    pub emulated_fsync_delay: Duration,
 }
 
 impl LogConfig {
@@ -48,6 +51,7 @@ impl LogConfig {
             group_bytes_max: 4 << 20,
             queue_depth: 4096,
             preallocate: Preallocate::ZeroFill,
+            emulated_fsync_delay: Duration::ZERO,
         }
     }
 
@@ -197,6 +201,7 @@ impl Log {
             segment_bytes: config.segment_bytes,
             group_bytes_max: config.group_bytes_max,
             preallocate: config.preallocate,
+            emulated_fsync_delay: config.emulated_fsync_delay,
         };
         let writer = Writer::new(
             params,

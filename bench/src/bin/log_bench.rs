@@ -38,6 +38,10 @@ struct Args {
     /// Seconds of appending T.
     #[arg(long, short = 't', default_value_t = 5.0)]
     seconds: f64,
+    /// Extra microseconds added after every fdatasync of the log, to emulate a slower disk
+    /// (this machine's flush is far faster than real SSDs/HDDs; the disk limits stay unemulated).
+    #[arg(long, default_value_t = 0)]
+    fsync_delay_us: u64,
     /// Seconds of unmeasured appending first (lets the background zero-fill of the next
     /// segment, started at open, finish).
     #[arg(long, default_value_t = 1.0)]
@@ -167,6 +171,7 @@ fn main() -> anyhow::Result<()> {
     config.group_bytes_max = args.group_kib << 10;
     config.segment_bytes = args.segment_mib << 20;
     config.batch_bytes_max = batch_bytes.max(1 << 20).min(config.group_bytes_max);
+    config.emulated_fsync_delay = Duration::from_micros(args.fsync_delay_us);
     config.queue_depth = (args.appenders * args.in_flight).max(1);
 
     let result = run(&args, &dir, config, &template);
@@ -268,7 +273,7 @@ fn run(
     let batch_bytes = template.as_bytes().len() as u64;
     let us = |q: f64| latency_ns.value_at_quantile(q) as f64 / 1e3;
     let report = format!(
-        "log-bench on {dir} ({backend:?}, preallocate {prealloc:?}, group_bytes_max {group} KiB)\n\
+        "log-bench on {dir} ({backend:?}, preallocate {prealloc:?}, group_bytes_max {group} KiB, emulated fsync delay {delay} us)\n\
          workload: N={n} appenders, W={w} in flight each, B={b} records of V={v} bytes ({batch_bytes} bytes/batch), {elapsed_s:.1} s\n\
          records/s          {rps:>12.0}\n\
          durable MB/s       {mbps:>12.1}   (batch bytes; {written:.1} MB/s written incl. sector padding)\n\
@@ -279,6 +284,7 @@ fn run(
         backend = log.backend(),
         prealloc = config.preallocate,
         group = config.group_bytes_max >> 10,
+        delay = args.fsync_delay_us,
         n = args.appenders,
         w = args.in_flight,
         b = args.batch_records,

@@ -17,6 +17,7 @@ pub fn config(dir: &Path, kind: BackendKind) -> LogConfig {
         group_bytes_max: 8 << 10,
         queue_depth: 64,
         preallocate: Preallocate::ZeroFill,
+        emulated_fsync_delay: std::time::Duration::ZERO,
     }
 }
 
