@@ -75,6 +75,14 @@ pub enum LogError {
         /// The index asked for.
         got: u64,
     },
+    /// An append with a term lower than the last entry's (terms never decrease in a Raft log).
+    #[error("append with term {term} after an entry of term {last_term}")]
+    TermRegression {
+        /// Term asked for.
+        term: u64,
+        /// Term of the last entry.
+        last_term: u64,
+    },
     /// Truncation would cut committed entries.
     #[error("refusing to truncate from index {from}: entries up to the commit index {commit} are committed")]
     TruncateCommitted {

@@ -280,10 +280,9 @@ impl Log {
         let last_term = seq
             .term_at(next_index - 1)
             .expect("term of the last entry is known");
-        assert!(
-            term >= last_term,
-            "term {term} appended after term {last_term}: terms never decrease in a Raft log"
-        );
+        if term < last_term {
+            return Err(LogError::TermRegression { term, last_term });
+        }
         let base_offset = seq.next_offset;
         batch.stamp(base_offset, term, next_index);
         let record_count = u64::from(batch.header().record_count);
@@ -544,10 +543,13 @@ impl Log {
         let mut seq = self.seq.lock().expect("sequencer lock");
         let dropped = {
             let mut log_index = self.shared.index.write().expect("index lock");
-            assert!(
-                index <= log_index.next_index,
-                "prefix truncation beyond the durable log"
-            );
+            if index > log_index.next_index {
+                return Err(LogError::OutOfRange {
+                    index,
+                    first: log_index.first_index,
+                    last: log_index.next_index - 1,
+                });
+            }
             let active = log_index.segments.back().map_or(0, |s| s.seq);
             let dropped = log_index.drop_segments_below(index, active);
             sync_sequencer_front(&mut seq, &log_index);

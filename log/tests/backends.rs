@@ -252,6 +252,17 @@ fn truncate_suffix_is_durable_and_refuses_committed(kind: BackendKind) {
                 got: 3
             })
         ));
+        assert!(matches!(
+            log.append(None, 0, batch(0, 1)),
+            Err(LogError::TermRegression {
+                term: 0,
+                last_term: 1
+            })
+        ));
+        assert!(matches!(
+            log.truncate_prefix(12),
+            Err(LogError::OutOfRange { index: 12, .. })
+        ));
         log.truncate_suffix(6, 5).unwrap().wait().unwrap();
         assert_eq!(
             (log.last_index(), log.next_offset(), log.durable_index()),
