@@ -120,12 +120,16 @@ impl Writer {
     }
 
     /// Starts preparing the next segment in the background once the active one is a quarter
-    /// full: early enough to be ready at roll-over, late enough that a log which is opened and
-    /// closed often does not zero-fill segments it never uses.
+    /// full (or right after a roll-over, when the log is evidently busy): early enough to be
+    /// ready at the next roll-over, late enough that a log which is opened and closed often
+    /// does not zero-fill segments it never uses.
     fn prepare_spare_if_due(&mut self) {
-        if self.spare.is_some() || self.pos < self.params.segment_bytes / 4 {
-            return;
+        if self.spare.is_none() && self.pos >= self.params.segment_bytes / 4 {
+            self.prepare_spare();
         }
+    }
+
+    fn prepare_spare(&mut self) {
         let dir = self.params.dir.clone();
         let (seq, bytes, how) = (
             self.header.seq + 1,
@@ -372,7 +376,7 @@ impl Writer {
         self.file = file;
         self.header = header;
         self.pos = segment::SEGMENT_HEADER_BYTES;
-        self.prepare_spare_if_due();
+        self.prepare_spare();
         Ok(())
     }
 }
