@@ -26,7 +26,9 @@ for t in fio python3 cargo; do
   command -v "$t" >/dev/null || { echo "missing $t: apt-get install -y fio" >&2; exit 1; }
 done
 TARGET=${CARGO_TARGET_DIR:-$HERE/../target}
-(cd "$HERE/.." && cargo build --release --quiet -p raftline-tools -p raftline-bench --example fdatasync_probe)
+# Two builds: a target filter (--example) would otherwise apply to both packages and skip the binary.
+(cd "$HERE/.." && cargo build --release --quiet -p raftline-tools && \
+  cargo build --release --quiet -p raftline-bench --example fdatasync_probe)
 PROBE="$TARGET/release/examples/fdatasync_probe"
 RAFTLINE="$TARGET/release/raftline"
 CREATED_DIR=""
