@@ -24,8 +24,8 @@ const EXIT_UNFIT: u8 = 2;
 /// Exit status after Ctrl-C (128 + SIGINT, the shell convention).
 const EXIT_INTERRUPTED: u8 = 130;
 
-#[derive(Args, Debug)]
-#[command(long_about = "Profile a disk the way a Raft log uses it.\n\n\
+/// The long `--help` text of `raftline bench fsync`.
+pub const LONG_ABOUT: &str = "Profile a disk the way a Raft log uses it.\n\n\
 Measures, in scratch files inside --dir (removed afterwards, also on Ctrl-C):\n  \
 1. 4 KiB sequential writes each followed by fdatasync, buffered (the etcd disk check)\n  \
 2. the same on raftline's fast path: O_DIRECT through io_uring (fresh file, with the fdatasync linked to\n     the write as the log submits it, and into prewritten blocks)\n  \
@@ -35,7 +35,9 @@ Measures, in scratch files inside --dir (removed afterwards, also on Ctrl-C):\n 
 Then classifies the disk (HDD, SATA SSD, consumer NVMe, PLP NVMe, unknown/virtualised), predicts\n\
 records/s for 256 B and 1 KiB records with and without group commit (beside reference HDD/SATA/NVMe\n\
 profiles), and gives the verdict: fit when p99 fdatasync < 10 ms (the etcd rule).\n\n\
-Exit status: 0 fit, 2 unfit, 1 error, 130 interrupted.")]
+Exit status: 0 fit, 2 unfit, 1 error, 130 interrupted.";
+
+#[derive(Args, Debug)]
 pub struct FsyncArgs {
     /// Directory on the disk to profile [default: ./data]. Must exist, except ./data, which is created (and
     /// removed again if it was created here and is left empty).

@@ -24,6 +24,7 @@ enum Command {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Profile a disk the way a Raft log uses it: fdatasync latency, group-commit curve, bandwidth, verdict.
+    #[command(long_about = bench_fsync::LONG_ABOUT)]
     Fsync(bench_fsync::FsyncArgs),
 }
 

@@ -136,3 +136,21 @@ fn ctrl_c_removes_scratch_files_and_exits_130() {
         "scratch files removed"
     );
 }
+
+#[test]
+fn help_explains_the_steps_and_the_exit_status() {
+    let out = raftline()
+        .args(["bench", "fsync", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("group-commit curve") && help.contains("etcd rule"),
+        "{help}"
+    );
+    assert!(
+        help.contains("Exit status: 0 fit, 2 unfit, 1 error, 130 interrupted"),
+        "{help}"
+    );
+}
