@@ -120,6 +120,9 @@ pub enum LogError {
     /// The batch bytes are invalid.
     #[error("invalid batch: {0}")]
     BadBatch(#[from] BatchError),
+    /// The configuration breaks a limit (the message names it).
+    #[error("invalid log configuration: {0}")]
+    Config(String),
     /// The log is shutting down.
     #[error("log is closed")]
     Closed,

@@ -143,9 +143,7 @@ pub struct Log {
 impl Log {
     /// Opens (creating if empty) the log in `config.dir`, recovering what is on disk.
     pub fn open(config: LogConfig) -> Result<Log, LogError> {
-        config
-            .validate()
-            .map_err(|why| LogError::io("invalid log configuration", std::io::Error::other(why)))?;
+        config.validate().map_err(LogError::Config)?;
         let dir = config.dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| LogError::io(format!("creating {}", dir.display()), e))?;

@@ -31,6 +31,16 @@ fn appended_entries_survive_reopen(kind: BackendKind) {
     );
 }
 
+fn configuration_breaking_a_limit_is_refused(kind: BackendKind) {
+    let dir = scratch();
+    let mut cfg = config(dir.path(), kind);
+    cfg.batch_bytes_max = cfg.group_bytes_max + 1;
+    assert!(matches!(Log::open(cfg), Err(LogError::Config(_))));
+    let mut cfg = config(dir.path(), kind);
+    cfg.segment_bytes = 4096 * 2 + 1;
+    assert!(matches!(Log::open(cfg), Err(LogError::Config(_))));
+}
+
 fn writes_are_sector_aligned_and_groups_padded(kind: BackendKind) {
     let dir = scratch();
     let log = Log::open(config(dir.path(), kind)).unwrap();
@@ -423,6 +433,7 @@ macro_rules! for_every_backend {
 for_every_backend!(
     appended_entries_survive_reopen,
     writes_are_sector_aligned_and_groups_padded,
+    configuration_breaking_a_limit_is_refused,
     concurrent_appenders_are_durable_when_told,
     torn_tail_at_every_byte_is_cut_and_acknowledged_data_kept,
     bit_flip_before_the_tail_is_reported_precisely,
