@@ -4,7 +4,7 @@
 use crate::message::{Entry, HardState, Index, Term};
 
 /// One write as the core handed it out.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Write {
     HardState(HardState),
     /// Replaces stored entries from `entries[0].index` on.
@@ -21,7 +21,7 @@ pub struct Synced {
 }
 
 /// One node's disk.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SimDisk {
     hard_state: HardState,
     log: Vec<Entry>,

@@ -1,0 +1,241 @@
+//! Exhaustive model check (stateright) of the real core: 3 nodes, a bounded number of terms,
+//! proposals and crashes; the network loses and reorders messages freely; fsyncs complete in
+//! any order relative to everything else. Checks Election Safety and Log Matching in every
+//! reachable state.
+
+use std::sync::Arc;
+
+use raftline_replicator::sim::disk::SimDisk;
+use raftline_replicator::{Config, Message, Mutation, NodeId, Raft, Role, Term};
+use stateright::{Checker, Model, Property};
+
+const NODES: u64 = 3;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct State {
+    nodes: Vec<Raft>,
+    disks: Vec<SimDisk>,
+    /// Messages in flight, kept sorted so equal multisets hash equally.
+    net: Vec<Message>,
+    /// Every `(term, leader)` ever seen.
+    leaders: Vec<(Term, NodeId)>,
+    proposals: u8,
+    crashes: u8,
+    losses: u8,
+    elections: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Action {
+    Campaign(usize),
+    Propose(usize),
+    Deliver(usize),
+    Lose(usize),
+    Fsync(usize),
+    Crash(usize),
+}
+
+struct RaftModel {
+    elections_max: u8,
+    term_max: Term,
+    proposals_max: u8,
+    crashes_max: u8,
+    losses_max: u8,
+    net_max: usize,
+    mutation: Mutation,
+}
+
+impl RaftModel {
+    fn config(&self, id: NodeId) -> Config {
+        let mut cfg = Config::new(id, (1..=NODES).collect());
+        cfg.pre_vote = false;
+        cfg.check_quorum = false;
+        cfg.mutation = self.mutation;
+        cfg
+    }
+
+    /// Carries out what node `n` asks for: writes go to its disk queue, messages to the net.
+    fn drain(state: &mut State, n: usize) {
+        loop {
+            let rd = state.nodes[n].ready();
+            if rd.is_empty() {
+                break;
+            }
+            if let Some(hs) = rd.hard_state {
+                state.disks[n].write_hard_state(hs);
+            }
+            if !rd.entries.is_empty() {
+                state.disks[n].write_entries(rd.entries);
+            }
+            state.net.extend(rd.messages);
+        }
+        state.net.sort_by_key(|m| format!("{m:?}"));
+        let r = &state.nodes[n];
+        if r.role() == Role::Leader && !state.leaders.contains(&(r.term(), r.id())) {
+            state.leaders.push((r.term(), r.id()));
+            state.leaders.sort_unstable();
+        }
+    }
+}
+
+impl Model for RaftModel {
+    type State = State;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<State> {
+        let nodes = (1..=NODES)
+            .map(|id| Raft::new(self.config(id), Default::default(), vec![]).unwrap())
+            .collect();
+        vec![State {
+            nodes,
+            disks: vec![SimDisk::default(); NODES as usize],
+            net: vec![],
+            leaders: vec![],
+            proposals: 0,
+            crashes: 0,
+            losses: 0,
+            elections: 0,
+        }]
+    }
+
+    fn actions(&self, s: &State, actions: &mut Vec<Action>) {
+        for (n, r) in s.nodes.iter().enumerate() {
+            if r.role() != Role::Leader
+                && s.elections < self.elections_max
+                && r.term() < self.term_max
+            {
+                actions.push(Action::Campaign(n));
+            }
+            if r.role() == Role::Leader && s.proposals < self.proposals_max {
+                actions.push(Action::Propose(n));
+            }
+            let mut disk = s.disks[n].clone();
+            if disk.start_fsync() {
+                actions.push(Action::Fsync(n));
+            }
+            if s.crashes < self.crashes_max {
+                actions.push(Action::Crash(n));
+            }
+        }
+        for i in 0..s.net.len() {
+            actions.push(Action::Deliver(i));
+            if s.losses < self.losses_max {
+                actions.push(Action::Lose(i));
+            }
+        }
+    }
+
+    fn next_state(&self, s: &State, action: Action) -> Option<State> {
+        let mut s = s.clone();
+        match action {
+            Action::Campaign(n) => {
+                s.elections += 1;
+                s.nodes[n].campaign();
+                Self::drain(&mut s, n);
+            }
+            Action::Propose(n) => {
+                s.proposals += 1;
+                s.nodes[n].propose(Arc::from(vec![s.proposals])).ok()?;
+                Self::drain(&mut s, n);
+            }
+            Action::Deliver(i) => {
+                let msg = s.net.remove(i);
+                let n = msg.to as usize - 1;
+                s.nodes[n].step(msg);
+                Self::drain(&mut s, n);
+            }
+            Action::Lose(i) => {
+                s.losses += 1;
+                s.net.remove(i);
+            }
+            Action::Fsync(n) => {
+                assert!(s.disks[n].start_fsync());
+                let synced = s.disks[n].complete_fsync();
+                if let Some(hs) = synced.hard_state {
+                    s.nodes[n].hard_state_durable(hs);
+                }
+                if let Some((index, term)) = synced.log {
+                    s.nodes[n].log_durable(index, term);
+                }
+                Self::drain(&mut s, n);
+            }
+            Action::Crash(n) => {
+                s.crashes += 1;
+                s.disks[n].crash();
+                let disk = &s.disks[n];
+                let cfg = self.config(n as NodeId + 1);
+                s.nodes[n] = Raft::new(cfg, disk.hard_state(), disk.log().to_vec()).unwrap();
+                Self::drain(&mut s, n);
+            }
+        }
+        Some(s)
+    }
+
+    fn within_boundary(&self, s: &State) -> bool {
+        s.net.len() <= self.net_max
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        vec![
+            Property::always("election safety", |_, s: &State| {
+                s.leaders.windows(2).all(|w| w[0].0 != w[1].0)
+            }),
+            Property::always("log matching", |_, s: &State| {
+                s.nodes.iter().all(|a| {
+                    s.nodes.iter().all(|b| {
+                        let common = a.last_index().min(b.last_index());
+                        // Find the highest index where both hold the same term; all before must match.
+                        (1..=common)
+                            .rev()
+                            .find(|&i| a.term_at(i) == b.term_at(i))
+                            .is_none_or(|top| (1..=top).all(|i| a.entry(i) == b.entry(i)))
+                    })
+                })
+            }),
+            Property::sometimes("an entry commits", |_, s: &State| {
+                s.nodes.iter().any(|r| r.commit_index() >= 2)
+            }),
+        ]
+    }
+}
+
+fn check(model: RaftModel) -> impl Checker<RaftModel> {
+    model.checker().threads(2).spawn_bfs().join()
+}
+
+#[test]
+fn model_check_election_safety_and_log_matching_on_three_nodes() {
+    let model = RaftModel {
+        elections_max: std::env::var("RAFTLINE_MC_ELECTIONS").map_or(2, |v| v.parse().unwrap()),
+        term_max: Term::MAX,
+        proposals_max: std::env::var("RAFTLINE_MC_PROPOSALS").map_or(0, |v| v.parse().unwrap()),
+        crashes_max: std::env::var("RAFTLINE_MC_CRASHES").map_or(0, |v| v.parse().unwrap()),
+        losses_max: std::env::var("RAFTLINE_MC_LOSSES").map_or(0, |v| v.parse().unwrap()),
+        net_max: std::env::var("RAFTLINE_MC_NET").map_or(3, |v| v.parse().unwrap()),
+        mutation: Mutation::None,
+    };
+    let checker = check(model);
+    eprintln!(
+        "model check: {} unique states",
+        checker.unique_state_count()
+    );
+    checker.assert_properties();
+}
+
+#[test]
+fn model_check_finds_a_vote_granted_before_it_is_durable() {
+    let model = RaftModel {
+        elections_max: 3,
+        term_max: 1,
+        proposals_max: 0,
+        crashes_max: 1,
+        losses_max: 0,
+        net_max: 4,
+        mutation: Mutation::VoteBeforePersist,
+    };
+    let checker = check(model);
+    assert!(
+        checker.discovery("election safety").is_some(),
+        "the model check must find two leaders in a term"
+    );
+}
