@@ -12,4 +12,4 @@ pub use config::{Config, ConfigError, Mutation};
 pub use message::{
     AppendReject, Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Term,
 };
-pub use raft::{ProposeError, Raft, Ready, Role};
+pub use raft::{ProposeError, Raft, Ready, Role, TransferError};

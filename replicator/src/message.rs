@@ -82,8 +82,13 @@ pub enum MessageBody {
     PreVote { last_index: Index, last_term: Term },
     /// Answer to `PreVote`; a grant carries the proposed term.
     PreVoteResponse { granted: bool },
-    /// Vote for me in this term.
-    RequestVote { last_index: Index, last_term: Term },
+    /// Vote for me in this term; `transfer` marks a campaign the leader asked for (TimeoutNow),
+    /// which voters honour even while they still hear from that leader.
+    RequestVote {
+        last_index: Index,
+        last_term: Term,
+        transfer: bool,
+    },
     /// Answer to `RequestVote`; a grant leaves the node only once the vote is durable.
     RequestVoteResponse { granted: bool },
     /// Replicate `entries` after `(prev_index, prev_term)`; `commit` is the leader's commit index.
@@ -99,6 +104,8 @@ pub enum MessageBody {
     Heartbeat { commit: Index },
     /// Answer to `Heartbeat`.
     HeartbeatResponse,
+    /// Leadership transfer: the leader tells an up-to-date follower to campaign now.
+    TimeoutNow,
 }
 
 /// A message between two nodes of one cluster.

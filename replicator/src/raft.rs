@@ -41,6 +41,20 @@ pub enum ProposeError {
     /// Too many entries await commit; retry once some commit.
     #[error("{uncommitted} entries await commit (limit {limit})")]
     Busy { uncommitted: u64, limit: u64 },
+    /// Leadership is being handed to `to`; retry with the new leader.
+    #[error("leadership is being transferred to node {to}")]
+    Transferring { to: NodeId },
+}
+
+/// Why a leadership transfer was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TransferError {
+    /// Only the leader can hand over leadership.
+    #[error("not the leader (leader hint: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// The target is not a voter of this cluster.
+    #[error("node {0} is not a voter")]
+    NotAVoter(NodeId),
 }
 
 /// Everything the driver must do, handed out by [`Raft::ready`].
@@ -111,6 +125,8 @@ pub struct Raft {
     /// Drawn from the driver's RNG at the next tick after each reset.
     election_timeout: Option<u32>,
     heartbeat_elapsed: u32,
+    /// Leader only: the follower leadership is being handed to (no proposals meanwhile).
+    transfer_to: Option<NodeId>,
     votes: BTreeMap<NodeId, bool>,
     progress: BTreeMap<NodeId, Progress>,
     hard_state_durable: HardState,
@@ -153,6 +169,7 @@ impl Raft {
             election_elapsed: 0,
             election_timeout: None,
             heartbeat_elapsed: 0,
+            transfer_to: None,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             hard_state_durable: hard_state,
@@ -246,8 +263,35 @@ impl Raft {
         if self.cfg.pre_vote {
             self.become_pre_candidate();
         } else {
-            self.become_candidate();
+            self.become_candidate(false);
         }
+    }
+
+    /// Hands leadership to `to` (thesis §3.10): once `to` holds the whole log durably it is told
+    /// to campaign at once. Proposals are refused meanwhile; the attempt is abandoned after an
+    /// election timeout.
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
+        if self.role != Role::Leader {
+            return Err(TransferError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if !self.progress.contains_key(&to) {
+            return Err(TransferError::NotAVoter(to));
+        }
+        self.transfer_to = Some(to);
+        self.election_elapsed = 0;
+        if self.progress[&to].match_index == self.log.last_index() {
+            self.send(to, MessageBody::TimeoutNow);
+        } else {
+            self.send_append(to, true);
+        }
+        Ok(())
+    }
+
+    /// The follower leadership is being handed to, if a transfer is under way.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        self.transfer_to
     }
 
     /// Appends a client command; returns the `(term, index)` it will commit at, if it commits.
@@ -256,6 +300,9 @@ impl Raft {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
             });
+        }
+        if let Some(to) = self.transfer_to {
+            return Err(ProposeError::Transferring { to });
         }
         let bytes = payload.len() as u64;
         if bytes > self.cfg.entry_bytes_max {
@@ -336,9 +383,10 @@ impl Raft {
         }
         if msg.term > self.term {
             match msg.body {
-                MessageBody::PreVote { .. } | MessageBody::RequestVote { .. }
-                    if self.in_lease() =>
-                {
+                MessageBody::PreVote { .. }
+                | MessageBody::RequestVote {
+                    transfer: false, ..
+                } if self.in_lease() => {
                     // A leader was heard from recently: a disruptive candidate is ignored.
                     return;
                 }
@@ -371,6 +419,7 @@ impl Raft {
             MessageBody::RequestVote {
                 last_index,
                 last_term,
+                ..
             } => self.handle_vote_request(msg.from, msg.term, false, last_index, last_term),
             _ => match self.role {
                 Role::Leader => self.step_leader(msg),
@@ -390,6 +439,7 @@ impl Raft {
             self.gated.retain(|g| g.msg.term >= term);
         }
         self.leader = None;
+        self.transfer_to = None;
         self.election_elapsed = 0;
         self.election_timeout = None;
         self.heartbeat_elapsed = 0;
@@ -420,11 +470,11 @@ impl Raft {
         );
         self.votes.insert(self.cfg.id, true);
         if let Poll::Won = self.poll() {
-            self.become_candidate();
+            self.become_candidate(false);
         }
     }
 
-    fn become_candidate(&mut self) {
+    fn become_candidate(&mut self, transfer: bool) {
         assert_ne!(self.role, Role::Leader);
         let term = self.term + 1;
         self.reset(term);
@@ -438,6 +488,7 @@ impl Raft {
             MessageBody::RequestVote {
                 last_index,
                 last_term,
+                transfer,
             },
         );
         if let Poll::Won = self.poll() {
@@ -509,6 +560,8 @@ impl Raft {
         self.heartbeat_elapsed += 1;
         if self.election_elapsed >= self.cfg.election_ticks_min {
             self.election_elapsed = 0;
+            // A transfer that has not completed within an election timeout is abandoned.
+            self.transfer_to = None;
             if self.cfg.check_quorum {
                 let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
                 if active < self.cfg.quorum() {
@@ -548,6 +601,9 @@ impl Raft {
                         pr.become_replicate();
                     }
                     self.maybe_commit();
+                    if self.transfer_to == Some(from) && index == self.log.last_index() {
+                        self.send(from, MessageBody::TimeoutNow);
+                    }
                 }
                 self.send_append(from, false);
             }
@@ -705,7 +761,7 @@ impl Raft {
             {
                 self.votes.insert(msg.from, *granted);
                 match self.poll() {
-                    Poll::Won => self.become_candidate(),
+                    Poll::Won => self.become_candidate(false),
                     Poll::Lost => self.become_follower(self.term, None),
                     Poll::Pending => {}
                 }
@@ -743,6 +799,10 @@ impl Raft {
                 debug_assert!(commit <= self.log.last_index());
                 self.commit = self.commit.max(commit.min(self.log.last_index()));
                 self.send(msg.from, MessageBody::HeartbeatResponse);
+            }
+            MessageBody::TimeoutNow => {
+                // The leader hands over: campaign now, skipping pre-vote (the leader agreed).
+                self.become_candidate(true);
             }
             _ => {}
         }

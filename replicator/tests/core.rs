@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use raftline_replicator::TransferError;
+
 use raftline_replicator::{
     Config, ConfigError, Entry, EntryKind, HardState, Message, MessageBody, Mutation, ProposeError,
     Raft, Ready, Role,
@@ -77,6 +79,7 @@ fn vote_request(from: u64, to: u64, term: u64, last_index: u64, last_term: u64) 
         body: MessageBody::RequestVote {
             last_index,
             last_term,
+            transfer: false,
         },
     }
 }
@@ -434,4 +437,37 @@ fn invalid_configurations_are_rejected_with_a_reason() {
         Err(ConfigError::ZeroLimit("inflight_msgs_max"))
     );
     assert!(Raft::new(cfg, HardState::default(), vec![]).is_err());
+}
+
+#[test]
+fn leadership_transfer_makes_the_caught_up_target_leader() {
+    let cfg = |id| {
+        let mut c = config(id, 3);
+        c.pre_vote = true;
+        c
+    };
+    let mut nodes: Vec<Raft> = (1..=3).map(|id| node(cfg(id), 0, vec![])).collect();
+    nodes[0].campaign();
+    settle(&mut nodes);
+    assert_eq!(nodes[0].role(), Role::Leader);
+    nodes[0]
+        .propose(Arc::from(&b"before"[..]))
+        .expect("leader accepts");
+    nodes[0].transfer_leadership(3).expect("transfer starts");
+    assert_eq!(
+        nodes[0].propose(Arc::from(&b"x"[..])),
+        Err(ProposeError::Transferring { to: 3 })
+    );
+    settle(&mut nodes);
+    assert_eq!(
+        nodes[2].role(),
+        Role::Leader,
+        "the target campaigns at once and wins despite the lease"
+    );
+    assert_eq!(nodes[0].role(), Role::Follower);
+    assert_eq!(nodes[2].term(), 2);
+    assert_eq!(
+        nodes[1].transfer_leadership(1),
+        Err(TransferError::NotLeader { leader: Some(3) })
+    );
 }

@@ -57,6 +57,8 @@ pub struct FaultMix {
     /// Per election won: chance the new leader crashes within two ticks (leader churn: leaves
     /// uncommitted entries of many terms behind, the ground for Raft's Figure 8).
     pub crash_new_leader_per_mille: u32,
+    /// Per tick: chance the leader is asked to hand leadership to a random follower.
+    pub transfer_per_mille: u32,
     /// A crashed node restarts after `1..=restart_units_max`.
     pub restart_units_max: u64,
 }
@@ -77,6 +79,7 @@ impl FaultMix {
             crash_leader_per_mille: 0,
             crash_syncing_per_mille: 0,
             crash_new_leader_per_mille: 0,
+            transfer_per_mille: 0,
             restart_units_max: 1,
         }
     }
@@ -96,6 +99,7 @@ impl FaultMix {
             crash_leader_per_mille: 5,
             crash_syncing_per_mille: 20,
             crash_new_leader_per_mille: 50,
+            transfer_per_mille: 10,
             restart_units_max: 800,
         }
     }
@@ -122,6 +126,7 @@ impl FaultMix {
             crash_leader_per_mille: pick(30),
             crash_syncing_per_mille: pick(200),
             crash_new_leader_per_mille: pick(500),
+            transfer_per_mille: pick(50),
             restart_units_max: 1000,
         }
     }
@@ -504,7 +509,7 @@ impl<'t> Simulator<'t> {
     fn tick(&mut self) -> Result<(), Violation> {
         self.schedule(TICK_UNITS, Event::Tick);
         if self.faults_on {
-            self.inject_faults();
+            self.inject_faults()?;
         }
         for _ in 0..self.rng.gen_range(0..=self.cfg.proposals_per_tick_max) {
             self.propose()?;
@@ -518,8 +523,9 @@ impl<'t> Simulator<'t> {
         Ok(())
     }
 
-    fn inject_faults(&mut self) {
+    fn inject_faults(&mut self) -> Result<(), Violation> {
         let f = self.cfg.faults.clone();
+        let mut pending_drain = None;
         let n = self.nodes.len();
         if self.links.is_healed() {
             if self.per_mille(f.partition_per_mille) {
@@ -543,6 +549,16 @@ impl<'t> Simulator<'t> {
             self.links.heal();
             self.log(|| "partition healed".into());
         }
+        if self.per_mille(f.transfer_per_mille) {
+            if let Some(leader) = self.leader() {
+                let to = (leader + self.rng.gen_range(1..n)) % n;
+                let raft = self.nodes[leader].raft.as_mut().expect("leader is up");
+                raft.transfer_leadership(to as u64 + 1)
+                    .expect("a leader can transfer to a voter");
+                self.log(|| format!("n{} asked to hand leadership to n{}", leader + 1, to + 1));
+                pending_drain = Some(leader);
+            }
+        }
         if self.per_mille(f.crash_per_mille) {
             let node = self.rng.gen_range(0..n);
             if self.nodes[node].raft.is_some() {
@@ -553,6 +569,10 @@ impl<'t> Simulator<'t> {
             if let Some(leader) = self.leader() {
                 self.crash(leader);
             }
+        }
+        match pending_drain {
+            Some(node) => self.drain(node),
+            None => Ok(()),
         }
     }
 
