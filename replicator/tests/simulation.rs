@@ -112,7 +112,7 @@ fn first_failure(mutation: Mutation, make: fn(u64) -> SimConfig, budget: u64) ->
 
 #[test]
 fn simulator_finds_commit_of_previous_term_entry_by_counting() {
-    let f = first_failure(Mutation::CommitPreviousTerm, SimConfig::churn, 40);
+    let f = first_failure(Mutation::CommitPreviousTerm, SimConfig::churn, 150);
     assert!(
         matches!(
             f.violation.property,
@@ -136,7 +136,7 @@ fn simulator_finds_votes_granted_without_up_to_date_check() {
 
 #[test]
 fn simulator_finds_vote_sent_before_it_is_durable() {
-    let f = first_failure(Mutation::VoteBeforePersist, SimConfig::churn, 60);
+    let f = first_failure(Mutation::VoteBeforePersist, SimConfig::churn, 150);
     assert!(
         matches!(
             f.violation.property,
