@@ -1,5 +1,11 @@
 //! raftline's Raft: a sans-I/O consensus core (messages and ticks in, actions out) and the
 //! deterministic simulator that tests it under faults.
+//!
+//! A driver feeds [`Raft`] with `tick`, `step`, `propose` and the durability acknowledgements
+//! (`hard_state_durable`, `log_durable`), and carries out each [`Ready`]: persist the hard state
+//! and entries, send the messages (the core holds back any whose safety needs durable state),
+//! apply the committed entries. [`sim`] is such a driver over a simulated network and disks;
+//! `examples/simulate.rs` runs it from the command line.
 
 pub mod config;
 pub mod message;

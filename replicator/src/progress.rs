@@ -72,16 +72,6 @@ impl Inflights {
         self.msgs.clear();
         self.bytes = 0;
     }
-
-    /// Messages in flight.
-    pub fn len(&self) -> usize {
-        self.msgs.len()
-    }
-
-    /// True when nothing is in flight.
-    pub fn is_empty(&self) -> bool {
-        self.msgs.is_empty()
-    }
 }
 
 /// Replication state of one follower, kept by the leader.

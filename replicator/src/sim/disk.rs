@@ -70,11 +70,6 @@ impl SimDisk {
         true
     }
 
-    /// True while an fsync is in flight.
-    pub fn is_syncing(&self) -> bool {
-        self.syncing.is_some()
-    }
-
     /// Completes the in-flight fsync: its writes become durable.
     pub fn complete_fsync(&mut self) -> Synced {
         let covered = self.syncing.take().expect("an fsync is in flight");
