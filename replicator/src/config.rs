@@ -50,6 +50,8 @@ pub struct Config {
     /// Messages waiting for local durability before they may be sent; the oldest is dropped
     /// beyond this (a lost message is within Raft's fault model).
     pub gated_msgs_max: usize,
+    /// ReadIndex requests awaiting leadership confirmation before new ones are refused.
+    pub reads_pending_max: usize,
     /// Test-only fault injection; see [`Mutation`].
     pub mutation: Mutation,
 }
@@ -85,6 +87,7 @@ impl Config {
             entry_bytes_max: 1 << 20,
             uncommitted_entries_max: 4096,
             gated_msgs_max: 4096,
+            reads_pending_max: 1024,
             mutation: Mutation::None,
         }
     }
@@ -117,6 +120,7 @@ impl Config {
             ("entry_bytes_max", self.entry_bytes_max),
             ("uncommitted_entries_max", self.uncommitted_entries_max),
             ("gated_msgs_max", self.gated_msgs_max as u64),
+            ("reads_pending_max", self.reads_pending_max as u64),
         ] {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit(name));

@@ -18,4 +18,4 @@ pub use config::{Config, ConfigError, Mutation};
 pub use message::{
     AppendReject, Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Term,
 };
-pub use raft::{ProposeError, Raft, Ready, Role, TransferError};
+pub use raft::{ProposeError, Raft, ReadError, ReadState, Ready, Role, TransferError};

@@ -101,9 +101,10 @@ pub enum MessageBody {
     /// Success carries the highest index the follower holds durably matching the leader.
     AppendEntriesResponse { result: Result<Index, AppendReject> },
     /// Leader liveness and commit index, never more than the follower is known to match.
-    Heartbeat { commit: Index },
-    /// Answer to `Heartbeat`.
-    HeartbeatResponse,
+    /// `read_seq` is the leader's latest ReadIndex request at sending time.
+    Heartbeat { commit: Index, read_seq: u64 },
+    /// Answer to `Heartbeat`, echoing its `read_seq` (confirms leadership for those reads).
+    HeartbeatResponse { read_seq: u64 },
     /// Leadership transfer: the leader tells an up-to-date follower to campaign now.
     TimeoutNow,
 }

@@ -4,7 +4,7 @@
 //! Read top to bottom: construction, the driver API (`tick`, `step`, `propose`, the durability
 //! acknowledgements, `ready`), the role transitions, then one step function per role.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use rand::RngCore;
@@ -46,6 +46,37 @@ pub enum ProposeError {
     Transferring { to: NodeId },
 }
 
+/// Why a ReadIndex request was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReadError {
+    /// Only the leader serves ReadIndex.
+    #[error("not the leader (leader hint: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// A new leader's commit index is only known current once it committed in its term.
+    #[error("the leader has not committed an entry of its term yet; retry shortly")]
+    NotYetCommittedInTerm,
+    /// Too many reads await confirmation.
+    #[error("{pending} reads await confirmation (limit {limit})")]
+    Busy { pending: usize, limit: usize },
+}
+
+/// A confirmed linearizable read: serve request `ctx` once the state machine applied `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReadState {
+    /// The caller's request id.
+    pub ctx: u64,
+    /// Commit index at request time; reads must see at least this much applied.
+    pub index: Index,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PendingRead {
+    ctx: u64,
+    seq: u64,
+    index: Index,
+    acks: BTreeSet<NodeId>,
+}
+
 /// Why a leadership transfer was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TransferError {
@@ -73,6 +104,8 @@ pub struct Ready {
     pub messages: Vec<Message>,
     /// Newly committed entries, durable locally, to apply in order.
     pub committed: Vec<Entry>,
+    /// ReadIndex requests confirmed by a quorum.
+    pub read_states: Vec<ReadState>,
 }
 
 impl Ready {
@@ -82,6 +115,7 @@ impl Ready {
             && self.entries.is_empty()
             && self.messages.is_empty()
             && self.committed.is_empty()
+            && self.read_states.is_empty()
     }
 }
 
@@ -127,6 +161,11 @@ pub struct Raft {
     heartbeat_elapsed: u32,
     /// Leader only: the follower leadership is being handed to (no proposals meanwhile).
     transfer_to: Option<NodeId>,
+    /// Leader only: ReadIndex requests awaiting a quorum of heartbeat responses, oldest first.
+    reads: VecDeque<PendingRead>,
+    /// Sequence number of the latest ReadIndex request (carried by heartbeats).
+    read_seq: u64,
+    read_states: Vec<ReadState>,
     votes: BTreeMap<NodeId, bool>,
     progress: BTreeMap<NodeId, Progress>,
     hard_state_durable: HardState,
@@ -170,6 +209,9 @@ impl Raft {
             election_timeout: None,
             heartbeat_elapsed: 0,
             transfer_to: None,
+            reads: VecDeque::new(),
+            read_seq: 0,
+            read_states: Vec::new(),
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             hard_state_durable: hard_state,
@@ -289,6 +331,34 @@ impl Raft {
         Ok(())
     }
 
+    /// Requests a linearizable read (ReadIndex, thesis §6.4): once a quorum confirms this node
+    /// still leads, `ready()` returns a [`ReadState`] with `ctx` and the commit index to await.
+    pub fn read_index(&mut self, ctx: u64) -> Result<(), ReadError> {
+        if self.role != Role::Leader {
+            return Err(ReadError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if self.log.term(self.commit) != Some(self.term) {
+            return Err(ReadError::NotYetCommittedInTerm);
+        }
+        if self.reads.len() >= self.cfg.reads_pending_max {
+            let (pending, limit) = (self.reads.len(), self.cfg.reads_pending_max);
+            return Err(ReadError::Busy { pending, limit });
+        }
+        self.read_seq += 1;
+        let read = PendingRead {
+            ctx,
+            seq: self.read_seq,
+            index: self.commit,
+            acks: BTreeSet::new(),
+        };
+        self.reads.push_back(read);
+        self.release_reads();
+        self.broadcast_heartbeat();
+        Ok(())
+    }
+
     /// The follower leadership is being handed to, if a transfer is under way.
     pub fn transfer_target(&self) -> Option<NodeId> {
         self.transfer_to
@@ -366,6 +436,7 @@ impl Raft {
             self.persist_from = last + 1;
         }
         rd.messages = std::mem::take(&mut self.outbox);
+        rd.read_states = std::mem::take(&mut self.read_states);
         let applicable = self.commit.min(self.durable_index);
         if applicable > self.applied {
             rd.committed = self.log.range(self.applied + 1, applicable).to_vec();
@@ -402,7 +473,7 @@ impl Raft {
             match msg.body {
                 // Tell a stale leader (or pre-candidate) about the newer term so it steps down.
                 MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
-                    self.send(msg.from, MessageBody::HeartbeatResponse);
+                    self.send(msg.from, MessageBody::HeartbeatResponse { read_seq: 0 });
                 }
                 MessageBody::PreVote { .. } => {
                     self.send(msg.from, MessageBody::PreVoteResponse { granted: false });
@@ -440,6 +511,8 @@ impl Raft {
         }
         self.leader = None;
         self.transfer_to = None;
+        // Unconfirmed reads die with the leadership; their callers retry elsewhere.
+        self.reads.clear();
         self.election_elapsed = 0;
         self.election_timeout = None;
         self.heartbeat_elapsed = 0;
@@ -576,11 +649,31 @@ impl Raft {
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
-            let peers: Vec<NodeId> = self.progress.keys().copied().collect();
-            for peer in peers {
-                let commit = self.commit.min(self.progress[&peer].match_index);
-                self.send(peer, MessageBody::Heartbeat { commit });
-            }
+            self.broadcast_heartbeat();
+        }
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            let commit = self.commit.min(self.progress[&peer].match_index);
+            let read_seq = self.read_seq;
+            self.send(peer, MessageBody::Heartbeat { commit, read_seq });
+        }
+    }
+
+    /// Confirms, oldest first, the reads a quorum (this leader included) has acknowledged.
+    fn release_reads(&mut self) {
+        while self
+            .reads
+            .front()
+            .is_some_and(|r| r.acks.len() + 1 >= self.cfg.quorum())
+        {
+            let r = self.reads.pop_front().expect("checked");
+            self.read_states.push(ReadState {
+                ctx: r.ctx,
+                index: r.index,
+            });
         }
     }
 
@@ -622,7 +715,7 @@ impl Raft {
                     self.send_append(from, true);
                 }
             }
-            MessageBody::HeartbeatResponse => {
+            MessageBody::HeartbeatResponse { read_seq } => {
                 pr.probe_sent = false;
                 if pr.state == ProgressState::Replicate && pr.inflights.is_full() {
                     pr.inflights.free_first();
@@ -630,6 +723,10 @@ impl Raft {
                 if pr.match_index < self.log.last_index() {
                     self.send_append(from, true);
                 }
+                for r in self.reads.iter_mut().take_while(|r| r.seq <= read_seq) {
+                    r.acks.insert(from);
+                }
+                self.release_reads();
             }
             _ => {}
         }
@@ -792,13 +889,13 @@ impl Raft {
                 self.election_elapsed = 0;
                 self.handle_append(msg.from, prev_index, prev_term, entries, commit);
             }
-            MessageBody::Heartbeat { commit } => {
+            MessageBody::Heartbeat { commit, read_seq } => {
                 self.leader = Some(msg.from);
                 self.election_elapsed = 0;
                 // The leader sends at most our acknowledged match, which we still hold.
                 debug_assert!(commit <= self.log.last_index());
                 self.commit = self.commit.max(commit.min(self.log.last_index()));
-                self.send(msg.from, MessageBody::HeartbeatResponse);
+                self.send(msg.from, MessageBody::HeartbeatResponse { read_seq });
             }
             MessageBody::TimeoutNow => {
                 // The leader hands over: campaign now, skipping pre-vote (the leader agreed).

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use raftline_replicator::TransferError;
+use raftline_replicator::{ReadError, ReadState, TransferError};
 
 use raftline_replicator::{
     Config, ConfigError, Entry, EntryKind, HardState, Message, MessageBody, Mutation, ProposeError,
@@ -469,5 +469,80 @@ fn leadership_transfer_makes_the_caught_up_target_leader() {
     assert_eq!(
         nodes[1].transfer_leadership(1),
         Err(TransferError::NotLeader { leader: Some(3) })
+    );
+}
+
+#[test]
+fn read_index_is_confirmed_only_by_heartbeats_sent_after_the_request() {
+    let mut nodes = cluster(3);
+    let leader = &mut nodes[0];
+    let commit = leader.commit_index();
+    assert!(commit >= 1, "the leader committed its no-op");
+    leader.read_index(7).expect("leader serves reads");
+    let rd = leader.ready();
+    assert!(rd.read_states.is_empty(), "no confirmation yet");
+    let seqs: Vec<u64> = rd
+        .messages
+        .iter()
+        .filter_map(|m| match m.body {
+            MessageBody::Heartbeat { read_seq, .. } => Some(read_seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, vec![1, 1]);
+    let response = |read_seq| Message {
+        from: 2,
+        to: 1,
+        term: 1,
+        body: MessageBody::HeartbeatResponse { read_seq },
+    };
+    leader.step(response(0)); // answers a heartbeat older than the read
+    assert!(leader.ready().read_states.is_empty());
+    leader.step(response(1));
+    assert_eq!(
+        leader.ready().read_states,
+        vec![ReadState {
+            ctx: 7,
+            index: commit
+        }]
+    );
+}
+
+#[test]
+fn read_index_is_refused_by_followers_and_before_the_leader_commits_in_its_term() {
+    let mut nodes = cluster(3);
+    assert_eq!(
+        nodes[1].read_index(1),
+        Err(ReadError::NotLeader { leader: Some(1) })
+    );
+    let mut c = node(config(1, 3), 0, vec![]);
+    c.campaign();
+    let rd = c.ready();
+    c.hard_state_durable(rd.hard_state.expect("self-vote"));
+    c.step(Message {
+        from: 2,
+        to: 1,
+        term: 1,
+        body: MessageBody::RequestVoteResponse { granted: true },
+    });
+    assert_eq!(c.role(), Role::Leader);
+    assert_eq!(c.read_index(1), Err(ReadError::NotYetCommittedInTerm));
+}
+
+#[test]
+fn pending_reads_are_dropped_when_leadership_is_lost() {
+    let mut nodes = cluster(3);
+    nodes[0].read_index(9).expect("accepted");
+    let newer = Message {
+        from: 2,
+        to: 1,
+        term: 5,
+        body: MessageBody::HeartbeatResponse { read_seq: 1 },
+    };
+    nodes[0].step(newer);
+    assert_eq!(nodes[0].role(), Role::Follower);
+    assert!(
+        nodes[0].ready().read_states.is_empty(),
+        "a deposed leader confirms no read"
     );
 }

@@ -26,6 +26,8 @@ pub enum Property {
     UnsafeCommit,
     /// An entry acknowledged to a client is missing from a leader's log.
     AckedEntryLost,
+    /// A confirmed read would miss a write acknowledged before the read was issued.
+    StaleRead,
     /// No leader committed within the bound after the faults stopped.
     Liveness,
 }
@@ -86,6 +88,11 @@ impl Checker {
     /// Entries acknowledged to clients so far.
     pub fn acked_count(&self) -> usize {
         self.acked.len()
+    }
+
+    /// Highest index acknowledged to a client so far (0 if none).
+    pub fn acked_max(&self) -> Index {
+        self.acked.keys().next_back().copied().unwrap_or(0)
     }
 
     /// Highest index anyone has reported committed.

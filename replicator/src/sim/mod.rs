@@ -242,6 +242,8 @@ pub struct SimReport {
     pub acked: usize,
     /// Highest committed index.
     pub committed_max: Index,
+    /// ReadIndex reads confirmed (each checked against earlier acknowledgements).
+    pub reads_confirmed: u64,
     /// Crashes injected.
     pub crashes: u64,
     /// Ticks from healing every fault to a leader committing in its term.
@@ -319,6 +321,9 @@ pub struct Simulator<'t> {
     /// `(node, index, term)` → proposal id, for proposals awaiting their acknowledgement.
     proposals: HashMap<(usize, Index, Term), u64>,
     proposals_accepted: u64,
+    /// Read id → highest acknowledged index when the read was issued (linearizability bound).
+    reads: HashMap<u64, Index>,
+    reads_confirmed: u64,
     crashes: u64,
     client_target: usize,
     trace: Option<&'t mut dyn FnMut(&str)>,
@@ -364,6 +369,8 @@ impl<'t> Simulator<'t> {
             faults_on: true,
             proposals: HashMap::new(),
             proposals_accepted: 0,
+            reads: HashMap::new(),
+            reads_confirmed: 0,
             crashes: 0,
             client_target: 0,
             trace,
@@ -411,6 +418,7 @@ impl<'t> Simulator<'t> {
             proposals: self.proposals_accepted,
             acked: self.checker.acked_count(),
             committed_max: self.checker.committed_max(),
+            reads_confirmed: self.reads_confirmed,
             crashes: self.crashes,
             heal_recovery_ticks,
             leader_loss_recovery_ticks,
@@ -514,6 +522,7 @@ impl<'t> Simulator<'t> {
         for _ in 0..self.rng.gen_range(0..=self.cfg.proposals_per_tick_max) {
             self.propose()?;
         }
+        self.read()?;
         for node in 0..self.nodes.len() {
             if let Some(raft) = self.nodes[node].raft.as_mut() {
                 raft.tick(&mut self.rng);
@@ -613,6 +622,20 @@ impl<'t> Simulator<'t> {
         Ok(())
     }
 
+    /// A client asks the node it believes leads for a linearizable read.
+    fn read(&mut self) -> Result<(), Violation> {
+        let target = self.client_target;
+        let Some(raft) = self.nodes[target].raft.as_mut() else {
+            return Ok(());
+        };
+        let ctx = self.rng.gen::<u64>();
+        if raft.read_index(ctx).is_ok() {
+            self.reads.insert(ctx, self.checker.acked_max());
+            self.drain(target)?;
+        }
+        Ok(())
+    }
+
     /// Carries out everything the node's core asks for, then checks the properties.
     fn drain(&mut self, node: usize) -> Result<(), Violation> {
         loop {
@@ -633,6 +656,23 @@ impl<'t> Simulator<'t> {
             }
             for msg in rd.messages {
                 self.send(msg);
+            }
+            for rs in rd.read_states {
+                let acked_before = self
+                    .reads
+                    .remove(&rs.ctx)
+                    .expect("a read this simulator issued");
+                self.reads_confirmed += 1;
+                if rs.index < acked_before {
+                    return Err(Violation {
+                        property: Property::StaleRead,
+                        detail: format!(
+                            "n{} confirmed a read at index {} but index {acked_before} was acknowledged before it",
+                            node + 1,
+                            rs.index
+                        ),
+                    });
+                }
             }
             if !rd.committed.is_empty() {
                 self.checker.applied(node as u64 + 1, &rd.committed)?;
