@@ -63,6 +63,21 @@ fn settle(nodes: &mut [Raft]) {
     }
 }
 
+/// Node 1 of 3 campaigns, persists its self-vote and wins with node 2's grant.
+fn elect_with_the_vote_of_node_2(raft: &mut Raft) {
+    raft.campaign();
+    let rd = raft.ready();
+    raft.hard_state_durable(rd.hard_state.expect("self-vote"));
+    let term = raft.term();
+    raft.step(Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::RequestVoteResponse { granted: true },
+    });
+    assert_eq!(raft.role(), Role::Leader);
+}
+
 fn cluster(n: u64) -> Vec<Raft> {
     let mut nodes: Vec<Raft> = (1..=n).map(|id| node(config(id, n), 0, vec![])).collect();
     nodes[0].campaign();
@@ -267,16 +282,8 @@ fn figure_8_commit(mutation: Mutation) -> u64 {
     cfg.msg_bytes_max = 1;
     cfg.mutation = mutation;
     let mut l = node(cfg, 2, vec![entry(1, 1), entry(2, 1)]);
-    l.campaign();
-    let rd = l.ready();
-    l.hard_state_durable(rd.hard_state.expect("self-vote"));
-    l.step(Message {
-        from: 2,
-        to: 1,
-        term: 3,
-        body: MessageBody::RequestVoteResponse { granted: true },
-    });
-    assert_eq!(l.role(), Role::Leader);
+    elect_with_the_vote_of_node_2(&mut l);
+    assert_eq!(l.term(), 3);
     let _ = l.ready(); // the no-op (3, t3) is handed out but not yet durable
     l.step(Message {
         from: 2,
@@ -516,16 +523,8 @@ fn read_index_is_refused_by_followers_and_before_the_leader_commits_in_its_term(
         Err(ReadError::NotLeader { leader: Some(1) })
     );
     let mut c = node(config(1, 3), 0, vec![]);
-    c.campaign();
-    let rd = c.ready();
-    c.hard_state_durable(rd.hard_state.expect("self-vote"));
-    c.step(Message {
-        from: 2,
-        to: 1,
-        term: 1,
-        body: MessageBody::RequestVoteResponse { granted: true },
-    });
-    assert_eq!(c.role(), Role::Leader);
+    elect_with_the_vote_of_node_2(&mut c);
+    assert_eq!(c.term(), 1);
     assert_eq!(c.read_index(1), Err(ReadError::NotYetCommittedInTerm));
 }
 
