@@ -42,6 +42,9 @@ pub enum FrameType {
     PeerHello = 0x01,
     /// Peer: one Raft message (see `peer_codec`).
     PeerMessage = 0x02,
+    /// Either port, empty payload: keeps a quiet connection from hitting the receiver's idle
+    /// timeout; the connection layer swallows it.
+    Keepalive = 0x03,
     /// Client → node: append one batch.
     Append = 0x10,
     /// Client → node: start streaming committed batches from an offset.
@@ -62,9 +65,10 @@ pub enum FrameType {
 
 impl FrameType {
     /// Every frame type, for tests and tables.
-    pub const ALL: [FrameType; 10] = [
+    pub const ALL: [FrameType; 11] = [
         FrameType::PeerHello,
         FrameType::PeerMessage,
+        FrameType::Keepalive,
         FrameType::Append,
         FrameType::Subscribe,
         FrameType::Credit,
@@ -80,16 +84,23 @@ impl FrameType {
         FrameType::ALL.into_iter().find(|t| *t as u8 == value)
     }
 
-    /// True for frames exchanged between nodes on the peer port.
+    /// True for frames a node may send on the peer port (`Keepalive` included).
     pub fn is_peer(self) -> bool {
-        matches!(self, FrameType::PeerHello | FrameType::PeerMessage)
+        matches!(
+            self,
+            FrameType::PeerHello | FrameType::PeerMessage | FrameType::Keepalive
+        )
     }
 
-    /// True for frames a client sends to a node on the client port.
+    /// True for frames a client may send on the client port (`Keepalive` included).
     pub fn is_client_request(self) -> bool {
         matches!(
             self,
-            FrameType::Append | FrameType::Subscribe | FrameType::Credit | FrameType::Status
+            FrameType::Append
+                | FrameType::Subscribe
+                | FrameType::Credit
+                | FrameType::Status
+                | FrameType::Keepalive
         )
     }
 }
