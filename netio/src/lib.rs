@@ -3,3 +3,4 @@
 // wire: framing, cluster identity, message codecs and the client library.
 pub mod cluster_id;
 pub mod frame;
+pub mod peer_codec;
