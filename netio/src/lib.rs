@@ -1,1 +1,5 @@
-//! raftline's wire protocol, peer transport and client protocol (lands with the appliance issue).
+//! raftline's wire protocol, peer transport and client protocol.
+
+// wire: framing, cluster identity, message codecs and the client library.
+pub mod cluster_id;
+pub mod frame;
