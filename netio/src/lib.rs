@@ -3,3 +3,6 @@
 // wire: framing, cluster identity, message codecs and the client library.
 pub mod cluster_id;
 pub mod frame;
+
+// evloop: the per-thread event loop (io_uring or epoll) and the connection layer.
+pub mod reactor;
