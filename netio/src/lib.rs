@@ -4,3 +4,6 @@
 pub mod cluster_id;
 pub mod frame;
 pub mod peer_codec;
+
+// evloop: the per-thread event loop (io_uring or epoll) and the connection layer.
+pub mod reactor;
