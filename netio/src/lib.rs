@@ -1,1 +1,8 @@
-//! raftline's wire protocol, peer transport and client protocol (lands with the appliance issue).
+//! raftline's wire protocol, peer transport and client protocol.
+
+// wire: framing, cluster identity, message codecs and the client library.
+pub mod cluster_id;
+pub mod frame;
+
+// evloop: the per-thread event loop (io_uring or epoll) and the connection layer.
+pub mod reactor;
