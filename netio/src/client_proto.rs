@@ -87,6 +87,8 @@ pub struct NodeStatus {
     pub leader_client_address: Option<String>,
     /// Highest log index known to be committed.
     pub commit_index: u64,
+    /// One past the last committed offset (where a `Latest` subscription starts).
+    pub committed_end_offset: u64,
     /// Earliest offset still retained (older ones were compacted into a snapshot).
     pub log_start_offset: u64,
     /// One past the last offset in the node's log.

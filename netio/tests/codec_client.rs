@@ -127,7 +127,7 @@ fn arb_status() -> impl Strategy<Value = NodeStatus> {
             any::<u64>(),
             any::<u64>(),
         ),
-        (any::<u64>(), any::<u64>()),
+        (any::<u64>(), any::<u64>(), any::<u64>()),
         prop::collection::vec(
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
                 |(node_id, match_index, lag_entries, connected)| PeerStatus {
@@ -144,7 +144,7 @@ fn arb_status() -> impl Strategy<Value = NodeStatus> {
             |(
                 (node_id, role, term, leader_id),
                 (leader_client_address, commit_index, log_start_offset, log_end_offset),
-                (log_first_index, log_last_index),
+                (log_first_index, log_last_index, committed_end_offset),
                 peers,
             )| NodeStatus {
                 node_id,
@@ -153,6 +153,7 @@ fn arb_status() -> impl Strategy<Value = NodeStatus> {
                 leader_id,
                 leader_client_address,
                 commit_index,
+                committed_end_offset,
                 log_start_offset,
                 log_end_offset,
                 log_first_index,
