@@ -72,10 +72,10 @@ impl Subscription {
         Ok(subscription)
     }
 
-    /// The offset the next delivered record will have at least (`None` until the first record
-    /// of an `Earliest`/`Latest` subscription).
+    /// The offset after the last record delivered to the caller (`None` until the first record
+    /// of an `Earliest`/`Latest` subscription): where a new subscription would resume.
     pub fn next_offset(&self) -> Option<u64> {
-        self.next_offset
+        self.pending.front().map(|r| r.offset).or(self.next_offset)
     }
 
     /// The address of the node currently streaming, if connected.
