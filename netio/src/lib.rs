@@ -5,4 +5,5 @@ pub mod cluster_id;
 pub mod frame;
 
 // evloop: the per-thread event loop (io_uring or epoll) and the connection layer.
+pub mod net;
 pub mod reactor;
