@@ -3,6 +3,7 @@
 // wire: framing, cluster identity, message codecs and the client library.
 pub mod cluster_id;
 pub mod frame;
+pub mod peer_codec;
 
 // evloop: the per-thread event loop (io_uring or epoll) and the connection layer.
 pub mod net;

@@ -52,6 +52,14 @@ pub struct Config {
     pub gated_msgs_max: usize,
     /// ReadIndex requests awaiting leadership confirmation before new ones are refused.
     pub reads_pending_max: usize,
+    /// Durable entry bytes kept in memory after they became durable (recent entries serve
+    /// followers slightly behind and the apply path without a storage read). 0 disables it.
+    pub log_cache_bytes_max: u64,
+    /// Entry bytes not durable yet (held only in memory) before the leader refuses proposals.
+    pub unstable_bytes_max: u64,
+    /// Committed entry bytes one `Ready` hands out (at least one entry); the rest follow in the
+    /// next `Ready`, so catching up a long log never loads it whole.
+    pub committed_bytes_max: u64,
     /// Test-only fault injection; see [`Mutation`].
     pub mutation: Mutation,
 }
@@ -88,6 +96,9 @@ impl Config {
             uncommitted_entries_max: 4096,
             gated_msgs_max: 4096,
             reads_pending_max: 1024,
+            log_cache_bytes_max: 16 << 20,
+            unstable_bytes_max: 64 << 20,
+            committed_bytes_max: 4 << 20,
             mutation: Mutation::None,
         }
     }
@@ -121,6 +132,8 @@ impl Config {
             ("uncommitted_entries_max", self.uncommitted_entries_max),
             ("gated_msgs_max", self.gated_msgs_max as u64),
             ("reads_pending_max", self.reads_pending_max as u64),
+            ("unstable_bytes_max", self.unstable_bytes_max),
+            ("committed_bytes_max", self.committed_bytes_max),
         ] {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit(name));

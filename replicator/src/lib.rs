@@ -1,7 +1,7 @@
 //! raftline's Raft: a sans-I/O consensus core (messages and ticks in, actions out) and the
 //! deterministic simulator that tests it under faults.
 //!
-//! A driver feeds [`Raft`] with `tick`, `step`, `propose` and the durability acknowledgements
+//! A driver feeds [`Raft`] (reading its durable log through the driver's [`Storage`]) with `tick`, `step`, `propose` and the durability acknowledgements
 //! (`hard_state_durable`, `log_durable`), and carries out each [`Ready`]: persist the hard state
 //! and entries, send the messages (the core holds back any whose safety needs durable state),
 //! apply the committed entries. [`sim`] is such a driver over a simulated network and disks;
@@ -13,9 +13,11 @@ pub mod progress;
 pub mod raft;
 pub mod raft_log;
 pub mod sim;
+pub mod storage;
 
 pub use config::{Config, ConfigError, Mutation};
 pub use message::{
     AppendReject, Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Term,
 };
-pub use raft::{ProposeError, Raft, ReadError, ReadState, Ready, Role, TransferError};
+pub use raft::{InitError, ProposeError, Raft, ReadError, ReadState, Ready, Role, TransferError};
+pub use storage::{Storage, StorageError};

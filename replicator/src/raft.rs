@@ -15,6 +15,7 @@ use crate::message::{
 };
 use crate::progress::{Progress, ProgressState};
 use crate::raft_log::RaftLog;
+use crate::storage::{Storage, StorageError};
 
 /// The role a node plays in its current term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -44,6 +45,27 @@ pub enum ProposeError {
     /// Leadership is being handed to `to`; retry with the new leader.
     #[error("leadership is being transferred to node {to}")]
     Transferring { to: NodeId },
+    /// Too many entry bytes wait for the local disk; retry once some are durable.
+    #[error("{bytes} entry bytes await the disk (limit {limit})")]
+    DiskBacklog { bytes: u64, limit: u64 },
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InitError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The storage could not be read.
+    #[error("reading the log at start-up: {0}")]
+    Storage(#[from] StorageError),
+    /// The applied index lies outside what the log and its snapshot cover.
+    #[error("applied index {applied} outside [{snapshot_index}, {last_index}] (snapshot end, last entry)")]
+    Applied {
+        applied: Index,
+        snapshot_index: Index,
+        last_index: Index,
+    },
 }
 
 /// Why a ReadIndex request was refused.
@@ -142,17 +164,17 @@ enum Poll {
     Pending,
 }
 
-/// One Raft node's consensus state.
+/// One Raft node's consensus state, reading its durable log through `S`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Raft {
+pub struct Raft<S> {
     cfg: Config,
     term: Term,
     vote: Option<NodeId>,
     role: Role,
     leader: Option<NodeId>,
-    log: RaftLog,
-    /// The local log matches the disk, durably, up to here.
-    durable_index: Index,
+    log: RaftLog<S>,
+    /// The first storage failure seen; the driver must stop the node (see `storage_failure`).
+    storage_failure: Option<StorageError>,
     commit: Index,
     applied: Index,
     election_elapsed: u32,
@@ -170,22 +192,31 @@ pub struct Raft {
     progress: BTreeMap<NodeId, Progress>,
     hard_state_durable: HardState,
     hard_state_handed_out: HardState,
-    /// Entries from here on have not been handed out for persistence yet.
-    persist_from: Index,
     outbox: Vec<Message>,
     gated: VecDeque<Gated>,
 }
 
-impl Raft {
-    /// A node starting from its durable state: hard state and the entries on its disk (all of
-    /// them durable). A fresh node passes `HardState::default()` and no entries.
+impl<S: Storage> Raft<S> {
+    /// A node starting from its durable state: the hard state, the index its state machine has
+    /// applied (at least the end of the snapshot the log continues; entries after it are handed
+    /// out again as `committed` once known committed) and the log in `storage` (all durable).
+    /// A fresh node passes `HardState::default()`, 0 and an empty storage.
     pub fn new(
         cfg: Config,
         hard_state: HardState,
-        entries: Vec<Entry>,
-    ) -> Result<Self, ConfigError> {
+        applied: Index,
+        storage: S,
+    ) -> Result<Self, InitError> {
         cfg.validate()?;
-        let log = RaftLog::from_entries(entries);
+        let snapshot_index = storage.first_index() - 1;
+        let log = RaftLog::new(storage, cfg.log_cache_bytes_max)?;
+        if applied < snapshot_index || applied > log.last_index() {
+            return Err(InitError::Applied {
+                applied,
+                snapshot_index,
+                last_index: log.last_index(),
+            });
+        }
         // The entries' write may have become durable without the hard state's: nothing was sent
         // in a term whose hard state was not durable, so adopting the log's term without a vote
         // is safe.
@@ -194,7 +225,6 @@ impl Raft {
         } else {
             (hard_state.term, hard_state.vote)
         };
-        let last = log.last_index();
         Ok(Raft {
             cfg,
             term,
@@ -202,9 +232,10 @@ impl Raft {
             role: Role::Follower,
             leader: None,
             log,
-            durable_index: last,
-            commit: 0,
-            applied: 0,
+            storage_failure: None,
+            // What was applied was committed.
+            commit: applied,
+            applied,
             election_elapsed: 0,
             election_timeout: None,
             heartbeat_elapsed: 0,
@@ -216,7 +247,6 @@ impl Raft {
             progress: BTreeMap::new(),
             hard_state_durable: hard_state,
             hard_state_handed_out: hard_state,
-            persist_from: last + 1,
             outbox: Vec::new(),
             gated: VecDeque::new(),
         })
@@ -261,19 +291,51 @@ impl Raft {
     }
     /// Highest index of the local log known durable.
     pub fn durable_index(&self) -> Index {
-        self.durable_index
+        self.log.durable_index()
     }
     /// Last index of the local log (durable or not).
     pub fn last_index(&self) -> Index {
         self.log.last_index()
     }
-    /// Term of the entry at `index`, if the log holds it (index 0 has term 0).
-    pub fn term_at(&self, index: Index) -> Option<Term> {
-        self.log.term(index)
+    /// The index the next proposal gets if accepted (`last_index() + 1`); with [`Raft::term`]
+    /// what a driver stamps into the payload before [`Raft::propose`].
+    pub fn next_index(&self) -> Index {
+        self.log.last_index() + 1
     }
-    /// The entry at `index`, if the log holds it.
-    pub fn entry(&self, index: Index) -> Option<&Entry> {
-        self.log.entry(index)
+    /// Term of the entry at `index`, if the log holds it (index 0 has term 0; the end of the
+    /// compacted prefix has its snapshot's term).
+    pub fn term_at(&self, index: Index) -> Option<Term> {
+        self.log.term(index).ok()
+    }
+    /// The entry at `index`, if the log holds it (from memory or storage).
+    pub fn entry(&self, index: Index) -> Option<Entry> {
+        self.log.entry(index).ok()
+    }
+    /// Entry bytes held only in memory because they are not durable yet.
+    pub fn unstable_bytes(&self) -> u64 {
+        self.log.unstable_bytes()
+    }
+    /// Durable entry bytes cached in memory (bounded by `Config::log_cache_bytes_max`).
+    pub fn cached_bytes(&self) -> u64 {
+        self.log.cached_bytes()
+    }
+    /// The storage the core reads its durable log from.
+    pub fn storage(&self) -> &S {
+        self.log.storage()
+    }
+    /// The storage, for a driver that writes through it (the simulator does).
+    pub fn storage_mut(&mut self) -> &mut S {
+        self.log.storage_mut()
+    }
+    /// Stops the node and gives its storage back.
+    pub fn into_storage(self) -> S {
+        self.log.into_storage()
+    }
+    /// The first storage read that failed, if any: the node must stop (restart it from its
+    /// durable state once the storage is repaired). The core keeps running but sends nothing
+    /// that depends on the failed read, as if that message had been lost.
+    pub fn storage_failure(&self) -> Option<&StorageError> {
+        self.storage_failure.as_ref()
     }
     /// The leader's view of `peer`, when leading.
     pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
@@ -339,7 +401,7 @@ impl Raft {
                 leader: self.leader,
             });
         }
-        if self.log.term(self.commit) != Some(self.term) {
+        if self.log.term(self.commit).ok() != Some(self.term) {
             return Err(ReadError::NotYetCommittedInTerm);
         }
         if self.reads.len() >= self.cfg.reads_pending_max {
@@ -364,8 +426,18 @@ impl Raft {
         self.transfer_to
     }
 
-    /// Appends a client command; returns the `(term, index)` it will commit at, if it commits.
+    /// Appends a client command; returns the `(term, index)` it will commit at, if it commits
+    /// (always `(self.term(), self.next_index())` as they were before the call).
     pub fn propose(&mut self, payload: Arc<[u8]>) -> Result<(Term, Index), ProposeError> {
+        self.check_proposal(payload.len() as u64)?;
+        let index = self.append_as_leader(EntryKind::Command, payload);
+        self.broadcast_append(false);
+        Ok((self.term, index))
+    }
+
+    /// Whether a proposal of `payload_bytes` would be accepted now, and the `(term, index)` it
+    /// would get: a driver that stamps term and index into the payload asks first.
+    pub fn check_proposal(&self, payload_bytes: u64) -> Result<(Term, Index), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
@@ -374,10 +446,9 @@ impl Raft {
         if let Some(to) = self.transfer_to {
             return Err(ProposeError::Transferring { to });
         }
-        let bytes = payload.len() as u64;
-        if bytes > self.cfg.entry_bytes_max {
+        if payload_bytes > self.cfg.entry_bytes_max {
             return Err(ProposeError::TooLarge {
-                bytes,
+                bytes: payload_bytes,
                 limit: self.cfg.entry_bytes_max,
             });
         }
@@ -388,9 +459,13 @@ impl Raft {
                 limit: self.cfg.uncommitted_entries_max,
             });
         }
-        let index = self.append_as_leader(EntryKind::Command, payload);
-        self.broadcast_append(false);
-        Ok((self.term, index))
+        if self.log.unstable_bytes() >= self.cfg.unstable_bytes_max {
+            return Err(ProposeError::DiskBacklog {
+                bytes: self.log.unstable_bytes(),
+                limit: self.cfg.unstable_bytes_max,
+            });
+        }
+        Ok((self.term, self.next_index()))
     }
 
     /// Reports that `hard_state` (handed out earlier by `ready`) is durable.
@@ -410,14 +485,8 @@ impl Raft {
     /// Reports that the log is durable through `index`, whose entry had `term` when written.
     /// Acknowledgements of writes since overwritten are recognised by the term and ignored.
     pub fn log_durable(&mut self, index: Index, term: Term) {
-        if index > self.durable_index
-            && index < self.persist_from
-            && self.log.term(index) == Some(term)
-        {
-            self.durable_index = index;
-            if self.role == Role::Leader {
-                self.maybe_commit();
-            }
+        if self.log.durable_to(index, term) && self.role == Role::Leader {
+            self.maybe_commit();
         }
         self.release_gated();
     }
@@ -430,17 +499,22 @@ impl Raft {
             rd.hard_state = Some(hs);
             self.hard_state_handed_out = hs;
         }
-        let last = self.log.last_index();
-        if self.persist_from <= last {
-            rd.entries = self.log.range(self.persist_from, last).to_vec();
-            self.persist_from = last + 1;
-        }
+        rd.entries = self.log.take_unpersisted();
         rd.messages = std::mem::take(&mut self.outbox);
         rd.read_states = std::mem::take(&mut self.read_states);
-        let applicable = self.commit.min(self.durable_index);
+        let applicable = self.commit.min(self.log.durable_index());
         if applicable > self.applied {
-            rd.committed = self.log.range(self.applied + 1, applicable).to_vec();
-            self.applied = applicable;
+            let from = self.applied + 1;
+            match self
+                .log
+                .entries(from, applicable, self.cfg.committed_bytes_max)
+            {
+                Ok(committed) => {
+                    self.applied = committed.last().expect("at least one").index;
+                    rd.committed = committed;
+                }
+                Err(e) => self.record_storage_failure(e),
+            }
         }
         self.check_invariants();
         rd
@@ -703,10 +777,14 @@ impl Raft {
             MessageBody::AppendEntriesResponse {
                 result: Err(reject),
             } => {
-                let hinted_next = match reject
-                    .hint_term
-                    .and_then(|t| self.log.last_index_of_term(t))
-                {
+                let last_of_term = match reject.hint_term {
+                    Some(t) => match self.log.last_index_of_term(t) {
+                        Ok(found) => found,
+                        Err(e) => return self.record_storage_failure(e),
+                    },
+                    None => None,
+                };
+                let hinted_next = match last_of_term {
                     Some(last_of_term) => last_of_term + 1,
                     None => reject.hint_index,
                 };
@@ -761,14 +839,16 @@ impl Raft {
                 return;
             }
             let prev_index = pr.next_index - 1;
-            let prev_term = self
-                .log
-                .term(prev_index)
-                .expect("the leader holds every index it sends from");
-            let entries = if pr.next_index <= self.log.last_index() {
-                self.log.slice_from(pr.next_index, self.cfg.msg_bytes_max)
-            } else {
-                Vec::new()
+            let last_index = self.log.last_index();
+            let read = self.log.term(prev_index).and_then(|prev_term| {
+                let entries =
+                    self.log
+                        .entries(prev_index + 1, last_index, self.cfg.msg_bytes_max)?;
+                Ok((prev_term, entries))
+            });
+            let (prev_term, entries) = match read {
+                Ok(read) => read,
+                Err(e) => return self.record_storage_failure(e),
             };
             if entries.is_empty() && !allow_empty {
                 return;
@@ -806,13 +886,16 @@ impl Raft {
     /// its own durable index), provided that entry is of the current term.
     fn maybe_commit(&mut self) {
         let mut matches: Vec<Index> = self.progress.values().map(|p| p.match_index).collect();
-        matches.push(self.durable_index);
+        matches.push(self.log.durable_index());
         matches.sort_unstable_by(|a, b| b.cmp(a));
         let quorum_index = matches[self.cfg.quorum() - 1];
         if quorum_index <= self.commit {
             return;
         }
-        let current_term = self.log.term(quorum_index) == Some(self.term);
+        let current_term = match self.log.term(quorum_index) {
+            Ok(term) => term == self.term,
+            Err(e) => return self.record_storage_failure(e),
+        };
         if current_term || self.cfg.mutation == Mutation::CommitPreviousTerm {
             self.commit = quorum_index;
             self.broadcast_append(true);
@@ -905,6 +988,7 @@ impl Raft {
         }
     }
 
+    /// Handles an AppendEntries; a failed storage read drops it (as if it had been lost).
     fn handle_append(
         &mut self,
         from: NodeId,
@@ -913,18 +997,33 @@ impl Raft {
         entries: Vec<Entry>,
         commit: Index,
     ) {
+        if let Err(e) = self.try_handle_append(from, prev_index, prev_term, entries, commit) {
+            self.record_storage_failure(e);
+        }
+    }
+
+    fn try_handle_append(
+        &mut self,
+        from: NodeId,
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+    ) -> Result<(), StorageError> {
         if prev_index < self.commit {
             // Everything up to our commit index already matches; tell the leader so.
             let at = self.commit;
-            self.send_ack(from, at);
-            return;
+            return self.send_ack(from, at);
         }
-        if self.log.term(prev_index) != Some(prev_term) {
+        if !self.log.matches(prev_index, prev_term)? {
             let probe = prev_index.min(self.log.last_index());
             let (hint_term, hint_index) = if prev_index > self.log.last_index() {
                 (None, self.log.last_index() + 1)
             } else {
-                (self.log.term(probe), self.log.first_index_of_term_at(probe))
+                (
+                    Some(self.log.term(probe)?),
+                    self.log.first_index_of_term_at(probe)?,
+                )
             };
             let reject = AppendReject {
                 rejected_prev_index: prev_index,
@@ -937,30 +1036,25 @@ impl Raft {
                     result: Err(reject),
                 },
             );
-            return;
+            return Ok(());
         }
         let last_new = prev_index + entries.len() as Index;
-        if let Some(conflict) = self.log.find_conflict(&entries) {
+        if let Some(conflict) = self.log.find_conflict(&entries)? {
             assert!(
                 conflict > self.commit,
                 "a leader tried to overwrite committed entry {conflict}"
             );
             let first = entries[0].index;
             self.log
-                .truncate_and_append(conflict, &entries[(conflict - first) as usize..]);
-            self.persist_from = self.persist_from.min(conflict);
-            self.durable_index = self.durable_index.min(conflict - 1);
+                .truncate_and_append(conflict, &entries[(conflict - first) as usize..])?;
         }
         self.commit = self.commit.max(commit.min(last_new));
-        self.send_ack(from, last_new);
+        self.send_ack(from, last_new)
     }
 
     /// Acknowledges a match through `index`: sent once that entry is durable.
-    fn send_ack(&mut self, to: NodeId, index: Index) {
-        let term = self
-            .log
-            .term(index)
-            .expect("acknowledging an index we hold");
+    fn send_ack(&mut self, to: NodeId, index: Index) -> Result<(), StorageError> {
+        let term = self.log.term(index)?;
         let msg = self.message(
             to,
             self.term,
@@ -972,6 +1066,13 @@ impl Raft {
             Some((index, term))
         };
         self.enqueue(msg, log);
+        Ok(())
+    }
+
+    /// Remembers the first storage failure (the driver stops the node on seeing it).
+    fn record_storage_failure(&mut self, e: StorageError) {
+        tracing::error!(node = self.cfg.id, error = %e, "storage read failed");
+        self.storage_failure.get_or_insert(e);
     }
 
     // ---- output ------------------------------------------------------------------------
@@ -1024,10 +1125,11 @@ impl Raft {
             return GateStatus::Drop;
         }
         if let Some((index, term)) = g.log {
-            if self.log.term(index) != Some(term) {
+            // An unreadable term counts as "no longer ours": dropping is always safe.
+            if !self.log.matches(index, term).unwrap_or(false) {
                 return GateStatus::Drop;
             }
-            if index > self.durable_index {
+            if index > self.log.durable_index() {
                 return GateStatus::Wait;
             }
         }
@@ -1055,7 +1157,7 @@ impl Raft {
             self.applied <= self.commit && self.commit <= last,
             "applied <= commit <= last"
         );
-        assert!(self.durable_index <= last && self.persist_from <= last + 1);
+        self.log.check_invariants();
         assert!(self.hard_state_durable.term <= self.term);
         assert!(self.gated.len() <= self.cfg.gated_msgs_max);
         match self.role {

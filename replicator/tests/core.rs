@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use raftline_replicator::{ReadError, ReadState, TransferError};
+use raftline_replicator::sim::disk::SimDisk;
+use raftline_replicator::{InitError, ReadError, ReadState, TransferError};
 
 use raftline_replicator::{
     Config, ConfigError, Entry, EntryKind, HardState, Message, MessageBody, Mutation, ProposeError,
@@ -24,12 +25,26 @@ fn entry(index: u64, term: u64) -> Entry {
     }
 }
 
-fn node(cfg: Config, term: u64, entries: Vec<Entry>) -> Raft {
-    Raft::new(cfg, HardState { term, vote: None }, entries).expect("valid config")
+/// A core over a simulated disk.
+type Node = Raft<SimDisk>;
+
+fn node(cfg: Config, term: u64, entries: Vec<Entry>) -> Node {
+    let hs = HardState { term, vote: None };
+    Raft::new(cfg, hs, 0, SimDisk::with_durable(hs, entries)).expect("valid config")
 }
 
-/// Makes everything in `rd` durable at once and returns its messages.
-fn persist_all(raft: &mut Raft, rd: Ready) -> Vec<Message> {
+/// Writes everything in `rd` to the node's disk, makes it durable at once and returns its
+/// messages.
+fn persist_all(raft: &mut Node, rd: Ready) -> Vec<Message> {
+    if let Some(hs) = rd.hard_state {
+        raft.storage_mut().write_hard_state(hs);
+    }
+    if !rd.entries.is_empty() {
+        raft.storage_mut().write_entries(rd.entries.clone());
+    }
+    if raft.storage_mut().start_fsync() {
+        raft.storage_mut().complete_fsync();
+    }
     if let Some(hs) = rd.hard_state {
         raft.hard_state_durable(hs);
     }
@@ -47,7 +62,7 @@ fn persist_all(raft: &mut Raft, rd: Ready) -> Vec<Message> {
 }
 
 /// Delivers messages with instant durability until the cluster is quiet.
-fn settle(nodes: &mut [Raft]) {
+fn settle(nodes: &mut [Node]) {
     let mut inflight: Vec<Message> = Vec::new();
     for n in nodes.iter_mut() {
         let rd = n.ready();
@@ -64,7 +79,7 @@ fn settle(nodes: &mut [Raft]) {
 }
 
 /// Node 1 of 3 campaigns, persists its self-vote and wins with node 2's grant.
-fn elect_with_the_vote_of_node_2(raft: &mut Raft) {
+fn elect_with_the_vote_of_node_2(raft: &mut Node) {
     raft.campaign();
     let rd = raft.ready();
     raft.hard_state_durable(rd.hard_state.expect("self-vote"));
@@ -78,8 +93,8 @@ fn elect_with_the_vote_of_node_2(raft: &mut Raft) {
     assert_eq!(raft.role(), Role::Leader);
 }
 
-fn cluster(n: u64) -> Vec<Raft> {
-    let mut nodes: Vec<Raft> = (1..=n).map(|id| node(config(id, n), 0, vec![])).collect();
+fn cluster(n: u64) -> Vec<Node> {
+    let mut nodes: Vec<Node> = (1..=n).map(|id| node(config(id, n), 0, vec![])).collect();
     nodes[0].campaign();
     settle(&mut nodes);
     assert_eq!(nodes[0].role(), Role::Leader);
@@ -431,6 +446,69 @@ fn proposals_are_refused_by_followers_and_when_too_large() {
 }
 
 #[test]
+fn a_proposal_gets_the_position_announced_before_it() {
+    let mut nodes = cluster(3);
+    let leader = &mut nodes[0];
+    let announced = leader.check_proposal(1).expect("leader accepts");
+    assert_eq!(announced, (leader.term(), leader.next_index()));
+    assert_eq!(leader.propose(Arc::from(&b"x"[..])), Ok(announced));
+    assert_eq!(leader.next_index(), announced.1 + 1);
+}
+
+#[test]
+fn leader_refuses_proposals_while_too_many_bytes_await_its_disk() {
+    let mut cfg = config(1, 3);
+    cfg.unstable_bytes_max = 100;
+    let mut leader = node(cfg, 0, vec![]);
+    elect_with_the_vote_of_node_2(&mut leader);
+    let payload: Arc<[u8]> = Arc::from(vec![7u8; 60]);
+    leader
+        .propose(payload.clone())
+        .expect("below the backlog limit");
+    assert!(matches!(
+        leader.propose(payload),
+        Err(ProposeError::DiskBacklog { limit: 100, .. })
+    ));
+    let rd = leader.ready();
+    let last = rd.entries.last().expect("entries to write").clone();
+    persist_all(&mut leader, rd);
+    assert_eq!(leader.durable_index(), last.index);
+    assert_eq!(
+        leader.unstable_bytes(),
+        0,
+        "durable entries leave the backlog"
+    );
+    assert!(leader.check_proposal(60).is_ok());
+}
+
+#[test]
+fn restarted_node_hands_out_only_entries_after_its_applied_index() {
+    let entries: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
+    let hs = HardState {
+        term: 1,
+        vote: None,
+    };
+    let disk = SimDisk::with_durable(hs, entries.clone());
+    assert!(matches!(
+        Raft::new(config(1, 3), hs, 6, disk.clone()),
+        Err(InitError::Applied { applied: 6, .. })
+    ));
+    let mut follower = Raft::new(config(1, 3), hs, 3, disk).expect("valid start");
+    assert_eq!(follower.commit_index(), 3, "what was applied was committed");
+    follower.step(Message {
+        from: 2,
+        to: 1,
+        term: 1,
+        body: MessageBody::Heartbeat {
+            commit: 5,
+            read_seq: 0,
+        },
+    });
+    let rd = follower.ready();
+    assert_eq!(rd.committed, entries[3..].to_vec());
+}
+
+#[test]
 fn invalid_configurations_are_rejected_with_a_reason() {
     let mut cfg = Config::new(4, vec![1, 2, 3]);
     assert!(matches!(cfg.validate(), Err(ConfigError::Voters { .. })));
@@ -443,7 +521,7 @@ fn invalid_configurations_are_rejected_with_a_reason() {
         cfg.validate(),
         Err(ConfigError::ZeroLimit("inflight_msgs_max"))
     );
-    assert!(Raft::new(cfg, HardState::default(), vec![]).is_err());
+    assert!(Raft::new(cfg, HardState::default(), 0, SimDisk::default()).is_err());
 }
 
 #[test]
@@ -453,7 +531,7 @@ fn leadership_transfer_makes_the_caught_up_target_leader() {
         c.pre_vote = true;
         c
     };
-    let mut nodes: Vec<Raft> = (1..=3).map(|id| node(cfg(id), 0, vec![])).collect();
+    let mut nodes: Vec<Node> = (1..=3).map(|id| node(cfg(id), 0, vec![])).collect();
     nodes[0].campaign();
     settle(&mut nodes);
     assert_eq!(nodes[0].role(), Role::Leader);

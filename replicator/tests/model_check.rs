@@ -13,8 +13,8 @@ const NODES: u64 = 3;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct State {
-    nodes: Vec<Raft>,
-    disks: Vec<SimDisk>,
+    /// Each core owns its node's disk.
+    nodes: Vec<Raft<SimDisk>>,
     /// Messages in flight, kept sorted so equal multisets hash equally.
     net: Vec<Message>,
     /// Every `(term, leader)` ever seen.
@@ -62,10 +62,10 @@ impl RaftModel {
                 break;
             }
             if let Some(hs) = rd.hard_state {
-                state.disks[n].write_hard_state(hs);
+                state.nodes[n].storage_mut().write_hard_state(hs);
             }
             if !rd.entries.is_empty() {
-                state.disks[n].write_entries(rd.entries);
+                state.nodes[n].storage_mut().write_entries(rd.entries);
             }
             state.net.extend(rd.messages);
         }
@@ -84,11 +84,12 @@ impl Model for RaftModel {
 
     fn init_states(&self) -> Vec<State> {
         let nodes = (1..=NODES)
-            .map(|id| Raft::new(self.config(id), Default::default(), vec![]).unwrap())
+            .map(|id| {
+                Raft::new(self.config(id), Default::default(), 0, SimDisk::default()).unwrap()
+            })
             .collect();
         vec![State {
             nodes,
-            disks: vec![SimDisk::default(); NODES as usize],
             net: vec![],
             leaders: vec![],
             proposals: 0,
@@ -109,7 +110,7 @@ impl Model for RaftModel {
             if r.role() == Role::Leader && s.proposals < self.proposals_max {
                 actions.push(Action::Propose(n));
             }
-            let mut disk = s.disks[n].clone();
+            let mut disk = r.storage().clone();
             if disk.start_fsync() {
                 actions.push(Action::Fsync(n));
             }
@@ -149,8 +150,9 @@ impl Model for RaftModel {
                 s.net.remove(i);
             }
             Action::Fsync(n) => {
-                assert!(s.disks[n].start_fsync());
-                let synced = s.disks[n].complete_fsync();
+                let disk = s.nodes[n].storage_mut();
+                assert!(disk.start_fsync());
+                let synced = disk.complete_fsync();
                 if let Some(hs) = synced.hard_state {
                     s.nodes[n].hard_state_durable(hs);
                 }
@@ -161,10 +163,10 @@ impl Model for RaftModel {
             }
             Action::Crash(n) => {
                 s.crashes += 1;
-                s.disks[n].crash();
-                let disk = &s.disks[n];
+                let mut disk = s.nodes[n].storage().clone();
+                disk.crash();
                 let cfg = self.config(n as NodeId + 1);
-                s.nodes[n] = Raft::new(cfg, disk.hard_state(), disk.log().to_vec()).unwrap();
+                s.nodes[n] = Raft::new(cfg, disk.hard_state(), 0, disk).unwrap();
                 Self::drain(&mut s, n);
             }
         }

@@ -107,7 +107,11 @@ impl Checker {
 
     /// Checks entries a node just handed out for writing (Log Matching, by induction: an
     /// `(index, term)` always has the same content and the same predecessor term).
-    pub fn entries_written(&mut self, raft: &Raft, entries: &[Entry]) -> Result<(), Violation> {
+    pub fn entries_written(
+        &mut self,
+        raft: &Raft<SimDisk>,
+        entries: &[Entry],
+    ) -> Result<(), Violation> {
         for e in entries {
             let prev_term = raft
                 .term_at(e.index - 1)
@@ -140,8 +144,8 @@ impl Checker {
     pub fn observe(
         &mut self,
         node: usize,
-        rafts: &[Option<&Raft>],
-        disks: &[SimDisk],
+        rafts: &[Option<&Raft<SimDisk>>],
+        disks: &[&SimDisk],
     ) -> Result<(), Violation> {
         let raft = rafts[node].expect("observing a node that is up");
         let quorum = raft.config().quorum();
@@ -167,7 +171,7 @@ impl Checker {
             let e = raft.entry(index).expect("committed entries are in the log");
             let now = Committed {
                 term: e.term,
-                digest: digest(e),
+                digest: digest(&e),
                 commit_term: raft.term(),
             };
             let first = !self.committed.contains_key(&index);
@@ -202,7 +206,7 @@ impl Checker {
         Ok(())
     }
 
-    fn check_new_leader(&self, raft: &Raft) -> Result<(), Violation> {
+    fn check_new_leader(&self, raft: &Raft<SimDisk>) -> Result<(), Violation> {
         for (&index, c) in &self.committed {
             if c.commit_term < raft.term() && raft.term_at(index) != Some(c.term) {
                 return violation(
@@ -256,7 +260,7 @@ impl Checker {
     }
 
     /// Checks that `raft`'s log holds every acknowledged entry.
-    pub fn holds_all_acked(&self, raft: &Raft) -> Result<(), Violation> {
+    pub fn holds_all_acked(&self, raft: &Raft<SimDisk>) -> Result<(), Violation> {
         for (&index, &(term, _)) in &self.acked {
             if raft.term_at(index) != Some(term) {
                 return violation(
@@ -275,8 +279,8 @@ impl Checker {
 fn electable_without(
     index: Index,
     term: Term,
-    rafts: &[Option<&Raft>],
-    disks: &[SimDisk],
+    rafts: &[Option<&Raft<SimDisk>>],
+    disks: &[&SimDisk],
     quorum: usize,
 ) -> Option<NodeId> {
     let versions: Vec<Vec<(Term, Index, bool)>> = rafts

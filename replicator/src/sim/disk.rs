@@ -1,7 +1,9 @@
 //! A simulated disk: writes sit in a volatile queue until a simulated fsync covering them
-//! completes; a crash loses every write not yet covered by a completed fsync.
+//! completes; a crash loses every write not yet covered by a completed fsync. It is also the
+//! core's [`Storage`]: reads see durable data only.
 
 use crate::message::{Entry, HardState, Index, Term};
+use crate::storage::{Storage, StorageError};
 
 /// One write as the core handed it out.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -31,6 +33,19 @@ pub struct SimDisk {
 }
 
 impl SimDisk {
+    /// A disk already holding `hard_state` and `log` (dense from index 1) durably.
+    pub fn with_durable(hard_state: HardState, log: Vec<Entry>) -> Self {
+        assert!(
+            log.iter().zip(1..).all(|(e, i)| e.index == i),
+            "log must be dense from index 1"
+        );
+        SimDisk {
+            hard_state,
+            log,
+            ..SimDisk::default()
+        }
+    }
+
     /// Durable hard state.
     pub fn hard_state(&self) -> HardState {
         self.hard_state
@@ -101,5 +116,49 @@ impl SimDisk {
     pub fn crash(&mut self) {
         self.pending.clear();
         self.syncing = None;
+    }
+}
+
+impl Storage for SimDisk {
+    fn first_index(&self) -> Index {
+        1
+    }
+
+    fn last_index(&self) -> Index {
+        self.log.len() as Index
+    }
+
+    fn term(&self, index: Index) -> Result<Term, StorageError> {
+        if index == 0 {
+            return Ok(0);
+        }
+        self.log
+            .get(index as usize - 1)
+            .map(|e| e.term)
+            .ok_or(StorageError::Unavailable {
+                index,
+                last_index: self.log.len() as Index,
+            })
+    }
+
+    fn entries(&self, from: Index, to: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
+        assert!(from >= 1 && from <= to, "bad range {from}..={to}");
+        let last_index = self.log.len() as Index;
+        if to > last_index {
+            return Err(StorageError::Unavailable {
+                index: to,
+                last_index,
+            });
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for e in &self.log[from as usize - 1..to as usize] {
+            if !out.is_empty() && bytes + e.size_bytes() > bytes_max {
+                break;
+            }
+            bytes += e.size_bytes();
+            out.push(e.clone());
+        }
+        Ok(out)
     }
 }

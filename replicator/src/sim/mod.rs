@@ -155,6 +155,9 @@ pub struct SimConfig {
     pub payload_bytes_max: u64,
     /// The nodes' AppendEntries byte limit (small values force multi-message catch-up).
     pub msg_bytes_max: u64,
+    /// The nodes' in-memory cache of durable entries (small values make catch-up, conflict
+    /// hints and the apply path read the simulated disk through `Storage`).
+    pub log_cache_bytes_max: u64,
     /// Liveness bound: after healing (and after killing the leader), a leader must commit
     /// within this many ticks.
     pub recovery_ticks_max: u64,
@@ -174,6 +177,7 @@ impl SimConfig {
             proposals_per_tick_max: 2,
             payload_bytes_max: 64,
             msg_bytes_max: 256,
+            log_cache_bytes_max: 512,
             recovery_ticks_max: 500,
         }
     }
@@ -190,6 +194,7 @@ impl SimConfig {
             check_quorum: rng.gen_bool(0.7),
             proposals_per_tick_max: rng.gen_range(1..=4),
             msg_bytes_max: [64, 256, 4096][rng.gen_range(0..3)],
+            log_cache_bytes_max: [0, 512, 1 << 20][rng.gen_range(0..3)],
             ..SimConfig::standard(seed, nodes)
         }
     }
@@ -222,6 +227,8 @@ impl SimConfig {
         cfg.inflight_msgs_max = 8;
         cfg.inflight_bytes_max = 16 * self.msg_bytes_max;
         cfg.uncommitted_entries_max = 256;
+        cfg.log_cache_bytes_max = self.log_cache_bytes_max;
+        cfg.committed_bytes_max = 4 * self.msg_bytes_max;
         cfg.mutation = self.mutation;
         cfg
     }
@@ -299,10 +306,23 @@ impl Ord for Scheduled {
 }
 
 struct SimNode {
-    raft: Option<Raft>,
+    /// The running core, which owns the node's disk (its storage) while up.
+    raft: Option<Raft<SimDisk>>,
+    /// The disk while the node is down.
+    down_disk: Option<SimDisk>,
     /// Bumped at every crash so events of an earlier life are ignored.
     epoch: u64,
     last_role: Option<(Role, Term)>,
+}
+
+impl SimNode {
+    /// The node's disk, whether it is up (owned by its core) or down.
+    fn disk(&self) -> &SimDisk {
+        match &self.raft {
+            Some(raft) => raft.storage(),
+            None => self.down_disk.as_ref().expect("a down node has its disk"),
+        }
+    }
 }
 
 /// A running simulation.
@@ -314,7 +334,6 @@ pub struct Simulator<'t> {
     steps: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
     nodes: Vec<SimNode>,
-    disks: Vec<SimDisk>,
     links: Links,
     checker: Checker,
     faults_on: bool,
@@ -349,9 +368,15 @@ impl<'t> Simulator<'t> {
         let nodes = (0..cfg.nodes)
             .map(|i| SimNode {
                 raft: Some(
-                    Raft::new(cfg.node_config(i), Default::default(), Vec::new())
-                        .expect("valid config"),
+                    Raft::new(
+                        cfg.node_config(i),
+                        Default::default(),
+                        0,
+                        SimDisk::default(),
+                    )
+                    .expect("valid config"),
                 ),
+                down_disk: None,
                 epoch: 0,
                 last_role: None,
             })
@@ -363,7 +388,6 @@ impl<'t> Simulator<'t> {
             steps: 0,
             queue: BinaryHeap::new(),
             nodes,
-            disks: vec![SimDisk::default(); cfg.nodes],
             links: Links::new(cfg.nodes),
             checker: Checker::default(),
             faults_on: true,
@@ -488,7 +512,8 @@ impl<'t> Simulator<'t> {
             }
             Event::FsyncDone { node, epoch } => {
                 if self.nodes[node].epoch == epoch {
-                    let synced = self.disks[node].complete_fsync();
+                    let raft = self.nodes[node].raft.as_mut().expect("same epoch means up");
+                    let synced = raft.storage_mut().complete_fsync();
                     self.log(|| format!("n{} fsync done {:?}", node + 1, synced));
                     let raft = self.nodes[node].raft.as_mut().expect("same epoch means up");
                     if let Some(hs) = synced.hard_state {
@@ -590,7 +615,7 @@ impl<'t> Simulator<'t> {
             .iter()
             .enumerate()
             .filter(|(_, n)| n.raft.as_ref().is_some_and(|r| r.role() == Role::Leader))
-            .max_by_key(|(_, n)| n.raft.as_ref().map(Raft::term))
+            .max_by_key(|(_, n)| n.raft.as_ref().map(|r| r.term()))
             .map(|(i, _)| i)
     }
 
@@ -646,13 +671,15 @@ impl<'t> Simulator<'t> {
             if rd.is_empty() {
                 break;
             }
+            if let Some(failure) = raft.storage_failure() {
+                panic!("n{}: simulated storage failed: {failure}", node + 1);
+            }
             if let Some(hs) = rd.hard_state {
-                self.disks[node].write_hard_state(hs);
+                raft.storage_mut().write_hard_state(hs);
             }
             if !rd.entries.is_empty() {
-                let raft = self.nodes[node].raft.as_ref().expect("checked above");
                 self.checker.entries_written(raft, &rd.entries)?;
-                self.disks[node].write_entries(rd.entries);
+                raft.storage_mut().write_entries(rd.entries);
             }
             for msg in rd.messages {
                 self.send(msg);
@@ -696,7 +723,8 @@ impl<'t> Simulator<'t> {
                 }
             }
         }
-        if self.disks[node].start_fsync() {
+        let raft = self.nodes[node].raft.as_mut().expect("drained above");
+        if raft.storage_mut().start_fsync() {
             let duration = self.rng.gen_range(1..=self.cfg.faults.fsync_units_max);
             let epoch = self.nodes[node].epoch;
             self.schedule(duration, Event::FsyncDone { node, epoch });
@@ -719,8 +747,10 @@ impl<'t> Simulator<'t> {
                 self.schedule(at, Event::Crash { node, epoch });
             }
         }
-        let rafts: Vec<Option<&Raft>> = self.nodes.iter().map(|n| n.raft.as_ref()).collect();
-        self.checker.observe(node, &rafts, &self.disks)
+        let rafts: Vec<Option<&Raft<SimDisk>>> =
+            self.nodes.iter().map(|n| n.raft.as_ref()).collect();
+        let disks: Vec<&SimDisk> = self.nodes.iter().map(SimNode::disk).collect();
+        self.checker.observe(node, &rafts, &disks)
     }
 
     fn send(&mut self, msg: Message) {
@@ -750,10 +780,15 @@ impl<'t> Simulator<'t> {
             self.nodes[node].raft.is_some(),
             "crashing a node that is down"
         );
-        self.nodes[node].raft = None;
+        let mut disk = self.nodes[node]
+            .raft
+            .take()
+            .expect("checked above")
+            .into_storage();
+        disk.crash();
+        self.nodes[node].down_disk = Some(disk);
         self.nodes[node].epoch += 1;
         self.nodes[node].last_role = None;
-        self.disks[node].crash();
         self.crashes += 1;
         self.log(|| format!("n{} crashes, unsynced writes lost", node + 1));
         if self.faults_on {
@@ -763,10 +798,13 @@ impl<'t> Simulator<'t> {
     }
 
     fn restart(&mut self, node: usize) -> Result<(), Violation> {
-        let disk = &self.disks[node];
+        let disk = self.nodes[node]
+            .down_disk
+            .take()
+            .expect("a down node has its disk");
         let cfg = self.cfg.node_config(node);
-        let raft = Raft::new(cfg, disk.hard_state(), disk.log().to_vec()).expect("valid config");
         let (hs, last) = (disk.hard_state(), disk.log().len());
+        let raft = Raft::new(cfg, hs, 0, disk).expect("valid config and readable disk");
         self.log(|| format!("n{} restarts with {hs:?}, {last} durable entries", node + 1));
         self.nodes[node].raft = Some(raft);
         self.checker.node_restarted(node as u64 + 1);

@@ -1,0 +1,51 @@
+//! What the core reads from the driver's durable log: the entries it no longer keeps in memory.
+//!
+//! The core keeps only the entries that are not durable yet plus a bounded cache of recent
+//! ones (see [`crate::raft_log`]); everything older it reads through [`Storage`], which the
+//! driver implements over its log (the node over `raftline_log::Log`, the simulator over
+//! [`crate::sim::disk::SimDisk`]). Reads are synchronous and never see writes the core has not
+//! been told are durable: the core only asks for indexes up to its durable index.
+
+use crate::message::{Entry, Index, Term};
+
+/// Why a storage read could not be served.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum StorageError {
+    /// The index lies below the log's start: a snapshot covers it.
+    #[error("index {index} is compacted (the log starts at {first_index})")]
+    Compacted {
+        /// Index asked for.
+        index: Index,
+        /// First index the storage still holds.
+        first_index: Index,
+    },
+    /// The index lies beyond the durable log (a broken driver contract: the core only reads
+    /// what it was told is durable).
+    #[error("index {index} is beyond the durable log (last {last_index})")]
+    Unavailable {
+        /// Index asked for.
+        index: Index,
+        /// Last index the storage holds.
+        last_index: Index,
+    },
+    /// The read failed (I/O error, corruption): the node must stop serving.
+    #[error("storage failed: {0}")]
+    Failed(String),
+}
+
+/// Read access to the durable log. Implementations answer from durable data only.
+///
+/// Index `first_index() - 1` is the end of the snapshot the log continues (0 when nothing was
+/// compacted): its term must be readable, its entry not.
+pub trait Storage {
+    /// First index whose entry can be read; entries before it are compacted into a snapshot.
+    fn first_index(&self) -> Index;
+    /// Last durable index (`first_index() - 1` when the log holds no entry). Read at start-up.
+    fn last_index(&self) -> Index;
+    /// Term of the entry at `index`, for `first_index() - 1 <= index <= last_index()`
+    /// (index 0 has term 0 while nothing is compacted).
+    fn term(&self, index: Index) -> Result<Term, StorageError>;
+    /// Entries `from..=to`, in order, stopping before the total of [`Entry::size_bytes`] would
+    /// exceed `bytes_max` — but at least one entry. Requires `first_index() <= from <= to`.
+    fn entries(&self, from: Index, to: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError>;
+}
