@@ -1,14 +1,14 @@
 //! The peer codec: every Raft message in one `PeerMessage` frame.
 //!
-//! Payload layout:
+//! Payload layout ([`frame::encode_sectioned`]):
 //! ```text
-//! 0      u32 meta_bytes (M)
-//! 4      meta: rkyv archive of `WireMessage` (from, to, term, body; entries as term, index,
-//!        kind and payload length only)
-//! 4 + M  blobs: the entries' payloads (batch bytes) back to back, in entry order
+//! blobs: the entries' payloads (batch bytes) back to back, in entry order
+//! meta:  rkyv archive of `WireMessage` (from, to, term, body; entries as term, index, kind and
+//!        payload length only)
+//! u32    meta length
 //! ```
-//! Entry payloads are never re-encoded: they are copied as raw bytes behind the metadata, and the
-//! metadata says how long each is. Decoding validates the archive with bytecheck (checked
+//! Entry payloads are never re-encoded: they travel as raw bytes beside the metadata, which says
+//! how long each is. Decoding validates the archive with bytecheck (checked
 //! `rkyv::access`) before it is used and requires the blob lengths to add up to exactly the bytes
 //! that follow, so any malformed payload is a typed [`PeerCodecError`].
 //!
@@ -22,12 +22,9 @@ use std::sync::Arc;
 
 use raftline_replicator::message::{AppendReject, Entry, EntryKind, Message, MessageBody};
 use rkyv::rancor;
-use rkyv::util::AlignedVec;
 
 use crate::cluster_id::ClusterId;
 use crate::frame::{self, Frame, FrameError, FrameHeader, FrameType};
-
-const META_LEN_BYTES: usize = 4;
 
 /// Why a frame does not hold a valid Raft message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -303,17 +300,12 @@ pub fn encode_message(
     let (wire, blobs) = to_wire(msg)?;
     let meta = rkyv::to_bytes::<rancor::Error>(&wire)
         .map_err(|e| PeerCodecError::Encode(e.to_string()))?;
-    let meta_len = (meta.len() as u32).to_le_bytes();
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(2 + blobs.len());
-    parts.push(&meta_len);
-    parts.push(&meta);
-    parts.extend(blobs);
     let header = FrameHeader {
         frame_type: FrameType::PeerMessage,
         cluster_id,
         sender_id: msg.from,
     };
-    frame::encode(out, header, &parts)?;
+    frame::encode_sectioned(out, header, &blobs, &meta)?;
     Ok(())
 }
 
@@ -336,27 +328,10 @@ pub fn decode_message(frame: &Frame) -> Result<Message, PeerCodecError> {
 
 /// Decodes a `PeerMessage` payload.
 pub fn decode_payload(payload: &[u8]) -> Result<Message, PeerCodecError> {
-    if payload.len() < META_LEN_BYTES {
-        return Err(PeerCodecError::Malformed(format!(
-            "{} bytes, need at least {META_LEN_BYTES}",
-            payload.len()
-        )));
-    }
-    let (len_bytes, rest) = payload.split_at(META_LEN_BYTES);
-    let meta_len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
-    if meta_len > rest.len() {
-        return Err(PeerCodecError::Malformed(format!(
-            "metadata of {meta_len} bytes announced, {} present",
-            rest.len()
-        )));
-    }
-    let (meta, blobs) = rest.split_at(meta_len);
-    // rkyv needs the archive aligned; the metadata is small, so copying it is cheap.
-    let mut aligned = AlignedVec::<16>::with_capacity(meta.len());
-    aligned.extend_from_slice(meta);
-    let archived = rkyv::access::<ArchivedWireMessage, rancor::Error>(&aligned)
+    let (blobs_len, meta) = frame::split_sectioned(payload).map_err(PeerCodecError::Malformed)?;
+    let archived = rkyv::access::<ArchivedWireMessage, rancor::Error>(&meta)
         .map_err(|e| PeerCodecError::BadArchive(e.to_string()))?;
     let wire = rkyv::deserialize::<WireMessage, rancor::Error>(archived)
         .map_err(|e| PeerCodecError::BadArchive(e.to_string()))?;
-    from_wire(wire, blobs)
+    from_wire(wire, &payload[..blobs_len])
 }
