@@ -8,4 +8,5 @@ pub mod frame;
 pub mod peer_codec;
 
 // evloop: the per-thread event loop (io_uring or epoll) and the connection layer.
+pub mod net;
 pub mod reactor;
