@@ -28,8 +28,8 @@ pub struct ConsumedRecord {
 /// taken in, and more credit is granted only as records are taken, so a slow consumer slows the
 /// node's sending instead of filling memory. If the node fails (connection lost, no answer to an
 /// idle probe, corrupt data, `Unavailable`), the subscription resumes on the next bootstrap node
-/// from the offset after the last record delivered. A `Latest` subscription that has delivered
-/// nothing yet resumes at the new node's latest offset.
+/// from the offset after the last record delivered (for an `Earliest`/`Latest` subscription that
+/// has delivered nothing yet: the start offset the first node confirmed).
 pub struct Subscription {
     config: ClientConfig,
     from: StartFrom,
@@ -47,7 +47,8 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Subscribes on the first bootstrap node that accepts a connection.
+    /// Subscribes on the first bootstrap node that confirms the subscription; a refusal such as
+    /// `OffsetOutOfRange` is returned at once.
     pub fn open(config: ClientConfig, from: StartFrom) -> Result<Subscription, Error> {
         let next_offset = match from {
             StartFrom::Offset(n) => Some(n),
@@ -191,14 +192,7 @@ impl Subscription {
                 self.probe = None;
                 Ok(())
             }
-            Response::Error {
-                error:
-                    error @ (ClientError::Unavailable { .. }
-                    | ClientError::Busy
-                    | ClientError::Timeout
-                    | ClientError::NotLeader { .. }),
-                ..
-            } => {
+            Response::Error { error, .. } if is_node_local(&error) => {
                 self.fail_over(format!("{address}: {error}"));
                 Ok(())
             }
@@ -257,7 +251,8 @@ impl Subscription {
     }
 
     /// Subscribes on the nodes in turn, starting at the cursor, from the resume point; rounds
-    /// are separated by an exponential backoff, all bounded by the fail-over timeout.
+    /// are separated by an exponential backoff, all bounded by the fail-over timeout. A refusal
+    /// no other node would lift (e.g. `OffsetOutOfRange`) ends the subscription.
     fn reconnect(&mut self) -> Result<(), Error> {
         let nodes = self.config.bootstrap.len();
         let deadline = Instant::now() + self.config.failover_timeout;
@@ -266,12 +261,13 @@ impl Subscription {
             for _ in 0..nodes {
                 let address = self.config.bootstrap[self.node_cursor % nodes].clone();
                 match self.subscribe_at(&address) {
-                    Ok(conn) => {
+                    Attempt::Subscribed(conn) => {
                         self.conn = Some(conn);
                         self.last_heard = Instant::now();
                         return Ok(());
                     }
-                    Err(e) => {
+                    Attempt::Refused(e) => return Err(e),
+                    Attempt::NodeFailed(e) => {
                         self.last_failure = e.to_string();
                         self.node_cursor += 1;
                     }
@@ -292,19 +288,72 @@ impl Subscription {
         }
     }
 
-    fn subscribe_at(&mut self, address: &str) -> Result<Connection, Error> {
-        let mut conn = Connection::open(address, &self.config)?;
+    /// Subscribes at one node and waits for its confirmation, which fixes the resume point of
+    /// an `Earliest`/`Latest` subscription that has not delivered anything yet.
+    fn subscribe_at(&mut self, address: &str) -> Attempt {
+        let mut conn = match Connection::open(address, &self.config) {
+            Ok(conn) => conn,
+            Err(e) => return Attempt::NodeFailed(e),
+        };
         let from = match self.next_offset {
             Some(n) => StartFrom::Offset(n),
             None => self.from,
         };
-        conn.send(&Request::Subscribe {
+        let request = Request::Subscribe {
             subscription_id: self.subscription_id,
             from,
             window_bytes: self.config.subscribe_window_bytes,
-        })?;
-        Ok(conn)
+        };
+        if let Err(e) = conn.send(&request) {
+            return Attempt::NodeFailed(e);
+        }
+        let address = address.to_string();
+        match conn.recv(self.config.request_timeout) {
+            Ok(Some(Response::Subscribed {
+                subscription_id,
+                start_offset,
+            })) if subscription_id == self.subscription_id => {
+                self.next_offset.get_or_insert(start_offset);
+                Attempt::Subscribed(conn)
+            }
+            Ok(Some(Response::Error { error, .. })) if is_node_local(&error) => {
+                Attempt::NodeFailed(Error::Refused { address, error })
+            }
+            Ok(Some(Response::Error { error, .. })) => {
+                Attempt::Refused(Error::Refused { address, error })
+            }
+            Ok(Some(other)) => Attempt::NodeFailed(Error::Protocol {
+                address,
+                why: format!("expected the subscription's confirmation, got {other:?}"),
+            }),
+            Ok(None) => Attempt::NodeFailed(Error::Timeout {
+                address,
+                timeout: self.config.request_timeout,
+            }),
+            Err(e) => Attempt::NodeFailed(e),
+        }
     }
+}
+
+/// The outcome of subscribing at one node.
+enum Attempt {
+    /// Confirmed: stream from this connection.
+    Subscribed(Connection),
+    /// This node cannot serve now; another may.
+    NodeFailed(Error),
+    /// Refused for a reason no node would lift.
+    Refused(Error),
+}
+
+/// Errors that concern only the node that sent them (another node may serve the request).
+fn is_node_local(error: &ClientError) -> bool {
+    matches!(
+        error,
+        ClientError::Unavailable { .. }
+            | ClientError::Busy
+            | ClientError::Timeout
+            | ClientError::NotLeader { .. }
+    )
 }
 
 impl Iterator for Subscription {
