@@ -1,6 +1,7 @@
 //! `raftline`: the command-line front end of raftline.
 
 mod bench_fsync;
+mod node;
 
 use std::process::ExitCode;
 
