@@ -507,6 +507,40 @@ fn a_full_client_queue_refuses_then_reports_drained() {
 }
 
 #[test]
+fn a_client_that_stops_reading_is_closed_once_sends_stall() {
+    for backend in BACKENDS {
+        let mut cfg = config(1, any_port(), &[], backend);
+        cfg.idle_timeout = Duration::from_millis(300);
+        let mut node = Node::bind(cfg);
+        let mut client = TcpStream::connect(node.net.local_addrs().client).unwrap();
+        client.write_all(&client_request(b"subscribe")).unwrap();
+        let id = wait_event(&mut [&mut node], 0, |e| match e {
+            NetEvent::ClientFrame { client, .. } => Some(*client),
+            _ => None,
+        });
+        let batch = encoded(
+            FrameType::Batches,
+            CLUSTER,
+            1,
+            &vec![9; PAYLOAD_BYTES_MAX as usize],
+        );
+        let start = Instant::now();
+        while node.net.send_client(id, batch.clone()).is_ok() {
+            assert!(start.elapsed() < DEADLINE, "the client queue never filled");
+            turn(&mut [&mut node]);
+        }
+        wait_event(&mut [&mut node], 0, |e| match e {
+            NetEvent::ClientClosed { client, reason } if *client == id => {
+                assert!(matches!(reason, CloseReason::SendStalled(_)), "{reason}");
+                Some(())
+            }
+            _ => None,
+        });
+        assert_eq!(node.net.send_client(id, batch), Err(SendError::Closed));
+    }
+}
+
+#[test]
 fn a_wake_from_another_thread_returns_poll_early() {
     for backend in BACKENDS {
         let mut node = Node::bind(config(1, any_port(), &[], backend));
