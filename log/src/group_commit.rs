@@ -82,7 +82,7 @@ pub(crate) struct WriterParams {
     pub group_bytes_max: usize,
     pub preallocate: Preallocate,
     pub emulated_fsync_delay: std::time::Duration,
-    pub durable_hook: Option<crate::log::DurableHook>,
+    pub durable_hook: Option<crate::log::WriterHook>,
 }
 
 /// The writer thread's state.

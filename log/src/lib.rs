@@ -20,6 +20,6 @@ pub use error::{CorruptionKind, LogError};
 pub use group_commit::WriterStats;
 pub use hard_state::{HardState, HardStateStore};
 pub use histogram::Pow2Histogram;
-pub use log::{AppendTicket, DurableHook, Log, LogConfig};
+pub use log::{AppendTicket, Log, LogConfig, WriterHook};
 pub use segment::Preallocate;
 pub use snapshot::{latest_snapshot, read_snapshot, write_snapshot, SnapshotMeta};
