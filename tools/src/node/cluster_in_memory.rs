@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use raftline_log::{BackendChoice, BackendKind, Batch, DurableHook, Record};
+use raftline_log::{BackendChoice, BackendKind, Batch, Record, WriterHook};
 use raftline_replicator::{Config, Role};
 
 use super::replica::{Committed, Replica, ReplicaConfig};
@@ -20,7 +20,7 @@ struct Cluster {
     committed: Vec<Vec<Committed>>,
 }
 
-fn replica_config(dir: &std::path::Path, id: u64, hook: DurableHook) -> ReplicaConfig {
+fn replica_config(dir: &std::path::Path, id: u64, hook: WriterHook) -> ReplicaConfig {
     ReplicaConfig {
         raft: Config::new(id, NODES.to_vec()),
         data_dir: dir.join(format!("node-{id}")),
@@ -29,6 +29,7 @@ fn replica_config(dir: &std::path::Path, id: u64, hook: DurableHook) -> ReplicaC
         batch_bytes_max: 64 << 10,
         rng_seed: id,
         durable_hook: Some(hook),
+        writer_start_hook: None,
     }
 }
 
@@ -54,7 +55,7 @@ impl Cluster {
 
     fn start(&mut self, slot: usize) {
         let tx = self.durable_tx.clone();
-        let hook = DurableHook(Arc::new(move || {
+        let hook = WriterHook(Arc::new(move || {
             let _ = tx.send(slot);
         }));
         let cfg = replica_config(self.dir.path(), NODES[slot], hook);
@@ -180,13 +181,8 @@ fn three_replicas_commit_identical_bytes_at_identical_offsets() {
     let leader = produce(&mut cluster, 100, 0);
     let reference = all_bytes(cluster.replica(leader));
     assert_eq!(reference.len(), 100);
-    for slot in 0..NODES.len() {
-        assert_eq!(
-            all_bytes(cluster.replica(slot)),
-            reference,
-            "node {}",
-            NODES[slot]
-        );
+    for (slot, node) in NODES.iter().enumerate() {
+        assert_eq!(all_bytes(cluster.replica(slot)), reference, "node {node}");
     }
     let mut next = 0;
     for (tag, bytes) in reference.into_iter().enumerate() {

@@ -12,8 +12,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use raftline_log::batch::parse_header;
 use raftline_log::{
-    BackendChoice, Batch, BatchError, DurableHook, HardStateStore, Log, LogConfig, LogError,
+    BackendChoice, Batch, BatchError, HardStateStore, Log, LogConfig, LogError, WriterHook,
 };
 use raftline_replicator::{
     Config, EntryKind, HardState, Index, InitError, Message, NodeId, ProposeError, Raft, Role,
@@ -40,7 +41,9 @@ pub struct ReplicaConfig {
     /// Seed of the RNG that draws election timeouts.
     pub rng_seed: u64,
     /// Run by the log writer after every durable group (wakes the raft thread).
-    pub durable_hook: Option<DurableHook>,
+    pub durable_hook: Option<WriterHook>,
+    /// Run once on the log writer thread at start (pins it).
+    pub writer_start_hook: Option<WriterHook>,
 }
 
 /// An error after which the node must stop: it can no longer vouch for its log.
@@ -121,6 +124,8 @@ pub struct Replica {
     tail: Option<(Index, u64)>,
     outbox: Vec<Message>,
     committed: Vec<Committed>,
+    /// Offset one past the last record a consumer may read here.
+    readable_end_offset: u64,
     leadership: Leadership,
 }
 
@@ -137,6 +142,7 @@ impl Replica {
             .min(cfg.segment_bytes as usize / 4)
             .max(cfg.batch_bytes_max);
         log_cfg.durable_hook = cfg.durable_hook;
+        log_cfg.writer_start_hook = cfg.writer_start_hook;
         let log = Arc::new(Log::open(log_cfg)?);
         let (hard_state, saved) = HardStateStore::open(&cfg.data_dir)?;
         let hs = HardState {
@@ -162,6 +168,7 @@ impl Replica {
             "replica recovered from disk"
         );
         Ok(Replica {
+            readable_end_offset: log.start_offset(),
             raft,
             log,
             hard_state,
@@ -286,11 +293,20 @@ impl Replica {
                 }
             }
             self.outbox.extend(rd.messages);
-            self.committed
-                .extend(rd.committed.iter().map(|e| Committed {
+            for e in &rd.committed {
+                if e.kind == EntryKind::Command {
+                    let h = parse_header(&e.payload).map_err(|source| FatalError::BadEntry {
+                        index: e.index,
+                        source,
+                    })?;
+                    debug_assert_eq!(h.base_offset, self.readable_end_offset);
+                    self.readable_end_offset = h.next_offset();
+                }
+                self.committed.push(Committed {
                     index: e.index,
                     term: e.term,
-                }));
+                });
+            }
         }
         if let Some(failure) = self.raft.storage_failure() {
             return Err(FatalError::Storage(failure.clone()));
@@ -331,6 +347,16 @@ impl Replica {
     /// Highest index a consumer may read here: committed and durable locally.
     pub fn readable_index(&self) -> Index {
         self.raft.applied_index()
+    }
+
+    /// Offset one past the last record a consumer may read here.
+    pub fn readable_end_offset(&self) -> u64 {
+        self.readable_end_offset
+    }
+
+    /// A shared handle on the log (metrics read its writer statistics).
+    pub fn log_handle(&self) -> Arc<Log> {
+        Arc::clone(&self.log)
     }
 
     /// Committed data batches from the one holding record `offset`, at most `bytes_max` bytes
