@@ -4,7 +4,7 @@
 //! Layout (all integers little-endian), `BATCH_HEADER_BYTES` = 48:
 //! ```text
 //!  0 u32 magic "RLNB"      4 u32 crc32c of bytes [8, end)
-//!  8 u16 version (1)       10 u16 flags (0 for data; MARKER_TRUNCATE for a log marker)
+//!  8 u16 version (1)       10 u16 flags (0 for data; 1 truncation marker; 2 leader no-op)
 //! 12 u32 record_count      16 u64 base_offset
 //! 24 u64 term              32 u64 index
 //! 40 u32 payload_bytes     44 u32 reserved (0)
@@ -23,6 +23,8 @@ const MAGIC: u32 = u32::from_le_bytes(*b"RLNB");
 const VERSION: u16 = 1;
 /// Flag of a log-internal truncation marker (never a wire batch).
 pub(crate) const FLAG_TRUNCATE_MARKER: u16 = 1;
+/// Flag of a Raft leader's no-op entry: a zero-record batch whose kind must survive a restart.
+pub const FLAG_NOOP: u16 = 2;
 
 /// One record of the log.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -107,6 +109,11 @@ pub struct BatchHeader {
 }
 
 impl BatchHeader {
+    /// True for a Raft leader's no-op entry (zero records, never sent by a producer).
+    pub fn is_noop(&self) -> bool {
+        self.flags & FLAG_NOOP != 0
+    }
+
     /// Offset one past the last record of this batch.
     pub fn next_offset(&self) -> u64 {
         self.base_offset + u64::from(self.record_count)
@@ -128,7 +135,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::BadHeader("version"));
     }
     let flags = u16_at(bytes, 10);
-    if flags & !FLAG_TRUNCATE_MARKER != 0 {
+    if flags & !(FLAG_TRUNCATE_MARKER | FLAG_NOOP) != 0 {
         return Err(BatchError::BadHeader("unknown flags"));
     }
     if u32_at(bytes, 44) != 0 {
@@ -206,6 +213,16 @@ impl Batch {
         let bytes =
             header_bytes(FLAG_TRUNCATE_MARKER, 0, next_offset, prev_term, index, 0).to_vec();
         let mut batch = Batch { bytes };
+        batch.reseal();
+        batch
+    }
+
+    /// The batch of a Raft leader's no-op entry: zero records, flagged so the entry's kind
+    /// survives a restart; offset, term and index 0 until stamped.
+    pub fn noop() -> Batch {
+        let mut batch = Batch {
+            bytes: header_bytes(FLAG_NOOP, 0, 0, 0, 0, 0).to_vec(),
+        };
         batch.reseal();
         batch
     }
@@ -411,6 +428,23 @@ mod tests {
         assert!(matches!(
             Batch::decode(batch),
             Err(BatchError::BadPayload(_))
+        ));
+    }
+
+    #[test]
+    fn noop_batch_is_flagged_survives_stamping_and_is_refused_as_a_data_batch() {
+        let mut noop = Batch::noop();
+        noop.stamp(10, 2, 5);
+        let h = check_frame(noop.as_bytes()).unwrap();
+        assert!(h.is_noop());
+        assert_eq!(
+            (h.record_count, h.base_offset, h.term, h.index),
+            (0, 10, 2, 5)
+        );
+        assert!(!Batch::encode(&[]).unwrap().header().is_noop());
+        assert!(matches!(
+            Batch::decode(noop.into_bytes()),
+            Err(BatchError::BadHeader(_))
         ));
     }
 

@@ -78,6 +78,7 @@ pub(crate) struct WriterParams {
     pub group_bytes_max: usize,
     pub preallocate: Preallocate,
     pub emulated_fsync_delay: std::time::Duration,
+    pub durable_hook: Option<crate::log::DurableHook>,
 }
 
 /// The writer thread's state.
@@ -165,6 +166,7 @@ impl Writer {
                     None => self.restart(next_index, next_offset, prev_term),
                 };
                 let _ = done.send(result);
+                self.run_durable_hook();
                 continue;
             }
             let group_max = self.group_bytes_max();
@@ -194,6 +196,12 @@ impl Writer {
         }
     }
 
+    fn run_durable_hook(&self) {
+        if let Some(hook) = &self.params.durable_hook {
+            (hook.0)();
+        }
+    }
+
     fn group_bytes_max(&self) -> usize {
         self.params
             .group_bytes_max
@@ -216,6 +224,7 @@ impl Writer {
                 self.shared.durable_changed.notify_all();
             }
         }
+        self.run_durable_hook();
         for op in group.drain(..) {
             let done = match op {
                 Op::Append { done, .. } => done,
@@ -423,6 +432,7 @@ mod tests {
             group_bytes_max: 8 << 10,
             preallocate: Preallocate::Sparse,
             emulated_fsync_delay: std::time::Duration::ZERO,
+            durable_hook: None,
         };
         let writer = Writer::new(
             params,

@@ -18,6 +18,6 @@ pub use batch::{Batch, BatchError, BatchHeader, Record};
 pub use error::{CorruptionKind, LogError};
 pub use group_commit::WriterStats;
 pub use hard_state::{HardState, HardStateStore};
-pub use log::{AppendTicket, Log, LogConfig};
+pub use log::{AppendTicket, DurableHook, Log, LogConfig};
 pub use segment::Preallocate;
 pub use snapshot::{latest_snapshot, read_snapshot, write_snapshot, SnapshotMeta};

@@ -38,6 +38,21 @@ pub struct LogConfig {
     /// Benchmarks only: extra time added after every fdatasync, to emulate a slower disk
     /// (DESIGN §3a: this machine's ~45 µs flush hides what batching buys on real disks).
     pub emulated_fsync_delay: Duration,
+    /// Called by the writer thread after each durable group, so an event loop can be woken.
+    pub durable_hook: Option<DurableHook>,
+}
+
+/// A callback the writer thread runs after every group it made durable (and once when the log
+/// fails), so a single-threaded owner of the log can be woken to read [`Log::durable_last`]
+/// instead of blocking on tickets. It runs on the writer's critical path: it must be quick and
+/// must never block (e.g. write to an eventfd).
+#[derive(Clone)]
+pub struct DurableHook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for DurableHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DurableHook")
+    }
 }
 
 impl LogConfig {
@@ -52,6 +67,7 @@ impl LogConfig {
             queue_depth: 4096,
             preallocate: Preallocate::ZeroFill,
             emulated_fsync_delay: Duration::ZERO,
+            durable_hook: None,
         }
     }
 
@@ -200,6 +216,7 @@ impl Log {
             group_bytes_max: config.group_bytes_max,
             preallocate: config.preallocate,
             emulated_fsync_delay: config.emulated_fsync_delay,
+            durable_hook: config.durable_hook.clone(),
         };
         let writer = Writer::new(
             params,
@@ -378,6 +395,15 @@ impl Log {
             .lock()
             .expect("durable lock")
             .durable_index
+    }
+
+    /// The last durable entry as `(index, term)`, read from the durable side of the log (not the
+    /// accepted one): a suffix accepted for truncation does not change it until the cut is on
+    /// disk, so a Raft driver can report exactly what one fdatasync covered. `Err` once failed.
+    pub fn durable_last(&self) -> Result<(u64, u64), LogError> {
+        self.check_failed()?;
+        let index = self.shared.index.read().expect("index lock");
+        Ok((index.next_index - 1, index.last_term))
     }
 
     /// Waits until the durable index reaches `index` or `timeout` passes; returns the durable index.

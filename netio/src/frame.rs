@@ -16,6 +16,8 @@
 
 use std::io::{self, Read};
 
+use rkyv::util::AlignedVec;
+
 use crate::cluster_id::ClusterId;
 
 /// Bytes of the fixed frame header.
@@ -31,6 +33,7 @@ pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"RLNF");
 pub const CLIENT_SENDER_ID: u64 = 0;
 
 const CRC_AT: usize = 28;
+const META_LEN_BYTES: usize = 4;
 /// Bytes read from a socket per `fill_from` call at least.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
@@ -209,6 +212,51 @@ pub fn encode(out: &mut Vec<u8>, header: FrameHeader, parts: &[&[u8]]) -> Result
     }
     debug_assert_eq!(out.len() - start, FRAME_HEADER_BYTES + payload_bytes);
     Ok(())
+}
+
+/// Appends a frame whose payload is in the layout the message codecs share:
+/// ```text
+/// blobs (raw bytes, e.g. batches, back to back) | meta (rkyv archive) | u32 meta length
+/// ```
+/// The raw bytes come first so a receiver owning the payload keeps them by truncating it:
+/// batch bytes are never copied out of the frame or re-encoded.
+pub fn encode_sectioned(
+    out: &mut Vec<u8>,
+    header: FrameHeader,
+    blobs: &[&[u8]],
+    meta: &[u8],
+) -> Result<(), FrameError> {
+    let meta_len = u32::try_from(meta.len()).map_err(|_| FrameError::Oversize {
+        payload_bytes: meta.len() as u64,
+        limit: u64::from(u32::MAX),
+    })?;
+    let meta_len = meta_len.to_le_bytes();
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(blobs.len() + 2);
+    parts.extend_from_slice(blobs);
+    parts.push(meta);
+    parts.push(&meta_len);
+    encode(out, header, &parts)
+}
+
+/// Splits a payload of the [`encode_sectioned`] layout: returns the length of the blob section
+/// (it starts at byte 0) and the metadata copied into an aligned buffer, ready for checked
+/// `rkyv::access` (rkyv needs alignment; a frame payload has none, and the metadata is small).
+pub fn split_sectioned(payload: &[u8]) -> Result<(usize, AlignedVec<16>), String> {
+    let Some(body_len) = payload.len().checked_sub(META_LEN_BYTES) else {
+        return Err(format!(
+            "payload of {} bytes, need at least {META_LEN_BYTES}",
+            payload.len()
+        ));
+    };
+    let meta_len = u32_at(payload, body_len) as usize;
+    let Some(blobs_len) = body_len.checked_sub(meta_len) else {
+        return Err(format!(
+            "metadata of {meta_len} bytes announced, {body_len} present"
+        ));
+    };
+    let mut meta = AlignedVec::<16>::with_capacity(meta_len);
+    meta.extend_from_slice(&payload[blobs_len..body_len]);
+    Ok((blobs_len, meta))
 }
 
 /// Reassembles frames from a byte stream that arrives in arbitrary pieces.
@@ -494,6 +542,26 @@ mod tests {
         assert_eq!(d.next_frame().unwrap().unwrap().payload, b"abc");
         assert_eq!(d.fill_from(&mut reader).unwrap(), 0);
         assert_eq!(d.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn sectioned_payload_splits_into_blobs_and_aligned_meta() {
+        let mut out = Vec::new();
+        encode_sectioned(
+            &mut out,
+            header(FrameType::Batches),
+            &[b"ab", b"c"],
+            b"META",
+        )
+        .unwrap();
+        let frame = decode_all(&out, 100).unwrap().unwrap();
+        assert_eq!(&frame.payload[..], b"abcMETA\x04\0\0\0");
+        let (blobs_len, meta) = split_sectioned(&frame.payload).unwrap();
+        assert_eq!(&frame.payload[..blobs_len], b"abc");
+        assert_eq!(&meta[..], b"META");
+        assert_eq!(meta.as_ptr() as usize % 16, 0);
+        assert!(split_sectioned(b"\x09\0\0").is_err());
+        assert!(split_sectioned(b"ab\x03\0\0\0").is_err());
     }
 
     #[test]

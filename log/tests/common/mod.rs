@@ -18,6 +18,7 @@ pub fn config(dir: &Path, kind: BackendKind) -> LogConfig {
         queue_depth: 64,
         preallocate: Preallocate::ZeroFill,
         emulated_fsync_delay: std::time::Duration::ZERO,
+        durable_hook: None,
     }
 }
 

@@ -1,0 +1,459 @@
+//! The client protocol: requests a client sends on the client port and the node's responses.
+//!
+//! Every message is one frame whose type names the message; the payload has the shared
+//! [`frame::encode_sectioned`] layout: raw batch bytes first (only `Append` and `Batches` carry
+//! any), then an rkyv archive of the message without its batch bytes, then the archive length.
+//! Batch bytes are the log crate's batch format (`raftline_log::Batch`), self-delimiting by their
+//! header, and are never re-encoded: the decoder keeps them by truncating the frame's payload.
+//!
+//! Ids: a client draws request ids and subscription ids from one counter per connection, so an
+//! `Error` names whichever request or subscription it answers; id 0 is the connection itself
+//! (the node closes it after such an error).
+
+use raftline_log::batch::{check_frame, BatchError};
+use rkyv::rancor;
+use rkyv::with::Skip;
+
+use crate::cluster_id::ClusterId;
+use crate::frame::{self, Frame, FrameHeader, FrameType, CLIENT_SENDER_ID};
+
+/// When the node acknowledges an append.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub enum AckMode {
+    /// Once the batch is committed: durable on a majority of voters (the leader's own write
+    /// included). The only mode under which an acknowledged record survives any minority crash.
+    #[default]
+    Quorum,
+    /// Once the batch is durable on the leader's disk (lost if the leader's disk is lost before
+    /// replication, or if a new leader is elected without it).
+    Leader,
+    /// Once the leader has accepted the batch and assigned offsets, before any disk write.
+    None,
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum StartFrom {
+    /// At this offset (the batch holding it is sent whole; the client skips records before it).
+    Offset(u64),
+    /// At the earliest offset the node retains.
+    Earliest,
+    /// At the next offset to be committed (only new records).
+    Latest,
+}
+
+/// The role a node has in the Raft cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum NodeRole {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asking for pre-votes before campaigning.
+    PreCandidate,
+    /// Campaigning for votes.
+    Candidate,
+    /// Leads the cluster: takes appends.
+    Leader,
+    /// Receives the log but does not vote.
+    Learner,
+}
+
+/// Replication progress of one peer, as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PeerStatus {
+    /// The peer's node id.
+    pub node_id: u64,
+    /// Highest index known to be durable on the peer and matching the leader's log.
+    pub match_index: u64,
+    /// Entries the peer is behind the leader's last index.
+    pub lag_entries: u64,
+    /// Whether the leader currently has a connection to the peer.
+    pub connected: bool,
+}
+
+/// A node's view of itself and the cluster, answered to `Status`.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct NodeStatus {
+    /// This node's id.
+    pub node_id: u64,
+    /// Its Raft role.
+    pub role: NodeRole,
+    /// Its current term.
+    pub term: u64,
+    /// The leader it knows of, if any.
+    pub leader_id: Option<u64>,
+    /// The leader's client address (where appends go), if known.
+    pub leader_client_address: Option<String>,
+    /// Highest log index known to be committed.
+    pub commit_index: u64,
+    /// Earliest offset still retained (older ones were compacted into a snapshot).
+    pub log_start_offset: u64,
+    /// One past the last offset in the node's log.
+    pub log_end_offset: u64,
+    /// Index of the first entry still in the log.
+    pub log_first_index: u64,
+    /// Index of the last entry in the log.
+    pub log_last_index: u64,
+    /// Per-peer replication progress (filled by a leader only).
+    pub peers: Vec<PeerStatus>,
+}
+
+/// A typed reason a request failed.
+#[derive(
+    Debug, Clone, PartialEq, Eq, thiserror::Error, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub enum ClientError {
+    /// This node does not lead; the hint names the leader it knows of, if any.
+    #[error("not the leader (leader: {})", leader_hint(*leader_id, leader_address.as_deref()))]
+    NotLeader {
+        /// The leader's node id, if known.
+        leader_id: Option<u64>,
+        /// The leader's client address, if known.
+        leader_address: Option<String>,
+    },
+    /// The request was not completed in time; an append may or may not have been committed.
+    #[error("timed out (the append may or may not have been committed)")]
+    Timeout,
+    /// The batch is larger than the node accepts.
+    #[error("batch too large: the node accepts at most {limit_bytes} bytes")]
+    TooLarge {
+        /// The node's limit on a batch.
+        limit_bytes: u64,
+    },
+    /// The node cannot serve the request now (no quorum, shutting down, storage failed...).
+    #[error("unavailable: {why}")]
+    Unavailable {
+        /// Why, for the operator.
+        why: String,
+    },
+    /// A subscription asked for an offset the node does not hold.
+    #[error("offset {requested} out of range: the log holds [{earliest}, {end}){}",
+        snapshot_index.map(|i| format!(", earlier offsets are in the snapshot at index {i}")).unwrap_or_default())]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        requested: u64,
+        /// Earliest retained offset.
+        earliest: u64,
+        /// One past the last offset.
+        end: u64,
+        /// Index of the snapshot that covers offsets below `earliest`, if any.
+        snapshot_index: Option<u64>,
+    },
+    /// The request's frame carried another cluster's id.
+    #[error(
+        "wrong cluster: this node belongs to cluster {:#018x}",
+        node_cluster_id
+    )]
+    WrongCluster {
+        /// The node's cluster id.
+        node_cluster_id: u64,
+    },
+    /// Too many requests in flight; retry later.
+    #[error("busy: too many requests in flight, retry later")]
+    Busy,
+    /// The request itself is invalid (e.g. a malformed batch).
+    #[error("bad request: {why}")]
+    BadRequest {
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+fn leader_hint(id: Option<u64>, address: Option<&str>) -> String {
+    match (id, address) {
+        (Some(id), Some(a)) => format!("node {id} at {a}"),
+        (Some(id), None) => format!("node {id}, address unknown"),
+        (None, _) => "unknown".to_string(),
+    }
+}
+
+/// A message from a client to a node.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Request {
+    /// Append one batch (log crate format, offsets/term/index 0: the leader stamps them).
+    Append {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// When to acknowledge.
+        ack: AckMode,
+        /// The batch bytes (travel raw, outside the archive).
+        #[rkyv(with = Skip)]
+        batch: Vec<u8>,
+    },
+    /// Stream committed batches from `from`, at most `window_bytes` ahead of granted credit.
+    Subscribe {
+        /// Names the subscription in `Batches` and `Error`.
+        subscription_id: u64,
+        /// Where to start.
+        from: StartFrom,
+        /// Initial credit: bytes of batches the node may send before more credit arrives.
+        window_bytes: u64,
+    },
+    /// Grants a subscription more credit (bytes of batches the client has consumed).
+    Credit {
+        /// The subscription.
+        subscription_id: u64,
+        /// Additional bytes the node may send.
+        bytes: u64,
+    },
+    /// Asks for the node's status.
+    Status {
+        /// Echoed in the answer.
+        request_id: u64,
+    },
+}
+
+/// A message from a node to a client.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Response {
+    /// The append is acknowledged per its ack mode; its records hold these offsets.
+    Appended {
+        /// The append's id.
+        request_id: u64,
+        /// Offset of the batch's first record.
+        base_offset: u64,
+        /// Offset of its last record (`base_offset - 1` for an empty batch).
+        last_offset: u64,
+    },
+    /// A request or subscription failed.
+    Error {
+        /// The request or subscription id (0: the connection).
+        request_id: u64,
+        /// Why.
+        error: ClientError,
+    },
+    /// Committed batches of a subscription, back to back, in offset order.
+    Batches {
+        /// The subscription.
+        subscription_id: u64,
+        /// The batch bytes (travel raw, outside the archive).
+        #[rkyv(with = Skip)]
+        batches: Vec<u8>,
+    },
+    /// The node's status.
+    StatusReply {
+        /// The status request's id.
+        request_id: u64,
+        /// The answer.
+        status: NodeStatus,
+    },
+}
+
+/// Why a frame does not hold a valid client message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientProtoError {
+    /// The frame type is not a message of this direction.
+    #[error("frame type {0:?} is not a client protocol message in this direction")]
+    WrongFrameType(FrameType),
+    /// The frame's type and the archived message disagree, or a section is malformed.
+    #[error("malformed client message: {0}")]
+    Malformed(String),
+    /// The archive failed validation.
+    #[error("client message failed validation: {0}")]
+    BadArchive(String),
+    /// The message cannot be encoded (too large for a frame).
+    #[error("client message cannot be encoded: {0}")]
+    Encode(String),
+}
+
+impl Request {
+    /// The frame type this request travels in.
+    pub fn frame_type(&self) -> FrameType {
+        match self {
+            Request::Append { .. } => FrameType::Append,
+            Request::Subscribe { .. } => FrameType::Subscribe,
+            Request::Credit { .. } => FrameType::Credit,
+            Request::Status { .. } => FrameType::Status,
+        }
+    }
+}
+
+impl Response {
+    /// The frame type this response travels in.
+    pub fn frame_type(&self) -> FrameType {
+        match self {
+            Response::Appended { .. } => FrameType::Appended,
+            Response::Error { .. } => FrameType::Error,
+            Response::Batches { .. } => FrameType::Batches,
+            Response::StatusReply { .. } => FrameType::StatusReply,
+        }
+    }
+}
+
+/// Appends a frame holding `request` (sender id 0, as from any client) to `out`.
+pub fn encode_request(
+    out: &mut Vec<u8>,
+    cluster_id: ClusterId,
+    request: &Request,
+) -> Result<(), ClientProtoError> {
+    let blob: &[u8] = match request {
+        Request::Append { batch, .. } => batch,
+        _ => &[],
+    };
+    let meta = rkyv::to_bytes::<rancor::Error>(request)
+        .map_err(|e| ClientProtoError::Encode(e.to_string()))?;
+    let header = FrameHeader {
+        frame_type: request.frame_type(),
+        cluster_id,
+        sender_id: CLIENT_SENDER_ID,
+    };
+    frame::encode_sectioned(out, header, &[blob], &meta)
+        .map_err(|e| ClientProtoError::Encode(e.to_string()))
+}
+
+/// Appends a frame holding `response` from node `node_id` to `out`.
+pub fn encode_response(
+    out: &mut Vec<u8>,
+    cluster_id: ClusterId,
+    node_id: u64,
+    response: &Response,
+) -> Result<(), ClientProtoError> {
+    let blob: &[u8] = match response {
+        Response::Batches { batches, .. } => batches,
+        _ => &[],
+    };
+    encode_response_parts(out, cluster_id, node_id, response, &[blob])
+}
+
+/// Appends a `Batches` frame whose batches are given as separate slices (e.g. straight from the
+/// log), so the node never concatenates them first.
+pub fn encode_batches(
+    out: &mut Vec<u8>,
+    cluster_id: ClusterId,
+    node_id: u64,
+    subscription_id: u64,
+    batches: &[&[u8]],
+) -> Result<(), ClientProtoError> {
+    let response = Response::Batches {
+        subscription_id,
+        batches: Vec::new(),
+    };
+    encode_response_parts(out, cluster_id, node_id, &response, batches)
+}
+
+fn encode_response_parts(
+    out: &mut Vec<u8>,
+    cluster_id: ClusterId,
+    node_id: u64,
+    response: &Response,
+    blobs: &[&[u8]],
+) -> Result<(), ClientProtoError> {
+    let meta = rkyv::to_bytes::<rancor::Error>(response)
+        .map_err(|e| ClientProtoError::Encode(e.to_string()))?;
+    let header = FrameHeader {
+        frame_type: response.frame_type(),
+        cluster_id,
+        sender_id: node_id,
+    };
+    frame::encode_sectioned(out, header, blobs, &meta)
+        .map_err(|e| ClientProtoError::Encode(e.to_string()))
+}
+
+/// Decodes the request in a verified frame, keeping an `Append`'s batch bytes in the frame's own
+/// buffer (no copy). The batch itself is the node's to validate (`Batch::decode`).
+pub fn decode_request(frame: Frame) -> Result<Request, ClientProtoError> {
+    let frame_type = frame.header.frame_type;
+    if !matches!(
+        frame_type,
+        FrameType::Append | FrameType::Subscribe | FrameType::Credit | FrameType::Status
+    ) {
+        return Err(ClientProtoError::WrongFrameType(frame_type));
+    }
+    let (mut request, blob) = decode_sections::<Request>(frame.payload, |archived| {
+        rkyv::deserialize::<Request, rancor::Error>(archived)
+    })?;
+    check_type(frame_type, request.frame_type())?;
+    match &mut request {
+        Request::Append { batch, .. } => *batch = blob,
+        _ => check_no_blob(&blob)?,
+    }
+    Ok(request)
+}
+
+/// Decodes the response in a verified frame; a `Batches` frame's bytes are checked to be whole
+/// batches back to back (header and CRC of each), kept in the frame's buffer.
+pub fn decode_response(frame: Frame) -> Result<Response, ClientProtoError> {
+    let frame_type = frame.header.frame_type;
+    if !matches!(
+        frame_type,
+        FrameType::Appended | FrameType::Error | FrameType::Batches | FrameType::StatusReply
+    ) {
+        return Err(ClientProtoError::WrongFrameType(frame_type));
+    }
+    let (mut response, blob) = decode_sections::<Response>(frame.payload, |archived| {
+        rkyv::deserialize::<Response, rancor::Error>(archived)
+    })?;
+    check_type(frame_type, response.frame_type())?;
+    match &mut response {
+        Response::Batches { batches, .. } => {
+            for batch in split_batches(&blob) {
+                batch.map_err(|e| ClientProtoError::Malformed(format!("batches frame: {e}")))?;
+            }
+            *batches = blob;
+        }
+        _ => check_no_blob(&blob)?,
+    }
+    Ok(response)
+}
+
+fn decode_sections<T: rkyv::Archive>(
+    mut payload: Vec<u8>,
+    deserialize: impl FnOnce(&T::Archived) -> Result<T, rancor::Error>,
+) -> Result<(T, Vec<u8>), ClientProtoError>
+where
+    T::Archived:
+        for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
+{
+    let (blobs_len, meta) =
+        frame::split_sectioned(&payload).map_err(ClientProtoError::Malformed)?;
+    let archived = rkyv::access::<T::Archived, rancor::Error>(&meta)
+        .map_err(|e| ClientProtoError::BadArchive(e.to_string()))?;
+    let value = deserialize(archived).map_err(|e| ClientProtoError::BadArchive(e.to_string()))?;
+    payload.truncate(blobs_len);
+    Ok((value, payload))
+}
+
+fn check_type(frame_type: FrameType, message_type: FrameType) -> Result<(), ClientProtoError> {
+    if frame_type == message_type {
+        Ok(())
+    } else {
+        Err(ClientProtoError::Malformed(format!(
+            "{frame_type:?} frame holds a {message_type:?} message"
+        )))
+    }
+}
+
+fn check_no_blob(blob: &[u8]) -> Result<(), ClientProtoError> {
+    if blob.is_empty() {
+        Ok(())
+    } else {
+        Err(ClientProtoError::Malformed(format!(
+            "{} unexpected raw bytes",
+            blob.len()
+        )))
+    }
+}
+
+/// Splits batches stored back to back into one slice per batch, checking each batch's header and
+/// CRC; stops after the first error.
+pub fn split_batches(bytes: &[u8]) -> impl Iterator<Item = Result<&[u8], BatchError>> {
+    let mut rest = bytes;
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if rest.is_empty() || failed {
+            return None;
+        }
+        match check_frame(rest) {
+            Ok(header) => {
+                let (batch, tail) = rest.split_at(header.total_bytes);
+                rest = tail;
+                Some(Ok(batch))
+            }
+            Err(e) => {
+                failed = true;
+                Some(Err(e))
+            }
+        }
+    })
+}

@@ -1,0 +1,113 @@
+//! Why the Net closed a connection: logged, and handed to the node with `ClientClosed`.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use crate::cluster_id::ClusterId;
+use crate::frame::{FrameError, FrameType};
+
+/// Why a connection was closed.
+#[derive(Debug)]
+pub enum CloseReason {
+    /// The remote end closed the stream (EOF).
+    RemoteClosed,
+    /// A socket operation failed (reset, refused, broken pipe, ...).
+    Io {
+        /// Which operation.
+        op: &'static str,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// The bytes are not valid frames (garbage, oversize, wrong magic/version, CRC, type).
+    BadFrame(FrameError),
+    /// A frame of another cluster.
+    WrongCluster {
+        /// The cluster id in the frame.
+        found: ClusterId,
+        /// Ours.
+        expected: ClusterId,
+    },
+    /// A frame type this port does not carry.
+    FrameTypeNotAllowed {
+        /// The type received.
+        frame_type: FrameType,
+        /// "peer" or "client".
+        port: &'static str,
+    },
+    /// A client frame with a node's sender id.
+    ClientSenderId(u64),
+    /// A peer connection whose first frame is not `PeerHello`.
+    NoHello(FrameType),
+    /// A peer hello from an id that is not a configured peer.
+    UnknownPeer(u64),
+    /// A peer hello carrying this node's own id (a node connected to itself, or a clone).
+    OwnId(u64),
+    /// A peer connection switched sender ids.
+    SenderChanged {
+        /// The id its hello announced.
+        from: u64,
+        /// The id a later frame carried.
+        to: u64,
+    },
+    /// Bytes arrived on a connection we opened only to send on.
+    UnexpectedData,
+    /// No first frame (inbound) or no connection (outbound) within the hello timeout.
+    HelloTimeout(Duration),
+    /// Nothing received within the idle timeout.
+    Idle(Duration),
+    /// Queued bytes made no progress within the idle timeout (the receiver stopped reading).
+    SendStalled(Duration),
+    /// `clients_max` connections are open already.
+    TooManyClients(usize),
+    /// The node asked for it.
+    ByNode(String),
+}
+
+impl CloseReason {
+    /// Whether the remote misbehaved (logged as a warning) rather than just went away.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(
+            self,
+            CloseReason::RemoteClosed | CloseReason::Io { .. } | CloseReason::ByNode(_)
+        )
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::RemoteClosed => write!(f, "closed by the remote end"),
+            CloseReason::Io { op, error } => write!(f, "{op} failed: {error}"),
+            CloseReason::BadFrame(err) => write!(f, "invalid frame: {err}"),
+            CloseReason::WrongCluster { found, expected } => {
+                write!(f, "frame of cluster {found}, this is cluster {expected}")
+            }
+            CloseReason::FrameTypeNotAllowed { frame_type, port } => {
+                write!(
+                    f,
+                    "frame type {frame_type:?} is not allowed on the {port} port"
+                )
+            }
+            CloseReason::ClientSenderId(id) => {
+                write!(f, "sender id {id} on the client port (clients send 0)")
+            }
+            CloseReason::NoHello(t) => write!(f, "first frame is {t:?}, not PeerHello"),
+            CloseReason::UnknownPeer(id) => write!(f, "node {id} is not a configured peer"),
+            CloseReason::OwnId(id) => write!(f, "peer hello carries this node's own id {id}"),
+            CloseReason::SenderChanged { from, to } => {
+                write!(f, "sender id changed from {from} to {to}")
+            }
+            CloseReason::UnexpectedData => {
+                write!(f, "peer sent data on a connection that only we send on")
+            }
+            CloseReason::HelloTimeout(t) => write!(f, "nothing within the hello timeout ({t:?})"),
+            CloseReason::Idle(t) => write!(f, "idle for {t:?}"),
+            CloseReason::SendStalled(t) => write!(f, "no send progress for {t:?}"),
+            CloseReason::TooManyClients(max) => {
+                write!(f, "{max} clients already connected (clients_max)")
+            }
+            CloseReason::ByNode(why) => write!(f, "closed by the node: {why}"),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The connection layer's configuration: addresses, limits and timeouts, all explicit.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::cluster_id::ClusterId;
+use crate::frame::{FRAME_HEADER_BYTES, PAYLOAD_BYTES_MAX_DEFAULT};
+use crate::reactor::Backend;
+
+/// Everything a [`Net`](super::Net) needs; [`NetConfig::new`] fills in the defaults.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// This node's id (never 0: that is the clients' sender id).
+    pub node_id: u64,
+    /// The cluster every frame on both ports must belong to.
+    pub cluster_id: ClusterId,
+    /// Where peers connect (port 0: the OS picks; see `Net::local_addrs`).
+    pub peer_listen: SocketAddr,
+    /// Where clients connect.
+    pub client_listen: SocketAddr,
+    /// The other voters: one outbound connection each. Must not contain `node_id`.
+    pub peers: BTreeMap<u64, SocketAddr>,
+    /// Largest frame payload accepted (checked from the header, before buffering).
+    pub payload_bytes_max: u32,
+    /// Bytes queued (not yet sent) per peer before `send_peer` refuses.
+    pub peer_queue_bytes_max: usize,
+    /// Bytes queued per client before `send_client` refuses.
+    pub client_queue_bytes_max: usize,
+    /// A client whose queue falls below this after being at or above it gets `ClientDrained`.
+    pub client_drained_bytes: usize,
+    /// Client connections open at once; more are closed on accept.
+    pub clients_max: usize,
+    /// An accepted connection must deliver its first whole frame, and an outbound connection
+    /// must connect, within this.
+    pub hello_timeout: Duration,
+    /// An inbound peer connection that delivers nothing for this long is closed; an outbound
+    /// one sends a keepalive after a quarter of it. Any connection (peer or client) whose queued
+    /// bytes make no send progress for this long is closed (its receiver stopped reading).
+    pub idle_timeout: Duration,
+    /// A client that sends nothing for this long is closed (`None`: never).
+    pub client_idle_timeout: Option<Duration>,
+    /// First delay before reconnecting to a peer; doubles per failure.
+    pub reconnect_backoff_min: Duration,
+    /// Largest delay between reconnect attempts.
+    pub reconnect_backoff_max: Duration,
+    /// Event loop backend.
+    pub backend: Backend,
+}
+
+/// Why a configuration cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetConfigError {
+    /// Node id 0 is the clients' sender id.
+    #[error("node id 0 is reserved for clients; use 1 or more")]
+    ZeroNodeId,
+    /// The peer list names this node.
+    #[error("the peer list contains this node's own id {0}")]
+    SelfInPeers(u64),
+    /// The peer list contains id 0.
+    #[error("peer id 0 is reserved for clients")]
+    ZeroPeerId,
+    /// A queue could never hold one maximal frame.
+    #[error("{name} ({bytes} bytes) is smaller than one maximal frame ({frame_bytes} bytes)")]
+    QueueTooSmall {
+        /// Which queue.
+        name: &'static str,
+        /// Its configured size.
+        bytes: usize,
+        /// Header plus `payload_bytes_max`.
+        frame_bytes: usize,
+    },
+    /// The drained mark must lie below the client queue limit.
+    #[error("client_drained_bytes must be below client_queue_bytes_max")]
+    DrainedMarkTooHigh,
+    /// A timeout or backoff is zero, or min > max.
+    #[error("invalid timing: {0}")]
+    Timing(&'static str),
+}
+
+impl NetConfig {
+    /// A configuration with the default limits and timeouts.
+    pub fn new(
+        node_id: u64,
+        cluster_id: ClusterId,
+        peer_listen: SocketAddr,
+        client_listen: SocketAddr,
+        peers: BTreeMap<u64, SocketAddr>,
+    ) -> NetConfig {
+        let frame_bytes = FRAME_HEADER_BYTES + PAYLOAD_BYTES_MAX_DEFAULT as usize;
+        NetConfig {
+            node_id,
+            cluster_id,
+            peer_listen,
+            client_listen,
+            peers,
+            payload_bytes_max: PAYLOAD_BYTES_MAX_DEFAULT,
+            peer_queue_bytes_max: 4 * frame_bytes,
+            client_queue_bytes_max: 2 * frame_bytes,
+            client_drained_bytes: frame_bytes / 2,
+            clients_max: 1024,
+            hello_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            client_idle_timeout: None,
+            reconnect_backoff_min: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_secs(2),
+            backend: Backend::Auto,
+        }
+    }
+
+    /// Bytes of the largest frame accepted.
+    pub fn frame_bytes_max(&self) -> usize {
+        FRAME_HEADER_BYTES + self.payload_bytes_max as usize
+    }
+
+    /// Checks the configuration; `Net::bind` refuses an invalid one.
+    pub fn validate(&self) -> Result<(), NetConfigError> {
+        if self.node_id == 0 {
+            return Err(NetConfigError::ZeroNodeId);
+        }
+        if self.peers.contains_key(&self.node_id) {
+            return Err(NetConfigError::SelfInPeers(self.node_id));
+        }
+        if self.peers.contains_key(&0) {
+            return Err(NetConfigError::ZeroPeerId);
+        }
+        let frame_bytes = self.frame_bytes_max();
+        for (name, bytes) in [
+            ("peer_queue_bytes_max", self.peer_queue_bytes_max),
+            ("client_queue_bytes_max", self.client_queue_bytes_max),
+        ] {
+            if bytes < frame_bytes {
+                return Err(NetConfigError::QueueTooSmall {
+                    name,
+                    bytes,
+                    frame_bytes,
+                });
+            }
+        }
+        if self.client_drained_bytes >= self.client_queue_bytes_max {
+            return Err(NetConfigError::DrainedMarkTooHigh);
+        }
+        if self.hello_timeout.is_zero() || self.idle_timeout.is_zero() {
+            return Err(NetConfigError::Timing(
+                "hello and idle timeouts must be positive",
+            ));
+        }
+        if self.client_idle_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(NetConfigError::Timing(
+                "client idle timeout must be positive",
+            ));
+        }
+        if self.reconnect_backoff_min.is_zero()
+            || self.reconnect_backoff_min > self.reconnect_backoff_max
+        {
+            return Err(NetConfigError::Timing(
+                "reconnect backoff needs 0 < min <= max",
+            ));
+        }
+        Ok(())
+    }
+}

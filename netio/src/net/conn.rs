@@ -1,0 +1,223 @@
+//! One TCP connection's state: what it is, its frame decoder and its bounded send queue.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::frame::FrameDecoder;
+
+use super::ClientId;
+
+/// Bytes per recv; a frame larger than this is reassembled by the decoder.
+pub(super) const RECV_BUF_BYTES: usize = 64 << 10;
+/// Small frames are copied into one buffer up to this size per send; larger ones go alone.
+const COALESCE_BYTES: usize = 64 << 10;
+
+/// What a connection is for; decides which frames it may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ConnKind {
+    /// We opened it to send to peer `id`; the peer never sends on it.
+    OutboundPeer(u64),
+    /// A peer opened it; `None` until its `PeerHello` names the sender.
+    InboundPeer(Option<u64>),
+    /// A client opened it.
+    Client(ClientId),
+}
+
+impl std::fmt::Display for ConnKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnKind::OutboundPeer(id) => write!(f, "outbound connection to peer {id}"),
+            ConnKind::InboundPeer(Some(id)) => write!(f, "inbound connection from peer {id}"),
+            ConnKind::InboundPeer(None) => write!(f, "inbound peer connection (no hello yet)"),
+            ConnKind::Client(id) => write!(f, "client {}", id.0),
+        }
+    }
+}
+
+/// A connection the Net owns.
+pub(super) struct Conn {
+    pub(super) kind: ConnKind,
+    pub(super) remote: SocketAddr,
+    pub(super) decoder: FrameDecoder,
+    /// The receive buffer while no recv is in flight.
+    pub(super) recv_buf: Option<Vec<u8>>,
+    /// Outbound: connected; inbound: its first whole frame arrived.
+    pub(super) established: bool,
+    pub(super) opened_at: Instant,
+    pub(super) last_recv_at: Instant,
+    /// Last time a send made progress (or was queued on an idle connection).
+    pub(super) last_send_at: Instant,
+    queue: VecDeque<Vec<u8>>,
+    /// Queued plus in-flight bytes not yet sent.
+    queued_bytes: usize,
+    queue_bytes_max: usize,
+    sending: bool,
+    /// A coalescing buffer kept between sends.
+    spare: Option<Vec<u8>>,
+    /// Set when the queue reached the drained mark (or refused): report when it falls below.
+    pub(super) drain_wanted: bool,
+}
+
+/// A queue refused a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum QueueRefusal {
+    /// Queue full.
+    Full,
+    /// The frame alone exceeds the queue.
+    TooLarge,
+}
+
+impl Conn {
+    pub(super) fn new(
+        kind: ConnKind,
+        remote: SocketAddr,
+        payload_bytes_max: u32,
+        queue_bytes_max: usize,
+        now: Instant,
+    ) -> Conn {
+        Conn {
+            kind,
+            remote,
+            decoder: FrameDecoder::new(payload_bytes_max),
+            recv_buf: Some(Vec::with_capacity(RECV_BUF_BYTES)),
+            established: false,
+            opened_at: now,
+            last_recv_at: now,
+            last_send_at: now,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            queue_bytes_max,
+            sending: false,
+            spare: None,
+            drain_wanted: false,
+        }
+    }
+
+    pub(super) fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Nothing queued and nothing in flight.
+    pub(super) fn is_quiet(&self) -> bool {
+        self.queued_bytes == 0
+    }
+
+    /// Queues one whole frame, or refuses it without queueing anything.
+    pub(super) fn enqueue(&mut self, frame: Vec<u8>, now: Instant) -> Result<(), QueueRefusal> {
+        debug_assert!(!frame.is_empty(), "frames are never empty");
+        if frame.len() > self.queue_bytes_max {
+            return Err(QueueRefusal::TooLarge);
+        }
+        if self.queued_bytes + frame.len() > self.queue_bytes_max {
+            return Err(QueueRefusal::Full);
+        }
+        if self.queued_bytes == 0 {
+            // The stall clock starts when there is something to send.
+            self.last_send_at = now;
+        }
+        self.queued_bytes += frame.len();
+        self.queue.push_back(frame);
+        Ok(())
+    }
+
+    /// The next buffer to send if none is in flight: one large frame as is, or small frames
+    /// copied together. Whole frames only, so a connection never carries half a frame twice.
+    pub(super) fn next_send(&mut self) -> Option<Vec<u8>> {
+        if self.sending {
+            return None;
+        }
+        let first = self.queue.pop_front()?;
+        self.sending = true;
+        if first.len() >= COALESCE_BYTES || self.queue.is_empty() {
+            return Some(first);
+        }
+        let mut buf = self.spare.take().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(&first);
+        while let Some(next) = self.queue.front() {
+            if buf.len() + next.len() > COALESCE_BYTES {
+                break;
+            }
+            buf.extend_from_slice(next);
+            self.queue.pop_front();
+        }
+        Some(buf)
+    }
+
+    /// Accounts `sent` bytes of the buffer in flight; returns where to resume if unfinished.
+    pub(super) fn sent(
+        &mut self,
+        buf: Vec<u8>,
+        start: usize,
+        sent: usize,
+        now: Instant,
+    ) -> Option<(Vec<u8>, usize)> {
+        debug_assert!(self.sending);
+        debug_assert!(sent <= self.queued_bytes);
+        self.queued_bytes -= sent;
+        self.last_send_at = now;
+        let done = start + sent;
+        if done < buf.len() {
+            return Some((buf, done));
+        }
+        self.sending = false;
+        if buf.capacity() <= 2 * COALESCE_BYTES {
+            self.spare = Some(buf);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(queue_bytes_max: usize) -> Conn {
+        Conn::new(
+            ConnKind::Client(ClientId(1)),
+            "127.0.0.1:1".parse().unwrap(),
+            1 << 20,
+            queue_bytes_max,
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_keeps_its_size() {
+        let now = Instant::now();
+        let mut c = conn(100);
+        c.enqueue(vec![1; 60], now).unwrap();
+        assert_eq!(c.enqueue(vec![2; 41], now), Err(QueueRefusal::Full));
+        assert_eq!(c.enqueue(vec![2; 101], now), Err(QueueRefusal::TooLarge));
+        assert_eq!(c.queued_bytes(), 60);
+        c.enqueue(vec![3; 40], now).unwrap();
+        assert_eq!(c.queued_bytes(), 100);
+    }
+
+    #[test]
+    fn small_frames_are_coalesced_in_order_and_partial_sends_resume() {
+        let now = Instant::now();
+        let mut c = conn(1 << 20);
+        for i in 0..3u8 {
+            c.enqueue(vec![i; 10], now).unwrap();
+        }
+        let buf = c.next_send().unwrap();
+        assert_eq!(buf.len(), 30);
+        assert_eq!(&buf[..], &[[0; 10], [1; 10], [2; 10]].concat()[..]);
+        assert!(c.next_send().is_none(), "one send in flight at a time");
+        let (buf, resume) = c.sent(buf, 0, 12, now).unwrap();
+        assert_eq!((resume, c.queued_bytes()), (12, 18));
+        assert!(c.sent(buf, 12, 18, now).is_none());
+        assert!(c.is_quiet());
+    }
+
+    #[test]
+    fn a_large_frame_is_sent_without_copying_others_into_it() {
+        let now = Instant::now();
+        let mut c = conn(1 << 20);
+        c.enqueue(vec![7; COALESCE_BYTES], now).unwrap();
+        c.enqueue(vec![8; 10], now).unwrap();
+        assert_eq!(c.next_send().unwrap().len(), COALESCE_BYTES);
+    }
+}

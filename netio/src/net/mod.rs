@@ -1,0 +1,763 @@
+//! The connection layer a node drives from one thread: peer and client listeners, one outbound
+//! connection per peer with reconnect and backoff, frame decoding and admission, bounded send
+//! queues, all on one [`Reactor`] together with the thread's [`Waker`].
+//!
+//! Peer links are one-way: each node sends on the connection it opened to a peer (announcing
+//! itself with `PeerHello`) and receives on the connections its peers opened. No tie-breaking is
+//! needed when two nodes connect at once, and a restarted peer simply opens a new connection.
+//! Its old inbound connection is not closed on the new hello (an impostor's hello must not kick
+//! the real peer): it ends with an error, EOF or the idle timeout.
+//!
+//! Admission (checked on every frame, both ports): the frame decodes (magic, version, size limit
+//! from the header, CRC, type, flags); its cluster id is ours; its type belongs to the port.
+//! Peer connections must open with `PeerHello` from a configured peer that is not us, and keep
+//! that sender id. Any violation closes that connection only, with a logged reason.
+
+mod close_reason;
+mod config;
+mod conn;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use raftline_pinning::Waker;
+
+use crate::frame::{self, Frame, FrameHeader, FrameType, CLIENT_SENDER_ID};
+use crate::reactor::{BackendKind, Completion, Reactor, SocketId};
+
+pub use close_reason::CloseReason;
+pub use config::{NetConfig, NetConfigError};
+use conn::{Conn, ConnKind, QueueRefusal};
+
+/// Pause before re-arming a listener whose accept failed (EMFILE: don't spin).
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// A client connection, unique for the life of the Net (ids are never reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u64);
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client#{}", self.0)
+    }
+}
+
+/// The addresses the Net listens on (the real ports when port 0 was configured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetAddrs {
+    /// Peer port.
+    pub peer: SocketAddr,
+    /// Client port.
+    pub client: SocketAddr,
+}
+
+/// What happened on the network since the last `poll`.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A `PeerMessage` frame from peer `from` (admitted: our cluster, a configured peer).
+    PeerFrame {
+        /// The sender's node id.
+        from: u64,
+        /// The frame.
+        frame: Frame,
+    },
+    /// A client request frame (Append, Subscribe, Credit, Status; keepalives are swallowed).
+    ClientFrame {
+        /// The connection it came on.
+        client: ClientId,
+        /// The frame.
+        frame: Frame,
+    },
+    /// A client connection closed, by whoever: emitted exactly once per client.
+    ClientClosed {
+        /// The connection.
+        client: ClientId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// The client's send queue fell below `client_drained_bytes` after having reached it (or
+    /// after a refused send): stream more to it.
+    ClientDrained {
+        /// The connection.
+        client: ClientId,
+    },
+    /// Our outbound connection to peer `id` is established.
+    PeerUp {
+        /// The peer.
+        id: u64,
+    },
+    /// Our outbound connection to peer `id` was lost; frames to it are refused (`Down`) until it
+    /// is back.
+    PeerDown {
+        /// The peer.
+        id: u64,
+    },
+    /// The Net's waker was woken (by another thread, e.g. the log writer).
+    Woken,
+}
+
+/// Why a frame was not queued. Nothing was queued in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Not a configured peer.
+    #[error("not a configured peer")]
+    UnknownPeer,
+    /// The peer's connection is down (reconnecting after backoff).
+    #[error("peer connection down")]
+    Down,
+    /// The connection's queue is full (back-pressure; for a peer, Raft retransmits).
+    #[error("send queue full")]
+    Full,
+    /// The frame is larger than the connection's whole queue.
+    #[error("frame larger than the send queue")]
+    TooLarge,
+    /// The client connection is closed.
+    #[error("client connection closed")]
+    Closed,
+}
+
+/// Why `Net::bind` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The configuration is invalid.
+    #[error("invalid network configuration: {0}")]
+    Config(#[from] NetConfigError),
+    /// The event loop could not be created (e.g. io_uring forced but refused).
+    #[error("cannot create the network event loop: {0}")]
+    Reactor(io::Error),
+    /// A listener could not be bound.
+    #[error("cannot listen for {port} connections on {addr}: {source}")]
+    Listen {
+        /// "peer" or "client".
+        port: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// The outbound side of one peer.
+struct PeerLink {
+    addr: SocketAddr,
+    state: LinkState,
+    backoff: Duration,
+}
+
+enum LinkState {
+    Waiting { retry_at: Instant },
+    Connecting(SocketId),
+    Up(SocketId),
+}
+
+/// A node's network: call [`Net::poll`] in a loop on one thread.
+pub struct Net {
+    cfg: NetConfig,
+    reactor: Reactor,
+    waker: Waker,
+    peer_listener: SocketId,
+    client_listener: SocketId,
+    addrs: NetAddrs,
+    peers: BTreeMap<u64, PeerLink>,
+    conns: HashMap<SocketId, Conn>,
+    clients: HashMap<ClientId, SocketId>,
+    next_client: u64,
+    paused_listeners: Vec<(SocketId, Instant)>,
+    hello_frame: Vec<u8>,
+    keepalive_frame: Vec<u8>,
+    completions: Vec<Completion>,
+    events: Vec<NetEvent>,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("node_id", &self.cfg.node_id)
+            .field("addrs", &self.addrs)
+            .field("backend", &self.reactor.kind())
+            .field("connections", &self.conns.len())
+            .finish()
+    }
+}
+
+impl Net {
+    /// Binds both listeners and starts connecting to every peer (at the first `poll`).
+    pub fn bind(cfg: NetConfig) -> Result<Net, BindError> {
+        cfg.validate()?;
+        let waker = Waker::new().map_err(BindError::Reactor)?;
+        let mut reactor = Reactor::new(cfg.backend, waker.clone()).map_err(BindError::Reactor)?;
+        let mut listen = |port, addr| {
+            let id =
+                reactor
+                    .listen(addr)
+                    .map_err(|source| BindError::Listen { port, addr, source })?;
+            let local = reactor.local_addr(id).map_err(|source| BindError::Listen {
+                port,
+                addr,
+                source,
+            })?;
+            Ok::<_, BindError>((id, local))
+        };
+        let (peer_listener, peer_addr) = listen("peer", cfg.peer_listen)?;
+        let (client_listener, client_addr) = listen("client", cfg.client_listen)?;
+        reactor.accept(peer_listener);
+        reactor.accept(client_listener);
+        let now = Instant::now();
+        let peers = cfg
+            .peers
+            .iter()
+            .map(|(&id, &addr)| {
+                let link = PeerLink {
+                    addr,
+                    state: LinkState::Waiting { retry_at: now },
+                    backoff: cfg.reconnect_backoff_min,
+                };
+                (id, link)
+            })
+            .collect();
+        let control_frame = |frame_type| {
+            let mut out = Vec::new();
+            let header = FrameHeader {
+                frame_type,
+                cluster_id: cfg.cluster_id,
+                sender_id: cfg.node_id,
+            };
+            frame::encode(&mut out, header, &[]).expect("an empty payload fits");
+            out
+        };
+        let hello_frame = control_frame(FrameType::PeerHello);
+        let keepalive_frame = control_frame(FrameType::Keepalive);
+        tracing::info!(
+            node = cfg.node_id,
+            peer = %peer_addr,
+            client = %client_addr,
+            backend = %reactor.kind(),
+            "network listening"
+        );
+        Ok(Net {
+            cfg,
+            reactor,
+            waker,
+            peer_listener,
+            client_listener,
+            addrs: NetAddrs {
+                peer: peer_addr,
+                client: client_addr,
+            },
+            peers,
+            conns: HashMap::new(),
+            clients: HashMap::new(),
+            next_client: 1,
+            paused_listeners: Vec::new(),
+            hello_frame,
+            keepalive_frame,
+            completions: Vec::new(),
+            events: Vec::new(),
+        })
+    }
+
+    /// The addresses actually bound.
+    pub fn local_addrs(&self) -> NetAddrs {
+        self.addrs
+    }
+
+    /// A waker that makes `poll` return early with [`NetEvent::Woken`]; give clones to other
+    /// threads (the log writer's durability callback, mailboxes into this thread).
+    pub fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+
+    /// The event loop backend in use.
+    pub fn backend(&self) -> BackendKind {
+        self.reactor.kind()
+    }
+
+    /// Runs one loop turn: waits until something happens or `timeout` passes (`None`: no limit;
+    /// internal timers still bound the wait), handles it and appends the events to `events`.
+    /// May return with no new events (a timer ran); callers simply call it again.
+    pub fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        events: &mut Vec<NetEvent>,
+    ) -> io::Result<()> {
+        let now = Instant::now();
+        let mut wait = timeout;
+        if let Some(at) = self.run_timers(now) {
+            let until = at.saturating_duration_since(now);
+            wait = Some(wait.map_or(until, |w| w.min(until)));
+        }
+        if !self.events.is_empty() {
+            wait = Some(Duration::ZERO);
+        }
+        let mut completions = std::mem::take(&mut self.completions);
+        self.reactor.wait(wait, &mut completions)?;
+        let now = Instant::now();
+        for completion in completions.drain(..) {
+            self.on_completion(completion, now);
+        }
+        self.completions = completions;
+        events.append(&mut self.events);
+        Ok(())
+    }
+
+    /// Queues one whole encoded frame for peer `to`. A full queue drops it (`Full`): Raft
+    /// retransmits, and a slow or dead peer costs only its own bounded queue.
+    pub fn send_peer(&mut self, to: u64, frame: Vec<u8>) -> Result<(), SendError> {
+        let link = self.peers.get(&to).ok_or(SendError::UnknownPeer)?;
+        let socket = match link.state {
+            LinkState::Waiting { .. } => return Err(SendError::Down),
+            LinkState::Connecting(s) | LinkState::Up(s) => s,
+        };
+        let conn = self
+            .conns
+            .get_mut(&socket)
+            .expect("a peer link's socket is a live connection");
+        conn.enqueue(frame, Instant::now()).map_err(|r| match r {
+            QueueRefusal::Full => SendError::Full,
+            QueueRefusal::TooLarge => SendError::TooLarge,
+        })?;
+        self.pump(socket);
+        Ok(())
+    }
+
+    /// Whether the outbound connection to `peer` is established.
+    pub fn peer_is_up(&self, peer: u64) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|l| matches!(l.state, LinkState::Up(_)))
+    }
+
+    /// Queues one whole encoded frame for a client; `Full` asks the caller to wait for
+    /// [`NetEvent::ClientDrained`].
+    pub fn send_client(&mut self, client: ClientId, frame: Vec<u8>) -> Result<(), SendError> {
+        let socket = *self.clients.get(&client).ok_or(SendError::Closed)?;
+        let conn = self
+            .conns
+            .get_mut(&socket)
+            .expect("a client's socket is a live connection");
+        match conn.enqueue(frame, Instant::now()) {
+            Ok(()) => {
+                if conn.queued_bytes() >= self.cfg.client_drained_bytes {
+                    conn.drain_wanted = true;
+                }
+            }
+            Err(QueueRefusal::Full) => {
+                conn.drain_wanted = true;
+                return Err(SendError::Full);
+            }
+            Err(QueueRefusal::TooLarge) => return Err(SendError::TooLarge),
+        }
+        self.pump(socket);
+        Ok(())
+    }
+
+    /// Bytes queued for `client` and not yet sent; `None` if it is closed.
+    pub fn client_queued_bytes(&self, client: ClientId) -> Option<usize> {
+        let socket = self.clients.get(&client)?;
+        self.conns.get(socket).map(Conn::queued_bytes)
+    }
+
+    /// Closes a client connection (its queue is dropped); `ClientClosed` follows.
+    pub fn close_client(&mut self, client: ClientId, reason: &str) {
+        if let Some(&socket) = self.clients.get(&client) {
+            self.close(socket, CloseReason::ByNode(reason.to_owned()));
+        }
+    }
+
+    /// Runs due timers; returns when the next one is due.
+    fn run_timers(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut due_at = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
+
+        let mut rearm = Vec::new();
+        self.paused_listeners.retain(|&(listener, at)| {
+            if at <= now {
+                rearm.push(listener);
+                return false;
+            }
+            due_at(at);
+            true
+        });
+        for listener in rearm {
+            self.reactor.accept(listener);
+        }
+
+        let mut connect = Vec::new();
+        for (&id, link) in &self.peers {
+            if let LinkState::Waiting { retry_at } = link.state {
+                if retry_at <= now {
+                    connect.push(id);
+                } else {
+                    due_at(retry_at);
+                }
+            }
+        }
+        for id in connect {
+            self.start_connect(id, now);
+        }
+
+        let cfg = &self.cfg;
+        let keepalive_interval = cfg.idle_timeout / 4;
+        let mut close = Vec::new();
+        let mut keepalive = Vec::new();
+        for (&socket, conn) in &self.conns {
+            let (deadline, reason) = match conn.kind {
+                _ if !conn.established => (
+                    conn.opened_at + cfg.hello_timeout,
+                    CloseReason::HelloTimeout(cfg.hello_timeout),
+                ),
+                // A receiver that stops reading (or vanished without a reset) must not hold
+                // its queue forever.
+                ConnKind::OutboundPeer(_) | ConnKind::Client(_) if !conn.is_quiet() => (
+                    conn.last_send_at + cfg.idle_timeout,
+                    CloseReason::SendStalled(cfg.idle_timeout),
+                ),
+                ConnKind::OutboundPeer(_) => {
+                    let at = conn.last_send_at + keepalive_interval;
+                    if at <= now {
+                        keepalive.push(socket);
+                        due_at(now + keepalive_interval);
+                    } else {
+                        due_at(at);
+                    }
+                    continue;
+                }
+                ConnKind::InboundPeer(_) => (
+                    conn.last_recv_at + cfg.idle_timeout,
+                    CloseReason::Idle(cfg.idle_timeout),
+                ),
+                ConnKind::Client(_) => match cfg.client_idle_timeout {
+                    Some(idle) => (conn.last_recv_at + idle, CloseReason::Idle(idle)),
+                    None => continue,
+                },
+            };
+            if deadline <= now {
+                close.push((socket, reason));
+            } else {
+                due_at(deadline);
+            }
+        }
+        for (socket, reason) in close {
+            self.close(socket, reason);
+        }
+        for socket in keepalive {
+            let frame = self.keepalive_frame.clone();
+            if let Some(conn) = self.conns.get_mut(&socket) {
+                // A full queue cannot happen on a quiet connection; nothing to do if it did.
+                let _ = conn.enqueue(frame, now);
+                self.pump(socket);
+            }
+        }
+        next
+    }
+
+    fn start_connect(&mut self, id: u64, now: Instant) {
+        let link = self.peers.get_mut(&id).expect("a configured peer");
+        match self.reactor.connect(link.addr) {
+            Ok(socket) => {
+                link.state = LinkState::Connecting(socket);
+                let mut conn = Conn::new(
+                    ConnKind::OutboundPeer(id),
+                    link.addr,
+                    self.cfg.payload_bytes_max,
+                    self.cfg.peer_queue_bytes_max,
+                    now,
+                );
+                conn.enqueue(self.hello_frame.clone(), now)
+                    .expect("an empty queue takes the hello");
+                self.conns.insert(socket, conn);
+            }
+            Err(err) => {
+                tracing::warn!(peer = id, addr = %link.addr, "cannot create a socket: {err}");
+                link.state = LinkState::Waiting {
+                    retry_at: now + link.backoff,
+                };
+                link.backoff = (link.backoff * 2).min(self.cfg.reconnect_backoff_max);
+            }
+        }
+    }
+
+    fn on_completion(&mut self, completion: Completion, now: Instant) {
+        match completion {
+            Completion::Accepted { listener, result } => match result {
+                Ok((socket, remote)) => {
+                    self.on_accepted(listener, socket, remote, now);
+                    self.reactor.accept(listener);
+                }
+                Err(err) => {
+                    tracing::warn!("accept failed: {err}; retrying in {ACCEPT_RETRY_DELAY:?}");
+                    self.paused_listeners
+                        .push((listener, now + ACCEPT_RETRY_DELAY));
+                }
+            },
+            Completion::Connected { socket, result } => self.on_connected(socket, result),
+            Completion::Received {
+                socket,
+                buf,
+                result,
+            } => self.on_received(socket, buf, result, now),
+            Completion::Sent {
+                socket,
+                buf,
+                start,
+                result,
+            } => self.on_sent(socket, buf, start, result, now),
+            Completion::Woken => self.events.push(NetEvent::Woken),
+        }
+    }
+
+    fn on_accepted(
+        &mut self,
+        listener: SocketId,
+        socket: SocketId,
+        remote: SocketAddr,
+        now: Instant,
+    ) {
+        let (kind, queue_bytes_max) = if listener == self.peer_listener {
+            (ConnKind::InboundPeer(None), self.cfg.peer_queue_bytes_max)
+        } else {
+            debug_assert_eq!(listener, self.client_listener);
+            if self.clients.len() >= self.cfg.clients_max {
+                tracing::warn!(
+                    %remote,
+                    "refusing client connection: {}",
+                    CloseReason::TooManyClients(self.cfg.clients_max)
+                );
+                self.reactor.close(socket);
+                return;
+            }
+            let client = ClientId(self.next_client);
+            self.next_client += 1;
+            self.clients.insert(client, socket);
+            (ConnKind::Client(client), self.cfg.client_queue_bytes_max)
+        };
+        tracing::debug!(%remote, "accepted {kind}");
+        let conn = Conn::new(
+            kind,
+            remote,
+            self.cfg.payload_bytes_max,
+            queue_bytes_max,
+            now,
+        );
+        self.conns.insert(socket, conn);
+        self.start_recv(socket);
+    }
+
+    fn on_connected(&mut self, socket: SocketId, result: io::Result<()>) {
+        let Some(conn) = self.conns.get_mut(&socket) else {
+            return;
+        };
+        let ConnKind::OutboundPeer(id) = conn.kind else {
+            unreachable!("only outbound peer connections connect");
+        };
+        if let Err(error) = result {
+            self.close(
+                socket,
+                CloseReason::Io {
+                    op: "connect",
+                    error,
+                },
+            );
+            return;
+        }
+        conn.established = true;
+        let link = self.peers.get_mut(&id).expect("a configured peer");
+        link.state = LinkState::Up(socket);
+        link.backoff = self.cfg.reconnect_backoff_min;
+        tracing::info!(peer = id, addr = %conn.remote, "connected to peer");
+        self.events.push(NetEvent::PeerUp { id });
+        self.start_recv(socket);
+        self.pump(socket);
+    }
+
+    fn on_received(
+        &mut self,
+        socket: SocketId,
+        mut buf: Vec<u8>,
+        result: io::Result<usize>,
+        now: Instant,
+    ) {
+        let Some(conn) = self.conns.get_mut(&socket) else {
+            return;
+        };
+        match result {
+            Ok(0) => return self.close(socket, CloseReason::RemoteClosed),
+            Err(error) => return self.close(socket, CloseReason::Io { op: "recv", error }),
+            Ok(_) => {}
+        }
+        conn.last_recv_at = now;
+        conn.decoder.feed(&buf);
+        buf.clear();
+        conn.recv_buf = Some(buf);
+        loop {
+            let Some(conn) = self.conns.get_mut(&socket) else {
+                return;
+            };
+            match conn.decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    if let Err(reason) = self.admit(socket, frame) {
+                        return self.close(socket, reason);
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => return self.close(socket, CloseReason::BadFrame(err)),
+            }
+        }
+        self.start_recv(socket);
+    }
+
+    /// Checks one decoded frame against the connection it came on and turns it into an event.
+    fn admit(&mut self, socket: SocketId, frame: Frame) -> Result<(), CloseReason> {
+        let conn = self
+            .conns
+            .get_mut(&socket)
+            .expect("admit on a live connection");
+        let header = frame.header;
+        if header.cluster_id != self.cfg.cluster_id {
+            return Err(CloseReason::WrongCluster {
+                found: header.cluster_id,
+                expected: self.cfg.cluster_id,
+            });
+        }
+        match conn.kind {
+            ConnKind::OutboundPeer(_) => Err(CloseReason::UnexpectedData),
+            ConnKind::Client(client) => {
+                if !header.frame_type.is_client_request() {
+                    return Err(CloseReason::FrameTypeNotAllowed {
+                        frame_type: header.frame_type,
+                        port: "client",
+                    });
+                }
+                if header.sender_id != CLIENT_SENDER_ID {
+                    return Err(CloseReason::ClientSenderId(header.sender_id));
+                }
+                conn.established = true;
+                if header.frame_type != FrameType::Keepalive {
+                    self.events.push(NetEvent::ClientFrame { client, frame });
+                }
+                Ok(())
+            }
+            ConnKind::InboundPeer(known) => {
+                if !header.frame_type.is_peer() {
+                    return Err(CloseReason::FrameTypeNotAllowed {
+                        frame_type: header.frame_type,
+                        port: "peer",
+                    });
+                }
+                let sender = header.sender_id;
+                match known {
+                    None => {
+                        if header.frame_type != FrameType::PeerHello {
+                            return Err(CloseReason::NoHello(header.frame_type));
+                        }
+                        if sender == self.cfg.node_id {
+                            return Err(CloseReason::OwnId(sender));
+                        }
+                        if !self.cfg.peers.contains_key(&sender) {
+                            return Err(CloseReason::UnknownPeer(sender));
+                        }
+                        conn.kind = ConnKind::InboundPeer(Some(sender));
+                        conn.established = true;
+                        tracing::debug!(peer = sender, remote = %conn.remote, "peer hello");
+                        Ok(())
+                    }
+                    Some(from) if from != sender => {
+                        Err(CloseReason::SenderChanged { from, to: sender })
+                    }
+                    Some(from) => {
+                        if header.frame_type == FrameType::PeerMessage {
+                            self.events.push(NetEvent::PeerFrame { from, frame });
+                        }
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_sent(
+        &mut self,
+        socket: SocketId,
+        buf: Vec<u8>,
+        start: usize,
+        result: io::Result<usize>,
+        now: Instant,
+    ) {
+        let Some(conn) = self.conns.get_mut(&socket) else {
+            return;
+        };
+        let sent = match result {
+            Ok(0) => {
+                let error = io::Error::new(io::ErrorKind::WriteZero, "send accepted no bytes");
+                return self.close(socket, CloseReason::Io { op: "send", error });
+            }
+            Ok(n) => n,
+            Err(error) => return self.close(socket, CloseReason::Io { op: "send", error }),
+        };
+        if let Some((buf, resume)) = conn.sent(buf, start, sent, now) {
+            self.reactor.send(socket, buf, resume);
+            return;
+        }
+        if let ConnKind::Client(client) = conn.kind {
+            if conn.drain_wanted && conn.queued_bytes() < self.cfg.client_drained_bytes {
+                conn.drain_wanted = false;
+                self.events.push(NetEvent::ClientDrained { client });
+            }
+        }
+        self.pump(socket);
+    }
+
+    fn start_recv(&mut self, socket: SocketId) {
+        if let Some(buf) = self.conns.get_mut(&socket).and_then(|c| c.recv_buf.take()) {
+            self.reactor.recv(socket, buf);
+        }
+    }
+
+    /// Starts the next send if the connection may send and none is in flight.
+    fn pump(&mut self, socket: SocketId) {
+        let Some(conn) = self.conns.get_mut(&socket) else {
+            return;
+        };
+        if matches!(conn.kind, ConnKind::OutboundPeer(_)) && !conn.established {
+            return;
+        }
+        if let Some(buf) = conn.next_send() {
+            self.reactor.send(socket, buf, 0);
+        }
+    }
+
+    fn close(&mut self, socket: SocketId, reason: CloseReason) {
+        let Some(conn) = self.conns.remove(&socket) else {
+            return;
+        };
+        self.reactor.close(socket);
+        let kind = conn.kind;
+        if reason.is_bad_input() {
+            tracing::warn!(remote = %conn.remote, "closing {kind}: {reason}");
+        } else if matches!(kind, ConnKind::OutboundPeer(_)) && !conn.established {
+            tracing::debug!(remote = %conn.remote, "closing {kind}: {reason}");
+        } else {
+            tracing::info!(remote = %conn.remote, "closing {kind}: {reason}");
+        }
+        match kind {
+            ConnKind::OutboundPeer(id) => {
+                let link = self.peers.get_mut(&id).expect("a configured peer");
+                let was_up = matches!(link.state, LinkState::Up(_));
+                link.state = LinkState::Waiting {
+                    retry_at: Instant::now() + link.backoff,
+                };
+                link.backoff = (link.backoff * 2).min(self.cfg.reconnect_backoff_max);
+                if was_up {
+                    self.events.push(NetEvent::PeerDown { id });
+                }
+            }
+            ConnKind::Client(client) => {
+                self.clients.remove(&client);
+                self.events.push(NetEvent::ClientClosed { client, reason });
+            }
+            ConnKind::InboundPeer(_) => {}
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! The connection layer over real loopback sockets, on both backends: frames both ways,
+//! reconnect after a restart, bad input closing only its own connection, timeouts, bounded
+//! queues and cross-thread wakes.
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use raftline_netio::cluster_id::ClusterId;
+use raftline_netio::frame::{self, FrameHeader, FrameType, FRAME_HEADER_BYTES};
+use raftline_netio::net::{ClientId, CloseReason, Net, NetConfig, NetEvent, SendError};
+use raftline_netio::reactor::{Backend, BackendKind};
+
+const BACKENDS: [Backend; 2] = [Backend::Uring, Backend::Poll];
+const CLUSTER: ClusterId = ClusterId(0xC0FF_EE00);
+const PAYLOAD_BYTES_MAX: u32 = 64 << 10;
+/// Bounds how long a broken build takes to fail; never reached when things work.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// An address on loopback with a port the OS just handed out (for configs that must name a
+/// peer's port before that peer binds it).
+fn reserved_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn config(
+    id: u64,
+    peer_listen: SocketAddr,
+    peers: &[(u64, SocketAddr)],
+    backend: Backend,
+) -> NetConfig {
+    let mut cfg = NetConfig::new(
+        id,
+        CLUSTER,
+        peer_listen,
+        any_port(),
+        peers.iter().copied().collect::<BTreeMap<_, _>>(),
+    );
+    let frame_bytes = FRAME_HEADER_BYTES + PAYLOAD_BYTES_MAX as usize;
+    cfg.payload_bytes_max = PAYLOAD_BYTES_MAX;
+    cfg.peer_queue_bytes_max = 4 * frame_bytes;
+    cfg.client_queue_bytes_max = 4 * frame_bytes;
+    cfg.client_drained_bytes = frame_bytes;
+    cfg.reconnect_backoff_min = Duration::from_millis(10);
+    cfg.reconnect_backoff_max = Duration::from_millis(100);
+    cfg.backend = backend;
+    cfg
+}
+
+fn encoded(
+    frame_type: FrameType,
+    cluster_id: ClusterId,
+    sender_id: u64,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let header = FrameHeader {
+        frame_type,
+        cluster_id,
+        sender_id,
+    };
+    frame::encode(&mut out, header, &[payload]).unwrap();
+    out
+}
+
+fn peer_message(from: u64, payload: &[u8]) -> Vec<u8> {
+    encoded(FrameType::PeerMessage, CLUSTER, from, payload)
+}
+
+fn client_request(payload: &[u8]) -> Vec<u8> {
+    encoded(FrameType::Status, CLUSTER, 0, payload)
+}
+
+struct Node {
+    net: Net,
+    events: Vec<NetEvent>,
+}
+
+impl Node {
+    fn bind(cfg: NetConfig) -> Node {
+        let backend = cfg.backend;
+        let net = Net::bind(cfg).unwrap();
+        let expected = match backend {
+            Backend::Poll => BackendKind::Poll,
+            _ => BackendKind::Uring,
+        };
+        assert_eq!(net.backend(), expected);
+        Node {
+            net,
+            events: Vec::new(),
+        }
+    }
+}
+
+/// One short loop turn on every node.
+fn turn(nodes: &mut [&mut Node]) {
+    for node in nodes.iter_mut() {
+        node.net
+            .poll(Some(Duration::from_millis(2)), &mut node.events)
+            .unwrap();
+    }
+}
+
+/// Runs every node until node `who` has an event `pick` accepts; removes and returns it.
+fn wait_event<T>(
+    nodes: &mut [&mut Node],
+    who: usize,
+    mut pick: impl FnMut(&NetEvent) -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        let events = &mut nodes[who].events;
+        for pos in 0..events.len() {
+            if let Some(found) = pick(&events[pos]) {
+                events.remove(pos);
+                return found;
+            }
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "event never came; node {who} saw {:?}",
+            nodes[who].events
+        );
+        turn(nodes);
+    }
+}
+
+/// Runs every node until `stream` sees the Net close it (EOF or reset).
+fn wait_closed(nodes: &mut [&mut Node], stream: &mut TcpStream) {
+    stream.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+            Err(_) => return,
+            Ok(_) => {}
+        }
+        assert!(start.elapsed() < DEADLINE, "connection was never closed");
+        turn(nodes);
+    }
+}
+
+fn peer_up(id: u64) -> impl FnMut(&NetEvent) -> Option<()> {
+    move |e| matches!(e, NetEvent::PeerUp { id: up } if *up == id).then_some(())
+}
+
+fn peer_frame(from: u64) -> impl FnMut(&NetEvent) -> Option<Vec<u8>> {
+    move |e| match e {
+        NetEvent::PeerFrame { from: f, frame } if *f == from => Some(frame.payload.clone()),
+        _ => None,
+    }
+}
+
+/// Two nodes that know each other, links up in both directions.
+fn pair(backend: Backend) -> (Node, Node) {
+    let (addr1, addr2) = (reserved_addr(), reserved_addr());
+    let mut a = Node::bind(config(1, addr1, &[(2, addr2)], backend));
+    let mut b = Node::bind(config(2, addr2, &[(1, addr1)], backend));
+    wait_event(&mut [&mut a, &mut b], 0, peer_up(2));
+    wait_event(&mut [&mut a, &mut b], 1, peer_up(1));
+    (a, b)
+}
+
+#[test]
+fn two_nets_exchange_frames_both_ways_in_order() {
+    for backend in BACKENDS {
+        let (mut a, mut b) = pair(backend);
+        // Sizes from tiny to the limit: exercises coalescing, partial sends and reassembly.
+        let payloads: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| vec![i as u8; ((i * 7919) % PAYLOAD_BYTES_MAX) as usize])
+            .collect();
+        let mut next_to_send = 0;
+        for (i, payload) in payloads.iter().enumerate() {
+            while next_to_send <= i {
+                match a.net.send_peer(2, peer_message(1, &payloads[next_to_send])) {
+                    Ok(()) => next_to_send += 1,
+                    Err(SendError::Full) => turn(&mut [&mut a, &mut b]),
+                    Err(err) => panic!("send_peer: {err}"),
+                }
+            }
+            assert_eq!(
+                &wait_event(&mut [&mut a, &mut b], 1, peer_frame(1)),
+                payload
+            );
+        }
+        b.net.send_peer(1, peer_message(2, b"reply")).unwrap();
+        assert_eq!(
+            wait_event(&mut [&mut a, &mut b], 0, peer_frame(2)),
+            b"reply"
+        );
+    }
+}
+
+#[test]
+fn a_restarted_peer_is_reconnected_and_reachable_again() {
+    for backend in BACKENDS {
+        let (mut a, b) = pair(backend);
+        let b_cfg = config(
+            2,
+            b.net.local_addrs().peer,
+            &[(1, a.net.local_addrs().peer)],
+            backend,
+        );
+        drop(b);
+        wait_event(&mut [&mut a], 0, |e| {
+            matches!(e, NetEvent::PeerDown { id: 2 }).then_some(())
+        });
+        assert!(!a.net.peer_is_up(2));
+        let mut b = Node::bind(b_cfg);
+        wait_event(&mut [&mut a, &mut b], 0, peer_up(2));
+        a.net.send_peer(2, peer_message(1, b"again")).unwrap();
+        assert_eq!(
+            wait_event(&mut [&mut a, &mut b], 1, peer_frame(1)),
+            b"again"
+        );
+        b.net.send_peer(1, peer_message(2, b"back")).unwrap();
+        assert_eq!(wait_event(&mut [&mut a, &mut b], 0, peer_frame(2)), b"back");
+    }
+}
+
+/// A named bad input and a test of the close reason it must produce.
+type BadInput = (&'static str, Vec<u8>, fn(&CloseReason) -> bool);
+
+/// Bad inputs for the client port.
+fn bad_client_inputs() -> Vec<BadInput> {
+    let mut oversize = encoded(FrameType::Append, CLUSTER, 0, &[]);
+    oversize[24..28].copy_from_slice(&(PAYLOAD_BYTES_MAX + 1).to_le_bytes());
+    let mut wrong_version = client_request(b"v");
+    wrong_version[4] = 99;
+    vec![
+        ("garbage", b"GET / HTTP/1.1\r\n\r\n".to_vec(), |r| {
+            matches!(r, CloseReason::BadFrame(_))
+        }),
+        ("oversize", oversize, |r| {
+            matches!(r, CloseReason::BadFrame(_))
+        }),
+        ("wrong version", wrong_version, |r| {
+            matches!(r, CloseReason::BadFrame(_))
+        }),
+        (
+            "wrong cluster",
+            encoded(FrameType::Status, ClusterId(7), 0, b""),
+            |r| matches!(r, CloseReason::WrongCluster { .. }),
+        ),
+        (
+            "peer frame on the client port",
+            peer_message(0, b"x"),
+            |r| matches!(r, CloseReason::FrameTypeNotAllowed { .. }),
+        ),
+        (
+            "node sender id on the client port",
+            encoded(FrameType::Status, CLUSTER, 3, b""),
+            |r| matches!(r, CloseReason::ClientSenderId(3)),
+        ),
+    ]
+}
+
+#[test]
+fn bad_input_on_the_client_port_closes_only_that_connection() {
+    for backend in BACKENDS {
+        let mut node = Node::bind(config(1, any_port(), &[], backend));
+        let client_addr = node.net.local_addrs().client;
+        let mut good = TcpStream::connect(client_addr).unwrap();
+        good.write_all(&client_request(b"hello")).unwrap();
+        let good_id = wait_event(&mut [&mut node], 0, |e| match e {
+            NetEvent::ClientFrame { client, frame } if frame.payload == b"hello" => Some(*client),
+            _ => None,
+        });
+        for (what, bytes, expected) in bad_client_inputs() {
+            let mut bad = TcpStream::connect(client_addr).unwrap();
+            bad.write_all(&bytes).unwrap();
+            let reason = wait_event(&mut [&mut node], 0, |e| match e {
+                NetEvent::ClientClosed { client, reason } if *client != good_id => {
+                    Some(reason.to_string()).filter(|_| expected(reason))
+                }
+                NetEvent::ClientClosed { client, reason } if *client == good_id => {
+                    panic!("{what}: the good client was closed: {reason}")
+                }
+                _ => None,
+            });
+            eprintln!("{backend:?} {what}: {reason}");
+            wait_closed(&mut [&mut node], &mut bad);
+        }
+        // The good client still works both ways.
+        good.write_all(&client_request(b"still here")).unwrap();
+        wait_event(&mut [&mut node], 0, |e| match e {
+            NetEvent::ClientFrame { client, frame } if *client == good_id => {
+                assert_eq!(frame.payload, b"still here");
+                Some(())
+            }
+            _ => None,
+        });
+        let reply = encoded(FrameType::StatusReply, CLUSTER, 1, b"ok");
+        node.net.send_client(good_id, reply.clone()).unwrap();
+        let mut got = vec![0u8; reply.len()];
+        turn(&mut [&mut node]);
+        good.set_read_timeout(Some(DEADLINE)).unwrap();
+        good.read_exact(&mut got).unwrap();
+        assert_eq!(got, reply);
+    }
+}
+
+#[test]
+fn bad_input_on_the_peer_port_closes_only_that_connection() {
+    for backend in BACKENDS {
+        let (mut a, mut b) = pair(backend);
+        let peer_addr = a.net.local_addrs().peer;
+        let hello = |sender| encoded(FrameType::PeerHello, CLUSTER, sender, b"");
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("garbage", vec![0xAB; 64]),
+            (
+                "wrong cluster",
+                encoded(FrameType::PeerHello, ClusterId(7), 2, b""),
+            ),
+            ("unknown sender", hello(9)),
+            ("own id", hello(1)),
+            ("message before hello", peer_message(2, b"x")),
+            (
+                "client frame on the peer port",
+                [hello(2), client_request(b"")].concat(),
+            ),
+            ("sender changes", [hello(2), peer_message(3, b"")].concat()),
+        ];
+        for (what, bytes) in cases {
+            let mut bad = TcpStream::connect(peer_addr).unwrap();
+            bad.write_all(&bytes).unwrap();
+            eprintln!("{backend:?}: {what}");
+            wait_closed(&mut [&mut a, &mut b], &mut bad);
+        }
+        // The real peer link was never disturbed: no PeerDown, and frames still flow.
+        assert!(!a
+            .events
+            .iter()
+            .chain(&b.events)
+            .any(|e| matches!(e, NetEvent::PeerDown { .. })));
+        b.net.send_peer(1, peer_message(2, b"unharmed")).unwrap();
+        assert_eq!(
+            wait_event(&mut [&mut a, &mut b], 0, peer_frame(2)),
+            b"unharmed"
+        );
+    }
+}
+
+#[test]
+fn a_connection_that_says_nothing_is_closed_after_the_hello_timeout() {
+    for backend in BACKENDS {
+        let mut cfg = config(1, any_port(), &[], backend);
+        cfg.hello_timeout = Duration::from_millis(200);
+        let mut node = Node::bind(cfg);
+        let mut silent_client = TcpStream::connect(node.net.local_addrs().client).unwrap();
+        let mut silent_peer = TcpStream::connect(node.net.local_addrs().peer).unwrap();
+        wait_event(&mut [&mut node], 0, |e| {
+            matches!(
+                e,
+                NetEvent::ClientClosed {
+                    reason: CloseReason::HelloTimeout(_),
+                    ..
+                }
+            )
+            .then_some(())
+        });
+        wait_closed(&mut [&mut node], &mut silent_client);
+        wait_closed(&mut [&mut node], &mut silent_peer);
+    }
+}
+
+#[test]
+fn an_inbound_peer_connection_that_goes_quiet_is_closed_but_keepalives_hold_a_link() {
+    for backend in BACKENDS {
+        let (addr1, addr2) = (reserved_addr(), reserved_addr());
+        let mut cfg1 = config(1, addr1, &[(2, addr2)], backend);
+        cfg1.idle_timeout = Duration::from_millis(300);
+        let mut a = Node::bind(cfg1);
+        // A real peer (keepalives every idle/4) stays connected across several idle timeouts.
+        let mut cfg2 = config(2, addr2, &[(1, addr1)], backend);
+        cfg2.idle_timeout = Duration::from_millis(300);
+        let mut b = Node::bind(cfg2);
+        wait_event(&mut [&mut a, &mut b], 1, peer_up(1));
+        // A hand-made peer that says hello and then nothing is dropped by the idle timeout.
+        let mut quiet = TcpStream::connect(addr1).unwrap();
+        quiet
+            .write_all(&encoded(FrameType::PeerHello, CLUSTER, 2, b""))
+            .unwrap();
+        wait_closed(&mut [&mut a, &mut b], &mut quiet);
+        assert!(b.net.peer_is_up(1), "keepalives hold b's link to a");
+        b.net.send_peer(1, peer_message(2, b"alive")).unwrap();
+        assert_eq!(
+            wait_event(&mut [&mut a, &mut b], 0, peer_frame(2)),
+            b"alive"
+        );
+    }
+}
+
+#[test]
+fn a_full_peer_queue_refuses_and_a_stalled_peer_does_not_hold_up_another() {
+    for backend in BACKENDS {
+        // Peer 2 accepts connections in the kernel's backlog and never reads.
+        let stalled = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr3 = reserved_addr();
+        let addr1 = reserved_addr();
+        let mut a = Node::bind(config(
+            1,
+            addr1,
+            &[(2, stalled.local_addr().unwrap()), (3, addr3)],
+            backend,
+        ));
+        let mut c = Node::bind(config(3, addr3, &[(1, addr1)], backend));
+        wait_event(&mut [&mut a, &mut c], 0, peer_up(2));
+        wait_event(&mut [&mut a, &mut c], 0, peer_up(3));
+        let frame = peer_message(1, &vec![5; PAYLOAD_BYTES_MAX as usize]);
+        let start = Instant::now();
+        let mut accepted = 0usize;
+        loop {
+            match a.net.send_peer(2, frame.clone()) {
+                Ok(()) => accepted += 1,
+                Err(SendError::Full) => break,
+                Err(err) => panic!("send_peer: {err}"),
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the queue never filled ({accepted} frames)"
+            );
+            turn(&mut [&mut a, &mut c]);
+        }
+        // Still refused after more loop turns: the queue does not grow.
+        turn(&mut [&mut a, &mut c]);
+        assert_eq!(a.net.send_peer(2, frame.clone()), Err(SendError::Full));
+        // Peer 3 is unaffected.
+        a.net.send_peer(3, peer_message(1, b"to three")).unwrap();
+        assert_eq!(
+            wait_event(&mut [&mut a, &mut c], 1, peer_frame(1)),
+            b"to three"
+        );
+        drop(stalled);
+    }
+}
+
+/// A client that has sent one request, and the id the node knows it by.
+fn subscribed_client(node: &mut Node) -> (TcpStream, ClientId) {
+    let mut client = TcpStream::connect(node.net.local_addrs().client).unwrap();
+    client.write_all(&client_request(b"subscribe")).unwrap();
+    let id = wait_event(&mut [node], 0, |e| match e {
+        NetEvent::ClientFrame { client, .. } => Some(*client),
+        _ => None,
+    });
+    (client, id)
+}
+
+/// A maximal `Batches` frame.
+fn big_batch() -> Vec<u8> {
+    encoded(
+        FrameType::Batches,
+        CLUSTER,
+        1,
+        &vec![9; PAYLOAD_BYTES_MAX as usize],
+    )
+}
+
+/// Sends `batch` to a client that does not read until the queue refuses; returns bytes queued.
+fn fill_client_queue(node: &mut Node, id: ClientId, batch: &[u8]) -> usize {
+    let start = Instant::now();
+    let mut queued_bytes = 0;
+    loop {
+        match node.net.send_client(id, batch.to_vec()) {
+            Ok(()) => queued_bytes += batch.len(),
+            Err(SendError::Full) => return queued_bytes,
+            Err(err) => panic!("send_client: {err}"),
+        }
+        assert!(start.elapsed() < DEADLINE, "the client queue never filled");
+        turn(&mut [node]);
+    }
+}
+
+#[test]
+fn a_full_client_queue_refuses_then_reports_drained() {
+    for backend in BACKENDS {
+        let mut node = Node::bind(config(1, any_port(), &[], backend));
+        let (mut client, id) = subscribed_client(&mut node);
+        let batch = big_batch();
+        let sent_bytes = fill_client_queue(&mut node, id, &batch);
+        let start = Instant::now();
+        assert!(node.net.client_queued_bytes(id).unwrap() > 0);
+        // The client reads everything; the queue drains and the node is told.
+        client.set_nonblocking(true).unwrap();
+        let mut sink = vec![0u8; 1 << 20];
+        let mut read_bytes = 0;
+        let mut drained = false;
+        while !drained || read_bytes < sent_bytes {
+            match client.read(&mut sink) {
+                Ok(n) => read_bytes += n,
+                Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+                Err(err) => panic!("client read: {err}"),
+            }
+            turn(&mut [&mut node]);
+            if let Some(pos) = node
+                .events
+                .iter()
+                .position(|e| matches!(e, NetEvent::ClientDrained { client } if *client == id))
+            {
+                node.events.remove(pos);
+                drained = true;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "never drained ({read_bytes}/{sent_bytes} read)"
+            );
+        }
+        assert_eq!(
+            read_bytes, sent_bytes,
+            "every queued byte arrived, nothing more"
+        );
+        node.net.send_client(id, batch).unwrap();
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_is_closed_once_sends_stall() {
+    for backend in BACKENDS {
+        let mut cfg = config(1, any_port(), &[], backend);
+        cfg.idle_timeout = Duration::from_millis(300);
+        let mut node = Node::bind(cfg);
+        let (_client, id) = subscribed_client(&mut node);
+        let batch = big_batch();
+        fill_client_queue(&mut node, id, &batch);
+        wait_event(&mut [&mut node], 0, |e| match e {
+            NetEvent::ClientClosed { client, reason } if *client == id => {
+                assert!(matches!(reason, CloseReason::SendStalled(_)), "{reason}");
+                Some(())
+            }
+            _ => None,
+        });
+        assert_eq!(node.net.send_client(id, batch), Err(SendError::Closed));
+    }
+}
+
+#[test]
+fn a_wake_from_another_thread_returns_poll_early() {
+    for backend in BACKENDS {
+        let mut node = Node::bind(config(1, any_port(), &[], backend));
+        let waker = node.net.waker();
+        let thread = std::thread::spawn(move || waker.wake());
+        // With no peers and no connections nothing but the wake can end this poll.
+        while node.events.is_empty() {
+            node.net.poll(None, &mut node.events).unwrap();
+        }
+        assert!(
+            matches!(node.events[..], [NetEvent::Woken]),
+            "{:?}",
+            node.events
+        );
+        thread.join().unwrap();
+    }
+}
+
+#[test]
+fn invalid_configurations_are_refused() {
+    let mut cfg = config(1, any_port(), &[(1, any_port())], Backend::Poll);
+    assert!(Net::bind(cfg.clone()).is_err(), "own id among the peers");
+    cfg.peers.clear();
+    cfg.client_queue_bytes_max = 10;
+    assert!(Net::bind(cfg).is_err(), "a queue smaller than one frame");
+}
+
+#[test]
+fn net_can_move_to_its_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Net>();
+}
