@@ -58,6 +58,13 @@ pub enum FatalError {
     /// The core refused its start-up state.
     #[error("starting Raft: {0}")]
     Init(#[from] InitError),
+    /// A leader sent a snapshot; this node cannot install one (it never compacts, so a cluster of
+    /// raftline nodes of this version never sends one).
+    #[error("a snapshot ending at index {index} arrived, but this node cannot install snapshots")]
+    SnapshotUnsupported {
+        /// The snapshot's last index.
+        index: Index,
+    },
     /// An entry's bytes are not a valid batch (a peer bug: frames are checksummed).
     #[error("entry {index} is not a valid batch: {source}")]
     BadEntry {
@@ -261,6 +268,11 @@ impl Replica {
             let rd = self.raft.ready();
             if rd.is_empty() {
                 break;
+            }
+            if let Some(chunk) = rd.snapshot_chunks.first() {
+                return Err(FatalError::SnapshotUnsupported {
+                    index: chunk.meta.index,
+                });
             }
             if let Some(hs) = rd.hard_state {
                 self.hard_state.save(raftline_log::HardState {

@@ -2,11 +2,14 @@
 //! conversions both ways. One Raft entry is one batch; a command's payload is the stamped batch
 //! bytes (identical on every node), a leader's no-op is a zero-record batch flagged no-op, so the
 //! entry's kind survives a restart.
+//!
+//! This node never compacts its log (snapshot-and-truncate is not built into the node yet), so
+//! it has no snapshot to offer: `snapshot_meta` is `None` and a leader never needs to send one.
 
 use std::sync::Arc;
 
 use raftline_log::{Batch, BatchError, Log, LogError};
-use raftline_replicator::{Entry, EntryKind, Index, Storage, StorageError, Term};
+use raftline_replicator::{Entry, EntryKind, Index, SnapshotMeta, Storage, StorageError, Term};
 
 /// The durable log as the Raft core reads it.
 pub struct LogStorage {
@@ -70,6 +73,19 @@ fn storage_error(e: LogError) -> StorageError {
 }
 
 impl Storage for LogStorage {
+    fn snapshot_meta(&self) -> Option<SnapshotMeta> {
+        None
+    }
+
+    fn snapshot_chunk(
+        &self,
+        index: Index,
+        _offset: u64,
+        _bytes_max: u64,
+    ) -> Result<(Arc<[u8]>, bool), StorageError> {
+        Err(StorageError::SnapshotUnavailable { index })
+    }
+
     fn first_index(&self) -> Index {
         self.log.first_index()
     }
