@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::frame::{self, FrameHeader, FrameType, FRAME_HEADER_BYTES};
-use raftline_netio::net::{CloseReason, Net, NetConfig, NetEvent, SendError};
+use raftline_netio::net::{ClientId, CloseReason, Net, NetConfig, NetEvent, SendError};
 use raftline_netio::reactor::{Backend, BackendKind};
 
 const BACKENDS: [Backend; 2] = [Backend::Uring, Backend::Poll];
@@ -445,33 +445,50 @@ fn a_full_peer_queue_refuses_and_a_stalled_peer_does_not_hold_up_another() {
     }
 }
 
+/// A client that has sent one request, and the id the node knows it by.
+fn subscribed_client(node: &mut Node) -> (TcpStream, ClientId) {
+    let mut client = TcpStream::connect(node.net.local_addrs().client).unwrap();
+    client.write_all(&client_request(b"subscribe")).unwrap();
+    let id = wait_event(&mut [node], 0, |e| match e {
+        NetEvent::ClientFrame { client, .. } => Some(*client),
+        _ => None,
+    });
+    (client, id)
+}
+
+/// A maximal `Batches` frame.
+fn big_batch() -> Vec<u8> {
+    encoded(
+        FrameType::Batches,
+        CLUSTER,
+        1,
+        &vec![9; PAYLOAD_BYTES_MAX as usize],
+    )
+}
+
+/// Sends `batch` to a client that does not read until the queue refuses; returns bytes queued.
+fn fill_client_queue(node: &mut Node, id: ClientId, batch: &[u8]) -> usize {
+    let start = Instant::now();
+    let mut queued_bytes = 0;
+    loop {
+        match node.net.send_client(id, batch.to_vec()) {
+            Ok(()) => queued_bytes += batch.len(),
+            Err(SendError::Full) => return queued_bytes,
+            Err(err) => panic!("send_client: {err}"),
+        }
+        assert!(start.elapsed() < DEADLINE, "the client queue never filled");
+        turn(&mut [node]);
+    }
+}
+
 #[test]
 fn a_full_client_queue_refuses_then_reports_drained() {
     for backend in BACKENDS {
         let mut node = Node::bind(config(1, any_port(), &[], backend));
-        let mut client = TcpStream::connect(node.net.local_addrs().client).unwrap();
-        client.write_all(&client_request(b"subscribe")).unwrap();
-        let id = wait_event(&mut [&mut node], 0, |e| match e {
-            NetEvent::ClientFrame { client, .. } => Some(*client),
-            _ => None,
-        });
-        let batch = encoded(
-            FrameType::Batches,
-            CLUSTER,
-            1,
-            &vec![9; PAYLOAD_BYTES_MAX as usize],
-        );
+        let (mut client, id) = subscribed_client(&mut node);
+        let batch = big_batch();
+        let sent_bytes = fill_client_queue(&mut node, id, &batch);
         let start = Instant::now();
-        let mut sent_bytes = 0;
-        loop {
-            match node.net.send_client(id, batch.clone()) {
-                Ok(()) => sent_bytes += batch.len(),
-                Err(SendError::Full) => break,
-                Err(err) => panic!("send_client: {err}"),
-            }
-            assert!(start.elapsed() < DEADLINE, "the client queue never filled");
-            turn(&mut [&mut node]);
-        }
         assert!(node.net.client_queued_bytes(id).unwrap() > 0);
         // The client reads everything; the queue drains and the node is told.
         client.set_nonblocking(true).unwrap();
@@ -503,6 +520,26 @@ fn a_full_client_queue_refuses_then_reports_drained() {
             "every queued byte arrived, nothing more"
         );
         node.net.send_client(id, batch).unwrap();
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_is_closed_once_sends_stall() {
+    for backend in BACKENDS {
+        let mut cfg = config(1, any_port(), &[], backend);
+        cfg.idle_timeout = Duration::from_millis(300);
+        let mut node = Node::bind(cfg);
+        let (_client, id) = subscribed_client(&mut node);
+        let batch = big_batch();
+        fill_client_queue(&mut node, id, &batch);
+        wait_event(&mut [&mut node], 0, |e| match e {
+            NetEvent::ClientClosed { client, reason } if *client == id => {
+                assert!(matches!(reason, CloseReason::SendStalled(_)), "{reason}");
+                Some(())
+            }
+            _ => None,
+        });
+        assert_eq!(node.net.send_client(id, batch), Err(SendError::Closed));
     }
 }
 

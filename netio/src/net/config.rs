@@ -35,8 +35,8 @@ pub struct NetConfig {
     /// must connect, within this.
     pub hello_timeout: Duration,
     /// An inbound peer connection that delivers nothing for this long is closed; an outbound
-    /// one sends a keepalive after a quarter of it, and is closed if a send makes no progress
-    /// for this long.
+    /// one sends a keepalive after a quarter of it. Any connection (peer or client) whose queued
+    /// bytes make no send progress for this long is closed (its receiver stopped reading).
     pub idle_timeout: Duration,
     /// A client that sends nothing for this long is closed (`None`: never).
     pub client_idle_timeout: Option<Duration>,

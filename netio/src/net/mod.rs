@@ -408,7 +408,9 @@ impl Net {
                     conn.opened_at + cfg.hello_timeout,
                     CloseReason::HelloTimeout(cfg.hello_timeout),
                 ),
-                ConnKind::OutboundPeer(_) if !conn.is_quiet() => (
+                // A receiver that stops reading (or vanished without a reset) must not hold
+                // its queue forever.
+                ConnKind::OutboundPeer(_) | ConnKind::Client(_) if !conn.is_quiet() => (
                     conn.last_send_at + cfg.idle_timeout,
                     CloseReason::SendStalled(cfg.idle_timeout),
                 ),
