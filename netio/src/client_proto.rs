@@ -87,8 +87,6 @@ pub struct NodeStatus {
     pub leader_client_address: Option<String>,
     /// Highest log index known to be committed.
     pub commit_index: u64,
-    /// One past the last committed offset (where a `Latest` subscription starts).
-    pub committed_end_offset: u64,
     /// Earliest offset still retained (older ones were compacted into a snapshot).
     pub log_start_offset: u64,
     /// One past the last offset in the node's log.
@@ -247,6 +245,9 @@ pub enum Response {
         /// The resolved start: the log start (`Earliest`), the end of committed data
         /// (`Latest`) or the offset asked for.
         start_offset: u64,
+        /// One past the last committed offset this node could stream at that moment (a
+        /// non-following reader stops there).
+        end_offset: u64,
     },
 }
 

@@ -125,7 +125,6 @@ impl FakeCluster {
             leader_id: (leader != NO_LEADER).then_some(leader as u64 + 1),
             leader_client_address: (leader != NO_LEADER).then(|| self.addresses[leader].clone()),
             commit_index: log.len() as u64,
-            committed_end_offset: next_offset(&log),
             log_start_offset: self.log_start_offset.load(Ordering::SeqCst),
             log_end_offset: next_offset(&log),
             log_first_index: 1,
@@ -265,6 +264,7 @@ fn serve(cluster: &FakeCluster, node: usize, mut stream: TcpStream) {
                             Response::Subscribed {
                                 subscription_id,
                                 start_offset: first,
+                                end_offset: end,
                             },
                         );
                         sub = Some(Stream {
@@ -487,6 +487,7 @@ fn subscription_from_an_offset_inside_a_batch_skips_the_records_before_it() {
         (4, &b"e"[..])
     );
     assert_eq!(subscription.next_offset(), Some(5));
+    assert_eq!(subscription.end_offset_at_start(), 6);
 }
 
 #[test]

@@ -127,7 +127,7 @@ fn arb_status() -> impl Strategy<Value = NodeStatus> {
             any::<u64>(),
             any::<u64>(),
         ),
-        (any::<u64>(), any::<u64>(), any::<u64>()),
+        (any::<u64>(), any::<u64>()),
         prop::collection::vec(
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
                 |(node_id, match_index, lag_entries, connected)| PeerStatus {
@@ -144,7 +144,7 @@ fn arb_status() -> impl Strategy<Value = NodeStatus> {
             |(
                 (node_id, role, term, leader_id),
                 (leader_client_address, commit_index, log_start_offset, log_end_offset),
-                (log_first_index, log_last_index, committed_end_offset),
+                (log_first_index, log_last_index),
                 peers,
             )| NodeStatus {
                 node_id,
@@ -153,7 +153,6 @@ fn arb_status() -> impl Strategy<Value = NodeStatus> {
                 leader_id,
                 leader_client_address,
                 commit_index,
-                committed_end_offset,
                 log_start_offset,
                 log_end_offset,
                 log_first_index,
@@ -182,12 +181,13 @@ fn arb_response() -> impl Strategy<Value = Response> {
         ),
         (any::<u64>(), arb_status())
             .prop_map(|(request_id, status)| Response::StatusReply { request_id, status }),
-        (any::<u64>(), any::<u64>()).prop_map(|(subscription_id, start_offset)| {
-            Response::Subscribed {
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(subscription_id, start_offset, end_offset)| Response::Subscribed {
                 subscription_id,
                 start_offset,
+                end_offset,
             }
-        }),
+        ),
     ]
 }
 

@@ -43,6 +43,7 @@ pub struct Subscription {
     probe: Option<(u64, Instant)>,
     last_heard: Instant,
     last_failure: String,
+    end_offset_at_start: Option<u64>,
     done: bool,
 }
 
@@ -67,6 +68,7 @@ impl Subscription {
             probe: None,
             last_heard: Instant::now(),
             last_failure: String::from("no bootstrap address given"),
+            end_offset_at_start: None,
             done: false,
         };
         subscription.reconnect()?;
@@ -77,6 +79,13 @@ impl Subscription {
     /// of an `Earliest`/`Latest` subscription): where a new subscription would resume.
     pub fn next_offset(&self) -> Option<u64> {
         self.pending.front().map(|r| r.offset).or(self.next_offset)
+    }
+
+    /// One past the last committed offset the first node could stream when it confirmed the
+    /// subscription: a reader that does not follow new records stops once `next_offset` reaches it.
+    pub fn end_offset_at_start(&self) -> u64 {
+        self.end_offset_at_start
+            .expect("set by the confirmation `open` waits for")
     }
 
     /// The address of the node currently streaming, if connected.
@@ -312,8 +321,10 @@ impl Subscription {
             Ok(Some(Response::Subscribed {
                 subscription_id,
                 start_offset,
+                end_offset,
             })) if subscription_id == self.subscription_id => {
                 self.next_offset.get_or_insert(start_offset);
+                self.end_offset_at_start.get_or_insert(end_offset);
                 Attempt::Subscribed(conn)
             }
             Ok(Some(Response::Error { error, .. })) if is_node_local(&error) => {
