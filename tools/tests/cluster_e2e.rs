@@ -94,7 +94,7 @@ fn killing_the_leader_mid_stream_loses_nothing_acknowledged_and_the_restarted_no
             // Wait until the leader has taken some of this round, then kill it mid-stream.
             let start = status(addr).unwrap().commit_index;
             let wait = Instant::now() + DEADLINE;
-            while status(addr).map_or(false, |s| s.commit_index < start + 10) {
+            while status(addr).is_ok_and(|s| s.commit_index < start + 10) {
                 assert!(Instant::now() < wait, "the leader stopped committing");
                 std::thread::sleep(Duration::from_millis(2));
             }
