@@ -1,6 +1,7 @@
 //! `raftline`: the command-line front end of raftline.
 
 mod bench_fsync;
+mod dev;
 mod node;
 mod server;
 mod server_config;
@@ -19,6 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a local 3-node cluster on loopback (the quickest way to try raftline).
+    #[command(long_about = dev::LONG_ABOUT)]
+    Dev(dev::DevArgs),
     /// Run one node of a raftline cluster.
     #[command(long_about = server::LONG_ABOUT)]
     Server(Box<server_config::ServerArgs>),
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Server(args) => server::run(*args),
+        Command::Dev(args) => dev::run(args),
         Command::Bench(BenchCommand::Fsync(args)) => bench_fsync::run(args),
     };
     match result {

@@ -1,0 +1,203 @@
+//! End to end: three real `raftline server` processes on loopback, produced to and read back
+//! through the client protocol; a leader killed with SIGKILL mid-stream and restarted.
+
+mod cluster_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use cluster_support::{append_window, read_all, status, Cluster, Outcome, DEADLINE};
+
+const RECORDS_PER_BATCH: u64 = 5;
+
+/// Reads every node's whole log and checks each holds exactly `expected` (offset, tag) pairs.
+fn assert_every_node_serves(cluster: &Cluster, expected: &[(u64, u64)]) {
+    let end = expected.len() as u64;
+    for node in cluster.nodes.iter().filter(|n| n.child.is_some()) {
+        let deadline = Instant::now() + DEADLINE;
+        while status(node.client).map_or(true, |s| s.log_end_offset < end) {
+            assert!(
+                Instant::now() < deadline,
+                "node {} never caught up",
+                node.id
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(read_all(node.client, end), expected, "node {}", node.id);
+    }
+}
+
+fn produce_and_read_back_everywhere(backend: &'static str) {
+    let cluster = Cluster::start(3, backend);
+    let leader = cluster.wait_leader();
+    let tags: Vec<u64> = (1..=200).collect();
+    let outcomes = append_window(cluster.node(leader).client, &tags, RECORDS_PER_BATCH, 16);
+    let mut expected = Vec::new();
+    for tag in &tags {
+        let Outcome::Acked { base, last } = outcomes[tag] else {
+            panic!(
+                "append {tag} not acknowledged: {:?}\n{}",
+                outcomes[tag],
+                cluster.logs()
+            );
+        };
+        assert_eq!(last - base + 1, RECORDS_PER_BATCH);
+        assert_eq!(
+            base,
+            expected.len() as u64,
+            "offsets are dense in acknowledgement order"
+        );
+        expected.extend((base..=last).map(|o| (o, *tag)));
+    }
+    assert_every_node_serves(&cluster, &expected);
+}
+
+#[test]
+fn acknowledged_records_are_read_back_exactly_once_in_order_from_every_node() {
+    produce_and_read_back_everywhere("auto");
+}
+
+#[test]
+fn the_poll_fallback_without_io_uring_passes_the_same_end_to_end_test() {
+    produce_and_read_back_everywhere("poll");
+}
+
+#[test]
+fn killing_the_leader_mid_stream_loses_nothing_acknowledged_and_the_restarted_node_catches_up() {
+    let mut cluster = Cluster::start(3, "auto");
+    let first_leader = cluster.wait_leader();
+    let mut outcomes: BTreeMap<u64, Outcome> = BTreeMap::new();
+    let mut next_tag = 1u64;
+    let mut killed = false;
+    let deadline = Instant::now() + DEADLINE;
+    // Produce in rounds to whoever leads; kill the first leader with SIGKILL while a window
+    // of appends is in flight to it.
+    while outcomes
+        .values()
+        .filter(|o| matches!(o, Outcome::Acked { .. }))
+        .count()
+        < 400
+    {
+        assert!(Instant::now() < deadline, "producing stalled: {outcomes:?}");
+        let leader = cluster.wait_leader();
+        let kill_now = !killed && outcomes.len() >= 100;
+        // The round the kill interrupts is long enough to still be running when it lands.
+        let round = if kill_now { 2000 } else { 100 };
+        let tags: Vec<u64> = (next_tag..next_tag + round).collect();
+        if kill_now {
+            assert_eq!(leader, first_leader);
+            let addr = cluster.node(leader).client;
+            let producer = std::thread::spawn({
+                let tags = tags.clone();
+                move || append_window(addr, &tags, RECORDS_PER_BATCH, 32)
+            });
+            // Wait until the leader has taken some of this round, then kill it mid-stream.
+            let start = status(addr).unwrap().commit_index;
+            let wait = Instant::now() + DEADLINE;
+            while status(addr).is_ok_and(|s| s.commit_index < start + 10) {
+                assert!(Instant::now() < wait, "the leader stopped committing");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            cluster.kill(leader);
+            killed = true;
+            outcomes.extend(producer.join().unwrap());
+        } else {
+            outcomes.extend(append_window(
+                cluster.node(leader).client,
+                &tags,
+                RECORDS_PER_BATCH,
+                32,
+            ));
+        }
+        // Tags never sent are simply skipped: every tag is proposed at most once.
+        next_tag += round;
+    }
+    let new_leader = cluster.wait_leader();
+    assert_ne!(new_leader, first_leader, "a new leader took over");
+
+    let end = status(cluster.node(new_leader).client)
+        .unwrap()
+        .log_end_offset;
+    let log = read_all(cluster.node(new_leader).client, end);
+    let mut records_of: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for &(offset, tag) in &log {
+        records_of.entry(tag).or_default().push(offset);
+    }
+    for (tag, outcome) in &outcomes {
+        let found = records_of.get(tag).map_or(0, Vec::len) as u64;
+        match outcome {
+            Outcome::Acked { base, last } => {
+                assert_eq!(
+                    found, RECORDS_PER_BATCH,
+                    "acknowledged append {tag} is in the log once"
+                );
+                assert_eq!(
+                    records_of[tag],
+                    (*base..=*last).collect::<Vec<_>>(),
+                    "at its offsets"
+                );
+            }
+            Outcome::Rejected => assert_eq!(found, 0, "rejected append {tag} is absent"),
+            Outcome::Unknown => assert!(
+                found == 0 || found == RECORDS_PER_BATCH,
+                "append {tag} with unknown outcome is absent or present exactly once ({found})"
+            ),
+        }
+    }
+    let count = |f: fn(&Outcome) -> bool| outcomes.values().filter(|o| f(o)).count();
+    eprintln!(
+        "leader {first_leader} killed -> {new_leader}: acked {}, rejected {}, unknown {} ({} unknown present)",
+        count(|o| matches!(o, Outcome::Acked { .. })),
+        count(|o| matches!(o, Outcome::Rejected)),
+        count(|o| matches!(o, Outcome::Unknown)),
+        outcomes
+            .iter()
+            .filter(|(t, o)| matches!(o, Outcome::Unknown) && records_of.contains_key(t))
+            .count()
+    );
+    let sent: BTreeSet<u64> = outcomes.keys().copied().collect();
+    assert!(
+        records_of.keys().all(|t| sent.contains(t)),
+        "nothing appears that was not sent"
+    );
+    assert!(
+        outcomes
+            .values()
+            .any(|o| !matches!(o, Outcome::Acked { .. })),
+        "the kill interrupted appends in flight"
+    );
+
+    cluster.spawn(first_leader);
+    assert_every_node_serves(&cluster, &log);
+}
+
+#[test]
+fn sigterm_stops_a_node_cleanly_and_it_resumes_from_its_disk() {
+    let mut cluster = Cluster::start(3, "auto");
+    let leader = cluster.wait_leader();
+    let tags: Vec<u64> = (1..=20).collect();
+    let outcomes = append_window(cluster.node(leader).client, &tags, 1, 4);
+    assert!(outcomes
+        .values()
+        .all(|o| matches!(o, Outcome::Acked { .. })));
+    for id in 1..=3 {
+        assert!(
+            cluster.terminate(id),
+            "node {id} exits 0 after SIGTERM\n{}",
+            cluster.logs()
+        );
+    }
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    let leader = cluster.wait_leader();
+    let more: Vec<u64> = (21..=30).collect();
+    let outcomes = append_window(cluster.node(leader).client, &more, 1, 4);
+    assert_eq!(
+        outcomes[&21],
+        Outcome::Acked { base: 20, last: 20 },
+        "offsets continue after the restart"
+    );
+    let expected: Vec<(u64, u64)> = (1..=30).map(|t| (t - 1, t)).collect();
+    assert_every_node_serves(&cluster, &expected);
+}
