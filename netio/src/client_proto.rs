@@ -238,6 +238,17 @@ pub enum Response {
         /// The answer.
         status: NodeStatus,
     },
+    /// A subscription is registered; sent before any of its batches.
+    Subscribed {
+        /// The subscription.
+        subscription_id: u64,
+        /// The resolved start: the log start (`Earliest`), the end of committed data
+        /// (`Latest`) or the offset asked for.
+        start_offset: u64,
+        /// One past the last committed offset this node could stream at that moment (a
+        /// non-following reader stops there).
+        end_offset: u64,
+    },
 }
 
 /// Why a frame does not hold a valid client message.
@@ -277,6 +288,7 @@ impl Response {
             Response::Error { .. } => FrameType::Error,
             Response::Batches { .. } => FrameType::Batches,
             Response::StatusReply { .. } => FrameType::StatusReply,
+            Response::Subscribed { .. } => FrameType::Subscribed,
         }
     }
 }
@@ -377,7 +389,11 @@ pub fn decode_response(frame: Frame) -> Result<Response, ClientProtoError> {
     let frame_type = frame.header.frame_type;
     if !matches!(
         frame_type,
-        FrameType::Appended | FrameType::Error | FrameType::Batches | FrameType::StatusReply
+        FrameType::Appended
+            | FrameType::Error
+            | FrameType::Batches
+            | FrameType::StatusReply
+            | FrameType::Subscribed
     ) {
         return Err(ClientProtoError::WrongFrameType(frame_type));
     }
