@@ -4,22 +4,20 @@
 //! three cleanly (SIGTERM, then their drain).
 
 use std::fs::File;
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use raftline_netio::client_proto::{
-    decode_response, encode_request, NodeRole, NodeStatus, Request, Response,
-};
+use raftline_log::Record;
+use raftline_netio::client::{status_of, ClientConfig, Producer, Subscription};
+use raftline_netio::client_proto::{NodeRole, StartFrom};
 use raftline_netio::cluster_id::ClusterId;
-use raftline_netio::frame::FrameDecoder;
 
 /// The dev cluster's name (its id on the wire is derived from it).
 pub const DEV_CLUSTER: &str = "raftline-dev";
@@ -44,6 +42,12 @@ pub struct DevArgs {
     /// Directory for the nodes' data directories and log files.
     #[arg(long, default_value = "./data")]
     pub data: PathBuf,
+    /// Also produce a stream of sample records and tail them, printing records/s.
+    #[arg(long)]
+    pub demo: bool,
+    /// Bytes of each sample record's value (with --demo).
+    #[arg(long, default_value_t = 100)]
+    pub demo_record_bytes: usize,
 }
 
 /// Peer, client and metrics address of dev node `id`.
@@ -108,29 +112,6 @@ fn start_node(exe: &Path, data: &Path, id: u64, available: &[usize]) -> anyhow::
     Ok(Node { id, child })
 }
 
-/// Asks the node at `addr` for its status (one connection, bounded by `timeout`).
-pub fn probe_status(addr: SocketAddr, timeout: Duration) -> anyhow::Result<NodeStatus> {
-    let cluster = ClusterId::from_name(DEV_CLUSTER);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let mut out = Vec::new();
-    encode_request(&mut out, cluster, &Request::Status { request_id: 1 })?;
-    stream.write_all(&out)?;
-    let mut decoder = FrameDecoder::new(1 << 20);
-    loop {
-        if let Some(frame) = decoder.next_frame()? {
-            return match decode_response(frame)? {
-                Response::StatusReply { status, .. } => Ok(status),
-                other => bail!("unexpected answer to Status: {other:?}"),
-            };
-        }
-        if decoder.fill_from(&mut stream)? == 0 {
-            bail!("{addr} closed the connection");
-        }
-    }
-}
-
 fn stop_all(nodes: &mut [Node]) {
     for node in nodes.iter() {
         // SIGTERM: the node drains and exits on its own.
@@ -170,8 +151,11 @@ fn wait_for_leader(nodes: &mut [Node]) -> anyhow::Result<u64> {
                 );
             }
         }
+        let mut config = demo_client_config();
+        config.connect_timeout = Duration::from_millis(500);
+        config.request_timeout = Duration::from_millis(500);
         let statuses: Vec<_> = (1..=DEV_NODES)
-            .map(|id| probe_status(dev_addrs(id).1, Duration::from_millis(500)))
+            .map(|id| status_of(&dev_addrs(id).1.to_string(), &config))
             .collect();
         if statuses.iter().all(Result::is_ok) {
             if let Some(leader) = statuses
@@ -222,7 +206,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
     };
     print_banner(&args.data, leader);
+    let demo = args
+        .demo
+        .then(|| Demo::start(args.demo_record_bytes, Arc::clone(&stop)));
     let mut exit = ExitCode::SUCCESS;
+    let mut last_report = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         if let Some(node) = nodes
             .iter_mut()
@@ -236,8 +224,18 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             exit = ExitCode::FAILURE;
             break;
         }
+        if let Some(demo) = &demo {
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                demo.report_second();
+                last_report = Instant::now();
+            }
+        }
         // The foreground loop only watches the children; 100 ms is its reaction time to Ctrl-C.
         std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::SeqCst);
+    if let Some(demo) = demo {
+        demo.finish();
     }
     println!("stopping the cluster...");
     stop_all(&mut nodes);
@@ -261,6 +259,135 @@ fn print_banner(data: &Path, leader: u64) {
         "Ctrl-C stops the cluster (data is kept in {}).",
         data.display()
     );
+}
+
+/// The `--demo` load: one producer and one tailer thread, counting records.
+struct Demo {
+    started: Instant,
+    acked: Arc<AtomicU64>,
+    seen: Arc<AtomicU64>,
+    last: std::cell::Cell<(u64, u64)>,
+    threads: Vec<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+fn demo_client_config() -> ClientConfig {
+    let bootstrap = (1..=DEV_NODES)
+        .map(|id| dev_addrs(id).1.to_string())
+        .collect();
+    ClientConfig::new(bootstrap, ClusterId::from_name(DEV_CLUSTER))
+}
+
+impl Demo {
+    fn start(record_bytes: usize, stop: Arc<AtomicBool>) -> Demo {
+        let acked = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(AtomicU64::new(0));
+        let tailer = {
+            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut sub = Subscription::open(demo_client_config(), StartFrom::Latest)
+                    .map_err(|e| format!("tailer: {e}"))?;
+                while !stop.load(Ordering::Relaxed) {
+                    if sub
+                        .next_record(Some(Duration::from_millis(200)))
+                        .map_err(|e| format!("tailer: {e}"))?
+                        .is_some()
+                    {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            })
+        };
+        let producer = {
+            let acked = Arc::clone(&acked);
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut producer = Producer::new(demo_client_config());
+                let mut n = 0u64;
+                let mut refused = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut value = format!("demo record {n} ").into_bytes();
+                    value.resize(record_bytes.max(value.len()), b'.');
+                    let record = Record {
+                        key: Some(format!("key-{}", n % 100).into_bytes()),
+                        value,
+                        timestamp_ms: unix_ms(),
+                        headers: Vec::new(),
+                    };
+                    producer
+                        .send(record)
+                        .map_err(|e| format!("producer: {e}"))?;
+                    n += 1;
+                    for ack in producer.take_acks() {
+                        match ack.result {
+                            Ok(_) => acked.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => {
+                                refused += 1;
+                                0
+                            }
+                        };
+                    }
+                }
+                producer.flush().map_err(|e| format!("producer: {e}"))?;
+                let done = producer.take_acks();
+                acked.fetch_add(
+                    done.iter().filter(|a| a.result.is_ok()).count() as u64,
+                    Ordering::Relaxed,
+                );
+                if refused > 0 {
+                    eprintln!("demo producer: {refused} records refused by the cluster");
+                }
+                Ok(())
+            })
+        };
+        println!("demo: producing sample records and tailing them (Ctrl-C stops)");
+        Demo {
+            started: Instant::now(),
+            acked,
+            seen,
+            last: std::cell::Cell::new((0, 0)),
+            threads: vec![tailer, producer],
+        }
+    }
+
+    fn report_second(&self) {
+        let (acked, seen) = (
+            self.acked.load(Ordering::Relaxed),
+            self.seen.load(Ordering::Relaxed),
+        );
+        let (last_acked, last_seen) = self.last.replace((acked, seen));
+        println!(
+            "demo: {:>8} records/s acknowledged, {:>8} records/s seen by the tailer ({seen} in total)",
+            acked - last_acked,
+            seen - last_seen
+        );
+    }
+
+    fn finish(self) {
+        for thread in self.threads {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("demo {e}"),
+                Err(_) => eprintln!("a demo thread panicked"),
+            }
+        }
+        let secs = self.started.elapsed().as_secs_f64();
+        let (acked, seen) = (
+            self.acked.load(Ordering::Relaxed),
+            self.seen.load(Ordering::Relaxed),
+        );
+        println!(
+            "demo summary: {seen} records seen by the tailer in {secs:.1} s = {:.0} records/s; \
+             {acked} acknowledged to the producer = {:.0} records/s",
+            seen as f64 / secs,
+            acked as f64 / secs
+        );
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

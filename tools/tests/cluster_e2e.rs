@@ -50,6 +50,35 @@ fn produce_and_read_back_everywhere(backend: &'static str) {
         expected.extend((base..=last).map(|o| (o, *tag)));
     }
     assert_every_node_serves(&cluster, &expected);
+    let metrics = http_get(cluster.node(leader).metrics, "/metrics");
+    assert!(
+        metrics.contains("raftline_role{role=\"leader\"} 1"),
+        "{metrics}"
+    );
+    let commits = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("raftline_append_commit_seconds_count "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert_eq!(
+        commits,
+        Some(200),
+        "one append->commit sample per append\n{metrics}"
+    );
+    assert!(
+        metrics.contains("raftline_fsync_seconds_bucket"),
+        "{metrics}"
+    );
+}
+
+/// The body of an HTTP GET (the metrics endpoint closes after each answer).
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
 }
 
 #[test]
@@ -172,7 +201,7 @@ fn killing_the_leader_mid_stream_loses_nothing_acknowledged_and_the_restarted_no
 }
 
 #[test]
-fn sigterm_stops_a_node_cleanly_and_it_resumes_from_its_disk() {
+fn sigterm_hands_leadership_over_stops_cleanly_and_nodes_resume_from_disk() {
     let mut cluster = Cluster::start(3, "auto");
     let leader = cluster.wait_leader();
     let tags: Vec<u64> = (1..=20).collect();

@@ -208,6 +208,26 @@ impl Replica {
         self.raft.step(msg);
     }
 
+    /// When leading, starts handing leadership to the most caught-up follower (a stopping node
+    /// spares the cluster an election timeout); returns the chosen follower.
+    pub fn hand_over_leadership(&mut self) -> Option<NodeId> {
+        if self.raft.role() != Role::Leader {
+            return None;
+        }
+        let me = self.raft.id();
+        let to = self
+            .raft
+            .config()
+            .voters
+            .iter()
+            .copied()
+            .filter(|&id| id != me)
+            .max_by_key(|&id| self.raft.progress(id).map_or(0, |p| p.match_index))?;
+        self.raft.transfer_leadership(to).ok()?;
+        tracing::info!(to, "handing leadership over before stopping");
+        Some(to)
+    }
+
     /// Tells the core how far the log is durable (after the writer's hook fired).
     pub fn on_durable(&mut self) -> Result<(), FatalError> {
         let (index, term) = self.log.durable_last()?;

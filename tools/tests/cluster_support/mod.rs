@@ -277,6 +277,7 @@ pub fn read_all(addr: SocketAddr, end_offset: u64) -> Vec<(u64, u64)> {
     let mut next = 0;
     while next < end_offset {
         match conn.recv().unwrap() {
+            Response::Subscribed { start_offset, .. } => assert_eq!(start_offset, 0),
             Response::Batches { batches, .. } => {
                 for bytes in split_batches(&batches) {
                     let batch = Batch::decode(bytes.unwrap().to_vec()).unwrap();
