@@ -308,6 +308,11 @@ fn serve(cluster: &FakeCluster, node: usize, mut stream: TcpStream) {
             while s.credit_bytes > 0 {
                 let next = {
                     let log = cluster.log.lock().unwrap();
+                    // Checked under the log lock: a node muted before a batch was added never
+                    // streams that batch.
+                    if cluster.muted[node].load(Ordering::SeqCst) {
+                        break;
+                    }
                     log.iter()
                         .find(|(base, bytes)| {
                             let count = Batch::decode(bytes.clone()).unwrap().header().record_count;
