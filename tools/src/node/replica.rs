@@ -241,10 +241,15 @@ impl Replica {
         if records == 0 {
             return Err(ProposalError::Empty);
         }
-        let index = self.raft.next_index();
+        // Refuse early (not leader, too large, busy) before touching the log.
+        let bytes = batch.as_bytes().len() as u64;
+        let (term, index) = self.raft.check_proposal(bytes)?;
         let base_offset = self.next_offset_at(index)?;
-        let (term, checked) = self.raft.check_proposal(batch.as_bytes().len() as u64)?;
-        assert_eq!(checked, index, "the core assigns the next index");
+        assert_eq!(
+            self.raft.check_proposal(bytes),
+            Ok((term, index)),
+            "handing entries to the log changed nothing the proposal depends on"
+        );
         batch.stamp(base_offset, term, index);
         let (term_got, index_got) = self.raft.propose(Arc::from(batch.into_bytes()))?;
         assert_eq!(
