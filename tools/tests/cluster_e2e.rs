@@ -18,8 +18,10 @@ fn assert_every_node_serves(cluster: &Cluster, expected: &[(u64, u64)]) {
         while status(node.client).map_or(true, |s| s.log_end_offset < end) {
             assert!(
                 Instant::now() < deadline,
-                "node {} never caught up",
-                node.id
+                "node {} never caught up: {:?}\n{}",
+                node.id,
+                status(node.client),
+                cluster.logs()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
