@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +38,8 @@ struct FakeCluster {
     log_start_offset: AtomicU64,
     faults: Mutex<Vec<Faults>>,
     appends_seen: Vec<AtomicU64>,
+    /// A muted node reads and discards everything and never answers (a hung process).
+    muted: Vec<AtomicBool>,
     credit_frames: AtomicU64,
     outstanding_bytes_max: AtomicU64,
 }
@@ -59,6 +61,7 @@ impl FakeCluster {
             log_start_offset: AtomicU64::new(0),
             faults: Mutex::new(vec![Faults::default(); nodes]),
             appends_seen: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            muted: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
             credit_frames: AtomicU64::new(0),
             outstanding_bytes_max: AtomicU64::new(0),
         });
@@ -182,6 +185,9 @@ fn serve(cluster: &FakeCluster, node: usize, mut stream: TcpStream) {
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(_) => return,
         }
+        if cluster.muted[node].load(Ordering::SeqCst) {
+            continue;
+        }
         while let Some(frame) = decoder.next_frame().unwrap() {
             if frame.header.cluster_id != cluster.id {
                 let error = ClientError::WrongCluster {
@@ -302,6 +308,11 @@ fn serve(cluster: &FakeCluster, node: usize, mut stream: TcpStream) {
             while s.credit_bytes > 0 {
                 let next = {
                     let log = cluster.log.lock().unwrap();
+                    // Checked under the log lock: a node muted before a batch was added never
+                    // streams that batch.
+                    if cluster.muted[node].load(Ordering::SeqCst) {
+                        break;
+                    }
                     log.iter()
                         .find(|(base, bytes)| {
                             let count = Batch::decode(bytes.clone()).unwrap().header().record_count;
@@ -614,4 +625,49 @@ fn a_node_of_another_cluster_is_refused() {
     config.failover_timeout = Duration::from_millis(100);
     let err = Client::connect(config).err().expect("wrong cluster");
     assert!(err.to_string().contains("belongs to cluster"), "{err}");
+}
+
+#[test]
+fn an_unresponsive_leader_is_abandoned_after_the_request_timeout() {
+    let cluster = FakeCluster::start(3, 0);
+    let mut config = cluster.config();
+    config.request_timeout = Duration::from_millis(300);
+    let mut client = Client::connect(config).unwrap();
+    client.append(&[record("a")]).unwrap();
+    cluster.muted[0].store(true, Ordering::SeqCst);
+    cluster.leader.store(1, Ordering::SeqCst);
+    let offsets = client.append(&[record("b")]).unwrap();
+    assert_eq!(offsets.base_offset, 1);
+    assert_eq!(
+        cluster.contents(),
+        vec![(0, "a".to_string()), (1, "b".to_string())]
+    );
+}
+
+#[test]
+fn a_silent_subscription_node_is_probed_and_left_for_another() {
+    let cluster = FakeCluster::start(2, 0);
+    cluster.preload(&["a", "b", "c"]);
+    let mut config = cluster.config();
+    config.idle_probe_interval = Duration::from_millis(50);
+    config.request_timeout = Duration::from_millis(300);
+    let mut subscription = Subscription::open(config, StartFrom::Earliest).unwrap();
+    for want in 0..3 {
+        assert_eq!(subscription.next().unwrap().unwrap().offset, want);
+    }
+    assert_eq!(
+        subscription.node_address(),
+        Some(cluster.addresses[0].as_str())
+    );
+    cluster.muted[0].store(true, Ordering::SeqCst);
+    cluster.preload(&["d", "e"]);
+    let rest: Vec<u64> = (&mut subscription)
+        .take(2)
+        .map(|r| r.unwrap().offset)
+        .collect();
+    assert_eq!(rest, vec![3, 4]);
+    assert_eq!(
+        subscription.node_address(),
+        Some(cluster.addresses[1].as_str())
+    );
 }
