@@ -308,8 +308,12 @@ impl Replica {
             }
             if let Some(first) = rd.entries.first() {
                 if first.index <= self.log.last_index() {
+                    // The log refuses to cut below the guard. Not the commit index: one
+                    // AppendEntries can both replace a stale suffix and announce a commit index
+                    // beyond it (the new entries are committed, the cut ones never were). What
+                    // must never be cut is what was handed out as committed, i.e. applied.
                     self.log
-                        .truncate_suffix(first.index, self.raft.commit_index())?;
+                        .truncate_suffix(first.index, self.raft.applied_index())?;
                 }
                 for entry in &rd.entries {
                     let batch = batch_of(entry).map_err(|source| FatalError::BadEntry {
