@@ -6,7 +6,10 @@ mod cluster_support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use cluster_support::{append_window, read_all, status, Cluster, Outcome, DEADLINE};
+use cluster_support::{
+    append_window, read_all, status, tagged_batch, Cluster, Conn, Outcome, DEADLINE,
+};
+use raftline_netio::client_proto::{AckMode, Request, Response};
 
 const RECORDS_PER_BATCH: u64 = 5;
 
@@ -18,8 +21,10 @@ fn assert_every_node_serves(cluster: &Cluster, expected: &[(u64, u64)]) {
         while status(node.client).map_or(true, |s| s.log_end_offset < end) {
             assert!(
                 Instant::now() < deadline,
-                "node {} never caught up",
-                node.id
+                "node {} never caught up: {:?}\n{}",
+                node.id,
+                status(node.client),
+                cluster.logs()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -48,6 +53,27 @@ fn produce_and_read_back_everywhere(backend: &'static str) {
             "offsets are dense in acknowledgement order"
         );
         expected.extend((base..=last).map(|o| (o, *tag)));
+    }
+    // The weaker ack modes answer too, with the offsets the records then commit at.
+    let mut conn = Conn::connect(cluster.node(leader).client).unwrap();
+    for (tag, ack) in [(201, AckMode::Leader), (202, AckMode::None)] {
+        let batch = tagged_batch(tag, RECORDS_PER_BATCH);
+        conn.send(&Request::Append {
+            request_id: tag,
+            ack,
+            batch,
+        })
+        .unwrap();
+        let Response::Appended {
+            request_id,
+            base_offset,
+            last_offset,
+        } = conn.recv().unwrap()
+        else {
+            panic!("append with {ack:?} not acknowledged");
+        };
+        assert_eq!((request_id, base_offset), (tag, expected.len() as u64));
+        expected.extend((base_offset..=last_offset).map(|o| (o, tag)));
     }
     assert_every_node_serves(&cluster, &expected);
     let metrics = http_get(cluster.node(leader).metrics, "/metrics");

@@ -241,10 +241,15 @@ impl Replica {
         if records == 0 {
             return Err(ProposalError::Empty);
         }
-        let index = self.raft.next_index();
+        // Refuse early (not leader, too large, busy) before touching the log.
+        let bytes = batch.as_bytes().len() as u64;
+        let (term, index) = self.raft.check_proposal(bytes)?;
         let base_offset = self.next_offset_at(index)?;
-        let (term, checked) = self.raft.check_proposal(batch.as_bytes().len() as u64)?;
-        assert_eq!(checked, index, "the core assigns the next index");
+        assert_eq!(
+            self.raft.check_proposal(bytes),
+            Ok((term, index)),
+            "handing entries to the log changed nothing the proposal depends on"
+        );
         batch.stamp(base_offset, term, index);
         let (term_got, index_got) = self.raft.propose(Arc::from(batch.into_bytes()))?;
         assert_eq!(
@@ -303,8 +308,12 @@ impl Replica {
             }
             if let Some(first) = rd.entries.first() {
                 if first.index <= self.log.last_index() {
+                    // The log refuses to cut below the guard. Not the commit index: one
+                    // AppendEntries can both replace a stale suffix and announce a commit index
+                    // beyond it (the new entries are committed, the cut ones never were). What
+                    // must never be cut is what was handed out as committed, i.e. applied.
                     self.log
-                        .truncate_suffix(first.index, self.raft.commit_index())?;
+                        .truncate_suffix(first.index, self.raft.applied_index())?;
                 }
                 for entry in &rd.entries {
                     let batch = batch_of(entry).map_err(|source| FatalError::BadEntry {

@@ -22,11 +22,22 @@ pub const CLUSTER: &str = "raftline-e2e";
 /// Bound on every wait in these tests.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A loopback port nobody listens on right now (the OS picks it).
+/// A loopback port nobody listens on right now, below the kernel's ephemeral range (32768+ on
+/// Linux): a node restarted after a kill must get its ports back, and an ephemeral port freed by
+/// the kill could meanwhile be taken as the local port of some outbound connection. Each test
+/// process starts at its own offset and never hands out a port twice.
 pub fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() * 211) % 10_000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 2_000, "no free loopback port found");
+        let port = (base + n) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
 }
 
 /// One node's addresses and process.
