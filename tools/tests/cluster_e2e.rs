@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cluster_support::{
     append_window, read_all, status, tagged_batch, Cluster, Conn, Outcome, DEADLINE,
 };
-use raftline_netio::client_proto::{AckMode, Request, Response};
+use raftline_netio::client_proto::{AckMode, ClientError, Request, Response};
 
 const RECORDS_PER_BATCH: u64 = 5;
 
@@ -53,6 +53,33 @@ fn produce_and_read_back_everywhere(backend: &'static str) {
             "offsets are dense in acknowledgement order"
         );
         expected.extend((base..=last).map(|o| (o, *tag)));
+    }
+    // A follower refuses appends and names the leader and its client address.
+    let follower = cluster.nodes.iter().find(|n| n.id != leader).unwrap();
+    let mut conn = Conn::connect(follower.client).unwrap();
+    let batch = tagged_batch(999, 1);
+    conn.send(&Request::Append {
+        request_id: 1,
+        ack: AckMode::Quorum,
+        batch,
+    })
+    .unwrap();
+    match conn.recv().unwrap() {
+        Response::Error {
+            error:
+                ClientError::NotLeader {
+                    leader_id,
+                    leader_address,
+                },
+            ..
+        } => {
+            assert_eq!(leader_id, Some(leader));
+            assert_eq!(
+                leader_address,
+                Some(cluster.node(leader).client.to_string())
+            );
+        }
+        other => panic!("a follower answered an append with {other:?}"),
     }
     // The weaker ack modes answer too, with the offsets the records then commit at.
     let mut conn = Conn::connect(cluster.node(leader).client).unwrap();

@@ -107,15 +107,41 @@ impl Cluster {
             .append(true)
             .open(&node.log_file)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_raftline"))
-            .arg("server")
-            .args(["--id", &id.to_string(), "--cluster-id", CLUSTER])
-            .args(["--peers", &peers, "--peer-clients", &clients])
-            .args(["--client-listen", &node.client.to_string()])
-            .args(["--metrics-listen", &node.metrics.to_string()])
-            .args(["--net-backend", backend, "--segment-mib", "4"])
-            .arg("--data-dir")
-            .arg(&node.data_dir)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftline"));
+        cmd.arg("server");
+        if id == 1 {
+            // Node 1 takes its settings from a TOML file, the others from flags.
+            let file = node.log_file.with_extension("toml");
+            let table = |list: &str| {
+                list.split(',')
+                    .map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap();
+                        format!("{k} = \"{v}\"\n")
+                    })
+                    .collect::<String>()
+            };
+            let toml = format!(
+                "id = 1\ncluster_id = \"{CLUSTER}\"\nclient_listen = \"{}\"\n\
+                 metrics_listen = \"{}\"\nnet_backend = \"{backend}\"\nsegment_mib = 4\n\
+                 data_dir = \"{}\"\n[peers]\n{}[peer_clients]\n{}",
+                node.client,
+                node.metrics,
+                node.data_dir.display(),
+                table(&peers),
+                table(&clients)
+            );
+            std::fs::write(&file, toml).unwrap();
+            cmd.arg("--config").arg(file);
+        } else {
+            cmd.args(["--id", &id.to_string(), "--cluster-id", CLUSTER])
+                .args(["--peers", &peers, "--peer-clients", &clients])
+                .args(["--client-listen", &node.client.to_string()])
+                .args(["--metrics-listen", &node.metrics.to_string()])
+                .args(["--net-backend", backend, "--segment-mib", "4"])
+                .arg("--data-dir")
+                .arg(&node.data_dir);
+        }
+        let child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
