@@ -299,10 +299,39 @@ pub fn encode_request(
     cluster_id: ClusterId,
     request: &Request,
 ) -> Result<(), ClientProtoError> {
-    let blob: &[u8] = match request {
-        Request::Append { batch, .. } => batch,
-        _ => &[],
+    match request {
+        Request::Append {
+            request_id,
+            ack,
+            batch,
+        } => encode_append(out, cluster_id, *request_id, *ack, batch),
+        _ => encode_request_parts(out, cluster_id, request, &[]),
+    }
+}
+
+/// Appends an `Append` frame for `batch` without the caller having to own the batch in a
+/// `Request` (a client resending a batch keeps it borrowed).
+pub fn encode_append(
+    out: &mut Vec<u8>,
+    cluster_id: ClusterId,
+    request_id: u64,
+    ack: AckMode,
+    batch: &[u8],
+) -> Result<(), ClientProtoError> {
+    let request = Request::Append {
+        request_id,
+        ack,
+        batch: Vec::new(),
     };
+    encode_request_parts(out, cluster_id, &request, batch)
+}
+
+fn encode_request_parts(
+    out: &mut Vec<u8>,
+    cluster_id: ClusterId,
+    request: &Request,
+    blob: &[u8],
+) -> Result<(), ClientProtoError> {
     let meta = rkyv::to_bytes::<rancor::Error>(request)
         .map_err(|e| ClientProtoError::Encode(e.to_string()))?;
     let header = FrameHeader {

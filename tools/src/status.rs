@@ -86,7 +86,7 @@ pub fn render(results: &[NodeStatusResult]) -> String {
                 let mut row = vec!["?".to_string(), r.address.clone(), "unreachable".into()];
                 row.resize(9, "-".into());
                 rows.push(row);
-                failures.push(format!("{}: {e}", r.address));
+                failures.push(e.to_string());
             }
         }
     }
@@ -195,7 +195,7 @@ mod tests {
         assert!(lines[3].starts_with("?     127.0.0.1:7403  unreachable"));
         assert_eq!(
             lines[4],
-            "unreachable: 127.0.0.1:7403: 127.0.0.1:7403 closed the connection"
+            "unreachable: 127.0.0.1:7403 closed the connection"
         );
     }
 }

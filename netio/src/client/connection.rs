@@ -5,7 +5,9 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crate::client::{ClientConfig, Error};
-use crate::client_proto::{decode_response, encode_request, Request, Response};
+use crate::client_proto::{
+    decode_response, encode_append, encode_request, AckMode, ClientProtoError, Request, Response,
+};
 use crate::frame::{FrameDecoder, FrameType};
 
 /// A TCP connection to one node's client port.
@@ -53,12 +55,29 @@ impl Connection {
 
     /// Sends one request (blocks until the kernel took it, at most the write timeout).
     pub(crate) fn send(&mut self, request: &Request) -> Result<(), Error> {
+        let cluster_id = self.cluster_id;
+        self.send_with(|out| encode_request(out, cluster_id, request))
+    }
+
+    /// Sends an append of a borrowed batch.
+    pub(crate) fn send_append(
+        &mut self,
+        request_id: u64,
+        ack: AckMode,
+        batch: &[u8],
+    ) -> Result<(), Error> {
+        let cluster_id = self.cluster_id;
+        self.send_with(|out| encode_append(out, cluster_id, request_id, ack, batch))
+    }
+
+    fn send_with(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), ClientProtoError>,
+    ) -> Result<(), Error> {
         self.send_buf.clear();
-        encode_request(&mut self.send_buf, self.cluster_id, request).map_err(|e| {
-            Error::Protocol {
-                address: self.address.clone(),
-                why: e.to_string(),
-            }
+        encode(&mut self.send_buf).map_err(|e| Error::Protocol {
+            address: self.address.clone(),
+            why: e.to_string(),
         })?;
         self.stream
             .write_all(&self.send_buf)

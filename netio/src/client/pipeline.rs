@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::client::leader::LeaderLink;
 use crate::client::{ClientConfig, Error};
-use crate::client_proto::{ClientError, Request, Response};
+use crate::client_proto::{ClientError, Response};
 
 /// One batch handed to the pipeline.
 struct Pending {
@@ -102,8 +102,10 @@ impl Pipeline {
             return Ok(());
         }
         loop {
-            match self.link.connection()?.recv(std::time::Duration::ZERO) {
-                Ok(Some(response)) => self.handle(response)?,
+            let conn = self.link.connection()?;
+            let address = conn.address().to_string();
+            match conn.recv(std::time::Duration::ZERO) {
+                Ok(Some(response)) => self.handle(response, address)?,
                 Ok(None) => return Ok(()),
                 Err(e) => return self.recover(e.to_string()),
             }
@@ -133,18 +135,12 @@ impl Pipeline {
     }
 
     fn send(&mut self, at: usize) -> Result<(), Error> {
+        let ack = self.config.ack;
         let pending = &mut self.in_flight[at];
         pending.attempts += 1;
-        let mut request = Request::Append {
-            request_id: pending.request_id,
-            ack: self.config.ack,
-            batch: std::mem::take(&mut pending.batch),
-        };
-        let result = self.link.connection().and_then(|c| c.send(&request));
-        if let Request::Append { batch, .. } = &mut request {
-            self.in_flight[at].batch = std::mem::take(batch);
-        }
-        result
+        self.link
+            .connection()?
+            .send_append(pending.request_id, ack, &pending.batch)
     }
 
     /// Waits for one answer (at most the request timeout) and handles it.
@@ -153,14 +149,14 @@ impl Pipeline {
         let conn = self.link.connection()?;
         let address = conn.address().to_string();
         match conn.recv(timeout) {
-            Ok(Some(response)) => self.handle(response),
+            Ok(Some(response)) => self.handle(response, address),
             Ok(None) => self.recover(Error::Timeout { address, timeout }.to_string()),
             Err(e) => self.recover(e.to_string()),
         }
     }
 
-    fn handle(&mut self, response: Response) -> Result<(), Error> {
-        let address = self.link.connection()?.address().to_string();
+    /// Handles one answer from the leader connection to `address`.
+    fn handle(&mut self, response: Response, address: String) -> Result<(), Error> {
         match response {
             Response::Appended {
                 request_id,

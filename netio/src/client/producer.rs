@@ -54,9 +54,10 @@ impl Producer {
 
     /// Adds a record to the current batch and returns its sequence number (0, 1, 2, ... per
     /// producer); sends the batch once it is full or has lingered. Blocks while the window is
-    /// full. If the leader cannot be reached, the batch stays queued and the next `send`/`flush`
-    /// retries it; a batch that cannot be encoded at all (`Error::Batch`, e.g. a record over the
-    /// batch size limit) is dropped.
+    /// full. If this returns an error because the leader cannot be reached, the record was
+    /// still accepted (its sequence number is the one after the previous record's): its batch
+    /// stays queued and the next `send`/`flush` retries it. A batch that cannot be encoded at
+    /// all (`Error::Batch`, e.g. a record over the batch size limit) is dropped.
     pub fn send(&mut self, record: Record) -> Result<u64, Error> {
         self.dispatch_if_lingered()?;
         if self.batch.is_empty() {

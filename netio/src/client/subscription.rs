@@ -130,7 +130,7 @@ impl Subscription {
                     }
                 }
                 Ok(None) => {
-                    self.on_idle()?;
+                    self.on_idle();
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Ok(None);
                     }
@@ -157,7 +157,7 @@ impl Subscription {
 
     /// Nothing arrived for a while: probe the node with a status request, or give up on it if
     /// the probe went unanswered.
-    fn on_idle(&mut self) -> Result<(), Error> {
+    fn on_idle(&mut self) {
         let now = Instant::now();
         match self.probe {
             Some((_, sent)) if now >= sent + self.config.request_timeout => {
@@ -177,7 +177,6 @@ impl Subscription {
             }
             _ => {}
         }
-        Ok(())
     }
 
     fn handle(&mut self, response: Response) -> Result<(), Error> {
