@@ -325,7 +325,8 @@ impl Replica {
                     // Every node computes the same offsets from the same log: a difference
                     // would mean diverging logs, which must stop the node, not spread.
                     assert!(
-                        entry.kind == EntryKind::Noop || ticket.base_offset == stamped.base_offset,
+                        entry.kind != EntryKind::Command
+                            || ticket.base_offset == stamped.base_offset,
                         "entry {} stamped at offset {} but the log continues at {}",
                         entry.index,
                         stamped.base_offset,
@@ -401,13 +402,16 @@ impl Replica {
     }
 
     /// Committed data batches from the one holding record `offset`, at most `bytes_max` bytes
-    /// (but at least one batch if any is readable); no-op entries are left out. `BelowStart`
+    /// (but at least one batch if any is readable); no-op and configuration entries are left out. `BelowStart`
     /// names the earliest retained offset.
     pub fn read_committed(&self, offset: u64, bytes_max: usize) -> Result<Vec<Batch>, LogError> {
         let mut batches = self
             .log
             .read_from_offset(offset, self.readable_index(), bytes_max)?;
-        batches.retain(|b| !b.header().is_noop());
+        batches.retain(|b| {
+            let h = b.header();
+            !h.is_noop() && !h.is_config()
+        });
         Ok(batches)
     }
 }
