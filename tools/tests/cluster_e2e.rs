@@ -103,6 +103,11 @@ fn produce_and_read_back_everywhere(backend: &'static str) {
         expected.extend((base_offset..=last_offset).map(|o| (o, tag)));
     }
     assert_every_node_serves(&cluster, &expected);
+    let pinned = cluster.log_of(3);
+    assert!(
+        pinned.contains("thread layout (cores given: 0)") && pinned.contains("(shared)"),
+        "node 3 prints its pinned layout\n{pinned}"
+    );
     let metrics = http_get(cluster.node(leader).metrics, "/metrics");
     assert!(
         metrics.contains("raftline_role{role=\"leader\"} 1"),

@@ -140,6 +140,10 @@ impl Cluster {
                 .args(["--net-backend", backend, "--segment-mib", "4"])
                 .arg("--data-dir")
                 .arg(&node.data_dir);
+            if id == 3 {
+                // One node runs pinned: its raft thread and log writer share core 0.
+                cmd.args(["--cores", "0"]);
+            }
         }
         let child = cmd
             .env("RUST_LOG", "info")
