@@ -20,7 +20,9 @@
 
 use std::sync::Arc;
 
-use raftline_replicator::message::{AppendReject, Entry, EntryKind, Message, MessageBody};
+use raftline_replicator::message::{
+    AppendReject, Entry, EntryKind, Membership, Message, MessageBody, SnapshotMeta,
+};
 use rkyv::rancor;
 
 use crate::cluster_id::ClusterId;
@@ -104,6 +106,20 @@ enum WireBody {
         read_seq: u64,
     },
     TimeoutNow,
+    /// The chunk's bytes travel raw as the only blob.
+    InstallSnapshot {
+        index: u64,
+        term: u64,
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+        offset: u64,
+        data_bytes: u32,
+        done: bool,
+    },
+    InstallSnapshotResponse {
+        index: u64,
+        received: u64,
+    },
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
@@ -191,6 +207,32 @@ fn to_wire(msg: &Message) -> Result<(WireMessage, Vec<&[u8]>), PeerCodecError> {
             read_seq: *read_seq,
         },
         MessageBody::TimeoutNow => WireBody::TimeoutNow,
+        MessageBody::InstallSnapshot {
+            meta,
+            offset,
+            data,
+            done,
+        } => {
+            let data_bytes = u32::try_from(data.len()).map_err(|_| {
+                PeerCodecError::Encode(format!("snapshot chunk of {} bytes", data.len()))
+            })?;
+            blobs.push(data);
+            WireBody::InstallSnapshot {
+                index: meta.index,
+                term: meta.term,
+                voters: meta.membership.voters.clone(),
+                learners: meta.membership.learners.clone(),
+                offset: *offset,
+                data_bytes,
+                done: *done,
+            }
+        }
+        MessageBody::InstallSnapshotResponse { index, received } => {
+            WireBody::InstallSnapshotResponse {
+                index: *index,
+                received: *received,
+            }
+        }
     };
     let wire = WireMessage {
         from: msg.from,
@@ -275,6 +317,38 @@ fn from_wire(wire: WireMessage, blobs: &[u8]) -> Result<Message, PeerCodecError>
         WireBody::Heartbeat { commit, read_seq } => MessageBody::Heartbeat { commit, read_seq },
         WireBody::HeartbeatResponse { read_seq } => MessageBody::HeartbeatResponse { read_seq },
         WireBody::TimeoutNow => MessageBody::TimeoutNow,
+        WireBody::InstallSnapshot {
+            index,
+            term,
+            voters,
+            learners,
+            offset,
+            data_bytes,
+            done,
+        } => {
+            let len = data_bytes as usize;
+            if len > rest.len() {
+                return Err(PeerCodecError::Malformed(format!(
+                    "snapshot chunk claims {len} bytes, {} left",
+                    rest.len()
+                )));
+            }
+            let (data, tail) = rest.split_at(len);
+            rest = tail;
+            MessageBody::InstallSnapshot {
+                meta: SnapshotMeta {
+                    index,
+                    term,
+                    membership: Membership { voters, learners },
+                },
+                offset,
+                data: Arc::from(data),
+                done,
+            }
+        }
+        WireBody::InstallSnapshotResponse { index, received } => {
+            MessageBody::InstallSnapshotResponse { index, received }
+        }
     };
     if !rest.is_empty() {
         return Err(PeerCodecError::Malformed(format!(

@@ -40,7 +40,7 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     ticks: u64,
     /// Inject a protocol bug to see the simulator catch it: commit-previous-term,
-    /// skip-up-to-date, vote-before-persist, ack-before-durable.
+    /// skip-up-to-date, vote-before-persist, ack-before-durable, install-stale-snapshot.
     #[arg(long)]
     mutation: Option<String>,
 }
@@ -51,6 +51,7 @@ fn parse_mutation(name: &str) -> Result<Mutation, String> {
         "skip-up-to-date" => Mutation::SkipUpToDateCheck,
         "vote-before-persist" => Mutation::VoteBeforePersist,
         "ack-before-durable" => Mutation::AckBeforeDurable,
+        "install-stale-snapshot" => Mutation::InstallStaleSnapshot,
         other => return Err(format!("unknown mutation {other:?}")),
     })
 }
@@ -111,6 +112,7 @@ fn main() -> ExitCode {
         };
     }
     let (mut steps, mut ticks, mut acked) = (0u64, 0u64, 0u64);
+    let (mut snapshots_taken, mut snapshots_installed, mut crashes) = (0u64, 0u64, 0u64);
     let mut leader_loss = Vec::new();
     let mut heal = Vec::new();
     let mut failures = 0;
@@ -120,6 +122,9 @@ fn main() -> ExitCode {
                 steps += r.steps;
                 ticks += r.ticks;
                 acked += r.acked as u64;
+                snapshots_taken += r.snapshots_taken;
+                snapshots_installed += r.snapshots_installed;
+                crashes += r.crashes;
                 leader_loss.push(r.leader_loss_recovery_ticks);
                 heal.push(r.heal_recovery_ticks);
             }
@@ -134,7 +139,8 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "seeds {} failed {failures} steps {steps} ticks {ticks} acked {acked}",
+        "seeds {} failed {failures} steps {steps} ticks {ticks} acked {acked} crashes {crashes} \
+         snapshots taken {snapshots_taken} installed {snapshots_installed}",
         args.seeds
     );
     for (name, v) in [

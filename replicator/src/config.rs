@@ -17,6 +17,10 @@ pub enum Mutation {
     VoteBeforePersist,
     /// (d) Let a follower acknowledge entries before they are durable.
     AckBeforeDurable,
+    /// (e) Install a snapshot even when the log already holds its last entry (a duplicate, or
+    /// a leader whose view of this follower lagged): rolls back entries after it that this node
+    /// may have acknowledged — committed entries lost from its disk.
+    InstallStaleSnapshot,
 }
 
 /// Configuration of one Raft node.

@@ -17,7 +17,11 @@ pub mod storage;
 
 pub use config::{Config, ConfigError, Mutation};
 pub use message::{
-    AppendReject, Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Term,
+    AppendReject, Entry, EntryKind, HardState, Index, Membership, Message, MessageBody, NodeId,
+    SnapshotMeta, Term,
 };
-pub use raft::{InitError, ProposeError, Raft, ReadError, ReadState, Ready, Role, TransferError};
+pub use progress::{Progress, ProgressState};
+pub use raft::{
+    InitError, ProposeError, Raft, ReadError, ReadState, Ready, Role, SnapshotChunk, TransferError,
+};
 pub use storage::{Storage, StorageError};

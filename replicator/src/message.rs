@@ -64,6 +64,26 @@ pub struct HardState {
     pub vote: Option<NodeId>,
 }
 
+/// The cluster's members at some point of the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Membership {
+    /// Nodes that vote and count toward quorums.
+    pub voters: Vec<NodeId>,
+    /// Nodes that receive the log but never vote.
+    pub learners: Vec<NodeId>,
+}
+
+/// Where a snapshot ends: the last entry it covers, and the membership at that entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SnapshotMeta {
+    /// Index of the last entry the snapshot covers.
+    pub index: Index,
+    /// Term of that entry.
+    pub term: Term,
+    /// Members as of `index`.
+    pub membership: Membership,
+}
+
 /// Why a follower refused an AppendEntries, with a hint to skip a whole term at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AppendReject {
@@ -107,6 +127,17 @@ pub enum MessageBody {
     HeartbeatResponse { read_seq: u64 },
     /// Leadership transfer: the leader tells an up-to-date follower to campaign now.
     TimeoutNow,
+    /// One chunk of the snapshot `meta` for a follower that needs entries the leader compacted:
+    /// bytes `[offset, offset + data.len())`; `done` marks the last chunk.
+    InstallSnapshot {
+        meta: SnapshotMeta,
+        offset: u64,
+        data: Arc<[u8]>,
+        done: bool,
+    },
+    /// The follower holds the first `received` bytes of snapshot `index` (flow control and
+    /// retransmission; the installed snapshot is acknowledged with an AppendEntriesResponse).
+    InstallSnapshotResponse { index: Index, received: u64 },
 }
 
 /// A message between two nodes of one cluster.
@@ -141,6 +172,19 @@ impl fmt::Display for Message {
                     _ => write!(f, "[]"),
                 }
             }
+            MessageBody::InstallSnapshot {
+                meta,
+                offset,
+                data,
+                done,
+            } => write!(
+                f,
+                "InstallSnapshot ({},t{}) bytes {offset}+{}{}",
+                meta.index,
+                meta.term,
+                data.len(),
+                if *done { " done" } else { "" }
+            ),
             body => write!(f, "{body:?}"),
         }
     }

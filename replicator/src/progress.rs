@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::message::Index;
+use crate::message::{Index, SnapshotMeta};
 
 /// How the leader currently sends to a follower.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -12,6 +12,52 @@ pub enum ProgressState {
     Probe,
     /// Match known: stream optimistically within the in-flight window.
     Replicate,
+    /// The follower needs entries the leader compacted: stream it a snapshot in chunks.
+    Snapshot,
+}
+
+/// A snapshot being streamed to one follower.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SnapshotTransfer {
+    /// The snapshot being sent.
+    pub meta: SnapshotMeta,
+    /// Bytes sent so far (the next chunk starts here).
+    pub sent: u64,
+    /// Bytes the follower confirmed holding.
+    pub acked: u64,
+    /// The chunk marked `done` has been sent (rewinding clears it).
+    pub all_sent: bool,
+    /// Unacknowledged bytes allowed in flight (at least one chunk is always allowed).
+    pub window_bytes: u64,
+}
+
+impl SnapshotTransfer {
+    /// True when no further chunk may be sent now.
+    pub fn is_paused(&self) -> bool {
+        self.all_sent || (self.sent > self.acked && self.sent - self.acked >= self.window_bytes)
+    }
+
+    /// Applies the follower's report that it holds `received` bytes.
+    pub fn acknowledge(&mut self, received: u64) {
+        if received < self.acked {
+            // The follower lost its partial copy (it restarted): start over from what it holds.
+            self.acked = received;
+            self.rewind();
+        } else {
+            self.acked = received;
+            if self.sent < received {
+                self.sent = received;
+            }
+        }
+    }
+
+    /// Resends from the last acknowledged byte (chunks in flight are presumed lost); with
+    /// everything acknowledged this re-sends the empty final chunk, which asks the follower
+    /// whether it installed the snapshot.
+    pub fn rewind(&mut self) {
+        self.sent = self.acked;
+        self.all_sent = false;
+    }
 }
 
 /// A bounded window of AppendEntries in flight, by message count and entry bytes.
@@ -89,6 +135,8 @@ pub struct Progress {
     pub recent_active: bool,
     /// Messages in flight in replicate state.
     pub inflights: Inflights,
+    /// The snapshot being streamed, in snapshot state.
+    pub snapshot: Option<SnapshotTransfer>,
 }
 
 impl Progress {
@@ -101,6 +149,7 @@ impl Progress {
             probe_sent: false,
             recent_active: false,
             inflights: Inflights::new(inflight_msgs_max, inflight_bytes_max),
+            snapshot: None,
         }
     }
 
@@ -109,6 +158,10 @@ impl Progress {
         match self.state {
             ProgressState::Probe => self.probe_sent,
             ProgressState::Replicate => self.inflights.is_full(),
+            ProgressState::Snapshot => self
+                .snapshot
+                .as_ref()
+                .is_none_or(SnapshotTransfer::is_paused),
         }
     }
 
@@ -129,6 +182,21 @@ impl Progress {
         self.state = ProgressState::Replicate;
         self.next_index = self.match_index + 1;
         self.inflights.clear();
+        self.snapshot = None;
+    }
+
+    /// Switches to streaming snapshot `meta`, `window_bytes` unacknowledged at a time.
+    pub fn become_snapshot(&mut self, meta: SnapshotMeta, window_bytes: u64) {
+        self.state = ProgressState::Snapshot;
+        self.probe_sent = false;
+        self.inflights.clear();
+        self.snapshot = Some(SnapshotTransfer {
+            meta,
+            sent: 0,
+            acked: 0,
+            all_sent: false,
+            window_bytes,
+        });
     }
 
     /// Switches to probing from `next_index` (at least match + 1).
@@ -137,6 +205,7 @@ impl Progress {
         self.next_index = next_index.max(self.match_index + 1);
         self.probe_sent = false;
         self.inflights.clear();
+        self.snapshot = None;
     }
 
     /// Applies a rejection of a message sent with `rejected_prev`; false if it is stale.
@@ -156,6 +225,8 @@ impl Progress {
                 self.become_probe(hinted_next.min(rejected_prev));
                 true
             }
+            // Entries are not being sent; the installed snapshot's acknowledgement moves on.
+            ProgressState::Snapshot => false,
         }
     }
 }

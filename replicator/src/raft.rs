@@ -11,7 +11,8 @@ use rand::RngCore;
 
 use crate::config::{Config, ConfigError, Mutation};
 use crate::message::{
-    AppendReject, Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Term,
+    AppendReject, Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, SnapshotMeta,
+    Term,
 };
 use crate::progress::{Progress, ProgressState};
 use crate::raft_log::RaftLog;
@@ -128,6 +129,35 @@ pub struct Ready {
     pub committed: Vec<Entry>,
     /// ReadIndex requests confirmed by a quorum.
     pub read_states: Vec<ReadState>,
+    /// Chunks of a snapshot the leader is sending us, in order, to write. A chunk at offset 0
+    /// starts a new snapshot (discard any partial one). After the chunk marked `done`, install
+    /// it durably — snapshot data first, then restart the log after `meta.index` — and call
+    /// [`Raft::snapshot_installed`].
+    pub snapshot_chunks: Vec<SnapshotChunk>,
+}
+
+/// A piece of an incoming snapshot for the driver to write.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SnapshotChunk {
+    /// The snapshot it belongs to.
+    pub meta: SnapshotMeta,
+    /// Where `data` goes in the snapshot.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Arc<[u8]>,
+    /// The last chunk: the snapshot is complete.
+    pub done: bool,
+}
+
+/// A snapshot arriving from the leader, on a follower.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct IncomingSnapshot {
+    meta: SnapshotMeta,
+    from: NodeId,
+    /// Bytes handed to the driver so far.
+    received: u64,
+    /// Every chunk arrived: the driver is installing it; the log must not change meanwhile.
+    complete: bool,
 }
 
 impl Ready {
@@ -138,6 +168,7 @@ impl Ready {
             && self.messages.is_empty()
             && self.committed.is_empty()
             && self.read_states.is_empty()
+            && self.snapshot_chunks.is_empty()
     }
 }
 
@@ -175,6 +206,9 @@ pub struct Raft<S> {
     log: RaftLog<S>,
     /// The first storage failure seen; the driver must stop the node (see `storage_failure`).
     storage_failure: Option<StorageError>,
+    /// Follower only: the snapshot being received or installed.
+    incoming: Option<IncomingSnapshot>,
+    snapshot_chunks: Vec<SnapshotChunk>,
     commit: Index,
     applied: Index,
     election_elapsed: u32,
@@ -233,6 +267,8 @@ impl<S: Storage> Raft<S> {
             leader: None,
             log,
             storage_failure: None,
+            incoming: None,
+            snapshot_chunks: Vec::new(),
             // What was applied was committed.
             commit: applied,
             applied,
@@ -359,9 +395,10 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    /// Starts an election now, as if the election timeout had fired.
+    /// Starts an election now, as if the election timeout had fired (not while a snapshot is
+    /// being installed: the log is about to be replaced).
     pub fn campaign(&mut self) {
-        if self.role == Role::Leader {
+        if self.role == Role::Leader || self.installing_snapshot() {
             return;
         }
         if self.cfg.pre_vote {
@@ -468,6 +505,39 @@ impl<S: Storage> Raft<S> {
         Ok((self.term, self.next_index()))
     }
 
+    /// Reports that the snapshot `meta` (whose last chunk `ready` handed out) is installed
+    /// durably and the storage's log restarted after `meta.index`. The state machine must now be
+    /// the snapshot's: committed entries resume at `meta.index + 1`.
+    pub fn snapshot_installed(&mut self, meta: &SnapshotMeta) {
+        let Some(inc) = self
+            .incoming
+            .take_if(|inc| inc.complete && inc.meta == *meta)
+        else {
+            tracing::warn!(
+                node = self.cfg.id,
+                index = meta.index,
+                "install of a snapshot not received ignored"
+            );
+            return;
+        };
+        self.log.restore(meta);
+        // The snapshot ends beyond our commit index (stale ones are never installed), so this
+        // only moves forward — unless the stale-snapshot mutation rolls it back.
+        self.commit = meta.index;
+        self.applied = meta.index;
+        self.send(
+            inc.from,
+            MessageBody::AppendEntriesResponse {
+                result: Ok(meta.index),
+            },
+        );
+    }
+
+    /// True while a received snapshot is being installed by the driver.
+    pub fn installing_snapshot(&self) -> bool {
+        self.incoming.as_ref().is_some_and(|inc| inc.complete)
+    }
+
     /// Reports that `hard_state` (handed out earlier by `ready`) is durable.
     pub fn hard_state_durable(&mut self, hard_state: HardState) {
         assert!(
@@ -502,6 +572,7 @@ impl<S: Storage> Raft<S> {
         rd.entries = self.log.take_unpersisted();
         rd.messages = std::mem::take(&mut self.outbox);
         rd.read_states = std::mem::take(&mut self.read_states);
+        rd.snapshot_chunks = std::mem::take(&mut self.snapshot_chunks);
         let applicable = self.commit.min(self.log.durable_index());
         if applicable > self.applied {
             let from = self.applied + 1;
@@ -538,7 +609,9 @@ impl<S: Storage> Raft<S> {
                 // A pre-vote does not move our term; neither does a grant for our own pre-vote.
                 MessageBody::PreVote { .. } => {}
                 MessageBody::PreVoteResponse { granted: true } => {}
-                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+                MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => {
                     self.become_follower(msg.term, Some(msg.from));
                 }
                 _ => self.become_follower(msg.term, None),
@@ -546,7 +619,9 @@ impl<S: Storage> Raft<S> {
         } else if msg.term < self.term {
             match msg.body {
                 // Tell a stale leader (or pre-candidate) about the newer term so it steps down.
-                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+                MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => {
                     self.send(msg.from, MessageBody::HeartbeatResponse { read_seq: 0 });
                 }
                 MessageBody::PreVote { .. } => {
@@ -764,7 +839,11 @@ impl<S: Storage> Raft<S> {
                     "follower acknowledged entries the leader never had"
                 );
                 if pr.acknowledge(index) {
-                    if pr.state == ProgressState::Probe {
+                    let snapshot_done = pr
+                        .snapshot
+                        .as_ref()
+                        .is_some_and(|t| pr.match_index >= t.meta.index);
+                    if pr.state == ProgressState::Probe || snapshot_done {
                         pr.become_replicate();
                     }
                     self.maybe_commit();
@@ -793,10 +872,20 @@ impl<S: Storage> Raft<S> {
                     self.send_append(from, true);
                 }
             }
+            MessageBody::InstallSnapshotResponse { index, received } => {
+                if let Some(t) = pr.snapshot.as_mut().filter(|t| t.meta.index == index) {
+                    t.acknowledge(received);
+                    self.send_append(from, false);
+                }
+            }
             MessageBody::HeartbeatResponse { read_seq } => {
                 pr.probe_sent = false;
                 if pr.state == ProgressState::Replicate && pr.inflights.is_full() {
                     pr.inflights.free_first();
+                }
+                if let Some(t) = pr.snapshot.as_mut() {
+                    // Chunks still unacknowledged by now were probably lost.
+                    t.rewind();
                 }
                 if pr.match_index < self.log.last_index() {
                     self.send_append(from, true);
@@ -833,6 +922,9 @@ impl<S: Storage> Raft<S> {
     /// `allow_empty`, sends an empty AppendEntries when there is nothing new, to carry the
     /// commit index or probe the follower's log.
     fn send_append(&mut self, to: NodeId, mut allow_empty: bool) {
+        if self.progress[&to].state == ProgressState::Snapshot {
+            return self.send_snapshot_chunks(to);
+        }
         loop {
             let pr = &self.progress[&to];
             if pr.is_paused() {
@@ -848,6 +940,7 @@ impl<S: Storage> Raft<S> {
             });
             let (prev_term, entries) = match read {
                 Ok(read) => read,
+                Err(StorageError::Compacted { .. }) => return self.start_snapshot(to),
                 Err(e) => return self.record_storage_failure(e),
             };
             if entries.is_empty() && !allow_empty {
@@ -865,6 +958,7 @@ impl<S: Storage> Raft<S> {
                         pr.inflights.add(last, bytes);
                     }
                 }
+                ProgressState::Snapshot => unreachable!("handled at the top"),
             }
             let commit = self.commit;
             self.send(
@@ -879,6 +973,62 @@ impl<S: Storage> Raft<S> {
             if last.is_none() {
                 return;
             }
+        }
+    }
+
+    /// Switches `to` to snapshot state with the latest snapshot: it needs entries we compacted.
+    fn start_snapshot(&mut self, to: NodeId) {
+        let Some(meta) = self.log.storage().snapshot_meta() else {
+            let first_index = self.log.storage().first_index();
+            let index = self.progress[&to].next_index;
+            return self.record_storage_failure(StorageError::Compacted { index, first_index });
+        };
+        let window_bytes = self.cfg.inflight_bytes_max;
+        let pr = self.progress.get_mut(&to).expect("peer exists");
+        pr.become_snapshot(meta, window_bytes);
+        self.send_snapshot_chunks(to);
+    }
+
+    /// Streams snapshot chunks to `to` while its window allows.
+    fn send_snapshot_chunks(&mut self, to: NodeId) {
+        loop {
+            let pr = &self.progress[&to];
+            let t = pr.snapshot.as_ref().expect("snapshot state has a transfer");
+            if t.is_paused() {
+                return;
+            }
+            let (meta, offset) = (t.meta.clone(), t.sent);
+            let chunk =
+                self.log
+                    .storage()
+                    .snapshot_chunk(meta.index, offset, self.cfg.msg_bytes_max);
+            let (data, done) = match chunk {
+                Ok(chunk) => chunk,
+                Err(StorageError::SnapshotUnavailable { .. })
+                    if self
+                        .log
+                        .storage()
+                        .snapshot_meta()
+                        .is_some_and(|newer| newer.index > meta.index) =>
+                {
+                    // A newer snapshot replaced it: send that one from the start.
+                    return self.start_snapshot(to);
+                }
+                Err(e) => return self.record_storage_failure(e),
+            };
+            let pr = self.progress.get_mut(&to).expect("peer exists");
+            let t = pr.snapshot.as_mut().expect("snapshot state has a transfer");
+            t.sent += data.len() as u64;
+            t.all_sent = done;
+            self.send(
+                to,
+                MessageBody::InstallSnapshot {
+                    meta,
+                    offset,
+                    data,
+                    done,
+                },
+            );
         }
     }
 
@@ -931,7 +1081,9 @@ impl<S: Storage> Raft<S> {
 
     fn step_candidate(&mut self, msg: Message) {
         match (self.role, &msg.body) {
-            (_, MessageBody::AppendEntries { .. }) | (_, MessageBody::Heartbeat { .. }) => {
+            (_, MessageBody::AppendEntries { .. })
+            | (_, MessageBody::Heartbeat { .. })
+            | (_, MessageBody::InstallSnapshot { .. }) => {
                 // A leader exists in our term (or, for a pre-candidate, a later one).
                 self.become_follower(msg.term, Some(msg.from));
                 self.step_follower(msg);
@@ -980,12 +1132,84 @@ impl<S: Storage> Raft<S> {
                 self.commit = self.commit.max(commit.min(self.log.last_index()));
                 self.send(msg.from, MessageBody::HeartbeatResponse { read_seq });
             }
-            MessageBody::TimeoutNow => {
+            MessageBody::TimeoutNow if !self.installing_snapshot() => {
                 // The leader hands over: campaign now, skipping pre-vote (the leader agreed).
                 self.become_candidate(true);
             }
+            MessageBody::InstallSnapshot {
+                meta,
+                offset,
+                data,
+                done,
+            } => {
+                self.leader = Some(msg.from);
+                self.election_elapsed = 0;
+                self.handle_snapshot_chunk(msg.from, meta, offset, data, done);
+            }
             _ => {}
         }
+    }
+
+    /// Takes a snapshot chunk if it is the next one expected, and reports how much we hold.
+    fn handle_snapshot_chunk(
+        &mut self,
+        from: NodeId,
+        meta: SnapshotMeta,
+        offset: u64,
+        data: Arc<[u8]>,
+        done: bool,
+    ) {
+        let covered = match self.log.matches(meta.index, meta.term) {
+            Ok(holds) => meta.index <= self.commit || holds,
+            // Below our own log start: a snapshot of ours already covers it.
+            Err(StorageError::Compacted { .. }) => true,
+            Err(e) => return self.record_storage_failure(e),
+        };
+        if covered && self.cfg.mutation != Mutation::InstallStaleSnapshot {
+            // Our log already holds its last entry (the leader's view of us lagged, or this is a
+            // duplicate): installing would roll back entries after it that we may have
+            // acknowledged (Raft §7). Keep the log; the snapshot proves its end is committed.
+            if !self.installing_snapshot() {
+                self.incoming = None;
+            }
+            self.commit = self.commit.max(meta.index);
+            let at = self.commit;
+            if let Err(e) = self.send_ack(from, at) {
+                self.record_storage_failure(e);
+            }
+            return;
+        }
+        let same = self.incoming.as_ref().is_some_and(|inc| inc.meta == meta);
+        if !same && offset == 0 && !self.installing_snapshot() {
+            self.incoming = Some(IncomingSnapshot {
+                meta: meta.clone(),
+                from,
+                received: 0,
+                complete: false,
+            });
+        }
+        let received = match self.incoming.as_mut().filter(|inc| inc.meta == meta) {
+            Some(inc) => {
+                if !inc.complete && offset == inc.received {
+                    inc.received += data.len() as u64;
+                    inc.complete = done;
+                    inc.from = from;
+                    self.snapshot_chunks.push(SnapshotChunk {
+                        meta: meta.clone(),
+                        offset,
+                        data,
+                        done,
+                    });
+                }
+                inc.received
+            }
+            None => 0,
+        };
+        let index = meta.index;
+        self.send(
+            from,
+            MessageBody::InstallSnapshotResponse { index, received },
+        );
     }
 
     /// Handles an AppendEntries; a failed storage read drops it (as if it had been lost).
@@ -1010,6 +1234,10 @@ impl<S: Storage> Raft<S> {
         entries: Vec<Entry>,
         commit: Index,
     ) -> Result<(), StorageError> {
+        if self.installing_snapshot() {
+            // The log is about to be replaced: drop it, the leader retransmits.
+            return Ok(());
+        }
         if prev_index < self.commit {
             // Everything up to our commit index already matches; tell the leader so.
             let at = self.commit;

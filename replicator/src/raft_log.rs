@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use crate::message::{Entry, Index, Term};
+use crate::message::{Entry, Index, SnapshotMeta, Term};
 use crate::storage::{Storage, StorageError};
 
 /// The log: storage for the durable prefix, memory for the tail.
@@ -98,6 +98,17 @@ impl<S: Storage> RaftLog<S> {
 
     fn mem_first(&self) -> Index {
         self.last_index + 1 - self.mem.len() as Index
+    }
+
+    /// Lowest index whose term can be read: the end of the compacted prefix, unless the cache
+    /// still holds entries below it.
+    fn first_term_index(&self) -> Index {
+        let storage_first = self.storage.first_index();
+        if self.mem_first() < storage_first {
+            self.mem_first()
+        } else {
+            storage_first - 1
+        }
     }
 
     fn mem_entry(&self, index: Index) -> &Entry {
@@ -269,7 +280,7 @@ impl<S: Storage> RaftLog<S> {
     /// terms never decrease along the log).
     pub fn first_index_of_term_at(&self, index: Index) -> Result<Index, StorageError> {
         let term = self.term(index)?;
-        let mut lo = self.storage.first_index().min(self.mem_first()).max(1);
+        let mut lo = self.first_term_index().max(1);
         if lo > index || self.term(lo)? == term {
             return Ok(lo.min(index));
         }
@@ -292,7 +303,7 @@ impl<S: Storage> RaftLog<S> {
         if self.last_term <= term {
             return Ok((self.last_term == term).then_some(self.last_index));
         }
-        let mut lo = (self.storage.first_index().min(self.mem_first())).max(1) - 1;
+        let mut lo = self.first_term_index();
         if self.term(lo)? > term {
             return Ok(None);
         }
@@ -307,6 +318,18 @@ impl<S: Storage> RaftLog<S> {
             }
         }
         Ok((self.term(lo)? == term).then_some(lo))
+    }
+
+    /// Replaces the whole log by the end of installed snapshot `meta` (the storage already
+    /// restarted its log after it, durably): the log continues at `meta.index + 1`.
+    pub fn restore(&mut self, meta: &SnapshotMeta) {
+        self.mem.clear();
+        self.last_index = meta.index;
+        self.last_term = meta.term;
+        self.durable = meta.index;
+        self.persist_from = meta.index + 1;
+        self.cached_bytes = 0;
+        self.unstable_bytes = 0;
     }
 
     /// Asserts the structural invariants.

@@ -6,7 +6,9 @@
 //! [`crate::sim::disk::SimDisk`]). Reads are synchronous and never see writes the core has not
 //! been told are durable: the core only asks for indexes up to its durable index.
 
-use crate::message::{Entry, Index, Term};
+use std::sync::Arc;
+
+use crate::message::{Entry, Index, SnapshotMeta, Term};
 
 /// Why a storage read could not be served.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
@@ -28,6 +30,12 @@ pub enum StorageError {
         /// Last index the storage holds.
         last_index: Index,
     },
+    /// The snapshot asked for is not (or no longer) the one stored: a newer one replaced it.
+    #[error("snapshot at index {index} is not available")]
+    SnapshotUnavailable {
+        /// Index of the snapshot asked for.
+        index: Index,
+    },
     /// The read failed (I/O error, corruption): the node must stop serving.
     #[error("storage failed: {0}")]
     Failed(String),
@@ -48,4 +56,16 @@ pub trait Storage {
     /// Entries `from..=to`, in order, stopping before the total of [`Entry::size_bytes`] would
     /// exceed `bytes_max` — but at least one entry. Requires `first_index() <= from <= to`.
     fn entries(&self, from: Index, to: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError>;
+    /// The latest durable snapshot, if any. Whenever entries were compacted there is one, and it
+    /// covers at least up to `first_index() - 1`.
+    fn snapshot_meta(&self) -> Option<SnapshotMeta>;
+    /// Bytes `[offset, offset + bytes_max)` of the snapshot ending at `index` (fewer at its
+    /// end), and whether they reach its end. `offset` equal to the snapshot's size gives no bytes
+    /// and `true`. [`StorageError::SnapshotUnavailable`] once that snapshot was replaced.
+    fn snapshot_chunk(
+        &self,
+        index: Index,
+        offset: u64,
+        bytes_max: u64,
+    ) -> Result<(Arc<[u8]>, bool), StorageError>;
 }

@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
-use raftline_replicator::sim::disk::SimDisk;
-use raftline_replicator::{InitError, ReadError, ReadState, TransferError};
+use raftline_replicator::sim::disk::{SimDisk, SimSnapshot};
+use raftline_replicator::{
+    InitError, Membership, ProgressState, ReadError, ReadState, SnapshotMeta, TransferError,
+};
 
 use raftline_replicator::{
     Config, ConfigError, Entry, EntryKind, HardState, Message, MessageBody, Mutation, ProposeError,
@@ -622,4 +624,216 @@ fn pending_reads_are_dropped_when_leadership_is_lost() {
         nodes[0].ready().read_states.is_empty(),
         "a deposed leader confirms no read"
     );
+}
+
+/// Node 1 of 3 with entries 1..=12 of term 1, a snapshot at 10 (`snapshot_bytes` long) and
+/// its log compacted below 11; sends at most `chunk_bytes` of snapshot per message and keeps
+/// `window_bytes` in flight.
+fn compacted_leader(
+    snapshot_bytes: usize,
+    chunk_bytes: u64,
+    window_bytes: u64,
+) -> (Node, SnapshotMeta) {
+    let mut cfg = config(1, 3);
+    cfg.msg_bytes_max = chunk_bytes;
+    cfg.inflight_bytes_max = window_bytes;
+    let hs = HardState {
+        term: 1,
+        vote: None,
+    };
+    let mut disk = SimDisk::with_durable(hs, (1..=12).map(|i| entry(i, 1)).collect());
+    let meta = SnapshotMeta {
+        index: 10,
+        term: 1,
+        membership: Membership {
+            voters: vec![1, 2, 3],
+            learners: vec![],
+        },
+    };
+    let data = Arc::from(vec![9u8; snapshot_bytes]);
+    disk.write_snapshot(
+        SimSnapshot {
+            meta: meta.clone(),
+            data,
+        },
+        11,
+    );
+    assert!(disk.start_fsync());
+    disk.complete_fsync();
+    let mut leader = Raft::new(cfg, hs, 10, disk).expect("valid start");
+    elect_with_the_vote_of_node_2(&mut leader);
+    (leader, meta)
+}
+
+/// Messages `raft` sends to `to` after persisting its ready state.
+fn outgoing(raft: &mut Node, to: u64) -> Vec<Message> {
+    let rd = raft.ready();
+    persist_all(raft, rd)
+        .into_iter()
+        .filter(|m| m.to == to)
+        .collect()
+}
+
+fn chunk_offsets(msgs: &[Message]) -> Vec<(u64, bool)> {
+    msgs.iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::InstallSnapshot { offset, done, .. } => Some((*offset, *done)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn leader_streams_a_snapshot_in_chunks_and_resends_what_was_lost() {
+    let (mut leader, meta) = compacted_leader(100, 40, 80);
+    let mut follower = node(config(3, 3), 0, vec![]);
+    // The empty follower rejects the leader's probe; the leader backs up below its log start.
+    for msg in outgoing(&mut leader, 3) {
+        follower.step(msg);
+    }
+    for msg in outgoing(&mut follower, 1) {
+        leader.step(msg);
+    }
+    assert_eq!(leader.progress(3).unwrap().state, ProgressState::Snapshot);
+    let first = outgoing(&mut leader, 3);
+    assert_eq!(
+        chunk_offsets(&first),
+        [(0, false), (40, false)],
+        "window of 80 bytes"
+    );
+    // Chunk 0 arrives, chunk 40 is lost.
+    follower.step(first[0].clone());
+    let rd = follower.ready();
+    assert_eq!(rd.snapshot_chunks.len(), 1);
+    assert_eq!(rd.snapshot_chunks[0].data.len(), 40);
+    for msg in persist_all(&mut follower, rd) {
+        leader.step(msg);
+    }
+    let last = outgoing(&mut leader, 3);
+    assert_eq!(chunk_offsets(&last), [(80, true)]);
+    follower.step(last[0].clone());
+    let rd = follower.ready();
+    assert!(
+        rd.snapshot_chunks.is_empty(),
+        "a chunk after a gap is not taken"
+    );
+    assert!(rd.messages.iter().any(|m| m.body
+        == MessageBody::InstallSnapshotResponse {
+            index: 10,
+            received: 40
+        }));
+    // A heartbeat response makes the leader resend from the last acknowledged byte.
+    leader.step(Message {
+        from: 3,
+        to: 1,
+        term: leader.term(),
+        body: MessageBody::HeartbeatResponse { read_seq: 0 },
+    });
+    let resent = outgoing(&mut leader, 3);
+    assert_eq!(chunk_offsets(&resent), [(40, false), (80, true)]);
+    for msg in resent {
+        follower.step(msg);
+    }
+    let rd = follower.ready();
+    assert_eq!(
+        rd.snapshot_chunks
+            .iter()
+            .map(|c| c.offset)
+            .collect::<Vec<_>>(),
+        [40, 80]
+    );
+    assert!(rd.snapshot_chunks[1].done);
+    assert!(
+        !rd.messages
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::AppendEntriesResponse { .. })),
+        "no acknowledgement before the snapshot is installed"
+    );
+    assert!(follower.installing_snapshot());
+    // Installing: entries from the leader are dropped, not appended to the doomed log.
+    follower.step(Message {
+        from: 1,
+        to: 3,
+        term: leader.term(),
+        body: MessageBody::AppendEntries {
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![entry(1, 1)],
+            commit: 0,
+        },
+    });
+    assert!(follower.ready().is_empty());
+    // The driver installs it durably, then reports it.
+    let data: Vec<u8> = vec![9u8; 100];
+    follower.storage_mut().write_install(SimSnapshot {
+        meta: meta.clone(),
+        data: Arc::from(data),
+    });
+    assert!(follower.storage_mut().start_fsync());
+    follower.storage_mut().complete_fsync();
+    follower.snapshot_installed(&meta);
+    assert_eq!(
+        (
+            follower.last_index(),
+            follower.commit_index(),
+            follower.applied_index()
+        ),
+        (10, 10, 10)
+    );
+    for msg in outgoing(&mut follower, 1) {
+        assert_eq!(
+            msg.body,
+            MessageBody::AppendEntriesResponse { result: Ok(10) }
+        );
+        leader.step(msg);
+    }
+    let pr = leader.progress(3).unwrap();
+    assert_eq!((pr.state, pr.match_index), (ProgressState::Replicate, 10));
+    let appends = outgoing(&mut leader, 3);
+    assert!(appends.iter().any(|m| matches!(&m.body,
+        MessageBody::AppendEntries { prev_index: 10, entries, .. } if entries[0].index == 11)));
+}
+
+#[test]
+fn follower_holding_the_snapshots_last_entry_keeps_its_log() {
+    let (mut leader, meta) = compacted_leader(10, 1 << 20, 1 << 20);
+    let mut follower = node(config(3, 3), 1, (1..=12).map(|i| entry(i, 1)).collect());
+    follower.step(Message {
+        from: 1,
+        to: 3,
+        term: leader.term(),
+        body: MessageBody::InstallSnapshot {
+            meta,
+            offset: 0,
+            data: Arc::from(vec![9u8; 10]),
+            done: true,
+        },
+    });
+    let rd = follower.ready();
+    assert!(rd.snapshot_chunks.is_empty(), "nothing to install");
+    assert_eq!(
+        follower.last_index(),
+        12,
+        "entries after the snapshot are kept"
+    );
+    assert_eq!(
+        follower.commit_index(),
+        10,
+        "the snapshot proves its end committed"
+    );
+    let acks: Vec<_> = persist_all(&mut follower, rd)
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(
+        acks,
+        [MessageBody::AppendEntriesResponse { result: Ok(10) }]
+    );
+    leader.step(Message {
+        from: 3,
+        to: 1,
+        term: leader.term(),
+        body: acks[0].clone(),
+    });
+    assert_eq!(leader.progress(3).unwrap().match_index, 10);
 }

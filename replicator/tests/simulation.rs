@@ -38,6 +38,10 @@ fn random_fault_mixes_keep_every_safety_property_and_recover() {
         reports.iter().map(|r| r.acked).sum::<usize>() > 0,
         "clients must get acknowledgements"
     );
+    assert!(
+        reports.iter().map(|r| r.snapshots_installed).sum::<u64>() > 100,
+        "lagging and restarted nodes must catch up by snapshot"
+    );
     for r in &reports {
         assert!(
             r.leader_loss_recovery_ticks <= 500,
@@ -150,4 +154,16 @@ fn simulator_finds_vote_sent_before_it_is_durable() {
 fn simulator_finds_follower_ack_before_entries_are_durable() {
     let f = first_failure(Mutation::AckBeforeDurable, SimConfig::swarm, 20);
     assert_eq!(f.violation.property, Property::CommitDurability, "{f:?}");
+}
+
+#[test]
+fn simulator_finds_a_snapshot_installed_over_entries_the_log_already_holds() {
+    let f = first_failure(Mutation::InstallStaleSnapshot, SimConfig::swarm, 60);
+    assert!(
+        matches!(
+            f.violation.property,
+            Property::DurableLoss | Property::AckedEntryLost | Property::LeaderCompleteness
+        ),
+        "{f:?}"
+    );
 }

@@ -4,9 +4,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use crate::message::{Entry, EntryKind, Index, NodeId, Term};
+use crate::message::{Entry, EntryKind, Index, NodeId, SnapshotMeta, Term};
 use crate::raft::{Raft, Role};
 use crate::sim::disk::SimDisk;
+use crate::sim::state_machine::{apply_hash, SimStateMachine};
+use crate::storage::Storage;
 
 /// Which property a run broke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,6 +30,10 @@ pub enum Property {
     AckedEntryLost,
     /// A confirmed read would miss a write acknowledged before the read was issued.
     StaleRead,
+    /// A disk dropped a committed entry it held durably (e.g. rolled back by a stale snapshot).
+    DurableLoss,
+    /// A snapshot's content differs from the committed entries it claims to cover.
+    SnapshotContent,
     /// No leader committed within the bound after the faults stopped.
     Liveness,
 }
@@ -78,6 +84,9 @@ pub struct Checker {
     seen_commit: HashMap<NodeId, Index>,
     /// Entries acknowledged to clients.
     acked: BTreeMap<Index, (Term, Digest)>,
+    /// `prefix_hash[i]` = state-machine hash after applying entries `1..=i` (as far as the
+    /// applied entries are contiguous from 1).
+    prefix_hash: Vec<u64>,
 }
 
 fn violation(property: Property, detail: String) -> Result<(), Violation> {
@@ -167,6 +176,8 @@ impl Checker {
             }
         }
         let from = self.seen_commit.get(&id).copied().unwrap_or(0) + 1;
+        // Entries below the log's start are covered by its snapshot, checked by content.
+        let from = from.max(raft.storage().first_index());
         for index in from..=raft.commit_index() {
             let e = raft.entry(index).expect("committed entries are in the log");
             let now = Committed {
@@ -208,7 +219,7 @@ impl Checker {
 
     fn check_new_leader(&self, raft: &Raft<SimDisk>) -> Result<(), Violation> {
         for (&index, c) in &self.committed {
-            if c.commit_term < raft.term() && raft.term_at(index) != Some(c.term) {
+            if c.commit_term < raft.term() && !holds(raft, index, c.term) {
                 return violation(
                     Property::LeaderCompleteness,
                     format!(
@@ -222,7 +233,7 @@ impl Checker {
             }
         }
         for (&index, &(term, _)) in &self.acked {
-            if raft.term_at(index) != Some(term) {
+            if !holds(raft, index, term) {
                 return violation(
                     Property::AckedEntryLost,
                     format!(
@@ -238,7 +249,14 @@ impl Checker {
 
     /// Checks entries a node applied (State Machine Safety).
     pub fn applied(&mut self, node: NodeId, entries: &[Entry]) -> Result<(), Violation> {
+        if self.prefix_hash.is_empty() {
+            self.prefix_hash.push(0);
+        }
         for e in entries {
+            if e.index == self.prefix_hash.len() as Index {
+                let h = apply_hash(self.prefix_hash[e.index as usize - 1], e);
+                self.prefix_hash.push(h);
+            }
             let now = (e.term, digest(e));
             let known = *self.applied.entry(e.index).or_insert(now);
             if known != now {
@@ -254,6 +272,56 @@ impl Checker {
         Ok(())
     }
 
+    /// Checks a snapshot a node took or installed against the entries it claims to cover.
+    pub fn snapshot(
+        &self,
+        node: NodeId,
+        meta: &SnapshotMeta,
+        state: &SimStateMachine,
+    ) -> Result<(), Violation> {
+        let expected = self.prefix_hash.get(meta.index as usize).copied();
+        let term = self.applied.get(&meta.index).map(|&(t, _)| t);
+        if state.applied != meta.index || expected != Some(state.hash) || term != Some(meta.term) {
+            return violation(
+                Property::SnapshotContent,
+                format!(
+                    "n{node}'s snapshot at ({},t{}) holds state through {} with hash {:#x};                      the applied entries give hash {expected:x?} and term {term:?}",
+                    meta.index, meta.term, state.applied, state.hash
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The term the entry at `index` was committed with, if known.
+    pub fn committed_term(&self, index: Index) -> Option<Term> {
+        self.committed.get(&index).map(|c| c.term)
+    }
+
+    /// Checks a durable change of `disk`: if it held committed entry `index` before, it still
+    /// does (a disk may only drop committed entries into a snapshot that covers them).
+    pub fn durable_change(
+        &self,
+        node: NodeId,
+        index: Index,
+        held_before: bool,
+        disk: &SimDisk,
+    ) -> Result<(), Violation> {
+        let Some(term) = self.committed_term(index) else {
+            return Ok(());
+        };
+        if held_before && !disk.holds(index, term) {
+            return violation(
+                Property::DurableLoss,
+                format!(
+                    "n{node}'s disk dropped committed ({index},t{term}); it now ends at {:?}",
+                    disk.last()
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// Records that a client got an acknowledgement for `e`.
     pub fn acknowledged(&mut self, e: &Entry) {
         self.acked.insert(e.index, (e.term, digest(e)));
@@ -262,7 +330,7 @@ impl Checker {
     /// Checks that `raft`'s log holds every acknowledged entry.
     pub fn holds_all_acked(&self, raft: &Raft<SimDisk>) -> Result<(), Violation> {
         for (&index, &(term, _)) in &self.acked {
-            if raft.term_at(index) != Some(term) {
+            if !holds(raft, index, term) {
                 return violation(
                     Property::AckedEntryLost,
                     format!("n{} lacks acknowledged ({index},t{term})", raft.id()),
@@ -271,6 +339,11 @@ impl Checker {
         }
         Ok(())
     }
+}
+
+/// True when `raft` holds `(index, term)` in its log, or covers `index` by its snapshot.
+fn holds(raft: &Raft<SimDisk>, index: Index, term: Term) -> bool {
+    index < raft.storage().first_index() || raft.term_at(index) == Some(term)
 }
 
 /// A node whose log lacks `(index, term)` yet is at least as up-to-date as the logs of a quorum
@@ -287,13 +360,13 @@ fn electable_without(
         .iter()
         .zip(disks)
         .map(|(raft, disk)| {
-            let durable = disk.log().last().map_or((0, 0), |e| (e.term, e.index));
-            let mut v = vec![(durable.0, durable.1, disk.holds(index, term))];
+            let (durable_index, durable_term) = disk.last();
+            let mut v = vec![(durable_term, durable_index, disk.holds(index, term))];
             if let Some(r) = raft {
                 v.push((
                     r.term_at(r.last_index()).expect("last entry"),
                     r.last_index(),
-                    r.term_at(index) == Some(term),
+                    holds(r, index, term),
                 ));
             }
             v

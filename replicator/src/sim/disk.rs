@@ -1,35 +1,75 @@
 //! A simulated disk: writes sit in a volatile queue until a simulated fsync covering them
-//! completes; a crash loses every write not yet covered by a completed fsync. It is also the
-//! core's [`Storage`]: reads see durable data only.
+//! completes; a crash loses every write not yet covered by a completed fsync. It holds the hard
+//! state, the latest snapshot and the log after (part of) it, and is the core's [`Storage`]:
+//! reads see durable data only.
 
-use crate::message::{Entry, HardState, Index, Term};
+use std::sync::Arc;
+
+use crate::message::{Entry, HardState, Index, SnapshotMeta, Term};
 use crate::storage::{Storage, StorageError};
 
-/// One write as the core handed it out.
+/// A snapshot as stored: where it ends and its opaque bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SimSnapshot {
+    /// Last entry covered and membership there.
+    pub meta: SnapshotMeta,
+    /// The state machine's bytes.
+    pub data: Arc<[u8]>,
+}
+
+/// One write as the driver issued it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Write {
     HardState(HardState),
     /// Replaces stored entries from `entries[0].index` on.
     Entries(Vec<Entry>),
+    /// A snapshot of this node's own state; entries below `compact_to` are dropped with it.
+    Snapshot {
+        snapshot: SimSnapshot,
+        compact_to: Index,
+    },
+    /// A snapshot received from the leader: replaces the whole log, which restarts after it.
+    Install(SimSnapshot),
 }
 
 /// What a completed fsync made durable, to acknowledge to the core.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Synced {
     /// Hard state now durable, if the fsync covered one.
     pub hard_state: Option<HardState>,
     /// Last `(index, term)` of the durable log, if the fsync covered entries.
     pub log: Option<(Index, Term)>,
+    /// A received snapshot now installed, if the fsync covered one.
+    pub installed: Option<SnapshotMeta>,
 }
 
 /// One node's disk.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SimDisk {
     hard_state: HardState,
+    snapshot: Option<SimSnapshot>,
+    /// Durable entries `log_start..`.
     log: Vec<Entry>,
+    log_start: Index,
+    /// Term of entry `log_start - 1` (0 for index 0).
+    start_term: Term,
     pending: Vec<Write>,
     /// Writes at the front of `pending` that the in-flight fsync covers.
     syncing: Option<usize>,
+}
+
+impl Default for SimDisk {
+    fn default() -> Self {
+        SimDisk {
+            hard_state: HardState::default(),
+            snapshot: None,
+            log: Vec::new(),
+            log_start: 1,
+            start_term: 0,
+            pending: Vec::new(),
+            syncing: None,
+        }
+    }
 }
 
 impl SimDisk {
@@ -51,18 +91,37 @@ impl SimDisk {
         self.hard_state
     }
 
-    /// Durable log.
+    /// Durable snapshot, if any.
+    pub fn snapshot(&self) -> Option<&SimSnapshot> {
+        self.snapshot.as_ref()
+    }
+
+    /// Durable entries (from `first_index()` on).
     pub fn log(&self) -> &[Entry] {
         &self.log
     }
 
-    /// True when the durable log holds `(index, term)`.
+    /// `(index, term)` of the last durable entry (the snapshot's end, or 0, when the log is
+    /// empty).
+    pub fn last(&self) -> (Index, Term) {
+        self.log
+            .last()
+            .map_or((self.log_start - 1, self.start_term), |e| (e.index, e.term))
+    }
+
+    /// True when the disk durably holds `(index, term)`: in its log, or covered by its
+    /// snapshot (which holds committed entries only; the checker verifies its content).
     pub fn holds(&self, index: Index, term: Term) -> bool {
-        index >= 1
-            && self
-                .log
-                .get(index as usize - 1)
-                .is_some_and(|e| e.term == term)
+        if index < self.log_start {
+            return index == 0
+                || self
+                    .snapshot
+                    .as_ref()
+                    .is_some_and(|s| index <= s.meta.index);
+        }
+        self.log
+            .get((index - self.log_start) as usize)
+            .is_some_and(|e| e.term == term)
     }
 
     /// Queues a hard state write.
@@ -74,6 +133,23 @@ impl SimDisk {
     pub fn write_entries(&mut self, entries: Vec<Entry>) {
         assert!(!entries.is_empty());
         self.pending.push(Write::Entries(entries));
+    }
+
+    /// Queues a snapshot of this node's own state, dropping entries below `compact_to` with it.
+    pub fn write_snapshot(&mut self, snapshot: SimSnapshot, compact_to: Index) {
+        assert!(
+            compact_to <= snapshot.meta.index + 1,
+            "compacting past the snapshot"
+        );
+        self.pending.push(Write::Snapshot {
+            snapshot,
+            compact_to,
+        });
+    }
+
+    /// Queues the install of a snapshot received from the leader.
+    pub fn write_install(&mut self, snapshot: SimSnapshot) {
+        self.pending.push(Write::Install(snapshot));
     }
 
     /// Starts an fsync covering all queued writes, unless one is running or nothing is queued.
@@ -89,7 +165,8 @@ impl SimDisk {
     pub fn complete_fsync(&mut self) -> Synced {
         let covered = self.syncing.take().expect("an fsync is in flight");
         let mut synced = Synced::default();
-        for write in self.pending.drain(..covered) {
+        let writes: Vec<Write> = self.pending.drain(..covered).collect();
+        for write in writes {
             match write {
                 Write::HardState(hs) => {
                     assert!(hs.term >= self.hard_state.term, "hard state term went back");
@@ -99,13 +176,41 @@ impl SimDisk {
                 Write::Entries(entries) => {
                     let first = entries[0].index;
                     assert!(
-                        first >= 1 && first as usize <= self.log.len() + 1,
-                        "write leaves a gap"
+                        first >= self.log_start && first <= self.last().0 + 1,
+                        "write of {first}.. leaves a gap or rewrites the compacted prefix"
                     );
-                    self.log.truncate(first as usize - 1);
+                    self.log.truncate((first - self.log_start) as usize);
                     self.log.extend(entries);
-                    let last = self.log.last().expect("just extended");
-                    synced.log = Some((last.index, last.term));
+                    synced.log = Some(self.last());
+                }
+                Write::Snapshot {
+                    snapshot,
+                    compact_to,
+                } => {
+                    assert!(
+                        snapshot.meta.index <= self.last().0,
+                        "snapshot of entries not durable"
+                    );
+                    if compact_to > self.log_start {
+                        self.start_term = self.log[(compact_to - 1 - self.log_start) as usize].term;
+                        self.log.drain(..(compact_to - self.log_start) as usize);
+                        self.log_start = compact_to;
+                    }
+                    if self
+                        .snapshot
+                        .as_ref()
+                        .is_none_or(|s| s.meta.index < snapshot.meta.index)
+                    {
+                        self.snapshot = Some(snapshot);
+                    }
+                }
+                Write::Install(snapshot) => {
+                    self.log.clear();
+                    self.log_start = snapshot.meta.index + 1;
+                    self.start_term = snapshot.meta.term;
+                    synced.log = None;
+                    synced.installed = Some(snapshot.meta.clone());
+                    self.snapshot = Some(snapshot);
                 }
             }
         }
@@ -121,29 +226,39 @@ impl SimDisk {
 
 impl Storage for SimDisk {
     fn first_index(&self) -> Index {
-        1
+        self.log_start
     }
 
     fn last_index(&self) -> Index {
-        self.log.len() as Index
+        self.last().0
     }
 
     fn term(&self, index: Index) -> Result<Term, StorageError> {
-        if index == 0 {
-            return Ok(0);
+        let first_index = self.log_start;
+        if index + 1 < first_index {
+            return Err(StorageError::Compacted { index, first_index });
+        }
+        if index + 1 == first_index {
+            return Ok(self.start_term);
         }
         self.log
-            .get(index as usize - 1)
+            .get((index - first_index) as usize)
             .map(|e| e.term)
             .ok_or(StorageError::Unavailable {
                 index,
-                last_index: self.log.len() as Index,
+                last_index: self.last().0,
             })
     }
 
     fn entries(&self, from: Index, to: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
-        assert!(from >= 1 && from <= to, "bad range {from}..={to}");
-        let last_index = self.log.len() as Index;
+        assert!(from <= to, "bad range {from}..={to}");
+        let (first_index, last_index) = (self.log_start, self.last().0);
+        if from < first_index {
+            return Err(StorageError::Compacted {
+                index: from,
+                first_index,
+            });
+        }
         if to > last_index {
             return Err(StorageError::Unavailable {
                 index: to,
@@ -152,7 +267,7 @@ impl Storage for SimDisk {
         }
         let mut out = Vec::new();
         let mut bytes = 0;
-        for e in &self.log[from as usize - 1..to as usize] {
+        for e in &self.log[(from - first_index) as usize..=(to - first_index) as usize] {
             if !out.is_empty() && bytes + e.size_bytes() > bytes_max {
                 break;
             }
@@ -160,5 +275,27 @@ impl Storage for SimDisk {
             out.push(e.clone());
         }
         Ok(out)
+    }
+
+    fn snapshot_meta(&self) -> Option<SnapshotMeta> {
+        self.snapshot.as_ref().map(|s| s.meta.clone())
+    }
+
+    fn snapshot_chunk(
+        &self,
+        index: Index,
+        offset: u64,
+        bytes_max: u64,
+    ) -> Result<(Arc<[u8]>, bool), StorageError> {
+        let snapshot = self
+            .snapshot
+            .as_ref()
+            .filter(|s| s.meta.index == index)
+            .ok_or(StorageError::SnapshotUnavailable { index })?;
+        let len = snapshot.data.len() as u64;
+        let start = offset.min(len);
+        let end = (start + bytes_max).min(len);
+        let data = Arc::from(&snapshot.data[start as usize..end as usize]);
+        Ok((data, end == len))
     }
 }

@@ -10,6 +10,7 @@
 pub mod checker;
 pub mod disk;
 pub mod network;
+pub mod state_machine;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -19,11 +20,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{Config, Mutation};
-use crate::message::{Index, Message, Term};
+use crate::message::{Index, Membership, Message, SnapshotMeta, Term};
 use crate::raft::{ProposeError, Raft, Role};
 use checker::{Checker, Property, Violation};
-use disk::SimDisk;
+use disk::{SimDisk, SimSnapshot};
 use network::Links;
+use state_machine::SimStateMachine;
 
 /// Simulated time units per Raft tick.
 pub const TICK_UNITS: u64 = 100;
@@ -158,6 +160,12 @@ pub struct SimConfig {
     /// The nodes' in-memory cache of durable entries (small values make catch-up, conflict
     /// hints and the apply path read the simulated disk through `Storage`).
     pub log_cache_bytes_max: u64,
+    /// Per tick and node: chance the node snapshots its state machine and compacts its log
+    /// (when it applied something since its last snapshot). Lagging and restarted nodes then
+    /// catch up by InstallSnapshot.
+    pub snapshot_per_mille: u32,
+    /// Snapshots are padded with up to this many bytes, so they travel in several chunks.
+    pub snapshot_padding_bytes_max: usize,
     /// Liveness bound: after healing (and after killing the leader), a leader must commit
     /// within this many ticks.
     pub recovery_ticks_max: u64,
@@ -178,6 +186,8 @@ impl SimConfig {
             payload_bytes_max: 64,
             msg_bytes_max: 256,
             log_cache_bytes_max: 512,
+            snapshot_per_mille: 30,
+            snapshot_padding_bytes_max: 600,
             recovery_ticks_max: 500,
         }
     }
@@ -195,6 +205,7 @@ impl SimConfig {
             proposals_per_tick_max: rng.gen_range(1..=4),
             msg_bytes_max: [64, 256, 4096][rng.gen_range(0..3)],
             log_cache_bytes_max: [0, 512, 1 << 20][rng.gen_range(0..3)],
+            snapshot_per_mille: [0, 10, 50, 200][rng.gen_range(0..4)],
             ..SimConfig::standard(seed, nodes)
         }
     }
@@ -253,6 +264,10 @@ pub struct SimReport {
     pub reads_confirmed: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Snapshots nodes took of their own state (each followed by log compaction).
+    pub snapshots_taken: u64,
+    /// Snapshots installed from a leader (each checked by content).
+    pub snapshots_installed: u64,
     /// Ticks from healing every fault to a leader committing in its term.
     pub heal_recovery_ticks: u64,
     /// Ticks from killing a stable leader to a new leader committing in its term.
@@ -310,6 +325,10 @@ struct SimNode {
     raft: Option<Raft<SimDisk>>,
     /// The disk while the node is down.
     down_disk: Option<SimDisk>,
+    /// What the node applied (volatile: rebuilt from the snapshot at restart).
+    state: SimStateMachine,
+    /// Chunks of a snapshot being received (volatile).
+    incoming: Vec<u8>,
     /// Bumped at every crash so events of an earlier life are ignored.
     epoch: u64,
     last_role: Option<(Role, Term)>,
@@ -344,6 +363,8 @@ pub struct Simulator<'t> {
     reads: HashMap<u64, Index>,
     reads_confirmed: u64,
     crashes: u64,
+    snapshots_taken: u64,
+    snapshots_installed: u64,
     client_target: usize,
     trace: Option<&'t mut dyn FnMut(&str)>,
 }
@@ -377,6 +398,8 @@ impl<'t> Simulator<'t> {
                     .expect("valid config"),
                 ),
                 down_disk: None,
+                state: SimStateMachine::default(),
+                incoming: Vec::new(),
                 epoch: 0,
                 last_role: None,
             })
@@ -396,6 +419,8 @@ impl<'t> Simulator<'t> {
             reads: HashMap::new(),
             reads_confirmed: 0,
             crashes: 0,
+            snapshots_taken: 0,
+            snapshots_installed: 0,
             client_target: 0,
             trace,
             cfg,
@@ -444,6 +469,8 @@ impl<'t> Simulator<'t> {
             committed_max: self.checker.committed_max(),
             reads_confirmed: self.reads_confirmed,
             crashes: self.crashes,
+            snapshots_taken: self.snapshots_taken,
+            snapshots_installed: self.snapshots_installed,
             heal_recovery_ticks,
             leader_loss_recovery_ticks,
         })
@@ -512,17 +539,7 @@ impl<'t> Simulator<'t> {
             }
             Event::FsyncDone { node, epoch } => {
                 if self.nodes[node].epoch == epoch {
-                    let raft = self.nodes[node].raft.as_mut().expect("same epoch means up");
-                    let synced = raft.storage_mut().complete_fsync();
-                    self.log(|| format!("n{} fsync done {:?}", node + 1, synced));
-                    let raft = self.nodes[node].raft.as_mut().expect("same epoch means up");
-                    if let Some(hs) = synced.hard_state {
-                        raft.hard_state_durable(hs);
-                    }
-                    if let Some((index, term)) = synced.log {
-                        raft.log_durable(index, term);
-                    }
-                    self.drain(node)?;
+                    self.fsync_done(node)?;
                 }
             }
             Event::Crash { node, epoch } => {
@@ -539,6 +556,84 @@ impl<'t> Simulator<'t> {
         Ok(())
     }
 
+    /// Completes `node`'s fsync, checks the disk lost no committed entry, and reports what
+    /// became durable to the core.
+    fn fsync_done(&mut self, node: usize) -> Result<(), Violation> {
+        let id = node as u64 + 1;
+        let raft = self.nodes[node].raft.as_mut().expect("same epoch means up");
+        let watched = raft.storage().last().0.min(self.checker.committed_max());
+        let held_before = self
+            .checker
+            .committed_term(watched)
+            .is_some_and(|t| raft.storage().holds(watched, t));
+        let synced = raft.storage_mut().complete_fsync();
+        self.checker
+            .durable_change(id, watched, held_before, raft.storage())?;
+        self.log(|| format!("n{id} fsync done {synced:?}"));
+        let sn = &mut self.nodes[node];
+        let raft = sn.raft.as_mut().expect("same epoch means up");
+        if let Some(hs) = synced.hard_state {
+            raft.hard_state_durable(hs);
+        }
+        if let Some((index, term)) = synced.log {
+            raft.log_durable(index, term);
+        }
+        if let Some(meta) = synced.installed {
+            let snapshot = raft.storage().snapshot().expect("just installed");
+            let (state, _) = SimStateMachine::from_snapshot(&snapshot.data);
+            self.checker.snapshot(id, &meta, &state)?;
+            sn.state = state;
+            raft.snapshot_installed(&meta);
+            self.snapshots_installed += 1;
+            self.log(|| format!("n{id} installed snapshot ({},t{})", meta.index, meta.term));
+        }
+        self.drain(node)
+    }
+
+    /// Maybe snapshots `node`'s state machine and compacts its log, keeping a few entries.
+    fn maybe_snapshot(&mut self, node: usize) -> Result<(), Violation> {
+        if !self.per_mille(self.cfg.snapshot_per_mille) {
+            return Ok(());
+        }
+        let sn = &self.nodes[node];
+        let Some(raft) = sn.raft.as_ref() else {
+            return Ok(());
+        };
+        let state = sn.state;
+        let latest = raft.storage().snapshot().map_or(0, |s| s.meta.index);
+        if state.applied <= latest {
+            return Ok(());
+        }
+        let term = raft
+            .term_at(state.applied)
+            .expect("applied entries are readable");
+        let meta = SnapshotMeta {
+            index: state.applied,
+            term,
+            membership: Membership {
+                voters: raft.config().voters.clone(),
+                learners: Vec::new(),
+            },
+        };
+        let id = node as u64 + 1;
+        self.checker.snapshot(id, &meta, &state)?;
+        let padding = self.rng.gen_range(0..=self.cfg.snapshot_padding_bytes_max);
+        let kept = self.rng.gen_range(0..=8);
+        let compact_to = (state.applied + 1).saturating_sub(kept).max(1);
+        let data = Arc::from(state.snapshot_bytes(term, padding));
+        self.log(|| {
+            format!(
+                "n{id} snapshots ({},t{term}), compacts below {compact_to}",
+                meta.index
+            )
+        });
+        let raft = self.nodes[node].raft.as_mut().expect("checked above");
+        raft.storage_mut()
+            .write_snapshot(SimSnapshot { meta, data }, compact_to);
+        self.snapshots_taken += 1;
+        self.drain(node)
+    }
+
     fn tick(&mut self) -> Result<(), Violation> {
         self.schedule(TICK_UNITS, Event::Tick);
         if self.faults_on {
@@ -552,6 +647,7 @@ impl<'t> Simulator<'t> {
             if let Some(raft) = self.nodes[node].raft.as_mut() {
                 raft.tick(&mut self.rng);
                 self.drain(node)?;
+                self.maybe_snapshot(node)?;
             }
         }
         Ok(())
@@ -701,9 +797,13 @@ impl<'t> Simulator<'t> {
                     });
                 }
             }
+            for chunk in rd.snapshot_chunks {
+                self.receive_snapshot_chunk(node, chunk);
+            }
             if !rd.committed.is_empty() {
                 self.checker.applied(node as u64 + 1, &rd.committed)?;
                 for e in &rd.committed {
+                    self.nodes[node].state.apply(e);
                     if let Some(id) = self.proposals.remove(&(node, e.index, e.term)) {
                         assert_eq!(
                             checker::digest(e).1,
@@ -753,6 +853,28 @@ impl<'t> Simulator<'t> {
         self.checker.observe(node, &rafts, &disks)
     }
 
+    /// Collects a snapshot chunk; the last one queues the install on the disk.
+    fn receive_snapshot_chunk(&mut self, node: usize, chunk: crate::raft::SnapshotChunk) {
+        let sn = &mut self.nodes[node];
+        if chunk.offset == 0 {
+            sn.incoming.clear();
+        }
+        assert_eq!(
+            sn.incoming.len() as u64,
+            chunk.offset,
+            "chunks arrive in order"
+        );
+        sn.incoming.extend_from_slice(&chunk.data);
+        if chunk.done {
+            let snapshot = SimSnapshot {
+                meta: chunk.meta,
+                data: Arc::from(std::mem::take(&mut sn.incoming)),
+            };
+            let raft = sn.raft.as_mut().expect("draining a node that is up");
+            raft.storage_mut().write_install(snapshot);
+        }
+    }
+
     fn send(&mut self, msg: Message) {
         let f = &self.cfg.faults;
         let (drop, dup, slow) = (f.drop_per_mille, f.duplicate_per_mille, f.slow_per_mille);
@@ -787,6 +909,7 @@ impl<'t> Simulator<'t> {
             .into_storage();
         disk.crash();
         self.nodes[node].down_disk = Some(disk);
+        self.nodes[node].incoming.clear();
         self.nodes[node].epoch += 1;
         self.nodes[node].last_role = None;
         self.crashes += 1;
@@ -803,9 +926,20 @@ impl<'t> Simulator<'t> {
             .take()
             .expect("a down node has its disk");
         let cfg = self.cfg.node_config(node);
-        let (hs, last) = (disk.hard_state(), disk.log().len());
-        let raft = Raft::new(cfg, hs, 0, disk).expect("valid config and readable disk");
-        self.log(|| format!("n{} restarts with {hs:?}, {last} durable entries", node + 1));
+        let (hs, last) = (disk.hard_state(), disk.last().0);
+        let state = match disk.snapshot() {
+            Some(s) => SimStateMachine::from_snapshot(&s.data).0,
+            None => SimStateMachine::default(),
+        };
+        self.nodes[node].state = state;
+        let raft = Raft::new(cfg, hs, state.applied, disk).expect("valid config and readable disk");
+        self.log(|| {
+            format!(
+                "n{} restarts with {hs:?}, log through {last}, state through {}",
+                node + 1,
+                state.applied
+            )
+        });
         self.nodes[node].raft = Some(raft);
         self.checker.node_restarted(node as u64 + 1);
         self.drain(node)
