@@ -40,6 +40,8 @@ struct FakeCluster {
     appends_seen: Vec<AtomicU64>,
     /// A muted node reads and discards everything and never answers (a hung process).
     muted: Vec<AtomicBool>,
+    /// The leader answers `Busy` (without appending) to this many appends first.
+    busy_appends: AtomicU64,
     credit_frames: AtomicU64,
     outstanding_bytes_max: AtomicU64,
 }
@@ -62,6 +64,7 @@ impl FakeCluster {
             faults: Mutex::new(vec![Faults::default(); nodes]),
             appends_seen: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
             muted: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+            busy_appends: AtomicU64::new(0),
             credit_frames: AtomicU64::new(0),
             outstanding_bytes_max: AtomicU64::new(0),
         });
@@ -215,6 +218,15 @@ fn serve(cluster: &FakeCluster, node: usize, mut stream: TcpStream) {
                                 leader_address: (leader != NO_LEADER)
                                     .then(|| cluster.addresses[leader].clone()),
                             },
+                        })
+                    } else if cluster
+                        .busy_appends
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        Some(Response::Error {
+                            request_id,
+                            error: ClientError::Busy,
                         })
                     } else {
                         let mut batch = Batch::decode(batch).unwrap();
@@ -670,4 +682,23 @@ fn a_silent_subscription_node_is_probed_and_left_for_another() {
         subscription.node_address(),
         Some(cluster.addresses[1].as_str())
     );
+}
+
+#[test]
+fn busy_answers_delay_only_the_refused_batches_and_duplicate_nothing() {
+    let cluster = FakeCluster::start(1, 0);
+    cluster.busy_appends.store(3, Ordering::SeqCst);
+    let mut config = cluster.config();
+    config.window_appends = 3;
+    config.batch_records_max = 5;
+    config.linger = Duration::from_secs(60);
+    let mut producer = Producer::new(config);
+    let sent = values(50, "b");
+    let offsets = produce_all(&mut producer, &sent);
+    let contents = cluster.contents();
+    assert_eq!(contents.len(), 50, "a Busy batch was appended twice");
+    for (seq, offset) in offsets.iter().enumerate() {
+        assert_eq!(contents[*offset as usize].1, sent[seq], "seq {seq}");
+    }
+    assert_eq!(cluster.busy_appends.load(Ordering::SeqCst), 0);
 }

@@ -174,8 +174,15 @@ impl Pipeline {
                 self.recover(format!("{address} is no longer the leader"))
             }
             Response::Error {
-                error:
-                    error @ (ClientError::Busy | ClientError::Unavailable { .. } | ClientError::Timeout),
+                request_id,
+                error: ClientError::Busy,
+            } => {
+                // Busy means "not appended": only that batch goes back (to the front of the
+                // queue); the connection and the other appends in flight carry on.
+                self.retry_later(request_id, format!("{address} is busy"))
+            }
+            Response::Error {
+                error: error @ (ClientError::Unavailable { .. } | ClientError::Timeout),
                 ..
             } => {
                 std::thread::sleep(self.config.backoff_min);
@@ -200,6 +207,32 @@ impl Pipeline {
                 })
             }
         }
+    }
+
+    /// Takes a refused-for-now batch out of the window and queues it first, after a pause.
+    fn retry_later(&mut self, request_id: u64, why: String) -> Result<(), Error> {
+        let Some(at) = self
+            .in_flight
+            .iter()
+            .position(|p| p.request_id == request_id)
+        else {
+            return Ok(());
+        };
+        let pending = self.in_flight.remove(at).expect("position is in range");
+        if pending.attempts >= self.config.attempts_max {
+            let attempts = pending.attempts;
+            self.queued.push_front(Pending {
+                attempts: 0,
+                ..pending
+            });
+            return Err(Error::AttemptsExhausted {
+                attempts,
+                last: why,
+            });
+        }
+        self.queued.push_front(pending);
+        std::thread::sleep(self.config.backoff_min);
+        Ok(())
     }
 
     fn complete(&mut self, request_id: u64, address: String, result: Result<u64, ClientError>) {
