@@ -112,6 +112,13 @@ impl Pipeline {
         }
     }
 
+    /// Forgets every unanswered batch (the caller reports them as failed with unknown outcome).
+    pub(crate) fn abandon(&mut self) {
+        self.in_flight.clear();
+        self.queued.clear();
+        self.completed.clear();
+    }
+
     /// Outcomes since the last call, in the order they were answered.
     pub(crate) fn take_completed(&mut self) -> Vec<Completed> {
         std::mem::take(&mut self.completed)
