@@ -113,6 +113,7 @@ fn main() -> ExitCode {
     }
     let (mut steps, mut ticks, mut acked) = (0u64, 0u64, 0u64);
     let (mut snapshots_taken, mut snapshots_installed, mut crashes) = (0u64, 0u64, 0u64);
+    let mut membership_changes = 0u64;
     let mut leader_loss = Vec::new();
     let mut heal = Vec::new();
     let mut failures = 0;
@@ -125,6 +126,7 @@ fn main() -> ExitCode {
                 snapshots_taken += r.snapshots_taken;
                 snapshots_installed += r.snapshots_installed;
                 crashes += r.crashes;
+                membership_changes += r.membership_changes;
                 leader_loss.push(r.leader_loss_recovery_ticks);
                 heal.push(r.heal_recovery_ticks);
             }
@@ -140,7 +142,8 @@ fn main() -> ExitCode {
     }
     println!(
         "seeds {} failed {failures} steps {steps} ticks {ticks} acked {acked} crashes {crashes} \
-         snapshots taken {snapshots_taken} installed {snapshots_installed}",
+         snapshots taken {snapshots_taken} installed {snapshots_installed} \
+         membership changes {membership_changes}",
         args.seeds
     );
     for (name, v) in [

@@ -28,7 +28,9 @@ pub enum Mutation {
 pub struct Config {
     /// This node.
     pub id: NodeId,
-    /// All voting members, including `id`.
+    /// The voters a new cluster starts with (bootstrap), including `id`; empty for a node that
+    /// joins an existing cluster (it learns the configuration from the leader once added). Once
+    /// the log or a snapshot holds a configuration, that one is in force.
     pub voters: Vec<NodeId>,
     /// Lower bound (inclusive) of the randomized election timeout.
     pub election_ticks_min: u32,
@@ -71,8 +73,11 @@ pub struct Config {
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    /// The node must be one of the voters, ids non-zero and distinct.
-    #[error("voters {voters:?} must be distinct, non-zero and include node {id}")]
+    /// The node must be one of the voters (or there are none: joining), ids non-zero and
+    /// distinct.
+    #[error(
+        "voters {voters:?} must be distinct, non-zero and include node {id} (or be empty to join)"
+    )]
     Voters { id: NodeId, voters: Vec<NodeId> },
     /// Timeouts out of order.
     #[error("need 0 < heartbeat_ticks ({heartbeat}) < election_ticks_min ({min}) < election_ticks_max ({max})")]
@@ -112,7 +117,12 @@ impl Config {
         let mut sorted = self.voters.clone();
         sorted.sort_unstable();
         sorted.dedup();
-        if sorted.len() != self.voters.len() || sorted.contains(&0) || !sorted.contains(&self.id) {
+        let joining = sorted.is_empty() && self.id != 0;
+        if !joining
+            && (sorted.len() != self.voters.len()
+                || sorted.contains(&0)
+                || !sorted.contains(&self.id))
+        {
             return Err(ConfigError::Voters {
                 id: self.id,
                 voters: self.voters.clone(),
@@ -144,10 +154,5 @@ impl Config {
             }
         }
         Ok(())
-    }
-
-    /// Votes needed to win an election or commit an entry.
-    pub fn quorum(&self) -> usize {
-        self.voters.len() / 2 + 1
     }
 }

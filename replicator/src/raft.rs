@@ -10,9 +10,10 @@ use std::sync::Arc;
 use rand::RngCore;
 
 use crate::config::{Config, ConfigError, Mutation};
+use crate::membership::{ConfigHistory, MembershipChange, MembershipError};
 use crate::message::{
-    AppendReject, Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, SnapshotMeta,
-    Term,
+    AppendReject, Entry, EntryKind, HardState, Index, Membership, Message, MessageBody, NodeId,
+    SnapshotMeta, Term,
 };
 use crate::progress::{Progress, ProgressState};
 use crate::raft_log::RaftLog;
@@ -49,6 +50,9 @@ pub enum ProposeError {
     /// Too many entry bytes wait for the local disk; retry once some are durable.
     #[error("{bytes} entry bytes await the disk (limit {limit})")]
     DiskBacklog { bytes: u64, limit: u64 },
+    /// A membership change was refused.
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
 }
 
 /// Why a node could not start.
@@ -106,8 +110,8 @@ pub enum TransferError {
     /// Only the leader can hand over leadership.
     #[error("not the leader (leader hint: {leader:?})")]
     NotLeader { leader: Option<NodeId> },
-    /// The target is not a voter of this cluster.
-    #[error("node {0} is not a voter")]
+    /// The target is not a voter of this cluster (or is this node).
+    #[error("node {0} is not another voter")]
     NotAVoter(NodeId),
 }
 
@@ -206,6 +210,8 @@ pub struct Raft<S> {
     log: RaftLog<S>,
     /// The first storage failure seen; the driver must stop the node (see `storage_failure`).
     storage_failure: Option<StorageError>,
+    /// The configurations in force along the log.
+    configs: ConfigHistory,
     /// Follower only: the snapshot being received or installed.
     incoming: Option<IncomingSnapshot>,
     snapshot_chunks: Vec<SnapshotChunk>,
@@ -243,6 +249,26 @@ impl<S: Storage> Raft<S> {
     ) -> Result<Self, InitError> {
         cfg.validate()?;
         let snapshot_index = storage.first_index() - 1;
+        // The configuration: the snapshot's, or the bootstrap voters, then any configuration
+        // entries after it.
+        let (base, scan_from) = match storage.snapshot_meta() {
+            Some(meta) => (meta.membership, meta.index + 1),
+            None => {
+                let bootstrap = Membership {
+                    voters: cfg.voters.clone(),
+                    learners: Vec::new(),
+                };
+                (bootstrap, 1)
+            }
+        };
+        let mut configs = ConfigHistory::new(base);
+        for e in storage.config_entries(scan_from)? {
+            let membership = Membership::decode(&e.payload).ok_or(StorageError::Failed(
+                format!("configuration entry {} does not decode", e.index),
+            ))?;
+            configs.appended(e.index, membership);
+        }
+        configs.applied_to(applied);
         let log = RaftLog::new(storage, cfg.log_cache_bytes_max)?;
         if applied < snapshot_index || applied > log.last_index() {
             return Err(InitError::Applied {
@@ -267,6 +293,7 @@ impl<S: Storage> Raft<S> {
             leader: None,
             log,
             storage_failure: None,
+            configs,
             incoming: None,
             snapshot_chunks: Vec::new(),
             // What was applied was committed.
@@ -373,6 +400,19 @@ impl<S: Storage> Raft<S> {
     pub fn storage_failure(&self) -> Option<&StorageError> {
         self.storage_failure.as_ref()
     }
+    /// The configuration in force (that of the last configuration entry in the log).
+    pub fn membership(&self) -> &Membership {
+        self.configs.current()
+    }
+    /// The configuration as of the applied index: what a snapshot taken at
+    /// [`Raft::applied_index`] must record.
+    pub fn applied_membership(&self) -> &Membership {
+        self.configs.applied()
+    }
+    /// True when this node votes in the configuration in force.
+    pub fn is_voter(&self) -> bool {
+        self.configs.current().is_voter(self.cfg.id)
+    }
     /// The leader's view of `peer`, when leading.
     pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
         self.progress.get(&peer)
@@ -398,7 +438,7 @@ impl<S: Storage> Raft<S> {
     /// Starts an election now, as if the election timeout had fired (not while a snapshot is
     /// being installed: the log is about to be replaced).
     pub fn campaign(&mut self) {
-        if self.role == Role::Leader || self.installing_snapshot() {
+        if self.role == Role::Leader || self.installing_snapshot() || !self.is_voter() {
             return;
         }
         if self.cfg.pre_vote {
@@ -417,7 +457,7 @@ impl<S: Storage> Raft<S> {
                 leader: self.leader,
             });
         }
-        if !self.progress.contains_key(&to) {
+        if to == self.cfg.id || !self.configs.current().is_voter(to) {
             return Err(TransferError::NotAVoter(to));
         }
         self.transfer_to = Some(to);
@@ -472,6 +512,46 @@ impl<S: Storage> Raft<S> {
         Ok((self.term, index))
     }
 
+    /// Proposes one membership change (thesis §4.1): refused while an earlier change is
+    /// uncommitted or before this leader committed an entry of its term. The new configuration
+    /// is in force as soon as it is appended; a leader that removed itself steps down once the
+    /// change commits. Returns the configuration entry's `(term, index)`.
+    pub fn propose_membership(
+        &mut self,
+        change: MembershipChange,
+    ) -> Result<(Term, Index), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if let Some(to) = self.transfer_to {
+            return Err(ProposeError::Transferring { to });
+        }
+        if self.log.term(self.commit).ok() != Some(self.term) {
+            return Err(MembershipError::NotYetCommittedInTerm.into());
+        }
+        if let Some(index) = self.configs.last_index().filter(|&i| i > self.commit) {
+            return Err(MembershipError::ChangePending { index }.into());
+        }
+        if let MembershipChange::PromoteLearner(id) = change {
+            let match_index = self.progress.get(&id).map_or(0, |p| p.match_index);
+            if match_index < self.commit {
+                let commit = self.commit;
+                return Err(MembershipError::LearnerBehind {
+                    id,
+                    match_index,
+                    commit,
+                }
+                .into());
+            }
+        }
+        let next = self.configs.current().apply(change)?;
+        let index = self.append_as_leader(EntryKind::Config, Arc::from(next.encode()));
+        self.broadcast_append(false);
+        Ok((self.term, index))
+    }
+
     /// Whether a proposal of `payload_bytes` would be accepted now, and the `(term, index)` it
     /// would get: a driver that stamps term and index into the payload asks first.
     pub fn check_proposal(&self, payload_bytes: u64) -> Result<(Term, Index), ProposeError> {
@@ -521,6 +601,7 @@ impl<S: Storage> Raft<S> {
             return;
         };
         self.log.restore(meta);
+        self.configs.restored(meta.membership.clone());
         // The snapshot ends beyond our commit index (stale ones are never installed), so this
         // only moves forward — unless the stale-snapshot mutation rolls it back.
         self.commit = meta.index;
@@ -582,6 +663,7 @@ impl<S: Storage> Raft<S> {
             {
                 Ok(committed) => {
                     self.applied = committed.last().expect("at least one").index;
+                    self.configs.applied_to(self.applied);
                     rd.committed = committed;
                 }
                 Err(e) => self.record_storage_failure(e),
@@ -594,7 +676,9 @@ impl<S: Storage> Raft<S> {
     /// Handles a message from a peer.
     pub fn step(&mut self, msg: Message) {
         assert_eq!(msg.to, self.cfg.id, "message delivered to the wrong node");
-        if !self.cfg.voters.contains(&msg.from) || msg.from == self.cfg.id {
+        // Any sender is heard (the network layer admits only the cluster's nodes): a node
+        // added to the configuration must reach nodes that have not seen that entry yet.
+        if msg.from == self.cfg.id {
             return;
         }
         if msg.term > self.term {
@@ -725,18 +809,35 @@ impl<S: Storage> Raft<S> {
         self.reset(term);
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
-        let last = self.log.last_index();
-        for &peer in self.cfg.voters.iter().filter(|&&p| p != self.cfg.id) {
-            let pr = Progress::new(
-                last,
-                self.cfg.inflight_msgs_max,
-                self.cfg.inflight_bytes_max,
-            );
-            self.progress.insert(peer, pr);
-        }
+        self.track_members();
         // Entries of earlier terms commit only together with one of ours (Raft §5.4.2).
         self.append_as_leader(EntryKind::Noop, Arc::from(&[][..]));
         self.broadcast_append(true);
+    }
+
+    /// Leader: keeps a progress for exactly the members of the configuration in force.
+    fn track_members(&mut self) {
+        let members: Vec<NodeId> = self.configs.current().members().collect();
+        self.progress.retain(|id, _| members.contains(id));
+        let last = self.log.last_index();
+        for peer in members {
+            if peer != self.cfg.id && !self.progress.contains_key(&peer) {
+                let pr = Progress::new(
+                    last,
+                    self.cfg.inflight_msgs_max,
+                    self.cfg.inflight_bytes_max,
+                );
+                self.progress.insert(peer, pr);
+            }
+        }
+    }
+
+    /// Voters (besides this node) for which `f` holds, plus this node if it votes.
+    fn count_voters(&self, mut f: impl FnMut(NodeId) -> bool) -> usize {
+        let me = self.cfg.id;
+        let current = self.configs.current();
+        current.voters.iter().filter(|&&v| v != me && f(v)).count()
+            + usize::from(current.is_voter(me))
     }
 
     // ---- shared handlers ---------------------------------------------------------------
@@ -785,8 +886,10 @@ impl<S: Storage> Raft<S> {
             // A transfer that has not completed within an election timeout is abandoned.
             self.transfer_to = None;
             if self.cfg.check_quorum {
-                let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
-                if active < self.cfg.quorum() {
+                let progress = &self.progress;
+                let active =
+                    self.count_voters(|v| progress.get(&v).is_some_and(|p| p.recent_active));
+                if active < self.configs.current().quorum() {
                     let term = self.term;
                     self.become_follower(term, None);
                     return;
@@ -813,10 +916,11 @@ impl<S: Storage> Raft<S> {
 
     /// Confirms, oldest first, the reads a quorum (this leader included) has acknowledged.
     fn release_reads(&mut self) {
+        let quorum = self.configs.current().quorum();
         while self
             .reads
             .front()
-            .is_some_and(|r| r.acks.len() + 1 >= self.cfg.quorum())
+            .is_some_and(|r| self.count_voters(|v| r.acks.contains(&v)) >= quorum)
         {
             let r = self.reads.pop_front().expect("checked");
             self.read_states.push(ReadState {
@@ -902,13 +1006,32 @@ impl<S: Storage> Raft<S> {
     fn append_as_leader(&mut self, kind: EntryKind, payload: Arc<[u8]>) -> Index {
         assert_eq!(self.role, Role::Leader);
         let index = self.log.last_index() + 1;
-        self.log.push(Entry {
+        let entry = Entry {
             term: self.term,
             index,
             kind,
             payload,
-        });
+        };
+        self.track_config(&entry);
+        self.log.push(entry);
+        if kind == EntryKind::Config {
+            self.track_members();
+        }
         index
+    }
+
+    /// A configuration entry is in force as soon as it is in the log.
+    fn track_config(&mut self, e: &Entry) {
+        if e.kind != EntryKind::Config {
+            return;
+        }
+        match Membership::decode(&e.payload) {
+            Some(m) => self.configs.appended(e.index, m),
+            None => self.record_storage_failure(StorageError::Failed(format!(
+                "configuration entry {} does not decode",
+                e.index
+            ))),
+        }
     }
 
     fn broadcast_append(&mut self, allow_empty: bool) {
@@ -922,7 +1045,11 @@ impl<S: Storage> Raft<S> {
     /// `allow_empty`, sends an empty AppendEntries when there is nothing new, to carry the
     /// commit index or probe the follower's log.
     fn send_append(&mut self, to: NodeId, mut allow_empty: bool) {
-        if self.progress[&to].state == ProgressState::Snapshot {
+        // No progress: not a member, or we stepped down while handling its message.
+        let Some(pr) = self.progress.get(&to) else {
+            return;
+        };
+        if pr.state == ProgressState::Snapshot {
             return self.send_snapshot_chunks(to);
         }
         loop {
@@ -1035,10 +1162,23 @@ impl<S: Storage> Raft<S> {
     /// Advances the commit index to the highest index durable on a quorum (the leader counting
     /// its own durable index), provided that entry is of the current term.
     fn maybe_commit(&mut self) {
-        let mut matches: Vec<Index> = self.progress.values().map(|p| p.match_index).collect();
-        matches.push(self.log.durable_index());
+        let current = self.configs.current();
+        let mut matches: Vec<Index> = current
+            .voters
+            .iter()
+            .map(|&v| {
+                if v == self.cfg.id {
+                    // Our own vote counts only what our disk holds.
+                    self.log.durable_index()
+                } else {
+                    self.progress.get(&v).map_or(0, |p| p.match_index)
+                }
+            })
+            .collect();
         matches.sort_unstable_by(|a, b| b.cmp(a));
-        let quorum_index = matches[self.cfg.quorum() - 1];
+        let Some(&quorum_index) = matches.get(current.quorum() - 1) else {
+            return;
+        };
         if quorum_index <= self.commit {
             return;
         }
@@ -1049,6 +1189,11 @@ impl<S: Storage> Raft<S> {
         if current_term || self.cfg.mutation == Mutation::CommitPreviousTerm {
             self.commit = quorum_index;
             self.broadcast_append(true);
+            if !self.is_voter() && self.configs.last_index().is_none_or(|i| i <= self.commit) {
+                // Our removal is committed: the others carry on without us (thesis §4.2.2).
+                let term = self.term;
+                self.become_follower(term, None);
+            }
         }
     }
 
@@ -1056,7 +1201,8 @@ impl<S: Storage> Raft<S> {
 
     fn broadcast_vote_request(&mut self, term: Term, body: MessageBody) {
         let peers: Vec<NodeId> = self
-            .cfg
+            .configs
+            .current()
             .voters
             .iter()
             .copied()
@@ -1068,11 +1214,17 @@ impl<S: Storage> Raft<S> {
     }
 
     fn poll(&self) -> Poll {
-        let granted = self.votes.values().filter(|&&g| g).count();
-        let rejected = self.votes.len() - granted;
-        if granted >= self.cfg.quorum() {
+        let current = self.configs.current();
+        let counted = |want: bool| {
+            self.votes
+                .iter()
+                .filter(|&(id, &g)| g == want && current.is_voter(*id))
+                .count()
+        };
+        let (granted, rejected) = (counted(true), counted(false));
+        if granted >= current.quorum() {
             Poll::Won
-        } else if rejected >= self.cfg.quorum() {
+        } else if rejected >= current.quorum() {
             Poll::Lost
         } else {
             Poll::Pending
@@ -1273,8 +1425,12 @@ impl<S: Storage> Raft<S> {
                 "a leader tried to overwrite committed entry {conflict}"
             );
             let first = entries[0].index;
-            self.log
-                .truncate_and_append(conflict, &entries[(conflict - first) as usize..])?;
+            let new = &entries[(conflict - first) as usize..];
+            self.log.truncate_and_append(conflict, new)?;
+            self.configs.truncated(conflict);
+            for e in new {
+                self.track_config(e);
+            }
         }
         self.commit = self.commit.max(commit.min(last_new));
         self.send_ack(from, last_new)
@@ -1392,6 +1548,10 @@ impl<S: Storage> Raft<S> {
             Role::Leader => {
                 assert_eq!(self.leader, Some(self.cfg.id));
                 assert_eq!(self.vote, Some(self.cfg.id));
+                assert!(
+                    self.is_voter() || self.configs.last_index().is_some_and(|i| i > self.commit),
+                    "a leader outside the configuration leads only until its removal commits"
+                );
                 assert!(
                     self.log.last_term() == self.term,
                     "a leader's log ends in its term (no-op)"

@@ -42,6 +42,10 @@ fn random_fault_mixes_keep_every_safety_property_and_recover() {
         reports.iter().map(|r| r.snapshots_installed).sum::<u64>() > 100,
         "lagging and restarted nodes must catch up by snapshot"
     );
+    assert!(
+        reports.iter().map(|r| r.membership_changes).sum::<u64>() > 100,
+        "learners must be added, promoted and members removed under faults"
+    );
     for r in &reports {
         assert!(
             r.leader_loss_recovery_ticks <= 500,

@@ -20,7 +20,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{Config, Mutation};
-use crate::message::{Index, Membership, Message, SnapshotMeta, Term};
+use crate::membership::MembershipChange;
+use crate::message::{Index, Membership, Message, NodeId, SnapshotMeta, Term};
 use crate::raft::{ProposeError, Raft, Role};
 use checker::{Checker, Property, Violation};
 use disk::{SimDisk, SimSnapshot};
@@ -61,6 +62,9 @@ pub struct FaultMix {
     pub crash_new_leader_per_mille: u32,
     /// Per tick: chance the leader is asked to hand leadership to a random follower.
     pub transfer_per_mille: u32,
+    /// Per tick: chance the leader is asked for a membership change (add a learner, promote
+    /// one, or remove a member while more than three voters remain).
+    pub membership_per_mille: u32,
     /// A crashed node restarts after `1..=restart_units_max`.
     pub restart_units_max: u64,
 }
@@ -82,6 +86,7 @@ impl FaultMix {
             crash_syncing_per_mille: 0,
             crash_new_leader_per_mille: 0,
             transfer_per_mille: 0,
+            membership_per_mille: 0,
             restart_units_max: 1,
         }
     }
@@ -102,6 +107,7 @@ impl FaultMix {
             crash_syncing_per_mille: 20,
             crash_new_leader_per_mille: 50,
             transfer_per_mille: 10,
+            membership_per_mille: 10,
             restart_units_max: 800,
         }
     }
@@ -130,6 +136,7 @@ impl FaultMix {
             crash_new_leader_per_mille: pick(500),
             transfer_per_mille: pick(50),
             restart_units_max: 1000,
+            membership_per_mille: pick(40),
         }
     }
 }
@@ -139,8 +146,11 @@ impl FaultMix {
 pub struct SimConfig {
     /// The seed; the same config replays the same run.
     pub seed: u64,
-    /// Cluster size (3, 5 or 7).
+    /// Initial cluster size (3, 5 or 7 voters).
     pub nodes: usize,
+    /// Further nodes that start outside the cluster (joining: no configuration) and can be
+    /// added as learners, promoted, removed and added again.
+    pub spare_nodes: usize,
     /// Ticks with faults on before the recovery checks.
     pub fault_ticks: u64,
     /// The fault mix.
@@ -177,6 +187,7 @@ impl SimConfig {
         SimConfig {
             seed,
             nodes,
+            spare_nodes: 2,
             fault_ticks: 1000,
             faults: FaultMix::standard(),
             mutation: Mutation::None,
@@ -206,6 +217,7 @@ impl SimConfig {
             msg_bytes_max: [64, 256, 4096][rng.gen_range(0..3)],
             log_cache_bytes_max: [0, 512, 1 << 20][rng.gen_range(0..3)],
             snapshot_per_mille: [0, 10, 50, 200][rng.gen_range(0..4)],
+            spare_nodes: rng.gen_range(0..=2),
             ..SimConfig::standard(seed, nodes)
         }
     }
@@ -216,6 +228,7 @@ impl SimConfig {
     /// vote-durability bugs show.
     pub fn churn(seed: u64) -> Self {
         let faults = FaultMix {
+            membership_per_mille: 0,
             crash_new_leader_per_mille: 500,
             crash_syncing_per_mille: 100,
             fsync_units_max: 80,
@@ -225,12 +238,17 @@ impl SimConfig {
         SimConfig {
             faults,
             msg_bytes_max: 64,
+            spare_nodes: 0,
             ..SimConfig::standard(seed, 3)
         }
     }
 
     fn node_config(&self, index: usize) -> Config {
-        let voters = (1..=self.nodes as u64).collect();
+        let voters = if index < self.nodes {
+            (1..=self.nodes as u64).collect()
+        } else {
+            Vec::new()
+        };
         let mut cfg = Config::new(index as u64 + 1, voters);
         cfg.pre_vote = self.pre_vote;
         cfg.check_quorum = self.check_quorum;
@@ -268,6 +286,8 @@ pub struct SimReport {
     pub snapshots_taken: u64,
     /// Snapshots installed from a leader (each checked by content).
     pub snapshots_installed: u64,
+    /// Membership changes the leaders accepted.
+    pub membership_changes: u64,
     /// Ticks from healing every fault to a leader committing in its term.
     pub heal_recovery_ticks: u64,
     /// Ticks from killing a stable leader to a new leader committing in its term.
@@ -325,6 +345,8 @@ struct SimNode {
     raft: Option<Raft<SimDisk>>,
     /// The disk while the node is down.
     down_disk: Option<SimDisk>,
+    /// The configuration the node last had in force (kept while it is down).
+    membership: Membership,
     /// What the node applied (volatile: rebuilt from the snapshot at restart).
     state: SimStateMachine,
     /// Chunks of a snapshot being received (volatile).
@@ -365,6 +387,7 @@ pub struct Simulator<'t> {
     crashes: u64,
     snapshots_taken: u64,
     snapshots_installed: u64,
+    membership_changes: u64,
     client_target: usize,
     trace: Option<&'t mut dyn FnMut(&str)>,
 }
@@ -386,18 +409,22 @@ impl<'t> Simulator<'t> {
             "cluster size {} out of range",
             cfg.nodes
         );
-        let nodes = (0..cfg.nodes)
-            .map(|i| SimNode {
-                raft: Some(
-                    Raft::new(
-                        cfg.node_config(i),
-                        Default::default(),
-                        0,
-                        SimDisk::default(),
-                    )
-                    .expect("valid config"),
-                ),
+        let total = cfg.nodes + cfg.spare_nodes;
+        let nodes = (0..total)
+            .map(|i| {
+                let raft = Raft::new(
+                    cfg.node_config(i),
+                    Default::default(),
+                    0,
+                    SimDisk::default(),
+                )
+                .expect("valid config");
+                (raft.membership().clone(), raft)
+            })
+            .map(|(membership, raft)| SimNode {
+                raft: Some(raft),
                 down_disk: None,
+                membership,
                 state: SimStateMachine::default(),
                 incoming: Vec::new(),
                 epoch: 0,
@@ -411,7 +438,7 @@ impl<'t> Simulator<'t> {
             steps: 0,
             queue: BinaryHeap::new(),
             nodes,
-            links: Links::new(cfg.nodes),
+            links: Links::new(total),
             checker: Checker::default(),
             faults_on: true,
             proposals: HashMap::new(),
@@ -421,6 +448,7 @@ impl<'t> Simulator<'t> {
             crashes: 0,
             snapshots_taken: 0,
             snapshots_installed: 0,
+            membership_changes: 0,
             client_target: 0,
             trace,
             cfg,
@@ -471,6 +499,7 @@ impl<'t> Simulator<'t> {
             crashes: self.crashes,
             snapshots_taken: self.snapshots_taken,
             snapshots_installed: self.snapshots_installed,
+            membership_changes: self.membership_changes,
             heal_recovery_ticks,
             leader_loss_recovery_ticks,
         })
@@ -600,6 +629,7 @@ impl<'t> Simulator<'t> {
             return Ok(());
         };
         let state = sn.state;
+        assert_eq!(state.applied, raft.applied_index(), "drained before");
         let latest = raft.storage().snapshot().map_or(0, |s| s.meta.index);
         if state.applied <= latest {
             return Ok(());
@@ -610,10 +640,7 @@ impl<'t> Simulator<'t> {
         let meta = SnapshotMeta {
             index: state.applied,
             term,
-            membership: Membership {
-                voters: raft.config().voters.clone(),
-                learners: Vec::new(),
-            },
+            membership: raft.applied_membership().clone(),
         };
         let id = node as u64 + 1;
         self.checker.snapshot(id, &meta, &state)?;
@@ -681,11 +708,31 @@ impl<'t> Simulator<'t> {
         }
         if self.per_mille(f.transfer_per_mille) {
             if let Some(leader) = self.leader() {
-                let to = (leader + self.rng.gen_range(1..n)) % n;
-                let raft = self.nodes[leader].raft.as_mut().expect("leader is up");
-                raft.transfer_leadership(to as u64 + 1)
-                    .expect("a leader can transfer to a voter");
-                self.log(|| format!("n{} asked to hand leadership to n{}", leader + 1, to + 1));
+                let raft = self.nodes[leader].raft.as_ref().expect("leader is up");
+                let others: Vec<NodeId> = raft
+                    .membership()
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|&v| v != raft.id())
+                    .collect();
+                if !others.is_empty() {
+                    let to = others[self.rng.gen_range(0..others.len())];
+                    let raft = self.nodes[leader].raft.as_mut().expect("leader is up");
+                    let outcome = raft.transfer_leadership(to);
+                    self.log(|| {
+                        format!(
+                            "n{} asked to hand leadership to n{to}: {outcome:?}",
+                            leader + 1
+                        )
+                    });
+                    pending_drain = Some(leader);
+                }
+            }
+        }
+        if self.per_mille(f.membership_per_mille) {
+            if let Some(leader) = self.leader() {
+                self.change_membership(leader);
                 pending_drain = Some(leader);
             }
         }
@@ -704,6 +751,36 @@ impl<'t> Simulator<'t> {
             Some(node) => self.drain(node),
             None => Ok(()),
         }
+    }
+
+    /// Asks the leader for a random membership change; refusals are part of the test.
+    fn change_membership(&mut self, leader: usize) {
+        let raft = self.nodes[leader].raft.as_ref().expect("leader is up");
+        let m = raft.membership().clone();
+        let all: Vec<NodeId> = (1..=self.nodes.len() as NodeId).collect();
+        let pool: Vec<NodeId> = match self.rng.gen_range(0..3) {
+            0 => all.iter().copied().filter(|&id| !m.contains(id)).collect(),
+            1 => m.learners.clone(),
+            _ if m.voters.len() > 3 => m.members().collect(),
+            _ => m.learners.clone(),
+        };
+        if pool.is_empty() {
+            return;
+        }
+        let id = pool[self.rng.gen_range(0..pool.len())];
+        let change = if !m.contains(id) {
+            MembershipChange::AddLearner(id)
+        } else if m.learners.contains(&id) && self.rng.gen_bool(0.7) {
+            MembershipChange::PromoteLearner(id)
+        } else {
+            MembershipChange::Remove(id)
+        };
+        let raft = self.nodes[leader].raft.as_mut().expect("leader is up");
+        let outcome = raft.propose_membership(change);
+        if outcome.is_ok() {
+            self.membership_changes += 1;
+        }
+        self.log(|| format!("n{} asked to {change:?}: {outcome:?}", leader + 1));
     }
 
     fn leader(&self) -> Option<usize> {
@@ -834,6 +911,10 @@ impl<'t> Simulator<'t> {
             }
         }
         let raft = self.nodes[node].raft.as_ref().expect("drained above");
+        if self.nodes[node].membership != *raft.membership() {
+            self.nodes[node].membership = raft.membership().clone();
+        }
+        let raft = self.nodes[node].raft.as_ref().expect("drained above");
         let role = (raft.role(), raft.term());
         if self.nodes[node].last_role != Some(role) {
             self.nodes[node].last_role = Some(role);
@@ -850,7 +931,8 @@ impl<'t> Simulator<'t> {
         let rafts: Vec<Option<&Raft<SimDisk>>> =
             self.nodes.iter().map(|n| n.raft.as_ref()).collect();
         let disks: Vec<&SimDisk> = self.nodes.iter().map(SimNode::disk).collect();
-        self.checker.observe(node, &rafts, &disks)
+        let memberships: Vec<&Membership> = self.nodes.iter().map(|n| &n.membership).collect();
+        self.checker.observe(node, &rafts, &disks, &memberships)
     }
 
     /// Collects a snapshot chunk; the last one queues the install on the disk.
