@@ -249,6 +249,26 @@ impl Batch {
         Ok(batch)
     }
 
+    /// Takes the bytes of a Raft entry whose records were validated where the entry entered the
+    /// cluster (the leader `decode`d the producer's batch): checks the header, the CRC and the
+    /// length only, so followers do not pay for a second payload validation. Accepts data and
+    /// no-op batches, never a log-internal marker.
+    pub fn from_entry_bytes(bytes: Vec<u8>) -> Result<Batch, BatchError> {
+        let header = check_frame(&bytes)?;
+        if header.total_bytes != bytes.len() {
+            return Err(BatchError::BadHeader(
+                "payload length disagrees with batch length",
+            ));
+        }
+        if header.flags & FLAG_TRUNCATE_MARKER != 0 {
+            return Err(BatchError::BadHeader("a truncation marker is not an entry"));
+        }
+        if header.is_noop() && header.record_count != 0 {
+            return Err(BatchError::BadHeader("a no-op batch holds no records"));
+        }
+        Ok(Batch { bytes })
+    }
+
     /// Takes bytes read back from our own disk, already verified by `check_frame`.
     pub(crate) fn from_verified(bytes: Vec<u8>) -> Batch {
         debug_assert!(check_frame(&bytes).is_ok());
@@ -446,6 +466,25 @@ mod tests {
             Batch::decode(noop.into_bytes()),
             Err(BatchError::BadHeader(_))
         ));
+    }
+
+    #[test]
+    fn entry_bytes_are_checked_by_header_crc_and_length() {
+        let mut batch = Batch::encode(&sample_records()).unwrap();
+        batch.stamp(3, 1, 2);
+        let good = batch.into_bytes();
+        assert!(Batch::from_entry_bytes(good.clone()).is_ok());
+        let mut flipped = good.clone();
+        flipped[60] ^= 1;
+        assert!(matches!(
+            Batch::from_entry_bytes(flipped),
+            Err(BatchError::Checksum { .. })
+        ));
+        let mut longer = good;
+        longer.push(0);
+        assert!(Batch::from_entry_bytes(longer).is_err());
+        let marker = Batch::truncate_marker(4, 0, 1).into_bytes();
+        assert!(Batch::from_entry_bytes(marker).is_err());
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct WriterStats {
     pub batches: AtomicU64,
     /// Bytes written including padding.
     pub bytes_written: AtomicU64,
+    /// Microseconds per group commit (write + fdatasync).
+    pub group_commit_us: crate::histogram::Pow2Histogram,
+    /// Batches per group commit.
+    pub group_batches: crate::histogram::Pow2Histogram,
 }
 
 /// "Durable up to index N", or the error that failed the log.
@@ -78,7 +82,7 @@ pub(crate) struct WriterParams {
     pub group_bytes_max: usize,
     pub preallocate: Preallocate,
     pub emulated_fsync_delay: std::time::Duration,
-    pub durable_hook: Option<crate::log::DurableHook>,
+    pub durable_hook: Option<crate::log::WriterHook>,
 }
 
 /// The writer thread's state.
@@ -254,6 +258,7 @@ impl Writer {
             self.buf.extend_from_slice(batch.as_bytes());
         }
         self.buf.pad_to_sector();
+        let started = std::time::Instant::now();
         self.backend
             .write_durable(&self.file, &self.buf, self.pos)
             .map_err(|e| {
@@ -275,6 +280,10 @@ impl Writer {
         stats
             .bytes_written
             .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        stats
+            .group_commit_us
+            .record(started.elapsed().as_micros() as u64);
+        stats.group_batches.record(group.len() as u64);
         let durable_index = {
             let mut index = self.shared.index.write().expect("index lock");
             for (h, pos) in locs {

@@ -38,20 +38,22 @@ pub struct LogConfig {
     /// Benchmarks only: extra time added after every fdatasync, to emulate a slower disk
     /// (DESIGN §3a: this machine's ~45 µs flush hides what batching buys on real disks).
     pub emulated_fsync_delay: Duration,
-    /// Called by the writer thread after each durable group, so an event loop can be woken.
-    pub durable_hook: Option<DurableHook>,
+    /// Called by the writer thread after each durable group (and once when the log fails), so
+    /// a single-threaded owner of the log can be woken to read [`Log::durable_last`] instead of
+    /// blocking on tickets. On the writer's critical path: quick, never blocking (an eventfd).
+    pub durable_hook: Option<WriterHook>,
+    /// Called once on the writer thread before it writes anything (e.g. to pin it to a core).
+    pub writer_start_hook: Option<WriterHook>,
 }
 
-/// A callback the writer thread runs after every group it made durable (and once when the log
-/// fails), so a single-threaded owner of the log can be woken to read [`Log::durable_last`]
-/// instead of blocking on tickets. It runs on the writer's critical path: it must be quick and
-/// must never block (e.g. write to an eventfd).
+/// A callback run on the log writer thread (see [`LogConfig::durable_hook`],
+/// [`LogConfig::writer_start_hook`]).
 #[derive(Clone)]
-pub struct DurableHook(pub Arc<dyn Fn() + Send + Sync>);
+pub struct WriterHook(pub Arc<dyn Fn() + Send + Sync>);
 
-impl std::fmt::Debug for DurableHook {
+impl std::fmt::Debug for WriterHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DurableHook")
+        f.write_str("WriterHook")
     }
 }
 
@@ -68,6 +70,7 @@ impl LogConfig {
             preallocate: Preallocate::ZeroFill,
             emulated_fsync_delay: Duration::ZERO,
             durable_hook: None,
+            writer_start_hook: None,
         }
     }
 
@@ -227,9 +230,15 @@ impl Log {
             recovered.tail_pos,
         );
         let (tx, rx) = crossbeam_channel::bounded(config.queue_depth);
+        let start_hook = config.writer_start_hook.clone();
         let handle = std::thread::Builder::new()
             .name("raftline-log-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                if let Some(hook) = start_hook {
+                    (hook.0)();
+                }
+                writer.run(rx)
+            })
             .map_err(|e| LogError::io("spawning the log writer thread", e))?;
         Ok(Log {
             shared,

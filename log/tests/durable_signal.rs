@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::{append_waited, batch, config, scratch};
-use raftline_log::{BackendKind, Batch, DurableHook, Log};
+use raftline_log::{BackendKind, Batch, Log, WriterHook};
 
 #[test]
 fn durable_hook_runs_after_every_durable_group() {
@@ -16,7 +16,7 @@ fn durable_hook_runs_after_every_durable_group() {
     let calls = Arc::new(AtomicU64::new(0));
     let mut cfg = config(dir.path(), BackendKind::Buffered);
     let counter = Arc::clone(&calls);
-    cfg.durable_hook = Some(DurableHook(Arc::new(move || {
+    cfg.durable_hook = Some(WriterHook(Arc::new(move || {
         counter.fetch_add(1, Ordering::SeqCst);
     })));
     let log = Log::open(cfg).unwrap();

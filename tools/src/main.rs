@@ -1,6 +1,9 @@
 //! `raftline`: the command-line front end of raftline.
 
 mod bench_fsync;
+mod node;
+mod server;
+mod server_config;
 
 use std::process::ExitCode;
 
@@ -16,6 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run one node of a raftline cluster.
+    #[command(long_about = server::LONG_ABOUT)]
+    Server(Box<server_config::ServerArgs>),
     /// Benchmarks: measure this machine's limits before trusting it with a node.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -28,9 +34,22 @@ enum BenchCommand {
     Fsync(bench_fsync::FsyncArgs),
 }
 
+/// Structured logs on stderr; `RUST_LOG` filters them (default: info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     let result = match cli.command {
+        Command::Server(args) => server::run(*args),
         Command::Bench(BenchCommand::Fsync(args)) => bench_fsync::run(args),
     };
     match result {

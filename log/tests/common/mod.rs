@@ -19,6 +19,7 @@ pub fn config(dir: &Path, kind: BackendKind) -> LogConfig {
         preallocate: Preallocate::ZeroFill,
         emulated_fsync_delay: std::time::Duration::ZERO,
         durable_hook: None,
+        writer_start_hook: None,
     }
 }
 

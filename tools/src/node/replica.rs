@@ -1,0 +1,384 @@
+//! One node's replica: the Raft core over its durable log and hard state, driven without any
+//! network. The raft thread feeds it ticks, peer messages, proposals and the log writer's wake-ups,
+//! and carries its output (messages to send, entries committed) to the network and the clients;
+//! tests drive several replicas through an in-memory transport.
+//!
+//! Order of effects for each `Ready` (see the core's driver contract): the hard state is saved
+//! (fdatasync) before anything else; entries are queued to the log writer (a conflicting suffix is
+//! cut first); messages then leave — a leader's AppendEntries before its own fdatasync completes,
+//! the core holding back anything that depends on state not yet durable; committed entries are
+//! only those committed AND durable here.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use raftline_log::batch::parse_header;
+use raftline_log::{
+    BackendChoice, Batch, BatchError, HardStateStore, Log, LogConfig, LogError, WriterHook,
+};
+use raftline_replicator::{
+    Config, EntryKind, HardState, Index, InitError, Message, NodeId, ProposeError, Raft, Role,
+    StorageError, Term,
+};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::storage::{batch_of, LogStorage};
+
+/// What a replica needs to start.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// The Raft core's configuration (ids, timing in ticks, limits).
+    pub raft: Config,
+    /// The node's data directory (already claimed by its identity).
+    pub data_dir: PathBuf,
+    /// Log write path.
+    pub log_backend: BackendChoice,
+    /// Size of each log segment file.
+    pub segment_bytes: u64,
+    /// Largest batch a producer may append.
+    pub batch_bytes_max: usize,
+    /// Seed of the RNG that draws election timeouts.
+    pub rng_seed: u64,
+    /// Run by the log writer after every durable group (wakes the raft thread).
+    pub durable_hook: Option<WriterHook>,
+    /// Run once on the log writer thread at start (pins it).
+    pub writer_start_hook: Option<WriterHook>,
+}
+
+/// An error after which the node must stop: it can no longer vouch for its log.
+#[derive(Debug, thiserror::Error)]
+pub enum FatalError {
+    /// The log failed (a write or fdatasync error, corruption found at open).
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    /// The core could not read its durable log.
+    #[error("reading the log for Raft: {0}")]
+    Storage(#[from] StorageError),
+    /// The core refused its start-up state.
+    #[error("starting Raft: {0}")]
+    Init(#[from] InitError),
+    /// A leader sent a snapshot; this node cannot install one (it never compacts, so a cluster of
+    /// raftline nodes of this version never sends one).
+    #[error("a snapshot ending at index {index} arrived, but this node cannot install snapshots")]
+    SnapshotUnsupported {
+        /// The snapshot's last index.
+        index: Index,
+    },
+    /// An entry's bytes are not a valid batch (a peer bug: frames are checksummed).
+    #[error("entry {index} is not a valid batch: {source}")]
+    BadEntry {
+        /// Its index.
+        index: Index,
+        /// Why.
+        source: BatchError,
+    },
+}
+
+/// A proposal the leader accepted: where its records will live if it commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proposed {
+    /// Term of the entry; the proposal succeeded iff the entry committed at `index` has it.
+    pub term: Term,
+    /// Raft index of the entry.
+    pub index: Index,
+    /// Offset of the first record.
+    pub base_offset: u64,
+    /// Offset of the last record.
+    pub last_offset: u64,
+}
+
+/// Why a proposal was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposalError {
+    /// The core refused it (not the leader, too large, busy, disk backlog, transferring).
+    #[error(transparent)]
+    Refused(#[from] ProposeError),
+    /// A batch must carry at least one record.
+    #[error("a batch must carry at least one record")]
+    Empty,
+    /// The node failed while taking it.
+    #[error(transparent)]
+    Fatal(#[from] FatalError),
+}
+
+/// An entry that is committed and durable here, in log order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// Its index.
+    pub index: Index,
+    /// Its term (a proposal of another term at this index lost).
+    pub term: Term,
+}
+
+/// Role, term and leader, to notice and log changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Leadership {
+    role: Role,
+    term: Term,
+    leader: Option<NodeId>,
+}
+
+/// The Raft core, its log and its hard state.
+pub struct Replica {
+    raft: Raft<LogStorage>,
+    log: Arc<Log>,
+    hard_state: HardStateStore,
+    rng: ChaCha8Rng,
+    /// `(index, next offset after it)` of the last entry proposed here, while it is the core's
+    /// last entry and not yet handed to the log; lets proposals in one event-loop round be
+    /// stamped without a round trip through `ready()` each.
+    tail: Option<(Index, u64)>,
+    outbox: Vec<Message>,
+    committed: Vec<Committed>,
+    /// Offset one past the last record a consumer may read here.
+    readable_end_offset: u64,
+    leadership: Leadership,
+}
+
+impl Replica {
+    /// Opens the log and hard state under `data_dir` and starts the core from them: a restarted
+    /// node resumes from its disk.
+    pub fn open(cfg: ReplicaConfig) -> Result<Replica, FatalError> {
+        let mut log_cfg = LogConfig::new(cfg.data_dir.join("log"));
+        log_cfg.backend = cfg.log_backend;
+        log_cfg.segment_bytes = cfg.segment_bytes;
+        log_cfg.batch_bytes_max = cfg.batch_bytes_max;
+        // A group is at most a quarter segment (bounded torn tail), never smaller than a batch.
+        log_cfg.group_bytes_max = (log_cfg.group_bytes_max)
+            .min(cfg.segment_bytes as usize / 4)
+            .max(cfg.batch_bytes_max);
+        log_cfg.durable_hook = cfg.durable_hook;
+        log_cfg.writer_start_hook = cfg.writer_start_hook;
+        let log = Arc::new(Log::open(log_cfg)?);
+        let (hard_state, saved) = HardStateStore::open(&cfg.data_dir)?;
+        let hs = HardState {
+            term: saved.term,
+            vote: saved.voted_for,
+        };
+        // The log is the only state machine: nothing is applied beyond what a snapshot covers;
+        // committed entries are learnt again from the leader.
+        let applied = log.first_index() - 1;
+        let raft = Raft::new(cfg.raft, hs, applied, LogStorage::new(Arc::clone(&log)))?;
+        let leadership = Leadership {
+            role: raft.role(),
+            term: raft.term(),
+            leader: raft.leader(),
+        };
+        tracing::info!(
+            term = hs.term,
+            vote = ?hs.vote,
+            first_index = log.first_index(),
+            last_index = log.last_index(),
+            next_offset = log.next_offset(),
+            backend = ?log.backend(),
+            "replica recovered from disk"
+        );
+        Ok(Replica {
+            readable_end_offset: log.start_offset(),
+            raft,
+            log,
+            hard_state,
+            rng: ChaCha8Rng::seed_from_u64(cfg.rng_seed),
+            tail: None,
+            outbox: Vec::new(),
+            committed: Vec::new(),
+            leadership,
+        })
+    }
+
+    /// The core (read access: role, term, progress...).
+    pub fn raft(&self) -> &Raft<LogStorage> {
+        &self.raft
+    }
+
+    /// The log (read access: offsets, writer statistics).
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.raft.tick(&mut self.rng);
+    }
+
+    /// Hands a peer message to the core.
+    pub fn step(&mut self, msg: Message) {
+        self.tail = None;
+        self.raft.step(msg);
+    }
+
+    /// Tells the core how far the log is durable (after the writer's hook fired).
+    pub fn on_durable(&mut self) -> Result<(), FatalError> {
+        let (index, term) = self.log.durable_last()?;
+        self.raft.log_durable(index, term);
+        Ok(())
+    }
+
+    /// Stamps a producer's batch with its final offset, term and index and proposes it.
+    pub fn propose(&mut self, mut batch: Batch) -> Result<Proposed, ProposalError> {
+        let records = u64::from(batch.header().record_count);
+        if records == 0 {
+            return Err(ProposalError::Empty);
+        }
+        let index = self.raft.next_index();
+        let base_offset = self.next_offset_at(index)?;
+        let (term, checked) = self.raft.check_proposal(batch.as_bytes().len() as u64)?;
+        assert_eq!(checked, index, "the core assigns the next index");
+        batch.stamp(base_offset, term, index);
+        let (term_got, index_got) = self.raft.propose(Arc::from(batch.into_bytes()))?;
+        assert_eq!(
+            (term_got, index_got),
+            (term, index),
+            "check_proposal agrees"
+        );
+        let next_offset = base_offset + records;
+        self.tail = Some((index, next_offset));
+        Ok(Proposed {
+            term,
+            index,
+            base_offset,
+            last_offset: next_offset - 1,
+        })
+    }
+
+    /// Offset of the first record of a new entry at `index` (the core's next index).
+    fn next_offset_at(&mut self, index: Index) -> Result<u64, FatalError> {
+        if let Some((tail_index, next_offset)) = self.tail {
+            if tail_index + 1 == index {
+                return Ok(next_offset);
+            }
+        }
+        // Entries the core appended since (a no-op, a follower's entries) go to the log first;
+        // then the log's own sequencer knows the offset.
+        self.advance()?;
+        assert_eq!(
+            self.log.last_index() + 1,
+            index,
+            "every entry of the core was handed to the log"
+        );
+        Ok(self.log.next_offset())
+    }
+
+    /// Carries out everything the core asks for until it has nothing left; messages and
+    /// committed entries accumulate for [`Replica::take_messages`] / [`Replica::take_committed`].
+    pub fn advance(&mut self) -> Result<(), FatalError> {
+        self.tail = None;
+        loop {
+            let rd = self.raft.ready();
+            if rd.is_empty() {
+                break;
+            }
+            if let Some(chunk) = rd.snapshot_chunks.first() {
+                return Err(FatalError::SnapshotUnsupported {
+                    index: chunk.meta.index,
+                });
+            }
+            if let Some(hs) = rd.hard_state {
+                self.hard_state.save(raftline_log::HardState {
+                    term: hs.term,
+                    voted_for: hs.vote,
+                })?;
+                self.raft.hard_state_durable(hs);
+            }
+            if let Some(first) = rd.entries.first() {
+                if first.index <= self.log.last_index() {
+                    self.log
+                        .truncate_suffix(first.index, self.raft.commit_index())?;
+                }
+                for entry in &rd.entries {
+                    let batch = batch_of(entry).map_err(|source| FatalError::BadEntry {
+                        index: entry.index,
+                        source,
+                    })?;
+                    let stamped = batch.header();
+                    let ticket = self.log.append(Some(entry.index), entry.term, batch)?;
+                    // Every node computes the same offsets from the same log: a difference
+                    // would mean diverging logs, which must stop the node, not spread.
+                    assert!(
+                        entry.kind == EntryKind::Noop || ticket.base_offset == stamped.base_offset,
+                        "entry {} stamped at offset {} but the log continues at {}",
+                        entry.index,
+                        stamped.base_offset,
+                        ticket.base_offset
+                    );
+                }
+            }
+            self.outbox.extend(rd.messages);
+            for e in &rd.committed {
+                if e.kind == EntryKind::Command {
+                    let h = parse_header(&e.payload).map_err(|source| FatalError::BadEntry {
+                        index: e.index,
+                        source,
+                    })?;
+                    debug_assert_eq!(h.base_offset, self.readable_end_offset);
+                    self.readable_end_offset = h.next_offset();
+                }
+                self.committed.push(Committed {
+                    index: e.index,
+                    term: e.term,
+                });
+            }
+        }
+        if let Some(failure) = self.raft.storage_failure() {
+            return Err(FatalError::Storage(failure.clone()));
+        }
+        self.note_leadership();
+        Ok(())
+    }
+
+    fn note_leadership(&mut self) {
+        let now = Leadership {
+            role: self.raft.role(),
+            term: self.raft.term(),
+            leader: self.raft.leader(),
+        };
+        if now == self.leadership {
+            return;
+        }
+        if now.role == Role::Leader && self.leadership.role != Role::Leader {
+            tracing::info!(term = now.term, "became leader");
+        } else if self.leadership.role == Role::Leader && now.role != Role::Leader {
+            tracing::warn!(term = now.term, leader = ?now.leader, "stepped down as leader");
+        } else if now.leader != self.leadership.leader || now.term != self.leadership.term {
+            tracing::info!(term = now.term, role = ?now.role, leader = ?now.leader, "leadership changed");
+        }
+        self.leadership = now;
+    }
+
+    /// Messages to send, in order.
+    pub fn take_messages(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Entries committed and durable here since the last call, in order.
+    pub fn take_committed(&mut self) -> Vec<Committed> {
+        std::mem::take(&mut self.committed)
+    }
+
+    /// Highest index a consumer may read here: committed and durable locally.
+    pub fn readable_index(&self) -> Index {
+        self.raft.applied_index()
+    }
+
+    /// Offset one past the last record a consumer may read here.
+    pub fn readable_end_offset(&self) -> u64 {
+        self.readable_end_offset
+    }
+
+    /// A shared handle on the log (metrics read its writer statistics).
+    pub fn log_handle(&self) -> Arc<Log> {
+        Arc::clone(&self.log)
+    }
+
+    /// Committed data batches from the one holding record `offset`, at most `bytes_max` bytes
+    /// (but at least one batch if any is readable); no-op entries are left out. `BelowStart`
+    /// names the earliest retained offset.
+    pub fn read_committed(&self, offset: u64, bytes_max: usize) -> Result<Vec<Batch>, LogError> {
+        let mut batches = self
+            .log
+            .read_from_offset(offset, self.readable_index(), bytes_max)?;
+        batches.retain(|b| !b.header().is_noop());
+        Ok(batches)
+    }
+}

@@ -1,0 +1,457 @@
+//! Client sessions on the raft thread: appends waiting for their acknowledgement, and
+//! subscriptions streaming committed batches under the client's credit.
+//!
+//! An append is answered once, by the first of: its entry committed (`Quorum`, the default) or
+//! durable here (`Leader`) — with the offsets stamped at proposal — or the entry at its index
+//! committed with another term (the proposal was lost with this node's leadership: `NotLeader`),
+//! or `append_timeout` passed (`Timeout`: it may still commit). Subscriptions read committed,
+//! locally durable batches straight from the log; a subscription sends while it has credit and the
+//! connection's queue accepts, and resumes on `ClientDrained` or new credit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raftline_log::{Batch, LogError};
+use raftline_netio::client_proto::{
+    encode_batches, encode_response, AckMode, ClientError, NodeStatus, Response, StartFrom,
+};
+use raftline_netio::cluster_id::ClusterId;
+use raftline_netio::net::{ClientId, Net, SendError};
+use raftline_replicator::{Index, ProposeError, Term};
+
+use super::metrics::Metrics;
+use super::replica::{Committed, FatalError, ProposalError, Replica};
+
+/// Batch bytes read from the log into one `Batches` frame at most.
+const STREAM_FRAME_BYTES_MAX: usize = 1 << 20;
+/// Frames one subscription may send per event-loop round before others get their turn.
+const STREAM_FRAMES_PER_ROUND: usize = 4;
+
+/// Static parameters of the sessions.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Our cluster (stamped into every frame).
+    pub cluster_id: ClusterId,
+    /// Our node id (sender of every response).
+    pub node_id: u64,
+    /// Client address of every node, for `NotLeader` hints.
+    pub client_addresses: BTreeMap<u64, String>,
+    /// Largest batch accepted from a producer.
+    pub batch_bytes_max: usize,
+    /// An append not acknowledged within this is answered `Timeout`.
+    pub append_timeout: Duration,
+    /// Subscriptions per connection.
+    pub subscriptions_per_client_max: usize,
+}
+
+struct PendingAppend {
+    client: ClientId,
+    request_id: u64,
+    term: Term,
+    base_offset: u64,
+    last_offset: u64,
+    accepted: Instant,
+}
+
+struct Subscription {
+    next_offset: u64,
+    credit_bytes: u64,
+}
+
+#[derive(Default)]
+struct Client {
+    subscriptions: BTreeMap<u64, Subscription>,
+    /// The connection's queue refused a frame; wait for `ClientDrained`.
+    blocked: bool,
+}
+
+/// All client state of the node.
+pub struct Sessions {
+    cfg: SessionConfig,
+    /// Appends acknowledged at commit, by index.
+    awaiting_commit: BTreeMap<Index, PendingAppend>,
+    /// Appends acknowledged once durable on this node, by index.
+    awaiting_durable: BTreeMap<Index, PendingAppend>,
+    clients: HashMap<ClientId, Client>,
+    /// No new appends are taken (the node is stopping).
+    draining: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Sessions {
+    /// No clients yet.
+    pub fn new(cfg: SessionConfig, metrics: Arc<Metrics>) -> Sessions {
+        Sessions {
+            metrics,
+            cfg,
+            awaiting_commit: BTreeMap::new(),
+            awaiting_durable: BTreeMap::new(),
+            clients: HashMap::new(),
+            draining: false,
+        }
+    }
+
+    /// Appends still waiting for their acknowledgement.
+    pub fn pending_appends(&self) -> usize {
+        self.awaiting_commit.len() + self.awaiting_durable.len()
+    }
+
+    /// Refuse new appends from now on (`Unavailable`): the node is stopping.
+    pub fn start_draining(&mut self) {
+        self.draining = true;
+    }
+
+    fn respond(&self, net: &mut Net, client: ClientId, response: &Response) {
+        let mut frame = Vec::new();
+        if let Err(e) = encode_response(&mut frame, self.cfg.cluster_id, self.cfg.node_id, response)
+        {
+            tracing::error!(error = %e, %client, "cannot encode a response");
+            return;
+        }
+        match net.send_client(client, frame) {
+            Ok(()) | Err(SendError::Closed) => {}
+            Err(e) => {
+                // A reply that does not fit means the client stopped reading its answers.
+                net.close_client(client, &format!("response refused: {e}"));
+            }
+        }
+    }
+
+    fn error(&self, net: &mut Net, client: ClientId, request_id: u64, error: ClientError) {
+        self.respond(net, client, &Response::Error { request_id, error });
+    }
+
+    /// Answers a `Status` request.
+    pub fn status(&self, net: &mut Net, client: ClientId, request_id: u64, status: NodeStatus) {
+        self.respond(net, client, &Response::StatusReply { request_id, status });
+    }
+
+    /// A request that does not decode: say why, then close that connection.
+    pub fn undecodable(&mut self, net: &mut Net, client: ClientId, why: &str) {
+        tracing::warn!(%client, why, "closing a client that sent an undecodable request");
+        let why = format!("undecodable request: {why}");
+        self.error(net, client, 0, ClientError::BadRequest { why: why.clone() });
+        net.close_client(client, &why);
+        self.clients.remove(&client);
+    }
+
+    /// The `NotLeader` error naming the leader this node knows of.
+    pub fn not_leader(&self, leader: Option<u64>) -> ClientError {
+        ClientError::NotLeader {
+            leader_id: leader,
+            leader_address: leader.and_then(|id| self.cfg.client_addresses.get(&id).cloned()),
+        }
+    }
+
+    /// Handles an `Append`: validates the batch, proposes it, and registers the acknowledgement.
+    pub fn append(
+        &mut self,
+        net: &mut Net,
+        replica: &mut Replica,
+        client: ClientId,
+        request_id: u64,
+        ack: AckMode,
+        bytes: Vec<u8>,
+    ) -> Result<(), FatalError> {
+        if self.draining {
+            let why = "the node is shutting down".to_string();
+            self.error(net, client, request_id, ClientError::Unavailable { why });
+            return Ok(());
+        }
+        if bytes.len() > self.cfg.batch_bytes_max {
+            let limit_bytes = self.cfg.batch_bytes_max as u64;
+            self.error(
+                net,
+                client,
+                request_id,
+                ClientError::TooLarge { limit_bytes },
+            );
+            return Ok(());
+        }
+        let batch_bytes = bytes.len() as u64;
+        let batch = match Batch::decode(bytes) {
+            Ok(batch) => batch,
+            Err(e) => {
+                let why = format!("invalid batch: {e}");
+                self.error(net, client, request_id, ClientError::BadRequest { why });
+                return Ok(());
+            }
+        };
+        let proposed = match replica.propose(batch) {
+            Ok(p) => p,
+            Err(ProposalError::Fatal(e)) => return Err(e),
+            Err(ProposalError::Empty) => {
+                let why = "a batch must carry at least one record".to_string();
+                self.error(net, client, request_id, ClientError::BadRequest { why });
+                return Ok(());
+            }
+            Err(ProposalError::Refused(refused)) => {
+                let error = match refused {
+                    ProposeError::NotLeader { leader } => self.not_leader(leader),
+                    ProposeError::TooLarge { limit, .. } => {
+                        ClientError::TooLarge { limit_bytes: limit }
+                    }
+                    ProposeError::Busy { .. } | ProposeError::DiskBacklog { .. } => {
+                        ClientError::Busy
+                    }
+                    ProposeError::Transferring { to } => self.not_leader(Some(to)),
+                };
+                self.error(net, client, request_id, error);
+                return Ok(());
+            }
+        };
+        self.metrics.batch_bytes.record(batch_bytes);
+        let pending = PendingAppend {
+            client,
+            request_id,
+            term: proposed.term,
+            base_offset: proposed.base_offset,
+            last_offset: proposed.last_offset,
+            accepted: Instant::now(),
+        };
+        match ack {
+            AckMode::None => self.acknowledge(net, &pending),
+            AckMode::Leader => {
+                self.awaiting_durable.insert(proposed.index, pending);
+            }
+            AckMode::Quorum => {
+                self.awaiting_commit.insert(proposed.index, pending);
+            }
+        }
+        Ok(())
+    }
+
+    fn acknowledge(&self, net: &mut Net, p: &PendingAppend) {
+        let response = Response::Appended {
+            request_id: p.request_id,
+            base_offset: p.base_offset,
+            last_offset: p.last_offset,
+        };
+        self.respond(net, p.client, &response);
+    }
+
+    /// Answers the appends decided by newly committed entries.
+    pub fn on_committed(&mut self, net: &mut Net, committed: &[Committed], leader: Option<u64>) {
+        for c in committed {
+            // Entries at or below a committed index are decided: this one won or lost.
+            let decided: Vec<Index> = self
+                .awaiting_commit
+                .range(..=c.index)
+                .map(|(&i, _)| i)
+                .collect();
+            for index in decided {
+                let p = self.awaiting_commit.remove(&index).expect("listed above");
+                if index == c.index && p.term == c.term {
+                    self.metrics
+                        .append_commit_us
+                        .record(p.accepted.elapsed().as_micros() as u64);
+                    self.acknowledge(net, &p);
+                } else {
+                    self.error(net, p.client, p.request_id, self.not_leader(leader));
+                }
+            }
+        }
+    }
+
+    /// Answers `Leader`-mode appends now durable here (`term_at` tells whether the entry at an
+    /// index is still the proposed one).
+    pub fn on_durable(
+        &mut self,
+        net: &mut Net,
+        durable_index: Index,
+        term_at: impl Fn(Index) -> Option<Term>,
+        leader: Option<u64>,
+    ) {
+        let decided: Vec<Index> = self
+            .awaiting_durable
+            .range(..=durable_index)
+            .map(|(&i, _)| i)
+            .collect();
+        for index in decided {
+            let p = self.awaiting_durable.remove(&index).expect("listed above");
+            if term_at(index) == Some(p.term) {
+                self.acknowledge(net, &p);
+            } else {
+                self.error(net, p.client, p.request_id, self.not_leader(leader));
+            }
+        }
+    }
+
+    /// Answers `Timeout` to appends older than the limit (they may still commit).
+    pub fn expire(&mut self, net: &mut Net, now: Instant) {
+        for map in [&mut self.awaiting_commit, &mut self.awaiting_durable] {
+            let expired: Vec<Index> = map
+                .iter()
+                .filter(|(_, p)| now.duration_since(p.accepted) >= self.cfg.append_timeout)
+                .map(|(&i, _)| i)
+                .collect();
+            let answers: Vec<PendingAppend> =
+                expired.iter().filter_map(|i| map.remove(i)).collect();
+            for p in answers {
+                let response = Response::Error {
+                    request_id: p.request_id,
+                    error: ClientError::Timeout,
+                };
+                let mut frame = Vec::new();
+                if encode_response(&mut frame, self.cfg.cluster_id, self.cfg.node_id, &response)
+                    .is_ok()
+                {
+                    let _ = net.send_client(p.client, frame);
+                }
+            }
+        }
+    }
+
+    /// Answers every append still waiting with `Unavailable` (the node is stopping).
+    pub fn fail_pending(&mut self, net: &mut Net, why: &str) {
+        let all: Vec<PendingAppend> = std::mem::take(&mut self.awaiting_commit)
+            .into_values()
+            .chain(std::mem::take(&mut self.awaiting_durable).into_values())
+            .collect();
+        for p in all {
+            let error = ClientError::Unavailable {
+                why: why.to_string(),
+            };
+            self.error(net, p.client, p.request_id, error);
+        }
+    }
+
+    /// Starts a subscription (answers `OffsetOutOfRange` when the start is not in the log).
+    pub fn subscribe(
+        &mut self,
+        net: &mut Net,
+        replica: &Replica,
+        client: ClientId,
+        subscription_id: u64,
+        from: StartFrom,
+        window_bytes: u64,
+    ) {
+        let log = replica.log();
+        let (earliest, end) = (log.start_offset(), log.next_offset());
+        let next_offset = match from {
+            StartFrom::Earliest => earliest,
+            StartFrom::Latest => replica.readable_end_offset(),
+            StartFrom::Offset(n) => n,
+        };
+        if next_offset < earliest || next_offset > end {
+            let error = ClientError::OffsetOutOfRange {
+                requested: next_offset,
+                earliest,
+                end,
+                snapshot_index: None,
+            };
+            self.error(net, client, subscription_id, error);
+            return;
+        }
+        let max = self.cfg.subscriptions_per_client_max;
+        let session = self.clients.entry(client).or_default();
+        if session.subscriptions.len() >= max
+            && !session.subscriptions.contains_key(&subscription_id)
+        {
+            let why = format!("at most {max} subscriptions per connection");
+            self.error(
+                net,
+                client,
+                subscription_id,
+                ClientError::BadRequest { why },
+            );
+            return;
+        }
+        session.subscriptions.insert(
+            subscription_id,
+            Subscription {
+                next_offset,
+                credit_bytes: window_bytes,
+            },
+        );
+    }
+
+    /// Adds credit to a subscription (unknown ones are ignored: it may have just failed).
+    pub fn credit(&mut self, client: ClientId, subscription_id: u64, bytes: u64) {
+        if let Some(sub) = self
+            .clients
+            .get_mut(&client)
+            .and_then(|c| c.subscriptions.get_mut(&subscription_id))
+        {
+            sub.credit_bytes = sub.credit_bytes.saturating_add(bytes);
+        }
+    }
+
+    /// The connection can take more: resume its subscriptions.
+    pub fn drained(&mut self, client: ClientId) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.blocked = false;
+        }
+    }
+
+    /// Forgets a closed connection (its pending appends still commit; their answers are dropped).
+    pub fn closed(&mut self, client: ClientId) {
+        self.clients.remove(&client);
+    }
+
+    /// Sends committed batches to every subscription that has credit and something new to read.
+    pub fn stream(&mut self, net: &mut Net, replica: &Replica) -> Result<(), FatalError> {
+        let readable_end = replica.readable_end_offset();
+        let (cluster_id, node_id) = (self.cfg.cluster_id, self.cfg.node_id);
+        let mut failed: Vec<(ClientId, u64, ClientError)> = Vec::new();
+        for (&client, session) in self.clients.iter_mut() {
+            if session.blocked {
+                continue;
+            }
+            'subs: for (&sub_id, sub) in session.subscriptions.iter_mut() {
+                for _ in 0..STREAM_FRAMES_PER_ROUND {
+                    if sub.credit_bytes == 0 || sub.next_offset >= readable_end {
+                        break;
+                    }
+                    let bytes_max = STREAM_FRAME_BYTES_MAX.min(sub.credit_bytes as usize);
+                    let batches = match replica.read_committed(sub.next_offset, bytes_max) {
+                        Ok(b) => b,
+                        Err(LogError::BelowStart { start_offset, .. }) => {
+                            failed.push((
+                                client,
+                                sub_id,
+                                ClientError::OffsetOutOfRange {
+                                    requested: sub.next_offset,
+                                    earliest: start_offset,
+                                    end: readable_end,
+                                    snapshot_index: None,
+                                },
+                            ));
+                            break;
+                        }
+                        Err(e) => return Err(FatalError::Log(e)),
+                    };
+                    let Some(last) = batches.last() else { break };
+                    let next_offset = last.header().next_offset();
+                    let slices: Vec<&[u8]> = batches.iter().map(Batch::as_bytes).collect();
+                    let sent_bytes: usize = slices.iter().map(|s| s.len()).sum();
+                    let mut frame = Vec::with_capacity(sent_bytes + 256);
+                    if let Err(e) = encode_batches(&mut frame, cluster_id, node_id, sub_id, &slices)
+                    {
+                        tracing::error!(error = %e, "cannot encode batches");
+                        break;
+                    }
+                    match net.send_client(client, frame) {
+                        Ok(()) => {
+                            sub.credit_bytes = sub.credit_bytes.saturating_sub(sent_bytes as u64);
+                            sub.next_offset = next_offset;
+                        }
+                        Err(SendError::Full) => {
+                            session.blocked = true;
+                            break 'subs;
+                        }
+                        Err(_) => break 'subs,
+                    }
+                }
+            }
+        }
+        for (client, sub_id, error) in failed {
+            if let Some(c) = self.clients.get_mut(&client) {
+                c.subscriptions.remove(&sub_id);
+            }
+            self.error(net, client, sub_id, error);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,118 @@
+//! Raft entries ↔ log batches: the core's [`Storage`] over `raftline_log::Log`, and the
+//! conversions both ways. One Raft entry is one batch; a command's payload is the stamped batch
+//! bytes (identical on every node), a leader's no-op is a zero-record batch flagged no-op, so the
+//! entry's kind survives a restart.
+//!
+//! This node never compacts its log (snapshot-and-truncate is not built into the node yet), so
+//! it has no snapshot to offer: `snapshot_meta` is `None` and a leader never needs to send one.
+
+use std::sync::Arc;
+
+use raftline_log::{Batch, BatchError, Log, LogError};
+use raftline_replicator::{Entry, EntryKind, Index, SnapshotMeta, Storage, StorageError, Term};
+
+/// The durable log as the Raft core reads it.
+pub struct LogStorage {
+    log: Arc<Log>,
+}
+
+impl LogStorage {
+    /// Wraps a shared log (the node appends through its own handle).
+    pub fn new(log: Arc<Log>) -> LogStorage {
+        LogStorage { log }
+    }
+}
+
+/// The Raft entry a durable batch holds.
+pub fn entry_of(batch: Batch) -> Entry {
+    let h = batch.header();
+    let (kind, payload): (EntryKind, Arc<[u8]>) = if h.is_noop() {
+        // The core creates no-ops with an empty payload; keep them equal after a restart.
+        (EntryKind::Noop, Arc::from(&[][..]))
+    } else {
+        (EntryKind::Command, Arc::from(batch.into_bytes()))
+    };
+    Entry {
+        term: h.term,
+        index: h.index,
+        kind,
+        payload,
+    }
+}
+
+/// The batch to write for a Raft entry (a no-op becomes a flagged zero-record batch; a command's
+/// payload must be a batch already stamped with the entry's term and index).
+pub fn batch_of(entry: &Entry) -> Result<Batch, BatchError> {
+    match entry.kind {
+        EntryKind::Noop => Ok(Batch::noop()),
+        EntryKind::Command => {
+            let batch = Batch::from_entry_bytes(entry.payload.to_vec())?;
+            let h = batch.header();
+            if (h.term, h.index) != (entry.term, entry.index) || h.is_noop() {
+                return Err(BatchError::BadHeader(
+                    "batch stamp disagrees with its Raft entry",
+                ));
+            }
+            Ok(batch)
+        }
+    }
+}
+
+fn storage_error(e: LogError) -> StorageError {
+    match e {
+        LogError::OutOfRange { index, first, .. } if index < first => StorageError::Compacted {
+            index,
+            first_index: first,
+        },
+        LogError::OutOfRange { index, last, .. } => StorageError::Unavailable {
+            index,
+            last_index: last,
+        },
+        other => StorageError::Failed(other.to_string()),
+    }
+}
+
+impl Storage for LogStorage {
+    fn snapshot_meta(&self) -> Option<SnapshotMeta> {
+        None
+    }
+
+    fn snapshot_chunk(
+        &self,
+        index: Index,
+        _offset: u64,
+        _bytes_max: u64,
+    ) -> Result<(Arc<[u8]>, bool), StorageError> {
+        Err(StorageError::SnapshotUnavailable { index })
+    }
+
+    fn first_index(&self) -> Index {
+        self.log.first_index()
+    }
+
+    fn last_index(&self) -> Index {
+        self.log.durable_index()
+    }
+
+    fn term(&self, index: Index) -> Result<Term, StorageError> {
+        self.log.term_at(index).ok_or_else(|| {
+            let first_index = self.log.first_index();
+            if index + 1 < first_index {
+                StorageError::Compacted { index, first_index }
+            } else {
+                StorageError::Unavailable {
+                    index,
+                    last_index: self.log.last_index(),
+                }
+            }
+        })
+    }
+
+    fn entries(&self, from: Index, to: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
+        let bytes_max = usize::try_from(bytes_max).unwrap_or(usize::MAX);
+        self.log
+            .entries(from, to, bytes_max)
+            .map(|batches| batches.into_iter().map(entry_of).collect())
+            .map_err(storage_error)
+    }
+}

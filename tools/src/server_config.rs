@@ -1,0 +1,480 @@
+//! `raftline server`'s configuration: command-line flags, optionally on top of a TOML file
+//! (`--config FILE`; a flag given on the command line wins), validated into a [`ServerConfig`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use raftline_netio::reactor::Backend;
+use serde::Deserialize;
+
+/// Default heartbeat interval: a LAN round trip is well under a millisecond; 50 ms keeps idle
+/// traffic negligible while failures are noticed quickly.
+pub const HEARTBEAT_MS_DEFAULT: u64 = 50;
+/// Default election timeout range (randomised per election): 5–10 heartbeats.
+pub const ELECTION_TIMEOUT_MIN_MS_DEFAULT: u64 = 250;
+/// Upper end of the default election timeout range.
+pub const ELECTION_TIMEOUT_MAX_MS_DEFAULT: u64 = 500;
+/// An election timeout must span at least this many heartbeats.
+pub const ELECTION_HEARTBEATS_MIN: u64 = 5;
+/// Length of one Raft tick (the unit all Raft timing is counted in).
+pub const TICK_MS_DEFAULT: u64 = 10;
+/// Environment variable that selects the network backend when `--net-backend` is not given.
+pub const NET_BACKEND_ENV: &str = "RAFTLINE_NET_BACKEND";
+
+/// Flags of `raftline server` (every one may also come from `--config FILE`).
+#[derive(Args, Debug, Default)]
+pub struct ServerArgs {
+    /// TOML file with any of the settings below (keys named like the flags, with underscores;
+    /// `peers` and `peer_clients` as tables `{ 1 = "host:port", ... }`). Flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's id (a positive integer, one of the --peers).
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// The cluster's name; every frame carries its id, and the data directory is bound to it.
+    #[arg(long, value_name = "NAME")]
+    pub cluster_id: Option<String>,
+    /// Every voter's peer address, this node included: `1=host:port,2=host:port,3=host:port`.
+    #[arg(long, value_name = "ID=ADDR,...")]
+    pub peers: Option<String>,
+    /// Every voter's client address, so followers can tell clients where the leader is:
+    /// `1=host:port,...`.
+    #[arg(long, value_name = "ID=ADDR,...")]
+    pub peer_clients: Option<String>,
+    /// Address for peer connections [default: this node's entry in --peers].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Address for client connections (produce, tail, status).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub client_listen: Option<SocketAddr>,
+    /// Address of the Prometheus text endpoint (GET /metrics) [default: none].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Data directory (log segments, hard state, identity); created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Cores to pin to: the raft thread on the first, the log writer on the second (or sharing
+    /// the first) [default: unpinned].
+    #[arg(long, value_name = "LIST")]
+    pub cores: Option<String>,
+    /// Leader heartbeat interval in milliseconds [default: 50].
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
+    /// Lower end of the randomised election timeout, ms; at least 5 heartbeats [default: 250].
+    #[arg(long)]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Upper end of the randomised election timeout, ms [default: 500].
+    #[arg(long)]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Network backend: auto (io_uring, else poll), uring, poll [default: auto, or $RAFTLINE_NET_BACKEND].
+    #[arg(long, value_name = "auto|uring|poll")]
+    pub net_backend: Option<String>,
+    /// Size of each log segment file in MiB [default: 64].
+    #[arg(long)]
+    pub segment_mib: Option<u64>,
+    /// Largest batch a producer may append, in KiB [default: 1024].
+    #[arg(long)]
+    pub batch_kib_max: Option<u64>,
+    /// An append not acknowledged within this many ms is answered Timeout [default: 10000].
+    #[arg(long)]
+    pub append_timeout_ms: Option<u64>,
+}
+
+/// The same settings as read from a TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<u64>,
+    cluster_id: Option<String>,
+    peers: Option<BTreeMap<String, String>>,
+    peer_clients: Option<BTreeMap<String, String>>,
+    listen: Option<SocketAddr>,
+    client_listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    cores: Option<Vec<usize>>,
+    heartbeat_ms: Option<u64>,
+    election_timeout_min_ms: Option<u64>,
+    election_timeout_max_ms: Option<u64>,
+    net_backend: Option<String>,
+    segment_mib: Option<u64>,
+    batch_kib_max: Option<u64>,
+    append_timeout_ms: Option<u64>,
+}
+
+/// A validated server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// This node.
+    pub id: u64,
+    /// The cluster's name.
+    pub cluster_name: String,
+    /// Peer address of every voter (this node included).
+    pub peers: BTreeMap<u64, SocketAddr>,
+    /// Client address of every voter that has one configured.
+    pub peer_clients: BTreeMap<u64, String>,
+    /// Peer listen address.
+    pub listen: SocketAddr,
+    /// Client listen address.
+    pub client_listen: SocketAddr,
+    /// Metrics listen address.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Cores to pin to (empty: unpinned).
+    pub cores: Vec<usize>,
+    /// Tick length.
+    pub tick: Duration,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout range.
+    pub election_timeout_min: Duration,
+    /// Upper end of the election timeout range.
+    pub election_timeout_max: Duration,
+    /// Network backend.
+    pub net_backend: Backend,
+    /// Log segment size.
+    pub segment_bytes: u64,
+    /// Largest producer batch.
+    pub batch_bytes_max: usize,
+    /// Append acknowledgement timeout.
+    pub append_timeout: Duration,
+    /// Things that work but deserve the operator's attention.
+    pub warnings: Vec<String>,
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_id_map(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut map = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .with_context(|| format!("{item:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("node id {id:?} in {item:?} is not a number"))?;
+        if map.insert(id, addr.trim().to_string()).is_some() {
+            bail!("node id {id} is listed twice");
+        }
+    }
+    Ok(map)
+}
+
+fn parse_cores(text: &str) -> anyhow::Result<Vec<usize>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|c| {
+            c.parse()
+                .with_context(|| format!("core {c:?} is not a number"))
+        })
+        .collect()
+}
+
+fn file_map(map: BTreeMap<String, String>, what: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    map.into_iter()
+        .map(|(k, v)| {
+            let id = k
+                .parse()
+                .with_context(|| format!("{what}: key {k:?} is not a node id"))?;
+            Ok((id, v))
+        })
+        .collect()
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing the config file {}", path.display()))
+}
+
+impl ServerArgs {
+    /// Merges flags over the config file and validates the result.
+    pub fn resolve(self) -> anyhow::Result<ServerConfig> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let id = self.id.or(file.id).context("--id is required")?;
+        let cluster_name = self
+            .cluster_id
+            .or(file.cluster_id)
+            .context("--cluster-id is required")?;
+        let peers_text = match (self.peers, file.peers) {
+            (Some(text), _) => parse_id_map(&text)?,
+            (None, Some(map)) => file_map(map, "peers")?,
+            (None, None) => {
+                bail!("--peers is required (every voter, this node included: 1=host:port,2=...)")
+            }
+        };
+        let peer_clients = match (self.peer_clients, file.peer_clients) {
+            (Some(text), _) => parse_id_map(&text)?,
+            (None, Some(map)) => file_map(map, "peer_clients")?,
+            (None, None) => BTreeMap::new(),
+        };
+        let mut peers = BTreeMap::new();
+        for (peer, addr) in peers_text {
+            let resolved =
+                resolve_addr(&addr).with_context(|| format!("peer {peer}'s address {addr:?}"))?;
+            peers.insert(peer, resolved);
+        }
+        let cores = match (self.cores, file.cores) {
+            (Some(text), _) => parse_cores(&text)?,
+            (None, Some(list)) => list,
+            (None, None) => Vec::new(),
+        };
+        let net_backend_text = self
+            .net_backend
+            .or(file.net_backend)
+            .or_else(|| std::env::var(NET_BACKEND_ENV).ok())
+            .unwrap_or_else(|| "auto".into());
+        let net_backend: Backend = net_backend_text.parse().map_err(|_| {
+            anyhow::anyhow!("--net-backend {net_backend_text:?}: use auto, uring or poll")
+        })?;
+        let own = peers.get(&id).copied();
+        let listen = self.listen.or(file.listen).or(own).with_context(|| {
+            format!("--peers does not list this node's id {id}, and --listen is not given")
+        })?;
+        let cfg = ServerConfig {
+            id,
+            cluster_name,
+            peers,
+            peer_clients,
+            listen,
+            client_listen: self
+                .client_listen
+                .or(file.client_listen)
+                .context("--client-listen is required")?,
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .context("--data-dir is required")?,
+            cores,
+            tick: Duration::from_millis(TICK_MS_DEFAULT),
+            heartbeat: Duration::from_millis(
+                self.heartbeat_ms
+                    .or(file.heartbeat_ms)
+                    .unwrap_or(HEARTBEAT_MS_DEFAULT),
+            ),
+            election_timeout_min: Duration::from_millis(
+                self.election_timeout_min_ms
+                    .or(file.election_timeout_min_ms)
+                    .unwrap_or(ELECTION_TIMEOUT_MIN_MS_DEFAULT),
+            ),
+            election_timeout_max: Duration::from_millis(
+                self.election_timeout_max_ms
+                    .or(file.election_timeout_max_ms)
+                    .unwrap_or(ELECTION_TIMEOUT_MAX_MS_DEFAULT),
+            ),
+            net_backend,
+            segment_bytes: self.segment_mib.or(file.segment_mib).unwrap_or(64) << 20,
+            batch_bytes_max: (self.batch_kib_max.or(file.batch_kib_max).unwrap_or(1024) << 10)
+                as usize,
+            append_timeout: Duration::from_millis(
+                self.append_timeout_ms
+                    .or(file.append_timeout_ms)
+                    .unwrap_or(10_000),
+            ),
+            warnings: Vec::new(),
+        };
+        cfg.validated()
+    }
+}
+
+fn resolve_addr(addr: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .with_context(|| format!("cannot resolve {addr:?}"))?
+        .next()
+        .with_context(|| format!("{addr:?} resolves to no address"))
+}
+
+impl ServerConfig {
+    /// Checks the settings against each other; collects warnings.
+    fn validated(mut self) -> anyhow::Result<ServerConfig> {
+        if self.id == 0 {
+            bail!("--id 0 is reserved for clients; node ids start at 1");
+        }
+        if self.peers.contains_key(&0) {
+            bail!("--peers: node id 0 is reserved for clients");
+        }
+        if !self.peers.contains_key(&self.id) {
+            bail!(
+                "--peers must list every voter including this node (id {}); it lists {:?}",
+                self.id,
+                self.peers.keys().collect::<Vec<_>>()
+            );
+        }
+        if self.cluster_name.is_empty() {
+            bail!("--cluster-id must not be empty");
+        }
+        let ms = |d: Duration| d.as_millis() as u64;
+        if self.heartbeat < self.tick {
+            bail!(
+                "--heartbeat-ms {} is shorter than the {} ms tick Raft counts time in",
+                ms(self.heartbeat),
+                ms(self.tick)
+            );
+        }
+        if ms(self.election_timeout_min) < ELECTION_HEARTBEATS_MIN * ms(self.heartbeat) {
+            bail!(
+                "election timeout {} ms is under {ELECTION_HEARTBEATS_MIN}x the heartbeat interval \
+                 ({} ms): a follower would call an election after a few late heartbeats, and \
+                 leadership would flap under ordinary jitter. Raise --election-timeout-min-ms to at \
+                 least {} or lower --heartbeat-ms",
+                ms(self.election_timeout_min),
+                ms(self.heartbeat),
+                ELECTION_HEARTBEATS_MIN * ms(self.heartbeat)
+            );
+        }
+        if self.election_timeout_max <= self.election_timeout_min {
+            bail!(
+                "--election-timeout-max-ms ({}) must exceed --election-timeout-min-ms ({}): the \
+                 timeout is drawn at random from the range so that candidates rarely collide",
+                ms(self.election_timeout_max),
+                ms(self.election_timeout_min)
+            );
+        }
+        if self.segment_bytes < 1 << 20 {
+            bail!("--segment-mib must be at least 1");
+        }
+        if self.batch_bytes_max == 0 || self.batch_bytes_max as u64 > self.segment_bytes / 4 {
+            bail!("--batch-kib-max must be positive and at most a quarter of a segment");
+        }
+        let voters = self.peers.len();
+        if voters % 2 == 0 {
+            self.warnings.push(format!(
+                "{voters} voters: an even number tolerates no more failures than {} would \
+                 ({} failure(s)); consider {} or {} voters",
+                voters - 1,
+                (voters - 1) / 2,
+                voters - 1,
+                voters + 1
+            ));
+        }
+        for id in self.peers.keys() {
+            if !self.peer_clients.contains_key(id) {
+                self.warnings.push(format!(
+                    "--peer-clients has no client address for node {id}: followers cannot point \
+                     clients to it when it leads"
+                ));
+            }
+        }
+        Ok(self)
+    }
+
+    /// Raft timing in ticks (heartbeat, election min, election max).
+    pub fn ticks(&self) -> (u32, u32, u32) {
+        let t = |d: Duration| (d.as_millis() / self.tick.as_millis()).max(1) as u32;
+        (
+            t(self.heartbeat),
+            t(self.election_timeout_min),
+            t(self.election_timeout_max),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServerArgs {
+        ServerArgs {
+            id: Some(1),
+            cluster_id: Some("c".into()),
+            peers: Some("1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103".into()),
+            peer_clients: Some("1=127.0.0.1:7201,2=127.0.0.1:7202,3=127.0.0.1:7203".into()),
+            client_listen: Some("127.0.0.1:7201".parse().unwrap()),
+            data_dir: Some("/tmp/x".into()),
+            ..ServerArgs::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_listen_on_the_own_peer_entry() {
+        let cfg = args().resolve().unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:7101".parse::<SocketAddr>().unwrap());
+        assert_eq!(cfg.ticks(), (5, 25, 50));
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    }
+
+    #[test]
+    fn election_timeout_under_five_heartbeats_is_refused_with_the_reason() {
+        let mut a = args();
+        a.heartbeat_ms = Some(100);
+        a.election_timeout_min_ms = Some(300);
+        a.election_timeout_max_ms = Some(600);
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("under 5x the heartbeat") && err.contains("at least 500"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_even_number_of_voters_gets_a_warning() {
+        let mut a = args();
+        a.peers = Some("1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3,4=127.0.0.1:4".into());
+        a.peer_clients = Some("1=a:1,2=a:2,3=a:3,4=a:4".into());
+        let cfg = a.resolve().unwrap();
+        assert_eq!(cfg.warnings.len(), 1);
+        assert!(
+            cfg.warnings[0].contains("no more failures than 3"),
+            "{:?}",
+            cfg.warnings
+        );
+    }
+
+    #[test]
+    fn a_config_file_supplies_settings_and_flags_override_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "id = 2\ncluster_id = \"from-file\"\nclient_listen = \"127.0.0.1:7202\"\n\
+             data_dir = \"/tmp/d\"\nheartbeat_ms = 20\nelection_timeout_min_ms = 100\n\
+             election_timeout_max_ms = 200\n\
+             [peers]\n1 = \"127.0.0.1:7101\"\n2 = \"127.0.0.1:7102\"\n3 = \"127.0.0.1:7103\"\n",
+        )
+        .unwrap();
+        let cfg = ServerArgs {
+            config: Some(path.clone()),
+            heartbeat_ms: Some(10),
+            ..ServerArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((cfg.id, cfg.cluster_name.as_str()), (2, "from-file"));
+        assert_eq!(cfg.listen, "127.0.0.1:7102".parse::<SocketAddr>().unwrap());
+        assert_eq!(cfg.heartbeat, Duration::from_millis(10));
+        assert_eq!(cfg.election_timeout_min, Duration::from_millis(100));
+        std::fs::write(&path, "id = 2\nbogus = 1\n").unwrap();
+        let err = format!(
+            "{:#}",
+            ServerArgs {
+                config: Some(path),
+                ..ServerArgs::default()
+            }
+            .resolve()
+            .unwrap_err()
+        );
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn a_node_missing_from_its_peer_list_is_refused() {
+        let mut a = args();
+        a.id = Some(9);
+        assert!(a
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("--peers does not list"));
+    }
+}
