@@ -22,6 +22,12 @@ pub enum MembershipChange {
 /// Why a membership change was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MembershipError {
+    /// Only the leader changes the configuration; `leader` is its best guess of who is.
+    #[error("not the leader (leader hint: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// Leadership is being handed to `to`; retry with the new leader.
+    #[error("leadership is being transferred to node {to}")]
+    Transferring { to: NodeId },
     /// One change at a time: the previous one is not committed yet.
     #[error("configuration change at index {index} is not committed yet")]
     ChangePending { index: Index },

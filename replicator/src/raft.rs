@@ -50,9 +50,6 @@ pub enum ProposeError {
     /// Too many entry bytes wait for the local disk; retry once some are durable.
     #[error("{bytes} entry bytes await the disk (limit {limit})")]
     DiskBacklog { bytes: u64, limit: u64 },
-    /// A membership change was refused.
-    #[error(transparent)]
-    Membership(#[from] MembershipError),
 }
 
 /// Why a node could not start.
@@ -519,20 +516,20 @@ impl<S: Storage> Raft<S> {
     pub fn propose_membership(
         &mut self,
         change: MembershipChange,
-    ) -> Result<(Term, Index), ProposeError> {
+    ) -> Result<(Term, Index), MembershipError> {
         if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader {
+            return Err(MembershipError::NotLeader {
                 leader: self.leader,
             });
         }
         if let Some(to) = self.transfer_to {
-            return Err(ProposeError::Transferring { to });
+            return Err(MembershipError::Transferring { to });
         }
         if self.log.term(self.commit).ok() != Some(self.term) {
-            return Err(MembershipError::NotYetCommittedInTerm.into());
+            return Err(MembershipError::NotYetCommittedInTerm);
         }
         if let Some(index) = self.configs.last_index().filter(|&i| i > self.commit) {
-            return Err(MembershipError::ChangePending { index }.into());
+            return Err(MembershipError::ChangePending { index });
         }
         if let MembershipChange::PromoteLearner(id) = change {
             let match_index = self.progress.get(&id).map_or(0, |p| p.match_index);
@@ -542,8 +539,7 @@ impl<S: Storage> Raft<S> {
                     id,
                     match_index,
                     commit,
-                }
-                .into());
+                });
             }
         }
         let next = self.configs.current().apply(change)?;

@@ -883,9 +883,7 @@ fn learner_gets_the_log_never_votes_and_is_promoted_once_caught_up() {
     );
     assert_eq!(
         nodes[0].propose_membership(MembershipChange::PromoteLearner(4)),
-        Err(ProposeError::Membership(MembershipError::ChangePending {
-            index
-        })),
+        Err(MembershipError::ChangePending { index }),
         "one change at a time"
     );
     settle(&mut nodes);
@@ -942,11 +940,11 @@ fn a_learner_behind_the_commit_index_is_not_promoted() {
     learner.ready();
     assert!(matches!(
         nodes[0].propose_membership(MembershipChange::PromoteLearner(4)),
-        Err(ProposeError::Membership(MembershipError::LearnerBehind {
+        Err(MembershipError::LearnerBehind {
             id: 4,
             match_index: 0,
             ..
-        }))
+        })
     ));
 }
 
@@ -1005,8 +1003,6 @@ fn a_new_leader_changes_the_configuration_only_after_committing_in_its_term() {
     elect_with_the_vote_of_node_2(&mut leader);
     assert_eq!(
         leader.propose_membership(MembershipChange::Remove(3)),
-        Err(ProposeError::Membership(
-            MembershipError::NotYetCommittedInTerm
-        ))
+        Err(MembershipError::NotYetCommittedInTerm)
     );
 }
