@@ -222,8 +222,22 @@ pub struct Raft<S> {
     transfer_to: Option<NodeId>,
     /// Leader only: ReadIndex requests awaiting a quorum of heartbeat responses, oldest first.
     reads: VecDeque<PendingRead>,
-    /// Sequence number of the latest ReadIndex request (carried by heartbeats).
+    /// Sequence number of the latest heartbeat round or ReadIndex request (carried by
+    /// heartbeats, echoed by their responses).
     read_seq: u64,
+    /// Ticks since this node started (the lease clock).
+    ticks: u64,
+    /// Leader only: `(first read_seq sent in that tick, tick)` of recent heartbeat rounds, for
+    /// lease reads; rounds older than the lease are dropped.
+    rounds: VecDeque<(u64, u64)>,
+    /// Leader only: per peer, the highest heartbeat round it acknowledged.
+    lease_acks: BTreeMap<NodeId, u64>,
+    /// Leader only: a TimeoutNow went out this term; the target may campaign through the
+    /// followers' stickiness, so no lease holds any more.
+    lease_revoked: bool,
+    /// Refuse votes for an election timeout after start: this node may have acknowledged a
+    /// leader's heartbeat just before it crashed (lease reads count on that).
+    quiet_after_start: bool,
     read_states: Vec<ReadState>,
     votes: BTreeMap<NodeId, bool>,
     progress: BTreeMap<NodeId, Progress>,
@@ -245,6 +259,7 @@ impl<S: Storage> Raft<S> {
         storage: S,
     ) -> Result<Self, InitError> {
         cfg.validate()?;
+        let quiet_after_start = cfg.lease_read;
         let snapshot_index = storage.first_index() - 1;
         // The configuration: the snapshot's, or the bootstrap voters, then any configuration
         // entries after it.
@@ -302,6 +317,11 @@ impl<S: Storage> Raft<S> {
             transfer_to: None,
             reads: VecDeque::new(),
             read_seq: 0,
+            ticks: 0,
+            rounds: VecDeque::new(),
+            lease_acks: BTreeMap::new(),
+            lease_revoked: false,
+            quiet_after_start,
             read_states: Vec::new(),
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
@@ -425,6 +445,10 @@ impl<S: Storage> Raft<S> {
             self.election_timeout = Some(self.cfg.election_ticks_min + rng.next_u32() % span);
         }
         self.election_elapsed += 1;
+        self.ticks += 1;
+        if self.election_elapsed >= self.cfg.election_ticks_min {
+            self.quiet_after_start = false;
+        }
         if self.role == Role::Leader {
             self.tick_leader();
         } else if self.election_elapsed >= self.election_timeout.expect("drawn above") {
@@ -460,6 +484,7 @@ impl<S: Storage> Raft<S> {
         self.transfer_to = Some(to);
         self.election_elapsed = 0;
         if self.progress[&to].match_index == self.log.last_index() {
+            self.lease_revoked = true;
             self.send(to, MessageBody::TimeoutNow);
         } else {
             self.send_append(to, true);
@@ -478,6 +503,13 @@ impl<S: Storage> Raft<S> {
         if self.log.term(self.commit).ok() != Some(self.term) {
             return Err(ReadError::NotYetCommittedInTerm);
         }
+        if self.lease_holds() {
+            self.read_states.push(ReadState {
+                ctx,
+                index: self.commit,
+            });
+            return Ok(());
+        }
         if self.reads.len() >= self.cfg.reads_pending_max {
             let (pending, limit) = (self.reads.len(), self.cfg.reads_pending_max);
             return Err(ReadError::Busy { pending, limit });
@@ -493,6 +525,49 @@ impl<S: Storage> Raft<S> {
         self.release_reads();
         self.broadcast_heartbeat();
         Ok(())
+    }
+
+    /// True when this leader may serve a read from its lease: a quorum acknowledged a heartbeat
+    /// round sent less than [`Config::lease_ticks`] ticks ago, no transfer was started this
+    /// term and no configuration change is pending.
+    pub fn lease_holds(&self) -> bool {
+        if !self.cfg.lease_read
+            || self.role != Role::Leader
+            || self.lease_revoked
+            || self.transfer_to.is_some()
+            || self.configs.last_index().is_some_and(|i| i > self.commit)
+        {
+            return false;
+        }
+        if self.cfg.mutation == Mutation::LeaseWithoutQuorum {
+            let sent = self.rounds.back().map_or(0, |&(_, tick)| tick);
+            return sent > 0 && self.ticks - sent < self.cfg.lease_ticks();
+        }
+        let current = self.configs.current();
+        // Per voter: when its lease started, in our ticks.
+        let mut starts: Vec<u64> = current
+            .voters
+            .iter()
+            .map(|&v| {
+                if v == self.cfg.id {
+                    return self.ticks;
+                }
+                let Some(&seq) = self.lease_acks.get(&v) else {
+                    return 0;
+                };
+                // The round's send tick: that of the latest round starting at or before it.
+                self.rounds
+                    .iter()
+                    .rev()
+                    .find(|&&(first, _)| first <= seq)
+                    .map_or(0, |&(_, sent)| sent)
+            })
+            .collect();
+        starts.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(&start) = starts.get(current.quorum() - 1) else {
+            return false;
+        };
+        start > 0 && self.ticks - start < self.cfg.lease_ticks()
     }
 
     /// The follower leadership is being handed to, if a transfer is under way.
@@ -742,6 +817,9 @@ impl<S: Storage> Raft<S> {
         self.transfer_to = None;
         // Unconfirmed reads die with the leadership; their callers retry elsewhere.
         self.reads.clear();
+        self.rounds.clear();
+        self.lease_acks.clear();
+        self.lease_revoked = false;
         self.election_elapsed = 0;
         self.election_timeout = None;
         self.heartbeat_elapsed = 0;
@@ -840,7 +918,7 @@ impl<S: Storage> Raft<S> {
 
     fn in_lease(&self) -> bool {
         self.cfg.check_quorum
-            && self.leader.is_some()
+            && (self.leader.is_some() || self.quiet_after_start)
             && self.election_elapsed < self.cfg.election_ticks_min
     }
 
@@ -902,6 +980,23 @@ impl<S: Storage> Raft<S> {
     }
 
     fn broadcast_heartbeat(&mut self) {
+        // Every round gets its own number, so acknowledgements tell when the lease started.
+        self.read_seq += 1;
+        if self
+            .rounds
+            .back()
+            .is_none_or(|&(_, tick)| tick < self.ticks)
+        {
+            self.rounds.push_back((self.read_seq, self.ticks));
+        }
+        let horizon = self.cfg.lease_ticks();
+        while self
+            .rounds
+            .front()
+            .is_some_and(|&(_, tick)| tick + horizon < self.ticks)
+        {
+            self.rounds.pop_front();
+        }
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for peer in peers {
             let commit = self.commit.min(self.progress[&peer].match_index);
@@ -948,6 +1043,7 @@ impl<S: Storage> Raft<S> {
                     }
                     self.maybe_commit();
                     if self.transfer_to == Some(from) && index == self.log.last_index() {
+                        self.lease_revoked = true;
                         self.send(from, MessageBody::TimeoutNow);
                     }
                 }
@@ -993,6 +1089,8 @@ impl<S: Storage> Raft<S> {
                 for r in self.reads.iter_mut().take_while(|r| r.seq <= read_seq) {
                     r.acks.insert(from);
                 }
+                let acked = self.lease_acks.entry(from).or_insert(0);
+                *acked = (*acked).max(read_seq);
                 self.release_reads();
             }
             _ => {}

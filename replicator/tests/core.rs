@@ -581,7 +581,8 @@ fn read_index_is_confirmed_only_by_heartbeats_sent_after_the_request() {
             _ => None,
         })
         .collect();
-    assert_eq!(seqs, vec![1, 1]);
+    // Every heartbeat round is numbered after the read it confirms.
+    assert_eq!(seqs, vec![2, 2]);
     let response = |read_seq| Message {
         from: 2,
         to: 1,
@@ -590,7 +591,7 @@ fn read_index_is_confirmed_only_by_heartbeats_sent_after_the_request() {
     };
     leader.step(response(0)); // answers a heartbeat older than the read
     assert!(leader.ready().read_states.is_empty());
-    leader.step(response(1));
+    leader.step(response(2));
     assert_eq!(
         leader.ready().read_states,
         vec![ReadState {
@@ -1005,4 +1006,107 @@ fn a_new_leader_changes_the_configuration_only_after_committing_in_its_term() {
         leader.propose_membership(MembershipChange::Remove(3)),
         Err(MembershipError::NotYetCommittedInTerm)
     );
+}
+
+/// Three nodes with lease reads, node 1 elected and everything settled.
+fn lease_cluster() -> Vec<Node> {
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|id| {
+            let mut cfg = config(id, 3);
+            cfg.lease_read = true;
+            node(cfg, 0, vec![])
+        })
+        .collect();
+    // Fresh nodes refuse votes for an election timeout (they might have acknowledged a leader
+    // just before a crash); the longest timeout keeps them from campaigning meanwhile.
+    let mut rng = rand::rngs::mock::StepRng::new(9, 0);
+    for _ in 0..nodes[0].config().election_ticks_min {
+        nodes.iter_mut().for_each(|n| n.tick(&mut rng));
+    }
+    nodes[0].campaign();
+    settle(&mut nodes);
+    assert_eq!(nodes[0].role(), Role::Leader);
+    nodes
+}
+
+/// Ticks the leader alone `ticks` times and returns what it sent.
+fn tick_leader(nodes: &mut [Node], ticks: u64) -> Vec<Message> {
+    let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+    let mut sent = Vec::new();
+    for _ in 0..ticks {
+        nodes[0].tick(&mut rng);
+        let rd = nodes[0].ready();
+        sent.extend(persist_all(&mut nodes[0], rd));
+    }
+    sent
+}
+
+#[test]
+fn lease_read_is_served_at_once_within_the_lease_and_by_a_heartbeat_round_after_it() {
+    let mut nodes = lease_cluster();
+    let lease = nodes[0].config().lease_ticks();
+    assert!(lease >= 1);
+    // A heartbeat round that a quorum acknowledges starts a lease.
+    let round = tick_leader(&mut nodes, 2);
+    for m in round.into_iter().filter(|m| m.to == 2) {
+        nodes[1].step(m);
+        let rd = nodes[1].ready();
+        for reply in persist_all(&mut nodes[1], rd) {
+            nodes[0].step(reply);
+        }
+    }
+    assert!(nodes[0].lease_holds());
+    nodes[0].read_index(7).unwrap();
+    let rd = nodes[0].ready();
+    let commit = nodes[0].commit_index();
+    assert_eq!(
+        rd.read_states,
+        [ReadState {
+            ctx: 7,
+            index: commit
+        }]
+    );
+    assert!(
+        rd.messages.is_empty(),
+        "no heartbeat round for a lease read"
+    );
+    // Without acknowledgements the lease runs out: reads need a round again.
+    tick_leader(&mut nodes, lease);
+    assert!(!nodes[0].lease_holds());
+    nodes[0].read_index(8).unwrap();
+    let rd = nodes[0].ready();
+    assert!(rd.read_states.is_empty());
+    assert!(rd
+        .messages
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::Heartbeat { .. })));
+}
+
+#[test]
+fn a_leader_that_sent_timeout_now_serves_no_lease_reads_this_term() {
+    let mut nodes = lease_cluster();
+    let round = tick_leader(&mut nodes, 2);
+    for m in round.into_iter().filter(|m| m.to == 2) {
+        nodes[1].step(m);
+        let rd = nodes[1].ready();
+        for reply in persist_all(&mut nodes[1], rd) {
+            nodes[0].step(reply);
+        }
+    }
+    assert!(nodes[0].lease_holds());
+    nodes[0].transfer_leadership(2).unwrap();
+    assert!(
+        !nodes[0].lease_holds(),
+        "the target campaigns through the followers' stickiness"
+    );
+}
+
+#[test]
+fn lease_read_requires_check_quorum() {
+    let mut cfg = Config::new(1, vec![1, 2, 3]);
+    cfg.lease_read = true;
+    cfg.check_quorum = false;
+    assert!(matches!(cfg.validate(), Err(ConfigError::Lease { .. })));
+    cfg.check_quorum = true;
+    assert_eq!(cfg.validate(), Ok(()));
 }

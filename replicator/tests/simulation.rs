@@ -171,3 +171,19 @@ fn simulator_finds_a_snapshot_installed_over_entries_the_log_already_holds() {
         "{f:?}"
     );
 }
+
+#[test]
+fn simulator_finds_a_read_lease_renewed_without_a_quorum() {
+    let f = first_failure(Mutation::LeaseWithoutQuorum, SimConfig::lease, 60);
+    assert_eq!(f.violation.property, Property::StaleRead, "{f:?}");
+}
+
+#[test]
+fn lease_reads_under_drifting_clocks_are_never_stale() {
+    let reports = run_all("lease", SimConfig::lease, 0, 40);
+    let lease_reads: u64 = reports.iter().map(|r| r.lease_reads).sum();
+    assert!(
+        lease_reads > 1000,
+        "reads must be served from leases ({lease_reads})"
+    );
+}

@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::{Config, Mutation};
 use crate::membership::MembershipChange;
 use crate::message::{Index, Membership, Message, NodeId, SnapshotMeta, Term};
-use crate::raft::{ProposeError, Raft, Role};
+use crate::raft::{ProposeError, Raft, ReadError, Role};
 use checker::{Checker, Property, Violation};
 use disk::{SimDisk, SimSnapshot};
 use network::Links;
@@ -176,6 +176,12 @@ pub struct SimConfig {
     pub snapshot_per_mille: u32,
     /// Snapshots are padded with up to this many bytes, so they travel in several chunks.
     pub snapshot_padding_bytes_max: usize,
+    /// Lease reads on the nodes (needs check-quorum).
+    pub lease_read: bool,
+    /// The clock-drift bound the nodes assume, per mille. With lease reads on, each node's clock
+    /// runs at its own rate, drawn within a third of this from the nominal rate (so any two
+    /// clocks differ by less than the bound).
+    pub clock_drift_per_mille: u32,
     /// Liveness bound: after healing (and after killing the leader), a leader must commit
     /// within this many ticks.
     pub recovery_ticks_max: u64,
@@ -199,6 +205,8 @@ impl SimConfig {
             log_cache_bytes_max: 512,
             snapshot_per_mille: 30,
             snapshot_padding_bytes_max: 600,
+            lease_read: false,
+            clock_drift_per_mille: 100,
             recovery_ticks_max: 500,
         }
     }
@@ -208,7 +216,7 @@ impl SimConfig {
     pub fn swarm(seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5157_4152_4d00_0000);
         let nodes = [3, 3, 5, 5, 7][rng.gen_range(0..5)];
-        SimConfig {
+        let mut cfg = SimConfig {
             nodes,
             faults: FaultMix::random(&mut rng),
             pre_vote: rng.gen_bool(0.7),
@@ -219,6 +227,25 @@ impl SimConfig {
             snapshot_per_mille: [0, 10, 50, 200][rng.gen_range(0..4)],
             spare_nodes: rng.gen_range(0..=2),
             ..SimConfig::standard(seed, nodes)
+        };
+        cfg.lease_read = cfg.check_quorum && rng.gen_bool(0.4);
+        cfg
+    }
+
+    /// Lease reads under drifting clocks: standard faults plus many slow (reordered) messages
+    /// and partitions that isolate the leader — the ground where a lease measured wrongly lets
+    /// a deposed leader serve a stale read.
+    pub fn lease(seed: u64) -> Self {
+        let faults = FaultMix {
+            slow_per_mille: 150,
+            slow_units_max: 900,
+            partition_per_mille: 30,
+            ..FaultMix::standard()
+        };
+        SimConfig {
+            faults,
+            lease_read: true,
+            ..SimConfig::standard(seed, 3)
         }
     }
 
@@ -257,6 +284,8 @@ impl SimConfig {
         cfg.inflight_bytes_max = 16 * self.msg_bytes_max;
         cfg.uncommitted_entries_max = 256;
         cfg.log_cache_bytes_max = self.log_cache_bytes_max;
+        cfg.lease_read = self.lease_read;
+        cfg.clock_drift_per_mille = self.clock_drift_per_mille;
         cfg.committed_bytes_max = 4 * self.msg_bytes_max;
         cfg.mutation = self.mutation;
         cfg
@@ -288,6 +317,8 @@ pub struct SimReport {
     pub snapshots_installed: u64,
     /// Membership changes the leaders accepted.
     pub membership_changes: u64,
+    /// Reads served from a leader lease (a subset of `reads_confirmed`).
+    pub lease_reads: u64,
     /// Ticks from healing every fault to a leader committing in its term.
     pub heal_recovery_ticks: u64,
     /// Ticks from killing a stable leader to a new leader committing in its term.
@@ -351,6 +382,10 @@ struct SimNode {
     state: SimStateMachine,
     /// Chunks of a snapshot being received (volatile).
     incoming: Vec<u8>,
+    /// Clock units this node's clock advances per simulated tick (100 = nominal).
+    clock_rate: u64,
+    /// Clock units not yet turned into a tick.
+    clock: u64,
     /// Bumped at every crash so events of an earlier life are ignored.
     epoch: u64,
     last_role: Option<(Role, Term)>,
@@ -388,7 +423,12 @@ pub struct Simulator<'t> {
     snapshots_taken: u64,
     snapshots_installed: u64,
     membership_changes: u64,
+    lease_reads: u64,
     client_target: usize,
+    /// The node the reading client asks.
+    reader_target: usize,
+    /// The clients' own random stream (their retries do not disturb the main stream's draws).
+    client_rng: ChaCha8Rng,
     trace: Option<&'t mut dyn FnMut(&str)>,
 }
 
@@ -410,6 +450,13 @@ impl<'t> Simulator<'t> {
             cfg.nodes
         );
         let total = cfg.nodes + cfg.spare_nodes;
+        // Clock rates come from their own stream, so runs without drift are unchanged.
+        let mut clock_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xc10c_0000_0000_0000);
+        let spread = if cfg.lease_read {
+            u64::from(cfg.clock_drift_per_mille) / 30
+        } else {
+            0
+        };
         let nodes = (0..total)
             .map(|i| {
                 let raft = Raft::new(
@@ -427,6 +474,8 @@ impl<'t> Simulator<'t> {
                 membership,
                 state: SimStateMachine::default(),
                 incoming: Vec::new(),
+                clock_rate: TICK_UNITS - spread + clock_rng.gen_range(0..=2 * spread),
+                clock: 0,
                 epoch: 0,
                 last_role: None,
             })
@@ -449,7 +498,10 @@ impl<'t> Simulator<'t> {
             snapshots_taken: 0,
             snapshots_installed: 0,
             membership_changes: 0,
+            lease_reads: 0,
             client_target: 0,
+            reader_target: 0,
+            client_rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xc1e7_0000_0000_0000),
             trace,
             cfg,
         }
@@ -500,6 +552,7 @@ impl<'t> Simulator<'t> {
             snapshots_taken: self.snapshots_taken,
             snapshots_installed: self.snapshots_installed,
             membership_changes: self.membership_changes,
+            lease_reads: self.lease_reads,
             heal_recovery_ticks,
             leader_loss_recovery_ticks,
         })
@@ -669,13 +722,25 @@ impl<'t> Simulator<'t> {
         for _ in 0..self.rng.gen_range(0..=self.cfg.proposals_per_tick_max) {
             self.propose()?;
         }
+        if self.client_rng.gen_ratio(1, 20) {
+            // The writer times out (its leader may be cut off) and retries elsewhere.
+            self.client_target = self.client_rng.gen_range(0..self.nodes.len());
+        }
         self.read()?;
         for node in 0..self.nodes.len() {
-            if let Some(raft) = self.nodes[node].raft.as_mut() {
+            let sn = &mut self.nodes[node];
+            sn.clock += sn.clock_rate;
+            let ticks = sn.clock / TICK_UNITS;
+            sn.clock %= TICK_UNITS;
+            if self.nodes[node].raft.is_none() {
+                continue;
+            }
+            for _ in 0..ticks {
+                let raft = self.nodes[node].raft.as_mut().expect("checked above");
                 raft.tick(&mut self.rng);
                 self.drain(node)?;
-                self.maybe_snapshot(node)?;
             }
+            self.maybe_snapshot(node)?;
         }
         Ok(())
     }
@@ -820,16 +885,27 @@ impl<'t> Simulator<'t> {
         Ok(())
     }
 
-    /// A client asks the node it believes leads for a linearizable read.
+    /// A reading client, independent of the writing one, asks the node it believes leads for a
+    /// linearizable read (so a deposed leader that does not know it yet gets asked too).
     fn read(&mut self) -> Result<(), Violation> {
-        let target = self.client_target;
+        let target = self.reader_target;
         let Some(raft) = self.nodes[target].raft.as_mut() else {
+            self.reader_target = self.client_rng.gen_range(0..self.nodes.len());
             return Ok(());
         };
         let ctx = self.rng.gen::<u64>();
-        if raft.read_index(ctx).is_ok() {
-            self.reads.insert(ctx, self.checker.acked_max());
-            self.drain(target)?;
+        let from_lease = raft.lease_holds();
+        match raft.read_index(ctx) {
+            Ok(()) => {
+                self.lease_reads += u64::from(from_lease);
+                self.reads.insert(ctx, self.checker.acked_max());
+                self.drain(target)?;
+            }
+            Err(ReadError::NotLeader { leader: Some(l) }) => self.reader_target = l as usize - 1,
+            Err(ReadError::NotLeader { leader: None }) => {
+                self.reader_target = self.client_rng.gen_range(0..self.nodes.len());
+            }
+            Err(_) => {}
         }
         Ok(())
     }
