@@ -543,28 +543,22 @@ impl<S: Storage> Raft<S> {
             let sent = self.rounds.back().map_or(0, |&(_, tick)| tick);
             return sent > 0 && self.ticks - sent < self.cfg.lease_ticks();
         }
-        let current = self.configs.current();
         // Per voter: when its lease started, in our ticks.
-        let mut starts: Vec<u64> = current
-            .voters
-            .iter()
-            .map(|&v| {
-                if v == self.cfg.id {
-                    return self.ticks;
-                }
-                let Some(&seq) = self.lease_acks.get(&v) else {
-                    return 0;
-                };
-                // The round's send tick: that of the latest round starting at or before it.
-                self.rounds
-                    .iter()
-                    .rev()
-                    .find(|&&(first, _)| first <= seq)
-                    .map_or(0, |&(_, sent)| sent)
-            })
-            .collect();
-        starts.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&start) = starts.get(current.quorum() - 1) else {
+        let start = self.quorum_value(|v| {
+            if v == self.cfg.id {
+                return self.ticks;
+            }
+            let Some(&seq) = self.lease_acks.get(&v) else {
+                return 0;
+            };
+            // The round's send tick: that of the latest round starting at or before it.
+            self.rounds
+                .iter()
+                .rev()
+                .find(|&&(first, _)| first <= seq)
+                .map_or(0, |&(_, sent)| sent)
+        });
+        let Some(start) = start else {
             return false;
         };
         start > 0 && self.ticks - start < self.cfg.lease_ticks()
@@ -904,6 +898,14 @@ impl<S: Storage> Raft<S> {
                 self.progress.insert(peer, pr);
             }
         }
+    }
+
+    /// The largest value a quorum of voters reaches: the quorum-th largest `value(voter)`.
+    fn quorum_value(&self, value: impl Fn(NodeId) -> u64) -> Option<u64> {
+        let current = self.configs.current();
+        let mut values: Vec<u64> = current.voters.iter().map(|&v| value(v)).collect();
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        values.get(current.quorum().checked_sub(1)?).copied()
     }
 
     /// Voters (besides this node) for which `f` holds, plus this node if it votes.
@@ -1256,21 +1258,15 @@ impl<S: Storage> Raft<S> {
     /// Advances the commit index to the highest index durable on a quorum (the leader counting
     /// its own durable index), provided that entry is of the current term.
     fn maybe_commit(&mut self) {
-        let current = self.configs.current();
-        let mut matches: Vec<Index> = current
-            .voters
-            .iter()
-            .map(|&v| {
-                if v == self.cfg.id {
-                    // Our own vote counts only what our disk holds.
-                    self.log.durable_index()
-                } else {
-                    self.progress.get(&v).map_or(0, |p| p.match_index)
-                }
-            })
-            .collect();
-        matches.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&quorum_index) = matches.get(current.quorum() - 1) else {
+        let quorum_index = self.quorum_value(|v| {
+            if v == self.cfg.id {
+                // Our own vote counts only what our disk holds.
+                self.log.durable_index()
+            } else {
+                self.progress.get(&v).map_or(0, |p| p.match_index)
+            }
+        });
+        let Some(quorum_index) = quorum_index else {
             return;
         };
         if quorum_index <= self.commit {

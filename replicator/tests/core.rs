@@ -853,6 +853,16 @@ fn cluster_with_joining_node_4() -> Vec<Node> {
     nodes
 }
 
+/// `cluster_with_joining_node_4` after the leader proposed adding node 4 as a learner; returns
+/// the configuration entry's index too.
+fn cluster_adding_learner_4() -> (Vec<Node>, u64) {
+    let mut nodes = cluster_with_joining_node_4();
+    let (_, index) = nodes[0]
+        .propose_membership(MembershipChange::AddLearner(4))
+        .expect("leader accepts");
+    (nodes, index)
+}
+
 fn members(voters: &[u64], learners: &[u64]) -> Membership {
     Membership {
         voters: voters.to_vec(),
@@ -873,10 +883,7 @@ fn tick_all(nodes: &mut [Node], ticks: u32) {
 
 #[test]
 fn learner_gets_the_log_never_votes_and_is_promoted_once_caught_up() {
-    let mut nodes = cluster_with_joining_node_4();
-    let (_, index) = nodes[0]
-        .propose_membership(MembershipChange::AddLearner(4))
-        .expect("leader accepts");
+    let (mut nodes, index) = cluster_adding_learner_4();
     assert_eq!(
         nodes[0].membership(),
         &members(&[1, 2, 3], &[4]),
@@ -931,10 +938,7 @@ fn learner_gets_the_log_never_votes_and_is_promoted_once_caught_up() {
 
 #[test]
 fn a_learner_behind_the_commit_index_is_not_promoted() {
-    let mut nodes = cluster_with_joining_node_4();
-    nodes[0]
-        .propose_membership(MembershipChange::AddLearner(4))
-        .unwrap();
+    let (mut nodes, _) = cluster_adding_learner_4();
     // Everyone but the learner hears the leader.
     let mut learner = nodes.pop().expect("node 4");
     settle(&mut nodes);
@@ -985,10 +989,7 @@ fn removed_leader_steps_down_once_its_removal_commits_and_never_campaigns() {
 
 #[test]
 fn configuration_survives_a_restart_from_the_disk() {
-    let mut nodes = cluster_with_joining_node_4();
-    nodes[0]
-        .propose_membership(MembershipChange::AddLearner(4))
-        .unwrap();
+    let (mut nodes, _) = cluster_adding_learner_4();
     settle(&mut nodes);
     let disk = nodes[3].storage().clone();
     let hs = disk.hard_state();
@@ -1029,6 +1030,20 @@ fn lease_cluster() -> Vec<Node> {
     nodes
 }
 
+/// The leader's next heartbeat round reaches node 2, whose answer gives the leader a quorum:
+/// a lease starts.
+fn acknowledge_a_heartbeat_round(nodes: &mut [Node]) {
+    let round = tick_leader(nodes, 2);
+    for m in round.into_iter().filter(|m| m.to == 2) {
+        nodes[1].step(m);
+        let rd = nodes[1].ready();
+        for reply in persist_all(&mut nodes[1], rd) {
+            nodes[0].step(reply);
+        }
+    }
+    assert!(nodes[0].lease_holds());
+}
+
 /// Ticks the leader alone `ticks` times and returns what it sent.
 fn tick_leader(nodes: &mut [Node], ticks: u64) -> Vec<Message> {
     let mut rng = rand::rngs::mock::StepRng::new(0, 1);
@@ -1046,16 +1061,7 @@ fn lease_read_is_served_at_once_within_the_lease_and_by_a_heartbeat_round_after_
     let mut nodes = lease_cluster();
     let lease = nodes[0].config().lease_ticks();
     assert!(lease >= 1);
-    // A heartbeat round that a quorum acknowledges starts a lease.
-    let round = tick_leader(&mut nodes, 2);
-    for m in round.into_iter().filter(|m| m.to == 2) {
-        nodes[1].step(m);
-        let rd = nodes[1].ready();
-        for reply in persist_all(&mut nodes[1], rd) {
-            nodes[0].step(reply);
-        }
-    }
-    assert!(nodes[0].lease_holds());
+    acknowledge_a_heartbeat_round(&mut nodes);
     nodes[0].read_index(7).unwrap();
     let rd = nodes[0].ready();
     let commit = nodes[0].commit_index();
@@ -1085,15 +1091,7 @@ fn lease_read_is_served_at_once_within_the_lease_and_by_a_heartbeat_round_after_
 #[test]
 fn a_leader_that_sent_timeout_now_serves_no_lease_reads_this_term() {
     let mut nodes = lease_cluster();
-    let round = tick_leader(&mut nodes, 2);
-    for m in round.into_iter().filter(|m| m.to == 2) {
-        nodes[1].step(m);
-        let rd = nodes[1].ready();
-        for reply in persist_all(&mut nodes[1], rd) {
-            nodes[0].step(reply);
-        }
-    }
-    assert!(nodes[0].lease_holds());
+    acknowledge_a_heartbeat_round(&mut nodes);
     nodes[0].transfer_leadership(2).unwrap();
     assert!(
         !nodes[0].lease_holds(),
