@@ -25,6 +25,9 @@ const VERSION: u16 = 1;
 pub(crate) const FLAG_TRUNCATE_MARKER: u16 = 1;
 /// Flag of a Raft leader's no-op entry: a zero-record batch whose kind must survive a restart.
 pub const FLAG_NOOP: u16 = 2;
+/// Flag of a Raft configuration entry: zero records, the payload is the core's own encoding of
+/// the membership (opaque here), kept byte for byte.
+pub const FLAG_CONFIG: u16 = 4;
 
 /// One record of the log.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -114,6 +117,11 @@ impl BatchHeader {
         self.flags & FLAG_NOOP != 0
     }
 
+    /// True for a Raft configuration entry (zero records, opaque membership payload).
+    pub fn is_config(&self) -> bool {
+        self.flags & FLAG_CONFIG != 0
+    }
+
     /// Offset one past the last record of this batch.
     pub fn next_offset(&self) -> u64 {
         self.base_offset + u64::from(self.record_count)
@@ -135,7 +143,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::BadHeader("version"));
     }
     let flags = u16_at(bytes, 10);
-    if flags & !(FLAG_TRUNCATE_MARKER | FLAG_NOOP) != 0 {
+    if flags & !(FLAG_TRUNCATE_MARKER | FLAG_NOOP | FLAG_CONFIG) != 0 {
         return Err(BatchError::BadHeader("unknown flags"));
     }
     if u32_at(bytes, 44) != 0 {
@@ -227,6 +235,28 @@ impl Batch {
         batch
     }
 
+    /// The batch of a Raft configuration entry: zero records, flagged config, carrying `payload`
+    /// (the core's membership encoding) byte for byte; offset, term and index 0 until stamped.
+    pub fn config(payload: &[u8]) -> Result<Batch, BatchError> {
+        let total = BATCH_HEADER_BYTES + payload.len();
+        if total > BATCH_BYTES_LIMIT {
+            return Err(BatchError::TooLarge {
+                bytes: total,
+                limit: BATCH_BYTES_LIMIT,
+            });
+        }
+        let mut bytes = header_bytes(FLAG_CONFIG, 0, 0, 0, 0, payload.len() as u32).to_vec();
+        bytes.extend_from_slice(payload);
+        let mut batch = Batch { bytes };
+        batch.reseal();
+        Ok(batch)
+    }
+
+    /// The bytes after the fixed header (the records' archive; a config entry's membership).
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[BATCH_HEADER_BYTES..]
+    }
+
     /// Validates bytes (header, CRC, rkyv payload, record count) and takes them as a batch.
     pub fn decode(bytes: Vec<u8>) -> Result<Batch, BatchError> {
         let header = check_frame(&bytes)?;
@@ -263,8 +293,10 @@ impl Batch {
         if header.flags & FLAG_TRUNCATE_MARKER != 0 {
             return Err(BatchError::BadHeader("a truncation marker is not an entry"));
         }
-        if header.is_noop() && header.record_count != 0 {
-            return Err(BatchError::BadHeader("a no-op batch holds no records"));
+        if (header.is_noop() || header.is_config()) && header.record_count != 0 {
+            return Err(BatchError::BadHeader(
+                "a no-op or configuration batch holds no records",
+            ));
         }
         Ok(Batch { bytes })
     }
@@ -466,6 +498,21 @@ mod tests {
             Batch::decode(noop.into_bytes()),
             Err(BatchError::BadHeader(_))
         ));
+    }
+
+    #[test]
+    fn config_batch_keeps_its_payload_and_flag_through_stamping() {
+        let mut config = Batch::config(b"members 1,2,3").unwrap();
+        config.stamp(7, 3, 9);
+        let again = Batch::from_entry_bytes(config.into_bytes()).unwrap();
+        let h = again.header();
+        assert!(h.is_config() && !h.is_noop());
+        assert_eq!((h.record_count, h.base_offset, h.index), (0, 7, 9));
+        assert_eq!(again.payload(), b"members 1,2,3");
+        assert!(
+            Batch::decode(again.into_bytes()).is_err(),
+            "never a data batch"
+        );
     }
 
     #[test]

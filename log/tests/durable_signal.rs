@@ -51,15 +51,19 @@ fn durable_last_ignores_a_truncation_until_it_is_on_disk() {
 }
 
 #[test]
-fn noop_entries_keep_their_kind_and_take_no_offsets_across_reopen() {
+fn noop_and_config_entries_keep_their_kind_and_take_no_offsets_across_reopen() {
     let dir = scratch();
     {
         let log = Log::open(config(dir.path(), BackendKind::Buffered)).unwrap();
         log.append(None, 1, Batch::noop()).unwrap().wait().unwrap();
         log.append(None, 1, batch(1, 3)).unwrap().wait().unwrap();
+        let config = Batch::config(b"voters 1 2 3").unwrap();
+        log.append(None, 1, config).unwrap().wait().unwrap();
     }
     let log = Log::open(config(dir.path(), BackendKind::Buffered)).unwrap();
-    let entries = log.entries(1, 2, 1 << 20).unwrap();
+    let entries = log.entries(1, 3, 1 << 20).unwrap();
+    assert!(entries[2].header().is_config());
+    assert_eq!(entries[2].payload(), b"voters 1 2 3");
     assert!(entries[0].header().is_noop());
     assert_eq!(entries[0].header().record_count, 0);
     assert!(!entries[1].header().is_noop());

@@ -238,6 +238,17 @@ pub enum Response {
         /// The answer.
         status: NodeStatus,
     },
+    /// A subscription is registered; sent before any of its batches.
+    Subscribed {
+        /// The subscription.
+        subscription_id: u64,
+        /// The resolved start: the log start (`Earliest`), the end of committed data
+        /// (`Latest`) or the offset asked for.
+        start_offset: u64,
+        /// One past the last committed offset this node could stream at that moment (a
+        /// non-following reader stops there).
+        end_offset: u64,
+    },
 }
 
 /// Why a frame does not hold a valid client message.
@@ -277,6 +288,7 @@ impl Response {
             Response::Error { .. } => FrameType::Error,
             Response::Batches { .. } => FrameType::Batches,
             Response::StatusReply { .. } => FrameType::StatusReply,
+            Response::Subscribed { .. } => FrameType::Subscribed,
         }
     }
 }
@@ -287,10 +299,39 @@ pub fn encode_request(
     cluster_id: ClusterId,
     request: &Request,
 ) -> Result<(), ClientProtoError> {
-    let blob: &[u8] = match request {
-        Request::Append { batch, .. } => batch,
-        _ => &[],
+    match request {
+        Request::Append {
+            request_id,
+            ack,
+            batch,
+        } => encode_append(out, cluster_id, *request_id, *ack, batch),
+        _ => encode_request_parts(out, cluster_id, request, &[]),
+    }
+}
+
+/// Appends an `Append` frame for `batch` without the caller having to own the batch in a
+/// `Request` (a client resending a batch keeps it borrowed).
+pub fn encode_append(
+    out: &mut Vec<u8>,
+    cluster_id: ClusterId,
+    request_id: u64,
+    ack: AckMode,
+    batch: &[u8],
+) -> Result<(), ClientProtoError> {
+    let request = Request::Append {
+        request_id,
+        ack,
+        batch: Vec::new(),
     };
+    encode_request_parts(out, cluster_id, &request, batch)
+}
+
+fn encode_request_parts(
+    out: &mut Vec<u8>,
+    cluster_id: ClusterId,
+    request: &Request,
+    blob: &[u8],
+) -> Result<(), ClientProtoError> {
     let meta = rkyv::to_bytes::<rancor::Error>(request)
         .map_err(|e| ClientProtoError::Encode(e.to_string()))?;
     let header = FrameHeader {
@@ -377,7 +418,11 @@ pub fn decode_response(frame: Frame) -> Result<Response, ClientProtoError> {
     let frame_type = frame.header.frame_type;
     if !matches!(
         frame_type,
-        FrameType::Appended | FrameType::Error | FrameType::Batches | FrameType::StatusReply
+        FrameType::Appended
+            | FrameType::Error
+            | FrameType::Batches
+            | FrameType::StatusReply
+            | FrameType::Subscribed
     ) {
         return Err(ClientProtoError::WrongFrameType(frame_type));
     }

@@ -64,11 +64,13 @@ pub enum FrameType {
     Batches = 0x22,
     /// Node → client: the node's status.
     StatusReply = 0x23,
+    /// Node → client: a subscription is registered, at this resolved start offset.
+    Subscribed = 0x24,
 }
 
 impl FrameType {
     /// Every frame type, for tests and tables.
-    pub const ALL: [FrameType; 11] = [
+    pub const ALL: [FrameType; 12] = [
         FrameType::PeerHello,
         FrameType::PeerMessage,
         FrameType::Keepalive,
@@ -80,6 +82,7 @@ impl FrameType {
         FrameType::Error,
         FrameType::Batches,
         FrameType::StatusReply,
+        FrameType::Subscribed,
     ];
 
     /// The type with wire value `value`, if it exists.

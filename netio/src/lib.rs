@@ -1,6 +1,7 @@
 //! raftline's wire protocol, peer transport and client protocol.
 
 // wire: framing, cluster identity, message codecs and the client library.
+pub mod client;
 pub mod client_proto;
 pub mod cluster_id;
 pub mod frame;

@@ -181,6 +181,13 @@ fn arb_response() -> impl Strategy<Value = Response> {
         ),
         (any::<u64>(), arb_status())
             .prop_map(|(request_id, status)| Response::StatusReply { request_id, status }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(subscription_id, start_offset, end_offset)| Response::Subscribed {
+                subscription_id,
+                start_offset,
+                end_offset,
+            }
+        ),
     ]
 }
 

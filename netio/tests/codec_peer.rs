@@ -7,7 +7,9 @@ use proptest::prelude::*;
 use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::frame::{FrameDecoder, FrameType, PAYLOAD_BYTES_MAX_DEFAULT};
 use raftline_netio::peer_codec::{decode_message, decode_payload, encode_message, PeerCodecError};
-use raftline_replicator::message::{AppendReject, Entry, EntryKind, Message, MessageBody};
+use raftline_replicator::message::{
+    AppendReject, Entry, EntryKind, Membership, Message, MessageBody, SnapshotMeta,
+};
 
 fn arb_entry() -> impl Strategy<Value = Entry> {
     (
@@ -71,6 +73,29 @@ fn arb_body() -> impl Strategy<Value = MessageBody> {
             .prop_map(|(commit, read_seq)| MessageBody::Heartbeat { commit, read_seq }),
         any::<u64>().prop_map(|read_seq| MessageBody::HeartbeatResponse { read_seq }),
         Just(MessageBody::TimeoutNow),
+        (
+            (any::<u64>(), any::<u64>()),
+            prop::collection::vec(any::<u64>(), 0..7),
+            prop::collection::vec(any::<u64>(), 0..3),
+            any::<u64>(),
+            prop::collection::vec(any::<u8>(), 0..600),
+            any::<bool>(),
+        )
+            .prop_map(|((index, term), voters, learners, offset, data, done)| {
+                MessageBody::InstallSnapshot {
+                    meta: SnapshotMeta {
+                        index,
+                        term,
+                        membership: Membership { voters, learners },
+                    },
+                    offset,
+                    data: Arc::from(data),
+                    done,
+                }
+            }),
+        (any::<u64>(), any::<u64>()).prop_map(|(index, received)| {
+            MessageBody::InstallSnapshotResponse { index, received }
+        }),
     ]
 }
 

@@ -1,9 +1,14 @@
 //! `raftline`: the command-line front end of raftline.
 
 mod bench_fsync;
+mod cluster_args;
+mod dev;
 mod node;
+mod produce;
 mod server;
 mod server_config;
+mod status;
+mod tail;
 
 use std::process::ExitCode;
 
@@ -19,9 +24,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a local 3-node cluster on loopback (the quickest way to try raftline).
+    #[command(long_about = dev::LONG_ABOUT)]
+    Dev(dev::DevArgs),
     /// Run one node of a raftline cluster.
     #[command(long_about = server::LONG_ABOUT)]
     Server(Box<server_config::ServerArgs>),
+    /// Append records (stdin lines or generated) and print their offsets.
+    #[command(long_about = produce::LONG_ABOUT)]
+    Produce(produce::ProduceArgs),
+    /// Print committed records from an offset, optionally following new ones.
+    #[command(long_about = tail::LONG_ABOUT)]
+    Tail(tail::TailArgs),
+    /// Show every node's role, term, leader, commit index, log range and lag.
+    #[command(long_about = status::LONG_ABOUT)]
+    Status(status::StatusArgs),
     /// Benchmarks: measure this machine's limits before trusting it with a node.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -50,6 +67,10 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Server(args) => server::run(*args),
+        Command::Dev(args) => dev::run(args),
+        Command::Produce(args) => produce::run(args),
+        Command::Tail(args) => tail::run(args),
+        Command::Status(args) => status::run(args),
         Command::Bench(BenchCommand::Fsync(args)) => bench_fsync::run(args),
     };
     match result {

@@ -25,15 +25,21 @@ use crate::server_config::{ServerArgs, ServerConfig};
 
 /// The long `--help` of `raftline server`.
 pub const LONG_ABOUT: &str = "Run one node of a raftline cluster.\n\n\
-Every node gets the same --peers list (all voters, itself included) and its own --id. Example of \
-node 1 of 3 on one machine:\n\n  \
+Every node gets the same --peers list (all voters, itself included) and its own --id. Node 1 of \
+3 on one machine (the ports `raftline dev` uses):\n\n  \
 raftline server --id 1 --cluster-id demo --data-dir ./data/node-1 \\\n    \
---peers 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103 \\\n    \
---peer-clients 1=127.0.0.1:7201,2=127.0.0.1:7202,3=127.0.0.1:7203 \\\n    \
---client-listen 127.0.0.1:7201 --metrics-listen 127.0.0.1:7301\n\n\
+--peers 1=127.0.0.1:7301,2=127.0.0.1:7302,3=127.0.0.1:7303 \\\n    \
+--peer-clients 1=127.0.0.1:7401,2=127.0.0.1:7402,3=127.0.0.1:7403 \\\n    \
+--client-listen 127.0.0.1:7401 --metrics-listen 127.0.0.1:7501\n\n\
+The same as a file (`raftline server --config node-1.toml`; flags override it):\n\n  \
+id = 1\n  cluster_id = \"demo\"\n  data_dir = \"./data/node-1\"\n  \
+client_listen = \"127.0.0.1:7401\"\n  metrics_listen = \"127.0.0.1:7501\"\n  \
+[peers]\n  1 = \"127.0.0.1:7301\"\n  2 = \"127.0.0.1:7302\"\n  3 = \"127.0.0.1:7303\"\n  \
+[peer_clients]\n  1 = \"127.0.0.1:7401\"\n  2 = \"127.0.0.1:7402\"\n  3 = \"127.0.0.1:7403\"\n\n\
 A restarted node resumes from its data directory; a data directory belongs to one cluster and \
-node id for good. SIGTERM or Ctrl-C drains and stops; a second one exits at once (nothing \
-acknowledged is lost either way: acknowledged means durable on a majority).\n\n\
+node id for good. SIGTERM or Ctrl-C drains (a leader first hands leadership to a follower) and \
+stops; a second signal exits at once. Nothing acknowledged is lost either way, nor by kill -9: \
+acknowledged means durable on a majority.\n\n\
 Set RAFTLINE_NET_BACKEND=poll (or --net-backend poll) to run without io_uring networking; \
 RUST_LOG=debug for more log output.";
 

@@ -18,6 +18,8 @@ struct Cluster {
     durable_tx: Sender<usize>,
     durable_rx: Receiver<usize>,
     committed: Vec<Vec<Committed>>,
+    /// Messages from and to this slot are dropped (a partitioned node).
+    isolated: Option<usize>,
 }
 
 fn replica_config(dir: &std::path::Path, id: u64, hook: WriterHook) -> ReplicaConfig {
@@ -46,6 +48,7 @@ impl Cluster {
             durable_tx,
             durable_rx,
             committed: vec![Vec::new(); NODES.len()],
+            isolated: None,
         };
         for slot in 0..NODES.len() {
             cluster.start(slot);
@@ -103,6 +106,10 @@ impl Cluster {
             }
             for msg in inflight {
                 let slot = NODES.iter().position(|&n| n == msg.to).unwrap();
+                let from = NODES.iter().position(|&n| n == msg.from).unwrap();
+                if self.isolated.is_some_and(|i| i == slot || i == from) {
+                    continue;
+                }
                 if let Some(r) = self.replicas[slot].as_mut() {
                     r.step(msg);
                 }
@@ -254,4 +261,36 @@ fn a_lagging_replica_restarted_alone_catches_up_to_the_same_log() {
     let reference = all_bytes(cluster.replica(leader_now));
     assert_eq!(reference.len(), 30);
     assert_eq!(all_bytes(cluster.replica(lagging)), reference);
+}
+
+#[test]
+fn a_deposed_leader_with_a_stale_uncommitted_tail_restarts_and_converges() {
+    let mut cluster = Cluster::new();
+    let old = produce(&mut cluster, 10, 0);
+    // The leader takes proposals nobody else ever sees, makes them durable, and dies.
+    cluster.isolated = Some(old);
+    let stale_last = (100..105)
+        .map(|tag| cluster.replica(old).propose(batch(tag)).unwrap().index)
+        .last()
+        .unwrap();
+    cluster.run_until("the isolated leader's tail is durable", |c| {
+        c.replicas[old].as_ref().unwrap().log().durable_index() >= stale_last
+    });
+    cluster.replicas[old] = None;
+    cluster.isolated = None;
+    // The others commit well beyond the stale tail; one AppendEntries to the restarted node
+    // then both replaces its tail and carries a commit index above the cut.
+    let leader = produce(&mut cluster, 30, 10);
+    assert_ne!(leader, old);
+    let reference = all_bytes(cluster.replica(leader));
+    cluster.start(old);
+    let last = cluster.replica(leader).raft().last_index();
+    cluster.run_until("the restarted node converges", |c| {
+        c.replicas
+            .iter()
+            .flatten()
+            .all(|r| r.readable_index() >= last)
+    });
+    assert_eq!(all_bytes(cluster.replica(old)), reference);
+    assert_eq!(reference.len(), 40, "the stale proposals are gone");
 }

@@ -60,6 +60,7 @@ pub fn run(
     let mut events = Vec::new();
     let mut next_tick = Instant::now() + cfg.tick;
     let mut drain_deadline: Option<Instant> = None;
+    let mut handing_over = false;
     loop {
         if stop.load(Ordering::Relaxed) && drain_deadline.is_none() {
             tracing::info!(
@@ -67,10 +68,12 @@ pub fn run(
                 "stopping: draining"
             );
             sessions.start_draining();
+            handing_over = replica.hand_over_leadership().is_some();
             drain_deadline = Some(Instant::now() + cfg.drain_timeout);
         }
         if let Some(deadline) = drain_deadline {
-            if sessions.pending_appends() == 0 || Instant::now() >= deadline {
+            let handed_over = !handing_over || replica.raft().role() != Role::Leader;
+            if (sessions.pending_appends() == 0 && handed_over) || Instant::now() >= deadline {
                 sessions.fail_pending(
                     &mut net,
                     "the node stopped before the append was acknowledged",

@@ -208,6 +208,26 @@ impl Replica {
         self.raft.step(msg);
     }
 
+    /// When leading, starts handing leadership to the most caught-up follower (a stopping node
+    /// spares the cluster an election timeout); returns the chosen follower.
+    pub fn hand_over_leadership(&mut self) -> Option<NodeId> {
+        if self.raft.role() != Role::Leader {
+            return None;
+        }
+        let me = self.raft.id();
+        let to = self
+            .raft
+            .config()
+            .voters
+            .iter()
+            .copied()
+            .filter(|&id| id != me)
+            .max_by_key(|&id| self.raft.progress(id).map_or(0, |p| p.match_index))?;
+        self.raft.transfer_leadership(to).ok()?;
+        tracing::info!(to, "handing leadership over before stopping");
+        Some(to)
+    }
+
     /// Tells the core how far the log is durable (after the writer's hook fired).
     pub fn on_durable(&mut self) -> Result<(), FatalError> {
         let (index, term) = self.log.durable_last()?;
@@ -221,10 +241,15 @@ impl Replica {
         if records == 0 {
             return Err(ProposalError::Empty);
         }
-        let index = self.raft.next_index();
+        // Refuse early (not leader, too large, busy) before touching the log.
+        let bytes = batch.as_bytes().len() as u64;
+        let (term, index) = self.raft.check_proposal(bytes)?;
         let base_offset = self.next_offset_at(index)?;
-        let (term, checked) = self.raft.check_proposal(batch.as_bytes().len() as u64)?;
-        assert_eq!(checked, index, "the core assigns the next index");
+        assert_eq!(
+            self.raft.check_proposal(bytes),
+            Ok((term, index)),
+            "handing entries to the log changed nothing the proposal depends on"
+        );
         batch.stamp(base_offset, term, index);
         let (term_got, index_got) = self.raft.propose(Arc::from(batch.into_bytes()))?;
         assert_eq!(
@@ -283,8 +308,12 @@ impl Replica {
             }
             if let Some(first) = rd.entries.first() {
                 if first.index <= self.log.last_index() {
+                    // The log refuses to cut below the guard. Not the commit index: one
+                    // AppendEntries can both replace a stale suffix and announce a commit index
+                    // beyond it (the new entries are committed, the cut ones never were). What
+                    // must never be cut is what was handed out as committed, i.e. applied.
                     self.log
-                        .truncate_suffix(first.index, self.raft.commit_index())?;
+                        .truncate_suffix(first.index, self.raft.applied_index())?;
                 }
                 for entry in &rd.entries {
                     let batch = batch_of(entry).map_err(|source| FatalError::BadEntry {
@@ -296,7 +325,8 @@ impl Replica {
                     // Every node computes the same offsets from the same log: a difference
                     // would mean diverging logs, which must stop the node, not spread.
                     assert!(
-                        entry.kind == EntryKind::Noop || ticket.base_offset == stamped.base_offset,
+                        entry.kind != EntryKind::Command
+                            || ticket.base_offset == stamped.base_offset,
                         "entry {} stamped at offset {} but the log continues at {}",
                         entry.index,
                         stamped.base_offset,
@@ -372,13 +402,16 @@ impl Replica {
     }
 
     /// Committed data batches from the one holding record `offset`, at most `bytes_max` bytes
-    /// (but at least one batch if any is readable); no-op entries are left out. `BelowStart`
+    /// (but at least one batch if any is readable); no-op and configuration entries are left out. `BelowStart`
     /// names the earliest retained offset.
     pub fn read_committed(&self, offset: u64, bytes_max: usize) -> Result<Vec<Batch>, LogError> {
         let mut batches = self
             .log
             .read_from_offset(offset, self.readable_index(), bytes_max)?;
-        batches.retain(|b| !b.header().is_noop());
+        batches.retain(|b| {
+            let h = b.header();
+            !h.is_noop() && !h.is_config()
+        });
         Ok(batches)
     }
 }

@@ -317,7 +317,8 @@ impl Sessions {
         }
     }
 
-    /// Starts a subscription (answers `OffsetOutOfRange` when the start is not in the log).
+    /// Starts a subscription: answers `Subscribed` (resolved start, end of committed data now)
+    /// before any batch, or `OffsetOutOfRange` when the start is not in the log.
     pub fn subscribe(
         &mut self,
         net: &mut Net,
@@ -365,6 +366,12 @@ impl Sessions {
                 credit_bytes: window_bytes,
             },
         );
+        let subscribed = Response::Subscribed {
+            subscription_id,
+            start_offset: next_offset,
+            end_offset: replica.readable_end_offset(),
+        };
+        self.respond(net, client, &subscribed);
     }
 
     /// Adds credit to a subscription (unknown ones are ignored: it may have just failed).

@@ -1,0 +1,173 @@
+//! One blocking connection to one node: frames requests out, reassembles responses in.
+
+use std::io::{self, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crate::client::{ClientConfig, Error};
+use crate::client_proto::{
+    decode_response, encode_append, encode_request, AckMode, ClientProtoError, Request, Response,
+};
+use crate::frame::{FrameDecoder, FrameType};
+
+/// A TCP connection to one node's client port.
+pub(crate) struct Connection {
+    stream: TcpStream,
+    address: String,
+    decoder: FrameDecoder,
+    send_buf: Vec<u8>,
+    cluster_id: crate::cluster_id::ClusterId,
+}
+
+impl Connection {
+    /// Connects to `address` (host:port; every resolved address is tried in turn).
+    pub(crate) fn open(address: &str, config: &ClientConfig) -> Result<Connection, Error> {
+        let io_err = |source| Error::Io {
+            address: address.to_string(),
+            source,
+        };
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
+        for addr in address.to_socket_addrs().map_err(io_err)? {
+            match TcpStream::connect_timeout(&addr, config.connect_timeout) {
+                Ok(stream) => {
+                    stream.set_nodelay(true).map_err(io_err)?;
+                    stream
+                        .set_write_timeout(Some(config.request_timeout))
+                        .map_err(io_err)?;
+                    return Ok(Connection {
+                        stream,
+                        address: address.to_string(),
+                        decoder: FrameDecoder::new(config.frame_payload_bytes_max),
+                        send_buf: Vec::new(),
+                        cluster_id: config.cluster_id,
+                    });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(io_err(last))
+    }
+
+    /// The address this connection was opened to.
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Sends one request (blocks until the kernel took it, at most the write timeout).
+    pub(crate) fn send(&mut self, request: &Request) -> Result<(), Error> {
+        let cluster_id = self.cluster_id;
+        self.send_with(|out| encode_request(out, cluster_id, request))
+    }
+
+    /// Sends an append of a borrowed batch.
+    pub(crate) fn send_append(
+        &mut self,
+        request_id: u64,
+        ack: AckMode,
+        batch: &[u8],
+    ) -> Result<(), Error> {
+        let cluster_id = self.cluster_id;
+        self.send_with(|out| encode_append(out, cluster_id, request_id, ack, batch))
+    }
+
+    fn send_with(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), ClientProtoError>,
+    ) -> Result<(), Error> {
+        self.send_buf.clear();
+        encode(&mut self.send_buf).map_err(|e| Error::Protocol {
+            address: self.address.clone(),
+            why: e.to_string(),
+        })?;
+        self.stream
+            .write_all(&self.send_buf)
+            .map_err(|source| Error::Io {
+                address: self.address.clone(),
+                source,
+            })
+    }
+
+    /// The next response, waiting at most `timeout` (`Duration::ZERO`: only what has arrived);
+    /// `Ok(None)` if none came in time.
+    pub(crate) fn recv(&mut self, timeout: Duration) -> Result<Option<Response>, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(response) = self.next_buffered()? {
+                return Ok(Some(response));
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let read = if remaining.is_zero() {
+                self.read_nonblocking()
+            } else {
+                self.stream
+                    .set_read_timeout(Some(remaining))
+                    .and_then(|()| self.decoder.fill_from(&mut self.stream))
+            };
+            match read {
+                Ok(0) => {
+                    return Err(Error::Disconnected {
+                        address: self.address.clone(),
+                    })
+                }
+                Ok(_) => {}
+                Err(e) if is_timeout(&e) => {
+                    if remaining.is_zero() || Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(Error::Io {
+                        address: self.address.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    fn read_nonblocking(&mut self) -> io::Result<usize> {
+        self.stream.set_nonblocking(true)?;
+        let result = self.decoder.fill_from(&mut self.stream);
+        self.stream.set_nonblocking(false)?;
+        result
+    }
+
+    /// The next whole response already buffered; keepalives are skipped.
+    fn next_buffered(&mut self) -> Result<Option<Response>, Error> {
+        loop {
+            let frame = self.decoder.next_frame().map_err(|e| Error::Protocol {
+                address: self.address.clone(),
+                why: e.to_string(),
+            })?;
+            let Some(frame) = frame else {
+                return Ok(None);
+            };
+            if frame.header.cluster_id != self.cluster_id {
+                return Err(Error::Protocol {
+                    address: self.address.clone(),
+                    why: format!(
+                        "the node belongs to cluster {}, not {}",
+                        frame.header.cluster_id, self.cluster_id
+                    ),
+                });
+            }
+            if frame.header.frame_type == FrameType::Keepalive {
+                continue;
+            }
+            return decode_response(frame)
+                .map(Some)
+                .map_err(|e| Error::Protocol {
+                    address: self.address.clone(),
+                    why: e.to_string(),
+                });
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}

@@ -1,0 +1,408 @@
+//! `raftline dev`: a local 3-node cluster on loopback for trying raftline out. Each node is a
+//! child `raftline server` process (this same executable) with data under `./data/node-N` and
+//! its log in `./data/node-N.log`; the command stays in the foreground and Ctrl-C stops all
+//! three cleanly (SIGTERM, then their drain).
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use raftline_log::Record;
+use raftline_netio::client::{status_of, ClientConfig, Producer, Subscription};
+use raftline_netio::client_proto::{NodeRole, StartFrom};
+use raftline_netio::cluster_id::ClusterId;
+
+/// The dev cluster's name (its id on the wire is derived from it).
+pub const DEV_CLUSTER: &str = "raftline-dev";
+/// Nodes in the dev cluster.
+const DEV_NODES: u64 = 3;
+/// How long the cluster may take to elect a leader before `dev` gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a node may take to drain after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The long `--help` of `raftline dev`.
+pub const LONG_ABOUT: &str = "Start a local 3-node raftline cluster on loopback and keep it \
+running in the foreground; Ctrl-C stops all three nodes cleanly.\n\n\
+Node N listens for peers on 127.0.0.1:730N, for clients on 127.0.0.1:740N (what `raftline \
+produce/tail/status` use by default) and serves metrics on http://127.0.0.1:750N/metrics. Data \
+lives in DATA/node-N (kept between runs: a restarted dev cluster resumes its log), each node's \
+log output in DATA/node-N.log.";
+
+/// Flags of `raftline dev`.
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Directory for the nodes' data directories and log files.
+    #[arg(long, default_value = "./data")]
+    pub data: PathBuf,
+    /// Also produce a stream of sample records and tail them, printing records/s.
+    #[arg(long)]
+    pub demo: bool,
+    /// Bytes of each sample record's value (with --demo).
+    #[arg(long, default_value_t = 100)]
+    pub demo_record_bytes: usize,
+}
+
+/// Peer, client and metrics address of dev node `id`.
+pub fn dev_addrs(id: u64) -> (SocketAddr, SocketAddr, SocketAddr) {
+    let at = |base: u16| SocketAddr::from(([127, 0, 0, 1], base + id as u16));
+    (at(7300), at(7400), at(7500))
+}
+
+fn id_list(addr: impl Fn(u64) -> SocketAddr) -> String {
+    (1..=DEV_NODES)
+        .map(|id| format!("{id}={}", addr(id)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `--cores` for node `id`: the raft threads of the three nodes spread over the cores this
+/// process may use, each node's log writer on the next core (none when there is only one core).
+fn cores_for(id: u64, available: &[usize]) -> Option<String> {
+    if available.len() < 2 {
+        return None;
+    }
+    let n = available.len();
+    let first = (id as usize - 1) % n;
+    Some(format!(
+        "{},{}",
+        available[first],
+        available[(first + 1) % n]
+    ))
+}
+
+struct Node {
+    id: u64,
+    child: Child,
+}
+
+fn start_node(exe: &Path, data: &Path, id: u64, available: &[usize]) -> anyhow::Result<Node> {
+    let (_, client, metrics) = dev_addrs(id);
+    let log_path = data.join(format!("node-{id}.log"));
+    let log =
+        File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("server")
+        .args(["--id", &id.to_string(), "--cluster-id", DEV_CLUSTER])
+        .args(["--peers", &id_list(|n| dev_addrs(n).0)])
+        .args(["--peer-clients", &id_list(|n| dev_addrs(n).1)])
+        .args(["--client-listen", &client.to_string()])
+        .args(["--metrics-listen", &metrics.to_string()])
+        .arg("--data-dir")
+        .arg(data.join(format!("node-{id}")));
+    if let Some(cores) = cores_for(id, available) {
+        cmd.args(["--cores", &cores]);
+    }
+    // A process group of its own: a terminal's Ctrl-C reaches only `dev`, which then stops
+    // each node once (a node takes a second signal as "exit now, skip the drain").
+    let child = cmd
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting node {id} ({})", exe.display()))?;
+    Ok(Node { id, child })
+}
+
+fn stop_all(nodes: &mut [Node]) {
+    for node in nodes.iter() {
+        // SIGTERM: the node drains and exits on its own.
+        unsafe { libc::kill(node.child.id() as i32, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for node in nodes.iter_mut() {
+        loop {
+            match node.child.try_wait() {
+                Ok(Some(status)) => {
+                    println!("node {} stopped ({status})", node.id);
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    eprintln!("node {} did not stop in time; killing it", node.id);
+                    let _ = node.child.kill();
+                    let _ = node.child.wait();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until every node answers `Status` and one of them leads; returns the leader's id.
+fn wait_for_leader(nodes: &mut [Node]) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        for node in nodes.iter_mut() {
+            if let Some(status) = node.child.try_wait()? {
+                bail!(
+                    "node {} exited during start-up ({status}); see its log file",
+                    node.id
+                );
+            }
+        }
+        let mut config = demo_client_config();
+        config.connect_timeout = Duration::from_millis(500);
+        config.request_timeout = Duration::from_millis(500);
+        let statuses: Vec<_> = (1..=DEV_NODES)
+            .map(|id| status_of(&dev_addrs(id).1.to_string(), &config))
+            .collect();
+        if statuses.iter().all(Result::is_ok) {
+            if let Some(leader) = statuses
+                .iter()
+                .flatten()
+                .find(|s| s.role == NodeRole::Leader)
+            {
+                return Ok(leader.node_id);
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "no leader within {START_TIMEOUT:?}; are ports 7301-7303/7401-7403/7501-7503 free? \
+                 see the node log files"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs the dev cluster until Ctrl-C.
+pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating {}", args.data.display()))?;
+    let exe = std::env::current_exe().context("finding the raftline executable")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let available = raftline_pinning::available_cores();
+    let mut nodes = Vec::new();
+    for id in 1..=DEV_NODES {
+        match start_node(&exe, &args.data, id, &available) {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                stop_all(&mut nodes);
+                return Err(e);
+            }
+        }
+    }
+    let leader = match wait_for_leader(&mut nodes) {
+        Ok(leader) => leader,
+        Err(e) => {
+            stop_all(&mut nodes);
+            return Err(e);
+        }
+    };
+    print_banner(&args.data, leader);
+    let demo = args
+        .demo
+        .then(|| Demo::start(args.demo_record_bytes, Arc::clone(&stop)));
+    let mut exit = ExitCode::SUCCESS;
+    let mut last_report = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        if let Some(node) = nodes
+            .iter_mut()
+            .find_map(|n| matches!(n.child.try_wait(), Ok(Some(_))).then_some(&*n))
+        {
+            eprintln!(
+                "node {} exited unexpectedly; see {}; stopping the others",
+                node.id,
+                args.data.join(format!("node-{}.log", node.id)).display()
+            );
+            exit = ExitCode::FAILURE;
+            break;
+        }
+        if let Some(demo) = &demo {
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                demo.report_second();
+                last_report = Instant::now();
+            }
+        }
+        // The foreground loop only watches the children; 100 ms is its reaction time to Ctrl-C.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::SeqCst);
+    if let Some(demo) = demo {
+        demo.finish();
+    }
+    println!("stopping the cluster...");
+    stop_all(&mut nodes);
+    Ok(exit)
+}
+
+fn print_banner(data: &Path, leader: u64) {
+    println!("raftline dev cluster {DEV_CLUSTER:?} is up: 3 nodes, node {leader} leads");
+    for id in 1..=DEV_NODES {
+        let (peer, client, metrics) = dev_addrs(id);
+        println!(
+            "  node {id}: clients {client}  peers {peer}  metrics http://{metrics}/metrics  data {}",
+            data.join(format!("node-{id}")).display()
+        );
+    }
+    println!("try, in another terminal:");
+    println!("  raftline status");
+    println!("  seq 1 10 | raftline produce");
+    println!("  raftline tail --from earliest --follow");
+    println!(
+        "Ctrl-C stops the cluster (data is kept in {}).",
+        data.display()
+    );
+}
+
+/// The `--demo` load: one producer and one tailer thread, counting records.
+struct Demo {
+    started: Instant,
+    acked: Arc<AtomicU64>,
+    seen: Arc<AtomicU64>,
+    last: std::cell::Cell<(u64, u64)>,
+    threads: Vec<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+fn demo_client_config() -> ClientConfig {
+    let bootstrap = (1..=DEV_NODES)
+        .map(|id| dev_addrs(id).1.to_string())
+        .collect();
+    ClientConfig::new(bootstrap, ClusterId::from_name(DEV_CLUSTER))
+}
+
+impl Demo {
+    fn start(record_bytes: usize, stop: Arc<AtomicBool>) -> Demo {
+        let acked = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(AtomicU64::new(0));
+        let tailer = {
+            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut sub = Subscription::open(demo_client_config(), StartFrom::Latest)
+                    .map_err(|e| format!("tailer: {e}"))?;
+                while !stop.load(Ordering::Relaxed) {
+                    if sub
+                        .next_record(Some(Duration::from_millis(200)))
+                        .map_err(|e| format!("tailer: {e}"))?
+                        .is_some()
+                    {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            })
+        };
+        let producer = {
+            let acked = Arc::clone(&acked);
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut producer = Producer::new(demo_client_config());
+                let mut n = 0u64;
+                let mut refused = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut value = format!("demo record {n} ").into_bytes();
+                    value.resize(record_bytes.max(value.len()), b'.');
+                    let record = Record {
+                        key: Some(format!("key-{}", n % 100).into_bytes()),
+                        value,
+                        timestamp_ms: unix_ms(),
+                        headers: Vec::new(),
+                    };
+                    producer
+                        .send(record)
+                        .map_err(|e| format!("producer: {e}"))?;
+                    n += 1;
+                    for ack in producer.take_acks() {
+                        match ack.result {
+                            Ok(_) => acked.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => {
+                                refused += 1;
+                                0
+                            }
+                        };
+                    }
+                }
+                producer.flush().map_err(|e| format!("producer: {e}"))?;
+                let done = producer.take_acks();
+                acked.fetch_add(
+                    done.iter().filter(|a| a.result.is_ok()).count() as u64,
+                    Ordering::Relaxed,
+                );
+                if refused > 0 {
+                    eprintln!("demo producer: {refused} records refused by the cluster");
+                }
+                Ok(())
+            })
+        };
+        println!("demo: producing sample records and tailing them (Ctrl-C stops)");
+        Demo {
+            started: Instant::now(),
+            acked,
+            seen,
+            last: std::cell::Cell::new((0, 0)),
+            threads: vec![tailer, producer],
+        }
+    }
+
+    fn report_second(&self) {
+        let (acked, seen) = (
+            self.acked.load(Ordering::Relaxed),
+            self.seen.load(Ordering::Relaxed),
+        );
+        let (last_acked, last_seen) = self.last.replace((acked, seen));
+        println!(
+            "demo: {:>8} records/s acknowledged, {:>8} records/s seen by the tailer ({seen} in total)",
+            acked - last_acked,
+            seen - last_seen
+        );
+    }
+
+    fn finish(self) {
+        for thread in self.threads {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("demo {e}"),
+                Err(_) => eprintln!("a demo thread panicked"),
+            }
+        }
+        let secs = self.started.elapsed().as_secs_f64();
+        let (acked, seen) = (
+            self.acked.load(Ordering::Relaxed),
+            self.seen.load(Ordering::Relaxed),
+        );
+        println!(
+            "demo summary: {seen} records seen by the tailer in {secs:.1} s = {:.0} records/s; \
+             {acked} acknowledged to the producer = {:.0} records/s",
+            seen as f64 / secs,
+            acked as f64 / secs
+        );
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_nodes_spread_raft_threads_over_the_cores() {
+        assert_eq!(cores_for(1, &[0, 1]).as_deref(), Some("0,1"));
+        assert_eq!(cores_for(2, &[0, 1]).as_deref(), Some("1,0"));
+        assert_eq!(cores_for(3, &[0, 1]).as_deref(), Some("0,1"));
+        assert_eq!(cores_for(1, &[3]), None);
+        assert_eq!(
+            dev_addrs(2).1,
+            "127.0.0.1:7402".parse::<SocketAddr>().unwrap()
+        );
+    }
+}

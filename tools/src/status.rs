@@ -1,0 +1,201 @@
+//! `raftline status`: every node's view of the cluster, as a table.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Args;
+use raftline_netio::client::{status_of_all, NodeStatusResult};
+use raftline_netio::client_proto::{NodeRole, NodeStatus};
+
+use crate::cluster_args::ClusterArgs;
+
+/// The long `--help` of `raftline status`.
+pub const LONG_ABOUT: &str = "Ask every node given by --bootstrap for its status and print one \
+row per node: id, address, role, term, the leader it knows, commit index, the offsets its log \
+holds [start, end) and, from the leader's view, how many entries the node lags behind.\n\n\
+Exit status: 0 when a leader answered (unreachable nodes are listed but tolerated: the cluster \
+still works); 2 when nodes answered but none leads (an election is under way, or no majority is \
+up); 1 when no node answered.";
+
+/// Flags of `raftline status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Where the cluster is.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Runs `raftline status`.
+pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let config = args.cluster.client_config();
+    let results = status_of_all(&config);
+    let table = render(&results);
+    std::io::stdout().write_all(table.as_bytes())?;
+    let answered = results.iter().filter(|r| r.result.is_ok()).count();
+    let leader_known = results
+        .iter()
+        .any(|r| matches!(&r.result, Ok(s) if s.role == NodeRole::Leader));
+    if answered == 0 {
+        anyhow::bail!(
+            "no node answered at {}: is the cluster running (`raftline dev` starts one)? \
+             are --bootstrap and --cluster-id right?",
+            config.bootstrap.join(",")
+        );
+    }
+    Ok(if leader_known {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// The status table: one row per node, unreachable nodes with their error.
+pub fn render(results: &[NodeStatusResult]) -> String {
+    let leader: Option<&NodeStatus> = results
+        .iter()
+        .filter_map(|r| r.result.as_ref().ok())
+        .find(|s| s.role == NodeRole::Leader);
+    let mut rows = vec![[
+        "NODE",
+        "ADDRESS",
+        "ROLE",
+        "TERM",
+        "LEADER",
+        "COMMIT",
+        "LOG START",
+        "LOG END",
+        "LAG",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let mut failures = Vec::new();
+    for r in results {
+        match &r.result {
+            Ok(s) => rows.push(vec![
+                s.node_id.to_string(),
+                r.address.clone(),
+                role_name(s.role).to_string(),
+                s.term.to_string(),
+                s.leader_id.map_or("-".into(), |l| l.to_string()),
+                s.commit_index.to_string(),
+                s.log_start_offset.to_string(),
+                s.log_end_offset.to_string(),
+                lag(leader, s),
+            ]),
+            Err(e) => {
+                let mut row = vec!["?".to_string(), r.address.clone(), "unreachable".into()];
+                row.resize(9, "-".into());
+                rows.push(row);
+                failures.push(e.to_string());
+            }
+        }
+    }
+    let widths: Vec<usize> = (0..9)
+        .map(|c| rows.iter().map(|row| row[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    for f in failures {
+        out.push_str(&format!("unreachable: {f}\n"));
+    }
+    out
+}
+
+/// Entries `node` lags behind the leader, from the leader's progress table.
+fn lag(leader: Option<&NodeStatus>, node: &NodeStatus) -> String {
+    match leader {
+        Some(l) if l.node_id == node.node_id => "0".into(),
+        Some(l) => l
+            .peers
+            .iter()
+            .find(|p| p.node_id == node.node_id)
+            .map_or("-".into(), |p| p.lag_entries.to_string()),
+        None => "-".into(),
+    }
+}
+
+fn role_name(role: NodeRole) -> &'static str {
+    match role {
+        NodeRole::Follower => "follower",
+        NodeRole::PreCandidate => "pre-candidate",
+        NodeRole::Candidate => "candidate",
+        NodeRole::Leader => "leader",
+        NodeRole::Learner => "learner",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftline_netio::client::Error;
+    use raftline_netio::client_proto::PeerStatus;
+
+    fn status(node_id: u64, role: NodeRole, peers: Vec<PeerStatus>) -> NodeStatus {
+        NodeStatus {
+            node_id,
+            role,
+            term: 4,
+            leader_id: Some(2),
+            leader_client_address: None,
+            commit_index: 17,
+            log_start_offset: 0,
+            log_end_offset: 120,
+            log_first_index: 1,
+            log_last_index: 18,
+            peers,
+        }
+    }
+
+    #[test]
+    fn table_shows_each_node_with_the_leaders_view_of_its_lag() {
+        let peer = PeerStatus {
+            node_id: 1,
+            match_index: 15,
+            lag_entries: 3,
+            connected: true,
+        };
+        let results = vec![
+            NodeStatusResult {
+                address: "127.0.0.1:7401".into(),
+                result: Ok(status(1, NodeRole::Follower, vec![])),
+            },
+            NodeStatusResult {
+                address: "127.0.0.1:7402".into(),
+                result: Ok(status(2, NodeRole::Leader, vec![peer])),
+            },
+            NodeStatusResult {
+                address: "127.0.0.1:7403".into(),
+                result: Err(Error::Disconnected {
+                    address: "127.0.0.1:7403".into(),
+                }),
+            },
+        ];
+        let table = render(&results);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "NODE  ADDRESS         ROLE         TERM  LEADER  COMMIT  LOG START  LOG END  LAG"
+        );
+        assert_eq!(
+            lines[1],
+            "1     127.0.0.1:7401  follower     4     2       17      0          120      3"
+        );
+        assert_eq!(
+            lines[2],
+            "2     127.0.0.1:7402  leader       4     2       17      0          120      0"
+        );
+        assert!(lines[3].starts_with("?     127.0.0.1:7403  unreachable"));
+        assert_eq!(
+            lines[4],
+            "unreachable: 127.0.0.1:7403 closed the connection"
+        );
+    }
+}

@@ -1,0 +1,290 @@
+//! End to end: three real `raftline server` processes on loopback, produced to and read back
+//! through the client protocol; a leader killed with SIGKILL mid-stream and restarted.
+
+mod cluster_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use cluster_support::{
+    append_window, read_all, status, tagged_batch, Cluster, Conn, Outcome, DEADLINE,
+};
+use raftline_netio::client_proto::{AckMode, ClientError, Request, Response};
+
+const RECORDS_PER_BATCH: u64 = 5;
+
+/// Reads every node's whole log and checks each holds exactly `expected` (offset, tag) pairs.
+fn assert_every_node_serves(cluster: &Cluster, expected: &[(u64, u64)]) {
+    let end = expected.len() as u64;
+    for node in cluster.nodes.iter().filter(|n| n.child.is_some()) {
+        let deadline = Instant::now() + DEADLINE;
+        while status(node.client).map_or(true, |s| s.log_end_offset < end) {
+            assert!(
+                Instant::now() < deadline,
+                "node {} never caught up: {:?}\n{}",
+                node.id,
+                status(node.client),
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(read_all(node.client, end), expected, "node {}", node.id);
+    }
+}
+
+fn produce_and_read_back_everywhere(backend: &'static str) {
+    let cluster = Cluster::start(3, backend);
+    let leader = cluster.wait_leader();
+    let tags: Vec<u64> = (1..=200).collect();
+    let outcomes = append_window(cluster.node(leader).client, &tags, RECORDS_PER_BATCH, 16);
+    let mut expected = Vec::new();
+    for tag in &tags {
+        let Outcome::Acked { base, last } = outcomes[tag] else {
+            panic!(
+                "append {tag} not acknowledged: {:?}\n{}",
+                outcomes[tag],
+                cluster.logs()
+            );
+        };
+        assert_eq!(last - base + 1, RECORDS_PER_BATCH);
+        assert_eq!(
+            base,
+            expected.len() as u64,
+            "offsets are dense in acknowledgement order"
+        );
+        expected.extend((base..=last).map(|o| (o, *tag)));
+    }
+    // A follower refuses appends and names the leader and its client address.
+    let follower = cluster.nodes.iter().find(|n| n.id != leader).unwrap();
+    let mut conn = Conn::connect(follower.client).unwrap();
+    let batch = tagged_batch(999, 1);
+    conn.send(&Request::Append {
+        request_id: 1,
+        ack: AckMode::Quorum,
+        batch,
+    })
+    .unwrap();
+    match conn.recv().unwrap() {
+        Response::Error {
+            error:
+                ClientError::NotLeader {
+                    leader_id,
+                    leader_address,
+                },
+            ..
+        } => {
+            assert_eq!(leader_id, Some(leader));
+            assert_eq!(
+                leader_address,
+                Some(cluster.node(leader).client.to_string())
+            );
+        }
+        other => panic!("a follower answered an append with {other:?}"),
+    }
+    // The weaker ack modes answer too, with the offsets the records then commit at.
+    let mut conn = Conn::connect(cluster.node(leader).client).unwrap();
+    for (tag, ack) in [(201, AckMode::Leader), (202, AckMode::None)] {
+        let batch = tagged_batch(tag, RECORDS_PER_BATCH);
+        conn.send(&Request::Append {
+            request_id: tag,
+            ack,
+            batch,
+        })
+        .unwrap();
+        let Response::Appended {
+            request_id,
+            base_offset,
+            last_offset,
+        } = conn.recv().unwrap()
+        else {
+            panic!("append with {ack:?} not acknowledged");
+        };
+        assert_eq!((request_id, base_offset), (tag, expected.len() as u64));
+        expected.extend((base_offset..=last_offset).map(|o| (o, tag)));
+    }
+    assert_every_node_serves(&cluster, &expected);
+    let pinned = cluster.log_of(3);
+    assert!(
+        pinned.contains("thread layout (cores given: 0)") && pinned.contains("(shared)"),
+        "node 3 prints its pinned layout\n{pinned}"
+    );
+    let metrics = http_get(cluster.node(leader).metrics, "/metrics");
+    assert!(
+        metrics.contains("raftline_role{role=\"leader\"} 1"),
+        "{metrics}"
+    );
+    let commits = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("raftline_append_commit_seconds_count "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert_eq!(
+        commits,
+        Some(200),
+        "one append->commit sample per append\n{metrics}"
+    );
+    assert!(
+        metrics.contains("raftline_fsync_seconds_bucket"),
+        "{metrics}"
+    );
+}
+
+/// The body of an HTTP GET (the metrics endpoint closes after each answer).
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
+}
+
+#[test]
+fn acknowledged_records_are_read_back_exactly_once_in_order_from_every_node() {
+    produce_and_read_back_everywhere("auto");
+}
+
+#[test]
+fn the_poll_fallback_without_io_uring_passes_the_same_end_to_end_test() {
+    produce_and_read_back_everywhere("poll");
+}
+
+#[test]
+fn killing_the_leader_mid_stream_loses_nothing_acknowledged_and_the_restarted_node_catches_up() {
+    let mut cluster = Cluster::start(3, "auto");
+    let first_leader = cluster.wait_leader();
+    let mut outcomes: BTreeMap<u64, Outcome> = BTreeMap::new();
+    let mut next_tag = 1u64;
+    let mut killed = false;
+    let deadline = Instant::now() + DEADLINE;
+    // Produce in rounds to whoever leads; kill the first leader with SIGKILL while a window
+    // of appends is in flight to it.
+    while outcomes
+        .values()
+        .filter(|o| matches!(o, Outcome::Acked { .. }))
+        .count()
+        < 400
+    {
+        assert!(Instant::now() < deadline, "producing stalled: {outcomes:?}");
+        let leader = cluster.wait_leader();
+        let kill_now = !killed && outcomes.len() >= 100;
+        // The round the kill interrupts is long enough to still be running when it lands.
+        let round = if kill_now { 2000 } else { 100 };
+        let tags: Vec<u64> = (next_tag..next_tag + round).collect();
+        if kill_now {
+            assert_eq!(leader, first_leader);
+            let addr = cluster.node(leader).client;
+            let producer = std::thread::spawn({
+                let tags = tags.clone();
+                move || append_window(addr, &tags, RECORDS_PER_BATCH, 32)
+            });
+            // Wait until the leader has taken some of this round, then kill it mid-stream.
+            let start = status(addr).unwrap().commit_index;
+            let wait = Instant::now() + DEADLINE;
+            while status(addr).is_ok_and(|s| s.commit_index < start + 10) {
+                assert!(Instant::now() < wait, "the leader stopped committing");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            cluster.kill(leader);
+            killed = true;
+            outcomes.extend(producer.join().unwrap());
+        } else {
+            outcomes.extend(append_window(
+                cluster.node(leader).client,
+                &tags,
+                RECORDS_PER_BATCH,
+                32,
+            ));
+        }
+        // Tags never sent are simply skipped: every tag is proposed at most once.
+        next_tag += round;
+    }
+    let new_leader = cluster.wait_leader();
+    assert_ne!(new_leader, first_leader, "a new leader took over");
+
+    let end = status(cluster.node(new_leader).client)
+        .unwrap()
+        .log_end_offset;
+    let log = read_all(cluster.node(new_leader).client, end);
+    let mut records_of: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for &(offset, tag) in &log {
+        records_of.entry(tag).or_default().push(offset);
+    }
+    for (tag, outcome) in &outcomes {
+        let found = records_of.get(tag).map_or(0, Vec::len) as u64;
+        match outcome {
+            Outcome::Acked { base, last } => {
+                assert_eq!(
+                    found, RECORDS_PER_BATCH,
+                    "acknowledged append {tag} is in the log once"
+                );
+                assert_eq!(
+                    records_of[tag],
+                    (*base..=*last).collect::<Vec<_>>(),
+                    "at its offsets"
+                );
+            }
+            Outcome::Rejected => assert_eq!(found, 0, "rejected append {tag} is absent"),
+            Outcome::Unknown => assert!(
+                found == 0 || found == RECORDS_PER_BATCH,
+                "append {tag} with unknown outcome is absent or present exactly once ({found})"
+            ),
+        }
+    }
+    let count = |f: fn(&Outcome) -> bool| outcomes.values().filter(|o| f(o)).count();
+    eprintln!(
+        "leader {first_leader} killed -> {new_leader}: acked {}, rejected {}, unknown {} ({} unknown present)",
+        count(|o| matches!(o, Outcome::Acked { .. })),
+        count(|o| matches!(o, Outcome::Rejected)),
+        count(|o| matches!(o, Outcome::Unknown)),
+        outcomes
+            .iter()
+            .filter(|(t, o)| matches!(o, Outcome::Unknown) && records_of.contains_key(t))
+            .count()
+    );
+    let sent: BTreeSet<u64> = outcomes.keys().copied().collect();
+    assert!(
+        records_of.keys().all(|t| sent.contains(t)),
+        "nothing appears that was not sent"
+    );
+    assert!(
+        outcomes
+            .values()
+            .any(|o| !matches!(o, Outcome::Acked { .. })),
+        "the kill interrupted appends in flight"
+    );
+
+    cluster.spawn(first_leader);
+    assert_every_node_serves(&cluster, &log);
+}
+
+#[test]
+fn sigterm_hands_leadership_over_stops_cleanly_and_nodes_resume_from_disk() {
+    let mut cluster = Cluster::start(3, "auto");
+    let leader = cluster.wait_leader();
+    let tags: Vec<u64> = (1..=20).collect();
+    let outcomes = append_window(cluster.node(leader).client, &tags, 1, 4);
+    assert!(outcomes
+        .values()
+        .all(|o| matches!(o, Outcome::Acked { .. })));
+    for id in 1..=3 {
+        assert!(
+            cluster.terminate(id),
+            "node {id} exits 0 after SIGTERM\n{}",
+            cluster.logs()
+        );
+    }
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    let leader = cluster.wait_leader();
+    let more: Vec<u64> = (21..=30).collect();
+    let outcomes = append_window(cluster.node(leader).client, &more, 1, 4);
+    assert_eq!(
+        outcomes[&21],
+        Outcome::Acked { base: 20, last: 20 },
+        "offsets continue after the restart"
+    );
+    let expected: Vec<(u64, u64)> = (1..=30).map(|t| (t - 1, t)).collect();
+    assert_every_node_serves(&cluster, &expected);
+}

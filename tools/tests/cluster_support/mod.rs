@@ -1,0 +1,441 @@
+//! Real `raftline server` processes on loopback for the end-to-end tests, and a blocking raw
+//! client speaking the client protocol (so tests control every byte and every retry).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use raftline_log::{Batch, Record};
+use raftline_netio::client_proto::{
+    decode_response, encode_request, split_batches, AckMode, NodeRole, NodeStatus, Request,
+    Response, StartFrom,
+};
+use raftline_netio::cluster_id::ClusterId;
+use raftline_netio::frame::FrameDecoder;
+
+/// Cluster name every test cluster uses.
+pub const CLUSTER: &str = "raftline-e2e";
+/// Bound on every wait in these tests.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A loopback port nobody listens on right now, below the kernel's ephemeral range (32768+ on
+/// Linux): a node restarted after a kill must get its ports back, and an ephemeral port freed by
+/// the kill could meanwhile be taken as the local port of some outbound connection. Each test
+/// process starts at its own offset and never hands out a port twice.
+pub fn free_port() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() * 211) % 10_000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 2_000, "no free loopback port found");
+        let port = (base + n) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
+}
+
+/// One node's addresses and process.
+pub struct Node {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub client: SocketAddr,
+    pub metrics: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_file: PathBuf,
+    pub child: Option<Child>,
+}
+
+/// A cluster of real server processes; killed (and its data removed) on drop.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    pub net_backend: &'static str,
+}
+
+impl Cluster {
+    /// Starts `n` nodes with the given network backend ("auto", "uring", "poll").
+    pub fn start(n: u64, net_backend: &'static str) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("raftline-e2e")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let nodes = (1..=n)
+            .map(|id| Node {
+                id,
+                peer: free_port(),
+                client: free_port(),
+                metrics: free_port(),
+                data_dir: dir.path().join(format!("node-{id}")),
+                log_file: dir.path().join(format!("node-{id}.log")),
+                child: None,
+            })
+            .collect();
+        let mut cluster = Cluster {
+            dir,
+            nodes,
+            net_backend,
+        };
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    fn list(&self, f: impl Fn(&Node) -> SocketAddr) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, f(n)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// (Re)starts node `id` on its data directory; its output is appended to its log file.
+    pub fn spawn(&mut self, id: u64) {
+        let peers = self.list(|n| n.peer);
+        let clients = self.list(|n| n.client);
+        let backend = self.net_backend;
+        let node = &mut self.nodes[id as usize - 1];
+        assert!(node.child.is_none(), "node {id} is running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_file)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftline"));
+        cmd.arg("server");
+        if id == 1 {
+            // Node 1 takes its settings from a TOML file, the others from flags.
+            let file = node.log_file.with_extension("toml");
+            let table = |list: &str| {
+                list.split(',')
+                    .map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap();
+                        format!("{k} = \"{v}\"\n")
+                    })
+                    .collect::<String>()
+            };
+            let toml = format!(
+                "id = 1\ncluster_id = \"{CLUSTER}\"\nclient_listen = \"{}\"\n\
+                 metrics_listen = \"{}\"\nnet_backend = \"{backend}\"\nsegment_mib = 4\n\
+                 data_dir = \"{}\"\n[peers]\n{}[peer_clients]\n{}",
+                node.client,
+                node.metrics,
+                node.data_dir.display(),
+                table(&peers),
+                table(&clients)
+            );
+            std::fs::write(&file, toml).unwrap();
+            cmd.arg("--config").arg(file);
+        } else {
+            cmd.args(["--id", &id.to_string(), "--cluster-id", CLUSTER])
+                .args(["--peers", &peers, "--peer-clients", &clients])
+                .args(["--client-listen", &node.client.to_string()])
+                .args(["--metrics-listen", &node.metrics.to_string()])
+                .args(["--net-backend", backend, "--segment-mib", "4"])
+                .arg("--data-dir")
+                .arg(&node.data_dir);
+            if id == 3 {
+                // One node runs pinned: its raft thread and log writer share core 0.
+                cmd.args(["--cores", "0"]);
+            }
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn raftline server");
+        node.child = Some(child);
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, id: u64) {
+        let mut child = self.nodes[id as usize - 1].child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited 0.
+    pub fn terminate(&mut self, id: u64) -> bool {
+        let mut child = self.nodes[id as usize - 1].child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[id as usize - 1]
+    }
+
+    /// The node's output so far (for failure messages and log assertions).
+    pub fn log_of(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log_file).unwrap_or_default()
+    }
+
+    /// Polls `Status` on the running nodes until one leads and every running node knows it.
+    pub fn wait_leader(&self) -> u64 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let running: Vec<&Node> = self.nodes.iter().filter(|n| n.child.is_some()).collect();
+            let statuses: Vec<Option<NodeStatus>> =
+                running.iter().map(|n| status(n.client).ok()).collect();
+            let leaders: Vec<u64> = statuses
+                .iter()
+                .flatten()
+                .filter(|s| s.role == NodeRole::Leader)
+                .map(|s| s.node_id)
+                .collect();
+            if leaders.len() == 1
+                && statuses
+                    .iter()
+                    .all(|s| s.as_ref().is_some_and(|s| s.leader_id == Some(leaders[0])))
+            {
+                return leaders[0];
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader: {statuses:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every node's output, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- node {} ---\n{}", n.id, self.log_of(n.id)))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// A blocking client connection speaking raw client protocol frames.
+pub struct Conn {
+    pub stream: TcpStream,
+    decoder: FrameDecoder,
+    cluster: ClusterId,
+}
+
+impl Conn {
+    pub fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(DEADLINE))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            decoder: FrameDecoder::new(64 << 20),
+            cluster: ClusterId::from_name(CLUSTER),
+        })
+    }
+
+    pub fn send(&mut self, request: &Request) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        encode_request(&mut out, self.cluster, request).expect("encode");
+        self.stream.write_all(&out)
+    }
+
+    /// The next response; `Err` when the connection ends or breaks.
+    pub fn recv(&mut self) -> std::io::Result<Response> {
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    return decode_response(frame).map_err(|e| std::io::Error::other(e.to_string()))
+                }
+                Ok(None) => {}
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+            }
+            if self.decoder.fill_from(&mut self.stream)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
+
+/// The status of the node at `addr`.
+pub fn status(addr: SocketAddr) -> std::io::Result<NodeStatus> {
+    let mut conn = Conn::connect(addr)?;
+    conn.stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    conn.send(&Request::Status { request_id: 7 })?;
+    match conn.recv()? {
+        Response::StatusReply { status, .. } => Ok(status),
+        other => Err(std::io::Error::other(format!("unexpected {other:?}"))),
+    }
+}
+
+/// A batch of `records` records whose values name `(tag, i)`.
+pub fn tagged_batch(tag: u64, records: u64) -> Vec<u8> {
+    let records: Vec<Record> = (0..records)
+        .map(|i| Record {
+            key: Some(tag.to_le_bytes().to_vec()),
+            value: format!("tag-{tag}-record-{i}").into_bytes(),
+            timestamp_ms: tag,
+            headers: vec![],
+        })
+        .collect();
+    Batch::encode(&records).unwrap().into_bytes()
+}
+
+/// Reads every committed record of the node at `addr` from offset 0 until `end_offset`:
+/// `(offset, tag)` per record, in stream order.
+pub fn read_all(addr: SocketAddr, end_offset: u64) -> Vec<(u64, u64)> {
+    let mut conn = Conn::connect(addr).unwrap();
+    let window = 1 << 20;
+    conn.send(&Request::Subscribe {
+        subscription_id: 1,
+        from: StartFrom::Offset(0),
+        window_bytes: window,
+    })
+    .unwrap();
+    let mut out = Vec::new();
+    let mut next = 0;
+    while next < end_offset {
+        match conn.recv().unwrap() {
+            Response::Subscribed { start_offset, .. } => assert_eq!(start_offset, 0),
+            Response::Batches { batches, .. } => {
+                for bytes in split_batches(&batches) {
+                    let batch = Batch::decode(bytes.unwrap().to_vec()).unwrap();
+                    let h = batch.header();
+                    assert_eq!(h.base_offset, next, "batches arrive dense and in order");
+                    for (i, r) in batch.records().unwrap().into_iter().enumerate() {
+                        out.push((h.base_offset + i as u64, r.timestamp_ms));
+                    }
+                    next = h.next_offset();
+                }
+                conn.send(&Request::Credit {
+                    subscription_id: 1,
+                    bytes: batches.len() as u64,
+                })
+                .unwrap();
+            }
+            other => panic!("unexpected answer while reading: {other:?}"),
+        }
+    }
+    assert_eq!(next, end_offset, "no batch past the end");
+    out
+}
+
+/// Outcome of one append as the client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acknowledged at these offsets.
+    Acked { base: u64, last: u64 },
+    /// Refused before acceptance or lost with leadership: definitely not in the log.
+    Rejected,
+    /// Timeout, shutdown or connection loss: may or may not be in the log.
+    Unknown,
+}
+
+/// Appends tags `tags` to the node at `addr` with up to `window` in flight. Returns the outcome
+/// of every append that was sent; it stops at the first connection failure (appends sent but
+/// unanswered are then `Unknown`, later ones are not sent and absent from the map).
+pub fn append_window(
+    addr: SocketAddr,
+    tags: &[u64],
+    records: u64,
+    window: usize,
+) -> BTreeMap<u64, Outcome> {
+    use raftline_netio::client_proto::ClientError;
+    let mut outcomes = BTreeMap::new();
+    let Ok(mut conn) = Conn::connect(addr) else {
+        return outcomes;
+    };
+    let mut sent = 0;
+    while outcomes.len() < tags.len() {
+        let mut broken = false;
+        while sent < tags.len() && sent - outcomes.len() < window {
+            let tag = tags[sent];
+            let request = Request::Append {
+                request_id: tag,
+                ack: AckMode::Quorum,
+                batch: tagged_batch(tag, records),
+            };
+            if conn.send(&request).is_err() {
+                broken = true;
+                break;
+            }
+            sent += 1;
+        }
+        let answer = if broken {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        } else {
+            conn.recv()
+        };
+        let (tag, outcome) = match answer {
+            Ok(Response::Appended {
+                request_id,
+                base_offset,
+                last_offset,
+            }) => (
+                request_id,
+                Outcome::Acked {
+                    base: base_offset,
+                    last: last_offset,
+                },
+            ),
+            Ok(Response::Error { request_id, error }) => match error {
+                ClientError::Timeout | ClientError::Unavailable { .. } => {
+                    (request_id, Outcome::Unknown)
+                }
+                _ => (request_id, Outcome::Rejected),
+            },
+            Ok(other) => panic!("unexpected answer to an append: {other:?}"),
+            Err(_) => {
+                for &tag in &tags[..sent] {
+                    outcomes.entry(tag).or_insert(Outcome::Unknown);
+                }
+                return outcomes;
+            }
+        };
+        assert!(
+            outcomes.insert(tag, outcome).is_none(),
+            "one answer per append"
+        );
+    }
+    outcomes
+}
+
+/// Reads a raw stream until the peer closes it (`true`) or `within` passes (`false`).
+pub fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
