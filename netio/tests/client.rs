@@ -128,7 +128,7 @@ impl FakeCluster {
                 NodeRole::Follower
             },
             term: 1,
-            leader_id: (leader != NO_LEADER).then_some(leader as u64 + 1),
+            leader_id: (leader != NO_LEADER).then(|| leader as u64 + 1),
             leader_client_address: (leader != NO_LEADER).then(|| self.addresses[leader].clone()),
             commit_index: log.len() as u64,
             log_start_offset: self.log_start_offset.load(Ordering::SeqCst),
@@ -214,7 +214,7 @@ fn serve(cluster: &FakeCluster, node: usize, mut stream: TcpStream) {
                         Some(Response::Error {
                             request_id,
                             error: ClientError::NotLeader {
-                                leader_id: (leader != NO_LEADER).then_some(leader as u64 + 1),
+                                leader_id: (leader != NO_LEADER).then(|| leader as u64 + 1),
                                 leader_address: (leader != NO_LEADER)
                                     .then(|| cluster.addresses[leader].clone()),
                             },
@@ -584,17 +584,27 @@ fn offset_below_the_log_start_is_a_typed_error_naming_the_earliest_offset() {
     }
 }
 
-/// An address where nothing listens (bound, then released).
-fn dead_address() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+/// An address that refuses connections: a bound socket that never listens, kept open so no other
+/// test can take its port while it lives.
+fn refusing_address() -> (socket2::Socket, String) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let address = socket
+        .local_addr()
+        .unwrap()
+        .as_socket()
+        .unwrap()
+        .to_string();
+    (socket, address)
 }
 
 #[test]
 fn status_reports_every_node_and_unreachable_ones_as_errors() {
     let cluster = FakeCluster::start(3, 1);
     let mut config = cluster.config();
-    let dead = dead_address();
+    let (_reserved, dead) = refusing_address();
     config.bootstrap.push(dead.clone());
     let results = status_of_all(&config);
     assert_eq!(results.len(), 4);
@@ -618,7 +628,8 @@ fn status_reports_every_node_and_unreachable_ones_as_errors() {
 fn no_leader_reachable_says_what_to_do() {
     let cluster = FakeCluster::start(2, NO_LEADER);
     let mut config = cluster.config();
-    config.bootstrap.push(dead_address());
+    let (_reserved, dead) = refusing_address();
+    config.bootstrap.push(dead);
     config.failover_timeout = Duration::from_millis(200);
     let err = Client::connect(config.clone())
         .err()
@@ -701,4 +712,36 @@ fn busy_answers_delay_only_the_refused_batches_and_duplicate_nothing() {
         assert_eq!(contents[*offset as usize].1, sent[seq], "seq {seq}");
     }
     assert_eq!(cluster.busy_appends.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_failed_append_is_not_sent_again_by_the_next_one() {
+    let cluster = FakeCluster::start(2, 0);
+    let mut config = cluster.config();
+    config.failover_timeout = Duration::from_millis(200);
+    let mut client = Client::connect(config).unwrap();
+    cluster.leader.store(NO_LEADER, Ordering::SeqCst);
+    assert!(matches!(
+        client.append(&[record("lost")]),
+        Err(Error::NoLeader { .. })
+    ));
+    cluster.leader.store(1, Ordering::SeqCst);
+    let offsets = client.append(&[record("kept")]).unwrap();
+    assert_eq!(offsets.base_offset, 0);
+    assert_eq!(cluster.contents(), vec![(0, "kept".to_string())]);
+}
+
+#[test]
+fn a_batch_over_the_frame_limit_is_refused_before_it_is_sent() {
+    let cluster = FakeCluster::start(1, 0);
+    let mut config = cluster.config();
+    config.frame_payload_bytes_max = 4096;
+    let mut client = Client::connect(config).unwrap();
+    let big = "x".repeat(5000);
+    assert!(matches!(
+        client.append(&[record(&big)]),
+        Err(Error::Batch(raftline_log::BatchError::TooLarge { .. }))
+    ));
+    assert_eq!(cluster.appends_seen[0].load(Ordering::SeqCst), 0);
+    client.append(&[record("small")]).unwrap();
 }

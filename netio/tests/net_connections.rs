@@ -544,6 +544,37 @@ fn a_client_that_stops_reading_is_closed_once_sends_stall() {
 }
 
 #[test]
+fn connections_beyond_the_limits_are_closed_and_the_admitted_ones_keep_working() {
+    for backend in BACKENDS {
+        let mut cfg = config(1, any_port(), &[(2, reserved_addr())], backend);
+        cfg.clients_max = 1;
+        cfg.inbound_peers_max = 1;
+        let mut node = Node::bind(cfg);
+        let (mut first_client, id) = subscribed_client(&mut node);
+        let mut second_client = TcpStream::connect(node.net.local_addrs().client).unwrap();
+        wait_closed(&mut [&mut node], &mut second_client);
+        let mut first_peer = TcpStream::connect(node.net.local_addrs().peer).unwrap();
+        first_peer
+            .write_all(&encoded(FrameType::PeerHello, CLUSTER, 2, b""))
+            .unwrap();
+        let mut second_peer = TcpStream::connect(node.net.local_addrs().peer).unwrap();
+        wait_closed(&mut [&mut node], &mut second_peer);
+        first_peer.write_all(&peer_message(2, b"admitted")).unwrap();
+        assert_eq!(wait_event(&mut [&mut node], 0, peer_frame(2)), b"admitted");
+        first_client
+            .write_all(&client_request(b"admitted"))
+            .unwrap();
+        wait_event(&mut [&mut node], 0, |e| match e {
+            NetEvent::ClientFrame { client, frame } if *client == id => {
+                assert_eq!(frame.payload, b"admitted");
+                Some(())
+            }
+            _ => None,
+        });
+    }
+}
+
+#[test]
 fn a_wake_from_another_thread_returns_poll_early() {
     for backend in BACKENDS {
         let mut node = Node::bind(config(1, any_port(), &[], backend));

@@ -48,12 +48,19 @@ pub struct DevArgs {
     /// Bytes of each sample record's value (with --demo).
     #[arg(long, default_value_t = 100)]
     pub demo_record_bytes: usize,
+    /// Node N listens on BASE+N for peers, BASE+100+N for clients, BASE+200+N for metrics (the
+    /// client commands' --bootstrap default assumes 7300).
+    #[arg(long, default_value_t = DEV_BASE_PORT)]
+    pub base_port: u16,
 }
 
-/// Peer, client and metrics address of dev node `id`.
-pub fn dev_addrs(id: u64) -> (SocketAddr, SocketAddr, SocketAddr) {
-    let at = |base: u16| SocketAddr::from(([127, 0, 0, 1], base + id as u16));
-    (at(7300), at(7400), at(7500))
+/// Default `--base-port`: node N listens on 7300+N (peers), 7400+N (clients), 7500+N (metrics).
+pub const DEV_BASE_PORT: u16 = 7300;
+
+/// Peer, client and metrics address of dev node `id` for `--base-port base`.
+pub fn dev_addrs(base: u16, id: u64) -> (SocketAddr, SocketAddr, SocketAddr) {
+    let at = |offset: u16| SocketAddr::from(([127, 0, 0, 1], base + offset + id as u16));
+    (at(0), at(100), at(200))
 }
 
 fn id_list(addr: impl Fn(u64) -> SocketAddr) -> String {
@@ -83,16 +90,22 @@ struct Node {
     child: Child,
 }
 
-fn start_node(exe: &Path, data: &Path, id: u64, available: &[usize]) -> anyhow::Result<Node> {
-    let (_, client, metrics) = dev_addrs(id);
+fn start_node(
+    exe: &Path,
+    data: &Path,
+    base: u16,
+    id: u64,
+    available: &[usize],
+) -> anyhow::Result<Node> {
+    let (_, client, metrics) = dev_addrs(base, id);
     let log_path = data.join(format!("node-{id}.log"));
     let log =
         File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut cmd = Command::new(exe);
     cmd.arg("server")
         .args(["--id", &id.to_string(), "--cluster-id", DEV_CLUSTER])
-        .args(["--peers", &id_list(|n| dev_addrs(n).0)])
-        .args(["--peer-clients", &id_list(|n| dev_addrs(n).1)])
+        .args(["--peers", &id_list(|n| dev_addrs(base, n).0)])
+        .args(["--peer-clients", &id_list(|n| dev_addrs(base, n).1)])
         .args(["--client-listen", &client.to_string()])
         .args(["--metrics-listen", &metrics.to_string()])
         .arg("--data-dir")
@@ -140,7 +153,7 @@ fn stop_all(nodes: &mut [Node]) {
 }
 
 /// Waits until every node answers `Status` and one of them leads; returns the leader's id.
-fn wait_for_leader(nodes: &mut [Node]) -> anyhow::Result<u64> {
+fn wait_for_leader(nodes: &mut [Node], base: u16) -> anyhow::Result<u64> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         for node in nodes.iter_mut() {
@@ -151,11 +164,11 @@ fn wait_for_leader(nodes: &mut [Node]) -> anyhow::Result<u64> {
                 );
             }
         }
-        let mut config = demo_client_config();
+        let mut config = demo_client_config(base);
         config.connect_timeout = Duration::from_millis(500);
         config.request_timeout = Duration::from_millis(500);
         let statuses: Vec<_> = (1..=DEV_NODES)
-            .map(|id| status_of(&dev_addrs(id).1.to_string(), &config))
+            .map(|id| status_of(&dev_addrs(base, id).1.to_string(), &config))
             .collect();
         if statuses.iter().all(Result::is_ok) {
             if let Some(leader) = statuses
@@ -168,8 +181,14 @@ fn wait_for_leader(nodes: &mut [Node]) -> anyhow::Result<u64> {
         }
         if Instant::now() >= deadline {
             bail!(
-                "no leader within {START_TIMEOUT:?}; are ports 7301-7303/7401-7403/7501-7503 free? \
-                 see the node log files"
+                "no leader within {START_TIMEOUT:?}; are ports {}-{}, {}-{} and {}-{} free? \
+                 see the node log files",
+                base + 1,
+                base + 3,
+                base + 101,
+                base + 103,
+                base + 201,
+                base + 203
             );
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -190,7 +209,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let available = raftline_pinning::available_cores();
     let mut nodes = Vec::new();
     for id in 1..=DEV_NODES {
-        match start_node(&exe, &args.data, id, &available) {
+        match start_node(&exe, &args.data, args.base_port, id, &available) {
             Ok(node) => nodes.push(node),
             Err(e) => {
                 stop_all(&mut nodes);
@@ -198,17 +217,17 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let leader = match wait_for_leader(&mut nodes) {
+    let leader = match wait_for_leader(&mut nodes, args.base_port) {
         Ok(leader) => leader,
         Err(e) => {
             stop_all(&mut nodes);
             return Err(e);
         }
     };
-    print_banner(&args.data, leader);
+    print_banner(&args.data, leader, args.base_port);
     let demo = args
         .demo
-        .then(|| Demo::start(args.demo_record_bytes, Arc::clone(&stop)));
+        .then(|| Demo::start(args.demo_record_bytes, args.base_port, Arc::clone(&stop)));
     let mut exit = ExitCode::SUCCESS;
     let mut last_report = Instant::now();
     while !stop.load(Ordering::SeqCst) {
@@ -242,19 +261,27 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     Ok(exit)
 }
 
-fn print_banner(data: &Path, leader: u64) {
+fn print_banner(data: &Path, leader: u64, base: u16) {
     println!("raftline dev cluster {DEV_CLUSTER:?} is up: 3 nodes, node {leader} leads");
     for id in 1..=DEV_NODES {
-        let (peer, client, metrics) = dev_addrs(id);
+        let (peer, client, metrics) = dev_addrs(base, id);
         println!(
             "  node {id}: clients {client}  peers {peer}  metrics http://{metrics}/metrics  data {}",
             data.join(format!("node-{id}")).display()
         );
     }
+    let bootstrap = if base == DEV_BASE_PORT {
+        String::new()
+    } else {
+        let clients: Vec<String> = (1..=DEV_NODES)
+            .map(|id| dev_addrs(base, id).1.to_string())
+            .collect();
+        format!(" --bootstrap {}", clients.join(","))
+    };
     println!("try, in another terminal:");
-    println!("  raftline status");
-    println!("  seq 1 10 | raftline produce");
-    println!("  raftline tail --from earliest --follow");
+    println!("  raftline status{bootstrap}");
+    println!("  seq 1 10 | raftline produce{bootstrap}");
+    println!("  raftline tail --from earliest --follow{bootstrap}");
     println!(
         "Ctrl-C stops the cluster (data is kept in {}).",
         data.display()
@@ -270,21 +297,21 @@ struct Demo {
     threads: Vec<std::thread::JoinHandle<Result<(), String>>>,
 }
 
-fn demo_client_config() -> ClientConfig {
+fn demo_client_config(base: u16) -> ClientConfig {
     let bootstrap = (1..=DEV_NODES)
-        .map(|id| dev_addrs(id).1.to_string())
+        .map(|id| dev_addrs(base, id).1.to_string())
         .collect();
     ClientConfig::new(bootstrap, ClusterId::from_name(DEV_CLUSTER))
 }
 
 impl Demo {
-    fn start(record_bytes: usize, stop: Arc<AtomicBool>) -> Demo {
+    fn start(record_bytes: usize, base: u16, stop: Arc<AtomicBool>) -> Demo {
         let acked = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(AtomicU64::new(0));
         let tailer = {
             let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
             std::thread::spawn(move || -> Result<(), String> {
-                let mut sub = Subscription::open(demo_client_config(), StartFrom::Latest)
+                let mut sub = Subscription::open(demo_client_config(base), StartFrom::Latest)
                     .map_err(|e| format!("tailer: {e}"))?;
                 while !stop.load(Ordering::Relaxed) {
                     if sub
@@ -301,7 +328,7 @@ impl Demo {
         let producer = {
             let acked = Arc::clone(&acked);
             std::thread::spawn(move || -> Result<(), String> {
-                let mut producer = Producer::new(demo_client_config());
+                let mut producer = Producer::new(demo_client_config(base));
                 let mut n = 0u64;
                 let mut refused = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -401,7 +428,7 @@ mod tests {
         assert_eq!(cores_for(3, &[0, 1]).as_deref(), Some("0,1"));
         assert_eq!(cores_for(1, &[3]), None);
         assert_eq!(
-            dev_addrs(2).1,
+            dev_addrs(DEV_BASE_PORT, 2).1,
             "127.0.0.1:7402".parse::<SocketAddr>().unwrap()
         );
     }

@@ -205,16 +205,21 @@ impl Client {
     }
 
     /// Appends `records` as one batch and waits for its acknowledgement (at-least-once: see the
-    /// module documentation).
+    /// module documentation). After an error the outcome is unknown (the batch may have been
+    /// committed); this client does not send it again by itself.
     pub fn append(&mut self, records: &[Record]) -> Result<AppendOffsets, Error> {
         let batch = Batch::encode(records)?.into_bytes();
-        self.pipeline.submit(batch, records.len() as u64, 0)?;
-        self.pipeline.drain()?;
-        let done = self
+        let sent = self
             .pipeline
-            .take_completed()
-            .pop()
-            .expect("a drained pipeline completed the batch it was given");
+            .submit(batch, records.len() as u64, 0)
+            .and_then(|()| self.pipeline.drain());
+        if let Err(e) = sent {
+            self.pipeline.abandon();
+            return Err(e);
+        }
+        let mut completed = self.pipeline.take_completed();
+        assert_eq!(completed.len(), 1, "one batch given, one answered");
+        let done = completed.pop().expect("length checked");
         let base_offset = done.result.map_err(|error| Error::Refused {
             address: done.address,
             error,

@@ -60,6 +60,8 @@ pub enum CloseReason {
     SendStalled(Duration),
     /// `clients_max` connections are open already.
     TooManyClients(usize),
+    /// `inbound_peers_max` peer-port connections are open already.
+    TooManyInboundPeers(usize),
     /// The node asked for it.
     ByNode(String),
 }
@@ -106,6 +108,12 @@ impl fmt::Display for CloseReason {
             CloseReason::SendStalled(t) => write!(f, "no send progress for {t:?}"),
             CloseReason::TooManyClients(max) => {
                 write!(f, "{max} clients already connected (clients_max)")
+            }
+            CloseReason::TooManyInboundPeers(max) => {
+                write!(
+                    f,
+                    "{max} peer-port connections already open (inbound_peers_max)"
+                )
             }
             CloseReason::ByNode(why) => write!(f, "closed by the node: {why}"),
         }

@@ -31,6 +31,9 @@ pub struct NetConfig {
     pub client_drained_bytes: usize,
     /// Client connections open at once; more are closed on accept.
     pub clients_max: usize,
+    /// Inbound peer-port connections open at once (a peer that reconnects briefly has two);
+    /// more are closed on accept, so strangers on the peer port cannot exhaust descriptors.
+    pub inbound_peers_max: usize,
     /// An accepted connection must deliver its first whole frame, and an outbound connection
     /// must connect, within this.
     pub hello_timeout: Duration,
@@ -99,6 +102,7 @@ impl NetConfig {
             client_queue_bytes_max: 2 * frame_bytes,
             client_drained_bytes: frame_bytes / 2,
             clients_max: 1024,
+            inbound_peers_max: 64,
             hello_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             client_idle_timeout: None,

@@ -8,10 +8,13 @@ use crate::frame::FrameDecoder;
 
 use super::ClientId;
 
-/// Bytes per recv; a frame larger than this is reassembled by the decoder.
-pub(super) const RECV_BUF_BYTES: usize = 64 << 10;
+/// Bytes per recv on a peer connection (replication streams: fewer loop turns per MiB); a
+/// frame larger than the buffer is reassembled by the decoder.
+const PEER_RECV_BUF_BYTES: usize = 256 << 10;
+/// Bytes per recv on a client connection (many of them; requests are small or one batch).
+const CLIENT_RECV_BUF_BYTES: usize = 64 << 10;
 /// Small frames are copied into one buffer up to this size per send; larger ones go alone.
-const COALESCE_BYTES: usize = 64 << 10;
+const COALESCE_BYTES: usize = 256 << 10;
 
 /// What a connection is for; decides which frames it may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +83,10 @@ impl Conn {
             kind,
             remote,
             decoder: FrameDecoder::new(payload_bytes_max),
-            recv_buf: Some(Vec::with_capacity(RECV_BUF_BYTES)),
+            recv_buf: Some(Vec::with_capacity(match kind {
+                ConnKind::Client(_) => CLIENT_RECV_BUF_BYTES,
+                _ => PEER_RECV_BUF_BYTES,
+            })),
             established: false,
             opened_at: now,
             last_recv_at: now,

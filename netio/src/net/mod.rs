@@ -164,6 +164,7 @@ pub struct Net {
     conns: HashMap<SocketId, Conn>,
     clients: HashMap<ClientId, SocketId>,
     next_client: u64,
+    inbound_peers: usize,
     paused_listeners: Vec<(SocketId, Instant)>,
     hello_frame: Vec<u8>,
     keepalive_frame: Vec<u8>,
@@ -250,6 +251,7 @@ impl Net {
             conns: HashMap::new(),
             clients: HashMap::new(),
             next_client: 1,
+            inbound_peers: 0,
             paused_listeners: Vec::new(),
             hello_frame,
             keepalive_frame,
@@ -516,6 +518,16 @@ impl Net {
         now: Instant,
     ) {
         let (kind, queue_bytes_max) = if listener == self.peer_listener {
+            if self.inbound_peers >= self.cfg.inbound_peers_max {
+                tracing::warn!(
+                    %remote,
+                    "refusing peer connection: {}",
+                    CloseReason::TooManyInboundPeers(self.cfg.inbound_peers_max)
+                );
+                self.reactor.close(socket);
+                return;
+            }
+            self.inbound_peers += 1;
             (ConnKind::InboundPeer(None), self.cfg.peer_queue_bytes_max)
         } else {
             debug_assert_eq!(listener, self.client_listener);
@@ -757,7 +769,7 @@ impl Net {
                 self.clients.remove(&client);
                 self.events.push(NetEvent::ClientClosed { client, reason });
             }
-            ConnKind::InboundPeer(_) => {}
+            ConnKind::InboundPeer(_) => self.inbound_peers -= 1,
         }
     }
 }
