@@ -134,6 +134,7 @@ struct WireEntry {
 enum WireEntryKind {
     Command,
     Noop,
+    Config,
 }
 
 /// Splits a message into its metadata and the blobs that travel raw behind it.
@@ -177,6 +178,7 @@ fn to_wire(msg: &Message) -> Result<(WireMessage, Vec<&[u8]>), PeerCodecError> {
                     kind: match e.kind {
                         EntryKind::Command => WireEntryKind::Command,
                         EntryKind::Noop => WireEntryKind::Noop,
+                        EntryKind::Config => WireEntryKind::Config,
                     },
                     payload_bytes,
                 });
@@ -281,6 +283,7 @@ fn from_wire(wire: WireMessage, blobs: &[u8]) -> Result<Message, PeerCodecError>
                     kind: match e.kind {
                         WireEntryKind::Command => EntryKind::Command,
                         WireEntryKind::Noop => EntryKind::Noop,
+                        WireEntryKind::Config => EntryKind::Config,
                     },
                     payload: Arc::from(payload),
                 });

@@ -29,6 +29,8 @@ pub fn entry_of(batch: Batch) -> Entry {
     let (kind, payload): (EntryKind, Arc<[u8]>) = if h.is_noop() {
         // The core creates no-ops with an empty payload; keep them equal after a restart.
         (EntryKind::Noop, Arc::from(&[][..]))
+    } else if h.is_config() {
+        (EntryKind::Config, Arc::from(batch.payload()))
     } else {
         (EntryKind::Command, Arc::from(batch.into_bytes()))
     };
@@ -45,6 +47,7 @@ pub fn entry_of(batch: Batch) -> Entry {
 pub fn batch_of(entry: &Entry) -> Result<Batch, BatchError> {
     match entry.kind {
         EntryKind::Noop => Ok(Batch::noop()),
+        EntryKind::Config => Batch::config(&entry.payload),
         EntryKind::Command => {
             let batch = Batch::from_entry_bytes(entry.payload.to_vec())?;
             let h = batch.header();
