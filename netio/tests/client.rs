@@ -730,3 +730,18 @@ fn a_failed_append_is_not_sent_again_by_the_next_one() {
     assert_eq!(offsets.base_offset, 0);
     assert_eq!(cluster.contents(), vec![(0, "kept".to_string())]);
 }
+
+#[test]
+fn a_batch_over_the_frame_limit_is_refused_before_it_is_sent() {
+    let cluster = FakeCluster::start(1, 0);
+    let mut config = cluster.config();
+    config.frame_payload_bytes_max = 4096;
+    let mut client = Client::connect(config).unwrap();
+    let big = "x".repeat(5000);
+    assert!(matches!(
+        client.append(&[record(&big)]),
+        Err(Error::Batch(raftline_log::BatchError::TooLarge { .. }))
+    ));
+    assert_eq!(cluster.appends_seen[0].load(Ordering::SeqCst), 0);
+    client.append(&[record("small")]).unwrap();
+}

@@ -4,9 +4,14 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use raftline_log::BatchError;
+
 use crate::client::leader::LeaderLink;
 use crate::client::{ClientConfig, Error};
 use crate::client_proto::{ClientError, Response};
+
+/// Room left in a frame for an append's metadata beside its batch (the archive is ~40 bytes).
+const APPEND_META_BYTES_MAX: usize = 256;
 
 /// One batch handed to the pipeline.
 struct Pending {
@@ -69,6 +74,15 @@ impl Pipeline {
         record_count: u64,
         tag: u64,
     ) -> Result<(), Error> {
+        // A frame over the limit would only make the node hang up, again on every resend.
+        let limit =
+            (self.config.frame_payload_bytes_max as usize).saturating_sub(APPEND_META_BYTES_MAX);
+        if batch.len() > limit {
+            return Err(Error::Batch(BatchError::TooLarge {
+                bytes: batch.len(),
+                limit,
+            }));
+        }
         let request_id = self.link.next_id();
         self.queued.push_back(Pending {
             request_id,
