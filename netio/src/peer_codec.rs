@@ -134,6 +134,7 @@ struct WireEntry {
 enum WireEntryKind {
     Command,
     Noop,
+    Config,
 }
 
 /// Splits a message into its metadata and the blobs that travel raw behind it.
@@ -177,6 +178,7 @@ fn to_wire(msg: &Message) -> Result<(WireMessage, Vec<&[u8]>), PeerCodecError> {
                     kind: match e.kind {
                         EntryKind::Command => WireEntryKind::Command,
                         EntryKind::Noop => WireEntryKind::Noop,
+                        EntryKind::Config => WireEntryKind::Config,
                     },
                     payload_bytes,
                 });
@@ -273,22 +275,15 @@ fn from_wire(wire: WireMessage, blobs: &[u8]) -> Result<Message, PeerCodecError>
         } => {
             let mut out = Vec::with_capacity(entries.len());
             for e in entries {
-                let len = e.payload_bytes as usize;
-                if len > rest.len() {
-                    return Err(PeerCodecError::Malformed(format!(
-                        "entry {} claims {len} payload bytes, {} left",
-                        e.index,
-                        rest.len()
-                    )));
-                }
-                let (payload, tail) = rest.split_at(len);
-                rest = tail;
+                let payload =
+                    take_blob(&mut rest, e.payload_bytes, || format!("entry {}", e.index))?;
                 out.push(Entry {
                     term: e.term,
                     index: e.index,
                     kind: match e.kind {
                         WireEntryKind::Command => EntryKind::Command,
                         WireEntryKind::Noop => EntryKind::Noop,
+                        WireEntryKind::Config => EntryKind::Config,
                     },
                     payload: Arc::from(payload),
                 });
@@ -326,15 +321,7 @@ fn from_wire(wire: WireMessage, blobs: &[u8]) -> Result<Message, PeerCodecError>
             data_bytes,
             done,
         } => {
-            let len = data_bytes as usize;
-            if len > rest.len() {
-                return Err(PeerCodecError::Malformed(format!(
-                    "snapshot chunk claims {len} bytes, {} left",
-                    rest.len()
-                )));
-            }
-            let (data, tail) = rest.split_at(len);
-            rest = tail;
+            let data = take_blob(&mut rest, data_bytes, || "snapshot chunk".to_string())?;
             MessageBody::InstallSnapshot {
                 meta: SnapshotMeta {
                     index,
@@ -362,6 +349,25 @@ fn from_wire(wire: WireMessage, blobs: &[u8]) -> Result<Message, PeerCodecError>
         term: wire.term,
         body,
     })
+}
+
+/// Takes the next `len` bytes off the blob section; `what` names the owner for the error.
+fn take_blob<'a>(
+    rest: &mut &'a [u8],
+    len: u32,
+    what: impl FnOnce() -> String,
+) -> Result<&'a [u8], PeerCodecError> {
+    let len = len as usize;
+    if len > rest.len() {
+        return Err(PeerCodecError::Malformed(format!(
+            "{} claims {len} bytes, {} left",
+            what(),
+            rest.len()
+        )));
+    }
+    let (blob, tail) = rest.split_at(len);
+    *rest = tail;
+    Ok(blob)
 }
 
 /// Appends one `PeerMessage` frame holding `msg` to `out` (sender id = `msg.from`).

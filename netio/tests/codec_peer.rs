@@ -15,17 +15,13 @@ fn arb_entry() -> impl Strategy<Value = Entry> {
     (
         any::<u64>(),
         any::<u64>(),
-        any::<bool>(),
+        prop::sample::select(vec![EntryKind::Command, EntryKind::Noop, EntryKind::Config]),
         prop::collection::vec(any::<u8>(), 0..300),
     )
-        .prop_map(|(term, index, noop, payload)| Entry {
+        .prop_map(|(term, index, kind, payload)| Entry {
             term,
             index,
-            kind: if noop {
-                EntryKind::Noop
-            } else {
-                EntryKind::Command
-            },
+            kind,
             payload: Arc::from(payload),
         })
 }

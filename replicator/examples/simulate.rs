@@ -27,7 +27,8 @@ struct Args {
     swarm: bool,
     /// Fault mix: "random" (cluster size, faults, pre-vote, check-quorum and message size drawn
     /// from each seed; the default with --swarm), "standard" (every fault at a moderate rate on
-    /// --nodes nodes; the default without --swarm) or "churn" (3 nodes, new leaders crash soon).
+    /// --nodes nodes; the default without --swarm), "churn" (3 nodes, new leaders crash soon) or
+    /// "lease" (3 nodes with lease reads, drifting clocks, many slow messages and partitions).
     #[arg(long)]
     mix: Option<String>,
     /// Number of seeds in swarm mode, starting at --seed.
@@ -40,7 +41,7 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     ticks: u64,
     /// Inject a protocol bug to see the simulator catch it: commit-previous-term,
-    /// skip-up-to-date, vote-before-persist, ack-before-durable, install-stale-snapshot.
+    /// skip-up-to-date, vote-before-persist, ack-before-durable, install-stale-snapshot, lease-without-quorum.
     #[arg(long)]
     mutation: Option<String>,
 }
@@ -52,6 +53,7 @@ fn parse_mutation(name: &str) -> Result<Mutation, String> {
         "vote-before-persist" => Mutation::VoteBeforePersist,
         "ack-before-durable" => Mutation::AckBeforeDurable,
         "install-stale-snapshot" => Mutation::InstallStaleSnapshot,
+        "lease-without-quorum" => Mutation::LeaseWithoutQuorum,
         other => return Err(format!("unknown mutation {other:?}")),
     })
 }
@@ -64,6 +66,7 @@ fn config(args: &Args, seed: u64, mutation: Mutation) -> SimConfig {
     let mut cfg = match mix {
         "random" => SimConfig::swarm(seed),
         "churn" => SimConfig::churn(seed),
+        "lease" => SimConfig::lease(seed),
         _ => SimConfig::standard(seed, args.nodes),
     };
     cfg.fault_ticks = args.ticks;
@@ -80,9 +83,9 @@ fn main() -> ExitCode {
     if let Some(mix) = args
         .mix
         .as_deref()
-        .filter(|m| !["random", "standard", "churn"].contains(m))
+        .filter(|m| !["random", "standard", "churn", "lease"].contains(m))
     {
-        eprintln!("unknown --mix {mix:?}: use random, standard or churn");
+        eprintln!("unknown --mix {mix:?}: use random, standard, churn or lease");
         return ExitCode::FAILURE;
     }
     let mutation = match args.mutation.as_deref().map(parse_mutation).transpose() {
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
     }
     let (mut steps, mut ticks, mut acked) = (0u64, 0u64, 0u64);
     let (mut snapshots_taken, mut snapshots_installed, mut crashes) = (0u64, 0u64, 0u64);
+    let (mut membership_changes, mut reads, mut lease_reads) = (0u64, 0u64, 0u64);
     let mut leader_loss = Vec::new();
     let mut heal = Vec::new();
     let mut failures = 0;
@@ -125,6 +129,9 @@ fn main() -> ExitCode {
                 snapshots_taken += r.snapshots_taken;
                 snapshots_installed += r.snapshots_installed;
                 crashes += r.crashes;
+                membership_changes += r.membership_changes;
+                reads += r.reads_confirmed;
+                lease_reads += r.lease_reads;
                 leader_loss.push(r.leader_loss_recovery_ticks);
                 heal.push(r.heal_recovery_ticks);
             }
@@ -140,7 +147,8 @@ fn main() -> ExitCode {
     }
     println!(
         "seeds {} failed {failures} steps {steps} ticks {ticks} acked {acked} crashes {crashes} \
-         snapshots taken {snapshots_taken} installed {snapshots_installed}",
+         snapshots taken {snapshots_taken} installed {snapshots_installed} \
+         membership changes {membership_changes} reads {reads} (from a lease {lease_reads})",
         args.seeds
     );
     for (name, v) in [

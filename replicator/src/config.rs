@@ -21,6 +21,9 @@ pub enum Mutation {
     /// a leader whose view of this follower lagged): rolls back entries after it that this node
     /// may have acknowledged — committed entries lost from its disk.
     InstallStaleSnapshot,
+    /// (f) A leader renews its read lease with every heartbeat it sends, without waiting for a
+    /// quorum to acknowledge one: a leader cut off from the others keeps serving reads.
+    LeaseWithoutQuorum,
 }
 
 /// Configuration of one Raft node.
@@ -28,7 +31,9 @@ pub enum Mutation {
 pub struct Config {
     /// This node.
     pub id: NodeId,
-    /// All voting members, including `id`.
+    /// The voters a new cluster starts with (bootstrap), including `id`; empty for a node that
+    /// joins an existing cluster (it learns the configuration from the leader once added). Once
+    /// the log or a snapshot holds a configuration, that one is in force.
     pub voters: Vec<NodeId>,
     /// Lower bound (inclusive) of the randomized election timeout.
     pub election_ticks_min: u32,
@@ -56,6 +61,13 @@ pub struct Config {
     pub gated_msgs_max: usize,
     /// ReadIndex requests awaiting leadership confirmation before new ones are refused.
     pub reads_pending_max: usize,
+    /// Serve `read_index` from a leader lease when one holds (no heartbeat round). Off by
+    /// default. Safe only under bounded clock drift: see [`Config::lease_ticks`]. Requires
+    /// `check_quorum` (followers' leader stickiness is what the lease relies on).
+    pub lease_read: bool,
+    /// Assumed bound on how much faster any node's clock (tick rate) runs than another's, per
+    /// mille; shortens the lease accordingly.
+    pub clock_drift_per_mille: u32,
     /// Durable entry bytes kept in memory after they became durable (recent entries serve
     /// followers slightly behind and the apply path without a storage read). 0 disables it.
     pub log_cache_bytes_max: u64,
@@ -71,12 +83,19 @@ pub struct Config {
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    /// The node must be one of the voters, ids non-zero and distinct.
-    #[error("voters {voters:?} must be distinct, non-zero and include node {id}")]
+    /// The node must be one of the voters (or there are none: joining), ids non-zero and
+    /// distinct.
+    #[error(
+        "voters {voters:?} must be distinct, non-zero and include node {id} (or be empty to join)"
+    )]
     Voters { id: NodeId, voters: Vec<NodeId> },
     /// Timeouts out of order.
     #[error("need 0 < heartbeat_ticks ({heartbeat}) < election_ticks_min ({min}) < election_ticks_max ({max})")]
     Timeouts { heartbeat: u32, min: u32, max: u32 },
+    /// Lease reads rely on followers' leader stickiness, which only check-quorum provides, and
+    /// need a lease of at least one tick.
+    #[error("lease_read needs check_quorum and election_ticks_min ({min}) long enough for a lease of one tick at {drift_per_mille}‰ clock drift")]
+    Lease { min: u32, drift_per_mille: u32 },
     /// A limit of zero would stall replication.
     #[error("limit {0} must be positive")]
     ZeroLimit(&'static str),
@@ -100,6 +119,8 @@ impl Config {
             uncommitted_entries_max: 4096,
             gated_msgs_max: 4096,
             reads_pending_max: 1024,
+            lease_read: false,
+            clock_drift_per_mille: 100,
             log_cache_bytes_max: 16 << 20,
             unstable_bytes_max: 64 << 20,
             committed_bytes_max: 4 << 20,
@@ -112,7 +133,12 @@ impl Config {
         let mut sorted = self.voters.clone();
         sorted.sort_unstable();
         sorted.dedup();
-        if sorted.len() != self.voters.len() || sorted.contains(&0) || !sorted.contains(&self.id) {
+        let joining = sorted.is_empty() && self.id != 0;
+        if !joining
+            && (sorted.len() != self.voters.len()
+                || sorted.contains(&0)
+                || !sorted.contains(&self.id))
+        {
             return Err(ConfigError::Voters {
                 id: self.id,
                 voters: self.voters.clone(),
@@ -126,6 +152,12 @@ impl Config {
                 heartbeat: self.heartbeat_ticks,
                 min: self.election_ticks_min,
                 max: self.election_ticks_max,
+            });
+        }
+        if self.lease_read && (!self.check_quorum || self.lease_ticks() == 0) {
+            return Err(ConfigError::Lease {
+                min: self.election_ticks_min,
+                drift_per_mille: self.clock_drift_per_mille,
             });
         }
         for (name, value) in [
@@ -146,8 +178,20 @@ impl Config {
         Ok(())
     }
 
-    /// Votes needed to win an election or commit an entry.
-    pub fn quorum(&self) -> usize {
-        self.voters.len() / 2 + 1
+    /// How many of its own ticks a leader may serve reads from a lease after sending a heartbeat
+    /// round that a quorum acknowledged.
+    ///
+    /// The safety argument: a follower that received that heartbeat at real time `r` (after it
+    /// was sent) refuses every vote and pre-vote (except a leader-requested transfer, after which
+    /// the leader serves no lease reads) for `election_ticks_min` of ITS ticks, i.e. at least
+    /// `election_ticks_min - 1` full tick periods after `r`; a node that restarts refuses for as
+    /// long (it may have acknowledged just before crashing). No other leader can be elected
+    /// without one of those followers' votes, so none exists until that much time has passed on
+    /// a quorum's clocks. If no clock runs more than `clock_drift_per_mille` faster than the
+    /// leader's, `(election_ticks_min - 1) / (1 + drift)` leader ticks are safe; one more tick is
+    /// kept back for the leader's own tick granularity.
+    pub fn lease_ticks(&self) -> u64 {
+        let min = u64::from(self.election_ticks_min.saturating_sub(2));
+        min * 1000 / (1000 + u64::from(self.clock_drift_per_mille))
     }
 }

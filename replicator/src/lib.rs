@@ -8,6 +8,7 @@
 //! `examples/simulate.rs` runs it from the command line.
 
 pub mod config;
+pub mod membership;
 pub mod message;
 pub mod progress;
 pub mod raft;
@@ -16,6 +17,7 @@ pub mod sim;
 pub mod storage;
 
 pub use config::{Config, ConfigError, Mutation};
+pub use membership::{MembershipChange, MembershipError};
 pub use message::{
     AppendReject, Entry, EntryKind, HardState, Index, Membership, Message, MessageBody, NodeId,
     SnapshotMeta, Term,

@@ -20,6 +20,9 @@ pub enum EntryKind {
     Command,
     /// The empty entry a new leader appends so it can commit entries of earlier terms.
     Noop,
+    /// A new cluster configuration (payload: [`Membership::encode`]); in force on a node as
+    /// soon as it is in its log.
+    Config,
 }
 
 /// One log entry: opaque payload bytes stamped with the term and index they were appended at.

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use rand::RngCore;
 
 use crate::config::{Config, ConfigError, Mutation};
+use crate::membership::{ConfigHistory, MembershipChange, MembershipError};
 use crate::message::{
-    AppendReject, Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, SnapshotMeta,
-    Term,
+    AppendReject, Entry, EntryKind, HardState, Index, Membership, Message, MessageBody, NodeId,
+    SnapshotMeta, Term,
 };
 use crate::progress::{Progress, ProgressState};
 use crate::raft_log::RaftLog;
@@ -106,8 +107,8 @@ pub enum TransferError {
     /// Only the leader can hand over leadership.
     #[error("not the leader (leader hint: {leader:?})")]
     NotLeader { leader: Option<NodeId> },
-    /// The target is not a voter of this cluster.
-    #[error("node {0} is not a voter")]
+    /// The target is not a voter of this cluster (or is this node).
+    #[error("node {0} is not another voter")]
     NotAVoter(NodeId),
 }
 
@@ -206,6 +207,8 @@ pub struct Raft<S> {
     log: RaftLog<S>,
     /// The first storage failure seen; the driver must stop the node (see `storage_failure`).
     storage_failure: Option<StorageError>,
+    /// The configurations in force along the log.
+    configs: ConfigHistory,
     /// Follower only: the snapshot being received or installed.
     incoming: Option<IncomingSnapshot>,
     snapshot_chunks: Vec<SnapshotChunk>,
@@ -219,8 +222,22 @@ pub struct Raft<S> {
     transfer_to: Option<NodeId>,
     /// Leader only: ReadIndex requests awaiting a quorum of heartbeat responses, oldest first.
     reads: VecDeque<PendingRead>,
-    /// Sequence number of the latest ReadIndex request (carried by heartbeats).
+    /// Sequence number of the latest heartbeat round or ReadIndex request (carried by
+    /// heartbeats, echoed by their responses).
     read_seq: u64,
+    /// Ticks since this node started (the lease clock).
+    ticks: u64,
+    /// Leader only: `(first read_seq sent in that tick, tick)` of recent heartbeat rounds, for
+    /// lease reads; rounds older than the lease are dropped.
+    rounds: VecDeque<(u64, u64)>,
+    /// Leader only: per peer, the highest heartbeat round it acknowledged.
+    lease_acks: BTreeMap<NodeId, u64>,
+    /// Leader only: a TimeoutNow went out this term; the target may campaign through the
+    /// followers' stickiness, so no lease holds any more.
+    lease_revoked: bool,
+    /// Refuse votes for an election timeout after start: this node may have acknowledged a
+    /// leader's heartbeat just before it crashed (lease reads count on that).
+    quiet_after_start: bool,
     read_states: Vec<ReadState>,
     votes: BTreeMap<NodeId, bool>,
     progress: BTreeMap<NodeId, Progress>,
@@ -242,7 +259,28 @@ impl<S: Storage> Raft<S> {
         storage: S,
     ) -> Result<Self, InitError> {
         cfg.validate()?;
+        let quiet_after_start = cfg.lease_read;
         let snapshot_index = storage.first_index() - 1;
+        // The configuration: the snapshot's, or the bootstrap voters, then any configuration
+        // entries after it.
+        let (base, scan_from) = match storage.snapshot_meta() {
+            Some(meta) => (meta.membership, meta.index + 1),
+            None => {
+                let bootstrap = Membership {
+                    voters: cfg.voters.clone(),
+                    learners: Vec::new(),
+                };
+                (bootstrap, 1)
+            }
+        };
+        let mut configs = ConfigHistory::new(base);
+        for e in storage.config_entries(scan_from)? {
+            let membership = Membership::decode(&e.payload).ok_or(StorageError::Failed(
+                format!("configuration entry {} does not decode", e.index),
+            ))?;
+            configs.appended(e.index, membership);
+        }
+        configs.applied_to(applied);
         let log = RaftLog::new(storage, cfg.log_cache_bytes_max)?;
         if applied < snapshot_index || applied > log.last_index() {
             return Err(InitError::Applied {
@@ -267,6 +305,7 @@ impl<S: Storage> Raft<S> {
             leader: None,
             log,
             storage_failure: None,
+            configs,
             incoming: None,
             snapshot_chunks: Vec::new(),
             // What was applied was committed.
@@ -278,6 +317,11 @@ impl<S: Storage> Raft<S> {
             transfer_to: None,
             reads: VecDeque::new(),
             read_seq: 0,
+            ticks: 0,
+            rounds: VecDeque::new(),
+            lease_acks: BTreeMap::new(),
+            lease_revoked: false,
+            quiet_after_start,
             read_states: Vec::new(),
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
@@ -373,6 +417,19 @@ impl<S: Storage> Raft<S> {
     pub fn storage_failure(&self) -> Option<&StorageError> {
         self.storage_failure.as_ref()
     }
+    /// The configuration in force (that of the last configuration entry in the log).
+    pub fn membership(&self) -> &Membership {
+        self.configs.current()
+    }
+    /// The configuration as of the applied index: what a snapshot taken at
+    /// [`Raft::applied_index`] must record.
+    pub fn applied_membership(&self) -> &Membership {
+        self.configs.applied()
+    }
+    /// True when this node votes in the configuration in force.
+    pub fn is_voter(&self) -> bool {
+        self.configs.current().is_voter(self.cfg.id)
+    }
     /// The leader's view of `peer`, when leading.
     pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
         self.progress.get(&peer)
@@ -388,6 +445,10 @@ impl<S: Storage> Raft<S> {
             self.election_timeout = Some(self.cfg.election_ticks_min + rng.next_u32() % span);
         }
         self.election_elapsed += 1;
+        self.ticks += 1;
+        if self.election_elapsed >= self.cfg.election_ticks_min {
+            self.quiet_after_start = false;
+        }
         if self.role == Role::Leader {
             self.tick_leader();
         } else if self.election_elapsed >= self.election_timeout.expect("drawn above") {
@@ -398,7 +459,7 @@ impl<S: Storage> Raft<S> {
     /// Starts an election now, as if the election timeout had fired (not while a snapshot is
     /// being installed: the log is about to be replaced).
     pub fn campaign(&mut self) {
-        if self.role == Role::Leader || self.installing_snapshot() {
+        if self.role == Role::Leader || self.installing_snapshot() || !self.is_voter() {
             return;
         }
         if self.cfg.pre_vote {
@@ -417,12 +478,13 @@ impl<S: Storage> Raft<S> {
                 leader: self.leader,
             });
         }
-        if !self.progress.contains_key(&to) {
+        if to == self.cfg.id || !self.configs.current().is_voter(to) {
             return Err(TransferError::NotAVoter(to));
         }
         self.transfer_to = Some(to);
         self.election_elapsed = 0;
         if self.progress[&to].match_index == self.log.last_index() {
+            self.lease_revoked = true;
             self.send(to, MessageBody::TimeoutNow);
         } else {
             self.send_append(to, true);
@@ -441,6 +503,13 @@ impl<S: Storage> Raft<S> {
         if self.log.term(self.commit).ok() != Some(self.term) {
             return Err(ReadError::NotYetCommittedInTerm);
         }
+        if self.lease_holds() {
+            self.read_states.push(ReadState {
+                ctx,
+                index: self.commit,
+            });
+            return Ok(());
+        }
         if self.reads.len() >= self.cfg.reads_pending_max {
             let (pending, limit) = (self.reads.len(), self.cfg.reads_pending_max);
             return Err(ReadError::Busy { pending, limit });
@@ -458,6 +527,43 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
+    /// True when this leader may serve a read from its lease: a quorum acknowledged a heartbeat
+    /// round sent less than [`Config::lease_ticks`] ticks ago, no transfer was started this
+    /// term and no configuration change is pending.
+    pub fn lease_holds(&self) -> bool {
+        if !self.cfg.lease_read
+            || self.role != Role::Leader
+            || self.lease_revoked
+            || self.transfer_to.is_some()
+            || self.configs.last_index().is_some_and(|i| i > self.commit)
+        {
+            return false;
+        }
+        if self.cfg.mutation == Mutation::LeaseWithoutQuorum {
+            let sent = self.rounds.back().map_or(0, |&(_, tick)| tick);
+            return sent > 0 && self.ticks - sent < self.cfg.lease_ticks();
+        }
+        // Per voter: when its lease started, in our ticks.
+        let start = self.quorum_value(|v| {
+            if v == self.cfg.id {
+                return self.ticks;
+            }
+            let Some(&seq) = self.lease_acks.get(&v) else {
+                return 0;
+            };
+            // The round's send tick: that of the latest round starting at or before it.
+            self.rounds
+                .iter()
+                .rev()
+                .find(|&&(first, _)| first <= seq)
+                .map_or(0, |&(_, sent)| sent)
+        });
+        let Some(start) = start else {
+            return false;
+        };
+        start > 0 && self.ticks - start < self.cfg.lease_ticks()
+    }
+
     /// The follower leadership is being handed to, if a transfer is under way.
     pub fn transfer_target(&self) -> Option<NodeId> {
         self.transfer_to
@@ -468,6 +574,45 @@ impl<S: Storage> Raft<S> {
     pub fn propose(&mut self, payload: Arc<[u8]>) -> Result<(Term, Index), ProposeError> {
         self.check_proposal(payload.len() as u64)?;
         let index = self.append_as_leader(EntryKind::Command, payload);
+        self.broadcast_append(false);
+        Ok((self.term, index))
+    }
+
+    /// Proposes one membership change (thesis §4.1): refused while an earlier change is
+    /// uncommitted or before this leader committed an entry of its term. The new configuration
+    /// is in force as soon as it is appended; a leader that removed itself steps down once the
+    /// change commits. Returns the configuration entry's `(term, index)`.
+    pub fn propose_membership(
+        &mut self,
+        change: MembershipChange,
+    ) -> Result<(Term, Index), MembershipError> {
+        if self.role != Role::Leader {
+            return Err(MembershipError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if let Some(to) = self.transfer_to {
+            return Err(MembershipError::Transferring { to });
+        }
+        if self.log.term(self.commit).ok() != Some(self.term) {
+            return Err(MembershipError::NotYetCommittedInTerm);
+        }
+        if let Some(index) = self.configs.last_index().filter(|&i| i > self.commit) {
+            return Err(MembershipError::ChangePending { index });
+        }
+        if let MembershipChange::PromoteLearner(id) = change {
+            let match_index = self.progress.get(&id).map_or(0, |p| p.match_index);
+            if match_index < self.commit {
+                let commit = self.commit;
+                return Err(MembershipError::LearnerBehind {
+                    id,
+                    match_index,
+                    commit,
+                });
+            }
+        }
+        let next = self.configs.current().apply(change)?;
+        let index = self.append_as_leader(EntryKind::Config, Arc::from(next.encode()));
         self.broadcast_append(false);
         Ok((self.term, index))
     }
@@ -521,6 +666,7 @@ impl<S: Storage> Raft<S> {
             return;
         };
         self.log.restore(meta);
+        self.configs.restored(meta.membership.clone());
         // The snapshot ends beyond our commit index (stale ones are never installed), so this
         // only moves forward — unless the stale-snapshot mutation rolls it back.
         self.commit = meta.index;
@@ -582,6 +728,7 @@ impl<S: Storage> Raft<S> {
             {
                 Ok(committed) => {
                     self.applied = committed.last().expect("at least one").index;
+                    self.configs.applied_to(self.applied);
                     rd.committed = committed;
                 }
                 Err(e) => self.record_storage_failure(e),
@@ -594,7 +741,9 @@ impl<S: Storage> Raft<S> {
     /// Handles a message from a peer.
     pub fn step(&mut self, msg: Message) {
         assert_eq!(msg.to, self.cfg.id, "message delivered to the wrong node");
-        if !self.cfg.voters.contains(&msg.from) || msg.from == self.cfg.id {
+        // Any sender is heard (the network layer admits only the cluster's nodes): a node
+        // added to the configuration must reach nodes that have not seen that entry yet.
+        if msg.from == self.cfg.id {
             return;
         }
         if msg.term > self.term {
@@ -662,6 +811,9 @@ impl<S: Storage> Raft<S> {
         self.transfer_to = None;
         // Unconfirmed reads die with the leadership; their callers retry elsewhere.
         self.reads.clear();
+        self.rounds.clear();
+        self.lease_acks.clear();
+        self.lease_revoked = false;
         self.election_elapsed = 0;
         self.election_timeout = None;
         self.heartbeat_elapsed = 0;
@@ -725,25 +877,50 @@ impl<S: Storage> Raft<S> {
         self.reset(term);
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
-        let last = self.log.last_index();
-        for &peer in self.cfg.voters.iter().filter(|&&p| p != self.cfg.id) {
-            let pr = Progress::new(
-                last,
-                self.cfg.inflight_msgs_max,
-                self.cfg.inflight_bytes_max,
-            );
-            self.progress.insert(peer, pr);
-        }
+        self.track_members();
         // Entries of earlier terms commit only together with one of ours (Raft §5.4.2).
         self.append_as_leader(EntryKind::Noop, Arc::from(&[][..]));
         self.broadcast_append(true);
+    }
+
+    /// Leader: keeps a progress for exactly the members of the configuration in force.
+    fn track_members(&mut self) {
+        let members: Vec<NodeId> = self.configs.current().members().collect();
+        self.progress.retain(|id, _| members.contains(id));
+        let last = self.log.last_index();
+        for peer in members {
+            if peer != self.cfg.id && !self.progress.contains_key(&peer) {
+                let pr = Progress::new(
+                    last,
+                    self.cfg.inflight_msgs_max,
+                    self.cfg.inflight_bytes_max,
+                );
+                self.progress.insert(peer, pr);
+            }
+        }
+    }
+
+    /// The largest value a quorum of voters reaches: the quorum-th largest `value(voter)`.
+    fn quorum_value(&self, value: impl Fn(NodeId) -> u64) -> Option<u64> {
+        let current = self.configs.current();
+        let mut values: Vec<u64> = current.voters.iter().map(|&v| value(v)).collect();
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        values.get(current.quorum().checked_sub(1)?).copied()
+    }
+
+    /// Voters (besides this node) for which `f` holds, plus this node if it votes.
+    fn count_voters(&self, mut f: impl FnMut(NodeId) -> bool) -> usize {
+        let me = self.cfg.id;
+        let current = self.configs.current();
+        current.voters.iter().filter(|&&v| v != me && f(v)).count()
+            + usize::from(current.is_voter(me))
     }
 
     // ---- shared handlers ---------------------------------------------------------------
 
     fn in_lease(&self) -> bool {
         self.cfg.check_quorum
-            && self.leader.is_some()
+            && (self.leader.is_some() || self.quiet_after_start)
             && self.election_elapsed < self.cfg.election_ticks_min
     }
 
@@ -785,8 +962,10 @@ impl<S: Storage> Raft<S> {
             // A transfer that has not completed within an election timeout is abandoned.
             self.transfer_to = None;
             if self.cfg.check_quorum {
-                let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
-                if active < self.cfg.quorum() {
+                let progress = &self.progress;
+                let active =
+                    self.count_voters(|v| progress.get(&v).is_some_and(|p| p.recent_active));
+                if active < self.configs.current().quorum() {
                     let term = self.term;
                     self.become_follower(term, None);
                     return;
@@ -803,6 +982,23 @@ impl<S: Storage> Raft<S> {
     }
 
     fn broadcast_heartbeat(&mut self) {
+        // Every round gets its own number, so acknowledgements tell when the lease started.
+        self.read_seq += 1;
+        if self
+            .rounds
+            .back()
+            .is_none_or(|&(_, tick)| tick < self.ticks)
+        {
+            self.rounds.push_back((self.read_seq, self.ticks));
+        }
+        let horizon = self.cfg.lease_ticks();
+        while self
+            .rounds
+            .front()
+            .is_some_and(|&(_, tick)| tick + horizon < self.ticks)
+        {
+            self.rounds.pop_front();
+        }
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for peer in peers {
             let commit = self.commit.min(self.progress[&peer].match_index);
@@ -813,10 +1009,11 @@ impl<S: Storage> Raft<S> {
 
     /// Confirms, oldest first, the reads a quorum (this leader included) has acknowledged.
     fn release_reads(&mut self) {
+        let quorum = self.configs.current().quorum();
         while self
             .reads
             .front()
-            .is_some_and(|r| r.acks.len() + 1 >= self.cfg.quorum())
+            .is_some_and(|r| self.count_voters(|v| r.acks.contains(&v)) >= quorum)
         {
             let r = self.reads.pop_front().expect("checked");
             self.read_states.push(ReadState {
@@ -848,6 +1045,7 @@ impl<S: Storage> Raft<S> {
                     }
                     self.maybe_commit();
                     if self.transfer_to == Some(from) && index == self.log.last_index() {
+                        self.lease_revoked = true;
                         self.send(from, MessageBody::TimeoutNow);
                     }
                 }
@@ -893,6 +1091,8 @@ impl<S: Storage> Raft<S> {
                 for r in self.reads.iter_mut().take_while(|r| r.seq <= read_seq) {
                     r.acks.insert(from);
                 }
+                let acked = self.lease_acks.entry(from).or_insert(0);
+                *acked = (*acked).max(read_seq);
                 self.release_reads();
             }
             _ => {}
@@ -902,13 +1102,32 @@ impl<S: Storage> Raft<S> {
     fn append_as_leader(&mut self, kind: EntryKind, payload: Arc<[u8]>) -> Index {
         assert_eq!(self.role, Role::Leader);
         let index = self.log.last_index() + 1;
-        self.log.push(Entry {
+        let entry = Entry {
             term: self.term,
             index,
             kind,
             payload,
-        });
+        };
+        self.track_config(&entry);
+        self.log.push(entry);
+        if kind == EntryKind::Config {
+            self.track_members();
+        }
         index
+    }
+
+    /// A configuration entry is in force as soon as it is in the log.
+    fn track_config(&mut self, e: &Entry) {
+        if e.kind != EntryKind::Config {
+            return;
+        }
+        match Membership::decode(&e.payload) {
+            Some(m) => self.configs.appended(e.index, m),
+            None => self.record_storage_failure(StorageError::Failed(format!(
+                "configuration entry {} does not decode",
+                e.index
+            ))),
+        }
     }
 
     fn broadcast_append(&mut self, allow_empty: bool) {
@@ -922,7 +1141,11 @@ impl<S: Storage> Raft<S> {
     /// `allow_empty`, sends an empty AppendEntries when there is nothing new, to carry the
     /// commit index or probe the follower's log.
     fn send_append(&mut self, to: NodeId, mut allow_empty: bool) {
-        if self.progress[&to].state == ProgressState::Snapshot {
+        // No progress: not a member, or we stepped down while handling its message.
+        let Some(pr) = self.progress.get(&to) else {
+            return;
+        };
+        if pr.state == ProgressState::Snapshot {
             return self.send_snapshot_chunks(to);
         }
         loop {
@@ -1035,10 +1258,17 @@ impl<S: Storage> Raft<S> {
     /// Advances the commit index to the highest index durable on a quorum (the leader counting
     /// its own durable index), provided that entry is of the current term.
     fn maybe_commit(&mut self) {
-        let mut matches: Vec<Index> = self.progress.values().map(|p| p.match_index).collect();
-        matches.push(self.log.durable_index());
-        matches.sort_unstable_by(|a, b| b.cmp(a));
-        let quorum_index = matches[self.cfg.quorum() - 1];
+        let quorum_index = self.quorum_value(|v| {
+            if v == self.cfg.id {
+                // Our own vote counts only what our disk holds.
+                self.log.durable_index()
+            } else {
+                self.progress.get(&v).map_or(0, |p| p.match_index)
+            }
+        });
+        let Some(quorum_index) = quorum_index else {
+            return;
+        };
         if quorum_index <= self.commit {
             return;
         }
@@ -1049,6 +1279,11 @@ impl<S: Storage> Raft<S> {
         if current_term || self.cfg.mutation == Mutation::CommitPreviousTerm {
             self.commit = quorum_index;
             self.broadcast_append(true);
+            if !self.is_voter() && self.configs.last_index().is_none_or(|i| i <= self.commit) {
+                // Our removal is committed: the others carry on without us (thesis §4.2.2).
+                let term = self.term;
+                self.become_follower(term, None);
+            }
         }
     }
 
@@ -1056,7 +1291,8 @@ impl<S: Storage> Raft<S> {
 
     fn broadcast_vote_request(&mut self, term: Term, body: MessageBody) {
         let peers: Vec<NodeId> = self
-            .cfg
+            .configs
+            .current()
             .voters
             .iter()
             .copied()
@@ -1068,11 +1304,17 @@ impl<S: Storage> Raft<S> {
     }
 
     fn poll(&self) -> Poll {
-        let granted = self.votes.values().filter(|&&g| g).count();
-        let rejected = self.votes.len() - granted;
-        if granted >= self.cfg.quorum() {
+        let current = self.configs.current();
+        let counted = |want: bool| {
+            self.votes
+                .iter()
+                .filter(|&(id, &g)| g == want && current.is_voter(*id))
+                .count()
+        };
+        let (granted, rejected) = (counted(true), counted(false));
+        if granted >= current.quorum() {
             Poll::Won
-        } else if rejected >= self.cfg.quorum() {
+        } else if rejected >= current.quorum() {
             Poll::Lost
         } else {
             Poll::Pending
@@ -1273,8 +1515,12 @@ impl<S: Storage> Raft<S> {
                 "a leader tried to overwrite committed entry {conflict}"
             );
             let first = entries[0].index;
-            self.log
-                .truncate_and_append(conflict, &entries[(conflict - first) as usize..])?;
+            let new = &entries[(conflict - first) as usize..];
+            self.log.truncate_and_append(conflict, new)?;
+            self.configs.truncated(conflict);
+            for e in new {
+                self.track_config(e);
+            }
         }
         self.commit = self.commit.max(commit.min(last_new));
         self.send_ack(from, last_new)
@@ -1392,6 +1638,10 @@ impl<S: Storage> Raft<S> {
             Role::Leader => {
                 assert_eq!(self.leader, Some(self.cfg.id));
                 assert_eq!(self.vote, Some(self.cfg.id));
+                assert!(
+                    self.is_voter() || self.configs.last_index().is_some_and(|i| i > self.commit),
+                    "a leader outside the configuration leads only until its removal commits"
+                );
                 assert!(
                     self.log.last_term() == self.term,
                     "a leader's log ends in its term (no-op)"

@@ -56,6 +56,24 @@ pub trait Storage {
     /// Entries `from..=to`, in order, stopping before the total of [`Entry::size_bytes`] would
     /// exceed `bytes_max` — but at least one entry. Requires `first_index() <= from <= to`.
     fn entries(&self, from: Index, to: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError>;
+    /// Configuration entries ([`crate::EntryKind::Config`]) at `from..=last_index()`, in order;
+    /// read once at start-up. The default scans the entries; a log that indexes its
+    /// configuration batches can answer directly.
+    fn config_entries(&self, from: Index) -> Result<Vec<Entry>, StorageError> {
+        let last = self.last_index();
+        let mut out = Vec::new();
+        let mut next = from.max(self.first_index());
+        while next <= last {
+            let chunk = self.entries(next, last, 1 << 20)?;
+            next = chunk.last().map_or(last + 1, |e| e.index + 1);
+            out.extend(
+                chunk
+                    .into_iter()
+                    .filter(|e| e.kind == crate::message::EntryKind::Config),
+            );
+        }
+        Ok(out)
+    }
     /// The latest durable snapshot, if any. Whenever entries were compacted there is one, and it
     /// covers at least up to `first_index() - 1`.
     fn snapshot_meta(&self) -> Option<SnapshotMeta>;

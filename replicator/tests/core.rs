@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use raftline_replicator::sim::disk::{SimDisk, SimSnapshot};
 use raftline_replicator::{
-    InitError, Membership, ProgressState, ReadError, ReadState, SnapshotMeta, TransferError,
+    InitError, Membership, MembershipChange, MembershipError, ProgressState, ReadError, ReadState,
+    SnapshotMeta, TransferError,
 };
 
 use raftline_replicator::{
@@ -63,7 +64,8 @@ fn persist_all(raft: &mut Node, rd: Ready) -> Vec<Message> {
     msgs
 }
 
-/// Delivers messages with instant durability until the cluster is quiet.
+/// Delivers messages with instant durability until the cluster is quiet; messages to nodes
+/// not in `nodes` are lost.
 fn settle(nodes: &mut [Node]) {
     let mut inflight: Vec<Message> = Vec::new();
     for n in nodes.iter_mut() {
@@ -73,6 +75,9 @@ fn settle(nodes: &mut [Node]) {
     while !inflight.is_empty() {
         for msg in std::mem::take(&mut inflight) {
             let to = msg.to as usize - 1;
+            if to >= nodes.len() {
+                continue;
+            }
             nodes[to].step(msg);
             let rd = nodes[to].ready();
             inflight.extend(persist_all(&mut nodes[to], rd));
@@ -576,7 +581,8 @@ fn read_index_is_confirmed_only_by_heartbeats_sent_after_the_request() {
             _ => None,
         })
         .collect();
-    assert_eq!(seqs, vec![1, 1]);
+    // Every heartbeat round is numbered after the read it confirms.
+    assert_eq!(seqs, vec![2, 2]);
     let response = |read_seq| Message {
         from: 2,
         to: 1,
@@ -585,7 +591,7 @@ fn read_index_is_confirmed_only_by_heartbeats_sent_after_the_request() {
     };
     leader.step(response(0)); // answers a heartbeat older than the read
     assert!(leader.ready().read_states.is_empty());
-    leader.step(response(1));
+    leader.step(response(2));
     assert_eq!(
         leader.ready().read_states,
         vec![ReadState {
@@ -836,4 +842,269 @@ fn follower_holding_the_snapshots_last_entry_keeps_its_log() {
         body: acks[0].clone(),
     });
     assert_eq!(leader.progress(3).unwrap().match_index, 10);
+}
+
+/// A cluster of 3 voters led by node 1, plus node 4 started to join (no configuration).
+fn cluster_with_joining_node_4() -> Vec<Node> {
+    let mut nodes = cluster(3);
+    let mut cfg = Config::new(4, vec![]);
+    cfg.pre_vote = false;
+    nodes.push(node(cfg, 0, vec![]));
+    nodes
+}
+
+/// `cluster_with_joining_node_4` after the leader proposed adding node 4 as a learner; returns
+/// the configuration entry's index too.
+fn cluster_adding_learner_4() -> (Vec<Node>, u64) {
+    let mut nodes = cluster_with_joining_node_4();
+    let (_, index) = nodes[0]
+        .propose_membership(MembershipChange::AddLearner(4))
+        .expect("leader accepts");
+    (nodes, index)
+}
+
+fn members(voters: &[u64], learners: &[u64]) -> Membership {
+    Membership {
+        voters: voters.to_vec(),
+        learners: learners.to_vec(),
+    }
+}
+
+/// Ticks every node `ticks` times (no election timeout draws matter: settles in between).
+fn tick_all(nodes: &mut [Node], ticks: u32) {
+    let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+    for _ in 0..ticks {
+        for n in nodes.iter_mut() {
+            n.tick(&mut rng);
+        }
+        settle(nodes);
+    }
+}
+
+#[test]
+fn learner_gets_the_log_never_votes_and_is_promoted_once_caught_up() {
+    let (mut nodes, index) = cluster_adding_learner_4();
+    assert_eq!(
+        nodes[0].membership(),
+        &members(&[1, 2, 3], &[4]),
+        "in force once appended, before it commits"
+    );
+    assert_eq!(
+        nodes[0].propose_membership(MembershipChange::PromoteLearner(4)),
+        Err(MembershipError::ChangePending { index }),
+        "one change at a time"
+    );
+    settle(&mut nodes);
+    assert_eq!(
+        nodes[3].last_index(),
+        nodes[0].last_index(),
+        "the learner has the log"
+    );
+    assert!(nodes
+        .iter()
+        .all(|n| n.membership() == &members(&[1, 2, 3], &[4])));
+    assert!(!nodes[3].is_voter());
+    // With the leader silent, the learner never campaigns; the voters do.
+    nodes[3].campaign();
+    assert!(
+        nodes[3].ready().messages.is_empty(),
+        "a learner never asks for votes"
+    );
+    nodes[0]
+        .propose_membership(MembershipChange::PromoteLearner(4))
+        .expect("caught up");
+    settle(&mut nodes);
+    assert!(nodes
+        .iter()
+        .all(|n| n.membership() == &members(&[1, 2, 3, 4], &[])));
+    assert!(nodes[3].is_voter());
+    // Four voters: committing now needs three of them.
+    nodes[0].propose(Arc::from(&b"x"[..])).unwrap();
+    let index = nodes[0].last_index();
+    let rd = nodes[0].ready();
+    let msgs = persist_all(&mut nodes[0], rd);
+    for m in msgs.into_iter().filter(|m| m.to == 2) {
+        nodes[1].step(m);
+    }
+    let rd = nodes[1].ready();
+    for m in persist_all(&mut nodes[1], rd) {
+        nodes[0].step(m);
+    }
+    assert!(
+        nodes[0].commit_index() < index,
+        "leader + one follower are 2 of 4"
+    );
+}
+
+#[test]
+fn a_learner_behind_the_commit_index_is_not_promoted() {
+    let (mut nodes, _) = cluster_adding_learner_4();
+    // Everyone but the learner hears the leader.
+    let mut learner = nodes.pop().expect("node 4");
+    settle(&mut nodes);
+    learner.ready();
+    assert!(matches!(
+        nodes[0].propose_membership(MembershipChange::PromoteLearner(4)),
+        Err(MembershipError::LearnerBehind {
+            id: 4,
+            match_index: 0,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn removed_leader_steps_down_once_its_removal_commits_and_never_campaigns() {
+    let mut nodes = cluster(3);
+    nodes[0]
+        .propose_membership(MembershipChange::Remove(1))
+        .unwrap();
+    assert_eq!(
+        nodes[0].role(),
+        Role::Leader,
+        "leads until the removal commits"
+    );
+    settle(&mut nodes);
+    assert_eq!(nodes[0].role(), Role::Follower);
+    assert!(nodes
+        .iter()
+        .all(|n| n.membership() == &members(&[2, 3], &[])));
+    nodes[0].campaign();
+    assert_eq!(
+        nodes[0].role(),
+        Role::Follower,
+        "a removed node does not campaign"
+    );
+    tick_all(&mut nodes, 40);
+    let leaders: Vec<u64> = nodes
+        .iter()
+        .filter(|n| n.role() == Role::Leader)
+        .map(|n| n.id())
+        .collect();
+    assert!(
+        leaders.len() == 1 && leaders[0] != 1,
+        "the remaining voters elect a leader among themselves: {leaders:?}"
+    );
+}
+
+#[test]
+fn configuration_survives_a_restart_from_the_disk() {
+    let (mut nodes, _) = cluster_adding_learner_4();
+    settle(&mut nodes);
+    let disk = nodes[3].storage().clone();
+    let hs = disk.hard_state();
+    let mut cfg = Config::new(4, vec![]);
+    cfg.pre_vote = false;
+    let restarted = Raft::new(cfg, hs, 0, disk).expect("valid start");
+    assert_eq!(restarted.membership(), &members(&[1, 2, 3], &[4]));
+}
+
+#[test]
+fn a_new_leader_changes_the_configuration_only_after_committing_in_its_term() {
+    let mut leader = node(config(1, 3), 0, vec![]);
+    elect_with_the_vote_of_node_2(&mut leader);
+    assert_eq!(
+        leader.propose_membership(MembershipChange::Remove(3)),
+        Err(MembershipError::NotYetCommittedInTerm)
+    );
+}
+
+/// Three nodes with lease reads, node 1 elected and everything settled.
+fn lease_cluster() -> Vec<Node> {
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|id| {
+            let mut cfg = config(id, 3);
+            cfg.lease_read = true;
+            node(cfg, 0, vec![])
+        })
+        .collect();
+    // Fresh nodes refuse votes for an election timeout (they might have acknowledged a leader
+    // just before a crash); the longest timeout keeps them from campaigning meanwhile.
+    let mut rng = rand::rngs::mock::StepRng::new(9, 0);
+    for _ in 0..nodes[0].config().election_ticks_min {
+        nodes.iter_mut().for_each(|n| n.tick(&mut rng));
+    }
+    nodes[0].campaign();
+    settle(&mut nodes);
+    assert_eq!(nodes[0].role(), Role::Leader);
+    nodes
+}
+
+/// The leader's next heartbeat round reaches node 2, whose answer gives the leader a quorum:
+/// a lease starts.
+fn acknowledge_a_heartbeat_round(nodes: &mut [Node]) {
+    let round = tick_leader(nodes, 2);
+    for m in round.into_iter().filter(|m| m.to == 2) {
+        nodes[1].step(m);
+        let rd = nodes[1].ready();
+        for reply in persist_all(&mut nodes[1], rd) {
+            nodes[0].step(reply);
+        }
+    }
+    assert!(nodes[0].lease_holds());
+}
+
+/// Ticks the leader alone `ticks` times and returns what it sent.
+fn tick_leader(nodes: &mut [Node], ticks: u64) -> Vec<Message> {
+    let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+    let mut sent = Vec::new();
+    for _ in 0..ticks {
+        nodes[0].tick(&mut rng);
+        let rd = nodes[0].ready();
+        sent.extend(persist_all(&mut nodes[0], rd));
+    }
+    sent
+}
+
+#[test]
+fn lease_read_is_served_at_once_within_the_lease_and_by_a_heartbeat_round_after_it() {
+    let mut nodes = lease_cluster();
+    let lease = nodes[0].config().lease_ticks();
+    assert!(lease >= 1);
+    acknowledge_a_heartbeat_round(&mut nodes);
+    nodes[0].read_index(7).unwrap();
+    let rd = nodes[0].ready();
+    let commit = nodes[0].commit_index();
+    assert_eq!(
+        rd.read_states,
+        [ReadState {
+            ctx: 7,
+            index: commit
+        }]
+    );
+    assert!(
+        rd.messages.is_empty(),
+        "no heartbeat round for a lease read"
+    );
+    // Without acknowledgements the lease runs out: reads need a round again.
+    tick_leader(&mut nodes, lease);
+    assert!(!nodes[0].lease_holds());
+    nodes[0].read_index(8).unwrap();
+    let rd = nodes[0].ready();
+    assert!(rd.read_states.is_empty());
+    assert!(rd
+        .messages
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::Heartbeat { .. })));
+}
+
+#[test]
+fn a_leader_that_sent_timeout_now_serves_no_lease_reads_this_term() {
+    let mut nodes = lease_cluster();
+    acknowledge_a_heartbeat_round(&mut nodes);
+    nodes[0].transfer_leadership(2).unwrap();
+    assert!(
+        !nodes[0].lease_holds(),
+        "the target campaigns through the followers' stickiness"
+    );
+}
+
+#[test]
+fn lease_read_requires_check_quorum() {
+    let mut cfg = Config::new(1, vec![1, 2, 3]);
+    cfg.lease_read = true;
+    cfg.check_quorum = false;
+    assert!(matches!(cfg.validate(), Err(ConfigError::Lease { .. })));
+    cfg.check_quorum = true;
+    assert_eq!(cfg.validate(), Ok(()));
 }

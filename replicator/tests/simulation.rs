@@ -42,6 +42,10 @@ fn random_fault_mixes_keep_every_safety_property_and_recover() {
         reports.iter().map(|r| r.snapshots_installed).sum::<u64>() > 100,
         "lagging and restarted nodes must catch up by snapshot"
     );
+    assert!(
+        reports.iter().map(|r| r.membership_changes).sum::<u64>() > 100,
+        "learners must be added, promoted and members removed under faults"
+    );
     for r in &reports {
         assert!(
             r.leader_loss_recovery_ticks <= 500,
@@ -165,5 +169,21 @@ fn simulator_finds_a_snapshot_installed_over_entries_the_log_already_holds() {
             Property::DurableLoss | Property::AckedEntryLost | Property::LeaderCompleteness
         ),
         "{f:?}"
+    );
+}
+
+#[test]
+fn simulator_finds_a_read_lease_renewed_without_a_quorum() {
+    let f = first_failure(Mutation::LeaseWithoutQuorum, SimConfig::lease, 60);
+    assert_eq!(f.violation.property, Property::StaleRead, "{f:?}");
+}
+
+#[test]
+fn lease_reads_under_drifting_clocks_are_never_stale() {
+    let reports = run_all("lease", SimConfig::lease, 0, 40);
+    let lease_reads: u64 = reports.iter().map(|r| r.lease_reads).sum();
+    assert!(
+        lease_reads > 1000,
+        "reads must be served from leases ({lease_reads})"
     );
 }

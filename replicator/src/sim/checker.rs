@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use crate::message::{Entry, EntryKind, Index, NodeId, SnapshotMeta, Term};
+use crate::message::{Entry, EntryKind, Index, Membership, NodeId, SnapshotMeta, Term};
 use crate::raft::{Raft, Role};
 use crate::sim::disk::SimDisk;
 use crate::sim::state_machine::{apply_hash, SimStateMachine};
@@ -149,15 +149,17 @@ impl Checker {
     }
 
     /// Checks a node's role and commit index after it handled an event.
-    /// `rafts[k]` and `disks[k]` are node `k + 1`'s core (`None` while down) and disk.
+    /// `rafts[k]`, `disks[k]` and `memberships[k]` are node `k + 1`'s core (`None` while down),
+    /// disk and configuration (the last one it knew while down).
     pub fn observe(
         &mut self,
         node: usize,
         rafts: &[Option<&Raft<SimDisk>>],
         disks: &[&SimDisk],
+        memberships: &[&Membership],
     ) -> Result<(), Violation> {
         let raft = rafts[node].expect("observing a node that is up");
-        let quorum = raft.config().quorum();
+        let quorum = raft.membership().quorum();
         let id = raft.id();
         if raft.role() == Role::Leader {
             let term = raft.term();
@@ -197,14 +199,19 @@ impl Checker {
                 );
             }
             if first && raft.role() == Role::Leader {
-                let holders = disks.iter().filter(|d| d.holds(index, e.term)).count();
+                let holders = raft
+                    .membership()
+                    .voters
+                    .iter()
+                    .filter(|&&v| disks[v as usize - 1].holds(index, e.term))
+                    .count();
                 if holders < quorum {
                     return violation(
                         Property::CommitDurability,
                         format!("n{id} committed ({index},t{}) durable on {holders} disks, quorum {quorum}", e.term),
                     );
                 }
-                if let Some(x) = electable_without(index, e.term, rafts, disks, quorum) {
+                if let Some(x) = electable_without(index, e.term, rafts, disks, memberships) {
                     return violation(
                         Property::UnsafeCommit,
                         format!("n{id} committed ({index},t{}) but n{x}, lacking it, can still be elected", e.term),
@@ -346,15 +353,16 @@ fn holds(raft: &Raft<SimDisk>, index: Index, term: Term) -> bool {
     index < raft.storage().first_index() || raft.term_at(index) == Some(term)
 }
 
-/// A node whose log lacks `(index, term)` yet is at least as up-to-date as the logs of a quorum
-/// (itself included), if any. Each node is judged by both its durable log and, when up, its
-/// in-memory log; as a voter, by the weaker of the two (a crash may leave it the durable one).
+/// A voter whose log lacks `(index, term)` yet is at least as up-to-date as the logs of a quorum
+/// of its configuration (itself included), if any. Each node is judged by both its durable log
+/// and, when up, its in-memory log; as a voter, by the weaker of the two (a crash may leave it
+/// the durable one).
 fn electable_without(
     index: Index,
     term: Term,
     rafts: &[Option<&Raft<SimDisk>>],
     disks: &[&SimDisk],
-    quorum: usize,
+    memberships: &[&Membership],
 ) -> Option<NodeId> {
     let versions: Vec<Vec<(Term, Index, bool)>> = rafts
         .iter()
@@ -382,17 +390,22 @@ fn electable_without(
         })
         .collect();
     for (x, vs) in versions.iter().enumerate() {
+        let id = x as NodeId + 1;
+        let config = memberships[x];
+        if !config.is_voter(id) {
+            continue;
+        }
         for &(last_term, last_index, holds) in vs {
             if holds {
                 continue;
             }
-            let votes = 1 + weakest
+            let votes = 1 + config
+                .voters
                 .iter()
-                .enumerate()
-                .filter(|&(k, &w)| k != x && w <= (last_term, last_index))
+                .filter(|&&k| k != id && weakest[k as usize - 1] <= (last_term, last_index))
                 .count();
-            if votes >= quorum {
-                return Some(x as NodeId + 1);
+            if votes >= config.quorum() {
+                return Some(id);
             }
         }
     }

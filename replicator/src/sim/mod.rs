@@ -20,8 +20,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{Config, Mutation};
-use crate::message::{Index, Membership, Message, SnapshotMeta, Term};
-use crate::raft::{ProposeError, Raft, Role};
+use crate::membership::MembershipChange;
+use crate::message::{Index, Membership, Message, NodeId, SnapshotMeta, Term};
+use crate::raft::{ProposeError, Raft, ReadError, Role};
 use checker::{Checker, Property, Violation};
 use disk::{SimDisk, SimSnapshot};
 use network::Links;
@@ -61,6 +62,9 @@ pub struct FaultMix {
     pub crash_new_leader_per_mille: u32,
     /// Per tick: chance the leader is asked to hand leadership to a random follower.
     pub transfer_per_mille: u32,
+    /// Per tick: chance the leader is asked for a membership change (add a learner, promote
+    /// one, or remove a member while more than three voters remain).
+    pub membership_per_mille: u32,
     /// A crashed node restarts after `1..=restart_units_max`.
     pub restart_units_max: u64,
 }
@@ -82,6 +86,7 @@ impl FaultMix {
             crash_syncing_per_mille: 0,
             crash_new_leader_per_mille: 0,
             transfer_per_mille: 0,
+            membership_per_mille: 0,
             restart_units_max: 1,
         }
     }
@@ -102,6 +107,7 @@ impl FaultMix {
             crash_syncing_per_mille: 20,
             crash_new_leader_per_mille: 50,
             transfer_per_mille: 10,
+            membership_per_mille: 10,
             restart_units_max: 800,
         }
     }
@@ -130,6 +136,7 @@ impl FaultMix {
             crash_new_leader_per_mille: pick(500),
             transfer_per_mille: pick(50),
             restart_units_max: 1000,
+            membership_per_mille: pick(40),
         }
     }
 }
@@ -139,8 +146,11 @@ impl FaultMix {
 pub struct SimConfig {
     /// The seed; the same config replays the same run.
     pub seed: u64,
-    /// Cluster size (3, 5 or 7).
+    /// Initial cluster size (3, 5 or 7 voters).
     pub nodes: usize,
+    /// Further nodes that start outside the cluster (joining: no configuration) and can be
+    /// added as learners, promoted, removed and added again.
+    pub spare_nodes: usize,
     /// Ticks with faults on before the recovery checks.
     pub fault_ticks: u64,
     /// The fault mix.
@@ -166,6 +176,12 @@ pub struct SimConfig {
     pub snapshot_per_mille: u32,
     /// Snapshots are padded with up to this many bytes, so they travel in several chunks.
     pub snapshot_padding_bytes_max: usize,
+    /// Lease reads on the nodes (needs check-quorum).
+    pub lease_read: bool,
+    /// The clock-drift bound the nodes assume, per mille. With lease reads on, each node's clock
+    /// runs at its own rate, drawn within a third of this from the nominal rate (so any two
+    /// clocks differ by less than the bound).
+    pub clock_drift_per_mille: u32,
     /// Liveness bound: after healing (and after killing the leader), a leader must commit
     /// within this many ticks.
     pub recovery_ticks_max: u64,
@@ -177,6 +193,7 @@ impl SimConfig {
         SimConfig {
             seed,
             nodes,
+            spare_nodes: 2,
             fault_ticks: 1000,
             faults: FaultMix::standard(),
             mutation: Mutation::None,
@@ -188,6 +205,8 @@ impl SimConfig {
             log_cache_bytes_max: 512,
             snapshot_per_mille: 30,
             snapshot_padding_bytes_max: 600,
+            lease_read: false,
+            clock_drift_per_mille: 100,
             recovery_ticks_max: 500,
         }
     }
@@ -197,7 +216,7 @@ impl SimConfig {
     pub fn swarm(seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5157_4152_4d00_0000);
         let nodes = [3, 3, 5, 5, 7][rng.gen_range(0..5)];
-        SimConfig {
+        let mut cfg = SimConfig {
             nodes,
             faults: FaultMix::random(&mut rng),
             pre_vote: rng.gen_bool(0.7),
@@ -206,7 +225,27 @@ impl SimConfig {
             msg_bytes_max: [64, 256, 4096][rng.gen_range(0..3)],
             log_cache_bytes_max: [0, 512, 1 << 20][rng.gen_range(0..3)],
             snapshot_per_mille: [0, 10, 50, 200][rng.gen_range(0..4)],
+            spare_nodes: rng.gen_range(0..=2),
             ..SimConfig::standard(seed, nodes)
+        };
+        cfg.lease_read = cfg.check_quorum && rng.gen_bool(0.4);
+        cfg
+    }
+
+    /// Lease reads under drifting clocks: standard faults plus many slow (reordered) messages
+    /// and partitions that isolate the leader — the ground where a lease measured wrongly lets
+    /// a deposed leader serve a stale read.
+    pub fn lease(seed: u64) -> Self {
+        let faults = FaultMix {
+            slow_per_mille: 150,
+            slow_units_max: 900,
+            partition_per_mille: 30,
+            ..FaultMix::standard()
+        };
+        SimConfig {
+            faults,
+            lease_read: true,
+            ..SimConfig::standard(seed, 3)
         }
     }
 
@@ -216,6 +255,7 @@ impl SimConfig {
     /// vote-durability bugs show.
     pub fn churn(seed: u64) -> Self {
         let faults = FaultMix {
+            membership_per_mille: 0,
             crash_new_leader_per_mille: 500,
             crash_syncing_per_mille: 100,
             fsync_units_max: 80,
@@ -225,12 +265,17 @@ impl SimConfig {
         SimConfig {
             faults,
             msg_bytes_max: 64,
+            spare_nodes: 0,
             ..SimConfig::standard(seed, 3)
         }
     }
 
     fn node_config(&self, index: usize) -> Config {
-        let voters = (1..=self.nodes as u64).collect();
+        let voters = if index < self.nodes {
+            (1..=self.nodes as u64).collect()
+        } else {
+            Vec::new()
+        };
         let mut cfg = Config::new(index as u64 + 1, voters);
         cfg.pre_vote = self.pre_vote;
         cfg.check_quorum = self.check_quorum;
@@ -239,6 +284,8 @@ impl SimConfig {
         cfg.inflight_bytes_max = 16 * self.msg_bytes_max;
         cfg.uncommitted_entries_max = 256;
         cfg.log_cache_bytes_max = self.log_cache_bytes_max;
+        cfg.lease_read = self.lease_read;
+        cfg.clock_drift_per_mille = self.clock_drift_per_mille;
         cfg.committed_bytes_max = 4 * self.msg_bytes_max;
         cfg.mutation = self.mutation;
         cfg
@@ -268,6 +315,10 @@ pub struct SimReport {
     pub snapshots_taken: u64,
     /// Snapshots installed from a leader (each checked by content).
     pub snapshots_installed: u64,
+    /// Membership changes the leaders accepted.
+    pub membership_changes: u64,
+    /// Reads served from a leader lease (a subset of `reads_confirmed`).
+    pub lease_reads: u64,
     /// Ticks from healing every fault to a leader committing in its term.
     pub heal_recovery_ticks: u64,
     /// Ticks from killing a stable leader to a new leader committing in its term.
@@ -325,10 +376,16 @@ struct SimNode {
     raft: Option<Raft<SimDisk>>,
     /// The disk while the node is down.
     down_disk: Option<SimDisk>,
+    /// The configuration the node last had in force (kept while it is down).
+    membership: Membership,
     /// What the node applied (volatile: rebuilt from the snapshot at restart).
     state: SimStateMachine,
     /// Chunks of a snapshot being received (volatile).
     incoming: Vec<u8>,
+    /// Clock units this node's clock advances per simulated tick (100 = nominal).
+    clock_rate: u64,
+    /// Clock units not yet turned into a tick.
+    clock: u64,
     /// Bumped at every crash so events of an earlier life are ignored.
     epoch: u64,
     last_role: Option<(Role, Term)>,
@@ -365,7 +422,13 @@ pub struct Simulator<'t> {
     crashes: u64,
     snapshots_taken: u64,
     snapshots_installed: u64,
+    membership_changes: u64,
+    lease_reads: u64,
     client_target: usize,
+    /// The node the reading client asks.
+    reader_target: usize,
+    /// The clients' own random stream (their retries do not disturb the main stream's draws).
+    client_rng: ChaCha8Rng,
     trace: Option<&'t mut dyn FnMut(&str)>,
 }
 
@@ -386,20 +449,33 @@ impl<'t> Simulator<'t> {
             "cluster size {} out of range",
             cfg.nodes
         );
-        let nodes = (0..cfg.nodes)
-            .map(|i| SimNode {
-                raft: Some(
-                    Raft::new(
-                        cfg.node_config(i),
-                        Default::default(),
-                        0,
-                        SimDisk::default(),
-                    )
-                    .expect("valid config"),
-                ),
+        let total = cfg.nodes + cfg.spare_nodes;
+        // Clock rates come from their own stream, so runs without drift are unchanged.
+        let mut clock_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xc10c_0000_0000_0000);
+        let spread = if cfg.lease_read {
+            u64::from(cfg.clock_drift_per_mille) / 30
+        } else {
+            0
+        };
+        let nodes = (0..total)
+            .map(|i| {
+                let raft = Raft::new(
+                    cfg.node_config(i),
+                    Default::default(),
+                    0,
+                    SimDisk::default(),
+                )
+                .expect("valid config");
+                (raft.membership().clone(), raft)
+            })
+            .map(|(membership, raft)| SimNode {
+                raft: Some(raft),
                 down_disk: None,
+                membership,
                 state: SimStateMachine::default(),
                 incoming: Vec::new(),
+                clock_rate: TICK_UNITS - spread + clock_rng.gen_range(0..=2 * spread),
+                clock: 0,
                 epoch: 0,
                 last_role: None,
             })
@@ -411,7 +487,7 @@ impl<'t> Simulator<'t> {
             steps: 0,
             queue: BinaryHeap::new(),
             nodes,
-            links: Links::new(cfg.nodes),
+            links: Links::new(total),
             checker: Checker::default(),
             faults_on: true,
             proposals: HashMap::new(),
@@ -421,7 +497,11 @@ impl<'t> Simulator<'t> {
             crashes: 0,
             snapshots_taken: 0,
             snapshots_installed: 0,
+            membership_changes: 0,
+            lease_reads: 0,
             client_target: 0,
+            reader_target: 0,
+            client_rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xc1e7_0000_0000_0000),
             trace,
             cfg,
         }
@@ -471,6 +551,8 @@ impl<'t> Simulator<'t> {
             crashes: self.crashes,
             snapshots_taken: self.snapshots_taken,
             snapshots_installed: self.snapshots_installed,
+            membership_changes: self.membership_changes,
+            lease_reads: self.lease_reads,
             heal_recovery_ticks,
             leader_loss_recovery_ticks,
         })
@@ -600,6 +682,7 @@ impl<'t> Simulator<'t> {
             return Ok(());
         };
         let state = sn.state;
+        assert_eq!(state.applied, raft.applied_index(), "drained before");
         let latest = raft.storage().snapshot().map_or(0, |s| s.meta.index);
         if state.applied <= latest {
             return Ok(());
@@ -610,10 +693,7 @@ impl<'t> Simulator<'t> {
         let meta = SnapshotMeta {
             index: state.applied,
             term,
-            membership: Membership {
-                voters: raft.config().voters.clone(),
-                learners: Vec::new(),
-            },
+            membership: raft.applied_membership().clone(),
         };
         let id = node as u64 + 1;
         self.checker.snapshot(id, &meta, &state)?;
@@ -642,13 +722,25 @@ impl<'t> Simulator<'t> {
         for _ in 0..self.rng.gen_range(0..=self.cfg.proposals_per_tick_max) {
             self.propose()?;
         }
+        if self.client_rng.gen_ratio(1, 20) {
+            // The writer times out (its leader may be cut off) and retries elsewhere.
+            self.client_target = self.client_rng.gen_range(0..self.nodes.len());
+        }
         self.read()?;
         for node in 0..self.nodes.len() {
-            if let Some(raft) = self.nodes[node].raft.as_mut() {
+            let sn = &mut self.nodes[node];
+            sn.clock += sn.clock_rate;
+            let ticks = sn.clock / TICK_UNITS;
+            sn.clock %= TICK_UNITS;
+            if self.nodes[node].raft.is_none() {
+                continue;
+            }
+            for _ in 0..ticks {
+                let raft = self.nodes[node].raft.as_mut().expect("checked above");
                 raft.tick(&mut self.rng);
                 self.drain(node)?;
-                self.maybe_snapshot(node)?;
             }
+            self.maybe_snapshot(node)?;
         }
         Ok(())
     }
@@ -681,11 +773,31 @@ impl<'t> Simulator<'t> {
         }
         if self.per_mille(f.transfer_per_mille) {
             if let Some(leader) = self.leader() {
-                let to = (leader + self.rng.gen_range(1..n)) % n;
-                let raft = self.nodes[leader].raft.as_mut().expect("leader is up");
-                raft.transfer_leadership(to as u64 + 1)
-                    .expect("a leader can transfer to a voter");
-                self.log(|| format!("n{} asked to hand leadership to n{}", leader + 1, to + 1));
+                let raft = self.nodes[leader].raft.as_ref().expect("leader is up");
+                let others: Vec<NodeId> = raft
+                    .membership()
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|&v| v != raft.id())
+                    .collect();
+                if !others.is_empty() {
+                    let to = others[self.rng.gen_range(0..others.len())];
+                    let raft = self.nodes[leader].raft.as_mut().expect("leader is up");
+                    let outcome = raft.transfer_leadership(to);
+                    self.log(|| {
+                        format!(
+                            "n{} asked to hand leadership to n{to}: {outcome:?}",
+                            leader + 1
+                        )
+                    });
+                    pending_drain = Some(leader);
+                }
+            }
+        }
+        if self.per_mille(f.membership_per_mille) {
+            if let Some(leader) = self.leader() {
+                self.change_membership(leader);
                 pending_drain = Some(leader);
             }
         }
@@ -704,6 +816,36 @@ impl<'t> Simulator<'t> {
             Some(node) => self.drain(node),
             None => Ok(()),
         }
+    }
+
+    /// Asks the leader for a random membership change; refusals are part of the test.
+    fn change_membership(&mut self, leader: usize) {
+        let raft = self.nodes[leader].raft.as_ref().expect("leader is up");
+        let m = raft.membership().clone();
+        let all: Vec<NodeId> = (1..=self.nodes.len() as NodeId).collect();
+        let pool: Vec<NodeId> = match self.rng.gen_range(0..3) {
+            0 => all.iter().copied().filter(|&id| !m.contains(id)).collect(),
+            1 => m.learners.clone(),
+            _ if m.voters.len() > 3 => m.members().collect(),
+            _ => m.learners.clone(),
+        };
+        if pool.is_empty() {
+            return;
+        }
+        let id = pool[self.rng.gen_range(0..pool.len())];
+        let change = if !m.contains(id) {
+            MembershipChange::AddLearner(id)
+        } else if m.learners.contains(&id) && self.rng.gen_bool(0.7) {
+            MembershipChange::PromoteLearner(id)
+        } else {
+            MembershipChange::Remove(id)
+        };
+        let raft = self.nodes[leader].raft.as_mut().expect("leader is up");
+        let outcome = raft.propose_membership(change);
+        if outcome.is_ok() {
+            self.membership_changes += 1;
+        }
+        self.log(|| format!("n{} asked to {change:?}: {outcome:?}", leader + 1));
     }
 
     fn leader(&self) -> Option<usize> {
@@ -743,16 +885,27 @@ impl<'t> Simulator<'t> {
         Ok(())
     }
 
-    /// A client asks the node it believes leads for a linearizable read.
+    /// A reading client, independent of the writing one, asks the node it believes leads for a
+    /// linearizable read (so a deposed leader that does not know it yet gets asked too).
     fn read(&mut self) -> Result<(), Violation> {
-        let target = self.client_target;
+        let target = self.reader_target;
         let Some(raft) = self.nodes[target].raft.as_mut() else {
+            self.reader_target = self.client_rng.gen_range(0..self.nodes.len());
             return Ok(());
         };
         let ctx = self.rng.gen::<u64>();
-        if raft.read_index(ctx).is_ok() {
-            self.reads.insert(ctx, self.checker.acked_max());
-            self.drain(target)?;
+        let from_lease = raft.lease_holds();
+        match raft.read_index(ctx) {
+            Ok(()) => {
+                self.lease_reads += u64::from(from_lease);
+                self.reads.insert(ctx, self.checker.acked_max());
+                self.drain(target)?;
+            }
+            Err(ReadError::NotLeader { leader: Some(l) }) => self.reader_target = l as usize - 1,
+            Err(ReadError::NotLeader { leader: None }) => {
+                self.reader_target = self.client_rng.gen_range(0..self.nodes.len());
+            }
+            Err(_) => {}
         }
         Ok(())
     }
@@ -834,6 +987,10 @@ impl<'t> Simulator<'t> {
             }
         }
         let raft = self.nodes[node].raft.as_ref().expect("drained above");
+        if self.nodes[node].membership != *raft.membership() {
+            self.nodes[node].membership = raft.membership().clone();
+        }
+        let raft = self.nodes[node].raft.as_ref().expect("drained above");
         let role = (raft.role(), raft.term());
         if self.nodes[node].last_role != Some(role) {
             self.nodes[node].last_role = Some(role);
@@ -850,7 +1007,8 @@ impl<'t> Simulator<'t> {
         let rafts: Vec<Option<&Raft<SimDisk>>> =
             self.nodes.iter().map(|n| n.raft.as_ref()).collect();
         let disks: Vec<&SimDisk> = self.nodes.iter().map(SimNode::disk).collect();
-        self.checker.observe(node, &rafts, &disks)
+        let memberships: Vec<&Membership> = self.nodes.iter().map(|n| &n.membership).collect();
+        self.checker.observe(node, &rafts, &disks, &memberships)
     }
 
     /// Collects a snapshot chunk; the last one queues the install on the disk.

@@ -23,6 +23,7 @@ pub fn apply_hash(hash: u64, e: &Entry) -> u64 {
     let kind = match e.kind {
         EntryKind::Command => 1,
         EntryKind::Noop => 2,
+        EntryKind::Config => 3,
     };
     (hash.rotate_left(7) ^ u64::from_le_bytes(id) ^ (e.index << 8) ^ kind)
         .wrapping_mul(0x0000_0100_0000_01b3)

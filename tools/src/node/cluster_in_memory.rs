@@ -23,8 +23,12 @@ struct Cluster {
 }
 
 fn replica_config(dir: &std::path::Path, id: u64, hook: WriterHook) -> ReplicaConfig {
+    let mut raft = Config::new(id, NODES.to_vec());
+    // One committed entry per Ready: a restarted replica re-learning its log then needs more
+    // rounds than one `advance` carries out, as a large log would.
+    raft.committed_bytes_max = 1;
     ReplicaConfig {
-        raft: Config::new(id, NODES.to_vec()),
+        raft,
         data_dir: dir.join(format!("node-{id}")),
         log_backend: BackendChoice::Force(BackendKind::Buffered),
         segment_bytes: 1 << 20,

@@ -61,6 +61,7 @@ pub fn run(
     let mut next_tick = Instant::now() + cfg.tick;
     let mut drain_deadline: Option<Instant> = None;
     let mut handing_over = false;
+    let mut more_ready = false;
     loop {
         if stop.load(Ordering::Relaxed) && drain_deadline.is_none() {
             tracing::info!(
@@ -84,7 +85,12 @@ pub fn run(
                 return Ok(());
             }
         }
-        let timeout = next_tick.saturating_duration_since(Instant::now());
+        // With work left over from the last round, only look at the network, do not wait.
+        let timeout = if more_ready {
+            Duration::ZERO
+        } else {
+            next_tick.saturating_duration_since(Instant::now())
+        };
         net.poll(Some(timeout), &mut events)?;
         for event in events.drain(..) {
             match event {
@@ -144,7 +150,7 @@ pub fn run(
                 next_tick = now + cfg.tick;
             }
         }
-        replica.advance()?;
+        more_ready = replica.advance()?;
         for msg in replica.take_messages() {
             let mut frame = Vec::new();
             if let Err(e) = encode_message(&mut frame, cfg.cluster_id, &msg) {

@@ -25,6 +25,10 @@ use rand_chacha::ChaCha8Rng;
 
 use super::storage::{batch_of, LogStorage};
 
+/// `Ready` rounds one [`Replica::advance`] carries out before the event loop gets a turn (each
+/// hands out at most the core's `committed_bytes_max` of committed entries).
+pub const READY_ROUNDS_MAX: usize = 16;
+
 /// What a replica needs to start.
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
@@ -276,7 +280,7 @@ impl Replica {
         }
         // Entries the core appended since (a no-op, a follower's entries) go to the log first;
         // then the log's own sequencer knows the offset.
-        self.advance()?;
+        while self.advance()? {}
         assert_eq!(
             self.log.last_index() + 1,
             index,
@@ -285,13 +289,17 @@ impl Replica {
         Ok(self.log.next_offset())
     }
 
-    /// Carries out everything the core asks for until it has nothing left; messages and
+    /// Carries out what the core asks for, for at most [`READY_ROUNDS_MAX`] rounds; messages and
     /// committed entries accumulate for [`Replica::take_messages`] / [`Replica::take_committed`].
-    pub fn advance(&mut self) -> Result<(), FatalError> {
+    /// Returns whether the core has more (committed entries come in bounded chunks: a restarted
+    /// node re-learns its whole committed log, which must not stall the event loop).
+    pub fn advance(&mut self) -> Result<bool, FatalError> {
         self.tail = None;
-        loop {
+        let mut more = true;
+        for _ in 0..READY_ROUNDS_MAX {
             let rd = self.raft.ready();
             if rd.is_empty() {
+                more = false;
                 break;
             }
             if let Some(chunk) = rd.snapshot_chunks.first() {
@@ -354,7 +362,7 @@ impl Replica {
             return Err(FatalError::Storage(failure.clone()));
         }
         self.note_leadership();
-        Ok(())
+        Ok(more)
     }
 
     fn note_leadership(&mut self) {

@@ -29,6 +29,8 @@ pub fn entry_of(batch: Batch) -> Entry {
     let (kind, payload): (EntryKind, Arc<[u8]>) = if h.is_noop() {
         // The core creates no-ops with an empty payload; keep them equal after a restart.
         (EntryKind::Noop, Arc::from(&[][..]))
+    } else if h.is_config() {
+        (EntryKind::Config, Arc::from(batch.payload()))
     } else {
         (EntryKind::Command, Arc::from(batch.into_bytes()))
     };
@@ -40,17 +42,19 @@ pub fn entry_of(batch: Batch) -> Entry {
     }
 }
 
-/// The batch to write for a Raft entry (a no-op becomes a flagged zero-record batch; a command's
-/// payload must be a batch already stamped with the entry's term and index).
+/// The batch to write for a Raft entry (a no-op or configuration entry becomes a flagged
+/// zero-record batch, the latter carrying the core's bytes; a command's payload must be a batch
+/// already stamped with the entry's term and index).
 pub fn batch_of(entry: &Entry) -> Result<Batch, BatchError> {
     match entry.kind {
         EntryKind::Noop => Ok(Batch::noop()),
+        EntryKind::Config => Batch::config(&entry.payload),
         EntryKind::Command => {
             let batch = Batch::from_entry_bytes(entry.payload.to_vec())?;
             let h = batch.header();
-            if (h.term, h.index) != (entry.term, entry.index) || h.is_noop() {
+            if (h.term, h.index) != (entry.term, entry.index) || h.is_noop() || h.is_config() {
                 return Err(BatchError::BadHeader(
-                    "batch stamp disagrees with its Raft entry",
+                    "batch stamp or kind disagrees with its Raft entry",
                 ));
             }
             Ok(batch)
@@ -114,5 +118,68 @@ impl Storage for LogStorage {
             .entries(from, to, bytes_max)
             .map(|batches| batches.into_iter().map(entry_of).collect())
             .map_err(storage_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftline_log::Record;
+
+    fn stamped(batch: Batch, term: Term, index: Index) -> Batch {
+        let mut batch = batch;
+        batch.stamp(0, term, index);
+        batch
+    }
+
+    #[test]
+    fn every_entry_kind_survives_the_trip_through_a_batch() {
+        let records = [Record {
+            key: None,
+            value: b"v".to_vec(),
+            timestamp_ms: 1,
+            headers: vec![],
+        }];
+        let command = stamped(Batch::encode(&records).unwrap(), 2, 5);
+        let entries = [
+            Entry {
+                term: 2,
+                index: 5,
+                kind: EntryKind::Command,
+                payload: Arc::from(command.into_bytes()),
+            },
+            Entry {
+                term: 2,
+                index: 6,
+                kind: EntryKind::Noop,
+                payload: Arc::from(&[][..]),
+            },
+            Entry {
+                term: 2,
+                index: 7,
+                kind: EntryKind::Config,
+                payload: Arc::from(&b"members"[..]),
+            },
+        ];
+        for entry in entries {
+            // The log stamps position, term and index when it appends; do the same here.
+            let batch = stamped(batch_of(&entry).unwrap(), entry.term, entry.index);
+            assert_eq!(entry_of(batch), entry);
+        }
+    }
+
+    #[test]
+    fn a_command_whose_bytes_claim_another_position_or_kind_is_refused() {
+        let wrong_index = stamped(Batch::encode(&[]).unwrap(), 2, 9);
+        let config_bytes = stamped(Batch::config(b"m").unwrap(), 2, 5);
+        for bytes in [wrong_index.into_bytes(), config_bytes.into_bytes()] {
+            let entry = Entry {
+                term: 2,
+                index: 5,
+                kind: EntryKind::Command,
+                payload: Arc::from(bytes),
+            };
+            assert!(batch_of(&entry).is_err());
+        }
     }
 }
