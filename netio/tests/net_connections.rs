@@ -2,14 +2,15 @@
 //! reconnect after a restart, bad input closing only its own connection, timeouts, bounded
 //! queues and cross-thread wakes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::frame::{self, FrameHeader, FrameType, FRAME_HEADER_BYTES};
-use raftline_netio::net::{ClientId, CloseReason, Net, NetConfig, NetEvent, SendError};
+use raftline_netio::net::{BindError, ClientId, CloseReason, Net, NetConfig, NetEvent, SendError};
 use raftline_netio::reactor::{Backend, BackendKind};
 
 const BACKENDS: [Backend; 2] = [Backend::Uring, Backend::Poll];
@@ -19,12 +20,19 @@ const PAYLOAD_BYTES_MAX: u32 = 64 << 10;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 /// An address on loopback with a port the OS just handed out (for configs that must name a
-/// peer's port before that peer binds it).
+/// peer's port before that peer binds it). Never the same port twice in this process: the OS may
+/// hand a just-released port out again, and two nodes configured on one port cannot both bind.
 fn reserved_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        if HANDED_OUT.lock().unwrap().insert(addr.port()) {
+            return addr;
+        }
+    }
 }
 
 fn any_port() -> SocketAddr {
@@ -85,9 +93,23 @@ struct Node {
 }
 
 impl Node {
+    /// Binds, retrying while a reserved port is in use: between reserving a port (or a node's
+    /// exit) and the bind, any connect() on the machine may take it as its ephemeral local port
+    /// until that connection closes. No event announces that, so this polls with a deadline.
     fn bind(cfg: NetConfig) -> Node {
         let backend = cfg.backend;
-        let net = Net::bind(cfg).unwrap();
+        let start = Instant::now();
+        let net = loop {
+            match Net::bind(cfg.clone()) {
+                Ok(net) => break net,
+                Err(BindError::Listen { source, .. })
+                    if source.kind() == ErrorKind::AddrInUse && start.elapsed() < DEADLINE =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(err) => panic!("bind: {err}"),
+            }
+        };
         let expected = match backend {
             Backend::Poll => BackendKind::Poll,
             _ => BackendKind::Uring,
@@ -223,6 +245,7 @@ fn a_restarted_peer_is_reconnected_and_reachable_again() {
             wait_event(&mut [&mut a, &mut b], 1, peer_frame(1)),
             b"again"
         );
+        wait_event(&mut [&mut a, &mut b], 1, peer_up(1));
         b.net.send_peer(1, peer_message(2, b"back")).unwrap();
         assert_eq!(wait_event(&mut [&mut a, &mut b], 0, peer_frame(2)), b"back");
     }
