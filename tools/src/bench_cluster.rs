@@ -16,8 +16,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use raftline_bench::fsync::{
-    measure_fdatasync, measure_sequential_bandwidth, resolve_io_path, BandwidthProbe,
-    FileLayout, FsyncProbe, IoPath, LatencySummary, StopSignal,
+    measure_fdatasync, measure_sequential_bandwidth, resolve_io_path, BandwidthProbe, FileLayout,
+    FsyncProbe, IoPath, LatencySummary, StopSignal,
 };
 use raftline_bench::latency::LatencyRecorder;
 use raftline_log::Record;
@@ -209,7 +209,13 @@ struct ProducerResult {
 /// Runs `raftline bench cluster`.
 pub fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
     validate(&args)?;
-    let created_dir = !args.dir.exists();
+    // The outermost directory this run creates, removed again at the end if left empty.
+    let created_dir = args
+        .dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .last()
+        .map(Path::to_path_buf);
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let run_dir = tempfile::Builder::new()
@@ -223,9 +229,13 @@ pub fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
     }
     let result = run_in(&args, run_dir.path(), &stop);
     drop(run_dir);
-    if created_dir {
-        // Only removes it if the run left nothing else in it.
-        let _ = std::fs::remove_dir(&args.dir);
+    if let Some(created) = created_dir {
+        // remove_dir only removes empty directories: anything else put there meanwhile stays.
+        for dir in args.dir.ancestors() {
+            if std::fs::remove_dir(dir).is_err() || dir == created {
+                break;
+            }
+        }
     }
     let report = result?;
     if args.json {

@@ -24,13 +24,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub use crate::latency::LatencySummary;
 pub use aligned_buf::SECTOR_BYTES;
 pub use error::BenchError;
-pub use crate::latency::LatencySummary;
 pub use scratch::{available_bytes, check_dir, FREE_SPACE_RESERVE_BYTES};
 
-use aligned_buf::AlignedBuf;
 use crate::latency::LatencyRecorder;
+use aligned_buf::AlignedBuf;
 use scratch::ScratchFile;
 use uring_path::UringPath;
 
