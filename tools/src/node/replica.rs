@@ -427,6 +427,12 @@ impl Replica {
         self.snapshots.state()
     }
 
+    /// Whether a snapshot is being written in the background.
+    #[cfg(test)]
+    pub fn snapshot_writing(&self) -> bool {
+        self.snapshots.writing()
+    }
+
     /// Index of the newest durable snapshot here (it covers offsets below the log's start).
     pub fn snapshot_index(&self) -> Option<Index> {
         self.snapshots.latest_index()

@@ -205,6 +205,12 @@ impl Snapshots {
         self.state.as_ref().map_or(0, KeyState::len)
     }
 
+    /// Whether a snapshot is being written.
+    #[cfg(test)]
+    pub fn writing(&self) -> bool {
+        self.writing.is_some()
+    }
+
     /// Index of the newest durable snapshot.
     pub fn latest_index(&self) -> Option<Index> {
         self.latest_index
