@@ -414,20 +414,19 @@ fn replicas_snapshot_their_state_and_drop_segments_as_the_log_grows() {
     assert!(start > 0);
     let reference = bytes_from(cluster.replica(leader), start);
     assert!(!reference.is_empty(), "records after the snapshots remain");
-    for slot in 0..NODES.len() {
+    for (slot, node) in NODES.iter().enumerate() {
         let files = snapshot_files(&cluster, slot);
         assert!(
             (1..=2).contains(&files),
-            "node {}: {files} snapshot files",
-            NODES[slot]
+            "node {node}: {files} snapshot files"
         );
         let r = cluster.replica(slot);
-        assert_eq!(r.state(), Some(&expected), "node {}", NODES[slot]);
+        assert_eq!(r.state(), Some(&expected), "node {node}");
         assert!(matches!(
             r.read_committed(0, 1 << 20),
             Err(LogError::BelowStart { .. })
         ));
-        assert_eq!(bytes_from(r, start), reference, "node {}", NODES[slot]);
+        assert_eq!(bytes_from(r, start), reference, "node {node}");
     }
 }
 
@@ -505,9 +504,9 @@ fn a_restart_from_a_snapshot_resumes_with_the_same_state_and_offsets() {
             .flatten()
             .all(|r| r.readable_index() >= last_before)
     });
-    for slot in 0..NODES.len() {
+    for (slot, node) in NODES.iter().enumerate() {
         let state = cluster.replica(slot).state().unwrap();
-        assert_eq!(state, &expected, "node {}", NODES[slot]);
+        assert_eq!(state, &expected, "node {node}");
         assert!(state.is_deleted(b"key-0"), "the tombstone survived");
     }
     let tail: Vec<Batch> = (200..210).map(keyed_batch).collect();
