@@ -1,3 +1,4 @@
 //! raftline's benchmarks: the fsync disk profiler and the cluster load benchmark.
 
 pub mod fsync;
+pub mod latency;

@@ -3,31 +3,23 @@
 //! its log in `./data/node-N.log`; the command stays in the foreground and Ctrl-C stops all
 //! three cleanly (SIGTERM, then their drain).
 
-use std::fs::File;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use raftline_log::Record;
-use raftline_netio::client::{status_of, ClientConfig, Producer, Subscription};
-use raftline_netio::client_proto::{NodeRole, StartFrom};
-use raftline_netio::cluster_id::ClusterId;
+use raftline_netio::client::{ClientConfig, Producer, Subscription};
+use raftline_netio::client_proto::StartFrom;
+
+use crate::local_cluster::{self, LocalCluster, NODES};
 
 /// The dev cluster's name (its id on the wire is derived from it).
 pub const DEV_CLUSTER: &str = "raftline-dev";
-/// Nodes in the dev cluster.
-const DEV_NODES: u64 = 3;
-/// How long the cluster may take to elect a leader before `dev` gives up.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a node may take to drain after SIGTERM before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The long `--help` of `raftline dev`.
 pub const LONG_ABOUT: &str = "Start a local 3-node raftline cluster on loopback and keep it \
 running in the foreground; Ctrl-C stops all three nodes cleanly.\n\n\
@@ -59,139 +51,15 @@ pub const DEV_BASE_PORT: u16 = 7300;
 
 /// Peer, client and metrics address of dev node `id` for `--base-port base`.
 pub fn dev_addrs(base: u16, id: u64) -> (SocketAddr, SocketAddr, SocketAddr) {
-    let at = |offset: u16| SocketAddr::from(([127, 0, 0, 1], base + offset + id as u16));
-    (at(0), at(100), at(200))
+    local_cluster::node_addrs(base, id)
 }
 
-fn id_list(addr: impl Fn(u64) -> SocketAddr) -> String {
-    (1..=DEV_NODES)
-        .map(|id| format!("{id}={}", addr(id)))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// `--cores` for node `id`: the raft threads of the three nodes spread over the cores this
-/// process may use, each node's log writer on the next core (none when there is only one core).
-fn cores_for(id: u64, available: &[usize]) -> Option<String> {
-    if available.len() < 2 {
-        return None;
-    }
-    let n = available.len();
-    let first = (id as usize - 1) % n;
-    Some(format!(
-        "{},{}",
-        available[first],
-        available[(first + 1) % n]
-    ))
-}
-
-struct Node {
-    id: u64,
-    child: Child,
-}
-
-fn start_node(
-    exe: &Path,
-    data: &Path,
-    base: u16,
-    id: u64,
-    available: &[usize],
-) -> anyhow::Result<Node> {
-    let (_, client, metrics) = dev_addrs(base, id);
-    let log_path = data.join(format!("node-{id}.log"));
-    let log =
-        File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("server")
-        .args(["--id", &id.to_string(), "--cluster-id", DEV_CLUSTER])
-        .args(["--peers", &id_list(|n| dev_addrs(base, n).0)])
-        .args(["--peer-clients", &id_list(|n| dev_addrs(base, n).1)])
-        .args(["--client-listen", &client.to_string()])
-        .args(["--metrics-listen", &metrics.to_string()])
-        .arg("--data-dir")
-        .arg(data.join(format!("node-{id}")));
-    if let Some(cores) = cores_for(id, available) {
-        cmd.args(["--cores", &cores]);
-    }
-    // A process group of its own: a terminal's Ctrl-C reaches only `dev`, which then stops
-    // each node once (a node takes a second signal as "exit now, skip the drain").
-    let child = cmd
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting node {id} ({})", exe.display()))?;
-    Ok(Node { id, child })
-}
-
-fn stop_all(nodes: &mut [Node]) {
-    for node in nodes.iter() {
-        // SIGTERM: the node drains and exits on its own.
-        unsafe { libc::kill(node.child.id() as i32, libc::SIGTERM) };
-    }
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    for node in nodes.iter_mut() {
-        loop {
-            match node.child.try_wait() {
-                Ok(Some(status)) => {
-                    println!("node {} stopped ({status})", node.id);
-                    break;
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                _ => {
-                    eprintln!("node {} did not stop in time; killing it", node.id);
-                    let _ = node.child.kill();
-                    let _ = node.child.wait();
-                    break;
-                }
-            }
+fn stop_all(cluster: &mut LocalCluster) {
+    for outcome in cluster.stop() {
+        match outcome.status {
+            Some(status) => println!("node {} stopped ({status})", outcome.id),
+            None => eprintln!("node {} did not stop in time; it was killed", outcome.id),
         }
-    }
-}
-
-/// Waits until every node answers `Status` and one of them leads; returns the leader's id.
-fn wait_for_leader(nodes: &mut [Node], base: u16) -> anyhow::Result<u64> {
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        for node in nodes.iter_mut() {
-            if let Some(status) = node.child.try_wait()? {
-                bail!(
-                    "node {} exited during start-up ({status}); see its log file",
-                    node.id
-                );
-            }
-        }
-        let mut config = demo_client_config(base);
-        config.connect_timeout = Duration::from_millis(500);
-        config.request_timeout = Duration::from_millis(500);
-        let statuses: Vec<_> = (1..=DEV_NODES)
-            .map(|id| status_of(&dev_addrs(base, id).1.to_string(), &config))
-            .collect();
-        if statuses.iter().all(Result::is_ok) {
-            if let Some(leader) = statuses
-                .iter()
-                .flatten()
-                .find(|s| s.role == NodeRole::Leader)
-            {
-                return Ok(leader.node_id);
-            }
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "no leader within {START_TIMEOUT:?}; are ports {}-{}, {}-{} and {}-{} free? \
-                 see the node log files",
-                base + 1,
-                base + 3,
-                base + 101,
-                base + 103,
-                base + 201,
-                base + 203
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -199,25 +67,14 @@ fn wait_for_leader(nodes: &mut [Node], base: u16) -> anyhow::Result<u64> {
 pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
-    let exe = std::env::current_exe().context("finding the raftline executable")?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
-    let available = raftline_pinning::available_cores();
-    let mut nodes = Vec::new();
-    for id in 1..=DEV_NODES {
-        match start_node(&exe, &args.data, args.base_port, id, &available) {
-            Ok(node) => nodes.push(node),
-            Err(e) => {
-                stop_all(&mut nodes);
-                return Err(e);
-            }
-        }
-    }
-    let leader = match wait_for_leader(&mut nodes, args.base_port) {
+    let mut nodes = LocalCluster::start(&args.data, args.base_port, DEV_CLUSTER)?;
+    let leader = match nodes.wait_for_leader() {
         Ok(leader) => leader,
         Err(e) => {
             stop_all(&mut nodes);
@@ -231,14 +88,10 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let mut exit = ExitCode::SUCCESS;
     let mut last_report = Instant::now();
     while !stop.load(Ordering::SeqCst) {
-        if let Some(node) = nodes
-            .iter_mut()
-            .find_map(|n| matches!(n.child.try_wait(), Ok(Some(_))).then_some(&*n))
-        {
+        if let Some(id) = nodes.exited() {
             eprintln!(
-                "node {} exited unexpectedly; see {}; stopping the others",
-                node.id,
-                args.data.join(format!("node-{}.log", node.id)).display()
+                "node {id} exited unexpectedly; see {}; stopping the others",
+                args.data.join(format!("node-{id}.log")).display()
             );
             exit = ExitCode::FAILURE;
             break;
@@ -263,7 +116,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 
 fn print_banner(data: &Path, leader: u64, base: u16) {
     println!("raftline dev cluster {DEV_CLUSTER:?} is up: 3 nodes, node {leader} leads");
-    for id in 1..=DEV_NODES {
+    for id in 1..=NODES {
         let (peer, client, metrics) = dev_addrs(base, id);
         println!(
             "  node {id}: clients {client}  peers {peer}  metrics http://{metrics}/metrics  data {}",
@@ -273,7 +126,7 @@ fn print_banner(data: &Path, leader: u64, base: u16) {
     let bootstrap = if base == DEV_BASE_PORT {
         String::new()
     } else {
-        let clients: Vec<String> = (1..=DEV_NODES)
+        let clients: Vec<String> = (1..=NODES)
             .map(|id| dev_addrs(base, id).1.to_string())
             .collect();
         format!(" --bootstrap {}", clients.join(","))
@@ -298,10 +151,7 @@ struct Demo {
 }
 
 fn demo_client_config(base: u16) -> ClientConfig {
-    let bootstrap = (1..=DEV_NODES)
-        .map(|id| dev_addrs(base, id).1.to_string())
-        .collect();
-    ClientConfig::new(bootstrap, ClusterId::from_name(DEV_CLUSTER))
+    local_cluster::client_config(base, DEV_CLUSTER)
 }
 
 impl Demo {
@@ -422,11 +272,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dev_nodes_spread_raft_threads_over_the_cores() {
-        assert_eq!(cores_for(1, &[0, 1]).as_deref(), Some("0,1"));
-        assert_eq!(cores_for(2, &[0, 1]).as_deref(), Some("1,0"));
-        assert_eq!(cores_for(3, &[0, 1]).as_deref(), Some("0,1"));
-        assert_eq!(cores_for(1, &[3]), None);
+    fn dev_ports_follow_the_base_port() {
         assert_eq!(
             dev_addrs(DEV_BASE_PORT, 2).1,
             "127.0.0.1:7402".parse::<SocketAddr>().unwrap()

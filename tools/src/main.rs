@@ -1,8 +1,10 @@
 //! `raftline`: the command-line front end of raftline.
 
+mod bench_cluster;
 mod bench_fsync;
 mod cluster_args;
 mod dev;
+mod local_cluster;
 mod node;
 mod produce;
 mod server;
@@ -49,6 +51,9 @@ enum BenchCommand {
     /// Profile a disk the way a Raft log uses it: fdatasync latency, group-commit curve, bandwidth, verdict.
     #[command(long_about = bench_fsync::LONG_ABOUT)]
     Fsync(bench_fsync::FsyncArgs),
+    /// Load a 3-node cluster: records/s, append->ack latency, group commit, beside the disk's own limits.
+    #[command(long_about = bench_cluster::LONG_ABOUT)]
+    Cluster(bench_cluster::ClusterBenchArgs),
 }
 
 /// Structured logs on stderr; `RUST_LOG` filters them (default: info).
@@ -72,6 +77,7 @@ fn main() -> ExitCode {
         Command::Tail(args) => tail::run(args),
         Command::Status(args) => status::run(args),
         Command::Bench(BenchCommand::Fsync(args)) => bench_fsync::run(args),
+        Command::Bench(BenchCommand::Cluster(args)) => bench_cluster::run(args),
     };
     match result {
         Ok(code) => code,

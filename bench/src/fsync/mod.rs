@@ -8,7 +8,6 @@ pub mod classify;
 pub mod device;
 mod error;
 pub mod honesty;
-mod latency;
 pub mod machine_load;
 pub mod predict;
 pub mod profile;
@@ -25,13 +24,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub use crate::latency::LatencySummary;
 pub use aligned_buf::SECTOR_BYTES;
 pub use error::BenchError;
-pub use latency::LatencySummary;
 pub use scratch::{available_bytes, check_dir, FREE_SPACE_RESERVE_BYTES};
 
+use crate::latency::LatencyRecorder;
 use aligned_buf::AlignedBuf;
-use latency::LatencyRecorder;
 use scratch::ScratchFile;
 use uring_path::UringPath;
 

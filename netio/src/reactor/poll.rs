@@ -27,6 +27,8 @@ pub(super) struct PollReactor {
     events: Vec<libc::epoll_event>,
     /// An epoll_ctl failure (ENOMEM, watch limit): reported by the next `wait`.
     failed: Option<io::Error>,
+    /// Sockets whose pending operations changed this turn.
+    dirty: Vec<SocketId>,
 }
 
 struct PollSocket {
@@ -38,6 +40,8 @@ struct PollSocket {
     /// Events registered with epoll; 0 = not registered (a socket nobody waits on must not
     /// report a level-triggered hang-up every turn).
     interest: u32,
+    /// Listed in `PollReactor::dirty`: interest to be brought up to date before epoll_wait.
+    dirty: bool,
 }
 
 impl PollReactor {
@@ -64,6 +68,7 @@ impl PollReactor {
             waker,
             events: Vec::with_capacity(EVENTS_PER_TURN_MAX),
             failed: None,
+            dirty: Vec::new(),
         })
     }
 
@@ -80,6 +85,7 @@ impl PollReactor {
                 recv: None,
                 send: None,
                 interest: 0,
+                dirty: false,
             },
         );
         Ok(id)
@@ -93,7 +99,7 @@ impl PollReactor {
         if let Some(entry) = self.live(listener) {
             debug_assert!(!entry.accepting, "one accept at a time");
             entry.accepting = true;
-            self.progress(listener, 0);
+            self.mark_dirty(listener);
         }
     }
 
@@ -107,7 +113,7 @@ impl PollReactor {
             }),
             Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {
                 entry.connecting = true;
-                self.update_interest(id);
+                self.mark_dirty(id);
             }
             Err(err) => self.ready.push(Completion::Connected {
                 socket: id,
@@ -120,8 +126,10 @@ impl PollReactor {
     pub(super) fn recv(&mut self, socket: SocketId, buf: Vec<u8>) {
         if let Some(entry) = self.live(socket) {
             debug_assert!(entry.recv.is_none(), "one recv at a time");
+            // Not tried now: most recvs are re-armed right after one completed and would hit
+            // EAGAIN; level-triggered epoll reports the socket at once if bytes are waiting.
             entry.recv = Some(buf);
-            self.progress(socket, 0);
+            self.mark_dirty(socket);
         }
     }
 
@@ -162,6 +170,7 @@ impl PollReactor {
         timeout: Option<Duration>,
         out: &mut Vec<Completion>,
     ) -> io::Result<()> {
+        self.apply_interest();
         if let Some(err) = self.failed.take() {
             return Err(err);
         }
@@ -210,13 +219,15 @@ impl PollReactor {
         entry
     }
 
-    /// Tries every pending operation of `id`; `mask` is what epoll reported (0: just submitted).
+    /// Tries the pending operations of `id` that `mask` (what epoll reported) may have made
+    /// ready; a send is also tried with mask 0, when it is submitted.
     fn progress(&mut self, id: SocketId, mask: u32) {
         let Some(entry) = self.sockets.get_mut(&id) else {
             return;
         };
+        let readable = mask & (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
         let mut accepted = None;
-        if entry.accepting {
+        if entry.accepting && readable {
             if let Some(result) = try_accept(&entry.socket) {
                 entry.accepting = false;
                 accepted = Some(result);
@@ -232,7 +243,7 @@ impl PollReactor {
             self.ready
                 .push(Completion::Connected { socket: id, result });
         }
-        if let Some(mut buf) = entry.recv.take() {
+        if let Some(mut buf) = entry.recv.take_if(|_| readable) {
             match retry_interrupted(|| entry.socket.recv(buf.spare_capacity_mut())) {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => entry.recv = Some(buf),
                 result => {
@@ -277,13 +288,34 @@ impl PollReactor {
                 result,
             });
         }
-        self.update_interest(id);
+        self.mark_dirty(id);
+    }
+
+    /// Interest changes are applied once per turn, just before epoll_wait: a recv that
+    /// completes and is re-armed within one turn costs no epoll_ctl.
+    fn mark_dirty(&mut self, id: SocketId) {
+        if let Some(entry) = self.sockets.get_mut(&id) {
+            if !entry.dirty {
+                entry.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    fn apply_interest(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &id in &dirty {
+            self.update_interest(id);
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
     }
 
     fn update_interest(&mut self, id: SocketId) {
         let Some(entry) = self.sockets.get_mut(&id) else {
             return;
         };
+        entry.dirty = false;
         let mut wanted = 0;
         if entry.accepting || entry.recv.is_some() {
             wanted |= libc::EPOLLIN as u32;

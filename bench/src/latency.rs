@@ -1,4 +1,5 @@
-//! Latency recording (hdrhistogram, nanosecond resolution) and its printable summary.
+//! Latency recording (hdrhistogram, nanosecond resolution) and its printable summary, shared by
+//! the fsync profiler and the cluster benchmark.
 
 use std::time::Duration;
 
@@ -28,23 +29,39 @@ pub struct LatencySummary {
 }
 
 /// Records latencies of one kind of operation.
-pub(crate) struct LatencyRecorder {
+#[derive(Clone)]
+pub struct LatencyRecorder {
     histogram: Histogram<u64>,
 }
 
 impl LatencyRecorder {
-    pub(crate) fn new() -> Self {
+    /// An empty recorder (1 ns to 60 s, 3 significant digits).
+    pub fn new() -> Self {
         let histogram = Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3)
             .expect("static histogram bounds are valid");
         LatencyRecorder { histogram }
     }
 
-    pub(crate) fn record(&mut self, latency: Duration) {
+    /// Adds one sample; anything slower than a minute counts as a minute.
+    pub fn record(&mut self, latency: Duration) {
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.histogram.saturating_record(ns);
     }
 
-    pub(crate) fn summary(&self) -> LatencySummary {
+    /// Adds every sample of `other` (per-thread recorders merged into one).
+    pub fn merge(&mut self, other: &LatencyRecorder) {
+        self.histogram
+            .add(&other.histogram)
+            .expect("recorders share the same bounds");
+    }
+
+    /// Number of samples recorded.
+    pub fn count(&self) -> u64 {
+        self.histogram.len()
+    }
+
+    /// The percentiles (all zero when empty).
+    pub fn summary(&self) -> LatencySummary {
         let h = &self.histogram;
         let us = |ns: u64| ns as f64 / 1000.0;
         let summary = LatencySummary {
@@ -59,5 +76,11 @@ impl LatencyRecorder {
         debug_assert!(summary.us_p50 <= summary.us_p90 && summary.us_p90 <= summary.us_p99);
         debug_assert!(summary.us_p99 <= summary.us_p999 && summary.us_p999 <= summary.us_max);
         summary
+    }
+}
+
+impl Default for LatencyRecorder {
+    fn default() -> Self {
+        Self::new()
     }
 }
