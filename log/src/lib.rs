@@ -22,4 +22,6 @@ pub use hard_state::{HardState, HardStateStore};
 pub use histogram::Pow2Histogram;
 pub use log::{AppendTicket, Log, LogConfig, WriterHook};
 pub use segment::Preallocate;
-pub use snapshot::{latest_snapshot, read_snapshot, write_snapshot, SnapshotMeta};
+pub use snapshot::{
+    install_snapshot_file, latest_snapshot, read_snapshot, write_snapshot, SnapshotMeta,
+};

@@ -125,6 +125,38 @@ pub fn read_snapshot(meta: &SnapshotMeta) -> Result<Vec<u8>, LogError> {
     Ok(bytes[HEADER_BYTES..].to_vec())
 }
 
+/// Installs a snapshot file received verbatim (e.g. from a Raft leader, in chunks) at `tmp`:
+/// verifies it (checksum, header = the expected `last_index`/`last_term`), fsyncs it, renames it
+/// to its final name and fsyncs the directory. Returns the installed snapshot and its payload.
+pub fn install_snapshot_file(
+    dir: &Path,
+    tmp: &Path,
+    last_index: u64,
+    last_term: u64,
+) -> Result<(SnapshotMeta, Vec<u8>), LogError> {
+    let received = SnapshotMeta {
+        last_index,
+        last_term,
+        path: tmp.to_path_buf(),
+    };
+    let payload = read_snapshot(&received)?;
+    let path = dir.join(file_name(last_index, last_term));
+    let io = |what: &str, e| LogError::io(format!("{what} snapshot {}", path.display()), e);
+    std::fs::File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("syncing", e))?;
+    std::fs::rename(tmp, &path).map_err(|e| io("renaming", e))?;
+    sync_dir(dir).map_err(|e| io("syncing the directory of", e))?;
+    Ok((
+        SnapshotMeta {
+            last_index,
+            last_term,
+            path,
+        },
+        payload,
+    ))
+}
+
 /// Deletes snapshots older than `keep_from_index`, then fsyncs the directory.
 pub fn remove_snapshots_below(dir: &Path, keep_from_index: u64) -> Result<usize, LogError> {
     let old: Vec<_> = list_snapshots(dir)?
@@ -170,6 +202,23 @@ mod tests {
         assert_eq!(read_snapshot(&latest).unwrap(), b"thirty");
         assert_eq!(remove_snapshots_below(dir.path(), 30).unwrap(), 2);
         assert_eq!(list_snapshots(dir.path()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_received_snapshot_file_is_installed_only_if_it_verifies() {
+        let src = scratch();
+        let dir = scratch();
+        let meta = write_snapshot(src.path(), 7, 3, b"state").unwrap();
+        let tmp = dir.path().join("incoming.snap.tmp");
+        std::fs::copy(&meta.path, &tmp).unwrap();
+        assert!(
+            install_snapshot_file(dir.path(), &tmp, 7, 4).is_err(),
+            "wrong term"
+        );
+        let (installed, payload) = install_snapshot_file(dir.path(), &tmp, 7, 3).unwrap();
+        assert_eq!(payload, b"state");
+        assert_eq!(latest_snapshot(dir.path()).unwrap(), Some(installed));
+        assert!(!tmp.exists());
     }
 
     #[test]

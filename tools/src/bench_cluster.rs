@@ -21,8 +21,8 @@ use raftline_bench::fsync::{
 };
 use raftline_bench::latency::LatencyRecorder;
 use raftline_log::Record;
-use raftline_netio::client::{status_of_all, ClientConfig, Producer};
-use raftline_netio::client_proto::{AckMode, NodeRole};
+use raftline_netio::client::{status_of_all, ClientConfig, Producer, Subscription};
+use raftline_netio::client_proto::{AckMode, NodeRole, StartFrom};
 use raftline_netio::cluster_id::ClusterId;
 use serde::Serialize;
 
@@ -89,6 +89,10 @@ pub struct ClusterBenchArgs {
     /// Seconds each disk probe runs (4 KiB fdatasync, then sequential bandwidth).
     #[arg(long, default_value_t = 1.0)]
     pub disk_probe_secs: f64,
+    /// Consumers tailing the log from its start while the producers run (read records/s and
+    /// produce->consume latency; the latency needs -V 16 or more).
+    #[arg(short = 'C', long, default_value_t = 0)]
+    pub consumers: usize,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -185,6 +189,8 @@ pub struct ClusterBenchReport {
     pub leader: Option<LeaderFigures>,
     /// The same leader before and after the window (a change means an election disturbed the run).
     pub leader_changed: bool,
+    /// With --consumers: what the consumers read.
+    pub consumers: Option<ConsumerFigures>,
     /// The disk's own limits.
     pub disk: DiskFigures,
     /// value_mb_per_s / (disk sequential MB/s / 3 replicas): the share of the bandwidth each of
@@ -196,6 +202,34 @@ pub struct ClusterBenchReport {
 struct Shared {
     phase: AtomicU8,
     acked_records: AtomicU64,
+    /// Origin of the send times producers stamp into record values.
+    epoch: Instant,
+}
+
+/// A value that starts with these bytes carries its append's send time (ns since
+/// `Shared::epoch`, little-endian) in bytes 8..16.
+const STAMP_MAGIC: &[u8; 8] = b"RLBENCH1";
+/// Bytes of a send-time stamp at the start of a value.
+const STAMP_BYTES: usize = 16;
+
+/// What one consumer thread measured.
+struct ConsumerResult {
+    records: u64,
+    latency: LatencyRecorder,
+}
+
+/// Read-side figures of `--consumers`.
+#[derive(Debug, Serialize)]
+pub struct ConsumerFigures {
+    /// Consumers tailing from the log's start.
+    pub consumers: usize,
+    /// Records delivered within the measured window, over all consumers.
+    pub records: u64,
+    /// Records delivered per second, over all consumers.
+    pub records_per_s: f64,
+    /// From the producer's send of an append to a consumer's delivery of its records (records
+    /// sent within the measured window; empty when values are shorter than 16 bytes).
+    pub produce_to_consume_us: LatencySummary,
 }
 
 /// What one producer thread measured.
@@ -370,6 +404,7 @@ fn load(
     let shared = Arc::new(Shared {
         phase: AtomicU8::new(PHASE_WARMUP),
         acked_records: AtomicU64::new(0),
+        epoch: Instant::now(),
     });
     let per_producer_rate = args.rate.map(|r| r / args.producers as f64);
     let threads: Vec<JoinHandle<anyhow::Result<ProducerResult>>> = (0..args.producers)
@@ -391,6 +426,15 @@ fn load(
         })
         .collect::<anyhow::Result<_>>()?;
 
+    let consumers: Vec<JoinHandle<anyhow::Result<ConsumerResult>>> = (0..args.consumers)
+        .map(|i| {
+            let (config, shared) = (config.clone(), Arc::clone(&shared));
+            std::thread::Builder::new()
+                .name(format!("consumer-{i}"))
+                .spawn(move || consume(config, &shared))
+                .context("starting a consumer thread")
+        })
+        .collect::<anyhow::Result<_>>()?;
     let bar = progress_bar(args.warmup + args.duration);
     let started = Instant::now();
     let warmup = Duration::from_secs_f64(args.warmup);
@@ -414,6 +458,18 @@ fn load(
     let mut latency = LatencyRecorder::new();
     let (mut records, mut appends, mut refused) = (0, 0, 0);
     let mut failures = Vec::new();
+    let mut consumed = LatencyRecorder::new();
+    let mut consumed_records = 0;
+    for consumer in consumers {
+        match consumer.join() {
+            Ok(Ok(r)) => {
+                consumed_records += r.records;
+                consumed.merge(&r.latency);
+            }
+            Ok(Err(e)) => failures.push(format!("{e:#}")),
+            Err(_) => failures.push("a consumer thread panicked".to_string()),
+        }
+    }
     for thread in threads {
         match thread.join() {
             Ok(Ok(r)) => {
@@ -479,6 +535,12 @@ fn load(
         latency_us: latency.summary(),
         leader,
         leader_changed: leader_before != leader_after,
+        consumers: (args.consumers > 0).then(|| ConsumerFigures {
+            consumers: args.consumers,
+            records: consumed_records,
+            records_per_s: consumed_records as f64 / elapsed_s,
+            produce_to_consume_us: consumed.summary(),
+        }),
         durable_share_of_disk_per_replica: if per_replica > 0.0 {
             value_mb_per_s / per_replica
         } else {
@@ -549,7 +611,7 @@ fn produce(
 ) -> anyhow::Result<ProducerResult> {
     let mut producer = Producer::new(config);
     let b = batch_records as u64;
-    let value = vec![b'x'; value_bytes];
+    let mut value = vec![b'x'; value_bytes];
     let mut result = ProducerResult {
         records: 0,
         appends: 0,
@@ -575,6 +637,11 @@ fn produce(
                 continue;
             }
         }
+        if value_bytes >= STAMP_BYTES {
+            let sent_ns = shared.epoch.elapsed().as_nanos() as u64;
+            value[..8].copy_from_slice(STAMP_MAGIC);
+            value[8..STAMP_BYTES].copy_from_slice(&sent_ns.to_le_bytes());
+        }
         // Every append holds exactly `b` records, so append k starts at sequence number k * b.
         for _ in 0..b {
             // The last record of the append dispatches it (waiting while the window is full).
@@ -595,6 +662,42 @@ fn produce(
     // Leave nothing unanswered on the connection; these answers are not counted.
     producer.flush()?;
     Ok(result)
+}
+
+/// One consumer: tails the log from its start until the phase says stop; counts the records
+/// delivered while measuring and, for stamped records sent while measuring, the time from send
+/// to delivery.
+fn consume(config: ClientConfig, shared: &Shared) -> anyhow::Result<ConsumerResult> {
+    let mut subscription = Subscription::open(config, StartFrom::Earliest)?;
+    let mut result = ConsumerResult {
+        records: 0,
+        latency: LatencyRecorder::new(),
+    };
+    let mut measure_start_ns = None;
+    loop {
+        let phase = shared.phase.load(Ordering::Relaxed);
+        if phase == PHASE_STOP {
+            return Ok(result);
+        }
+        let Some(consumed) = subscription.next_record(Some(Duration::from_millis(100)))? else {
+            continue;
+        };
+        if phase != PHASE_MEASURE {
+            continue;
+        }
+        let now_ns = shared.epoch.elapsed().as_nanos() as u64;
+        let window_start = *measure_start_ns.get_or_insert(now_ns);
+        result.records += 1;
+        let value = &consumed.record.value;
+        if value.len() >= STAMP_BYTES && &value[..8] == STAMP_MAGIC {
+            let sent_ns = u64::from_le_bytes(value[8..STAMP_BYTES].try_into().expect("8 bytes"));
+            if sent_ns >= window_start {
+                result
+                    .latency
+                    .record(Duration::from_nanos(now_ns.saturating_sub(sent_ns)));
+            }
+        }
+    }
 }
 
 /// Takes the answers the producer received and counts those of appends sent while measuring.
@@ -713,6 +816,17 @@ fn render_text(r: &ClusterBenchReport) -> String {
             );
         }
         None => out += "leader      (no metrics address: pass --leader-metrics)\n",
+    }
+    if let Some(c) = &r.consumers {
+        let l = &c.produce_to_consume_us;
+        out += &format!(
+            "consumers   {} tailing from offset 0: {:.0} records/s read; produce->consume p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms\n",
+            c.consumers,
+            c.records_per_s,
+            l.us_p50 / 1e3,
+            l.us_p99 / 1e3,
+            l.us_max / 1e3
+        );
     }
     if r.leader_changed {
         out += "warning     the leader changed during the run: an election disturbed it\n";

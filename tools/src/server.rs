@@ -103,6 +103,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
                 }
             }))
         }),
+        snapshots: cfg.snapshots,
     })?;
     let metrics = Arc::new(Metrics::new(replica.log_handle()));
     print_start(&cfg, &layout, &net, addrs, &replica);

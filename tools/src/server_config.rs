@@ -11,6 +11,8 @@ use clap::Args;
 use raftline_netio::reactor::Backend;
 use serde::Deserialize;
 
+use crate::node::snapshots::SnapshotPolicy;
+
 /// Default heartbeat interval: a LAN round trip is well under a millisecond; 50 ms keeps idle
 /// traffic negligible while failures are noticed quickly.
 pub const HEARTBEAT_MS_DEFAULT: u64 = 50;
@@ -82,6 +84,17 @@ pub struct ServerArgs {
     /// An append not acknowledged within this many ms is answered Timeout [default: 10000].
     #[arg(long)]
     pub append_timeout_ms: Option<u64>,
+    /// Snapshot the materialised state after this many MiB of log applied since the last
+    /// snapshot, then drop the log prefix; 0 = never [default: 256].
+    #[arg(long)]
+    pub snapshot_every_mib: Option<u64>,
+    /// MiB of log kept below its end when compacting, so consumers can tail recent history
+    /// [default: 64].
+    #[arg(long)]
+    pub retain_mib: Option<u64>,
+    /// Largest materialised state in MiB; beyond it the node stops snapshotting [default: 1024].
+    #[arg(long)]
+    pub state_mib_max: Option<u64>,
 }
 
 /// The same settings as read from a TOML file.
@@ -104,6 +117,9 @@ struct FileConfig {
     segment_mib: Option<u64>,
     batch_kib_max: Option<u64>,
     append_timeout_ms: Option<u64>,
+    snapshot_every_mib: Option<u64>,
+    retain_mib: Option<u64>,
+    state_mib_max: Option<u64>,
 }
 
 /// A validated server configuration.
@@ -143,6 +159,8 @@ pub struct ServerConfig {
     pub batch_bytes_max: usize,
     /// Append acknowledgement timeout.
     pub append_timeout: Duration,
+    /// When to snapshot and compact the log.
+    pub snapshots: SnapshotPolicy,
     /// Things that work but deserve the operator's attention.
     pub warnings: Vec<String>,
 }
@@ -281,6 +299,23 @@ impl ServerArgs {
                     .or(file.append_timeout_ms)
                     .unwrap_or(10_000),
             ),
+            snapshots: SnapshotPolicy {
+                every_bytes: self
+                    .snapshot_every_mib
+                    .or(file.snapshot_every_mib)
+                    .unwrap_or(SnapshotPolicy::default().every_bytes >> 20)
+                    << 20,
+                retain_bytes: self
+                    .retain_mib
+                    .or(file.retain_mib)
+                    .unwrap_or(SnapshotPolicy::default().retain_bytes >> 20)
+                    << 20,
+                state_bytes_max: (self
+                    .state_mib_max
+                    .or(file.state_mib_max)
+                    .unwrap_or((SnapshotPolicy::default().state_bytes_max >> 20) as u64)
+                    << 20) as usize,
+            },
             warnings: Vec::new(),
         };
         cfg.validated()

@@ -24,7 +24,7 @@ fn number(v: &serde_json::Value, path: &[&str]) -> f64 {
 }
 
 #[test]
-fn tiny_run_reports_consistent_figures_and_cleans_up() {
+fn tiny_run_with_a_consumer_reports_consistent_figures_and_cleans_up() {
     let cwd = ext4_tempdir();
     let out = raftline()
         .args([
@@ -38,6 +38,8 @@ fn tiny_run_reports_consistent_figures_and_cleans_up() {
             "2",
             "-W",
             "2",
+            "-C",
+            "1",
             "--disk-probe-secs",
             "0.2",
             "--json",
@@ -75,6 +77,16 @@ fn tiny_run_reports_consistent_figures_and_cleans_up() {
     assert!(leader.is_object(), "leader figures missing: {report:#}");
     assert!(number(leader, &["fdatasyncs_per_s"]) > 0.0);
     assert!(number(leader, &["records_per_fdatasync"]) > 0.0);
+
+    let consumers = &report["consumers"];
+    assert_eq!(consumers["consumers"], 1);
+    assert!(number(consumers, &["records"]) > 0.0, "{report:#}");
+    let consumed = |q: &str| number(consumers, &["produce_to_consume_us", q]);
+    assert!(
+        consumed("count") > 0.0,
+        "no produce->consume latency: {report:#}"
+    );
+    assert!(consumed("us_p50") <= consumed("us_max"));
 
     let disk = &report["disk"];
     assert!(number(disk, &["fdatasync_4k_per_s"]) > 0.0);

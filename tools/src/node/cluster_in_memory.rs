@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use raftline_log::{BackendChoice, BackendKind, Batch, Record, WriterHook};
+use raftline_log::{BackendChoice, BackendKind, Batch, LogError, Record, WriterHook};
 use raftline_replicator::{Config, Role};
 
 use super::replica::{Committed, Replica, ReplicaConfig};
+use super::snapshots::SnapshotPolicy;
+use super::state::KeyState;
 
 const NODES: [u64; 3] = [1, 2, 3];
 
@@ -20,9 +22,26 @@ struct Cluster {
     committed: Vec<Vec<Committed>>,
     /// Messages from and to this slot are dropped (a partitioned node).
     isolated: Option<usize>,
+    snapshots: SnapshotPolicy,
+    segment_bytes: u64,
 }
 
-fn replica_config(dir: &std::path::Path, id: u64, hook: WriterHook) -> ReplicaConfig {
+/// Snapshots every 96 KiB of applied log, nothing retained below them, 128 KiB segments: a few
+/// hundred small batches compact the log several times.
+const COMPACTING: SnapshotPolicy = SnapshotPolicy {
+    every_bytes: 96 << 10,
+    retain_bytes: 0,
+    state_bytes_max: 1 << 20,
+};
+const COMPACTING_SEGMENT_BYTES: u64 = 128 << 10;
+
+fn replica_config(
+    dir: &std::path::Path,
+    id: u64,
+    hook: WriterHook,
+    snapshots: SnapshotPolicy,
+    segment_bytes: u64,
+) -> ReplicaConfig {
     let mut raft = Config::new(id, NODES.to_vec());
     // One committed entry per Ready: a restarted replica re-learning its log then needs more
     // rounds than one `advance` carries out, as a large log would.
@@ -31,16 +50,25 @@ fn replica_config(dir: &std::path::Path, id: u64, hook: WriterHook) -> ReplicaCo
         raft,
         data_dir: dir.join(format!("node-{id}")),
         log_backend: BackendChoice::Force(BackendKind::Buffered),
-        segment_bytes: 1 << 20,
-        batch_bytes_max: 64 << 10,
+        segment_bytes,
+        batch_bytes_max: 16 << 10,
         rng_seed: id,
         durable_hook: Some(hook),
         writer_start_hook: None,
+        snapshots,
     }
 }
 
 impl Cluster {
     fn new() -> Cluster {
+        let never = SnapshotPolicy {
+            every_bytes: 0,
+            ..SnapshotPolicy::default()
+        };
+        Cluster::with(never, 1 << 20)
+    }
+
+    fn with(snapshots: SnapshotPolicy, segment_bytes: u64) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("raftline-node-test")
             .tempdir_in("/tmp")
@@ -53,6 +81,8 @@ impl Cluster {
             durable_rx,
             committed: vec![Vec::new(); NODES.len()],
             isolated: None,
+            snapshots,
+            segment_bytes,
         };
         for slot in 0..NODES.len() {
             cluster.start(slot);
@@ -65,7 +95,13 @@ impl Cluster {
         let hook = WriterHook(Arc::new(move || {
             let _ = tx.send(slot);
         }));
-        let cfg = replica_config(self.dir.path(), NODES[slot], hook);
+        let cfg = replica_config(
+            self.dir.path(),
+            NODES[slot],
+            hook,
+            self.snapshots,
+            self.segment_bytes,
+        );
         self.replicas[slot] = Some(Replica::open(cfg).unwrap());
     }
 
@@ -121,6 +157,15 @@ impl Cluster {
         }
     }
 
+    /// Running replicas that are not isolated.
+    fn connected(&self) -> impl Iterator<Item = &Replica> {
+        self.replicas
+            .iter()
+            .enumerate()
+            .filter(|&(slot, _)| self.isolated != Some(slot))
+            .filter_map(|(_, r)| r.as_ref())
+    }
+
     fn leader(&self) -> Option<usize> {
         self.replicas
             .iter()
@@ -141,8 +186,12 @@ fn batch(tag: usize) -> Batch {
 }
 
 fn all_bytes(r: &Replica) -> Vec<Vec<u8>> {
+    bytes_from(r, 0)
+}
+
+/// Committed batches from the one holding `offset` on.
+fn bytes_from(r: &Replica, mut offset: u64) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    let mut offset = 0;
     loop {
         let batches = r.read_committed(offset, 1 << 20).unwrap();
         let Some(last) = batches.last() else {
@@ -153,25 +202,29 @@ fn all_bytes(r: &Replica) -> Vec<Vec<u8>> {
     }
 }
 
-/// Proposes `count` batches at the leader (retrying refusals on the next round) and runs until
-/// every replica has them committed; returns the leader's slot.
+/// Proposes `count` batches at the leader and runs until every replica has them committed;
+/// returns the leader's slot.
 fn produce(cluster: &mut Cluster, count: usize, first_tag: usize) -> usize {
+    let batches: Vec<Batch> = (first_tag..first_tag + count).map(batch).collect();
+    produce_batches(cluster, batches)
+}
+
+/// Proposes `batches` at the leader and runs until every replica not isolated has them
+/// committed; returns the leader's slot.
+fn produce_batches(cluster: &mut Cluster, batches: Vec<Batch>) -> usize {
     cluster.run_until("a leader is elected", |c| c.leader().is_some());
     let leader = cluster.leader().unwrap();
     let mut proposed = Vec::new();
-    for tag in first_tag..first_tag + count {
-        let p = cluster.replica(leader).propose(batch(tag)).unwrap();
+    for (n, batch) in batches.into_iter().enumerate() {
+        let p = cluster.replica(leader).propose(batch).unwrap();
         proposed.push(p);
-        if tag % 10 == 0 {
+        if n % 10 == 0 {
             cluster.route();
         }
     }
     let last = proposed.last().unwrap().index;
-    cluster.run_until("every replica applied the proposals", |c| {
-        c.replicas
-            .iter()
-            .flatten()
-            .all(|r| r.readable_index() >= last)
+    cluster.run_until("every connected replica applied the proposals", |c| {
+        c.connected().all(|r| r.readable_index() >= last)
     });
     for p in &proposed {
         let committed = &cluster.committed[leader];
@@ -297,4 +350,183 @@ fn a_deposed_leader_with_a_stale_uncommitted_tail_restarts_and_converges() {
     });
     assert_eq!(all_bytes(cluster.replica(old)), reference);
     assert_eq!(reference.len(), 40, "the stale proposals are gone");
+}
+
+/// Three keyed records of about 1 KiB each over ten keys; every 50th batch deletes `key-0`.
+fn keyed_batch(tag: usize) -> Batch {
+    let records: Vec<Record> = (0..3)
+        .map(|i| {
+            let n = tag * 3 + i;
+            let value = if n % 150 == 149 {
+                Vec::new()
+            } else {
+                format!("value-{n}-").repeat(100).into_bytes()
+            };
+            let key = if n % 150 == 149 { 0 } else { n % 10 };
+            Record {
+                key: Some(format!("key-{key}").into_bytes()),
+                value,
+                timestamp_ms: tag as u64,
+                headers: vec![],
+            }
+        })
+        .collect();
+    Batch::encode(&records).unwrap()
+}
+
+fn expected_state(batches: &[Batch]) -> KeyState {
+    let mut state = KeyState::default();
+    for b in batches {
+        state.apply(b).unwrap();
+    }
+    state
+}
+
+fn snapshot_files(cluster: &Cluster, slot: usize) -> usize {
+    let dir = cluster
+        .dir
+        .path()
+        .join(format!("node-{}/snapshots", NODES[slot]));
+    raftline_log::snapshot::list_snapshots(&dir).unwrap().len()
+}
+
+/// Every replica's log is compacted (no snapshot write in flight): a snapshot exists and covers
+/// the dropped prefix.
+fn all_compacted(c: &Cluster) -> bool {
+    c.replicas.iter().flatten().all(|r| {
+        !r.snapshot_writing()
+            && r.snapshot_index()
+                .is_some_and(|s| r.log().first_index() > 1 && r.log().first_index() <= s + 1)
+    })
+}
+
+#[test]
+fn replicas_snapshot_their_state_and_drop_segments_as_the_log_grows() {
+    let mut cluster = Cluster::with(COMPACTING, COMPACTING_SEGMENT_BYTES);
+    let batches: Vec<Batch> = (0..300).map(keyed_batch).collect();
+    let expected = expected_state(&batches);
+    let leader = produce_batches(&mut cluster, batches);
+    cluster.run_until("every replica compacted its log", |c| all_compacted(c));
+    let start = (0..NODES.len())
+        .map(|slot| cluster.replica(slot).log().start_offset())
+        .max()
+        .unwrap();
+    assert!(start > 0);
+    let reference = bytes_from(cluster.replica(leader), start);
+    assert!(!reference.is_empty(), "records after the snapshots remain");
+    for (slot, node) in NODES.iter().enumerate() {
+        let files = snapshot_files(&cluster, slot);
+        assert!(
+            (1..=2).contains(&files),
+            "node {node}: {files} snapshot files"
+        );
+        let r = cluster.replica(slot);
+        assert_eq!(r.state(), Some(&expected), "node {node}");
+        assert!(matches!(
+            r.read_committed(0, 1 << 20),
+            Err(LogError::BelowStart { .. })
+        ));
+        assert_eq!(bytes_from(r, start), reference, "node {node}");
+    }
+}
+
+#[test]
+fn a_partitioned_follower_catches_up_by_snapshot_and_serves_the_same_records() {
+    let mut cluster = Cluster::with(COMPACTING, COMPACTING_SEGMENT_BYTES);
+    let mut batches: Vec<Batch> = (0..10).map(keyed_batch).collect();
+    let leader = produce_batches(&mut cluster, batches.clone());
+    let follower = (leader + 1) % NODES.len();
+    cluster.isolated = Some(follower);
+    let behind = cluster.replica(follower).log().last_index();
+    let more: Vec<Batch> = (10..300).map(keyed_batch).collect();
+    batches.extend(more.iter().cloned());
+    produce_batches(&mut cluster, more);
+    cluster.run_until("the others compacted past the follower's log", |c| {
+        c.connected().all(|r| r.log().first_index() > behind + 1)
+    });
+    cluster.isolated = None;
+    let last = cluster.replica(leader).raft().last_index();
+    cluster.run_until("the follower caught up", |c| {
+        c.replicas[follower].as_ref().unwrap().readable_index() >= last
+    });
+    let expected = expected_state(&batches);
+    let leader_now = cluster.leader().unwrap();
+    let f = cluster.replicas[follower].as_ref().unwrap();
+    assert!(
+        f.snapshot_index().is_some_and(|s| s > behind),
+        "installed a snapshot"
+    );
+    assert!(f.log().first_index() > behind + 1, "its old log is gone");
+    assert_eq!(f.state(), Some(&expected));
+    let same_records_from_the_later_start = |c: &mut Cluster, leader: usize| {
+        let start = c.replica(follower).log().start_offset();
+        let start = start.max(c.replica(leader).log().start_offset());
+        let reference = bytes_from(c.replica(leader), start);
+        assert!(!reference.is_empty());
+        assert_eq!(bytes_from(c.replica(follower), start), reference);
+    };
+    same_records_from_the_later_start(&mut cluster, leader_now);
+    // And it keeps replicating after the snapshot point.
+    let tail: Vec<Batch> = (300..310).map(keyed_batch).collect();
+    let leader_now = produce_batches(&mut cluster, tail);
+    same_records_from_the_later_start(&mut cluster, leader_now);
+}
+
+#[test]
+fn a_restart_from_a_snapshot_resumes_with_the_same_state_and_offsets() {
+    let mut cluster = Cluster::with(COMPACTING, COMPACTING_SEGMENT_BYTES);
+    let batches: Vec<Batch> = (0..200).map(keyed_batch).collect();
+    let expected = expected_state(&batches);
+    assert!(expected.is_deleted(b"key-0") && expected.get(b"key-0").is_none());
+    produce_batches(&mut cluster, batches);
+    cluster.run_until("every replica compacted its log", |c| all_compacted(c));
+    let last_before = cluster.replica(0).readable_index();
+    let end_before: Vec<u64> = (0..NODES.len())
+        .map(|slot| cluster.replica(slot).readable_end_offset())
+        .collect();
+    for slot in 0..NODES.len() {
+        cluster.replicas[slot] = None;
+    }
+    for slot in 0..NODES.len() {
+        cluster.start(slot);
+        let r = cluster.replica(slot);
+        let snapshot = r.snapshot_index().expect("restored from a snapshot");
+        assert_eq!(
+            r.raft().applied_index(),
+            snapshot,
+            "applied = the snapshot's index"
+        );
+        assert!(r.state().is_some());
+    }
+    cluster.run_until("the restarted replicas applied the log again", |c| {
+        c.replicas
+            .iter()
+            .flatten()
+            .all(|r| r.readable_index() >= last_before)
+    });
+    for (slot, node) in NODES.iter().enumerate() {
+        let state = cluster.replica(slot).state().unwrap();
+        assert_eq!(state, &expected, "node {node}");
+        assert!(state.is_deleted(b"key-0"), "the tombstone survived");
+    }
+    let tail: Vec<Batch> = (200..210).map(keyed_batch).collect();
+    let all = (0..210).map(keyed_batch).collect::<Vec<_>>();
+    let leader = produce_batches(&mut cluster, tail);
+    let first_new = bytes_from(cluster.replica(leader), end_before[leader]);
+    let first_new = Batch::decode(first_new[0].clone()).unwrap();
+    assert_eq!(
+        first_new.header().base_offset,
+        end_before[leader],
+        "offsets continue after the restart"
+    );
+    assert_eq!(
+        first_new.records().unwrap(),
+        keyed_batch(200).records().unwrap()
+    );
+    let expected_after = expected_state(&all);
+    for slot in 0..NODES.len() {
+        let r = cluster.replica(slot);
+        assert_eq!(r.state(), Some(&expected_after), "node {}", NODES[slot]);
+        assert_eq!(r.readable_end_offset(), end_before[slot] + 30);
+    }
 }

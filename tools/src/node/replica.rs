@@ -23,6 +23,7 @@ use raftline_replicator::{
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::snapshots::{Restored, SnapshotError, SnapshotPolicy, Snapshots};
 use super::storage::{batch_of, LogStorage};
 
 /// `Ready` rounds one [`Replica::advance`] carries out before the event loop gets a turn (each
@@ -48,6 +49,8 @@ pub struct ReplicaConfig {
     pub durable_hook: Option<WriterHook>,
     /// Run once on the log writer thread at start (pins it).
     pub writer_start_hook: Option<WriterHook>,
+    /// When to snapshot the materialised state and compact the log.
+    pub snapshots: SnapshotPolicy,
 }
 
 /// An error after which the node must stop: it can no longer vouch for its log.
@@ -62,13 +65,9 @@ pub enum FatalError {
     /// The core refused its start-up state.
     #[error("starting Raft: {0}")]
     Init(#[from] InitError),
-    /// A leader sent a snapshot; this node cannot install one (it never compacts, so a cluster of
-    /// raftline nodes of this version never sends one).
-    #[error("a snapshot ending at index {index} arrived, but this node cannot install snapshots")]
-    SnapshotUnsupported {
-        /// The snapshot's last index.
-        index: Index,
-    },
+    /// Taking, loading or installing a snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// An entry's bytes are not a valid batch (a peer bug: frames are checksummed).
     #[error("entry {index} is not a valid batch: {source}")]
     BadEntry {
@@ -135,6 +134,7 @@ pub struct Replica {
     tail: Option<(Index, u64)>,
     outbox: Vec<Message>,
     committed: Vec<Committed>,
+    snapshots: Snapshots,
     /// Offset one past the last record a consumer may read here.
     readable_end_offset: u64,
     leadership: Leadership,
@@ -160,10 +160,18 @@ impl Replica {
             term: saved.term,
             vote: saved.voted_for,
         };
-        // The log is the only state machine: nothing is applied beyond what a snapshot covers;
-        // committed entries are learnt again from the leader.
-        let applied = log.first_index() - 1;
-        let raft = Raft::new(cfg.raft, hs, applied, LogStorage::new(Arc::clone(&log)))?;
+        let Restored {
+            snapshots,
+            served,
+            next_offset,
+        } = Snapshots::open(&cfg.data_dir.join("snapshots"), cfg.snapshots, &log)?;
+        // The state machine holds what the snapshot covers; committed entries after it are
+        // learnt again from the leader (and re-read from the local log) and applied again.
+        let applied = served
+            .as_ref()
+            .map_or(log.first_index() - 1, |s| s.meta().index);
+        let storage = LogStorage::new(Arc::clone(&log), served);
+        let raft = Raft::new(cfg.raft, hs, applied, storage)?;
         let leadership = Leadership {
             role: raft.role(),
             term: raft.term(),
@@ -179,7 +187,8 @@ impl Replica {
             "replica recovered from disk"
         );
         Ok(Replica {
-            readable_end_offset: log.start_offset(),
+            readable_end_offset: next_offset.unwrap_or_else(|| log.start_offset()),
+            snapshots,
             raft,
             log,
             hard_state,
@@ -302,17 +311,15 @@ impl Replica {
                 more = false;
                 break;
             }
-            if let Some(chunk) = rd.snapshot_chunks.first() {
-                return Err(FatalError::SnapshotUnsupported {
-                    index: chunk.meta.index,
-                });
-            }
             if let Some(hs) = rd.hard_state {
                 self.hard_state.save(raftline_log::HardState {
                     term: hs.term,
                     voted_for: hs.vote,
                 })?;
                 self.raft.hard_state_durable(hs);
+            }
+            for chunk in &rd.snapshot_chunks {
+                self.receive_snapshot_chunk(chunk)?;
             }
             if let Some(first) = rd.entries.first() {
                 if first.index <= self.log.last_index() {
@@ -352,6 +359,7 @@ impl Replica {
                     debug_assert_eq!(h.base_offset, self.readable_end_offset);
                     self.readable_end_offset = h.next_offset();
                 }
+                self.snapshots.apply(e)?;
                 self.committed.push(Committed {
                     index: e.index,
                     term: e.term,
@@ -361,8 +369,73 @@ impl Replica {
         if let Some(failure) = self.raft.storage_failure() {
             return Err(FatalError::Storage(failure.clone()));
         }
+        self.compact()?;
         self.note_leadership();
         Ok(more)
+    }
+
+    /// Starts a snapshot at the applied index when one is due; once one is durable, serves it
+    /// and drops the log segments it (and the retain floor) make unnecessary.
+    fn compact(&mut self) -> Result<(), FatalError> {
+        if let Some((served, floor)) = self.snapshots.poll_written()? {
+            let index = served.meta().index;
+            // Serve the snapshot before the prefix it covers goes.
+            self.raft.storage_mut().set_snapshot(served);
+            let dropped = self.log.truncate_prefix(floor)?;
+            tracing::info!(
+                index,
+                floor,
+                dropped_segments = dropped,
+                first_index = self.log.first_index(),
+                "log compacted"
+            );
+        }
+        let applied = self.raft.applied_index();
+        self.snapshots.maybe_start(
+            applied,
+            self.raft.term_at(applied),
+            self.raft.applied_membership(),
+            self.readable_end_offset,
+        );
+        Ok(())
+    }
+
+    /// Writes a chunk of a snapshot sent by the leader; after the last one: the snapshot is
+    /// durable, then the log restarts after it, then the state is loaded, then the core is told.
+    fn receive_snapshot_chunk(
+        &mut self,
+        chunk: &raftline_replicator::SnapshotChunk,
+    ) -> Result<(), FatalError> {
+        let Some((served, payload)) = self.snapshots.receive(chunk)? else {
+            return Ok(());
+        };
+        let meta = served.meta().clone();
+        self.log
+            .restart_after_snapshot(meta.index, meta.term, payload.next_offset)?
+            .wait()?;
+        self.tail = None;
+        self.readable_end_offset = payload.next_offset;
+        self.snapshots.installed(meta.index, payload.state)?;
+        self.raft.storage_mut().set_snapshot(served);
+        self.raft.snapshot_installed(&meta);
+        Ok(())
+    }
+
+    /// The state materialised from the committed log (`None` if it outgrew its bound).
+    #[cfg(test)] // the node serves no key lookups; tests check the state
+    pub fn state(&self) -> Option<&super::state::KeyState> {
+        self.snapshots.state()
+    }
+
+    /// Whether a snapshot is being written in the background.
+    #[cfg(test)]
+    pub fn snapshot_writing(&self) -> bool {
+        self.snapshots.writing()
+    }
+
+    /// Index of the newest durable snapshot here (it covers offsets below the log's start).
+    pub fn snapshot_index(&self) -> Option<Index> {
+        self.snapshots.latest_index()
     }
 
     fn note_leadership(&mut self) {

@@ -340,7 +340,7 @@ impl Sessions {
                 requested: next_offset,
                 earliest,
                 end,
-                snapshot_index: None,
+                snapshot_index: replica.snapshot_index().filter(|_| next_offset < earliest),
             };
             self.error(net, client, subscription_id, error);
             return;
@@ -422,7 +422,7 @@ impl Sessions {
                                     requested: sub.next_offset,
                                     earliest: start_offset,
                                     end: readable_end,
-                                    snapshot_index: None,
+                                    snapshot_index: replica.snapshot_index(),
                                 },
                             ));
                             break;

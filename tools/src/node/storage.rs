@@ -3,9 +3,12 @@
 //! bytes (identical on every node), a leader's no-op is a zero-record batch flagged no-op, so the
 //! entry's kind survives a restart.
 //!
-//! This node never compacts its log (snapshot-and-truncate is not built into the node yet), so
-//! it has no snapshot to offer: `snapshot_meta` is `None` and a leader never needs to send one.
+//! The newest snapshot (node/snapshots.rs writes it) is served as its whole file, header and
+//! checksum included, so a follower writes the bytes verbatim and verifies them before installing.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use raftline_log::{Batch, BatchError, Log, LogError};
@@ -14,12 +17,53 @@ use raftline_replicator::{Entry, EntryKind, Index, SnapshotMeta, Storage, Storag
 /// The durable log as the Raft core reads it.
 pub struct LogStorage {
     log: Arc<Log>,
+    snapshot: Option<ServedSnapshot>,
+}
+
+/// A durable snapshot file offered to followers. The open handle keeps it readable even once a
+/// newer snapshot replaced it and the file was deleted.
+#[derive(Debug, Clone)]
+pub struct ServedSnapshot {
+    meta: SnapshotMeta,
+    file: Arc<File>,
+    file_bytes: u64,
+}
+
+impl ServedSnapshot {
+    /// Opens the snapshot file at `path`, which holds `meta`.
+    pub fn open(meta: SnapshotMeta, path: &Path) -> Result<ServedSnapshot, LogError> {
+        let io = |e| LogError::io(format!("opening {}", path.display()), e);
+        let file = File::open(path).map_err(io)?;
+        let file_bytes = file.metadata().map_err(io)?.len();
+        Ok(ServedSnapshot {
+            meta,
+            file: Arc::new(file),
+            file_bytes,
+        })
+    }
+
+    /// What it covers.
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
 }
 
 impl LogStorage {
-    /// Wraps a shared log (the node appends through its own handle).
-    pub fn new(log: Arc<Log>) -> LogStorage {
-        LogStorage { log }
+    /// Wraps a shared log (the node appends through its own handle) and the newest snapshot.
+    pub fn new(log: Arc<Log>, snapshot: Option<ServedSnapshot>) -> LogStorage {
+        LogStorage { log, snapshot }
+    }
+
+    /// Serves `snapshot` from now on. Call before dropping the log prefix it covers: the core
+    /// expects a snapshot covering `first_index() - 1` whenever the log was compacted.
+    pub fn set_snapshot(&mut self, snapshot: ServedSnapshot) {
+        assert!(
+            self.snapshot
+                .as_ref()
+                .is_none_or(|s| s.meta.index <= snapshot.meta.index),
+            "a served snapshot is never replaced by an older one"
+        );
+        self.snapshot = Some(snapshot);
     }
 }
 
@@ -78,16 +122,25 @@ fn storage_error(e: LogError) -> StorageError {
 
 impl Storage for LogStorage {
     fn snapshot_meta(&self) -> Option<SnapshotMeta> {
-        None
+        self.snapshot.as_ref().map(|s| s.meta.clone())
     }
 
     fn snapshot_chunk(
         &self,
         index: Index,
-        _offset: u64,
-        _bytes_max: u64,
+        offset: u64,
+        bytes_max: u64,
     ) -> Result<(Arc<[u8]>, bool), StorageError> {
-        Err(StorageError::SnapshotUnavailable { index })
+        let Some(s) = self.snapshot.as_ref().filter(|s| s.meta.index == index) else {
+            return Err(StorageError::SnapshotUnavailable { index });
+        };
+        let end = s.file_bytes.min(offset.saturating_add(bytes_max.max(1)));
+        let len = usize::try_from(end.saturating_sub(offset)).unwrap_or(usize::MAX);
+        let mut buf = vec![0; len];
+        s.file.read_exact_at(&mut buf, offset).map_err(|e| {
+            StorageError::Failed(format!("reading snapshot {index} at {offset}: {e}"))
+        })?;
+        Ok((Arc::from(buf), end == s.file_bytes))
     }
 
     fn first_index(&self) -> Index {

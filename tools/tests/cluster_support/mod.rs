@@ -56,11 +56,18 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Node>,
     pub net_backend: &'static str,
+    /// Flags added to every node's command line (they override the TOML file of node 1).
+    pub extra_args: Vec<String>,
 }
 
 impl Cluster {
     /// Starts `n` nodes with the given network backend ("auto", "uring", "poll").
     pub fn start(n: u64, net_backend: &'static str) -> Cluster {
+        Cluster::start_with(n, net_backend, &[])
+    }
+
+    /// Starts `n` nodes with `extra_args` added to every node's flags.
+    pub fn start_with(n: u64, net_backend: &'static str, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("raftline-e2e")
             .tempdir_in("/tmp")
@@ -80,6 +87,7 @@ impl Cluster {
             dir,
             nodes,
             net_backend,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -146,6 +154,7 @@ impl Cluster {
             }
         }
         let child = cmd
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

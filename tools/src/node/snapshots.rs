@@ -1,0 +1,400 @@
+//! Snapshot-and-truncate on one node: the state materialised from committed entries as they are
+//! applied (on the raft thread, one batch decode per entry), a snapshot written in the background
+//! every `every_bytes` of applied log, the log prefix dropped once it is durable, and a snapshot
+//! received from a leader written chunk by chunk and installed.
+//!
+//! Why incremental materialisation on the raft thread: the state is needed anyway to answer the
+//! next snapshot, applying one batch costs a decode of bytes the raft thread just handled, and
+//! it keeps the state exactly at `applied` without a second reader of the log. Taking a snapshot
+//! costs the raft thread one serialisation pass over the state (memcpy speed); the write and its
+//! fsyncs run on a short-lived thread, at most one at a time. The state is bounded by
+//! `state_bytes_max`: beyond it the node stops materialising (one warning) and its log grows
+//! as without snapshots — never an unbounded map.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crossbeam_channel::Receiver;
+use raftline_log::snapshot::{list_snapshots, remove_snapshots_below};
+use raftline_log::{
+    install_snapshot_file, latest_snapshot, read_snapshot, write_snapshot, Batch, Log, LogError,
+};
+use raftline_replicator::{Entry, EntryKind, Index, SnapshotChunk, SnapshotMeta};
+
+use super::state::{KeyState, PayloadError, SnapshotPayload};
+use super::storage::ServedSnapshot;
+
+/// Snapshot files kept on disk (the newest is served; the one before covers a reader that
+/// started on it).
+const SNAPSHOTS_KEPT: usize = 2;
+/// Granularity of the positions remembered to honour `retain_bytes`.
+const RETAIN_CHECKPOINT_BYTES: u64 = 64 << 10;
+/// Name of a snapshot being received (never matches `snap-*.snap`).
+const INCOMING_FILE: &str = "incoming.snap.tmp";
+
+/// When to snapshot and how much log to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Snapshot after this many bytes of log applied since the last one (0 = never).
+    pub every_bytes: u64,
+    /// Log bytes kept below the end after a compaction (consumers tail recent history).
+    pub retain_bytes: u64,
+    /// Largest materialised state; beyond it the node stops snapshotting.
+    pub state_bytes_max: usize,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        SnapshotPolicy {
+            every_bytes: 256 << 20,
+            retain_bytes: 64 << 20,
+            state_bytes_max: 1 << 30,
+        }
+    }
+}
+
+/// Why a snapshot could not be taken, loaded or installed (the node stops).
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Reading, writing or installing a snapshot file, or restarting the log after one.
+    #[error("snapshot file: {0}")]
+    Log(#[from] LogError),
+    /// A snapshot's payload does not decode.
+    #[error("snapshot at index {index}: {source}")]
+    Payload {
+        /// Its index.
+        index: Index,
+        /// Why.
+        source: PayloadError,
+    },
+    /// A committed entry is not a valid batch.
+    #[error("applying entry {index}: {why}")]
+    Apply {
+        /// Its index.
+        index: Index,
+        /// Why.
+        why: String,
+    },
+    /// The core handed out a chunk that does not continue the transfer (a core bug).
+    #[error("snapshot chunk at offset {offset} for index {index} without a transfer from 0")]
+    Chunk {
+        /// The snapshot's index.
+        index: Index,
+        /// The chunk's offset.
+        offset: u64,
+    },
+    /// The snapshot on disk is older than the log's start (a file was removed by hand).
+    #[error("newest snapshot ends at {index} but the log starts at {first_index}")]
+    Gap {
+        /// The snapshot's index.
+        index: Index,
+        /// The log's first index.
+        first_index: Index,
+    },
+    /// The writer thread died.
+    #[error("snapshot writer thread stopped")]
+    WriterLost,
+}
+
+/// A snapshot written by the background thread.
+struct Written {
+    meta: SnapshotMeta,
+    file: raftline_log::SnapshotMeta,
+}
+
+/// One node's snapshots: the state, the trigger, the write in flight, a transfer being received.
+pub struct Snapshots {
+    dir: PathBuf,
+    policy: SnapshotPolicy,
+    /// `None` once the state outgrew `state_bytes_max` (snapshots stop).
+    state: Option<KeyState>,
+    applied_bytes_since_snapshot: u64,
+    applied_bytes_total: u64,
+    /// `(index, applied bytes before it)`, one per `RETAIN_CHECKPOINT_BYTES`, oldest first; only
+    /// those that may still become the compaction floor are kept.
+    checkpoints: VecDeque<(Index, u64)>,
+    writing: Option<Receiver<Result<Written, LogError>>>,
+    incoming: Option<File>,
+    /// Index of the newest durable snapshot.
+    latest_index: Option<Index>,
+}
+
+/// What a node restores at start.
+pub struct Restored {
+    /// The snapshots' keeper, holding the state of the newest snapshot.
+    pub snapshots: Snapshots,
+    /// The newest snapshot (served to followers), if any.
+    pub served: Option<ServedSnapshot>,
+    /// Offset where the log continues after the snapshot.
+    pub next_offset: Option<u64>,
+}
+
+impl Snapshots {
+    /// Loads the newest snapshot in `dir` (created if missing); if the log does not hold the
+    /// snapshot's last entry (a crash between installing a received snapshot and restarting the
+    /// log after it), restarts the log after the snapshot first.
+    pub fn open(dir: &Path, policy: SnapshotPolicy, log: &Log) -> Result<Restored, SnapshotError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| LogError::io(format!("creating {}", dir.display()), e))?;
+        let mut snapshots = Snapshots {
+            dir: dir.to_path_buf(),
+            policy,
+            state: Some(KeyState::default()),
+            applied_bytes_since_snapshot: 0,
+            applied_bytes_total: 0,
+            checkpoints: VecDeque::new(),
+            writing: None,
+            incoming: None,
+            latest_index: None,
+        };
+        let Some(file) = latest_snapshot(dir)? else {
+            return Ok(Restored {
+                snapshots,
+                served: None,
+                next_offset: None,
+            });
+        };
+        let (index, term) = (file.last_index, file.last_term);
+        let payload = decode(index, &read_snapshot(&file)?)?;
+        let holds_last = log.term_at(index) == Some(term);
+        if !holds_last && index + 1 < log.first_index() {
+            return Err(SnapshotError::Gap {
+                index,
+                first_index: log.first_index(),
+            });
+        }
+        if !holds_last {
+            tracing::warn!(
+                index,
+                term,
+                "log does not hold the snapshot's end: restarting it after the snapshot"
+            );
+            log.restart_after_snapshot(index, term, payload.next_offset)?
+                .wait()?;
+        }
+        let meta = SnapshotMeta {
+            index,
+            term,
+            membership: payload.membership,
+        };
+        let served = ServedSnapshot::open(meta, &file.path)?;
+        snapshots.latest_index = Some(index);
+        snapshots.state = Some(payload.state);
+        tracing::info!(
+            index,
+            term,
+            keys = snapshots.keys(),
+            "state restored from snapshot"
+        );
+        Ok(Restored {
+            snapshots,
+            served: Some(served),
+            next_offset: Some(payload.next_offset),
+        })
+    }
+
+    /// The materialised state (`None` if it outgrew its bound).
+    #[cfg(test)] // the node serves no key lookups; tests check the state
+    pub fn state(&self) -> Option<&KeyState> {
+        self.state.as_ref()
+    }
+
+    fn keys(&self) -> usize {
+        self.state.as_ref().map_or(0, KeyState::len)
+    }
+
+    /// Whether a snapshot is being written.
+    #[cfg(test)]
+    pub fn writing(&self) -> bool {
+        self.writing.is_some()
+    }
+
+    /// Index of the newest durable snapshot.
+    pub fn latest_index(&self) -> Option<Index> {
+        self.latest_index
+    }
+
+    /// Feeds one committed entry (in log order) to the state.
+    pub fn apply(&mut self, entry: &Entry) -> Result<(), SnapshotError> {
+        let bytes = entry.payload.len() as u64;
+        if self.applied_bytes_total / RETAIN_CHECKPOINT_BYTES
+            != (self.applied_bytes_total + bytes) / RETAIN_CHECKPOINT_BYTES
+            || self.checkpoints.is_empty()
+        {
+            self.checkpoints
+                .push_back((entry.index, self.applied_bytes_total));
+        }
+        self.applied_bytes_total += bytes;
+        self.applied_bytes_since_snapshot += bytes;
+        let total = self.applied_bytes_total;
+        let retain = self.policy.retain_bytes;
+        while self
+            .checkpoints
+            .get(1)
+            .is_some_and(|&(_, before)| total - before >= retain)
+        {
+            self.checkpoints.pop_front();
+        }
+        if entry.kind != EntryKind::Command || self.policy.every_bytes == 0 {
+            return Ok(());
+        }
+        let Some(state) = self.state.as_mut() else {
+            return Ok(());
+        };
+        let apply_error = |why: String| SnapshotError::Apply {
+            index: entry.index,
+            why,
+        };
+        let batch = Batch::from_entry_bytes(entry.payload.to_vec())
+            .map_err(|e| apply_error(e.to_string()))?;
+        state
+            .apply(&batch)
+            .map_err(|e| apply_error(e.to_string()))?;
+        if state.bytes() > self.policy.state_bytes_max {
+            tracing::warn!(
+                state_bytes = state.bytes(),
+                state_bytes_max = self.policy.state_bytes_max,
+                "materialised state outgrew its bound: this node stops taking snapshots (its log is no longer compacted)"
+            );
+            self.state = None;
+        }
+        Ok(())
+    }
+
+    /// Starts writing a snapshot at `index` (= the applied index) if enough log was applied since
+    /// the last one and no write is in flight.
+    pub fn maybe_start(
+        &mut self,
+        index: Index,
+        term: Option<u64>,
+        membership: &raftline_replicator::message::Membership,
+        next_offset: u64,
+    ) {
+        let due = self.policy.every_bytes > 0
+            && self.applied_bytes_since_snapshot >= self.policy.every_bytes
+            && self.writing.is_none()
+            && self.latest_index.is_none_or(|l| l < index);
+        let (Some(state), Some(term), true) = (self.state.as_ref(), term, due) else {
+            return;
+        };
+        let payload = SnapshotPayload::encode(next_offset, membership, state);
+        let meta = SnapshotMeta {
+            index,
+            term,
+            membership: membership.clone(),
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let dir = self.dir.clone();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-writer".into())
+            .spawn(move || {
+                let written =
+                    write_snapshot(&dir, index, term, &payload).map(|file| Written { meta, file });
+                let _ = tx.send(written);
+            });
+        match spawned {
+            Ok(_) => {
+                self.applied_bytes_since_snapshot = 0;
+                self.writing = Some(rx);
+                tracing::debug!(index, term, "snapshot started");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the snapshot writer; retrying later")
+            }
+        }
+    }
+
+    /// A snapshot the background thread finished: the index below which the log may now be
+    /// dropped (the retain floor honoured) and the snapshot to serve. `None` while none finished
+    /// or if a newer one was installed meanwhile.
+    pub fn poll_written(&mut self) -> Result<Option<(ServedSnapshot, Index)>, SnapshotError> {
+        let Some(rx) = self.writing.as_ref() else {
+            return Ok(None);
+        };
+        let written = match rx.try_recv() {
+            Ok(w) => w?,
+            Err(crossbeam_channel::TryRecvError::Empty) => return Ok(None),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                return Err(SnapshotError::WriterLost)
+            }
+        };
+        self.writing = None;
+        let index = written.meta.index;
+        if self.latest_index.is_some_and(|l| l >= index) {
+            return Ok(None);
+        }
+        let served = ServedSnapshot::open(written.meta, &written.file.path)?;
+        self.latest_index = Some(index);
+        self.remove_old()?;
+        let floor = if self.policy.retain_bytes == 0 {
+            index + 1
+        } else {
+            let total = self.applied_bytes_total;
+            match self.checkpoints.front() {
+                Some(&(i, before)) if total - before >= self.policy.retain_bytes => i,
+                _ => 0,
+            }
+        };
+        tracing::info!(index, keys = self.keys(), "snapshot written");
+        Ok(Some((served, floor.min(index + 1))))
+    }
+
+    fn remove_old(&self) -> Result<(), LogError> {
+        let kept = list_snapshots(&self.dir)?;
+        if let Some(oldest_kept) = kept.get(SNAPSHOTS_KEPT - 1) {
+            remove_snapshots_below(&self.dir, oldest_kept.last_index)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a chunk of a snapshot received from the leader; on the last one installs the file
+    /// durably and returns its decoded payload (the caller then restarts the log after it).
+    pub fn receive(
+        &mut self,
+        chunk: &SnapshotChunk,
+    ) -> Result<Option<(ServedSnapshot, SnapshotPayload)>, SnapshotError> {
+        let tmp = self.dir.join(INCOMING_FILE);
+        let io = |e| LogError::io(format!("writing {}", tmp.display()), e);
+        if chunk.offset == 0 {
+            self.incoming = Some(File::create(&tmp).map_err(io)?);
+        }
+        let Some(file) = self.incoming.as_ref() else {
+            return Err(SnapshotError::Chunk {
+                index: chunk.meta.index,
+                offset: chunk.offset,
+            });
+        };
+        file.write_all_at(&chunk.data, chunk.offset).map_err(io)?;
+        if !chunk.done {
+            return Ok(None);
+        }
+        self.incoming = None;
+        let (index, term) = (chunk.meta.index, chunk.meta.term);
+        let (file, payload) = install_snapshot_file(&self.dir, &tmp, index, term)?;
+        let payload = decode(index, &payload)?;
+        let served = ServedSnapshot::open(chunk.meta.clone(), &file.path)?;
+        Ok(Some((served, payload)))
+    }
+
+    /// The received snapshot is installed and the log restarted after it: its state is ours.
+    pub fn installed(&mut self, index: Index, state: KeyState) -> Result<(), SnapshotError> {
+        self.state = Some(state);
+        self.latest_index = Some(index);
+        self.applied_bytes_since_snapshot = 0;
+        self.applied_bytes_total = 0;
+        self.checkpoints.clear();
+        self.remove_old()?;
+        tracing::info!(
+            index,
+            keys = self.keys(),
+            "snapshot from the leader installed"
+        );
+        Ok(())
+    }
+}
+
+fn decode(index: Index, payload: &[u8]) -> Result<SnapshotPayload, SnapshotError> {
+    SnapshotPayload::decode(payload).map_err(|source| SnapshotError::Payload { index, source })
+}
