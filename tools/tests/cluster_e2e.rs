@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use cluster_support::{
-    append_window, read_all, status, tagged_batch, Cluster, Conn, Outcome, DEADLINE,
+    append_window, http_get, read_all, status, tagged_batch, Cluster, Conn, Outcome, DEADLINE,
 };
 use raftline_netio::client_proto::{AckMode, ClientError, Request, Response};
 
@@ -129,15 +129,6 @@ fn produce_and_read_back_everywhere(backend: &'static str) {
 }
 
 /// The body of an HTTP GET (the metrics endpoint closes after each answer).
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    answer
-}
 
 #[test]
 fn acknowledged_records_are_read_back_exactly_once_in_order_from_every_node() {

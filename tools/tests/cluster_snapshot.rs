@@ -8,7 +8,7 @@ mod cluster_support;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use cluster_support::{append_window, status, Cluster, Conn, Outcome, DEADLINE};
+use cluster_support::{append_window, http_get, status, Cluster, Conn, Outcome, DEADLINE};
 use raftline_log::Batch;
 use raftline_netio::client_proto::{split_batches, ClientError, Request, Response, StartFrom};
 
@@ -102,6 +102,23 @@ fn a_node_behind_the_compacted_log_catches_up_by_snapshot_and_serves_the_same_re
         } => {
             assert!(earliest > 0);
             assert!(index + 1 >= leader_status.log_first_index);
+            // Published once per tick: poll until it shows this snapshot.
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                let metrics = http_get(cluster.node(leader).metrics, "/metrics");
+                let exported = metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix("raftline_snapshot_index "))
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if exported.is_some_and(|e| e >= index) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "metrics never exported the snapshot index {index}: {exported:?}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
         other => panic!("expected OffsetOutOfRange naming a snapshot, got {other:?}"),
     }

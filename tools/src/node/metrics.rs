@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ pub struct Metrics {
     pub append_commit_us: Pow2Histogram,
     /// Bytes of each batch appended by a producer.
     pub batch_bytes: Pow2Histogram,
+    /// Index of the newest durable snapshot (0: none).
+    pub snapshot_index: AtomicU64,
 }
 
 impl Metrics {
@@ -29,6 +31,7 @@ impl Metrics {
             log,
             append_commit_us: Pow2Histogram::default(),
             batch_bytes: Pow2Histogram::default(),
+            snapshot_index: AtomicU64::new(0),
         }
     }
 
@@ -54,6 +57,12 @@ impl Metrics {
                 out.push_str(&format!("raftline_role{{role=\"{name}\"}} {v}\n"));
             }
             gauge(&mut out, "raftline_term", "Current Raft term.", s.term);
+            gauge(
+                &mut out,
+                "raftline_snapshot_index",
+                "Index of the newest durable snapshot; the log below it may be dropped (0: none).",
+                self.snapshot_index.load(Ordering::Relaxed),
+            );
             gauge(
                 &mut out,
                 "raftline_leader_id",

@@ -144,6 +144,10 @@ pub fn run(
             replica.tick();
             sessions.expire(&mut net, now);
             metrics.publish(status(&cfg, &replica, &net));
+            let snapshot_index = replica.snapshot_index().unwrap_or(0);
+            metrics
+                .snapshot_index
+                .store(snapshot_index, std::sync::atomic::Ordering::Relaxed);
             next_tick += cfg.tick;
             if next_tick < now {
                 // The loop fell behind (a long stall): skip missed ticks rather than burst them.

@@ -288,6 +288,16 @@ impl Conn {
     }
 }
 
+/// GET `path` from a node's metrics endpoint; asserts a 200 answer and returns it whole.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
+}
+
 /// The status of the node at `addr`.
 pub fn status(addr: SocketAddr) -> std::io::Result<NodeStatus> {
     let mut conn = Conn::connect(addr)?;
