@@ -5,50 +5,12 @@
 
 mod cluster_support;
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
-use cluster_support::{append_window, http_get, status, Cluster, Conn, Outcome, DEADLINE};
-use raftline_log::Batch;
-use raftline_netio::client_proto::{split_batches, ClientError, Request, Response, StartFrom};
-
-/// `(offset, tag)` of every record from `from` to `end` at the node at `addr`.
-fn read_range(addr: SocketAddr, from: u64, end: u64) -> Vec<(u64, u64)> {
-    let mut conn = Conn::connect(addr).unwrap();
-    conn.send(&Request::Subscribe {
-        subscription_id: 1,
-        from: StartFrom::Offset(from),
-        window_bytes: 1 << 20,
-    })
-    .unwrap();
-    let mut out = Vec::new();
-    let mut next = from;
-    while next < end {
-        match conn.recv().unwrap() {
-            Response::Subscribed { start_offset, .. } => assert_eq!(start_offset, from),
-            Response::Batches { batches, .. } => {
-                for bytes in split_batches(&batches) {
-                    let batch = Batch::decode(bytes.unwrap().to_vec()).unwrap();
-                    let h = batch.header();
-                    for (i, r) in batch.records().unwrap().into_iter().enumerate() {
-                        let offset = h.base_offset + i as u64;
-                        if (from..end).contains(&offset) {
-                            out.push((offset, r.timestamp_ms));
-                        }
-                    }
-                    next = h.next_offset();
-                }
-                conn.send(&Request::Credit {
-                    subscription_id: 1,
-                    bytes: batches.len() as u64,
-                })
-                .unwrap();
-            }
-            other => panic!("unexpected answer while reading: {other:?}"),
-        }
-    }
-    out
-}
+use cluster_support::{
+    append_window, http_get, read_range, status, Cluster, Conn, Outcome, DEADLINE,
+};
+use raftline_netio::client_proto::{ClientError, Request, Response, StartFrom};
 
 #[test]
 fn a_node_behind_the_compacted_log_catches_up_by_snapshot_and_serves_the_same_records() {

@@ -323,30 +323,54 @@ pub fn tagged_batch(tag: u64, records: u64) -> Vec<u8> {
 }
 
 /// Reads every committed record of the node at `addr` from offset 0 until `end_offset`:
-/// `(offset, tag)` per record, in stream order.
+/// `(offset, tag)` per record, in stream order; no batch may reach past `end_offset`.
 pub fn read_all(addr: SocketAddr, end_offset: u64) -> Vec<(u64, u64)> {
+    let (out, next) = read_from(addr, 0, end_offset);
+    assert_eq!(next, end_offset, "no batch past the end");
+    out
+}
+
+/// `(offset, tag)` of every committed record in `[from, end)` at the node at `addr`.
+pub fn read_range(addr: SocketAddr, from: u64, end: u64) -> Vec<(u64, u64)> {
+    read_from(addr, from, end).0
+}
+
+/// Subscribes at `from` and reads until the stream reaches `end`: the records in `[from, end)`
+/// and the offset after the last batch received. The first batch is the one holding `from`
+/// (sent whole); every later one must follow it densely.
+fn read_from(addr: SocketAddr, from: u64, end: u64) -> (Vec<(u64, u64)>, u64) {
     let mut conn = Conn::connect(addr).unwrap();
-    let window = 1 << 20;
     conn.send(&Request::Subscribe {
         subscription_id: 1,
-        from: StartFrom::Offset(0),
-        window_bytes: window,
+        from: StartFrom::Offset(from),
+        window_bytes: 1 << 20,
     })
     .unwrap();
     let mut out = Vec::new();
-    let mut next = 0;
-    while next < end_offset {
+    let mut next: Option<u64> = None;
+    while next.unwrap_or(from) < end {
         match conn.recv().unwrap() {
-            Response::Subscribed { start_offset, .. } => assert_eq!(start_offset, 0),
+            Response::Subscribed { start_offset, .. } => assert_eq!(start_offset, from),
             Response::Batches { batches, .. } => {
                 for bytes in split_batches(&batches) {
                     let batch = Batch::decode(bytes.unwrap().to_vec()).unwrap();
                     let h = batch.header();
-                    assert_eq!(h.base_offset, next, "batches arrive dense and in order");
-                    for (i, r) in batch.records().unwrap().into_iter().enumerate() {
-                        out.push((h.base_offset + i as u64, r.timestamp_ms));
+                    match next {
+                        Some(n) => {
+                            assert_eq!(h.base_offset, n, "batches arrive dense and in order")
+                        }
+                        None => assert!(
+                            h.base_offset <= from && from < h.next_offset(),
+                            "the first batch holds the start offset"
+                        ),
                     }
-                    next = h.next_offset();
+                    for (i, r) in batch.records().unwrap().into_iter().enumerate() {
+                        let offset = h.base_offset + i as u64;
+                        if (from..end).contains(&offset) {
+                            out.push((offset, r.timestamp_ms));
+                        }
+                    }
+                    next = Some(h.next_offset());
                 }
                 conn.send(&Request::Credit {
                     subscription_id: 1,
@@ -357,8 +381,7 @@ pub fn read_all(addr: SocketAddr, end_offset: u64) -> Vec<(u64, u64)> {
             other => panic!("unexpected answer while reading: {other:?}"),
         }
     }
-    assert_eq!(next, end_offset, "no batch past the end");
-    out
+    (out, next.unwrap_or(from))
 }
 
 /// Outcome of one append as the client saw it.
