@@ -344,6 +344,18 @@ impl Batch {
         })?
     }
 
+    /// Calls `visit(key, value)` for every record that has a key, in order, reading the validated
+    /// archive in place: keyless records (most of a log) are never deserialised or copied.
+    pub fn for_each_keyed(&self, mut visit: impl FnMut(&[u8], &[u8])) -> Result<(), BatchError> {
+        self.with_archive(|archived| {
+            for record in archived.iter() {
+                if let Some(key) = record.key.as_ref() {
+                    visit(key.as_slice(), record.value.as_slice());
+                }
+            }
+        })
+    }
+
     fn with_archive<T>(
         &self,
         f: impl FnOnce(&rkyv::vec::ArchivedVec<ArchivedRecord>) -> T,
@@ -397,6 +409,16 @@ mod tests {
                 headers: vec![("h".into(), b"v".to_vec()), ("empty".into(), vec![])],
             },
         ]
+    }
+
+    #[test]
+    fn keyed_records_are_visited_in_order_and_keyless_ones_skipped() {
+        let batch = Batch::encode(&sample_records()).unwrap();
+        let mut seen = Vec::new();
+        batch
+            .for_each_keyed(|k, v| seen.push((k.to_vec(), v.to_vec())))
+            .unwrap();
+        assert_eq!(seen, vec![(b"k1".to_vec(), b"hello".to_vec())]);
     }
 
     #[test]

@@ -44,12 +44,7 @@ pub struct PayloadError(&'static str);
 impl KeyState {
     /// Applies every keyed record of a committed batch in order.
     pub fn apply(&mut self, batch: &Batch) -> Result<(), BatchError> {
-        for record in batch.records()? {
-            if let Some(key) = record.key {
-                self.set(key, record.value);
-            }
-        }
-        Ok(())
+        batch.for_each_keyed(|key, value| self.set(key.to_vec(), value.to_vec()))
     }
 
     fn set(&mut self, key: Vec<u8>, value: Vec<u8>) {
