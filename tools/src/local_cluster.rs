@@ -199,6 +199,11 @@ impl LocalCluster {
         }
     }
 
+    /// (node id, process id) of every node (for CPU accounting from /proc).
+    pub fn node_pids(&self) -> Vec<(u64, u32)> {
+        self.nodes.iter().map(|n| (n.id, n.child.id())).collect()
+    }
+
     /// The id of a node that has exited, if any did.
     pub fn exited(&mut self) -> Option<u64> {
         self.nodes

@@ -1,6 +1,8 @@
 //! `raftline`: the command-line front end of raftline.
 
 mod bench_cluster;
+mod bench_cpu;
+mod bench_load;
 mod bench_fsync;
 mod cluster_args;
 mod dev;
