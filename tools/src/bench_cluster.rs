@@ -29,6 +29,7 @@ use crate::bench_load::{
     self, LoadResult, LoadSpec, Shared, PHASE_MEASURE, PHASE_STOP, PHASE_WARMUP, STAMP_BYTES,
     STAMP_MAGIC,
 };
+use crate::bench_tail::{self, TailFigures};
 use crate::local_cluster::{self, LocalCluster};
 use crate::produce::AckArg;
 
@@ -96,6 +97,10 @@ pub struct ClusterBenchArgs {
     /// produce->consume latency; the latency needs -V 16 or more).
     #[arg(short = 'C', long, default_value_t = 0)]
     pub consumers: usize,
+    /// Workload W4 instead of a load: fill the log with N records (big batches), then time one
+    /// consumer reading all of them from offset 0, checking every offset arrives once, in order.
+    #[arg(long, value_name = "N")]
+    pub tail_log: Option<u64>,
     /// Load generator threads; the P connections are split between them (each thread drives
     /// its connections through one epoll set).
     #[arg(long, default_value_t = 1)]
@@ -112,7 +117,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const FSYNC_PROBE_FILE_BYTES: u64 = 64 << 20;
 /// Largest scratch file of the bandwidth probe.
 const BANDWIDTH_PROBE_FILE_BYTES: u64 = 2 << 30;
-
 
 /// What was run.
 #[derive(Debug, Serialize)]
@@ -174,6 +178,8 @@ pub struct ClusterBenchReport {
     /// The measured load (absent in the sweep and tail modes).
     #[serde(flatten)]
     pub load: Option<LoadFigures>,
+    /// With --tail-log: the prefill and the consumer's read.
+    pub tail: Option<TailFigures>,
     /// The disk's own limits.
     pub disk: DiskFigures,
     /// value_mb_per_s / (disk sequential MB/s / 3 replicas): the share of the bandwidth each of
@@ -312,6 +318,9 @@ fn validate(args: &ClusterBenchArgs) -> anyhow::Result<()> {
         args.disk_probe_secs > 0.0 && args.disk_probe_secs <= 60.0,
         "--disk-probe-secs must be in (0, 60]"
     );
+    if let Some(records) = args.tail_log {
+        anyhow::ensure!(records > 0, "--tail-log must be at least 1 record");
+    }
     if let Some(rate) = args.rate {
         anyhow::ensure!(
             rate > 0.0 && rate.is_finite(),
@@ -363,7 +372,14 @@ fn run_in(
             }
         }
     };
-    let result = load(args, &target, stop);
+    let result = match args.tail_log {
+        Some(records) => {
+            let config = load_config(&target.config, args.ack, 1, 1);
+            bench_tail::run(&config, records, args.value_bytes, &target.watched, stop)
+                .map(Mode::Tail)
+        }
+        None => load(args, &target, stop).map(Mode::Load),
+    };
     if let Some(mut cluster) = local {
         for outcome in cluster.stop() {
             if outcome.status.is_none() {
@@ -374,13 +390,25 @@ fn run_in(
             }
         }
     }
-    let load = result?;
+    let (load, tail) = match result? {
+        Mode::Load(load) => (Some(load), None),
+        Mode::Tail(tail) => (None, Some(tail)),
+    };
     Ok(ClusterBenchReport {
         setup: setup(args),
-        durable_share_of_disk_per_replica: Some(share_of_disk(load.value_mb_per_s, &disk)),
-        load: Some(load),
+        durable_share_of_disk_per_replica: load
+            .as_ref()
+            .map(|l| share_of_disk(l.value_mb_per_s, &disk)),
+        load,
+        tail,
         disk,
     })
+}
+
+/// What a run measured, by mode.
+enum Mode {
+    Load(LoadFigures),
+    Tail(TailFigures),
 }
 
 fn setup(args: &ClusterBenchArgs) -> BenchSetup {
@@ -456,7 +484,12 @@ struct Target {
 
 /// The client configuration of the load: exactly B records per append, never cut by bytes or
 /// lingering.
-fn load_config(args: &ClientConfig, ack: AckArg, window: usize, batch_records: usize) -> ClientConfig {
+fn load_config(
+    args: &ClientConfig,
+    ack: AckArg,
+    window: usize,
+    batch_records: usize,
+) -> ClientConfig {
     let mut config = args.clone();
     config.ack = ack_mode(ack);
     config.window_appends = window;
@@ -739,7 +772,13 @@ fn scrape_metrics(addr: SocketAddr) -> anyhow::Result<MetricsSample> {
 
 fn render_text(r: &ClusterBenchReport) -> String {
     let s = &r.setup;
-    let mut out = format!(
+    let mut out = if let Some(t) = &r.tail {
+        format!(
+            "raftline bench cluster ({} cluster): --tail-log {} records of V={} bytes, ack={}\n",
+            s.cluster, t.records_in_log, s.value_bytes, s.ack
+        )
+    } else {
+        format!(
         "raftline bench cluster ({} cluster): P={} producers x W={} in flight x B={} records of V={} bytes, ack={}{}\n",
         s.cluster,
         s.producers,
@@ -749,9 +788,13 @@ fn render_text(r: &ClusterBenchReport) -> String {
         s.ack,
         s.rate_appends_per_s
             .map_or(String::new(), |r| format!(", fixed rate {r:.0} appends/s"))
-    );
+        )
+    };
     if let Some(load) = &r.load {
         out += &render_load(load);
+    }
+    if let Some(tail) = &r.tail {
+        out += &render_tail(tail);
     }
     let d = &r.disk;
     out += &format!(
@@ -839,6 +882,21 @@ fn render_load(r: &LoadFigures) -> String {
             .map_or(String::new(), |c| format!(", used {c:.0}% of a core"))
     );
     if let Some(cpu) = &r.cpu {
+        out += &render_cpu(cpu);
+    }
+    out
+}
+
+fn render_tail(t: &TailFigures) -> String {
+    let mut out = format!(
+        "prefill     {} records in batches of {} (P=4, W=8): {:.0} records/s ({:.1} s)\n",
+        t.records_in_log, t.prefill_batch_records, t.prefill_records_per_s, t.prefill_s
+    );
+    out += &format!(
+        "tail        one consumer from offset 0: {} records in {} batches, every offset once and in order; {:.0} records/s, {:.1} MB/s of values ({:.2} s)\n",
+        t.records_read, t.batches_read, t.read_records_per_s, t.read_value_mb_per_s, t.read_s
+    );
+    if let Some(cpu) = &t.read_cpu {
         out += &render_cpu(cpu);
     }
     out

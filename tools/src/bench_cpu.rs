@@ -122,7 +122,12 @@ fn threads_of(pid: u32) -> BTreeMap<String, (usize, u64)> {
         let name = stat[open + 1..close].to_string();
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         // After the comm: state(0) ... utime(11) stime(12).
-        let jiffies = |i: usize| fields.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        let jiffies = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|x| x.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         let entry = by_name.entry(name).or_default();
         entry.0 += 1;
         entry.1 += jiffies(11) + jiffies(12);

@@ -119,7 +119,8 @@ pub fn spawn(
     (0..threads)
         .map(|t| {
             // Connections split as evenly as possible; so is the rate.
-            let connections = spec.connections / threads + usize::from(t < spec.connections % threads);
+            let connections =
+                spec.connections / threads + usize::from(t < spec.connections % threads);
             let rate = spec
                 .rate
                 .map(|r| r * connections as f64 / spec.connections as f64);
@@ -189,7 +190,13 @@ fn drive(
         producer.poll(wait, &mut done)?;
         for append in done.drain(..) {
             free.push(append.connection);
-            account(&append, intended(append.tag), spec.batch_records as u64, shared, &mut result);
+            account(
+                &append,
+                intended(append.tag),
+                spec.batch_records as u64,
+                shared,
+                &mut result,
+            );
         }
     }
     // Leave nothing unanswered on the connections; these answers are not counted.

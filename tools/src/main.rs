@@ -2,8 +2,9 @@
 
 mod bench_cluster;
 mod bench_cpu;
-mod bench_load;
 mod bench_fsync;
+mod bench_load;
+mod bench_tail;
 mod cluster_args;
 mod dev;
 mod local_cluster;

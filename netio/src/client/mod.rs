@@ -31,7 +31,7 @@ use crate::frame::PAYLOAD_BYTES_MAX_DEFAULT;
 
 pub use multi_producer::{AppendDone, MultiProducer};
 pub use producer::{Producer, RecordAck};
-pub use subscription::{ConsumedRecord, Subscription};
+pub use subscription::{ConsumedBatch, ConsumedRecord, Subscription};
 
 use connection::Connection;
 use pipeline::Pipeline;

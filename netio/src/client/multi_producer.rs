@@ -210,10 +210,9 @@ impl MultiProducer {
         let wait = if !done.is_empty() {
             Duration::ZERO
         } else {
-            self.next_wake()
-                .map_or(timeout, |at| {
-                    at.saturating_duration_since(Instant::now()).min(timeout)
-                })
+            self.next_wake().map_or(timeout, |at| {
+                at.saturating_duration_since(Instant::now()).min(timeout)
+            })
         };
         let ready = self.epoll_wait(wait)?;
         for e in 0..ready {
@@ -388,7 +387,12 @@ impl MultiProducer {
                 return Ok(());
             }
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
                 return Ok(())
             }
             Err(e) => {
@@ -461,7 +465,11 @@ impl MultiProducer {
             } => {
                 // Not appended: only this append goes back, first in line, after a pause.
                 let conn = &mut self.conns[i];
-                if let Some(at) = conn.in_flight.iter().position(|p| p.request_id == request_id) {
+                if let Some(at) = conn
+                    .in_flight
+                    .iter()
+                    .position(|p| p.request_id == request_id)
+                {
                     let pending = conn.in_flight.remove(at).expect("position is in range");
                     conn.queued.push_front(pending);
                     conn.paused_until = Some(Instant::now() + self.config.backoff_min);
@@ -501,7 +509,11 @@ impl MultiProducer {
     ) {
         let conn = &mut self.conns[i];
         // Answers come in order on one connection, so the match is almost always the front.
-        let Some(at) = conn.in_flight.iter().position(|p| p.request_id == request_id) else {
+        let Some(at) = conn
+            .in_flight
+            .iter()
+            .position(|p| p.request_id == request_id)
+        else {
             return;
         };
         let pending = conn.in_flight.remove(at).expect("position is in range");
@@ -525,7 +537,11 @@ impl MultiProducer {
     /// Connection `i` failed: close it, put its unanswered appends back in front of its queue
     /// (in order: they are resent first) and reconnect on the next pump.
     fn fail(&mut self, i: usize, why: String, hint: Option<Option<String>>) {
-        tracing::debug!(connection = i, why, "load connection failed; resending its appends");
+        tracing::debug!(
+            connection = i,
+            why,
+            "load connection failed; resending its appends"
+        );
         match hint {
             Some(Some(address)) => self.leader = Some(address),
             _ => self.leader = None,
@@ -657,13 +673,7 @@ fn epoll_modify(epoll: i32, stream: &TcpStream, i: usize, writable: bool) -> io:
     epoll_ctl(epoll, libc::EPOLL_CTL_MOD, stream, i, writable)
 }
 
-fn epoll_ctl(
-    epoll: i32,
-    op: i32,
-    stream: &TcpStream,
-    i: usize,
-    writable: bool,
-) -> io::Result<()> {
+fn epoll_ctl(epoll: i32, op: i32, stream: &TcpStream, i: usize, writable: bool) -> io::Result<()> {
     let mut interest = libc::EPOLLIN | libc::EPOLLRDHUP;
     if writable {
         interest |= libc::EPOLLOUT;
