@@ -29,6 +29,7 @@ use crate::bench_load::{
     self, LoadResult, LoadSpec, Shared, PHASE_MEASURE, PHASE_STOP, PHASE_WARMUP, STAMP_BYTES,
     STAMP_MAGIC,
 };
+use crate::bench_sweep::{self, SweepPoint};
 use crate::bench_tail::{self, TailFigures};
 use crate::local_cluster::{self, LocalCluster};
 use crate::produce::AckArg;
@@ -48,7 +49,7 @@ The local cluster and its data are removed at the end (nodes get SIGTERM, then S
 10 s). Records are acknowledged with --ack quorum (durable on a majority) unless told otherwise.";
 
 /// Flags of `raftline bench cluster`.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct ClusterBenchArgs {
     /// Producer connections (one thread each).
     #[arg(short = 'P', long, default_value_t = 4)]
@@ -101,6 +102,22 @@ pub struct ClusterBenchArgs {
     /// consumer reading all of them from offset 0, checking every offset arrives once, in order.
     #[arg(long, value_name = "N")]
     pub tail_log: Option<u64>,
+    /// Sweep a grid of P x W points (each a short run on the same cluster; -P and -W are then
+    /// ignored): throughput vs latency as a table, in --json, and as a chart with --svg.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Producer counts of the sweep grid.
+    #[arg(long, value_delimiter = ',', default_values_t = bench_sweep::DEFAULT_PRODUCERS.to_vec())]
+    pub sweep_producers: Vec<usize>,
+    /// Windows of the sweep grid (one curve each).
+    #[arg(long, value_delimiter = ',', default_values_t = bench_sweep::DEFAULT_WINDOWS.to_vec())]
+    pub sweep_windows: Vec<usize>,
+    /// Measured seconds per sweep point (after 1 s of warm-up, or --warmup if shorter).
+    #[arg(long, default_value_t = 3.0)]
+    pub sweep_point_secs: f64,
+    /// With --sweep: write the throughput-vs-latency chart to this SVG file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
     /// Load generator threads; the P connections are split between them (each thread drives
     /// its connections through one epoll set).
     #[arg(long, default_value_t = 1)]
@@ -113,6 +130,8 @@ pub struct ClusterBenchArgs {
 /// Longest the generator waits for one answer: far beyond any healthy commit, short enough that
 /// a wedged cluster ends the run.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest warm-up of one sweep point (the cluster is already warm from the previous point).
+const SWEEP_WARMUP_S: f64 = 1.0;
 /// Largest scratch file of the 4 KiB fdatasync probe (prewritten first, so kept small).
 const FSYNC_PROBE_FILE_BYTES: u64 = 64 << 20;
 /// Largest scratch file of the bandwidth probe.
@@ -180,6 +199,8 @@ pub struct ClusterBenchReport {
     pub load: Option<LoadFigures>,
     /// With --tail-log: the prefill and the consumer's read.
     pub tail: Option<TailFigures>,
+    /// With --sweep: one measured point per (P, W).
+    pub sweep: Option<Vec<SweepPoint>>,
     /// The disk's own limits.
     pub disk: DiskFigures,
     /// value_mb_per_s / (disk sequential MB/s / 3 replicas): the share of the bandwidth each of
@@ -293,6 +314,19 @@ pub fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let report = result?;
+    if let (Some(points), Some(svg)) = (&report.sweep, &args.svg) {
+        let subtitle = format!(
+            "3 nodes, B={} x V={} B, ack={}, {} s/point; disk {:.0} MB/s, 4K fsync p50 {:.0} us",
+            args.batch_records,
+            args.value_bytes,
+            report.setup.ack,
+            args.sweep_point_secs,
+            report.disk.sequential_mb_per_s,
+            report.disk.fdatasync_4k_commit_us.us_p50
+        );
+        std::fs::write(svg, bench_sweep::render_svg(points, &subtitle))
+            .with_context(|| format!("writing {}", svg.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -317,6 +351,30 @@ fn validate(args: &ClusterBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.disk_probe_secs > 0.0 && args.disk_probe_secs <= 60.0,
         "--disk-probe-secs must be in (0, 60]"
+    );
+    if args.sweep {
+        anyhow::ensure!(
+            !args.sweep_producers.is_empty()
+                && !args.sweep_windows.is_empty()
+                && args.sweep_producers.iter().chain(&args.sweep_windows).all(|&n| n > 0),
+            "--sweep-producers and --sweep-windows must list numbers of at least 1"
+        );
+        anyhow::ensure!(
+            args.sweep_point_secs > 0.0,
+            "--sweep-point-secs must be positive"
+        );
+        let points = args.sweep_producers.len() * args.sweep_windows.len();
+        let total = points as f64 * (args.sweep_point_secs + args.warmup.min(SWEEP_WARMUP_S));
+        anyhow::ensure!(
+            total <= bench_sweep::SWEEP_SECS_MAX,
+            "the sweep would take {total:.0} s ({points} points); at most {:.0} s: fewer points or a shorter --sweep-point-secs",
+            bench_sweep::SWEEP_SECS_MAX
+        );
+        anyhow::ensure!(args.tail_log.is_none(), "--sweep and --tail-log are separate runs");
+    }
+    anyhow::ensure!(
+        args.svg.is_none() || args.sweep,
+        "--svg draws the sweep: add --sweep"
     );
     if let Some(records) = args.tail_log {
         anyhow::ensure!(records > 0, "--tail-log must be at least 1 record");
@@ -378,6 +436,7 @@ fn run_in(
             bench_tail::run(&config, records, args.value_bytes, &target.watched, stop)
                 .map(Mode::Tail)
         }
+        None if args.sweep => sweep(args, &target, stop).map(Mode::Sweep),
         None => load(args, &target, stop).map(Mode::Load),
     };
     if let Some(mut cluster) = local {
@@ -390,10 +449,12 @@ fn run_in(
             }
         }
     }
-    let (load, tail) = match result? {
-        Mode::Load(load) => (Some(load), None),
-        Mode::Tail(tail) => (None, Some(tail)),
-    };
+    let (mut load, mut tail, mut sweep) = (None, None, None);
+    match result? {
+        Mode::Load(figures) => load = Some(figures),
+        Mode::Tail(figures) => tail = Some(figures),
+        Mode::Sweep(points) => sweep = Some(points),
+    }
     Ok(ClusterBenchReport {
         setup: setup(args),
         durable_share_of_disk_per_replica: load
@@ -401,14 +462,43 @@ fn run_in(
             .map(|l| share_of_disk(l.value_mb_per_s, &disk)),
         load,
         tail,
+        sweep,
         disk,
     })
+}
+
+/// Runs every point of the grid on the same cluster, one after the other.
+fn sweep(
+    args: &ClusterBenchArgs,
+    target: &Target,
+    stop: &StopSignal,
+) -> anyhow::Result<Vec<SweepPoint>> {
+    let mut points = Vec::new();
+    for (producers, window) in bench_sweep::grid(&args.sweep_producers, &args.sweep_windows) {
+        let point_args = ClusterBenchArgs {
+            producers,
+            window,
+            duration: args.sweep_point_secs,
+            warmup: args.warmup.min(SWEEP_WARMUP_S),
+            ..args.clone()
+        };
+        eprintln!("sweep: P={producers} W={window}");
+        let figures = load(&point_args, target, stop)
+            .with_context(|| format!("sweep point P={producers} W={window}"))?;
+        points.push(SweepPoint {
+            producers,
+            window,
+            figures,
+        });
+    }
+    Ok(points)
 }
 
 /// What a run measured, by mode.
 enum Mode {
     Load(LoadFigures),
     Tail(TailFigures),
+    Sweep(Vec<SweepPoint>),
 }
 
 fn setup(args: &ClusterBenchArgs) -> BenchSetup {
@@ -772,7 +862,23 @@ fn scrape_metrics(addr: SocketAddr) -> anyhow::Result<MetricsSample> {
 
 fn render_text(r: &ClusterBenchReport) -> String {
     let s = &r.setup;
-    let mut out = if let Some(t) = &r.tail {
+    let mut out = if let Some(points) = &r.sweep {
+        let list = |f: fn(&SweepPoint) -> usize| {
+            let mut v: Vec<usize> = points.iter().map(f).collect();
+            v.sort_unstable();
+            v.dedup();
+            v.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+        };
+        format!(
+            "raftline bench cluster ({} cluster): sweep over P={} x W={}, B={} records of V={} bytes, ack={}\n",
+            s.cluster,
+            list(|p| p.producers),
+            list(|p| p.window),
+            s.batch_records,
+            s.value_bytes,
+            s.ack
+        )
+    } else if let Some(t) = &r.tail {
         format!(
             "raftline bench cluster ({} cluster): --tail-log {} records of V={} bytes, ack={}\n",
             s.cluster, t.records_in_log, s.value_bytes, s.ack
@@ -795,6 +901,9 @@ fn render_text(r: &ClusterBenchReport) -> String {
     }
     if let Some(tail) = &r.tail {
         out += &render_tail(tail);
+    }
+    if let Some(points) = &r.sweep {
+        out += &bench_sweep::render_table(points);
     }
     let d = &r.disk;
     out += &format!(

@@ -4,6 +4,7 @@ mod bench_cluster;
 mod bench_cpu;
 mod bench_fsync;
 mod bench_load;
+mod bench_sweep;
 mod bench_tail;
 mod cluster_args;
 mod dev;
