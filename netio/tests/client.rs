@@ -812,7 +812,10 @@ fn multi_producer_follows_a_moved_leader_and_resends_after_a_crash_losing_nothin
         let copies = contents.iter().filter(|(_, c)| c == v).count();
         assert!((1..=2).contains(&copies), "{v} present {copies} times");
     }
-    assert!(done.iter().any(|d| d.attempts > 1), "the crash forced resends");
+    assert!(
+        done.iter().any(|d| d.attempts > 1),
+        "the crash forced resends"
+    );
     assert!(cluster.appends_seen[1].load(Ordering::SeqCst) > 0);
 
     // The leader moves: the old one answers NotLeader with a hint, appends follow it.
@@ -847,8 +850,15 @@ fn next_batch_delivers_whole_batches_and_the_rest_of_one_partly_read() {
     cluster.preload(&["a", "b", "c"]);
     cluster.preload(&["d", "e"]);
     let mut subscription = Subscription::open(cluster.config(), StartFrom::Offset(1)).unwrap();
-    let first = subscription.next_batch(Some(Duration::from_secs(5))).unwrap().unwrap();
-    assert_eq!((first.first_offset(), first.next_offset()), (1, 3), "mid-batch start");
+    let first = subscription
+        .next_batch(Some(Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.first_offset(), first.next_offset()),
+        (1, 3),
+        "mid-batch start"
+    );
     let values: Vec<String> = first
         .records()
         .unwrap()
@@ -856,9 +866,15 @@ fn next_batch_delivers_whole_batches_and_the_rest_of_one_partly_read() {
         .map(|r| String::from_utf8(r.record.value).unwrap())
         .collect();
     assert_eq!(values, ["b", "c"]);
-    let d = subscription.next_record(Some(Duration::from_secs(5))).unwrap().unwrap();
+    let d = subscription
+        .next_record(Some(Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
     assert_eq!(d.offset, 3);
-    let rest = subscription.next_batch(Some(Duration::from_secs(5))).unwrap().unwrap();
+    let rest = subscription
+        .next_batch(Some(Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
     assert_eq!((rest.first_offset(), rest.record_count()), (4, 1));
     assert_eq!(subscription.next_offset(), Some(5));
 }

@@ -356,7 +356,11 @@ fn validate(args: &ClusterBenchArgs) -> anyhow::Result<()> {
         anyhow::ensure!(
             !args.sweep_producers.is_empty()
                 && !args.sweep_windows.is_empty()
-                && args.sweep_producers.iter().chain(&args.sweep_windows).all(|&n| n > 0),
+                && args
+                    .sweep_producers
+                    .iter()
+                    .chain(&args.sweep_windows)
+                    .all(|&n| n > 0),
             "--sweep-producers and --sweep-windows must list numbers of at least 1"
         );
         anyhow::ensure!(
@@ -370,7 +374,10 @@ fn validate(args: &ClusterBenchArgs) -> anyhow::Result<()> {
             "the sweep would take {total:.0} s ({points} points); at most {:.0} s: fewer points or a shorter --sweep-point-secs",
             bench_sweep::SWEEP_SECS_MAX
         );
-        anyhow::ensure!(args.tail_log.is_none(), "--sweep and --tail-log are separate runs");
+        anyhow::ensure!(
+            args.tail_log.is_none(),
+            "--sweep and --tail-log are separate runs"
+        );
     }
     anyhow::ensure!(
         args.svg.is_none() || args.sweep,
@@ -437,7 +444,7 @@ fn run_in(
                 .map(Mode::Tail)
         }
         None if args.sweep => sweep(args, &target, stop).map(Mode::Sweep),
-        None => load(args, &target, stop).map(Mode::Load),
+        None => load(args, &target, stop).map(|l| Mode::Load(Box::new(l))),
     };
     if let Some(mut cluster) = local {
         for outcome in cluster.stop() {
@@ -451,7 +458,7 @@ fn run_in(
     }
     let (mut load, mut tail, mut sweep) = (None, None, None);
     match result? {
-        Mode::Load(figures) => load = Some(figures),
+        Mode::Load(figures) => load = Some(*figures),
         Mode::Tail(figures) => tail = Some(figures),
         Mode::Sweep(points) => sweep = Some(points),
     }
@@ -496,7 +503,7 @@ fn sweep(
 
 /// What a run measured, by mode.
 enum Mode {
-    Load(LoadFigures),
+    Load(Box<LoadFigures>),
     Tail(TailFigures),
     Sweep(Vec<SweepPoint>),
 }

@@ -58,12 +58,9 @@ pub fn render_table(points: &[SweepPoint]) -> String {
     for p in points {
         let f = &p.figures;
         let l = &f.latency_us;
-        let (fsyncs, per_fsync) = f
-            .leader
-            .as_ref()
-            .map_or((f64::NAN, f64::NAN), |l| {
-                (l.fdatasyncs_per_s, l.records_per_fdatasync)
-            });
+        let (fsyncs, per_fsync) = f.leader.as_ref().map_or((f64::NAN, f64::NAN), |l| {
+            (l.fdatasyncs_per_s, l.records_per_fdatasync)
+        });
         out += &format!(
             "{:>5} {:>4} {:>12.0} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>9.0} {:>9.1} {:>7.0}%{}\n",
             p.producers,
@@ -127,5 +124,9 @@ pub fn render_svg(points: &[SweepPoint], subtitle: &str) -> String {
         limit: None,
         x_ticks: XTicks::Decades,
     };
-    render_chart("raftline bench cluster: throughput vs latency", subtitle, &[panel])
+    render_chart(
+        "raftline bench cluster: throughput vs latency",
+        subtitle,
+        &[panel],
+    )
 }

@@ -57,7 +57,7 @@ enum BenchCommand {
     Fsync(bench_fsync::FsyncArgs),
     /// Load a 3-node cluster: records/s, append->ack latency, group commit, beside the disk's own limits.
     #[command(long_about = bench_cluster::LONG_ABOUT)]
-    Cluster(bench_cluster::ClusterBenchArgs),
+    Cluster(Box<bench_cluster::ClusterBenchArgs>),
 }
 
 /// Structured logs on stderr; `RUST_LOG` filters them (default: info).
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         Command::Tail(args) => tail::run(args),
         Command::Status(args) => status::run(args),
         Command::Bench(BenchCommand::Fsync(args)) => bench_fsync::run(args),
-        Command::Bench(BenchCommand::Cluster(args)) => bench_cluster::run(args),
+        Command::Bench(BenchCommand::Cluster(args)) => bench_cluster::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -167,7 +167,10 @@ fn sweep_measures_every_grid_point_and_draws_the_chart() {
         assert!(records > 0.0, "{point:#}");
         assert_eq!(number(point, &["latency_us", "count"]), records);
     }
-    assert!(report["records"].is_null(), "no single-run figures in a sweep");
+    assert!(
+        report["records"].is_null(),
+        "no single-run figures in a sweep"
+    );
     let chart = fs::read_to_string(&svg).unwrap();
     assert!(chart.starts_with("<svg"), "{chart}");
     for label in ["P=1", "P=3", "W=2: p50", "W=2: p99"] {
