@@ -6,9 +6,10 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
@@ -17,7 +18,7 @@ use crate::backend::Backend;
 use crate::batch::{Batch, FLAG_TRUNCATE_MARKER};
 use crate::error::LogError;
 use crate::index::{EntryLoc, LogIndex, SegmentRef};
-use crate::segment::{self, Preallocate, Prepared, SegmentHeader};
+use crate::segment::{self, FillGate, Preallocate, Prepared, SegmentHeader};
 
 /// Completion of one queued operation: `Ok` once it is durable.
 pub(crate) type Done = Sender<Result<(), LogError>>;
@@ -99,8 +100,8 @@ pub(crate) struct Shared {
 /// The next segment being prepared by a background thread.
 struct Preparation {
     handle: JoinHandle<std::io::Result<Prepared>>,
-    /// Tells a zero-fill to stop: the writer needs the segment now.
-    cancel: Arc<AtomicBool>,
+    /// Tells a zero-fill when the log commits, and to stop when the segment is needed.
+    gate: Arc<FillGate>,
 }
 
 /// Static parameters of the writer.
@@ -177,16 +178,16 @@ impl Writer {
             .lock()
             .expect("free segments lock")
             .pop_front();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let stop = Arc::clone(&cancel);
+        let gate = Arc::new(FillGate::default());
+        let fill_gate = Arc::clone(&gate);
         let spawned = std::thread::Builder::new()
             .name("raftline-log-prep".into())
             .spawn(move || match free {
                 Some(f) => segment::recycle(&dir, &f.path, seq, f.stale_index_max),
-                None => segment::prepare(&dir, seq, bytes, how, &stop),
+                None => segment::prepare(&dir, seq, bytes, how, &fill_gate),
             });
         match spawned {
-            Ok(handle) => self.spare = Some(Preparation { handle, cancel }),
+            Ok(handle) => self.spare = Some(Preparation { handle, gate }),
             Err(e) => tracing::warn!(
                 error = %e,
                 "cannot spawn the segment preparation thread; the next roll-over prepares inline"
@@ -202,7 +203,8 @@ impl Writer {
             return Some(spare.handle.join().expect("segment preparation panicked"));
         }
         let started = std::time::Instant::now();
-        spare.cancel.store(true, Ordering::Relaxed);
+        spare.gate.cancel.store(true, Ordering::Relaxed);
+        spare.handle.thread().unpark();
         let prepared = spare.handle.join().expect("segment preparation panicked");
         let stats = &self.shared.stats;
         stats.segment_prepare_waits.fetch_add(1, Ordering::Relaxed);
@@ -262,7 +264,8 @@ impl Writer {
             self.commit(&mut group, bytes);
         }
         if let Some(spare) = self.spare.take() {
-            spare.cancel.store(true, Ordering::Relaxed);
+            spare.gate.cancel.store(true, Ordering::Relaxed);
+            spare.handle.thread().unpark();
             let _ = spare.handle.join();
         }
     }
@@ -325,18 +328,24 @@ impl Writer {
             self.buf.extend_from_slice(batch.as_bytes());
         }
         self.buf.pad_to_sector();
-        let started = std::time::Instant::now();
-        self.backend
-            .write_durable(&self.file, &self.buf, self.pos)
-            .map_err(|e| {
-                LogError::io(
-                    format!("writing + fdatasync of segment {}", self.header.seq),
-                    e,
-                )
-            })?;
-        if !self.params.emulated_fsync_delay.is_zero() {
-            std::thread::sleep(self.params.emulated_fsync_delay);
+        let started = Instant::now();
+        let gate = self.spare.as_ref().map(|s| &s.gate);
+        gate.inspect(|g| g.log_busy.store(true, Ordering::Relaxed));
+        let written = self.backend.write_durable(&self.file, &self.buf, self.pos);
+        // An emulated slower disk: the commit completes no sooner than its real completion
+        // and no sooner than the profile's latency after it was issued.
+        if let Some(wait) =
+            (started + self.params.emulated_fsync_delay).checked_duration_since(Instant::now())
+        {
+            std::thread::sleep(wait);
         }
+        gate.inspect(|g| g.log_busy.store(false, Ordering::Relaxed));
+        written.map_err(|e| {
+            LogError::io(
+                format!("writing + fdatasync of segment {}", self.header.seq),
+                e,
+            )
+        })?;
         self.pos += self.buf.len() as u64;
         self.prepare_spare_if_due();
         let stats = &self.shared.stats;
@@ -421,7 +430,8 @@ impl Writer {
             None => {}
         }
         let started = std::time::Instant::now();
-        let stop_at_once = AtomicBool::new(true);
+        let stop_at_once = FillGate::default();
+        stop_at_once.cancel.store(true, Ordering::Relaxed);
         let p = segment::prepare(
             &self.params.dir,
             seq,
@@ -534,7 +544,7 @@ mod tests {
             1,
             header.segment_bytes,
             Preallocate::Sparse,
-            &AtomicBool::new(false),
+            &FillGate::default(),
         )
         .unwrap();
         segment::install(dir.path(), &prepared.path, &header, BackendKind::Buffered).unwrap();

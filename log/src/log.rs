@@ -37,8 +37,9 @@ pub struct LogConfig {
     pub queue_depth: usize,
     /// How new segments are preallocated.
     pub preallocate: Preallocate,
-    /// Benchmarks only: extra time added after every fdatasync, to emulate a slower disk
-    /// (DESIGN §3a: this machine's ~45 µs flush hides what batching buys on real disks).
+    /// Benchmarks only: emulates a slower disk; each group commit completes no sooner than its
+    /// real fdatasync and no sooner than this long after it was issued (DESIGN §3a: this
+    /// machine's ~45 µs flush hides what batching buys on real disks).
     pub emulated_fsync_delay: Duration,
     /// Called by the writer thread after each durable group (and once when the log fails), so
     /// a single-threaded owner of the log can be woken to read [`Log::durable_last`] instead of
@@ -189,7 +190,7 @@ impl Log {
                 1,
                 config.segment_bytes,
                 config.preallocate,
-                &std::sync::atomic::AtomicBool::new(false),
+                &segment::FillGate::default(),
             )
             .map_err(|e| LogError::io("preparing the first segment", e))?;
             segment::install(&dir, &prepared.path, &header, kind)

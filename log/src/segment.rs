@@ -38,9 +38,23 @@ const HEADER_USED_BYTES_V1: usize = 72;
 pub const SEGMENT_HEADER_BYTES: u64 = SECTOR_BYTES as u64;
 const PREP_SUFFIX: &str = "seg.prep";
 const FREE_SUFFIX: &str = "seg.free";
-/// Bytes per zero-fill write: one such write at most sits in the device queue ahead of a
-/// group commit of the log (a buffered fill would queue the whole segment at its sync).
-const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
+/// Bytes per zero-fill write: one such write at most sits in the device queue (and in the
+/// device cache a log commit's flush must write back) ahead of a group commit of the log; a
+/// buffered fill would queue the whole segment at its sync.
+const ZERO_FILL_CHUNK_BYTES: usize = 256 << 10;
+/// Pace of a zero-fill: a 64 MiB segment in half a second at best, a fraction of the disk.
+const ZERO_FILL_BYTES_PER_S: u64 = 128 << 20;
+/// How long a zero-fill waits before looking again whether the log is idle.
+const ZERO_FILL_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Shared by a background zero-fill and the log writer.
+#[derive(Debug, Default)]
+pub struct FillGate {
+    /// Set by the writer while a group commit is in flight: the fill does not start a chunk.
+    pub log_busy: AtomicBool,
+    /// Set when the writer needs the segment now: the fill stops after its current chunk.
+    pub cancel: AtomicBool,
+}
 
 /// How a new segment's blocks are made ready before the log writes into it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,15 +220,18 @@ pub struct Prepared {
 
 /// Creates the body of segment `seq` under a temporary name: fixed size, reading as zeros.
 /// `ZeroFill` first fallocates (the body is usable from then on), then overwrites it with zeros
-/// in O_DIRECT chunks so that later fdatasyncs into it need only a device flush; it stops early
-/// (leaving the rest fallocated, still reading as zeros) once `cancel` is set. Runs off the
-/// commit path, ahead of need.
+/// in O_DIRECT chunks so that later fdatasyncs into it need only a device flush; the fill only
+/// uses moments the log is not committing, and stops early (leaving the rest fallocated, still
+/// reading as zeros) once `gate.cancel` is set. Runs off the commit path, ahead of need. So a
+/// log committing small groups with idle gaps (latency-bound) gets zero-filled segments, and a
+/// log writing flat out (throughput-bound, where a second write stream would halve its
+/// bandwidth) gets fallocated ones, whose journal cost per commit its big groups amortise.
 pub fn prepare(
     dir: &Path,
     seq: u64,
     segment_bytes: u64,
     how: Preallocate,
-    cancel: &AtomicBool,
+    gate: &FillGate,
 ) -> io::Result<Prepared> {
     let path = prep_path(dir, seq);
     let file = std::fs::OpenOptions::new()
@@ -225,12 +242,17 @@ pub fn prepare(
     match how {
         Preallocate::ZeroFill => {
             fallocate_or_extend(&file, segment_bytes)?;
-            zero_fill(&path, segment_bytes, cancel)?;
+            zero_fill(&path, segment_bytes, gate)?;
         }
         Preallocate::Fallocate => fallocate(&file, segment_bytes)?,
         Preallocate::Sparse => file.set_len(segment_bytes)?,
     }
-    file.sync_all()?;
+    // A stopped fill is wanted now: installing the segment syncs what it must (size, header).
+    // A finished one is synced here, off the commit path, so that the first commits into the
+    // segment do not carry its journal commit.
+    if !gate.cancel.load(Ordering::Relaxed) {
+        file.sync_all()?;
+    }
     Ok(Prepared {
         path,
         stale_index_max: 0,
@@ -256,8 +278,10 @@ fn fallocate_or_extend(file: &File, bytes: u64) -> io::Result<()> {
 
 /// Overwrites `[0, bytes)` of `path` with zeros, one chunk at a time, until done or cancelled.
 /// O_DIRECT where the filesystem allows it; otherwise buffered with a sync per chunk, so that
-/// the device never holds more than one chunk of the fill ahead of a log commit.
-fn zero_fill(path: &Path, bytes: u64, cancel: &AtomicBool) -> io::Result<()> {
+/// the device never holds more than one chunk of the fill ahead of a log commit. Runs at idle
+/// I/O priority, at most `ZERO_FILL_BYTES_PER_S`, starting a chunk only while the log is idle.
+fn zero_fill(path: &Path, bytes: u64, gate: &FillGate) -> io::Result<()> {
+    set_idle_io_priority();
     use std::os::unix::fs::OpenOptionsExt;
     let direct = std::fs::OpenOptions::new()
         .write(true)
@@ -269,8 +293,17 @@ fn zero_fill(path: &Path, bytes: u64, cancel: &AtomicBool) -> io::Result<()> {
     };
     let mut zeros = AlignedBuf::new(ZERO_FILL_CHUNK_BYTES);
     zeros.extend_from_slice(&vec![0u8; ZERO_FILL_CHUNK_BYTES]);
+    let chunk_pace =
+        std::time::Duration::from_secs_f64(ZERO_FILL_CHUNK_BYTES as f64 / ZERO_FILL_BYTES_PER_S as f64);
     let mut pos = 0;
-    while pos < bytes && !cancel.load(Ordering::Relaxed) {
+    let mut next_chunk_at = std::time::Instant::now();
+    while pos < bytes && !gate.cancel.load(Ordering::Relaxed) {
+        if gate.log_busy.load(Ordering::Relaxed) || std::time::Instant::now() < next_chunk_at {
+            // Woken early by a cancel (the writer unparks this thread).
+            std::thread::park_timeout(ZERO_FILL_POLL);
+            continue;
+        }
+        next_chunk_at = std::time::Instant::now() + chunk_pace;
         let n = (bytes - pos).min(zeros.len() as u64) as usize;
         file.write_all_at(&zeros.as_slice()[..n], pos)?;
         if !is_direct {
@@ -279,6 +312,26 @@ fn zero_fill(path: &Path, bytes: u64, cancel: &AtomicBool) -> io::Result<()> {
         pos += n as u64;
     }
     Ok(())
+}
+
+/// Best effort: puts the calling thread's I/O in the idle class (served when no other I/O waits,
+/// where the scheduler supports classes: mq-deadline, bfq).
+fn set_idle_io_priority() {
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    // SAFETY: ioprio_set on the calling thread (who = process, id 0); no memory is passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0 as libc::c_long,
+            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "idle I/O priority refused");
+    }
 }
 
 /// Moves a dropped segment (a `.free` file) to the temporary name of segment `seq`; its body
@@ -367,13 +420,14 @@ mod tests {
             .tempdir_in("/tmp")
             .unwrap();
         let bytes = 4 * ZERO_FILL_CHUNK_BYTES as u64;
-        let cancelled = AtomicBool::new(true);
+        let cancelled = FillGate::default();
+        cancelled.cancel.store(true, Ordering::Relaxed);
         let p = prepare(dir.path(), 2, bytes, Preallocate::ZeroFill, &cancelled).unwrap();
         assert_eq!(p.stale_index_max, 0);
         let data = std::fs::read(&p.path).unwrap();
         assert_eq!(data.len() as u64, bytes);
         assert!(data.iter().all(|&b| b == 0));
-        let full = prepare(dir.path(), 3, bytes, Preallocate::ZeroFill, &AtomicBool::new(false))
+        let full = prepare(dir.path(), 3, bytes, Preallocate::ZeroFill, &FillGate::default())
             .unwrap();
         assert_eq!(std::fs::metadata(&full.path).unwrap().len(), bytes);
     }
