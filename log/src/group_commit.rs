@@ -362,7 +362,10 @@ impl Writer {
         stats.group_batches.record(group.len() as u64);
         let durable_index = {
             let mut index = self.shared.index.write().expect("index lock");
-            let active = index.segments.back_mut().expect("the active segment is indexed");
+            let active = index
+                .segments
+                .back_mut()
+                .expect("the active segment is indexed");
             debug_assert_eq!(active.seq, self.header.seq);
             for (h, _) in &locs {
                 active.note_written(h.index, h.flags & FLAG_TRUNCATE_MARKER != 0);

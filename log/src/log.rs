@@ -615,7 +615,11 @@ impl Log {
             return Ok(());
         }
         let dir = &self.config.dir;
-        let mut free = self.shared.free_segments.lock().expect("free segments lock");
+        let mut free = self
+            .shared
+            .free_segments
+            .lock()
+            .expect("free segments lock");
         for seg in dropped {
             let path = segment::segment_path(dir, seg.seq);
             let recyclable = !seg.has_marker && Arc::strong_count(&seg.file) == 1;

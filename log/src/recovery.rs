@@ -193,8 +193,7 @@ pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
             // Recycled: no batch of this life may follow the end (a sealed segment's end is at a
             // sector boundary, after its last group's padding).
             let from = if is_tail { torn_limit } else { p };
-            if valid_batch_at_or_after(&data, from, stale) || (!is_tail && p % SECTOR_BYTES != 0)
-            {
+            if valid_batch_at_or_after(&data, from, stale) || (!is_tail && p % SECTOR_BYTES != 0) {
                 return Err(corrupt(&path, p as u64, frame_error_kind(err)));
             }
             if is_tail {

@@ -293,8 +293,9 @@ fn zero_fill(path: &Path, bytes: u64, gate: &FillGate) -> io::Result<()> {
     };
     let mut zeros = AlignedBuf::new(ZERO_FILL_CHUNK_BYTES);
     zeros.extend_from_slice(&vec![0u8; ZERO_FILL_CHUNK_BYTES]);
-    let chunk_pace =
-        std::time::Duration::from_secs_f64(ZERO_FILL_CHUNK_BYTES as f64 / ZERO_FILL_BYTES_PER_S as f64);
+    let chunk_pace = std::time::Duration::from_secs_f64(
+        ZERO_FILL_CHUNK_BYTES as f64 / ZERO_FILL_BYTES_PER_S as f64,
+    );
     let mut pos = 0;
     let mut next_chunk_at = std::time::Instant::now();
     while pos < bytes && !gate.cancel.load(Ordering::Relaxed) {
@@ -410,7 +411,11 @@ mod tests {
         let crc = crc32c(&v1[16..HEADER_USED_BYTES_V1]);
         v1[12..16].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(SegmentHeader::decode(&v1[..HEADER_USED_BYTES_V1]), Ok(h));
-        assert_eq!(SegmentHeader::decode(&v1), Ok(h), "bytes after a v1 header are ignored");
+        assert_eq!(
+            SegmentHeader::decode(&v1),
+            Ok(h),
+            "bytes after a v1 header are ignored"
+        );
     }
 
     #[test]
@@ -427,8 +432,14 @@ mod tests {
         let data = std::fs::read(&p.path).unwrap();
         assert_eq!(data.len() as u64, bytes);
         assert!(data.iter().all(|&b| b == 0));
-        let full = prepare(dir.path(), 3, bytes, Preallocate::ZeroFill, &FillGate::default())
-            .unwrap();
+        let full = prepare(
+            dir.path(),
+            3,
+            bytes,
+            Preallocate::ZeroFill,
+            &FillGate::default(),
+        )
+        .unwrap();
         assert_eq!(std::fs::metadata(&full.path).unwrap().len(), bytes);
     }
 }

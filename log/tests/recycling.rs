@@ -40,7 +40,10 @@ fn log_writing_into_a_recycled_segment(cfg: &LogConfig) -> (Log, u64, u64) {
         tag += 1;
     }
     let dropped = log.truncate_prefix(log.last_index()).unwrap();
-    assert!(dropped >= 1, "whole segments below the last index are dropped");
+    assert!(
+        dropped >= 1,
+        "whole segments below the last index are dropped"
+    );
     while recycled(&log) == 0 {
         append_waited(&log, 1, [tag]);
         tag += 1;
@@ -64,10 +67,13 @@ fn a_recycled_segment_recovers_exactly_the_new_life(kind: BackendKind) {
     drop(log);
     let data = std::fs::read(segment_path(dir.path(), seq)).unwrap();
     let h = header(dir.path(), seq);
-    let stale_after_end = (4096..data.len()).step_by(4096).any(|q| {
-        check_frame(&data[q..]).is_ok_and(|b| b.index <= h.stale_index_max)
-    });
-    assert!(stale_after_end, "the recycled body still holds stale batches");
+    let stale_after_end = (4096..data.len())
+        .step_by(4096)
+        .any(|q| check_frame(&data[q..]).is_ok_and(|b| b.index <= h.stale_index_max));
+    assert!(
+        stale_after_end,
+        "the recycled body still holds stale batches"
+    );
     for round in 0..2 {
         let log = Log::open(cfg.clone()).unwrap();
         assert_eq!(
@@ -86,14 +92,12 @@ fn appends_after_reopen_of_a_recycled_tail_survive(kind: BackendKind) {
     let (log, tag, _) = log_writing_into_a_recycled_segment(&cfg);
     let mut tags = all_tags(&log);
     drop(log);
-    let mut tag = tag;
     // Reopen, append, reopen, many times: each end lies on stale bytes of the earlier life.
-    for _ in 0..20 {
+    for tag in tag..tag + 20 {
         let log = Log::open(cfg.clone()).unwrap();
         assert_eq!(all_tags(&log), tags);
         append_waited(&log, 2, [tag]);
         tags.push(tag);
-        tag += 1;
     }
 }
 
@@ -129,8 +133,8 @@ fn a_torn_group_in_a_recycled_segment_is_cut_and_never_resurrected(kind: Backend
         .map(|q| pristine[q..q + 4096].to_vec())
         .expect("a stale batch behind the end");
     let window = 8 << 10; // group_bytes_max of the test configuration
-    // Torn: the group's sector never reached the disk (a stale batch there); half of it did
-    // (the rest stale); garbage.
+                          // Torn: the group's sector never reached the disk (a stale batch there); half of it did
+                          // (the rest stale); garbage.
     let mut variants = Vec::new();
     let mut never = pristine.clone();
     never[group_start..group_start + 4096].copy_from_slice(&stale_sector);
@@ -146,7 +150,10 @@ fn a_torn_group_in_a_recycled_segment_is_cut_and_never_resurrected(kind: Backend
     half[cut..sector_end].copy_from_slice(&stale_sector[cut - group_start..]);
     variants.push(half);
     let mut garbage = pristine.clone();
-    for (i, b) in garbage[group_start + 100..group_start + 4096].iter_mut().enumerate() {
+    for (i, b) in garbage[group_start + 100..group_start + 4096]
+        .iter_mut()
+        .enumerate()
+    {
         *b = (i as u8).wrapping_mul(31).wrapping_add(7);
     }
     variants.push(garbage);
