@@ -224,9 +224,7 @@ impl LocalCluster {
 
     /// Whether node `id` is running (started and not killed).
     pub fn is_running(&self, id: u64) -> bool {
-        self.nodes
-            .iter()
-            .any(|n| n.id == id && n.child.is_some())
+        self.nodes.iter().any(|n| n.id == id && n.child.is_some())
     }
 
     /// Kills node `id` with SIGKILL (no drain, no leadership hand-over: a crash) and reaps it.
@@ -246,9 +244,7 @@ impl LocalCluster {
             .kill()
             .with_context(|| format!("sending SIGKILL to node {id}"))?;
         let killed_at = Instant::now();
-        child
-            .wait()
-            .with_context(|| format!("reaping node {id}"))?;
+        child.wait().with_context(|| format!("reaping node {id}"))?;
         Ok(killed_at)
     }
 
