@@ -44,6 +44,9 @@ struct FakeCluster {
     muted: Vec<AtomicBool>,
     /// The leader answers `Busy` (without appending) to this many appends first.
     busy_appends: AtomicU64,
+    /// Connections each node accepted, and status requests it answered.
+    connections: Vec<AtomicU64>,
+    statuses: Vec<AtomicU64>,
     credit_frames: AtomicU64,
     outstanding_bytes_max: AtomicU64,
 }
@@ -67,6 +70,8 @@ impl FakeCluster {
             appends_seen: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
             muted: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
             busy_appends: AtomicU64::new(0),
+            connections: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            statuses: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
             credit_frames: AtomicU64::new(0),
             outstanding_bytes_max: AtomicU64::new(0),
         });
@@ -75,6 +80,7 @@ impl FakeCluster {
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     let cluster = cluster.clone();
+                    cluster.connections[node].fetch_add(1, Ordering::SeqCst);
                     std::thread::spawn(move || serve(&cluster, node, stream.unwrap()));
                 }
             });
@@ -307,10 +313,13 @@ fn serve(cluster: &FakeCluster, node: usize, mut stream: TcpStream) {
                     }
                     None
                 }
-                Request::Status { request_id } => Some(Response::StatusReply {
-                    request_id,
-                    status: cluster.status(node),
-                }),
+                Request::Status { request_id } => {
+                    cluster.statuses[node].fetch_add(1, Ordering::SeqCst);
+                    Some(Response::StatusReply {
+                        request_id,
+                        status: cluster.status(node),
+                    })
+                }
             };
             if let Some(answer) = answer {
                 if !reply(&mut stream, answer) {
@@ -378,6 +387,31 @@ fn client_finds_the_leader_from_a_follower_bootstrap_address() {
         cluster.contents(),
         vec![(0, "a".to_string()), (1, "b".to_string())]
     );
+}
+
+#[test]
+fn a_client_waiting_out_an_election_asks_again_on_the_connections_it_opened() {
+    let cluster = FakeCluster::start(3, NO_LEADER);
+    let electing = cluster.clone();
+    let elect = std::thread::spawn(move || {
+        // Several rounds of "no leader yet" first (polled: the client's pace is its own).
+        while electing.statuses[0].load(Ordering::SeqCst) < 4 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        electing.leader.store(2, Ordering::SeqCst);
+    });
+    let mut client = Client::connect(cluster.config()).unwrap();
+    elect.join().unwrap();
+    client.append(&[record("after the election")]).unwrap();
+    assert_eq!(cluster.appends_seen[2].load(Ordering::SeqCst), 1);
+    assert!(cluster.statuses[0].load(Ordering::SeqCst) >= 4);
+    for node in 0..3 {
+        assert_eq!(
+            cluster.connections[node].load(Ordering::SeqCst),
+            1,
+            "node {node}: one connection through every round (the new leader's is the one kept)"
+        );
+    }
 }
 
 #[test]
