@@ -415,7 +415,20 @@ fn run_in(
         },
         None => {
             let base = local_cluster::free_base_port()?;
-            let cluster = local.insert(LocalCluster::start(dir, base, crate::dev::DEV_CLUSTER)?);
+            // W4 reads the whole log from offset 0: the nodes must not compact it meanwhile.
+            let server_args: Vec<String> = match args.tail_log {
+                Some(records) => vec![
+                    "--retain-mib".to_string(),
+                    bench_tail::retain_mib(records, args.value_bytes).to_string(),
+                ],
+                None => Vec::new(),
+            };
+            let cluster = local.insert(LocalCluster::start_with_args(
+                dir,
+                base,
+                crate::dev::DEV_CLUSTER,
+                &server_args,
+            )?);
             let leader = cluster.wait_for_leader()?;
             let mut watched: Vec<Watched> = cluster
                 .node_pids()
