@@ -85,6 +85,18 @@ pub(crate) struct WriterParams {
     pub durable_hook: Option<crate::log::WriterHook>,
 }
 
+/// How much longer an emulated disk holds back a group whose real write + fdatasync returned
+/// `since_issue` after it was issued: completion = max(real completion, issue + `delay`). The
+/// hold is served on the writer thread after the real completion and before anything is
+/// published, so emulation can only make a group durable later, never earlier, and groups stay
+/// one at a time: appends arriving meanwhile queue and form the next group, as on a real device.
+fn emulated_hold(
+    delay: std::time::Duration,
+    since_issue: std::time::Duration,
+) -> std::time::Duration {
+    delay.saturating_sub(since_issue)
+}
+
 /// The writer thread's state.
 pub(crate) struct Writer {
     params: WriterParams,
@@ -267,8 +279,9 @@ impl Writer {
                     e,
                 )
             })?;
-        if !self.params.emulated_fsync_delay.is_zero() {
-            std::thread::sleep(self.params.emulated_fsync_delay);
+        let hold = emulated_hold(self.params.emulated_fsync_delay, started.elapsed());
+        if !hold.is_zero() {
+            std::thread::sleep(hold);
         }
         self.pos += self.buf.len() as u64;
         self.prepare_spare_if_due();
@@ -404,6 +417,29 @@ mod tests {
     use super::*;
     use crate::backend::BackendKind;
     use crate::index::LogIndex;
+
+    #[test]
+    fn an_emulated_completion_is_the_later_of_the_real_one_and_issue_plus_delay() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        for (delay, real) in [
+            (ms(10), ms(1)),
+            (ms(10), ms(10)),
+            (ms(10), ms(25)),
+            (ms(0), ms(3)),
+        ] {
+            let completion = real + emulated_hold(delay, real);
+            assert_eq!(
+                completion,
+                real.max(delay),
+                "delay {delay:?}, real {real:?}"
+            );
+            assert!(
+                completion >= real,
+                "never durable before the real fdatasync"
+            );
+        }
+    }
 
     #[test]
     fn a_failed_write_fails_the_log_for_good_and_is_never_retried() {

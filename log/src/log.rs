@@ -35,8 +35,10 @@ pub struct LogConfig {
     pub queue_depth: usize,
     /// How new segments are preallocated.
     pub preallocate: Preallocate,
-    /// Benchmarks only: extra time added after every fdatasync, to emulate a slower disk
-    /// (DESIGN §3a: this machine's ~45 µs flush hides what batching buys on real disks).
+    /// Benchmarks only (`--emulate-disk`): a group's write + fdatasync completes no earlier than
+    /// this long after it was issued (completion = max(real, issue + delay)), to emulate a slower
+    /// disk (DESIGN §3a: this machine's ~45 µs flush hides what batching buys on real disks).
+    /// One group at a time, as on a real device; never durable before the real fdatasync.
     pub emulated_fsync_delay: Duration,
     /// Called by the writer thread after each durable group (and once when the log fails), so
     /// a single-threaded owner of the log can be woken to read [`Log::durable_last`] instead of
