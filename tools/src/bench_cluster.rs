@@ -26,6 +26,7 @@ use raftline_netio::client_proto::{AckMode, NodeRole, StartFrom};
 use raftline_netio::cluster_id::ClusterId;
 use serde::Serialize;
 
+use crate::emulated_disk::{self, DiskProfile, EmulatedDisk};
 use crate::local_cluster::{self, LocalCluster};
 use crate::produce::AckArg;
 
@@ -96,6 +97,10 @@ pub struct ClusterBenchArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// EMULATION: the local cluster's logs hold each fdatasync to this reference device's
+    /// latency (`raftline server --emulate-disk`); marked in the report. See `bench profiles`.
+    #[arg(long, value_enum, value_name = "hdd|sata|nvme")]
+    pub emulate_disk: Option<DiskProfile>,
 }
 
 /// Longest a producer waits for one answer: far beyond any healthy commit, short enough that a
@@ -136,6 +141,8 @@ pub struct BenchSetup {
     pub warmup_s: f64,
     /// Measured seconds asked for.
     pub duration_s: f64,
+    /// EMULATION in effect on the cluster's logs (null: the real disk).
+    pub emulated_disk: Option<EmulatedDisk>,
 }
 
 /// The leader's own counters over the measured window.
@@ -152,7 +159,7 @@ pub struct LeaderFigures {
 }
 
 /// The disk's own limits, measured on the benchmark's directory.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct DiskFigures {
     /// How the probes reached the disk.
     pub io_path: IoPath,
@@ -243,35 +250,7 @@ struct ProducerResult {
 /// Runs `raftline bench cluster`.
 pub fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
     validate(&args)?;
-    // The outermost directory this run creates, removed again at the end if left empty.
-    let created_dir = args
-        .dir
-        .ancestors()
-        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
-        .last()
-        .map(Path::to_path_buf);
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("creating {}", args.dir.display()))?;
-    let run_dir = tempfile::Builder::new()
-        .prefix("run-")
-        .tempdir_in(&args.dir)
-        .with_context(|| format!("creating a run directory in {}", args.dir.display()))?;
-    let stop = StopSignal::default();
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.raise()).context("installing the Ctrl-C handler")?;
-    }
-    let result = run_in(&args, run_dir.path(), &stop);
-    drop(run_dir);
-    if let Some(created) = created_dir {
-        // remove_dir only removes empty directories: anything else put there meanwhile stays.
-        for dir in args.dir.ancestors() {
-            if std::fs::remove_dir(dir).is_err() || dir == created {
-                break;
-            }
-        }
-    }
-    let report = result?;
+    let report = in_run_dir(&args.dir, |dir, stop| run_in(&args, dir, stop))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -280,7 +259,49 @@ pub fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(args: &ClusterBenchArgs) -> anyhow::Result<()> {
+/// Runs `f` in a fresh temporary directory under `dir` (created if missing) with Ctrl-C raising
+/// the stop signal; removes the temporary directory, and `dir` itself if this call created it
+/// and it is left empty.
+pub fn in_run_dir<T>(
+    dir: &Path,
+    f: impl FnOnce(&Path, &StopSignal) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    // The outermost directory this run creates, removed again at the end if left empty.
+    let created_dir = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .last()
+        .map(Path::to_path_buf);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let run_dir = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(dir)
+        .with_context(|| format!("creating a run directory in {}", dir.display()))?;
+    let stop = StopSignal::default();
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.raise()).context("installing the Ctrl-C handler")?;
+    }
+    let result = f(run_dir.path(), &stop);
+    drop(run_dir);
+    if let Some(created) = created_dir {
+        // remove_dir only removes empty directories: anything else put there meanwhile stays.
+        for dir in dir.ancestors() {
+            if std::fs::remove_dir(dir).is_err() || dir == created {
+                break;
+            }
+        }
+    }
+    result
+}
+
+/// Checks the flags against each other.
+pub fn validate(args: &ClusterBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.emulate_disk.is_none() || args.bootstrap.is_none(),
+        "--emulate-disk configures the local cluster's servers; a --bootstrap cluster emulates \
+         only if its servers were started with --emulate-disk"
+    );
     anyhow::ensure!(args.producers > 0, "--producers must be at least 1");
     anyhow::ensure!(args.window > 0, "--window must be at least 1");
     anyhow::ensure!(args.batch_records > 0, "--batch-records must be at least 1");
@@ -312,6 +333,17 @@ fn run_in(
 ) -> anyhow::Result<ClusterBenchReport> {
     // The disk first, while nothing else writes to it.
     let disk = measure_disk(dir, args.disk_probe_secs, stop)?;
+    run_with_disk(args, dir, disk, stop)
+}
+
+/// One run against a cluster (a local one in `dir`, or --bootstrap) beside `disk`, the disk's
+/// limits measured beforehand.
+pub fn run_with_disk(
+    args: &ClusterBenchArgs,
+    dir: &Path,
+    disk: DiskFigures,
+    stop: &StopSignal,
+) -> anyhow::Result<ClusterBenchReport> {
     let mut local = None;
     let (config, metrics_addr) = match &args.bootstrap {
         Some(bootstrap) => (
@@ -320,7 +352,12 @@ fn run_in(
         ),
         None => {
             let base = local_cluster::free_base_port()?;
-            let cluster = local.insert(LocalCluster::start(dir, base, crate::dev::DEV_CLUSTER)?);
+            let cluster = local.insert(LocalCluster::start_with_args(
+                dir,
+                base,
+                crate::dev::DEV_CLUSTER,
+                &emulated_disk::server_args(args.emulate_disk),
+            )?);
             let leader = cluster.wait_for_leader()?;
             (
                 local_cluster::client_config(base, crate::dev::DEV_CLUSTER),
@@ -342,7 +379,8 @@ fn run_in(
     result
 }
 
-fn measure_disk(dir: &Path, secs: f64, stop: &StopSignal) -> anyhow::Result<DiskFigures> {
+/// The disk's 4 KiB fdatasync rate and sequential bandwidth in `dir`, `secs` each.
+pub fn measure_disk(dir: &Path, secs: f64, stop: &StopSignal) -> anyhow::Result<DiskFigures> {
     let duration = Duration::from_secs_f64(secs);
     let (path, refusals) = resolve_io_path(dir, IoPath::DirectUring)?;
     for refusal in refusals {
@@ -524,6 +562,7 @@ fn load(
             rate_appends_per_s: args.rate,
             warmup_s: args.warmup,
             duration_s: args.duration,
+            emulated_disk: args.emulate_disk.map(EmulatedDisk::from),
         },
         elapsed_s,
         records,
@@ -773,7 +812,11 @@ fn scrape_metrics(addr: SocketAddr) -> anyhow::Result<MetricsSample> {
 fn render_text(r: &ClusterBenchReport) -> String {
     let s = &r.setup;
     let l = &r.latency_us;
-    let mut out = format!(
+    let mut out = s
+        .emulated_disk
+        .as_ref()
+        .map_or(String::new(), |e| format!("{}\n", e.profile.banner()));
+    out += &format!(
         "raftline bench cluster ({} cluster): P={} producers x W={} in flight x B={} records of V={} bytes, ack={}{}\n",
         s.cluster,
         s.producers,

@@ -99,18 +99,27 @@ pub struct LocalCluster {
     /// The cluster name (its wire id is derived from it).
     pub cluster: String,
     nodes: Vec<Node>,
+    /// Extra `raftline server` arguments every node gets (e.g. `--emulate-disk hdd`).
+    server_args: Vec<String>,
 }
 
 impl LocalCluster {
-    /// Starts the three nodes (this same executable, `raftline server`) with data under `data`;
-    /// on error the nodes already started are stopped again.
-    pub fn start(data: &Path, base: u16, cluster: &str) -> anyhow::Result<LocalCluster> {
+    /// Starts the three nodes (this same executable, `raftline server`, with `server_args` added
+    /// to each command line) with data under `data`; on error the nodes already started are
+    /// stopped again.
+    pub fn start_with_args(
+        data: &Path,
+        base: u16,
+        cluster: &str,
+        server_args: &[String],
+    ) -> anyhow::Result<LocalCluster> {
         let exe = std::env::current_exe().context("finding the raftline executable")?;
         let available = raftline_pinning::available_cores();
         let mut cluster = LocalCluster {
             base,
             cluster: cluster.to_string(),
             nodes: Vec::new(),
+            server_args: server_args.to_vec(),
         };
         for id in 1..=NODES {
             match cluster.start_node(&exe, data, id, &available) {
@@ -148,6 +157,7 @@ impl LocalCluster {
         if let Some(cores) = cores_for(id, available) {
             cmd.args(["--cores", &cores]);
         }
+        cmd.args(&self.server_args);
         // A process group of its own: a terminal's Ctrl-C reaches only the parent, which then
         // stops each node once (a node takes a second signal as "exit now, skip the drain").
         let child = cmd

@@ -2,8 +2,10 @@
 
 mod bench_cluster;
 mod bench_fsync;
+mod bench_profiles;
 mod cluster_args;
 mod dev;
+mod emulated_disk;
 mod local_cluster;
 mod node;
 mod produce;
@@ -54,6 +56,9 @@ enum BenchCommand {
     /// Load a 3-node cluster: records/s, append->ack latency, group commit, beside the disk's own limits.
     #[command(long_about = bench_cluster::LONG_ABOUT)]
     Cluster(bench_cluster::ClusterBenchArgs),
+    /// What group commit buys on (emulated) HDD, SATA and NVMe disks: unbatched vs group-committed.
+    #[command(long_about = bench_profiles::LONG_ABOUT)]
+    Profiles(bench_profiles::ProfilesArgs),
 }
 
 /// Structured logs on stderr; `RUST_LOG` filters them (default: info).
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Bench(BenchCommand::Fsync(args)) => bench_fsync::run(args),
         Command::Bench(BenchCommand::Cluster(args)) => bench_cluster::run(args),
+        Command::Bench(BenchCommand::Profiles(args)) => bench_profiles::run(args),
     };
     match result {
         Ok(code) => code,
