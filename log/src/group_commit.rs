@@ -3,36 +3,36 @@
 //! every appender in the group. While one group's fdatasync is in flight, the next accumulates
 //! in the channel.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, TryRecvError};
 
 use crate::aligned_buf::{align_up, AlignedBuf};
 use crate::backend::Backend;
 use crate::batch::{Batch, FLAG_TRUNCATE_MARKER};
 use crate::error::LogError;
 use crate::index::{EntryLoc, LogIndex, SegmentRef};
-use crate::segment::{self, Preallocate, SegmentHeader};
+use crate::segment::{self, FillGate, Preallocate, Prepared, SegmentHeader};
 
-/// Completion of one queued operation: `Ok` once it is durable.
-pub(crate) type Done = Sender<Result<(), LogError>>;
-
-/// Work for the writer, in log order.
+/// Work for the writer, in log order. Ops are numbered 1, 2, ... in the order they are queued
+/// (under the sequencer lock) and completed in that order: a caller waits for "op n completed"
+/// on the durable state, so queueing allocates nothing per op.
 pub(crate) enum Op {
     /// A stamped batch to persist.
-    Append { batch: Batch, done: Option<Done> },
+    Append { batch: Batch },
     /// A truncation marker to persist on its own.
-    Truncate { marker: Batch, done: Done },
+    Truncate { marker: Batch },
     /// Discard the whole log; it restarts at `next_index`/`next_offset` after `prev_term`.
     Restart {
         next_index: u64,
         next_offset: u64,
         prev_term: u64,
-        done: Done,
     },
 }
 
@@ -59,12 +59,68 @@ pub struct WriterStats {
     pub group_commit_us: crate::histogram::Pow2Histogram,
     /// Batches per group commit.
     pub group_batches: crate::histogram::Pow2Histogram,
+    /// Segment roll-overs that found the next segment's preparation unfinished (the writer then
+    /// stops the zero-fill, waiting at most for its current chunk) or not started.
+    pub segment_prepare_waits: AtomicU64,
+    /// Microseconds the writer waited at each such roll-over.
+    pub segment_prepare_wait_us: crate::histogram::Pow2Histogram,
+    /// Segments installed from a file dropped by prefix truncation (no zero-fill, no new blocks).
+    pub segments_recycled: AtomicU64,
 }
 
-/// "Durable up to index N", or the error that failed the log.
+/// A segment dropped by prefix truncation, set aside (as a `.free` file) to be recycled.
+pub(crate) struct FreeSegment {
+    pub path: PathBuf,
+    /// Highest index of any batch the file holds.
+    pub stale_index_max: u64,
+}
+
+/// Dropped segments kept for recycling; more are deleted. Two cover a roll-over while the next
+/// prefix truncation is still pending.
+pub(crate) const FREE_SEGMENTS_MAX: usize = 2;
+
+/// "Durable up to index N", "ops 1..=n completed", or the error that failed the log.
 pub(crate) struct DurableState {
     pub durable_index: u64,
     pub failed: Option<String>,
+    /// Ops completed (successfully, or failed as recorded in `failed_ops`), in queue order.
+    pub ops_done: u64,
+    /// The ops of the group whose write failed (`first..=last`) and that write's error; every
+    /// later op fails with `LogError::Failed`.
+    pub failed_ops: Option<(u64, u64, LogError)>,
+    /// The writer thread has stopped: ops not completed by now never will be.
+    pub closed: bool,
+}
+
+impl DurableState {
+    /// The state of a log whose entries up to `durable_index` are on disk and no op is queued.
+    pub fn new(durable_index: u64) -> DurableState {
+        DurableState {
+            durable_index,
+            failed: None,
+            ops_done: 0,
+            failed_ops: None,
+            closed: false,
+        }
+    }
+
+    /// The outcome of op `op` if it is known: `Ok` once completed, the write error for the ops
+    /// of the failed group, `Failed` for every later one.
+    pub fn outcome(&self, op: u64) -> Option<Result<(), LogError>> {
+        if let Some((first, last, e)) = &self.failed_ops {
+            if (*first..=*last).contains(&op) {
+                return Some(Err(e.clone()));
+            }
+            if op > *last {
+                let why = self.failed.clone().unwrap_or_default();
+                return Some(Err(LogError::Failed(why)));
+            }
+        }
+        if op <= self.ops_done {
+            return Some(Ok(()));
+        }
+        self.closed.then_some(Err(LogError::Closed))
+    }
 }
 
 /// State shared by the writer, appenders and readers.
@@ -73,6 +129,15 @@ pub(crate) struct Shared {
     pub durable: Mutex<DurableState>,
     pub durable_changed: Condvar,
     pub stats: WriterStats,
+    /// Dropped segments waiting to be recycled, oldest first (at most `FREE_SEGMENTS_MAX`).
+    pub free_segments: Mutex<VecDeque<FreeSegment>>,
+}
+
+/// The next segment being prepared by a background thread.
+struct Preparation {
+    handle: JoinHandle<std::io::Result<Prepared>>,
+    /// Tells a zero-fill when the log commits, and to stop when the segment is needed.
+    gate: Arc<FillGate>,
 }
 
 /// Static parameters of the writer.
@@ -85,18 +150,6 @@ pub(crate) struct WriterParams {
     pub durable_hook: Option<crate::log::WriterHook>,
 }
 
-/// How much longer an emulated disk holds back a group whose real write + fdatasync returned
-/// `since_issue` after it was issued: completion = max(real completion, issue + `delay`). The
-/// hold is served on the writer thread after the real completion and before anything is
-/// published, so emulation can only make a group durable later, never earlier, and groups stay
-/// one at a time: appends arriving meanwhile queue and form the next group, as on a real device.
-fn emulated_hold(
-    delay: std::time::Duration,
-    since_issue: std::time::Duration,
-) -> std::time::Duration {
-    delay.saturating_sub(since_issue)
-}
-
 /// The writer thread's state.
 pub(crate) struct Writer {
     params: WriterParams,
@@ -106,8 +159,27 @@ pub(crate) struct Writer {
     header: SegmentHeader,
     pos: u64,
     buf: AlignedBuf,
-    spare: Option<JoinHandle<std::io::Result<PathBuf>>>,
+    spare: Option<Preparation>,
     failed: Option<String>,
+    /// Ops completed so far (the numbering of `Op`).
+    ops_completed: u64,
+    /// Where each batch of the group being written lands (reused: no allocation per group).
+    locs: Vec<(crate::batch::BatchHeader, u64)>,
+}
+
+/// Marks the durable state closed when the writer thread ends, even by a panic, so that no
+/// caller waits forever for an op that will never complete.
+struct CloseOnExit(Arc<Shared>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        let mut d = match self.0.durable.lock() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        d.closed = true;
+        self.0.durable_changed.notify_all();
+    }
 }
 
 impl Writer {
@@ -131,6 +203,8 @@ impl Writer {
             buf,
             spare: None,
             failed: None,
+            ops_completed: 0,
+            locs: Vec::new(),
         };
         w.prepare_spare_if_due();
         w
@@ -146,6 +220,8 @@ impl Writer {
         }
     }
 
+    /// Starts preparing the next segment: recycling a dropped one if any is set aside (a rename:
+    /// its blocks are already written), else zero-filling a new one.
     fn prepare_spare(&mut self) {
         let dir = self.params.dir.clone();
         let (seq, bytes, how) = (
@@ -153,13 +229,51 @@ impl Writer {
             self.params.segment_bytes,
             self.params.preallocate,
         );
-        self.spare = Some(std::thread::spawn(move || {
-            segment::prepare(&dir, seq, bytes, how)
-        }));
+        let free = self
+            .shared
+            .free_segments
+            .lock()
+            .expect("free segments lock")
+            .pop_front();
+        let gate = Arc::new(FillGate::default());
+        let fill_gate = Arc::clone(&gate);
+        let spawned = std::thread::Builder::new()
+            .name("raftline-log-prep".into())
+            .spawn(move || match free {
+                Some(f) => segment::recycle(&dir, &f.path, seq, f.stale_index_max),
+                None => segment::prepare(&dir, seq, bytes, how, &fill_gate),
+            });
+        match spawned {
+            Ok(handle) => self.spare = Some(Preparation { handle, gate }),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot spawn the segment preparation thread; the next roll-over prepares inline"
+            ),
+        }
+    }
+
+    /// The prepared next segment, if its preparation was started: stops an unfinished zero-fill
+    /// (the rest of the body stays fallocated, reading as zeros) and counts the wait.
+    fn take_spare(&mut self) -> Option<std::io::Result<Prepared>> {
+        let spare = self.spare.take()?;
+        if spare.handle.is_finished() {
+            return Some(spare.handle.join().expect("segment preparation panicked"));
+        }
+        let started = std::time::Instant::now();
+        spare.gate.cancel.store(true, Ordering::Relaxed);
+        spare.handle.thread().unpark();
+        let prepared = spare.handle.join().expect("segment preparation panicked");
+        let stats = &self.shared.stats;
+        stats.segment_prepare_waits.fetch_add(1, Ordering::Relaxed);
+        stats
+            .segment_prepare_wait_us
+            .record(started.elapsed().as_micros() as u64);
+        Some(prepared)
     }
 
     /// Runs until every sender is gone.
     pub fn run(mut self, rx: Receiver<Op>) {
+        let _close = CloseOnExit(Arc::clone(&self.shared));
         let mut carry: Option<Op> = None;
         let mut group: Vec<Op> = Vec::new();
         loop {
@@ -174,15 +288,13 @@ impl Writer {
                 next_index,
                 next_offset,
                 prev_term,
-                done,
             } = first
             {
                 let result = match &self.failed {
                     Some(why) => Err(LogError::Failed(why.clone())),
                     None => self.restart(next_index, next_offset, prev_term),
                 };
-                let _ = done.send(result);
-                self.run_durable_hook();
+                self.complete(1, result);
                 continue;
             }
             let group_max = self.group_bytes_max();
@@ -208,7 +320,9 @@ impl Writer {
             self.commit(&mut group, bytes);
         }
         if let Some(spare) = self.spare.take() {
-            let _ = spare.join();
+            spare.gate.cancel.store(true, Ordering::Relaxed);
+            spare.handle.thread().unpark();
+            let _ = spare.handle.join();
         }
     }
 
@@ -230,35 +344,57 @@ impl Writer {
             Some(why) => Err(LogError::Failed(why.clone())),
             None => self.write_group(group, bytes),
         };
-        if let Err(e) = &result {
-            if self.failed.is_none() {
-                let why = e.to_string();
-                tracing::error!(error = %why, "log write failed; the log is failed until reopened");
-                self.failed = Some(why.clone());
-                let mut d = self.shared.durable.lock().expect("durable lock");
-                d.failed = Some(why);
-                self.shared.durable_changed.notify_all();
-            }
+        let ops = group.len() as u64;
+        group.clear();
+        self.complete(ops, result);
+    }
+
+    /// Publishes the outcome of the next `ops` ops (`Ok(durable index)` or the error), with one
+    /// lock and one wake-up for all their waiters, and runs the durable hook. On an error, the
+    /// log is failed for good.
+    fn complete(&mut self, ops: u64, result: Result<u64, LogError>) {
+        let first = self.ops_completed + 1;
+        self.ops_completed += ops;
+        // The hook runs after the index shows the group (so `Log::durable_last` sees it) and
+        // before its tickets complete; after a failure, once the failure is visible.
+        if result.is_ok() {
+            self.run_durable_hook();
         }
-        self.run_durable_hook();
-        for op in group.drain(..) {
-            let done = match op {
-                Op::Append { done, .. } => done,
-                Op::Truncate { done, .. } | Op::Restart { done, .. } => Some(done),
+        let failed_now = {
+            let mut d = self.shared.durable.lock().expect("durable lock");
+            let failed_now = match result {
+                Ok(index) => {
+                    d.durable_index = index;
+                    false
+                }
+                Err(e) if self.failed.is_none() => {
+                    let why = e.to_string();
+                    tracing::error!(error = %why, "log write failed; the log is failed until reopened");
+                    self.failed = Some(why.clone());
+                    d.failed = Some(why);
+                    d.failed_ops = Some((first, self.ops_completed, e));
+                    true
+                }
+                Err(_) => true,
             };
-            if let Some(done) = done {
-                let _ = done.send(result.clone());
-            }
+            d.ops_done = self.ops_completed;
+            self.shared.durable_changed.notify_all();
+            failed_now
+        };
+        if failed_now {
+            self.run_durable_hook();
         }
     }
 
-    fn write_group(&mut self, group: &[Op], bytes: usize) -> Result<(), LogError> {
+    /// Writes the group durably and extends the index; returns the new durable index.
+    fn write_group(&mut self, group: &[Op], bytes: usize) -> Result<u64, LogError> {
         debug_assert!(bytes <= self.group_bytes_max());
         if self.pos + align_up(bytes as u64) > self.params.segment_bytes {
             self.roll_over()?;
         }
         self.buf.clear();
-        let mut locs = Vec::with_capacity(group.len());
+        let mut locs = std::mem::take(&mut self.locs);
+        locs.clear();
         for op in group {
             let batch = match op {
                 Op::Append { batch, .. } => batch,
@@ -270,19 +406,24 @@ impl Writer {
             self.buf.extend_from_slice(batch.as_bytes());
         }
         self.buf.pad_to_sector();
-        let started = std::time::Instant::now();
-        self.backend
-            .write_durable(&self.file, &self.buf, self.pos)
-            .map_err(|e| {
-                LogError::io(
-                    format!("writing + fdatasync of segment {}", self.header.seq),
-                    e,
-                )
-            })?;
-        let hold = emulated_hold(self.params.emulated_fsync_delay, started.elapsed());
-        if !hold.is_zero() {
-            std::thread::sleep(hold);
+        let started = Instant::now();
+        let gate = self.spare.as_ref().map(|s| &s.gate);
+        gate.inspect(|g| g.log_busy.store(true, Ordering::Relaxed));
+        let written = self.backend.write_durable(&self.file, &self.buf, self.pos);
+        // An emulated slower disk: the commit completes no sooner than its real completion
+        // and no sooner than the profile's latency after it was issued.
+        if let Some(wait) =
+            (started + self.params.emulated_fsync_delay).checked_duration_since(Instant::now())
+        {
+            std::thread::sleep(wait);
         }
+        gate.inspect(|g| g.log_busy.store(false, Ordering::Relaxed));
+        written.map_err(|e| {
+            LogError::io(
+                format!("writing + fdatasync of segment {}", self.header.seq),
+                e,
+            )
+        })?;
         self.pos += self.buf.len() as u64;
         self.prepare_spare_if_due();
         let stats = &self.shared.stats;
@@ -299,7 +440,15 @@ impl Writer {
         stats.group_batches.record(group.len() as u64);
         let durable_index = {
             let mut index = self.shared.index.write().expect("index lock");
-            for (h, pos) in locs {
+            let active = index
+                .segments
+                .back_mut()
+                .expect("the active segment is indexed");
+            debug_assert_eq!(active.seq, self.header.seq);
+            for (h, _) in &locs {
+                active.note_written(h.index, h.flags & FLAG_TRUNCATE_MARKER != 0);
+            }
+            for (h, pos) in locs.drain(..) {
                 if h.flags & FLAG_TRUNCATE_MARKER != 0 {
                     index.truncate_suffix(h.index, h.base_offset, h.term);
                 } else {
@@ -316,10 +465,8 @@ impl Writer {
             }
             index.next_index - 1
         };
-        let mut d = self.shared.durable.lock().expect("durable lock");
-        d.durable_index = durable_index;
-        self.shared.durable_changed.notify_all();
-        Ok(())
+        self.locs = locs;
+        Ok(durable_index)
     }
 
     /// Seals the current segment (all its groups are durable) and starts the next one.
@@ -331,14 +478,64 @@ impl Writer {
         self.start_segment(start, false)
     }
 
-    /// Starts a restart segment at the given position, then deletes every earlier segment.
-    /// A crash before the deletes leaves obsolete segments that recovery skips and removes.
+    /// The prepared next segment, usable for a segment starting at `base_index`: a recycled body
+    /// only if each of its stale batches has an index below every entry or marker the new life
+    /// can hold (`base_index` and, before a restart, the first retained index: truncation markers
+    /// never go below it). Otherwise it is deleted and a fresh body fallocated at once (the
+    /// writer never waits for a zero-fill).
+    fn next_body(&mut self, base_index: u64, restart: bool) -> Result<Prepared, LogError> {
+        let floor = if restart {
+            base_index
+        } else {
+            let first = self.shared.index.read().expect("index lock").first_index;
+            first.min(base_index)
+        };
+        let seq = self.header.seq + 1;
+        match self.take_spare() {
+            Some(Ok(p)) if p.stale_index_max < floor => {
+                if p.stale_index_max > 0 {
+                    self.shared
+                        .stats
+                        .segments_recycled
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok(p);
+            }
+            Some(Ok(p)) => {
+                std::fs::remove_file(&p.path)
+                    .map_err(|e| LogError::io("deleting an unusable recycled segment", e))?;
+            }
+            Some(Err(e)) => return Err(LogError::io("preparing the next segment", e)),
+            None => {}
+        }
+        let started = std::time::Instant::now();
+        let stop_at_once = FillGate::default();
+        stop_at_once.cancel.store(true, Ordering::Relaxed);
+        let p = segment::prepare(
+            &self.params.dir,
+            seq,
+            self.params.segment_bytes,
+            self.params.preallocate,
+            &stop_at_once,
+        )
+        .map_err(|e| LogError::io("preparing the next segment", e))?;
+        let stats = &self.shared.stats;
+        stats.segment_prepare_waits.fetch_add(1, Ordering::Relaxed);
+        stats
+            .segment_prepare_wait_us
+            .record(started.elapsed().as_micros() as u64);
+        Ok(p)
+    }
+
+    /// Starts a restart segment at the given position, then deletes every earlier segment;
+    /// returns the new durable index. A crash before the deletes leaves obsolete segments that
+    /// recovery skips and removes.
     fn restart(
         &mut self,
         next_index: u64,
         next_offset: u64,
         prev_term: u64,
-    ) -> Result<(), LogError> {
+    ) -> Result<u64, LogError> {
         self.start_segment((next_index, next_offset, prev_term), true)?;
         let obsolete: Vec<u64> = {
             let mut index = self.shared.index.write().expect("index lock");
@@ -352,30 +549,13 @@ impl Writer {
         };
         segment::remove_segments(&self.params.dir, &obsolete)
             .map_err(|e| LogError::io("deleting segments obsolete after a restart", e))?;
-        let mut d = self.shared.durable.lock().expect("durable lock");
-        d.durable_index = next_index - 1;
-        self.shared.durable_changed.notify_all();
-        Ok(())
+        Ok(next_index - 1)
     }
 
     /// Seals the current segment and starts the next at log position `(index, offset, prev_term)`.
     fn start_segment(&mut self, start: (u64, u64, u64), restart: bool) -> Result<(), LogError> {
         let dir = self.params.dir.clone();
-        let prepared = match self
-            .spare
-            .take()
-            .map(|h| h.join().expect("segment preparation panicked"))
-        {
-            Some(Ok(path)) => path,
-            Some(Err(e)) => return Err(LogError::io("preparing the next segment", e)),
-            None => segment::prepare(
-                &dir,
-                self.header.seq + 1,
-                self.params.segment_bytes,
-                self.params.preallocate,
-            )
-            .map_err(|e| LogError::io("preparing the next segment", e))?,
-        };
+        let prepared = self.next_body(start.0, restart)?;
         let header = SegmentHeader {
             seq: self.header.seq + 1,
             base_index: start.0,
@@ -384,8 +564,9 @@ impl Writer {
             segment_bytes: self.params.segment_bytes,
             group_bytes_max: self.params.group_bytes_max as u64,
             restart,
+            stale_index_max: prepared.stale_index_max,
         };
-        let file = segment::install(&dir, &prepared, &header, self.backend.kind())
+        let file = segment::install(&dir, &prepared.path, &header, self.backend.kind())
             .map_err(|e| LogError::io(format!("installing segment {}", header.seq), e))?;
         let path = segment::segment_path(&dir, header.seq);
         let read_file = File::open(&path)
@@ -395,10 +576,11 @@ impl Writer {
             .write()
             .expect("index lock")
             .segments
-            .push_back(SegmentRef {
-                seq: header.seq,
-                file: Arc::new(read_file),
-            });
+            .push_back(SegmentRef::new(
+                header.seq,
+                Arc::new(read_file),
+                header.stale_index_max,
+            ));
         tracing::debug!(
             seq = header.seq,
             base_index = header.base_index,
@@ -419,29 +601,6 @@ mod tests {
     use crate::index::LogIndex;
 
     #[test]
-    fn an_emulated_completion_is_the_later_of_the_real_one_and_issue_plus_delay() {
-        use std::time::Duration;
-        let ms = Duration::from_millis;
-        for (delay, real) in [
-            (ms(10), ms(1)),
-            (ms(10), ms(10)),
-            (ms(10), ms(25)),
-            (ms(0), ms(3)),
-        ] {
-            let completion = real + emulated_hold(delay, real);
-            assert_eq!(
-                completion,
-                real.max(delay),
-                "delay {delay:?}, real {real:?}"
-            );
-            assert!(
-                completion >= real,
-                "never durable before the real fdatasync"
-            );
-        }
-    }
-
-    #[test]
     fn a_failed_write_fails_the_log_for_good_and_is_never_retried() {
         let dir = tempfile::Builder::new()
             .prefix("raftline-gc-test")
@@ -455,21 +614,26 @@ mod tests {
             segment_bytes: 64 << 10,
             group_bytes_max: 8 << 10,
             restart: false,
+            stale_index_max: 0,
         };
-        let prepared =
-            segment::prepare(dir.path(), 1, header.segment_bytes, Preallocate::Sparse).unwrap();
-        segment::install(dir.path(), &prepared, &header, BackendKind::Buffered).unwrap();
+        let prepared = segment::prepare(
+            dir.path(),
+            1,
+            header.segment_bytes,
+            Preallocate::Sparse,
+            &FillGate::default(),
+        )
+        .unwrap();
+        segment::install(dir.path(), &prepared.path, &header, BackendKind::Buffered).unwrap();
         // A read-only descriptor makes the real write fail (EBADF): the same path an fdatasync
         // error takes.
         let read_only = File::open(segment::segment_path(dir.path(), 1)).unwrap();
         let shared = Arc::new(Shared {
             index: RwLock::new(LogIndex::starting_at(1, 0, 0)),
-            durable: Mutex::new(DurableState {
-                durable_index: 0,
-                failed: None,
-            }),
+            durable: Mutex::new(DurableState::new(0)),
             durable_changed: Condvar::new(),
             stats: WriterStats::default(),
+            free_segments: Mutex::new(VecDeque::new()),
         });
         let params = WriterParams {
             dir: dir.path().to_path_buf(),
@@ -489,27 +653,38 @@ mod tests {
         );
         let (tx, rx) = crossbeam_channel::bounded(4);
         let thread = std::thread::spawn(move || writer.run(rx));
-        let send = |index: u64| {
+        let outcome = |op: u64| {
+            let d = shared.durable.lock().unwrap();
+            let d = shared
+                .durable_changed
+                .wait_while(d, |d| d.outcome(op).is_none())
+                .unwrap();
+            d.outcome(op).unwrap()
+        };
+        let send = |op: u64| {
             let mut batch = Batch::encode(&[]).unwrap();
-            batch.stamp(0, 1, index);
-            let (done, result) = crossbeam_channel::bounded(1);
-            tx.send(Op::Append {
-                batch,
-                done: Some(done),
-            })
-            .unwrap();
-            result.recv().unwrap()
+            batch.stamp(0, 1, 1);
+            tx.send(Op::Append { batch }).unwrap();
+            outcome(op)
         };
         assert!(
             matches!(send(1), Err(LogError::Io { .. })),
             "the write error surfaces"
         );
         assert!(
-            matches!(send(1), Err(LogError::Failed(_))),
+            matches!(send(2), Err(LogError::Failed(_))),
             "later appends fail without another write"
+        );
+        assert!(
+            matches!(outcome(1), Err(LogError::Io { .. })),
+            "outcomes are kept"
         );
         drop(tx);
         thread.join().unwrap();
+        assert!(
+            matches!(outcome(3), Err(LogError::Failed(_))),
+            "an op never completed by a failed, stopped writer fails"
+        );
         assert!(shared.durable.lock().unwrap().failed.is_some());
         assert_eq!(shared.stats.fdatasyncs.load(Ordering::Relaxed), 0);
         assert_eq!(

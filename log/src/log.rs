@@ -7,13 +7,15 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
 use crate::aligned_buf::SECTOR_BYTES;
 use crate::backend::{open_options, Backend, BackendChoice, BackendKind};
 use crate::batch::{check_frame, Batch};
 use crate::error::{CorruptionKind, LogError};
-use crate::group_commit::{DurableState, Op, Shared, Writer, WriterParams};
+use crate::group_commit::{
+    DurableState, FreeSegment, Op, Shared, Writer, WriterParams, FREE_SEGMENTS_MAX,
+};
 use crate::index::LogIndex;
 use crate::recovery::recover;
 use crate::segment::{self, Preallocate, SegmentHeader, SEGMENT_HEADER_BYTES};
@@ -35,10 +37,9 @@ pub struct LogConfig {
     pub queue_depth: usize,
     /// How new segments are preallocated.
     pub preallocate: Preallocate,
-    /// Benchmarks only (`--emulate-disk`): a group's write + fdatasync completes no earlier than
-    /// this long after it was issued (completion = max(real, issue + delay)), to emulate a slower
-    /// disk (DESIGN §3a: this machine's ~45 µs flush hides what batching buys on real disks).
-    /// One group at a time, as on a real device; never durable before the real fdatasync.
+    /// Benchmarks only: emulates a slower disk; each group commit completes no sooner than its
+    /// real fdatasync and no sooner than this long after it was issued (DESIGN §3a: this
+    /// machine's ~45 µs flush hides what batching buys on real disks).
     pub emulated_fsync_delay: Duration,
     /// Called by the writer thread after each durable group (and once when the log fails), so
     /// a single-threaded owner of the log can be woken to read [`Log::durable_last`] instead of
@@ -108,6 +109,8 @@ struct Sequencer {
     next_offset: u64,
     /// (term, base_offset) of entries `first_index..`.
     entries: VecDeque<(u64, u64)>,
+    /// Ops queued to the writer so far: the number of the last one (see `group_commit::Op`).
+    ops_queued: u64,
 }
 
 impl Sequencer {
@@ -126,8 +129,8 @@ impl Sequencer {
     }
 }
 
-/// Where an accepted batch landed; `wait` returns once it is durable.
-#[derive(Debug)]
+/// Where an accepted batch landed; `wait` returns once it is durable. Costs no allocation: it
+/// names the op's number, and the writer publishes "ops up to n completed".
 pub struct AppendTicket {
     /// Raft index of the entry.
     pub index: u64,
@@ -135,18 +138,41 @@ pub struct AppendTicket {
     pub base_offset: u64,
     /// Offset one past its last record.
     pub next_offset: u64,
-    done: Receiver<Result<(), LogError>>,
+    op: u64,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AppendTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendTicket")
+            .field("index", &self.index)
+            .field("base_offset", &self.base_offset)
+            .field("next_offset", &self.next_offset)
+            .field("op", &self.op)
+            .finish()
+    }
 }
 
 impl AppendTicket {
     /// Blocks until the batch is durable, or the log failed.
     pub fn wait(&self) -> Result<(), LogError> {
-        self.done.recv().unwrap_or(Err(LogError::Closed))
+        let d = self.shared.durable.lock().expect("durable lock");
+        let d = self
+            .shared
+            .durable_changed
+            .wait_while(d, |d| d.outcome(self.op).is_none())
+            .expect("durable lock");
+        d.outcome(self.op)
+            .expect("the wait ends once the outcome is known")
     }
 
-    /// The completion channel, for callers that select over many.
-    pub fn receiver(&self) -> &Receiver<Result<(), LogError>> {
-        &self.done
+    /// The outcome if already known (`None` while the batch is queued or being written).
+    pub fn try_outcome(&self) -> Option<Result<(), LogError>> {
+        self.shared
+            .durable
+            .lock()
+            .expect("durable lock")
+            .outcome(self.op)
     }
 }
 
@@ -182,10 +208,17 @@ impl Log {
                 segment_bytes: config.segment_bytes,
                 group_bytes_max: config.group_bytes_max as u64,
                 restart: false,
+                stale_index_max: 0,
             };
-            let prepared = segment::prepare(&dir, 1, config.segment_bytes, config.preallocate)
-                .map_err(|e| LogError::io("preparing the first segment", e))?;
-            segment::install(&dir, &prepared, &header, kind)
+            let prepared = segment::prepare(
+                &dir,
+                1,
+                config.segment_bytes,
+                config.preallocate,
+                &segment::FillGate::default(),
+            )
+            .map_err(|e| LogError::io("preparing the first segment", e))?;
+            segment::install(&dir, &prepared.path, &header, kind)
                 .map_err(|e| LogError::io("installing the first segment", e))?;
             seqs.push(1);
         }
@@ -204,16 +237,15 @@ impl Log {
                 .iter()
                 .map(|e| (e.term, e.base_offset))
                 .collect(),
+            ops_queued: 0,
         };
         let durable_index = index.next_index - 1;
         let shared = Arc::new(Shared {
             index: RwLock::new(index),
-            durable: Mutex::new(DurableState {
-                durable_index,
-                failed: None,
-            }),
+            durable: Mutex::new(DurableState::new(durable_index)),
             durable_changed: Condvar::new(),
             stats: Default::default(),
+            free_segments: Mutex::new(VecDeque::new()),
         });
         let params = WriterParams {
             dir,
@@ -292,7 +324,6 @@ impl Log {
             });
         }
         self.check_failed()?;
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let mut seq = self.seq.lock().expect("sequencer lock");
         let next_index = seq.next_index();
         if let Some(index) = index {
@@ -313,18 +344,17 @@ impl Log {
         batch.stamp(base_offset, term, next_index);
         let record_count = u64::from(batch.header().record_count);
         let tx = self.tx.as_ref().expect("sender lives until drop");
-        tx.send(Op::Append {
-            batch,
-            done: Some(done_tx),
-        })
-        .map_err(|_| LogError::Closed)?;
+        tx.send(Op::Append { batch })
+            .map_err(|_| LogError::Closed)?;
+        seq.ops_queued += 1;
         seq.entries.push_back((term, base_offset));
         seq.next_offset = base_offset + record_count;
         Ok(AppendTicket {
             index: next_index,
             base_offset,
             next_offset: seq.next_offset,
-            done: done_rx,
+            op: seq.ops_queued,
+            shared: Arc::clone(&self.shared),
         })
     }
 
@@ -361,20 +391,18 @@ impl Log {
             .term_at(from_index - 1)
             .expect("term before a retained entry is known");
         let marker = Batch::truncate_marker(from_index, next_offset, prev_term);
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let tx = self.tx.as_ref().expect("sender lives until drop");
-        tx.send(Op::Truncate {
-            marker,
-            done: done_tx,
-        })
-        .map_err(|_| LogError::Closed)?;
+        tx.send(Op::Truncate { marker })
+            .map_err(|_| LogError::Closed)?;
+        seq.ops_queued += 1;
         seq.entries.truncate(keep);
         seq.next_offset = next_offset;
         Ok(AppendTicket {
             index: from_index,
             base_offset: next_offset,
             next_offset,
-            done: done_rx,
+            op: seq.ops_queued,
+            shared: Arc::clone(&self.shared),
         })
     }
 
@@ -549,12 +577,10 @@ impl Log {
     ) -> Result<AppendTicket, LogError> {
         self.check_failed()?;
         let mut seq = self.seq.lock().expect("sequencer lock");
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let op = Op::Restart {
             next_index: last_index + 1,
             next_offset,
             prev_term: last_term,
-            done: done_tx,
         };
         let tx = self.tx.as_ref().expect("sender lives until drop");
         tx.send(op).map_err(|_| LogError::Closed)?;
@@ -563,17 +589,20 @@ impl Log {
             prev_term: last_term,
             next_offset,
             entries: VecDeque::new(),
+            ops_queued: seq.ops_queued + 1,
         };
         Ok(AppendTicket {
             index: last_index + 1,
             base_offset: next_offset,
             next_offset,
-            done: done_rx,
+            op: seq.ops_queued,
+            shared: Arc::clone(&self.shared),
         })
     }
 
-    /// Deletes whole segments whose entries all lie below `index` (never the segment being
-    /// written), then fsyncs the directory. Returns how many segments were dropped.
+    /// Drops whole segments whose entries all lie below `index` (never the segment being
+    /// written): up to `FREE_SEGMENTS_MAX` of them are set aside to be recycled by later
+    /// roll-overs, the others deleted; then fsyncs the directory. Returns how many were dropped.
     pub fn truncate_prefix(&self, index: u64) -> Result<usize, LogError> {
         let mut seq = self.seq.lock().expect("sequencer lock");
         let dropped = {
@@ -590,9 +619,42 @@ impl Log {
             sync_sequencer_front(&mut seq, &log_index);
             dropped
         };
-        segment::remove_segments(&self.config.dir, &dropped)
-            .map_err(|e| LogError::io("deleting segments below the prefix", e))?;
-        Ok(dropped.len())
+        let count = dropped.len();
+        self.set_aside_or_delete(dropped)
+            .map_err(|e| LogError::io("dropping segments below the prefix", e))?;
+        Ok(count)
+    }
+
+    /// Renames dropped segments to `.free` files for recycling while the pool has room, deletes
+    /// the rest, then fsyncs the directory. Never recycled: a segment holding a truncation
+    /// marker (a stale marker could not be told from a new one) or one a reader still holds
+    /// open (it would read the new life's bytes).
+    fn set_aside_or_delete(&self, dropped: Vec<crate::index::SegmentRef>) -> std::io::Result<()> {
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        let dir = &self.config.dir;
+        let mut free = self
+            .shared
+            .free_segments
+            .lock()
+            .expect("free segments lock");
+        for seg in dropped {
+            let path = segment::segment_path(dir, seg.seq);
+            let recyclable = !seg.has_marker && Arc::strong_count(&seg.file) == 1;
+            if recyclable && free.len() < FREE_SEGMENTS_MAX {
+                let to = segment::free_path(dir, seg.seq);
+                std::fs::rename(&path, &to)?;
+                free.push_back(FreeSegment {
+                    path: to,
+                    stale_index_max: seg.index_max,
+                });
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        drop(free);
+        segment::sync_dir(dir)
     }
 }
 

@@ -27,7 +27,7 @@ use raftline_netio::cluster_id::ClusterId;
 use serde::Serialize;
 
 use crate::emulated_disk::{self, DiskProfile, EmulatedDisk};
-use crate::local_cluster::{self, LocalCluster};
+use crate::local_cluster::{self, LocalCluster, RunDir};
 use crate::produce::AckArg;
 
 /// The long `--help` of `raftline bench cluster`.
@@ -259,40 +259,19 @@ pub fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `f` in a fresh temporary directory under `dir` (created if missing) with Ctrl-C raising
-/// the stop signal; removes the temporary directory, and `dir` itself if this call created it
-/// and it is left empty.
+/// Runs `f` in a fresh run directory under `dir` ([`RunDir`]: removed at the end, with the
+/// directories this call created if left empty) with Ctrl-C raising the stop signal.
 pub fn in_run_dir<T>(
     dir: &Path,
     f: impl FnOnce(&Path, &StopSignal) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    // The outermost directory this run creates, removed again at the end if left empty.
-    let created_dir = dir
-        .ancestors()
-        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
-        .last()
-        .map(Path::to_path_buf);
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let run_dir = tempfile::Builder::new()
-        .prefix("run-")
-        .tempdir_in(dir)
-        .with_context(|| format!("creating a run directory in {}", dir.display()))?;
+    let run_dir = RunDir::create(dir)?;
     let stop = StopSignal::default();
     {
         let stop = stop.clone();
         ctrlc::set_handler(move || stop.raise()).context("installing the Ctrl-C handler")?;
     }
-    let result = f(run_dir.path(), &stop);
-    drop(run_dir);
-    if let Some(created) = created_dir {
-        // remove_dir only removes empty directories: anything else put there meanwhile stays.
-        for dir in dir.ancestors() {
-            if std::fs::remove_dir(dir).is_err() || dir == created {
-                break;
-            }
-        }
-    }
-    result
+    f(run_dir.path(), &stop)
 }
 
 /// Checks the flags against each other.

@@ -1,6 +1,7 @@
 //! `raftline`: the command-line front end of raftline.
 
 mod bench_cluster;
+mod bench_failover;
 mod bench_fsync;
 mod bench_profiles;
 mod cluster_args;
@@ -59,6 +60,9 @@ enum BenchCommand {
     /// What group commit buys on (emulated) HDD, SATA and NVMe disks: unbatched vs group-committed.
     #[command(long_about = bench_profiles::LONG_ABOUT)]
     Profiles(bench_profiles::ProfilesArgs),
+    /// Kill -9 the leader of a 3-node cluster under load K times: write unavailability, records lost.
+    #[command(long_about = bench_failover::LONG_ABOUT)]
+    Failover(bench_failover::FailoverBenchArgs),
 }
 
 /// Structured logs on stderr; `RUST_LOG` filters them (default: info).
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Fsync(args)) => bench_fsync::run(args),
         Command::Bench(BenchCommand::Cluster(args)) => bench_cluster::run(args),
         Command::Bench(BenchCommand::Profiles(args)) => bench_profiles::run(args),
+        Command::Bench(BenchCommand::Failover(args)) => bench_failover::run(args),
     };
     match result {
         Ok(code) => code,
