@@ -90,6 +90,9 @@ pub(crate) struct DurableState {
     pub failed_ops: Option<(u64, u64, LogError)>,
     /// The writer thread has stopped: ops not completed by now never will be.
     pub closed: bool,
+    /// Threads blocked on `Shared::durable_changed`: the writer skips the wake-up syscall per
+    /// group when there are none (a Raft driver reads the durable side after its hook instead).
+    pub waiters: u32,
 }
 
 impl DurableState {
@@ -101,6 +104,7 @@ impl DurableState {
             ops_done: 0,
             failed_ops: None,
             closed: false,
+            waiters: 0,
         }
     }
 
@@ -131,6 +135,36 @@ pub(crate) struct Shared {
     pub stats: WriterStats,
     /// Dropped segments waiting to be recycled, oldest first (at most `FREE_SEGMENTS_MAX`).
     pub free_segments: Mutex<VecDeque<FreeSegment>>,
+}
+
+impl Shared {
+    /// Blocks until `done` holds for the durable state or `timeout` passes (`None`: never),
+    /// counted as a waiter so that the writer wakes it.
+    pub fn wait_durable_until(
+        &self,
+        timeout: Option<std::time::Duration>,
+        mut done: impl FnMut(&DurableState) -> bool,
+    ) -> std::sync::MutexGuard<'_, DurableState> {
+        let mut d = self.durable.lock().expect("durable lock");
+        if done(&d) {
+            return d;
+        }
+        d.waiters += 1;
+        let mut d = match timeout {
+            None => self
+                .durable_changed
+                .wait_while(d, |d| !done(d))
+                .expect("durable lock"),
+            Some(t) => {
+                self.durable_changed
+                    .wait_timeout_while(d, t, |d| !done(d))
+                    .expect("durable lock")
+                    .0
+            }
+        };
+        d.waiters -= 1;
+        d
+    }
 }
 
 /// The next segment being prepared by a background thread.
@@ -378,7 +412,9 @@ impl Writer {
                 Err(_) => true,
             };
             d.ops_done = self.ops_completed;
-            self.shared.durable_changed.notify_all();
+            if d.waiters > 0 {
+                self.shared.durable_changed.notify_all();
+            }
             failed_now
         };
         if failed_now {
@@ -654,12 +690,10 @@ mod tests {
         let (tx, rx) = crossbeam_channel::bounded(4);
         let thread = std::thread::spawn(move || writer.run(rx));
         let outcome = |op: u64| {
-            let d = shared.durable.lock().unwrap();
-            let d = shared
-                .durable_changed
-                .wait_while(d, |d| d.outcome(op).is_none())
-                .unwrap();
-            d.outcome(op).unwrap()
+            shared
+                .wait_durable_until(None, |d| d.outcome(op).is_some())
+                .outcome(op)
+                .unwrap()
         };
         let send = |op: u64| {
             let mut batch = Batch::encode(&[]).unwrap();

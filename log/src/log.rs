@@ -156,13 +156,9 @@ impl std::fmt::Debug for AppendTicket {
 impl AppendTicket {
     /// Blocks until the batch is durable, or the log failed.
     pub fn wait(&self) -> Result<(), LogError> {
-        let d = self.shared.durable.lock().expect("durable lock");
-        let d = self
-            .shared
-            .durable_changed
-            .wait_while(d, |d| d.outcome(self.op).is_none())
-            .expect("durable lock");
-        d.outcome(self.op)
+        self.shared
+            .wait_durable_until(None, |d| d.outcome(self.op).is_some())
+            .outcome(self.op)
             .expect("the wait ends once the outcome is known")
     }
 
@@ -215,7 +211,10 @@ impl Log {
                 1,
                 config.segment_bytes,
                 config.preallocate,
-                &segment::FillGate::default(),
+                &segment::FillGate {
+                    unpaced: true,
+                    ..Default::default()
+                },
             )
             .map_err(|e| LogError::io("preparing the first segment", e))?;
             segment::install(&dir, &prepared.path, &header, kind)
@@ -447,14 +446,9 @@ impl Log {
 
     /// Waits until the durable index reaches `index` or `timeout` passes; returns the durable index.
     pub fn wait_durable(&self, index: u64, timeout: Duration) -> Result<u64, LogError> {
-        let guard = self.shared.durable.lock().expect("durable lock");
-        let (guard, _) = self
-            .shared
-            .durable_changed
-            .wait_timeout_while(guard, timeout, |d| {
-                d.durable_index < index && d.failed.is_none()
-            })
-            .expect("durable lock");
+        let guard = self.shared.wait_durable_until(Some(timeout), |d| {
+            d.durable_index >= index || d.failed.is_some() || d.closed
+        });
         match &guard.failed {
             Some(why) => Err(LogError::Failed(why.clone())),
             None => Ok(guard.durable_index),

@@ -120,19 +120,22 @@ pub struct PointFigures {
 
 impl PointFigures {
     fn from_report(r: &ClusterBenchReport) -> anyhow::Result<PointFigures> {
-        let Some(leader) = &r.leader else {
+        let Some(l) = &r.load else {
+            bail!("the run measured no load");
+        };
+        let Some(leader) = &l.leader else {
             bail!("the leader's metrics were not read");
         };
         Ok(PointFigures {
             producers: r.setup.producers,
             window: r.setup.window,
-            entries_per_s: r.appends_per_s,
-            records_per_s: r.records_per_s,
-            latency_us_p50: r.latency_us.us_p50,
-            latency_us_p99: r.latency_us.us_p99,
+            entries_per_s: l.appends_per_s,
+            records_per_s: l.records_per_s,
+            latency_us_p50: l.latency_us.us_p50,
+            latency_us_p99: l.latency_us.us_p99,
             fdatasyncs_per_s: leader.fdatasyncs_per_s,
             records_per_fdatasync: leader.records_per_fdatasync,
-            leader_changed: r.leader_changed,
+            leader_changed: l.leader_changed,
         })
     }
 }

@@ -152,20 +152,15 @@ pub struct LocalCluster {
     /// Holds node N's data in `node-N` and its output in `node-N.log`.
     data: PathBuf,
     exe: PathBuf,
-    nodes: Vec<Node>,
-    /// Extra `raftline server` arguments every node gets (e.g. `--emulate-disk hdd`).
+    /// Appended to every node's `raftline server` command line (also on a restart).
     server_args: Vec<String>,
+    nodes: Vec<Node>,
 }
 
 impl LocalCluster {
-    /// Starts the three nodes (this same executable, `raftline server`) with data under `data`;
-    /// on error the nodes already started are stopped again.
-    pub fn start(data: &Path, base: u16, cluster: &str) -> anyhow::Result<LocalCluster> {
-        Self::start_with_args(data, base, cluster, &[])
-    }
-
-    /// [`LocalCluster::start`], with `server_args` added to every node's `raftline server`
-    /// command line (also when a node is restarted).
+    /// Starts the three nodes (this same executable, `raftline server`) with data under `data`
+    /// and `server_args` added to every node's command line (e.g. `--emulate-disk hdd`; a
+    /// restarted node gets them too); on error the nodes already started are stopped again.
     pub fn start_with_args(
         data: &Path,
         base: u16,
@@ -179,8 +174,8 @@ impl LocalCluster {
             cluster: cluster.to_string(),
             data: data.to_path_buf(),
             exe,
-            nodes: Vec::new(),
             server_args: server_args.to_vec(),
+            nodes: Vec::new(),
         };
         for id in 1..=NODES {
             match cluster.spawn_node(id, &available, false) {
@@ -317,6 +312,14 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// (node id, process id) of every running node (for CPU accounting from /proc).
+    pub fn node_pids(&self) -> Vec<(u64, u32)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| Some((n.id, n.child.as_ref()?.id())))
+            .collect()
     }
 
     /// The id of a node that has exited by itself, if any did (a killed node has not).

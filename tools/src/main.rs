@@ -1,9 +1,13 @@
 //! `raftline`: the command-line front end of raftline.
 
 mod bench_cluster;
+mod bench_cpu;
 mod bench_failover;
 mod bench_fsync;
+mod bench_load;
 mod bench_profiles;
+mod bench_sweep;
+mod bench_tail;
 mod cluster_args;
 mod dev;
 mod emulated_disk;
@@ -56,7 +60,7 @@ enum BenchCommand {
     Fsync(bench_fsync::FsyncArgs),
     /// Load a 3-node cluster: records/s, append->ack latency, group commit, beside the disk's own limits.
     #[command(long_about = bench_cluster::LONG_ABOUT)]
-    Cluster(bench_cluster::ClusterBenchArgs),
+    Cluster(Box<bench_cluster::ClusterBenchArgs>),
     /// What group commit buys on (emulated) HDD, SATA and NVMe disks: unbatched vs group-committed.
     #[command(long_about = bench_profiles::LONG_ABOUT)]
     Profiles(bench_profiles::ProfilesArgs),
@@ -86,7 +90,7 @@ fn main() -> ExitCode {
         Command::Tail(args) => tail::run(args),
         Command::Status(args) => status::run(args),
         Command::Bench(BenchCommand::Fsync(args)) => bench_fsync::run(args),
-        Command::Bench(BenchCommand::Cluster(args)) => bench_cluster::run(args),
+        Command::Bench(BenchCommand::Cluster(args)) => bench_cluster::run(*args),
         Command::Bench(BenchCommand::Profiles(args)) => bench_profiles::run(args),
         Command::Bench(BenchCommand::Failover(args)) => bench_failover::run(args),
     };

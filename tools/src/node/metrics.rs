@@ -23,6 +23,8 @@ pub struct Metrics {
     pub snapshot_index: AtomicU64,
     /// `--emulate-disk` profile, exported so no figure from an emulated node passes for real.
     emulated_disk: Option<&'static str>,
+    /// Bytes of peer frames handed to the network (on a leader: what it ships to followers).
+    pub peer_bytes_sent: AtomicU64,
 }
 
 impl Metrics {
@@ -35,6 +37,7 @@ impl Metrics {
             batch_bytes: Pow2Histogram::default(),
             snapshot_index: AtomicU64::new(0),
             emulated_disk: None,
+            peer_bytes_sent: AtomicU64::new(0),
         }
     }
 
@@ -155,6 +158,12 @@ impl Metrics {
             "raftline_log_bytes_written_total",
             "Bytes written to the log, padding included.",
             stats.bytes_written.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "raftline_peer_bytes_sent_total",
+            "Bytes of peer frames queued for sending (a leader's AppendEntries to its followers).",
+            self.peer_bytes_sent.load(Ordering::Relaxed),
         );
         histogram(
             &mut out,
