@@ -319,6 +319,14 @@ impl LocalCluster {
         }
     }
 
+    /// (node id, process id) of every running node (for CPU accounting from /proc).
+    pub fn node_pids(&self) -> Vec<(u64, u32)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| Some((n.id, n.child.as_ref()?.id())))
+            .collect()
+    }
+
     /// The id of a node that has exited by itself, if any did (a killed node has not).
     pub fn exited(&mut self) -> Option<u64> {
         self.nodes.iter_mut().find_map(|n| {

@@ -161,8 +161,13 @@ pub fn run(
                 tracing::error!(error = %e, "cannot encode a peer message");
                 continue;
             }
+            let bytes = frame.len() as u64;
             // Full or down: dropped; Raft retransmits.
-            let _ = net.send_peer(msg.to, frame);
+            if net.send_peer(msg.to, frame).is_ok() {
+                metrics
+                    .peer_bytes_sent
+                    .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         let committed = replica.take_committed();
         let leader = replica.raft().leader();
