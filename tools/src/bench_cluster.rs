@@ -426,11 +426,20 @@ pub fn run_with_disk(
         },
         None => {
             let base = local_cluster::free_base_port()?;
+            // W4 reads the whole log from offset 0: the nodes must not compact it meanwhile.
+            let mut server_args: Vec<String> = match args.tail_log {
+                Some(records) => vec![
+                    "--retain-mib".to_string(),
+                    bench_tail::retain_mib(records, args.value_bytes).to_string(),
+                ],
+                None => Vec::new(),
+            };
+            server_args.extend(emulated_disk::server_args(args.emulate_disk));
             let cluster = local.insert(LocalCluster::start_with_args(
                 dir,
                 base,
                 crate::dev::DEV_CLUSTER,
-                &emulated_disk::server_args(args.emulate_disk),
+                &server_args,
             )?);
             let leader = cluster.wait_for_leader()?;
             let mut watched: Vec<Watched> = cluster
