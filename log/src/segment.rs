@@ -61,7 +61,9 @@ pub struct FillGate {
 /// How a new segment's blocks are made ready before the log writes into it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preallocate {
-    /// Write zeros over the whole file and sync: later fdatasyncs need only a device flush.
+    /// fallocate, then write zeros over the file in the background while the log is idle and
+    /// sync: later fdatasyncs into it need only a device flush. A fill the roll-over stops
+    /// early leaves the rest fallocated (see `prepare`).
     ZeroFill,
     /// fallocate the extents: the file size is fixed, but each first write into an unwritten
     /// extent still costs a journal commit.
