@@ -304,6 +304,13 @@ impl Net {
         Ok(())
     }
 
+    /// Hands the sends queued so far to the kernel now instead of at the next [`Net::poll`]
+    /// (io_uring: one `io_uring_enter` without waiting; epoll: sends are tried when queued).
+    /// For a caller about to do something slow before polling again.
+    pub fn submit(&mut self) -> io::Result<()> {
+        self.reactor.submit()
+    }
+
     /// Queues one whole encoded frame for peer `to`. A full queue drops it (`Full`): Raft
     /// retransmits, and a slow or dead peer costs only its own bounded queue.
     pub fn send_peer(&mut self, to: u64, frame: Vec<u8>) -> Result<(), SendError> {

@@ -16,7 +16,7 @@ use raftline_netio::client_proto::{decode_request, NodeRole, NodeStatus, PeerSta
 use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::net::{Net, NetEvent};
 use raftline_netio::peer_codec::{decode_message, encode_message};
-use raftline_replicator::Role;
+use raftline_replicator::{Message, Role};
 
 use super::metrics::Metrics;
 use super::replica::{FatalError, Replica};
@@ -154,16 +154,15 @@ pub fn run(
                 next_tick = now + cfg.tick;
             }
         }
-        more_ready = replica.advance()?;
-        for msg in replica.take_messages() {
-            let mut frame = Vec::new();
-            if let Err(e) = encode_message(&mut frame, cfg.cluster_id, &msg) {
-                tracing::error!(error = %e, "cannot encode a peer message");
-                continue;
+        // Messages leave (submitted to the kernel) before the same Ready's entries wake the log
+        // writer: the follower's copy is on its way while this node's write starts.
+        more_ready = replica.advance_sending(&mut |msgs| {
+            send_messages(&mut net, cfg.cluster_id, msgs);
+            if let Err(e) = net.submit() {
+                tracing::warn!(error = %e, "submitting sends failed; they go at the next poll");
             }
-            // Full or down: dropped; Raft retransmits.
-            let _ = net.send_peer(msg.to, frame);
-        }
+        })?;
+        send_messages(&mut net, cfg.cluster_id, &mut replica.take_messages());
         let committed = replica.take_committed();
         let leader = replica.raft().leader();
         if !committed.is_empty() {
@@ -172,6 +171,18 @@ pub fn run(
         let raft = replica.raft();
         sessions.on_durable(&mut net, raft.durable_index(), |i| raft.term_at(i), leader);
         sessions.stream(&mut net, &replica)?;
+    }
+}
+
+/// Encodes and queues peer messages (a full or down link drops them: Raft retransmits).
+fn send_messages(net: &mut Net, cluster_id: ClusterId, msgs: &mut Vec<Message>) {
+    for msg in msgs.drain(..) {
+        let mut frame = Vec::new();
+        if let Err(e) = encode_message(&mut frame, cluster_id, &msg) {
+            tracing::error!(error = %e, "cannot encode a peer message");
+            continue;
+        }
+        let _ = net.send_peer(msg.to, frame);
     }
 }
 
