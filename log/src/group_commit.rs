@@ -3,11 +3,13 @@
 //! every appender in the group. While one group's fdatasync is in flight, the next accumulates
 //! in the channel.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
@@ -16,7 +18,7 @@ use crate::backend::Backend;
 use crate::batch::{Batch, FLAG_TRUNCATE_MARKER};
 use crate::error::LogError;
 use crate::index::{EntryLoc, LogIndex, SegmentRef};
-use crate::segment::{self, Preallocate, SegmentHeader};
+use crate::segment::{self, FillGate, Preallocate, Prepared, SegmentHeader};
 
 /// Completion of one queued operation: `Ok` once it is durable.
 pub(crate) type Done = Sender<Result<(), LogError>>;
@@ -59,7 +61,25 @@ pub struct WriterStats {
     pub group_commit_us: crate::histogram::Pow2Histogram,
     /// Batches per group commit.
     pub group_batches: crate::histogram::Pow2Histogram,
+    /// Segment roll-overs that found the next segment's preparation unfinished (the writer then
+    /// stops the zero-fill, waiting at most for its current chunk) or not started.
+    pub segment_prepare_waits: AtomicU64,
+    /// Microseconds the writer waited at each such roll-over.
+    pub segment_prepare_wait_us: crate::histogram::Pow2Histogram,
+    /// Segments installed from a file dropped by prefix truncation (no zero-fill, no new blocks).
+    pub segments_recycled: AtomicU64,
 }
+
+/// A segment dropped by prefix truncation, set aside (as a `.free` file) to be recycled.
+pub(crate) struct FreeSegment {
+    pub path: PathBuf,
+    /// Highest index of any batch the file holds.
+    pub stale_index_max: u64,
+}
+
+/// Dropped segments kept for recycling; more are deleted. Two cover a roll-over while the next
+/// prefix truncation is still pending.
+pub(crate) const FREE_SEGMENTS_MAX: usize = 2;
 
 /// "Durable up to index N", or the error that failed the log.
 pub(crate) struct DurableState {
@@ -73,6 +93,15 @@ pub(crate) struct Shared {
     pub durable: Mutex<DurableState>,
     pub durable_changed: Condvar,
     pub stats: WriterStats,
+    /// Dropped segments waiting to be recycled, oldest first (at most `FREE_SEGMENTS_MAX`).
+    pub free_segments: Mutex<VecDeque<FreeSegment>>,
+}
+
+/// The next segment being prepared by a background thread.
+struct Preparation {
+    handle: JoinHandle<std::io::Result<Prepared>>,
+    /// Tells a zero-fill when the log commits, and to stop when the segment is needed.
+    gate: Arc<FillGate>,
 }
 
 /// Static parameters of the writer.
@@ -94,7 +123,7 @@ pub(crate) struct Writer {
     header: SegmentHeader,
     pos: u64,
     buf: AlignedBuf,
-    spare: Option<JoinHandle<std::io::Result<PathBuf>>>,
+    spare: Option<Preparation>,
     failed: Option<String>,
 }
 
@@ -134,6 +163,8 @@ impl Writer {
         }
     }
 
+    /// Starts preparing the next segment: recycling a dropped one if any is set aside (a rename:
+    /// its blocks are already written), else zero-filling a new one.
     fn prepare_spare(&mut self) {
         let dir = self.params.dir.clone();
         let (seq, bytes, how) = (
@@ -141,9 +172,46 @@ impl Writer {
             self.params.segment_bytes,
             self.params.preallocate,
         );
-        self.spare = Some(std::thread::spawn(move || {
-            segment::prepare(&dir, seq, bytes, how)
-        }));
+        let free = self
+            .shared
+            .free_segments
+            .lock()
+            .expect("free segments lock")
+            .pop_front();
+        let gate = Arc::new(FillGate::default());
+        let fill_gate = Arc::clone(&gate);
+        let spawned = std::thread::Builder::new()
+            .name("raftline-log-prep".into())
+            .spawn(move || match free {
+                Some(f) => segment::recycle(&dir, &f.path, seq, f.stale_index_max),
+                None => segment::prepare(&dir, seq, bytes, how, &fill_gate),
+            });
+        match spawned {
+            Ok(handle) => self.spare = Some(Preparation { handle, gate }),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot spawn the segment preparation thread; the next roll-over prepares inline"
+            ),
+        }
+    }
+
+    /// The prepared next segment, if its preparation was started: stops an unfinished zero-fill
+    /// (the rest of the body stays fallocated, reading as zeros) and counts the wait.
+    fn take_spare(&mut self) -> Option<std::io::Result<Prepared>> {
+        let spare = self.spare.take()?;
+        if spare.handle.is_finished() {
+            return Some(spare.handle.join().expect("segment preparation panicked"));
+        }
+        let started = std::time::Instant::now();
+        spare.gate.cancel.store(true, Ordering::Relaxed);
+        spare.handle.thread().unpark();
+        let prepared = spare.handle.join().expect("segment preparation panicked");
+        let stats = &self.shared.stats;
+        stats.segment_prepare_waits.fetch_add(1, Ordering::Relaxed);
+        stats
+            .segment_prepare_wait_us
+            .record(started.elapsed().as_micros() as u64);
+        Some(prepared)
     }
 
     /// Runs until every sender is gone.
@@ -196,7 +264,9 @@ impl Writer {
             self.commit(&mut group, bytes);
         }
         if let Some(spare) = self.spare.take() {
-            let _ = spare.join();
+            spare.gate.cancel.store(true, Ordering::Relaxed);
+            spare.handle.thread().unpark();
+            let _ = spare.handle.join();
         }
     }
 
@@ -258,18 +328,24 @@ impl Writer {
             self.buf.extend_from_slice(batch.as_bytes());
         }
         self.buf.pad_to_sector();
-        let started = std::time::Instant::now();
-        self.backend
-            .write_durable(&self.file, &self.buf, self.pos)
-            .map_err(|e| {
-                LogError::io(
-                    format!("writing + fdatasync of segment {}", self.header.seq),
-                    e,
-                )
-            })?;
-        if !self.params.emulated_fsync_delay.is_zero() {
-            std::thread::sleep(self.params.emulated_fsync_delay);
+        let started = Instant::now();
+        let gate = self.spare.as_ref().map(|s| &s.gate);
+        gate.inspect(|g| g.log_busy.store(true, Ordering::Relaxed));
+        let written = self.backend.write_durable(&self.file, &self.buf, self.pos);
+        // An emulated slower disk: the commit completes no sooner than its real completion
+        // and no sooner than the profile's latency after it was issued.
+        if let Some(wait) =
+            (started + self.params.emulated_fsync_delay).checked_duration_since(Instant::now())
+        {
+            std::thread::sleep(wait);
         }
+        gate.inspect(|g| g.log_busy.store(false, Ordering::Relaxed));
+        written.map_err(|e| {
+            LogError::io(
+                format!("writing + fdatasync of segment {}", self.header.seq),
+                e,
+            )
+        })?;
         self.pos += self.buf.len() as u64;
         self.prepare_spare_if_due();
         let stats = &self.shared.stats;
@@ -286,6 +362,14 @@ impl Writer {
         stats.group_batches.record(group.len() as u64);
         let durable_index = {
             let mut index = self.shared.index.write().expect("index lock");
+            let active = index
+                .segments
+                .back_mut()
+                .expect("the active segment is indexed");
+            debug_assert_eq!(active.seq, self.header.seq);
+            for (h, _) in &locs {
+                active.note_written(h.index, h.flags & FLAG_TRUNCATE_MARKER != 0);
+            }
             for (h, pos) in locs {
                 if h.flags & FLAG_TRUNCATE_MARKER != 0 {
                     index.truncate_suffix(h.index, h.base_offset, h.term);
@@ -318,6 +402,55 @@ impl Writer {
         self.start_segment(start, false)
     }
 
+    /// The prepared next segment, usable for a segment starting at `base_index`: a recycled body
+    /// only if each of its stale batches has an index below every entry or marker the new life
+    /// can hold (`base_index` and, before a restart, the first retained index: truncation markers
+    /// never go below it). Otherwise it is deleted and a fresh body fallocated at once (the
+    /// writer never waits for a zero-fill).
+    fn next_body(&mut self, base_index: u64, restart: bool) -> Result<Prepared, LogError> {
+        let floor = if restart {
+            base_index
+        } else {
+            let first = self.shared.index.read().expect("index lock").first_index;
+            first.min(base_index)
+        };
+        let seq = self.header.seq + 1;
+        match self.take_spare() {
+            Some(Ok(p)) if p.stale_index_max < floor => {
+                if p.stale_index_max > 0 {
+                    self.shared
+                        .stats
+                        .segments_recycled
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok(p);
+            }
+            Some(Ok(p)) => {
+                std::fs::remove_file(&p.path)
+                    .map_err(|e| LogError::io("deleting an unusable recycled segment", e))?;
+            }
+            Some(Err(e)) => return Err(LogError::io("preparing the next segment", e)),
+            None => {}
+        }
+        let started = std::time::Instant::now();
+        let stop_at_once = FillGate::default();
+        stop_at_once.cancel.store(true, Ordering::Relaxed);
+        let p = segment::prepare(
+            &self.params.dir,
+            seq,
+            self.params.segment_bytes,
+            self.params.preallocate,
+            &stop_at_once,
+        )
+        .map_err(|e| LogError::io("preparing the next segment", e))?;
+        let stats = &self.shared.stats;
+        stats.segment_prepare_waits.fetch_add(1, Ordering::Relaxed);
+        stats
+            .segment_prepare_wait_us
+            .record(started.elapsed().as_micros() as u64);
+        Ok(p)
+    }
+
     /// Starts a restart segment at the given position, then deletes every earlier segment.
     /// A crash before the deletes leaves obsolete segments that recovery skips and removes.
     fn restart(
@@ -348,21 +481,7 @@ impl Writer {
     /// Seals the current segment and starts the next at log position `(index, offset, prev_term)`.
     fn start_segment(&mut self, start: (u64, u64, u64), restart: bool) -> Result<(), LogError> {
         let dir = self.params.dir.clone();
-        let prepared = match self
-            .spare
-            .take()
-            .map(|h| h.join().expect("segment preparation panicked"))
-        {
-            Some(Ok(path)) => path,
-            Some(Err(e)) => return Err(LogError::io("preparing the next segment", e)),
-            None => segment::prepare(
-                &dir,
-                self.header.seq + 1,
-                self.params.segment_bytes,
-                self.params.preallocate,
-            )
-            .map_err(|e| LogError::io("preparing the next segment", e))?,
-        };
+        let prepared = self.next_body(start.0, restart)?;
         let header = SegmentHeader {
             seq: self.header.seq + 1,
             base_index: start.0,
@@ -371,8 +490,9 @@ impl Writer {
             segment_bytes: self.params.segment_bytes,
             group_bytes_max: self.params.group_bytes_max as u64,
             restart,
+            stale_index_max: prepared.stale_index_max,
         };
-        let file = segment::install(&dir, &prepared, &header, self.backend.kind())
+        let file = segment::install(&dir, &prepared.path, &header, self.backend.kind())
             .map_err(|e| LogError::io(format!("installing segment {}", header.seq), e))?;
         let path = segment::segment_path(&dir, header.seq);
         let read_file = File::open(&path)
@@ -382,10 +502,11 @@ impl Writer {
             .write()
             .expect("index lock")
             .segments
-            .push_back(SegmentRef {
-                seq: header.seq,
-                file: Arc::new(read_file),
-            });
+            .push_back(SegmentRef::new(
+                header.seq,
+                Arc::new(read_file),
+                header.stale_index_max,
+            ));
         tracing::debug!(
             seq = header.seq,
             base_index = header.base_index,
@@ -419,10 +540,17 @@ mod tests {
             segment_bytes: 64 << 10,
             group_bytes_max: 8 << 10,
             restart: false,
+            stale_index_max: 0,
         };
-        let prepared =
-            segment::prepare(dir.path(), 1, header.segment_bytes, Preallocate::Sparse).unwrap();
-        segment::install(dir.path(), &prepared, &header, BackendKind::Buffered).unwrap();
+        let prepared = segment::prepare(
+            dir.path(),
+            1,
+            header.segment_bytes,
+            Preallocate::Sparse,
+            &FillGate::default(),
+        )
+        .unwrap();
+        segment::install(dir.path(), &prepared.path, &header, BackendKind::Buffered).unwrap();
         // A read-only descriptor makes the real write fail (EBADF): the same path an fdatasync
         // error takes.
         let read_only = File::open(segment::segment_path(dir.path(), 1)).unwrap();
@@ -434,6 +562,7 @@ mod tests {
             }),
             durable_changed: Condvar::new(),
             stats: WriterStats::default(),
+            free_segments: Mutex::new(VecDeque::new()),
         });
         let params = WriterParams {
             dir: dir.path().to_path_buf(),

@@ -29,6 +29,30 @@ impl EntryLoc {
 pub(crate) struct SegmentRef {
     pub seq: u64,
     pub file: Arc<File>,
+    /// Highest index of any batch or marker the file holds, in any of its lives (stale and
+    /// voided ones included): what a recycled file's `stale_index_max` must cover.
+    pub index_max: u64,
+    /// The file holds a truncation marker: it is never recycled (a stale marker could not be
+    /// told from a new one).
+    pub has_marker: bool,
+}
+
+impl SegmentRef {
+    /// A segment whose file holds nothing of this life yet (only stale batches `<= stale_index_max`).
+    pub fn new(seq: u64, file: Arc<File>, stale_index_max: u64) -> SegmentRef {
+        SegmentRef {
+            seq,
+            file,
+            index_max: stale_index_max,
+            has_marker: false,
+        }
+    }
+
+    /// Notes a batch (or marker) written to the file.
+    pub fn note_written(&mut self, index: u64, marker: bool) {
+        self.index_max = self.index_max.max(index);
+        self.has_marker |= marker;
+    }
 }
 
 /// Durable entries, contiguous by index, plus the positions just before and just after them.
@@ -104,8 +128,8 @@ impl LogIndex {
     }
 
     /// Forgets whole segments (never `keep_seq` or later) whose entries all lie below `index`;
-    /// returns their sequence numbers.
-    pub fn drop_segments_below(&mut self, index: u64, keep_seq: u64) -> Vec<u64> {
+    /// returns them.
+    pub fn drop_segments_below(&mut self, index: u64, keep_seq: u64) -> Vec<SegmentRef> {
         let mut dropped = Vec::new();
         while let Some(seg) = self.segments.front() {
             if seg.seq >= keep_seq {
@@ -126,8 +150,7 @@ impl LogIndex {
                 self.start_offset = e.next_offset();
                 self.prev_term = e.term;
             }
-            self.segments.pop_front();
-            dropped.push(seq);
+            dropped.extend(self.segments.pop_front());
         }
         dropped
     }

@@ -13,7 +13,9 @@ use crate::aligned_buf::SECTOR_BYTES;
 use crate::backend::{open_options, Backend, BackendChoice, BackendKind};
 use crate::batch::{check_frame, Batch};
 use crate::error::{CorruptionKind, LogError};
-use crate::group_commit::{DurableState, Op, Shared, Writer, WriterParams};
+use crate::group_commit::{
+    DurableState, FreeSegment, Op, Shared, Writer, WriterParams, FREE_SEGMENTS_MAX,
+};
 use crate::index::LogIndex;
 use crate::recovery::recover;
 use crate::segment::{self, Preallocate, SegmentHeader, SEGMENT_HEADER_BYTES};
@@ -35,8 +37,9 @@ pub struct LogConfig {
     pub queue_depth: usize,
     /// How new segments are preallocated.
     pub preallocate: Preallocate,
-    /// Benchmarks only: extra time added after every fdatasync, to emulate a slower disk
-    /// (DESIGN §3a: this machine's ~45 µs flush hides what batching buys on real disks).
+    /// Benchmarks only: emulates a slower disk; each group commit completes no sooner than its
+    /// real fdatasync and no sooner than this long after it was issued (DESIGN §3a: this
+    /// machine's ~45 µs flush hides what batching buys on real disks).
     pub emulated_fsync_delay: Duration,
     /// Called by the writer thread after each durable group (and once when the log fails), so
     /// a single-threaded owner of the log can be woken to read [`Log::durable_last`] instead of
@@ -180,10 +183,17 @@ impl Log {
                 segment_bytes: config.segment_bytes,
                 group_bytes_max: config.group_bytes_max as u64,
                 restart: false,
+                stale_index_max: 0,
             };
-            let prepared = segment::prepare(&dir, 1, config.segment_bytes, config.preallocate)
-                .map_err(|e| LogError::io("preparing the first segment", e))?;
-            segment::install(&dir, &prepared, &header, kind)
+            let prepared = segment::prepare(
+                &dir,
+                1,
+                config.segment_bytes,
+                config.preallocate,
+                &segment::FillGate::default(),
+            )
+            .map_err(|e| LogError::io("preparing the first segment", e))?;
+            segment::install(&dir, &prepared.path, &header, kind)
                 .map_err(|e| LogError::io("installing the first segment", e))?;
             seqs.push(1);
         }
@@ -212,6 +222,7 @@ impl Log {
             }),
             durable_changed: Condvar::new(),
             stats: Default::default(),
+            free_segments: Mutex::new(VecDeque::new()),
         });
         let params = WriterParams {
             dir,
@@ -570,8 +581,9 @@ impl Log {
         })
     }
 
-    /// Deletes whole segments whose entries all lie below `index` (never the segment being
-    /// written), then fsyncs the directory. Returns how many segments were dropped.
+    /// Drops whole segments whose entries all lie below `index` (never the segment being
+    /// written): up to `FREE_SEGMENTS_MAX` of them are set aside to be recycled by later
+    /// roll-overs, the others deleted; then fsyncs the directory. Returns how many were dropped.
     pub fn truncate_prefix(&self, index: u64) -> Result<usize, LogError> {
         let mut seq = self.seq.lock().expect("sequencer lock");
         let dropped = {
@@ -588,9 +600,42 @@ impl Log {
             sync_sequencer_front(&mut seq, &log_index);
             dropped
         };
-        segment::remove_segments(&self.config.dir, &dropped)
-            .map_err(|e| LogError::io("deleting segments below the prefix", e))?;
-        Ok(dropped.len())
+        let count = dropped.len();
+        self.set_aside_or_delete(dropped)
+            .map_err(|e| LogError::io("dropping segments below the prefix", e))?;
+        Ok(count)
+    }
+
+    /// Renames dropped segments to `.free` files for recycling while the pool has room, deletes
+    /// the rest, then fsyncs the directory. Never recycled: a segment holding a truncation
+    /// marker (a stale marker could not be told from a new one) or one a reader still holds
+    /// open (it would read the new life's bytes).
+    fn set_aside_or_delete(&self, dropped: Vec<crate::index::SegmentRef>) -> std::io::Result<()> {
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        let dir = &self.config.dir;
+        let mut free = self
+            .shared
+            .free_segments
+            .lock()
+            .expect("free segments lock");
+        for seg in dropped {
+            let path = segment::segment_path(dir, seg.seq);
+            let recyclable = !seg.has_marker && Arc::strong_count(&seg.file) == 1;
+            if recyclable && free.len() < FREE_SEGMENTS_MAX {
+                let to = segment::free_path(dir, seg.seq);
+                std::fs::rename(&path, &to)?;
+                free.push_back(FreeSegment {
+                    path: to,
+                    stale_index_max: seg.index_max,
+                });
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        drop(free);
+        segment::sync_dir(dir)
     }
 }
 

@@ -12,6 +12,11 @@
 //!   next recovery finds a clean end.
 //! - Sealed segments were complete before the next segment was created: anything after the last
 //!   valid batch other than zeros is corruption.
+//! - A recycled segment (`stale_index_max > 0`) still holds batches of its earlier lives behind
+//!   this life's end: a data batch with `index <= stale_index_max` is stale, i.e. not a batch of
+//!   this life, and the rules above read "zeros" as "no batch of this life". The torn window
+//!   after the end of a recycled tail is zeroed at every open, since stale bytes and pieces of a
+//!   torn group cannot be told apart there.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -89,11 +94,21 @@ fn frame_error_kind(e: BatchError) -> CorruptionKind {
     }
 }
 
-/// True if a valid batch starts at some sector boundary in `data[from..]`.
-fn valid_batch_at_or_after(data: &[u8], from: usize) -> bool {
+/// The batch of this life at the start of `bytes`: a valid frame that is not stale (a data
+/// batch with `index <= stale_index_max`, left from an earlier life of a recycled segment).
+fn frame_of_this_life(bytes: &[u8], stale_index_max: u64) -> Result<BatchHeader, BatchError> {
+    let h = check_frame(bytes)?;
+    if h.flags & FLAG_TRUNCATE_MARKER == 0 && h.index <= stale_index_max {
+        return Err(BatchError::BadHeader("stale batch of a recycled segment"));
+    }
+    Ok(h)
+}
+
+/// True if a batch of this life starts at some sector boundary in `data[from..]`.
+fn valid_batch_at_or_after(data: &[u8], from: usize, stale_index_max: u64) -> bool {
     (from..data.len())
         .step_by(SECTOR_BYTES)
-        .any(|q| check_frame(&data[q..]).is_ok())
+        .any(|q| frame_of_this_life(&data[q..], stale_index_max).is_ok())
 }
 
 /// Reads all segments `seqs` (ascending, non-empty) of `dir` and rebuilds the index.
@@ -141,19 +156,18 @@ pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
                 )),
             ));
         }
-        idx.segments.push_back(SegmentRef {
-            seq,
-            file: Arc::new(file),
-        });
+        let stale = header.stale_index_max;
+        let mut seg_ref = SegmentRef::new(seq, Arc::new(file), stale);
         let mut pos = SEGMENT_HEADER_BYTES as usize;
         let failure = loop {
             if pos >= data.len() {
                 break None;
             }
-            match check_frame(&data[pos..]) {
+            match frame_of_this_life(&data[pos..], stale) {
                 Ok(h) => {
                     apply(idx, &h, seq, pos as u64)
                         .map_err(|why| corrupt(&path, pos as u64, CorruptionKind::Sequence(why)))?;
+                    seg_ref.note_written(h.index, h.flags & FLAG_TRUNCATE_MARKER != 0);
                     pos += h.total_bytes;
                 }
                 Err(e) => {
@@ -166,6 +180,7 @@ pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
                 }
             }
         };
+        idx.segments.push_back(seg_ref);
         let Some((p, err)) = failure else {
             if is_tail {
                 tail_pos = data.len() as u64;
@@ -173,6 +188,21 @@ pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
             tail = Some(header);
             continue;
         };
+        let torn_limit = p - p % SECTOR_BYTES + align_up(header.group_bytes_max) as usize;
+        if stale > 0 {
+            // Recycled: no batch of this life may follow the end (a sealed segment's end is at a
+            // sector boundary, after its last group's padding).
+            let from = if is_tail { torn_limit } else { p };
+            if valid_batch_at_or_after(&data, from, stale) || (!is_tail && p % SECTOR_BYTES != 0) {
+                return Err(corrupt(&path, p as u64, frame_error_kind(err)));
+            }
+            if is_tail {
+                torn_bytes_cut = cut_recycled_tail(&path, &data, p, torn_limit, stale, &err)?;
+                tail_pos = align_up(p as u64);
+            }
+            tail = Some(header);
+            continue;
+        }
         let rest_is_zero = data[p..].iter().all(|&b| b == 0);
         if rest_is_zero && p % SECTOR_BYTES == 0 {
             tail_pos = p as u64;
@@ -182,8 +212,7 @@ pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
         if !is_tail {
             return Err(corrupt(&path, p as u64, frame_error_kind(err)));
         }
-        let torn_limit = p - p % SECTOR_BYTES + align_up(header.group_bytes_max) as usize;
-        if valid_batch_at_or_after(&data, torn_limit) {
+        if valid_batch_at_or_after(&data, torn_limit, 0) {
             return Err(corrupt(&path, p as u64, frame_error_kind(err)));
         }
         let last_nonzero = data
@@ -206,6 +235,35 @@ pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
         tail_pos,
         torn_bytes_cut,
     })
+}
+
+/// Zeroes the window after the end `p` of a recycled tail in which a torn last group could have
+/// left pieces of itself among the stale bytes; returns the torn bytes cut (0 if the end is a
+/// clean one: a zero sector or a stale batch at a sector boundary).
+fn cut_recycled_tail(
+    path: &PathBuf,
+    data: &[u8],
+    p: usize,
+    torn_limit: usize,
+    stale_index_max: u64,
+    err: &BatchError,
+) -> Result<u64, LogError> {
+    let to = torn_limit.min(data.len());
+    let at_p = &data[p..(p + SECTOR_BYTES).min(data.len())];
+    let clean = p % SECTOR_BYTES == 0
+        && (at_p.iter().all(|&b| b == 0)
+            || check_frame(&data[p..]).is_ok_and(|h| h.index <= stale_index_max));
+    if data[p..to].iter().any(|&b| b != 0) {
+        zero_range(path, data, p, to)?;
+    }
+    if clean {
+        return Ok(0);
+    }
+    tracing::warn!(
+        segment = %path.display(), position = p, bytes = to - p, reason = %err,
+        "cutting a torn tail of a recycled segment (never acknowledged)"
+    );
+    Ok((to - p) as u64)
 }
 
 /// Drops (and deletes) the segments before the last restart segment: a crash after a restart

@@ -3,10 +3,10 @@
 //! BASE+N (peers), BASE+100+N (clients) and BASE+200+N (metrics); its data lives in
 //! DATA/node-N and its log output in DATA/node-N.log.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -77,11 +77,62 @@ pub fn client_config(base: u16, cluster: &str) -> ClientConfig {
     ClientConfig::new(bootstrap, ClusterId::from_name(cluster))
 }
 
+/// A run's temporary directory (`run-XXXX` inside `dir`, for a cluster's data and probe files):
+/// removed with everything in it on drop, and with it the directories leading to it that this
+/// run created, if they are left empty.
+pub struct RunDir {
+    temp: Option<tempfile::TempDir>,
+    dir: PathBuf,
+    created: Option<PathBuf>,
+}
+
+impl RunDir {
+    /// Creates `dir` (and missing parents) and a fresh run directory inside it.
+    pub fn create(dir: &Path) -> anyhow::Result<RunDir> {
+        // The outermost directory this run creates, removed again at the end if left empty.
+        let created = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .last()
+            .map(Path::to_path_buf);
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let temp = tempfile::Builder::new()
+            .prefix("run-")
+            .tempdir_in(dir)
+            .with_context(|| format!("creating a run directory in {}", dir.display()))?;
+        Ok(RunDir {
+            temp: Some(temp),
+            dir: dir.to_path_buf(),
+            created,
+        })
+    }
+
+    /// The run directory.
+    pub fn path(&self) -> &Path {
+        self.temp.as_ref().expect("present until drop").path()
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        drop(self.temp.take());
+        if let Some(created) = &self.created {
+            // remove_dir only removes empty directories: anything else put there meanwhile stays.
+            for dir in self.dir.ancestors() {
+                if std::fs::remove_dir(dir).is_err() || dir == created {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// One child node process.
 pub struct Node {
     /// The node's id (1..=NODES).
     pub id: u64,
-    child: Child,
+    /// The running process; None while the node is killed (see [`LocalCluster::kill`]).
+    child: Option<Child>,
 }
 
 /// How a node ended when the cluster was stopped.
@@ -98,6 +149,9 @@ pub struct LocalCluster {
     pub base: u16,
     /// The cluster name (its wire id is derived from it).
     pub cluster: String,
+    /// Holds node N's data in `node-N` and its output in `node-N.log`.
+    data: PathBuf,
+    exe: PathBuf,
     nodes: Vec<Node>,
 }
 
@@ -110,11 +164,16 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             base,
             cluster: cluster.to_string(),
+            data: data.to_path_buf(),
+            exe,
             nodes: Vec::new(),
         };
         for id in 1..=NODES {
-            match cluster.start_node(&exe, data, id, &available) {
-                Ok(node) => cluster.nodes.push(node),
+            match cluster.spawn_node(id, &available, false) {
+                Ok(child) => cluster.nodes.push(Node {
+                    id,
+                    child: Some(child),
+                }),
                 Err(e) => {
                     cluster.stop();
                     return Err(e);
@@ -124,19 +183,19 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    fn start_node(
-        &self,
-        exe: &Path,
-        data: &Path,
-        id: u64,
-        available: &[usize],
-    ) -> anyhow::Result<Node> {
+    /// Spawns node `id`; `append_log` keeps the output of its earlier lives in its log file.
+    fn spawn_node(&self, id: u64, available: &[usize], append_log: bool) -> anyhow::Result<Child> {
         let base = self.base;
         let (_, client, metrics) = node_addrs(base, id);
-        let log_path = data.join(format!("node-{id}.log"));
-        let log =
-            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let mut cmd = Command::new(exe);
+        let log_path = self.data.join(format!("node-{id}.log"));
+        let log = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append_log)
+            .truncate(!append_log)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let mut cmd = Command::new(&self.exe);
         cmd.arg("server")
             .args(["--id", &id.to_string(), "--cluster-id", &self.cluster])
             .args(["--peers", &id_list(|n| node_addrs(base, n).0)])
@@ -144,20 +203,66 @@ impl LocalCluster {
             .args(["--client-listen", &client.to_string()])
             .args(["--metrics-listen", &metrics.to_string()])
             .arg("--data-dir")
-            .arg(data.join(format!("node-{id}")));
+            .arg(self.data.join(format!("node-{id}")));
         if let Some(cores) = cores_for(id, available) {
             cmd.args(["--cores", &cores]);
         }
         // A process group of its own: a terminal's Ctrl-C reaches only the parent, which then
         // stops each node once (a node takes a second signal as "exit now, skip the drain").
-        let child = cmd
-            .process_group(0)
+        cmd.process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting node {id} ({})", exe.display()))?;
-        Ok(Node { id, child })
+            .with_context(|| format!("starting node {id} ({})", self.exe.display()))
+    }
+
+    /// The client address of node `id`.
+    pub fn client_addr(&self, id: u64) -> SocketAddr {
+        node_addrs(self.base, id).1
+    }
+
+    /// Whether node `id` is running (started and not killed).
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes.iter().any(|n| n.id == id && n.child.is_some())
+    }
+
+    /// Kills node `id` with SIGKILL (no drain, no leadership hand-over: a crash) and reaps it.
+    /// Returns when the signal was sent, taken right after `kill(2)` returned: the process is
+    /// gone within microseconds of it, its sockets closed by the kernel.
+    pub fn kill(&mut self, id: u64) -> anyhow::Result<Instant> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .with_context(|| format!("no node {id} in this cluster"))?;
+        let mut child = node
+            .child
+            .take()
+            .with_context(|| format!("node {id} is not running"))?;
+        child
+            .kill()
+            .with_context(|| format!("sending SIGKILL to node {id}"))?;
+        let killed_at = Instant::now();
+        child.wait().with_context(|| format!("reaping node {id}"))?;
+        Ok(killed_at)
+    }
+
+    /// Starts node `id` again on its data directory and ports after [`LocalCluster::kill`]
+    /// (its output is appended to its log file). Does not wait for it to answer.
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.nodes.iter().any(|n| n.id == id && n.child.is_none()),
+            "node {id} is not a killed node of this cluster"
+        );
+        let child = self.spawn_node(id, &raftline_pinning::available_cores(), true)?;
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("checked above");
+        node.child = Some(child);
+        Ok(())
     }
 
     /// Waits until every node answers `Status` and one of them leads; returns the leader's id.
@@ -199,31 +304,35 @@ impl LocalCluster {
         }
     }
 
-    /// The id of a node that has exited, if any did.
+    /// The id of a node that has exited by itself, if any did (a killed node has not).
     pub fn exited(&mut self) -> Option<u64> {
-        self.nodes
-            .iter_mut()
-            .find_map(|n| matches!(n.child.try_wait(), Ok(Some(_))).then_some(n.id))
+        self.nodes.iter_mut().find_map(|n| {
+            let child = n.child.as_mut()?;
+            matches!(child.try_wait(), Ok(Some(_))).then_some(n.id)
+        })
     }
 
-    /// SIGTERMs every node (each drains and exits on its own), kills those still running after
-    /// the deadline, and says how each ended.
+    /// SIGTERMs every running node (each drains and exits on its own), kills those still
+    /// running after the deadline, and says how each ended (a node left killed is not listed).
     pub fn stop(&mut self) -> Vec<StopOutcome> {
-        for node in &self.nodes {
-            unsafe { libc::kill(node.child.id() as i32, libc::SIGTERM) };
+        for child in self.nodes.iter().filter_map(|n| n.child.as_ref()) {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
         let mut outcomes = Vec::new();
         for node in self.nodes.iter_mut() {
+            let Some(child) = node.child.as_mut() else {
+                continue;
+            };
             let status = loop {
-                match node.child.try_wait() {
+                match child.try_wait() {
                     Ok(Some(status)) => break Some(status),
                     Ok(None) if Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     _ => {
-                        let _ = node.child.kill();
-                        let _ = node.child.wait();
+                        let _ = child.kill();
+                        let _ = child.wait();
                         break None;
                     }
                 }

@@ -1,6 +1,7 @@
 //! `raftline`: the command-line front end of raftline.
 
 mod bench_cluster;
+mod bench_failover;
 mod bench_fsync;
 mod cluster_args;
 mod dev;
@@ -54,6 +55,9 @@ enum BenchCommand {
     /// Load a 3-node cluster: records/s, append->ack latency, group commit, beside the disk's own limits.
     #[command(long_about = bench_cluster::LONG_ABOUT)]
     Cluster(bench_cluster::ClusterBenchArgs),
+    /// Kill -9 the leader of a 3-node cluster under load K times: write unavailability, records lost.
+    #[command(long_about = bench_failover::LONG_ABOUT)]
+    Failover(bench_failover::FailoverBenchArgs),
 }
 
 /// Structured logs on stderr; `RUST_LOG` filters them (default: info).
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Bench(BenchCommand::Fsync(args)) => bench_fsync::run(args),
         Command::Bench(BenchCommand::Cluster(args)) => bench_cluster::run(args),
+        Command::Bench(BenchCommand::Failover(args)) => bench_failover::run(args),
     };
     match result {
         Ok(code) => code,

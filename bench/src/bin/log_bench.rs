@@ -64,6 +64,10 @@ struct Args {
     /// Skip the disk-limit measurements.
     #[arg(long)]
     skip_limits: bool,
+    /// Drop the log prefix so that about this many MiB stay retained (as a node's snapshots do,
+    /// every `snapshot_every_mib`): dropped segments are recycled. 0 = never drop.
+    #[arg(long, default_value_t = 0)]
+    keep_mib: u64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -227,6 +231,20 @@ fn drive(
     seconds: f64,
 ) -> anyhow::Result<(Histogram<u64>, u64)> {
     let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let keep_entries = (args.keep_mib << 20) / template.as_bytes().len() as u64;
+    let compactor = (args.keep_mib > 0).then(|| {
+        let log = Arc::clone(log);
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            while Instant::now() < until {
+                let floor = log.durable_index().saturating_sub(keep_entries);
+                if floor > log.first_index() {
+                    log.truncate_prefix(floor)?;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(())
+        })
+    });
     let handles: Vec<_> = (0..args.appenders)
         .map(|_| {
             let (log, template) = (Arc::clone(log), template.clone());
@@ -240,6 +258,9 @@ fn drive(
         let r = h.join().expect("appender panicked")?;
         latency_ns.add(&r.latency_ns)?;
         batches += r.batches;
+    }
+    if let Some(c) = compactor {
+        c.join().expect("compactor panicked")?;
     }
     Ok((latency_ns, batches))
 }
@@ -263,12 +284,18 @@ fn run(
     }
     let stats = log.stats();
     let fdatasyncs_before = stats.fdatasyncs.load(Ordering::Relaxed);
+    let prepare_waits_before = stats.segment_prepare_waits.load(Ordering::Relaxed);
+    let recycled_before = stats.segments_recycled.load(Ordering::Relaxed);
     let bytes_written_before = stats.bytes_written.load(Ordering::Relaxed);
     let started = Instant::now();
     let (latency_ns, batches) = drive(&log, args, template, args.seconds)?;
     let elapsed_s = started.elapsed().as_secs_f64();
     let fdatasyncs = stats.fdatasyncs.load(Ordering::Relaxed) - fdatasyncs_before;
     let bytes_written = stats.bytes_written.load(Ordering::Relaxed) - bytes_written_before;
+    let prepare_waits = stats.segment_prepare_waits.load(Ordering::Relaxed) - prepare_waits_before;
+    let recycled = stats.segments_recycled.load(Ordering::Relaxed) - recycled_before;
+    let (wait_buckets, _, _) = stats.segment_prepare_wait_us.cumulative();
+    let wait_us_max_bound = wait_buckets.last().map_or(0, |&(bound, _)| bound);
     let records = batches * args.batch_records as u64;
     let batch_bytes = template.as_bytes().len() as u64;
     let us = |q: f64| latency_ns.value_at_quantile(q) as f64 / 1e3;
@@ -279,7 +306,8 @@ fn run(
          durable MB/s       {mbps:>12.1}   (batch bytes; {written:.1} MB/s written incl. sector padding)\n\
          fdatasyncs         {fdatasyncs:>12}   ({fps:.0}/s)\n\
          records/fdatasync  {rpf:>12.1}\n\
-         append->durable    p50 {p50:.1} us  p99 {p99:.1} us  p99.9 {p999:.1} us  max {max:.1} us",
+         append->durable    p50 {p50:.1} us  p90 {p90:.1} us  p99 {p99:.1} us  p99.9 {p999:.1} us  max {max:.1} us\n\
+         segments           {recycled} recycled, {prepare_waits} roll-overs waited for preparation (whole run: longest wait <= {wait_us_max_bound} us)",
         dir = dir.display(),
         backend = log.backend(),
         prealloc = config.preallocate,
@@ -295,6 +323,7 @@ fn run(
         fps = fdatasyncs as f64 / elapsed_s,
         rpf = records as f64 / fdatasyncs.max(1) as f64,
         p50 = us(0.5),
+        p90 = us(0.9),
         p99 = us(0.99),
         p999 = us(0.999),
         max = latency_ns.max() as f64 / 1e3,

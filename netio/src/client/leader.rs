@@ -4,14 +4,19 @@ use std::time::Instant;
 
 use crate::client::connection::Connection;
 use crate::client::{ask_status, ClientConfig, Error};
-use crate::client_proto::NodeRole;
+use crate::client_proto::{NodeRole, NodeStatus};
 
 /// What asking one node found.
 enum Probe {
     /// It leads: here is the connection to it.
     Leader(Connection),
-    /// It does not lead; `leader` is the client address of the leader it knows of.
-    NotLeader { why: String, leader: Option<String> },
+    /// It does not lead; `leader` is the client address of the leader it knows of; `conn` stays
+    /// open to ask it again in the next round.
+    NotLeader {
+        why: String,
+        leader: Option<String>,
+        conn: Connection,
+    },
 }
 
 /// The connection to the node believed to lead, re-established on demand.
@@ -57,16 +62,23 @@ impl LeaderLink {
     }
 
     /// Asks nodes (the hint first, then every bootstrap node, then any leader they name) until
-    /// one says it leads; rounds are separated by an exponential backoff, all bounded by the
-    /// fail-over timeout.
+    /// one says it leads, all bounded by the fail-over timeout.
+    ///
+    /// Between rounds: while some node answers without leading, an election is under way (a
+    /// leader died or lost its quorum); it ends within an election timeout or two, so the next
+    /// round comes after `backoff_min` and the connections to the nodes that answered are kept
+    /// and asked again (no connection churn on a cluster that is busy electing). Only when no
+    /// node answers at all does the pause double, up to `backoff_max`.
     fn find_leader(&mut self) -> Result<Connection, Error> {
         let deadline = Instant::now() + self.config.failover_timeout;
         let mut backoff = self.config.backoff_min;
         let mut last = String::from("no bootstrap address given");
+        let mut answered: Vec<Connection> = Vec::new();
         loop {
             let mut candidates: Vec<String> = self.hint.take().into_iter().collect();
             candidates.extend(self.config.bootstrap.iter().cloned());
             let mut tried: Vec<String> = Vec::new();
+            let mut kept: Vec<Connection> = Vec::new();
             let mut i = 0;
             while i < candidates.len() && Instant::now() < deadline {
                 let address = candidates[i].clone();
@@ -75,10 +87,15 @@ impl LeaderLink {
                     continue;
                 }
                 tried.push(address.clone());
-                match self.probe(&address) {
+                let open = answered
+                    .iter()
+                    .position(|c| c.address() == address)
+                    .map(|at| answered.swap_remove(at));
+                match self.probe(&address, open) {
                     Ok(Probe::Leader(conn)) => return Ok(conn),
-                    Ok(Probe::NotLeader { why, leader }) => {
+                    Ok(Probe::NotLeader { why, leader, conn }) => {
                         last = why;
+                        kept.push(conn);
                         if let Some(leader) = leader {
                             candidates.insert(i, leader);
                         }
@@ -93,17 +110,31 @@ impl LeaderLink {
                     last,
                 });
             }
-            std::thread::sleep(backoff.min(deadline - now));
-            backoff = (backoff * 2).min(self.config.backoff_max);
+            let pause = if kept.is_empty() {
+                let pause = backoff;
+                backoff = (backoff * 2).min(self.config.backoff_max);
+                pause
+            } else {
+                backoff = self.config.backoff_min;
+                self.config.backoff_min
+            };
+            answered = kept;
+            std::thread::sleep(pause.min(deadline - now));
         }
     }
 
-    /// Connects to `address` and asks its status: the connection if it leads, else why not and
-    /// the leader it names.
-    fn probe(&mut self, address: &str) -> Result<Probe, Error> {
-        let mut conn = Connection::open(address, &self.config)?;
+    /// Asks `address` its status, on `open` (a connection kept from the last round) or else a
+    /// new connection: the connection if it leads, else why not and the leader it names.
+    fn probe(&mut self, address: &str, open: Option<Connection>) -> Result<Probe, Error> {
         let id = self.next_id();
-        let status = ask_status(&mut conn, &self.config, id)?;
+        let (conn, status) = match open {
+            Some(mut conn) => match ask_status(&mut conn, &self.config, id) {
+                Ok(status) => (conn, status),
+                // The node closed the kept connection (restart, idle timeout): ask afresh.
+                Err(_) => self.ask_new(address)?,
+            },
+            None => self.ask_new(address)?,
+        };
         if status.role == NodeRole::Leader {
             return Ok(Probe::Leader(conn));
         }
@@ -117,6 +148,14 @@ impl LeaderLink {
         Ok(Probe::NotLeader {
             why,
             leader: status.leader_client_address,
+            conn,
         })
+    }
+
+    fn ask_new(&mut self, address: &str) -> Result<(Connection, NodeStatus), Error> {
+        let mut conn = Connection::open(address, &self.config)?;
+        let id = self.next_id();
+        let status = ask_status(&mut conn, &self.config, id)?;
+        Ok((conn, status))
     }
 }
