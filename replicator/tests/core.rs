@@ -1142,7 +1142,10 @@ fn batch_appends_sends_one_message_per_follower_per_ready_with_every_proposal() 
     assert_eq!(rd.entries.len(), 5, "every proposal is handed to the disk");
     for to in [2, 3] {
         assert_eq!(
-            appends_to(&rd.messages, to).iter().map(|a| a.0).collect::<Vec<_>>(),
+            appends_to(&rd.messages, to)
+                .iter()
+                .map(|a| a.0)
+                .collect::<Vec<_>>(),
             vec![5],
             "one AppendEntries with the five entries to n{to}"
         );
