@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use raftline_netio::client_proto::{decode_request, NodeRole, NodeStatus, PeerStatus, Request};
 use raftline_netio::cluster_id::ClusterId;
-use raftline_netio::net::{Net, NetEvent};
+use raftline_netio::net::{Net, NetEvent, SendWithError};
 use raftline_netio::peer_codec::{decode_message, encode_message};
 use raftline_replicator::{Message, Role};
 
@@ -177,12 +177,10 @@ pub fn run(
 /// Encodes and queues peer messages (a full or down link drops them: Raft retransmits).
 fn send_messages(net: &mut Net, cluster_id: ClusterId, msgs: &mut Vec<Message>) {
     for msg in msgs.drain(..) {
-        let mut frame = Vec::new();
-        if let Err(e) = encode_message(&mut frame, cluster_id, &msg) {
+        let encode = |frame: &mut Vec<u8>| encode_message(frame, cluster_id, &msg);
+        if let Err(SendWithError::Encode(e)) = net.send_peer_with(msg.to, encode) {
             tracing::error!(error = %e, "cannot encode a peer message");
-            continue;
         }
-        let _ = net.send_peer(msg.to, frame);
     }
 }
 
