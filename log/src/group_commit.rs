@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, TryRecvError};
 
 use crate::aligned_buf::{align_up, AlignedBuf};
 use crate::backend::Backend;
@@ -20,21 +20,19 @@ use crate::error::LogError;
 use crate::index::{EntryLoc, LogIndex, SegmentRef};
 use crate::segment::{self, FillGate, Preallocate, Prepared, SegmentHeader};
 
-/// Completion of one queued operation: `Ok` once it is durable.
-pub(crate) type Done = Sender<Result<(), LogError>>;
-
-/// Work for the writer, in log order.
+/// Work for the writer, in log order. Ops are numbered 1, 2, ... in the order they are queued
+/// (under the sequencer lock) and completed in that order: a caller waits for "op n completed"
+/// on the durable state, so queueing allocates nothing per op.
 pub(crate) enum Op {
     /// A stamped batch to persist.
-    Append { batch: Batch, done: Option<Done> },
+    Append { batch: Batch },
     /// A truncation marker to persist on its own.
-    Truncate { marker: Batch, done: Done },
+    Truncate { marker: Batch },
     /// Discard the whole log; it restarts at `next_index`/`next_offset` after `prev_term`.
     Restart {
         next_index: u64,
         next_offset: u64,
         prev_term: u64,
-        done: Done,
     },
 }
 
@@ -81,10 +79,52 @@ pub(crate) struct FreeSegment {
 /// prefix truncation is still pending.
 pub(crate) const FREE_SEGMENTS_MAX: usize = 2;
 
-/// "Durable up to index N", or the error that failed the log.
+/// "Durable up to index N", "ops 1..=n completed", or the error that failed the log.
 pub(crate) struct DurableState {
     pub durable_index: u64,
     pub failed: Option<String>,
+    /// Ops completed (successfully, or failed as recorded in `failed_ops`), in queue order.
+    pub ops_done: u64,
+    /// The ops of the group whose write failed (`first..=last`) and that write's error; every
+    /// later op fails with `LogError::Failed`.
+    pub failed_ops: Option<(u64, u64, LogError)>,
+    /// The writer thread has stopped: ops not completed by now never will be.
+    pub closed: bool,
+    /// Threads blocked on `Shared::durable_changed`: the writer skips the wake-up syscall per
+    /// group when there are none (a Raft driver reads the durable side after its hook instead).
+    pub waiters: u32,
+}
+
+impl DurableState {
+    /// The state of a log whose entries up to `durable_index` are on disk and no op is queued.
+    pub fn new(durable_index: u64) -> DurableState {
+        DurableState {
+            durable_index,
+            failed: None,
+            ops_done: 0,
+            failed_ops: None,
+            closed: false,
+            waiters: 0,
+        }
+    }
+
+    /// The outcome of op `op` if it is known: `Ok` once completed, the write error for the ops
+    /// of the failed group, `Failed` for every later one.
+    pub fn outcome(&self, op: u64) -> Option<Result<(), LogError>> {
+        if let Some((first, last, e)) = &self.failed_ops {
+            if (*first..=*last).contains(&op) {
+                return Some(Err(e.clone()));
+            }
+            if op > *last {
+                let why = self.failed.clone().unwrap_or_default();
+                return Some(Err(LogError::Failed(why)));
+            }
+        }
+        if op <= self.ops_done {
+            return Some(Ok(()));
+        }
+        self.closed.then_some(Err(LogError::Closed))
+    }
 }
 
 /// State shared by the writer, appenders and readers.
@@ -95,6 +135,36 @@ pub(crate) struct Shared {
     pub stats: WriterStats,
     /// Dropped segments waiting to be recycled, oldest first (at most `FREE_SEGMENTS_MAX`).
     pub free_segments: Mutex<VecDeque<FreeSegment>>,
+}
+
+impl Shared {
+    /// Blocks until `done` holds for the durable state or `timeout` passes (`None`: never),
+    /// counted as a waiter so that the writer wakes it.
+    pub fn wait_durable_until(
+        &self,
+        timeout: Option<std::time::Duration>,
+        mut done: impl FnMut(&DurableState) -> bool,
+    ) -> std::sync::MutexGuard<'_, DurableState> {
+        let mut d = self.durable.lock().expect("durable lock");
+        if done(&d) {
+            return d;
+        }
+        d.waiters += 1;
+        let mut d = match timeout {
+            None => self
+                .durable_changed
+                .wait_while(d, |d| !done(d))
+                .expect("durable lock"),
+            Some(t) => {
+                self.durable_changed
+                    .wait_timeout_while(d, t, |d| !done(d))
+                    .expect("durable lock")
+                    .0
+            }
+        };
+        d.waiters -= 1;
+        d
+    }
 }
 
 /// The next segment being prepared by a background thread.
@@ -125,6 +195,25 @@ pub(crate) struct Writer {
     buf: AlignedBuf,
     spare: Option<Preparation>,
     failed: Option<String>,
+    /// Ops completed so far (the numbering of `Op`).
+    ops_completed: u64,
+    /// Where each batch of the group being written lands (reused: no allocation per group).
+    locs: Vec<(crate::batch::BatchHeader, u64)>,
+}
+
+/// Marks the durable state closed when the writer thread ends, even by a panic, so that no
+/// caller waits forever for an op that will never complete.
+struct CloseOnExit(Arc<Shared>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        let mut d = match self.0.durable.lock() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        d.closed = true;
+        self.0.durable_changed.notify_all();
+    }
 }
 
 impl Writer {
@@ -148,6 +237,8 @@ impl Writer {
             buf,
             spare: None,
             failed: None,
+            ops_completed: 0,
+            locs: Vec::new(),
         };
         w.prepare_spare_if_due();
         w
@@ -216,6 +307,7 @@ impl Writer {
 
     /// Runs until every sender is gone.
     pub fn run(mut self, rx: Receiver<Op>) {
+        let _close = CloseOnExit(Arc::clone(&self.shared));
         let mut carry: Option<Op> = None;
         let mut group: Vec<Op> = Vec::new();
         loop {
@@ -230,15 +322,13 @@ impl Writer {
                 next_index,
                 next_offset,
                 prev_term,
-                done,
             } = first
             {
                 let result = match &self.failed {
                     Some(why) => Err(LogError::Failed(why.clone())),
                     None => self.restart(next_index, next_offset, prev_term),
                 };
-                let _ = done.send(result);
-                self.run_durable_hook();
+                self.complete(1, result);
                 continue;
             }
             let group_max = self.group_bytes_max();
@@ -288,35 +378,59 @@ impl Writer {
             Some(why) => Err(LogError::Failed(why.clone())),
             None => self.write_group(group, bytes),
         };
-        if let Err(e) = &result {
-            if self.failed.is_none() {
-                let why = e.to_string();
-                tracing::error!(error = %why, "log write failed; the log is failed until reopened");
-                self.failed = Some(why.clone());
-                let mut d = self.shared.durable.lock().expect("durable lock");
-                d.failed = Some(why);
+        let ops = group.len() as u64;
+        group.clear();
+        self.complete(ops, result);
+    }
+
+    /// Publishes the outcome of the next `ops` ops (`Ok(durable index)` or the error), with one
+    /// lock and one wake-up for all their waiters, and runs the durable hook. On an error, the
+    /// log is failed for good.
+    fn complete(&mut self, ops: u64, result: Result<u64, LogError>) {
+        let first = self.ops_completed + 1;
+        self.ops_completed += ops;
+        // The hook runs after the index shows the group (so `Log::durable_last` sees it) and
+        // before its tickets complete; after a failure, once the failure is visible.
+        if result.is_ok() {
+            self.run_durable_hook();
+        }
+        let failed_now = {
+            let mut d = self.shared.durable.lock().expect("durable lock");
+            let failed_now = match result {
+                Ok(index) => {
+                    d.durable_index = index;
+                    false
+                }
+                Err(e) if self.failed.is_none() => {
+                    let why = e.to_string();
+                    tracing::error!(error = %why, "log write failed; the log is failed until reopened");
+                    self.failed = Some(why.clone());
+                    d.failed = Some(why);
+                    d.failed_ops = Some((first, self.ops_completed, e));
+                    true
+                }
+                Err(_) => true,
+            };
+            d.ops_done = self.ops_completed;
+            if d.waiters > 0 {
                 self.shared.durable_changed.notify_all();
             }
-        }
-        self.run_durable_hook();
-        for op in group.drain(..) {
-            let done = match op {
-                Op::Append { done, .. } => done,
-                Op::Truncate { done, .. } | Op::Restart { done, .. } => Some(done),
-            };
-            if let Some(done) = done {
-                let _ = done.send(result.clone());
-            }
+            failed_now
+        };
+        if failed_now {
+            self.run_durable_hook();
         }
     }
 
-    fn write_group(&mut self, group: &[Op], bytes: usize) -> Result<(), LogError> {
+    /// Writes the group durably and extends the index; returns the new durable index.
+    fn write_group(&mut self, group: &[Op], bytes: usize) -> Result<u64, LogError> {
         debug_assert!(bytes <= self.group_bytes_max());
         if self.pos + align_up(bytes as u64) > self.params.segment_bytes {
             self.roll_over()?;
         }
         self.buf.clear();
-        let mut locs = Vec::with_capacity(group.len());
+        let mut locs = std::mem::take(&mut self.locs);
+        locs.clear();
         for op in group {
             let batch = match op {
                 Op::Append { batch, .. } => batch,
@@ -370,7 +484,7 @@ impl Writer {
             for (h, _) in &locs {
                 active.note_written(h.index, h.flags & FLAG_TRUNCATE_MARKER != 0);
             }
-            for (h, pos) in locs {
+            for (h, pos) in locs.drain(..) {
                 if h.flags & FLAG_TRUNCATE_MARKER != 0 {
                     index.truncate_suffix(h.index, h.base_offset, h.term);
                 } else {
@@ -387,10 +501,8 @@ impl Writer {
             }
             index.next_index - 1
         };
-        let mut d = self.shared.durable.lock().expect("durable lock");
-        d.durable_index = durable_index;
-        self.shared.durable_changed.notify_all();
-        Ok(())
+        self.locs = locs;
+        Ok(durable_index)
     }
 
     /// Seals the current segment (all its groups are durable) and starts the next one.
@@ -451,14 +563,15 @@ impl Writer {
         Ok(p)
     }
 
-    /// Starts a restart segment at the given position, then deletes every earlier segment.
-    /// A crash before the deletes leaves obsolete segments that recovery skips and removes.
+    /// Starts a restart segment at the given position, then deletes every earlier segment;
+    /// returns the new durable index. A crash before the deletes leaves obsolete segments that
+    /// recovery skips and removes.
     fn restart(
         &mut self,
         next_index: u64,
         next_offset: u64,
         prev_term: u64,
-    ) -> Result<(), LogError> {
+    ) -> Result<u64, LogError> {
         self.start_segment((next_index, next_offset, prev_term), true)?;
         let obsolete: Vec<u64> = {
             let mut index = self.shared.index.write().expect("index lock");
@@ -472,10 +585,7 @@ impl Writer {
         };
         segment::remove_segments(&self.params.dir, &obsolete)
             .map_err(|e| LogError::io("deleting segments obsolete after a restart", e))?;
-        let mut d = self.shared.durable.lock().expect("durable lock");
-        d.durable_index = next_index - 1;
-        self.shared.durable_changed.notify_all();
-        Ok(())
+        Ok(next_index - 1)
     }
 
     /// Seals the current segment and starts the next at log position `(index, offset, prev_term)`.
@@ -556,10 +666,7 @@ mod tests {
         let read_only = File::open(segment::segment_path(dir.path(), 1)).unwrap();
         let shared = Arc::new(Shared {
             index: RwLock::new(LogIndex::starting_at(1, 0, 0)),
-            durable: Mutex::new(DurableState {
-                durable_index: 0,
-                failed: None,
-            }),
+            durable: Mutex::new(DurableState::new(0)),
             durable_changed: Condvar::new(),
             stats: WriterStats::default(),
             free_segments: Mutex::new(VecDeque::new()),
@@ -582,27 +689,36 @@ mod tests {
         );
         let (tx, rx) = crossbeam_channel::bounded(4);
         let thread = std::thread::spawn(move || writer.run(rx));
-        let send = |index: u64| {
+        let outcome = |op: u64| {
+            shared
+                .wait_durable_until(None, |d| d.outcome(op).is_some())
+                .outcome(op)
+                .unwrap()
+        };
+        let send = |op: u64| {
             let mut batch = Batch::encode(&[]).unwrap();
-            batch.stamp(0, 1, index);
-            let (done, result) = crossbeam_channel::bounded(1);
-            tx.send(Op::Append {
-                batch,
-                done: Some(done),
-            })
-            .unwrap();
-            result.recv().unwrap()
+            batch.stamp(0, 1, 1);
+            tx.send(Op::Append { batch }).unwrap();
+            outcome(op)
         };
         assert!(
             matches!(send(1), Err(LogError::Io { .. })),
             "the write error surfaces"
         );
         assert!(
-            matches!(send(1), Err(LogError::Failed(_))),
+            matches!(send(2), Err(LogError::Failed(_))),
             "later appends fail without another write"
+        );
+        assert!(
+            matches!(outcome(1), Err(LogError::Io { .. })),
+            "outcomes are kept"
         );
         drop(tx);
         thread.join().unwrap();
+        assert!(
+            matches!(outcome(3), Err(LogError::Failed(_))),
+            "an op never completed by a failed, stopped writer fails"
+        );
         assert!(shared.durable.lock().unwrap().failed.is_some());
         assert_eq!(shared.stats.fdatasyncs.load(Ordering::Relaxed), 0);
         assert_eq!(

@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
 use crate::aligned_buf::SECTOR_BYTES;
 use crate::backend::{open_options, Backend, BackendChoice, BackendKind};
@@ -109,6 +109,8 @@ struct Sequencer {
     next_offset: u64,
     /// (term, base_offset) of entries `first_index..`.
     entries: VecDeque<(u64, u64)>,
+    /// Ops queued to the writer so far: the number of the last one (see `group_commit::Op`).
+    ops_queued: u64,
 }
 
 impl Sequencer {
@@ -127,8 +129,8 @@ impl Sequencer {
     }
 }
 
-/// Where an accepted batch landed; `wait` returns once it is durable.
-#[derive(Debug)]
+/// Where an accepted batch landed; `wait` returns once it is durable. Costs no allocation: it
+/// names the op's number, and the writer publishes "ops up to n completed".
 pub struct AppendTicket {
     /// Raft index of the entry.
     pub index: u64,
@@ -136,18 +138,37 @@ pub struct AppendTicket {
     pub base_offset: u64,
     /// Offset one past its last record.
     pub next_offset: u64,
-    done: Receiver<Result<(), LogError>>,
+    op: u64,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AppendTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendTicket")
+            .field("index", &self.index)
+            .field("base_offset", &self.base_offset)
+            .field("next_offset", &self.next_offset)
+            .field("op", &self.op)
+            .finish()
+    }
 }
 
 impl AppendTicket {
     /// Blocks until the batch is durable, or the log failed.
     pub fn wait(&self) -> Result<(), LogError> {
-        self.done.recv().unwrap_or(Err(LogError::Closed))
+        self.shared
+            .wait_durable_until(None, |d| d.outcome(self.op).is_some())
+            .outcome(self.op)
+            .expect("the wait ends once the outcome is known")
     }
 
-    /// The completion channel, for callers that select over many.
-    pub fn receiver(&self) -> &Receiver<Result<(), LogError>> {
-        &self.done
+    /// The outcome if already known (`None` while the batch is queued or being written).
+    pub fn try_outcome(&self) -> Option<Result<(), LogError>> {
+        self.shared
+            .durable
+            .lock()
+            .expect("durable lock")
+            .outcome(self.op)
     }
 }
 
@@ -190,7 +211,10 @@ impl Log {
                 1,
                 config.segment_bytes,
                 config.preallocate,
-                &segment::FillGate::default(),
+                &segment::FillGate {
+                    unpaced: true,
+                    ..Default::default()
+                },
             )
             .map_err(|e| LogError::io("preparing the first segment", e))?;
             segment::install(&dir, &prepared.path, &header, kind)
@@ -212,14 +236,12 @@ impl Log {
                 .iter()
                 .map(|e| (e.term, e.base_offset))
                 .collect(),
+            ops_queued: 0,
         };
         let durable_index = index.next_index - 1;
         let shared = Arc::new(Shared {
             index: RwLock::new(index),
-            durable: Mutex::new(DurableState {
-                durable_index,
-                failed: None,
-            }),
+            durable: Mutex::new(DurableState::new(durable_index)),
             durable_changed: Condvar::new(),
             stats: Default::default(),
             free_segments: Mutex::new(VecDeque::new()),
@@ -301,7 +323,6 @@ impl Log {
             });
         }
         self.check_failed()?;
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let mut seq = self.seq.lock().expect("sequencer lock");
         let next_index = seq.next_index();
         if let Some(index) = index {
@@ -322,18 +343,17 @@ impl Log {
         batch.stamp(base_offset, term, next_index);
         let record_count = u64::from(batch.header().record_count);
         let tx = self.tx.as_ref().expect("sender lives until drop");
-        tx.send(Op::Append {
-            batch,
-            done: Some(done_tx),
-        })
-        .map_err(|_| LogError::Closed)?;
+        tx.send(Op::Append { batch })
+            .map_err(|_| LogError::Closed)?;
+        seq.ops_queued += 1;
         seq.entries.push_back((term, base_offset));
         seq.next_offset = base_offset + record_count;
         Ok(AppendTicket {
             index: next_index,
             base_offset,
             next_offset: seq.next_offset,
-            done: done_rx,
+            op: seq.ops_queued,
+            shared: Arc::clone(&self.shared),
         })
     }
 
@@ -370,20 +390,18 @@ impl Log {
             .term_at(from_index - 1)
             .expect("term before a retained entry is known");
         let marker = Batch::truncate_marker(from_index, next_offset, prev_term);
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let tx = self.tx.as_ref().expect("sender lives until drop");
-        tx.send(Op::Truncate {
-            marker,
-            done: done_tx,
-        })
-        .map_err(|_| LogError::Closed)?;
+        tx.send(Op::Truncate { marker })
+            .map_err(|_| LogError::Closed)?;
+        seq.ops_queued += 1;
         seq.entries.truncate(keep);
         seq.next_offset = next_offset;
         Ok(AppendTicket {
             index: from_index,
             base_offset: next_offset,
             next_offset,
-            done: done_rx,
+            op: seq.ops_queued,
+            shared: Arc::clone(&self.shared),
         })
     }
 
@@ -428,14 +446,9 @@ impl Log {
 
     /// Waits until the durable index reaches `index` or `timeout` passes; returns the durable index.
     pub fn wait_durable(&self, index: u64, timeout: Duration) -> Result<u64, LogError> {
-        let guard = self.shared.durable.lock().expect("durable lock");
-        let (guard, _) = self
-            .shared
-            .durable_changed
-            .wait_timeout_while(guard, timeout, |d| {
-                d.durable_index < index && d.failed.is_none()
-            })
-            .expect("durable lock");
+        let guard = self.shared.wait_durable_until(Some(timeout), |d| {
+            d.durable_index >= index || d.failed.is_some() || d.closed
+        });
         match &guard.failed {
             Some(why) => Err(LogError::Failed(why.clone())),
             None => Ok(guard.durable_index),
@@ -558,12 +571,10 @@ impl Log {
     ) -> Result<AppendTicket, LogError> {
         self.check_failed()?;
         let mut seq = self.seq.lock().expect("sequencer lock");
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let op = Op::Restart {
             next_index: last_index + 1,
             next_offset,
             prev_term: last_term,
-            done: done_tx,
         };
         let tx = self.tx.as_ref().expect("sender lives until drop");
         tx.send(op).map_err(|_| LogError::Closed)?;
@@ -572,12 +583,14 @@ impl Log {
             prev_term: last_term,
             next_offset,
             entries: VecDeque::new(),
+            ops_queued: seq.ops_queued + 1,
         };
         Ok(AppendTicket {
             index: last_index + 1,
             base_offset: next_offset,
             next_offset,
-            done: done_rx,
+            op: seq.ops_queued,
+            shared: Arc::clone(&self.shared),
         })
     }
 

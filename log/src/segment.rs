@@ -54,6 +54,8 @@ pub struct FillGate {
     pub log_busy: AtomicBool,
     /// Set when the writer needs the segment now: the fill stops after its current chunk.
     pub cancel: AtomicBool,
+    /// Fill at full speed: nothing else writes (the log's first segment, made at open).
+    pub unpaced: bool,
 }
 
 /// How a new segment's blocks are made ready before the log writes into it.
@@ -299,7 +301,9 @@ fn zero_fill(path: &Path, bytes: u64, gate: &FillGate) -> io::Result<()> {
     let mut pos = 0;
     let mut next_chunk_at = std::time::Instant::now();
     while pos < bytes && !gate.cancel.load(Ordering::Relaxed) {
-        if gate.log_busy.load(Ordering::Relaxed) || std::time::Instant::now() < next_chunk_at {
+        let wait =
+            gate.log_busy.load(Ordering::Relaxed) || std::time::Instant::now() < next_chunk_at;
+        if wait && !gate.unpaced {
             // Woken early by a cancel (the writer unparks this thread).
             std::thread::park_timeout(ZERO_FILL_POLL);
             continue;

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raftline_log::{Batch, Record};
-use raftline_netio::client::{status_of_all, Client, ClientConfig, Error, Producer, Subscription};
+use raftline_netio::client::{
+    status_of_all, AppendDone, Client, ClientConfig, Error, MultiProducer, Producer, Subscription,
+};
 use raftline_netio::client_proto::{
     decode_request, encode_batches, encode_response, ClientError, NodeRole, NodeStatus, Request,
     Response, StartFrom,
@@ -42,6 +44,9 @@ struct FakeCluster {
     muted: Vec<AtomicBool>,
     /// The leader answers `Busy` (without appending) to this many appends first.
     busy_appends: AtomicU64,
+    /// Connections each node accepted, and status requests it answered.
+    connections: Vec<AtomicU64>,
+    statuses: Vec<AtomicU64>,
     credit_frames: AtomicU64,
     outstanding_bytes_max: AtomicU64,
 }
@@ -65,6 +70,8 @@ impl FakeCluster {
             appends_seen: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
             muted: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
             busy_appends: AtomicU64::new(0),
+            connections: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            statuses: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
             credit_frames: AtomicU64::new(0),
             outstanding_bytes_max: AtomicU64::new(0),
         });
@@ -73,6 +80,7 @@ impl FakeCluster {
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     let cluster = cluster.clone();
+                    cluster.connections[node].fetch_add(1, Ordering::SeqCst);
                     std::thread::spawn(move || serve(&cluster, node, stream.unwrap()));
                 }
             });
@@ -305,10 +313,13 @@ fn serve(cluster: &FakeCluster, node: usize, mut stream: TcpStream) {
                     }
                     None
                 }
-                Request::Status { request_id } => Some(Response::StatusReply {
-                    request_id,
-                    status: cluster.status(node),
-                }),
+                Request::Status { request_id } => {
+                    cluster.statuses[node].fetch_add(1, Ordering::SeqCst);
+                    Some(Response::StatusReply {
+                        request_id,
+                        status: cluster.status(node),
+                    })
+                }
             };
             if let Some(answer) = answer {
                 if !reply(&mut stream, answer) {
@@ -376,6 +387,31 @@ fn client_finds_the_leader_from_a_follower_bootstrap_address() {
         cluster.contents(),
         vec![(0, "a".to_string()), (1, "b".to_string())]
     );
+}
+
+#[test]
+fn a_client_waiting_out_an_election_asks_again_on_the_connections_it_opened() {
+    let cluster = FakeCluster::start(3, NO_LEADER);
+    let electing = cluster.clone();
+    let elect = std::thread::spawn(move || {
+        // Several rounds of "no leader yet" first (polled: the client's pace is its own).
+        while electing.statuses[0].load(Ordering::SeqCst) < 4 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        electing.leader.store(2, Ordering::SeqCst);
+    });
+    let mut client = Client::connect(cluster.config()).unwrap();
+    elect.join().unwrap();
+    client.append(&[record("after the election")]).unwrap();
+    assert_eq!(cluster.appends_seen[2].load(Ordering::SeqCst), 1);
+    assert!(cluster.statuses[0].load(Ordering::SeqCst) >= 4);
+    for node in 0..3 {
+        assert_eq!(
+            cluster.connections[node].load(Ordering::SeqCst),
+            1,
+            "node {node}: one connection through every round (the new leader's is the one kept)"
+        );
+    }
 }
 
 #[test]
@@ -744,4 +780,135 @@ fn a_batch_over_the_frame_limit_is_refused_before_it_is_sent() {
     ));
     assert_eq!(cluster.appends_seen[0].load(Ordering::SeqCst), 0);
     client.append(&[record("small")]).unwrap();
+}
+
+/// Submits one single-record append per value, spread round-robin over the producer's
+/// connections, and waits for all; returns each value's outcome by index.
+fn multi_produce_all(producer: &mut MultiProducer, values: &[String]) -> Vec<AppendDone> {
+    for (i, v) in values.iter().enumerate() {
+        let batch: Arc<[u8]> = Arc::from(Batch::encode(&[record(v)]).unwrap().into_bytes());
+        producer
+            .submit(i % producer.connections(), batch, i as u64)
+            .unwrap();
+    }
+    let mut done = Vec::new();
+    assert!(producer.flush(Duration::from_secs(20), &mut done).unwrap());
+    assert_eq!(producer.unfinished(), 0);
+    done.sort_by_key(|d| d.tag);
+    assert_eq!(
+        done.iter().map(|d| d.tag).collect::<Vec<_>>(),
+        (0..values.len() as u64).collect::<Vec<_>>(),
+        "one outcome per append"
+    );
+    done
+}
+
+#[test]
+fn multi_producer_commits_every_append_once_over_many_connections_and_times_each() {
+    let cluster = FakeCluster::start(3, 1);
+    let mut config = cluster.config();
+    config.window_appends = 2;
+    let mut producer = MultiProducer::connect(config, 8).unwrap();
+    let sent = values(60, "m");
+    let done = multi_produce_all(&mut producer, &sent);
+    let contents = cluster.contents();
+    assert_eq!(contents.len(), 60, "nothing duplicated without a failure");
+    for d in &done {
+        let offset = *d.result.as_ref().unwrap();
+        assert_eq!(contents[offset as usize].1, sent[d.tag as usize]);
+        assert_eq!(d.connection, d.tag as usize % 8);
+        assert_eq!(d.attempts, 1);
+        assert!(d.sent_at <= d.answered_at);
+    }
+}
+
+#[test]
+fn multi_producer_follows_a_moved_leader_and_resends_after_a_crash_losing_nothing() {
+    let cluster = FakeCluster::start(3, 0);
+    cluster.set_faults(
+        0,
+        Faults {
+            crash_after_appends: Some(5),
+            ..Faults::default()
+        },
+    );
+    let mut config = cluster.config();
+    config.window_appends = 3;
+    let mut producer = MultiProducer::connect(config, 4).unwrap();
+    let sent = values(40, "f");
+    let done = multi_produce_all(&mut producer, &sent);
+    let contents = cluster.contents();
+    for d in &done {
+        let offset = *d.result.as_ref().unwrap();
+        assert_eq!(contents[offset as usize].1, sent[d.tag as usize], "{d:?}");
+    }
+    for v in &sent {
+        let copies = contents.iter().filter(|(_, c)| c == v).count();
+        assert!((1..=2).contains(&copies), "{v} present {copies} times");
+    }
+    assert!(
+        done.iter().any(|d| d.attempts > 1),
+        "the crash forced resends"
+    );
+    assert!(cluster.appends_seen[1].load(Ordering::SeqCst) > 0);
+
+    // The leader moves: the old one answers NotLeader with a hint, appends follow it.
+    cluster.leader.store(2, Ordering::SeqCst);
+    let more = values(10, "g");
+    let done = multi_produce_all(&mut producer, &more);
+    assert!(done.iter().all(|d| d.result.is_ok()));
+    assert!(cluster.appends_seen[2].load(Ordering::SeqCst) >= 10);
+}
+
+#[test]
+fn multi_producer_resends_only_busy_appends_and_duplicates_nothing() {
+    let cluster = FakeCluster::start(1, 0);
+    cluster.busy_appends.store(3, Ordering::SeqCst);
+    let mut config = cluster.config();
+    config.window_appends = 3;
+    let mut producer = MultiProducer::connect(config, 2).unwrap();
+    let sent = values(30, "b");
+    let done = multi_produce_all(&mut producer, &sent);
+    let contents = cluster.contents();
+    assert_eq!(contents.len(), 30, "a Busy append was appended twice");
+    for d in &done {
+        let offset = *d.result.as_ref().unwrap();
+        assert_eq!(contents[offset as usize].1, sent[d.tag as usize]);
+    }
+    assert_eq!(cluster.busy_appends.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn next_batch_delivers_whole_batches_and_the_rest_of_one_partly_read() {
+    let cluster = FakeCluster::start(1, 0);
+    cluster.preload(&["a", "b", "c"]);
+    cluster.preload(&["d", "e"]);
+    let mut subscription = Subscription::open(cluster.config(), StartFrom::Offset(1)).unwrap();
+    let first = subscription
+        .next_batch(Some(Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.first_offset(), first.next_offset()),
+        (1, 3),
+        "mid-batch start"
+    );
+    let values: Vec<String> = first
+        .records()
+        .unwrap()
+        .into_iter()
+        .map(|r| String::from_utf8(r.record.value).unwrap())
+        .collect();
+    assert_eq!(values, ["b", "c"]);
+    let d = subscription
+        .next_record(Some(Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.offset, 3);
+    let rest = subscription
+        .next_batch(Some(Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!((rest.first_offset(), rest.record_count()), (4, 1));
+    assert_eq!(subscription.next_offset(), Some(5));
 }

@@ -2,12 +2,11 @@
 //! it committed, how long each append took to be acknowledged, how the leader's group commit
 //! behaved, and beside it the disk's own limits measured in the same run on the same directory.
 
-use std::collections::VecDeque;
 use std::io::{IsTerminal, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,12 +19,18 @@ use raftline_bench::fsync::{
     FsyncProbe, IoPath, LatencySummary, StopSignal,
 };
 use raftline_bench::latency::LatencyRecorder;
-use raftline_log::Record;
-use raftline_netio::client::{status_of_all, ClientConfig, Producer, Subscription};
+use raftline_netio::client::{status_of_all, ClientConfig, Subscription};
 use raftline_netio::client_proto::{AckMode, NodeRole, StartFrom};
 use raftline_netio::cluster_id::ClusterId;
 use serde::Serialize;
 
+use crate::bench_cpu::{self, CpuFigures, Watched};
+use crate::bench_load::{
+    self, LoadResult, LoadSpec, Shared, PHASE_MEASURE, PHASE_STOP, PHASE_WARMUP, STAMP_BYTES,
+    STAMP_MAGIC,
+};
+use crate::bench_sweep::{self, SweepPoint};
+use crate::bench_tail::{self, TailFigures};
 use crate::local_cluster::{self, LocalCluster};
 use crate::produce::AckArg;
 
@@ -44,7 +49,7 @@ The local cluster and its data are removed at the end (nodes get SIGTERM, then S
 10 s). Records are acknowledged with --ack quorum (durable on a majority) unless told otherwise.";
 
 /// Flags of `raftline bench cluster`.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct ClusterBenchArgs {
     /// Producer connections (one thread each).
     #[arg(short = 'P', long, default_value_t = 4)]
@@ -93,27 +98,44 @@ pub struct ClusterBenchArgs {
     /// produce->consume latency; the latency needs -V 16 or more).
     #[arg(short = 'C', long, default_value_t = 0)]
     pub consumers: usize,
+    /// Workload W4 instead of a load: fill the log with N records (big batches), then time one
+    /// consumer reading all of them from offset 0, checking every offset arrives once, in order.
+    #[arg(long, value_name = "N")]
+    pub tail_log: Option<u64>,
+    /// Sweep a grid of P x W points (each a short run on the same cluster; -P and -W are then
+    /// ignored): throughput vs latency as a table, in --json, and as a chart with --svg.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Producer counts of the sweep grid.
+    #[arg(long, value_delimiter = ',', default_values_t = bench_sweep::DEFAULT_PRODUCERS.to_vec())]
+    pub sweep_producers: Vec<usize>,
+    /// Windows of the sweep grid (one curve each).
+    #[arg(long, value_delimiter = ',', default_values_t = bench_sweep::DEFAULT_WINDOWS.to_vec())]
+    pub sweep_windows: Vec<usize>,
+    /// Measured seconds per sweep point (after 1 s of warm-up, or --warmup if shorter).
+    #[arg(long, default_value_t = 3.0)]
+    pub sweep_point_secs: f64,
+    /// With --sweep: write the throughput-vs-latency chart to this SVG file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Load generator threads; the P connections are split between them (each thread drives
+    /// its connections through one epoll set).
+    #[arg(long, default_value_t = 1)]
+    pub load_threads: usize,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Longest a producer waits for one answer: far beyond any healthy commit, short enough that a
-/// wedged cluster ends the run.
+/// Longest the generator waits for one answer: far beyond any healthy commit, short enough that
+/// a wedged cluster ends the run.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest warm-up of one sweep point (the cluster is already warm from the previous point).
+const SWEEP_WARMUP_S: f64 = 1.0;
 /// Largest scratch file of the 4 KiB fdatasync probe (prewritten first, so kept small).
 const FSYNC_PROBE_FILE_BYTES: u64 = 64 << 20;
 /// Largest scratch file of the bandwidth probe.
 const BANDWIDTH_PROBE_FILE_BYTES: u64 = 2 << 30;
-
-/// At a fixed rate, how often a producer waiting for its next send slot reads arrived answers
-/// (the resolution of the latencies measured in that mode).
-const RATE_POLL_INTERVAL: Duration = Duration::from_micros(250);
-
-/// The run's phases, as the producer threads see them.
-const PHASE_WARMUP: u8 = 0;
-const PHASE_MEASURE: u8 = 1;
-const PHASE_STOP: u8 = 2;
 
 /// What was run.
 #[derive(Debug, Serialize)]
@@ -149,6 +171,9 @@ pub struct LeaderFigures {
     pub records_per_fdatasync: f64,
     /// Bytes the leader wrote to its log per second, padding included, in MB/s.
     pub log_mb_per_s: f64,
+    /// Bytes of peer frames the leader sent (AppendEntries to the followers, heartbeats), MB/s
+    /// (absent if the node does not export the counter).
+    pub shipped_to_followers_mb_per_s: Option<f64>,
 }
 
 /// The disk's own limits, measured on the benchmark's directory.
@@ -169,6 +194,33 @@ pub struct DiskFigures {
 pub struct ClusterBenchReport {
     /// What was run.
     pub setup: BenchSetup,
+    /// The measured load (absent in the sweep and tail modes).
+    #[serde(flatten)]
+    pub load: Option<LoadFigures>,
+    /// With --tail-log: the prefill and the consumer's read.
+    pub tail: Option<TailFigures>,
+    /// With --sweep: one measured point per (P, W).
+    pub sweep: Option<Vec<SweepPoint>>,
+    /// The disk's own limits.
+    pub disk: DiskFigures,
+    /// value_mb_per_s / (disk sequential MB/s / 3 replicas): the share of the bandwidth each of
+    /// the three copies could have that raftline's durable records use.
+    pub durable_share_of_disk_per_replica: Option<f64>,
+}
+
+/// The measured MB/s of values as a share of what each of the three replicas could write.
+fn share_of_disk(value_mb_per_s: f64, disk: &DiskFigures) -> f64 {
+    let per_replica = disk.sequential_mb_per_s / local_cluster::NODES as f64;
+    if per_replica > 0.0 {
+        value_mb_per_s / per_replica
+    } else {
+        0.0
+    }
+}
+
+/// The figures of one measured window of load.
+#[derive(Debug, Serialize)]
+pub struct LoadFigures {
     /// Measured wall time, seconds.
     pub elapsed_s: f64,
     /// Records acknowledged within the measured window.
@@ -177,6 +229,8 @@ pub struct ClusterBenchReport {
     pub appends: u64,
     /// Records the cluster refused (typed errors) within the window.
     pub records_refused: u64,
+    /// Appends of the window that had to be sent more than once (fail-over, Busy).
+    pub appends_resent: u64,
     /// Records acknowledged per second.
     pub records_per_s: f64,
     /// Appends acknowledged per second.
@@ -191,26 +245,22 @@ pub struct ClusterBenchReport {
     pub leader_changed: bool,
     /// With --consumers: what the consumers read.
     pub consumers: Option<ConsumerFigures>,
-    /// The disk's own limits.
-    pub disk: DiskFigures,
-    /// value_mb_per_s / (disk sequential MB/s / 3 replicas): the share of the bandwidth each of
-    /// the three copies could have that raftline's durable records use.
-    pub durable_share_of_disk_per_replica: f64,
+    /// The load generator itself.
+    pub generator: GeneratorFigures,
+    /// CPU per core and per thread of each node and of this process over the window (Linux).
+    pub cpu: Option<CpuFigures>,
 }
 
-/// Counters the producer threads share with the progress bar.
-struct Shared {
-    phase: AtomicU8,
-    acked_records: AtomicU64,
-    /// Origin of the send times producers stamp into record values.
-    epoch: Instant,
+/// The load generator's shape and cost.
+#[derive(Debug, Serialize)]
+pub struct GeneratorFigures {
+    /// Generator threads (each drives its connections through one epoll set).
+    pub threads: usize,
+    /// Producer connections over all threads.
+    pub connections: usize,
+    /// CPU the generator threads used over the window, % of one core.
+    pub cpu_percent: Option<f64>,
 }
-
-/// A value that starts with these bytes carries its append's send time (ns since
-/// `Shared::epoch`, little-endian) in bytes 8..16.
-const STAMP_MAGIC: &[u8; 8] = b"RLBENCH1";
-/// Bytes of a send-time stamp at the start of a value.
-const STAMP_BYTES: usize = 16;
 
 /// What one consumer thread measured.
 struct ConsumerResult {
@@ -230,14 +280,6 @@ pub struct ConsumerFigures {
     /// From the producer's send of an append to a consumer's delivery of its records (records
     /// sent within the measured window; empty when values are shorter than 16 bytes).
     pub produce_to_consume_us: LatencySummary,
-}
-
-/// What one producer thread measured.
-struct ProducerResult {
-    records: u64,
-    appends: u64,
-    refused: u64,
-    latency: LatencyRecorder,
 }
 
 /// Runs `raftline bench cluster`.
@@ -272,6 +314,19 @@ pub fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let report = result?;
+    if let (Some(points), Some(svg)) = (&report.sweep, &args.svg) {
+        let subtitle = format!(
+            "3 nodes, B={} x V={} B, ack={}, {} s/point; disk {:.0} MB/s, 4K fsync p50 {:.0} us",
+            args.batch_records,
+            args.value_bytes,
+            report.setup.ack,
+            args.sweep_point_secs,
+            report.disk.sequential_mb_per_s,
+            report.disk.fdatasync_4k_commit_us.us_p50
+        );
+        std::fs::write(svg, bench_sweep::render_svg(points, &subtitle))
+            .with_context(|| format!("writing {}", svg.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -283,6 +338,7 @@ pub fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
 fn validate(args: &ClusterBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.producers > 0, "--producers must be at least 1");
     anyhow::ensure!(args.window > 0, "--window must be at least 1");
+    anyhow::ensure!(args.load_threads > 0, "--load-threads must be at least 1");
     anyhow::ensure!(args.batch_records > 0, "--batch-records must be at least 1");
     anyhow::ensure!(
         args.duration > 0.0 && args.duration <= 3600.0,
@@ -296,6 +352,40 @@ fn validate(args: &ClusterBenchArgs) -> anyhow::Result<()> {
         args.disk_probe_secs > 0.0 && args.disk_probe_secs <= 60.0,
         "--disk-probe-secs must be in (0, 60]"
     );
+    if args.sweep {
+        anyhow::ensure!(
+            !args.sweep_producers.is_empty()
+                && !args.sweep_windows.is_empty()
+                && args
+                    .sweep_producers
+                    .iter()
+                    .chain(&args.sweep_windows)
+                    .all(|&n| n > 0),
+            "--sweep-producers and --sweep-windows must list numbers of at least 1"
+        );
+        anyhow::ensure!(
+            args.sweep_point_secs > 0.0,
+            "--sweep-point-secs must be positive"
+        );
+        let points = args.sweep_producers.len() * args.sweep_windows.len();
+        let total = points as f64 * (args.sweep_point_secs + args.warmup.min(SWEEP_WARMUP_S));
+        anyhow::ensure!(
+            total <= bench_sweep::SWEEP_SECS_MAX,
+            "the sweep would take {total:.0} s ({points} points); at most {:.0} s: fewer points or a shorter --sweep-point-secs",
+            bench_sweep::SWEEP_SECS_MAX
+        );
+        anyhow::ensure!(
+            args.tail_log.is_none(),
+            "--sweep and --tail-log are separate runs"
+        );
+    }
+    anyhow::ensure!(
+        args.svg.is_none() || args.sweep,
+        "--svg draws the sweep: add --sweep"
+    );
+    if let Some(records) = args.tail_log {
+        anyhow::ensure!(records > 0, "--tail-log must be at least 1 record");
+    }
     if let Some(rate) = args.rate {
         anyhow::ensure!(
             rate > 0.0 && rate.is_finite(),
@@ -313,22 +403,49 @@ fn run_in(
     // The disk first, while nothing else writes to it.
     let disk = measure_disk(dir, args.disk_probe_secs, stop)?;
     let mut local = None;
-    let (config, metrics_addr) = match &args.bootstrap {
-        Some(bootstrap) => (
-            ClientConfig::new(bootstrap.clone(), ClusterId::from_name(&args.cluster)),
-            args.leader_metrics,
-        ),
+    let me = Watched {
+        label: "bench (load generator, consumers)".to_string(),
+        pid: std::process::id(),
+    };
+    let target = match &args.bootstrap {
+        Some(bootstrap) => Target {
+            config: ClientConfig::new(bootstrap.clone(), ClusterId::from_name(&args.cluster)),
+            metrics_addr: args.leader_metrics,
+            watched: vec![me],
+        },
         None => {
             let base = local_cluster::free_base_port()?;
             let cluster = local.insert(LocalCluster::start(dir, base, crate::dev::DEV_CLUSTER)?);
             let leader = cluster.wait_for_leader()?;
-            (
-                local_cluster::client_config(base, crate::dev::DEV_CLUSTER),
-                Some(local_cluster::node_addrs(base, leader).2),
-            )
+            let mut watched: Vec<Watched> = cluster
+                .node_pids()
+                .into_iter()
+                .map(|(id, pid)| Watched {
+                    label: if id == leader {
+                        format!("node {id} (leader)")
+                    } else {
+                        format!("node {id}")
+                    },
+                    pid,
+                })
+                .collect();
+            watched.push(me);
+            Target {
+                config: local_cluster::client_config(base, crate::dev::DEV_CLUSTER),
+                metrics_addr: Some(local_cluster::node_addrs(base, leader).2),
+                watched,
+            }
         }
     };
-    let result = load(args, config, metrics_addr, disk, stop);
+    let result = match args.tail_log {
+        Some(records) => {
+            let config = load_config(&target.config, args.ack, 1, 1);
+            bench_tail::run(&config, records, args.value_bytes, &target.watched, stop)
+                .map(Mode::Tail)
+        }
+        None if args.sweep => sweep(args, &target, stop).map(Mode::Sweep),
+        None => load(args, &target, stop).map(|l| Mode::Load(Box::new(l))),
+    };
     if let Some(mut cluster) = local {
         for outcome in cluster.stop() {
             if outcome.status.is_none() {
@@ -339,7 +456,74 @@ fn run_in(
             }
         }
     }
-    result
+    let (mut load, mut tail, mut sweep) = (None, None, None);
+    match result? {
+        Mode::Load(figures) => load = Some(*figures),
+        Mode::Tail(figures) => tail = Some(figures),
+        Mode::Sweep(points) => sweep = Some(points),
+    }
+    Ok(ClusterBenchReport {
+        setup: setup(args),
+        durable_share_of_disk_per_replica: load
+            .as_ref()
+            .map(|l| share_of_disk(l.value_mb_per_s, &disk)),
+        load,
+        tail,
+        sweep,
+        disk,
+    })
+}
+
+/// Runs every point of the grid on the same cluster, one after the other.
+fn sweep(
+    args: &ClusterBenchArgs,
+    target: &Target,
+    stop: &StopSignal,
+) -> anyhow::Result<Vec<SweepPoint>> {
+    let mut points = Vec::new();
+    for (producers, window) in bench_sweep::grid(&args.sweep_producers, &args.sweep_windows) {
+        let point_args = ClusterBenchArgs {
+            producers,
+            window,
+            duration: args.sweep_point_secs,
+            warmup: args.warmup.min(SWEEP_WARMUP_S),
+            ..args.clone()
+        };
+        eprintln!("sweep: P={producers} W={window}");
+        let figures = load(&point_args, target, stop)
+            .with_context(|| format!("sweep point P={producers} W={window}"))?;
+        points.push(SweepPoint {
+            producers,
+            window,
+            figures,
+        });
+    }
+    Ok(points)
+}
+
+/// What a run measured, by mode.
+enum Mode {
+    Load(Box<LoadFigures>),
+    Tail(TailFigures),
+    Sweep(Vec<SweepPoint>),
+}
+
+fn setup(args: &ClusterBenchArgs) -> BenchSetup {
+    BenchSetup {
+        cluster: if args.bootstrap.is_some() {
+            "bootstrap"
+        } else {
+            "local"
+        },
+        producers: args.producers,
+        window: args.window,
+        batch_records: args.batch_records,
+        value_bytes: args.value_bytes,
+        ack: format!("{:?}", args.ack).to_lowercase(),
+        rate_appends_per_s: args.rate,
+        warmup_s: args.warmup,
+        duration_s: args.duration,
+    }
 }
 
 fn measure_disk(dir: &Path, secs: f64, stop: &StopSignal) -> anyhow::Result<DiskFigures> {
@@ -386,46 +570,52 @@ fn ack_mode(ack: AckArg) -> AckMode {
     }
 }
 
-fn load(
-    args: &ClusterBenchArgs,
-    mut config: ClientConfig,
+/// What the benchmark knows about the cluster it loads.
+struct Target {
+    config: ClientConfig,
+    /// The leader's metrics endpoint, if known.
     metrics_addr: Option<SocketAddr>,
-    disk: DiskFigures,
-    stop: &StopSignal,
-) -> anyhow::Result<ClusterBenchReport> {
-    config.ack = ack_mode(args.ack);
-    config.window_appends = args.window;
-    config.batch_records_max = args.batch_records;
-    // Batches are cut by record count only: never by bytes, never by lingering.
+    /// Processes whose CPU is accounted (the local nodes and this process).
+    watched: Vec<Watched>,
+}
+
+/// The client configuration of the load: exactly B records per append, never cut by bytes or
+/// lingering.
+fn load_config(
+    args: &ClientConfig,
+    ack: AckArg,
+    window: usize,
+    batch_records: usize,
+) -> ClientConfig {
+    let mut config = args.clone();
+    config.ack = ack_mode(ack);
+    config.window_appends = window;
+    config.batch_records_max = batch_records;
     config.batch_bytes_max = usize::MAX;
     config.linger = Duration::from_secs(24 * 3600);
     config.request_timeout = REQUEST_TIMEOUT;
-    let leader_before = leader_id(&config);
-    let shared = Arc::new(Shared {
-        phase: AtomicU8::new(PHASE_WARMUP),
-        acked_records: AtomicU64::new(0),
-        epoch: Instant::now(),
-    });
-    let per_producer_rate = args.rate.map(|r| r / args.producers as f64);
-    let threads: Vec<JoinHandle<anyhow::Result<ProducerResult>>> = (0..args.producers)
-        .map(|i| {
-            let (config, shared) = (config.clone(), Arc::clone(&shared));
-            let (batch_records, value_bytes) = (args.batch_records, args.value_bytes);
-            std::thread::Builder::new()
-                .name(format!("producer-{i}"))
-                .spawn(move || {
-                    produce(
-                        config,
-                        &shared,
-                        batch_records,
-                        value_bytes,
-                        per_producer_rate,
-                    )
-                })
-                .context("starting a producer thread")
-        })
-        .collect::<anyhow::Result<_>>()?;
+    config
+}
 
+/// One measured run of the load (and the consumers) on a running cluster.
+fn load(
+    args: &ClusterBenchArgs,
+    target: &Target,
+    stop: &StopSignal,
+) -> anyhow::Result<LoadFigures> {
+    let config = load_config(&target.config, args.ack, args.window, args.batch_records);
+    let leader_before = leader_id(&config);
+    let shared = Shared::new();
+    let spec = LoadSpec {
+        connections: args.producers,
+        window: args.window,
+        batch_records: args.batch_records,
+        value_bytes: args.value_bytes,
+        rate: args.rate,
+        threads: args.load_threads,
+        stamp_values: args.consumers > 0,
+    };
+    let threads = bench_load::spawn(&config, spec, &shared)?;
     let consumers: Vec<JoinHandle<anyhow::Result<ConsumerResult>>> = (0..args.consumers)
         .map(|i| {
             let (config, shared) = (config.clone(), Arc::clone(&shared));
@@ -439,9 +629,10 @@ fn load(
     let started = Instant::now();
     let warmup = Duration::from_secs_f64(args.warmup);
     wait_phase(&bar, &shared, started, warmup, stop, threads.as_slice());
-    let metrics_before = metrics_addr.map(scrape_metrics).transpose()?;
+    let metrics_before = target.metrics_addr.map(scrape_metrics).transpose()?;
+    let cpu_before = bench_cpu::sample(&target.watched);
     let measure_start = Instant::now();
-    shared.phase.store(PHASE_MEASURE, Ordering::SeqCst);
+    shared.start_measuring();
     wait_phase(
         &bar,
         &shared,
@@ -450,13 +641,14 @@ fn load(
         stop,
         threads.as_slice(),
     );
-    shared.phase.store(PHASE_STOP, Ordering::SeqCst);
+    shared.stop();
     let elapsed_s = measure_start.elapsed().as_secs_f64();
-    let metrics_after = metrics_addr.map(scrape_metrics).transpose()?;
+    let cpu_after = bench_cpu::sample(&target.watched);
+    let metrics_after = target.metrics_addr.map(scrape_metrics).transpose()?;
     bar.finish_and_clear();
 
     let mut latency = LatencyRecorder::new();
-    let (mut records, mut appends, mut refused) = (0, 0, 0);
+    let (mut records, mut appends, mut refused, mut resent) = (0, 0, 0, 0);
     let mut failures = Vec::new();
     let mut consumed = LatencyRecorder::new();
     let mut consumed_records = 0;
@@ -476,21 +668,20 @@ fn load(
                 records += r.records;
                 appends += r.appends;
                 refused += r.refused;
+                resent += r.resent;
                 latency.merge(&r.latency);
             }
             Ok(Err(e)) => failures.push(format!("{e:#}")),
-            Err(_) => failures.push("a producer thread panicked".to_string()),
+            Err(_) => failures.push("a load generator thread panicked".to_string()),
         }
     }
     if stop.is_raised() {
         bail!("interrupted");
     }
     if let Some(first) = failures.first() {
-        bail!("{} producer(s) failed; first: {first}", failures.len());
+        bail!("{} load thread(s) failed; first: {first}", failures.len());
     }
     let leader_after = leader_id(&config);
-    let records_per_s = records as f64 / elapsed_s;
-    let value_mb_per_s = records_per_s * args.value_bytes as f64 / 1e6;
     let leader = match (metrics_before, metrics_after, leader_before) {
         (Some(before), Some(after), Some(node_id)) => {
             let fsyncs = after.fdatasyncs.saturating_sub(before.fdatasyncs);
@@ -504,34 +695,38 @@ fn load(
                     records as f64 / fsyncs as f64
                 },
                 log_mb_per_s: bytes as f64 / elapsed_s / 1e6,
+                shipped_to_followers_mb_per_s: match (before.peer_bytes, after.peer_bytes) {
+                    (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / elapsed_s / 1e6),
+                    _ => None,
+                },
             })
         }
         _ => None,
     };
-    let per_replica = disk.sequential_mb_per_s / local_cluster::NODES as f64;
-    Ok(ClusterBenchReport {
-        setup: BenchSetup {
-            cluster: if args.bootstrap.is_some() {
-                "bootstrap"
-            } else {
-                "local"
-            },
-            producers: args.producers,
-            window: args.window,
-            batch_records: args.batch_records,
-            value_bytes: args.value_bytes,
-            ack: format!("{:?}", args.ack).to_lowercase(),
-            rate_appends_per_s: args.rate,
-            warmup_s: args.warmup,
-            duration_s: args.duration,
-        },
+    let cpu = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) => Some(bench_cpu::between(&before, &after, &target.watched)),
+        _ => None,
+    };
+    let generator_cpu_percent = cpu.as_ref().and_then(|c| {
+        let own = c.processes.iter().find(|p| p.pid == std::process::id())?;
+        Some(
+            own.threads
+                .iter()
+                .filter(|t| t.name.starts_with("load-"))
+                .map(|t| t.cpu_percent)
+                .sum(),
+        )
+    });
+    let records_per_s = records as f64 / elapsed_s;
+    Ok(LoadFigures {
         elapsed_s,
         records,
         appends,
         records_refused: refused,
+        appends_resent: resent,
         records_per_s,
         appends_per_s: appends as f64 / elapsed_s,
-        value_mb_per_s,
+        value_mb_per_s: records_per_s * args.value_bytes as f64 / 1e6,
         latency_us: latency.summary(),
         leader,
         leader_changed: leader_before != leader_after,
@@ -541,12 +736,12 @@ fn load(
             records_per_s: consumed_records as f64 / elapsed_s,
             produce_to_consume_us: consumed.summary(),
         }),
-        durable_share_of_disk_per_replica: if per_replica > 0.0 {
-            value_mb_per_s / per_replica
-        } else {
-            0.0
+        generator: GeneratorFigures {
+            threads: args.load_threads.clamp(1, args.producers),
+            connections: args.producers,
+            cpu_percent: generator_cpu_percent,
         },
-        disk,
+        cpu,
     })
 }
 
@@ -579,7 +774,7 @@ fn wait_phase(
     started: Instant,
     until: Duration,
     stop: &StopSignal,
-    threads: &[JoinHandle<anyhow::Result<ProducerResult>>],
+    threads: &[JoinHandle<anyhow::Result<LoadResult>>],
 ) {
     let mut last = (Instant::now(), shared.acked_records.load(Ordering::Relaxed));
     while started.elapsed() < until && !stop.is_raised() {
@@ -598,70 +793,6 @@ fn wait_phase(
         bar.set_position((started.elapsed().as_secs_f64() * 10.0) as u64);
         bar.set_message(format!("{phase}: {rate:>10.0} records/s"));
     }
-}
-
-/// One producer connection: appends of `batch_records` records until the phase says stop;
-/// counts and times the appends acknowledged while measuring.
-fn produce(
-    config: ClientConfig,
-    shared: &Shared,
-    batch_records: usize,
-    value_bytes: usize,
-    rate: Option<f64>,
-) -> anyhow::Result<ProducerResult> {
-    let mut producer = Producer::new(config);
-    let b = batch_records as u64;
-    let mut value = vec![b'x'; value_bytes];
-    let mut result = ProducerResult {
-        records: 0,
-        appends: 0,
-        refused: 0,
-        latency: LatencyRecorder::new(),
-    };
-    // (sequence number of the append's first record, when it was sent or meant to be sent)
-    let mut in_flight: VecDeque<(u64, Instant, bool)> = VecDeque::new();
-    let began = Instant::now();
-    let mut appends_sent = 0u64;
-    loop {
-        let phase = shared.phase.load(Ordering::Relaxed);
-        if phase == PHASE_STOP {
-            break;
-        }
-        let intended = rate.map(|r| began + Duration::from_secs_f64(appends_sent as f64 / r));
-        if let Some(at) = intended {
-            if let Some(wait) = at.checked_duration_since(Instant::now()) {
-                // Wait for the slot, handling answers that arrive meanwhile.
-                std::thread::sleep(wait.min(RATE_POLL_INTERVAL));
-                producer.poll()?;
-                account(&mut producer, &mut in_flight, &mut result, shared, b);
-                continue;
-            }
-        }
-        if value_bytes >= STAMP_BYTES {
-            let sent_ns = shared.epoch.elapsed().as_nanos() as u64;
-            value[..8].copy_from_slice(STAMP_MAGIC);
-            value[8..STAMP_BYTES].copy_from_slice(&sent_ns.to_le_bytes());
-        }
-        // Every append holds exactly `b` records, so append k starts at sequence number k * b.
-        for _ in 0..b {
-            // The last record of the append dispatches it (waiting while the window is full).
-            producer.send(Record {
-                key: None,
-                value: value.clone(),
-                timestamp_ms: 0,
-                headers: Vec::new(),
-            })?;
-        }
-        // Closed loop: the append left when `send` returned; at a fixed rate, latency counts
-        // from when it should have left.
-        let sent = intended.unwrap_or_else(Instant::now);
-        in_flight.push_back((appends_sent * b, sent, phase == PHASE_MEASURE));
-        appends_sent += 1;
-        account(&mut producer, &mut in_flight, &mut result, shared, b);
-    }
-    // Leave nothing unanswered on the connection; these answers are not counted.
-    producer.flush()?;
-    Ok(result)
 }
 
 /// One consumer: tails the log from its start until the phase says stop; counts the records
@@ -700,47 +831,12 @@ fn consume(config: ClientConfig, shared: &Shared) -> anyhow::Result<ConsumerResu
     }
 }
 
-/// Takes the answers the producer received and counts those of appends sent while measuring.
-fn account(
-    producer: &mut Producer,
-    in_flight: &mut VecDeque<(u64, Instant, bool)>,
-    result: &mut ProducerResult,
-    shared: &Shared,
-    batch_records: u64,
-) {
-    let now = Instant::now();
-    let measuring = shared.phase.load(Ordering::Relaxed) == PHASE_MEASURE;
-    for ack in producer.take_acks() {
-        // Acks come one per record; the append is done with its last record's.
-        if (ack.seq + 1) % batch_records != 0 {
-            continue;
-        }
-        let first = ack.seq + 1 - batch_records;
-        let Some(at) = in_flight.iter().position(|(seq, _, _)| *seq == first) else {
-            continue;
-        };
-        let (_, sent, sent_measuring) = in_flight.remove(at).expect("position is in range");
-        shared
-            .acked_records
-            .fetch_add(batch_records, Ordering::Relaxed);
-        if !(measuring && sent_measuring) {
-            continue;
-        }
-        match ack.result {
-            Ok(_) => {
-                result.records += batch_records;
-                result.appends += 1;
-                result.latency.record(now.duration_since(sent));
-            }
-            Err(_) => result.refused += batch_records,
-        }
-    }
-}
-
 /// The leader counters the benchmark reads from /metrics.
 struct MetricsSample {
     fdatasyncs: u64,
     log_bytes: u64,
+    /// Absent on nodes that do not export it.
+    peer_bytes: Option<u64>,
 }
 
 /// GET /metrics (HTTP/1.0, the node's tiny responder) and read the two counters.
@@ -767,13 +863,35 @@ fn scrape_metrics(addr: SocketAddr) -> anyhow::Result<MetricsSample> {
     Ok(MetricsSample {
         fdatasyncs: counter("raftline_fdatasyncs_total")?,
         log_bytes: counter("raftline_log_bytes_written_total")?,
+        peer_bytes: counter("raftline_peer_bytes_sent_total").ok(),
     })
 }
 
 fn render_text(r: &ClusterBenchReport) -> String {
     let s = &r.setup;
-    let l = &r.latency_us;
-    let mut out = format!(
+    let mut out = if let Some(points) = &r.sweep {
+        let list = |f: fn(&SweepPoint) -> usize| {
+            let mut v: Vec<usize> = points.iter().map(f).collect();
+            v.sort_unstable();
+            v.dedup();
+            v.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+        };
+        format!(
+            "raftline bench cluster ({} cluster): sweep over P={} x W={}, B={} records of V={} bytes, ack={}\n",
+            s.cluster,
+            list(|p| p.producers),
+            list(|p| p.window),
+            s.batch_records,
+            s.value_bytes,
+            s.ack
+        )
+    } else if let Some(t) = &r.tail {
+        format!(
+            "raftline bench cluster ({} cluster): --tail-log {} records of V={} bytes, ack={}\n",
+            s.cluster, t.records_in_log, s.value_bytes, s.ack
+        )
+    } else {
+        format!(
         "raftline bench cluster ({} cluster): P={} producers x W={} in flight x B={} records of V={} bytes, ack={}{}\n",
         s.cluster,
         s.producers,
@@ -783,9 +901,41 @@ fn render_text(r: &ClusterBenchReport) -> String {
         s.ack,
         s.rate_appends_per_s
             .map_or(String::new(), |r| format!(", fixed rate {r:.0} appends/s"))
-    );
+        )
+    };
+    if let Some(load) = &r.load {
+        out += &render_load(load);
+    }
+    if let Some(tail) = &r.tail {
+        out += &render_tail(tail);
+    }
+    if let Some(points) = &r.sweep {
+        out += &bench_sweep::render_table(points);
+    }
+    let d = &r.disk;
     out += &format!(
-        "committed   {:.0} records/s, {:.0} appends/s, {:.1} MB/s of values ({} records in {:.1} s{})\n",
+        "disk        4 KiB write+fdatasync {:.0}/s (p50 {:.0} us, p99 {:.0} us, {}); O_DIRECT sequential {:.0} MB/s\n",
+        d.fdatasync_4k_per_s,
+        d.fdatasync_4k_commit_us.us_p50,
+        d.fdatasync_4k_commit_us.us_p99,
+        d.io_path.name(),
+        d.sequential_mb_per_s
+    );
+    if let (Some(load), Some(share)) = (&r.load, r.durable_share_of_disk_per_replica) {
+        out += &format!(
+            "share       {:.1} MB/s durable = {:.2}% of the disk's bandwidth / 3 replicas ({:.0} MB/s)\n",
+            load.value_mb_per_s,
+            share * 100.0,
+            d.sequential_mb_per_s / 3.0
+        );
+    }
+    out
+}
+
+fn render_load(r: &LoadFigures) -> String {
+    let l = &r.latency_us;
+    let mut out = format!(
+        "committed   {:.0} records/s, {:.0} appends/s, {:.1} MB/s of values ({} records in {:.1} s{}{})\n",
         r.records_per_s,
         r.appends_per_s,
         r.value_mb_per_s,
@@ -793,6 +943,11 @@ fn render_text(r: &ClusterBenchReport) -> String {
         r.elapsed_s,
         if r.records_refused > 0 {
             format!(", {} refused", r.records_refused)
+        } else {
+            String::new()
+        },
+        if r.appends_resent > 0 {
+            format!(", {} appends resent", r.appends_resent)
         } else {
             String::new()
         }
@@ -808,11 +963,14 @@ fn render_text(r: &ClusterBenchReport) -> String {
     match &r.leader {
         Some(leader) => {
             out += &format!(
-                "leader      node {}: {:.0} fdatasyncs/s, {:.1} records per fdatasync, log written {:.1} MB/s\n",
+                "leader      node {}: {:.0} fdatasyncs/s, {:.1} records per fdatasync, log written {:.1} MB/s{}\n",
                 leader.node_id,
                 leader.fdatasyncs_per_s,
                 leader.records_per_fdatasync,
-                leader.log_mb_per_s
+                leader.log_mb_per_s,
+                leader
+                    .shipped_to_followers_mb_per_s
+                    .map_or(String::new(), |m| format!(", shipped to followers {m:.1} MB/s"))
             );
         }
         None => out += "leader      (no metrics address: pass --leader-metrics)\n",
@@ -831,20 +989,63 @@ fn render_text(r: &ClusterBenchReport) -> String {
     if r.leader_changed {
         out += "warning     the leader changed during the run: an election disturbed it\n";
     }
-    let d = &r.disk;
+    let g = &r.generator;
     out += &format!(
-        "disk        4 KiB write+fdatasync {:.0}/s (p50 {:.0} us, p99 {:.0} us, {}); O_DIRECT sequential {:.0} MB/s\n",
-        d.fdatasync_4k_per_s,
-        d.fdatasync_4k_commit_us.us_p50,
-        d.fdatasync_4k_commit_us.us_p99,
-        d.io_path.name(),
-        d.sequential_mb_per_s
+        "generator   {} thread(s) driving {} connections{}\n",
+        g.threads,
+        g.connections,
+        g.cpu_percent
+            .map_or(String::new(), |c| format!(", used {c:.0}% of a core"))
+    );
+    if let Some(cpu) = &r.cpu {
+        out += &render_cpu(cpu);
+    }
+    out
+}
+
+fn render_tail(t: &TailFigures) -> String {
+    let mut out = format!(
+        "prefill     {} records in batches of {} (P=4, W=8): {:.0} records/s ({:.1} s)\n",
+        t.records_in_log, t.prefill_batch_records, t.prefill_records_per_s, t.prefill_s
     );
     out += &format!(
-        "share       {:.1} MB/s durable = {:.2}% of the disk's bandwidth / 3 replicas ({:.0} MB/s)\n",
-        r.value_mb_per_s,
-        r.durable_share_of_disk_per_replica * 100.0,
-        d.sequential_mb_per_s / 3.0
+        "tail        one consumer from offset 0: {} records in {} batches, every offset once and in order; {:.0} records/s, {:.1} MB/s of values ({:.2} s)\n",
+        t.records_read, t.batches_read, t.read_records_per_s, t.read_value_mb_per_s, t.read_s
     );
+    if let Some(cpu) = &t.read_cpu {
+        out += &render_cpu(cpu);
+    }
+    out
+}
+
+/// Per core, then per process with its busiest threads.
+fn render_cpu(cpu: &CpuFigures) -> String {
+    let cores: Vec<String> = cpu
+        .cores
+        .iter()
+        .map(|c| format!("cpu{} {:.0}%", c.core, c.busy_percent))
+        .collect();
+    let mut out = format!("cpu         cores busy: {}\n", cores.join(", "));
+    for p in &cpu.processes {
+        let threads: Vec<String> = p
+            .threads
+            .iter()
+            .filter(|t| t.cpu_percent >= 0.5)
+            .map(|t| {
+                if t.threads > 1 {
+                    format!("{} x{} {:.0}%", t.name, t.threads, t.cpu_percent)
+                } else {
+                    format!("{} {:.0}%", t.name, t.cpu_percent)
+                }
+            })
+            .collect();
+        out += &format!(
+            "            {} [pid {}]: {:.0}% of a core ({})\n",
+            p.label,
+            p.pid,
+            p.cpu_percent,
+            threads.join(", ")
+        );
+    }
     out
 }

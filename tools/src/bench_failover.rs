@@ -74,6 +74,11 @@ pub struct FailoverBenchArgs {
     /// the end).
     #[arg(long, default_value = "./data/bench-failover")]
     pub dir: PathBuf,
+    /// An extra flag for every node's `raftline server` (repeatable), e.g.
+    /// `--server-arg=--election-timeout-min-ms=150`: to try other settings. The target is
+    /// judged against the default settings; the report lists the flags given.
+    #[arg(long = "server-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -113,7 +118,9 @@ pub struct FailoverSetup {
     pub ack: &'static str,
     /// Seconds of steady load before each kill.
     pub steady_s: f64,
-    /// The servers' default timing (the benchmark passes no timing flags).
+    /// Flags given to every server (`--server-arg`); empty = default settings.
+    pub server_args: Vec<String>,
+    /// The servers' default timing (what runs unless `server_args` changes it).
     pub heartbeat_ms: u64,
     /// Lower end of the default randomised election timeout.
     pub election_timeout_min_ms: u64,
@@ -323,7 +330,8 @@ fn run_in(
 ) -> anyhow::Result<FailoverReport> {
     let load_average_start = load_average();
     let base = local_cluster::free_base_port()?;
-    let mut cluster = LocalCluster::start(run_dir.path(), base, CLUSTER)?;
+    let mut cluster =
+        LocalCluster::start_with_args(run_dir.path(), base, CLUSTER, &args.server_args)?;
     cluster.wait_for_leader()?;
     let mut config = local_cluster::client_config(base, CLUSTER);
     config.ack = AckMode::Quorum;
@@ -428,6 +436,7 @@ fn run_in(
             value_bytes: args.value_bytes,
             ack: "quorum",
             steady_s: args.steady,
+            server_args: args.server_args.clone(),
             heartbeat_ms: HEARTBEAT_MS_DEFAULT,
             election_timeout_min_ms: ELECTION_TIMEOUT_MIN_MS_DEFAULT,
             election_timeout_max_ms: ELECTION_TIMEOUT_MAX_MS_DEFAULT,
@@ -913,9 +922,17 @@ fn progress_bar(kills: usize) -> ProgressBar {
 
 fn render_text(r: &FailoverReport) -> String {
     let s = &r.setup;
+    let settings = if s.server_args.is_empty() {
+        "default server settings".to_string()
+    } else {
+        format!(
+            "server flags {} on top of the defaults",
+            s.server_args.join(" ")
+        )
+    };
     let mut out = format!(
-        "raftline bench failover (local 3-node cluster, default server settings: heartbeat {} ms, \
-         election timeout {}-{} ms): K={} kills, P={} producers at {:.0} appends/s total \
+        "raftline bench failover (local 3-node cluster, {settings}; default heartbeat {} ms, \
+         default election timeout {}-{} ms): K={} kills, P={} producers at {:.0} appends/s total \
          (1 record of {} bytes each), W={}, ack=quorum; load average {:.2} -> {:.2}\n",
         s.heartbeat_ms,
         s.election_timeout_min_ms,

@@ -152,6 +152,8 @@ pub struct LocalCluster {
     /// Holds node N's data in `node-N` and its output in `node-N.log`.
     data: PathBuf,
     exe: PathBuf,
+    /// Appended to every node's `raftline server` command line (also on a restart).
+    server_args: Vec<String>,
     nodes: Vec<Node>,
 }
 
@@ -159,6 +161,17 @@ impl LocalCluster {
     /// Starts the three nodes (this same executable, `raftline server`) with data under `data`;
     /// on error the nodes already started are stopped again.
     pub fn start(data: &Path, base: u16, cluster: &str) -> anyhow::Result<LocalCluster> {
+        LocalCluster::start_with_args(data, base, cluster, &[])
+    }
+
+    /// [`LocalCluster::start`] with `server_args` added to every node's command line (e.g.
+    /// `--emulate-disk hdd`); a restarted node gets them too.
+    pub fn start_with_args(
+        data: &Path,
+        base: u16,
+        cluster: &str,
+        server_args: &[String],
+    ) -> anyhow::Result<LocalCluster> {
         let exe = std::env::current_exe().context("finding the raftline executable")?;
         let available = raftline_pinning::available_cores();
         let mut cluster = LocalCluster {
@@ -166,6 +179,7 @@ impl LocalCluster {
             cluster: cluster.to_string(),
             data: data.to_path_buf(),
             exe,
+            server_args: server_args.to_vec(),
             nodes: Vec::new(),
         };
         for id in 1..=NODES {
@@ -207,6 +221,7 @@ impl LocalCluster {
         if let Some(cores) = cores_for(id, available) {
             cmd.args(["--cores", &cores]);
         }
+        cmd.args(&self.server_args);
         // A process group of its own: a terminal's Ctrl-C reaches only the parent, which then
         // stops each node once (a node takes a second signal as "exit now, skip the drain").
         cmd.process_group(0)
@@ -302,6 +317,14 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// (node id, process id) of every running node (for CPU accounting from /proc).
+    pub fn node_pids(&self) -> Vec<(u64, u32)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| Some((n.id, n.child.as_ref()?.id())))
+            .collect()
     }
 
     /// The id of a node that has exited by itself, if any did (a killed node has not).

@@ -1,8 +1,12 @@
 //! `raftline`: the command-line front end of raftline.
 
 mod bench_cluster;
+mod bench_cpu;
 mod bench_failover;
 mod bench_fsync;
+mod bench_load;
+mod bench_sweep;
+mod bench_tail;
 mod cluster_args;
 mod dev;
 mod local_cluster;
@@ -54,7 +58,7 @@ enum BenchCommand {
     Fsync(bench_fsync::FsyncArgs),
     /// Load a 3-node cluster: records/s, append->ack latency, group commit, beside the disk's own limits.
     #[command(long_about = bench_cluster::LONG_ABOUT)]
-    Cluster(bench_cluster::ClusterBenchArgs),
+    Cluster(Box<bench_cluster::ClusterBenchArgs>),
     /// Kill -9 the leader of a 3-node cluster under load K times: write unavailability, records lost.
     #[command(long_about = bench_failover::LONG_ABOUT)]
     Failover(bench_failover::FailoverBenchArgs),
@@ -81,7 +85,7 @@ fn main() -> ExitCode {
         Command::Tail(args) => tail::run(args),
         Command::Status(args) => status::run(args),
         Command::Bench(BenchCommand::Fsync(args)) => bench_fsync::run(args),
-        Command::Bench(BenchCommand::Cluster(args)) => bench_cluster::run(args),
+        Command::Bench(BenchCommand::Cluster(args)) => bench_cluster::run(*args),
         Command::Bench(BenchCommand::Failover(args)) => bench_failover::run(args),
     };
     match result {

@@ -78,6 +78,28 @@ fn tiny_run_with_a_consumer_reports_consistent_figures_and_cleans_up() {
     assert!(number(leader, &["fdatasyncs_per_s"]) > 0.0);
     assert!(number(leader, &["records_per_fdatasync"]) > 0.0);
 
+    assert!(
+        number(leader, &["shipped_to_followers_mb_per_s"]) > 0.0,
+        "the leader ships every record to two followers: {report:#}"
+    );
+
+    let generator = &report["generator"];
+    assert_eq!(generator["threads"], 1);
+    assert_eq!(generator["connections"], 2);
+    assert!(number(generator, &["cpu_percent"]) >= 0.0);
+    let cpu = &report["cpu"];
+    assert!(!cpu["cores"].as_array().unwrap().is_empty());
+    let processes = cpu["processes"].as_array().unwrap();
+    assert_eq!(processes.len(), 4, "three nodes and the bench: {cpu:#}");
+    assert!(
+        processes[..3].iter().all(|p| p["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "raftline-raft")),
+        "every node's raft thread is accounted: {cpu:#}"
+    );
+
     let consumers = &report["consumers"];
     assert_eq!(consumers["consumers"], 1);
     assert!(number(consumers, &["records"]) > 0.0, "{report:#}");
@@ -99,6 +121,94 @@ fn tiny_run_with_a_consumer_reports_consistent_figures_and_cleans_up() {
         0,
         "./data/bench-cluster (nodes' data, probe files) created for the run and removed"
     );
+}
+
+/// Runs `raftline bench cluster ARGS --json` in a fresh directory; returns the report.
+fn run_json(cwd: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = raftline()
+        .args(["bench", "cluster", "--disk-probe-secs", "0.2", "--json"])
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn sweep_measures_every_grid_point_and_draws_the_chart() {
+    let cwd = ext4_tempdir();
+    let svg = cwd.path().join("sweep.svg");
+    let report = run_json(
+        cwd.path(),
+        &[
+            "--sweep",
+            "--sweep-producers",
+            "1,3",
+            "--sweep-windows",
+            "2",
+            "--sweep-point-secs",
+            "0.5",
+            "--warmup",
+            "0.2",
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
+    );
+    let points = report["sweep"].as_array().expect("sweep points");
+    assert_eq!(points.len(), 2, "{report:#}");
+    for (point, producers) in points.iter().zip([1, 3]) {
+        assert_eq!(point["producers"], producers);
+        assert_eq!(point["window"], 2);
+        assert_eq!(point["generator"]["connections"], producers);
+        let records = number(point, &["records"]);
+        assert!(records > 0.0, "{point:#}");
+        assert_eq!(number(point, &["latency_us", "count"]), records);
+    }
+    assert!(
+        report["records"].is_null(),
+        "no single-run figures in a sweep"
+    );
+    let chart = fs::read_to_string(&svg).unwrap();
+    assert!(chart.starts_with("<svg"), "{chart}");
+    for label in ["P=1", "P=3", "W=2: p50", "W=2: p99"] {
+        assert!(chart.contains(label), "{label} missing from the chart");
+    }
+    fs::remove_file(&svg).unwrap();
+    assert_eq!(fs::read_dir(cwd.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn tail_log_reads_every_prefilled_offset_once_in_order() {
+    let cwd = ext4_tempdir();
+    let report = run_json(cwd.path(), &["--tail-log", "30000", "-V", "64"]);
+    let tail = &report["tail"];
+    assert_eq!(tail["records_in_log"], 30000, "{report:#}");
+    assert_eq!(tail["records_read"], 30000);
+    let batch_records = number(tail, &["prefill_batch_records"]);
+    assert_eq!(
+        number(tail, &["batches_read"]),
+        (30000.0 / batch_records).ceil(),
+        "one batch per prefill append"
+    );
+    assert!(number(tail, &["read_records_per_s"]) > 0.0);
+    assert!(number(tail, &["prefill_records_per_s"]) > 0.0);
+    assert!(report["records"].is_null());
+}
+
+#[test]
+fn svg_without_sweep_is_refused() {
+    let dir = ext4_tempdir();
+    let out = raftline()
+        .args(["bench", "cluster", "--svg", "x.svg", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--sweep"), "{stderr}");
 }
 
 #[test]

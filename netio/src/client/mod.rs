@@ -15,6 +15,7 @@
 
 mod connection;
 mod leader;
+mod multi_producer;
 mod pipeline;
 mod producer;
 mod subscription;
@@ -28,8 +29,9 @@ use crate::client_proto::{AckMode, ClientError, NodeStatus, Request, Response, S
 use crate::cluster_id::ClusterId;
 use crate::frame::PAYLOAD_BYTES_MAX_DEFAULT;
 
+pub use multi_producer::{AppendDone, MultiProducer};
 pub use producer::{Producer, RecordAck};
-pub use subscription::{ConsumedRecord, Subscription};
+pub use subscription::{ConsumedBatch, ConsumedRecord, Subscription};
 
 use connection::Connection;
 use pipeline::Pipeline;

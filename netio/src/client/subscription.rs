@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use raftline_log::batch::check_frame;
-use raftline_log::{Batch, Record};
+use raftline_log::batch::parse_header;
+use raftline_log::{Batch, BatchError, Record};
 
 use crate::client::connection::Connection;
 use crate::client::{ClientConfig, Error};
@@ -21,9 +21,59 @@ pub struct ConsumedRecord {
     pub record: Record,
 }
 
+/// The records `first_offset..next_offset` of one batch, delivered by
+/// [`Subscription::next_batch`] still encoded (header, CRC and archive validated): a reader that
+/// does not need owned records pays no allocation per record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedBatch {
+    batch: Batch,
+    first_offset: u64,
+}
+
+impl ConsumedBatch {
+    /// Offset of the first record delivered (past the start of the batch when the subscription
+    /// started or resumed inside it).
+    pub fn first_offset(&self) -> u64 {
+        self.first_offset
+    }
+
+    /// One past the offset of the batch's last record.
+    pub fn next_offset(&self) -> u64 {
+        self.batch.header().next_offset()
+    }
+
+    /// Records delivered by this batch.
+    pub fn record_count(&self) -> u64 {
+        self.next_offset() - self.first_offset
+    }
+
+    /// The whole batch as stored (records before `first_offset` included).
+    pub fn batch(&self) -> &Batch {
+        &self.batch
+    }
+
+    /// The delivered records, decoded.
+    pub fn records(&self) -> Result<Vec<ConsumedRecord>, BatchError> {
+        let base = self.batch.header().base_offset;
+        let skip = (self.first_offset - base) as usize;
+        Ok(self
+            .batch
+            .records()?
+            .into_iter()
+            .enumerate()
+            .skip(skip)
+            .map(|(i, record)| ConsumedRecord {
+                offset: base + i as u64,
+                record,
+            })
+            .collect())
+    }
+}
+
 /// Committed records from an offset, in offset order, each delivered once.
 ///
-/// Iterate it (blocking) or call [`Subscription::next_record`] with a timeout. Flow control:
+/// Iterate it (blocking), call [`Subscription::next_record`] with a timeout, or take whole
+/// batches with [`Subscription::next_batch`] (no allocation per record). Flow control:
 /// the node sends at most `subscribe_window_bytes` of batches beyond what this subscription has
 /// taken in, and more credit is granted only as records are taken, so a slow consumer slows the
 /// node's sending instead of filling memory. If the node fails (connection lost, no answer to an
@@ -38,7 +88,12 @@ pub struct Subscription {
     node_cursor: usize,
     subscription_id: u64,
     next_request_id: u64,
+    /// Decoded records of `current`, not yet delivered.
     pending: VecDeque<ConsumedRecord>,
+    /// The batch `pending` was decoded from.
+    current: Option<ConsumedBatch>,
+    /// Received batches, not yet delivered.
+    batches: VecDeque<ConsumedBatch>,
     credit_owed: u64,
     probe: Option<(u64, Instant)>,
     last_heard: Instant,
@@ -64,6 +119,8 @@ impl Subscription {
             subscription_id: 1,
             next_request_id: 2,
             pending: VecDeque::new(),
+            current: None,
+            batches: VecDeque::new(),
             credit_owed: 0,
             probe: None,
             last_heard: Instant::now(),
@@ -78,7 +135,11 @@ impl Subscription {
     /// The offset after the last record delivered to the caller (`None` until the first record
     /// of an `Earliest`/`Latest` subscription): where a new subscription would resume.
     pub fn next_offset(&self) -> Option<u64> {
-        self.pending.front().map(|r| r.offset).or(self.next_offset)
+        self.pending
+            .front()
+            .map(|r| r.offset)
+            .or(self.batches.front().map(|b| b.first_offset))
+            .or(self.next_offset)
     }
 
     /// One past the last committed offset the first node could stream when it confirmed the
@@ -104,40 +165,83 @@ impl Subscription {
             if let Some(record) = self.pending.pop_front() {
                 return Ok(Some(record));
             }
-            if self.done {
+            if let Some(batch) = self.batches.pop_front() {
+                let records = batch.records().map_err(Error::Batch)?;
+                self.pending.extend(records);
+                self.current = Some(batch);
+                continue;
+            }
+            if !self.receive(deadline)? {
                 return Ok(None);
             }
-            if self.conn.is_none() {
-                if let Err(e) = self.reconnect() {
+        }
+    }
+
+    /// The rest of the next batch, waiting at most `timeout` (`None`: as long as it takes);
+    /// `Ok(None)` if none arrived in time. Mixes with [`next_record`](Subscription::next_record):
+    /// after some records of a batch were taken one by one, this returns the rest of that batch.
+    /// An error is final.
+    pub fn next_batch(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<ConsumedBatch>, Error> {
+        if let Some(first) = self.pending.front().map(|r| r.offset) {
+            let mut rest = self
+                .current
+                .take()
+                .expect("pending records come from a batch");
+            rest.first_offset = first;
+            self.pending.clear();
+            return Ok(Some(rest));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(batch) = self.batches.pop_front() {
+                return Ok(Some(batch));
+            }
+            if !self.receive(deadline)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Receives and handles one message (or fails over, or probes an idle node); `Ok(false)`
+    /// once the deadline passed or the subscription ended.
+    fn receive(&mut self, deadline: Option<Instant>) -> Result<bool, Error> {
+        if self.done {
+            return Ok(false);
+        }
+        if self.conn.is_none() {
+            if let Err(e) = self.reconnect() {
+                self.done = true;
+                return Err(e);
+            }
+        }
+        let now = Instant::now();
+        let probe_at = match self.probe {
+            Some((_, sent)) => sent + self.config.request_timeout,
+            None => self.last_heard + self.config.idle_probe_interval,
+        };
+        let until = deadline.map_or(probe_at, |d| d.min(probe_at));
+        let wait = until.saturating_duration_since(now);
+        let conn = self.conn.as_mut().expect("connected above");
+        match conn.recv(wait) {
+            Ok(Some(response)) => {
+                self.last_heard = Instant::now();
+                if let Err(e) = self.handle(response) {
                     self.done = true;
                     return Err(e);
                 }
             }
-            let now = Instant::now();
-            let probe_at = match self.probe {
-                Some((_, sent)) => sent + self.config.request_timeout,
-                None => self.last_heard + self.config.idle_probe_interval,
-            };
-            let until = deadline.map_or(probe_at, |d| d.min(probe_at));
-            let wait = until.saturating_duration_since(now);
-            let conn = self.conn.as_mut().expect("connected above");
-            match conn.recv(wait) {
-                Ok(Some(response)) => {
-                    self.last_heard = Instant::now();
-                    if let Err(e) = self.handle(response) {
-                        self.done = true;
-                        return Err(e);
-                    }
+            Ok(None) => {
+                self.on_idle();
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(false);
                 }
-                Ok(None) => {
-                    self.on_idle();
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Ok(None);
-                    }
-                }
-                Err(e) => self.fail_over(e.to_string()),
             }
+            Err(e) => self.fail_over(e.to_string()),
         }
+        Ok(true)
     }
 
     /// Calls `on_record` for every record until it returns `Break` (then `Ok`) or the
@@ -212,26 +316,25 @@ impl Subscription {
         }
     }
 
-    /// Decodes the batches of one frame into pending records (skipping records before the
-    /// resume point) and grants credit for them.
+    /// Validates the batches of one frame and queues those holding records at or after the
+    /// resume point; grants credit for them.
     fn take_batches(&mut self, bytes: &[u8]) -> Result<(), String> {
+        // `decode_response` checked each batch's header and CRC; `Batch::decode` validates the
+        // archive and the record count against the header.
         for batch in split_batches(bytes) {
             let batch = batch.map_err(|e| e.to_string())?;
-            let header = check_frame(batch).map_err(|e| e.to_string())?;
-            if header.record_count == 0 {
+            let header = parse_header(batch).map_err(|e| e.to_string())?;
+            let next = self.next_offset.unwrap_or(0);
+            if header.record_count == 0 || header.next_offset() <= next {
                 continue;
             }
-            let records = Batch::decode(batch.to_vec())
-                .and_then(|b| b.records())
-                .map_err(|e| e.to_string())?;
-            for (i, record) in records.into_iter().enumerate() {
-                let offset = header.base_offset + i as u64;
-                if self.next_offset.is_some_and(|next| offset < next) {
-                    continue;
-                }
-                self.pending.push_back(ConsumedRecord { offset, record });
-                self.next_offset = Some(offset + 1);
-            }
+            let batch = Batch::decode(batch.to_vec()).map_err(|e| e.to_string())?;
+            let first_offset = header.base_offset.max(next);
+            self.batches.push_back(ConsumedBatch {
+                batch,
+                first_offset,
+            });
+            self.next_offset = Some(header.next_offset());
         }
         self.credit_owed += bytes.len() as u64;
         if self.credit_owed >= self.config.subscribe_window_bytes / 2 {

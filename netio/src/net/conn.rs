@@ -150,7 +150,10 @@ impl Conn {
             fresh.clear();
             self.queue.push_back(fresh);
         }
-        let tail = self.queue.back_mut().expect("a tail buffer was just ensured");
+        let tail = self
+            .queue
+            .back_mut()
+            .expect("a tail buffer was just ensured");
         let before = tail.len();
         let encoded = encode(tail);
         let added = tail.len() - before;
@@ -296,13 +299,20 @@ mod tests {
         );
         assert_eq!(c.queued_bytes(), 60);
         let buf = c.next_send().unwrap();
-        assert_eq!(&buf[..], &[[1; 30], [2; 30]].concat()[..], "one buffer, in order");
+        assert_eq!(
+            &buf[..],
+            &[[1; 30], [2; 30]].concat()[..],
+            "one buffer, in order"
+        );
         assert!(c.sent(buf, 0, 60, now).is_none());
         assert_eq!(
             put(&mut c, 4, 101),
             Err(EnqueueError::Refused(QueueRefusal::TooLarge))
         );
-        assert!(c.is_quiet() && c.next_send().is_none(), "nothing left queued");
+        assert!(
+            c.is_quiet() && c.next_send().is_none(),
+            "nothing left queued"
+        );
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub batch_bytes: Pow2Histogram,
     /// Index of the newest durable snapshot (0: none).
     pub snapshot_index: AtomicU64,
+    /// Bytes of peer frames handed to the network (on a leader: what it ships to followers).
+    pub peer_bytes_sent: AtomicU64,
 }
 
 impl Metrics {
@@ -32,6 +34,7 @@ impl Metrics {
             append_commit_us: Pow2Histogram::default(),
             batch_bytes: Pow2Histogram::default(),
             snapshot_index: AtomicU64::new(0),
+            peer_bytes_sent: AtomicU64::new(0),
         }
     }
 
@@ -136,6 +139,12 @@ impl Metrics {
             "raftline_log_bytes_written_total",
             "Bytes written to the log, padding included.",
             stats.bytes_written.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "raftline_peer_bytes_sent_total",
+            "Bytes of peer frames queued for sending (a leader's AppendEntries to its followers).",
+            self.peer_bytes_sent.load(Ordering::Relaxed),
         );
         histogram(
             &mut out,
