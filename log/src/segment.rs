@@ -281,9 +281,9 @@ fn fallocate_or_extend(file: &File, bytes: u64) -> io::Result<()> {
 /// Overwrites `[0, bytes)` of `path` with zeros, one chunk at a time, until done or cancelled.
 /// O_DIRECT where the filesystem allows it; otherwise buffered with a sync per chunk, so that
 /// the device never holds more than one chunk of the fill ahead of a log commit. Runs at idle
-/// I/O priority, at most `ZERO_FILL_BYTES_PER_S`, starting a chunk only while the log is idle.
+/// `ZERO_FILL_BYTES_PER_S`, starting a chunk only while the log is idle (the background
+/// preparation thread also runs at idle I/O priority: `set_idle_io_priority`).
 fn zero_fill(path: &Path, bytes: u64, gate: &FillGate) -> io::Result<()> {
-    set_idle_io_priority();
     use std::os::unix::fs::OpenOptionsExt;
     let direct = std::fs::OpenOptions::new()
         .write(true)
@@ -320,8 +320,10 @@ fn zero_fill(path: &Path, bytes: u64, gate: &FillGate) -> io::Result<()> {
 }
 
 /// Best effort: puts the calling thread's I/O in the idle class (served when no other I/O waits,
-/// where the scheduler supports classes: mq-deadline, bfq).
-fn set_idle_io_priority() {
+/// where the scheduler supports classes: mq-deadline, bfq). Only for a thread of its own: the
+/// class is inherited by threads it spawns, and a log writer in the idle class would wait
+/// behind every other I/O of the machine.
+pub(crate) fn set_idle_io_priority() {
     const IOPRIO_WHO_PROCESS: libc::c_long = 1;
     const IOPRIO_CLASS_IDLE: libc::c_long = 3;
     const IOPRIO_CLASS_SHIFT: libc::c_long = 13;

@@ -469,6 +469,10 @@ impl<S: Storage> Raft<S> {
             self.tick_leader();
         } else if self.election_elapsed >= self.election_timeout.expect("drawn above") {
             self.campaign();
+        } else if self.role == Role::PreCandidate
+            && self.election_elapsed % self.cfg.heartbeat_ticks == 0
+        {
+            self.repeat_pre_vote();
         }
     }
 
@@ -871,6 +875,30 @@ impl<S: Storage> Raft<S> {
         self.votes.insert(self.cfg.id, true);
         if let Poll::Won = self.poll() {
             self.become_candidate(false);
+        }
+    }
+
+    /// Asks the voters that have not answered our pre-vote again. A peer still inside its
+    /// leader lease ignores a PreVote without answering (check-quorum stickiness); its lease may
+    /// end a tick after ours did (tick phases differ), and without a resend the election would
+    /// wait for that peer's own timeout or our next one. Safe: a pre-vote changes nothing
+    /// durable and a resend is only a duplicate message.
+    fn repeat_pre_vote(&mut self) {
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        let silent: Vec<NodeId> = self
+            .configs
+            .current()
+            .voters
+            .iter()
+            .copied()
+            .filter(|p| *p != self.cfg.id && !self.votes.contains_key(p))
+            .collect();
+        for peer in silent {
+            let body = MessageBody::PreVote {
+                last_index,
+                last_term,
+            };
+            self.send_with_term(peer, self.term + 1, body);
         }
     }
 

@@ -241,6 +241,69 @@ fn follower_with_a_live_leader_ignores_a_disruptive_pre_vote() {
     assert!(f.ready().messages.is_empty());
 }
 
+/// Delivers messages among the live nodes (index = id - 1) until quiet; messages to or from a
+/// node not in `live` are lost (a crashed node).
+fn settle_live(nodes: &mut [Node], live: &[u64], mut inflight: Vec<Message>) {
+    while !inflight.is_empty() {
+        for msg in std::mem::take(&mut inflight) {
+            if !live.contains(&msg.to) || !live.contains(&msg.from) {
+                continue;
+            }
+            let to = msg.to as usize - 1;
+            nodes[to].step(msg);
+            let rd = nodes[to].ready();
+            inflight.extend(persist_all(&mut nodes[to], rd));
+        }
+    }
+}
+
+/// Ticks node `id` once and delivers what that produces among the live nodes.
+fn tick_live(nodes: &mut [Node], live: &[u64], id: u64, rng: &mut dyn rand::RngCore) {
+    let n = &mut nodes[id as usize - 1];
+    n.tick(rng);
+    let rd = n.ready();
+    let msgs = persist_all(n, rd);
+    settle_live(nodes, live, msgs);
+}
+
+#[test]
+fn pre_vote_ignored_inside_a_peers_lease_is_asked_again_before_either_timeout_runs_out() {
+    // Pre-vote and check-quorum on (the defaults): leader 1 over followers 2 and 3.
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|id| node(Config::new(id, vec![1, 2, 3]), 0, vec![]))
+        .collect();
+    nodes[0].campaign();
+    settle(&mut nodes);
+    assert_eq!(nodes[0].role(), Role::Leader);
+    let cfg = nodes[1].config().clone();
+    let (min, hb) = (cfg.election_ticks_min, cfg.heartbeat_ticks);
+    // Node 2 draws the shortest timeout, node 3 the longest; node 1 crashes.
+    let mut shortest = rand::rngs::mock::StepRng::new(0, 0);
+    let span = cfg.election_ticks_max - min;
+    let mut longest = rand::rngs::mock::StepRng::new(u64::from(span - 1), 0);
+    let live = [2, 3];
+    // Node 3 heard the leader's last message one tick after node 2 did.
+    tick_live(&mut nodes, &live, 2, &mut shortest);
+    for _ in 1..min {
+        tick_live(&mut nodes, &live, 2, &mut shortest);
+        tick_live(&mut nodes, &live, 3, &mut longest);
+    }
+    assert_eq!(nodes[1].role(), Role::PreCandidate, "node 2 timed out");
+    assert_eq!(
+        nodes[2].role(),
+        Role::Follower,
+        "node 3, still inside its lease, ignored the pre-vote"
+    );
+    // Within a heartbeat interval of node 3's lease ending node 2 asks again and wins —
+    // long before its own next timeout (min ticks) or node 3's (about max ticks).
+    for _ in 0..=hb {
+        tick_live(&mut nodes, &live, 3, &mut longest);
+        tick_live(&mut nodes, &live, 2, &mut shortest);
+    }
+    assert_eq!(nodes[1].role(), Role::Leader);
+    assert_eq!(nodes[2].leader(), Some(2));
+}
+
 #[test]
 fn follower_acknowledges_entries_only_once_durable() {
     let mut f = node(config(2, 3), 1, vec![]);

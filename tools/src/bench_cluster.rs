@@ -31,7 +31,8 @@ use crate::bench_load::{
 };
 use crate::bench_sweep::{self, SweepPoint};
 use crate::bench_tail::{self, TailFigures};
-use crate::local_cluster::{self, LocalCluster};
+use crate::emulated_disk::{self, DiskProfile, EmulatedDisk};
+use crate::local_cluster::{self, LocalCluster, RunDir};
 use crate::produce::AckArg;
 
 /// The long `--help` of `raftline bench cluster`.
@@ -125,6 +126,10 @@ pub struct ClusterBenchArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// EMULATION: the local cluster's logs hold each fdatasync to this reference device's
+    /// latency (`raftline server --emulate-disk`); marked in the report. See `bench profiles`.
+    #[arg(long, value_enum, value_name = "hdd|sata|nvme")]
+    pub emulate_disk: Option<DiskProfile>,
 }
 
 /// Longest the generator waits for one answer: far beyond any healthy commit, short enough that
@@ -158,6 +163,8 @@ pub struct BenchSetup {
     pub warmup_s: f64,
     /// Measured seconds asked for.
     pub duration_s: f64,
+    /// EMULATION in effect on the cluster's logs (null: the real disk).
+    pub emulated_disk: Option<EmulatedDisk>,
 }
 
 /// The leader's own counters over the measured window.
@@ -177,7 +184,7 @@ pub struct LeaderFigures {
 }
 
 /// The disk's own limits, measured on the benchmark's directory.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct DiskFigures {
     /// How the probes reached the disk.
     pub io_path: IoPath,
@@ -285,35 +292,7 @@ pub struct ConsumerFigures {
 /// Runs `raftline bench cluster`.
 pub fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
     validate(&args)?;
-    // The outermost directory this run creates, removed again at the end if left empty.
-    let created_dir = args
-        .dir
-        .ancestors()
-        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
-        .last()
-        .map(Path::to_path_buf);
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("creating {}", args.dir.display()))?;
-    let run_dir = tempfile::Builder::new()
-        .prefix("run-")
-        .tempdir_in(&args.dir)
-        .with_context(|| format!("creating a run directory in {}", args.dir.display()))?;
-    let stop = StopSignal::default();
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.raise()).context("installing the Ctrl-C handler")?;
-    }
-    let result = run_in(&args, run_dir.path(), &stop);
-    drop(run_dir);
-    if let Some(created) = created_dir {
-        // remove_dir only removes empty directories: anything else put there meanwhile stays.
-        for dir in args.dir.ancestors() {
-            if std::fs::remove_dir(dir).is_err() || dir == created {
-                break;
-            }
-        }
-    }
-    let report = result?;
+    let report = in_run_dir(&args.dir, |dir, stop| run_in(&args, dir, stop))?;
     if let (Some(points), Some(svg)) = (&report.sweep, &args.svg) {
         let subtitle = format!(
             "3 nodes, B={} x V={} B, ack={}, {} s/point; disk {:.0} MB/s, 4K fsync p50 {:.0} us",
@@ -335,7 +314,28 @@ pub fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(args: &ClusterBenchArgs) -> anyhow::Result<()> {
+/// Runs `f` in a fresh run directory under `dir` ([`RunDir`]: removed at the end, with the
+/// directories this call created if left empty) with Ctrl-C raising the stop signal.
+pub fn in_run_dir<T>(
+    dir: &Path,
+    f: impl FnOnce(&Path, &StopSignal) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let run_dir = RunDir::create(dir)?;
+    let stop = StopSignal::default();
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.raise()).context("installing the Ctrl-C handler")?;
+    }
+    f(run_dir.path(), &stop)
+}
+
+/// Checks the flags against each other.
+pub fn validate(args: &ClusterBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.emulate_disk.is_none() || args.bootstrap.is_none(),
+        "--emulate-disk configures the local cluster's servers; a --bootstrap cluster emulates \
+         only if its servers were started with --emulate-disk"
+    );
     anyhow::ensure!(args.producers > 0, "--producers must be at least 1");
     anyhow::ensure!(args.window > 0, "--window must be at least 1");
     anyhow::ensure!(args.load_threads > 0, "--load-threads must be at least 1");
@@ -402,6 +402,17 @@ fn run_in(
 ) -> anyhow::Result<ClusterBenchReport> {
     // The disk first, while nothing else writes to it.
     let disk = measure_disk(dir, args.disk_probe_secs, stop)?;
+    run_with_disk(args, dir, disk, stop)
+}
+
+/// One run against a cluster (a local one in `dir`, or --bootstrap) beside `disk`, the disk's
+/// limits measured beforehand.
+pub fn run_with_disk(
+    args: &ClusterBenchArgs,
+    dir: &Path,
+    disk: DiskFigures,
+    stop: &StopSignal,
+) -> anyhow::Result<ClusterBenchReport> {
     let mut local = None;
     let me = Watched {
         label: "bench (load generator, consumers)".to_string(),
@@ -415,7 +426,21 @@ fn run_in(
         },
         None => {
             let base = local_cluster::free_base_port()?;
-            let cluster = local.insert(LocalCluster::start(dir, base, crate::dev::DEV_CLUSTER)?);
+            // W4 reads the whole log from offset 0: the nodes must not compact it meanwhile.
+            let mut server_args: Vec<String> = match args.tail_log {
+                Some(records) => vec![
+                    "--retain-mib".to_string(),
+                    bench_tail::retain_mib(records, args.value_bytes).to_string(),
+                ],
+                None => Vec::new(),
+            };
+            server_args.extend(emulated_disk::server_args(args.emulate_disk));
+            let cluster = local.insert(LocalCluster::start_with_args(
+                dir,
+                base,
+                crate::dev::DEV_CLUSTER,
+                &server_args,
+            )?);
             let leader = cluster.wait_for_leader()?;
             let mut watched: Vec<Watched> = cluster
                 .node_pids()
@@ -523,10 +548,12 @@ fn setup(args: &ClusterBenchArgs) -> BenchSetup {
         rate_appends_per_s: args.rate,
         warmup_s: args.warmup,
         duration_s: args.duration,
+        emulated_disk: args.emulate_disk.map(EmulatedDisk::from),
     }
 }
 
-fn measure_disk(dir: &Path, secs: f64, stop: &StopSignal) -> anyhow::Result<DiskFigures> {
+/// The disk's 4 KiB fdatasync rate and sequential bandwidth in `dir`, `secs` each.
+pub fn measure_disk(dir: &Path, secs: f64, stop: &StopSignal) -> anyhow::Result<DiskFigures> {
     let duration = Duration::from_secs_f64(secs);
     let (path, refusals) = resolve_io_path(dir, IoPath::DirectUring)?;
     for refusal in refusals {
@@ -903,6 +930,9 @@ fn render_text(r: &ClusterBenchReport) -> String {
             .map_or(String::new(), |r| format!(", fixed rate {r:.0} appends/s"))
         )
     };
+    if let Some(emulated) = &s.emulated_disk {
+        out.insert_str(0, &format!("{}\n", emulated.profile.banner()));
+    }
     if let Some(load) = &r.load {
         out += &render_load(load);
     }

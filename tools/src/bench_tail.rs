@@ -51,6 +51,12 @@ pub struct TailFigures {
     pub read_cpu: Option<CpuFigures>,
 }
 
+/// MiB of log the nodes must retain below its end so that `records` records of `value_bytes`
+/// stay readable from offset 0 (twice the estimate, so a snapshot never cuts into them).
+pub fn retain_mib(records: u64, value_bytes: usize) -> u64 {
+    ((records * (value_bytes + RECORD_OVERHEAD_BYTES) as u64 * 2) >> 20) + 64
+}
+
 /// Prefills `records` records of `value_bytes` bytes, then reads them all back with one consumer.
 pub fn run(
     config: &ClientConfig,

@@ -16,6 +16,7 @@ use raftline_log::Record;
 use raftline_netio::client::{ClientConfig, Producer, Subscription};
 use raftline_netio::client_proto::StartFrom;
 
+use crate::emulated_disk::{self, DiskProfile};
 use crate::local_cluster::{self, LocalCluster, NODES};
 
 /// The dev cluster's name (its id on the wire is derived from it).
@@ -44,6 +45,10 @@ pub struct DevArgs {
     /// client commands' --bootstrap default assumes 7300).
     #[arg(long, default_value_t = DEV_BASE_PORT)]
     pub base_port: u16,
+    /// EMULATION: every node's log holds each fdatasync to this reference device's latency
+    /// (see `raftline server --help`).
+    #[arg(long, value_enum, value_name = "hdd|sata|nvme")]
+    pub emulate_disk: Option<DiskProfile>,
 }
 
 /// Default `--base-port`: node N listens on 7300+N (peers), 7400+N (clients), 7500+N (metrics).
@@ -73,7 +78,12 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
-    let mut nodes = LocalCluster::start(&args.data, args.base_port, DEV_CLUSTER)?;
+    let mut nodes = LocalCluster::start_with_args(
+        &args.data,
+        args.base_port,
+        DEV_CLUSTER,
+        &emulated_disk::server_args(args.emulate_disk),
+    )?;
     let leader = match nodes.wait_for_leader() {
         Ok(leader) => leader,
         Err(e) => {
@@ -82,6 +92,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
     };
     print_banner(&args.data, leader, args.base_port);
+    if let Some(profile) = args.emulate_disk {
+        println!("{}", profile.banner());
+    }
     let demo = args
         .demo
         .then(|| Demo::start(args.demo_record_bytes, args.base_port, Arc::clone(&stop)));

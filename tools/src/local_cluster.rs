@@ -158,14 +158,9 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Starts the three nodes (this same executable, `raftline server`) with data under `data`;
-    /// on error the nodes already started are stopped again.
-    pub fn start(data: &Path, base: u16, cluster: &str) -> anyhow::Result<LocalCluster> {
-        LocalCluster::start_with_args(data, base, cluster, &[])
-    }
-
-    /// [`LocalCluster::start`] with `server_args` added to every node's command line (e.g.
-    /// `--emulate-disk hdd`); a restarted node gets them too.
+    /// Starts the three nodes (this same executable, `raftline server`) with data under `data`
+    /// and `server_args` added to every node's command line (e.g. `--emulate-disk hdd`; a
+    /// restarted node gets them too); on error the nodes already started are stopped again.
     pub fn start_with_args(
         data: &Path,
         base: u16,

@@ -5,10 +5,12 @@ mod bench_cpu;
 mod bench_failover;
 mod bench_fsync;
 mod bench_load;
+mod bench_profiles;
 mod bench_sweep;
 mod bench_tail;
 mod cluster_args;
 mod dev;
+mod emulated_disk;
 mod local_cluster;
 mod node;
 mod produce;
@@ -59,6 +61,9 @@ enum BenchCommand {
     /// Load a 3-node cluster: records/s, append->ack latency, group commit, beside the disk's own limits.
     #[command(long_about = bench_cluster::LONG_ABOUT)]
     Cluster(Box<bench_cluster::ClusterBenchArgs>),
+    /// What group commit buys on (emulated) HDD, SATA and NVMe disks: unbatched vs group-committed.
+    #[command(long_about = bench_profiles::LONG_ABOUT)]
+    Profiles(bench_profiles::ProfilesArgs),
     /// Kill -9 the leader of a 3-node cluster under load K times: write unavailability, records lost.
     #[command(long_about = bench_failover::LONG_ABOUT)]
     Failover(bench_failover::FailoverBenchArgs),
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Bench(BenchCommand::Fsync(args)) => bench_fsync::run(args),
         Command::Bench(BenchCommand::Cluster(args)) => bench_cluster::run(*args),
+        Command::Bench(BenchCommand::Profiles(args)) => bench_profiles::run(args),
         Command::Bench(BenchCommand::Failover(args)) => bench_failover::run(args),
     };
     match result {

@@ -104,8 +104,16 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             }))
         }),
         snapshots: cfg.snapshots,
+        emulated_fsync_delay: cfg
+            .emulate_disk
+            .map_or(Duration::ZERO, |p| p.fsync_latency()),
     })?;
-    let metrics = Arc::new(Metrics::new(replica.log_handle()));
+    let mut metrics = Metrics::new(replica.log_handle());
+    if let Some(profile) = cfg.emulate_disk {
+        tracing::warn!("{}", profile.banner());
+        metrics = metrics.with_emulated_disk(profile.name());
+    }
+    let metrics = Arc::new(metrics);
     print_start(&cfg, &layout, &net, addrs, &replica);
 
     if let Some(addr) = cfg.metrics_listen {
@@ -215,4 +223,7 @@ fn print_start(
         cfg.election_timeout_min.as_millis(),
         cfg.election_timeout_max.as_millis()
     );
+    if let Some(profile) = cfg.emulate_disk {
+        println!("{}", profile.banner());
+    }
 }

@@ -11,6 +11,7 @@ use clap::Args;
 use raftline_netio::reactor::Backend;
 use serde::Deserialize;
 
+use crate::emulated_disk::DiskProfile;
 use crate::node::snapshots::SnapshotPolicy;
 
 /// Default heartbeat interval: a LAN round trip is well under a millisecond; 50 ms keeps idle
@@ -95,6 +96,11 @@ pub struct ServerArgs {
     /// Largest materialised state in MiB; beyond it the node stops snapshotting [default: 1024].
     #[arg(long)]
     pub state_mib_max: Option<u64>,
+    /// EMULATION for benchmarks: hold every log fdatasync's completion back to a reference
+    /// device's latency (hdd 10 ms, sata 1 ms, nvme 0.2 ms after it was issued) on top of the real
+    /// write. Marked in the start-up output and in /metrics (raftline_emulated_disk).
+    #[arg(long, value_enum, value_name = "hdd|sata|nvme")]
+    pub emulate_disk: Option<DiskProfile>,
 }
 
 /// The same settings as read from a TOML file.
@@ -120,6 +126,7 @@ struct FileConfig {
     snapshot_every_mib: Option<u64>,
     retain_mib: Option<u64>,
     state_mib_max: Option<u64>,
+    emulate_disk: Option<DiskProfile>,
 }
 
 /// A validated server configuration.
@@ -161,6 +168,8 @@ pub struct ServerConfig {
     pub append_timeout: Duration,
     /// When to snapshot and compact the log.
     pub snapshots: SnapshotPolicy,
+    /// Emulated device whose fdatasync latency the log imposes (benchmarks only).
+    pub emulate_disk: Option<DiskProfile>,
     /// Things that work but deserve the operator's attention.
     pub warnings: Vec<String>,
 }
@@ -316,6 +325,7 @@ impl ServerArgs {
                     .unwrap_or((SnapshotPolicy::default().state_bytes_max >> 20) as u64)
                     << 20) as usize,
             },
+            emulate_disk: self.emulate_disk.or(file.emulate_disk),
             warnings: Vec::new(),
         };
         cfg.validated()
@@ -500,6 +510,43 @@ mod tests {
             .unwrap_err()
         );
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn emulate_disk_comes_from_the_flag_or_the_file_and_an_unknown_profile_is_refused() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            server: ServerArgs,
+        }
+        let parsed = Cli::try_parse_from(["server", "--emulate-disk", "hdd"]).unwrap();
+        assert_eq!(parsed.server.emulate_disk, Some(DiskProfile::Hdd));
+        let err = Cli::try_parse_from(["server", "--emulate-disk", "floppy"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("floppy") && err.contains("hdd, sata, nvme"),
+            "{err}"
+        );
+        assert_eq!(args().resolve().unwrap().emulate_disk, None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "emulate_disk = \"sata\"\n").unwrap();
+        let from_file = |path: &Path| {
+            let mut a = args();
+            a.config = Some(path.to_path_buf());
+            a.resolve()
+        };
+        assert_eq!(
+            from_file(&path).unwrap().emulate_disk,
+            Some(DiskProfile::Sata)
+        );
+        std::fs::write(&path, "emulate_disk = \"floppy\"\n").unwrap();
+        let err = format!("{:#}", from_file(&path).unwrap_err());
+        assert!(err.contains("floppy") && err.contains("hdd"), "{err}");
     }
 
     #[test]

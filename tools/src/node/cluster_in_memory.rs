@@ -56,6 +56,7 @@ fn replica_config(
         durable_hook: Some(hook),
         writer_start_hook: None,
         snapshots,
+        emulated_fsync_delay: std::time::Duration::ZERO,
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub batch_bytes: Pow2Histogram,
     /// Index of the newest durable snapshot (0: none).
     pub snapshot_index: AtomicU64,
+    /// `--emulate-disk` profile, exported so no figure from an emulated node passes for real.
+    emulated_disk: Option<&'static str>,
     /// Bytes of peer frames handed to the network (on a leader: what it ships to followers).
     pub peer_bytes_sent: AtomicU64,
 }
@@ -34,8 +36,15 @@ impl Metrics {
             append_commit_us: Pow2Histogram::default(),
             batch_bytes: Pow2Histogram::default(),
             snapshot_index: AtomicU64::new(0),
+            emulated_disk: None,
             peer_bytes_sent: AtomicU64::new(0),
         }
+    }
+
+    /// Marks every rendering as coming from a node whose log emulates `profile`'s disk.
+    pub fn with_emulated_disk(mut self, profile: &'static str) -> Metrics {
+        self.emulated_disk = Some(profile);
+        self
     }
 
     /// Publishes the node's current status (the raft thread, once per tick).
@@ -126,6 +135,16 @@ impl Metrics {
                     out.push_str(&format!("{name}{{peer=\"{}\"}} {v}\n", p.node_id));
                 }
             }
+        }
+        if let Some(profile) = self.emulated_disk {
+            out.push_str(
+                "# HELP raftline_emulated_disk EMULATION: the log holds each fdatasync to this \
+                 disk profile's latency (1); absent on a real disk.\n\
+                 # TYPE raftline_emulated_disk gauge\n",
+            );
+            out.push_str(&format!(
+                "raftline_emulated_disk{{profile=\"{profile}\"}} 1\n"
+            ));
         }
         let stats = self.log.stats();
         counter(

@@ -52,6 +52,8 @@ pub struct ReplicaConfig {
     pub writer_start_hook: Option<WriterHook>,
     /// When to snapshot the materialised state and compact the log.
     pub snapshots: SnapshotPolicy,
+    /// `--emulate-disk`: least time from issuing a log group commit to its completion (zero: real disk).
+    pub emulated_fsync_delay: std::time::Duration,
 }
 
 /// An error after which the node must stop: it can no longer vouch for its log.
@@ -162,6 +164,7 @@ impl Replica {
             .max(cfg.batch_bytes_max);
         log_cfg.durable_hook = cfg.durable_hook;
         log_cfg.writer_start_hook = cfg.writer_start_hook;
+        log_cfg.emulated_fsync_delay = cfg.emulated_fsync_delay;
         let log = Arc::new(Log::open(log_cfg)?);
         let (hard_state, saved) = HardStateStore::open(&cfg.data_dir)?;
         let hs = HardState {
