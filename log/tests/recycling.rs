@@ -145,9 +145,11 @@ fn a_torn_group_in_a_recycled_segment_is_cut_and_never_resurrected(kind: Backend
         .map(|(p, _)| p)
         .unwrap();
     let mut half = pristine.clone();
+    // (The two appends usually form one group; when the writer took the first alone, the
+    // second starts the next sector: the cut is then in that group.)
     let cut = second + 10;
-    let sector_end = group_start + 4096;
-    half[cut..sector_end].copy_from_slice(&stale_sector[cut - group_start..]);
+    let sector_end = cut - cut % 4096 + 4096;
+    half[cut..sector_end].copy_from_slice(&stale_sector[cut % 4096..]);
     variants.push(half);
     let mut garbage = pristine.clone();
     for (i, b) in garbage[group_start + 100..group_start + 4096]
