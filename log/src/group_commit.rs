@@ -273,12 +273,9 @@ impl Writer {
         let fill_gate = Arc::clone(&gate);
         let spawned = std::thread::Builder::new()
             .name("raftline-log-prep".into())
-            .spawn(move || {
-                segment::set_idle_io_priority();
-                match free {
-                    Some(f) => segment::recycle(&dir, &f.path, seq, f.stale_index_max),
-                    None => segment::prepare(&dir, seq, bytes, how, &fill_gate),
-                }
+            .spawn(move || match free {
+                Some(f) => segment::recycle(&dir, &f.path, seq, f.stale_index_max),
+                None => segment::prepare(&dir, seq, bytes, how, &fill_gate),
             });
         match spawned {
             Ok(handle) => self.spare = Some(Preparation { handle, gate }),

@@ -628,18 +628,23 @@ impl Log {
             return Ok(());
         }
         let dir = &self.config.dir;
-        let mut free = self
-            .shared
-            .free_segments
-            .lock()
-            .expect("free segments lock");
+        // Only this function adds to the pool and it runs under the sequencer lock, so the room
+        // seen here can only grow until the pushes below.
+        let room = FREE_SEGMENTS_MAX
+            - self
+                .shared
+                .free_segments
+                .lock()
+                .expect("free segments lock")
+                .len();
+        let mut set_aside = Vec::new();
         for seg in dropped {
             let path = segment::segment_path(dir, seg.seq);
             let recyclable = !seg.has_marker && Arc::strong_count(&seg.file) == 1;
-            if recyclable && free.len() < FREE_SEGMENTS_MAX {
+            if recyclable && set_aside.len() < room {
                 let to = segment::free_path(dir, seg.seq);
                 std::fs::rename(&path, &to)?;
-                free.push_back(FreeSegment {
+                set_aside.push(FreeSegment {
                     path: to,
                     stale_index_max: seg.index_max,
                 });
@@ -647,8 +652,17 @@ impl Log {
                 std::fs::remove_file(&path)?;
             }
         }
-        drop(free);
-        segment::sync_dir(dir)
+        segment::sync_dir(dir)?;
+        // Handed to the writer only once the `.free` names are durable: the writer renames the
+        // file again and rewrites its header, and a crash must never find the new header under
+        // the old `<seq>.seg` name (that would read as a corrupt segment); a `.free` or `.prep`
+        // file is simply deleted at open.
+        self.shared
+            .free_segments
+            .lock()
+            .expect("free segments lock")
+            .extend(set_aside);
+        Ok(())
     }
 }
 

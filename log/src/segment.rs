@@ -61,7 +61,9 @@ pub struct FillGate {
 /// How a new segment's blocks are made ready before the log writes into it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preallocate {
-    /// Write zeros over the whole file and sync: later fdatasyncs need only a device flush.
+    /// fallocate, then write zeros over the file in the background while the log is idle and
+    /// sync: later fdatasyncs into it need only a device flush. A fill the roll-over stops
+    /// early leaves the rest fallocated (see `prepare`).
     ZeroFill,
     /// fallocate the extents: the file size is fixed, but each first write into an unwritten
     /// extent still costs a journal commit.
@@ -281,8 +283,9 @@ fn fallocate_or_extend(file: &File, bytes: u64) -> io::Result<()> {
 /// Overwrites `[0, bytes)` of `path` with zeros, one chunk at a time, until done or cancelled.
 /// O_DIRECT where the filesystem allows it; otherwise buffered with a sync per chunk, so that
 /// the device never holds more than one chunk of the fill ahead of a log commit. Runs at idle
-/// `ZERO_FILL_BYTES_PER_S`, starting a chunk only while the log is idle (the background
-/// preparation thread also runs at idle I/O priority: `set_idle_io_priority`).
+/// `ZERO_FILL_BYTES_PER_S`, starting a chunk only while the log is idle. (Not at idle I/O
+/// priority: the writer may have to wait for the chunk in flight, and an idle-class request is
+/// starved by the other logs on the same disk: a priority inversion.)
 fn zero_fill(path: &Path, bytes: u64, gate: &FillGate) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let direct = std::fs::OpenOptions::new()
@@ -317,28 +320,6 @@ fn zero_fill(path: &Path, bytes: u64, gate: &FillGate) -> io::Result<()> {
         pos += n as u64;
     }
     Ok(())
-}
-
-/// Best effort: puts the calling thread's I/O in the idle class (served when no other I/O waits,
-/// where the scheduler supports classes: mq-deadline, bfq). Only for a thread of its own: the
-/// class is inherited by threads it spawns, and a log writer in the idle class would wait
-/// behind every other I/O of the machine.
-pub(crate) fn set_idle_io_priority() {
-    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
-    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
-    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
-    // SAFETY: ioprio_set on the calling thread (who = process, id 0); no memory is passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_ioprio_set,
-            IOPRIO_WHO_PROCESS,
-            0 as libc::c_long,
-            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "idle I/O priority refused");
-    }
 }
 
 /// Moves a dropped segment (a `.free` file) to the temporary name of segment `seq`; its body

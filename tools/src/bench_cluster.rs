@@ -1044,6 +1044,17 @@ fn render_tail(t: &TailFigures) -> String {
     );
     if let Some(cpu) = &t.read_cpu {
         out += &render_cpu(cpu);
+        // Independent of how busy the machine was: what each record cost each process.
+        let costs: Vec<String> = cpu
+            .processes
+            .iter()
+            .filter(|p| p.cpu_percent >= 2.0)
+            .map(|p| {
+                let us = p.cpu_percent / 100.0 * t.read_s / t.records_read.max(1) as f64 * 1e6;
+                format!("{} {us:.3} us", p.label)
+            })
+            .collect();
+        out += &format!("            CPU per record read: {}\n", costs.join(", "));
     }
     out
 }

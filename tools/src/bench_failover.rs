@@ -79,6 +79,9 @@ pub struct FailoverBenchArgs {
     /// judged against the default settings; the report lists the flags given.
     #[arg(long = "server-arg", value_name = "FLAG", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
+    /// Keep the run directory (the nodes' data and log files) instead of removing it.
+    #[arg(long)]
+    pub keep_dir: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -290,7 +293,9 @@ pub fn run(args: FailoverBenchArgs) -> anyhow::Result<ExitCode> {
         ctrlc::set_handler(move || stop.raise()).context("installing the Ctrl-C handler")?;
     }
     let result = run_in(&args, &run_dir, &stop);
-    drop(run_dir);
+    if args.keep_dir {
+        eprintln!("kept {}", run_dir.keep().display());
+    }
     let report = result?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

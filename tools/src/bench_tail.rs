@@ -22,6 +22,9 @@ const PREFILL_BATCH_RECORDS_MAX: usize = 1000;
 const PREFILL_BATCH_BYTES: usize = 512 << 10;
 /// Bytes a record takes in a batch beyond its value (archive overhead, rounded up).
 const RECORD_OVERHEAD_BYTES: usize = 64;
+/// Bytes the node may stream ahead of the consumer: several of its 1 MiB frames, so the
+/// consumer's credit never drains the pipe between two grants.
+const READ_WINDOW_BYTES: u64 = 16 << 20;
 /// Longest wait for the consumer's next batch before the run is declared stuck.
 const READ_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -153,8 +156,10 @@ fn prefill(
 /// Reads offsets 0..end with one subscription; checks that batches arrive contiguous (every
 /// offset once, in order). Returns (records, batches) read.
 fn read_all(config: &ClientConfig, end: u64, stop: &StopSignal) -> anyhow::Result<(u64, u64)> {
-    let mut subscription = Subscription::open(config.clone(), StartFrom::Offset(0))
-        .context("subscribing from offset 0")?;
+    let mut config = config.clone();
+    config.subscribe_window_bytes = READ_WINDOW_BYTES;
+    let mut subscription =
+        Subscription::open(config, StartFrom::Offset(0)).context("subscribing from offset 0")?;
     let (mut expected, mut batches) = (0u64, 0u64);
     while expected < end {
         if stop.is_raised() {

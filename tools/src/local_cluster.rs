@@ -111,6 +111,12 @@ impl RunDir {
     pub fn path(&self) -> &Path {
         self.temp.as_ref().expect("present until drop").path()
     }
+
+    /// Keeps the run directory and its contents (for a post-mortem of the nodes' logs).
+    pub fn keep(mut self) -> PathBuf {
+        self.created = None;
+        self.temp.take().expect("present until drop").keep()
+    }
 }
 
 impl Drop for RunDir {

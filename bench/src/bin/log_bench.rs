@@ -42,8 +42,7 @@ struct Args {
     /// (this machine's flush is far faster than real SSDs/HDDs; the disk limits stay unemulated).
     #[arg(long, default_value_t = 0)]
     fsync_delay_us: u64,
-    /// Seconds of unmeasured appending first (lets the background zero-fill of the next
-    /// segment, started at open, finish).
+    /// Seconds of unmeasured appending first (threads started, first groups formed).
     #[arg(long, default_value_t = 1.0)]
     warmup_seconds: f64,
     /// Write backend (auto falls back as the log does).

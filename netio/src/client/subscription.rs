@@ -10,7 +10,7 @@ use raftline_log::{Batch, BatchError, Record};
 
 use crate::client::connection::Connection;
 use crate::client::{ClientConfig, Error};
-use crate::client_proto::{split_batches, ClientError, Request, Response, StartFrom};
+use crate::client_proto::{ClientError, Request, Response, StartFrom};
 
 /// One record delivered by a subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,11 +319,19 @@ impl Subscription {
     /// Validates the batches of one frame and queues those holding records at or after the
     /// resume point; grants credit for them.
     fn take_batches(&mut self, bytes: &[u8]) -> Result<(), String> {
-        // `decode_response` checked each batch's header and CRC; `Batch::decode` validates the
-        // archive and the record count against the header.
-        for batch in split_batches(bytes) {
-            let batch = batch.map_err(|e| e.to_string())?;
-            let header = parse_header(batch).map_err(|e| e.to_string())?;
+        // `decode_response` checked that the bytes are whole batches, each with a valid header
+        // and CRC, so they are split here by their headers alone; `Batch::decode` then
+        // validates the archive and the record count.
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let header = parse_header(rest).map_err(|e| e.to_string())?;
+            let Some((batch, tail)) = rest.split_at_checked(header.total_bytes) else {
+                return Err(format!(
+                    "a batch of {} bytes is cut short",
+                    header.total_bytes
+                ));
+            };
+            rest = tail;
             let next = self.next_offset.unwrap_or(0);
             if header.record_count == 0 || header.next_offset() <= next {
                 continue;
