@@ -94,7 +94,9 @@ pub fn render_svg(points: &[SweepPoint], subtitle: &str) -> String {
     for (i, &w) in windows.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()].to_string();
         let mut curve: Vec<&SweepPoint> = points.iter().filter(|p| p.window == w).collect();
-        curve.sort_by(|a, b| a.figures.records_per_s.total_cmp(&b.figures.records_per_s));
+        // In load order (P rising), so a curve that bends back (more connections, less
+        // throughput) shows it.
+        curve.sort_by_key(|p| p.producers);
         let xy = |q: fn(&LoadFigures) -> f64| -> Vec<(f64, f64)> {
             curve
                 .iter()
