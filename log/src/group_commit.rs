@@ -75,9 +75,11 @@ pub(crate) struct FreeSegment {
     pub stale_index_max: u64,
 }
 
-/// Dropped segments kept for recycling; more are deleted. Two cover a roll-over while the next
-/// prefix truncation is still pending.
-pub(crate) const FREE_SEGMENTS_MAX: usize = 2;
+/// Dropped segments kept for recycling; more are deleted. Four cover the roll-overs between two
+/// prefix drops of a node snapshotting every 256 MiB with 64 MiB segments, so that in steady
+/// state every segment is a recycled one (a fresh one under load is only fallocated, and each
+/// fdatasync into unwritten extents waits for an ext4 journal commit).
+pub(crate) const FREE_SEGMENTS_MAX: usize = 4;
 
 /// "Durable up to index N", "ops 1..=n completed", or the error that failed the log.
 pub(crate) struct DurableState {

@@ -268,3 +268,33 @@ fn auto_picks_a_working_backend() {
         BackendKind::Uring | BackendKind::Poll
     ));
 }
+
+#[test]
+fn submit_hands_a_send_to_the_kernel_before_the_next_wait() {
+    each_backend(|backend| {
+        let (mut reactor, _waker) = reactor(backend);
+        let mut pending = Vec::new();
+        let listener = std::net::TcpListener::bind(loopback()).unwrap();
+        let client = reactor.connect(listener.local_addr().unwrap()).unwrap();
+        next(&mut reactor, &mut pending, |c| match c {
+            Completion::Connected { socket, result } if *socket == client => {
+                result.as_ref().unwrap();
+                Some(())
+            }
+            _ => None,
+        });
+        let (mut peer, _) = listener.accept().unwrap();
+        peer.set_read_timeout(Some(DEADLINE)).unwrap();
+        reactor.send(client, b"early".to_vec(), 0);
+        reactor.submit().unwrap();
+        // No `wait` in between: the bytes are read by a plain blocking socket.
+        let mut got = [0u8; 5];
+        std::io::Read::read_exact(&mut peer, &mut got).unwrap();
+        assert_eq!(&got, b"early", "{backend:?}");
+        let sent = next(&mut reactor, &mut pending, |c| match c {
+            Completion::Sent { result, .. } => Some(*result.as_ref().unwrap()),
+            _ => None,
+        });
+        assert_eq!(sent, 5);
+    });
+}

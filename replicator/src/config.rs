@@ -76,6 +76,11 @@ pub struct Config {
     /// Committed entry bytes one `Ready` hands out (at least one entry); the rest follow in the
     /// next `Ready`, so catching up a long log never loads it whole.
     pub committed_bytes_max: u64,
+    /// Coalesce a leader's AppendEntries per driver round: a proposal or a commit advance marks
+    /// the followers, and the next `ready()` sends each of them one message with everything new
+    /// (and the commit index) instead of one message per proposal and per acknowledgement.
+    /// Same messages' content, fewer of them; off by default.
+    pub batch_appends: bool,
     /// Test-only fault injection; see [`Mutation`].
     pub mutation: Mutation,
 }
@@ -124,6 +129,7 @@ impl Config {
             log_cache_bytes_max: 16 << 20,
             unstable_bytes_max: 64 << 20,
             committed_bytes_max: 4 << 20,
+            batch_appends: false,
             mutation: Mutation::None,
         }
     }

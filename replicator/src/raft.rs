@@ -245,6 +245,21 @@ pub struct Raft<S> {
     hard_state_handed_out: HardState,
     outbox: Vec<Message>,
     gated: VecDeque<Gated>,
+    /// Leader with `batch_appends`: what the next `ready()` broadcasts (see [`Config`]).
+    broadcast_due: BroadcastDue,
+}
+
+/// A leader's broadcast deferred to the next `ready()` (`Config::batch_appends`); ordered by
+/// what it covers (a commit broadcast also carries new entries).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum BroadcastDue {
+    /// Nothing deferred.
+    #[default]
+    Nothing,
+    /// New entries: send what each follower's window allows.
+    Entries,
+    /// The commit index advanced: every follower hears of it, with or without new entries.
+    Commit,
 }
 
 impl<S: Storage> Raft<S> {
@@ -329,6 +344,7 @@ impl<S: Storage> Raft<S> {
             hard_state_handed_out: hard_state,
             outbox: Vec::new(),
             gated: VecDeque::new(),
+            broadcast_due: BroadcastDue::Nothing,
         })
     }
 
@@ -578,7 +594,11 @@ impl<S: Storage> Raft<S> {
     pub fn propose(&mut self, payload: Arc<[u8]>) -> Result<(Term, Index), ProposeError> {
         self.check_proposal(payload.len() as u64)?;
         let index = self.append_as_leader(EntryKind::Command, payload);
-        self.broadcast_append(false);
+        if self.cfg.batch_appends {
+            self.broadcast_due = self.broadcast_due.max(BroadcastDue::Entries);
+        } else {
+            self.broadcast_append(false);
+        }
         Ok((self.term, index))
     }
 
@@ -713,6 +733,11 @@ impl<S: Storage> Raft<S> {
 
     /// Hands out everything to do since the last call.
     pub fn ready(&mut self) -> Ready {
+        match std::mem::take(&mut self.broadcast_due) {
+            BroadcastDue::Nothing => {}
+            BroadcastDue::Entries => self.broadcast_append(false),
+            BroadcastDue::Commit => self.broadcast_append(true),
+        }
         let mut rd = Ready::default();
         let hs = self.hard_state();
         if hs != self.hard_state_handed_out {
@@ -823,6 +848,7 @@ impl<S: Storage> Raft<S> {
         self.heartbeat_elapsed = 0;
         self.votes.clear();
         self.progress.clear();
+        self.broadcast_due = BroadcastDue::Nothing;
     }
 
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
@@ -1306,8 +1332,15 @@ impl<S: Storage> Raft<S> {
         };
         if current_term || self.cfg.mutation == Mutation::CommitPreviousTerm {
             self.commit = quorum_index;
-            self.broadcast_append(true);
-            if !self.is_voter() && self.configs.last_index().is_none_or(|i| i <= self.commit) {
+            let stepping_down =
+                !self.is_voter() && self.configs.last_index().is_none_or(|i| i <= self.commit);
+            if self.cfg.batch_appends && !stepping_down {
+                self.broadcast_due = BroadcastDue::Commit;
+            } else {
+                self.broadcast_append(true);
+                self.broadcast_due = BroadcastDue::Nothing;
+            }
+            if stepping_down {
                 // Our removal is committed: the others carry on without us (thesis §4.2.2).
                 let term = self.term;
                 self.become_follower(term, None);

@@ -1171,3 +1171,99 @@ fn lease_read_requires_check_quorum() {
     cfg.check_quorum = true;
     assert_eq!(cfg.validate(), Ok(()));
 }
+
+/// AppendEntries (with entries, or carrying only the commit index) in `msgs`, per follower.
+fn appends_to(msgs: &[Message], to: u64) -> Vec<(usize, u64)> {
+    msgs.iter()
+        .filter(|m| m.to == to)
+        .filter_map(|m| match &m.body {
+            MessageBody::AppendEntries {
+                entries, commit, ..
+            } => Some((entries.len(), *commit)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn batch_appends_sends_one_message_per_follower_per_ready_with_every_proposal() {
+    let mut cfg = config(1, 3);
+    cfg.batch_appends = true;
+    let mut nodes = vec![
+        node(cfg, 0, vec![]),
+        node(config(2, 3), 0, vec![]),
+        node(config(3, 3), 0, vec![]),
+    ];
+    nodes[0].campaign();
+    settle(&mut nodes);
+    let leader = &mut nodes[0];
+    let first = leader.next_index();
+    for _ in 0..5 {
+        leader.propose(Arc::from(&b"x"[..])).expect("accepted");
+    }
+    let rd = leader.ready();
+    assert_eq!(rd.entries.len(), 5, "every proposal is handed to the disk");
+    for to in [2, 3] {
+        assert_eq!(
+            appends_to(&rd.messages, to)
+                .iter()
+                .map(|a| a.0)
+                .collect::<Vec<_>>(),
+            vec![5],
+            "one AppendEntries with the five entries to n{to}"
+        );
+    }
+    assert!(leader.ready().messages.is_empty(), "nothing is sent twice");
+    // The leader's own write and both followers' acknowledgements arrive in one driver round:
+    // the commit index reaches each follower once, after the round.
+    leader.log_durable(first + 4, leader.term());
+    let term = leader.term();
+    for from in [2, 3] {
+        leader.step(Message {
+            from,
+            to: 1,
+            term,
+            body: MessageBody::AppendEntriesResponse {
+                result: Ok(first + 4),
+            },
+        });
+    }
+    assert_eq!(leader.commit_index(), first + 4, "committed at once");
+    let rd = leader.ready();
+    for to in [2, 3] {
+        assert_eq!(
+            appends_to(&rd.messages, to),
+            vec![(0, first + 4)],
+            "one commit announcement to n{to}"
+        );
+    }
+    assert_eq!(rd.committed.len(), 5);
+}
+
+#[test]
+fn batch_appends_replicates_and_commits_like_immediate_sends() {
+    for batch_appends in [false, true] {
+        let mut nodes: Vec<Node> = (1..=3)
+            .map(|id| {
+                let mut cfg = config(id, 3);
+                cfg.batch_appends = batch_appends;
+                node(cfg, 0, vec![])
+            })
+            .collect();
+        nodes[0].campaign();
+        settle(&mut nodes);
+        for _ in 0..3 {
+            nodes[0].propose(Arc::from(&b"y"[..])).expect("accepted");
+        }
+        settle(&mut nodes);
+        let last = nodes[0].last_index();
+        for n in &nodes {
+            assert_eq!(
+                (n.last_index(), n.commit_index()),
+                (last, last),
+                "n{} with batch_appends={batch_appends}",
+                n.id()
+            );
+        }
+    }
+}

@@ -78,7 +78,7 @@ pub struct ProfilesArgs {
     #[arg(short = 'V', long, default_value_t = 256)]
     pub value_bytes: usize,
     /// Measured seconds per point (two points per profile).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 4.0)]
     pub duration: f64,
     /// Seconds of load before each point's measurement.
     #[arg(long, default_value_t = 1.0)]
@@ -335,14 +335,14 @@ fn render_text(r: &ProfilesReport) -> String {
         d.sequential_mb_per_s
     );
     out += &format!(
-        "{:<7} {:>8} | {:>28} | {:>28} | {:>8} | {:>23} | {:>28} | {}\n",
+        "{:<7} {:>8} | {:>32} | {:>36} | {:>7} | {:>17} | {:>17} | {}\n",
         "profile",
         "flush",
         "unbatched entries/s",
         "group-committed entries/s",
         "gain",
-        "p50 / p99 ms (unb.)",
-        "p50 / p99 ms (grouped)",
+        "unb. p50/p99 ms",
+        "grp. p50/p99 ms",
         "reference unbatched entries/s"
     );
     for row in &r.profiles {
@@ -351,7 +351,7 @@ fn render_text(r: &ProfilesReport) -> String {
             format!("{:.1} ms", e.fsync_latency_us as f64 / 1e3)
         });
         out += &format!(
-            "{:<7} {:>8} | {:>28} | {:>28} | {:>7.1}x | {:>23} | {:>28} | {}\n",
+            "{:<7} {:>8} | {:>32} | {:>36} | {:>6.1}x | {:>17} | {:>17} | {}\n",
             row.profile,
             flush,
             format!(

@@ -62,6 +62,15 @@ pub(super) struct Conn {
     pub(super) drain_wanted: bool,
 }
 
+/// Why [`Conn::enqueue_with`] queued nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EnqueueError<E> {
+    /// The queue refused the frame.
+    Refused(QueueRefusal),
+    /// The frame could not be encoded.
+    Encode(E),
+}
+
 /// A queue refused a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum QueueRefusal {
@@ -124,6 +133,53 @@ impl Conn {
         }
         self.queued_bytes += frame.len();
         self.queue.push_back(frame);
+        Ok(())
+    }
+
+    /// Encodes one whole frame straight into the queue's last buffer (a fresh one when that is
+    /// at the coalescing size): no buffer per frame, and frames queued back to back already form
+    /// one send, so `next_send` does not copy them together. On a refusal (or an encoding error)
+    /// nothing stays queued.
+    pub(super) fn enqueue_with<E>(
+        &mut self,
+        now: Instant,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), EnqueueError<E>> {
+        if self.queue.back().is_none_or(|b| b.len() >= COALESCE_BYTES) {
+            let mut fresh = self.spare.take().unwrap_or_default();
+            fresh.clear();
+            self.queue.push_back(fresh);
+        }
+        let tail = self
+            .queue
+            .back_mut()
+            .expect("a tail buffer was just ensured");
+        let before = tail.len();
+        let encoded = encode(tail);
+        let added = tail.len() - before;
+        let refusal = match encoded {
+            Err(e) => Some(EnqueueError::Encode(e)),
+            Ok(()) if added > self.queue_bytes_max => {
+                Some(EnqueueError::Refused(QueueRefusal::TooLarge))
+            }
+            Ok(()) if self.queued_bytes + added > self.queue_bytes_max => {
+                Some(EnqueueError::Refused(QueueRefusal::Full))
+            }
+            Ok(()) => None,
+        };
+        if let Some(refusal) = refusal {
+            tail.truncate(before);
+            if before == 0 {
+                let empty = self.queue.pop_back().expect("the tail exists");
+                self.spare.get_or_insert(empty);
+            }
+            return Err(refusal);
+        }
+        debug_assert!(added > 0, "frames are never empty");
+        if self.queued_bytes == 0 {
+            self.last_send_at = now;
+        }
+        self.queued_bytes += added;
         Ok(())
     }
 
@@ -216,6 +272,47 @@ mod tests {
         assert_eq!((resume, c.queued_bytes()), (12, 18));
         assert!(c.sent(buf, 12, 18, now).is_none());
         assert!(c.is_quiet());
+    }
+
+    #[test]
+    fn frames_encoded_in_place_share_one_buffer_and_a_refusal_leaves_nothing() {
+        let now = Instant::now();
+        let mut c = conn(100);
+        let put = |c: &mut Conn, byte: u8, len: usize| {
+            c.enqueue_with(now, |b: &mut Vec<u8>| {
+                b.extend(std::iter::repeat_n(byte, len));
+                Ok::<(), ()>(())
+            })
+        };
+        put(&mut c, 1, 30).unwrap();
+        put(&mut c, 2, 30).unwrap();
+        assert_eq!(
+            put(&mut c, 3, 41),
+            Err(EnqueueError::Refused(QueueRefusal::Full))
+        );
+        assert_eq!(
+            c.enqueue_with(now, |b: &mut Vec<u8>| {
+                b.push(9);
+                Err("cannot encode")
+            }),
+            Err(EnqueueError::Encode("cannot encode"))
+        );
+        assert_eq!(c.queued_bytes(), 60);
+        let buf = c.next_send().unwrap();
+        assert_eq!(
+            &buf[..],
+            &[[1; 30], [2; 30]].concat()[..],
+            "one buffer, in order"
+        );
+        assert!(c.sent(buf, 0, 60, now).is_none());
+        assert_eq!(
+            put(&mut c, 4, 101),
+            Err(EnqueueError::Refused(QueueRefusal::TooLarge))
+        );
+        assert!(
+            c.is_quiet() && c.next_send().is_none(),
+            "nothing left queued"
+        );
     }
 
     #[test]

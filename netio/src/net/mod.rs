@@ -29,7 +29,7 @@ use crate::reactor::{BackendKind, Completion, Reactor, SocketId};
 
 pub use close_reason::CloseReason;
 pub use config::{NetConfig, NetConfigError};
-use conn::{Conn, ConnKind, QueueRefusal};
+use conn::{Conn, ConnKind, EnqueueError, QueueRefusal};
 
 /// Pause before re-arming a listener whose accept failed (EMFILE: don't spin).
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -116,6 +116,29 @@ pub enum SendError {
     /// The client connection is closed.
     #[error("client connection closed")]
     Closed,
+}
+
+/// Why [`Net::send_peer_with`] / [`Net::send_client_with`] queued nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendWithError<E> {
+    /// Refused by the connection (nothing was encoded into its queue).
+    #[error(transparent)]
+    Refused(#[from] SendError),
+    /// The encoder failed (its partial output was discarded).
+    #[error("encoding the frame failed: {0:?}")]
+    Encode(E),
+}
+
+impl<E> SendWithError<E> {
+    fn from_enqueue(e: EnqueueError<E>) -> SendWithError<E> {
+        match e {
+            EnqueueError::Refused(QueueRefusal::Full) => SendWithError::Refused(SendError::Full),
+            EnqueueError::Refused(QueueRefusal::TooLarge) => {
+                SendWithError::Refused(SendError::TooLarge)
+            }
+            EnqueueError::Encode(e) => SendWithError::Encode(e),
+        }
+    }
 }
 
 /// Why `Net::bind` failed.
@@ -304,6 +327,13 @@ impl Net {
         Ok(())
     }
 
+    /// Hands the sends queued so far to the kernel now instead of at the next [`Net::poll`]
+    /// (io_uring: one `io_uring_enter` without waiting; epoll: sends are tried when queued).
+    /// For a caller about to do something slow before polling again.
+    pub fn submit(&mut self) -> io::Result<()> {
+        self.reactor.submit()
+    }
+
     /// Queues one whole encoded frame for peer `to`. A full queue drops it (`Full`): Raft
     /// retransmits, and a slow or dead peer costs only its own bounded queue.
     pub fn send_peer(&mut self, to: u64, frame: Vec<u8>) -> Result<(), SendError> {
@@ -320,6 +350,28 @@ impl Net {
             QueueRefusal::Full => SendError::Full,
             QueueRefusal::TooLarge => SendError::TooLarge,
         })?;
+        self.pump(socket);
+        Ok(())
+    }
+
+    /// Like [`Net::send_peer`], but `encode` appends the whole frame straight into the
+    /// connection's send queue: no buffer per frame and no copy when it is sent.
+    pub fn send_peer_with<E>(
+        &mut self,
+        to: u64,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), SendWithError<E>> {
+        let link = self.peers.get(&to).ok_or(SendError::UnknownPeer)?;
+        let socket = match link.state {
+            LinkState::Waiting { .. } => return Err(SendError::Down.into()),
+            LinkState::Connecting(s) | LinkState::Up(s) => s,
+        };
+        let conn = self
+            .conns
+            .get_mut(&socket)
+            .expect("a peer link's socket is a live connection");
+        conn.enqueue_with(Instant::now(), encode)
+            .map_err(SendWithError::from_enqueue)?;
         self.pump(socket);
         Ok(())
     }
@@ -350,6 +402,35 @@ impl Net {
                 return Err(SendError::Full);
             }
             Err(QueueRefusal::TooLarge) => return Err(SendError::TooLarge),
+        }
+        self.pump(socket);
+        Ok(())
+    }
+
+    /// Like [`Net::send_client`], but `encode` appends the whole frame straight into the
+    /// connection's send queue: no buffer per frame and no copy when it is sent.
+    pub fn send_client_with<E>(
+        &mut self,
+        client: ClientId,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), SendWithError<E>> {
+        let socket = *self.clients.get(&client).ok_or(SendError::Closed)?;
+        let conn = self
+            .conns
+            .get_mut(&socket)
+            .expect("a client's socket is a live connection");
+        match conn.enqueue_with(Instant::now(), encode) {
+            Ok(()) => {
+                if conn.queued_bytes() >= self.cfg.client_drained_bytes {
+                    conn.drain_wanted = true;
+                }
+            }
+            Err(e) => {
+                if matches!(e, EnqueueError::Refused(QueueRefusal::Full)) {
+                    conn.drain_wanted = true;
+                }
+                return Err(SendWithError::from_enqueue(e));
+            }
         }
         self.pump(socket);
         Ok(())

@@ -249,6 +249,15 @@ impl Reactor {
         }
     }
 
+    /// Submits the operations queued so far without waiting for any completion (the next
+    /// [`Reactor::wait`] reaps them). A no-op for the poll backend, which tries sends at once.
+    pub fn submit(&mut self) -> io::Result<()> {
+        match &mut self.backend {
+            Inner::Uring(r) => r.submit(),
+            Inner::Poll(_) => Ok(()),
+        }
+    }
+
     /// Runs one loop turn: submits what was queued, waits up to `timeout` (`None`: until
     /// something completes) and appends the completions to `out`.
     pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {

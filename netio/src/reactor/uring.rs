@@ -166,6 +166,18 @@ impl UringReactor {
         }
     }
 
+    pub(super) fn submit(&mut self) -> io::Result<()> {
+        self.flush_backlog()?;
+        if self.ring.submission().is_empty() {
+            return Ok(());
+        }
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(err) if is_transient_enter_error(&err) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
     pub(super) fn wait(
         &mut self,
         timeout: Option<Duration>,

@@ -185,6 +185,9 @@ pub struct SimConfig {
     /// Liveness bound: after healing (and after killing the leader), a leader must commit
     /// within this many ticks.
     pub recovery_ticks_max: u64,
+    /// The nodes coalesce AppendEntries per `ready()` (`Config::batch_appends`, as the node
+    /// driver runs them).
+    pub batch_appends: bool,
 }
 
 impl SimConfig {
@@ -208,6 +211,7 @@ impl SimConfig {
             lease_read: false,
             clock_drift_per_mille: 100,
             recovery_ticks_max: 500,
+            batch_appends: false,
         }
     }
 
@@ -226,6 +230,8 @@ impl SimConfig {
             log_cache_bytes_max: [0, 512, 1 << 20][rng.gen_range(0..3)],
             snapshot_per_mille: [0, 10, 50, 200][rng.gen_range(0..4)],
             spare_nodes: rng.gen_range(0..=2),
+            // From the seed, not the stream: the draws above stay those of earlier versions.
+            batch_appends: seed % 2 == 1,
             ..SimConfig::standard(seed, nodes)
         };
         cfg.lease_read = cfg.check_quorum && rng.gen_bool(0.4);
@@ -287,6 +293,7 @@ impl SimConfig {
         cfg.lease_read = self.lease_read;
         cfg.clock_drift_per_mille = self.clock_drift_per_mille;
         cfg.committed_bytes_max = 4 * self.msg_bytes_max;
+        cfg.batch_appends = self.batch_appends;
         cfg.mutation = self.mutation;
         cfg
     }

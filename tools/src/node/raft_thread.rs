@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use raftline_netio::client_proto::{decode_request, NodeRole, NodeStatus, PeerStatus, Request};
 use raftline_netio::cluster_id::ClusterId;
-use raftline_netio::net::{Net, NetEvent};
-use raftline_netio::peer_codec::{decode_message, encode_message};
-use raftline_replicator::Role;
+use raftline_netio::net::{Net, NetEvent, SendWithError};
+use raftline_netio::peer_codec::{decode_message, encode_message, PeerCodecError};
+use raftline_replicator::{Message, Role};
 
 use super::metrics::Metrics;
 use super::replica::{FatalError, Replica};
@@ -154,21 +154,20 @@ pub fn run(
                 next_tick = now + cfg.tick;
             }
         }
-        more_ready = replica.advance()?;
-        for msg in replica.take_messages() {
-            let mut frame = Vec::new();
-            if let Err(e) = encode_message(&mut frame, cfg.cluster_id, &msg) {
-                tracing::error!(error = %e, "cannot encode a peer message");
-                continue;
+        // Messages leave (submitted to the kernel) before the same Ready's entries wake the log
+        // writer: the follower's copy is on its way while this node's write starts.
+        more_ready = replica.advance_sending(&mut |msgs| {
+            send_messages(&mut net, cfg.cluster_id, &metrics, msgs);
+            if let Err(e) = net.submit() {
+                tracing::warn!(error = %e, "submitting sends failed; they go at the next poll");
             }
-            let bytes = frame.len() as u64;
-            // Full or down: dropped; Raft retransmits.
-            if net.send_peer(msg.to, frame).is_ok() {
-                metrics
-                    .peer_bytes_sent
-                    .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
+        })?;
+        send_messages(
+            &mut net,
+            cfg.cluster_id,
+            &metrics,
+            &mut replica.take_messages(),
+        );
         let committed = replica.take_committed();
         let leader = replica.raft().leader();
         if !committed.is_empty() {
@@ -177,6 +176,31 @@ pub fn run(
         let raft = replica.raft();
         sessions.on_durable(&mut net, raft.durable_index(), |i| raft.term_at(i), leader);
         sessions.stream(&mut net, &replica)?;
+    }
+}
+
+/// Encodes and queues peer messages (a full or down link drops them: Raft retransmits) and
+/// counts the bytes queued (`raftline_peer_bytes_sent_total`).
+fn send_messages(net: &mut Net, cluster_id: ClusterId, metrics: &Metrics, msgs: &mut Vec<Message>) {
+    for msg in msgs.drain(..) {
+        let mut bytes = 0;
+        let encode = |frame: &mut Vec<u8>| {
+            let before = frame.len();
+            encode_message(frame, cluster_id, &msg)?;
+            bytes = (frame.len() - before) as u64;
+            Ok::<(), PeerCodecError>(())
+        };
+        match net.send_peer_with(msg.to, encode) {
+            Ok(()) => {
+                metrics
+                    .peer_bytes_sent
+                    .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(SendWithError::Encode(e)) => {
+                tracing::error!(error = %e, "cannot encode a peer message");
+            }
+            Err(SendWithError::Refused(_)) => {}
+        }
     }
 }
 

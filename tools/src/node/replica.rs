@@ -9,6 +9,7 @@
 //! the core holding back anything that depends on state not yet durable; committed entries are
 //! only those committed AND durable here.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -134,6 +135,10 @@ pub struct Replica {
     /// last entry and not yet handed to the log; lets proposals in one event-loop round be
     /// stamped without a round trip through `ready()` each.
     tail: Option<(Index, u64)>,
+    /// The stamped batches proposed here and not yet handed to the log, in index order: the
+    /// log gets these very bytes (the core's entry holds a copy), so the leader neither copies
+    /// nor re-checks its own proposals on their way to the disk.
+    proposed: VecDeque<Batch>,
     outbox: Vec<Message>,
     committed: Vec<Committed>,
     snapshots: Snapshots,
@@ -145,7 +150,10 @@ pub struct Replica {
 impl Replica {
     /// Opens the log and hard state under `data_dir` and starts the core from them: a restarted
     /// node resumes from its disk.
-    pub fn open(cfg: ReplicaConfig) -> Result<Replica, FatalError> {
+    pub fn open(mut cfg: ReplicaConfig) -> Result<Replica, FatalError> {
+        // This driver calls `ready()` once per round after all of the round's input: the core
+        // may then send one AppendEntries per follower with every proposal of the round.
+        cfg.raft.batch_appends = true;
         let mut log_cfg = LogConfig::new(cfg.data_dir.join("log"));
         log_cfg.backend = cfg.log_backend;
         log_cfg.segment_bytes = cfg.segment_bytes;
@@ -197,6 +205,7 @@ impl Replica {
             hard_state,
             rng: ChaCha8Rng::seed_from_u64(cfg.rng_seed),
             tail: None,
+            proposed: VecDeque::new(),
             outbox: Vec::new(),
             committed: Vec::new(),
             leadership,
@@ -267,12 +276,13 @@ impl Replica {
             "handing entries to the log changed nothing the proposal depends on"
         );
         batch.stamp(base_offset, term, index);
-        let (term_got, index_got) = self.raft.propose(Arc::from(batch.into_bytes()))?;
+        let (term_got, index_got) = self.raft.propose(Arc::from(batch.as_bytes()))?;
         assert_eq!(
             (term_got, index_got),
             (term, index),
             "check_proposal agrees"
         );
+        self.proposed.push_back(batch);
         let next_offset = base_offset + records;
         self.tail = Some((index, next_offset));
         Ok(Proposed {
@@ -306,6 +316,19 @@ impl Replica {
     /// Returns whether the core has more (committed entries come in bounded chunks: a restarted
     /// node re-learns its whole committed log, which must not stall the event loop).
     pub fn advance(&mut self) -> Result<bool, FatalError> {
+        self.advance_sending(&mut |_| {})
+    }
+
+    /// [`Replica::advance`], handing each `Ready`'s messages to `send` as soon as they may leave
+    /// — after the hard state is durable, BEFORE the same `Ready`'s entries go to the log writer
+    /// (safe: the core gates every message that depends on local durability, and a leader's
+    /// AppendEntries may precede its own write) — so they are on the wire while the writer is
+    /// woken. `send` drains what it sends from the vector; anything left stays for
+    /// [`Replica::take_messages`].
+    pub fn advance_sending(
+        &mut self,
+        send: &mut dyn FnMut(&mut Vec<Message>),
+    ) -> Result<bool, FatalError> {
         self.tail = None;
         let mut more = true;
         for _ in 0..READY_ROUNDS_MAX {
@@ -324,6 +347,10 @@ impl Replica {
             for chunk in &rd.snapshot_chunks {
                 self.receive_snapshot_chunk(chunk)?;
             }
+            self.outbox.extend(rd.messages);
+            if !self.outbox.is_empty() {
+                send(&mut self.outbox);
+            }
             if let Some(first) = rd.entries.first() {
                 if first.index <= self.log.last_index() {
                     // The log refuses to cut below the guard. Not the commit index: one
@@ -334,10 +361,13 @@ impl Replica {
                         .truncate_suffix(first.index, self.raft.applied_index())?;
                 }
                 for entry in &rd.entries {
-                    let batch = batch_of(entry).map_err(|source| FatalError::BadEntry {
-                        index: entry.index,
-                        source,
-                    })?;
+                    let batch = match self.own_proposal(entry) {
+                        Some(batch) => batch,
+                        None => batch_of(entry).map_err(|source| FatalError::BadEntry {
+                            index: entry.index,
+                            source,
+                        })?,
+                    };
                     let stamped = batch.header();
                     let ticket = self.log.append(Some(entry.index), entry.term, batch)?;
                     // Every node computes the same offsets from the same log: a difference
@@ -352,7 +382,6 @@ impl Replica {
                     );
                 }
             }
-            self.outbox.extend(rd.messages);
             for e in &rd.committed {
                 if e.kind == EntryKind::Command {
                     let h = parse_header(&e.payload).map_err(|source| FatalError::BadEntry {
@@ -369,12 +398,36 @@ impl Replica {
                 });
             }
         }
+        if self.raft.role() != Role::Leader {
+            // Whatever was proposed and not handed out was dropped with the leadership.
+            self.proposed.clear();
+        }
         if let Some(failure) = self.raft.storage_failure() {
             return Err(FatalError::Storage(failure.clone()));
         }
         self.compact()?;
         self.note_leadership();
         Ok(more)
+    }
+
+    /// The batch proposed here for `entry`, if it is one (same index and term: the core's
+    /// payload is a copy of its bytes). Proposals the core dropped (lost leadership) are skipped.
+    fn own_proposal(&mut self, entry: &raftline_replicator::Entry) -> Option<Batch> {
+        while let Some(front) = self.proposed.front() {
+            let h = front.header();
+            if h.index > entry.index {
+                return None;
+            }
+            let batch = self.proposed.pop_front().expect("front exists");
+            if h.index == entry.index {
+                if h.term != entry.term || entry.kind != EntryKind::Command {
+                    return None;
+                }
+                debug_assert_eq!(batch.as_bytes(), &entry.payload[..]);
+                return Some(batch);
+            }
+        }
+        None
     }
 
     /// Starts a snapshot at the applied index when one is due; once one is durable, serves it

@@ -17,7 +17,7 @@ use raftline_netio::client_proto::{
     encode_batches, encode_response, AckMode, ClientError, NodeStatus, Response, StartFrom,
 };
 use raftline_netio::cluster_id::ClusterId;
-use raftline_netio::net::{ClientId, Net, SendError};
+use raftline_netio::net::{ClientId, Net, SendError, SendWithError};
 use raftline_replicator::{Index, ProposeError, Term};
 
 use super::metrics::Metrics;
@@ -103,15 +103,14 @@ impl Sessions {
     }
 
     fn respond(&self, net: &mut Net, client: ClientId, response: &Response) {
-        let mut frame = Vec::new();
-        if let Err(e) = encode_response(&mut frame, self.cfg.cluster_id, self.cfg.node_id, response)
-        {
-            tracing::error!(error = %e, %client, "cannot encode a response");
-            return;
-        }
-        match net.send_client(client, frame) {
-            Ok(()) | Err(SendError::Closed) => {}
-            Err(e) => {
+        let (cluster_id, node_id) = (self.cfg.cluster_id, self.cfg.node_id);
+        let encode = |frame: &mut Vec<u8>| encode_response(frame, cluster_id, node_id, response);
+        match net.send_client_with(client, encode) {
+            Ok(()) | Err(SendWithError::Refused(SendError::Closed)) => {}
+            Err(SendWithError::Encode(e)) => {
+                tracing::error!(error = %e, %client, "cannot encode a response");
+            }
+            Err(SendWithError::Refused(e)) => {
                 // A reply that does not fit means the client stopped reading its answers.
                 net.close_client(client, &format!("response refused: {e}"));
             }
