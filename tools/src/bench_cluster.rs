@@ -46,13 +46,18 @@ from each append's intended send time, so a stalled cluster is not hidden by pro
 stopped sending), the leader's fdatasyncs/s and records per fdatasync (from its /metrics), and \
 beside them the disk's own 4 KiB fdatasync rate and O_DIRECT sequential bandwidth measured on \
 the same directory, and raftline's durable MB/s as a share of that bandwidth / 3 replicas.\n\n\
+The load generator is one thread (--load-threads) driving every connection without blocking, \
+so it leaves the cores to the nodes; its own CPU, the CPU of every node thread and core, and the \
+bytes the leader shipped to its followers are reported. --sweep measures a grid of P x W points \
+(throughput vs latency; --svg draws it). --tail-log N is workload W4: fill the log with N \
+records, then time one consumer reading them all from offset 0 (every offset checked).\n\n\
 The local cluster and its data are removed at the end (nodes get SIGTERM, then SIGKILL after \
 10 s). Records are acknowledged with --ack quorum (durable on a majority) unless told otherwise.";
 
 /// Flags of `raftline bench cluster`.
 #[derive(Args, Debug, Clone)]
 pub struct ClusterBenchArgs {
-    /// Producer connections (one thread each).
+    /// Producer connections (all driven by the --load-threads generator threads).
     #[arg(short = 'P', long, default_value_t = 4)]
     pub producers: usize,
     /// Appends each producer keeps in flight.
