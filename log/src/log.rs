@@ -21,6 +21,9 @@ use crate::index::LogIndex;
 use crate::recovery::recover;
 use crate::segment::{self, Preallocate, SegmentHeader, SEGMENT_HEADER_BYTES};
 
+/// Where to read each planned entry: (segment file, segment number, position, length).
+type ReadPlan = Vec<(Arc<std::fs::File>, u64, u64, u32)>;
+
 /// Configuration of a log; every queue and buffer has an explicit limit.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -544,7 +547,7 @@ impl Log {
         offset: u64,
         upto_index: u64,
         bytes_max: usize,
-    ) -> Result<Vec<(Arc<std::fs::File>, u64, u64, u32)>, LogError> {
+    ) -> Result<ReadPlan, LogError> {
         let index = self.shared.index.read().expect("index lock");
         if offset < index.start_offset {
             return Err(LogError::BelowStart {
@@ -568,7 +571,7 @@ impl Log {
         start: usize,
         upto_index: u64,
         bytes_max: usize,
-    ) -> Vec<(Arc<std::fs::File>, u64, u64, u32)> {
+    ) -> ReadPlan {
         let mut plan = Vec::new();
         let mut total = 0usize;
         for e in index.entries.range(start.min(index.entries.len())..) {
@@ -582,10 +585,7 @@ impl Log {
     }
 
     /// Reads planned locations outside the index lock, verifying each batch's checksum.
-    fn read_planned(
-        &self,
-        plan: Vec<(Arc<std::fs::File>, u64, u64, u32)>,
-    ) -> Result<Vec<Batch>, LogError> {
+    fn read_planned(&self, plan: ReadPlan) -> Result<Vec<Batch>, LogError> {
         plan.into_iter()
             .map(|(file, seg, pos, len)| self.read_batch(&file, seg, pos, len))
             .collect()
