@@ -1,6 +1,7 @@
 //! The log: the Raft-facing and consumer-facing API over segments, group commit and recovery.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -11,7 +12,7 @@ use crossbeam_channel::Sender;
 
 use crate::aligned_buf::SECTOR_BYTES;
 use crate::backend::{open_options, Backend, BackendChoice, BackendKind};
-use crate::batch::{check_frame, Batch};
+use crate::batch::{check_frame, Batch, BatchHeader};
 use crate::error::{CorruptionKind, LogError};
 use crate::group_commit::{
     DurableState, FreeSegment, Op, Shared, Writer, WriterParams, FREE_SEGMENTS_MAX,
@@ -19,6 +20,9 @@ use crate::group_commit::{
 use crate::index::LogIndex;
 use crate::recovery::recover;
 use crate::segment::{self, Preallocate, SegmentHeader, SEGMENT_HEADER_BYTES};
+
+/// Where to read each planned entry: (segment file, segment number, position, length).
+type ReadPlan = Vec<(Arc<std::fs::File>, u64, u64, u32)>;
 
 /// Configuration of a log; every queue and buffer has an explicit limit.
 #[derive(Debug, Clone)]
@@ -487,22 +491,76 @@ impl Log {
         upto_index: u64,
         bytes_max: usize,
     ) -> Result<Vec<Batch>, LogError> {
-        let plan = {
-            let index = self.shared.index.read().expect("index lock");
-            if offset < index.start_offset {
-                return Err(LogError::BelowStart {
-                    offset,
-                    start_offset: index.start_offset,
-                });
-            }
-            self.plan_reads(
-                &index,
-                index.position_of_offset(offset),
-                upto_index,
-                bytes_max,
-            )
-        };
+        let plan = self.plan_from_offset(offset, upto_index, bytes_max)?;
         self.read_planned(plan)
+    }
+
+    /// Like [`Log::read_from_offset`], but into the caller's reused `buf` (adjacent batches of a
+    /// segment in one read, no fresh buffer per batch): returns each batch's header and byte
+    /// range in `buf`, every batch verified against its checksum. `buf` only grows, to the
+    /// largest read (`bytes_max`, or one batch when that batch alone is larger).
+    pub fn read_from_offset_into(
+        &self,
+        offset: u64,
+        upto_index: u64,
+        bytes_max: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<Vec<(BatchHeader, Range<usize>)>, LogError> {
+        let plan = self.plan_from_offset(offset, upto_index, bytes_max)?;
+        let total: usize = plan.iter().map(|&(_, _, _, len)| len as usize).sum();
+        if buf.len() < total {
+            // Grows (and zeroes) only past the high-water mark; later reads reuse it as is.
+            buf.resize(total, 0);
+        }
+        let mut at = 0usize;
+        let mut first = 0usize;
+        while first < plan.len() {
+            let (file, seg, pos, _) = &plan[first];
+            let mut run_bytes = 0u64;
+            let mut end = first;
+            while end < plan.len() && plan[end].1 == *seg && plan[end].2 == pos + run_bytes {
+                run_bytes += u64::from(plan[end].3);
+                end += 1;
+            }
+            let run = &mut buf[at..at + run_bytes as usize];
+            file.read_exact_at(run, *pos).map_err(|e| {
+                let path = segment::segment_path(&self.config.dir, *seg);
+                LogError::io(format!("reading {}", path.display()), e)
+            })?;
+            at += run_bytes as usize;
+            first = end;
+        }
+        debug_assert_eq!(at, total, "the runs cover the plan exactly");
+        let mut batches = Vec::with_capacity(plan.len());
+        let mut at = 0usize;
+        for &(_, seg, pos, len) in &plan {
+            let range = at..at + len as usize;
+            let header = self.verify_batch(&buf[range.clone()], seg, pos)?;
+            batches.push((header, range));
+            at += len as usize;
+        }
+        Ok(batches)
+    }
+
+    fn plan_from_offset(
+        &self,
+        offset: u64,
+        upto_index: u64,
+        bytes_max: usize,
+    ) -> Result<ReadPlan, LogError> {
+        let index = self.shared.index.read().expect("index lock");
+        if offset < index.start_offset {
+            return Err(LogError::BelowStart {
+                offset,
+                start_offset: index.start_offset,
+            });
+        }
+        Ok(self.plan_reads(
+            &index,
+            index.position_of_offset(offset),
+            upto_index,
+            bytes_max,
+        ))
     }
 
     /// Locations of the entries from position `start` of the index, none above `upto_index`,
@@ -513,7 +571,7 @@ impl Log {
         start: usize,
         upto_index: u64,
         bytes_max: usize,
-    ) -> Vec<(Arc<std::fs::File>, u64, u64, u32)> {
+    ) -> ReadPlan {
         let mut plan = Vec::new();
         let mut total = 0usize;
         for e in index.entries.range(start.min(index.entries.len())..) {
@@ -527,10 +585,7 @@ impl Log {
     }
 
     /// Reads planned locations outside the index lock, verifying each batch's checksum.
-    fn read_planned(
-        &self,
-        plan: Vec<(Arc<std::fs::File>, u64, u64, u32)>,
-    ) -> Result<Vec<Batch>, LogError> {
+    fn read_planned(&self, plan: ReadPlan) -> Result<Vec<Batch>, LogError> {
         plan.into_iter()
             .map(|(file, seg, pos, len)| self.read_batch(&file, seg, pos, len))
             .collect()
@@ -547,8 +602,14 @@ impl Log {
         let mut bytes = vec![0u8; len as usize];
         file.read_exact_at(&mut bytes, pos)
             .map_err(|e| LogError::io(format!("reading {}", path.display()), e))?;
-        check_frame(&bytes).map_err(|e| LogError::Corrupt {
-            segment: path,
+        self.verify_batch(&bytes, seg, pos)?;
+        Ok(Batch::from_verified(bytes))
+    }
+
+    /// Checks one batch read from segment `seg` at `pos`; a mismatch is `Corrupt`, never data.
+    fn verify_batch(&self, bytes: &[u8], seg: u64, pos: u64) -> Result<BatchHeader, LogError> {
+        check_frame(bytes).map_err(|e| LogError::Corrupt {
+            segment: segment::segment_path(&self.config.dir, seg),
             position: pos,
             kind: match e {
                 crate::batch::BatchError::Checksum { expected, actual } => {
@@ -556,8 +617,7 @@ impl Log {
                 }
                 other => CorruptionKind::BadFrame(other.to_string()),
             },
-        })?;
-        Ok(Batch::from_verified(bytes))
+        })
     }
 
     /// Discards the whole log and restarts it after a snapshot that ends at `last_index` with

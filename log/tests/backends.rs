@@ -7,7 +7,7 @@ use std::sync::Arc;
 use common::*;
 use raftline_log::batch::check_frame;
 use raftline_log::segment::segment_path;
-use raftline_log::{BackendKind, CorruptionKind, Log, LogError};
+use raftline_log::{BackendKind, Batch, CorruptionKind, Log, LogError};
 
 fn appended_entries_survive_reopen(kind: BackendKind) {
     let dir = scratch();
@@ -422,6 +422,69 @@ fn restart_after_snapshot_discards_the_log_and_survives_reopen(kind: BackendKind
     );
 }
 
+fn reads_into_a_reused_buffer_match_batch_reads_across_segments(kind: BackendKind) {
+    let dir = scratch();
+    let log = Log::open(config(dir.path(), kind)).unwrap();
+    append_waited(&log, 1, 0..40);
+    // Pipelined appends share groups: adjacent batches, read as one run.
+    let tickets: Vec<_> = (40..240)
+        .map(|t| log.append(None, 1, batch(t, 3)).unwrap())
+        .collect();
+    tickets.iter().for_each(|t| t.wait().unwrap());
+    assert!(segment_path(dir.path(), 3).exists(), "reads span segments");
+    let back_to_back = |fr: &[(usize, usize)]| fr.windows(2).any(|w| w[0].0 + w[0].1 == w[1].0);
+    let seg = (1..)
+        .take_while(|&seq| segment_path(dir.path(), seq).exists())
+        .find(|&seq| back_to_back(&frames(dir.path(), seq)))
+        .expect("some batches lie back to back");
+    let fr = frames(dir.path(), seg);
+    let expected: Vec<Vec<u8>> = log
+        .read_from_offset(0, u64::MAX, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(Batch::into_bytes)
+        .collect();
+    assert_eq!(expected.len(), 240);
+    let mut buf = Vec::new();
+    for bytes_max in [1, 700, 5000, usize::MAX] {
+        let (mut offset, mut got) = (0u64, Vec::new());
+        loop {
+            let read = log
+                .read_from_offset_into(offset, u64::MAX, bytes_max, &mut buf)
+                .unwrap();
+            let Some((last, _)) = read.last() else { break };
+            offset = last.next_offset();
+            for (header, range) in read {
+                assert_eq!(header.total_bytes, range.len());
+                got.push(buf[range].to_vec());
+            }
+        }
+        assert_eq!(got, expected, "bytes_max {bytes_max}");
+    }
+    let upto = log
+        .read_from_offset_into(0, 5, usize::MAX, &mut buf)
+        .unwrap();
+    assert_eq!(
+        upto.iter().map(|(h, _)| h.index).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    // A damaged batch inside a run is an error, never data.
+    let path = segment_path(dir.path(), seg);
+    let (pos, _) = fr[fr.len() / 2];
+    let mut data = std::fs::read(&path).unwrap();
+    data[pos + 60] ^= 0x10;
+    std::fs::write(&path, &data).unwrap();
+    match log.read_from_offset_into(0, u64::MAX, usize::MAX, &mut buf) {
+        Err(LogError::Corrupt {
+            segment,
+            position,
+            kind: CorruptionKind::Checksum { .. },
+        }) => assert_eq!((segment, position), (path, pos as u64)),
+        Err(other) => panic!("wrong error {other}"),
+        Ok(_) => panic!("a damaged batch was read as data"),
+    }
+}
+
 macro_rules! for_every_backend {
     ($($test:ident),* $(,)?) => {
         mod uring_direct { $( #[test] fn $test() { super::$test(raftline_log::BackendKind::UringDirect) } )* }
@@ -443,4 +506,5 @@ for_every_backend!(
     consumer_reads_find_the_batch_holding_an_offset,
     readers_never_see_undurable_batches,
     restart_after_snapshot_discards_the_log_and_survives_reopen,
+    reads_into_a_reused_buffer_match_batch_reads_across_segments,
 );

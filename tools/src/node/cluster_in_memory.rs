@@ -192,14 +192,14 @@ fn all_bytes(r: &Replica) -> Vec<Vec<u8>> {
 
 /// Committed batches from the one holding `offset` on.
 fn bytes_from(r: &Replica, mut offset: u64) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
+    let (mut out, mut buf) = (Vec::new(), Vec::new());
     loop {
-        let batches = r.read_committed(offset, 1 << 20).unwrap();
-        let Some(last) = batches.last() else {
+        let batches = r.read_committed_into(offset, 1 << 20, &mut buf).unwrap();
+        let Some((last, _)) = batches.last() else {
             return out;
         };
-        offset = last.header().next_offset();
-        out.extend(batches.into_iter().map(Batch::into_bytes));
+        offset = last.next_offset();
+        out.extend(batches.into_iter().map(|(_, range)| buf[range].to_vec()));
     }
 }
 
@@ -424,7 +424,7 @@ fn replicas_snapshot_their_state_and_drop_segments_as_the_log_grows() {
         let r = cluster.replica(slot);
         assert_eq!(r.state(), Some(&expected), "node {node}");
         assert!(matches!(
-            r.read_committed(0, 1 << 20),
+            r.read_committed_into(0, 1 << 20, &mut Vec::new()),
             Err(LogError::BelowStart { .. })
         ));
         assert_eq!(bytes_from(r, start), reference, "node {node}");

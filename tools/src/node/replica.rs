@@ -10,12 +10,14 @@
 //! only those committed AND durable here.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use raftline_log::batch::parse_header;
 use raftline_log::{
-    BackendChoice, Batch, BatchError, HardStateStore, Log, LogConfig, LogError, WriterHook,
+    BackendChoice, Batch, BatchError, BatchHeader, HardStateStore, Log, LogConfig, LogError,
+    WriterHook,
 };
 use raftline_replicator::{
     Config, EntryKind, HardState, Index, InitError, Message, NodeId, ProposeError, Raft, Role,
@@ -538,17 +540,20 @@ impl Replica {
         Arc::clone(&self.log)
     }
 
-    /// Committed data batches from the one holding record `offset`, at most `bytes_max` bytes
-    /// (but at least one batch if any is readable); no-op and configuration entries are left out. `BelowStart`
+    /// Committed, locally durable client batches from the one holding record `offset`, at most
+    /// `bytes_max` bytes (but at least one), read into the caller's reused `buf`: each batch's
+    /// header and byte range in `buf` (no-op and configuration entries left out). `BelowStart`
     /// names the earliest retained offset.
-    pub fn read_committed(&self, offset: u64, bytes_max: usize) -> Result<Vec<Batch>, LogError> {
-        let mut batches = self
-            .log
-            .read_from_offset(offset, self.readable_index(), bytes_max)?;
-        batches.retain(|b| {
-            let h = b.header();
-            !h.is_noop() && !h.is_config()
-        });
+    pub fn read_committed_into(
+        &self,
+        offset: u64,
+        bytes_max: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<Vec<(BatchHeader, Range<usize>)>, LogError> {
+        let mut batches =
+            self.log
+                .read_from_offset_into(offset, self.readable_index(), bytes_max, buf)?;
+        batches.retain(|(h, _)| !h.is_noop() && !h.is_config());
         Ok(batches)
     }
 }

@@ -77,6 +77,9 @@ pub struct Sessions {
     /// No new appends are taken (the node is stopping).
     draining: bool,
     metrics: Arc<Metrics>,
+    /// Batches read from the log for one frame, reused by every subscription (no fresh buffer
+    /// per read); at most a frame's worth, or one batch when that batch alone is larger.
+    read_buf: Vec<u8>,
 }
 
 impl Sessions {
@@ -89,6 +92,7 @@ impl Sessions {
             awaiting_durable: BTreeMap::new(),
             clients: HashMap::new(),
             draining: false,
+            read_buf: Vec::new(),
         }
     }
 
@@ -411,43 +415,51 @@ impl Sessions {
                         break;
                     }
                     let bytes_max = STREAM_FRAME_BYTES_MAX.min(sub.credit_bytes as usize);
-                    let batches = match replica.read_committed(sub.next_offset, bytes_max) {
-                        Ok(b) => b,
-                        Err(LogError::BelowStart { start_offset, .. }) => {
-                            failed.push((
-                                client,
-                                sub_id,
-                                ClientError::OffsetOutOfRange {
-                                    requested: sub.next_offset,
-                                    earliest: start_offset,
-                                    end: readable_end,
-                                    snapshot_index: replica.snapshot_index(),
-                                },
-                            ));
-                            break;
-                        }
-                        Err(e) => return Err(FatalError::Log(e)),
-                    };
-                    let Some(last) = batches.last() else { break };
-                    let next_offset = last.header().next_offset();
-                    let slices: Vec<&[u8]> = batches.iter().map(Batch::as_bytes).collect();
-                    let sent_bytes: usize = slices.iter().map(|s| s.len()).sum();
-                    let mut frame = Vec::with_capacity(sent_bytes + 256);
-                    if let Err(e) = encode_batches(&mut frame, cluster_id, node_id, sub_id, &slices)
-                    {
-                        tracing::error!(error = %e, "cannot encode batches");
+                    let read_buf = &mut self.read_buf;
+                    let batches =
+                        match replica.read_committed_into(sub.next_offset, bytes_max, read_buf) {
+                            Ok(b) => b,
+                            Err(LogError::BelowStart { start_offset, .. }) => {
+                                failed.push((
+                                    client,
+                                    sub_id,
+                                    ClientError::OffsetOutOfRange {
+                                        requested: sub.next_offset,
+                                        earliest: start_offset,
+                                        end: readable_end,
+                                        snapshot_index: replica.snapshot_index(),
+                                    },
+                                ));
+                                break;
+                            }
+                            Err(e) => return Err(FatalError::Log(e)),
+                        };
+                    let Some((last, _)) = batches.last() else {
                         break;
-                    }
-                    match net.send_client(client, frame) {
+                    };
+                    let next_offset = last.next_offset();
+                    let slices: Vec<&[u8]> = batches
+                        .iter()
+                        .map(|(_, range)| &read_buf[range.clone()])
+                        .collect();
+                    let sent_bytes: usize = slices.iter().map(|s| s.len()).sum();
+                    // Encoded straight into the connection's queue: one copy of the batches.
+                    let encode =
+                        |b: &mut Vec<u8>| encode_batches(b, cluster_id, node_id, sub_id, &slices);
+                    match net.send_client_with(client, encode) {
                         Ok(()) => {
                             sub.credit_bytes = sub.credit_bytes.saturating_sub(sent_bytes as u64);
                             sub.next_offset = next_offset;
                         }
-                        Err(SendError::Full) => {
+                        Err(SendWithError::Refused(SendError::Full)) => {
                             session.blocked = true;
                             break 'subs;
                         }
-                        Err(_) => break 'subs,
+                        Err(SendWithError::Refused(_)) => break 'subs,
+                        Err(SendWithError::Encode(e)) => {
+                            tracing::error!(error = %e, "cannot encode batches");
+                            break;
+                        }
                     }
                 }
             }
