@@ -2,8 +2,12 @@
 //! cluster, its JSON report, and its clean-up. Never a timing threshold: only that the figures
 //! exist and are consistent.
 
+mod cluster_support;
+
 use std::fs;
 use std::process::Command;
+
+use cluster_support::number;
 
 fn raftline() -> Command {
     Command::new(env!("CARGO_BIN_EXE_raftline"))
@@ -12,15 +16,6 @@ fn raftline() -> Command {
 /// On the repository's disk (ext4), not tmpfs: the disk probes need O_DIRECT alignment rules.
 fn ext4_tempdir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
-}
-
-fn number(v: &serde_json::Value, path: &[&str]) -> f64 {
-    let mut at = v;
-    for key in path {
-        at = &at[key];
-    }
-    at.as_f64()
-        .unwrap_or_else(|| panic!("{} is not a number in {v:#}", path.join(".")))
 }
 
 #[test]

@@ -2,20 +2,15 @@
 //! real local 3-node cluster, its JSON report and its clean-up. Never a timing threshold: only
 //! that the trial happened, nothing acknowledged was lost and the counts agree.
 
+mod cluster_support;
+
 use std::fs;
 use std::process::Command;
 
+use cluster_support::number;
+
 fn raftline() -> Command {
     Command::new(env!("CARGO_BIN_EXE_raftline"))
-}
-
-fn number(v: &serde_json::Value, path: &[&str]) -> f64 {
-    let mut at = v;
-    for key in path {
-        at = &at[key];
-    }
-    at.as_f64()
-        .unwrap_or_else(|| panic!("{} is not a number in {v:#}", path.join(".")))
 }
 
 #[test]

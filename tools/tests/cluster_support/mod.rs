@@ -481,3 +481,13 @@ pub fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
         }
     }
 }
+
+/// The number at `path` in a benchmark's JSON report; panics with the whole report if absent.
+pub fn number(v: &serde_json::Value, path: &[&str]) -> f64 {
+    let mut at = v;
+    for key in path {
+        at = &at[key];
+    }
+    at.as_f64()
+        .unwrap_or_else(|| panic!("{} is not a number in {v:#}", path.join(".")))
+}
