@@ -77,7 +77,8 @@ pub fn client_config(base: u16, cluster: &str) -> ClientConfig {
     ClientConfig::new(bootstrap, ClusterId::from_name(cluster))
 }
 
-/// A run's temporary directory (`run-XXXX` inside `dir`, for a cluster's data and probe files):
+/// A run's temporary directory (`run-` plus a random suffix, inside `dir`; for a cluster's data
+/// and probe files):
 /// removed with everything in it on drop, and with it the directories leading to it that this
 /// run created, if they are left empty.
 pub struct RunDir {
