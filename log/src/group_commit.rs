@@ -176,6 +176,15 @@ struct Preparation {
     gate: Arc<FillGate>,
 }
 
+impl Preparation {
+    /// Stops an unfinished zero-fill (at most one chunk in flight) and returns the body.
+    fn cancel_and_join(self) -> std::thread::Result<std::io::Result<Prepared>> {
+        self.gate.cancel.store(true, Ordering::Relaxed);
+        self.handle.thread().unpark();
+        self.handle.join()
+    }
+}
+
 /// Static parameters of the writer.
 pub(crate) struct WriterParams {
     pub dir: PathBuf,
@@ -296,9 +305,9 @@ impl Writer {
             return Some(spare.handle.join().expect("segment preparation panicked"));
         }
         let started = std::time::Instant::now();
-        spare.gate.cancel.store(true, Ordering::Relaxed);
-        spare.handle.thread().unpark();
-        let prepared = spare.handle.join().expect("segment preparation panicked");
+        let prepared = spare
+            .cancel_and_join()
+            .expect("segment preparation panicked");
         let stats = &self.shared.stats;
         stats.segment_prepare_waits.fetch_add(1, Ordering::Relaxed);
         stats
@@ -356,9 +365,7 @@ impl Writer {
             self.commit(&mut group, bytes);
         }
         if let Some(spare) = self.spare.take() {
-            spare.gate.cancel.store(true, Ordering::Relaxed);
-            spare.handle.thread().unpark();
-            let _ = spare.handle.join();
+            let _ = spare.cancel_and_join();
         }
     }
 
