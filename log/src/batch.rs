@@ -356,27 +356,61 @@ impl Batch {
 
     /// Calls `visit(key, value)` for every record that has a key, in order, reading the validated
     /// archive in place: keyless records (most of a log) are never deserialised or copied.
-    pub fn for_each_keyed(&self, mut visit: impl FnMut(&[u8], &[u8])) -> Result<(), BatchError> {
-        self.with_archive(|archived| {
-            for record in archived.iter() {
-                if let Some(key) = record.key.as_ref() {
-                    visit(key.as_slice(), record.value.as_slice());
-                }
-            }
-        })
+    pub fn for_each_keyed(&self, visit: impl FnMut(&[u8], &[u8])) -> Result<(), BatchError> {
+        for_each_keyed_in(&self.bytes, visit)
     }
 
     fn with_archive<T>(
         &self,
         f: impl FnOnce(&rkyv::vec::ArchivedVec<ArchivedRecord>) -> T,
     ) -> Result<T, BatchError> {
-        let payload = &self.bytes[BATCH_HEADER_BYTES..];
-        let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
+        with_archive(&self.bytes[BATCH_HEADER_BYTES..], f)
+    }
+}
+
+/// [`Batch::for_each_keyed`] over the bytes of a data batch that were verified where they
+/// entered this node and stayed in memory since (a Raft entry: `Batch::decode` on the leader,
+/// `Batch::from_entry_bytes` on a follower, the CRC check of every log read): the header and
+/// length are checked again and the archive is validated, but the CRC pass is not repeated and
+/// the bytes are not copied into a `Batch`.
+pub fn for_each_keyed_in(
+    bytes: &[u8],
+    mut visit: impl FnMut(&[u8], &[u8]),
+) -> Result<(), BatchError> {
+    let header = parse_header(bytes)?;
+    if header.total_bytes != bytes.len() {
+        return Err(BatchError::BadHeader(
+            "payload length disagrees with batch length",
+        ));
+    }
+    with_archive(&bytes[BATCH_HEADER_BYTES..], |archived| {
+        for record in archived.iter() {
+            if let Some(key) = record.key.as_ref() {
+                visit(key.as_slice(), record.value.as_slice());
+            }
+        }
+    })
+}
+
+/// Validates the records' archive (bytecheck) and hands it to `f`. rkyv needs the archive
+/// 16-aligned: a payload that already is (a batch at the start of an allocation: the allocator
+/// aligns to 16) is validated in place, any other is copied into an aligned buffer first.
+fn with_archive<T>(
+    payload: &[u8],
+    f: impl FnOnce(&rkyv::vec::ArchivedVec<ArchivedRecord>) -> T,
+) -> Result<T, BatchError> {
+    const ALIGN: usize = 16;
+    let access = |bytes: &[u8]| {
+        rkyv::access::<rkyv::vec::ArchivedVec<ArchivedRecord>, rancor::Error>(bytes)
+            .map(f)
+            .map_err(|e| BatchError::BadPayload(e.to_string()))
+    };
+    if payload.as_ptr() as usize % ALIGN == 0 {
+        access(payload)
+    } else {
+        let mut aligned = AlignedVec::<ALIGN>::with_capacity(payload.len());
         aligned.extend_from_slice(payload);
-        let archived =
-            rkyv::access::<rkyv::vec::ArchivedVec<ArchivedRecord>, rancor::Error>(&aligned)
-                .map_err(|e| BatchError::BadPayload(e.to_string()))?;
-        Ok(f(archived))
+        access(&aligned)
     }
 }
 
@@ -429,6 +463,37 @@ mod tests {
             .for_each_keyed(|k, v| seen.push((k.to_vec(), v.to_vec())))
             .unwrap();
         assert_eq!(seen, vec![(b"k1".to_vec(), b"hello".to_vec())]);
+    }
+
+    #[test]
+    fn keyed_records_read_the_same_from_aligned_and_unaligned_bytes() {
+        let batch = Batch::encode(&sample_records()).unwrap();
+        let bytes = batch.as_bytes();
+        // Offsets 0..16 into a 16-aligned buffer: the in-place path and the copying path.
+        let mut buf = AlignedVec::<16>::with_capacity(bytes.len() + 16);
+        for shift in 0..16 {
+            buf.clear();
+            buf.extend_from_slice(&vec![0; shift]);
+            buf.extend_from_slice(bytes);
+            let mut seen = Vec::new();
+            for_each_keyed_in(&buf[shift..], |k, v| seen.push((k.to_vec(), v.to_vec()))).unwrap();
+            assert_eq!(
+                seen,
+                vec![(b"k1".to_vec(), b"hello".to_vec())],
+                "shift {shift}"
+            );
+            // The archive is still validated on either path: a wild root pointer (the last
+            // bytes of an rkyv archive) is refused.
+            let end = buf.len();
+            buf[end - 4..].fill(0x7F);
+            assert!(
+                matches!(
+                    for_each_keyed_in(&buf[shift..], |_, _| {}),
+                    Err(BatchError::BadPayload(_))
+                ),
+                "shift {shift}"
+            );
+        }
     }
 
     #[test]

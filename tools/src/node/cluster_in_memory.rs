@@ -378,7 +378,7 @@ fn keyed_batch(tag: usize) -> Batch {
 fn expected_state(batches: &[Batch]) -> KeyState {
     let mut state = KeyState::default();
     for b in batches {
-        state.apply(b).unwrap();
+        state.apply(b.as_bytes()).unwrap();
     }
     state
 }

@@ -66,6 +66,15 @@ struct Client {
     blocked: bool,
 }
 
+/// Removes and returns the lowest-indexed pending append if its index is at most `index`.
+fn pop_first_at_most(
+    pending: &mut BTreeMap<Index, PendingAppend>,
+    index: Index,
+) -> Option<(Index, PendingAppend)> {
+    let first = pending.first_entry()?;
+    (*first.key() <= index).then(|| first.remove_entry())
+}
+
 /// All client state of the node.
 pub struct Sessions {
     cfg: SessionConfig,
@@ -238,13 +247,7 @@ impl Sessions {
     pub fn on_committed(&mut self, net: &mut Net, committed: &[Committed], leader: Option<u64>) {
         for c in committed {
             // Entries at or below a committed index are decided: this one won or lost.
-            let decided: Vec<Index> = self
-                .awaiting_commit
-                .range(..=c.index)
-                .map(|(&i, _)| i)
-                .collect();
-            for index in decided {
-                let p = self.awaiting_commit.remove(&index).expect("listed above");
+            while let Some((index, p)) = pop_first_at_most(&mut self.awaiting_commit, c.index) {
                 if index == c.index && p.term == c.term {
                     self.metrics
                         .append_commit_us
@@ -266,13 +269,7 @@ impl Sessions {
         term_at: impl Fn(Index) -> Option<Term>,
         leader: Option<u64>,
     ) {
-        let decided: Vec<Index> = self
-            .awaiting_durable
-            .range(..=durable_index)
-            .map(|(&i, _)| i)
-            .collect();
-        for index in decided {
-            let p = self.awaiting_durable.remove(&index).expect("listed above");
+        while let Some((index, p)) = pop_first_at_most(&mut self.awaiting_durable, durable_index) {
             if term_at(index) == Some(p.term) {
                 self.acknowledge(net, &p);
             } else {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use crossbeam_channel::Receiver;
 use raftline_log::snapshot::{list_snapshots, remove_snapshots_below};
 use raftline_log::{
-    install_snapshot_file, latest_snapshot, read_snapshot, write_snapshot, Batch, Log, LogError,
+    install_snapshot_file, latest_snapshot, read_snapshot, write_snapshot, Log, LogError,
 };
 use raftline_replicator::{Entry, EntryKind, Index, SnapshotChunk, SnapshotMeta};
 
@@ -247,10 +247,8 @@ impl Snapshots {
             index: entry.index,
             why,
         };
-        let batch = Batch::from_entry_bytes(entry.payload.to_vec())
-            .map_err(|e| apply_error(e.to_string()))?;
         state
-            .apply(&batch)
+            .apply(&entry.payload)
             .map_err(|e| apply_error(e.to_string()))?;
         if state.bytes() > self.policy.state_bytes_max {
             tracing::warn!(

@@ -10,7 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use raftline_log::{Batch, BatchError};
+use raftline_log::batch::for_each_keyed_in;
+use raftline_log::BatchError;
 use raftline_replicator::message::Membership;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"RLSTATE1");
@@ -42,9 +43,12 @@ pub struct SnapshotPayload {
 pub struct PayloadError(&'static str);
 
 impl KeyState {
-    /// Applies every keyed record of a committed batch in order.
-    pub fn apply(&mut self, batch: &Batch) -> Result<(), BatchError> {
-        batch.for_each_keyed(|key, value| self.set(key.to_vec(), value.to_vec()))
+    /// Applies every keyed record of a committed entry's batch in order (its bytes verified
+    /// where they entered this node: see `raftline_log::batch::for_each_keyed_in`).
+    pub fn apply(&mut self, batch_bytes: &[u8]) -> Result<(), BatchError> {
+        for_each_keyed_in(batch_bytes, |key, value| {
+            self.set(key.to_vec(), value.to_vec())
+        })
     }
 
     fn set(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -141,7 +145,7 @@ impl SnapshotPayload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raftline_log::Record;
+    use raftline_log::{Batch, Record};
 
     fn record(key: Option<&str>, value: &str) -> Record {
         Record {
@@ -163,7 +167,7 @@ mod tests {
             record(Some("b"), ""),
         ])
         .unwrap();
-        state.apply(&batch).unwrap();
+        state.apply(batch.as_bytes()).unwrap();
         assert_eq!(state.get(b"a"), Some(&b"3"[..]));
         assert_eq!(state.get(b"b"), None);
         assert!(state.is_deleted(b"b"), "the tombstone is kept");
@@ -175,7 +179,7 @@ mod tests {
     fn a_payload_round_trips_and_a_truncated_one_is_refused() {
         let mut state = KeyState::default();
         let batch = Batch::encode(&[record(Some("k"), "v"), record(Some("gone"), "")]).unwrap();
-        state.apply(&batch).unwrap();
+        state.apply(batch.as_bytes()).unwrap();
         let membership = Membership {
             voters: vec![1, 2, 3],
             learners: vec![4],
