@@ -29,6 +29,7 @@ use crate::bench_load::{
     self, LoadResult, LoadSpec, Shared, PHASE_MEASURE, PHASE_STOP, PHASE_WARMUP, STAMP_BYTES,
     STAMP_MAGIC,
 };
+use crate::bench_null_node::NullNodeProcess;
 use crate::bench_sweep::{self, SweepPoint};
 use crate::bench_tail::{self, TailFigures};
 use crate::emulated_disk::{self, DiskProfile, EmulatedDisk};
@@ -128,6 +129,12 @@ pub struct ClusterBenchArgs {
     /// its connections through one epoll set).
     #[arg(long, default_value_t = 1)]
     pub load_threads: usize,
+    /// Load a NULL NODE instead of a cluster: one process that validates every append as a
+    /// leader does and answers it at once (no Raft, no disk, no followers). Its figures are the
+    /// ceiling of the client path on this machine (generator, loopback TCP, frames, event loop)
+    /// that the cluster's are read against.
+    #[arg(long)]
+    pub null_node: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -137,6 +144,10 @@ pub struct ClusterBenchArgs {
     pub emulate_disk: Option<DiskProfile>,
 }
 
+/// First line of a `--null-node` report.
+const NULL_NODE_BANNER: &str =
+    "NULL NODE: appends validated and answered at once, no Raft, no disk, \
+no followers: the ceiling of the client path on this machine, not a cluster's figures\n";
 /// Longest the generator waits for one answer: far beyond any healthy commit, short enough that
 /// a wedged cluster ends the run.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -150,7 +161,8 @@ const BANDWIDTH_PROBE_FILE_BYTES: u64 = 2 << 30;
 /// What was run.
 #[derive(Debug, Serialize)]
 pub struct BenchSetup {
-    /// "local" (3 child nodes started by the benchmark) or "bootstrap" (a running cluster).
+    /// "local" (3 child nodes started by the benchmark), "bootstrap" (a running cluster) or
+    /// "null-node" (`--null-node`: no cluster, the client path's ceiling).
     pub cluster: &'static str,
     /// Producer connections.
     pub producers: usize,
@@ -341,6 +353,15 @@ pub fn validate(args: &ClusterBenchArgs) -> anyhow::Result<()> {
         "--emulate-disk configures the local cluster's servers; a --bootstrap cluster emulates \
          only if its servers were started with --emulate-disk"
     );
+    anyhow::ensure!(
+        !args.null_node
+            || (args.bootstrap.is_none()
+                && args.emulate_disk.is_none()
+                && args.tail_log.is_none()
+                && args.consumers == 0),
+        "--null-node replaces the cluster and keeps no log: it takes no --bootstrap, \
+         --emulate-disk, --tail-log or --consumers"
+    );
     anyhow::ensure!(args.producers > 0, "--producers must be at least 1");
     anyhow::ensure!(args.window > 0, "--window must be at least 1");
     anyhow::ensure!(args.load_threads > 0, "--load-threads must be at least 1");
@@ -419,6 +440,7 @@ pub fn run_with_disk(
     stop: &StopSignal,
 ) -> anyhow::Result<ClusterBenchReport> {
     let mut local = None;
+    let mut null_node = None;
     let me = Watched {
         label: "bench (load generator, consumers)".to_string(),
         pid: std::process::id(),
@@ -429,6 +451,28 @@ pub fn run_with_disk(
             metrics_addr: args.leader_metrics,
             watched: vec![me],
         },
+        None if args.null_node => {
+            let address = local_cluster::node_addrs(local_cluster::free_base_port()?, 1).1;
+            let node = null_node.insert(NullNodeProcess::start(
+                dir,
+                address,
+                crate::dev::DEV_CLUSTER,
+            )?);
+            Target {
+                config: ClientConfig::new(
+                    vec![address.to_string()],
+                    ClusterId::from_name(crate::dev::DEV_CLUSTER),
+                ),
+                metrics_addr: None,
+                watched: vec![
+                    Watched {
+                        label: "NULL NODE".to_string(),
+                        pid: node.pid(),
+                    },
+                    me,
+                ],
+            }
+        }
         None => {
             let base = local_cluster::free_base_port()?;
             // W4 reads the whole log from offset 0: the nodes must not compact it meanwhile.
@@ -476,6 +520,7 @@ pub fn run_with_disk(
         None if args.sweep => sweep(args, &target, stop).map(Mode::Sweep),
         None => load(args, &target, stop).map(|l| Mode::Load(Box::new(l))),
     };
+    drop(null_node);
     if let Some(mut cluster) = local {
         for outcome in cluster.stop() {
             if outcome.status.is_none() {
@@ -496,6 +541,7 @@ pub fn run_with_disk(
         setup: setup(args),
         durable_share_of_disk_per_replica: load
             .as_ref()
+            .filter(|_| !args.null_node)
             .map(|l| share_of_disk(l.value_mb_per_s, &disk)),
         load,
         tail,
@@ -542,6 +588,8 @@ fn setup(args: &ClusterBenchArgs) -> BenchSetup {
     BenchSetup {
         cluster: if args.bootstrap.is_some() {
             "bootstrap"
+        } else if args.null_node {
+            "null-node"
         } else {
             "local"
         },
@@ -938,6 +986,9 @@ fn render_text(r: &ClusterBenchReport) -> String {
     if let Some(emulated) = &s.emulated_disk {
         out.insert_str(0, &format!("{}\n", emulated.profile.banner()));
     }
+    if s.cluster == "null-node" {
+        out.insert_str(0, NULL_NODE_BANNER);
+    }
     if let Some(load) = &r.load {
         out += &render_load(load);
     }
@@ -1008,7 +1059,7 @@ fn render_load(r: &LoadFigures) -> String {
                     .map_or(String::new(), |m| format!(", shipped to followers {m:.1} MB/s"))
             );
         }
-        None => out += "leader      (no metrics address: pass --leader-metrics)\n",
+        None => out += "leader      (no leader metrics; with --bootstrap: pass --leader-metrics)\n",
     }
     if let Some(c) = &r.consumers {
         let l = &c.produce_to_consume_us;

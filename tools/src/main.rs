@@ -5,6 +5,7 @@ mod bench_cpu;
 mod bench_failover;
 mod bench_fsync;
 mod bench_load;
+mod bench_null_node;
 mod bench_profiles;
 mod bench_sweep;
 mod bench_tail;
@@ -73,6 +74,9 @@ enum BenchCommand {
     /// Kill -9 the leader of a 3-node cluster under load K times: write unavailability, records lost.
     #[command(long_about = bench_failover::LONG_ABOUT)]
     Failover(bench_failover::FailoverBenchArgs),
+    /// A NULL NODE: a client port answering every append at once, no Raft, no disk (what
+    /// `bench cluster --null-node` loads to measure the client path's ceiling).
+    NullNode(bench_null_node::NullNodeArgs),
 }
 
 /// Structured logs on stderr; `RUST_LOG` filters them (default: info).
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Cluster(args)) => bench_cluster::run(*args),
         Command::Bench(BenchCommand::Profiles(args)) => bench_profiles::run(args),
         Command::Bench(BenchCommand::Failover(args)) => bench_failover::run(args),
+        Command::Bench(BenchCommand::NullNode(args)) => bench_null_node::run(args),
     };
     match result {
         Ok(code) => code,

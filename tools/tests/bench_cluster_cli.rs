@@ -251,3 +251,61 @@ fn zero_producers_is_refused_before_anything_starts() {
     assert!(stderr.contains("--producers"), "{stderr}");
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn null_node_run_answers_every_append_and_is_marked_as_such() {
+    let cwd = ext4_tempdir();
+    let report = run_json(
+        cwd.path(),
+        &[
+            "--null-node",
+            "-P",
+            "3",
+            "-W",
+            "2",
+            "-B",
+            "5",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.2",
+        ],
+    );
+    assert_eq!(report["setup"]["cluster"], "null-node");
+    let appends = number(&report, &["appends"]);
+    assert!(appends > 0.0, "no append answered: {report:#}");
+    assert_eq!(number(&report, &["records"]), 5.0 * appends);
+    assert_eq!(report["records_refused"], 0);
+    assert!(
+        report["durable_share_of_disk_per_replica"].is_null(),
+        "a null node makes nothing durable: {report:#}"
+    );
+    let watched: Vec<&str> = report["cpu"]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["label"].as_str().unwrap())
+        .collect();
+    assert!(watched.contains(&"NULL NODE"), "{watched:?}");
+    assert_eq!(fs::read_dir(cwd.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn null_node_with_a_cluster_option_is_refused() {
+    let dir = ext4_tempdir();
+    let out = raftline()
+        .args([
+            "bench",
+            "cluster",
+            "--null-node",
+            "--tail-log",
+            "10",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--null-node"), "{stderr}");
+}
