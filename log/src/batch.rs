@@ -4,12 +4,15 @@
 //! Layout (all integers little-endian), `BATCH_HEADER_BYTES` = 48:
 //! ```text
 //!  0 u32 magic "RLNB"      4 u32 crc32c of bytes [8, end)
-//!  8 u16 version (1)       10 u16 flags (0 for data; 1 truncation marker; 2 leader no-op)
+//!  8 u16 version (1)       10 u16 flags (0 for data; 1 truncation marker; 2 leader no-op;
+//!                                        4 configuration; 8 run)
 //! 12 u32 record_count      16 u64 base_offset
 //! 24 u64 term              32 u64 index
 //! 40 u32 payload_bytes     44 u32 reserved (0)
-//! 48 payload: rkyv archive of Vec<Record>
+//! 48 payload: rkyv archive of Vec<Record> (a run: its data batches back to back)
 //! ```
+
+use std::ops::Range;
 
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
@@ -28,6 +31,11 @@ pub const FLAG_NOOP: u16 = 2;
 /// Flag of a Raft configuration entry: zero records, the payload is the core's own encoding of
 /// the membership (opaque here), kept byte for byte.
 pub const FLAG_CONFIG: u16 = 4;
+/// Flag of a run: one Raft entry carrying two or more producers' data batches, back to back as
+/// its payload, each stamped with its own offsets and the entry's term and index; the run's
+/// `record_count` and `base_offset` cover them all. Never sent by a producer, never sent to a
+/// consumer (the node streams the inner batches, exactly as their producers sent them).
+pub const FLAG_RUN: u16 = 8;
 
 /// One record of the log.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -122,6 +130,11 @@ impl BatchHeader {
         self.flags & FLAG_CONFIG != 0
     }
 
+    /// True for a run: the payload holds several data batches (see [`FLAG_RUN`]).
+    pub fn is_run(&self) -> bool {
+        self.flags & FLAG_RUN != 0
+    }
+
     /// Offset one past the last record of this batch.
     pub fn next_offset(&self) -> u64 {
         self.base_offset + u64::from(self.record_count)
@@ -143,7 +156,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::BadHeader("version"));
     }
     let flags = u16_at(bytes, 10);
-    if flags & !(FLAG_TRUNCATE_MARKER | FLAG_NOOP | FLAG_CONFIG) != 0 {
+    if flags & !(FLAG_TRUNCATE_MARKER | FLAG_NOOP | FLAG_CONFIG | FLAG_RUN) != 0 {
         return Err(BatchError::BadHeader("unknown flags"));
     }
     if u32_at(bytes, 44) != 0 {
@@ -252,6 +265,56 @@ impl Batch {
         Ok(batch)
     }
 
+    /// One Raft entry for several producers' batches: stamps `batches` at consecutive offsets
+    /// from `base_offset` with the entry's `term` and `index`, then wraps them, byte for byte, in
+    /// a run batch whose header covers them all. A run holds at least two batches (one batch is
+    /// its own entry), each a data batch with at least one record.
+    pub fn run(
+        batches: &mut [Batch],
+        base_offset: u64,
+        term: u64,
+        index: u64,
+    ) -> Result<Batch, BatchError> {
+        assert!(batches.len() >= 2, "a run holds at least two batches");
+        let mut next_offset = base_offset;
+        let mut payload_bytes = 0usize;
+        for batch in batches.iter_mut() {
+            let h = batch.header();
+            assert!(
+                h.flags == 0 && h.record_count > 0,
+                "a run holds data batches with records"
+            );
+            batch.stamp(next_offset, term, index);
+            next_offset += u64::from(h.record_count);
+            payload_bytes += batch.bytes.len();
+        }
+        let total = BATCH_HEADER_BYTES + payload_bytes;
+        if total > BATCH_BYTES_LIMIT {
+            return Err(BatchError::TooLarge {
+                bytes: total,
+                limit: BATCH_BYTES_LIMIT,
+            });
+        }
+        let records = u32::try_from(next_offset - base_offset)
+            .map_err(|_| BatchError::BadHeader("record_count"))?;
+        let mut bytes = Vec::with_capacity(total);
+        bytes.extend_from_slice(&header_bytes(
+            FLAG_RUN,
+            records,
+            base_offset,
+            term,
+            index,
+            payload_bytes as u32,
+        ));
+        for batch in batches.iter() {
+            bytes.extend_from_slice(&batch.bytes);
+        }
+        let mut run = Batch { bytes };
+        run.reseal();
+        debug_assert!(entry_batches(&run.bytes).all(|b| b.is_ok()));
+        Ok(run)
+    }
+
     /// The bytes after the fixed header (the records' archive; a config entry's membership).
     pub fn payload(&self) -> &[u8] {
         &self.bytes[BATCH_HEADER_BYTES..]
@@ -297,6 +360,11 @@ impl Batch {
             return Err(BatchError::BadHeader(
                 "a no-op or configuration batch holds no records",
             ));
+        }
+        if header.is_run() {
+            for inner in entry_batches(&bytes) {
+                inner?;
+            }
         }
         Ok(Batch { bytes })
     }
@@ -392,6 +460,104 @@ pub fn for_each_keyed_in(
     })
 }
 
+/// The data batches an entry's bytes hold, in order, each with its byte range in `bytes`: the
+/// inner batches of a run, or the batch itself. A run's structure is checked as it is walked
+/// (an error ends the walk): every inner batch is a data batch with records, the run's term and
+/// index, and the next offset; together they fill the payload exactly, hold the run's record
+/// count, and are at least two. Their CRCs are not recomputed: the run's CRC covers their bytes.
+pub fn entry_batches(bytes: &[u8]) -> EntryBatches<'_> {
+    EntryBatches {
+        bytes,
+        run: None,
+        pos: 0,
+        count: 0,
+        records: 0,
+        failed: false,
+    }
+}
+
+/// Iterator of [`entry_batches`].
+pub struct EntryBatches<'a> {
+    bytes: &'a [u8],
+    /// The run's header, once the walk is inside a run.
+    run: Option<BatchHeader>,
+    pos: usize,
+    /// Inner batches and records walked so far.
+    count: usize,
+    records: u64,
+    failed: bool,
+}
+
+impl EntryBatches<'_> {
+    fn step(&mut self) -> Option<Result<(BatchHeader, Range<usize>), BatchError>> {
+        let Some(run) = self.run else {
+            let outer = match parse_header(self.bytes) {
+                Ok(h) => h,
+                Err(e) => return Some(Err(e)),
+            };
+            if outer.total_bytes != self.bytes.len() {
+                return Some(Err(BatchError::BadHeader(
+                    "payload length disagrees with batch length",
+                )));
+            }
+            if !outer.is_run() {
+                self.pos = self.bytes.len();
+                return Some(Ok((outer, 0..self.bytes.len())));
+            }
+            self.run = Some(outer);
+            self.pos = BATCH_HEADER_BYTES;
+            return self.step();
+        };
+        let expected_offset = run.base_offset + self.records;
+        if self.pos == self.bytes.len() {
+            if self.count < 2 || expected_offset != run.next_offset() {
+                return Some(Err(BatchError::BadHeader(
+                    "a run's batches do not add up to the run",
+                )));
+            }
+            return None;
+        }
+        let rest = &self.bytes[self.pos..];
+        let inner = match parse_header(rest) {
+            Ok(h) => h,
+            Err(e) => return Some(Err(e)),
+        };
+        if inner.total_bytes > rest.len() {
+            return Some(Err(BatchError::Truncated {
+                have: rest.len(),
+                need: inner.total_bytes,
+            }));
+        }
+        if inner.flags != 0
+            || inner.record_count == 0
+            || (inner.term, inner.index) != (run.term, run.index)
+            || inner.base_offset != expected_offset
+        {
+            return Some(Err(BatchError::BadHeader(
+                "a run's batch is not the run's next data batch",
+            )));
+        }
+        let range = self.pos..self.pos + inner.total_bytes;
+        self.pos = range.end;
+        self.count += 1;
+        self.records += u64::from(inner.record_count);
+        Some(Ok((inner, range)))
+    }
+}
+
+impl Iterator for EntryBatches<'_> {
+    type Item = Result<(BatchHeader, Range<usize>), BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || (self.run.is_none() && self.pos > 0) {
+            return None;
+        }
+        let item = self.step();
+        self.failed = matches!(item, Some(Err(_)));
+        item
+    }
+}
+
 /// Validates the records' archive (bytecheck) and hands it to `f`. rkyv needs the archive
 /// 16-aligned: a payload that already is (a batch at the start of an allocation: the allocator
 /// aligns to 16) is validated in place, any other is copied into an aligned buffer first.
@@ -463,6 +629,82 @@ mod tests {
             .for_each_keyed(|k, v| seen.push((k.to_vec(), v.to_vec())))
             .unwrap();
         assert_eq!(seen, vec![(b"k1".to_vec(), b"hello".to_vec())]);
+    }
+
+    fn batch_of_records(n: usize) -> Batch {
+        let records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                key: None,
+                value: vec![i as u8; 10 + i],
+                timestamp_ms: i as u64,
+                headers: vec![],
+            })
+            .collect();
+        Batch::encode(&records).unwrap()
+    }
+
+    #[test]
+    fn a_run_stamps_each_batch_at_its_offsets_and_covers_them_all() {
+        let mut batches = vec![batch_of_records(1), batch_of_records(2), batch_of_records(3)];
+        let run = Batch::run(&mut batches, 10, 2, 7).unwrap();
+        let h = run.header();
+        assert!(h.is_run());
+        assert_eq!((h.base_offset, h.record_count, h.term, h.index), (10, 6, 2, 7));
+        let inner: Vec<(BatchHeader, Range<usize>)> = entry_batches(run.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let offsets: Vec<(u64, u32)> = inner
+            .iter()
+            .map(|(h, _)| (h.base_offset, h.record_count))
+            .collect();
+        assert_eq!(offsets, vec![(10, 1), (11, 2), (13, 3)]);
+        for ((h, range), stamped) in inner.iter().zip(&batches) {
+            // Each inner batch is its producer's batch as stamped, a valid batch on its own.
+            let bytes = &run.as_bytes()[range.clone()];
+            assert_eq!(bytes, stamped.as_bytes());
+            assert_eq!((h.term, h.index), (2, 7));
+            Batch::decode(bytes.to_vec()).unwrap();
+        }
+        Batch::from_entry_bytes(run.as_bytes().to_vec()).unwrap();
+        assert!(
+            Batch::decode(run.as_bytes().to_vec()).is_err(),
+            "a producer may not send a run"
+        );
+        let plain = batch_of_records(2);
+        let whole: Vec<_> = entry_batches(plain.as_bytes()).collect();
+        assert_eq!(whole.len(), 1);
+        assert_eq!(whole[0].as_ref().unwrap().1, 0..plain.as_bytes().len());
+    }
+
+    #[test]
+    fn a_run_whose_batches_do_not_continue_it_is_refused() {
+        let run = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut batches = vec![batch_of_records(1), batch_of_records(2)];
+            let mut run = Batch::run(&mut batches, 10, 2, 7).unwrap();
+            edit(&mut run.bytes);
+            run.reseal();
+            Batch::from_entry_bytes(run.bytes)
+        };
+        let second = BATCH_HEADER_BYTES + batch_of_records(1).as_bytes().len();
+        let cases: [(&str, &dyn Fn(&mut Vec<u8>)); 5] = [
+            ("offset gap", &|b| b[second + 16] += 1),
+            ("other index", &|b| b[second + 32] += 1),
+            ("other term", &|b| b[BATCH_HEADER_BYTES + 24] += 1),
+            ("count disagrees", &|b| b[12] += 1),
+            ("flagged inner batch", &|b| b[second + 10] = FLAG_NOOP as u8),
+        ];
+        for (what, edit) in cases {
+            assert!(run(edit).is_err(), "{what} accepted");
+        }
+        assert!(run(&|_| {}).is_ok());
+        // A run of one batch is not a run.
+        let mut one = batch_of_records(1);
+        one.stamp(10, 2, 7);
+        let mut bytes = header_bytes(FLAG_RUN, 1, 10, 2, 7, one.bytes.len() as u32).to_vec();
+        bytes.extend_from_slice(&one.bytes);
+        let mut lone = Batch { bytes };
+        lone.reseal();
+        assert!(Batch::from_entry_bytes(lone.bytes).is_err());
     }
 
     #[test]
