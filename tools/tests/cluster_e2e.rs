@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use cluster_support::{
-    append_window, http_get, read_all, status, tagged_batch, Cluster, Conn, Outcome, DEADLINE,
+    append_window, http_get, read_all, read_range, status, tagged_batch, Cluster, Conn, Outcome,
+    DEADLINE,
 };
 use raftline_netio::client_proto::{AckMode, ClientError, Request, Response};
 
@@ -103,6 +104,19 @@ fn produce_and_read_back_everywhere(backend: &'static str) {
         expected.extend((base_offset..=last_offset).map(|o| (o, tag)));
     }
     assert_every_node_serves(&cluster, &expected);
+    // Reading from inside an entry starts at the producer's batch holding that offset, also
+    // when the entry is a run of several producers' batches (`read_range` checks it).
+    let end = expected.len() as u64;
+    for node in &cluster.nodes {
+        for from in (1..end).step_by(37) {
+            assert_eq!(
+                read_range(node.client, from, end),
+                &expected[from as usize..],
+                "node {} from offset {from}",
+                node.id
+            );
+        }
+    }
     let pinned = cluster.log_of(3);
     assert!(
         pinned.contains("thread layout (cores given: 0)") && pinned.contains("(shared)"),
@@ -126,6 +140,21 @@ fn produce_and_read_back_everywhere(backend: &'static str) {
         metrics.contains("raftline_fsync_seconds_bucket"),
         "{metrics}"
     );
+    // 16 appends in flight on one connection reach the leader together: they are proposed as
+    // runs, fewer entries than appends.
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing\n{metrics}"))
+    };
+    let (entries, batches) = (
+        metric("raftline_entry_batches_count "),
+        metric("raftline_entry_batches_sum "),
+    );
+    assert_eq!(batches, 202.0, "every producer batch in exactly one entry");
+    assert!(entries < batches, "no run was formed: {entries} entries");
 }
 
 /// The body of an HTTP GET (the metrics endpoint closes after each answer).

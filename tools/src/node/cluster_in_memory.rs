@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use raftline_log::batch::entry_batches;
 use raftline_log::{BackendChoice, BackendKind, Batch, LogError, Record, WriterHook};
 use raftline_replicator::{Config, Role};
 
@@ -529,5 +530,83 @@ fn a_restart_from_a_snapshot_resumes_with_the_same_state_and_offsets() {
         let r = cluster.replica(slot);
         assert_eq!(r.state(), Some(&expected_after), "node {}", NODES[slot]);
         assert_eq!(r.readable_end_offset(), end_before[slot] + 30);
+    }
+}
+
+/// The producers' batches a replica's committed log holds from offset 0, runs split.
+fn producer_batches(r: &Replica) -> Vec<Vec<u8>> {
+    all_bytes(r)
+        .iter()
+        .flat_map(|entry| {
+            entry_batches(entry)
+                .map(|b| entry[b.unwrap().1].to_vec())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_commits_as_one_entry_and_every_replica_keeps_its_producers_batches() {
+    // Snapshots far away: the state is materialised, never compacted here.
+    let mut cluster = Cluster::with(SnapshotPolicy::default(), 1 << 20);
+    cluster.run_until("a leader is elected", |c| c.leader().is_some());
+    let leader = cluster.leader().unwrap();
+    let first_index = cluster.replica(leader).log().last_index() + 1;
+    let sizes = [5, 1, 3, 2];
+    let mut tag = 0;
+    let mut proposals = Vec::new();
+    let mut sent = Vec::new();
+    for size in sizes {
+        let batches: Vec<Batch> = (tag..tag + size).map(keyed_batch).collect();
+        tag += size;
+        sent.extend(batches.iter().cloned());
+        proposals.push(cluster.replica(leader).propose_run(batches).unwrap());
+    }
+    let last = proposals.last().unwrap()[0].index;
+    assert_eq!(
+        last,
+        first_index + sizes.len() as u64 - 1,
+        "one entry per run"
+    );
+    let mut next_offset = 0;
+    for (run, size) in proposals.iter().zip(sizes) {
+        assert_eq!(run.len(), size);
+        for p in run {
+            assert_eq!((p.index, p.term), (run[0].index, run[0].term));
+            assert_eq!(p.base_offset, next_offset, "dense offsets inside a run");
+            next_offset = p.last_offset + 1;
+        }
+    }
+    let state = expected_state(&sent);
+    for restarted in [false, true] {
+        cluster.run_until("every replica applied the runs", |c| {
+            c.connected().all(|r| r.readable_index() >= last)
+        });
+        for (slot, node) in NODES.iter().enumerate() {
+            let r = cluster.replica(slot);
+            let batches = producer_batches(r);
+            assert_eq!(
+                batches.len(),
+                sent.len(),
+                "node {node} (restarted: {restarted})"
+            );
+            let mut offset = 0;
+            for (got, want) in batches.iter().zip(&sent) {
+                let got = Batch::decode(got.clone()).unwrap();
+                assert_eq!(got.header().base_offset, offset);
+                assert_eq!(got.records().unwrap(), want.records().unwrap());
+                offset = got.header().next_offset();
+            }
+            assert!(
+                r.state().unwrap() == &state,
+                "node {node} applied every record of every run (restarted: {restarted})"
+            );
+        }
+        for slot in 0..NODES.len() {
+            cluster.replicas[slot] = None;
+        }
+        for slot in 0..NODES.len() {
+            cluster.start(slot);
+        }
     }
 }

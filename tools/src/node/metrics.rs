@@ -19,6 +19,8 @@ pub struct Metrics {
     pub append_commit_us: Pow2Histogram,
     /// Bytes of each batch appended by a producer.
     pub batch_bytes: Pow2Histogram,
+    /// Producers' batches in each entry the leader proposes (more than one: a run).
+    pub entry_batches: Pow2Histogram,
     /// Index of the newest durable snapshot (0: none).
     pub snapshot_index: AtomicU64,
     /// `--emulate-disk` profile, exported so no figure from an emulated node passes for real.
@@ -35,6 +37,7 @@ impl Metrics {
             log,
             append_commit_us: Pow2Histogram::default(),
             batch_bytes: Pow2Histogram::default(),
+            entry_batches: Pow2Histogram::default(),
             snapshot_index: AtomicU64::new(0),
             emulated_disk: None,
             peer_bytes_sent: AtomicU64::new(0),
@@ -184,6 +187,13 @@ impl Metrics {
             "raftline_batch_bytes",
             "Size of each batch appended by a producer.",
             &self.batch_bytes,
+            1.0,
+        );
+        histogram(
+            &mut out,
+            "raftline_entry_batches",
+            "Producers' batches per Raft entry proposed (leader; more than one: a run).",
+            &self.entry_batches,
             1.0,
         );
         histogram(

@@ -138,6 +138,8 @@ pub fn run(
                 NetEvent::Woken => {}
             }
         }
+        // Every append of the round becomes one entry (a run when there are several).
+        sessions.propose_staged(&mut net, &mut replica)?;
         replica.on_durable()?;
         let now = Instant::now();
         if now >= next_tick {

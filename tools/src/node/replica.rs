@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use raftline_log::batch::parse_header;
+use raftline_log::batch::{parse_header, BATCH_HEADER_BYTES};
 use raftline_log::{
     BackendChoice, Batch, BatchError, BatchHeader, HardStateStore, Log, LogConfig, LogError,
     WriterHook,
@@ -263,13 +263,27 @@ impl Replica {
     }
 
     /// Stamps a producer's batch with its final offset, term and index and proposes it.
-    pub fn propose(&mut self, mut batch: Batch) -> Result<Proposed, ProposalError> {
-        let records = u64::from(batch.header().record_count);
-        if records == 0 {
+    #[cfg(test)] // the node proposes a round's appends together (`propose_run`)
+    pub fn propose(&mut self, batch: Batch) -> Result<Proposed, ProposalError> {
+        let mut proposed = self.propose_run(vec![batch])?;
+        Ok(proposed.remove(0))
+    }
+
+    /// Proposes producers' batches as ONE Raft entry: a single batch is the entry itself,
+    /// several become a run (`Batch::run`), each batch stamped with its own offsets and the
+    /// entry's term and index. One entry per event-loop round instead of one per append: the
+    /// core, the log writer, every follower and every apply handle one entry for all of them.
+    /// Returns where each batch's records will live, in order.
+    pub fn propose_run(&mut self, mut batches: Vec<Batch>) -> Result<Vec<Proposed>, ProposalError> {
+        assert!(!batches.is_empty(), "a proposal holds at least one batch");
+        if batches.iter().any(|b| b.header().record_count == 0) {
             return Err(ProposalError::Empty);
         }
         // Refuse early (not leader, too large, busy) before touching the log.
-        let bytes = batch.as_bytes().len() as u64;
+        let bytes = match batches.as_slice() {
+            [one] => one.as_bytes().len(),
+            all => BATCH_HEADER_BYTES + all.iter().map(|b| b.as_bytes().len()).sum::<usize>(),
+        } as u64;
         let (term, index) = self.raft.check_proposal(bytes)?;
         let base_offset = self.next_offset_at(index)?;
         assert_eq!(
@@ -277,22 +291,36 @@ impl Replica {
             Ok((term, index)),
             "handing entries to the log changed nothing the proposal depends on"
         );
-        batch.stamp(base_offset, term, index);
-        let (term_got, index_got) = self.raft.propose(Arc::from(batch.as_bytes()))?;
+        let mut proposed = Vec::with_capacity(batches.len());
+        let mut next_offset = base_offset;
+        for batch in &batches {
+            let records = u64::from(batch.header().record_count);
+            proposed.push(Proposed {
+                term,
+                index,
+                base_offset: next_offset,
+                last_offset: next_offset + records - 1,
+            });
+            next_offset += records;
+        }
+        let entry = if batches.len() == 1 {
+            let mut batch = batches.pop().expect("one batch");
+            batch.stamp(base_offset, term, index);
+            batch
+        } else {
+            Batch::run(&mut batches, base_offset, term, index)
+                .map_err(|source| FatalError::BadEntry { index, source })?
+        };
+        debug_assert_eq!(entry.header().next_offset(), next_offset);
+        let (term_got, index_got) = self.raft.propose(Arc::from(entry.as_bytes()))?;
         assert_eq!(
             (term_got, index_got),
             (term, index),
             "check_proposal agrees"
         );
-        self.proposed.push_back(batch);
-        let next_offset = base_offset + records;
+        self.proposed.push_back(entry);
         self.tail = Some((index, next_offset));
-        Ok(Proposed {
-            term,
-            index,
-            base_offset,
-            last_offset: next_offset - 1,
-        })
+        Ok(proposed)
     }
 
     /// Offset of the first record of a new entry at `index` (the core's next index).

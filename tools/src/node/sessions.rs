@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use raftline_log::batch::{entry_batches, BATCH_HEADER_BYTES};
 use raftline_log::{Batch, LogError};
 use raftline_netio::client_proto::{
     encode_batches, encode_response, AckMode, ClientError, NodeStatus, Response, StartFrom,
@@ -68,20 +69,39 @@ struct Client {
 
 /// Removes and returns the lowest-indexed pending append if its index is at most `index`.
 fn pop_first_at_most(
-    pending: &mut BTreeMap<Index, PendingAppend>,
+    pending: &mut BTreeMap<PendingKey, PendingAppend>,
     index: Index,
 ) -> Option<(Index, PendingAppend)> {
     let first = pending.first_entry()?;
-    (*first.key() <= index).then(|| first.remove_entry())
+    (first.key().0 <= index).then(|| {
+        let ((index, _), p) = first.remove_entry();
+        (index, p)
+    })
 }
+
+/// An append validated in this event-loop round, waiting for the round's proposal.
+struct StagedAppend {
+    client: ClientId,
+    request_id: u64,
+    ack: AckMode,
+    accepted: Instant,
+}
+
+/// A pending append's key: its entry's index, then its place in the entry (a run holds several).
+type PendingKey = (Index, usize);
 
 /// All client state of the node.
 pub struct Sessions {
     cfg: SessionConfig,
-    /// Appends acknowledged at commit, by index.
-    awaiting_commit: BTreeMap<Index, PendingAppend>,
-    /// Appends acknowledged once durable on this node, by index.
-    awaiting_durable: BTreeMap<Index, PendingAppend>,
+    /// Appends acknowledged at commit, by entry index and place in the entry.
+    awaiting_commit: BTreeMap<PendingKey, PendingAppend>,
+    /// Appends acknowledged once durable on this node, by entry index and place in the entry.
+    awaiting_durable: BTreeMap<PendingKey, PendingAppend>,
+    /// This round's validated appends, proposed together as one entry by `propose_staged`.
+    staged: Vec<StagedAppend>,
+    staged_batches: Vec<Batch>,
+    /// Bytes the staged batches' entry will have.
+    staged_bytes: usize,
     clients: HashMap<ClientId, Client>,
     /// No new appends are taken (the node is stopping).
     draining: bool,
@@ -99,6 +119,9 @@ impl Sessions {
             cfg,
             awaiting_commit: BTreeMap::new(),
             awaiting_durable: BTreeMap::new(),
+            staged: Vec::new(),
+            staged_batches: Vec::new(),
+            staged_bytes: 0,
             clients: HashMap::new(),
             draining: false,
             read_buf: Vec::new(),
@@ -107,7 +130,7 @@ impl Sessions {
 
     /// Appends still waiting for their acknowledgement.
     pub fn pending_appends(&self) -> usize {
-        self.awaiting_commit.len() + self.awaiting_durable.len()
+        self.awaiting_commit.len() + self.awaiting_durable.len() + self.staged.len()
     }
 
     /// Refuse new appends from now on (`Unavailable`): the node is stopping.
@@ -156,7 +179,8 @@ impl Sessions {
         }
     }
 
-    /// Handles an `Append`: validates the batch, proposes it, and registers the acknowledgement.
+    /// Handles an `Append`: validates the batch and stages it for this round's proposal
+    /// ([`Sessions::propose_staged`]); invalid ones are answered at once.
     pub fn append(
         &mut self,
         net: &mut Net,
@@ -181,23 +205,56 @@ impl Sessions {
             );
             return Ok(());
         }
-        let batch_bytes = bytes.len() as u64;
+        let batch_bytes = bytes.len();
         let batch = match Batch::decode(bytes) {
-            Ok(batch) => batch,
+            Ok(batch) if batch.header().record_count > 0 => batch,
+            Ok(_) => {
+                let why = "a batch must carry at least one record".to_string();
+                self.error(net, client, request_id, ClientError::BadRequest { why });
+                return Ok(());
+            }
             Err(e) => {
                 let why = format!("invalid batch: {e}");
                 self.error(net, client, request_id, ClientError::BadRequest { why });
                 return Ok(());
             }
         };
-        let proposed = match replica.propose(batch) {
+        // The entry must fit the entry limit: a run adds its own header.
+        if !self.staged.is_empty()
+            && self.staged_bytes + BATCH_HEADER_BYTES + batch_bytes > self.cfg.batch_bytes_max
+        {
+            self.propose_staged(net, replica)?;
+        }
+        self.metrics.batch_bytes.record(batch_bytes as u64);
+        self.staged_bytes += batch_bytes;
+        self.staged_batches.push(batch);
+        self.staged.push(StagedAppend {
+            client,
+            request_id,
+            ack,
+            accepted: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Proposes the round's staged appends as one entry and registers their acknowledgements
+    /// (or answers them all with the reason the entry was refused).
+    pub fn propose_staged(
+        &mut self,
+        net: &mut Net,
+        replica: &mut Replica,
+    ) -> Result<(), FatalError> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let batches = std::mem::take(&mut self.staged_batches);
+        let staged = std::mem::take(&mut self.staged);
+        self.staged_bytes = 0;
+        self.metrics.entry_batches.record(batches.len() as u64);
+        let proposed = match replica.propose_run(batches) {
             Ok(p) => p,
             Err(ProposalError::Fatal(e)) => return Err(e),
-            Err(ProposalError::Empty) => {
-                let why = "a batch must carry at least one record".to_string();
-                self.error(net, client, request_id, ClientError::BadRequest { why });
-                return Ok(());
-            }
+            Err(ProposalError::Empty) => unreachable!("empty batches are refused when staged"),
             Err(ProposalError::Refused(refused)) => {
                 let error = match refused {
                     ProposeError::NotLeader { leader } => self.not_leader(leader),
@@ -209,26 +266,30 @@ impl Sessions {
                     }
                     ProposeError::Transferring { to } => self.not_leader(Some(to)),
                 };
-                self.error(net, client, request_id, error);
+                for s in &staged {
+                    self.error(net, s.client, s.request_id, error.clone());
+                }
                 return Ok(());
             }
         };
-        self.metrics.batch_bytes.record(batch_bytes);
-        let pending = PendingAppend {
-            client,
-            request_id,
-            term: proposed.term,
-            base_offset: proposed.base_offset,
-            last_offset: proposed.last_offset,
-            accepted: Instant::now(),
-        };
-        match ack {
-            AckMode::None => self.acknowledge(net, &pending),
-            AckMode::Leader => {
-                self.awaiting_durable.insert(proposed.index, pending);
-            }
-            AckMode::Quorum => {
-                self.awaiting_commit.insert(proposed.index, pending);
+        for (place, (s, proposed)) in staged.into_iter().zip(proposed).enumerate() {
+            let pending = PendingAppend {
+                client: s.client,
+                request_id: s.request_id,
+                term: proposed.term,
+                base_offset: proposed.base_offset,
+                last_offset: proposed.last_offset,
+                accepted: s.accepted,
+            };
+            let key = (proposed.index, place);
+            match s.ack {
+                AckMode::None => self.acknowledge(net, &pending),
+                AckMode::Leader => {
+                    self.awaiting_durable.insert(key, pending);
+                }
+                AckMode::Quorum => {
+                    self.awaiting_commit.insert(key, pending);
+                }
             }
         }
         Ok(())
@@ -281,7 +342,7 @@ impl Sessions {
     /// Answers `Timeout` to appends older than the limit (they may still commit).
     pub fn expire(&mut self, net: &mut Net, now: Instant) {
         for map in [&mut self.awaiting_commit, &mut self.awaiting_durable] {
-            let expired: Vec<Index> = map
+            let expired: Vec<PendingKey> = map
                 .iter()
                 .filter(|(_, p)| now.duration_since(p.accepted) >= self.cfg.append_timeout)
                 .map(|(&i, _)| i)
@@ -305,15 +366,19 @@ impl Sessions {
 
     /// Answers every append still waiting with `Unavailable` (the node is stopping).
     pub fn fail_pending(&mut self, net: &mut Net, why: &str) {
-        let all: Vec<PendingAppend> = std::mem::take(&mut self.awaiting_commit)
+        let all: Vec<(ClientId, u64)> = std::mem::take(&mut self.awaiting_commit)
             .into_values()
             .chain(std::mem::take(&mut self.awaiting_durable).into_values())
+            .map(|p| (p.client, p.request_id))
+            .chain(self.staged.drain(..).map(|s| (s.client, s.request_id)))
             .collect();
-        for p in all {
+        self.staged_batches.clear();
+        self.staged_bytes = 0;
+        for (client, request_id) in all {
             let error = ClientError::Unavailable {
                 why: why.to_string(),
             };
-            self.error(net, p.client, p.request_id, error);
+            self.error(net, client, request_id, error);
         }
     }
 
@@ -435,10 +500,21 @@ impl Sessions {
                         break;
                     };
                     let next_offset = last.next_offset();
-                    let slices: Vec<&[u8]> = batches
-                        .iter()
-                        .map(|(_, range)| &read_buf[range.clone()])
-                        .collect();
+                    // A run goes out as its producers' batches, from the first one the
+                    // subscription has not had.
+                    let mut slices: Vec<&[u8]> = Vec::with_capacity(batches.len());
+                    for (entry_header, range) in &batches {
+                        let entry = &read_buf[range.clone()];
+                        for inner in entry_batches(entry) {
+                            let (h, inner) = inner.map_err(|source| FatalError::BadEntry {
+                                index: entry_header.index,
+                                source,
+                            })?;
+                            if h.next_offset() > sub.next_offset {
+                                slices.push(&entry[inner]);
+                            }
+                        }
+                    }
                     let sent_bytes: usize = slices.iter().map(|s| s.len()).sum();
                     // Encoded straight into the connection's queue: one copy of the batches.
                     let encode =

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use raftline_log::batch::for_each_keyed_in;
+use raftline_log::batch::{entry_batches, for_each_keyed_in};
 use raftline_log::BatchError;
 use raftline_replicator::message::Membership;
 
@@ -43,12 +43,17 @@ pub struct SnapshotPayload {
 pub struct PayloadError(&'static str);
 
 impl KeyState {
-    /// Applies every keyed record of a committed entry's batch in order (its bytes verified
-    /// where they entered this node: see `raftline_log::batch::for_each_keyed_in`).
-    pub fn apply(&mut self, batch_bytes: &[u8]) -> Result<(), BatchError> {
-        for_each_keyed_in(batch_bytes, |key, value| {
-            self.set(key.to_vec(), value.to_vec())
-        })
+    /// Applies every keyed record of a committed entry in order: its batch, or each batch of a
+    /// run (its bytes verified where they entered this node: see
+    /// `raftline_log::batch::for_each_keyed_in`).
+    pub fn apply(&mut self, entry_bytes: &[u8]) -> Result<(), BatchError> {
+        for batch in entry_batches(entry_bytes) {
+            let (_, range) = batch?;
+            for_each_keyed_in(&entry_bytes[range], |key, value| {
+                self.set(key.to_vec(), value.to_vec())
+            })?;
+        }
+        Ok(())
     }
 
     fn set(&mut self, key: Vec<u8>, value: Vec<u8>) {
