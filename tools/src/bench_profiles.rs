@@ -379,6 +379,6 @@ fn render_text(r: &ProfilesReport) -> String {
             out += "        warning: the leader changed during this profile's run: an election disturbed it\n";
         }
     }
-    out += "(one record per append, so entries/s = records/s; rec/fsync = records acknowledged per leader fdatasync)\n";
+    out += "(entries/s counts producer appends of one record each, so entries/s = records/s; the leader proposes each event-loop round's appends as one Raft entry, so the log holds fewer entries; rec/fsync = records acknowledged per leader fdatasync)\n";
     out
 }
