@@ -422,12 +422,6 @@ impl Batch {
         })?
     }
 
-    /// Calls `visit(key, value)` for every record that has a key, in order, reading the validated
-    /// archive in place: keyless records (most of a log) are never deserialised or copied.
-    pub fn for_each_keyed(&self, visit: impl FnMut(&[u8], &[u8])) -> Result<(), BatchError> {
-        for_each_keyed_in(&self.bytes, visit)
-    }
-
     fn with_archive<T>(
         &self,
         f: impl FnOnce(&rkyv::vec::ArchivedVec<ArchivedRecord>) -> T,
@@ -436,8 +430,10 @@ impl Batch {
     }
 }
 
-/// [`Batch::for_each_keyed`] over the bytes of a data batch that were verified where they
-/// entered this node and stayed in memory since (a Raft entry: `Batch::decode` on the leader,
+/// Calls `visit(key, value)` for every record that has a key, in order, reading the validated
+/// archive in place (keyless records, most of a log, are never deserialised or copied), over the
+/// bytes of a data batch that were verified where they entered this node and stayed in memory
+/// since (a Raft entry: `Batch::decode` on the leader,
 /// `Batch::from_entry_bytes` on a follower, the CRC check of every log read): the header and
 /// length are checked again and the archive is validated, but the CRC pass is not repeated and
 /// the bytes are not copied into a `Batch`.
@@ -625,9 +621,7 @@ mod tests {
     fn keyed_records_are_visited_in_order_and_keyless_ones_skipped() {
         let batch = Batch::encode(&sample_records()).unwrap();
         let mut seen = Vec::new();
-        batch
-            .for_each_keyed(|k, v| seen.push((k.to_vec(), v.to_vec())))
-            .unwrap();
+        for_each_keyed_in(batch.as_bytes(), |k, v| seen.push((k.to_vec(), v.to_vec()))).unwrap();
         assert_eq!(seen, vec![(b"k1".to_vec(), b"hello".to_vec())]);
     }
 
