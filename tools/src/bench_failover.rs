@@ -26,7 +26,7 @@ use raftline_netio::frame::{FrameDecoder, PAYLOAD_BYTES_MAX_DEFAULT};
 use serde::Serialize;
 
 use crate::local_cluster::{self, LocalCluster, RunDir, NODES};
-use crate::server_config::{
+use raftline_node::config::{
     ELECTION_TIMEOUT_MAX_MS_DEFAULT, ELECTION_TIMEOUT_MIN_MS_DEFAULT, HEARTBEAT_MS_DEFAULT,
 };
 

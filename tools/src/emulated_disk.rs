@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use raftline_node::DiskEmulation;
 use serde::{Deserialize, Serialize};
 
 /// A reference device class (the latencies people quote for one 4 KiB write + fdatasync).
@@ -49,14 +50,17 @@ impl DiskProfile {
         }
     }
 
+    /// What a node's log does to emulate this device.
+    pub fn emulation(self) -> DiskEmulation {
+        DiskEmulation {
+            profile: self.name(),
+            fsync_latency: self.fsync_latency(),
+        }
+    }
+
     /// One line saying what the emulation does, for start-up logs and report headers.
     pub fn banner(self) -> String {
-        format!(
-            "EMULATED DISK ({} profile): every log fdatasync completes no earlier than {} after \
-             it was issued, on top of the real write; figures are not this disk's",
-            self.name(),
-            micros_text(self.fsync_latency())
-        )
+        self.emulation().banner()
     }
 }
 
@@ -68,14 +72,6 @@ pub fn server_args(profile: Option<DiskProfile>) -> Vec<String> {
 impl std::fmt::Display for DiskProfile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-fn micros_text(d: Duration) -> String {
-    if d >= Duration::from_millis(1) {
-        format!("{} ms", d.as_millis())
-    } else {
-        format!("{} us", d.as_micros())
     }
 }
 

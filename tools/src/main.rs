@@ -13,7 +13,6 @@ mod cluster_args;
 mod dev;
 mod emulated_disk;
 mod local_cluster;
-mod node;
 mod produce;
 mod server;
 mod server_config;

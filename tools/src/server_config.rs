@@ -1,5 +1,6 @@
 //! `raftline server`'s configuration: command-line flags, optionally on top of a TOML file
-//! (`--config FILE`; a flag given on the command line wins), validated into a [`ServerConfig`].
+//! (`--config FILE`; a flag given on the command line wins), turned into the node's
+//! [`NodeConfig`] (which validates it).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,20 +12,15 @@ use clap::Args;
 use raftline_netio::reactor::Backend;
 use serde::Deserialize;
 
-use crate::emulated_disk::DiskProfile;
-use crate::node::snapshots::SnapshotPolicy;
+use raftline_node::config::{
+    APPEND_TIMEOUT_MS_DEFAULT, BATCH_BYTES_MAX_DEFAULT, ELECTION_TIMEOUT_MAX_MS_DEFAULT,
+    ELECTION_TIMEOUT_MIN_MS_DEFAULT, HEARTBEAT_MS_DEFAULT, SEGMENT_BYTES_DEFAULT, TICK_MS_DEFAULT,
+};
+use raftline_node::snapshots::SnapshotPolicy;
+use raftline_node::NodeConfig;
 
-/// Default heartbeat interval: a LAN round trip is well under a millisecond; 50 ms keeps idle
-/// traffic negligible while failures are noticed quickly.
-pub const HEARTBEAT_MS_DEFAULT: u64 = 50;
-/// Default election timeout range (randomised per election): 5–10 heartbeats.
-pub const ELECTION_TIMEOUT_MIN_MS_DEFAULT: u64 = 250;
-/// Upper end of the default election timeout range.
-pub const ELECTION_TIMEOUT_MAX_MS_DEFAULT: u64 = 500;
-/// An election timeout must span at least this many heartbeats.
-pub const ELECTION_HEARTBEATS_MIN: u64 = 5;
-/// Length of one Raft tick (the unit all Raft timing is counted in).
-pub const TICK_MS_DEFAULT: u64 = 10;
+use crate::emulated_disk::DiskProfile;
+
 /// Environment variable that selects the network backend when `--net-backend` is not given.
 pub const NET_BACKEND_ENV: &str = "RAFTLINE_NET_BACKEND";
 
@@ -129,51 +125,6 @@ struct FileConfig {
     emulate_disk: Option<DiskProfile>,
 }
 
-/// A validated server configuration.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// This node.
-    pub id: u64,
-    /// The cluster's name.
-    pub cluster_name: String,
-    /// Peer address of every voter (this node included).
-    pub peers: BTreeMap<u64, SocketAddr>,
-    /// Client address of every voter that has one configured.
-    pub peer_clients: BTreeMap<u64, String>,
-    /// Peer listen address.
-    pub listen: SocketAddr,
-    /// Client listen address.
-    pub client_listen: SocketAddr,
-    /// Metrics listen address.
-    pub metrics_listen: Option<SocketAddr>,
-    /// Data directory.
-    pub data_dir: PathBuf,
-    /// Cores to pin to (empty: unpinned).
-    pub cores: Vec<usize>,
-    /// Tick length.
-    pub tick: Duration,
-    /// Heartbeat interval.
-    pub heartbeat: Duration,
-    /// Election timeout range.
-    pub election_timeout_min: Duration,
-    /// Upper end of the election timeout range.
-    pub election_timeout_max: Duration,
-    /// Network backend.
-    pub net_backend: Backend,
-    /// Log segment size.
-    pub segment_bytes: u64,
-    /// Largest producer batch.
-    pub batch_bytes_max: usize,
-    /// Append acknowledgement timeout.
-    pub append_timeout: Duration,
-    /// When to snapshot and compact the log.
-    pub snapshots: SnapshotPolicy,
-    /// Emulated device whose fdatasync latency the log imposes (benchmarks only).
-    pub emulate_disk: Option<DiskProfile>,
-    /// Things that work but deserve the operator's attention.
-    pub warnings: Vec<String>,
-}
-
 /// Parses `1=host:port,2=host:port`.
 pub fn parse_id_map(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     let mut map = BTreeMap::new();
@@ -222,7 +173,7 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 
 impl ServerArgs {
     /// Merges flags over the config file and validates the result.
-    pub fn resolve(self) -> anyhow::Result<ServerConfig> {
+    pub fn resolve(self) -> anyhow::Result<NodeConfig> {
         let file = match &self.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
@@ -267,7 +218,7 @@ impl ServerArgs {
         let listen = self.listen.or(file.listen).or(own).with_context(|| {
             format!("--peers does not list this node's id {id}, and --listen is not given")
         })?;
-        let cfg = ServerConfig {
+        let cfg = NodeConfig {
             id,
             cluster_name,
             peers,
@@ -300,13 +251,18 @@ impl ServerArgs {
                     .unwrap_or(ELECTION_TIMEOUT_MAX_MS_DEFAULT),
             ),
             net_backend,
-            segment_bytes: self.segment_mib.or(file.segment_mib).unwrap_or(64) << 20,
-            batch_bytes_max: (self.batch_kib_max.or(file.batch_kib_max).unwrap_or(1024) << 10)
-                as usize,
+            segment_bytes: self
+                .segment_mib
+                .or(file.segment_mib)
+                .map_or(SEGMENT_BYTES_DEFAULT, |mib| mib << 20),
+            batch_bytes_max: self
+                .batch_kib_max
+                .or(file.batch_kib_max)
+                .map_or(BATCH_BYTES_MAX_DEFAULT, |kib| (kib << 10) as usize),
             append_timeout: Duration::from_millis(
                 self.append_timeout_ms
                     .or(file.append_timeout_ms)
-                    .unwrap_or(10_000),
+                    .unwrap_or(APPEND_TIMEOUT_MS_DEFAULT),
             ),
             snapshots: SnapshotPolicy {
                 every_bytes: self
@@ -325,10 +281,13 @@ impl ServerArgs {
                     .unwrap_or((SnapshotPolicy::default().state_bytes_max >> 20) as u64)
                     << 20) as usize,
             },
-            emulate_disk: self.emulate_disk.or(file.emulate_disk),
+            emulated_disk: self
+                .emulate_disk
+                .or(file.emulate_disk)
+                .map(DiskProfile::emulation),
             warnings: Vec::new(),
         };
-        cfg.validated()
+        Ok(cfg.validated()?)
     }
 }
 
@@ -338,91 +297,6 @@ fn resolve_addr(addr: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("cannot resolve {addr:?}"))?
         .next()
         .with_context(|| format!("{addr:?} resolves to no address"))
-}
-
-impl ServerConfig {
-    /// Checks the settings against each other; collects warnings.
-    fn validated(mut self) -> anyhow::Result<ServerConfig> {
-        if self.id == 0 {
-            bail!("--id 0 is reserved for clients; node ids start at 1");
-        }
-        if self.peers.contains_key(&0) {
-            bail!("--peers: node id 0 is reserved for clients");
-        }
-        if !self.peers.contains_key(&self.id) {
-            bail!(
-                "--peers must list every voter including this node (id {}); it lists {:?}",
-                self.id,
-                self.peers.keys().collect::<Vec<_>>()
-            );
-        }
-        if self.cluster_name.is_empty() {
-            bail!("--cluster-id must not be empty");
-        }
-        let ms = |d: Duration| d.as_millis() as u64;
-        if self.heartbeat < self.tick {
-            bail!(
-                "--heartbeat-ms {} is shorter than the {} ms tick Raft counts time in",
-                ms(self.heartbeat),
-                ms(self.tick)
-            );
-        }
-        if ms(self.election_timeout_min) < ELECTION_HEARTBEATS_MIN * ms(self.heartbeat) {
-            bail!(
-                "election timeout {} ms is under {ELECTION_HEARTBEATS_MIN}x the heartbeat interval \
-                 ({} ms): a follower would call an election after a few late heartbeats, and \
-                 leadership would flap under ordinary jitter. Raise --election-timeout-min-ms to at \
-                 least {} or lower --heartbeat-ms",
-                ms(self.election_timeout_min),
-                ms(self.heartbeat),
-                ELECTION_HEARTBEATS_MIN * ms(self.heartbeat)
-            );
-        }
-        if self.election_timeout_max <= self.election_timeout_min {
-            bail!(
-                "--election-timeout-max-ms ({}) must exceed --election-timeout-min-ms ({}): the \
-                 timeout is drawn at random from the range so that candidates rarely collide",
-                ms(self.election_timeout_max),
-                ms(self.election_timeout_min)
-            );
-        }
-        if self.segment_bytes < 1 << 20 {
-            bail!("--segment-mib must be at least 1");
-        }
-        if self.batch_bytes_max == 0 || self.batch_bytes_max as u64 > self.segment_bytes / 4 {
-            bail!("--batch-kib-max must be positive and at most a quarter of a segment");
-        }
-        let voters = self.peers.len();
-        if voters % 2 == 0 {
-            self.warnings.push(format!(
-                "{voters} voters: an even number tolerates no more failures than {} would \
-                 ({} failure(s)); consider {} or {} voters",
-                voters - 1,
-                (voters - 1) / 2,
-                voters - 1,
-                voters + 1
-            ));
-        }
-        for id in self.peers.keys() {
-            if !self.peer_clients.contains_key(id) {
-                self.warnings.push(format!(
-                    "--peer-clients has no client address for node {id}: followers cannot point \
-                     clients to it when it leads"
-                ));
-            }
-        }
-        Ok(self)
-    }
-
-    /// Raft timing in ticks (heartbeat, election min, election max).
-    pub fn ticks(&self) -> (u32, u32, u32) {
-        let t = |d: Duration| (d.as_millis() / self.tick.as_millis()).max(1) as u32;
-        (
-            t(self.heartbeat),
-            t(self.election_timeout_min),
-            t(self.election_timeout_max),
-        )
-    }
 }
 
 #[cfg(test)]
@@ -530,7 +404,7 @@ mod tests {
             err.contains("floppy") && err.contains("hdd, sata, nvme"),
             "{err}"
         );
-        assert_eq!(args().resolve().unwrap().emulate_disk, None);
+        assert_eq!(args().resolve().unwrap().emulated_disk, None);
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
@@ -541,8 +415,8 @@ mod tests {
             a.resolve()
         };
         assert_eq!(
-            from_file(&path).unwrap().emulate_disk,
-            Some(DiskProfile::Sata)
+            from_file(&path).unwrap().emulated_disk,
+            Some(DiskProfile::Sata.emulation())
         );
         std::fs::write(&path, "emulate_disk = \"floppy\"\n").unwrap();
         let err = format!("{:#}", from_file(&path).unwrap_err());

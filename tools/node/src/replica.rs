@@ -20,14 +20,14 @@ use raftline_log::{
     WriterHook,
 };
 use raftline_replicator::{
-    Config, EntryKind, HardState, Index, InitError, Message, NodeId, ProposeError, Raft, Role,
-    StorageError, Term,
+    Config, EntryKind, HardState, Index, InitError, Message, NodeId, ProposeError, Raft, Ready,
+    Role, StorageError, Term,
 };
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::snapshots::{Restored, SnapshotError, SnapshotPolicy, Snapshots};
-use super::storage::{batch_of, LogStorage};
+use crate::snapshots::{Restored, SnapshotError, SnapshotPolicy, Snapshots};
+use crate::storage::{batch_of, LogStorage};
 
 /// `Ready` rounds one [`Replica::advance`] carries out before the event loop gets a turn (each
 /// hands out at most the core's `committed_bytes_max` of committed entries).
@@ -341,93 +341,112 @@ impl Replica {
         Ok(self.log.next_offset())
     }
 
-    /// Carries out what the core asks for, for at most [`READY_ROUNDS_MAX`] rounds; messages and
-    /// committed entries accumulate for [`Replica::take_messages`] / [`Replica::take_committed`].
-    /// Returns whether the core has more (committed entries come in bounded chunks: a restarted
-    /// node re-learns its whole committed log, which must not stall the event loop).
+    /// Carries out what the core asks for, for at most [`READY_ROUNDS_MAX`] rounds, without a
+    /// network: messages and committed entries accumulate for [`Replica::take_messages`] /
+    /// [`Replica::take_committed`]. Returns whether the core has more (committed entries come
+    /// in bounded chunks: a restarted node re-learns its whole committed log, which must not
+    /// stall the event loop). The event loop runs the same stages itself, sending each `Ready`'s
+    /// messages between [`Replica::persist`] and [`Replica::write_and_apply`].
     pub fn advance(&mut self) -> Result<bool, FatalError> {
-        self.advance_sending(&mut |_| {})
-    }
-
-    /// [`Replica::advance`], handing each `Ready`'s messages to `send` as soon as they may leave
-    /// — after the hard state is durable, BEFORE the same `Ready`'s entries go to the log writer
-    /// (safe: the core gates every message that depends on local durability, and a leader's
-    /// AppendEntries may precede its own write) — so they are on the wire while the writer is
-    /// woken. `send` drains what it sends from the vector; anything left stays for
-    /// [`Replica::take_messages`].
-    pub fn advance_sending(
-        &mut self,
-        send: &mut dyn FnMut(&mut Vec<Message>),
-    ) -> Result<bool, FatalError> {
-        self.tail = None;
         let mut more = true;
         for _ in 0..READY_ROUNDS_MAX {
-            let rd = self.raft.ready();
-            if rd.is_empty() {
+            let Some(mut rd) = self.ready() else {
                 more = false;
                 break;
+            };
+            let messages = self.persist(&mut rd)?;
+            self.outbox.extend(messages);
+            self.write_and_apply(rd)?;
+        }
+        self.settle()?;
+        Ok(more)
+    }
+
+    /// The core's next `Ready`, or `None` when it has nothing to do.
+    pub fn ready(&mut self) -> Option<Ready> {
+        self.tail = None;
+        let rd = self.raft.ready();
+        (!rd.is_empty()).then_some(rd)
+    }
+
+    /// First stage of a `Ready`: the hard state is saved (fdatasync) and incoming snapshot
+    /// chunks written. Returns the messages that may leave now — messages held from proposals
+    /// first, then this `Ready`'s. Sending them before [`Replica::write_and_apply`] hands the
+    /// entries to the log writer is safe (the core gates every message that depends on local
+    /// durability, and a leader's AppendEntries may precede its own write) and puts the
+    /// followers' copy on the wire while this node's write starts.
+    pub fn persist(&mut self, rd: &mut Ready) -> Result<Vec<Message>, FatalError> {
+        if let Some(hs) = rd.hard_state {
+            self.hard_state.save(raftline_log::HardState {
+                term: hs.term,
+                voted_for: hs.vote,
+            })?;
+            self.raft.hard_state_durable(hs);
+        }
+        for chunk in &rd.snapshot_chunks {
+            self.receive_snapshot_chunk(chunk)?;
+        }
+        let mut messages = std::mem::take(&mut self.outbox);
+        messages.append(&mut rd.messages);
+        Ok(messages)
+    }
+
+    /// Second stage of a `Ready`: its entries go to the log writer (a conflicting suffix is cut
+    /// first), then its committed entries — committed AND durable here — are applied to the
+    /// state and queued for [`Replica::take_committed`].
+    pub fn write_and_apply(&mut self, rd: Ready) -> Result<(), FatalError> {
+        if let Some(first) = rd.entries.first() {
+            if first.index <= self.log.last_index() {
+                // The log refuses to cut below the guard. Not the commit index: one
+                // AppendEntries can both replace a stale suffix and announce a commit index
+                // beyond it (the new entries are committed, the cut ones never were). What
+                // must never be cut is what was handed out as committed, i.e. applied.
+                self.log
+                    .truncate_suffix(first.index, self.raft.applied_index())?;
             }
-            if let Some(hs) = rd.hard_state {
-                self.hard_state.save(raftline_log::HardState {
-                    term: hs.term,
-                    voted_for: hs.vote,
-                })?;
-                self.raft.hard_state_durable(hs);
-            }
-            for chunk in &rd.snapshot_chunks {
-                self.receive_snapshot_chunk(chunk)?;
-            }
-            self.outbox.extend(rd.messages);
-            if !self.outbox.is_empty() {
-                send(&mut self.outbox);
-            }
-            if let Some(first) = rd.entries.first() {
-                if first.index <= self.log.last_index() {
-                    // The log refuses to cut below the guard. Not the commit index: one
-                    // AppendEntries can both replace a stale suffix and announce a commit index
-                    // beyond it (the new entries are committed, the cut ones never were). What
-                    // must never be cut is what was handed out as committed, i.e. applied.
-                    self.log
-                        .truncate_suffix(first.index, self.raft.applied_index())?;
-                }
-                for entry in &rd.entries {
-                    let batch = match self.own_proposal(entry) {
-                        Some(batch) => batch,
-                        None => batch_of(entry).map_err(|source| FatalError::BadEntry {
-                            index: entry.index,
-                            source,
-                        })?,
-                    };
-                    let stamped = batch.header();
-                    let ticket = self.log.append(Some(entry.index), entry.term, batch)?;
-                    // Every node computes the same offsets from the same log: a difference
-                    // would mean diverging logs, which must stop the node, not spread.
-                    assert!(
-                        entry.kind != EntryKind::Command
-                            || ticket.base_offset == stamped.base_offset,
-                        "entry {} stamped at offset {} but the log continues at {}",
-                        entry.index,
-                        stamped.base_offset,
-                        ticket.base_offset
-                    );
-                }
-            }
-            for e in &rd.committed {
-                if e.kind == EntryKind::Command {
-                    let h = parse_header(&e.payload).map_err(|source| FatalError::BadEntry {
-                        index: e.index,
+            for entry in &rd.entries {
+                let batch = match self.own_proposal(entry) {
+                    Some(batch) => batch,
+                    None => batch_of(entry).map_err(|source| FatalError::BadEntry {
+                        index: entry.index,
                         source,
-                    })?;
-                    debug_assert_eq!(h.base_offset, self.readable_end_offset);
-                    self.readable_end_offset = h.next_offset();
-                }
-                self.snapshots.apply(e)?;
-                self.committed.push(Committed {
-                    index: e.index,
-                    term: e.term,
-                });
+                    })?,
+                };
+                let stamped = batch.header();
+                let ticket = self.log.append(Some(entry.index), entry.term, batch)?;
+                // Every node computes the same offsets from the same log: a difference
+                // would mean diverging logs, which must stop the node, not spread.
+                assert!(
+                    entry.kind != EntryKind::Command || ticket.base_offset == stamped.base_offset,
+                    "entry {} stamped at offset {} but the log continues at {}",
+                    entry.index,
+                    stamped.base_offset,
+                    ticket.base_offset
+                );
             }
         }
+        for e in &rd.committed {
+            if e.kind == EntryKind::Command {
+                let h = parse_header(&e.payload).map_err(|source| FatalError::BadEntry {
+                    index: e.index,
+                    source,
+                })?;
+                debug_assert_eq!(h.base_offset, self.readable_end_offset);
+                self.readable_end_offset = h.next_offset();
+            }
+            self.snapshots.apply(e)?;
+            self.committed.push(Committed {
+                index: e.index,
+                term: e.term,
+            });
+        }
+        Ok(())
+    }
+
+    /// After a round's `Ready`s: proposals lost with the leadership are forgotten, a storage
+    /// failure the core noticed stops the node, a due snapshot starts (or a written one
+    /// compacts the log), and a leadership change is logged.
+    pub fn settle(&mut self) -> Result<(), FatalError> {
         if self.raft.role() != Role::Leader {
             // Whatever was proposed and not handed out was dropped with the leadership.
             self.proposed.clear();
@@ -437,7 +456,7 @@ impl Replica {
         }
         self.compact()?;
         self.note_leadership();
-        Ok(more)
+        Ok(())
     }
 
     /// The batch proposed here for `entry`, if it is one (same index and term: the core's
@@ -509,7 +528,7 @@ impl Replica {
 
     /// The state materialised from the committed log (`None` if it outgrew its bound).
     #[cfg(test)] // the node serves no key lookups; tests check the state
-    pub fn state(&self) -> Option<&super::state::KeyState> {
+    pub fn state(&self) -> Option<&crate::state::KeyState> {
         self.snapshots.state()
     }
 

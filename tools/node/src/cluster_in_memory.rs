@@ -9,9 +9,9 @@ use raftline_log::batch::entry_batches;
 use raftline_log::{BackendChoice, BackendKind, Batch, LogError, Record, WriterHook};
 use raftline_replicator::{Config, Role};
 
-use super::replica::{Committed, Replica, ReplicaConfig};
-use super::snapshots::SnapshotPolicy;
-use super::state::KeyState;
+use crate::replica::{Committed, Replica, ReplicaConfig};
+use crate::snapshots::SnapshotPolicy;
+use crate::state::KeyState;
 
 const NODES: [u64; 3] = [1, 2, 3];
 

@@ -23,8 +23,8 @@ use raftline_log::{
 };
 use raftline_replicator::{Entry, EntryKind, Index, SnapshotChunk, SnapshotMeta};
 
-use super::state::{KeyState, PayloadError, SnapshotPayload};
-use super::storage::ServedSnapshot;
+use crate::state::{KeyState, PayloadError, SnapshotPayload};
+use crate::storage::ServedSnapshot;
 
 /// Snapshot files kept on disk (the newest is served; the one before covers a reader that
 /// started on it).

@@ -85,6 +85,11 @@ impl KeyState {
         self.values.len()
     }
 
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
     /// Memory the state accounts for (keys, values, an estimate of the per-key overhead).
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -55,6 +55,11 @@ impl Metrics {
         *self.status.lock().expect("metrics lock") = Some(status);
     }
 
+    /// The status the raft thread published last (`None` before its first tick).
+    pub fn status(&self) -> Option<NodeStatus> {
+        self.status.lock().expect("metrics lock").clone()
+    }
+
     /// The Prometheus text exposition of everything.
     pub fn render(&self) -> String {
         let mut out = String::new();

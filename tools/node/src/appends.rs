@@ -1,0 +1,355 @@
+//! Client appends on the raft thread, from validation to acknowledgement.
+//!
+//! A round's valid appends are staged and proposed together as ONE Raft entry by the event loop
+//! ([`Appends::take_proposal`] → `Replica::propose_run` → [`Appends::proposed`]); an append that
+//! would make the entry exceed the batch limit starts the next proposal. An append is answered
+//! once, by the first of: its entry committed (`Quorum`, the default) or durable here (`Leader`)
+//! — with the offsets stamped at proposal — or the entry at its index committed with another term
+//! (the proposal was lost with this node's leadership: `NotLeader`), or `append_timeout` passed
+//! (`Timeout`: it may still commit).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raftline_log::batch::BATCH_HEADER_BYTES;
+use raftline_log::Batch;
+use raftline_netio::client_proto::{encode_response, AckMode, ClientError, Response};
+use raftline_netio::cluster_id::ClusterId;
+use raftline_netio::net::{ClientId, Net};
+use raftline_replicator::{Index, ProposeError, Term};
+
+use crate::metrics::Metrics;
+use crate::replica::{Committed, FatalError, ProposalError, Proposed};
+use crate::replies::Replier;
+
+/// Static parameters of the appends.
+#[derive(Debug, Clone)]
+pub struct AppendConfig {
+    /// Our cluster (stamped into every frame).
+    pub cluster_id: ClusterId,
+    /// Our node id (sender of every response).
+    pub node_id: u64,
+    /// Client address of every node, for `NotLeader` hints.
+    pub client_addresses: BTreeMap<u64, String>,
+    /// Largest batch accepted from a producer.
+    pub batch_bytes_max: usize,
+    /// An append not acknowledged within this is answered `Timeout`.
+    pub append_timeout: Duration,
+}
+
+struct PendingAppend {
+    client: ClientId,
+    request_id: u64,
+    term: Term,
+    base_offset: u64,
+    last_offset: u64,
+    accepted: Instant,
+}
+
+/// Removes and returns the lowest-indexed pending append if its index is at most `index`.
+fn pop_first_at_most(
+    pending: &mut BTreeMap<PendingKey, PendingAppend>,
+    index: Index,
+) -> Option<(Index, PendingAppend)> {
+    let first = pending.first_entry()?;
+    (first.key().0 <= index).then(|| {
+        let ((index, _), p) = first.remove_entry();
+        (index, p)
+    })
+}
+
+/// A validated append waiting for its proposal.
+struct StagedAppend {
+    client: ClientId,
+    request_id: u64,
+    ack: AckMode,
+    accepted: Instant,
+}
+
+/// Appends to propose as one Raft entry: the batches for `Replica::propose_run`, and who waits
+/// for them (handed back to [`Appends::proposed`]).
+pub struct Proposal {
+    /// The producers' batches, in order.
+    pub batches: Vec<Batch>,
+    /// The appends they came with, in the same order.
+    pub waiting: Waiting,
+    /// Bytes the entry will have.
+    bytes: usize,
+}
+
+/// The appends of a [`Proposal`], in order.
+pub struct Waiting(Vec<StagedAppend>);
+
+/// A pending append's key: its entry's index, then its place in the entry (a run holds several).
+type PendingKey = (Index, usize);
+
+/// Every append of the node not yet answered.
+pub struct Appends {
+    cfg: AppendConfig,
+    replier: Replier,
+    /// Appends acknowledged at commit, by entry index and place in the entry.
+    awaiting_commit: BTreeMap<PendingKey, PendingAppend>,
+    /// Appends acknowledged once durable on this node, by entry index and place in the entry.
+    awaiting_durable: BTreeMap<PendingKey, PendingAppend>,
+    /// This round's validated appends, one proposal per entry's worth (the last one open).
+    staged: VecDeque<Proposal>,
+    /// No new appends are taken (the node is stopping).
+    draining: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Appends {
+    /// No appends yet.
+    pub fn new(cfg: AppendConfig, metrics: Arc<Metrics>) -> Appends {
+        Appends {
+            replier: Replier {
+                cluster_id: cfg.cluster_id,
+                node_id: cfg.node_id,
+            },
+            metrics,
+            cfg,
+            awaiting_commit: BTreeMap::new(),
+            awaiting_durable: BTreeMap::new(),
+            staged: VecDeque::new(),
+            draining: false,
+        }
+    }
+
+    /// Appends still waiting for their acknowledgement.
+    pub fn pending(&self) -> usize {
+        self.awaiting_commit.len()
+            + self.awaiting_durable.len()
+            + self.staged.iter().map(|p| p.waiting.0.len()).sum::<usize>()
+    }
+
+    /// Refuse new appends from now on (`Unavailable`): the node is stopping.
+    pub fn start_draining(&mut self) {
+        self.draining = true;
+    }
+
+    fn error(&self, net: &mut Net, client: ClientId, request_id: u64, error: ClientError) {
+        self.replier.error(net, client, request_id, error);
+    }
+
+    /// The `NotLeader` error naming the leader this node knows of.
+    pub fn not_leader(&self, leader: Option<u64>) -> ClientError {
+        ClientError::NotLeader {
+            leader_id: leader,
+            leader_address: leader.and_then(|id| self.cfg.client_addresses.get(&id).cloned()),
+        }
+    }
+
+    /// Handles an `Append`: validates the batch and stages it for the round's proposal;
+    /// invalid ones are answered at once.
+    pub fn append(
+        &mut self,
+        net: &mut Net,
+        client: ClientId,
+        request_id: u64,
+        ack: AckMode,
+        bytes: Vec<u8>,
+    ) {
+        if self.draining {
+            let why = "the node is shutting down".to_string();
+            self.error(net, client, request_id, ClientError::Unavailable { why });
+            return;
+        }
+        if bytes.len() > self.cfg.batch_bytes_max {
+            let limit_bytes = self.cfg.batch_bytes_max as u64;
+            self.error(
+                net,
+                client,
+                request_id,
+                ClientError::TooLarge { limit_bytes },
+            );
+            return;
+        }
+        let batch_bytes = bytes.len();
+        let batch = match Batch::decode(bytes) {
+            Ok(batch) if batch.header().record_count > 0 => batch,
+            Ok(_) => {
+                let why = "a batch must carry at least one record".to_string();
+                self.error(net, client, request_id, ClientError::BadRequest { why });
+                return;
+            }
+            Err(e) => {
+                let why = format!("invalid batch: {e}");
+                self.error(net, client, request_id, ClientError::BadRequest { why });
+                return;
+            }
+        };
+        self.metrics.batch_bytes.record(batch_bytes as u64);
+        // The entry must fit the entry limit: a run adds its own header.
+        let fits =
+            |p: &Proposal| p.bytes + BATCH_HEADER_BYTES + batch_bytes <= self.cfg.batch_bytes_max;
+        if !self.staged.back().is_some_and(fits) {
+            self.staged.push_back(Proposal {
+                batches: Vec::new(),
+                waiting: Waiting(Vec::new()),
+                bytes: 0,
+            });
+        }
+        let open = self.staged.back_mut().expect("an open proposal");
+        open.bytes += batch_bytes;
+        open.batches.push(batch);
+        open.waiting.0.push(StagedAppend {
+            client,
+            request_id,
+            ack,
+            accepted: Instant::now(),
+        });
+    }
+
+    /// The next entry's worth of staged appends, in arrival order.
+    pub fn take_proposal(&mut self) -> Option<Proposal> {
+        let proposal = self.staged.pop_front()?;
+        self.metrics
+            .entry_batches
+            .record(proposal.batches.len() as u64);
+        Some(proposal)
+    }
+
+    /// Registers the acknowledgements of a proposal the leader accepted, or answers all its
+    /// appends with the reason it was refused.
+    pub fn proposed(
+        &mut self,
+        net: &mut Net,
+        waiting: Waiting,
+        result: Result<Vec<Proposed>, ProposalError>,
+    ) -> Result<(), FatalError> {
+        let proposed = match result {
+            Ok(p) => p,
+            Err(ProposalError::Fatal(e)) => return Err(e),
+            Err(ProposalError::Empty) => unreachable!("empty batches are refused when staged"),
+            Err(ProposalError::Refused(refused)) => {
+                let error = match refused {
+                    ProposeError::NotLeader { leader } => self.not_leader(leader),
+                    ProposeError::TooLarge { limit, .. } => {
+                        ClientError::TooLarge { limit_bytes: limit }
+                    }
+                    ProposeError::Busy { .. } | ProposeError::DiskBacklog { .. } => {
+                        ClientError::Busy
+                    }
+                    ProposeError::Transferring { to } => self.not_leader(Some(to)),
+                };
+                for s in &waiting.0 {
+                    self.error(net, s.client, s.request_id, error.clone());
+                }
+                return Ok(());
+            }
+        };
+        for (place, (s, proposed)) in waiting.0.into_iter().zip(proposed).enumerate() {
+            let pending = PendingAppend {
+                client: s.client,
+                request_id: s.request_id,
+                term: proposed.term,
+                base_offset: proposed.base_offset,
+                last_offset: proposed.last_offset,
+                accepted: s.accepted,
+            };
+            let key = (proposed.index, place);
+            match s.ack {
+                AckMode::None => self.acknowledge(net, &pending),
+                AckMode::Leader => {
+                    self.awaiting_durable.insert(key, pending);
+                }
+                AckMode::Quorum => {
+                    self.awaiting_commit.insert(key, pending);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn acknowledge(&self, net: &mut Net, p: &PendingAppend) {
+        let response = Response::Appended {
+            request_id: p.request_id,
+            base_offset: p.base_offset,
+            last_offset: p.last_offset,
+        };
+        self.replier.respond(net, p.client, &response);
+    }
+
+    /// Answers the appends decided by newly committed entries.
+    pub fn on_committed(&mut self, net: &mut Net, committed: &[Committed], leader: Option<u64>) {
+        for c in committed {
+            // Entries at or below a committed index are decided: this one won or lost.
+            while let Some((index, p)) = pop_first_at_most(&mut self.awaiting_commit, c.index) {
+                if index == c.index && p.term == c.term {
+                    self.metrics
+                        .append_commit_us
+                        .record(p.accepted.elapsed().as_micros() as u64);
+                    self.acknowledge(net, &p);
+                } else {
+                    self.error(net, p.client, p.request_id, self.not_leader(leader));
+                }
+            }
+        }
+    }
+
+    /// Answers `Leader`-mode appends now durable here (`term_at` tells whether the entry at an
+    /// index is still the proposed one).
+    pub fn on_durable(
+        &mut self,
+        net: &mut Net,
+        durable_index: Index,
+        term_at: impl Fn(Index) -> Option<Term>,
+        leader: Option<u64>,
+    ) {
+        while let Some((index, p)) = pop_first_at_most(&mut self.awaiting_durable, durable_index) {
+            if term_at(index) == Some(p.term) {
+                self.acknowledge(net, &p);
+            } else {
+                self.error(net, p.client, p.request_id, self.not_leader(leader));
+            }
+        }
+    }
+
+    /// Answers `Timeout` to appends older than the limit (they may still commit).
+    pub fn expire(&mut self, net: &mut Net, now: Instant) {
+        for map in [&mut self.awaiting_commit, &mut self.awaiting_durable] {
+            let expired: Vec<PendingKey> = map
+                .iter()
+                .filter(|(_, p)| now.duration_since(p.accepted) >= self.cfg.append_timeout)
+                .map(|(&i, _)| i)
+                .collect();
+            let answers: Vec<PendingAppend> =
+                expired.iter().filter_map(|i| map.remove(i)).collect();
+            for p in answers {
+                let response = Response::Error {
+                    request_id: p.request_id,
+                    error: ClientError::Timeout,
+                };
+                // Best effort: a connection too full for a timeout answer is not closed for it.
+                let mut frame = Vec::new();
+                if encode_response(&mut frame, self.cfg.cluster_id, self.cfg.node_id, &response)
+                    .is_ok()
+                {
+                    let _ = net.send_client(p.client, frame);
+                }
+            }
+        }
+    }
+
+    /// Answers every append still waiting with `Unavailable` (the node is stopping).
+    pub fn fail_pending(&mut self, net: &mut Net, why: &str) {
+        let all: Vec<(ClientId, u64)> = std::mem::take(&mut self.awaiting_commit)
+            .into_values()
+            .chain(std::mem::take(&mut self.awaiting_durable).into_values())
+            .map(|p| (p.client, p.request_id))
+            .chain(
+                self.staged
+                    .drain(..)
+                    .flat_map(|p| p.waiting.0)
+                    .map(|s| (s.client, s.request_id)),
+            )
+            .collect();
+        for (client, request_id) in all {
+            let error = ClientError::Unavailable {
+                why: why.to_string(),
+            };
+            self.error(net, client, request_id, error);
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! What a node needs to start ([`NodeConfig`]), its defaults and the rules its settings must
+//! obey together. The CLI turns flags and TOML into this; benchmarks and tests build it directly.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use raftline_netio::reactor::Backend;
+
+use crate::snapshots::SnapshotPolicy;
+
+/// Default heartbeat interval: a LAN round trip is well under a millisecond; 50 ms keeps idle
+/// traffic negligible while failures are noticed quickly.
+pub const HEARTBEAT_MS_DEFAULT: u64 = 50;
+/// Default election timeout range (randomised per election): 5–10 heartbeats.
+pub const ELECTION_TIMEOUT_MIN_MS_DEFAULT: u64 = 250;
+/// Upper end of the default election timeout range.
+pub const ELECTION_TIMEOUT_MAX_MS_DEFAULT: u64 = 500;
+/// An election timeout must span at least this many heartbeats.
+pub const ELECTION_HEARTBEATS_MIN: u64 = 5;
+/// Length of one Raft tick (the unit all Raft timing is counted in).
+pub const TICK_MS_DEFAULT: u64 = 10;
+/// Default size of each log segment file.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+/// Default largest batch a producer may append.
+pub const BATCH_BYTES_MAX_DEFAULT: usize = 1 << 20;
+/// Default time after which an append not yet acknowledged is answered `Timeout`.
+pub const APPEND_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// On stop: how long appends already accepted may take to be acknowledged.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Subscriptions one client connection may hold.
+pub const SUBSCRIPTIONS_PER_CLIENT_MAX: usize = 64;
+
+/// A node's log made to behave like a slower disk (benchmarks only; always marked as such).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskEmulation {
+    /// The reference device's name (`hdd`, `sata`, `nvme`): the metrics label.
+    pub profile: &'static str,
+    /// Least time from issuing a log write + fdatasync to its completion.
+    pub fsync_latency: Duration,
+}
+
+impl DiskEmulation {
+    /// One line saying what the emulation does, for start-up logs and report headers.
+    pub fn banner(&self) -> String {
+        let latency = if self.fsync_latency >= Duration::from_millis(1) {
+            format!("{} ms", self.fsync_latency.as_millis())
+        } else {
+            format!("{} us", self.fsync_latency.as_micros())
+        };
+        format!(
+            "EMULATED DISK ({} profile): every log fdatasync completes no earlier than {latency} \
+             after it was issued, on top of the real write; figures are not this disk's",
+            self.profile
+        )
+    }
+}
+
+/// A settings combination the node refuses to run with, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node.
+    pub id: u64,
+    /// The cluster's name.
+    pub cluster_name: String,
+    /// Peer address of every voter (this node included).
+    pub peers: BTreeMap<u64, SocketAddr>,
+    /// Client address of every voter that has one configured.
+    pub peer_clients: BTreeMap<u64, String>,
+    /// Peer listen address.
+    pub listen: SocketAddr,
+    /// Client listen address.
+    pub client_listen: SocketAddr,
+    /// Metrics listen address.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Cores to pin to (empty: unpinned).
+    pub cores: Vec<usize>,
+    /// Tick length.
+    pub tick: Duration,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout range.
+    pub election_timeout_min: Duration,
+    /// Upper end of the election timeout range.
+    pub election_timeout_max: Duration,
+    /// Network backend.
+    pub net_backend: Backend,
+    /// Log segment size.
+    pub segment_bytes: u64,
+    /// Largest producer batch.
+    pub batch_bytes_max: usize,
+    /// Append acknowledgement timeout.
+    pub append_timeout: Duration,
+    /// When to snapshot and compact the log.
+    pub snapshots: SnapshotPolicy,
+    /// Emulated device whose fdatasync latency the log imposes (benchmarks only).
+    pub emulated_disk: Option<DiskEmulation>,
+    /// Things that work but deserve the operator's attention (filled by [`NodeConfig::validated`]).
+    pub warnings: Vec<String>,
+}
+
+impl NodeConfig {
+    /// Node `id` of the cluster `cluster_name` whose voters listen for peers on `peers`, with
+    /// every other setting at its default (peer port = its own entry in `peers`).
+    pub fn new(
+        id: u64,
+        cluster_name: impl Into<String>,
+        peers: BTreeMap<u64, SocketAddr>,
+        client_listen: SocketAddr,
+        data_dir: impl Into<PathBuf>,
+    ) -> NodeConfig {
+        let listen = peers
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        NodeConfig {
+            id,
+            cluster_name: cluster_name.into(),
+            peers,
+            peer_clients: BTreeMap::new(),
+            listen,
+            client_listen,
+            metrics_listen: None,
+            data_dir: data_dir.into(),
+            cores: Vec::new(),
+            tick: Duration::from_millis(TICK_MS_DEFAULT),
+            heartbeat: Duration::from_millis(HEARTBEAT_MS_DEFAULT),
+            election_timeout_min: Duration::from_millis(ELECTION_TIMEOUT_MIN_MS_DEFAULT),
+            election_timeout_max: Duration::from_millis(ELECTION_TIMEOUT_MAX_MS_DEFAULT),
+            net_backend: Backend::Auto,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
+            append_timeout: Duration::from_millis(APPEND_TIMEOUT_MS_DEFAULT),
+            snapshots: SnapshotPolicy::default(),
+            emulated_disk: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Checks the settings against each other; collects warnings into `warnings`.
+    pub fn validated(mut self) -> Result<NodeConfig, ConfigError> {
+        let refuse = |why: String| Err(ConfigError(why));
+        if self.id == 0 {
+            return refuse("--id 0 is reserved for clients; node ids start at 1".into());
+        }
+        if self.peers.contains_key(&0) {
+            return refuse("--peers: node id 0 is reserved for clients".into());
+        }
+        if !self.peers.contains_key(&self.id) {
+            return refuse(format!(
+                "--peers must list every voter including this node (id {}); it lists {:?}",
+                self.id,
+                self.peers.keys().collect::<Vec<_>>()
+            ));
+        }
+        if self.cluster_name.is_empty() {
+            return refuse("--cluster-id must not be empty".into());
+        }
+        let ms = |d: Duration| d.as_millis() as u64;
+        if self.heartbeat < self.tick {
+            return refuse(format!(
+                "--heartbeat-ms {} is shorter than the {} ms tick Raft counts time in",
+                ms(self.heartbeat),
+                ms(self.tick)
+            ));
+        }
+        if ms(self.election_timeout_min) < ELECTION_HEARTBEATS_MIN * ms(self.heartbeat) {
+            return refuse(format!(
+                "election timeout {} ms is under {ELECTION_HEARTBEATS_MIN}x the heartbeat interval \
+                 ({} ms): a follower would call an election after a few late heartbeats, and \
+                 leadership would flap under ordinary jitter. Raise --election-timeout-min-ms to at \
+                 least {} or lower --heartbeat-ms",
+                ms(self.election_timeout_min),
+                ms(self.heartbeat),
+                ELECTION_HEARTBEATS_MIN * ms(self.heartbeat)
+            ));
+        }
+        if self.election_timeout_max <= self.election_timeout_min {
+            return refuse(format!(
+                "--election-timeout-max-ms ({}) must exceed --election-timeout-min-ms ({}): the \
+                 timeout is drawn at random from the range so that candidates rarely collide",
+                ms(self.election_timeout_max),
+                ms(self.election_timeout_min)
+            ));
+        }
+        if self.segment_bytes < 1 << 20 {
+            return refuse("--segment-mib must be at least 1".into());
+        }
+        if self.batch_bytes_max == 0 || self.batch_bytes_max as u64 > self.segment_bytes / 4 {
+            return refuse(
+                "--batch-kib-max must be positive and at most a quarter of a segment".into(),
+            );
+        }
+        let voters = self.peers.len();
+        if voters % 2 == 0 {
+            self.warnings.push(format!(
+                "{voters} voters: an even number tolerates no more failures than {} would \
+                 ({} failure(s)); consider {} or {} voters",
+                voters - 1,
+                (voters - 1) / 2,
+                voters - 1,
+                voters + 1
+            ));
+        }
+        for id in self.peers.keys() {
+            if !self.peer_clients.contains_key(id) {
+                self.warnings.push(format!(
+                    "--peer-clients has no client address for node {id}: followers cannot point \
+                     clients to it when it leads"
+                ));
+            }
+        }
+        Ok(self)
+    }
+
+    /// Raft timing in ticks (heartbeat, election min, election max).
+    pub fn ticks(&self) -> (u32, u32, u32) {
+        let t = |d: Duration| (d.as_millis() / self.tick.as_millis()).max(1) as u32;
+        (
+            t(self.heartbeat),
+            t(self.election_timeout_min),
+            t(self.election_timeout_max),
+        )
+    }
+}

@@ -1,0 +1,348 @@
+//! The raft thread's event loop: one thread owns the network (`Net`: peer and client sockets on
+//! one io_uring, or the poll fallback), the replica, the appends and the subscriptions; no locks
+//! on its data path. The log writer thread wakes it through the Net's waker after every durable
+//! group.
+//!
+//! [`EventLoop::round`] is the whole order of effects, one numbered stage after the other:
+//! input → proposals → durability and time → the core's `Ready` (hard state, messages, entries,
+//! apply) → answers → reads. Each stage is a call on the part that owns its state, so moving a
+//! stage to another thread (client connections, consumers' reads) changes who runs that call,
+//! not the loop.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raftline_netio::client_proto::{
+    decode_request, ClientError, NodeRole, NodeStatus, PeerStatus, Request, Response,
+};
+use raftline_netio::cluster_id::ClusterId;
+use raftline_netio::net::{Net, NetEvent, SendWithError};
+use raftline_netio::peer_codec::{decode_message, encode_message, PeerCodecError};
+use raftline_replicator::{Message, Role};
+
+use crate::appends::{Appends, Proposal};
+use crate::metrics::Metrics;
+use crate::replica::{FatalError, Replica, READY_ROUNDS_MAX};
+use crate::replies::Replier;
+use crate::subscriptions::Subscriptions;
+
+/// Static parameters of the loop.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// Our cluster.
+    pub cluster_id: ClusterId,
+    /// Our node id.
+    pub node_id: u64,
+    /// Length of one Raft tick.
+    pub tick: Duration,
+    /// On stop: how long appends already accepted may take to be acknowledged.
+    pub drain_timeout: Duration,
+    /// Client address of every node (for `Status`).
+    pub client_addresses: BTreeMap<u64, String>,
+}
+
+/// Why the loop ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    /// The replica failed (log, storage).
+    #[error(transparent)]
+    Fatal(#[from] FatalError),
+    /// The network event loop failed.
+    #[error("network event loop: {0}")]
+    Net(#[from] std::io::Error),
+}
+
+/// The raft thread: owns the network, the replica and the client state; no locks on its data
+/// path.
+pub struct EventLoop {
+    cfg: LoopConfig,
+    net: Net,
+    replica: Replica,
+    appends: Appends,
+    subscriptions: Subscriptions,
+    replier: Replier,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    events: Vec<NetEvent>,
+    next_tick: Instant,
+    /// The core had more work than one round does (`READY_ROUNDS_MAX`): do not wait.
+    more_ready: bool,
+}
+
+impl EventLoop {
+    /// A loop over `net`, `replica` and the client state, stopped by `stop`.
+    pub fn new(
+        cfg: LoopConfig,
+        net: Net,
+        replica: Replica,
+        appends: Appends,
+        subscriptions: Subscriptions,
+        metrics: Arc<Metrics>,
+        stop: Arc<AtomicBool>,
+    ) -> EventLoop {
+        EventLoop {
+            replier: Replier {
+                cluster_id: cfg.cluster_id,
+                node_id: cfg.node_id,
+            },
+            next_tick: Instant::now() + cfg.tick,
+            cfg,
+            net,
+            replica,
+            appends,
+            subscriptions,
+            metrics,
+            stop,
+            events: Vec::new(),
+            more_ready: false,
+        }
+    }
+
+    /// Runs rounds until `stop` is set (then drains and returns) or a fatal error.
+    pub fn run(mut self) -> Result<(), LoopError> {
+        let mut drain: Option<(Instant, bool)> = None;
+        loop {
+            if self.stop.load(Ordering::Relaxed) && drain.is_none() {
+                tracing::info!(
+                    pending_appends = self.appends.pending(),
+                    "stopping: draining"
+                );
+                self.appends.start_draining();
+                let handing_over = self.replica.hand_over_leadership().is_some();
+                drain = Some((Instant::now() + self.cfg.drain_timeout, handing_over));
+            }
+            if let Some((deadline, handing_over)) = drain {
+                let handed_over = !handing_over || self.replica.raft().role() != Role::Leader;
+                if (self.appends.pending() == 0 && handed_over) || Instant::now() >= deadline {
+                    let why = "the node stopped before the append was acknowledged";
+                    self.appends.fail_pending(&mut self.net, why);
+                    // Give the answers a moment to leave; the Net flushes on poll.
+                    self.net
+                        .poll(Some(Duration::from_millis(20)), &mut self.events)?;
+                    tracing::info!("stopped");
+                    return Ok(());
+                }
+            }
+            self.round()?;
+        }
+    }
+
+    /// One round, in the order of its effects.
+    pub fn round(&mut self) -> Result<(), LoopError> {
+        // 1. Input: peer messages step the core, client requests are validated and staged; wait
+        //    for them until the next tick (not at all with work left from the last round).
+        let timeout = if self.more_ready {
+            Duration::ZERO
+        } else {
+            self.next_tick.saturating_duration_since(Instant::now())
+        };
+        self.net.poll(Some(timeout), &mut self.events)?;
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
+            self.take(event);
+        }
+        self.events = events;
+        // 2. Proposals: the round's appends become one entry (a run when there are several).
+        while let Some(Proposal {
+            batches, waiting, ..
+        }) = self.appends.take_proposal()
+        {
+            let result = self.replica.propose_run(batches);
+            self.appends.proposed(&mut self.net, waiting, result)?;
+        }
+        // 3. Durability and time: how far the log writer got; a tick when one is due.
+        self.replica.on_durable()?;
+        let now = Instant::now();
+        if now >= self.next_tick {
+            self.tick(now);
+        }
+        // 4. The core's Ready, stage by stage: hard state durable, then messages out (a leader's
+        //    AppendEntries before its own fdatasync), then entries to the log writer and the
+        //    committed ones applied.
+        self.more_ready = true;
+        for _ in 0..READY_ROUNDS_MAX {
+            let Some(mut rd) = self.replica.ready() else {
+                self.more_ready = false;
+                break;
+            };
+            let messages = self.replica.persist(&mut rd)?;
+            if !messages.is_empty() {
+                self.send(messages);
+                if let Err(e) = self.net.submit() {
+                    tracing::warn!(error = %e, "submitting sends failed; they go at the next poll");
+                }
+            }
+            self.replica.write_and_apply(rd)?;
+        }
+        self.replica.settle()?;
+        let held = self.replica.take_messages();
+        self.send(held);
+        // 5. Answers: appends decided by what committed (or, for `ack=leader`, is durable here).
+        let committed = self.replica.take_committed();
+        let leader = self.replica.raft().leader();
+        self.appends.on_committed(&mut self.net, &committed, leader);
+        let raft = self.replica.raft();
+        self.appends.on_durable(
+            &mut self.net,
+            raft.durable_index(),
+            |i| raft.term_at(i),
+            leader,
+        );
+        // 6. Reads: committed batches to every subscription with credit.
+        self.subscriptions.stream(&mut self.net, &self.replica)?;
+        Ok(())
+    }
+
+    /// Hands one network event to whoever it is for.
+    fn take(&mut self, event: NetEvent) {
+        let net = &mut self.net;
+        match event {
+            NetEvent::PeerFrame { from, frame } => match decode_message(&frame) {
+                Ok(msg) if msg.to == self.cfg.node_id => self.replica.step(msg),
+                Ok(msg) => {
+                    tracing::warn!(from, to = msg.to, "peer message for another node dropped")
+                }
+                Err(e) => tracing::warn!(from, error = %e, "undecodable peer message dropped"),
+            },
+            NetEvent::ClientFrame { client, frame } => match decode_request(frame) {
+                Ok(Request::Append {
+                    request_id,
+                    ack,
+                    batch,
+                }) => self.appends.append(net, client, request_id, ack, batch),
+                Ok(Request::Subscribe {
+                    subscription_id,
+                    from,
+                    window_bytes,
+                }) => self.subscriptions.subscribe(
+                    net,
+                    &self.replica,
+                    client,
+                    subscription_id,
+                    from,
+                    window_bytes,
+                ),
+                Ok(Request::Credit {
+                    subscription_id,
+                    bytes,
+                }) => self.subscriptions.credit(client, subscription_id, bytes),
+                Ok(Request::Status { request_id }) => {
+                    let status = status(&self.cfg, &self.replica, net);
+                    let reply = Response::StatusReply { request_id, status };
+                    self.replier.respond(net, client, &reply);
+                }
+                Err(e) => {
+                    // Say why, then close that connection.
+                    let why = format!("undecodable request: {e}");
+                    tracing::warn!(%client, why, "closing a client that sent an undecodable request");
+                    let error = ClientError::BadRequest { why: why.clone() };
+                    self.replier.error(net, client, 0, error);
+                    net.close_client(client, &why);
+                    self.subscriptions.closed(client);
+                }
+            },
+            NetEvent::ClientClosed { client, .. } => self.subscriptions.closed(client),
+            NetEvent::ClientDrained { client } => self.subscriptions.drained(client),
+            NetEvent::PeerUp { id } => tracing::info!(peer = id, "peer connection up"),
+            NetEvent::PeerDown { id } => tracing::info!(peer = id, "peer connection down"),
+            NetEvent::Woken => {}
+        }
+    }
+
+    /// One tick of logical time: the core's timers, append timeouts, published status.
+    fn tick(&mut self, now: Instant) {
+        self.replica.tick();
+        self.appends.expire(&mut self.net, now);
+        self.metrics
+            .publish(status(&self.cfg, &self.replica, &self.net));
+        let snapshot_index = self.replica.snapshot_index().unwrap_or(0);
+        self.metrics
+            .snapshot_index
+            .store(snapshot_index, Ordering::Relaxed);
+        self.next_tick += self.cfg.tick;
+        if self.next_tick < now {
+            // The loop fell behind (a long stall): skip missed ticks rather than burst them.
+            self.next_tick = now + self.cfg.tick;
+        }
+    }
+
+    fn send(&mut self, mut messages: Vec<Message>) {
+        send_messages(
+            &mut self.net,
+            self.cfg.cluster_id,
+            &self.metrics,
+            &mut messages,
+        );
+    }
+}
+
+/// Encodes and queues peer messages (a full or down link drops them: Raft retransmits) and
+/// counts the bytes queued (`raftline_peer_bytes_sent_total`).
+fn send_messages(net: &mut Net, cluster_id: ClusterId, metrics: &Metrics, msgs: &mut Vec<Message>) {
+    for msg in msgs.drain(..) {
+        let mut bytes = 0;
+        let encode = |frame: &mut Vec<u8>| {
+            let before = frame.len();
+            encode_message(frame, cluster_id, &msg)?;
+            bytes = (frame.len() - before) as u64;
+            Ok::<(), PeerCodecError>(())
+        };
+        match net.send_peer_with(msg.to, encode) {
+            Ok(()) => {
+                metrics
+                    .peer_bytes_sent
+                    .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(SendWithError::Encode(e)) => {
+                tracing::error!(error = %e, "cannot encode a peer message");
+            }
+            Err(SendWithError::Refused(_)) => {}
+        }
+    }
+}
+
+/// The node's status as `Status` answers it and the metrics export it.
+pub fn status(cfg: &LoopConfig, replica: &Replica, net: &Net) -> NodeStatus {
+    let raft = replica.raft();
+    let log = replica.log();
+    let role = match raft.role() {
+        Role::Follower => NodeRole::Follower,
+        Role::PreCandidate => NodeRole::PreCandidate,
+        Role::Candidate => NodeRole::Candidate,
+        Role::Leader => NodeRole::Leader,
+    };
+    let last_index = raft.last_index();
+    let peers = if raft.role() == Role::Leader {
+        raft.config()
+            .voters
+            .iter()
+            .filter(|&&id| id != cfg.node_id)
+            .filter_map(|&id| {
+                raft.progress(id).map(|p| PeerStatus {
+                    node_id: id,
+                    match_index: p.match_index,
+                    lag_entries: last_index.saturating_sub(p.match_index),
+                    connected: net.peer_is_up(id),
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let leader = raft.leader();
+    NodeStatus {
+        node_id: cfg.node_id,
+        role,
+        term: raft.term(),
+        leader_id: leader,
+        leader_client_address: leader.and_then(|id| cfg.client_addresses.get(&id).cloned()),
+        commit_index: raft.commit_index(),
+        log_start_offset: log.start_offset(),
+        log_end_offset: log.next_offset(),
+        log_first_index: log.first_index(),
+        log_last_index: log.last_index(),
+        peers,
+    }
+}

@@ -1,0 +1,335 @@
+//! `raftline-node`: a running raftline node, the one place where the log (`raftline-log`), the
+//! Raft core (`raftline-replicator`) and the network (`raftline-netio`) meet.
+//!
+//! [`Node::start`] claims the data directory, binds the ports, recovers the log and the core and
+//! starts the raft thread (and the metrics thread); the [`RunningNode`] it returns reports status
+//! and stops the node. The modules, in the order an append meets them:
+//!
+//! - [`config`]: [`NodeConfig`], its defaults and validation.
+//! - [`identity`]: the data directory's owner (cluster, node), checked at every start.
+//! - [`event_loop`]: the raft thread's loop; [`event_loop::EventLoop::round`] shows the order of
+//!   a round's effects in one function.
+//! - [`appends`]: client appends from validation to acknowledgement.
+//! - [`replica`]: the core + log + hard state, driven without a network (testable in memory).
+//! - [`storage`]: Raft entries ↔ log batches and the core's `Storage` over the log.
+//! - [`subscriptions`]: consumers streaming committed batches under credit.
+//! - [`state`]: the key → latest value state materialised from the log, its snapshot payload.
+//! - [`snapshots`]: taking snapshots, compacting the log, installing a leader's snapshot.
+//! - [`metrics`]: the Prometheus endpoint's data and renderer.
+
+pub mod appends;
+pub mod config;
+pub mod event_loop;
+pub mod identity;
+pub mod metrics;
+pub mod replica;
+mod replies;
+pub mod snapshots;
+pub mod state;
+pub mod storage;
+pub mod subscriptions;
+
+#[cfg(test)]
+mod cluster_in_memory;
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use raftline_log::{BackendChoice, BackendKind as LogBackend, WriterHook};
+use raftline_netio::client_proto::NodeStatus;
+use raftline_netio::cluster_id::ClusterId;
+use raftline_netio::net::{BindError, Net, NetAddrs, NetConfig};
+use raftline_netio::reactor::BackendKind as NetBackend;
+use raftline_pinning::{Layout, LayoutError, Role, Waker};
+use raftline_replicator::{Config, Index};
+
+pub use config::{ConfigError, DiskEmulation, NodeConfig};
+
+use appends::{AppendConfig, Appends};
+use event_loop::{EventLoop, LoopConfig, LoopError};
+use identity::{Identity, IdentityError};
+use metrics::Metrics;
+use replica::{FatalError, Replica, ReplicaConfig};
+use subscriptions::Subscriptions;
+
+/// Why a node could not start, or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The settings do not go together.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory belongs to another cluster or node, or cannot be claimed.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// `--cores` names cores this machine does not have (or one twice).
+    #[error("--cores: {0}")]
+    Layout(#[from] LayoutError),
+    /// A peer or client port cannot be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The metrics port cannot be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsBind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The log, hard state, snapshots or core could not be recovered, or failed while running.
+    #[error(transparent)]
+    Fatal(#[from] FatalError),
+    /// The raft thread's event loop failed.
+    #[error("the node stopped on an error: {0}")]
+    Loop(#[from] LoopError),
+    /// A thread could not be started.
+    #[error("spawning the {what} thread: {source}")]
+    Spawn {
+        /// Which thread.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The raft thread panicked (an invariant of this node failed; its message is in the log).
+    #[error("the raft thread panicked")]
+    Panicked,
+}
+
+/// What the node found and bound at start, for its start-up report.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The network backend running.
+    pub net_backend: NetBackend,
+    /// Ports actually bound.
+    pub addrs: NetAddrs,
+    /// The log's write path.
+    pub log_backend: LogBackend,
+    /// Entries in the log at start: first index.
+    pub first_index: Index,
+    /// Last index.
+    pub last_index: Index,
+    /// Records in the log at start: first offset.
+    pub start_offset: u64,
+    /// One past the last offset.
+    pub next_offset: u64,
+    /// The thread layout (`None`: unpinned).
+    pub layout: Option<Layout>,
+}
+
+/// A raftline node (see [`Node::start`]).
+pub struct Node;
+
+impl Node {
+    /// Starts a node: claims `cfg.data_dir` for the cluster and node id, binds the peer, client
+    /// and metrics ports, recovers the log, hard state and snapshots, then runs the raft thread
+    /// (network, Raft, clients) and the log writer until [`RunningNode::stop`]. A restarted node
+    /// resumes from its data directory.
+    pub fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
+        let cfg = cfg.validated()?;
+        for warning in &cfg.warnings {
+            tracing::warn!("{warning}");
+        }
+        Identity {
+            cluster_name: cfg.cluster_name.clone(),
+            node_id: cfg.id,
+        }
+        .claim(&cfg.data_dir)?;
+        let cluster_id = ClusterId::from_name(&cfg.cluster_name);
+        let layout = if cfg.cores.is_empty() {
+            None
+        } else {
+            Some(Layout::new(&cfg.cores)?)
+        };
+        let mut net_cfg = NetConfig::new(
+            cfg.id,
+            cluster_id,
+            cfg.listen,
+            cfg.client_listen,
+            cfg.peers
+                .iter()
+                .filter(|(&id, _)| id != cfg.id)
+                .map(|(&id, &addr)| (id, addr))
+                .collect(),
+        );
+        net_cfg.backend = cfg.net_backend;
+        let net = Net::bind(net_cfg)?;
+        let waker = net.waker();
+        let replica = open_replica(&cfg, &layout, waker.clone())?;
+        let mut metrics = Metrics::new(replica.log_handle());
+        if let Some(emulation) = &cfg.emulated_disk {
+            tracing::warn!("{}", emulation.banner());
+            metrics = metrics.with_emulated_disk(emulation.profile);
+        }
+        let metrics = Arc::new(metrics);
+        let log = replica.log();
+        let started = Started {
+            net_backend: net.backend(),
+            addrs: net.local_addrs(),
+            log_backend: log.backend(),
+            first_index: log.first_index(),
+            last_index: log.last_index(),
+            start_offset: log.start_offset(),
+            next_offset: log.next_offset(),
+            layout: layout.clone(),
+        };
+        if let Some(addr) = cfg.metrics_listen {
+            let listener = TcpListener::bind(addr)
+                .map_err(|source| NodeError::MetricsBind { addr, source })?;
+            let metrics = Arc::clone(&metrics);
+            std::thread::Builder::new()
+                .name(Role::Control.thread_name().into())
+                .spawn(move || metrics::serve(listener, metrics))
+                .map_err(|source| NodeError::Spawn {
+                    what: "metrics",
+                    source,
+                })?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let loop_cfg = LoopConfig {
+            cluster_id,
+            node_id: cfg.id,
+            tick: cfg.tick,
+            drain_timeout: config::DRAIN_TIMEOUT,
+            client_addresses: cfg.peer_clients.clone(),
+        };
+        let appends = Appends::new(
+            AppendConfig {
+                cluster_id,
+                node_id: cfg.id,
+                client_addresses: cfg.peer_clients.clone(),
+                batch_bytes_max: cfg.batch_bytes_max,
+                append_timeout: cfg.append_timeout,
+            },
+            Arc::clone(&metrics),
+        );
+        let subscriptions =
+            Subscriptions::new(cluster_id, cfg.id, config::SUBSCRIPTIONS_PER_CLIENT_MAX);
+        let event_loop = EventLoop::new(
+            loop_cfg,
+            net,
+            replica,
+            appends,
+            subscriptions,
+            Arc::clone(&metrics),
+            Arc::clone(&stop),
+        );
+        let body = move || event_loop.run();
+        let thread = match &layout {
+            Some(layout) => layout.spawn(Role::Raft, body),
+            None => std::thread::Builder::new()
+                .name(Role::Raft.thread_name().into())
+                .spawn(body),
+        }
+        .map_err(|source| NodeError::Spawn {
+            what: "raft",
+            source,
+        })?;
+        Ok(RunningNode {
+            thread,
+            stopper: Stopper { stop, waker },
+            metrics,
+            started,
+        })
+    }
+}
+
+/// The log, hard state, snapshots and core of `cfg`'s node, recovered from its data directory.
+fn open_replica(
+    cfg: &NodeConfig,
+    layout: &Option<Layout>,
+    waker: Waker,
+) -> Result<Replica, FatalError> {
+    let (heartbeat_ticks, election_min, election_max) = cfg.ticks();
+    let mut raft = Config::new(cfg.id, cfg.peers.keys().copied().collect());
+    raft.heartbeat_ticks = heartbeat_ticks;
+    raft.election_ticks_min = election_min;
+    raft.election_ticks_max = election_max;
+    raft.entry_bytes_max = cfg.batch_bytes_max as u64;
+    let writer_core = layout.as_ref().and_then(|l| l.core_of(Role::LogWriter));
+    Replica::open(ReplicaConfig {
+        raft,
+        data_dir: cfg.data_dir.clone(),
+        log_backend: BackendChoice::Auto,
+        segment_bytes: cfg.segment_bytes,
+        batch_bytes_max: cfg.batch_bytes_max,
+        rng_seed: rng_seed(cfg.id),
+        // The log writer wakes the raft thread after every durable group.
+        durable_hook: Some(WriterHook(Arc::new(move || waker.wake()))),
+        writer_start_hook: writer_core.map(|core| {
+            WriterHook(Arc::new(move || {
+                if let Err(e) = raftline_pinning::pin_current_thread(core) {
+                    tracing::warn!(core, error = %e, "log writer runs unpinned");
+                }
+            }))
+        }),
+        snapshots: cfg.snapshots,
+        emulated_fsync_delay: cfg
+            .emulated_disk
+            .as_ref()
+            .map_or(Duration::ZERO, |e| e.fsync_latency),
+    })
+}
+
+/// A seed for the election-timeout RNG that differs between nodes and runs.
+fn rng_seed(id: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ id.rotate_left(32) ^ u64::from(std::process::id())
+}
+
+/// Stops a running node from any thread (a signal handler, a test).
+#[derive(Clone)]
+pub struct Stopper {
+    stop: Arc<AtomicBool>,
+    waker: Waker,
+}
+
+impl Stopper {
+    /// Asks the node to drain and stop: a leader first hands leadership to a follower, appends
+    /// already accepted get their answer, the log writer finishes what it was given.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+}
+
+/// A node started by [`Node::start`].
+pub struct RunningNode {
+    thread: JoinHandle<Result<(), LoopError>>,
+    stopper: Stopper,
+    metrics: Arc<Metrics>,
+    started: Started,
+}
+
+impl RunningNode {
+    /// What the node found and bound at start.
+    pub fn started(&self) -> &Started {
+        &self.started
+    }
+
+    /// The node's status as of its last tick (`None` before its first).
+    pub fn status(&self) -> Option<NodeStatus> {
+        self.metrics.status()
+    }
+
+    /// A handle that stops the node from another thread.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Asks the node to drain and stop (see [`Stopper::stop`]); [`RunningNode::join`] waits.
+    pub fn stop(&self) {
+        self.stopper.stop();
+    }
+
+    /// Waits until the node stopped: `Ok` after a clean drain, else what stopped it.
+    pub fn join(self) -> Result<(), NodeError> {
+        match self.thread.join() {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(NodeError::Panicked),
+        }
+    }
+}

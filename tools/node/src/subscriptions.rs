@@ -1,0 +1,228 @@
+//! Consumers on the raft thread: subscriptions streaming committed, locally durable batches
+//! straight from the log under the client's byte credit. A subscription sends while it has
+//! credit and the connection's queue accepts, and resumes on `ClientDrained` or new credit.
+
+use std::collections::{BTreeMap, HashMap};
+
+use raftline_log::batch::entry_batches;
+use raftline_log::LogError;
+use raftline_netio::client_proto::{encode_batches, ClientError, Response, StartFrom};
+use raftline_netio::cluster_id::ClusterId;
+use raftline_netio::net::{ClientId, Net, SendError, SendWithError};
+
+use crate::replica::{FatalError, Replica};
+use crate::replies::Replier;
+
+/// Batch bytes read from the log into one `Batches` frame at most.
+const STREAM_FRAME_BYTES_MAX: usize = 1 << 20;
+/// Frames one subscription may send per event-loop round before others get their turn.
+const STREAM_FRAMES_PER_ROUND: usize = 4;
+
+struct Subscription {
+    next_offset: u64,
+    credit_bytes: u64,
+}
+
+#[derive(Default)]
+struct Client {
+    subscriptions: BTreeMap<u64, Subscription>,
+    /// The connection's queue refused a frame; wait for `ClientDrained`.
+    blocked: bool,
+}
+
+/// Every subscription of the node, by connection.
+pub struct Subscriptions {
+    replier: Replier,
+    subscriptions_per_client_max: usize,
+    clients: HashMap<ClientId, Client>,
+    /// Batches read from the log for one frame, reused by every subscription (no fresh buffer
+    /// per read); at most a frame's worth, or one batch when that batch alone is larger.
+    read_buf: Vec<u8>,
+}
+
+impl Subscriptions {
+    /// No subscriptions yet; each connection may hold `subscriptions_per_client_max`.
+    pub fn new(
+        cluster_id: ClusterId,
+        node_id: u64,
+        subscriptions_per_client_max: usize,
+    ) -> Subscriptions {
+        Subscriptions {
+            replier: Replier {
+                cluster_id,
+                node_id,
+            },
+            subscriptions_per_client_max,
+            clients: HashMap::new(),
+            read_buf: Vec::new(),
+        }
+    }
+
+    fn error(&self, net: &mut Net, client: ClientId, request_id: u64, error: ClientError) {
+        self.replier.error(net, client, request_id, error);
+    }
+
+    /// Starts a subscription: answers `Subscribed` (resolved start, end of committed data now)
+    /// before any batch, or `OffsetOutOfRange` when the start is not in the log.
+    pub fn subscribe(
+        &mut self,
+        net: &mut Net,
+        replica: &Replica,
+        client: ClientId,
+        subscription_id: u64,
+        from: StartFrom,
+        window_bytes: u64,
+    ) {
+        let log = replica.log();
+        let (earliest, end) = (log.start_offset(), log.next_offset());
+        let next_offset = match from {
+            StartFrom::Earliest => earliest,
+            StartFrom::Latest => replica.readable_end_offset(),
+            StartFrom::Offset(n) => n,
+        };
+        if next_offset < earliest || next_offset > end {
+            let error = ClientError::OffsetOutOfRange {
+                requested: next_offset,
+                earliest,
+                end,
+                snapshot_index: replica.snapshot_index().filter(|_| next_offset < earliest),
+            };
+            self.error(net, client, subscription_id, error);
+            return;
+        }
+        let max = self.subscriptions_per_client_max;
+        let session = self.clients.entry(client).or_default();
+        if session.subscriptions.len() >= max
+            && !session.subscriptions.contains_key(&subscription_id)
+        {
+            let why = format!("at most {max} subscriptions per connection");
+            self.error(
+                net,
+                client,
+                subscription_id,
+                ClientError::BadRequest { why },
+            );
+            return;
+        }
+        session.subscriptions.insert(
+            subscription_id,
+            Subscription {
+                next_offset,
+                credit_bytes: window_bytes,
+            },
+        );
+        let subscribed = Response::Subscribed {
+            subscription_id,
+            start_offset: next_offset,
+            end_offset: replica.readable_end_offset(),
+        };
+        self.replier.respond(net, client, &subscribed);
+    }
+
+    /// Adds credit to a subscription (unknown ones are ignored: it may have just failed).
+    pub fn credit(&mut self, client: ClientId, subscription_id: u64, bytes: u64) {
+        if let Some(sub) = self
+            .clients
+            .get_mut(&client)
+            .and_then(|c| c.subscriptions.get_mut(&subscription_id))
+        {
+            sub.credit_bytes = sub.credit_bytes.saturating_add(bytes);
+        }
+    }
+
+    /// The connection can take more: resume its subscriptions.
+    pub fn drained(&mut self, client: ClientId) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.blocked = false;
+        }
+    }
+
+    /// Forgets a closed connection (its pending appends still commit; their answers are dropped).
+    pub fn closed(&mut self, client: ClientId) {
+        self.clients.remove(&client);
+    }
+
+    /// Sends committed batches to every subscription that has credit and something new to read.
+    pub fn stream(&mut self, net: &mut Net, replica: &Replica) -> Result<(), FatalError> {
+        let readable_end = replica.readable_end_offset();
+        let (cluster_id, node_id) = (self.replier.cluster_id, self.replier.node_id);
+        let mut failed: Vec<(ClientId, u64, ClientError)> = Vec::new();
+        for (&client, session) in self.clients.iter_mut() {
+            if session.blocked {
+                continue;
+            }
+            'subs: for (&sub_id, sub) in session.subscriptions.iter_mut() {
+                for _ in 0..STREAM_FRAMES_PER_ROUND {
+                    if sub.credit_bytes == 0 || sub.next_offset >= readable_end {
+                        break;
+                    }
+                    let bytes_max = STREAM_FRAME_BYTES_MAX.min(sub.credit_bytes as usize);
+                    let read_buf = &mut self.read_buf;
+                    let batches =
+                        match replica.read_committed_into(sub.next_offset, bytes_max, read_buf) {
+                            Ok(b) => b,
+                            Err(LogError::BelowStart { start_offset, .. }) => {
+                                failed.push((
+                                    client,
+                                    sub_id,
+                                    ClientError::OffsetOutOfRange {
+                                        requested: sub.next_offset,
+                                        earliest: start_offset,
+                                        end: readable_end,
+                                        snapshot_index: replica.snapshot_index(),
+                                    },
+                                ));
+                                break;
+                            }
+                            Err(e) => return Err(FatalError::Log(e)),
+                        };
+                    let Some((last, _)) = batches.last() else {
+                        break;
+                    };
+                    let next_offset = last.next_offset();
+                    // A run goes out as its producers' batches, from the first one the
+                    // subscription has not had.
+                    let mut slices: Vec<&[u8]> = Vec::with_capacity(batches.len());
+                    for (entry_header, range) in &batches {
+                        let entry = &read_buf[range.clone()];
+                        for inner in entry_batches(entry) {
+                            let (h, inner) = inner.map_err(|source| FatalError::BadEntry {
+                                index: entry_header.index,
+                                source,
+                            })?;
+                            if h.next_offset() > sub.next_offset {
+                                slices.push(&entry[inner]);
+                            }
+                        }
+                    }
+                    let sent_bytes: usize = slices.iter().map(|s| s.len()).sum();
+                    // Encoded straight into the connection's queue: one copy of the batches.
+                    let encode =
+                        |b: &mut Vec<u8>| encode_batches(b, cluster_id, node_id, sub_id, &slices);
+                    match net.send_client_with(client, encode) {
+                        Ok(()) => {
+                            sub.credit_bytes = sub.credit_bytes.saturating_sub(sent_bytes as u64);
+                            sub.next_offset = next_offset;
+                        }
+                        Err(SendWithError::Refused(SendError::Full)) => {
+                            session.blocked = true;
+                            break 'subs;
+                        }
+                        Err(SendWithError::Refused(_)) => break 'subs,
+                        Err(SendWithError::Encode(e)) => {
+                            tracing::error!(error = %e, "cannot encode batches");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        for (client, sub_id, error) in failed {
+            if let Some(c) = self.clients.get_mut(&client) {
+                c.subscriptions.remove(&sub_id);
+            }
+            self.error(net, client, sub_id, error);
+        }
+        Ok(())
+    }
+}
