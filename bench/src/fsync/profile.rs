@@ -13,12 +13,12 @@ use super::machine_load::MachineLoad;
 use super::predict::{
     predict, CurvePoint, Prediction, ReferenceProfile, RECORD_BYTES, REFERENCE_PROFILES,
 };
-use super::text_report::grouped;
 use super::{
     check_dir, measure_fdatasync_observed, measure_sequential_bandwidth_observed, resolve_io_path,
     BandwidthMeasurement, BandwidthProbe, BenchError, FileLayout, FsyncMeasurement, FsyncProbe,
     IoPath, StopSignal,
 };
+use crate::labels::{grouped, size_label};
 
 /// Write sizes of the group-commit curve: 4 KiB to 1 MiB.
 pub const BATCH_SIZES: [usize; 5] = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20];
@@ -358,16 +358,5 @@ pub fn verdict(
         fdatasync_us_p99: p99,
         fdatasync_us_p99_max: FIT_FDATASYNC_US_P99_MAX,
         summary,
-    }
-}
-
-/// "4 KiB", "1 MiB": sizes as operators read them.
-pub fn size_label(bytes: usize) -> String {
-    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
-        format!("{} MiB", bytes >> 20)
-    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
-        format!("{} KiB", bytes >> 10)
-    } else {
-        format!("{bytes} B")
     }
 }

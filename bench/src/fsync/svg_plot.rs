@@ -4,8 +4,8 @@
 
 use std::fmt::Write;
 
-use super::profile::{size_label, Profile};
-use super::text_report::grouped;
+use super::profile::Profile;
+use crate::labels::{grouped, size_label};
 
 const WIDTH: f64 = 720.0;
 const PANEL_HEIGHT: f64 = 300.0;
