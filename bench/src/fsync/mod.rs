@@ -7,7 +7,6 @@ pub mod classify;
 pub mod device;
 mod error;
 pub mod honesty;
-pub mod machine_load;
 pub mod predict;
 pub mod profile;
 mod pwrite_path;
@@ -17,8 +16,6 @@ pub mod text_report;
 mod uring_path;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -30,6 +27,7 @@ pub use scratch::{available_bytes, check_dir, FREE_SPACE_RESERVE_BYTES};
 use raftline_log::aligned_buf::{AlignedBuf, SECTOR_BYTES};
 
 use crate::latency::LatencyRecorder;
+use crate::stop::StopSignal;
 use scratch::ScratchFile;
 use uring_path::UringPath;
 
@@ -170,22 +168,6 @@ pub struct BandwidthMeasurement {
     pub end_fdatasync_us: f64,
     /// Durable bytes per second.
     pub bytes_per_s: f64,
-}
-
-/// A flag that makes every running measurement stop at its next operation (Ctrl-C handlers raise it).
-#[derive(Clone, Debug, Default)]
-pub struct StopSignal(Arc<AtomicBool>);
-
-impl StopSignal {
-    /// Asks running measurements to stop; they return `BenchError::Interrupted` after removing their files.
-    pub fn raise(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    /// True once `raise` was called.
-    pub fn is_raised(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
 }
 
 /// Measures sequential writes each followed by fdatasync in a scratch file under `dir` (removed afterwards).

@@ -9,16 +9,17 @@ use serde::Serialize;
 use super::classify::{classify, Classification, LatencyBand, LATENCY_BANDS};
 use super::device::{inspect, DeviceFacts};
 use super::honesty::{honesty_warnings, HonestyWarning};
-use super::machine_load::MachineLoad;
 use super::predict::{
     predict, CurvePoint, Prediction, ReferenceProfile, RECORD_BYTES, REFERENCE_PROFILES,
 };
 use super::{
     check_dir, measure_fdatasync_observed, measure_sequential_bandwidth_observed, resolve_io_path,
     BandwidthMeasurement, BandwidthProbe, BenchError, FileLayout, FsyncMeasurement, FsyncProbe,
-    IoPath, StopSignal,
+    IoPath,
 };
 use crate::labels::{grouped, size_label};
+use crate::machine_load::MachineLoad;
+use crate::stop::StopSignal;
 
 /// Write sizes of the group-commit curve: 4 KiB to 1 MiB.
 pub const BATCH_SIZES: [usize; 5] = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20];

@@ -3,11 +3,11 @@
 use std::fmt::Write;
 
 use super::classify::FDATASYNC_US_P50_IMPLAUSIBLE;
-use super::machine_load::MachineLoad;
 use super::predict::{Prediction, RECOMMENDED_COMMIT_LATENCY_FACTOR};
 use super::profile::Profile;
 use super::{FileLayout, LatencySummary};
 use crate::labels::{grouped, size_label};
+use crate::machine_load::MachineLoad;
 
 /// Renders every table of a profile, the warnings and the verdict.
 pub fn render_text(p: &Profile) -> String {
