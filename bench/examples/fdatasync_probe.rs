@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use raftline_bench::fsync::{measure_fdatasync, FsyncProbe, IoPath, StopSignal};
+use raftline_bench::fsync::{measure_fdatasync, FsyncProbe, IoPath};
+use raftline_bench::stop::StopSignal;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -7,9 +7,8 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use raftline_bench::fsync::{
-    measure_fdatasync, resolve_io_path, BenchError, FsyncProbe, IoPath, StopSignal,
-};
+use raftline_bench::fsync::{measure_fdatasync, resolve_io_path, BenchError, FsyncProbe, IoPath};
+use raftline_bench::stop::StopSignal;
 
 fn ext4_tempdir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir under the target dir")

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use raftline_bench::fsync::{
     measure_fdatasync, measure_sequential_bandwidth, BandwidthProbe, FileLayout, FsyncMeasurement,
-    FsyncProbe, IoPath, LatencySummary, StopSignal,
+    FsyncProbe, IoPath, LatencySummary,
 };
+use raftline_bench::stop::StopSignal;
 
 /// A temp dir on the ext4 disk (not /dev/shm, which accepts any O_DIRECT alignment).
 fn ext4_tempdir() -> tempfile::TempDir {

@@ -6,7 +6,8 @@ use raftline_bench::fsync::predict::RECORD_BYTES;
 use raftline_bench::fsync::profile::{
     run_profile, ProfileConfig, ProfileObserver, StepPlan, BATCH_SIZES,
 };
-use raftline_bench::fsync::{svg_plot, text_report, IoPath, StopSignal};
+use raftline_bench::fsync::{svg_plot, text_report, IoPath};
+use raftline_bench::stop::StopSignal;
 
 #[derive(Default)]
 struct Recorder {

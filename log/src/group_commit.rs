@@ -19,6 +19,7 @@ use crate::batch::{Batch, FLAG_TRUNCATE_MARKER};
 use crate::error::LogError;
 use crate::index::{EntryLoc, LogIndex, SegmentRef};
 use crate::segment::{self, FillGate, Preallocate, Prepared, SegmentHeader};
+use crate::writer_hook::WriterHook;
 
 /// Work for the writer, in log order. Ops are numbered 1, 2, ... in the order they are queued
 /// (under the sequencer lock) and completed in that order: a caller waits for "op n completed"
@@ -192,7 +193,7 @@ pub(crate) struct WriterParams {
     pub group_bytes_max: usize,
     pub preallocate: Preallocate,
     pub emulated_fsync_delay: std::time::Duration,
-    pub durable_hook: Option<crate::log::WriterHook>,
+    pub durable_hook: Option<WriterHook>,
 }
 
 /// The writer thread's state.

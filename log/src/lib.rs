@@ -13,6 +13,7 @@ mod log;
 mod recovery;
 pub mod segment;
 pub mod snapshot;
+mod writer_hook;
 
 pub use backend::{BackendChoice, BackendKind};
 pub use batch::{Batch, BatchError, BatchHeader, Record};
@@ -20,8 +21,9 @@ pub use error::{CorruptionKind, LogError};
 pub use group_commit::WriterStats;
 pub use hard_state::{HardState, HardStateStore};
 pub use histogram::Pow2Histogram;
-pub use log::{AppendTicket, Log, LogConfig, WriterHook};
+pub use log::{AppendTicket, Log, LogConfig};
 pub use segment::Preallocate;
 pub use snapshot::{
     install_snapshot_file, latest_snapshot, read_snapshot, write_snapshot, SnapshotMeta,
 };
+pub use writer_hook::WriterHook;

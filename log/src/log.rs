@@ -20,6 +20,7 @@ use crate::group_commit::{
 use crate::index::LogIndex;
 use crate::recovery::recover;
 use crate::segment::{self, Preallocate, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::writer_hook::WriterHook;
 
 /// Where to read each planned entry: (segment file, segment number, position, length).
 type ReadPlan = Vec<(Arc<std::fs::File>, u64, u64, u32)>;
@@ -77,17 +78,6 @@ pub struct LogConfig {
     pub durable_hook: Option<WriterHook>,
     /// Called once on the writer thread before it writes anything (e.g. to pin it to a core).
     pub writer_start_hook: Option<WriterHook>,
-}
-
-/// A callback run on the log writer thread (see [`LogConfig::durable_hook`],
-/// [`LogConfig::writer_start_hook`]).
-#[derive(Clone)]
-pub struct WriterHook(pub Arc<dyn Fn() + Send + Sync>);
-
-impl std::fmt::Debug for WriterHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WriterHook")
-    }
 }
 
 impl LogConfig {

@@ -1,16 +1,12 @@
 //! Thread-per-core plumbing for a raftline node: wake-ups an event loop can watch ([`Waker`]),
-//! bounded hand-off queues that wake their consumer ([`Mailbox`]), best-effort core pinning and
-//! the table of which core runs what ([`Layout`]).
+//! best-effort core pinning and the table of which core runs what ([`Layout`]).
 //!
-//! Every hand-off between threads is bounded (a full [`Mailbox`] hands the item back) and every
-//! wake-up is an eventfd, so a consumer blocks in its event loop instead of spinning.
+//! Every wake-up is an eventfd, so a consumer blocks in its event loop instead of spinning.
 
 mod affinity;
 mod layout;
-mod mailbox;
 mod waker;
 
 pub use affinity::{available_cores, pin_current_thread, spawn_pinned, PinError};
 pub use layout::{Layout, LayoutError, Role};
-pub use mailbox::{mailbox, MailboxReceiver, MailboxSender, SendError};
 pub use waker::Waker;

@@ -16,9 +16,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use raftline_bench::fsync::{
     measure_fdatasync, measure_sequential_bandwidth, resolve_io_path, BandwidthProbe, FileLayout,
-    FsyncProbe, IoPath, LatencySummary, StopSignal,
+    FsyncProbe, IoPath, LatencySummary,
 };
 use raftline_bench::latency::LatencyRecorder;
+use raftline_bench::stop::StopSignal;
 use raftline_netio::client::{status_of_all, ClientConfig, Subscription};
 use raftline_netio::client_proto::{AckMode, NodeRole, StartFrom};
 use raftline_netio::cluster_id::ClusterId;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use raftline_bench::fsync::StopSignal;
+use raftline_bench::stop::StopSignal;
 use raftline_log::Record;
 use raftline_netio::client::{status_of, ClientConfig, Producer, Subscription};
 use raftline_netio::client_proto::{

@@ -11,7 +11,8 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use raftline_bench::fsync::profile::{run_profile, ProfileConfig, ProfileObserver, StepPlan};
 use raftline_bench::fsync::text_report::render_text;
-use raftline_bench::fsync::{svg_plot, BenchError, IoPath, StopSignal};
+use raftline_bench::fsync::{svg_plot, BenchError, IoPath};
+use raftline_bench::stop::StopSignal;
 
 /// The directory used when --dir is not given; the only one this command creates, given or defaulted (and
 /// removes again if it created it and left it empty).

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::{Args, Parser, ValueEnum};
-use raftline_bench::fsync::machine_load::MachineLoad;
+use raftline_bench::machine_load::MachineLoad;
 use serde::Serialize;
 
 use crate::bench_cluster::{self, ClusterBenchArgs, ClusterBenchReport, DiskFigures};

@@ -2,7 +2,7 @@
 //! measured run per (P, W) point of a grid on the same cluster, as a table, in the JSON report,
 //! and as an SVG chart (throughput on x, p50 and p99 latency on y, one curve per W).
 
-use raftline_bench::fsync::svg_plot::{render_chart, Panel, Series, XTicks};
+use raftline_bench::chart::{render_chart, Panel, Series, XTicks};
 use serde::Serialize;
 
 use crate::bench_cluster::LoadFigures;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use raftline_bench::fsync::StopSignal;
+use raftline_bench::stop::StopSignal;
 use raftline_log::{Batch, Record};
 use raftline_netio::client::{AppendDone, ClientConfig, MultiProducer, Subscription};
 use raftline_netio::client_proto::StartFrom;

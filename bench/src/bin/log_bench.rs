@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
-use raftline_bench::fsync::{self, FileLayout, FsyncMeasurement, FsyncProbe, IoPath, StopSignal};
+use raftline_bench::fsync::{self, FileLayout, FsyncMeasurement, FsyncProbe, IoPath};
+use raftline_bench::stop::StopSignal;
 use raftline_log::{BackendChoice, BackendKind, Batch, Log, LogConfig, Preallocate, Record};
 
 /// Benchmark raftline's log: N concurrent appenders, each with up to W batches of B records of

@@ -3,12 +3,10 @@
 //! The two measurements here are the stable API other benchmarks call to print the disk's own
 //! limits beside their figures: [`measure_fdatasync`] and [`measure_sequential_bandwidth`].
 
-mod aligned_buf;
 pub mod classify;
 pub mod device;
 mod error;
 pub mod honesty;
-pub mod machine_load;
 pub mod predict;
 pub mod profile;
 mod pwrite_path;
@@ -18,19 +16,18 @@ pub mod text_report;
 mod uring_path;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 pub use crate::latency::LatencySummary;
-pub use aligned_buf::SECTOR_BYTES;
 pub use error::BenchError;
 pub use scratch::{available_bytes, check_dir, FREE_SPACE_RESERVE_BYTES};
 
+use raftline_log::aligned_buf::{AlignedBuf, SECTOR_BYTES};
+
 use crate::latency::LatencyRecorder;
-use aligned_buf::AlignedBuf;
+use crate::stop::StopSignal;
 use scratch::ScratchFile;
 use uring_path::UringPath;
 
@@ -173,22 +170,6 @@ pub struct BandwidthMeasurement {
     pub bytes_per_s: f64,
 }
 
-/// A flag that makes every running measurement stop at its next operation (Ctrl-C handlers raise it).
-#[derive(Clone, Debug, Default)]
-pub struct StopSignal(Arc<AtomicBool>);
-
-impl StopSignal {
-    /// Asks running measurements to stop; they return `BenchError::Interrupted` after removing their files.
-    pub fn raise(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    /// True once `raise` was called.
-    pub fn is_raised(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 /// Measures sequential writes each followed by fdatasync in a scratch file under `dir` (removed afterwards).
 pub fn measure_fdatasync(
     dir: &Path,
@@ -227,7 +208,7 @@ pub fn resolve_io_path(
     }
     if path.is_direct() {
         let probe_result = ScratchFile::create(dir, true).and_then(|file| {
-            let buf = AlignedBuf::patterned(SECTOR_BYTES, 1);
+            let buf = patterned_buf(SECTOR_BYTES, 1);
             pwrite_path::write_full(&file, &buf, 0).map_err(|e| match e {
                 BenchError::Io { source, .. } if source.raw_os_error() == Some(libc::EINVAL) => {
                     BenchError::DirectIoRefused {
@@ -266,7 +247,7 @@ pub fn measure_fdatasync_observed(
     }
     check_dir(dir, probe.file_bytes_max)?;
     let file = ScratchFile::create(dir, probe.path.is_direct())?;
-    let buf = AlignedBuf::patterned(probe.write_bytes, probe.write_bytes as u64);
+    let buf = patterned_buf(probe.write_bytes, probe.write_bytes as u64);
     let mut uring = match probe.path {
         IoPath::DirectUring | IoPath::DirectUringLinked => Some(UringPath::new()?),
         IoPath::Buffered | IoPath::DirectPwrite => None,
@@ -344,7 +325,7 @@ pub fn measure_sequential_bandwidth_observed(
         IoPath::DirectUring | IoPath::DirectUringLinked => {
             let mut ring = UringPath::new()?;
             let bufs: Vec<AlignedBuf> = (0..probe.queue_depth)
-                .map(|i| AlignedBuf::patterned(probe.write_bytes, i as u64 + 7))
+                .map(|i| patterned_buf(probe.write_bytes, i as u64 + 7))
                 .collect();
             let bytes_written = ring.stream_writes(&file, &bufs, &mut more)?;
             let t = Instant::now();
@@ -352,7 +333,7 @@ pub fn measure_sequential_bandwidth_observed(
             (probe.queue_depth, bytes_written, t.elapsed())
         }
         IoPath::Buffered | IoPath::DirectPwrite => {
-            let buf = AlignedBuf::patterned(probe.write_bytes, 7);
+            let buf = patterned_buf(probe.write_bytes, 7);
             let mut offset = 0u64;
             while more(offset)? {
                 pwrite_path::write_full(&file, &buf, offset)?;
@@ -375,6 +356,29 @@ pub fn measure_sequential_bandwidth_observed(
         end_fdatasync_us: end_fdatasync.as_secs_f64() * 1e6,
         bytes_per_s: bytes_written as f64 / elapsed_s,
     })
+}
+
+/// A buffer of `len` bytes (a non-zero multiple of `SECTOR_BYTES`) filled with a pseudo-random
+/// pattern from `seed`, so that no device can compress or deduplicate what is measured.
+fn patterned_buf(len: usize, seed: u64) -> AlignedBuf {
+    assert!(
+        len > 0 && len % SECTOR_BYTES == 0,
+        "buffer length {len} must be a non-zero multiple of {SECTOR_BYTES}"
+    );
+    let mut buf = AlignedBuf::new(len);
+    let mut sector = [0u8; SECTOR_BYTES];
+    let mut state = seed | 1;
+    while buf.len() < len {
+        for chunk in sector.chunks_exact_mut(8) {
+            // xorshift64: cheap, incompressible enough for a disk.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.copy_from_slice(&state.to_le_bytes());
+        }
+        buf.extend_from_slice(&sector);
+    }
+    buf
 }
 
 fn validate_write_bytes(write_bytes: usize, path: IoPath) -> Result<(), BenchError> {
@@ -401,7 +405,7 @@ fn prepare_layout(
     // Whole MiBs, then sectors: every block the timed loop may write is written here first.
     let mut offset = 0u64;
     for chunk_bytes in [1 << 20, SECTOR_BYTES] {
-        let fill = AlignedBuf::patterned(chunk_bytes, 3);
+        let fill = patterned_buf(chunk_bytes, 3);
         while offset + chunk_bytes as u64 <= probe.file_bytes_max {
             if stop.is_raised() {
                 return Err(BenchError::Interrupted);

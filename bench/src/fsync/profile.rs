@@ -9,16 +9,17 @@ use serde::Serialize;
 use super::classify::{classify, Classification, LatencyBand, LATENCY_BANDS};
 use super::device::{inspect, DeviceFacts};
 use super::honesty::{honesty_warnings, HonestyWarning};
-use super::machine_load::MachineLoad;
 use super::predict::{
     predict, CurvePoint, Prediction, ReferenceProfile, RECORD_BYTES, REFERENCE_PROFILES,
 };
-use super::text_report::grouped;
 use super::{
     check_dir, measure_fdatasync_observed, measure_sequential_bandwidth_observed, resolve_io_path,
     BandwidthMeasurement, BandwidthProbe, BenchError, FileLayout, FsyncMeasurement, FsyncProbe,
-    IoPath, StopSignal,
+    IoPath,
 };
+use crate::labels::{grouped, size_label};
+use crate::machine_load::MachineLoad;
+use crate::stop::StopSignal;
 
 /// Write sizes of the group-commit curve: 4 KiB to 1 MiB.
 pub const BATCH_SIZES: [usize; 5] = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20];
@@ -358,16 +359,5 @@ pub fn verdict(
         fdatasync_us_p99: p99,
         fdatasync_us_p99_max: FIT_FDATASYNC_US_P99_MAX,
         summary,
-    }
-}
-
-/// "4 KiB", "1 MiB": sizes as operators read them.
-pub fn size_label(bytes: usize) -> String {
-    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
-        format!("{} MiB", bytes >> 20)
-    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
-        format!("{} KiB", bytes >> 10)
-    } else {
-        format!("{bytes} B")
     }
 }

@@ -3,7 +3,8 @@
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use super::aligned_buf::AlignedBuf;
+use raftline_log::aligned_buf::AlignedBuf;
+
 use super::scratch::ScratchFile;
 use super::BenchError;
 

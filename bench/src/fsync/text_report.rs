@@ -3,10 +3,11 @@
 use std::fmt::Write;
 
 use super::classify::FDATASYNC_US_P50_IMPLAUSIBLE;
-use super::machine_load::MachineLoad;
 use super::predict::{Prediction, RECOMMENDED_COMMIT_LATENCY_FACTOR};
-use super::profile::{size_label, Profile};
+use super::profile::Profile;
 use super::{FileLayout, LatencySummary};
+use crate::labels::{grouped, size_label};
+use crate::machine_load::MachineLoad;
 
 /// Renders every table of a profile, the warnings and the verdict.
 pub fn render_text(p: &Profile) -> String {
@@ -223,30 +224,4 @@ fn latency_cells(s: &LatencySummary) -> String {
         "{:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>9.0}",
         s.us_p50, s.us_p90, s.us_p99, s.us_p999, s.us_max
     )
-}
-
-/// 1234567.8 -> "1 234 568": rates are easier to compare with grouped digits.
-pub fn grouped(value: f64) -> String {
-    let digits = format!("{:.0}", value.max(0.0));
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(' ');
-        }
-        out.push(ch);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::grouped;
-
-    #[test]
-    fn rates_are_grouped_by_thousands() {
-        assert_eq!(grouped(0.4), "0");
-        assert_eq!(grouped(999.0), "999");
-        assert_eq!(grouped(1000.0), "1 000");
-        assert_eq!(grouped(1234567.8), "1 234 568");
-    }
 }

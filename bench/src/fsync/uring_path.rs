@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::aligned_buf::AlignedBuf;
+use raftline_log::aligned_buf::AlignedBuf;
+
 use super::scratch::ScratchFile;
 use super::BenchError;
 
