@@ -33,6 +33,42 @@ pub enum AckMode {
     None,
 }
 
+impl AckMode {
+    /// Every mode, strongest first.
+    pub const ALL: [AckMode; 3] = [AckMode::Quorum, AckMode::Leader, AckMode::None];
+
+    /// The mode's name on command lines and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            AckMode::Quorum => "quorum",
+            AckMode::Leader => "leader",
+            AckMode::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for AckMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An acknowledgement mode name that is not `quorum`, `leader` or `none`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown acknowledgement mode {0:?}: use quorum (durable on a majority), leader or none")]
+pub struct UnknownAckMode(pub String);
+
+impl std::str::FromStr for AckMode {
+    type Err = UnknownAckMode;
+
+    fn from_str(text: &str) -> Result<AckMode, UnknownAckMode> {
+        AckMode::ALL
+            .into_iter()
+            .find(|mode| mode.name() == text)
+            .ok_or_else(|| UnknownAckMode(text.to_string()))
+    }
+}
+
 /// Where a subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum StartFrom {

@@ -18,7 +18,7 @@ pub struct ClusterArgs {
     pub bootstrap: Vec<String>,
     /// Name of the cluster, as given to its servers' --cluster-id; nodes of another cluster
     /// are refused.
-    #[arg(long = "cluster-id", value_name = "NAME", default_value = crate::dev::DEV_CLUSTER)]
+    #[arg(long = "cluster-id", value_name = "NAME", default_value = raftline_bench::local_cluster::DEV_CLUSTER)]
     pub cluster: String,
     /// Longest wait for one answer from a node, in milliseconds (an append's answer waits for
     /// its commit).

@@ -16,11 +16,8 @@ use raftline_log::Record;
 use raftline_netio::client::{ClientConfig, Producer, Subscription};
 use raftline_netio::client_proto::StartFrom;
 
-use crate::emulated_disk::{self, DiskProfile};
-use crate::local_cluster::{self, LocalCluster, NODES};
-
-/// The dev cluster's name (its id on the wire is derived from it).
-pub const DEV_CLUSTER: &str = "raftline-dev";
+use raftline_bench::emulated_disk::{self, DiskProfile};
+use raftline_bench::local_cluster::{self, LocalCluster, DEV_CLUSTER, NODES};
 /// The long `--help` of `raftline dev`.
 pub const LONG_ABOUT: &str = "Start a local 3-node raftline cluster on loopback and keep it \
 running in the foreground; Ctrl-C stops all three nodes cleanly.\n\n\

@@ -1,18 +1,7 @@
 //! `raftline`: the command-line front end of raftline.
 
-mod bench_cluster;
-mod bench_cpu;
-mod bench_failover;
-mod bench_fsync;
-mod bench_load;
-mod bench_null_node;
-mod bench_profiles;
-mod bench_sweep;
-mod bench_tail;
 mod cluster_args;
 mod dev;
-mod emulated_disk;
-mod local_cluster;
 mod produce;
 mod server;
 mod server_config;
@@ -28,6 +17,8 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
+use raftline_bench::cluster::null_node;
+use raftline_bench::{cluster, failover, fsync, profiles};
 
 /// raftline: a Raft-replicated, group-committing log appliance.
 #[derive(Parser)]
@@ -62,20 +53,20 @@ enum Command {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Profile a disk the way a Raft log uses it: fdatasync latency, group-commit curve, bandwidth, verdict.
-    #[command(long_about = bench_fsync::LONG_ABOUT)]
-    Fsync(bench_fsync::FsyncArgs),
+    #[command(long_about = fsync::command::LONG_ABOUT)]
+    Fsync(fsync::command::FsyncArgs),
     /// Load a 3-node cluster: records/s, append->ack latency, group commit, beside the disk's own limits.
-    #[command(long_about = bench_cluster::LONG_ABOUT)]
-    Cluster(Box<bench_cluster::ClusterBenchArgs>),
+    #[command(long_about = cluster::LONG_ABOUT)]
+    Cluster(Box<cluster::ClusterBenchArgs>),
     /// What group commit buys on (emulated) HDD, SATA and NVMe disks: unbatched vs group-committed.
-    #[command(long_about = bench_profiles::LONG_ABOUT)]
-    Profiles(bench_profiles::ProfilesArgs),
+    #[command(long_about = profiles::LONG_ABOUT)]
+    Profiles(profiles::ProfilesArgs),
     /// Kill -9 the leader of a 3-node cluster under load K times: write unavailability, records lost.
-    #[command(long_about = bench_failover::LONG_ABOUT)]
-    Failover(bench_failover::FailoverBenchArgs),
+    #[command(long_about = failover::LONG_ABOUT)]
+    Failover(failover::FailoverBenchArgs),
     /// A NULL NODE: a client port answering every append at once, no Raft, no disk (what
     /// `bench cluster --null-node` loads to measure the client path's ceiling).
-    NullNode(bench_null_node::NullNodeArgs),
+    NullNode(null_node::NullNodeArgs),
 }
 
 /// Structured logs on stderr; `RUST_LOG` filters them (default: info).
@@ -98,11 +89,11 @@ fn main() -> ExitCode {
         Command::Produce(args) => produce::run(args),
         Command::Tail(args) => tail::run(args),
         Command::Status(args) => status::run(args),
-        Command::Bench(BenchCommand::Fsync(args)) => bench_fsync::run(args),
-        Command::Bench(BenchCommand::Cluster(args)) => bench_cluster::run(*args),
-        Command::Bench(BenchCommand::Profiles(args)) => bench_profiles::run(args),
-        Command::Bench(BenchCommand::Failover(args)) => bench_failover::run(args),
-        Command::Bench(BenchCommand::NullNode(args)) => bench_null_node::run(args),
+        Command::Bench(BenchCommand::Fsync(args)) => fsync::command::run(args),
+        Command::Bench(BenchCommand::Cluster(args)) => cluster::run(*args),
+        Command::Bench(BenchCommand::Profiles(args)) => profiles::run(args),
+        Command::Bench(BenchCommand::Failover(args)) => failover::run(args),
+        Command::Bench(BenchCommand::NullNode(args)) => null_node::run(args),
     };
     match result {
         Ok(code) => code,

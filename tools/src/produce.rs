@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use raftline_log::Record;
 use raftline_netio::client::{Producer, RecordAck};
 use raftline_netio::client_proto::AckMode;
@@ -22,17 +22,6 @@ as fast as the window allows and a summary (offsets, records/s) is printed.\n\n\
 Delivery is at-least-once: if the leader fails while an append is unanswered, the client resends \
 it to the new leader, so that record may be stored twice; an acknowledged record is never lost \
 (with the default --ack quorum).";
-
-/// When the cluster acknowledges a record.
-#[derive(ValueEnum, Debug, Clone, Copy)]
-pub enum AckArg {
-    /// Committed: durable on a majority of the voters (survives any minority of crashes).
-    Quorum,
-    /// Durable on the leader only.
-    Leader,
-    /// Accepted by the leader, before any disk write.
-    None,
-}
 
 /// Flags of `raftline produce`.
 #[derive(Args, Debug)]
@@ -54,9 +43,11 @@ pub struct ProduceArgs {
     /// Key given to every record (none by default).
     #[arg(long)]
     pub key: Option<String>,
-    /// When the cluster acknowledges a record.
-    #[arg(long, value_enum, default_value_t = AckArg::Quorum)]
-    pub ack: AckArg,
+    /// When the cluster acknowledges a record: quorum = durable on a majority of the voters
+    /// (survives any minority of crashes), leader = durable on the leader only, none = accepted
+    /// by the leader before any disk write.
+    #[arg(long, default_value_t = AckMode::Quorum, value_name = "quorum|leader|none")]
+    pub ack: AckMode,
     /// Batches in flight at once (pipelining window).
     #[arg(long, default_value_t = 16)]
     pub window: usize,
@@ -76,11 +67,7 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.window > 0, "--window must be at least 1");
     anyhow::ensure!(args.batch_records > 0, "--batch-records must be at least 1");
     let mut config = args.cluster.client_config();
-    config.ack = match args.ack {
-        AckArg::Quorum => AckMode::Quorum,
-        AckArg::Leader => AckMode::Leader,
-        AckArg::None => AckMode::None,
-    };
+    config.ack = args.ack;
     config.window_appends = args.window;
     config.batch_records_max = args.batch_records;
     config.batch_bytes_max = args.batch_bytes;

@@ -19,7 +19,7 @@ use raftline_node::config::{
 use raftline_node::snapshots::SnapshotPolicy;
 use raftline_node::NodeConfig;
 
-use crate::emulated_disk::DiskProfile;
+use raftline_bench::emulated_disk::DiskProfile;
 
 /// Environment variable that selects the network backend when `--net-backend` is not given.
 pub const NET_BACKEND_ENV: &str = "RAFTLINE_NET_BACKEND";

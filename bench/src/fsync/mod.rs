@@ -4,6 +4,7 @@
 //! limits beside their figures: [`measure_fdatasync`] and [`measure_sequential_bandwidth`].
 
 pub mod classify;
+pub mod command;
 pub mod device;
 mod error;
 pub mod honesty;

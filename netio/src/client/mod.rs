@@ -15,7 +15,6 @@
 
 mod connection;
 mod leader;
-mod multi_producer;
 mod pipeline;
 mod producer;
 mod subscription;
@@ -29,11 +28,11 @@ use crate::client_proto::{AckMode, ClientError, NodeStatus, Request, Response, S
 use crate::cluster_id::ClusterId;
 use crate::frame::PAYLOAD_BYTES_MAX_DEFAULT;
 
-pub use multi_producer::{AppendDone, MultiProducer};
 pub use producer::{Producer, RecordAck};
 pub use subscription::{ConsumedBatch, ConsumedRecord, Subscription};
 
 use connection::Connection;
+use leader::LeaderLink;
 use pipeline::Pipeline;
 
 /// Everything a client needs to know; [`ClientConfig::new`] fills in the defaults.
@@ -273,8 +272,41 @@ pub fn status_of_all(config: &ClientConfig) -> Vec<NodeStatusResult> {
 
 /// Asks the node at `address` for its status.
 pub fn status_of(address: &str, config: &ClientConfig) -> Result<NodeStatus, Error> {
-    let mut conn = Connection::open(address, config)?;
-    ask_status(&mut conn, config, 1)
+    StatusClient::open(address, config)?.ask()
+}
+
+/// Finds the leader the way producers do (bounded by `failover_timeout`) and returns its
+/// client address.
+pub fn leader_address(config: &ClientConfig) -> Result<String, Error> {
+    let mut link = LeaderLink::new(config.clone());
+    Ok(link.connection()?.address().to_string())
+}
+
+/// A persistent status connection to one node: each [`StatusClient::ask`] is one `Status`
+/// request on the same TCP connection, so a monitor sampling a node every millisecond does not
+/// leave thousands of connections in TIME_WAIT.
+pub struct StatusClient {
+    conn: Connection,
+    config: ClientConfig,
+    next_request_id: u64,
+}
+
+impl StatusClient {
+    /// Connects to the node at `address` (bounded by `config.connect_timeout`).
+    pub fn open(address: &str, config: &ClientConfig) -> Result<StatusClient, Error> {
+        Ok(StatusClient {
+            conn: Connection::open(address, config)?,
+            config: config.clone(),
+            next_request_id: 1,
+        })
+    }
+
+    /// The node's status now (bounded by `config.request_timeout`).
+    pub fn ask(&mut self) -> Result<NodeStatus, Error> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        ask_status(&mut self.conn, &self.config, request_id)
+    }
 }
 
 /// Sends a status request on `conn` and waits for its answer.

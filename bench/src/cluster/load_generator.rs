@@ -8,7 +8,7 @@
 //! and the instant its answer was decoded: exact per-append latency, without a thread per
 //! connection competing for the cores it measures.
 //!
-//! Same guarantees as the blocking [`crate::client::Producer`]: at-least-once (a connection that
+//! Same guarantees as the blocking [`raftline_netio::client::Producer`]: at-least-once (a connection that
 //! fails, times out or is told `NotLeader` is re-opened to the leader and every unanswered
 //! append on it is resent in order), `Busy` re-queues only the refused append, refusals that
 //! retrying cannot fix complete the append with the node's error. Finding a new leader is
@@ -22,10 +22,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::client::leader::LeaderLink;
-use crate::client::{ClientConfig, Error};
-use crate::client_proto::{decode_response, encode_append, ClientError, Response};
-use crate::frame::{FrameDecoder, FrameType};
+use raftline_netio::client::{leader_address, ClientConfig, Error};
+use raftline_netio::client_proto::{decode_response, encode_append, ClientError, Response};
+use raftline_netio::frame::{FrameDecoder, FrameType};
 
 /// Room left in a frame for an append's metadata beside its batch.
 const APPEND_META_BYTES_MAX: usize = 256;
@@ -568,8 +567,7 @@ impl MultiProducer {
             let address = match &self.leader {
                 Some(address) => address.clone(),
                 None => {
-                    let mut link = LeaderLink::new(self.config.clone());
-                    let address = link.connection()?.address().to_string();
+                    let address = leader_address(&self.config)?;
                     self.leader = Some(address.clone());
                     address
                 }

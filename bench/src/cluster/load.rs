@@ -1,6 +1,6 @@
 //! The load generator of `raftline bench cluster`: a few threads (default one), each driving
 //! its share of the P producer connections through one non-blocking
-//! [`MultiProducer`](raftline_netio::client::MultiProducer), so that 256 connections do not
+//! [`MultiProducer`](crate::cluster::load_generator::MultiProducer), so that 256 connections do not
 //! become 256 threads competing with the nodes for the cores being measured.
 //!
 //! Latency is exact per append: from the instant its bytes were handed to the socket (closed
@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::latency::LatencyRecorder;
 use anyhow::Context;
-use raftline_bench::latency::LatencyRecorder;
 use raftline_log::{Batch, Record};
-use raftline_netio::client::{AppendDone, ClientConfig, MultiProducer};
+use raftline_netio::client::ClientConfig;
+
+use crate::cluster::load_generator::{AppendDone, MultiProducer};
 
 /// The run's phases, as the generator threads see them.
 pub const PHASE_WARMUP: u8 = 0;

@@ -5,14 +5,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::stop::StopSignal;
 use anyhow::{bail, ensure, Context};
-use raftline_bench::stop::StopSignal;
 use raftline_log::{Batch, Record};
-use raftline_netio::client::{AppendDone, ClientConfig, MultiProducer, Subscription};
+use raftline_netio::client::{ClientConfig, Subscription};
+
+use crate::cluster::load_generator::{AppendDone, MultiProducer};
 use raftline_netio::client_proto::StartFrom;
 use serde::Serialize;
 
-use crate::bench_cpu::{self, CpuFigures, Watched};
+use crate::cluster::cpu::{self, CpuFigures, Watched};
 
 /// Prefill connections and window: enough appends in flight to keep the group commit full.
 const PREFILL_CONNECTIONS: usize = 4;
@@ -74,13 +76,13 @@ pub fn run(
     let end = prefill(config, records, batch_records, value_bytes, stop)?;
     let prefill_s = started.elapsed().as_secs_f64();
 
-    let cpu_before = bench_cpu::sample(watched);
+    let cpu_before = cpu::sample(watched);
     let read_started = Instant::now();
     let (records_read, batches_read) = read_all(config, end, stop)?;
     let read_s = read_started.elapsed().as_secs_f64();
-    let cpu_after = bench_cpu::sample(watched);
+    let cpu_after = cpu::sample(watched);
     let read_cpu = match (cpu_before, cpu_after) {
-        (Some(before), Some(after)) => Some(bench_cpu::between(&before, &after, watched)),
+        (Some(before), Some(after)) => Some(cpu::between(&before, &after, watched)),
         _ => None,
     };
     Ok(TailFigures {

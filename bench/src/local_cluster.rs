@@ -17,6 +17,9 @@ use raftline_netio::cluster_id::ClusterId;
 
 /// Nodes in a local cluster.
 pub const NODES: u64 = 3;
+/// The name of the cluster `raftline dev` and the benchmarks start (its id on the wire is
+/// derived from it).
+pub const DEV_CLUSTER: &str = "raftline-dev";
 /// How long the cluster may take to elect a leader before start-up gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a node may take to drain after SIGTERM before it is killed.

@@ -8,12 +8,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::machine_load::MachineLoad;
 use anyhow::bail;
 use clap::{Args, Parser, ValueEnum};
-use raftline_bench::machine_load::MachineLoad;
 use serde::Serialize;
 
-use crate::bench_cluster::{self, ClusterBenchArgs, ClusterBenchReport, DiskFigures};
+use crate::cluster::{self, ClusterBenchArgs, ClusterBenchReport, DiskFigures};
 use crate::emulated_disk::{DiskProfile, EmulatedDisk};
 
 /// The long `--help` of `raftline bench profiles`.
@@ -211,7 +211,7 @@ fn point_args(
     a.warmup = args.warmup;
     a.disk_probe_secs = args.disk_probe_secs;
     a.emulate_disk = profile;
-    bench_cluster::validate(&a)?;
+    cluster::validate(&a)?;
     Ok(a)
 }
 
@@ -226,8 +226,8 @@ fn measure(args: &ProfilesArgs) -> anyhow::Result<ProfilesReport> {
         }
     }
     let load_at_start = MachineLoad::now();
-    let (disk, profiles) = bench_cluster::in_run_dir(&args.dir, |dir, stop| {
-        let disk = bench_cluster::measure_disk(dir, args.disk_probe_secs, stop)?;
+    let (disk, profiles) = cluster::in_run_dir(&args.dir, |dir, stop| {
+        let disk = cluster::measure_disk(dir, args.disk_probe_secs, stop)?;
         let mut rows = Vec::new();
         for &profile in &args.profiles {
             let point = |load, what: &str| -> anyhow::Result<PointFigures> {
@@ -235,7 +235,7 @@ fn measure(args: &ProfilesArgs) -> anyhow::Result<ProfilesReport> {
                     bail!("interrupted");
                 }
                 eprintln!("profile {}: {what}...", profile_name(profile));
-                let report = bench_cluster::run_with_disk(
+                let report = cluster::run_with_disk(
                     &point_args(args, profile.disk(), load)?,
                     dir,
                     disk.clone(),

@@ -2,6 +2,13 @@
 //! it committed, how long each append took to be acknowledged, how the leader's group commit
 //! behaved, and beside it the disk's own limits measured in the same run on the same directory.
 
+pub mod cpu;
+pub mod load;
+pub mod load_generator;
+pub mod null_node;
+pub mod sweep;
+pub mod tail;
+
 use std::io::{IsTerminal, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -11,31 +18,29 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use raftline_bench::fsync::{
+use crate::fsync::{
     measure_fdatasync, measure_sequential_bandwidth, resolve_io_path, BandwidthProbe, FileLayout,
     FsyncProbe, IoPath, LatencySummary,
 };
-use raftline_bench::latency::LatencyRecorder;
-use raftline_bench::stop::StopSignal;
+use crate::latency::LatencyRecorder;
+use crate::stop::StopSignal;
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 use raftline_netio::client::{status_of_all, ClientConfig, Subscription};
 use raftline_netio::client_proto::{AckMode, NodeRole, StartFrom};
 use raftline_netio::cluster_id::ClusterId;
 use serde::Serialize;
 
-use crate::bench_cpu::{self, CpuFigures, Watched};
-use crate::bench_load::{
-    self, LoadResult, LoadSpec, Shared, PHASE_MEASURE, PHASE_STOP, PHASE_WARMUP, STAMP_BYTES,
-    STAMP_MAGIC,
-};
-use crate::bench_null_node::NullNodeProcess;
-use crate::bench_sweep::{self, SweepPoint};
-use crate::bench_tail::{self, TailFigures};
 use crate::emulated_disk::{self, DiskProfile, EmulatedDisk};
 use crate::local_cluster::{self, LocalCluster, RunDir};
-use crate::produce::AckArg;
+use cpu::{CpuFigures, Watched};
+use load::{
+    LoadResult, LoadSpec, Shared, PHASE_MEASURE, PHASE_STOP, PHASE_WARMUP, STAMP_BYTES, STAMP_MAGIC,
+};
+use null_node::NullNodeProcess;
+use sweep::SweepPoint;
+use tail::TailFigures;
 
 /// The long `--help` of `raftline bench cluster`.
 pub const LONG_ABOUT: &str = "Measure a 3-node raftline cluster under load.\n\n\
@@ -78,8 +83,8 @@ pub struct ClusterBenchArgs {
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
     /// When the cluster acknowledges an append.
-    #[arg(long, value_enum, default_value_t = AckArg::Quorum)]
-    pub ack: AckArg,
+    #[arg(long, default_value_t = AckMode::Quorum, value_name = "quorum|leader|none")]
+    pub ack: AckMode,
     /// Fixed total rate in appends per second over all producers (default: as fast as the
     /// windows allow); latency is then measured from each append's intended send time.
     #[arg(long, value_name = "APPENDS_PER_S")]
@@ -93,7 +98,7 @@ pub struct ClusterBenchArgs {
     #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
     pub bootstrap: Option<Vec<String>>,
     /// With --bootstrap: the cluster's name (as given to its servers' --cluster-id).
-    #[arg(long = "cluster-id", value_name = "NAME", default_value = crate::dev::DEV_CLUSTER)]
+    #[arg(long = "cluster-id", value_name = "NAME", default_value = crate::local_cluster::DEV_CLUSTER)]
     pub cluster: String,
     /// With --bootstrap: the leader's metrics address (host:port), for fdatasyncs/s and records
     /// per fdatasync; without it those figures are left out.
@@ -115,10 +120,10 @@ pub struct ClusterBenchArgs {
     #[arg(long)]
     pub sweep: bool,
     /// Producer counts of the sweep grid.
-    #[arg(long, value_delimiter = ',', default_values_t = bench_sweep::DEFAULT_PRODUCERS.to_vec())]
+    #[arg(long, value_delimiter = ',', default_values_t = sweep::DEFAULT_PRODUCERS.to_vec())]
     pub sweep_producers: Vec<usize>,
     /// Windows of the sweep grid (one curve each).
-    #[arg(long, value_delimiter = ',', default_values_t = bench_sweep::DEFAULT_WINDOWS.to_vec())]
+    #[arg(long, value_delimiter = ',', default_values_t = sweep::DEFAULT_WINDOWS.to_vec())]
     pub sweep_windows: Vec<usize>,
     /// Measured seconds per sweep point (after 1 s of warm-up, or --warmup if shorter).
     #[arg(long, default_value_t = 3.0)]
@@ -321,7 +326,7 @@ pub fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
             report.disk.sequential_mb_per_s,
             report.disk.fdatasync_4k_commit_us.us_p50
         );
-        std::fs::write(svg, bench_sweep::render_svg(points, &subtitle))
+        std::fs::write(svg, sweep::render_svg(points, &subtitle))
             .with_context(|| format!("writing {}", svg.display()))?;
     }
     if args.json {
@@ -397,9 +402,9 @@ pub fn validate(args: &ClusterBenchArgs) -> anyhow::Result<()> {
         let points = args.sweep_producers.len() * args.sweep_windows.len();
         let total = points as f64 * (args.sweep_point_secs + args.warmup.min(SWEEP_WARMUP_S));
         anyhow::ensure!(
-            total <= bench_sweep::SWEEP_SECS_MAX,
+            total <= sweep::SWEEP_SECS_MAX,
             "the sweep would take {total:.0} s ({points} points); at most {:.0} s: fewer points or a shorter --sweep-point-secs",
-            bench_sweep::SWEEP_SECS_MAX
+            sweep::SWEEP_SECS_MAX
         );
         anyhow::ensure!(
             args.tail_log.is_none(),
@@ -457,12 +462,12 @@ pub fn run_with_disk(
             let node = null_node.insert(NullNodeProcess::start(
                 dir,
                 address,
-                crate::dev::DEV_CLUSTER,
+                crate::local_cluster::DEV_CLUSTER,
             )?);
             Target {
                 config: ClientConfig::new(
                     vec![address.to_string()],
-                    ClusterId::from_name(crate::dev::DEV_CLUSTER),
+                    ClusterId::from_name(crate::local_cluster::DEV_CLUSTER),
                 ),
                 metrics_addr: None,
                 watched: vec![
@@ -480,7 +485,7 @@ pub fn run_with_disk(
             let mut server_args: Vec<String> = match args.tail_log {
                 Some(records) => vec![
                     "--retain-mib".to_string(),
-                    bench_tail::retain_mib(records, args.value_bytes).to_string(),
+                    tail::retain_mib(records, args.value_bytes).to_string(),
                 ],
                 None => Vec::new(),
             };
@@ -488,7 +493,7 @@ pub fn run_with_disk(
             let cluster = local.insert(LocalCluster::start_with_args(
                 dir,
                 base,
-                crate::dev::DEV_CLUSTER,
+                crate::local_cluster::DEV_CLUSTER,
                 &server_args,
             )?);
             let leader = cluster.wait_for_leader()?;
@@ -506,7 +511,7 @@ pub fn run_with_disk(
                 .collect();
             watched.push(me);
             Target {
-                config: local_cluster::client_config(base, crate::dev::DEV_CLUSTER),
+                config: local_cluster::client_config(base, crate::local_cluster::DEV_CLUSTER),
                 metrics_addr: Some(local_cluster::node_addrs(base, leader).2),
                 watched,
             }
@@ -515,8 +520,7 @@ pub fn run_with_disk(
     let result = match args.tail_log {
         Some(records) => {
             let config = load_config(&target.config, args.ack, 1, 1);
-            bench_tail::run(&config, records, args.value_bytes, &target.watched, stop)
-                .map(Mode::Tail)
+            tail::run(&config, records, args.value_bytes, &target.watched, stop).map(Mode::Tail)
         }
         None if args.sweep => sweep(args, &target, stop).map(Mode::Sweep),
         None => load(args, &target, stop).map(|l| Mode::Load(Box::new(l))),
@@ -558,7 +562,7 @@ fn sweep(
     stop: &StopSignal,
 ) -> anyhow::Result<Vec<SweepPoint>> {
     let mut points = Vec::new();
-    for (producers, window) in bench_sweep::grid(&args.sweep_producers, &args.sweep_windows) {
+    for (producers, window) in sweep::grid(&args.sweep_producers, &args.sweep_windows) {
         let point_args = ClusterBenchArgs {
             producers,
             window,
@@ -598,7 +602,7 @@ fn setup(args: &ClusterBenchArgs) -> BenchSetup {
         window: args.window,
         batch_records: args.batch_records,
         value_bytes: args.value_bytes,
-        ack: format!("{:?}", args.ack).to_lowercase(),
+        ack: args.ack.to_string(),
         rate_appends_per_s: args.rate,
         warmup_s: args.warmup,
         duration_s: args.duration,
@@ -643,14 +647,6 @@ pub fn measure_disk(dir: &Path, secs: f64, stop: &StopSignal) -> anyhow::Result<
     })
 }
 
-fn ack_mode(ack: AckArg) -> AckMode {
-    match ack {
-        AckArg::Quorum => AckMode::Quorum,
-        AckArg::Leader => AckMode::Leader,
-        AckArg::None => AckMode::None,
-    }
-}
-
 /// What the benchmark knows about the cluster it loads.
 struct Target {
     config: ClientConfig,
@@ -664,12 +660,12 @@ struct Target {
 /// lingering.
 fn load_config(
     args: &ClientConfig,
-    ack: AckArg,
+    ack: AckMode,
     window: usize,
     batch_records: usize,
 ) -> ClientConfig {
     let mut config = args.clone();
-    config.ack = ack_mode(ack);
+    config.ack = ack;
     config.window_appends = window;
     config.batch_records_max = batch_records;
     config.batch_bytes_max = usize::MAX;
@@ -696,7 +692,7 @@ fn load(
         threads: args.load_threads,
         stamp_values: args.consumers > 0,
     };
-    let threads = bench_load::spawn(&config, spec, &shared)?;
+    let threads = load::spawn(&config, spec, &shared)?;
     let consumers: Vec<JoinHandle<anyhow::Result<ConsumerResult>>> = (0..args.consumers)
         .map(|i| {
             let (config, shared) = (config.clone(), Arc::clone(&shared));
@@ -711,7 +707,7 @@ fn load(
     let warmup = Duration::from_secs_f64(args.warmup);
     wait_phase(&bar, &shared, started, warmup, stop, threads.as_slice());
     let metrics_before = target.metrics_addr.map(scrape_metrics).transpose()?;
-    let cpu_before = bench_cpu::sample(&target.watched);
+    let cpu_before = cpu::sample(&target.watched);
     let measure_start = Instant::now();
     shared.start_measuring();
     wait_phase(
@@ -724,7 +720,7 @@ fn load(
     );
     shared.stop();
     let elapsed_s = measure_start.elapsed().as_secs_f64();
-    let cpu_after = bench_cpu::sample(&target.watched);
+    let cpu_after = cpu::sample(&target.watched);
     let metrics_after = target.metrics_addr.map(scrape_metrics).transpose()?;
     bar.finish_and_clear();
 
@@ -785,7 +781,7 @@ fn load(
         _ => None,
     };
     let cpu = match (cpu_before, cpu_after) {
-        (Some(before), Some(after)) => Some(bench_cpu::between(&before, &after, &target.watched)),
+        (Some(before), Some(after)) => Some(cpu::between(&before, &after, &target.watched)),
         _ => None,
     };
     let generator_cpu_percent = cpu.as_ref().and_then(|c| {
@@ -997,7 +993,7 @@ fn render_text(r: &ClusterBenchReport) -> String {
         out += &render_tail(tail);
     }
     if let Some(points) = &r.sweep {
-        out += &bench_sweep::render_table(points);
+        out += &sweep::render_table(points);
     }
     let d = &r.disk;
     out += &format!(

@@ -1,4 +1,4 @@
-//! `raftline bench fsync`: command-line glue around `raftline_bench::fsync::profile`.
+//! `raftline bench fsync`: command-line glue around `crate::fsync::profile`.
 
 use std::fs;
 use std::io::{self, IsTerminal};
@@ -6,13 +6,13 @@ use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::fsync::profile::{run_profile, ProfileConfig, ProfileObserver, StepPlan};
+use crate::fsync::text_report::render_text;
+use crate::fsync::{svg_plot, BenchError, IoPath};
+use crate::stop::StopSignal;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use raftline_bench::fsync::profile::{run_profile, ProfileConfig, ProfileObserver, StepPlan};
-use raftline_bench::fsync::text_report::render_text;
-use raftline_bench::fsync::{svg_plot, BenchError, IoPath};
-use raftline_bench::stop::StopSignal;
 
 /// The directory used when --dir is not given; the only one this command creates, given or defaulted (and
 /// removes again if it created it and left it empty).

@@ -28,7 +28,7 @@ pub struct NullNodeArgs {
     #[arg(long, default_value = "127.0.0.1:7409")]
     pub client_listen: SocketAddr,
     /// Cluster name its frames carry (clients must use the same).
-    #[arg(long = "cluster-id", value_name = "NAME", default_value = crate::dev::DEV_CLUSTER)]
+    #[arg(long = "cluster-id", value_name = "NAME", default_value = crate::local_cluster::DEV_CLUSTER)]
     pub cluster: String,
 }
 

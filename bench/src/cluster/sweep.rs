@@ -2,10 +2,10 @@
 //! measured run per (P, W) point of a grid on the same cluster, as a table, in the JSON report,
 //! and as an SVG chart (throughput on x, p50 and p99 latency on y, one curve per W).
 
-use raftline_bench::chart::{render_chart, Panel, Series, XTicks};
+use crate::chart::{render_chart, Panel, Series, XTicks};
 use serde::Serialize;
 
-use crate::bench_cluster::LoadFigures;
+use crate::cluster::LoadFigures;
 
 /// Producer counts of the default grid.
 pub const DEFAULT_PRODUCERS: &[usize] = &[1, 16, 64, 256];

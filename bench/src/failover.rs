@@ -3,8 +3,7 @@
 //! whether every acknowledged record survived (read back from offset 0 at the end).
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,17 +11,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::stop::StopSignal;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use raftline_bench::stop::StopSignal;
 use raftline_log::Record;
-use raftline_netio::client::{status_of, ClientConfig, Producer, Subscription};
-use raftline_netio::client_proto::{
-    decode_response, encode_request, AckMode, NodeRole, NodeStatus, Request, Response, StartFrom,
-};
-use raftline_netio::cluster_id::ClusterId;
-use raftline_netio::frame::{FrameDecoder, PAYLOAD_BYTES_MAX_DEFAULT};
+use raftline_netio::client::{status_of, ClientConfig, Producer, StatusClient, Subscription};
+use raftline_netio::client_proto::{AckMode, NodeRole, NodeStatus, StartFrom};
 use serde::Serialize;
 
 use crate::local_cluster::{self, LocalCluster, RunDir, NODES};
@@ -524,7 +519,7 @@ fn run_trials(
 /// A survivor's latest Status, as the trial loop tracks it.
 struct Survivor {
     id: u64,
-    link: StatusLink,
+    link: StatusClient,
     /// Its last log index and end offset while not leading, sampled after the kill.
     before_leading: Option<(u64, u64)>,
     last_sample: Option<Instant>,
@@ -544,7 +539,7 @@ fn run_trial(
         .map(|id| {
             Ok(Survivor {
                 id,
-                link: StatusLink::open(cluster.client_addr(id), config.cluster_id)?,
+                link: StatusClient::open(&cluster.client_addr(id).to_string(), config)?,
                 before_leading: None,
                 last_sample: None,
             })
@@ -818,62 +813,6 @@ fn verify(
         unacknowledged_in_log: copies.len() as u64 - acked_tags,
         refused: logs.iter().map(|l| l.refused).sum(),
     })
-}
-
-/// A persistent client connection that asks one node its `Status` (one new connection per
-/// sample would leave thousands of sockets in TIME_WAIT per trial).
-struct StatusLink {
-    stream: TcpStream,
-    decoder: FrameDecoder,
-    cluster_id: ClusterId,
-    send_buf: Vec<u8>,
-    next_request_id: u64,
-}
-
-impl StatusLink {
-    fn open(addr: SocketAddr, cluster_id: ClusterId) -> anyhow::Result<StatusLink> {
-        let timeout = Duration::from_secs(2);
-        let stream = TcpStream::connect_timeout(&addr, timeout)
-            .with_context(|| format!("connecting to {addr}"))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        Ok(StatusLink {
-            stream,
-            decoder: FrameDecoder::new(PAYLOAD_BYTES_MAX_DEFAULT),
-            cluster_id,
-            send_buf: Vec::new(),
-            next_request_id: 1,
-        })
-    }
-
-    fn ask(&mut self) -> anyhow::Result<NodeStatus> {
-        let request_id = self.next_request_id;
-        self.next_request_id += 1;
-        self.send_buf.clear();
-        encode_request(
-            &mut self.send_buf,
-            self.cluster_id,
-            &Request::Status { request_id },
-        )?;
-        self.stream.write_all(&self.send_buf)?;
-        loop {
-            while let Some(frame) = self.decoder.next_frame()? {
-                if let Response::StatusReply {
-                    request_id: id,
-                    status,
-                } = decode_response(frame)?
-                {
-                    if id == request_id {
-                        return Ok(status);
-                    }
-                }
-            }
-            if self.decoder.fill_from(&mut self.stream)? == 0 {
-                bail!("the node closed the status connection");
-            }
-        }
-    }
 }
 
 /// The longest gap between consecutive instants of `times` (sorted) within `[from, to]`,
