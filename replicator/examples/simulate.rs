@@ -27,8 +27,10 @@ struct Args {
     swarm: bool,
     /// Fault mix: "random" (cluster size, faults, pre-vote, check-quorum and message size drawn
     /// from each seed; the default with --swarm), "standard" (every fault at a moderate rate on
-    /// --nodes nodes; the default without --swarm), "churn" (3 nodes, new leaders crash soon) or
-    /// "lease" (3 nodes with lease reads, drifting clocks, many slow messages and partitions).
+    /// --nodes nodes; the default without --swarm), "churn" (3 nodes, new leaders crash soon),
+    /// "lease" (3 nodes with lease reads, drifting clocks, many slow messages and partitions) or
+    /// "forgery" (a random mix plus forged and corrupted peer messages while faults are on;
+    /// the tests run it with --ticks 600).
     #[arg(long)]
     mix: Option<String>,
     /// Number of seeds in swarm mode, starting at --seed.
@@ -41,7 +43,8 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     ticks: u64,
     /// Inject a protocol bug to see the simulator catch it: commit-previous-term,
-    /// skip-up-to-date, vote-before-persist, ack-before-durable, install-stale-snapshot, lease-without-quorum.
+    /// skip-up-to-date, vote-before-persist, ack-before-durable, install-stale-snapshot,
+    /// lease-without-quorum, trust-peers (peer-message checks off; try it with --mix forgery).
     #[arg(long)]
     mutation: Option<String>,
 }
@@ -54,6 +57,7 @@ fn parse_mutation(name: &str) -> Result<Mutation, String> {
         "ack-before-durable" => Mutation::AckBeforeDurable,
         "install-stale-snapshot" => Mutation::InstallStaleSnapshot,
         "lease-without-quorum" => Mutation::LeaseWithoutQuorum,
+        "trust-peers" => Mutation::TrustPeers,
         other => return Err(format!("unknown mutation {other:?}")),
     })
 }
@@ -67,6 +71,7 @@ fn config(args: &Args, seed: u64, mutation: Mutation) -> SimConfig {
         "random" => SimConfig::swarm(seed),
         "churn" => SimConfig::churn(seed),
         "lease" => SimConfig::lease(seed),
+        "forgery" => SimConfig::forgery(seed),
         _ => SimConfig::standard(seed, args.nodes),
     };
     cfg.fault_ticks = args.ticks;
@@ -83,9 +88,9 @@ fn main() -> ExitCode {
     if let Some(mix) = args
         .mix
         .as_deref()
-        .filter(|m| !["random", "standard", "churn", "lease"].contains(m))
+        .filter(|m| !["random", "standard", "churn", "lease", "forgery"].contains(m))
     {
-        eprintln!("unknown --mix {mix:?}: use random, standard, churn or lease");
+        eprintln!("unknown --mix {mix:?}: use random, standard, churn, lease or forgery");
         return ExitCode::FAILURE;
     }
     let mutation = match args.mutation.as_deref().map(parse_mutation).transpose() {
@@ -117,6 +122,7 @@ fn main() -> ExitCode {
     let (mut steps, mut ticks, mut acked) = (0u64, 0u64, 0u64);
     let (mut snapshots_taken, mut snapshots_installed, mut crashes) = (0u64, 0u64, 0u64);
     let (mut membership_changes, mut reads, mut lease_reads) = (0u64, 0u64, 0u64);
+    let (mut forged, mut refused) = (0u64, 0u64);
     let mut leader_loss = Vec::new();
     let mut heal = Vec::new();
     let mut failures = 0;
@@ -132,6 +138,8 @@ fn main() -> ExitCode {
                 membership_changes += r.membership_changes;
                 reads += r.reads_confirmed;
                 lease_reads += r.lease_reads;
+                forged += r.forged;
+                refused += r.refused;
                 leader_loss.push(r.leader_loss_recovery_ticks);
                 heal.push(r.heal_recovery_ticks);
             }
@@ -148,7 +156,8 @@ fn main() -> ExitCode {
     println!(
         "seeds {} failed {failures} steps {steps} ticks {ticks} acked {acked} crashes {crashes} \
          snapshots taken {snapshots_taken} installed {snapshots_installed} \
-         membership changes {membership_changes} reads {reads} (from a lease {lease_reads})",
+         membership changes {membership_changes} reads {reads} (from a lease {lease_reads}) \
+         forged {forged} refused {refused}",
         args.seeds
     );
     for (name, v) in [

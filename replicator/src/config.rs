@@ -24,6 +24,10 @@ pub enum Mutation {
     /// (f) A leader renews its read lease with every heartbeat it sends, without waiting for a
     /// quorum to acknowledge one: a leader cut off from the others keeps serving reads.
     LeaseWithoutQuorum,
+    /// (g) Trust every peer message: the checks of [`crate::refusal`] are off (terms beyond
+    /// `TERM_MAX`, acknowledgements beyond the log, a second leader's AppendEntries, a
+    /// TimeoutNow from anyone, ...), as before issue 13.
+    TrustPeers,
 }
 
 /// Configuration of one Raft node.

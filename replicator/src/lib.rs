@@ -13,6 +13,7 @@ pub mod message;
 pub mod progress;
 pub mod raft;
 pub mod raft_log;
+pub mod refusal;
 pub mod sim;
 pub mod storage;
 
@@ -26,4 +27,5 @@ pub use progress::{Progress, ProgressState};
 pub use raft::{
     InitError, ProposeError, Raft, ReadError, ReadState, Ready, Role, SnapshotChunk, TransferError,
 };
+pub use refusal::{Refusal, RefusalReason, TERM_JUMP_MAX, TERM_MAX};
 pub use storage::{Storage, StorageError};

@@ -29,6 +29,8 @@ pub struct SnapshotTransfer {
     pub all_sent: bool,
     /// Unacknowledged bytes allowed in flight (at least one chunk is always allowed).
     pub window_bytes: u64,
+    /// The snapshot's size, once its last chunk was read: the follower cannot hold more.
+    pub size: Option<u64>,
 }
 
 impl SnapshotTransfer {
@@ -137,6 +139,11 @@ pub struct Progress {
     pub inflights: Inflights,
     /// The snapshot being streamed, in snapshot state.
     pub snapshot: Option<SnapshotTransfer>,
+    /// The highest index this follower can legitimately acknowledge: the leader's last index
+    /// when the progress was created (everything committed before is in it, Leader
+    /// Completeness, so the follower's commit index is at most that), raised by every entry and
+    /// snapshot sent. An acknowledgement beyond it is refused.
+    pub sent_max: Index,
 }
 
 impl Progress {
@@ -150,6 +157,7 @@ impl Progress {
             recent_active: false,
             inflights: Inflights::new(inflight_msgs_max, inflight_bytes_max),
             snapshot: None,
+            sent_max: last_index,
         }
     }
 
@@ -172,7 +180,7 @@ impl Progress {
             self.match_index = index;
             self.probe_sent = false;
         }
-        self.next_index = self.next_index.max(index + 1);
+        self.next_index = self.next_index.max(index.saturating_add(1));
         self.inflights.free_to(index);
         advanced
     }
@@ -190,12 +198,14 @@ impl Progress {
         self.state = ProgressState::Snapshot;
         self.probe_sent = false;
         self.inflights.clear();
+        self.sent_max = self.sent_max.max(meta.index);
         self.snapshot = Some(SnapshotTransfer {
             meta,
             sent: 0,
             acked: 0,
             all_sent: false,
             window_bytes,
+            size: None,
         });
     }
 
@@ -219,7 +229,7 @@ impl Progress {
                 true
             }
             ProgressState::Probe => {
-                if rejected_prev + 1 != self.next_index {
+                if rejected_prev.checked_add(1) != Some(self.next_index) {
                     return false;
                 }
                 self.become_probe(hinted_next.min(rejected_prev));

@@ -17,6 +17,7 @@ use crate::message::{
 };
 use crate::progress::{Progress, ProgressState};
 use crate::raft_log::RaftLog;
+use crate::refusal::{Refusal, RefusalReason, REFUSALS_PENDING_MAX, TERM_JUMP_MAX, TERM_MAX};
 use crate::storage::{Storage, StorageError};
 
 /// The role a node plays in its current term.
@@ -135,6 +136,11 @@ pub struct Ready {
     /// it durably — snapshot data first, then restart the log after `meta.index` — and call
     /// [`Raft::snapshot_installed`].
     pub snapshot_chunks: Vec<SnapshotChunk>,
+    /// Peer messages dropped since the last `Ready` because no correct peer could have sent
+    /// them (see [`crate::refusal`]): close that peer's connection with the reason and count
+    /// it. At most [`REFUSALS_PENDING_MAX`] per `Ready`; [`Raft::refused_total`] counts all.
+    /// Nothing else needs doing: the core already ignored the message.
+    pub refused: Vec<Refusal>,
 }
 
 /// A piece of an incoming snapshot for the driver to write.
@@ -155,6 +161,9 @@ pub struct SnapshotChunk {
 struct IncomingSnapshot {
     meta: SnapshotMeta,
     from: NodeId,
+    /// The term of the leader sending it: another leader's copy of the same snapshot need not
+    /// have the same bytes, so its offset 0 starts the transfer again.
+    term: Term,
     /// Bytes handed to the driver so far.
     received: u64,
     /// Every chunk arrived: the driver is installing it; the log must not change meanwhile.
@@ -170,6 +179,7 @@ impl Ready {
             && self.committed.is_empty()
             && self.read_states.is_empty()
             && self.snapshot_chunks.is_empty()
+            && self.refused.is_empty()
     }
 }
 
@@ -247,6 +257,10 @@ pub struct Raft<S> {
     gated: VecDeque<Gated>,
     /// Leader with `batch_appends`: what the next `ready()` broadcasts (see [`Config`]).
     broadcast_due: BroadcastDue,
+    /// Peer messages refused since the last `ready()` (bounded).
+    refused: Vec<Refusal>,
+    /// Peer messages refused since start.
+    refused_total: u64,
 }
 
 /// A leader's broadcast deferred to the next `ready()` (`Config::batch_appends`); ordered by
@@ -312,6 +326,15 @@ impl<S: Storage> Raft<S> {
         } else {
             (hard_state.term, hard_state.vote)
         };
+        if term >= TERM_MAX {
+            // Written by a core that trusted a forged term: peers refuse every message of it,
+            // so this node can never lead or vote again; only an operator can repair it.
+            tracing::error!(
+                node = cfg.id,
+                term,
+                "durable term at or beyond TERM_MAX: this node cannot campaign"
+            );
+        }
         Ok(Raft {
             cfg,
             term,
@@ -345,6 +368,8 @@ impl<S: Storage> Raft<S> {
             outbox: Vec::new(),
             gated: VecDeque::new(),
             broadcast_due: BroadcastDue::Nothing,
+            refused: Vec::new(),
+            refused_total: 0,
         })
     }
 
@@ -450,6 +475,11 @@ impl<S: Storage> Raft<S> {
     pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
         self.progress.get(&peer)
     }
+    /// Peer messages refused since start (each also reported once in [`Ready::refused`],
+    /// unless more than [`REFUSALS_PENDING_MAX`] piled up between two `ready()` calls).
+    pub fn refused_total(&self) -> u64 {
+        self.refused_total
+    }
 
     // ---- driver API --------------------------------------------------------------------
 
@@ -480,6 +510,11 @@ impl<S: Storage> Raft<S> {
     /// being installed: the log is about to be replaced).
     pub fn campaign(&mut self) {
         if self.role == Role::Leader || self.installing_snapshot() || !self.is_voter() {
+            return;
+        }
+        if self.next_term().is_none() {
+            // Peers would refuse the next term (see `TERM_MAX`); wait a whole timeout again.
+            self.election_elapsed = 0;
             return;
         }
         if self.cfg.pre_vote {
@@ -748,6 +783,7 @@ impl<S: Storage> Raft<S> {
         rd.messages = std::mem::take(&mut self.outbox);
         rd.read_states = std::mem::take(&mut self.read_states);
         rd.snapshot_chunks = std::mem::take(&mut self.snapshot_chunks);
+        rd.refused = std::mem::take(&mut self.refused);
         let applicable = self.commit.min(self.log.durable_index());
         if applicable > self.applied {
             let from = self.applied + 1;
@@ -767,14 +803,20 @@ impl<S: Storage> Raft<S> {
         rd
     }
 
-    /// Handles a message from a peer.
+    /// Handles a message from a peer. A message no correct peer could have sent is dropped and
+    /// reported in [`Ready::refused`] (see [`crate::refusal`]); no peer message panics.
     pub fn step(&mut self, msg: Message) {
-        assert_eq!(msg.to, self.cfg.id, "message delivered to the wrong node");
+        if self.cfg.mutation == Mutation::TrustPeers {
+            // As before the checks existed.
+            assert_eq!(msg.to, self.cfg.id, "message delivered to the wrong node");
+            if msg.from == self.cfg.id {
+                return;
+            }
+        } else if let Some(reason) = self.check_message(&msg) {
+            return self.refuse(&msg, reason);
+        }
         // Any sender is heard (the network layer admits only the cluster's nodes): a node
         // added to the configuration must reach nodes that have not seen that entry yet.
-        if msg.from == self.cfg.id {
-            return;
-        }
         if msg.term > self.term {
             match msg.body {
                 MessageBody::PreVote { .. }
@@ -827,6 +869,105 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// What makes `msg` impossible for a correct peer, judged before it may change our term:
+    /// addressing, the term bound, and fields that contradict each other.
+    fn check_message(&self, msg: &Message) -> Option<RefusalReason> {
+        if msg.to != self.cfg.id {
+            return Some(RefusalReason::WrongRecipient { to: msg.to });
+        }
+        if msg.from == 0 || msg.from == self.cfg.id {
+            return Some(RefusalReason::InvalidSender);
+        }
+        if msg.term > TERM_MAX || msg.term > self.term.saturating_add(TERM_JUMP_MAX) {
+            return Some(RefusalReason::TermOutOfRange {
+                term: msg.term,
+                ours: self.term,
+            });
+        }
+        match &msg.body {
+            // A candidate's log ends in a term at most its own (a pre-vote proposes term + 1).
+            MessageBody::PreVote { last_term, .. } | MessageBody::RequestVote { last_term, .. }
+                if *last_term > msg.term =>
+            {
+                Some(RefusalReason::Malformed(
+                    "last log term above the message term",
+                ))
+            }
+            MessageBody::AppendEntries {
+                prev_index,
+                prev_term,
+                entries,
+                ..
+            } => {
+                if *prev_term > msg.term {
+                    return Some(RefusalReason::Malformed("prev_term above the message term"));
+                }
+                // The leader's log: consecutive after prev, terms never decreasing and at most
+                // the leader's.
+                let mut term = *prev_term;
+                for (e, n) in entries.iter().zip(1u64..) {
+                    if Some(e.index) != prev_index.checked_add(n) {
+                        return Some(RefusalReason::Malformed(
+                            "entries not consecutive after prev_index",
+                        ));
+                    }
+                    if e.term < term {
+                        return Some(RefusalReason::Malformed("entry terms decrease"));
+                    }
+                    if e.term > msg.term {
+                        return Some(RefusalReason::Malformed(
+                            "entry term above the message term",
+                        ));
+                    }
+                    term = e.term;
+                }
+                None
+            }
+            MessageBody::InstallSnapshot {
+                meta, offset, data, ..
+            } => {
+                if meta.term > msg.term {
+                    Some(RefusalReason::Malformed(
+                        "snapshot term above the message term",
+                    ))
+                } else if offset.checked_add(data.len() as u64).is_none() {
+                    Some(RefusalReason::Malformed("snapshot chunk end overflows"))
+                } else {
+                    None
+                }
+            }
+            // A leader asks only a follower that acknowledged its whole log in its term, which
+            // that follower's durable term then reached: no leader of a newer term sends one.
+            MessageBody::TimeoutNow if msg.term > self.term => {
+                Some(RefusalReason::NotTheLeader { leader: None })
+            }
+            _ => None,
+        }
+    }
+
+    /// Drops `msg` and reports it (see [`Ready::refused`]).
+    fn refuse(&mut self, msg: &Message, reason: RefusalReason) {
+        self.refuse_from(msg.from, msg.term, reason);
+    }
+
+    fn refuse_from(&mut self, from: NodeId, term: Term, reason: RefusalReason) {
+        tracing::debug!(node = self.cfg.id, from, term, %reason, "peer message refused");
+        self.refused_total += 1;
+        if self.refused.len() < REFUSALS_PENDING_MAX {
+            self.refused.push(Refusal { from, term, reason });
+        }
+    }
+
+    /// True unless the peer-message checks are switched off (mutation (g)).
+    fn guarded(&self) -> bool {
+        self.cfg.mutation != Mutation::TrustPeers
+    }
+
+    /// The term a campaign would move to, if peers would accept it (at most [`TERM_MAX`]).
+    fn next_term(&self) -> Option<Term> {
+        self.term.checked_add(1).filter(|&t| t <= TERM_MAX)
+    }
+
     // ---- role transitions --------------------------------------------------------------
 
     fn reset(&mut self, term: Term) {
@@ -860,13 +1001,16 @@ impl<S: Storage> Raft<S> {
 
     fn become_pre_candidate(&mut self) {
         assert_ne!(self.role, Role::Leader);
+        let Some(next) = self.next_term() else {
+            return;
+        };
         // Keep term and vote: a failed pre-vote must leave no trace.
         let term = self.term;
         self.reset(term);
         self.role = Role::PreCandidate;
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         self.broadcast_vote_request(
-            term + 1,
+            next,
             MessageBody::PreVote {
                 last_index,
                 last_term,
@@ -884,6 +1028,9 @@ impl<S: Storage> Raft<S> {
     /// wait for that peer's own timeout or our next one. Safe: a pre-vote changes nothing
     /// durable and a resend is only a duplicate message.
     fn repeat_pre_vote(&mut self) {
+        let Some(next) = self.next_term() else {
+            return;
+        };
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         let silent: Vec<NodeId> = self
             .configs
@@ -898,13 +1045,15 @@ impl<S: Storage> Raft<S> {
                 last_index,
                 last_term,
             };
-            self.send_with_term(peer, self.term + 1, body);
+            self.send_with_term(peer, next, body);
         }
     }
 
     fn become_candidate(&mut self, transfer: bool) {
         assert_ne!(self.role, Role::Leader);
-        let term = self.term + 1;
+        let Some(term) = self.next_term() else {
+            return;
+        };
         self.reset(term);
         self.role = Role::Candidate;
         self.vote = Some(self.cfg.id);
@@ -1077,7 +1226,72 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// What in a message of our term makes it impossible for a correct follower to have sent
+    /// it to this leader.
+    fn check_at_leader(&self, msg: &Message) -> Option<RefusalReason> {
+        let last_index = self.log.last_index();
+        if matches!(
+            msg.body,
+            MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. }
+                | MessageBody::TimeoutNow
+        ) {
+            // Only the leader of a term sends these, and that is us.
+            return Some(RefusalReason::NotTheLeader {
+                leader: Some(self.cfg.id),
+            });
+        }
+        let pr = self.progress.get(&msg.from)?;
+        match &msg.body {
+            MessageBody::AppendEntriesResponse { result: Ok(index) } => {
+                if *index > last_index {
+                    Some(RefusalReason::AckBeyondLog {
+                        index: *index,
+                        last_index,
+                    })
+                } else if *index > pr.sent_max {
+                    Some(RefusalReason::AckBeyondSent {
+                        index: *index,
+                        sent: pr.sent_max,
+                    })
+                } else {
+                    None
+                }
+            }
+            // A follower rejects a prev_index we sent (at most our last index) and hints at
+            // or below it, with a term of its log (at most the message term, ours).
+            MessageBody::AppendEntriesResponse { result: Err(r) } => (r.rejected_prev_index
+                > last_index
+                || r.hint_index > r.rejected_prev_index
+                || r.hint_term.is_some_and(|t| t > msg.term))
+            .then_some(RefusalReason::BadRejectHint),
+            MessageBody::InstallSnapshotResponse { index, received } => pr
+                .snapshot
+                .as_ref()
+                .filter(|t| t.meta.index == *index)
+                .and_then(|t| t.size)
+                .filter(|&size| *received > size)
+                .map(|size| RefusalReason::SnapshotBeyondEnd {
+                    received: *received,
+                    size,
+                }),
+            MessageBody::HeartbeatResponse { read_seq } if *read_seq > self.read_seq => {
+                Some(RefusalReason::ReadSeqFromFuture {
+                    read_seq: *read_seq,
+                    ours: self.read_seq,
+                })
+            }
+            _ => None,
+        }
+    }
+
     fn step_leader(&mut self, msg: Message) {
+        if self.guarded() {
+            if let Some(reason) = self.check_at_leader(&msg) {
+                return self.refuse(&msg, reason);
+            }
+        }
         let from = msg.from;
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
@@ -1085,10 +1299,6 @@ impl<S: Storage> Raft<S> {
         pr.recent_active = true;
         match msg.body {
             MessageBody::AppendEntriesResponse { result: Ok(index) } => {
-                assert!(
-                    index <= self.log.last_index(),
-                    "follower acknowledged entries the leader never had"
-                );
                 if pr.acknowledge(index) {
                     let snapshot_done = pr
                         .snapshot
@@ -1227,6 +1437,9 @@ impl<S: Storage> Raft<S> {
             let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
             let last = entries.last().map(|e| e.index);
             let pr = self.progress.get_mut(&to).expect("peer exists");
+            if let Some(last) = last {
+                pr.sent_max = pr.sent_max.max(last);
+            }
             match pr.state {
                 ProgressState::Probe => pr.probe_sent = true,
                 ProgressState::Replicate => {
@@ -1297,6 +1510,9 @@ impl<S: Storage> Raft<S> {
             let t = pr.snapshot.as_mut().expect("snapshot state has a transfer");
             t.sent += data.len() as u64;
             t.all_sent = done;
+            if done {
+                t.size = Some(t.sent);
+            }
             self.send(
                 to,
                 MessageBody::InstallSnapshot {
@@ -1392,7 +1608,7 @@ impl<S: Storage> Raft<S> {
                 self.step_follower(msg);
             }
             (Role::PreCandidate, MessageBody::PreVoteResponse { granted })
-                if msg.term == self.term + 1 =>
+                if Some(msg.term) == self.term.checked_add(1) =>
             {
                 self.votes.insert(msg.from, *granted);
                 match self.poll() {
@@ -1416,6 +1632,29 @@ impl<S: Storage> Raft<S> {
     // ---- follower ----------------------------------------------------------------------
 
     fn step_follower(&mut self, msg: Message) {
+        if self.guarded() {
+            let from_leader = matches!(
+                msg.body,
+                MessageBody::AppendEntries { .. }
+                    | MessageBody::Heartbeat { .. }
+                    | MessageBody::InstallSnapshot { .. }
+                    | MessageBody::TimeoutNow
+            );
+            if from_leader && self.leader.is_some_and(|l| l != msg.from) {
+                // One leader per term (Election Safety): we already follow another one.
+                let leader = self.leader;
+                return self.refuse(&msg, RefusalReason::NotTheLeader { leader });
+            }
+            if let MessageBody::Heartbeat { commit, .. } = msg.body {
+                // The leader sends at most the match we acknowledged, which we still hold.
+                let last_index = self.log.last_index();
+                if commit > last_index {
+                    let reason = RefusalReason::CommitBeyondLog { commit, last_index };
+                    return self.refuse(&msg, reason);
+                }
+            }
+        }
+        let (from, term) = (msg.from, msg.term);
         match msg.body {
             MessageBody::AppendEntries {
                 prev_index,
@@ -1423,20 +1662,25 @@ impl<S: Storage> Raft<S> {
                 entries,
                 commit,
             } => {
-                self.leader = Some(msg.from);
+                self.leader = Some(from);
                 self.election_elapsed = 0;
-                self.handle_append(msg.from, prev_index, prev_term, entries, commit);
+                self.handle_append(from, term, prev_index, prev_term, entries, commit);
             }
             MessageBody::Heartbeat { commit, read_seq } => {
-                self.leader = Some(msg.from);
+                self.leader = Some(from);
                 self.election_elapsed = 0;
-                // The leader sends at most our acknowledged match, which we still hold.
-                debug_assert!(commit <= self.log.last_index());
+                // At most our last index (refused above otherwise).
                 self.commit = self.commit.max(commit.min(self.log.last_index()));
-                self.send(msg.from, MessageBody::HeartbeatResponse { read_seq });
+                self.send(from, MessageBody::HeartbeatResponse { read_seq });
             }
-            MessageBody::TimeoutNow if !self.installing_snapshot() => {
+            MessageBody::TimeoutNow
+                if !self.installing_snapshot()
+                    && (self.leader == Some(from) || !self.guarded()) =>
+            {
                 // The leader hands over: campaign now, skipping pre-vote (the leader agreed).
+                // Only the leader we follow in this term can ask (another one was refused
+                // above); with no leader known (we restarted since) the request is dropped —
+                // a lost TimeoutNow only abandons the transfer.
                 self.become_candidate(true);
             }
             MessageBody::InstallSnapshot {
@@ -1445,9 +1689,9 @@ impl<S: Storage> Raft<S> {
                 data,
                 done,
             } => {
-                self.leader = Some(msg.from);
+                self.leader = Some(from);
                 self.election_elapsed = 0;
-                self.handle_snapshot_chunk(msg.from, meta, offset, data, done);
+                self.handle_snapshot_chunk(from, meta, offset, data, done);
             }
             _ => {}
         }
@@ -1482,16 +1726,25 @@ impl<S: Storage> Raft<S> {
             }
             return;
         }
-        let same = self.incoming.as_ref().is_some_and(|inc| inc.meta == meta);
+        let term = self.term;
+        let same = self
+            .incoming
+            .as_ref()
+            .is_some_and(|inc| inc.meta == meta && inc.term == term);
         if !same && offset == 0 && !self.installing_snapshot() {
             self.incoming = Some(IncomingSnapshot {
                 meta: meta.clone(),
                 from,
+                term,
                 received: 0,
                 complete: false,
             });
         }
-        let received = match self.incoming.as_mut().filter(|inc| inc.meta == meta) {
+        let received = match self
+            .incoming
+            .as_mut()
+            .filter(|inc| inc.meta == meta && inc.term == term)
+        {
             Some(inc) => {
                 if !inc.complete && offset == inc.received {
                     inc.received += data.len() as u64;
@@ -1519,12 +1772,14 @@ impl<S: Storage> Raft<S> {
     fn handle_append(
         &mut self,
         from: NodeId,
+        term: Term,
         prev_index: Index,
         prev_term: Term,
         entries: Vec<Entry>,
         commit: Index,
     ) {
-        if let Err(e) = self.try_handle_append(from, prev_index, prev_term, entries, commit) {
+        let result = self.try_handle_append(from, term, prev_index, prev_term, entries, commit);
+        if let Err(e) = result {
             self.record_storage_failure(e);
         }
     }
@@ -1532,6 +1787,7 @@ impl<S: Storage> Raft<S> {
     fn try_handle_append(
         &mut self,
         from: NodeId,
+        term: Term,
         prev_index: Index,
         prev_term: Term,
         entries: Vec<Entry>,
@@ -1569,8 +1825,18 @@ impl<S: Storage> Raft<S> {
             );
             return Ok(());
         }
+        // No overflow: `check_message` refused entries not consecutive after prev_index.
         let last_new = prev_index + entries.len() as Index;
         if let Some(conflict) = self.log.find_conflict(&entries)? {
+            if conflict <= self.commit && self.guarded() {
+                // Leader Completeness: a leader holds every committed entry. Not one.
+                let reason = RefusalReason::OverwritesCommitted {
+                    index: conflict,
+                    commit: self.commit,
+                };
+                self.refuse_from(from, term, reason);
+                return Ok(());
+            }
             assert!(
                 conflict > self.commit,
                 "a leader tried to overwrite committed entry {conflict}"

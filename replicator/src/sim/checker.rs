@@ -36,6 +36,10 @@ pub enum Property {
     SnapshotContent,
     /// No leader committed within the bound after the faults stopped.
     Liveness,
+    /// A node panicked (no peer message may make one; the simulator catches the panic).
+    Panic,
+    /// A node refused a message a correct peer sent (only forged ones may be refused).
+    RefusedLegitimate,
 }
 
 /// A broken property, with enough context to replay and read the trace.

@@ -67,6 +67,9 @@ pub struct FaultMix {
     pub membership_per_mille: u32,
     /// A crashed node restarts after `1..=restart_units_max`.
     pub restart_units_max: u64,
+    /// Per tick and live node: chance a forged or corrupted message is stepped into it (see
+    /// [`Simulator::forge`]). Drawn from its own stream, so 0 leaves the other draws unchanged.
+    pub forge_per_mille: u32,
 }
 
 impl FaultMix {
@@ -88,6 +91,7 @@ impl FaultMix {
             transfer_per_mille: 0,
             membership_per_mille: 0,
             restart_units_max: 1,
+            forge_per_mille: 0,
         }
     }
 
@@ -109,6 +113,7 @@ impl FaultMix {
             transfer_per_mille: 10,
             membership_per_mille: 10,
             restart_units_max: 800,
+            forge_per_mille: 0,
         }
     }
 
@@ -137,6 +142,8 @@ impl FaultMix {
             transfer_per_mille: pick(50),
             restart_units_max: 1000,
             membership_per_mille: pick(40),
+            // Not drawn: the swarm's draws stay those of earlier versions.
+            forge_per_mille: 0,
         }
     }
 }
@@ -276,6 +283,20 @@ impl SimConfig {
         }
     }
 
+    /// Forged and corrupted peer messages (issue 13) on top of a swarm mix: for `fault_ticks`
+    /// (600) every live node gets one with 15 % per tick — terms near u64::MAX, acks beyond
+    /// what was sent, AppendEntries/Heartbeat/TimeoutNow from a node that is not the leader,
+    /// wild commit indexes and reject hints, malformed entries, plus sane-term noise (pre-votes
+    /// and vote requests, responses of a higher term) that legitimately causes elections. Then
+    /// they stop; the run must stay safe throughout, never refuse a real message, and recover
+    /// (a leader commits, and so does a client's new proposal) within `recovery_ticks_max`.
+    pub fn forgery(seed: u64) -> Self {
+        let mut cfg = SimConfig::swarm(seed);
+        cfg.faults.forge_per_mille = 150;
+        cfg.fault_ticks = 600;
+        cfg
+    }
+
     fn node_config(&self, index: usize) -> Config {
         let voters = if index < self.nodes {
             (1..=self.nodes as u64).collect()
@@ -330,6 +351,13 @@ pub struct SimReport {
     pub heal_recovery_ticks: u64,
     /// Ticks from killing a stable leader to a new leader committing in its term.
     pub leader_loss_recovery_ticks: u64,
+    /// Forged or corrupted messages stepped into nodes.
+    pub forged: u64,
+    /// Messages the nodes refused (all of them forged: a refused real message fails the run).
+    pub refused: u64,
+    /// With forgeries: ticks from healing to a client's proposal made after it being
+    /// acknowledged (0 without).
+    pub heal_ack_ticks: u64,
 }
 
 /// A run that broke a property: replay it with the same config to see the trace.
@@ -421,7 +449,9 @@ pub struct Simulator<'t> {
     checker: Checker,
     faults_on: bool,
     /// `(node, index, term)` → proposal id, for proposals awaiting their acknowledgement.
-    proposals: HashMap<(usize, Index, Term), u64>,
+    proposals: HashMap<(usize, Index, Term), (u64, u64)>,
+    /// Highest acceptance number (1-based, in order of acceptance) of an acknowledged proposal.
+    acked_seq_max: u64,
     proposals_accepted: u64,
     /// Read id → highest acknowledged index when the read was issued (linearizability bound).
     reads: HashMap<u64, Index>,
@@ -436,6 +466,12 @@ pub struct Simulator<'t> {
     reader_target: usize,
     /// The clients' own random stream (their retries do not disturb the main stream's draws).
     client_rng: ChaCha8Rng,
+    /// The forger's own stream.
+    forge_rng: ChaCha8Rng,
+    /// A forged message is being stepped: its refusal is expected.
+    forging: bool,
+    forged: u64,
+    refused: u64,
     trace: Option<&'t mut dyn FnMut(&str)>,
 }
 
@@ -498,6 +534,7 @@ impl<'t> Simulator<'t> {
             checker: Checker::default(),
             faults_on: true,
             proposals: HashMap::new(),
+            acked_seq_max: 0,
             proposals_accepted: 0,
             reads: HashMap::new(),
             reads_confirmed: 0,
@@ -509,13 +546,31 @@ impl<'t> Simulator<'t> {
             client_target: 0,
             reader_target: 0,
             client_rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xc1e7_0000_0000_0000),
+            forge_rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xf0e6_0000_0000_0000),
+            forging: false,
+            forged: 0,
+            refused: 0,
             trace,
             cfg,
         }
     }
 
     fn run(mut self) -> Result<SimReport, SimFailure> {
-        self.run_checked().map_err(|violation| SimFailure {
+        // A panic anywhere (a node's invariant, or the simulator's own) is a failure of this
+        // seed like any other: reported with its seed, not unwinding through the caller.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_checked()));
+        let result = outcome.unwrap_or_else(|payload| {
+            let text = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-text panic".into());
+            Err(Violation {
+                property: Property::Panic,
+                detail: text,
+            })
+        });
+        result.map_err(|violation| SimFailure {
             seed: self.cfg.seed,
             tick: self.now / TICK_UNITS,
             step: self.steps,
@@ -539,6 +594,11 @@ impl<'t> Simulator<'t> {
             }
         }
         let heal_recovery_ticks = self.await_leader_commit(0)?;
+        let heal_ack_ticks = if self.cfg.faults.forge_per_mille > 0 {
+            self.await_new_ack()?
+        } else {
+            0
+        };
         // Leader loss: kill the stable leader, measure the time to a new one committing.
         let (old, old_term) = self.stable_leader().expect("awaited above");
         self.crash(old);
@@ -562,7 +622,33 @@ impl<'t> Simulator<'t> {
             lease_reads: self.lease_reads,
             heal_recovery_ticks,
             leader_loss_recovery_ticks,
+            forged: self.forged,
+            refused: self.refused,
+            heal_ack_ticks,
         })
+    }
+
+    /// Steps until a proposal accepted from now on is acknowledged to its client; returns the
+    /// ticks it took, or a liveness violation past `recovery_ticks_max`.
+    fn await_new_ack(&mut self) -> Result<u64, Violation> {
+        let start = self.now;
+        let deadline = start + self.cfg.recovery_ticks_max * TICK_UNITS;
+        let proposed_before = self.proposals_accepted;
+        loop {
+            if self.acked_seq_max > proposed_before {
+                return Ok((self.now - start).div_ceil(TICK_UNITS));
+            }
+            if self.now > deadline {
+                return Err(Violation {
+                    property: Property::Liveness,
+                    detail: format!(
+                        "no new proposal acknowledged within {} ticks of the faults stopping",
+                        self.cfg.recovery_ticks_max
+                    ),
+                });
+            }
+            self.step()?;
+        }
     }
 
     /// Steps until some leader of a term >= `term_min` has committed an entry of its own term;
@@ -725,6 +811,14 @@ impl<'t> Simulator<'t> {
         self.schedule(TICK_UNITS, Event::Tick);
         if self.faults_on {
             self.inject_faults()?;
+            if self.cfg.faults.forge_per_mille > 0 {
+                for node in 0..self.nodes.len() {
+                    let rate = self.cfg.faults.forge_per_mille;
+                    if self.forge_rng.gen_range(0..1000) < rate {
+                        self.forge(node)?;
+                    }
+                }
+            }
         }
         for _ in 0..self.rng.gen_range(0..=self.cfg.proposals_per_tick_max) {
             self.propose()?;
@@ -825,6 +919,313 @@ impl<'t> Simulator<'t> {
         }
     }
 
+    /// Steps a forged or corrupted message into `node` (if up), built from what the node knows
+    /// right now so that each one contradicts it detectably, or is sane noise Raft tolerates.
+    ///
+    /// Not forged, because no check without authentication can tell them from the real thing
+    /// and Raft is not Byzantine-tolerant: messages from the leader a node follows that are
+    /// plausible (entries, commit within its log, a snapshot), vote grants, and
+    /// acknowledgements of entries the leader did send. Everything else is fair game.
+    fn forge(&mut self, node: usize) -> Result<(), Violation> {
+        use crate::message::{AppendReject, Entry, EntryKind, MessageBody};
+        use crate::progress::ProgressState;
+        use crate::refusal::{TERM_JUMP_MAX, TERM_MAX};
+        let Some(raft) = self.nodes[node].raft.as_ref() else {
+            return Ok(());
+        };
+        let total = self.nodes.len() as NodeId;
+        let to = node as NodeId + 1;
+        let r = &mut self.forge_rng;
+        let (term, last, leader, role) =
+            (raft.term(), raft.last_index(), raft.leader(), raft.role());
+        let last_term = raft.term_at(last).unwrap_or(0);
+        // Some other node (there are at least three).
+        let other = |r: &mut ChaCha8Rng, not: &[NodeId]| loop {
+            let id = r.gen_range(1..=total);
+            if id != to && !not.contains(&id) {
+                break id;
+            }
+        };
+        let wild_term = |r: &mut ChaCha8Rng| match r.gen_range(0..4) {
+            0 => u64::MAX - r.gen_range(0..3),
+            1 => r.gen_range(TERM_MAX + 1..=u64::MAX),
+            2 => term.saturating_add(TERM_JUMP_MAX + 1 + r.gen_range(0..1 << 20)),
+            _ => TERM_MAX + 1,
+        };
+        let wild = |r: &mut ChaCha8Rng| match r.gen_range(0..3) {
+            0 => u64::MAX - r.gen_range(0..3),
+            1 => r.gen::<u64>(),
+            _ => r.gen_range(0..1 << 20),
+        };
+        let msg = |from: NodeId, term: Term, body: MessageBody| Message {
+            from,
+            to,
+            term,
+            body,
+        };
+        let entries = |r: &mut ChaCha8Rng, from: Index, term: Term| -> Vec<Entry> {
+            (from..from + r.gen_range(0..3))
+                .map(|index| Entry {
+                    term,
+                    index,
+                    kind: EntryKind::Command,
+                    payload: Arc::from(&b"forged!!"[..]),
+                })
+                .collect()
+        };
+        let forged = match r.gen_range(0..12) {
+            // Any message with a term no real cluster reaches.
+            0 => {
+                let from = other(r, &[]);
+                let t = wild_term(r);
+                let body = match r.gen_range(0..5) {
+                    0 => MessageBody::AppendEntriesResponse {
+                        result: Ok(wild(r)),
+                    },
+                    1 => MessageBody::RequestVote {
+                        last_index: wild(r),
+                        last_term: t,
+                        transfer: r.gen(),
+                    },
+                    2 => MessageBody::PreVote {
+                        last_index: wild(r),
+                        last_term: t,
+                    },
+                    3 => MessageBody::Heartbeat {
+                        commit: wild(r),
+                        read_seq: wild(r),
+                    },
+                    _ => MessageBody::TimeoutNow,
+                };
+                msg(from, t, body)
+            }
+            // A leader hears acks beyond its log, or beyond what it sent that follower.
+            1 | 2 if role == Role::Leader => {
+                let peers: Vec<(NodeId, Index, Index)> = (1..=total)
+                    .filter_map(|p| raft.progress(p).map(|pr| (p, pr.sent_max, pr.match_index)))
+                    .collect();
+                if peers.is_empty() {
+                    return Ok(());
+                }
+                let (from, sent, _) = peers[r.gen_range(0..peers.len())];
+                let index = if sent < last && r.gen_bool(0.5) {
+                    r.gen_range(sent + 1..=last)
+                } else {
+                    last.saturating_add(1 + wild(r) % (1 << 40))
+                };
+                msg(
+                    from,
+                    term,
+                    MessageBody::AppendEntriesResponse { result: Ok(index) },
+                )
+            }
+            // A leader hears a rejection no follower computes, an echo of a heartbeat round
+            // it never sent, or a snapshot acknowledgement beyond the snapshot's end.
+            3 if role == Role::Leader => {
+                let from = other(r, &[]);
+                let body = match r.gen_range(0..5) {
+                    0 => MessageBody::AppendEntriesResponse {
+                        result: Err(AppendReject {
+                            rejected_prev_index: last + 1 + r.gen_range(0..1 << 30),
+                            hint_term: None,
+                            hint_index: r.gen_range(0..=last),
+                        }),
+                    },
+                    1 => {
+                        let prev = r.gen_range(0..=last);
+                        MessageBody::AppendEntriesResponse {
+                            result: Err(AppendReject {
+                                rejected_prev_index: prev,
+                                hint_term: None,
+                                hint_index: prev + 1 + r.gen_range(0..1 << 30),
+                            }),
+                        }
+                    }
+                    2 => {
+                        let prev = r.gen_range(0..=last);
+                        MessageBody::AppendEntriesResponse {
+                            result: Err(AppendReject {
+                                rejected_prev_index: prev,
+                                hint_term: Some(term + 1 + r.gen_range(0..1 << 30)),
+                                hint_index: r.gen_range(0..=prev),
+                            }),
+                        }
+                    }
+                    3 => MessageBody::HeartbeatResponse {
+                        read_seq: u64::MAX - r.gen_range(0..1 << 20),
+                    },
+                    _ => match raft.progress(from).and_then(|p| {
+                        (p.state == ProgressState::Snapshot)
+                            .then_some(p.snapshot.as_ref())
+                            .flatten()
+                            .and_then(|t| t.size.map(|size| (t.meta.index, size)))
+                    }) {
+                        Some((index, size)) => MessageBody::InstallSnapshotResponse {
+                            index,
+                            received: size + 1 + r.gen_range(0..1 << 20),
+                        },
+                        None => return Ok(()),
+                    },
+                };
+                msg(from, term, body)
+            }
+            // A follower that knows its leader hears from another node claiming leadership
+            // of the same term, with a wild commit index, or asking it to campaign.
+            4..=6 if leader.is_some_and(|l| l != to) => {
+                let l = leader.expect("checked");
+                let from = other(r, &[l]);
+                let body = match r.gen_range(0..4) {
+                    0 => MessageBody::AppendEntries {
+                        prev_index: last,
+                        prev_term: last_term,
+                        entries: entries(r, last + 1, term),
+                        commit: wild(r),
+                    },
+                    1 => MessageBody::Heartbeat {
+                        commit: r.gen_range(0..=last),
+                        read_seq: wild(r),
+                    },
+                    2 => MessageBody::InstallSnapshot {
+                        meta: SnapshotMeta {
+                            index: last + r.gen_range(1..100),
+                            term,
+                            membership: raft.membership().clone(),
+                        },
+                        offset: 0,
+                        data: Arc::from(&b"forged snapshot"[..]),
+                        done: true,
+                    },
+                    _ => MessageBody::TimeoutNow,
+                };
+                msg(from, term, body)
+            }
+            // The leader it follows (or anyone) seems to send nonsense: a heartbeat commit
+            // beyond its log, entries that are not consecutive, of a future term, or at an
+            // index that overflows.
+            7 if leader.is_some_and(|l| l != to) => {
+                let l = leader.expect("checked");
+                let body = match r.gen_range(0..4) {
+                    0 => MessageBody::Heartbeat {
+                        commit: last + 1 + wild(r) % (1 << 40),
+                        read_seq: 0,
+                    },
+                    1 => {
+                        let mut es = entries(r, last + 1, term);
+                        es.push(Entry {
+                            // Beyond what the (at most two) entries before it reach.
+                            index: last + 10 + r.gen_range(0..100),
+                            ..es.first().cloned().unwrap_or(Entry {
+                                term,
+                                index: 0,
+                                kind: EntryKind::Noop,
+                                payload: Arc::from(&[][..]),
+                            })
+                        });
+                        MessageBody::AppendEntries {
+                            prev_index: last,
+                            prev_term: last_term,
+                            entries: es,
+                            commit: wild(r),
+                        }
+                    }
+                    2 => MessageBody::AppendEntries {
+                        prev_index: last,
+                        prev_term: last_term,
+                        entries: vec![Entry {
+                            term: term + 1 + r.gen_range(0..100),
+                            index: last + 1,
+                            kind: EntryKind::Command,
+                            payload: Arc::from(&b"forged!!"[..]),
+                        }],
+                        commit: wild(r),
+                    },
+                    // An entry whose index wrapped around after prev_index = u64::MAX.
+                    _ => MessageBody::AppendEntries {
+                        prev_index: u64::MAX,
+                        prev_term: last_term,
+                        entries: vec![Entry {
+                            term,
+                            index: 0,
+                            kind: EntryKind::Command,
+                            payload: Arc::from(&b"forged!!"[..]),
+                        }],
+                        commit: wild(r),
+                    },
+                };
+                msg(l, term, body)
+            }
+            // A leader hears from another node claiming to lead its term.
+            8 if role == Role::Leader => {
+                let from = other(r, &[]);
+                let body = match r.gen_range(0..3) {
+                    0 => MessageBody::AppendEntries {
+                        prev_index: last,
+                        prev_term: last_term,
+                        entries: entries(r, last + 1, term),
+                        commit: wild(r),
+                    },
+                    1 => MessageBody::Heartbeat {
+                        commit: wild(r),
+                        read_seq: 0,
+                    },
+                    _ => MessageBody::TimeoutNow,
+                };
+                msg(from, term, body)
+            }
+            // A TimeoutNow of a newer term, which no leader sends; or of ours, from someone
+            // (obeyed only from the leader this node follows, and it is not that one).
+            9 => {
+                let from = other(r, &leader.into_iter().collect::<Vec<_>>());
+                let t = if r.gen_bool(0.5) {
+                    term
+                } else {
+                    term + r.gen_range(1..4)
+                };
+                msg(from, t, MessageBody::TimeoutNow)
+            }
+            // Bad addressing.
+            10 => {
+                let from = if r.gen_bool(0.5) { 0 } else { to };
+                let mut m = msg(from, term, MessageBody::TimeoutNow);
+                if r.gen_bool(0.3) {
+                    m.from = other(r, &[]);
+                    m.to = other(r, &[]);
+                }
+                m
+            }
+            // Sane noise: a pre-vote, a vote request of a log no node is behind, or a higher
+            // term in a response (Raft tolerates all of these; they cause elections).
+            11 => {
+                let from = other(r, &[]);
+                let t = term + r.gen_range(1..=2);
+                let body = match r.gen_range(0..3) {
+                    0 => MessageBody::PreVote {
+                        last_index: r.gen_range(0..=last + 5),
+                        last_term: r.gen_range(0..=t),
+                    },
+                    1 => MessageBody::RequestVote {
+                        last_index: 0,
+                        last_term: 0,
+                        transfer: false,
+                    },
+                    _ => MessageBody::AppendEntriesResponse {
+                        result: Ok(r.gen_range(0..=last)),
+                    },
+                };
+                msg(from, t, body)
+            }
+            _ => return Ok(()),
+        };
+        self.forged += 1;
+        self.log(|| format!("forge {forged}"));
+        self.forging = true;
+        let raft = self.nodes[node].raft.as_mut().expect("checked above");
+        raft.step(forged);
+        let drained = self.drain(node);
+        self.forging = false;
+        drained
+    }
+
     /// Asks the leader for a random membership change; refusals are part of the test.
     fn change_membership(&mut self, leader: usize) {
         let raft = self.nodes[leader].raft.as_ref().expect("leader is up");
@@ -877,7 +1278,8 @@ impl<'t> Simulator<'t> {
         match raft.propose(Arc::from(payload)) {
             Ok((term, index)) => {
                 self.proposals_accepted += 1;
-                self.proposals.insert((target, index, term), id);
+                self.proposals
+                    .insert((target, index, term), (id, self.proposals_accepted));
                 self.log(|| {
                     format!(
                         "n{} accepts proposal {id:#x} at ({index},t{term})",
@@ -960,11 +1362,22 @@ impl<'t> Simulator<'t> {
             for chunk in rd.snapshot_chunks {
                 self.receive_snapshot_chunk(node, chunk);
             }
+            for refusal in &rd.refused {
+                self.refused += 1;
+                self.log(|| format!("n{} {refusal}", node + 1));
+                if !self.forging && self.cfg.mutation == Mutation::None {
+                    return Err(Violation {
+                        property: Property::RefusedLegitimate,
+                        detail: format!("n{}: {refusal}", node + 1),
+                    });
+                }
+            }
             if !rd.committed.is_empty() {
                 self.checker.applied(node as u64 + 1, &rd.committed)?;
                 for e in &rd.committed {
                     self.nodes[node].state.apply(e);
-                    if let Some(id) = self.proposals.remove(&(node, e.index, e.term)) {
+                    if let Some((id, seq)) = self.proposals.remove(&(node, e.index, e.term)) {
+                        self.acked_seq_max = self.acked_seq_max.max(seq);
                         assert_eq!(
                             checker::digest(e).1,
                             id,
