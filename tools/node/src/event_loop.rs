@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::replica::{FatalError, Replica, READY_ROUNDS_MAX};
 use crate::replies::Replier;
 use crate::subscriptions::Subscriptions;
+use crate::warn_limit::WarnLimit;
 
 /// Static parameters of the loop.
 #[derive(Debug, Clone)]
@@ -66,6 +67,8 @@ pub struct EventLoop {
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
     events: Vec<NetEvent>,
+    /// Warnings about peers' messages, rate-limited (a flood must not flood the log).
+    peer_warnings: WarnLimit,
     next_tick: Instant,
     /// The core had more work than one round does (`READY_ROUNDS_MAX`): do not wait.
     more_ready: bool,
@@ -96,6 +99,7 @@ impl EventLoop {
             metrics,
             stop,
             events: Vec::new(),
+            peer_warnings: WarnLimit::default(),
             more_ready: false,
         }
     }
@@ -179,6 +183,10 @@ impl EventLoop {
         self.replica.settle()?;
         let held = self.replica.take_messages();
         self.send(held);
+        for refusal in self.replica.take_refusals() {
+            let why = refusal.reason.to_string();
+            self.refuse_peer(refusal.from, refusal.reason.label(), &why);
+        }
         // 5. Answers: appends decided by what committed (or, for `ack=leader`, is durable here).
         let committed = self.replica.take_committed();
         let leader = self.replica.raft().leader();
@@ -200,11 +208,10 @@ impl EventLoop {
         let net = &mut self.net;
         match event {
             NetEvent::PeerFrame { from, frame } => match decode_message(&frame) {
-                Ok(msg) if msg.to == self.cfg.node_id => self.replica.step(msg),
-                Ok(msg) => {
-                    tracing::warn!(from, to = msg.to, "peer message for another node dropped")
-                }
-                Err(e) => tracing::warn!(from, error = %e, "undecodable peer message dropped"),
+                // The Net admits a message only from the node that said hello on its
+                // connection; the core refuses what no correct node could send.
+                Ok(msg) => self.replica.step(msg),
+                Err(e) => self.refuse_peer(from, "undecodable", &e.to_string()),
             },
             NetEvent::ClientFrame { client, frame } => match decode_request(frame) {
                 Ok(Request::Append {
@@ -265,6 +272,14 @@ impl EventLoop {
         if self.next_tick < now {
             // The loop fell behind (a long stall): skip missed ticks rather than burst them.
             self.next_tick = now + self.cfg.tick;
+        }
+    }
+
+    /// Counts a peer message dropped for `reason` and says so (rate-limited).
+    fn refuse_peer(&mut self, from: u64, reason: &'static str, why: &str) {
+        self.metrics.count_peer_refusal(reason);
+        if let Some(suppressed) = self.peer_warnings.admit(Instant::now()) {
+            tracing::warn!(from, reason, why, suppressed, "peer message refused");
         }
     }
 

@@ -28,6 +28,7 @@ pub mod snapshots;
 pub mod state;
 pub mod storage;
 pub mod subscriptions;
+mod warn_limit;
 
 #[cfg(test)]
 mod cluster_in_memory;

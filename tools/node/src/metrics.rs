@@ -2,6 +2,7 @@
 //! histograms it and the log writer record, rendered as Prometheus text by a tiny HTTP responder
 //! on a control-plane thread (never on the data path).
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,8 @@ pub struct Metrics {
     emulated_disk: Option<&'static str>,
     /// Bytes of peer frames handed to the network (on a leader: what it ships to followers).
     pub peer_bytes_sent: AtomicU64,
+    /// Peer messages dropped because no correct peer could have sent them, by reason.
+    peer_refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -41,6 +44,7 @@ impl Metrics {
             snapshot_index: AtomicU64::new(0),
             emulated_disk: None,
             peer_bytes_sent: AtomicU64::new(0),
+            peer_refused: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -53,6 +57,16 @@ impl Metrics {
     /// Publishes the node's current status (the raft thread, once per tick).
     pub fn publish(&self, status: NodeStatus) {
         *self.status.lock().expect("metrics lock") = Some(status);
+    }
+
+    /// Counts one peer message refused for `reason` (a metrics label).
+    pub fn count_peer_refusal(&self, reason: &'static str) {
+        *self
+            .peer_refused
+            .lock()
+            .expect("metrics lock")
+            .entry(reason)
+            .or_default() += 1;
     }
 
     /// The status the raft thread published last (`None` before its first tick).
@@ -173,6 +187,17 @@ impl Metrics {
             "Bytes of peer frames queued for sending (a leader's AppendEntries to its followers).",
             self.peer_bytes_sent.load(Ordering::Relaxed),
         );
+        let refused = self.peer_refused.lock().expect("metrics lock").clone();
+        out.push_str(
+            "# HELP raftline_peer_messages_refused_total Peer messages dropped because no \
+             correct peer could have sent them (undecodable, misaddressed, or contradicting what \
+             this node knows), by reason.\n# TYPE raftline_peer_messages_refused_total counter\n",
+        );
+        for (reason, n) in refused {
+            out.push_str(&format!(
+                "raftline_peer_messages_refused_total{{reason=\"{reason}\"}} {n}\n"
+            ));
+        }
         histogram(
             &mut out,
             "raftline_fsync_seconds",

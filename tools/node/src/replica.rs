@@ -21,7 +21,7 @@ use raftline_log::{
 };
 use raftline_replicator::{
     Config, EntryKind, HardState, Index, InitError, Message, NodeId, ProposeError, Raft, Ready,
-    Role, StorageError, Term,
+    Refusal, Role, StorageError, Term,
 };
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -142,6 +142,9 @@ pub struct Replica {
     /// nor re-checks its own proposals on their way to the disk.
     proposed: VecDeque<Batch>,
     outbox: Vec<Message>,
+    /// Peer messages the core refused, for the driver to report (bounded by the core per
+    /// `Ready` and drained every event-loop round).
+    refused: Vec<Refusal>,
     committed: Vec<Committed>,
     snapshots: Snapshots,
     /// Offset one past the last record a consumer may read here.
@@ -209,6 +212,7 @@ impl Replica {
             tail: None,
             proposed: VecDeque::new(),
             outbox: Vec::new(),
+            refused: Vec::new(),
             committed: Vec::new(),
             leadership,
         })
@@ -386,6 +390,7 @@ impl Replica {
         for chunk in &rd.snapshot_chunks {
             self.receive_snapshot_chunk(chunk)?;
         }
+        self.refused.append(&mut rd.refused);
         let mut messages = std::mem::take(&mut self.outbox);
         messages.append(&mut rd.messages);
         Ok(messages)
@@ -565,6 +570,11 @@ impl Replica {
     /// Messages to send, in order.
     pub fn take_messages(&mut self) -> Vec<Message> {
         std::mem::take(&mut self.outbox)
+    }
+
+    /// Peer messages the core refused since the last call.
+    pub fn take_refusals(&mut self) -> Vec<Refusal> {
+        std::mem::take(&mut self.refused)
     }
 
     /// Entries committed and durable here since the last call, in order.

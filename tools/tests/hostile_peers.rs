@@ -1,0 +1,128 @@
+//! Forged peer messages against real `raftline server` processes: a connection that says hello
+//! as one of the cluster's nodes and then sends what no correct node could send. Each message is
+//! refused (counted in /metrics by reason), never obeyed, and the cluster keeps its leader, its
+//! term and its writes.
+
+mod cluster_support;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use cluster_support::{append_window, http_get, status, Cluster, Outcome, CLUSTER, DEADLINE};
+use raftline_netio::cluster_id::ClusterId;
+use raftline_netio::frame::{encode, FrameHeader, FrameType};
+use raftline_netio::peer_codec::encode_message;
+use raftline_replicator::{Message, MessageBody, TERM_MAX};
+
+/// A connection to `peer_addr` that said hello as node `as_node`, then sent `msgs`.
+fn forge(peer_addr: SocketAddr, as_node: u64, msgs: &[Message]) -> TcpStream {
+    let cluster = ClusterId::from_name(CLUSTER);
+    let mut out = Vec::new();
+    let hello = FrameHeader {
+        frame_type: FrameType::PeerHello,
+        cluster_id: cluster,
+        sender_id: as_node,
+    };
+    encode(&mut out, hello, &[]).unwrap();
+    for msg in msgs {
+        encode_message(&mut out, cluster, msg).unwrap();
+    }
+    let mut stream = TcpStream::connect(peer_addr).unwrap();
+    stream.write_all(&out).unwrap();
+    stream
+}
+
+/// Waits until node `metrics`' refusal counter for `reason` reaches `at_least`.
+fn wait_refused(metrics: SocketAddr, reason: &str, at_least: u64) {
+    let line = format!("raftline_peer_messages_refused_total{{reason=\"{reason}\"}} ");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let page = http_get(metrics, "/metrics");
+        let n = page
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap());
+        if n >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {reason} refusal counted:\n{page}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The cluster still has `leader` leading in `term` and commits appends on every node.
+fn assert_healthy(cluster: &Cluster, leader: u64, term: u64, tags: std::ops::RangeInclusive<u64>) {
+    for n in &cluster.nodes {
+        let s = status(n.client).unwrap();
+        assert_eq!(s.term, term, "node {} changed term: {s:?}", n.id);
+        assert_eq!(s.leader_id, Some(leader), "node {}: {s:?}", n.id);
+    }
+    let tags: Vec<u64> = tags.collect();
+    let outcomes = append_window(cluster.node(leader).client, &tags, 1, 4);
+    assert!(
+        outcomes
+            .values()
+            .all(|o| matches!(o, Outcome::Acked { .. })),
+        "appends after the forgery: {outcomes:?}"
+    );
+}
+
+#[test]
+fn forged_peer_messages_are_refused_and_the_cluster_keeps_its_leader_and_term() {
+    let cluster = Cluster::start(3, "auto");
+    let leader = cluster.wait_leader();
+    let term = status(cluster.node(leader).client).unwrap().term;
+    let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    let (f1, f2) = (followers[0], followers[1]);
+    let leader_node = cluster.node(leader);
+
+    // 1. An answer with a term no election reaches (u64::MAX wrapped the pre-vote term and
+    //    wedged every node for good): refused, our term stays.
+    let wild = Message {
+        from: f1,
+        to: leader,
+        term: u64::MAX,
+        body: MessageBody::AppendEntriesResponse { result: Ok(1) },
+    };
+    let beyond = Message {
+        term: TERM_MAX + 1,
+        ..wild.clone()
+    };
+    let _a = forge(leader_node.peer, f1, &[wild, beyond]);
+    wait_refused(leader_node.metrics, "term_out_of_range", 2);
+
+    // 2. An acknowledgement of entries the leader never had: refused, not a panic.
+    let over_ack = Message {
+        from: f1,
+        to: leader,
+        term,
+        body: MessageBody::AppendEntriesResponse {
+            result: Ok(1_000_000),
+        },
+    };
+    let _b = forge(leader_node.peer, f1, &[over_ack]);
+    wait_refused(leader_node.metrics, "ack_beyond_log", 1);
+
+    // 3. TimeoutNow to a follower from the other follower (only its leader may ask it to
+    //    campaign): refused, no election.
+    let timeout_now = Message {
+        from: f2,
+        to: f1,
+        term,
+        body: MessageBody::TimeoutNow,
+    };
+    let _d = forge(cluster.node(f1).peer, f2, &[timeout_now]);
+    wait_refused(cluster.node(f1).metrics, "not_the_leader", 1);
+
+    assert_healthy(&cluster, leader, term, 1..=20);
+    // The refusals are logged (rate-limited), with the reason.
+    assert!(
+        cluster.log_of(leader).contains("peer message refused"),
+        "{}",
+        cluster.log_of(leader)
+    );
+}
