@@ -5,7 +5,7 @@
 use crate::chart::{render_chart, Panel, Series, XTicks};
 use serde::Serialize;
 
-use crate::cluster::LoadFigures;
+use crate::cluster::figures::LoadFigures;
 
 /// Producer counts of the default grid.
 pub const DEFAULT_PRODUCERS: &[usize] = &[1, 16, 64, 256];
