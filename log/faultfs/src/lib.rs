@@ -267,6 +267,12 @@ impl MountOptions {
             mountpoint: mountpoint.to_path_buf(),
             why,
         };
+        if let Err(e) = std::fs::metadata(mountpoint) {
+            // A mount left behind by a server that died: clear it and use the directory.
+            if e.raw_os_error() == Some(libc::ENOTCONN) {
+                let _ = unmount(mountpoint);
+            }
+        }
         let mountpoint = std::fs::canonicalize(mountpoint).map_err(|e| mount_err(e.to_string()))?;
         let backing = std::fs::canonicalize(backing).map_err(|e| mount_err(e.to_string()))?;
         let socket = self.socket.clone().unwrap_or_else(|| {

@@ -604,3 +604,43 @@ fn unmount_leaves_the_backing_dir_with_the_data() {
         "nothing mounted there now"
     );
 }
+
+#[test]
+fn a_mount_left_by_a_killed_server_is_cleared_and_reused() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (backing, mnt) = (dir.path().join("backing"), dir.path().join("mnt"));
+    fs::create_dir(&backing).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_raftline-faultfs"))
+        .arg("mount")
+        .arg(&backing)
+        .arg(&mnt)
+        .arg("--ctl")
+        .arg(dir.path().join("ctl.sock"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let stale = fs::metadata(&mnt).unwrap_err();
+    assert_eq!(
+        os_err(&stale),
+        libc::ENOTCONN,
+        "the dead server's mount is still there"
+    );
+    let env = Env {
+        fs: MountOptions::new()
+            .binary(env!("CARGO_BIN_EXE_raftline-faultfs"))
+            .mount(&backing, &mnt)
+            .unwrap(),
+        _dir: dir,
+    };
+    write_file(&env.p("f"), b"ok", true);
+    assert_eq!(fs::read(env.p("f")).unwrap(), b"ok");
+}
