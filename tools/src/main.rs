@@ -6,6 +6,7 @@ mod produce;
 mod server;
 mod server_config;
 mod status;
+mod systemd;
 mod tail;
 
 use std::process::ExitCode;

@@ -11,6 +11,7 @@ use anyhow::Context;
 use raftline_node::{Node, NodeConfig, Started};
 
 use crate::server_config::ServerArgs;
+use crate::systemd::Notifier;
 
 /// The long `--help` of `raftline server`.
 pub const LONG_ABOUT: &str = "Run one node of a raftline cluster.\n\n\
@@ -32,6 +33,9 @@ acknowledged means durable on a majority.\n\n\
 Set RAFTLINE_NET_BACKEND=poll (or --net-backend poll) to run without io_uring networking; \
 RUST_LOG=debug for more log output.";
 
+/// How often the node's status is looked at until it has joined (for systemd's `READY=1`).
+const READY_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Exit status on a second signal (128 + SIGINT, the shell convention).
 const EXIT_INTERRUPTED: i32 = 130;
 
@@ -42,13 +46,31 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     print_start(&cfg, node.started());
     let signals = Arc::new(AtomicU32::new(0));
     let stopper = node.stopper();
+    let notifier = Notifier::from_env().map(Arc::new);
+    let on_signal = notifier.clone();
     ctrlc::set_handler(move || {
         if signals.fetch_add(1, Ordering::SeqCst) > 0 {
             std::process::exit(EXIT_INTERRUPTED);
         }
+        if let Some(n) = &on_signal {
+            n.notify("STOPPING=1");
+        }
         stopper.stop();
     })
     .context("installing the SIGTERM/SIGINT handler")?;
+    if let Some(notifier) = notifier {
+        // Ready = joined: the node knows a leader (it can take or redirect writes).
+        while !node.is_finished() {
+            if let Some(leader) = node.status().and_then(|s| s.leader_id) {
+                notifier.notify(&format!(
+                    "READY=1\nSTATUS=member of {:?}, leader is node {leader}",
+                    cfg.cluster_name
+                ));
+                break;
+            }
+            std::thread::sleep(READY_POLL);
+        }
+    }
     node.join()?;
     Ok(ExitCode::SUCCESS)
 }

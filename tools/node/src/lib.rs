@@ -158,7 +158,7 @@ impl Node {
         let net = Net::bind(net_cfg)?;
         let waker = net.waker();
         let replica = open_replica(&cfg, &layout, waker.clone())?;
-        let mut metrics = Metrics::new(replica.log_handle());
+        let mut metrics = Metrics::new(replica.log_handle()).with_net_backend(net.backend());
         if let Some(emulation) = &cfg.emulated_disk {
             tracing::warn!("{}", emulation.banner());
             metrics = metrics.with_emulated_disk(emulation.profile);
@@ -324,6 +324,12 @@ impl RunningNode {
     /// Asks the node to drain and stop (see [`Stopper::stop`]); [`RunningNode::join`] waits.
     pub fn stop(&self) {
         self.stopper.stop();
+    }
+
+    /// Whether the raft thread has ended (stopped, failed or panicked; [`RunningNode::join`]
+    /// says which).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
     }
 
     /// Waits until the node stopped: `Ok` after a clean drain, else what stopped it.

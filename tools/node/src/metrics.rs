@@ -1,20 +1,37 @@
 //! What the node exports on `--metrics-listen`: gauges the raft thread publishes every tick, the
 //! histograms it and the log writer record, rendered as Prometheus text by a tiny HTTP responder
-//! on a control-plane thread (never on the data path).
+//! on a control-plane thread (never on the data path). The same listener answers the probes
+//! orchestrators use: `GET /livez` (the raft thread publishes its status, i.e. its loop turns)
+//! and `GET /readyz` (live, and the node knows a leader: it can take or redirect writes and serve
+//! reads).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use raftline_log::{Log, Pow2Histogram};
 use raftline_netio::client_proto::{NodeRole, NodeStatus};
 
+/// How long the raft thread may go without publishing its status (once per tick) before
+/// `/livez` fails: far beyond any healthy stall (a snapshot install, a slow fdatasync).
+pub const LIVENESS_STALE: Duration = Duration::from_secs(10);
+
+/// The status as last published, and when.
+struct Published {
+    status: NodeStatus,
+    at: Instant,
+}
+
 /// Metrics shared by the raft thread (writer) and the metrics endpoint (reader).
 pub struct Metrics {
-    status: Mutex<Option<NodeStatus>>,
+    status: Mutex<Option<Published>>,
+    /// Times the known leader changed (to another node or to none), seen at ticks.
+    leader_changes: AtomicU64,
+    /// Which I/O path each layer runs (`net`, `log`), so a fallback from io_uring shows.
+    io_backends: Vec<(&'static str, String)>,
     log: Arc<Log>,
     /// Microseconds from a proposal to its commit being known on the leader.
     pub append_commit_us: Pow2Histogram,
@@ -37,6 +54,8 @@ impl Metrics {
     pub fn new(log: Arc<Log>) -> Metrics {
         Metrics {
             status: Mutex::new(None),
+            leader_changes: AtomicU64::new(0),
+            io_backends: vec![("log", format!("{:?}", log.backend()).to_lowercase())],
             log,
             append_commit_us: Pow2Histogram::default(),
             batch_bytes: Pow2Histogram::default(),
@@ -54,9 +73,25 @@ impl Metrics {
         self
     }
 
+    /// Marks the network layer's I/O backend (`io_uring` or `poll`) in the exported metrics.
+    pub fn with_net_backend(mut self, backend: impl std::fmt::Display) -> Metrics {
+        self.io_backends.push(("net", backend.to_string()));
+        self
+    }
+
     /// Publishes the node's current status (the raft thread, once per tick).
     pub fn publish(&self, status: NodeStatus) {
-        *self.status.lock().expect("metrics lock") = Some(status);
+        let mut published = self.status.lock().expect("metrics lock");
+        if published
+            .as_ref()
+            .is_some_and(|p| p.status.leader_id != status.leader_id)
+        {
+            self.leader_changes.fetch_add(1, Ordering::Relaxed);
+        }
+        *published = Some(Published {
+            status,
+            at: Instant::now(),
+        });
     }
 
     /// Counts one peer message refused for `reason` (a metrics label).
@@ -69,16 +104,46 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// Live: the raft thread published its status within [`LIVENESS_STALE`] (its loop turns;
+    /// a wedged thread or a disk that blocks it for longer fails this).
+    pub fn liveness(&self) -> Result<(), String> {
+        let published = self.status.lock().expect("metrics lock");
+        match published.as_ref() {
+            None => Err("starting: the raft thread has not published its status yet".into()),
+            Some(p) if p.at.elapsed() > LIVENESS_STALE => Err(format!(
+                "the raft thread last published its status {:.1} s ago",
+                p.at.elapsed().as_secs_f64()
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Ready: live, and a leader is known (appends are taken or redirected, reads are served).
+    pub fn readiness(&self) -> Result<(), String> {
+        self.liveness()?;
+        match self.status() {
+            Some(s) if s.leader_id.is_some() => Ok(()),
+            _ => Err("no leader known (election in progress or no quorum reachable)".into()),
+        }
+    }
+
     /// The status the raft thread published last (`None` before its first tick).
     pub fn status(&self) -> Option<NodeStatus> {
-        self.status.lock().expect("metrics lock").clone()
+        let published = self.status.lock().expect("metrics lock");
+        published.as_ref().map(|p| p.status.clone())
     }
 
     /// The Prometheus text exposition of everything.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        if let Some(s) = self.status.lock().expect("metrics lock").clone() {
+        if let Some(s) = self.status() {
             gauge(&mut out, "raftline_node_id", "This node's id.", s.node_id);
+            gauge(
+                &mut out,
+                "raftline_has_leader",
+                "Whether this node knows a leader (1) or not (0).",
+                u64::from(s.leader_id.is_some()),
+            );
             out.push_str("# HELP raftline_role Raft role (1 for the current one).\n");
             out.push_str("# TYPE raftline_role gauge\n");
             for (role, name) in [
@@ -187,6 +252,22 @@ impl Metrics {
             "Bytes of peer frames queued for sending (a leader's AppendEntries to its followers).",
             self.peer_bytes_sent.load(Ordering::Relaxed),
         );
+        counter(
+            &mut out,
+            "raftline_leader_changes_seen_total",
+            "Times the leader this node knows changed (to another node or to none), seen at ticks.",
+            self.leader_changes.load(Ordering::Relaxed),
+        );
+        out.push_str(
+            "# HELP raftline_io_backend The I/O path each layer runs (1): io_uring, or the \
+             portable fallback when the kernel or a seccomp profile refuses it.\n\
+             # TYPE raftline_io_backend gauge\n",
+        );
+        for (layer, backend) in &self.io_backends {
+            out.push_str(&format!(
+                "raftline_io_backend{{layer=\"{layer}\",backend=\"{backend}\"}} 1\n"
+            ));
+        }
         let refused = self.peer_refused.lock().expect("metrics lock").clone();
         out.push_str(
             "# HELP raftline_peer_messages_refused_total Peer messages dropped because no \
@@ -234,6 +315,14 @@ impl Metrics {
             1e-6,
         );
         out
+    }
+}
+
+/// A probe's HTTP status and body.
+fn probe_answer(result: Result<(), String>) -> (&'static str, String) {
+    match result {
+        Ok(()) => ("200 OK", "ok\n".to_string()),
+        Err(why) => ("503 Service Unavailable", format!("{why}\n")),
     }
 }
 
@@ -299,8 +388,15 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
     let (status, body) = if request.starts_with(b"GET /metrics ") || request.starts_with(b"GET / ")
     {
         ("200 OK", metrics.render())
+    } else if request.starts_with(b"GET /livez ") {
+        probe_answer(metrics.liveness())
+    } else if request.starts_with(b"GET /readyz ") {
+        probe_answer(metrics.readiness())
     } else {
-        ("404 Not Found", "try GET /metrics\n".to_string())
+        (
+            "404 Not Found",
+            "try GET /metrics, /livez or /readyz\n".to_string(),
+        )
     };
     write!(
         stream,
