@@ -80,7 +80,13 @@ fn under_systemd_the_server_says_ready_once_it_has_joined_and_stopping_on_sigter
     socket.set_read_timeout(Some(DEADLINE)).unwrap();
     let (peer, client) = (cluster_support::free_port(), cluster_support::free_port());
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_raftline"))
-        .args(["server", "--id", "1", "--cluster-id", cluster_support::CLUSTER])
+        .args([
+            "server",
+            "--id",
+            "1",
+            "--cluster-id",
+            cluster_support::CLUSTER,
+        ])
         .args(["--peers", &format!("1={peer}")])
         .args(["--peer-clients", &format!("1={client}")])
         .args(["--client-listen", &client.to_string()])
@@ -92,7 +98,9 @@ fn under_systemd_the_server_says_ready_once_it_has_joined_and_stopping_on_sigter
         .spawn()
         .unwrap();
     let mut buf = [0u8; 512];
-    let n = socket.recv(&mut buf).expect("no READY=1 within the deadline");
+    let n = socket
+        .recv(&mut buf)
+        .expect("no READY=1 within the deadline");
     let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(ready.starts_with("READY=1\n"), "{ready}");
     assert!(ready.contains("leader is node 1"), "{ready}");

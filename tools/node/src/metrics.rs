@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use raftline_log::{Log, Pow2Histogram};
+use raftline_log::{BackendKind, Log, Pow2Histogram};
 use raftline_netio::client_proto::{NodeRole, NodeStatus};
 
 /// How long the raft thread may go without publishing its status (once per tick) before
@@ -55,7 +55,7 @@ impl Metrics {
         Metrics {
             status: Mutex::new(None),
             leader_changes: AtomicU64::new(0),
-            io_backends: vec![("log", format!("{:?}", log.backend()).to_lowercase())],
+            io_backends: vec![("log", log_backend_label(log.backend()).to_string())],
             log,
             append_commit_us: Pow2Histogram::default(),
             batch_bytes: Pow2Histogram::default(),
@@ -315,6 +315,15 @@ impl Metrics {
             1e-6,
         );
         out
+    }
+}
+
+/// The log's write path as the `raftline_io_backend` label names it.
+fn log_backend_label(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::UringDirect => "io_uring_direct",
+        BackendKind::PwriteDirect => "pwrite_direct",
+        BackendKind::Buffered => "buffered",
     }
 }
 
