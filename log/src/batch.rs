@@ -430,7 +430,20 @@ impl Batch {
     }
 }
 
-/// Calls `visit(key, value)` for every record that has a key, in order, reading the validated
+/// A keyed record as [`for_each_keyed_in`] visits it, borrowed from the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyedRecord<'a> {
+    /// Its offset (the batch's base offset + its place in the batch).
+    pub offset: u64,
+    /// Its key.
+    pub key: &'a [u8],
+    /// Its value (empty: a delete).
+    pub value: &'a [u8],
+    /// The producer's timestamp, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+}
+
+/// Calls `visit` for every record that has a key, in order, reading the validated
 /// archive in place (keyless records, most of a log, are never deserialised or copied), over the
 /// bytes of a data batch that were verified where they entered this node and stayed in memory
 /// since (a Raft entry: `Batch::decode` on the leader,
@@ -439,7 +452,7 @@ impl Batch {
 /// the bytes are not copied into a `Batch`.
 pub fn for_each_keyed_in(
     bytes: &[u8],
-    mut visit: impl FnMut(&[u8], &[u8]),
+    mut visit: impl FnMut(KeyedRecord<'_>),
 ) -> Result<(), BatchError> {
     let header = parse_header(bytes)?;
     if header.total_bytes != bytes.len() {
@@ -448,9 +461,14 @@ pub fn for_each_keyed_in(
         ));
     }
     with_archive(&bytes[BATCH_HEADER_BYTES..], |archived| {
-        for record in archived.iter() {
+        for (place, record) in (0u64..).zip(archived.iter()) {
             if let Some(key) = record.key.as_ref() {
-                visit(key.as_slice(), record.value.as_slice());
+                visit(KeyedRecord {
+                    offset: header.base_offset + place,
+                    key: key.as_slice(),
+                    value: record.value.as_slice(),
+                    timestamp_ms: record.timestamp_ms.to_native(),
+                });
             }
         }
     })
@@ -621,7 +639,10 @@ mod tests {
     fn keyed_records_are_visited_in_order_and_keyless_ones_skipped() {
         let batch = Batch::encode(&sample_records()).unwrap();
         let mut seen = Vec::new();
-        for_each_keyed_in(batch.as_bytes(), |k, v| seen.push((k.to_vec(), v.to_vec()))).unwrap();
+        for_each_keyed_in(batch.as_bytes(), |r| {
+            seen.push((r.key.to_vec(), r.value.to_vec()))
+        })
+        .unwrap();
         assert_eq!(seen, vec![(b"k1".to_vec(), b"hello".to_vec())]);
     }
 
@@ -720,7 +741,10 @@ mod tests {
             buf.extend_from_slice(&vec![0; shift]);
             buf.extend_from_slice(bytes);
             let mut seen = Vec::new();
-            for_each_keyed_in(&buf[shift..], |k, v| seen.push((k.to_vec(), v.to_vec()))).unwrap();
+            for_each_keyed_in(&buf[shift..], |r| {
+                seen.push((r.key.to_vec(), r.value.to_vec()))
+            })
+            .unwrap();
             assert_eq!(
                 seen,
                 vec![(b"k1".to_vec(), b"hello".to_vec())],
@@ -732,7 +756,7 @@ mod tests {
             buf[end - 4..].fill(0x7F);
             assert!(
                 matches!(
-                    for_each_keyed_in(&buf[shift..], |_, _| {}),
+                    for_each_keyed_in(&buf[shift..], |_| {}),
                     Err(BatchError::BadPayload(_))
                 ),
                 "shift {shift}"

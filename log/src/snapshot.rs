@@ -11,7 +11,8 @@ use crate::error::{CorruptionKind, LogError};
 use crate::segment::sync_dir;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"RLNSNAP1");
-const HEADER_BYTES: usize = 40;
+/// Bytes of a snapshot file before its payload.
+pub const HEADER_BYTES: usize = 40;
 
 /// A snapshot on disk, identified by the last log entry it includes.
 #[derive(Debug, Clone, PartialEq, Eq)]

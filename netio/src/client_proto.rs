@@ -80,6 +80,54 @@ pub enum StartFrom {
     Latest,
 }
 
+/// Where a resumed snapshot stream picks up: the same snapshot (by index), after the records a
+/// consumer already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SnapshotResume {
+    /// The snapshot's index.
+    pub index: u64,
+    /// Records of it already received (its records are in key order, the same on every node).
+    pub position: u64,
+}
+
+/// Which snapshot a stream sends, and from where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SnapshotInfo {
+    /// Index of the last log entry the snapshot covers (0: no snapshot, the log starts at 0).
+    pub index: u64,
+    /// That entry's term.
+    pub term: u64,
+    /// The cut: the log continues at this offset; the snapshot holds the state of every record
+    /// below it.
+    pub cut_offset: u64,
+    /// Records (keys, tombstones included) in the snapshot.
+    pub records: u64,
+    /// The first record this stream sends (0: from the start; more: a resumed stream).
+    pub position: u64,
+}
+
+/// One record of a snapshot: the latest record of its key below the cut.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SnapshotRecord {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value; empty for a delete (a tombstone). A key absent from the snapshot is deleted
+    /// as of the cut (or never existed).
+    pub value: Vec<u8>,
+    /// The original offset of the record.
+    pub offset: u64,
+    /// Its producer timestamp, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+}
+
+impl SnapshotRecord {
+    /// What the record costs of a snapshot stream's credit: its key and value, plus 16 bytes for
+    /// its offset and timestamp (the node and the client count the same way).
+    pub fn credit_bytes(&self) -> u64 {
+        (self.key.len() + self.value.len() + 16) as u64
+    }
+}
+
 /// The role a node has in the Raft cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum NodeRole {
@@ -238,6 +286,18 @@ pub enum Request {
         /// Echoed in the answer.
         request_id: u64,
     },
+    /// Streams the node's newest snapshot: `SnapshotBegin`, `SnapshotRecords` under credit (the
+    /// same byte credit as `Subscribe`, granted with `Credit`), `SnapshotEnd`; the consumer then
+    /// subscribes to the log from the cut.
+    SubscribeSnapshot {
+        /// Names the stream in its frames and in `Credit`.
+        subscription_id: u64,
+        /// Initial credit: bytes of records the node may send before more credit arrives.
+        window_bytes: u64,
+        /// Resume this snapshot at this position if the node holds it (else it starts its own
+        /// newest snapshot from record 0, with a new `SnapshotBegin`).
+        resume: Option<SnapshotResume>,
+    },
 }
 
 /// A message from a node to a client.
@@ -273,6 +333,27 @@ pub enum Response {
         request_id: u64,
         /// The answer.
         status: NodeStatus,
+    },
+    /// A snapshot stream starts (the reset marker).
+    SnapshotBegin {
+        /// The stream.
+        subscription_id: u64,
+        /// Which snapshot, from where.
+        info: SnapshotInfo,
+    },
+    /// Records of a snapshot stream, in key order, continuing from the last frame.
+    SnapshotRecords {
+        /// The stream.
+        subscription_id: u64,
+        /// The records.
+        records: Vec<SnapshotRecord>,
+    },
+    /// The snapshot stream is complete: the state below `cut_offset` is what it sent.
+    SnapshotEnd {
+        /// The stream.
+        subscription_id: u64,
+        /// Where the log continues.
+        cut_offset: u64,
     },
     /// A subscription is registered; sent before any of its batches.
     Subscribed {
@@ -312,6 +393,7 @@ impl Request {
             Request::Subscribe { .. } => FrameType::Subscribe,
             Request::Credit { .. } => FrameType::Credit,
             Request::Status { .. } => FrameType::Status,
+            Request::SubscribeSnapshot { .. } => FrameType::SubscribeSnapshot,
         }
     }
 }
@@ -325,6 +407,9 @@ impl Response {
             Response::Batches { .. } => FrameType::Batches,
             Response::StatusReply { .. } => FrameType::StatusReply,
             Response::Subscribed { .. } => FrameType::Subscribed,
+            Response::SnapshotBegin { .. } => FrameType::SnapshotBegin,
+            Response::SnapshotRecords { .. } => FrameType::SnapshotRecords,
+            Response::SnapshotEnd { .. } => FrameType::SnapshotEnd,
         }
     }
 }
@@ -433,7 +518,11 @@ pub fn decode_request(frame: Frame) -> Result<Request, ClientProtoError> {
     let frame_type = frame.header.frame_type;
     if !matches!(
         frame_type,
-        FrameType::Append | FrameType::Subscribe | FrameType::Credit | FrameType::Status
+        FrameType::Append
+            | FrameType::Subscribe
+            | FrameType::Credit
+            | FrameType::Status
+            | FrameType::SubscribeSnapshot
     ) {
         return Err(ClientProtoError::WrongFrameType(frame_type));
     }
@@ -459,6 +548,9 @@ pub fn decode_response(frame: Frame) -> Result<Response, ClientProtoError> {
             | FrameType::Batches
             | FrameType::StatusReply
             | FrameType::Subscribed
+            | FrameType::SnapshotBegin
+            | FrameType::SnapshotRecords
+            | FrameType::SnapshotEnd
     ) {
         return Err(ClientProtoError::WrongFrameType(frame_type));
     }

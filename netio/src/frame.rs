@@ -56,6 +56,8 @@ pub enum FrameType {
     Credit = 0x12,
     /// Client → node: ask for the node's status.
     Status = 0x13,
+    /// Client → node: stream the node's newest snapshot (the state the log's prefix describes).
+    SubscribeSnapshot = 0x14,
     /// Node → client: an append is acknowledged.
     Appended = 0x20,
     /// Node → client: a request failed (typed error).
@@ -66,11 +68,18 @@ pub enum FrameType {
     StatusReply = 0x23,
     /// Node → client: a subscription is registered, at this resolved start offset.
     Subscribed = 0x24,
+    /// Node → client: a snapshot stream (re)starts: which snapshot, from which record (the
+    /// reset marker: a consumer drops any state it built from another snapshot).
+    SnapshotBegin = 0x25,
+    /// Node → client: records of a snapshot stream, in key order.
+    SnapshotRecords = 0x26,
+    /// Node → client: a snapshot stream is complete; the log continues at its cut offset.
+    SnapshotEnd = 0x27,
 }
 
 impl FrameType {
     /// Every frame type, for tests and tables.
-    pub const ALL: [FrameType; 12] = [
+    pub const ALL: [FrameType; 16] = [
         FrameType::PeerHello,
         FrameType::PeerMessage,
         FrameType::Keepalive,
@@ -78,11 +87,15 @@ impl FrameType {
         FrameType::Subscribe,
         FrameType::Credit,
         FrameType::Status,
+        FrameType::SubscribeSnapshot,
         FrameType::Appended,
         FrameType::Error,
         FrameType::Batches,
         FrameType::StatusReply,
         FrameType::Subscribed,
+        FrameType::SnapshotBegin,
+        FrameType::SnapshotRecords,
+        FrameType::SnapshotEnd,
     ];
 
     /// The type with wire value `value`, if it exists.
@@ -106,6 +119,7 @@ impl FrameType {
                 | FrameType::Subscribe
                 | FrameType::Credit
                 | FrameType::Status
+                | FrameType::SubscribeSnapshot
                 | FrameType::Keepalive
         )
     }

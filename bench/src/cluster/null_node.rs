@@ -120,6 +120,9 @@ impl NullNode {
             },
             Request::Subscribe {
                 subscription_id, ..
+            }
+            | Request::SubscribeSnapshot {
+                subscription_id, ..
             } => Response::Error {
                 request_id: subscription_id,
                 error: ClientError::BadRequest {

@@ -17,6 +17,7 @@ mod connection;
 mod leader;
 mod pipeline;
 mod producer;
+mod state_subscription;
 mod subscription;
 
 use std::io;
@@ -29,6 +30,7 @@ use crate::cluster_id::ClusterId;
 use crate::frame::PAYLOAD_BYTES_MAX_DEFAULT;
 
 pub use producer::{Producer, RecordAck};
+pub use state_subscription::{StateEvent, StateMode, StateSubscription};
 pub use subscription::{ConsumedBatch, ConsumedRecord, Subscription};
 
 use connection::Connection;

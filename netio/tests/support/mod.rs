@@ -321,6 +321,15 @@ pub fn serve(cluster: &FakeCluster, node: usize, mut stream: TcpStream) {
                         status: cluster.status(node),
                     })
                 }
+                // The fake keeps no snapshot: the clients under test here read the log only.
+                Request::SubscribeSnapshot {
+                    subscription_id, ..
+                } => Some(Response::Error {
+                    request_id: subscription_id,
+                    error: ClientError::Unavailable {
+                        why: "the fake cluster keeps no snapshot".into(),
+                    },
+                }),
             };
             if let Some(answer) = answer {
                 if !reply(&mut stream, answer) {

@@ -376,10 +376,16 @@ fn keyed_batch(tag: usize) -> Batch {
     Batch::encode(&records).unwrap()
 }
 
+/// The state `batches` make when committed in order from offset 0 (each key keeps the offset of
+/// its latest record).
 fn expected_state(batches: &[Batch]) -> KeyState {
     let mut state = KeyState::default();
+    let mut offset = 0;
     for b in batches {
-        state.apply(b.as_bytes()).unwrap();
+        let mut stamped = b.clone();
+        stamped.stamp(offset, 1, 1);
+        offset = stamped.header().next_offset();
+        state.apply(stamped.as_bytes()).unwrap();
     }
     state
 }

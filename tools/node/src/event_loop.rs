@@ -231,6 +231,18 @@ impl EventLoop {
                     from,
                     window_bytes,
                 ),
+                Ok(Request::SubscribeSnapshot {
+                    subscription_id,
+                    window_bytes,
+                    resume,
+                }) => self.subscriptions.subscribe_snapshot(
+                    net,
+                    &self.replica,
+                    client,
+                    subscription_id,
+                    window_bytes,
+                    resume,
+                ),
                 Ok(Request::Credit {
                     subscription_id,
                     bytes,

@@ -24,6 +24,7 @@ pub mod identity;
 pub mod metrics;
 pub mod replica;
 mod replies;
+pub mod snapshot_stream;
 pub mod snapshots;
 pub mod state;
 pub mod storage;

@@ -543,6 +543,11 @@ impl Replica {
         self.snapshots.writing()
     }
 
+    /// The snapshot this node serves (to followers and to consumers reading the state).
+    pub fn served_snapshot(&self) -> Option<crate::storage::ServedSnapshot> {
+        self.raft.storage().served().cloned()
+    }
+
     /// Index of the newest durable snapshot here (it covers offsets below the log's start).
     pub fn snapshot_index(&self) -> Option<Index> {
         self.snapshots.latest_index()

@@ -46,12 +46,27 @@ impl ServedSnapshot {
     pub fn meta(&self) -> &SnapshotMeta {
         &self.meta
     }
+
+    /// The whole file's length (header and payload).
+    pub fn file_bytes(&self) -> u64 {
+        self.file_bytes
+    }
+
+    /// Reads file bytes at `offset` into `buf` (fewer at the end of the file).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.file.read_at(buf, offset)
+    }
 }
 
 impl LogStorage {
     /// Wraps a shared log (the node appends through its own handle) and the newest snapshot.
     pub fn new(log: Arc<Log>, snapshot: Option<ServedSnapshot>) -> LogStorage {
         LogStorage { log, snapshot }
+    }
+
+    /// The snapshot served now, if any.
+    pub fn served(&self) -> Option<&ServedSnapshot> {
+        self.snapshot.as_ref()
     }
 
     /// Serves `snapshot` from now on. Call before dropping the log prefix it covers: the core

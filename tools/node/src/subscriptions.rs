@@ -1,17 +1,22 @@
 //! Consumers on the raft thread: subscriptions streaming committed, locally durable batches
-//! straight from the log under the client's byte credit. A subscription sends while it has
-//! credit and the connection's queue accepts, and resumes on `ClientDrained` or new credit.
+//! straight from the log under the client's byte credit, and snapshot reads streaming the
+//! records of the served snapshot (the state below the log's start) under the same credit. A
+//! stream sends while it has credit and the connection's queue accepts, and resumes on
+//! `ClientDrained` or new credit.
 
 use std::collections::{BTreeMap, HashMap};
 
 use raftline_log::batch::entry_batches;
 use raftline_log::LogError;
-use raftline_netio::client_proto::{encode_batches, ClientError, Response, StartFrom};
+use raftline_netio::client_proto::{
+    encode_batches, encode_response, ClientError, Response, SnapshotInfo, SnapshotResume, StartFrom,
+};
 use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::net::{ClientId, Net, SendError, SendWithError};
 
 use crate::replica::{FatalError, Replica};
 use crate::replies::Replier;
+use crate::snapshot_stream::SnapshotStream;
 
 /// Batch bytes read from the log into one `Batches` frame at most.
 const STREAM_FRAME_BYTES_MAX: usize = 1 << 20;
@@ -23,9 +28,16 @@ struct Subscription {
     credit_bytes: u64,
 }
 
+/// A consumer reading the served snapshot.
+struct SnapshotRead {
+    stream: SnapshotStream,
+    credit_bytes: u64,
+}
+
 #[derive(Default)]
 struct Client {
     subscriptions: BTreeMap<u64, Subscription>,
+    snapshot_reads: BTreeMap<u64, SnapshotRead>,
     /// The connection's queue refused a frame; wait for `ClientDrained`.
     blocked: bool,
 }
@@ -90,20 +102,10 @@ impl Subscriptions {
             self.error(net, client, subscription_id, error);
             return;
         }
-        let max = self.subscriptions_per_client_max;
-        let session = self.clients.entry(client).or_default();
-        if session.subscriptions.len() >= max
-            && !session.subscriptions.contains_key(&subscription_id)
-        {
-            let why = format!("at most {max} subscriptions per connection");
-            self.error(
-                net,
-                client,
-                subscription_id,
-                ClientError::BadRequest { why },
-            );
+        if !self.has_room(net, client, subscription_id) {
             return;
         }
+        let session = self.clients.entry(client).or_default();
         session.subscriptions.insert(
             subscription_id,
             Subscription {
@@ -119,14 +121,106 @@ impl Subscriptions {
         self.replier.respond(net, client, &subscribed);
     }
 
-    /// Adds credit to a subscription (unknown ones are ignored: it may have just failed).
+    /// Whether `client` may open stream `subscription_id` (refused with a `BadRequest` when
+    /// it holds the most streams a connection may).
+    fn has_room(&mut self, net: &mut Net, client: ClientId, subscription_id: u64) -> bool {
+        let max = self.subscriptions_per_client_max;
+        let session = self.clients.entry(client).or_default();
+        let held = session.subscriptions.len() + session.snapshot_reads.len();
+        let reused = session.subscriptions.contains_key(&subscription_id)
+            || session.snapshot_reads.contains_key(&subscription_id);
+        if held >= max && !reused {
+            let why = format!("at most {max} subscriptions per connection");
+            let error = ClientError::BadRequest { why };
+            self.error(net, client, subscription_id, error);
+            return false;
+        }
+        true
+    }
+
+    /// Starts a read of the served snapshot (resumed at `resume`'s position if it names that
+    /// snapshot): answers `SnapshotBegin`, then `stream` sends its records. With no snapshot
+    /// and a log that starts at offset 0, the state below the log is empty: `SnapshotBegin`
+    /// (index 0, no records) and `SnapshotEnd` at 0.
+    pub fn subscribe_snapshot(
+        &mut self,
+        net: &mut Net,
+        replica: &Replica,
+        client: ClientId,
+        subscription_id: u64,
+        window_bytes: u64,
+        resume: Option<SnapshotResume>,
+    ) {
+        if !self.has_room(net, client, subscription_id) {
+            return;
+        }
+        let Some(served) = replica.served_snapshot() else {
+            if replica.log().start_offset() == 0 {
+                let info = SnapshotInfo {
+                    index: 0,
+                    term: 0,
+                    cut_offset: 0,
+                    records: 0,
+                    position: 0,
+                };
+                let begin = Response::SnapshotBegin {
+                    subscription_id,
+                    info,
+                };
+                self.replier.respond(net, client, &begin);
+                let end = Response::SnapshotEnd {
+                    subscription_id,
+                    cut_offset: 0,
+                };
+                self.replier.respond(net, client, &end);
+            } else {
+                let why = "this node holds no snapshot yet".to_string();
+                self.error(
+                    net,
+                    client,
+                    subscription_id,
+                    ClientError::Unavailable { why },
+                );
+            }
+            return;
+        };
+        let stream = match SnapshotStream::open(served, resume) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot stream the served snapshot");
+                let why = format!("cannot read the snapshot: {e}");
+                self.error(
+                    net,
+                    client,
+                    subscription_id,
+                    ClientError::Unavailable { why },
+                );
+                return;
+            }
+        };
+        let begin = Response::SnapshotBegin {
+            subscription_id,
+            info: stream.info(),
+        };
+        self.replier.respond(net, client, &begin);
+        let read = SnapshotRead {
+            stream,
+            credit_bytes: window_bytes,
+        };
+        let session = self.clients.entry(client).or_default();
+        session.snapshot_reads.insert(subscription_id, read);
+    }
+
+    /// Adds credit to a subscription or snapshot read (unknown ones are ignored: it may have
+    /// just ended or failed).
     pub fn credit(&mut self, client: ClientId, subscription_id: u64, bytes: u64) {
-        if let Some(sub) = self
-            .clients
-            .get_mut(&client)
-            .and_then(|c| c.subscriptions.get_mut(&subscription_id))
-        {
+        let Some(c) = self.clients.get_mut(&client) else {
+            return;
+        };
+        if let Some(sub) = c.subscriptions.get_mut(&subscription_id) {
             sub.credit_bytes = sub.credit_bytes.saturating_add(bytes);
+        } else if let Some(read) = c.snapshot_reads.get_mut(&subscription_id) {
+            read.credit_bytes = read.credit_bytes.saturating_add(bytes);
         }
     }
 
@@ -216,13 +310,87 @@ impl Subscriptions {
                     }
                 }
             }
+            if !session.blocked {
+                stream_snapshot_reads(&self.replier, net, client, session, &mut failed);
+            }
         }
         for (client, sub_id, error) in failed {
             if let Some(c) = self.clients.get_mut(&client) {
                 c.subscriptions.remove(&sub_id);
+                c.snapshot_reads.remove(&sub_id);
             }
             self.error(net, client, sub_id, error);
         }
         Ok(())
+    }
+}
+
+/// Sends each snapshot read of `session` up to [`STREAM_FRAMES_PER_ROUND`] frames of records
+/// within its credit; a read whose last record went out gets `SnapshotEnd` and ends. A full
+/// connection blocks the session (the frame's records are kept for the next turn); a read that
+/// cannot go on is pushed to `failed`.
+fn stream_snapshot_reads(
+    replier: &Replier,
+    net: &mut Net,
+    client: ClientId,
+    session: &mut Client,
+    failed: &mut Vec<(ClientId, u64, ClientError)>,
+) {
+    let mut ended = Vec::new();
+    'reads: for (&sub_id, read) in session.snapshot_reads.iter_mut() {
+        for _ in 0..STREAM_FRAMES_PER_ROUND {
+            if read.stream.done() {
+                let cut_offset = read.stream.info().cut_offset;
+                let end = Response::SnapshotEnd {
+                    subscription_id: sub_id,
+                    cut_offset,
+                };
+                replier.respond(net, client, &end);
+                ended.push(sub_id);
+                break;
+            }
+            if read.credit_bytes == 0 {
+                break;
+            }
+            let bytes_max = (STREAM_FRAME_BYTES_MAX as u64).min(read.credit_bytes);
+            let records = match read.stream.next_records(bytes_max) {
+                Ok(records) => records,
+                Err(e) => {
+                    tracing::error!(error = %e, "snapshot read failed");
+                    let why = format!("reading the snapshot failed: {e}");
+                    failed.push((client, sub_id, ClientError::Unavailable { why }));
+                    break;
+                }
+            };
+            let sent_bytes: u64 = records.iter().map(|r| r.credit_bytes()).sum();
+            let mut frame = Response::SnapshotRecords {
+                subscription_id: sub_id,
+                records,
+            };
+            let (cluster_id, node_id) = (replier.cluster_id, replier.node_id);
+            let encode = |b: &mut Vec<u8>| encode_response(b, cluster_id, node_id, &frame);
+            let sent = net.send_client_with(client, encode);
+            let Response::SnapshotRecords { records, .. } = &mut frame else {
+                unreachable!("built above");
+            };
+            match sent {
+                Ok(()) => read.credit_bytes = read.credit_bytes.saturating_sub(sent_bytes),
+                Err(SendWithError::Refused(SendError::Full)) => {
+                    read.stream.unsend(std::mem::take(records));
+                    session.blocked = true;
+                    break 'reads;
+                }
+                Err(SendWithError::Refused(_)) => break 'reads,
+                Err(SendWithError::Encode(e)) => {
+                    tracing::error!(error = %e, "cannot encode snapshot records");
+                    let why = format!("cannot encode snapshot records: {e}");
+                    failed.push((client, sub_id, ClientError::Unavailable { why }));
+                    break;
+                }
+            }
+        }
+    }
+    for sub_id in ended {
+        session.snapshot_reads.remove(&sub_id);
     }
 }
