@@ -87,7 +87,7 @@ pub enum SnapshotError {
     },
     /// The newest snapshot on disk (index 0: none) is older than the log's start: a snapshot
     /// file was lost (removed by hand, or its name was never made durable).
-    #[error("newest snapshot ends at {index} but the log starts at {first_index}")]
+    #[error("newest snapshot ends at {index} (0: none) but the log starts at {first_index}")]
     Gap {
         /// The snapshot's index.
         index: Index,
