@@ -454,3 +454,65 @@ fn nodes_that_snapshotted_and_truncated_keep_their_state_through_a_power_cut() {
     let violations = check(&cluster, &ledger, BIG);
     assert!(violations.is_empty(), "{violations:#?}\n{}", cluster.logs());
 }
+
+/// An fsync failing with EIO on the leader: the leader must stop (it cannot know what reached
+/// the disk), the others elect a leader and go on, no acknowledged record is lost, and the node
+/// restarts once the disk is healthy again.
+#[test]
+fn an_fsync_error_stops_the_leader_and_the_cluster_carries_on() {
+    let mut cluster = Cluster::start_on_faultfs(3, "auto", FLAGS);
+    let leader = cluster.wait_leader();
+    let producer = Producer::start(cluster.nodes.iter().map(|n| n.client).collect());
+    producer.await_more(20).unwrap();
+    cluster.faultfs(leader).fail_fsync(1).unwrap();
+    let exit = cluster.await_exit(leader, DEADLINE);
+    let log = cluster.log_of(leader);
+    eprintln!("leader {leader} after an fsync EIO: {exit:?}");
+    assert!(
+        exit.is_some_and(|s| !s.success()),
+        "the leader kept running after an fsync error: {exit:?}\n{log}"
+    );
+    assert!(
+        log.contains("Input/output error"),
+        "the exit names the I/O error:\n{log}"
+    );
+    let stats = cluster.faultfs(leader).stats().unwrap();
+    assert_eq!(stats.fsync_failed, 1);
+    producer.await_more(20).unwrap();
+    cluster.spawn(leader);
+    producer.await_more(20).unwrap();
+    let ledger = producer.stop();
+    let violations = check(&cluster, &ledger, RECORDS);
+    eprintln!("fsync EIO: {} appends acknowledged", ledger.len());
+    assert!(violations.is_empty(), "{violations:#?}\n{}", cluster.logs());
+}
+
+/// A follower whose disk is full (ENOSPC on every write that grows a file): what the node does
+/// is printed (disk-full handling is another part of issue 14); the promise checked here is the
+/// cluster's: the other two go on acknowledging, and once the disk has room again and the
+/// follower runs, it holds every acknowledged record.
+#[test]
+fn a_full_disk_on_a_follower_loses_no_acknowledged_record() {
+    let mut cluster = Cluster::start_on_faultfs(3, "auto", FLAGS);
+    let leader = cluster.wait_leader();
+    let follower = if leader == 1 { 2 } else { 1 };
+    let producer = Producer::start(cluster.nodes.iter().map(|n| n.client).collect());
+    producer.await_more(20).unwrap();
+    cluster.faultfs(follower).enospc(true).unwrap();
+    // Far more than a segment's worth, so the follower must grow or roll a file.
+    producer.await_more(600).unwrap();
+    let exit = cluster.await_exit(follower, Duration::from_secs(1));
+    eprintln!(
+        "follower {follower} on a full disk: exit {exit:?}, status {:?}, its last words: {:?}",
+        status(cluster.node(follower).client).map(|s| (s.role, s.log_end_offset)),
+        cluster.log_of(follower).lines().last()
+    );
+    cluster.faultfs(follower).enospc(false).unwrap();
+    if exit.is_some() {
+        cluster.spawn(follower);
+    }
+    producer.await_more(20).unwrap();
+    let ledger = producer.stop();
+    let violations = check(&cluster, &ledger, RECORDS);
+    assert!(violations.is_empty(), "{violations:#?}\n{}", cluster.logs());
+}

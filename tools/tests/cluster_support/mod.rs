@@ -52,6 +52,26 @@ pub struct Node {
     pub child: Option<Child>,
 }
 
+impl Node {
+    /// Returns once this (dead) node's ports can be bound again. The kernel tears a dead
+    /// process's io_uring down after the process is reaped, and the listeners with an accept
+    /// pending in it close only then.
+    fn await_ports_free(&self) {
+        let deadline = Instant::now() + DEADLINE;
+        while [self.peer, self.client]
+            .iter()
+            .any(|&addr| TcpListener::bind(addr).is_err())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {}'s ports stay taken after it died",
+                self.id
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// A cluster of real server processes; killed (and its data removed) on drop.
 pub struct Cluster {
     /// Node `id`'s fault filesystem at `[id - 1]` when started on them (its data directory is
@@ -204,17 +224,24 @@ impl Cluster {
         let mut child = node.child.take().expect("running");
         child.kill().unwrap();
         child.wait().unwrap();
-        // The kernel tears a dead process's io_uring down after the process is reaped, and the
-        // listeners with an accept pending in it close only then.
-        let deadline = Instant::now() + DEADLINE;
-        while [node.peer, node.client]
-            .iter()
-            .any(|&addr| TcpListener::bind(addr).is_err())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "node {id}'s ports stay taken after its kill"
-            );
+        node.await_ports_free();
+    }
+
+    /// Waits up to `within` for node `id` to exit by itself; returns its exit status once it
+    /// has (the node is then not running) or `None` if it is still running.
+    pub fn await_exit(&mut self, id: u64, within: Duration) -> Option<std::process::ExitStatus> {
+        let node = &mut self.nodes[id as usize - 1];
+        let deadline = Instant::now() + within;
+        loop {
+            let child = node.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().unwrap() {
+                node.child = None;
+                node.await_ports_free();
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
