@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use crate::aligned_buf::SECTOR_BYTES;
 use crate::batch::crc32c;
+use crate::dir::sync_dir;
 use crate::error::LogError;
-use crate::segment::sync_dir;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"RLHS");
 const SLOT_BYTES: usize = 40;

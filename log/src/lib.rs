@@ -4,6 +4,7 @@
 pub mod aligned_buf;
 pub mod backend;
 pub mod batch;
+pub mod dir;
 pub mod error;
 mod group_commit;
 pub mod hard_state;

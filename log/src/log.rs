@@ -208,7 +208,7 @@ impl Log {
     pub fn open(config: LogConfig) -> Result<Log, LogError> {
         config.validate().map_err(LogError::Config)?;
         let dir = config.dir.clone();
-        std::fs::create_dir_all(&dir)
+        crate::dir::ensure_dir_durable(&dir)
             .map_err(|e| LogError::io(format!("creating {}", dir.display()), e))?;
         let backend = Backend::open(config.backend, &dir)
             .map_err(|e| LogError::io("setting up the write backend", e))?;
@@ -731,7 +731,7 @@ impl Log {
                 std::fs::remove_file(&path)?;
             }
         }
-        segment::sync_dir(dir)?;
+        crate::dir::sync_dir(dir)?;
         // Handed to the writer only once the `.free` names are durable: the writer renames the
         // file again and rewrites its header, and a crash must never find the new header under
         // the old `<seq>.seg` name (that would read as a corrupt segment); a `.free` or `.prep`

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::aligned_buf::{AlignedBuf, SECTOR_BYTES};
 use crate::backend::{open_options, BackendKind};
 use crate::batch::crc32c;
+use crate::dir::sync_dir;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"RLNSEG01");
 const VERSION: u32 = 2;
@@ -190,11 +191,6 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     }
     seqs.sort_unstable();
     Ok(seqs)
-}
-
-/// fsyncs a directory so that creates, renames and deletes in it are durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Deletes segments `seqs` of `dir`, then fsyncs the directory (if any was deleted).

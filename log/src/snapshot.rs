@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::batch::crc32c;
+use crate::dir::sync_dir;
 use crate::error::{CorruptionKind, LogError};
-use crate::segment::sync_dir;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"RLNSNAP1");
 /// Bytes of a snapshot file before its payload.

@@ -7,6 +7,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use raftline_log::dir::{ensure_dir_durable, sync_dir};
+
 const FILE_NAME: &str = "identity";
 const TEMP_NAME: &str = "identity.tmp";
 
@@ -107,7 +109,7 @@ impl Identity {
     /// Claims `dir` for this identity: creates the directory and writes the identity durably if
     /// it is new (or empty), checks it otherwise.
     pub fn claim(&self, dir: &Path) -> Result<(), IdentityError> {
-        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        ensure_dir_durable(dir).map_err(io(format!("creating {}", dir.display())))?;
         let path = dir.join(FILE_NAME);
         match std::fs::read_to_string(&path) {
             Ok(text) => {
@@ -152,9 +154,7 @@ impl Identity {
             .and_then(|()| file.sync_all())
             .map_err(io(format!("writing {}", tmp.display())))?;
         std::fs::rename(&tmp, path).map_err(io(format!("renaming to {}", path.display())))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(format!("syncing {}", dir.display())))
+        sync_dir(dir).map_err(io(format!("syncing {}", dir.display())))
     }
 }
 

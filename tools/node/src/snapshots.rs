@@ -85,8 +85,9 @@ pub enum SnapshotError {
         /// The chunk's offset.
         offset: u64,
     },
-    /// The snapshot on disk is older than the log's start (a file was removed by hand).
-    #[error("newest snapshot ends at {index} but the log starts at {first_index}")]
+    /// The newest snapshot on disk (index 0: none) is older than the log's start: a snapshot
+    /// file was lost (removed by hand, or its name was never made durable).
+    #[error("newest snapshot ends at {index} (0: none) but the log starts at {first_index}")]
     Gap {
         /// The snapshot's index.
         index: Index,
@@ -136,7 +137,7 @@ impl Snapshots {
     /// snapshot's last entry (a crash between installing a received snapshot and restarting the
     /// log after it), restarts the log after the snapshot first.
     pub fn open(dir: &Path, policy: SnapshotPolicy, log: &Log) -> Result<Restored, SnapshotError> {
-        std::fs::create_dir_all(dir)
+        raftline_log::dir::ensure_dir_durable(dir)
             .map_err(|e| LogError::io(format!("creating {}", dir.display()), e))?;
         let mut snapshots = Snapshots {
             dir: dir.to_path_buf(),
@@ -150,6 +151,14 @@ impl Snapshots {
             latest_index: None,
         };
         let Some(file) = latest_snapshot(dir)? else {
+            // A log that starts past index 1 was compacted below a snapshot: without it the
+            // state of every key written below the log start is gone.
+            if log.first_index() > 1 {
+                return Err(SnapshotError::Gap {
+                    index: 0,
+                    first_index: log.first_index(),
+                });
+            }
             return Ok(Restored {
                 snapshots,
                 served: None,

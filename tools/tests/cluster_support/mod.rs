@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use raftline_faultfs::{FaultFs, MountOptions};
 use raftline_log::{Batch, Record};
 use raftline_netio::client_proto::{
     decode_response, encode_request, split_batches, AckMode, NodeRole, NodeStatus, Request,
@@ -51,8 +52,31 @@ pub struct Node {
     pub child: Option<Child>,
 }
 
+impl Node {
+    /// Returns once this (dead) node's ports can be bound again. The kernel tears a dead
+    /// process's io_uring down after the process is reaped, and the listeners with an accept
+    /// pending in it close only then.
+    fn await_ports_free(&self) {
+        let deadline = Instant::now() + DEADLINE;
+        while [self.peer, self.client]
+            .iter()
+            .any(|&addr| TcpListener::bind(addr).is_err())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {}'s ports stay taken after it died",
+                self.id
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// A cluster of real server processes; killed (and its data removed) on drop.
 pub struct Cluster {
+    /// Node `id`'s fault filesystem at `[id - 1]` when started on them (its data directory is
+    /// `data` inside the mount). Declared before `dir`: unmounted before the backing goes.
+    pub faults: Vec<FaultFs>,
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Node>,
     pub net_backend: &'static str,
@@ -68,22 +92,52 @@ impl Cluster {
 
     /// Starts `n` nodes with `extra_args` added to every node's flags.
     pub fn start_with(n: u64, net_backend: &'static str, extra_args: &[&str]) -> Cluster {
+        Cluster::start_on(n, net_backend, extra_args, false)
+    }
+
+    /// Starts `n` nodes, each with its data directory on its own fault filesystem
+    /// (`raftline-faultfs`, served from this process), so a test can cut a node's power
+    /// ([`Cluster::faultfs`]) after killing it. The data directory is a subdirectory of the
+    /// mount, so the node creates it and must make that durable too.
+    pub fn start_on_faultfs(n: u64, net_backend: &'static str, extra_args: &[&str]) -> Cluster {
+        Cluster::start_on(n, net_backend, extra_args, true)
+    }
+
+    fn start_on(n: u64, net_backend: &'static str, extra_args: &[&str], faulty: bool) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("raftline-e2e")
             .tempdir_in("/tmp")
             .unwrap();
+        let mut faults = Vec::new();
+        if faulty {
+            for id in 1..=n {
+                let backing = dir.path().join(format!("backing-{id}"));
+                let mountpoint = dir.path().join(format!("mnt-{id}"));
+                std::fs::create_dir(&backing).unwrap();
+                std::fs::create_dir(&mountpoint).unwrap();
+                let fs = MountOptions::new()
+                    .in_process()
+                    .mount(&backing, &mountpoint)
+                    .expect("mount the fault filesystem (FUSE is available in CI)");
+                faults.push(fs);
+            }
+        }
         let nodes = (1..=n)
             .map(|id| Node {
                 id,
                 peer: free_port(),
                 client: free_port(),
                 metrics: free_port(),
-                data_dir: dir.path().join(format!("node-{id}")),
+                data_dir: match faults.get(id as usize - 1) {
+                    Some(fs) => fs.mountpoint().join("data"),
+                    None => dir.path().join(format!("node-{id}")),
+                },
                 log_file: dir.path().join(format!("node-{id}.log")),
                 child: None,
             })
             .collect();
         let mut cluster = Cluster {
+            faults,
             dir,
             nodes,
             net_backend,
@@ -164,11 +218,32 @@ impl Cluster {
         node.child = Some(child);
     }
 
-    /// kill -9.
+    /// kill -9; returns once the node's ports can be bound again, so it can be restarted.
     pub fn kill(&mut self, id: u64) {
-        let mut child = self.nodes[id as usize - 1].child.take().expect("running");
+        let node = &mut self.nodes[id as usize - 1];
+        let mut child = node.child.take().expect("running");
         child.kill().unwrap();
         child.wait().unwrap();
+        node.await_ports_free();
+    }
+
+    /// Waits up to `within` for node `id` to exit by itself; returns its exit status once it
+    /// has (the node is then not running) or `None` if it is still running.
+    pub fn await_exit(&mut self, id: u64, within: Duration) -> Option<std::process::ExitStatus> {
+        let node = &mut self.nodes[id as usize - 1];
+        let deadline = Instant::now() + within;
+        loop {
+            let child = node.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().unwrap() {
+                node.child = None;
+                node.await_ports_free();
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// SIGTERM, then waits for the exit; returns whether it exited 0.
@@ -186,6 +261,11 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Node `id`'s fault filesystem (the cluster must have been started on them).
+    pub fn faultfs(&self, id: u64) -> &FaultFs {
+        &self.faults[id as usize - 1]
     }
 
     pub fn node(&self, id: u64) -> &Node {
@@ -325,20 +405,39 @@ pub fn tagged_batch(tag: u64, records: u64) -> Vec<u8> {
 /// Reads every committed record of the node at `addr` from offset 0 until `end_offset`:
 /// `(offset, tag)` per record, in stream order; no batch may reach past `end_offset`.
 pub fn read_all(addr: SocketAddr, end_offset: u64) -> Vec<(u64, u64)> {
-    let (out, next) = read_from(addr, 0, end_offset);
-    assert_eq!(next, end_offset, "no batch past the end");
-    out
+    let batches = read_batches(addr, 0, end_offset);
+    assert_eq!(
+        batches.last().map_or(0, |b| b.header().next_offset()),
+        end_offset,
+        "no batch past the end"
+    );
+    tags_in(&batches, 0, end_offset)
 }
 
 /// `(offset, tag)` of every committed record in `[from, end)` at the node at `addr`.
 pub fn read_range(addr: SocketAddr, from: u64, end: u64) -> Vec<(u64, u64)> {
-    read_from(addr, from, end).0
+    tags_in(&read_batches(addr, from, end), from, end)
 }
 
-/// Subscribes at `from` and reads until the stream reaches `end`: the records in `[from, end)`
-/// and the offset after the last batch received. The first batch is the one holding `from`
+/// `(offset, tag)` of every record of `batches` in `[from, end)`.
+pub fn tags_in(batches: &[Batch], from: u64, end: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let base = batch.header().base_offset;
+        for (i, r) in batch.records().unwrap().into_iter().enumerate() {
+            let offset = base + i as u64;
+            if (from..end).contains(&offset) {
+                out.push((offset, r.timestamp_ms));
+            }
+        }
+    }
+    out
+}
+
+/// Subscribes at `from` and reads until the stream reaches `end`: every batch received, as
+/// stored (so nodes can be compared byte for byte). The first batch is the one holding `from`
 /// (sent whole); every later one must follow it densely.
-fn read_from(addr: SocketAddr, from: u64, end: u64) -> (Vec<(u64, u64)>, u64) {
+pub fn read_batches(addr: SocketAddr, from: u64, end: u64) -> Vec<Batch> {
     let mut conn = Conn::connect(addr).unwrap();
     conn.send(&Request::Subscribe {
         subscription_id: 1,
@@ -364,13 +463,8 @@ fn read_from(addr: SocketAddr, from: u64, end: u64) -> (Vec<(u64, u64)>, u64) {
                             "the first batch holds the start offset"
                         ),
                     }
-                    for (i, r) in batch.records().unwrap().into_iter().enumerate() {
-                        let offset = h.base_offset + i as u64;
-                        if (from..end).contains(&offset) {
-                            out.push((offset, r.timestamp_ms));
-                        }
-                    }
                     next = Some(h.next_offset());
+                    out.push(batch);
                 }
                 conn.send(&Request::Credit {
                     subscription_id: 1,
@@ -381,7 +475,7 @@ fn read_from(addr: SocketAddr, from: u64, end: u64) -> (Vec<(u64, u64)>, u64) {
             other => panic!("unexpected answer while reading: {other:?}"),
         }
     }
-    (out, next.unwrap_or(from))
+    out
 }
 
 /// Outcome of one append as the client saw it.

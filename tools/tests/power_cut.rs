@@ -1,0 +1,518 @@
+//! Power cuts and disk faults under real `raftline server` processes (issue 14). Every node's
+//! data directory lives on its own `raftline-faultfs` mount, which forgets whatever was not made
+//! durable (file data since its last fsync, names since their directory's last fsync, stricter
+//! than ext4) when the test cuts its power. While a producer appends without pause, the test
+//! kills nodes with SIGKILL, cuts their power (plain or torn, seeded) and restarts them. Then
+//! every acknowledged record must be at its acknowledged offset on every node, the nodes must
+//! agree byte for byte, no offset may have been handed out twice, and the cluster must
+//! acknowledge new appends again with no manual step.
+//!
+//! `RAFTLINE_POWER_CUT_SEED=N` replays a run. Each test prints its seed.
+//!
+//! The checker is shown to see loss: with every disk lying about fsync, a whole-cluster cut must
+//! be reported as lost records (`a_lying_disk_is_caught_losing_acknowledged_records`).
+
+mod cluster_support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cluster_support::{
+    append_window, http_get, read_batches, status, tags_in, Cluster, Outcome, DEADLINE,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Records per appended batch.
+const RECORDS: u64 = 10;
+/// Appends in one round of the producer (pipelined, up to `WINDOW` in flight).
+const CHUNK: usize = 8;
+const WINDOW: usize = 4;
+/// Flags for every node: an append that cannot commit (no quorum while nodes are down) is
+/// answered within 2 s instead of 10, so the producer moves on to the next leader sooner.
+const FLAGS: &[&str] = &["--append-timeout-ms", "2000"];
+
+/// The run's seed: `RAFTLINE_POWER_CUT_SEED` or the clock; printed so a failure can be replayed.
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("RAFTLINE_POWER_CUT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{test}: RAFTLINE_POWER_CUT_SEED={seed}");
+    seed
+}
+
+/// Every acknowledgement the producer received: tag → (first offset, last offset).
+type Ledger = BTreeMap<u64, (u64, u64)>;
+
+/// A producer thread appending tagged batches (fresh tags only, never a resend) to whichever
+/// node accepts them, recording every acknowledgement.
+struct Producer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    ledger: Arc<Mutex<Ledger>>,
+    thread: JoinHandle<()>,
+}
+
+impl Producer {
+    fn start(clients: Vec<SocketAddr>) -> Producer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let ledger = Arc::new(Mutex::new(Ledger::new()));
+        let thread = {
+            let (stop, acked, ledger) = (stop.clone(), acked.clone(), ledger.clone());
+            std::thread::spawn(move || {
+                let mut next_tag = 0;
+                let mut at = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let tags: Vec<u64> = (next_tag..next_tag + CHUNK as u64).collect();
+                    next_tag += CHUNK as u64;
+                    let outcomes = append_window(clients[at], &tags, RECORDS, WINDOW);
+                    let mut any = false;
+                    for (tag, outcome) in outcomes {
+                        if let Outcome::Acked { base, last } = outcome {
+                            ledger.lock().unwrap().insert(tag, (base, last));
+                            acked.fetch_add(1, Ordering::Relaxed);
+                            any = true;
+                        }
+                    }
+                    if !any {
+                        // Not the leader, down, or no quorum: try the next node, after a pause
+                        // so a leaderless cluster is not hammered.
+                        at = (at + 1) % clients.len();
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            })
+        };
+        Producer {
+            stop,
+            acked,
+            ledger,
+            thread,
+        }
+    }
+
+    fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more appends than now are acknowledged; `Err` after the deadline.
+    fn await_more(&self, n: u64) -> Result<(), String> {
+        let want = self.acked() + n;
+        let deadline = Instant::now() + DEADLINE;
+        while self.acked() < want {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "unavailable: {} appends acknowledged, {want} awaited",
+                    self.acked()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    fn stop(self) -> Ledger {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("producer thread");
+        Arc::try_unwrap(self.ledger).unwrap().into_inner().unwrap()
+    }
+}
+
+/// Which nodes lose power, and how.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    Leader,
+    Follower,
+    /// The leader, then (once it is back and caught up) a follower.
+    TwoInSequence,
+    /// All three at once.
+    Everyone,
+}
+
+/// What a run found.
+struct Findings {
+    acked: usize,
+    cuts: u64,
+    violations: Vec<String>,
+}
+
+/// Kills `ids`, cuts their power (torn with a seed from `rng` when `torn`) and restarts them.
+fn kill_cut_restart(cluster: &mut Cluster, ids: &[u64], torn: bool, rng: &mut ChaCha8Rng) {
+    for &id in ids {
+        cluster.kill(id);
+    }
+    for &id in ids {
+        let cut_seed = torn.then(|| rng.gen::<u64>());
+        let report = cluster.faultfs(id).power_cut(cut_seed).expect("power cut");
+        eprintln!("node {id}: power cut {report:?}");
+    }
+    for &id in ids {
+        cluster.spawn(id);
+    }
+}
+
+/// Polls until every node reports the same log end, all of it committed; returns that end.
+fn settled_end(cluster: &Cluster) -> Result<u64, String> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let statuses: Vec<_> = cluster.nodes.iter().map(|n| status(n.client)).collect();
+        let ends: Vec<_> = statuses
+            .iter()
+            .filter_map(|s| s.as_ref().ok())
+            .filter(|s| s.commit_index == s.log_last_index)
+            .map(|s| (s.log_end_offset, s.log_last_index))
+            .collect();
+        if ends.len() == statuses.len() && ends.windows(2).all(|w| w[0] == w[1]) {
+            return Ok(ends[0].0);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the nodes never settled on one log: {statuses:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every way `ledger` and the nodes' logs break the promises: an acknowledged record missing
+/// or moved, nodes disagreeing, an offset acknowledged twice.
+fn check(cluster: &Cluster, ledger: &Ledger, records: u64) -> Vec<String> {
+    let mut violations = Vec::new();
+    let mut by_offset: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut reused = 0;
+    for (&tag, &(base, last)) in ledger {
+        if last - base + 1 != records {
+            violations.push(format!("tag {tag} acknowledged at {base}..={last}"));
+        }
+        for offset in base..=last {
+            // The first acknowledgement of an offset stays the one the log must hold.
+            let first = *by_offset.entry(offset).or_insert(tag);
+            if first != tag {
+                if reused == 0 {
+                    violations.push(format!(
+                        "offset {offset} acknowledged for tag {first} and for tag {tag}"
+                    ));
+                }
+                reused += 1;
+            }
+        }
+    }
+    if reused > 0 {
+        violations.push(format!("{reused} offsets acknowledged twice"));
+    }
+    let end = match settled_end(cluster) {
+        Ok(end) => end,
+        Err(e) => {
+            violations.push(e);
+            return violations;
+        }
+    };
+    let mut logs = Vec::new();
+    for node in &cluster.nodes {
+        let start = status(node.client).map_or(0, |s| s.log_start_offset);
+        let batches = read_batches(node.client, start, end);
+        let held: BTreeMap<u64, u64> = tags_in(&batches, start, end).into_iter().collect();
+        let mut lost = 0;
+        for (&offset, &tag) in by_offset.range(start..) {
+            if held.get(&offset) != Some(&tag) {
+                if lost < 5 {
+                    violations.push(format!(
+                        "node {}: acknowledged tag {tag} at offset {offset}, found {:?}",
+                        node.id,
+                        held.get(&offset)
+                    ));
+                }
+                lost += 1;
+            }
+        }
+        if lost > 0 {
+            violations.push(format!(
+                "node {}: {lost} acknowledged records lost (log {start}..{end})",
+                node.id
+            ));
+        }
+        logs.push((node.id, batches));
+    }
+    // Compacted nodes start at different offsets; batches are the same entries everywhere, so
+    // from the latest start on the lists must be equal byte for byte.
+    let common = logs
+        .iter()
+        .filter_map(|(_, b)| b.first().map(|b| b.header().base_offset))
+        .max()
+        .unwrap_or(0);
+    let from_common = |batches: &[raftline_log::Batch]| -> Vec<Vec<u8>> {
+        batches
+            .iter()
+            .filter(|b| b.header().base_offset >= common)
+            .map(|b| b.as_bytes().to_vec())
+            .collect()
+    };
+    let (first, reference) = (logs[0].0, from_common(&logs[0].1));
+    for (id, batches) in &logs[1..] {
+        let bytes = from_common(batches);
+        if bytes != reference {
+            violations.push(format!(
+                "node {id} and node {first} diverge from offset {common} ({} and {} batches)",
+                bytes.len(),
+                reference.len()
+            ));
+        }
+    }
+    violations
+}
+
+/// Starts a cluster on fault mounts (lying about fsync when `lie`), produces, cuts the power of
+/// the nodes `cut` names, and checks what survived once the cluster acknowledges appends again.
+fn run(test: &str, cut: Cut, torn: bool, lie: bool) -> Findings {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed(test));
+    let mut cluster = Cluster::start_on_faultfs(3, "auto", FLAGS);
+    for id in 1..=3 {
+        cluster.faultfs(id).lie_fsync(lie).unwrap();
+    }
+    let leader = cluster.wait_leader();
+    let clients = cluster.nodes.iter().map(|n| n.client).collect();
+    let producer = Producer::start(clients);
+    let mut cuts = 0;
+    let mut violations = Vec::new();
+    let follower_of = |leader: u64, rng: &mut ChaCha8Rng| {
+        let others: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+        others[rng.gen_range(0..others.len())]
+    };
+    let mut phase = |cluster: &mut Cluster, ids: &[u64], rng: &mut ChaCha8Rng| {
+        let before = rng.gen_range(10..40);
+        producer.await_more(before)?;
+        kill_cut_restart(cluster, ids, torn, rng);
+        cuts += ids.len() as u64;
+        // Available again: appends are acknowledged with no step but the restart.
+        producer.await_more(10)
+    };
+    let outcome = match cut {
+        Cut::Leader => phase(&mut cluster, &[leader], &mut rng),
+        Cut::Follower => {
+            let f = follower_of(leader, &mut rng);
+            phase(&mut cluster, &[f], &mut rng)
+        }
+        Cut::TwoInSequence => phase(&mut cluster, &[leader], &mut rng).and_then(|()| {
+            // The first victim must hold the log again before the second loses power, or
+            // a majority would be missing what the first lost.
+            settled_end(&cluster)?;
+            let leader = cluster.wait_leader();
+            let f = follower_of(leader, &mut rng);
+            phase(&mut cluster, &[f], &mut rng)
+        }),
+        Cut::Everyone => phase(&mut cluster, &[1, 2, 3], &mut rng),
+    };
+    let ledger = producer.stop();
+    if let Err(e) = outcome {
+        violations.push(e);
+    }
+    violations.extend(check(&cluster, &ledger, RECORDS));
+    if !violations.is_empty() {
+        eprintln!("{}", cluster.logs());
+    }
+    Findings {
+        acked: ledger.len(),
+        cuts,
+        violations,
+    }
+}
+
+/// Runs the scenario on honest disks and asserts no promise was broken.
+fn assert_survives(test: &str, cut: Cut, torn: bool) {
+    let found = run(test, cut, torn, false);
+    eprintln!(
+        "{test}: {} power cuts, {} appends acknowledged",
+        found.cuts, found.acked
+    );
+    assert!(
+        found.violations.is_empty(),
+        "{test}: {:#?}",
+        found.violations
+    );
+}
+
+#[test]
+fn power_cut_of_the_leader_loses_no_acknowledged_record() {
+    assert_survives("leader", Cut::Leader, false);
+}
+
+#[test]
+fn torn_power_cut_of_the_leader_loses_no_acknowledged_record() {
+    assert_survives("leader-torn", Cut::Leader, true);
+}
+
+#[test]
+fn torn_power_cut_of_a_follower_loses_no_acknowledged_record() {
+    assert_survives("follower-torn", Cut::Follower, true);
+}
+
+#[test]
+fn torn_power_cuts_of_two_nodes_in_sequence_lose_no_acknowledged_record() {
+    assert_survives("two-in-sequence-torn", Cut::TwoInSequence, true);
+}
+
+#[test]
+fn power_cut_of_the_whole_cluster_loses_no_acknowledged_record() {
+    assert_survives("everyone", Cut::Everyone, false);
+}
+
+#[test]
+fn torn_power_cut_of_the_whole_cluster_loses_no_acknowledged_record() {
+    assert_survives("everyone-torn", Cut::Everyone, true);
+}
+
+/// The mutation: disks that report fsyncs done without making anything durable. A whole-cluster
+/// cut must then show up as acknowledged records lost, or the checker above proves nothing.
+#[test]
+fn a_lying_disk_is_caught_losing_acknowledged_records() {
+    let found = run("lying-disk", Cut::Everyone, false, true);
+    assert!(found.acked > 0);
+    assert!(
+        found.violations.iter().any(|v| v.contains("records lost")),
+        "lying disks went unnoticed: {:#?}",
+        found.violations
+    );
+}
+
+/// The index of the newest snapshot node `id` exports (0 while it has none).
+fn snapshot_index(cluster: &Cluster, id: u64) -> u64 {
+    http_get(cluster.node(id).metrics, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix("raftline_snapshot_index "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every name a node relies on (data, log and snapshots directories, identity, hard state,
+/// segments, snapshot files) must be durable by the time it is relied on: the fault filesystem
+/// forgets names whose directory was not fsynced. The leader and a follower snapshot, drop their
+/// log prefix and lose power; they must come back with their snapshots (before the fix the
+/// snapshots directory itself vanished, and with it every key below the log start).
+#[test]
+fn nodes_that_snapshotted_and_truncated_keep_their_state_through_a_power_cut() {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed("snapshot"));
+    let mut flags = FLAGS.to_vec();
+    flags.extend(["--snapshot-every-mib", "1", "--retain-mib", "0"]);
+    let mut cluster = Cluster::start_on_faultfs(3, "auto", &flags);
+    let leader = cluster.wait_leader();
+    // 300 batches of 1000 small records: ~8 MiB of log, more than one 4 MiB segment to drop.
+    const BIG: u64 = 1000;
+    let tags: Vec<u64> = (0..300).collect();
+    let mut ledger = Ledger::new();
+    for (tag, outcome) in append_window(cluster.node(leader).client, &tags, BIG, 16) {
+        match outcome {
+            Outcome::Acked { base, last } => ledger.insert(tag, (base, last)),
+            other => panic!("append {tag}: {other:?}"),
+        };
+    }
+    let deadline = Instant::now() + DEADLINE;
+    while !(1..=3).all(|id| {
+        status(cluster.node(id).client).is_ok_and(|s| s.log_start_offset > 0)
+            && snapshot_index(&cluster, id) > 0
+    }) {
+        assert!(Instant::now() < deadline, "the nodes never compacted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let follower = *[1, 2, 3]
+        .iter()
+        .filter(|&&id| id != leader)
+        .nth(rng.gen_range(0..2))
+        .unwrap();
+    let victims = [leader, follower];
+    let before: Vec<u64> = victims
+        .iter()
+        .map(|&id| snapshot_index(&cluster, id))
+        .collect();
+    kill_cut_restart(&mut cluster, &victims, false, &mut rng);
+    for (&id, &index) in victims.iter().zip(&before) {
+        let deadline = Instant::now() + DEADLINE;
+        while status(cluster.node(id).client).is_err() || snapshot_index(&cluster, id) < index {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} came back without its snapshot at {index}\n{}",
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Available, and every acknowledged record still held above the log start.
+    let leader = cluster.wait_leader();
+    let tag = tags.len() as u64;
+    match append_window(cluster.node(leader).client, &[tag], BIG, 1).get(&tag) {
+        Some(&Outcome::Acked { base, last }) => ledger.insert(tag, (base, last)),
+        other => panic!("append after the cut: {other:?}\n{}", cluster.logs()),
+    };
+    let violations = check(&cluster, &ledger, BIG);
+    assert!(violations.is_empty(), "{violations:#?}\n{}", cluster.logs());
+}
+
+/// An fsync failing with EIO on the leader: the leader must stop (it cannot know what reached
+/// the disk), the others elect a leader and go on, no acknowledged record is lost, and the node
+/// restarts once the disk is healthy again.
+#[test]
+fn an_fsync_error_stops_the_leader_and_the_cluster_carries_on() {
+    let mut cluster = Cluster::start_on_faultfs(3, "auto", FLAGS);
+    let leader = cluster.wait_leader();
+    let producer = Producer::start(cluster.nodes.iter().map(|n| n.client).collect());
+    producer.await_more(20).unwrap();
+    cluster.faultfs(leader).fail_fsync(1).unwrap();
+    let exit = cluster.await_exit(leader, DEADLINE);
+    let log = cluster.log_of(leader);
+    eprintln!("leader {leader} after an fsync EIO: {exit:?}");
+    assert!(
+        exit.is_some_and(|s| !s.success()),
+        "the leader kept running after an fsync error: {exit:?}\n{log}"
+    );
+    assert!(
+        log.contains("Input/output error"),
+        "the exit names the I/O error:\n{log}"
+    );
+    let stats = cluster.faultfs(leader).stats().unwrap();
+    assert_eq!(stats.fsync_failed, 1);
+    producer.await_more(20).unwrap();
+    cluster.spawn(leader);
+    producer.await_more(20).unwrap();
+    let ledger = producer.stop();
+    let violations = check(&cluster, &ledger, RECORDS);
+    eprintln!("fsync EIO: {} appends acknowledged", ledger.len());
+    assert!(violations.is_empty(), "{violations:#?}\n{}", cluster.logs());
+}
+
+/// A follower whose disk is full (ENOSPC on every write that grows a file): what the node does
+/// is printed (disk-full handling is another part of issue 14); the promise checked here is the
+/// cluster's: the other two go on acknowledging, and once the disk has room again and the
+/// follower runs, it holds every acknowledged record.
+#[test]
+fn a_full_disk_on_a_follower_loses_no_acknowledged_record() {
+    let mut cluster = Cluster::start_on_faultfs(3, "auto", FLAGS);
+    let leader = cluster.wait_leader();
+    let follower = if leader == 1 { 2 } else { 1 };
+    let producer = Producer::start(cluster.nodes.iter().map(|n| n.client).collect());
+    producer.await_more(20).unwrap();
+    cluster.faultfs(follower).enospc(true).unwrap();
+    // Far more than a segment's worth, so the follower must grow or roll a file.
+    producer.await_more(600).unwrap();
+    let exit = cluster.await_exit(follower, Duration::from_secs(1));
+    eprintln!(
+        "follower {follower} on a full disk: exit {exit:?}, status {:?}, its last words: {:?}",
+        status(cluster.node(follower).client).map(|s| (s.role, s.log_end_offset)),
+        cluster.log_of(follower).lines().last()
+    );
+    cluster.faultfs(follower).enospc(false).unwrap();
+    if exit.is_some() {
+        cluster.spawn(follower);
+    }
+    producer.await_more(20).unwrap();
+    let ledger = producer.stop();
+    let violations = check(&cluster, &ledger, RECORDS);
+    assert!(violations.is_empty(), "{violations:#?}\n{}", cluster.logs());
+}
