@@ -181,6 +181,26 @@ pub struct NodeStatus {
     pub log_last_index: u64,
     /// Per-peer replication progress (filled by a leader only).
     pub peers: Vec<PeerStatus>,
+    /// The snapshot this node serves (covers the offsets below `log_start_offset`), if any.
+    pub snapshot: Option<SnapshotStatus>,
+    /// Bytes of the node's data directory on disk (log segments, snapshots, hard state), as of
+    /// its last measurement (at most a second old).
+    pub disk_bytes: u64,
+}
+
+/// The snapshot a node serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SnapshotStatus {
+    /// Index of the last entry it covers.
+    pub index: u64,
+    /// That entry's term.
+    pub term: u64,
+    /// Where the log continues after it: it holds the state of every record below.
+    pub cut_offset: u64,
+    /// Its file's size.
+    pub bytes: u64,
+    /// Milliseconds since its file was written (`None` if the filesystem keeps no times).
+    pub age_ms: Option<u64>,
 }
 
 /// A typed reason a request failed.

@@ -7,7 +7,7 @@ use raftline_log::{Batch, Record};
 use raftline_netio::client_proto::{
     decode_request, decode_response, encode_batches, encode_request, encode_response,
     split_batches, AckMode, ClientError, ClientProtoError, NodeRole, NodeStatus, PeerStatus,
-    Request, Response, StartFrom,
+    Request, Response, SnapshotStatus, StartFrom,
 };
 use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::frame::{encode, Frame, FrameDecoder, FrameHeader, FrameType};
@@ -158,6 +158,15 @@ fn arb_status() -> impl Strategy<Value = NodeStatus> {
                 log_first_index,
                 log_last_index,
                 peers,
+                // Derived from the drawn fields: both Option arms of each travel.
+                snapshot: (term % 2 == 0).then_some(SnapshotStatus {
+                    index: commit_index,
+                    term,
+                    cut_offset: log_start_offset,
+                    bytes: log_end_offset,
+                    age_ms: leader_id,
+                }),
+                disk_bytes: log_end_offset,
             },
         )
 }

@@ -12,7 +12,9 @@ use crate::cluster_args::ClusterArgs;
 /// The long `--help` of `raftline status`.
 pub const LONG_ABOUT: &str = "Ask every node given by --bootstrap for its status and print one \
 row per node: id, address, role, term, the leader it knows, commit index, the offsets its log \
-holds [start, end) and, from the leader's view, how many entries the node lags behind.\n\n\
+holds [start, end), from the leader's view how many entries the node lags behind, the snapshot \
+it serves (the index it covers, the offset the log continues at, its size and age) and the \
+bytes its data directory takes on disk.\n\n\
 Exit status: 0 when a leader answered (unreachable nodes are listed but tolerated: the cluster \
 still works); 2 when nodes answered but none leads (an election is under way, or no majority is \
 up); 1 when no node answered.";
@@ -65,6 +67,11 @@ pub fn render(results: &[NodeStatusResult]) -> String {
         "LOG START",
         "LOG END",
         "LAG",
+        "SNAPSHOT",
+        "SNAP CUT",
+        "SNAP SIZE",
+        "SNAP AGE",
+        "DISK",
     ]
     .map(String::from)
     .to_vec()];
@@ -81,16 +88,23 @@ pub fn render(results: &[NodeStatusResult]) -> String {
                 s.log_start_offset.to_string(),
                 s.log_end_offset.to_string(),
                 lag(leader, s),
+                s.snapshot.map_or("-".into(), |n| n.index.to_string()),
+                s.snapshot.map_or("-".into(), |n| n.cut_offset.to_string()),
+                s.snapshot.map_or("-".into(), |n| size(n.bytes)),
+                s.snapshot
+                    .and_then(|n| n.age_ms)
+                    .map_or("-".into(), |ms| format!("{}s", ms / 1000)),
+                size(s.disk_bytes),
             ]),
             Err(e) => {
                 let mut row = vec!["?".to_string(), r.address.clone(), "unreachable".into()];
-                row.resize(9, "-".into());
+                row.resize(COLUMNS, "-".into());
                 rows.push(row);
                 failures.push(e.to_string());
             }
         }
     }
-    let widths: Vec<usize> = (0..9)
+    let widths: Vec<usize> = (0..COLUMNS)
         .map(|c| rows.iter().map(|row| row[c].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -107,6 +121,25 @@ pub fn render(results: &[NodeStatusResult]) -> String {
         out.push_str(&format!("unreachable: {f}\n"));
     }
     out
+}
+
+/// Columns of the status table.
+const COLUMNS: usize = 14;
+
+/// A byte count for people: B, KiB, MiB or GiB with one decimal.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// Entries `node` lags behind the leader, from the leader's progress table.
@@ -136,9 +169,16 @@ fn role_name(role: NodeRole) -> &'static str {
 mod tests {
     use super::*;
     use raftline_netio::client::Error;
-    use raftline_netio::client_proto::PeerStatus;
+    use raftline_netio::client_proto::{PeerStatus, SnapshotStatus};
 
     fn status(node_id: u64, role: NodeRole, peers: Vec<PeerStatus>) -> NodeStatus {
+        let snapshot = (role == NodeRole::Leader).then_some(SnapshotStatus {
+            index: 9,
+            term: 3,
+            cut_offset: 60,
+            bytes: 3 << 20,
+            age_ms: Some(42_500),
+        });
         NodeStatus {
             node_id,
             role,
@@ -151,6 +191,8 @@ mod tests {
             log_first_index: 1,
             log_last_index: 18,
             peers,
+            snapshot,
+            disk_bytes: 70 << 20,
         }
     }
 
@@ -182,15 +224,18 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(
             lines[0],
-            "NODE  ADDRESS         ROLE         TERM  LEADER  COMMIT  LOG START  LOG END  LAG"
+            "NODE  ADDRESS         ROLE         TERM  LEADER  COMMIT  LOG START  LOG END  LAG  \
+             SNAPSHOT  SNAP CUT  SNAP SIZE  SNAP AGE  DISK"
         );
         assert_eq!(
             lines[1],
-            "1     127.0.0.1:7401  follower     4     2       17      0          120      3"
+            "1     127.0.0.1:7401  follower     4     2       17      0          120      3    \
+             -         -         -          -         70.0 MiB"
         );
         assert_eq!(
             lines[2],
-            "2     127.0.0.1:7402  leader       4     2       17      0          120      0"
+            "2     127.0.0.1:7402  leader       4     2       17      0          120      0    \
+             9         60        3.0 MiB    42s       70.0 MiB"
         );
         assert!(lines[3].starts_with("?     127.0.0.1:7403  unreachable"));
         assert_eq!(

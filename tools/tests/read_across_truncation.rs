@@ -241,6 +241,25 @@ fn a_consumer_starting_after_truncation_ends_with_the_state_of_one_that_read_fro
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    // Status says what each node serves and holds.
+    for n in &cluster.nodes {
+        let s = status(n.client).unwrap();
+        let snap = s.snapshot.expect("a node that compacted serves a snapshot");
+        assert!(snap.index > 0 && snap.bytes > 0, "{s:?}");
+        assert!(
+            snap.cut_offset >= s.log_start_offset && snap.cut_offset <= s.log_end_offset,
+            "the log continues after the snapshot: {s:?}"
+        );
+        assert!(s.disk_bytes > snap.bytes, "{s:?}");
+        let metrics = cluster_support::http_get(n.metrics, "/metrics");
+        for name in [
+            "raftline_snapshot_cut_offset ",
+            "raftline_snapshot_bytes ",
+            "raftline_disk_bytes ",
+        ] {
+            assert!(metrics.contains(name), "{name}missing:\n{metrics}");
+        }
+    }
     // A late reader on each node in turn (followers serve the state too).
     for id in 1..=3 {
         let late = read_state(config(&cluster, &[id]), end, || {});

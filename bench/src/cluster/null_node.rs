@@ -116,6 +116,8 @@ impl NullNode {
                     log_first_index: 1,
                     log_last_index: self.appends,
                     peers: Vec::new(),
+                    snapshot: None,
+                    disk_bytes: 0,
                 },
             },
             Request::Subscribe {

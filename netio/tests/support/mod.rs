@@ -145,6 +145,8 @@ impl FakeCluster {
             log_first_index: 1,
             log_last_index: log.len() as u64,
             peers: vec![],
+            snapshot: None,
+            disk_bytes: 0,
         }
     }
 }

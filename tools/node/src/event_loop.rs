@@ -10,12 +10,14 @@
 //! not the loop.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raftline_netio::client_proto::{
     decode_request, ClientError, NodeRole, NodeStatus, PeerStatus, Request, Response,
+    SnapshotStatus,
 };
 use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::net::{Net, NetEvent, SendWithError};
@@ -42,6 +44,46 @@ pub struct LoopConfig {
     pub drain_timeout: Duration,
     /// Client address of every node (for `Status`).
     pub client_addresses: BTreeMap<u64, String>,
+    /// The data directory (its size is reported in `Status`).
+    pub data_dir: PathBuf,
+}
+
+/// How often the data directory's size is measured (a walk of a few dozen files).
+const DISK_USAGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The data directory's size, measured at most every [`DISK_USAGE_INTERVAL`].
+struct DiskUsage {
+    bytes: u64,
+    measured_at: Option<Instant>,
+}
+
+impl DiskUsage {
+    fn refresh(&mut self, dir: &Path, now: Instant) {
+        if self
+            .measured_at
+            .is_some_and(|at| now.duration_since(at) < DISK_USAGE_INTERVAL)
+        {
+            return;
+        }
+        self.bytes = dir_bytes(dir);
+        self.measured_at = Some(now);
+    }
+}
+
+/// Bytes of the files under `dir` (what `du` would count, without block rounding); files that
+/// vanish while it walks (a segment dropped, a snapshot replaced) count as nothing.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&entry.path()),
+            Ok(_) => entry.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Why the loop ended abnormally.
@@ -67,6 +109,7 @@ pub struct EventLoop {
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
     events: Vec<NetEvent>,
+    disk: DiskUsage,
     /// Warnings about peers' messages, rate-limited (a flood must not flood the log).
     peer_warnings: WarnLimit,
     next_tick: Instant,
@@ -99,6 +142,10 @@ impl EventLoop {
             metrics,
             stop,
             events: Vec::new(),
+            disk: DiskUsage {
+                bytes: 0,
+                measured_at: None,
+            },
             peer_warnings: WarnLimit::default(),
             more_ready: false,
         }
@@ -248,7 +295,7 @@ impl EventLoop {
                     bytes,
                 }) => self.subscriptions.credit(client, subscription_id, bytes),
                 Ok(Request::Status { request_id }) => {
-                    let status = status(&self.cfg, &self.replica, net);
+                    let status = status(&self.cfg, &self.replica, net, self.disk.bytes);
                     let reply = Response::StatusReply { request_id, status };
                     self.replier.respond(net, client, &reply);
                 }
@@ -273,9 +320,10 @@ impl EventLoop {
     /// One tick of logical time: the core's timers, append timeouts, published status.
     fn tick(&mut self, now: Instant) {
         self.replica.tick();
+        self.disk.refresh(&self.cfg.data_dir, now);
         self.appends.expire(&mut self.net, now);
         self.metrics
-            .publish(status(&self.cfg, &self.replica, &self.net));
+            .publish(status(&self.cfg, &self.replica, &self.net, self.disk.bytes));
         let snapshot_index = self.replica.snapshot_index().unwrap_or(0);
         self.metrics
             .snapshot_index
@@ -331,7 +379,7 @@ fn send_messages(net: &mut Net, cluster_id: ClusterId, metrics: &Metrics, msgs: 
 }
 
 /// The node's status as `Status` answers it and the metrics export it.
-pub fn status(cfg: &LoopConfig, replica: &Replica, net: &Net) -> NodeStatus {
+pub fn status(cfg: &LoopConfig, replica: &Replica, net: &Net, disk_bytes: u64) -> NodeStatus {
     let raft = replica.raft();
     let log = replica.log();
     let role = match raft.role() {
@@ -371,5 +419,13 @@ pub fn status(cfg: &LoopConfig, replica: &Replica, net: &Net) -> NodeStatus {
         log_first_index: log.first_index(),
         log_last_index: log.last_index(),
         peers,
+        snapshot: replica.served_snapshot().map(|s| SnapshotStatus {
+            index: s.meta().index,
+            term: s.meta().term,
+            cut_offset: s.cut_offset(),
+            bytes: s.file_bytes(),
+            age_ms: s.age().map(|a| a.as_millis() as u64),
+        }),
+        disk_bytes,
     }
 }

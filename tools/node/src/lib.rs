@@ -195,6 +195,7 @@ impl Node {
             tick: cfg.tick,
             drain_timeout: config::DRAIN_TIMEOUT,
             client_addresses: cfg.peer_clients.clone(),
+            data_dir: cfg.data_dir.clone(),
         };
         let appends = Appends::new(
             AppendConfig {

@@ -158,6 +158,34 @@ impl Metrics {
             gauge(&mut out, "raftline_term", "Current Raft term.", s.term);
             gauge(
                 &mut out,
+                "raftline_disk_bytes",
+                "Bytes of the data directory on disk (log segments, snapshots, hard state).",
+                s.disk_bytes,
+            );
+            if let Some(snap) = s.snapshot {
+                gauge(
+                    &mut out,
+                    "raftline_snapshot_cut_offset",
+                    "Offset the log continues at after the served snapshot.",
+                    snap.cut_offset,
+                );
+                gauge(
+                    &mut out,
+                    "raftline_snapshot_bytes",
+                    "Size of the served snapshot's file.",
+                    snap.bytes,
+                );
+                if let Some(age_ms) = snap.age_ms {
+                    out.push_str(&format!(
+                        "# HELP raftline_snapshot_age_seconds Seconds since the served snapshot \
+                         was written.\n# TYPE raftline_snapshot_age_seconds gauge\n\
+                         raftline_snapshot_age_seconds {}\n",
+                        age_ms as f64 / 1000.0
+                    ));
+                }
+            }
+            gauge(
+                &mut out,
                 "raftline_snapshot_index",
                 "Index of the newest durable snapshot; the log below it may be dropped (0: none).",
                 self.snapshot_index.load(Ordering::Relaxed),

@@ -103,6 +103,8 @@ pub enum SnapshotError {
 struct Written {
     meta: SnapshotMeta,
     file: raftline_log::SnapshotMeta,
+    /// Where the log continues after it.
+    cut_offset: u64,
 }
 
 /// One node's snapshots: the state, the trigger, the write in flight, a transfer being received.
@@ -188,7 +190,7 @@ impl Snapshots {
             term,
             membership: payload.membership,
         };
-        let served = ServedSnapshot::open(meta, &file.path)?;
+        let served = ServedSnapshot::open(meta, &file.path, payload.next_offset)?;
         snapshots.latest_index = Some(index);
         snapshots.state = Some(payload.state);
         tracing::info!(
@@ -297,8 +299,11 @@ impl Snapshots {
         let spawned = std::thread::Builder::new()
             .name("snapshot-writer".into())
             .spawn(move || {
-                let written =
-                    write_snapshot(&dir, index, term, &payload).map(|file| Written { meta, file });
+                let written = write_snapshot(&dir, index, term, &payload).map(|file| Written {
+                    meta,
+                    file,
+                    cut_offset: next_offset,
+                });
                 let _ = tx.send(written);
             });
         match spawned {
@@ -332,7 +337,7 @@ impl Snapshots {
         if self.latest_index.is_some_and(|l| l >= index) {
             return Ok(None);
         }
-        let served = ServedSnapshot::open(written.meta, &written.file.path)?;
+        let served = ServedSnapshot::open(written.meta, &written.file.path, written.cut_offset)?;
         self.latest_index = Some(index);
         self.remove_old()?;
         let floor = if self.policy.retain_bytes == 0 {
@@ -381,7 +386,7 @@ impl Snapshots {
         let (index, term) = (chunk.meta.index, chunk.meta.term);
         let (file, payload) = install_snapshot_file(&self.dir, &tmp, index, term)?;
         let payload = decode(index, &payload)?;
-        let served = ServedSnapshot::open(chunk.meta.clone(), &file.path)?;
+        let served = ServedSnapshot::open(chunk.meta.clone(), &file.path, payload.next_offset)?;
         Ok(Some((served, payload)))
     }
 

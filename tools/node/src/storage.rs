@@ -27,19 +27,39 @@ pub struct ServedSnapshot {
     meta: SnapshotMeta,
     file: Arc<File>,
     file_bytes: u64,
+    /// Where the log continues after it.
+    cut_offset: u64,
+    /// When its file was written (its modification time).
+    written_at: Option<std::time::SystemTime>,
 }
 
 impl ServedSnapshot {
-    /// Opens the snapshot file at `path`, which holds `meta`.
-    pub fn open(meta: SnapshotMeta, path: &Path) -> Result<ServedSnapshot, LogError> {
+    /// Opens the snapshot file at `path`, which holds `meta` and the state below `cut_offset`.
+    pub fn open(
+        meta: SnapshotMeta,
+        path: &Path,
+        cut_offset: u64,
+    ) -> Result<ServedSnapshot, LogError> {
         let io = |e| LogError::io(format!("opening {}", path.display()), e);
         let file = File::open(path).map_err(io)?;
-        let file_bytes = file.metadata().map_err(io)?.len();
+        let metadata = file.metadata().map_err(io)?;
         Ok(ServedSnapshot {
             meta,
             file: Arc::new(file),
-            file_bytes,
+            file_bytes: metadata.len(),
+            cut_offset,
+            written_at: metadata.modified().ok(),
         })
+    }
+
+    /// Where the log continues after it.
+    pub fn cut_offset(&self) -> u64 {
+        self.cut_offset
+    }
+
+    /// How long ago its file was written (`None` if the filesystem keeps no times).
+    pub fn age(&self) -> Option<std::time::Duration> {
+        self.written_at.and_then(|t| t.elapsed().ok())
     }
 
     /// What it covers.
