@@ -318,6 +318,11 @@ pub enum Request {
         /// newest snapshot from record 0, with a new `SnapshotBegin`).
         resume: Option<SnapshotResume>,
     },
+    /// Admin: take a snapshot of everything applied so far (answered once it is durable).
+    SnapshotNow {
+        /// Echoed in the answer.
+        request_id: u64,
+    },
 }
 
 /// A message from a node to a client.
@@ -375,6 +380,15 @@ pub enum Response {
         /// Where the log continues.
         cut_offset: u64,
     },
+    /// The snapshot `SnapshotNow` asked for is durable (or one covering as much already was).
+    SnapshotTaken {
+        /// The request's id.
+        request_id: u64,
+        /// The snapshot's index.
+        index: u64,
+        /// Where the log continues after it.
+        cut_offset: u64,
+    },
     /// A subscription is registered; sent before any of its batches.
     Subscribed {
         /// The subscription.
@@ -414,6 +428,7 @@ impl Request {
             Request::Credit { .. } => FrameType::Credit,
             Request::Status { .. } => FrameType::Status,
             Request::SubscribeSnapshot { .. } => FrameType::SubscribeSnapshot,
+            Request::SnapshotNow { .. } => FrameType::SnapshotNow,
         }
     }
 }
@@ -430,6 +445,7 @@ impl Response {
             Response::SnapshotBegin { .. } => FrameType::SnapshotBegin,
             Response::SnapshotRecords { .. } => FrameType::SnapshotRecords,
             Response::SnapshotEnd { .. } => FrameType::SnapshotEnd,
+            Response::SnapshotTaken { .. } => FrameType::SnapshotTaken,
         }
     }
 }
@@ -543,6 +559,7 @@ pub fn decode_request(frame: Frame) -> Result<Request, ClientProtoError> {
             | FrameType::Credit
             | FrameType::Status
             | FrameType::SubscribeSnapshot
+            | FrameType::SnapshotNow
     ) {
         return Err(ClientProtoError::WrongFrameType(frame_type));
     }
@@ -571,6 +588,7 @@ pub fn decode_response(frame: Frame) -> Result<Response, ClientProtoError> {
             | FrameType::SnapshotBegin
             | FrameType::SnapshotRecords
             | FrameType::SnapshotEnd
+            | FrameType::SnapshotTaken
     ) {
         return Err(ClientProtoError::WrongFrameType(frame_type));
     }

@@ -58,6 +58,8 @@ pub enum FrameType {
     Status = 0x13,
     /// Client → node: stream the node's newest snapshot (the state the log's prefix describes).
     SubscribeSnapshot = 0x14,
+    /// Client → node: take a snapshot now (admin).
+    SnapshotNow = 0x15,
     /// Node → client: an append is acknowledged.
     Appended = 0x20,
     /// Node → client: a request failed (typed error).
@@ -75,11 +77,13 @@ pub enum FrameType {
     SnapshotRecords = 0x26,
     /// Node → client: a snapshot stream is complete; the log continues at its cut offset.
     SnapshotEnd = 0x27,
+    /// Node → client: the snapshot asked for is durable.
+    SnapshotTaken = 0x28,
 }
 
 impl FrameType {
     /// Every frame type, for tests and tables.
-    pub const ALL: [FrameType; 16] = [
+    pub const ALL: [FrameType; 18] = [
         FrameType::PeerHello,
         FrameType::PeerMessage,
         FrameType::Keepalive,
@@ -88,6 +92,7 @@ impl FrameType {
         FrameType::Credit,
         FrameType::Status,
         FrameType::SubscribeSnapshot,
+        FrameType::SnapshotNow,
         FrameType::Appended,
         FrameType::Error,
         FrameType::Batches,
@@ -96,6 +101,7 @@ impl FrameType {
         FrameType::SnapshotBegin,
         FrameType::SnapshotRecords,
         FrameType::SnapshotEnd,
+        FrameType::SnapshotTaken,
     ];
 
     /// The type with wire value `value`, if it exists.
@@ -120,6 +126,7 @@ impl FrameType {
                 | FrameType::Credit
                 | FrameType::Status
                 | FrameType::SubscribeSnapshot
+                | FrameType::SnapshotNow
                 | FrameType::Keepalive
         )
     }

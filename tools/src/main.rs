@@ -5,6 +5,7 @@ mod dev;
 mod produce;
 mod server;
 mod server_config;
+mod snapshot;
 mod status;
 mod systemd;
 mod tail;
@@ -46,6 +47,9 @@ enum Command {
     /// Show every node's role, term, leader, commit index, log range and lag.
     #[command(long_about = status::LONG_ABOUT)]
     Status(status::StatusArgs),
+    /// Snapshots: take one now and compact the log.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Benchmarks: measure this machine's limits before trusting it with a node.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Command::Produce(args) => produce::run(args),
         Command::Tail(args) => tail::run(args),
         Command::Status(args) => status::run(args),
+        Command::Snapshot(command) => snapshot::run(command),
         Command::Bench(BenchCommand::Fsync(args)) => fsync::command::run(args),
         Command::Bench(BenchCommand::Cluster(args)) => cluster::run(*args),
         Command::Bench(BenchCommand::Profiles(args)) => profiles::run(args),

@@ -85,6 +85,10 @@ pub struct ServerArgs {
     /// snapshot, then drop the log prefix; 0 = never [default: 256].
     #[arg(long)]
     pub snapshot_every_mib: Option<u64>,
+    /// Also snapshot when this many seconds passed since the last snapshot and anything was
+    /// applied since; 0 = only by size (and `raftline snapshot now`) [default: 0].
+    #[arg(long)]
+    pub snapshot_interval_s: Option<u64>,
     /// MiB of log kept below its end when compacting, so consumers can tail recent history
     /// [default: 64].
     #[arg(long)]
@@ -120,6 +124,7 @@ struct FileConfig {
     batch_kib_max: Option<u64>,
     append_timeout_ms: Option<u64>,
     snapshot_every_mib: Option<u64>,
+    snapshot_interval_s: Option<u64>,
     retain_mib: Option<u64>,
     state_mib_max: Option<u64>,
     emulate_disk: Option<DiskProfile>,
@@ -280,6 +285,11 @@ impl ServerArgs {
                     .or(file.state_mib_max)
                     .unwrap_or((SnapshotPolicy::default().state_bytes_max >> 20) as u64)
                     << 20) as usize,
+                interval: self
+                    .snapshot_interval_s
+                    .or(file.snapshot_interval_s)
+                    .filter(|&s| s > 0)
+                    .map(Duration::from_secs),
             },
             emulated_disk: self
                 .emulate_disk

@@ -125,6 +125,9 @@ impl NullNode {
             }
             | Request::SubscribeSnapshot {
                 subscription_id, ..
+            }
+            | Request::SnapshotNow {
+                request_id: subscription_id,
             } => Response::Error {
                 request_id: subscription_id,
                 error: ClientError::BadRequest {

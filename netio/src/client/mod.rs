@@ -277,6 +277,34 @@ pub fn status_of(address: &str, config: &ClientConfig) -> Result<NodeStatus, Err
     StatusClient::open(address, config)?.ask()
 }
 
+/// Asks the node at `address` to take a snapshot of everything it applied and waits (at most
+/// `wait`) until it is durable: its index and the offset the log continues at.
+pub fn snapshot_now(
+    address: &str,
+    config: &ClientConfig,
+    wait: Duration,
+) -> Result<(u64, u64), Error> {
+    let mut conn = Connection::open(address, config)?;
+    conn.send(&Request::SnapshotNow { request_id: 1 })?;
+    match conn.recv(wait)? {
+        Some(Response::SnapshotTaken {
+            index, cut_offset, ..
+        }) => Ok((index, cut_offset)),
+        Some(Response::Error { error, .. }) => Err(Error::Refused {
+            address: address.to_string(),
+            error,
+        }),
+        Some(other) => Err(Error::Protocol {
+            address: address.to_string(),
+            why: format!("expected a snapshot answer, got {other:?}"),
+        }),
+        None => Err(Error::Timeout {
+            address: address.to_string(),
+            timeout: wait,
+        }),
+    }
+}
+
 /// Finds the leader the way producers do (bounded by `failover_timeout`) and returns its
 /// client address.
 pub fn leader_address(config: &ClientConfig) -> Result<String, Error> {

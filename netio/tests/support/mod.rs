@@ -326,6 +326,9 @@ pub fn serve(cluster: &FakeCluster, node: usize, mut stream: TcpStream) {
                 // The fake keeps no snapshot: the clients under test here read the log only.
                 Request::SubscribeSnapshot {
                     subscription_id, ..
+                }
+                | Request::SnapshotNow {
+                    request_id: subscription_id,
                 } => Some(Response::Error {
                     request_id: subscription_id,
                     error: ClientError::Unavailable {

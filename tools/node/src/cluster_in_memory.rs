@@ -33,6 +33,7 @@ const COMPACTING: SnapshotPolicy = SnapshotPolicy {
     every_bytes: 96 << 10,
     retain_bytes: 0,
     state_bytes_max: 1 << 20,
+    interval: None,
 };
 const COMPACTING_SEGMENT_BYTES: u64 = 128 << 10;
 

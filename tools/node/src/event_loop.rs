@@ -20,9 +20,9 @@ use raftline_netio::client_proto::{
     SnapshotStatus,
 };
 use raftline_netio::cluster_id::ClusterId;
-use raftline_netio::net::{Net, NetEvent, SendWithError};
+use raftline_netio::net::{ClientId, Net, NetEvent, SendWithError};
 use raftline_netio::peer_codec::{decode_message, encode_message, PeerCodecError};
-use raftline_replicator::{Message, Role};
+use raftline_replicator::{Index, Message, Role};
 
 use crate::appends::{Appends, Proposal};
 use crate::metrics::Metrics;
@@ -110,6 +110,8 @@ pub struct EventLoop {
     stop: Arc<AtomicBool>,
     events: Vec<NetEvent>,
     disk: DiskUsage,
+    /// `SnapshotNow` requests waiting for a snapshot covering `.2`: (client, request id, index).
+    snapshot_waiters: Vec<(ClientId, u64, Index)>,
     /// Warnings about peers' messages, rate-limited (a flood must not flood the log).
     peer_warnings: WarnLimit,
     next_tick: Instant,
@@ -142,6 +144,7 @@ impl EventLoop {
             metrics,
             stop,
             events: Vec::new(),
+            snapshot_waiters: Vec::new(),
             disk: DiskUsage {
                 bytes: 0,
                 measured_at: None,
@@ -245,6 +248,7 @@ impl EventLoop {
             |i| raft.term_at(i),
             leader,
         );
+        self.answer_snapshot_waiters();
         // 6. Reads: committed batches to every subscription with credit.
         self.subscriptions.stream(&mut self.net, &self.replica)?;
         Ok(())
@@ -290,6 +294,13 @@ impl EventLoop {
                     window_bytes,
                     resume,
                 ),
+                Ok(Request::SnapshotNow { request_id }) => match self.replica.request_snapshot() {
+                    Ok(index) => self.snapshot_waiters.push((client, request_id, index)),
+                    Err(why) => {
+                        let error = ClientError::Unavailable { why };
+                        self.replier.error(net, client, request_id, error);
+                    }
+                },
                 Ok(Request::Credit {
                     subscription_id,
                     bytes,
@@ -315,6 +326,31 @@ impl EventLoop {
             NetEvent::PeerDown { id } => tracing::info!(peer = id, "peer connection down"),
             NetEvent::Woken => {}
         }
+    }
+
+    /// Answers the `SnapshotNow` requests a durable snapshot now covers.
+    fn answer_snapshot_waiters(&mut self) {
+        if self.snapshot_waiters.is_empty() {
+            return;
+        }
+        let Some(served) = self.replica.served_snapshot() else {
+            return;
+        };
+        let (index, cut_offset) = (served.meta().index, served.cut_offset());
+        let (net, replier) = (&mut self.net, &self.replier);
+        self.snapshot_waiters
+            .retain(|&(client, request_id, wanted)| {
+                if index < wanted {
+                    return true;
+                }
+                let taken = Response::SnapshotTaken {
+                    request_id,
+                    index,
+                    cut_offset,
+                };
+                replier.respond(net, client, &taken);
+                false
+            });
     }
 
     /// One tick of logical time: the core's timers, append timeouts, published status.

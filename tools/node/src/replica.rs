@@ -543,6 +543,17 @@ impl Replica {
         self.snapshots.writing()
     }
 
+    /// Asks for a snapshot of everything applied so far; returns the index it will cover at
+    /// least (the applied index now). Refused when the state outgrew its bound.
+    pub fn request_snapshot(&mut self) -> Result<Index, String> {
+        let applied = self.raft.applied_index();
+        if applied == 0 {
+            return Err("nothing is applied yet: there is no state to snapshot".into());
+        }
+        self.snapshots.request()?;
+        Ok(applied)
+    }
+
     /// The snapshot this node serves (to followers and to consumers reading the state).
     pub fn served_snapshot(&self) -> Option<crate::storage::ServedSnapshot> {
         self.raft.storage().served().cloned()

@@ -43,6 +43,9 @@ pub struct SnapshotPolicy {
     pub retain_bytes: u64,
     /// Largest materialised state; beyond it the node stops snapshotting.
     pub state_bytes_max: usize,
+    /// Also snapshot when this long passed since the last one and anything was applied since
+    /// (`None`: only by bytes or on request).
+    pub interval: Option<std::time::Duration>,
 }
 
 impl Default for SnapshotPolicy {
@@ -51,6 +54,7 @@ impl Default for SnapshotPolicy {
             every_bytes: 256 << 20,
             retain_bytes: 64 << 20,
             state_bytes_max: 1 << 30,
+            interval: None,
         }
     }
 }
@@ -122,6 +126,10 @@ pub struct Snapshots {
     incoming: Option<File>,
     /// Index of the newest durable snapshot.
     latest_index: Option<Index>,
+    /// An operator asked for a snapshot; the next chance takes one.
+    requested: bool,
+    /// When the last snapshot write started (or the node did), for the interval trigger.
+    last_started: std::time::Instant,
 }
 
 /// What a node restores at start.
@@ -151,6 +159,8 @@ impl Snapshots {
             writing: None,
             incoming: None,
             latest_index: None,
+            requested: false,
+            last_started: std::time::Instant::now(),
         };
         let Some(file) = latest_snapshot(dir)? else {
             // A log that starts past index 1 was compacted below a snapshot: without it the
@@ -272,8 +282,23 @@ impl Snapshots {
         Ok(())
     }
 
-    /// Starts writing a snapshot at `index` (= the applied index) if enough log was applied since
-    /// the last one and no write is in flight.
+    /// Asks for a snapshot at the next chance (an operator's `raftline snapshot now`); refused
+    /// when the state outgrew its bound.
+    pub fn request(&mut self) -> Result<(), String> {
+        if self.state.is_none() {
+            return Err(format!(
+                "the materialised state outgrew --state-mib-max ({} MiB): this node no longer \
+                 takes snapshots",
+                self.policy.state_bytes_max >> 20
+            ));
+        }
+        self.requested = true;
+        Ok(())
+    }
+
+    /// Starts writing a snapshot at `index` (= the applied index) if one is due (enough log
+    /// applied since the last one, the interval passed, or an operator asked) and no write is
+    /// in flight.
     pub fn maybe_start(
         &mut self,
         index: Index,
@@ -281,8 +306,14 @@ impl Snapshots {
         membership: &raftline_replicator::message::Membership,
         next_offset: u64,
     ) {
-        let due = self.policy.every_bytes > 0
-            && self.applied_bytes_since_snapshot >= self.policy.every_bytes
+        let by_bytes = self.policy.every_bytes > 0
+            && self.applied_bytes_since_snapshot >= self.policy.every_bytes;
+        let by_time = self.applied_bytes_since_snapshot > 0
+            && self
+                .policy
+                .interval
+                .is_some_and(|every| self.last_started.elapsed() >= every);
+        let due = (by_bytes || by_time || self.requested)
             && self.writing.is_none()
             && self.latest_index.is_none_or(|l| l < index);
         let (Some(state), Some(term), true) = (self.state.as_ref(), term, due) else {
@@ -309,6 +340,8 @@ impl Snapshots {
         match spawned {
             Ok(_) => {
                 self.applied_bytes_since_snapshot = 0;
+                self.requested = false;
+                self.last_started = std::time::Instant::now();
                 self.writing = Some(rx);
                 tracing::debug!(index, term, "snapshot started");
             }
