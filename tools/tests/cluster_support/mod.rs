@@ -46,6 +46,8 @@ pub struct Node {
     pub peer: SocketAddr,
     pub client: SocketAddr,
     pub metrics: SocketAddr,
+    /// Its Kafka listener, for a cluster started with [`Cluster::start_kafka`].
+    pub kafka: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub log_file: PathBuf,
     pub child: Option<Child>,
@@ -68,6 +70,15 @@ impl Cluster {
 
     /// Starts `n` nodes with `extra_args` added to every node's flags.
     pub fn start_with(n: u64, net_backend: &'static str, extra_args: &[&str]) -> Cluster {
+        Cluster::start_nodes(n, net_backend, extra_args, false)
+    }
+
+    /// Starts `n` nodes that also listen for Kafka clients, each announcing all of them.
+    pub fn start_kafka(n: u64, net_backend: &'static str, extra_args: &[&str]) -> Cluster {
+        Cluster::start_nodes(n, net_backend, extra_args, true)
+    }
+
+    fn start_nodes(n: u64, net_backend: &'static str, extra_args: &[&str], kafka: bool) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("raftline-e2e")
             .tempdir_in("/tmp")
@@ -78,6 +89,7 @@ impl Cluster {
                 peer: free_port(),
                 client: free_port(),
                 metrics: free_port(),
+                kafka: kafka.then(free_port),
                 data_dir: dir.path().join(format!("node-{id}")),
                 log_file: dir.path().join(format!("node-{id}.log")),
                 child: None,
@@ -107,6 +119,11 @@ impl Cluster {
     pub fn spawn(&mut self, id: u64) {
         let peers = self.list(|n| n.peer);
         let clients = self.list(|n| n.client);
+        let kafka: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.kafka.map(|k| format!("{}={k}", n.id)))
+            .collect();
         let backend = self.net_backend;
         let node = &mut self.nodes[id as usize - 1];
         assert!(node.child.is_none(), "node {id} is running");
@@ -138,6 +155,13 @@ impl Cluster {
                 table(&peers),
                 table(&clients)
             );
+            let toml = match node.kafka {
+                Some(listen) => format!(
+                    "kafka_listen = \"{listen}\"\n{toml}[kafka_advertise]\n{}",
+                    table(&kafka.join(","))
+                ),
+                None => toml,
+            };
             std::fs::write(&file, toml).unwrap();
             cmd.arg("--config").arg(file);
         } else {
@@ -151,6 +175,10 @@ impl Cluster {
             if id == 3 {
                 // One node runs pinned: its raft thread and log writer share core 0.
                 cmd.args(["--cores", "0"]);
+            }
+            if let Some(listen) = node.kafka {
+                cmd.args(["--kafka-listen", &listen.to_string()])
+                    .args(["--kafka-advertise", &kafka.join(",")]);
             }
         }
         let child = cmd
