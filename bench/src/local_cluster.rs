@@ -31,6 +31,11 @@ pub fn node_addrs(base: u16, id: u64) -> (SocketAddr, SocketAddr, SocketAddr) {
     (at(0), at(100), at(200))
 }
 
+/// Kafka address of node `id` for Kafka base port `base`.
+pub fn kafka_addr(base: u16, id: u64) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], base + id as u16))
+}
+
 fn id_list(addr: impl Fn(u64) -> SocketAddr) -> String {
     (1..=NODES)
         .map(|id| format!("{id}={}", addr(id)))
@@ -164,6 +169,8 @@ pub struct LocalCluster {
     exe: PathBuf,
     /// Appended to every node's `raftline server` command line (also on a restart).
     server_args: Vec<String>,
+    /// Node N listens for Kafka clients on 127.0.0.1:(this + N), if set.
+    kafka_base: Option<u16>,
     nodes: Vec<Node>,
 }
 
@@ -177,6 +184,18 @@ impl LocalCluster {
         cluster: &str,
         server_args: &[String],
     ) -> anyhow::Result<LocalCluster> {
+        LocalCluster::start_with_kafka(data, base, cluster, server_args, None)
+    }
+
+    /// Like [`LocalCluster::start_with_args`], and node N also listens for Kafka clients on
+    /// 127.0.0.1:(kafka_base + N) when `kafka_base` is given (every node announces all three).
+    pub fn start_with_kafka(
+        data: &Path,
+        base: u16,
+        cluster: &str,
+        server_args: &[String],
+        kafka_base: Option<u16>,
+    ) -> anyhow::Result<LocalCluster> {
         let exe = std::env::current_exe().context("finding the raftline executable")?;
         let available = raftline_pinning::available_cores();
         let mut cluster = LocalCluster {
@@ -185,6 +204,7 @@ impl LocalCluster {
             data: data.to_path_buf(),
             exe,
             server_args: server_args.to_vec(),
+            kafka_base,
             nodes: Vec::new(),
         };
         for id in 1..=NODES {
@@ -225,6 +245,11 @@ impl LocalCluster {
             .arg(self.data.join(format!("node-{id}")));
         if let Some(cores) = cores_for(id, available) {
             cmd.args(["--cores", &cores]);
+        }
+        if let Some(kafka) = self.kafka_base {
+            let kafka_addr = |n: u64| kafka_addr(kafka, n);
+            cmd.args(["--kafka-listen", &kafka_addr(id).to_string()])
+                .args(["--kafka-advertise", &id_list(kafka_addr)]);
         }
         cmd.args(&self.server_args);
         // A process group of its own: a terminal's Ctrl-C reaches only the parent, which then

@@ -5,17 +5,22 @@
 //! ```text
 //!  0 u32 magic "RLNB"      4 u32 crc32c of bytes [8, end)
 //!  8 u16 version (1)       10 u16 flags (0 for data; 1 truncation marker; 2 leader no-op;
-//!                                        4 configuration; 8 run)
+//!                                        4 configuration; 8 run; 16 Kafka)
 //! 12 u32 record_count      16 u64 base_offset
 //! 24 u64 term              32 u64 index
 //! 40 u32 payload_bytes     44 u32 reserved (0)
-//! 48 payload: rkyv archive of Vec<Record> (a run: its data batches back to back)
+//! 48 payload: rkyv archive of Vec<Record> (a run: its data batches back to back; a Kafka
+//!    batch: a Kafka RecordBatch v2, verbatim)
 //! ```
+//! A Kafka batch's CRC covers only [8, 48) and the Kafka batch's bytes [0, 21): Kafka's own
+//! CRC32C covers the rest, so the leader stamps it without a second pass over the records.
 
 use std::ops::Range;
 
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
+
+use crate::kafka::{self, KafkaBatchError, KAFKA_BATCH_HEADER_BYTES, KAFKA_CRC_FROM};
 
 /// Bytes of the fixed batch header that precedes the rkyv payload.
 pub const BATCH_HEADER_BYTES: usize = 48;
@@ -36,6 +41,11 @@ pub const FLAG_CONFIG: u16 = 4;
 /// `record_count` and `base_offset` cover them all. Never sent by a producer, never sent to a
 /// consumer (the node streams the inner batches, exactly as their producers sent them).
 pub const FLAG_RUN: u16 = 8;
+/// Flag of a Kafka batch: a data batch whose payload is a Kafka RecordBatch v2 exactly as a
+/// Kafka producer sent it, but for the base offset and partition leader epoch, which the
+/// leader stamps (the envelope's offset and term) and Kafka's CRC does not cover. May be the
+/// inner batch of a run.
+pub const FLAG_KAFKA: u16 = 16;
 
 /// One record of the log.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -83,6 +93,9 @@ pub enum BatchError {
     /// The rkyv payload failed validation or disagrees with the header.
     #[error("bad batch payload: {0}")]
     BadPayload(String),
+    /// The payload of a Kafka batch is not a Kafka batch raftline takes.
+    #[error(transparent)]
+    Kafka(#[from] KafkaBatchError),
 }
 
 /// CRC32C (Castagnoli) of `bytes`.
@@ -135,6 +148,16 @@ impl BatchHeader {
         self.flags & FLAG_RUN != 0
     }
 
+    /// True for a Kafka batch (see [`FLAG_KAFKA`]).
+    pub fn is_kafka(&self) -> bool {
+        self.flags & FLAG_KAFKA != 0
+    }
+
+    /// True for a batch carrying producers' records: native (flags 0) or Kafka.
+    pub fn is_data(&self) -> bool {
+        self.flags & !FLAG_KAFKA == 0
+    }
+
     /// Offset one past the last record of this batch.
     pub fn next_offset(&self) -> u64 {
         self.base_offset + u64::from(self.record_count)
@@ -156,7 +179,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::BadHeader("version"));
     }
     let flags = u16_at(bytes, 10);
-    if flags & !(FLAG_TRUNCATE_MARKER | FLAG_NOOP | FLAG_CONFIG | FLAG_RUN) != 0 {
+    if flags & !(FLAG_TRUNCATE_MARKER | FLAG_NOOP | FLAG_CONFIG | FLAG_RUN | FLAG_KAFKA) != 0 {
         return Err(BatchError::BadHeader("unknown flags"));
     }
     if u32_at(bytes, 44) != 0 {
@@ -181,7 +204,8 @@ pub fn parse_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
 }
 
 /// Checks header and CRC of the batch at the start of `bytes` (no payload decoding); this is
-/// what recovery and readers verify on every batch read from disk.
+/// what recovery and readers verify on every batch read from disk. A Kafka batch's two CRCs
+/// (the envelope's and Kafka's) together cover every byte once.
 pub fn check_frame(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     let header = parse_header(bytes)?;
     if bytes.len() < header.total_bytes {
@@ -190,14 +214,55 @@ pub fn check_frame(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
             need: header.total_bytes,
         });
     }
-    let actual = crc32c(&bytes[8..header.total_bytes]);
+    let bytes = &bytes[..header.total_bytes];
+    let actual = envelope_crc(header.flags, bytes)?;
     if actual != header.crc {
         return Err(BatchError::Checksum {
             expected: header.crc,
             actual,
         });
     }
+    if header.is_kafka() {
+        kafka::check_crc(&bytes[BATCH_HEADER_BYTES..])?;
+    }
     Ok(header)
+}
+
+/// The envelope's CRC of a whole batch: of bytes [8, end), or for a Kafka batch of [8, 48)
+/// and the Kafka header's bytes before Kafka's CRC starts.
+fn envelope_crc(flags: u16, bytes: &[u8]) -> Result<u32, BatchError> {
+    if flags & FLAG_KAFKA == 0 {
+        return Ok(crc32c(&bytes[8..]));
+    }
+    let end = BATCH_HEADER_BYTES + KAFKA_CRC_FROM;
+    if bytes.len() < BATCH_HEADER_BYTES + KAFKA_BATCH_HEADER_BYTES {
+        return Err(KafkaBatchError::Truncated {
+            have: bytes.len().saturating_sub(BATCH_HEADER_BYTES),
+            need: KAFKA_BATCH_HEADER_BYTES,
+        }
+        .into());
+    }
+    Ok(crc32c(&bytes[8..end]))
+}
+
+/// Checks that a Kafka batch's header agrees with its envelope: its own length and magic and
+/// refused attributes, and the record count, base offset and leader epoch the envelope holds.
+fn check_kafka_header(header: &BatchHeader, bytes: &[u8]) -> Result<(), BatchError> {
+    let k = kafka::parse_header(&bytes[BATCH_HEADER_BYTES..])?;
+    let agrees = i64::from(k.record_count) == i64::from(header.record_count)
+        && k.base_offset as u64 == header.base_offset
+        && k.leader_epoch == leader_epoch(header.term);
+    if !agrees || header.record_count == 0 {
+        return Err(BatchError::BadHeader(
+            "a Kafka batch's header disagrees with its envelope",
+        ));
+    }
+    Ok(())
+}
+
+/// The Kafka partition leader epoch of a Raft term (Kafka's is an i32).
+pub fn leader_epoch(term: u64) -> i32 {
+    i32::try_from(term).unwrap_or(i32::MAX)
 }
 
 /// A batch whose header, checksum and rkyv payload have been validated.
@@ -207,6 +272,35 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Takes a Kafka producer's RecordBatch v2 (exactly one batch) after validating it
+    /// (`kafka::validate`: header, CRC, attributes, every record, the count): one copy into the
+    /// envelope, base offset and leader epoch set to the envelope's (0 until stamped).
+    pub fn from_kafka(kafka_batch: &[u8]) -> Result<Batch, BatchError> {
+        let k = kafka::validate(kafka_batch)?;
+        let total = BATCH_HEADER_BYTES + kafka_batch.len();
+        if total > BATCH_BYTES_LIMIT {
+            return Err(BatchError::TooLarge {
+                bytes: total,
+                limit: BATCH_BYTES_LIMIT,
+            });
+        }
+        let count = k.record_count as u32;
+        let mut bytes = Vec::with_capacity(total);
+        bytes.extend_from_slice(&header_bytes(
+            FLAG_KAFKA,
+            count,
+            0,
+            0,
+            0,
+            kafka_batch.len() as u32,
+        ));
+        bytes.extend_from_slice(kafka_batch);
+        kafka::stamp(&mut bytes[BATCH_HEADER_BYTES..], 0, 0);
+        let mut batch = Batch { bytes };
+        batch.reseal();
+        Ok(batch)
+    }
+
     /// Encodes records into a new batch with base_offset, term and index 0 (to be stamped).
     pub fn encode(records: &[Record]) -> Result<Batch, BatchError> {
         let payload = rkyv::to_bytes::<rancor::Error>(&records.to_vec())
@@ -281,7 +375,7 @@ impl Batch {
         for batch in batches.iter_mut() {
             let h = batch.header();
             assert!(
-                h.flags == 0 && h.record_count > 0,
+                h.is_data() && h.record_count > 0,
                 "a run holds data batches with records"
             );
             batch.stamp(next_offset, term, index);
@@ -320,7 +414,8 @@ impl Batch {
         &self.bytes[BATCH_HEADER_BYTES..]
     }
 
-    /// Validates bytes (header, CRC, rkyv payload, record count) and takes them as a batch.
+    /// Validates bytes (header, CRC, rkyv payload, record count) and takes them as a batch; a
+    /// Kafka batch is validated record by record (`kafka::validate`).
     pub fn decode(bytes: Vec<u8>) -> Result<Batch, BatchError> {
         let header = check_frame(&bytes)?;
         if header.total_bytes != bytes.len() {
@@ -328,8 +423,13 @@ impl Batch {
                 "payload length disagrees with batch length",
             ));
         }
-        if header.flags != 0 {
+        if !header.is_data() {
             return Err(BatchError::BadHeader("flags set on a data batch"));
+        }
+        if header.is_kafka() {
+            check_kafka_header(&header, &bytes)?;
+            kafka::validate(&bytes[BATCH_HEADER_BYTES..])?;
+            return Ok(Batch { bytes });
         }
         let batch = Batch { bytes };
         let count = batch.with_archive(|records| records.len())?;
@@ -363,8 +463,13 @@ impl Batch {
         }
         if header.is_run() {
             for inner in entry_batches(&bytes) {
-                inner?;
+                let (inner, range) = inner?;
+                if inner.is_kafka() {
+                    check_kafka_header(&inner, &bytes[range])?;
+                }
             }
+        } else if header.is_kafka() {
+            check_kafka_header(&header, &bytes)?;
         }
         Ok(Batch { bytes })
     }
@@ -376,7 +481,7 @@ impl Batch {
     }
 
     /// Writes base_offset, term and index into the header and recomputes the CRC; the records
-    /// are not re-encoded.
+    /// are not re-encoded. A Kafka batch also gets them as its base offset and leader epoch.
     pub fn stamp(&mut self, base_offset: u64, term: u64, index: u64) {
         let unchanged = self.bytes[16..24] == base_offset.to_le_bytes()
             && self.bytes[24..32] == term.to_le_bytes()
@@ -391,11 +496,20 @@ impl Batch {
         self.bytes[16..24].copy_from_slice(&base_offset.to_le_bytes());
         self.bytes[24..32].copy_from_slice(&term.to_le_bytes());
         self.bytes[32..40].copy_from_slice(&index.to_le_bytes());
+        if self.header().is_kafka() {
+            kafka::stamp(
+                &mut self.bytes[BATCH_HEADER_BYTES..],
+                base_offset as i64,
+                leader_epoch(term),
+            );
+        }
         self.reseal();
     }
 
     fn reseal(&mut self) {
-        let crc = crc32c(&self.bytes[8..]);
+        let flags = u16_at(&self.bytes, 10);
+        let crc =
+            envelope_crc(flags, &self.bytes).expect("a Batch of a Kafka batch holds its header");
         self.bytes[4..8].copy_from_slice(&crc.to_le_bytes());
     }
 
@@ -414,8 +528,14 @@ impl Batch {
         self.bytes
     }
 
-    /// Decodes the records (validated rkyv access, then deserialisation).
+    /// Decodes the records (validated rkyv access, then deserialisation; a Kafka batch's
+    /// records, decompressed, read as native ones: `kafka::to_native`).
     pub fn records(&self) -> Result<Vec<Record>, BatchError> {
+        if self.header().is_kafka() {
+            let mut records = Vec::new();
+            kafka::for_each_record(self.payload(), |r| records.push(kafka::to_native(&r)))?;
+            return Ok(records);
+        }
         self.with_archive(|archived| {
             rkyv::deserialize::<Vec<Record>, rancor::Error>(archived)
                 .map_err(|e| BatchError::BadPayload(e.to_string()))
@@ -460,6 +580,21 @@ pub fn for_each_keyed_in(
             "payload length disagrees with batch length",
         ));
     }
+    if header.is_kafka() {
+        // A null value is Kafka's tombstone: raftline's delete is an empty value.
+        let mut place = 0u64;
+        return Ok(kafka::for_each_record(&bytes[BATCH_HEADER_BYTES..], |r| {
+            if let Some(key) = r.key {
+                visit(KeyedRecord {
+                    offset: header.base_offset + place,
+                    key,
+                    value: r.value.unwrap_or_default(),
+                    timestamp_ms: u64::try_from(r.timestamp).unwrap_or(0),
+                });
+            }
+            place += 1;
+        })?);
+    }
     with_archive(&bytes[BATCH_HEADER_BYTES..], |archived| {
         for (place, record) in (0u64..).zip(archived.iter()) {
             if let Some(key) = record.key.as_ref() {
@@ -472,6 +607,33 @@ pub fn for_each_keyed_in(
             }
         }
     })
+}
+
+/// Appends a data batch's records to `out` as the Kafka RecordBatch v2 a Kafka consumer is
+/// served, over bytes verified where they entered this node (like [`for_each_keyed_in`]): a
+/// Kafka batch's payload verbatim, a native batch converted at its offset and term (the only
+/// place the two formats meet on the read path; its cost is not measured yet).
+pub fn append_kafka_record_batch(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), BatchError> {
+    let header = parse_header(bytes)?;
+    if header.total_bytes != bytes.len() || !header.is_data() {
+        return Err(BatchError::BadHeader("not a whole data batch"));
+    }
+    let payload = &bytes[BATCH_HEADER_BYTES..];
+    if header.is_kafka() {
+        out.extend_from_slice(payload);
+        return Ok(());
+    }
+    let records = with_archive(payload, |archived| {
+        rkyv::deserialize::<Vec<Record>, rancor::Error>(archived)
+            .map_err(|e| BatchError::BadPayload(e.to_string()))
+    })??;
+    kafka::encode_records(
+        out,
+        header.base_offset as i64,
+        leader_epoch(header.term),
+        &records,
+    );
+    Ok(())
 }
 
 /// The data batches an entry's bytes hold, in order, each with its byte range in `bytes`: the
@@ -542,7 +704,7 @@ impl EntryBatches<'_> {
                 need: inner.total_bytes,
             }));
         }
-        if inner.flags != 0
+        if !inner.is_data()
             || inner.record_count == 0
             || (inner.term, inner.index) != (run.term, run.index)
             || inner.base_offset != expected_offset
@@ -899,6 +1061,136 @@ mod tests {
         assert!(Batch::from_entry_bytes(marker).is_err());
     }
 
+    /// The sample records with timestamps Kafka can carry (an i64).
+    fn kafka_records() -> Vec<Record> {
+        let mut records = sample_records();
+        for r in &mut records {
+            r.timestamp_ms = r.timestamp_ms.min(i64::MAX as u64);
+        }
+        records
+    }
+
+    fn kafka_batch(records: &[Record]) -> Vec<u8> {
+        let mut out = Vec::new();
+        // A producer's base offset and epoch are whatever it sent: the leader overwrites them.
+        kafka::encode_records(&mut out, 77, 5, records);
+        out
+    }
+
+    #[test]
+    fn a_kafka_batch_is_stamped_in_place_and_keeps_the_producers_crc() {
+        let sent = kafka_batch(&kafka_records());
+        let mut batch = Batch::from_kafka(&sent).unwrap();
+        batch.stamp(1000, 3, 42);
+        let h = check_frame(batch.as_bytes()).unwrap();
+        assert!(h.is_kafka() && h.is_data());
+        assert_eq!((h.base_offset, h.record_count, h.term), (1000, 2, 3));
+        let payload = batch.payload();
+        // Only the base offset and the leader epoch differ from what the producer sent.
+        assert_eq!(&payload[8..12], &sent[8..12]);
+        assert_eq!(&payload[16..], &sent[16..]);
+        let k = kafka::parse_header(payload).unwrap();
+        assert_eq!((k.base_offset, k.leader_epoch), (1000, 3));
+        let again = Batch::decode(batch.as_bytes().to_vec()).unwrap();
+        assert_eq!(again.records().unwrap(), kafka_records());
+        Batch::from_entry_bytes(batch.as_bytes().to_vec()).unwrap();
+        let mut served = Vec::new();
+        append_kafka_record_batch(batch.as_bytes(), &mut served).unwrap();
+        assert_eq!(served, payload, "a Kafka consumer gets the bytes verbatim");
+    }
+
+    #[test]
+    fn every_single_bit_flip_of_a_stored_kafka_batch_fails_validation() {
+        let mut batch = Batch::from_kafka(&kafka_batch(&kafka_records())).unwrap();
+        batch.stamp(5, 6, 7);
+        let good = batch.into_bytes();
+        for bit in 0..good.len() * 8 {
+            let mut bad = good.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                check_frame(&bad).is_err(),
+                "flip of bit {bit} passed the CRCs"
+            );
+            assert!(
+                Batch::decode(bad).is_err(),
+                "flip of bit {bit} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn a_kafka_batch_whose_header_disagrees_with_its_envelope_is_refused() {
+        let mut batch = Batch::from_kafka(&kafka_batch(&kafka_records())).unwrap();
+        batch.stamp(5, 6, 7);
+        // The leader epoch of the Kafka header is not the term (resealed: a writer's bug, not a
+        // flipped bit).
+        let mut bytes = batch.into_bytes();
+        bytes[BATCH_HEADER_BYTES + 15] ^= 1;
+        let mut forged = Batch { bytes };
+        forged.reseal();
+        assert!(Batch::from_entry_bytes(forged.bytes.clone()).is_err());
+        assert!(Batch::decode(forged.bytes).is_err());
+    }
+
+    #[test]
+    fn kafka_batches_in_a_run_are_walked_applied_and_served() {
+        let tombstone = Record {
+            key: Some(b"k1".to_vec()),
+            value: vec![],
+            timestamp_ms: 8,
+            headers: vec![],
+        };
+        let mut batches = vec![
+            Batch::encode(&kafka_records()).unwrap(),
+            Batch::from_kafka(&kafka_batch(std::slice::from_ref(&tombstone))).unwrap(),
+        ];
+        let run = Batch::run(&mut batches, 10, 2, 7).unwrap();
+        Batch::from_entry_bytes(run.as_bytes().to_vec()).unwrap();
+        let mut keyed = Vec::new();
+        let mut served = Vec::new();
+        for inner in entry_batches(run.as_bytes()) {
+            let (_, range) = inner.unwrap();
+            let bytes = &run.as_bytes()[range];
+            for_each_keyed_in(bytes, |r| keyed.push((r.key.to_vec(), r.value.to_vec()))).unwrap();
+            append_kafka_record_batch(bytes, &mut served).unwrap();
+        }
+        assert_eq!(
+            keyed,
+            vec![
+                (b"k1".to_vec(), b"hello".to_vec()),
+                (b"k1".to_vec(), vec![])
+            ],
+            "the Kafka null value is the delete"
+        );
+        // Two Kafka batches back to back, at the run's offsets, with the term as leader epoch.
+        let first = kafka::parse_header(&served[..served.len() - batches[1].payload().len()]);
+        let first = first.unwrap();
+        assert_eq!(
+            (first.base_offset, first.leader_epoch, first.record_count),
+            (10, 2, 2)
+        );
+        let second = &served[served.len() - batches[1].payload().len()..];
+        assert_eq!(kafka::parse_header(second).unwrap().base_offset, 12);
+        let mut from_native = Vec::new();
+        kafka::for_each_record(&served[..served.len() - second.len()], |r| {
+            from_native.push(kafka::to_native(&r))
+        })
+        .unwrap();
+        assert_eq!(from_native, kafka_records());
+    }
+
+    #[test]
+    fn compressed_kafka_batches_are_read_and_applied() {
+        for codec in [kafka::Compression::Lz4, kafka::Compression::Zstd] {
+            let sent = kafka::tests::compressed(&kafka_batch(&kafka_records()), codec);
+            let batch = Batch::from_kafka(&sent).unwrap();
+            assert_eq!(batch.records().unwrap(), kafka_records(), "{codec:?}");
+            let mut keyed = Vec::new();
+            for_each_keyed_in(batch.as_bytes(), |r| keyed.push(r.key.to_vec())).unwrap();
+            assert_eq!(keyed, vec![b"k1".to_vec()], "{codec:?}");
+        }
+    }
+
     #[test]
     fn empty_batch_is_valid() {
         let batch = Batch::encode(&[]).unwrap();
@@ -909,5 +1201,67 @@ mod tests {
                 .unwrap(),
             vec![]
         );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn record() -> impl Strategy<Value = Record> {
+            (
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+                proptest::collection::vec(any::<u8>(), 0..200),
+                0..=i64::MAX as u64,
+                proptest::collection::vec(
+                    (".{0,8}", proptest::collection::vec(any::<u8>(), 0..10)),
+                    0..4,
+                ),
+            )
+                .prop_map(|(key, value, timestamp_ms, headers)| Record {
+                    key,
+                    value,
+                    timestamp_ms,
+                    headers,
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_records_round_trip_through_kafka_both_ways(
+                records in proptest::collection::vec(record(), 1..20),
+                base in 0..u64::MAX / 2,
+                term in 0..u64::MAX,
+            ) {
+                // Kafka producer -> envelope -> native reader.
+                let mut batch = Batch::from_kafka(&kafka_batch(&records)).unwrap();
+                batch.stamp(base, term, 1);
+                let stored = Batch::decode(batch.as_bytes().to_vec()).unwrap();
+                prop_assert_eq!(stored.records().unwrap(), records.clone());
+                // Native producer -> Kafka consumer.
+                let mut native = Batch::encode(&records).unwrap();
+                native.stamp(base, term, 1);
+                let mut served = Vec::new();
+                append_kafka_record_batch(native.as_bytes(), &mut served).unwrap();
+                let k = kafka::validate(&served).unwrap();
+                prop_assert_eq!((k.base_offset as u64, k.leader_epoch), (base, leader_epoch(term)));
+                let mut back = Vec::new();
+                kafka::for_each_record(&served, |r| back.push(kafka::to_native(&r))).unwrap();
+                prop_assert_eq!(back, records);
+            }
+
+            #[test]
+            fn a_bit_flip_in_a_producers_kafka_batch_is_refused(
+                records in proptest::collection::vec(record(), 1..5),
+                at in any::<proptest::sample::Index>(),
+                bit in 0..8u8,
+            ) {
+                let good = kafka_batch(&records);
+                // Bytes 0..8 and 12..16 (base offset, epoch) are the leader's to overwrite.
+                let covered: Vec<usize> = (8..12).chain(16..good.len()).collect();
+                let mut bad = good.clone();
+                bad[*at.get(&covered)] ^= 1 << bit;
+                prop_assert!(Batch::from_kafka(&bad).is_err());
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@ mod group_commit;
 pub mod hard_state;
 pub mod histogram;
 mod index;
+pub mod kafka;
 mod log;
 mod recovery;
 pub mod segment;

@@ -630,3 +630,64 @@ fn net_can_move_to_its_thread() {
     fn assert_send<T: Send>() {}
     assert_send::<Net>();
 }
+
+#[test]
+fn kafka_connections_carry_size_prefixed_requests_and_raw_answers_and_a_bad_size_closes_one() {
+    for backend in BACKENDS {
+        let mut cfg = config(1, any_port(), &[], backend);
+        cfg.kafka_listen = Some(any_port());
+        cfg.kafka_request_bytes_max = 1000;
+        let mut node = Node::bind(cfg);
+        let kafka = node.net.local_addrs().kafka.expect("a Kafka listener");
+        let mut stream = TcpStream::connect(kafka).unwrap();
+        // Two requests in one write, the second split across writes.
+        let mut bytes = Vec::new();
+        for body in [&b"first"[..], b"second"] {
+            bytes.extend_from_slice(&(body.len() as i32).to_be_bytes());
+            bytes.extend_from_slice(body);
+        }
+        stream.write_all(&bytes[..12]).unwrap();
+        let kafka_frame = |e: &NetEvent| match e {
+            NetEvent::KafkaFrame { client, frame } => Some((*client, frame.clone())),
+            _ => None,
+        };
+        let (client, first) = wait_event(&mut [&mut node], 0, kafka_frame);
+        assert_eq!(first, b"first");
+        stream.write_all(&bytes[12..]).unwrap();
+        let (_, second) = wait_event(&mut [&mut node], 0, kafka_frame);
+        assert_eq!(second, b"second");
+        node.net
+            .send_client_with(client, |b| {
+                b.extend_from_slice(b"answer");
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        let mut answer = [0u8; 6];
+        stream
+            .set_read_timeout(Some(Duration::from_millis(2)))
+            .unwrap();
+        let start = Instant::now();
+        let mut got = 0;
+        while got < answer.len() {
+            assert!(start.elapsed() < DEADLINE, "no answer");
+            turn(&mut [&mut node]);
+            if let Ok(n) = stream.read(&mut answer[got..]) {
+                got += n;
+            }
+        }
+        assert_eq!(&answer, b"answer");
+        // A size beyond the limit closes that connection only, with the reason.
+        let mut other = TcpStream::connect(kafka).unwrap();
+        other.write_all(&1001i32.to_be_bytes()).unwrap();
+        let reason = wait_event(&mut [&mut node], 0, |e| match e {
+            NetEvent::KafkaClosed { reason, .. } => Some(reason.to_string()),
+            _ => None,
+        });
+        assert!(reason.contains("exceeds the limit"), "{reason}");
+        wait_closed(&mut [&mut node], &mut other);
+        stream.write_all(&4i32.to_be_bytes()).unwrap();
+        stream.write_all(b"more").unwrap();
+        let (_, more) = wait_event(&mut [&mut node], 0, kafka_frame);
+        assert_eq!(more, b"more", "the first connection is still served");
+    }
+}

@@ -24,7 +24,7 @@ running in the foreground; Ctrl-C stops all three nodes cleanly.\n\n\
 Node N listens for peers on 127.0.0.1:730N, for clients on 127.0.0.1:740N (what `raftline \
 produce/tail/status` use by default) and serves metrics on http://127.0.0.1:750N/metrics. Data \
 lives in DATA/node-N (kept between runs: a restarted dev cluster resumes its log), each node's \
-log output in DATA/node-N.log.";
+log output in DATA/node-N.log. Node N also listens for Kafka clients on 127.0.0.1:909(N+1) (9092-9094): the log is the topic raftline-dev, partition 0.";
 
 /// Flags of `raftline dev`.
 #[derive(Args, Debug)]
@@ -50,6 +50,8 @@ pub struct DevArgs {
 
 /// Default `--base-port`: node N listens on 7300+N (peers), 7400+N (clients), 7500+N (metrics).
 pub const DEV_BASE_PORT: u16 = 7300;
+/// Node N listens for Kafka clients on 9091+N: 9092 (Kafka's own default port) to 9094.
+pub const DEV_KAFKA_BASE_PORT: u16 = 9091;
 
 /// Peer, client and metrics address of dev node `id` for `--base-port base`.
 pub fn dev_addrs(base: u16, id: u64) -> (SocketAddr, SocketAddr, SocketAddr) {
@@ -75,11 +77,12 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
-    let mut nodes = LocalCluster::start_with_args(
+    let mut nodes = LocalCluster::start_with_kafka(
         &args.data,
         args.base_port,
         DEV_CLUSTER,
         &emulated_disk::server_args(args.emulate_disk),
+        Some(DEV_KAFKA_BASE_PORT),
     )?;
     let leader = match nodes.wait_for_leader() {
         Ok(leader) => leader,
@@ -128,8 +131,9 @@ fn print_banner(data: &Path, leader: u64, base: u16) {
     println!("raftline dev cluster {DEV_CLUSTER:?} is up: 3 nodes, node {leader} leads");
     for id in 1..=NODES {
         let (peer, client, metrics) = dev_addrs(base, id);
+        let kafka = local_cluster::kafka_addr(DEV_KAFKA_BASE_PORT, id);
         println!(
-            "  node {id}: clients {client}  peers {peer}  metrics http://{metrics}/metrics  data {}",
+            "  node {id}: clients {client}  peers {peer}  kafka {kafka}  metrics http://{metrics}/metrics  data {}",
             data.join(format!("node-{id}")).display()
         );
     }
@@ -145,6 +149,10 @@ fn print_banner(data: &Path, leader: u64, base: u16) {
     println!("  raftline status{bootstrap}");
     println!("  seq 1 10 | raftline produce{bootstrap}");
     println!("  raftline tail --from earliest --follow{bootstrap}");
+    println!(
+        "  kcat -b {} -L    (Kafka clients: topic {DEV_CLUSTER:?}, partition 0)",
+        local_cluster::kafka_addr(DEV_KAFKA_BASE_PORT, 1)
+    );
     println!(
         "Ctrl-C stops the cluster (data is kept in {}).",
         data.display()

@@ -28,7 +28,8 @@ pub const NET_BACKEND_ENV: &str = "RAFTLINE_NET_BACKEND";
 #[derive(Args, Debug, Default)]
 pub struct ServerArgs {
     /// TOML file with any of the settings below (keys named like the flags, with underscores;
-    /// `peers` and `peer_clients` as tables `{ 1 = "host:port", ... }`). Flags override it.
+    /// `peers`, `peer_clients` and `kafka_advertise` as tables `{ 1 = "host:port", ... }`).
+    /// Flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// This node's id (a positive integer, one of the --peers).
@@ -53,6 +54,16 @@ pub struct ServerArgs {
     /// Address of the Prometheus text endpoint (GET /metrics) [default: none].
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address for Kafka clients: the log as one topic with one partition [default: none].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub kafka_listen: Option<SocketAddr>,
+    /// Every voter's Kafka address as Metadata announces it, `1=host:port,...` [default: this
+    /// node's --kafka-listen only].
+    #[arg(long, value_name = "ID=ADDR,...")]
+    pub kafka_advertise: Option<String>,
+    /// Name of the Kafka topic the log appears as [default: the --cluster-id].
+    #[arg(long, value_name = "NAME")]
+    pub kafka_topic: Option<String>,
     /// Data directory (log segments, hard state, identity); created if missing.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -114,6 +125,9 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     client_listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
+    kafka_listen: Option<SocketAddr>,
+    kafka_advertise: Option<BTreeMap<String, String>>,
+    kafka_topic: Option<String>,
     data_dir: Option<PathBuf>,
     cores: Option<Vec<usize>>,
     heartbeat_ms: Option<u64>,
@@ -200,6 +214,11 @@ impl ServerArgs {
             (None, Some(map)) => file_map(map, "peer_clients")?,
             (None, None) => BTreeMap::new(),
         };
+        let kafka_advertise = match (self.kafka_advertise, file.kafka_advertise) {
+            (Some(text), _) => parse_id_map(&text)?,
+            (None, Some(map)) => file_map(map, "kafka_advertise")?,
+            (None, None) => BTreeMap::new(),
+        };
         let mut peers = BTreeMap::new();
         for (peer, addr) in peers_text {
             let resolved =
@@ -234,6 +253,9 @@ impl ServerArgs {
                 .or(file.client_listen)
                 .context("--client-listen is required")?,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            kafka_listen: self.kafka_listen.or(file.kafka_listen),
+            kafka_advertise,
+            kafka_topic: self.kafka_topic.or(file.kafka_topic),
             data_dir: self
                 .data_dir
                 .or(file.data_dir)
@@ -394,6 +416,38 @@ mod tests {
             .unwrap_err()
         );
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn kafka_settings_come_from_flags_or_the_file_and_this_node_advertises_its_listener() {
+        let mut a = args();
+        a.kafka_listen = Some("127.0.0.1:9092".parse().unwrap());
+        a.kafka_advertise = Some("2=10.0.0.2:9092,3=10.0.0.3:9092".into());
+        let cfg = NodeConfig::validated(a.resolve().unwrap()).unwrap();
+        assert_eq!(cfg.kafka_advertise[&1], "127.0.0.1:9092");
+        assert_eq!(cfg.kafka_advertise[&3], "10.0.0.3:9092");
+        assert_eq!(
+            cfg.kafka_topic, None,
+            "the topic defaults to the cluster's name"
+        );
+        let mut wildcard = args();
+        wildcard.kafka_listen = Some("0.0.0.0:9092".parse().unwrap());
+        let err = NodeConfig::validated(wildcard.resolve().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("--kafka-advertise"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "kafka_listen = \"127.0.0.1:9093\"\nkafka_topic = \"events\"\n\
+             [kafka_advertise]\n1 = \"k1:9092\"\n",
+        )
+        .unwrap();
+        let mut from_file = args();
+        from_file.config = Some(path);
+        let cfg = from_file.resolve().unwrap();
+        assert_eq!(cfg.kafka_listen, Some("127.0.0.1:9093".parse().unwrap()));
+        assert_eq!(cfg.kafka_topic.as_deref(), Some("events"));
+        assert_eq!(cfg.kafka_advertise[&1], "k1:9092");
     }
 
     #[test]

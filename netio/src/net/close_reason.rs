@@ -7,6 +7,8 @@ use std::time::Duration;
 use crate::cluster_id::ClusterId;
 use crate::frame::{FrameError, FrameType};
 
+use super::kafka_framing::KafkaFrameError;
+
 /// Why a connection was closed.
 #[derive(Debug)]
 pub enum CloseReason {
@@ -21,6 +23,8 @@ pub enum CloseReason {
     },
     /// The bytes are not valid frames (garbage, oversize, wrong magic/version, CRC, type).
     BadFrame(FrameError),
+    /// The bytes of a Kafka connection are not requests (a bad size prefix).
+    BadKafkaFrame(KafkaFrameError),
     /// A frame of another cluster.
     WrongCluster {
         /// The cluster id in the frame.
@@ -82,6 +86,7 @@ impl fmt::Display for CloseReason {
             CloseReason::RemoteClosed => write!(f, "closed by the remote end"),
             CloseReason::Io { op, error } => write!(f, "{op} failed: {error}"),
             CloseReason::BadFrame(err) => write!(f, "invalid frame: {err}"),
+            CloseReason::BadKafkaFrame(err) => write!(f, "invalid Kafka request: {err}"),
             CloseReason::WrongCluster { found, expected } => {
                 write!(f, "frame of cluster {found}, this is cluster {expected}")
             }

@@ -19,6 +19,10 @@ pub struct NetConfig {
     pub peer_listen: SocketAddr,
     /// Where clients connect.
     pub client_listen: SocketAddr,
+    /// Where Kafka clients connect (`None`: no Kafka listener).
+    pub kafka_listen: Option<SocketAddr>,
+    /// Largest Kafka request accepted (checked from its size prefix, before buffering).
+    pub kafka_request_bytes_max: usize,
     /// The other voters: one outbound connection each. Must not contain `node_id`.
     pub peers: BTreeMap<u64, SocketAddr>,
     /// Largest frame payload accepted (checked from the header, before buffering).
@@ -96,6 +100,8 @@ impl NetConfig {
             cluster_id,
             peer_listen,
             client_listen,
+            kafka_listen: None,
+            kafka_request_bytes_max: PAYLOAD_BYTES_MAX_DEFAULT as usize,
             peers,
             payload_bytes_max: PAYLOAD_BYTES_MAX_DEFAULT,
             peer_queue_bytes_max: 4 * frame_bytes,

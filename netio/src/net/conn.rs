@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::frame::FrameDecoder;
 
+use super::kafka_framing::KafkaFrameDecoder;
 use super::ClientId;
 
 /// Bytes per recv on a peer connection (replication streams: fewer loop turns per MiB); a
@@ -25,6 +26,8 @@ pub(super) enum ConnKind {
     InboundPeer(Option<u64>),
     /// A client opened it.
     Client(ClientId),
+    /// A Kafka client opened it (on the Kafka port: Kafka's framing, not raftline frames).
+    Kafka(ClientId),
 }
 
 impl std::fmt::Display for ConnKind {
@@ -34,6 +37,7 @@ impl std::fmt::Display for ConnKind {
             ConnKind::InboundPeer(Some(id)) => write!(f, "inbound connection from peer {id}"),
             ConnKind::InboundPeer(None) => write!(f, "inbound peer connection (no hello yet)"),
             ConnKind::Client(id) => write!(f, "client {}", id.0),
+            ConnKind::Kafka(id) => write!(f, "Kafka client {}", id.0),
         }
     }
 }
@@ -42,7 +46,7 @@ impl std::fmt::Display for ConnKind {
 pub(super) struct Conn {
     pub(super) kind: ConnKind,
     pub(super) remote: SocketAddr,
-    pub(super) decoder: FrameDecoder,
+    pub(super) decoder: Decoder,
     /// The receive buffer while no recv is in flight.
     pub(super) recv_buf: Option<Vec<u8>>,
     /// Outbound: connected; inbound: its first whole frame arrived.
@@ -60,6 +64,14 @@ pub(super) struct Conn {
     spare: Option<Vec<u8>>,
     /// Set when the queue reached the drained mark (or refused): report when it falls below.
     pub(super) drain_wanted: bool,
+}
+
+/// How a connection's received bytes are split.
+pub(super) enum Decoder {
+    /// raftline frames (peer and client ports).
+    Raftline(FrameDecoder),
+    /// Kafka requests (the Kafka port).
+    Kafka(KafkaFrameDecoder),
 }
 
 /// Why [`Conn::enqueue_with`] queued nothing.
@@ -84,16 +96,16 @@ impl Conn {
     pub(super) fn new(
         kind: ConnKind,
         remote: SocketAddr,
-        payload_bytes_max: u32,
+        decoder: Decoder,
         queue_bytes_max: usize,
         now: Instant,
     ) -> Conn {
         Conn {
             kind,
             remote,
-            decoder: FrameDecoder::new(payload_bytes_max),
+            decoder,
             recv_buf: Some(Vec::with_capacity(match kind {
-                ConnKind::Client(_) => CLIENT_RECV_BUF_BYTES,
+                ConnKind::Client(_) | ConnKind::Kafka(_) => CLIENT_RECV_BUF_BYTES,
                 _ => PEER_RECV_BUF_BYTES,
             })),
             established: false,
@@ -239,7 +251,7 @@ mod tests {
         Conn::new(
             ConnKind::Client(ClientId(1)),
             "127.0.0.1:1".parse().unwrap(),
-            1 << 20,
+            Decoder::Raftline(FrameDecoder::new(1 << 20)),
             queue_bytes_max,
             Instant::now(),
         )

@@ -8,6 +8,11 @@
 //! Its old inbound connection is not closed on the new hello (an impostor's hello must not kick
 //! the real peer): it ends with an error, EOF or the idle timeout.
 //!
+//! An optional third listener takes Kafka clients: their connections carry Kafka's framing (a
+//! 4-byte big-endian size, then the request), handed to the node whole as
+//! [`NetEvent::KafkaFrame`]; the node's answers are raw bytes queued like any client's
+//! ([`Net::send_client_with`]). Kafka connections share the client limit and timeouts.
+//!
 //! Admission (checked on every frame, both ports): the frame decodes (magic, version, size limit
 //! from the header, CRC, type, flags); its cluster id is ours; its type belongs to the port.
 //! Peer connections must open with `PeerHello` from a configured peer that is not us, and keep
@@ -16,6 +21,7 @@
 mod close_reason;
 mod config;
 mod conn;
+mod kafka_framing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -24,12 +30,14 @@ use std::time::{Duration, Instant};
 
 use raftline_pinning::Waker;
 
-use crate::frame::{self, Frame, FrameHeader, FrameType, CLIENT_SENDER_ID};
+use crate::frame::{self, Frame, FrameDecoder, FrameHeader, FrameType, CLIENT_SENDER_ID};
 use crate::reactor::{BackendKind, Completion, Reactor, SocketId};
 
 pub use close_reason::CloseReason;
 pub use config::{NetConfig, NetConfigError};
-use conn::{Conn, ConnKind, EnqueueError, QueueRefusal};
+use conn::{Conn, ConnKind, Decoder, EnqueueError, QueueRefusal};
+use kafka_framing::KafkaFrameDecoder;
+pub use kafka_framing::KafkaFrameError;
 
 /// Pause before re-arming a listener whose accept failed (EMFILE: don't spin).
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -51,6 +59,8 @@ pub struct NetAddrs {
     pub peer: SocketAddr,
     /// Client port.
     pub client: SocketAddr,
+    /// Kafka port, if one is configured.
+    pub kafka: Option<SocketAddr>,
 }
 
 /// What happened on the network since the last `poll`.
@@ -69,6 +79,20 @@ pub enum NetEvent {
         client: ClientId,
         /// The frame.
         frame: Frame,
+    },
+    /// A whole Kafka request (its size prefix removed) from a Kafka connection.
+    KafkaFrame {
+        /// The connection it came on.
+        client: ClientId,
+        /// Request header and body, as sent.
+        frame: Vec<u8>,
+    },
+    /// A Kafka connection closed, by whoever: emitted exactly once per connection.
+    KafkaClosed {
+        /// The connection.
+        client: ClientId,
+        /// Why.
+        reason: CloseReason,
     },
     /// A client connection closed, by whoever: emitted exactly once per client.
     ClientClosed {
@@ -153,7 +177,7 @@ pub enum BindError {
     /// A listener could not be bound.
     #[error("cannot listen for {port} connections on {addr}: {source}")]
     Listen {
-        /// "peer" or "client".
+        /// "peer", "client" or "Kafka".
         port: &'static str,
         /// The address asked for.
         addr: SocketAddr,
@@ -182,6 +206,7 @@ pub struct Net {
     waker: Waker,
     peer_listener: SocketId,
     client_listener: SocketId,
+    kafka_listener: Option<SocketId>,
     addrs: NetAddrs,
     peers: BTreeMap<u64, PeerLink>,
     conns: HashMap<SocketId, Conn>,
@@ -226,8 +251,15 @@ impl Net {
         };
         let (peer_listener, peer_addr) = listen("peer", cfg.peer_listen)?;
         let (client_listener, client_addr) = listen("client", cfg.client_listen)?;
+        let kafka = match cfg.kafka_listen {
+            Some(addr) => Some(listen("Kafka", addr)?),
+            None => None,
+        };
         reactor.accept(peer_listener);
         reactor.accept(client_listener);
+        if let Some((listener, _)) = kafka {
+            reactor.accept(listener);
+        }
         let now = Instant::now();
         let peers = cfg
             .peers
@@ -257,6 +289,7 @@ impl Net {
             node = cfg.node_id,
             peer = %peer_addr,
             client = %client_addr,
+            kafka = ?kafka.map(|(_, addr)| addr),
             backend = %reactor.kind(),
             "network listening"
         );
@@ -266,9 +299,11 @@ impl Net {
             waker,
             peer_listener,
             client_listener,
+            kafka_listener: kafka.map(|(listener, _)| listener),
             addrs: NetAddrs {
                 peer: peer_addr,
                 client: client_addr,
+                kafka: kafka.map(|(_, addr)| addr),
             },
             peers,
             conns: HashMap::new(),
@@ -383,8 +418,8 @@ impl Net {
             .is_some_and(|l| matches!(l.state, LinkState::Up(_)))
     }
 
-    /// Queues one whole encoded frame for a client; `Full` asks the caller to wait for
-    /// [`NetEvent::ClientDrained`].
+    /// Queues one whole encoded frame for a client (or raw response bytes for a Kafka client);
+    /// `Full` asks the caller to wait for [`NetEvent::ClientDrained`].
     pub fn send_client(&mut self, client: ClientId, frame: Vec<u8>) -> Result<(), SendError> {
         let socket = *self.clients.get(&client).ok_or(SendError::Closed)?;
         let conn = self
@@ -493,10 +528,14 @@ impl Net {
                 ),
                 // A receiver that stops reading (or vanished without a reset) must not hold
                 // its queue forever.
-                ConnKind::OutboundPeer(_) | ConnKind::Client(_) if !conn.is_quiet() => (
-                    conn.last_send_at + cfg.idle_timeout,
-                    CloseReason::SendStalled(cfg.idle_timeout),
-                ),
+                ConnKind::OutboundPeer(_) | ConnKind::Client(_) | ConnKind::Kafka(_)
+                    if !conn.is_quiet() =>
+                {
+                    (
+                        conn.last_send_at + cfg.idle_timeout,
+                        CloseReason::SendStalled(cfg.idle_timeout),
+                    )
+                }
                 ConnKind::OutboundPeer(_) => {
                     let at = conn.last_send_at + keepalive_interval;
                     if at <= now {
@@ -511,7 +550,7 @@ impl Net {
                     conn.last_recv_at + cfg.idle_timeout,
                     CloseReason::Idle(cfg.idle_timeout),
                 ),
-                ConnKind::Client(_) => match cfg.client_idle_timeout {
+                ConnKind::Client(_) | ConnKind::Kafka(_) => match cfg.client_idle_timeout {
                     Some(idle) => (conn.last_recv_at + idle, CloseReason::Idle(idle)),
                     None => continue,
                 },
@@ -544,7 +583,7 @@ impl Net {
                 let mut conn = Conn::new(
                     ConnKind::OutboundPeer(id),
                     link.addr,
-                    self.cfg.payload_bytes_max,
+                    Decoder::Raftline(FrameDecoder::new(self.cfg.payload_bytes_max)),
                     self.cfg.peer_queue_bytes_max,
                     now,
                 );
@@ -611,7 +650,8 @@ impl Net {
             self.inbound_peers += 1;
             (ConnKind::InboundPeer(None), self.cfg.peer_queue_bytes_max)
         } else {
-            debug_assert_eq!(listener, self.client_listener);
+            let kafka = Some(listener) == self.kafka_listener;
+            debug_assert!(kafka || listener == self.client_listener);
             if self.clients.len() >= self.cfg.clients_max {
                 tracing::warn!(
                     %remote,
@@ -624,16 +664,21 @@ impl Net {
             let client = ClientId(self.next_client);
             self.next_client += 1;
             self.clients.insert(client, socket);
-            (ConnKind::Client(client), self.cfg.client_queue_bytes_max)
+            let kind = if kafka {
+                ConnKind::Kafka(client)
+            } else {
+                ConnKind::Client(client)
+            };
+            (kind, self.cfg.client_queue_bytes_max)
         };
         tracing::debug!(%remote, "accepted {kind}");
-        let conn = Conn::new(
-            kind,
-            remote,
-            self.cfg.payload_bytes_max,
-            queue_bytes_max,
-            now,
-        );
+        let decoder = match kind {
+            ConnKind::Kafka(_) => {
+                Decoder::Kafka(KafkaFrameDecoder::new(self.cfg.kafka_request_bytes_max))
+            }
+            _ => Decoder::Raftline(FrameDecoder::new(self.cfg.payload_bytes_max)),
+        };
+        let conn = Conn::new(kind, remote, decoder, queue_bytes_max, now);
         self.conns.insert(socket, conn);
         self.start_recv(socket);
     }
@@ -681,21 +726,37 @@ impl Net {
             Ok(_) => {}
         }
         conn.last_recv_at = now;
-        conn.decoder.feed(&buf);
+        match &mut conn.decoder {
+            Decoder::Raftline(d) => d.feed(&buf),
+            Decoder::Kafka(d) => d.feed(&buf),
+        }
         buf.clear();
         conn.recv_buf = Some(buf);
         loop {
             let Some(conn) = self.conns.get_mut(&socket) else {
                 return;
             };
-            match conn.decoder.next_frame() {
-                Ok(Some(frame)) => {
-                    if let Err(reason) = self.admit(socket, frame) {
-                        return self.close(socket, reason);
+            match &mut conn.decoder {
+                Decoder::Raftline(d) => match d.next_frame() {
+                    Ok(Some(frame)) => {
+                        if let Err(reason) = self.admit(socket, frame) {
+                            return self.close(socket, reason);
+                        }
                     }
-                }
-                Ok(None) => break,
-                Err(err) => return self.close(socket, CloseReason::BadFrame(err)),
+                    Ok(None) => break,
+                    Err(err) => return self.close(socket, CloseReason::BadFrame(err)),
+                },
+                Decoder::Kafka(d) => match d.next_frame() {
+                    Ok(Some(frame)) => {
+                        let ConnKind::Kafka(client) = conn.kind else {
+                            unreachable!("only Kafka connections have a Kafka decoder");
+                        };
+                        conn.established = true;
+                        self.events.push(NetEvent::KafkaFrame { client, frame });
+                    }
+                    Ok(None) => break,
+                    Err(err) => return self.close(socket, CloseReason::BadKafkaFrame(err)),
+                },
             }
         }
         self.start_recv(socket);
@@ -716,6 +777,7 @@ impl Net {
         }
         match conn.kind {
             ConnKind::OutboundPeer(_) => Err(CloseReason::UnexpectedData),
+            ConnKind::Kafka(_) => unreachable!("Kafka connections carry no raftline frames"),
             ConnKind::Client(client) => {
                 if !header.frame_type.is_client_request() {
                     return Err(CloseReason::FrameTypeNotAllowed {
@@ -849,6 +911,10 @@ impl Net {
             ConnKind::Client(client) => {
                 self.clients.remove(&client);
                 self.events.push(NetEvent::ClientClosed { client, reason });
+            }
+            ConnKind::Kafka(client) => {
+                self.clients.remove(&client);
+                self.events.push(NetEvent::KafkaClosed { client, reason });
             }
             ConnKind::InboundPeer(_) => self.inbound_peers -= 1,
         }

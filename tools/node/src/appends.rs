@@ -7,6 +7,11 @@
 //! — with the offsets stamped at proposal — or the entry at its index committed with another term
 //! (the proposal was lost with this node's leadership: `NotLeader`), or `append_timeout` passed
 //! (`Timeout`: it may still commit).
+//!
+//! An append comes from a native client's `Append` or a Kafka `Produce` (`kafka/`): both are
+//! staged, proposed and decided here alike; only the answer differs ([`Requester`]): a native
+//! one is queued at once, a Kafka one is handed to the Kafka module ([`Appends::take_kafka_answers`]),
+//! which orders it among its connection's responses.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -19,6 +24,7 @@ use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::net::{ClientId, Net};
 use raftline_replicator::{Index, ProposeError, Term};
 
+use crate::kafka::ProduceTicket;
 use crate::metrics::Metrics;
 use crate::replica::{Committed, FatalError, ProposalError, Proposed};
 use crate::replies::Replier;
@@ -38,9 +44,27 @@ pub struct AppendConfig {
     pub append_timeout: Duration,
 }
 
+/// Who waits for an append's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requester {
+    /// A native client's `Append` request.
+    Client {
+        /// Its connection.
+        client: ClientId,
+        /// Its request id.
+        request_id: u64,
+    },
+    /// A partition of a Kafka `Produce` request.
+    Kafka(ProduceTicket),
+    /// Nobody (a Kafka produce with acks=0).
+    Nobody,
+}
+
+/// How an append ended: the offset of its first record, or why not.
+pub type Outcome = Result<u64, ClientError>;
+
 struct PendingAppend {
-    client: ClientId,
-    request_id: u64,
+    requester: Requester,
     term: Term,
     base_offset: u64,
     last_offset: u64,
@@ -61,8 +85,7 @@ fn pop_first_at_most(
 
 /// A validated append waiting for its proposal.
 struct StagedAppend {
-    client: ClientId,
-    request_id: u64,
+    requester: Requester,
     ack: AckMode,
     accepted: Instant,
 }
@@ -96,6 +119,8 @@ pub struct Appends {
     staged: VecDeque<Proposal>,
     /// No new appends are taken (the node is stopping).
     draining: bool,
+    /// Decided Kafka appends, for the Kafka module to answer.
+    kafka_answers: Vec<(ProduceTicket, Outcome)>,
     metrics: Arc<Metrics>,
 }
 
@@ -113,6 +138,7 @@ impl Appends {
             awaiting_durable: BTreeMap::new(),
             staged: VecDeque::new(),
             draining: false,
+            kafka_answers: Vec::new(),
         }
     }
 
@@ -128,8 +154,33 @@ impl Appends {
         self.draining = true;
     }
 
-    fn error(&self, net: &mut Net, client: ClientId, request_id: u64, error: ClientError) {
-        self.replier.error(net, client, request_id, error);
+    /// Answers `requester` with `outcome`: a native client at once, a Kafka one through
+    /// [`Appends::take_kafka_answers`].
+    fn answer(&mut self, net: &mut Net, requester: Requester, outcome: Outcome, last_offset: u64) {
+        match requester {
+            Requester::Client { client, request_id } => {
+                let response = match outcome {
+                    Ok(base_offset) => Response::Appended {
+                        request_id,
+                        base_offset,
+                        last_offset,
+                    },
+                    Err(error) => Response::Error { request_id, error },
+                };
+                self.replier.respond(net, client, &response);
+            }
+            Requester::Kafka(ticket) => self.kafka_answers.push((ticket, outcome)),
+            Requester::Nobody => {}
+        }
+    }
+
+    fn error(&mut self, net: &mut Net, requester: Requester, error: ClientError) {
+        self.answer(net, requester, Err(error), 0);
+    }
+
+    /// The Kafka appends decided since the last call, in the order they were decided.
+    pub fn take_kafka_answers(&mut self) -> Vec<(ProduceTicket, Outcome)> {
+        std::mem::take(&mut self.kafka_answers)
     }
 
     /// The `NotLeader` error naming the leader this node knows of.
@@ -138,6 +189,11 @@ impl Appends {
             leader_id: leader,
             leader_address: leader.and_then(|id| self.cfg.client_addresses.get(&id).cloned()),
         }
+    }
+
+    /// The batch limit, for the Kafka module's own check before it validates a batch.
+    pub fn batch_bytes_max(&self) -> usize {
+        self.cfg.batch_bytes_max
     }
 
     /// Handles an `Append`: validates the batch and stages it for the round's proposal;
@@ -150,35 +206,38 @@ impl Appends {
         ack: AckMode,
         bytes: Vec<u8>,
     ) {
-        if self.draining {
-            let why = "the node is shutting down".to_string();
-            self.error(net, client, request_id, ClientError::Unavailable { why });
-            return;
-        }
+        let requester = Requester::Client { client, request_id };
         if bytes.len() > self.cfg.batch_bytes_max {
             let limit_bytes = self.cfg.batch_bytes_max as u64;
-            self.error(
-                net,
-                client,
-                request_id,
-                ClientError::TooLarge { limit_bytes },
-            );
+            self.error(net, requester, ClientError::TooLarge { limit_bytes });
             return;
         }
-        let batch_bytes = bytes.len();
         let batch = match Batch::decode(bytes) {
             Ok(batch) if batch.header().record_count > 0 => batch,
             Ok(_) => {
                 let why = "a batch must carry at least one record".to_string();
-                self.error(net, client, request_id, ClientError::BadRequest { why });
+                self.error(net, requester, ClientError::BadRequest { why });
                 return;
             }
             Err(e) => {
                 let why = format!("invalid batch: {e}");
-                self.error(net, client, request_id, ClientError::BadRequest { why });
+                self.error(net, requester, ClientError::BadRequest { why });
                 return;
             }
         };
+        self.stage(net, requester, ack, batch);
+    }
+
+    /// Stages a validated batch with at least one record (and within the batch limit) for the
+    /// round's proposal; `requester` is answered when it is decided.
+    pub fn stage(&mut self, net: &mut Net, requester: Requester, ack: AckMode, batch: Batch) {
+        if self.draining {
+            let why = "the node is shutting down".to_string();
+            self.error(net, requester, ClientError::Unavailable { why });
+            return;
+        }
+        let batch_bytes = batch.as_bytes().len();
+        debug_assert!(batch_bytes <= self.cfg.batch_bytes_max + BATCH_HEADER_BYTES);
         self.metrics.batch_bytes.record(batch_bytes as u64);
         // The entry must fit the entry limit: a run adds its own header.
         let fits =
@@ -194,8 +253,7 @@ impl Appends {
         open.bytes += batch_bytes;
         open.batches.push(batch);
         open.waiting.0.push(StagedAppend {
-            client,
-            request_id,
+            requester,
             ack,
             accepted: Instant::now(),
         });
@@ -234,15 +292,14 @@ impl Appends {
                     ProposeError::Transferring { to } => self.not_leader(Some(to)),
                 };
                 for s in &waiting.0 {
-                    self.error(net, s.client, s.request_id, error.clone());
+                    self.error(net, s.requester, error.clone());
                 }
                 return Ok(());
             }
         };
         for (place, (s, proposed)) in waiting.0.into_iter().zip(proposed).enumerate() {
             let pending = PendingAppend {
-                client: s.client,
-                request_id: s.request_id,
+                requester: s.requester,
                 term: proposed.term,
                 base_offset: proposed.base_offset,
                 last_offset: proposed.last_offset,
@@ -262,13 +319,8 @@ impl Appends {
         Ok(())
     }
 
-    fn acknowledge(&self, net: &mut Net, p: &PendingAppend) {
-        let response = Response::Appended {
-            request_id: p.request_id,
-            base_offset: p.base_offset,
-            last_offset: p.last_offset,
-        };
-        self.replier.respond(net, p.client, &response);
+    fn acknowledge(&mut self, net: &mut Net, p: &PendingAppend) {
+        self.answer(net, p.requester, Ok(p.base_offset), p.last_offset);
     }
 
     /// Answers the appends decided by newly committed entries.
@@ -282,7 +334,7 @@ impl Appends {
                         .record(p.accepted.elapsed().as_micros() as u64);
                     self.acknowledge(net, &p);
                 } else {
-                    self.error(net, p.client, p.request_id, self.not_leader(leader));
+                    self.error(net, p.requester, self.not_leader(leader));
                 }
             }
         }
@@ -301,55 +353,62 @@ impl Appends {
             if term_at(index) == Some(p.term) {
                 self.acknowledge(net, &p);
             } else {
-                self.error(net, p.client, p.request_id, self.not_leader(leader));
+                self.error(net, p.requester, self.not_leader(leader));
             }
         }
     }
 
     /// Answers `Timeout` to appends older than the limit (they may still commit).
     pub fn expire(&mut self, net: &mut Net, now: Instant) {
+        let timeout = self.cfg.append_timeout;
+        let mut answers: Vec<PendingAppend> = Vec::new();
         for map in [&mut self.awaiting_commit, &mut self.awaiting_durable] {
             let expired: Vec<PendingKey> = map
                 .iter()
-                .filter(|(_, p)| now.duration_since(p.accepted) >= self.cfg.append_timeout)
+                .filter(|(_, p)| now.duration_since(p.accepted) >= timeout)
                 .map(|(&i, _)| i)
                 .collect();
-            let answers: Vec<PendingAppend> =
-                expired.iter().filter_map(|i| map.remove(i)).collect();
-            for p in answers {
-                let response = Response::Error {
-                    request_id: p.request_id,
-                    error: ClientError::Timeout,
-                };
-                // Best effort: a connection too full for a timeout answer is not closed for it.
-                let mut frame = Vec::new();
-                if encode_response(&mut frame, self.cfg.cluster_id, self.cfg.node_id, &response)
-                    .is_ok()
-                {
-                    let _ = net.send_client(p.client, frame);
+            answers.extend(expired.iter().filter_map(|i| map.remove(i)));
+        }
+        for p in answers {
+            match p.requester {
+                Requester::Client { client, request_id } => {
+                    let response = Response::Error {
+                        request_id,
+                        error: ClientError::Timeout,
+                    };
+                    // Best effort: a connection too full for a timeout answer is not closed
+                    // for it.
+                    let mut frame = Vec::new();
+                    if encode_response(&mut frame, self.cfg.cluster_id, self.cfg.node_id, &response)
+                        .is_ok()
+                    {
+                        let _ = net.send_client(client, frame);
+                    }
                 }
+                requester => self.error(net, requester, ClientError::Timeout),
             }
         }
     }
 
     /// Answers every append still waiting with `Unavailable` (the node is stopping).
     pub fn fail_pending(&mut self, net: &mut Net, why: &str) {
-        let all: Vec<(ClientId, u64)> = std::mem::take(&mut self.awaiting_commit)
+        let all: Vec<Requester> = std::mem::take(&mut self.awaiting_commit)
             .into_values()
             .chain(std::mem::take(&mut self.awaiting_durable).into_values())
-            .map(|p| (p.client, p.request_id))
+            .map(|p| p.requester)
             .chain(
                 self.staged
                     .drain(..)
                     .flat_map(|p| p.waiting.0)
-                    .map(|s| (s.client, s.request_id)),
+                    .map(|s| s.requester),
             )
             .collect();
-        for (client, request_id) in all {
+        for requester in all {
             let error = ClientError::Unavailable {
                 why: why.to_string(),
             };
-            self.error(net, client, request_id, error);
+            self.error(net, requester, error);
         }
     }
 }

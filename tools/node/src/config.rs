@@ -29,6 +29,9 @@ pub const BATCH_BYTES_MAX_DEFAULT: usize = 1 << 20;
 pub const APPEND_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// On stop: how long appends already accepted may take to be acknowledged.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Room above the batch limit for the rest of a Kafka Produce request (its header, topic and
+/// partition fields).
+pub const KAFKA_REQUEST_HEADROOM_BYTES: usize = 64 << 10;
 /// Subscriptions one client connection may hold.
 pub const SUBSCRIPTIONS_PER_CLIENT_MAX: usize = 64;
 
@@ -79,6 +82,13 @@ pub struct NodeConfig {
     pub client_listen: SocketAddr,
     /// Metrics listen address.
     pub metrics_listen: Option<SocketAddr>,
+    /// Kafka listen address (`None`: no Kafka listener).
+    pub kafka_listen: Option<SocketAddr>,
+    /// The Kafka address Metadata announces for each node (this node's defaults to
+    /// `kafka_listen`).
+    pub kafka_advertise: BTreeMap<u64, String>,
+    /// The Kafka topic the log appears as (`None`: the cluster's name).
+    pub kafka_topic: Option<String>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Cores to pin to (empty: unpinned).
@@ -129,6 +139,9 @@ impl NodeConfig {
             listen,
             client_listen,
             metrics_listen: None,
+            kafka_listen: None,
+            kafka_advertise: BTreeMap::new(),
+            kafka_topic: None,
             data_dir: data_dir.into(),
             cores: Vec::new(),
             tick: Duration::from_millis(TICK_MS_DEFAULT),
@@ -209,6 +222,27 @@ impl NodeConfig {
                 voters - 1,
                 voters + 1
             ));
+        }
+        if let Some(listen) = self.kafka_listen {
+            if listen.ip().is_unspecified() && !self.kafka_advertise.contains_key(&self.id) {
+                return refuse(format!(
+                    "--kafka-listen {listen} is a wildcard address: Kafka clients need a                      reachable one, so give this node's in --kafka-advertise ({}=host:port)",
+                    self.id
+                ));
+            }
+            self.kafka_advertise
+                .entry(self.id)
+                .or_insert_with(|| listen.to_string());
+            for id in self.peers.keys() {
+                if !self.kafka_advertise.contains_key(id) {
+                    self.warnings.push(format!(
+                        "--kafka-advertise has no Kafka address for node {id}: Kafka clients                          cannot produce while it leads"
+                    ));
+                }
+            }
+        }
+        if self.kafka_topic.as_deref() == Some("") {
+            return refuse("--kafka-topic must not be empty".into());
         }
         for id in self.peers.keys() {
             if !self.peer_clients.contains_key(id) {

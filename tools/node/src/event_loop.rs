@@ -25,6 +25,7 @@ use raftline_netio::peer_codec::{decode_message, encode_message, PeerCodecError}
 use raftline_replicator::{Index, Message, Role};
 
 use crate::appends::{Appends, Proposal};
+use crate::kafka::Kafka;
 use crate::metrics::Metrics;
 use crate::replica::{FatalError, Replica, READY_ROUNDS_MAX};
 use crate::replies::Replier;
@@ -105,6 +106,7 @@ pub struct EventLoop {
     replica: Replica,
     appends: Appends,
     subscriptions: Subscriptions,
+    kafka: Kafka,
     replier: Replier,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
@@ -121,12 +123,14 @@ pub struct EventLoop {
 
 impl EventLoop {
     /// A loop over `net`, `replica` and the client state, stopped by `stop`.
+    #[allow(clippy::too_many_arguments)] // the parts the loop owns, each built by `Node::start`
     pub fn new(
         cfg: LoopConfig,
         net: Net,
         replica: Replica,
         appends: Appends,
         subscriptions: Subscriptions,
+        kafka: Kafka,
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
     ) -> EventLoop {
@@ -141,6 +145,7 @@ impl EventLoop {
             replica,
             appends,
             subscriptions,
+            kafka,
             metrics,
             stop,
             events: Vec::new(),
@@ -172,6 +177,9 @@ impl EventLoop {
                 if (self.appends.pending() == 0 && handed_over) || Instant::now() >= deadline {
                     let why = "the node stopped before the append was acknowledged";
                     self.appends.fail_pending(&mut self.net, why);
+                    let answers = self.appends.take_kafka_answers();
+                    self.kafka
+                        .answer_produces(&mut self.net, &self.replica, answers);
                     // Give the answers a moment to leave; the Net flushes on poll.
                     self.net
                         .poll(Some(Duration::from_millis(20)), &mut self.events)?;
@@ -185,8 +193,9 @@ impl EventLoop {
 
     /// One round, in the order of its effects.
     pub fn round(&mut self) -> Result<(), LoopError> {
-        // 1. Input: peer messages step the core, client requests are validated and staged; wait
-        //    for them until the next tick (not at all with work left from the last round).
+        // 1. Input: peer messages step the core, client and Kafka requests are validated and
+        //    staged (a Kafka Fetch registered); wait for them until the next tick (not at all with
+        //    work left from the last round).
         let timeout = if self.more_ready {
             Duration::ZERO
         } else {
@@ -237,7 +246,8 @@ impl EventLoop {
             let why = refusal.reason.to_string();
             self.refuse_peer(refusal.from, refusal.reason.label(), &why);
         }
-        // 5. Answers: appends decided by what committed (or, for `ack=leader`, is durable here).
+        // 5. Answers: appends decided by what committed (or, for `ack=leader`, is durable here);
+        //    a Kafka produce's answer leaves in its connection's request order.
         let committed = self.replica.take_committed();
         let leader = self.replica.raft().leader();
         self.appends.on_committed(&mut self.net, &committed, leader);
@@ -249,8 +259,13 @@ impl EventLoop {
             leader,
         );
         self.answer_snapshot_waiters();
-        // 6. Reads: committed batches to every subscription with credit.
+        let kafka_answers = self.appends.take_kafka_answers();
+        self.kafka
+            .answer_produces(&mut self.net, &self.replica, kafka_answers);
+        // 6. Reads: committed batches to every subscription with credit; Kafka fetches that
+        //    have enough to read or waited long enough.
         self.subscriptions.stream(&mut self.net, &self.replica)?;
+        self.kafka.serve_fetches(&mut self.net, &self.replica)?;
         Ok(())
     }
 
@@ -320,6 +335,11 @@ impl EventLoop {
                     self.subscriptions.closed(client);
                 }
             },
+            NetEvent::KafkaFrame { client, frame } => {
+                self.kafka
+                    .request(net, &self.replica, &mut self.appends, client, frame)
+            }
+            NetEvent::KafkaClosed { client, .. } => self.kafka.closed(client),
             NetEvent::ClientClosed { client, .. } => self.subscriptions.closed(client),
             NetEvent::ClientDrained { client } => self.subscriptions.drained(client),
             NetEvent::PeerUp { id } => tracing::info!(peer = id, "peer connection up"),

@@ -21,6 +21,7 @@ pub mod appends;
 pub mod config;
 pub mod event_loop;
 pub mod identity;
+pub mod kafka;
 pub mod metrics;
 pub mod replica;
 mod replies;
@@ -53,6 +54,7 @@ pub use config::{ConfigError, DiskEmulation, NodeConfig};
 use appends::{AppendConfig, Appends};
 use event_loop::{EventLoop, LoopConfig, LoopError};
 use identity::{Identity, IdentityError};
+use kafka::{Kafka, KafkaConfig};
 use metrics::Metrics;
 use replica::{FatalError, Replica, ReplicaConfig};
 use subscriptions::Subscriptions;
@@ -156,6 +158,9 @@ impl Node {
                 .collect(),
         );
         net_cfg.backend = cfg.net_backend;
+        net_cfg.kafka_listen = cfg.kafka_listen;
+        net_cfg.kafka_request_bytes_max =
+            cfg.batch_bytes_max + config::KAFKA_REQUEST_HEADROOM_BYTES;
         let net = Net::bind(net_cfg)?;
         let waker = net.waker();
         let replica = open_replica(&cfg, &layout, waker.clone())?;
@@ -209,12 +214,22 @@ impl Node {
         );
         let subscriptions =
             Subscriptions::new(cluster_id, cfg.id, config::SUBSCRIPTIONS_PER_CLIENT_MAX);
+        let kafka = Kafka::new(KafkaConfig {
+            cluster_name: cfg.cluster_name.clone(),
+            topic: cfg
+                .kafka_topic
+                .clone()
+                .unwrap_or_else(|| cfg.cluster_name.clone()),
+            advertised: cfg.kafka_advertise.clone(),
+            voters: cfg.peers.keys().copied().collect(),
+        });
         let event_loop = EventLoop::new(
             loop_cfg,
             net,
             replica,
             appends,
             subscriptions,
+            kafka,
             Arc::clone(&metrics),
             Arc::clone(&stop),
         );

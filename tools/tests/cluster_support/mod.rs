@@ -47,6 +47,8 @@ pub struct Node {
     pub peer: SocketAddr,
     pub client: SocketAddr,
     pub metrics: SocketAddr,
+    /// Its Kafka listener, for a cluster started with [`Cluster::start_kafka`].
+    pub kafka: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub log_file: PathBuf,
     pub child: Option<Child>,
@@ -72,6 +74,15 @@ impl Node {
     }
 }
 
+/// How a test cluster's nodes run besides their flags.
+#[derive(Default, Clone, Copy)]
+struct Options {
+    /// Each node's data directory on its own fault filesystem.
+    faulty: bool,
+    /// Each node listens for Kafka clients too.
+    kafka: bool,
+}
+
 /// A cluster of real server processes; killed (and its data removed) on drop.
 pub struct Cluster {
     /// Node `id`'s fault filesystem at `[id - 1]` when started on them (its data directory is
@@ -92,7 +103,7 @@ impl Cluster {
 
     /// Starts `n` nodes with `extra_args` added to every node's flags.
     pub fn start_with(n: u64, net_backend: &'static str, extra_args: &[&str]) -> Cluster {
-        Cluster::start_on(n, net_backend, extra_args, false)
+        Cluster::start_on(n, net_backend, extra_args, Options::default())
     }
 
     /// Starts `n` nodes, each with its data directory on its own fault filesystem
@@ -100,10 +111,29 @@ impl Cluster {
     /// ([`Cluster::faultfs`]) after killing it. The data directory is a subdirectory of the
     /// mount, so the node creates it and must make that durable too.
     pub fn start_on_faultfs(n: u64, net_backend: &'static str, extra_args: &[&str]) -> Cluster {
-        Cluster::start_on(n, net_backend, extra_args, true)
+        let options = Options {
+            faulty: true,
+            ..Options::default()
+        };
+        Cluster::start_on(n, net_backend, extra_args, options)
     }
 
-    fn start_on(n: u64, net_backend: &'static str, extra_args: &[&str], faulty: bool) -> Cluster {
+    /// Starts `n` nodes that also listen for Kafka clients, each announcing all of them.
+    pub fn start_kafka(n: u64, net_backend: &'static str, extra_args: &[&str]) -> Cluster {
+        let options = Options {
+            kafka: true,
+            ..Options::default()
+        };
+        Cluster::start_on(n, net_backend, extra_args, options)
+    }
+
+    fn start_on(
+        n: u64,
+        net_backend: &'static str,
+        extra_args: &[&str],
+        options: Options,
+    ) -> Cluster {
+        let Options { faulty, kafka } = options;
         let dir = tempfile::Builder::new()
             .prefix("raftline-e2e")
             .tempdir_in("/tmp")
@@ -128,6 +158,7 @@ impl Cluster {
                 peer: free_port(),
                 client: free_port(),
                 metrics: free_port(),
+                kafka: kafka.then(free_port),
                 data_dir: match faults.get(id as usize - 1) {
                     Some(fs) => fs.mountpoint().join("data"),
                     None => dir.path().join(format!("node-{id}")),
@@ -161,6 +192,11 @@ impl Cluster {
     pub fn spawn(&mut self, id: u64) {
         let peers = self.list(|n| n.peer);
         let clients = self.list(|n| n.client);
+        let kafka: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.kafka.map(|k| format!("{}={k}", n.id)))
+            .collect();
         let backend = self.net_backend;
         let node = &mut self.nodes[id as usize - 1];
         assert!(node.child.is_none(), "node {id} is running");
@@ -192,6 +228,13 @@ impl Cluster {
                 table(&peers),
                 table(&clients)
             );
+            let toml = match node.kafka {
+                Some(listen) => format!(
+                    "kafka_listen = \"{listen}\"\n{toml}[kafka_advertise]\n{}",
+                    table(&kafka.join(","))
+                ),
+                None => toml,
+            };
             std::fs::write(&file, toml).unwrap();
             cmd.arg("--config").arg(file);
         } else {
@@ -205,6 +248,10 @@ impl Cluster {
             if id == 3 {
                 // One node runs pinned: its raft thread and log writer share core 0.
                 cmd.args(["--cores", "0"]);
+            }
+            if let Some(listen) = node.kafka {
+                cmd.args(["--kafka-listen", &listen.to_string()])
+                    .args(["--kafka-advertise", &kafka.join(",")]);
             }
         }
         let child = cmd

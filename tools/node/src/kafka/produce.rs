@@ -1,0 +1,252 @@
+//! Produce: a Kafka producer's batch becomes one staged append (`Appends::stage`), proposed,
+//! committed and decided exactly like a native one; its answer comes back through
+//! `Appends::take_kafka_answers` and is ordered among its connection's responses here.
+//! InitProducerId is refused until idempotent producers are built (the next slice).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
+    ProducerId, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use raftline_log::kafka::KafkaBatchError;
+use raftline_log::{Batch, BatchError};
+use raftline_netio::client_proto::AckMode;
+use raftline_netio::net::{ClientId, Net};
+
+use super::versions::range;
+use super::{append_error_code, check_version, code, encode_response, Asked, ErrorCode};
+use super::{Delivery, KafkaConfig, Place};
+use crate::appends::{Appends, Outcome, Requester};
+use crate::replica::Replica;
+
+/// One partition of one Produce request: what the append's answer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceTicket {
+    client: ClientId,
+    place: u64,
+    /// Its position among the request's partitions.
+    partition: usize,
+}
+
+struct PartitionResult {
+    topic: usize,
+    index: i32,
+    error: ErrorCode,
+    message: Option<String>,
+    base_offset: i64,
+}
+
+/// A Produce request waiting for its appends.
+struct Pending {
+    asked: Asked,
+    topics: Vec<TopicName>,
+    partitions: Vec<PartitionResult>,
+    outstanding: usize,
+}
+
+/// The Produce requests of every connection waiting for their appends.
+#[derive(Default)]
+pub(super) struct Produces {
+    pending: HashMap<(ClientId, u64), Pending>,
+}
+
+pub(super) fn decode(asked: Asked, buf: &mut Bytes) -> Result<ProduceRequest, String> {
+    let (min, max) = range(ApiKey::Produce);
+    check_version(asked, min, max)?;
+    ProduceRequest::decode(buf, asked.version)
+        .map_err(|e| format!("undecodable Produce v{}: {e}", asked.version))
+}
+
+/// The Kafka answer to a batch the leader refuses, and why.
+fn batch_error_code(error: &BatchError) -> ErrorCode {
+    match error {
+        BatchError::Kafka(KafkaBatchError::UnsupportedCompression(_)) => {
+            code::UNSUPPORTED_COMPRESSION_TYPE
+        }
+        BatchError::Kafka(
+            KafkaBatchError::Transactional | KafkaBatchError::Control | KafkaBatchError::Magic(_),
+        ) => code::INVALID_RECORD,
+        BatchError::TooLarge { .. } => code::MESSAGE_TOO_LARGE,
+        _ => code::CORRUPT_MESSAGE,
+    }
+}
+
+impl Produces {
+    /// Validates and stages every batch of a Produce request; returns its response at once
+    /// when nothing was staged (every partition refused), `None` when the answer waits for the
+    /// appends or when there is none (acks=0, `place` is `None`).
+    #[allow(clippy::too_many_arguments)] // the round's parts this request touches
+    pub(super) fn produce(
+        &mut self,
+        net: &mut Net,
+        cfg: &KafkaConfig,
+        replica: &Replica,
+        appends: &mut Appends,
+        asked: Asked,
+        client: ClientId,
+        place: Option<Place>,
+        request: ProduceRequest,
+    ) -> Option<Result<Vec<u8>, String>> {
+        let ack = match request.acks {
+            0 => Some(AckMode::None),
+            1 => Some(AckMode::Leader),
+            -1 => Some(AckMode::Quorum),
+            _ => None,
+        };
+        let mut pending = Pending {
+            asked,
+            topics: Vec::new(),
+            partitions: Vec::new(),
+            outstanding: 0,
+        };
+        for topic in request.topic_data {
+            let ours = topic.name.0.as_str() == cfg.topic;
+            pending.topics.push(topic.name);
+            for data in topic.partition_data {
+                let mut result = PartitionResult {
+                    topic: pending.topics.len() - 1,
+                    index: data.index,
+                    error: code::NONE,
+                    message: None,
+                    base_offset: -1,
+                };
+                let mut refuse = |error, why: String| {
+                    result.error = error;
+                    result.message = Some(why);
+                };
+                match (ack, data.records) {
+                    (None, _) => refuse(
+                        code::INVALID_REQUIRED_ACKS,
+                        format!("acks must be 0, 1 or -1, not {}", request.acks),
+                    ),
+                    _ if !ours || data.index != 0 => refuse(
+                        code::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("this cluster serves topic {:?}, partition 0", cfg.topic),
+                    ),
+                    (_, None) => refuse(code::CORRUPT_MESSAGE, "no records".into()),
+                    (_, Some(records)) if records.len() > appends.batch_bytes_max() => refuse(
+                        code::MESSAGE_TOO_LARGE,
+                        format!("at most {} bytes per batch", appends.batch_bytes_max()),
+                    ),
+                    (Some(ack), Some(records)) => match Batch::from_kafka(&records) {
+                        Ok(batch) => {
+                            let requester = match place {
+                                Some(place) => Requester::Kafka(ProduceTicket {
+                                    client,
+                                    place: place.place,
+                                    partition: pending.partitions.len(),
+                                }),
+                                None => Requester::Nobody,
+                            };
+                            appends.stage(net, requester, ack, batch);
+                            pending.outstanding += 1;
+                        }
+                        Err(e) => refuse(batch_error_code(&e), e.to_string()),
+                    },
+                }
+                if let Some(why) = &result.message {
+                    tracing::debug!(%client, why, "Kafka produce refused");
+                }
+                pending.partitions.push(result);
+            }
+        }
+        let place = place?;
+        if pending.outstanding == 0 {
+            return Some(response(replica, pending));
+        }
+        self.pending.insert((client, place.place), pending);
+        None
+    }
+
+    /// Takes the decided appends; returns the responses of the requests now complete.
+    pub(super) fn decided(
+        &mut self,
+        replica: &Replica,
+        answers: Vec<(ProduceTicket, Outcome)>,
+    ) -> Vec<Delivery> {
+        let mut done = Vec::new();
+        for (ticket, outcome) in answers {
+            let key = (ticket.client, ticket.place);
+            let Some(pending) = self.pending.get_mut(&key) else {
+                continue; // its connection closed
+            };
+            let result = &mut pending.partitions[ticket.partition];
+            match outcome {
+                Ok(base_offset) => result.base_offset = base_offset as i64,
+                Err(e) => {
+                    result.error = append_error_code(&e);
+                    result.message = Some(e.to_string());
+                }
+            }
+            pending.outstanding -= 1;
+            if pending.outstanding == 0 {
+                let pending = self.pending.remove(&key).expect("just found");
+                let place = Place {
+                    client: ticket.client,
+                    place: ticket.place,
+                };
+                done.push((place, response(replica, pending)));
+            }
+        }
+        done
+    }
+
+    pub(super) fn closed(&mut self, client: ClientId) {
+        self.pending.retain(|(c, _), _| *c != client);
+    }
+}
+
+fn response(replica: &Replica, pending: Pending) -> Result<Vec<u8>, String> {
+    let log_start_offset = replica.log().start_offset() as i64;
+    let version = pending.asked.version;
+    let mut response = ProduceResponse::default();
+    response.responses = pending
+        .topics
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut topic = TopicProduceResponse::default();
+            topic.name = name.clone();
+            topic.partition_responses = pending
+                .partitions
+                .iter()
+                .filter(|p| p.topic == i)
+                .map(|p| {
+                    let mut r = PartitionProduceResponse::default();
+                    r.index = p.index;
+                    r.error_code = p.error;
+                    r.base_offset = p.base_offset;
+                    r.log_append_time_ms = -1;
+                    // Fields a version does not have must keep their defaults.
+                    if version >= 5 {
+                        r.log_start_offset = log_start_offset;
+                    }
+                    if version >= 8 {
+                        r.error_message = p.message.clone().map(StrBytes::from_string);
+                    }
+                    r
+                })
+                .collect();
+            topic
+        })
+        .collect();
+    encode_response(pending.asked, &response)
+}
+
+/// Refuses InitProducerId (versions 0-4 are decoded): idempotent and transactional producers
+/// need producer ids, epochs and sequence checks, the next slice. Not announced in ApiVersions,
+/// so clients that check (librdkafka with enable.idempotence) say so themselves.
+pub(super) fn init_producer_id(asked: Asked, buf: &mut Bytes) -> Result<Vec<u8>, String> {
+    check_version(asked, 0, 4)?;
+    InitProducerIdRequest::decode(buf, asked.version)
+        .map_err(|e| format!("undecodable InitProducerId v{}: {e}", asked.version))?;
+    let mut response = InitProducerIdResponse::default();
+    response.error_code = code::UNSUPPORTED_VERSION;
+    response.producer_id = ProducerId(-1);
+    response.producer_epoch = -1;
+    encode_response(asked, &response)
+}

@@ -1,0 +1,568 @@
+//! Kafka clients against real `raftline server` processes: kcat (librdkafka) lists, produces
+//! and consumes unchanged, the native client and Kafka clients read each other's records, and
+//! the protocol's edge cases answered over raw Kafka bytes (requests encoded with the
+//! kafka-protocol crate).
+
+mod cluster_support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use cluster_support::{Cluster, CLUSTER, DEADLINE};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use raftline_log::{kafka, Record};
+use raftline_netio::client::{Client, ClientConfig};
+use raftline_netio::client_proto::StartFrom;
+use raftline_netio::cluster_id::ClusterId;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn kafka_addr(cluster: &Cluster, id: u64) -> SocketAddr {
+    cluster.node(id).kafka.expect("a Kafka cluster")
+}
+
+/// Runs kcat with `args`, feeding it `input`; asserts it succeeds and returns its stdout.
+fn kcat(args: &[&str], input: &str) -> String {
+    let mut child = Command::new("kcat")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat is installed (apt-get install kcat)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kcat {args:?} failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn client_config(cluster: &Cluster) -> ClientConfig {
+    let bootstrap = cluster.nodes.iter().map(|n| n.client.to_string()).collect();
+    ClientConfig::new(bootstrap, ClusterId::from_name(CLUSTER))
+}
+
+/// The records from offset 0 until `count` were read, through the native client.
+fn native_records(cluster: &Cluster, count: usize) -> Vec<(u64, Record)> {
+    let client = Client::connect(client_config(cluster)).unwrap();
+    let mut sub = client.subscribe(StartFrom::Offset(0)).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let mut out = Vec::new();
+    while out.len() < count {
+        assert!(Instant::now() < deadline, "only {} records read", out.len());
+        if let Some(r) = sub.next_record(Some(Duration::from_millis(200))).unwrap() {
+            out.push((r.offset, r.record));
+        }
+    }
+    out
+}
+
+#[test]
+fn kcat_lists_the_topic_produces_with_acks_all_and_consumes_every_record_once_in_order() {
+    let cluster = Cluster::start_kafka(3, "auto", &[]);
+    let leader = cluster.wait_leader();
+    let broker = kafka_addr(&cluster, 1).to_string();
+    let metadata = kcat(&["-b", &broker, "-L"], "");
+    assert!(metadata.contains(" 3 brokers:"), "{metadata}");
+    assert!(
+        metadata.contains(&format!("topic \"{CLUSTER}\" with 1 partitions")),
+        "{metadata}"
+    );
+    assert!(
+        metadata.contains(&format!("partition 0, leader {leader},")),
+        "{metadata}"
+    );
+
+    let before = now_ms();
+    let input: String = (0..50).map(|i| format!("key-{i}:value-{i}\n")).collect();
+    kcat(
+        &[
+            "-b",
+            &broker,
+            "-t",
+            CLUSTER,
+            "-P",
+            "-K:",
+            "-H",
+            "source=kcat",
+            "-H",
+            "source=twice",
+            "-X",
+            "acks=all",
+        ],
+        &input,
+    );
+    let after = now_ms();
+    let consumed = kcat(
+        &[
+            "-b",
+            &broker,
+            "-t",
+            CLUSTER,
+            "-p",
+            "0",
+            "-C",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%o|%k|%s|%h|%T\n",
+        ],
+        "",
+    );
+    let lines: Vec<&str> = consumed.lines().collect();
+    assert_eq!(lines.len(), 50, "{consumed}");
+    for (i, line) in lines.iter().enumerate() {
+        let fields: Vec<&str> = line.split('|').collect();
+        assert_eq!(
+            &fields[..4],
+            &[
+                i.to_string().as_str(),
+                &format!("key-{i}"),
+                &format!("value-{i}"),
+                "source=kcat,source=twice"
+            ],
+            "record {i}: {line}"
+        );
+        let ts: u64 = fields[4].parse().unwrap();
+        assert!(
+            (before..=after).contains(&ts),
+            "timestamp {ts} of record {i}"
+        );
+    }
+    // The native client reads the same records from the Kafka batches.
+    let native = native_records(&cluster, 50);
+    for (i, (offset, record)) in native.iter().enumerate() {
+        assert_eq!(*offset, i as u64);
+        assert_eq!(record.key.as_deref(), Some(format!("key-{i}").as_bytes()));
+        assert_eq!(record.value, format!("value-{i}").as_bytes());
+        assert_eq!(
+            record.headers,
+            vec![
+                ("source".to_string(), b"kcat".to_vec()),
+                ("source".to_string(), b"twice".to_vec())
+            ]
+        );
+        assert!((before..=after).contains(&record.timestamp_ms));
+    }
+}
+
+#[test]
+fn native_records_are_read_by_kcat_and_compressed_kcat_records_by_raftline_tail() {
+    let cluster = Cluster::start_kafka(3, "auto", &[]);
+    cluster.wait_leader();
+    let mut client = Client::connect(client_config(&cluster)).unwrap();
+    let native: Vec<Record> = (0..5)
+        .map(|i| Record {
+            key: Some(format!("n{i}").into_bytes()),
+            value: format!("native-{i}").into_bytes(),
+            timestamp_ms: 1_700_000_000_000 + i,
+            headers: vec![("h".into(), b"x".to_vec())],
+        })
+        .collect();
+    client.append(&native).unwrap();
+    let broker = kafka_addr(&cluster, 2).to_string();
+    for codec in ["lz4", "zstd"] {
+        let input: String = (0..3).map(|i| format!("{codec}-{i}\n")).collect();
+        kcat(
+            &[
+                "-b", &broker, "-t", CLUSTER, "-P", "-z", codec, "-X", "acks=all",
+            ],
+            &input,
+        );
+    }
+    let consumed = kcat(
+        &[
+            "-b",
+            &broker,
+            "-t",
+            CLUSTER,
+            "-C",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%o|%k|%s|%h|%T\n",
+        ],
+        "",
+    );
+    let expected: Vec<String> = (0..5)
+        .map(|i| format!("{i}|n{i}|native-{i}|h=x|{}", 1_700_000_000_000u64 + i))
+        .collect();
+    let lines: Vec<&str> = consumed.lines().collect();
+    assert_eq!(lines.len(), 11, "{consumed}");
+    assert_eq!(&lines[..5], &expected[..]);
+    let bootstrap = cluster
+        .nodes
+        .iter()
+        .map(|n| n.client.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let tail = Command::new(env!("CARGO_BIN_EXE_raftline"))
+        .args(["tail", "--bootstrap", &bootstrap, "--cluster-id", CLUSTER])
+        .args(["--from", "5", "--max", "6"])
+        .output()
+        .unwrap();
+    assert!(tail.status.success(), "{tail:?}");
+    let tail = String::from_utf8_lossy(&tail.stdout);
+    let expected = "5\tlz4-0\n6\tlz4-1\n7\tlz4-2\n8\tzstd-0\n9\tzstd-1\n10\tzstd-2\n";
+    assert_eq!(tail, expected);
+}
+
+/// A blocking Kafka connection speaking raw requests.
+struct KafkaConn {
+    stream: TcpStream,
+    next_correlation: i32,
+}
+
+impl KafkaConn {
+    fn connect(addr: SocketAddr) -> KafkaConn {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        KafkaConn {
+            stream,
+            next_correlation: 1,
+        }
+    }
+
+    /// Sends a request at `version`; returns its correlation id.
+    fn send<R: Encodable + HeaderVersion>(&mut self, key: ApiKey, version: i16, body: &R) -> i32 {
+        let correlation_id = self.next_correlation;
+        self.next_correlation += 1;
+        let mut header = RequestHeader::default();
+        header.request_api_key = key as i16;
+        header.request_api_version = version;
+        header.correlation_id = correlation_id;
+        header.client_id = Some(StrBytes::from_static_str("raw-test"));
+        let mut buf = BytesMut::new();
+        header
+            .encode(&mut buf, key.request_header_version(version))
+            .unwrap();
+        body.encode(&mut buf, version).unwrap();
+        let mut framed = (buf.len() as i32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&buf);
+        self.stream.write_all(&framed).unwrap();
+        correlation_id
+    }
+
+    /// The next response: its correlation id and body bytes (header at `header_version`).
+    fn recv(&mut self, header_version: i16) -> (i32, Bytes) {
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).unwrap();
+        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.stream.read_exact(&mut body).unwrap();
+        let mut body = Bytes::from(body);
+        let header = ResponseHeader::decode(&mut body, header_version).unwrap();
+        (header.correlation_id, body)
+    }
+
+    fn call<Req: Encodable + HeaderVersion, Resp: Decodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        body: &Req,
+    ) -> Resp {
+        let id = self.send(key, version, body);
+        let (got, mut bytes) = self.recv(key.response_header_version(version));
+        assert_eq!(got, id);
+        Resp::decode(&mut bytes, version).unwrap()
+    }
+
+    /// Whether the node closed the connection within the deadline.
+    fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(self.stream.read(&mut buf), Ok(0) | Err(_))
+    }
+}
+
+fn topic(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_owned()))
+}
+
+fn produce_request(acks: i16, records: Vec<u8>) -> ProduceRequest {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let mut partition = PartitionProduceData::default();
+    partition.index = 0;
+    partition.records = Some(Bytes::from(records));
+    let mut data = TopicProduceData::default();
+    data.name = topic(CLUSTER);
+    data.partition_data = vec![partition];
+    let mut request = ProduceRequest::default();
+    request.acks = acks;
+    request.timeout_ms = 10_000;
+    request.topic_data = vec![data];
+    request
+}
+
+fn kafka_batch(values: &[&str]) -> Vec<u8> {
+    let records: Vec<Record> = values
+        .iter()
+        .map(|v| Record {
+            key: None,
+            value: v.as_bytes().to_vec(),
+            timestamp_ms: 1,
+            headers: vec![],
+        })
+        .collect();
+    let mut out = Vec::new();
+    kafka::encode_records(&mut out, 0, 0, &records);
+    out
+}
+
+/// Fixes batchLength and Kafka's CRC after an edit.
+fn reseal(batch: &mut [u8]) {
+    let len = (batch.len() - 12) as i32;
+    batch[8..12].copy_from_slice(&len.to_be_bytes());
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &batch[21..]) as u32;
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+fn produce_error(conn: &mut KafkaConn, records: Vec<u8>) -> (i16, i64) {
+    let response: ProduceResponse = conn.call(ApiKey::Produce, 9, &produce_request(-1, records));
+    let p = &response.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+fn fetch_request(offset: i64, max_wait_ms: i32) -> FetchRequest {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    let mut partition = FetchPartition::default();
+    partition.partition = 0;
+    partition.fetch_offset = offset;
+    partition.partition_max_bytes = 1 << 20;
+    partition.current_leader_epoch = -1;
+    partition.log_start_offset = -1;
+    let mut t = FetchTopic::default();
+    t.topic = topic(CLUSTER);
+    t.partitions = vec![partition];
+    let mut request = FetchRequest::default();
+    request.replica_id = kafka_protocol::messages::BrokerId(-1);
+    request.max_wait_ms = max_wait_ms;
+    request.min_bytes = 1;
+    request.max_bytes = 1 << 20;
+    request.session_epoch = -1;
+    request.topics = vec![t];
+    request
+}
+
+#[test]
+fn protocol_edge_cases_get_kafkas_answers() {
+    let cluster = Cluster::start_kafka(3, "auto", &[]);
+    let leader = cluster.wait_leader();
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let mut conn = KafkaConn::connect(kafka_addr(&cluster, leader));
+    use kafka_protocol::ResponseError as E;
+
+    // An ApiVersions version newer than ours: the v0 answer with UNSUPPORTED_VERSION and the list.
+    let id = conn.send(ApiKey::ApiVersions, 4, &ApiVersionsRequest::default());
+    let (got, mut body) = conn.recv(0);
+    assert_eq!(got, id);
+    let versions = ApiVersionsResponse::decode(&mut body, 0).unwrap();
+    assert_eq!(versions.error_code, E::UnsupportedVersion.code());
+    let produce = versions
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::Produce as i16)
+        .unwrap();
+    assert_eq!((produce.min_version, produce.max_version), (3, 9));
+    let v3: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    assert_eq!(v3.error_code, 0);
+
+    // Metadata for an unknown topic.
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    let mut unknown = MetadataRequestTopic::default();
+    unknown.name = Some(topic("no-such-topic"));
+    let mut request = MetadataRequest::default();
+    request.topics = Some(vec![unknown]);
+    let metadata: MetadataResponse = conn.call(ApiKey::Metadata, 12, &request);
+    assert_eq!(metadata.topics.len(), 1);
+    assert_eq!(
+        metadata.topics[0].error_code,
+        E::UnknownTopicOrPartition.code()
+    );
+    assert_eq!(metadata.brokers.len(), 3);
+
+    // A produce with acks=1 commits at offset 0.
+    let (error, base) = produce_error(&mut conn, kafka_batch(&["a", "b"]));
+    assert_eq!((error, base), (0, 0));
+
+    // Refused batches: each with its code, none stored.
+    let mut bad_crc = kafka_batch(&["c"]);
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 1;
+    assert_eq!(
+        produce_error(&mut conn, bad_crc).0,
+        E::CorruptMessage.code()
+    );
+    for attr in [0x10i16, 0x20] {
+        let mut b = kafka_batch(&["c"]);
+        b[21..23].copy_from_slice(&attr.to_be_bytes());
+        reseal(&mut b);
+        assert_eq!(
+            produce_error(&mut conn, b).0,
+            E::InvalidRecord.code(),
+            "attributes {attr:#x}"
+        );
+    }
+    let mut gzip = kafka_batch(&["c"]);
+    gzip[21..23].copy_from_slice(&1i16.to_be_bytes());
+    reseal(&mut gzip);
+    assert_eq!(
+        produce_error(&mut conn, gzip).0,
+        E::UnsupportedCompressionType.code()
+    );
+    let mut lying = kafka_batch(&["c", "d"]);
+    lying[57..61].copy_from_slice(&3i32.to_be_bytes());
+    lying[23..27].copy_from_slice(&2i32.to_be_bytes());
+    reseal(&mut lying);
+    assert_eq!(produce_error(&mut conn, lying).0, E::CorruptMessage.code());
+
+    // acks=0 gets no response: the next request's answer is the next on the wire.
+    let id = conn.send(ApiKey::Produce, 9, &produce_request(0, kafka_batch(&["e"])));
+    let id2 = conn.send(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let (got, _) = conn.recv(0);
+    assert_eq!(got, id2, "request {id} (acks=0) was answered");
+
+    // Pipelined requests are answered in order, the produce waiting for its commit first.
+    let produce_id = conn.send(
+        ApiKey::Produce,
+        9,
+        &produce_request(-1, kafka_batch(&["f"])),
+    );
+    let metadata_id = conn.send(ApiKey::Metadata, 12, &MetadataRequest::default());
+    let (first, mut body) = conn.recv(ApiKey::Produce.response_header_version(9));
+    assert_eq!(first, produce_id);
+    let produced = ProduceResponse::decode(&mut body, 9).unwrap();
+    assert_eq!(produced.responses[0].partition_responses[0].base_offset, 3);
+    let (second, _) = conn.recv(ApiKey::Metadata.response_header_version(12));
+    assert_eq!(second, metadata_id);
+
+    // Fetch above the high watermark (past the log's end) and ListOffsets earliest/latest.
+    let fetched: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_request(100, 0));
+    let p = &fetched.responses[0].partitions[0];
+    assert_eq!(p.error_code, E::OffsetOutOfRange.code());
+    assert_eq!(p.high_watermark, 4);
+    let fetched: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_request(1, 0));
+    let p = &fetched.responses[0].partitions[0];
+    assert_eq!(
+        (p.error_code, p.log_start_offset, p.last_stable_offset),
+        (0, 0, 4)
+    );
+    let mut values = Vec::new();
+    let records = p.records.as_ref().unwrap();
+    let mut rest = &records[..];
+    while !rest.is_empty() {
+        let len = i32::from_be_bytes(rest[8..12].try_into().unwrap()) as usize + 12;
+        kafka::for_each_record(&rest[..len], |r| values.push(r.value.unwrap().to_vec())).unwrap();
+        rest = &rest[len..];
+    }
+    assert_eq!(
+        values,
+        [&b"a"[..], b"b", b"e", b"f"],
+        "whole batches from the one holding 1"
+    );
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    for (timestamp, expected) in [(-2i64, 0i64), (-1, 4)] {
+        let mut p = ListOffsetsPartition::default();
+        p.timestamp = timestamp;
+        p.current_leader_epoch = -1;
+        let mut t = ListOffsetsTopic::default();
+        t.name = topic(CLUSTER);
+        t.partitions = vec![p];
+        let mut request = ListOffsetsRequest::default();
+        request.replica_id = kafka_protocol::messages::BrokerId(-1);
+        request.topics = vec![t];
+        let offsets: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, 7, &request);
+        let r = &offsets.topics[0].partitions[0];
+        assert_eq!(
+            (r.error_code, r.offset),
+            (0, expected),
+            "timestamp {timestamp}"
+        );
+    }
+
+    // A long poll at the high watermark is answered when a record commits.
+    let mut poller = KafkaConn::connect(kafka_addr(&cluster, leader));
+    let poll_id = poller.send(ApiKey::Fetch, 12, &fetch_request(4, 20_000));
+    let started = Instant::now();
+    assert_eq!(produce_error(&mut conn, kafka_batch(&["g"])), (0, 4));
+    let (got, mut body) = poller.recv(ApiKey::Fetch.response_header_version(12));
+    assert_eq!(got, poll_id);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the poll waited it out"
+    );
+    let polled = FetchResponse::decode(&mut body, 12).unwrap();
+    let p = &polled.responses[0].partitions[0];
+    assert_eq!((p.error_code, p.high_watermark), (0, 5));
+    assert!(!p.records.as_ref().unwrap().is_empty());
+
+    // A follower refuses produces.
+    let mut at_follower = KafkaConn::connect(kafka_addr(&cluster, follower));
+    assert_eq!(
+        produce_error(&mut at_follower, kafka_batch(&["h"])).0,
+        E::NotLeaderOrFollower.code()
+    );
+
+    // Bad bytes close that connection only.
+    let mut garbage = KafkaConn::connect(kafka_addr(&cluster, leader));
+    garbage
+        .stream
+        .write_all(&[0, 0, 0, 6, 0x7f, 0x7f, 0, 0, 0, 0])
+        .unwrap();
+    assert!(garbage.closed(), "an unknown API key was taken");
+    let v: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    assert_eq!(v.error_code, 0);
+}
+
+#[test]
+fn fetch_below_the_log_start_is_out_of_range() {
+    // Tiny snapshots and retention: the log start moves past offset 0 quickly.
+    let cluster = Cluster::start_kafka(
+        1,
+        "auto",
+        &["--snapshot-every-mib", "1", "--retain-mib", "0"],
+    );
+    let leader = cluster.wait_leader();
+    let mut conn = KafkaConn::connect(kafka_addr(&cluster, leader));
+    let value = "x".repeat(60_000);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert_eq!(
+            produce_error(&mut conn, kafka_batch(&[value.as_str(); 8])).0,
+            0
+        );
+        let fetched: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_request(0, 0));
+        let p = &fetched.responses[0].partitions[0];
+        if p.log_start_offset > 0 {
+            assert_eq!(
+                p.error_code,
+                kafka_protocol::ResponseError::OffsetOutOfRange.code()
+            );
+            return;
+        }
+        assert!(Instant::now() < deadline, "the log start never moved");
+    }
+}
