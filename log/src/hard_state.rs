@@ -6,7 +6,9 @@
 //! either the new state (write completed) or the previous one (write torn): never a mix.
 //!
 //! Slot layout (little-endian): `0 u32 magic "RLHS"`, `4 u32 crc32c of [8, 40)`, `8 u64 seq`,
-//! `16 u64 term`, `24 u64 voted_for`, `32 u64 has_vote (0/1)`.
+//! `16 u64 term`, `24 u64 voted_for`, `32 u64 has_vote (0/1)`. Version 2 (magic "RLH2", written
+//! by every save since issue 14) adds `40 u64 repair_through + 1` (0: none) and its crc covers
+//! [8, 48); a version-1 slot still loads, with no repair pending.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -17,8 +19,10 @@ use crate::batch::crc32c;
 use crate::dir::sync_dir;
 use crate::error::LogError;
 
-const MAGIC: u32 = u32::from_le_bytes(*b"RLHS");
-const SLOT_BYTES: usize = 40;
+const MAGIC_V1: u32 = u32::from_le_bytes(*b"RLHS");
+const SLOT_V1_BYTES: usize = 40;
+const MAGIC: u32 = u32::from_le_bytes(*b"RLH2");
+const SLOT_BYTES: usize = 48;
 const FILE_NAME: &str = "hard_state";
 
 /// The Raft state that must survive a crash before any message depending on it is sent.
@@ -30,33 +34,48 @@ pub struct HardState {
     pub voted_for: Option<u64>,
 }
 
-/// The durable home of the hard state.
+/// The durable home of the hard state, and of the log's repair marker: the log lost durable
+/// entries through that index (a damaged tail cut at recovery) and the node has not yet
+/// re-fetched them from a leader, so it must not vote or campaign (replicator/DRIVER.md,
+/// "Suspect mode"). The marker outlives crashes until cleared.
 pub struct HardStateStore {
     file: File,
     path: PathBuf,
     seq: u64,
+    /// The last state saved or loaded, rewritten with a new marker.
+    hs: HardState,
+    repair_through: Option<u64>,
 }
 
-fn encode(seq: u64, hs: HardState) -> [u8; SLOT_BYTES] {
+fn encode(seq: u64, hs: HardState, repair_through: Option<u64>) -> [u8; SLOT_BYTES] {
     let mut b = [0u8; SLOT_BYTES];
     b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     b[8..16].copy_from_slice(&seq.to_le_bytes());
     b[16..24].copy_from_slice(&hs.term.to_le_bytes());
     b[24..32].copy_from_slice(&hs.voted_for.unwrap_or(0).to_le_bytes());
     b[32..40].copy_from_slice(&u64::from(hs.voted_for.is_some()).to_le_bytes());
+    let repair = repair_through.map_or(0, |i| i.checked_add(1).expect("index below u64::MAX"));
+    b[40..48].copy_from_slice(&repair.to_le_bytes());
     let crc = crc32c(&b[8..]);
     b[4..8].copy_from_slice(&crc.to_le_bytes());
     b
 }
 
-fn decode(b: &[u8]) -> Option<(u64, HardState)> {
+/// A slot: `(seq, hard state, repair marker)`, if valid (version 1 or 2).
+fn decode(b: &[u8]) -> Option<(u64, HardState, Option<u64>)> {
     let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-    if b.len() < SLOT_BYTES || u32::from_le_bytes(b[0..4].try_into().ok()?) != MAGIC {
+    let len = match u32::from_le_bytes(b.get(0..4)?.try_into().ok()?) {
+        MAGIC => SLOT_BYTES,
+        MAGIC_V1 => SLOT_V1_BYTES,
+        _ => return None,
+    };
+    if b.len() < len || u32::from_le_bytes(b[4..8].try_into().ok()?) != crc32c(&b[8..len]) {
         return None;
     }
-    if u32::from_le_bytes(b[4..8].try_into().ok()?) != crc32c(&b[8..SLOT_BYTES]) {
-        return None;
-    }
+    let repair_through = match len {
+        SLOT_BYTES => u64_at(40).checked_sub(1),
+        _ => None,
+    };
     let voted_for = match u64_at(32) {
         0 => None,
         1 => Some(u64_at(24)),
@@ -68,6 +87,7 @@ fn decode(b: &[u8]) -> Option<(u64, HardState)> {
             term: u64_at(16),
             voted_for,
         },
+        repair_through,
     ))
 }
 
@@ -97,23 +117,52 @@ impl HardStateStore {
         data.truncate(n);
         let best = [0, SECTOR_BYTES]
             .iter()
-            .filter_map(|&at| data.get(at..at + SLOT_BYTES).and_then(decode))
-            .max_by_key(|&(seq, _)| seq);
-        let (seq, hs) = best.unwrap_or((0, HardState::default()));
-        Ok((HardStateStore { file, path, seq }, hs))
+            .filter_map(|&at| {
+                data.get(at..(at + SLOT_BYTES).min(data.len()))
+                    .and_then(decode)
+            })
+            .max_by_key(|&(seq, _, _)| seq);
+        let (seq, hs, repair_through) = best.unwrap_or((0, HardState::default(), None));
+        let store = HardStateStore {
+            file,
+            path,
+            seq,
+            hs,
+            repair_through,
+        };
+        Ok((store, hs))
     }
 
-    /// Saves `hs` durably; when this returns Ok, a crash cannot bring back an older state.
+    /// The persisted repair marker, if a repair is pending.
+    pub fn repair_through(&self) -> Option<u64> {
+        self.repair_through
+    }
+
+    /// Saves `hs` durably (keeping the repair marker); when this returns Ok, a crash cannot
+    /// bring back an older state.
     pub fn save(&mut self, hs: HardState) -> Result<(), LogError> {
+        self.write(hs, self.repair_through)
+    }
+
+    /// Durably sets (`Some`) or clears (`None`) the repair marker, keeping term and vote. Set
+    /// it before the node acts on a log that lost durable entries; clear it once the core
+    /// reports the log repaired.
+    pub fn set_repair_through(&mut self, repair_through: Option<u64>) -> Result<(), LogError> {
+        self.write(self.hs, repair_through)
+    }
+
+    fn write(&mut self, hs: HardState, repair_through: Option<u64>) -> Result<(), LogError> {
         let seq = self.seq + 1;
         let slot = (seq % 2) * SECTOR_BYTES as u64;
         self.file
-            .write_all_at(&encode(seq, hs), slot)
+            .write_all_at(&encode(seq, hs, repair_through), slot)
             .and_then(|()| self.file.sync_data())
             .map_err(|e| {
                 LogError::io(format!("saving hard state to {}", self.path.display()), e)
             })?;
         self.seq = seq;
+        self.hs = hs;
+        self.repair_through = repair_through;
         Ok(())
     }
 }
@@ -156,6 +205,66 @@ mod tests {
                 voted_for: None
             }
         );
+    }
+
+    #[test]
+    fn repair_marker_survives_saves_and_reopens_until_cleared() {
+        let dir = scratch();
+        let (mut store, _) = HardStateStore::open(dir.path()).unwrap();
+        let hs = HardState {
+            term: 3,
+            voted_for: Some(1),
+        };
+        store.save(hs).unwrap();
+        store.set_repair_through(Some(41)).unwrap();
+        store
+            .save(HardState {
+                term: 4,
+                voted_for: None,
+            })
+            .unwrap();
+        let (mut store, loaded) = HardStateStore::open(dir.path()).unwrap();
+        assert_eq!(loaded.term, 4);
+        assert_eq!(store.repair_through(), Some(41), "a later save keeps it");
+        store.set_repair_through(Some(0)).unwrap();
+        let (mut store, loaded) = HardStateStore::open(dir.path()).unwrap();
+        assert_eq!(store.repair_through(), Some(0), "index 0 is not 'none'");
+        assert_eq!(loaded.term, 4, "the marker keeps term and vote");
+        store.set_repair_through(None).unwrap();
+        let (store, _) = HardStateStore::open(dir.path()).unwrap();
+        assert_eq!(store.repair_through(), None);
+    }
+
+    #[test]
+    fn a_version_1_file_still_loads_with_no_repair_pending() {
+        let dir = scratch();
+        // Two version-1 slots as the format before issue 14 wrote them (seq 1 and 2).
+        let v1 = |seq: u64, term: u64, vote: Option<u64>| {
+            let mut b = [0u8; SLOT_V1_BYTES];
+            b[0..4].copy_from_slice(&MAGIC_V1.to_le_bytes());
+            b[8..16].copy_from_slice(&seq.to_le_bytes());
+            b[16..24].copy_from_slice(&term.to_le_bytes());
+            b[24..32].copy_from_slice(&vote.unwrap_or(0).to_le_bytes());
+            b[32..40].copy_from_slice(&u64::from(vote.is_some()).to_le_bytes());
+            let crc = crc32c(&b[8..]);
+            b[4..8].copy_from_slice(&crc.to_le_bytes());
+            b
+        };
+        let mut file = vec![0u8; 2 * SECTOR_BYTES];
+        file[SECTOR_BYTES..SECTOR_BYTES + SLOT_V1_BYTES].copy_from_slice(&v1(1, 5, None));
+        file[..SLOT_V1_BYTES].copy_from_slice(&v1(2, 6, Some(3)));
+        std::fs::write(dir.path().join(FILE_NAME), &file).unwrap();
+        let (mut store, hs) = HardStateStore::open(dir.path()).unwrap();
+        let expect = HardState {
+            term: 6,
+            voted_for: Some(3),
+        };
+        assert_eq!(hs, expect);
+        assert_eq!(store.repair_through(), None);
+        // The next save (version 2, seq 3) wins over the old slots.
+        store.set_repair_through(Some(9)).unwrap();
+        let (store, hs) = HardStateStore::open(dir.path()).unwrap();
+        assert_eq!((hs, store.repair_through()), (expect, Some(9)));
     }
 
     #[test]

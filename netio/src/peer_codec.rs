@@ -97,6 +97,7 @@ enum WireBody {
         rejected_prev_index: u64,
         hint_term: Option<u64>,
         hint_index: u64,
+        log_lost: bool,
     },
     Heartbeat {
         commit: u64,
@@ -199,6 +200,7 @@ fn to_wire(msg: &Message) -> Result<(WireMessage, Vec<&[u8]>), PeerCodecError> {
                 rejected_prev_index: r.rejected_prev_index,
                 hint_term: r.hint_term,
                 hint_index: r.hint_index,
+                log_lost: r.log_lost,
             },
         },
         MessageBody::Heartbeat { commit, read_seq } => WireBody::Heartbeat {
@@ -302,11 +304,13 @@ fn from_wire(wire: WireMessage, blobs: &[u8]) -> Result<Message, PeerCodecError>
             rejected_prev_index,
             hint_term,
             hint_index,
+            log_lost,
         } => MessageBody::AppendEntriesResponse {
             result: Err(AppendReject {
                 rejected_prev_index,
                 hint_term,
                 hint_index,
+                log_lost,
             }),
         },
         WireBody::Heartbeat { commit, read_seq } => MessageBody::Heartbeat { commit, read_seq },

@@ -56,15 +56,22 @@ fn arb_body() -> impl Strategy<Value = MessageBody> {
                 }
             }),
         any::<u64>().prop_map(|i| MessageBody::AppendEntriesResponse { result: Ok(i) }),
-        (any::<u64>(), any::<Option<u64>>(), any::<u64>()).prop_map(
-            |(rejected_prev_index, hint_term, hint_index)| MessageBody::AppendEntriesResponse {
-                result: Err(AppendReject {
-                    rejected_prev_index,
-                    hint_term,
-                    hint_index
-                })
-            }
-        ),
+        (
+            any::<u64>(),
+            any::<Option<u64>>(),
+            any::<u64>(),
+            any::<bool>()
+        )
+            .prop_map(|(rejected_prev_index, hint_term, hint_index, log_lost)| {
+                MessageBody::AppendEntriesResponse {
+                    result: Err(AppendReject {
+                        rejected_prev_index,
+                        hint_term,
+                        hint_index,
+                        log_lost,
+                    }),
+                }
+            }),
         (any::<u64>(), any::<u64>())
             .prop_map(|(commit, read_seq)| MessageBody::Heartbeat { commit, read_seq }),
         any::<u64>().prop_map(|read_seq| MessageBody::HeartbeatResponse { read_seq }),

@@ -30,7 +30,8 @@ struct Args {
     /// --nodes nodes; the default without --swarm), "churn" (3 nodes, new leaders crash soon),
     /// "lease" (3 nodes with lease reads, drifting clocks, many slow messages and partitions) or
     /// "forgery" (a random mix plus forged and corrupted peer messages while faults are on;
-    /// the tests run it with --ticks 600).
+    /// the tests run it with --ticks 600) or "bitrot" (a random mix whose crashes often damage
+    /// the crashed node's durable log tail; try it with --mutation cut-and-carry-on).
     #[arg(long)]
     mix: Option<String>,
     /// Number of seeds in swarm mode, starting at --seed.
@@ -44,7 +45,8 @@ struct Args {
     ticks: u64,
     /// Inject a protocol bug to see the simulator catch it: commit-previous-term,
     /// skip-up-to-date, vote-before-persist, ack-before-durable, install-stale-snapshot,
-    /// lease-without-quorum, trust-peers (peer-message checks off; try it with --mix forgery).
+    /// lease-without-quorum, trust-peers (peer-message checks off; try it with --mix forgery),
+    /// cut-and-carry-on (a damaged log tail is cut silently; try it with --mix bitrot).
     #[arg(long)]
     mutation: Option<String>,
 }
@@ -58,6 +60,7 @@ fn parse_mutation(name: &str) -> Result<Mutation, String> {
         "install-stale-snapshot" => Mutation::InstallStaleSnapshot,
         "lease-without-quorum" => Mutation::LeaseWithoutQuorum,
         "trust-peers" => Mutation::TrustPeers,
+        "cut-and-carry-on" => Mutation::CutAndCarryOn,
         other => return Err(format!("unknown mutation {other:?}")),
     })
 }
@@ -72,6 +75,7 @@ fn config(args: &Args, seed: u64, mutation: Mutation) -> SimConfig {
         "churn" => SimConfig::churn(seed),
         "lease" => SimConfig::lease(seed),
         "forgery" => SimConfig::forgery(seed),
+        "bitrot" => SimConfig::bit_rot(seed),
         _ => SimConfig::standard(seed, args.nodes),
     };
     cfg.fault_ticks = args.ticks;
@@ -88,9 +92,9 @@ fn main() -> ExitCode {
     if let Some(mix) = args
         .mix
         .as_deref()
-        .filter(|m| !["random", "standard", "churn", "lease", "forgery"].contains(m))
+        .filter(|m| !["random", "standard", "churn", "lease", "forgery", "bitrot"].contains(m))
     {
-        eprintln!("unknown --mix {mix:?}: use random, standard, churn, lease or forgery");
+        eprintln!("unknown --mix {mix:?}: use random, standard, churn, lease, forgery or bitrot");
         return ExitCode::FAILURE;
     }
     let mutation = match args.mutation.as_deref().map(parse_mutation).transpose() {
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
     let (mut snapshots_taken, mut snapshots_installed, mut crashes) = (0u64, 0u64, 0u64);
     let (mut membership_changes, mut reads, mut lease_reads) = (0u64, 0u64, 0u64);
     let (mut forged, mut refused) = (0u64, 0u64);
+    let (mut tails_damaged, mut repairs) = (0u64, 0u64);
     let mut leader_loss = Vec::new();
     let mut heal = Vec::new();
     let mut failures = 0;
@@ -140,6 +145,8 @@ fn main() -> ExitCode {
                 lease_reads += r.lease_reads;
                 forged += r.forged;
                 refused += r.refused;
+                tails_damaged += r.tails_damaged;
+                repairs += r.repairs;
                 leader_loss.push(r.leader_loss_recovery_ticks);
                 heal.push(r.heal_recovery_ticks);
             }
@@ -157,7 +164,7 @@ fn main() -> ExitCode {
         "seeds {} failed {failures} steps {steps} ticks {ticks} acked {acked} crashes {crashes} \
          snapshots taken {snapshots_taken} installed {snapshots_installed} \
          membership changes {membership_changes} reads {reads} (from a lease {lease_reads}) \
-         forged {forged} refused {refused}",
+         forged {forged} refused {refused} tails damaged {tails_damaged} repairs {repairs}",
         args.seeds
     );
     for (name, v) in [

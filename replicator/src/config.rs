@@ -28,6 +28,11 @@ pub enum Mutation {
     /// `TERM_MAX`, acknowledgements beyond the log, a second leader's AppendEntries, a
     /// TimeoutNow from anyone, ...), as before issue 13.
     TrustPeers,
+    /// (h) A node whose damaged log tail lost durable entries at recovery carries on as if the
+    /// cut were a torn write (as before issue 14): the simulator's driver never calls
+    /// [`crate::Raft::set_repair_through`], so the node votes and campaigns with a log that no
+    /// longer holds what it acknowledged.
+    CutAndCarryOn,
 }
 
 /// Configuration of one Raft node.

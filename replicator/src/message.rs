@@ -96,6 +96,11 @@ pub struct AppendReject {
     pub hint_term: Option<Term>,
     /// The first index of `hint_term` in the follower's log, or its last index + 1.
     pub hint_index: Index,
+    /// The follower lost durable entries it may have acknowledged (its log tail was damaged and
+    /// cut at restart, see [`crate::Raft::set_repair_through`]): its log may now be shorter
+    /// than the match the leader recorded, so the leader lowers that match to the hint instead
+    /// of taking the rejection for a stale one.
+    pub log_lost: bool,
 }
 
 /// The payload of a peer message.

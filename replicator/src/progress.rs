@@ -218,6 +218,21 @@ impl Progress {
         self.snapshot = None;
     }
 
+    /// The follower lost the entries from `next_index` on (a damaged tail cut at its restart)
+    /// although it had acknowledged them: its match goes back and probing starts there. Commit
+    /// never goes back with it (what was committed stays committed); only what this follower is
+    /// counted for from now on shrinks. A snapshot transfer under way is abandoned too: its
+    /// end was chosen from the match that no longer holds. False if the match is already below
+    /// `next_index`.
+    pub fn lost_log(&mut self, next_index: Index) -> bool {
+        if next_index > self.match_index {
+            return false;
+        }
+        self.match_index = next_index.saturating_sub(1);
+        self.become_probe(next_index);
+        true
+    }
+
     /// Applies a rejection of a message sent with `rejected_prev`; false if it is stale.
     pub fn reject(&mut self, rejected_prev: Index, hinted_next: Index) -> bool {
         match self.state {

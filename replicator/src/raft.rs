@@ -141,6 +141,10 @@ pub struct Ready {
     /// it. At most [`REFUSALS_PENDING_MAX`] per `Ready`; [`Raft::refused_total`] counts all.
     /// Nothing else needs doing: the core already ignored the message.
     pub refused: Vec<Refusal>,
+    /// The log given to [`Raft::set_repair_through`] is repaired: this node votes and campaigns
+    /// again. Clear the persisted `repair_through` (a crash before that only keeps the node
+    /// mute a little longer).
+    pub repaired: bool,
 }
 
 /// A piece of an incoming snapshot for the driver to write.
@@ -180,6 +184,7 @@ impl Ready {
             && self.read_states.is_empty()
             && self.snapshot_chunks.is_empty()
             && self.refused.is_empty()
+            && !self.repaired
     }
 }
 
@@ -261,6 +266,15 @@ pub struct Raft<S> {
     refused: Vec<Refusal>,
     /// Peer messages refused since start.
     refused_total: u64,
+    /// Suspect mode (see [`Raft::set_repair_through`]): this node lost durable entries through
+    /// at most this index and may not vote or campaign until its log is repaired.
+    repair_through: Option<Index>,
+    /// The term when suspect mode began: acknowledgements the lost entries got were sent in it
+    /// or earlier.
+    repair_term: Term,
+    /// Follower: our log is known to match the current leader's through this index (entries
+    /// it sent us in this term, or a snapshot of it). Reset with the term or leader.
+    leader_match: Index,
 }
 
 /// A leader's broadcast deferred to the next `ready()` (`Config::batch_appends`); ordered by
@@ -370,6 +384,9 @@ impl<S: Storage> Raft<S> {
             broadcast_due: BroadcastDue::Nothing,
             refused: Vec::new(),
             refused_total: 0,
+            repair_through: None,
+            repair_term: 0,
+            leader_match: 0,
         })
     }
 
@@ -475,6 +492,10 @@ impl<S: Storage> Raft<S> {
     pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
         self.progress.get(&peer)
     }
+    /// The index given to [`Raft::set_repair_through`] while the repair is pending.
+    pub fn repair_through(&self) -> Option<Index> {
+        self.repair_through
+    }
     /// Peer messages refused since start (each also reported once in [`Ready::refused`],
     /// unless more than [`REFUSALS_PENDING_MAX`] piled up between two `ready()` calls).
     pub fn refused_total(&self) -> u64 {
@@ -482,6 +503,31 @@ impl<S: Storage> Raft<S> {
     }
 
     // ---- driver API --------------------------------------------------------------------
+
+    /// Suspect mode: the node's log lost entries that were durable through `index` (a damaged
+    /// tail cut at recovery; see `log/FORMAT.md`), and it may have acknowledged them. Until the
+    /// log is repaired from a leader the node grants no pre-vote and no vote, does not campaign
+    /// and ignores TimeoutNow; it follows a leader as usual, and its rejections ask the leader
+    /// to resend what it lost ([`AppendReject::log_lost`]). Repaired once its durable log
+    /// matches the leader of the current term through the commit index, whose entry is of that
+    /// term, and — in the term it started suspect in — also through `index` (see
+    /// replicator/DRIVER.md, "Suspect mode"); then [`Ready::repaired`] is set. The driver
+    /// persists `index` before calling this (right after [`Raft::new`], before any other
+    /// call), so a crash before the repair keeps the node mute; a second call keeps the higher
+    /// index.
+    pub fn set_repair_through(&mut self, index: Index) {
+        tracing::warn!(
+            node = self.cfg.id,
+            index,
+            "log lost durable entries: not voting or campaigning until repaired from a leader"
+        );
+        self.repair_through = Some(self.repair_through.map_or(index, |i| i.max(index)));
+        self.repair_term = self.term;
+        if self.role != Role::Follower {
+            let term = self.term;
+            self.become_follower(term, None);
+        }
+    }
 
     /// Advances logical time by one tick. `rng` is the driver's seeded generator; it is used
     /// only to draw the randomized election timeout.
@@ -498,6 +544,12 @@ impl<S: Storage> Raft<S> {
         if self.role == Role::Leader {
             self.tick_leader();
         } else if self.election_elapsed >= self.election_timeout.expect("drawn above") {
+            if self.repair_through.is_some() {
+                // Suspect: stay a follower; the timeout only forgets the leader's lease.
+                self.election_elapsed = 0;
+                self.election_timeout = None;
+                return;
+            }
             self.campaign();
         } else if self.role == Role::PreCandidate
             && self.election_elapsed % self.cfg.heartbeat_ticks == 0
@@ -509,7 +561,11 @@ impl<S: Storage> Raft<S> {
     /// Starts an election now, as if the election timeout had fired (not while a snapshot is
     /// being installed: the log is about to be replaced).
     pub fn campaign(&mut self) {
-        if self.role == Role::Leader || self.installing_snapshot() || !self.is_voter() {
+        if self.role == Role::Leader
+            || self.installing_snapshot()
+            || !self.is_voter()
+            || self.repair_through.is_some()
+        {
             return;
         }
         if self.next_term().is_none() {
@@ -730,6 +786,9 @@ impl<S: Storage> Raft<S> {
         // only moves forward — unless the stale-snapshot mutation rolls it back.
         self.commit = meta.index;
         self.applied = meta.index;
+        if inc.term == self.term && self.leader == Some(inc.from) {
+            self.leader_match = meta.index;
+        }
         self.send(
             inc.from,
             MessageBody::AppendEntriesResponse {
@@ -784,6 +843,16 @@ impl<S: Storage> Raft<S> {
         rd.read_states = std::mem::take(&mut self.read_states);
         rd.snapshot_chunks = std::mem::take(&mut self.snapshot_chunks);
         rd.refused = std::mem::take(&mut self.refused);
+        if let Some(through) = self.repair_through.filter(|&i| self.log_repaired(i)) {
+            tracing::info!(
+                node = self.cfg.id,
+                repair_through = through,
+                commit = self.commit,
+                "log repaired from the leader: voting again"
+            );
+            self.repair_through = None;
+            rd.repaired = true;
+        }
         let applicable = self.commit.min(self.log.durable_index());
         if applicable > self.applied {
             let from = self.applied + 1;
@@ -990,6 +1059,7 @@ impl<S: Storage> Raft<S> {
         self.votes.clear();
         self.progress.clear();
         self.broadcast_due = BroadcastDue::Nothing;
+        self.leader_match = 0;
     }
 
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
@@ -1143,7 +1213,9 @@ impl<S: Storage> Raft<S> {
         };
         let up_to_date = self.cfg.mutation == Mutation::SkipUpToDateCheck
             || (last_term, last_index) >= (self.log.last_term(), self.log.last_index());
-        let granted = can_vote && up_to_date;
+        // Suspect: our log no longer holds everything we acknowledged, so our "up to date"
+        // means nothing; a leader must be elected by a majority without us.
+        let granted = can_vote && up_to_date && self.repair_through.is_none();
         if pre {
             let reply_term = if granted { term } else { self.term };
             self.send_with_term(from, reply_term, MessageBody::PreVoteResponse { granted });
@@ -1330,7 +1402,10 @@ impl<S: Storage> Raft<S> {
                     None => reject.hint_index,
                 };
                 let pr = self.progress.get_mut(&from).expect("checked above");
-                if pr.reject(reject.rejected_prev_index, hinted_next.max(1)) {
+                let hinted_next = hinted_next.max(1);
+                if (reject.log_lost && pr.lost_log(hinted_next))
+                    || pr.reject(reject.rejected_prev_index, hinted_next)
+                {
                     self.send_append(from, true);
                 }
             }
@@ -1646,8 +1721,17 @@ impl<S: Storage> Raft<S> {
                 return self.refuse(&msg, RefusalReason::NotTheLeader { leader });
             }
             if let MessageBody::Heartbeat { commit, .. } = msg.body {
-                // The leader sends at most the match we acknowledged, which we still hold.
+                // The leader sends at most the match we acknowledged, which we still hold —
+                // unless we lost it (suspect): then it is to be told to resend.
                 let last_index = self.log.last_index();
+                if commit > last_index && self.repair_through.is_some() {
+                    self.leader = Some(msg.from);
+                    self.election_elapsed = 0;
+                    if let Err(e) = self.reject_append(msg.from, commit) {
+                        self.record_storage_failure(e);
+                    }
+                    return;
+                }
                 if commit > last_index {
                     let reason = RefusalReason::CommitBeyondLog { commit, last_index };
                     return self.refuse(&msg, reason);
@@ -1675,6 +1759,7 @@ impl<S: Storage> Raft<S> {
             }
             MessageBody::TimeoutNow
                 if !self.installing_snapshot()
+                    && self.repair_through.is_none()
                     && (self.leader == Some(from) || !self.guarded()) =>
             {
                 // The leader hands over: campaign now, skipping pre-vote (the leader agreed).
@@ -1721,6 +1806,8 @@ impl<S: Storage> Raft<S> {
             }
             self.commit = self.commit.max(meta.index);
             let at = self.commit;
+            // Committed through `at`: the leader's log holds the same entries.
+            self.leader_match = self.leader_match.max(at);
             if let Err(e) = self.send_ack(from, at) {
                 self.record_storage_failure(e);
             }
@@ -1800,30 +1887,11 @@ impl<S: Storage> Raft<S> {
         if prev_index < self.commit {
             // Everything up to our commit index already matches; tell the leader so.
             let at = self.commit;
+            self.leader_match = self.leader_match.max(at);
             return self.send_ack(from, at);
         }
         if !self.log.matches(prev_index, prev_term)? {
-            let probe = prev_index.min(self.log.last_index());
-            let (hint_term, hint_index) = if prev_index > self.log.last_index() {
-                (None, self.log.last_index() + 1)
-            } else {
-                (
-                    Some(self.log.term(probe)?),
-                    self.log.first_index_of_term_at(probe)?,
-                )
-            };
-            let reject = AppendReject {
-                rejected_prev_index: prev_index,
-                hint_term,
-                hint_index,
-            };
-            self.send(
-                from,
-                MessageBody::AppendEntriesResponse {
-                    result: Err(reject),
-                },
-            );
-            return Ok(());
+            return self.reject_append(from, prev_index);
         }
         // No overflow: `check_message` refused entries not consecutive after prev_index.
         let last_new = prev_index + entries.len() as Index;
@@ -1850,7 +1918,56 @@ impl<S: Storage> Raft<S> {
             }
         }
         self.commit = self.commit.max(commit.min(last_new));
+        self.leader_match = self.leader_match.max(last_new);
         self.send_ack(from, last_new)
+    }
+
+    /// Rejects the leader's message at `prev_index` (an AppendEntries' prev_index, or a
+    /// suspect's heartbeat commit beyond its log), with a hint where our log diverges.
+    fn reject_append(&mut self, from: NodeId, prev_index: Index) -> Result<(), StorageError> {
+        let probe = prev_index.min(self.log.last_index());
+        let (hint_term, hint_index) = if prev_index > self.log.last_index() {
+            (None, self.log.last_index() + 1)
+        } else {
+            (
+                Some(self.log.term(probe)?),
+                self.log.first_index_of_term_at(probe)?,
+            )
+        };
+        let reject = AppendReject {
+            rejected_prev_index: prev_index,
+            hint_term,
+            hint_index,
+            log_lost: self.repair_through.is_some(),
+        };
+        self.send(
+            from,
+            MessageBody::AppendEntriesResponse {
+                result: Err(reject),
+            },
+        );
+        Ok(())
+    }
+
+    /// Suspect mode ends once the durable log provably holds every entry committed with this
+    /// node's help (replicator/DRIVER.md, "Suspect mode"): it matches the leader of this term
+    /// through the commit index, whose entry is of this term — by Leader Completeness every
+    /// entry committed in an earlier term lies below it — and, while still in the term suspect
+    /// mode began in (whose leader may have committed lost entries above that commit index),
+    /// through `repair_through` too.
+    fn log_repaired(&self, repair_through: Index) -> bool {
+        if self.role != Role::Follower || self.leader.is_none() {
+            return false;
+        }
+        let commit = self.commit;
+        let through = if self.term > self.repair_term {
+            commit
+        } else {
+            commit.max(repair_through)
+        };
+        self.leader_match >= through
+            && self.log.durable_index() >= through
+            && self.log.term(commit).ok() == Some(self.term)
     }
 
     /// Acknowledges a match through `index`: sent once that entry is durable.

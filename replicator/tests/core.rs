@@ -1267,3 +1267,160 @@ fn batch_appends_replicates_and_commits_like_immediate_sends() {
         }
     }
 }
+
+/// Node 2 of a 3-node cluster whose leader (node 1) committed entries 1..=4 with its help
+/// loses its last `lost` durable entries at a crash (a damaged tail cut by recovery) and
+/// restarts suspect through the index it was durable through.
+fn cluster_with_damaged_node_2(lost: u64) -> (Vec<Node>, u64) {
+    let mut nodes = cluster(3);
+    for _ in 0..3 {
+        nodes[0].propose(Arc::from(&b"cmd"[..])).expect("leader");
+    }
+    settle(&mut nodes);
+    let committed = nodes[0].commit_index();
+    assert_eq!(committed, 4, "the no-op and three commands");
+    let cfg = nodes[1].config().clone();
+    let mut disk = nodes.remove(1).into_storage();
+    disk.crash();
+    let (first_lost, durable_through) = disk.lose_tail(lost).expect("entries to lose");
+    assert_eq!(
+        (first_lost, durable_through),
+        (committed - lost + 1, committed)
+    );
+    let hs = disk.hard_state();
+    let mut restarted = Raft::new(cfg, hs, 0, disk).expect("readable disk");
+    restarted.set_repair_through(durable_through);
+    nodes.insert(1, restarted);
+    (nodes, durable_through)
+}
+
+#[test]
+fn suspect_node_grants_no_vote_or_pre_vote_and_never_campaigns() {
+    let (mut nodes, _) = cluster_with_damaged_node_2(2);
+    let n2 = &mut nodes[1];
+    let term = n2.term();
+    // Node 3's log is at least as up to date as node 2's damaged one: a healthy node would
+    // grant both.
+    n2.step(vote_request(3, 2, term + 1, 10, term));
+    n2.step(Message {
+        from: 3,
+        to: 2,
+        term: term + 2,
+        body: MessageBody::PreVote {
+            last_index: 10,
+            last_term: term,
+        },
+    });
+    // A grant would wait for the vote to be durable: make the hard state durable first.
+    let mut msgs = n2.ready().messages;
+    n2.hard_state_durable(n2.hard_state());
+    msgs.extend(n2.ready().messages);
+    assert_eq!(msgs.len(), 2, "both requests answered: {msgs:?}");
+    let grants: Vec<_> = msgs
+        .iter()
+        .filter(|m| {
+            matches!(
+                m.body,
+                MessageBody::RequestVoteResponse { granted: true }
+                    | MessageBody::PreVoteResponse { granted: true }
+            )
+        })
+        .collect();
+    assert!(grants.is_empty(), "suspect node granted {grants:?}");
+    // Many election timeouts pass without a leader: it stays a silent follower.
+    let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+    for _ in 0..200 {
+        n2.tick(&mut rng);
+        n2.campaign();
+        let rd = n2.ready();
+        assert!(
+            !rd.messages.iter().any(|m| matches!(
+                m.body,
+                MessageBody::RequestVote { .. } | MessageBody::PreVote { .. }
+            )),
+            "suspect node campaigned: {:?}",
+            rd.messages
+        );
+        n2.hard_state_durable(n2.hard_state());
+    }
+    assert_eq!(n2.role(), Role::Follower);
+    let term = n2.term();
+    n2.step(Message {
+        from: 1,
+        to: 2,
+        term,
+        body: MessageBody::TimeoutNow,
+    });
+    assert_eq!(
+        n2.role(),
+        Role::Follower,
+        "TimeoutNow is ignored while suspect"
+    );
+    assert_eq!(n2.repair_through(), Some(4));
+}
+
+#[test]
+fn suspect_node_makes_the_leader_resend_what_it_lost_and_is_repaired() {
+    let (mut nodes, durable_through) = cluster_with_damaged_node_2(3);
+    assert_eq!(nodes[1].last_index(), 1);
+    // The leader still counts node 2 at match 4. Its heartbeat (commit 4, beyond node 2's log)
+    // is answered with a log_lost rejection instead of being refused as impossible.
+    let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+    for _ in 0..nodes[0].config().heartbeat_ticks {
+        nodes[0].tick(&mut rng);
+    }
+    let rd = nodes[0].ready();
+    let heartbeat = persist_all(&mut nodes[0], rd)
+        .into_iter()
+        .find(|m| m.to == 2 && matches!(m.body, MessageBody::Heartbeat { .. }))
+        .expect("heartbeat to node 2");
+    nodes[1].step(heartbeat);
+    let rd = nodes[1].ready();
+    assert!(rd.refused.is_empty(), "{:?}", rd.refused);
+    let reply = rd.messages.first().cloned().expect("a rejection");
+    match &reply.body {
+        MessageBody::AppendEntriesResponse { result: Err(r) } => {
+            assert!(r.log_lost, "{r:?}");
+            assert_eq!(r.hint_index, 2);
+        }
+        other => panic!("expected a log_lost rejection, got {other:?}"),
+    }
+    nodes[0].step(reply);
+    assert_eq!(nodes[0].progress(2).expect("peer").match_index, 1);
+    settle(&mut nodes);
+    assert_eq!(nodes[1].repair_through(), None, "repaired once re-fetched");
+    assert!(nodes[1].durable_index() >= durable_through);
+    for i in 1..=durable_through {
+        assert_eq!(nodes[1].term_at(i), nodes[0].term_at(i), "entry {i}");
+    }
+}
+
+#[test]
+fn suspect_node_is_not_repaired_by_a_commit_index_below_what_it_lost_in_the_same_term() {
+    let (mut nodes, durable_through) = cluster_with_damaged_node_2(3);
+    // The leader resends only entry 2 with commit index 2, an entry of its own term: in a
+    // later term matching through it would do, but node 2 may have acknowledged 3 and 4 in
+    // this very term (and they may be committed above the commit index it was told).
+    let term = nodes[0].term();
+    let (prev_term, second) = (nodes[0].term_at(1), nodes[0].entry(2));
+    nodes[1].step(Message {
+        from: 1,
+        to: 2,
+        term,
+        body: MessageBody::AppendEntries {
+            prev_index: 1,
+            prev_term: prev_term.expect("held"),
+            entries: vec![second.expect("held")],
+            commit: 2,
+        },
+    });
+    let rd = nodes[1].ready();
+    persist_all(&mut nodes[1], rd);
+    assert_eq!(nodes[1].commit_index(), 2);
+    assert_eq!(nodes[1].term_at(2), Some(term));
+    assert_eq!(
+        nodes[1].repair_through(),
+        Some(durable_through),
+        "still suspect: 3 and 4 may have been committed with its lost acknowledgement"
+    );
+}

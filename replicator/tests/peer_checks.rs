@@ -364,6 +364,7 @@ fn a_reject_hint_no_follower_computes_leaves_its_progress_alone() {
                 rejected_prev_index: u64::MAX,
                 hint_term: None,
                 hint_index: 1,
+                log_lost: false,
             }),
         },
     ));

@@ -21,7 +21,10 @@ pub enum Property {
     LeaderCompleteness,
     /// Two nodes applied different entries at one index.
     StateMachineSafety,
-    /// An entry was committed before a majority held it durably.
+    /// An entry was committed before a majority held it durably. A node whose damaged log lost
+    /// it counts as holding it while its repair marker covers it: the leader counted an
+    /// acknowledgement it really sent, and it neither votes nor campaigns until it holds every
+    /// committed entry again (replicator/DRIVER.md, "Suspect mode").
     CommitDurability,
     /// An entry was committed while a node lacking it could still win an election: some
     /// future schedule would lose it (Raft's Figure 8).
@@ -40,6 +43,10 @@ pub enum Property {
     Panic,
     /// A node refused a message a correct peer sent (only forged ones may be refused).
     RefusedLegitimate,
+    /// A leader counts a match a follower of its term acknowledged that the follower's disk no
+    /// longer holds, and no repair marker says so: the follower lost entries it acknowledged
+    /// and carries on voting (issue 14's silent cut of a damaged tail).
+    AckedMatchLost,
 }
 
 /// A broken property, with enough context to replay and read the trace.
@@ -180,6 +187,7 @@ impl Checker {
                     self.check_new_leader(raft)?;
                 }
             }
+            check_matches(raft, disks)?;
         }
         let from = self.seen_commit.get(&id).copied().unwrap_or(0) + 1;
         // Entries below the log's start are covered by its snapshot, checked by content.
@@ -207,7 +215,11 @@ impl Checker {
                     .membership()
                     .voters
                     .iter()
-                    .filter(|&&v| disks[v as usize - 1].holds(index, e.term))
+                    .filter(|&&v| {
+                        let disk = disks[v as usize - 1];
+                        disk.holds(index, e.term)
+                            || disk.repair_through().is_some_and(|r| r >= index)
+                    })
                     .count();
                 if holders < quorum {
                     return violation(
@@ -352,6 +364,38 @@ impl Checker {
     }
 }
 
+/// Checks that every follower still in leader `raft`'s term (by its durable hard state) durably
+/// holds the match it acknowledged, or has a repair marker covering it. A follower of a newer
+/// term may have replaced those entries legitimately; one of this term only gets entries from
+/// this leader, which never takes back what it sent.
+fn check_matches(raft: &Raft<SimDisk>, disks: &[&SimDisk]) -> Result<(), Violation> {
+    for (k, disk) in disks.iter().enumerate() {
+        let peer = k as NodeId + 1;
+        let Some(pr) = raft.progress(peer) else {
+            continue;
+        };
+        let m = pr.match_index;
+        let Some(term) = raft.term_at(m).filter(|_| m > 0) else {
+            continue;
+        };
+        if disk.hard_state().term != raft.term()
+            || disk.holds(m, term)
+            || disk.repair_through().is_some_and(|r| r >= m)
+        {
+            continue;
+        }
+        return violation(
+            Property::AckedMatchLost,
+            format!(
+                "n{} counts n{peer} at match ({m},t{term}), which n{peer}'s disk no longer holds (it ends at {:?}) and no repair marker covers",
+                raft.id(),
+                disk.last()
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// True when `raft` holds `(index, term)` in its log, or covers `index` by its snapshot.
 fn holds(raft: &Raft<SimDisk>, index: Index, term: Term) -> bool {
     index < raft.storage().first_index() || raft.term_at(index) == Some(term)
@@ -360,7 +404,8 @@ fn holds(raft: &Raft<SimDisk>, index: Index, term: Term) -> bool {
 /// A voter whose log lacks `(index, term)` yet is at least as up-to-date as the logs of a quorum
 /// of its configuration (itself included), if any. Each node is judged by both its durable log
 /// and, when up, its in-memory log; as a voter, by the weaker of the two (a crash may leave it
-/// the durable one).
+/// the durable one). A node whose disk holds a pending repair marker (its damaged log was cut)
+/// neither campaigns nor votes.
 fn electable_without(
     index: Index,
     term: Term,
@@ -393,10 +438,11 @@ fn electable_without(
                 .expect("one version at least")
         })
         .collect();
+    let mute = |k: usize| disks[k].repair_through().is_some();
     for (x, vs) in versions.iter().enumerate() {
         let id = x as NodeId + 1;
         let config = memberships[x];
-        if !config.is_voter(id) {
+        if !config.is_voter(id) || mute(x) {
             continue;
         }
         for &(last_term, last_index, holds) in vs {
@@ -406,7 +452,10 @@ fn electable_without(
             let votes = 1 + config
                 .voters
                 .iter()
-                .filter(|&&k| k != id && weakest[k as usize - 1] <= (last_term, last_index))
+                .filter(|&&k| {
+                    let k = k as usize - 1;
+                    k != x && !mute(k) && weakest[k] <= (last_term, last_index)
+                })
                 .count();
             if votes >= config.quorum() {
                 return Some(id);

@@ -56,6 +56,9 @@ pub struct SimDisk {
     pending: Vec<Write>,
     /// Writes at the front of `pending` that the in-flight fsync covers.
     syncing: Option<usize>,
+    /// Durable, beside the hard state: the log lost entries that were durable through this
+    /// index (a damaged tail, see [`SimDisk::lose_tail`]) and the node has not been repaired.
+    repair_through: Option<Index>,
 }
 
 impl Default for SimDisk {
@@ -68,6 +71,7 @@ impl Default for SimDisk {
             start_term: 0,
             pending: Vec::new(),
             syncing: None,
+            repair_through: None,
         }
     }
 }
@@ -221,6 +225,44 @@ impl SimDisk {
     pub fn crash(&mut self) {
         self.pending.clear();
         self.syncing = None;
+    }
+
+    /// Damages the durable log of a crashed node as a bit flip in its last synced groups does
+    /// once recovery cuts it: loses up to `entries` entries at its end, never the snapshot nor
+    /// the entries the snapshot covers (the state machine restarts from it). Returns the first
+    /// lost index and the index the log was durable through (what the real log's durability
+    /// markers vouch for), or `None` if nothing could be lost.
+    pub fn lose_tail(&mut self, entries: u64) -> Option<(Index, Index)> {
+        assert!(self.pending.is_empty(), "damage a crashed disk only");
+        let last = self.last().0;
+        let keep_through = self
+            .snapshot
+            .as_ref()
+            .map_or(0, |s| s.meta.index)
+            .max(self.log_start - 1);
+        let first_lost = last.saturating_sub(entries).max(keep_through) + 1;
+        if first_lost > last {
+            return None;
+        }
+        self.log.truncate((first_lost - self.log_start) as usize);
+        Some((first_lost, last))
+    }
+
+    /// The persisted repair marker (see [`SimDisk::lose_tail`]).
+    pub fn repair_through(&self) -> Option<Index> {
+        self.repair_through
+    }
+
+    /// Persists the repair marker, keeping the higher index if one is pending (a driver writes
+    /// it before its node acts on the damaged log).
+    pub fn set_repair_through(&mut self, index: Index) {
+        self.repair_through = Some(self.repair_through.map_or(index, |i| i.max(index)));
+    }
+
+    /// Clears the repair marker (the core reported the log repaired), or drops it unused (the
+    /// `CutAndCarryOn` mutation); returns what it was.
+    pub fn take_repair_through(&mut self) -> Option<Index> {
+        self.repair_through.take()
     }
 }
 

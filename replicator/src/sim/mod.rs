@@ -70,6 +70,14 @@ pub struct FaultMix {
     /// Per tick and live node: chance a forged or corrupted message is stepped into it (see
     /// [`Simulator::forge`]). Drawn from its own stream, so 0 leaves the other draws unchanged.
     pub forge_per_mille: u32,
+    /// Per crash: chance the node's durable log tail is damaged (a bit flip or a lost write in
+    /// its last synced groups, which recovery cuts): it loses its last `1..=damage_entries_max`
+    /// durable entries and restarts suspect, told the index it was durable through (see
+    /// [`Simulator::crash`]). Never while another node's repair is pending: a majority of
+    /// damaged logs is outside the fault model. Drawn from its own stream.
+    pub damage_per_mille: u32,
+    /// Most entries one damage loses.
+    pub damage_entries_max: u64,
 }
 
 impl FaultMix {
@@ -92,6 +100,8 @@ impl FaultMix {
             membership_per_mille: 0,
             restart_units_max: 1,
             forge_per_mille: 0,
+            damage_per_mille: 0,
+            damage_entries_max: 0,
         }
     }
 
@@ -114,6 +124,8 @@ impl FaultMix {
             membership_per_mille: 10,
             restart_units_max: 800,
             forge_per_mille: 0,
+            damage_per_mille: 0,
+            damage_entries_max: 0,
         }
     }
 
@@ -144,6 +156,8 @@ impl FaultMix {
             membership_per_mille: pick(40),
             // Not drawn: the swarm's draws stay those of earlier versions.
             forge_per_mille: 0,
+            damage_per_mille: 0,
+            damage_entries_max: 0,
         }
     }
 }
@@ -297,6 +311,23 @@ impl SimConfig {
         cfg
     }
 
+    /// Bit rot (issue 14) on top of a swarm mix: crashes (at least 2 % per tick, plus those
+    /// cut short in an fsync and of new leaders) damage the crashed node's log tail half the
+    /// time, losing up to 8 durable entries, which it may have acknowledged. The damaged node
+    /// must stay mute until repaired from a leader and be repaired within
+    /// `recovery_ticks_max` of the faults stopping; no acknowledged or committed entry may be
+    /// lost. Without membership changes: a mute node while a change is in flight can leave no
+    /// electable leader (the old and the new configuration's quorums both need it; the
+    /// swarm found it in 3 of 2300 seeds), which is a loss of availability, not of safety.
+    pub fn bit_rot(seed: u64) -> Self {
+        let mut cfg = SimConfig::swarm(seed);
+        cfg.faults.membership_per_mille = 0;
+        cfg.faults.crash_per_mille = cfg.faults.crash_per_mille.max(20);
+        cfg.faults.damage_per_mille = 500;
+        cfg.faults.damage_entries_max = 8;
+        cfg
+    }
+
     fn node_config(&self, index: usize) -> Config {
         let voters = if index < self.nodes {
             (1..=self.nodes as u64).collect()
@@ -358,6 +389,10 @@ pub struct SimReport {
     /// With forgeries: ticks from healing to a client's proposal made after it being
     /// acknowledged (0 without).
     pub heal_ack_ticks: u64,
+    /// Crashes that damaged the node's log tail (see [`FaultMix::damage_per_mille`]).
+    pub tails_damaged: u64,
+    /// Damaged nodes the core reported repaired.
+    pub repairs: u64,
 }
 
 /// A run that broke a property: replay it with the same config to see the trace.
@@ -468,6 +503,10 @@ pub struct Simulator<'t> {
     client_rng: ChaCha8Rng,
     /// The forger's own stream.
     forge_rng: ChaCha8Rng,
+    /// The disk damage's own stream.
+    damage_rng: ChaCha8Rng,
+    tails_damaged: u64,
+    repairs: u64,
     /// A forged message is being stepped: its refusal is expected.
     forging: bool,
     forged: u64,
@@ -547,6 +586,9 @@ impl<'t> Simulator<'t> {
             reader_target: 0,
             client_rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xc1e7_0000_0000_0000),
             forge_rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xf0e6_0000_0000_0000),
+            damage_rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xda3a_0000_0000_0000),
+            tails_damaged: 0,
+            repairs: 0,
             forging: false,
             forged: 0,
             refused: 0,
@@ -594,6 +636,7 @@ impl<'t> Simulator<'t> {
             }
         }
         let heal_recovery_ticks = self.await_leader_commit(0)?;
+        self.await_repairs()?;
         let heal_ack_ticks = if self.cfg.faults.forge_per_mille > 0 {
             self.await_new_ack()?
         } else {
@@ -625,7 +668,42 @@ impl<'t> Simulator<'t> {
             forged: self.forged,
             refused: self.refused,
             heal_ack_ticks,
+            tails_damaged: self.tails_damaged,
+            repairs: self.repairs,
         })
+    }
+
+    /// Steps until no member of the stable leader's configuration has a repair pending (each
+    /// damaged node re-fetched what it lost from a leader), or a liveness violation past
+    /// `recovery_ticks_max`. The leader-loss check that follows needs every voter able to vote.
+    /// A damaged node outside the configuration hears from no leader; it is repaired once
+    /// added again.
+    fn await_repairs(&mut self) -> Result<(), Violation> {
+        let deadline = self.now + self.cfg.recovery_ticks_max * TICK_UNITS;
+        loop {
+            let members = self
+                .stable_leader()
+                .and_then(|(l, _)| self.nodes[l].raft.as_ref())
+                .map(|r| r.membership().clone());
+            let pending: Vec<usize> = (0..self.nodes.len())
+                .filter(|&n| self.nodes[n].disk().repair_through().is_some())
+                .filter(|&n| members.as_ref().is_none_or(|m| m.contains(n as NodeId + 1)))
+                .collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if self.now > deadline {
+                return Err(Violation {
+                    property: Property::Liveness,
+                    detail: format!(
+                        "nodes {:?} still await the repair of their damaged logs {} ticks after the faults stopped",
+                        pending.iter().map(|n| n + 1).collect::<Vec<_>>(),
+                        self.cfg.recovery_ticks_max
+                    ),
+                });
+            }
+            self.step()?;
+        }
     }
 
     /// Steps until a proposal accepted from now on is acknowledged to its client; returns the
@@ -1029,6 +1107,7 @@ impl<'t> Simulator<'t> {
                             rejected_prev_index: last + 1 + r.gen_range(0..1 << 30),
                             hint_term: None,
                             hint_index: r.gen_range(0..=last),
+                            log_lost: false,
                         }),
                     },
                     1 => {
@@ -1038,6 +1117,7 @@ impl<'t> Simulator<'t> {
                                 rejected_prev_index: prev,
                                 hint_term: None,
                                 hint_index: prev + 1 + r.gen_range(0..1 << 30),
+                                log_lost: false,
                             }),
                         }
                     }
@@ -1048,6 +1128,7 @@ impl<'t> Simulator<'t> {
                                 rejected_prev_index: prev,
                                 hint_term: Some(term + 1 + r.gen_range(0..1 << 30)),
                                 hint_index: r.gen_range(0..=prev),
+                                log_lost: false,
                             }),
                         }
                     }
@@ -1335,6 +1416,7 @@ impl<'t> Simulator<'t> {
             if let Some(hs) = rd.hard_state {
                 raft.storage_mut().write_hard_state(hs);
             }
+
             if !rd.entries.is_empty() {
                 self.checker.entries_written(raft, &rd.entries)?;
                 raft.storage_mut().write_entries(rd.entries);
@@ -1371,6 +1453,16 @@ impl<'t> Simulator<'t> {
                         detail: format!("n{}: {refusal}", node + 1),
                     });
                 }
+            }
+            if rd.repaired {
+                // Persisted at once, as the node's hard-state save does.
+                let raft = self.nodes[node]
+                    .raft
+                    .as_mut()
+                    .expect("draining a node that is up");
+                let through = raft.storage_mut().take_repair_through();
+                self.repairs += 1;
+                self.log(|| format!("n{} repaired (was suspect through {through:?})", node + 1));
             }
             if !rd.committed.is_empty() {
                 self.checker.applied(node as u64 + 1, &rd.committed)?;
@@ -1486,6 +1578,7 @@ impl<'t> Simulator<'t> {
             .expect("checked above")
             .into_storage();
         disk.crash();
+        self.maybe_damage(node, &mut disk);
         self.nodes[node].down_disk = Some(disk);
         self.nodes[node].incoming.clear();
         self.nodes[node].epoch += 1;
@@ -1498,11 +1591,47 @@ impl<'t> Simulator<'t> {
         }
     }
 
+    /// Maybe damages the tail of crashed `node`'s durable log (see
+    /// [`FaultMix::damage_per_mille`]); the recovery that finds it persists the index the
+    /// log was durable through (the real log's markers) as the node's repair marker.
+    fn maybe_damage(&mut self, node: usize, disk: &mut SimDisk) {
+        let f = &self.cfg.faults;
+        if !self.faults_on || f.damage_per_mille == 0 {
+            return;
+        }
+        let (rate, entries_max) = (f.damage_per_mille, f.damage_entries_max);
+        let hit = self.damage_rng.gen_range(0..1000) < rate;
+        let entries = self.damage_rng.gen_range(1..=entries_max.max(1));
+        let pending_elsewhere = (0..self.nodes.len())
+            .filter(|&n| n != node)
+            .any(|n| self.nodes[n].disk().repair_through().is_some());
+        if !hit || pending_elsewhere {
+            return;
+        }
+        if let Some((first_lost, durable_through)) = disk.lose_tail(entries) {
+            disk.set_repair_through(durable_through);
+            self.tails_damaged += 1;
+            self.log(|| {
+                format!(
+                    "n{}'s log tail damaged: entries {first_lost}..={durable_through} lost",
+                    node + 1
+                )
+            });
+        }
+    }
+
     fn restart(&mut self, node: usize) -> Result<(), Violation> {
-        let disk = self.nodes[node]
+        let mut disk = self.nodes[node]
             .down_disk
             .take()
             .expect("a down node has its disk");
+        let repair_through = if self.cfg.mutation == Mutation::CutAndCarryOn {
+            // The old recovery: the cut looks like a torn write, nobody is told.
+            disk.take_repair_through();
+            None
+        } else {
+            disk.repair_through()
+        };
         let cfg = self.cfg.node_config(node);
         let (hs, last) = (disk.hard_state(), disk.last().0);
         let state = match disk.snapshot() {
@@ -1510,10 +1639,14 @@ impl<'t> Simulator<'t> {
             None => SimStateMachine::default(),
         };
         self.nodes[node].state = state;
-        let raft = Raft::new(cfg, hs, state.applied, disk).expect("valid config and readable disk");
+        let mut raft =
+            Raft::new(cfg, hs, state.applied, disk).expect("valid config and readable disk");
+        if let Some(index) = repair_through {
+            raft.set_repair_through(index);
+        }
         self.log(|| {
             format!(
-                "n{} restarts with {hs:?}, log through {last}, state through {}",
+                "n{} restarts with {hs:?}, log through {last}, state through {}, repair through {repair_through:?}",
                 node + 1,
                 state.applied
             )
