@@ -31,6 +31,9 @@ pub fn node_addrs(base: u16, id: u64) -> (SocketAddr, SocketAddr, SocketAddr) {
     (at(0), at(100), at(200))
 }
 
+/// Where a base port's block keeps Kafka ports (BASE+251..253), checked by [`free_base_port`].
+pub const KAFKA_PORT_OFFSET: u16 = 250;
+
 /// Kafka address of node `id` for Kafka base port `base`.
 pub fn kafka_addr(base: u16, id: u64) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], base + id as u16))
@@ -43,7 +46,7 @@ fn id_list(addr: impl Fn(u64) -> SocketAddr) -> String {
         .join(",")
 }
 
-/// A base port whose nine node ports are all free right now, below the kernel's ephemeral
+/// A base port whose twelve node ports (Kafka's included) are all free right now, below the kernel's ephemeral
 /// range (32768+ on Linux) so that no outbound connection takes one of them meanwhile.
 pub fn free_base_port() -> anyhow::Result<u16> {
     let first = 20_000 + (std::process::id() % 40) as u16 * 300;
@@ -51,7 +54,8 @@ pub fn free_base_port() -> anyhow::Result<u16> {
         let base = 20_000 + (first - 20_000 + step * 300) % 12_000;
         let all_free = (1..=NODES).all(|id| {
             let (peer, client, metrics) = node_addrs(base, id);
-            [peer, client, metrics]
+            let kafka = kafka_addr(base + KAFKA_PORT_OFFSET, id);
+            [peer, client, metrics, kafka]
                 .iter()
                 .all(|addr| TcpListener::bind(addr).is_ok())
         });

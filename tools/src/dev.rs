@@ -24,7 +24,8 @@ running in the foreground; Ctrl-C stops all three nodes cleanly.\n\n\
 Node N listens for peers on 127.0.0.1:730N, for clients on 127.0.0.1:740N (what `raftline \
 produce/tail/status` use by default) and serves metrics on http://127.0.0.1:750N/metrics. Data \
 lives in DATA/node-N (kept between runs: a restarted dev cluster resumes its log), each node's \
-log output in DATA/node-N.log. Node N also listens for Kafka clients on 127.0.0.1:909(N+1) (9092-9094): the log is the topic raftline-dev, partition 0.";
+log output in DATA/node-N.log. Node N also listens for Kafka clients on 127.0.0.1:909(N+1) \
+(9092-9094; BASE+250+N with another --base-port): the log is the topic raftline-dev, partition 0.";
 
 /// Flags of `raftline dev`.
 #[derive(Args, Debug)]
@@ -52,6 +53,16 @@ pub struct DevArgs {
 pub const DEV_BASE_PORT: u16 = 7300;
 /// Node N listens for Kafka clients on 9091+N: 9092 (Kafka's own default port) to 9094.
 pub const DEV_KAFKA_BASE_PORT: u16 = 9091;
+
+/// The Kafka base port for `--base-port base`: 9091 for the default one, else inside the
+/// block of ports `base` names (BASE+251..253), so two dev clusters never share one.
+fn kafka_base(base: u16) -> u16 {
+    if base == DEV_BASE_PORT {
+        DEV_KAFKA_BASE_PORT
+    } else {
+        base + local_cluster::KAFKA_PORT_OFFSET
+    }
+}
 
 /// Peer, client and metrics address of dev node `id` for `--base-port base`.
 pub fn dev_addrs(base: u16, id: u64) -> (SocketAddr, SocketAddr, SocketAddr) {
@@ -82,7 +93,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         args.base_port,
         DEV_CLUSTER,
         &emulated_disk::server_args(args.emulate_disk),
-        Some(DEV_KAFKA_BASE_PORT),
+        Some(kafka_base(args.base_port)),
     )?;
     let leader = match nodes.wait_for_leader() {
         Ok(leader) => leader,
@@ -131,7 +142,7 @@ fn print_banner(data: &Path, leader: u64, base: u16) {
     println!("raftline dev cluster {DEV_CLUSTER:?} is up: 3 nodes, node {leader} leads");
     for id in 1..=NODES {
         let (peer, client, metrics) = dev_addrs(base, id);
-        let kafka = local_cluster::kafka_addr(DEV_KAFKA_BASE_PORT, id);
+        let kafka = local_cluster::kafka_addr(kafka_base(base), id);
         println!(
             "  node {id}: clients {client}  peers {peer}  kafka {kafka}  metrics http://{metrics}/metrics  data {}",
             data.join(format!("node-{id}")).display()
@@ -151,7 +162,7 @@ fn print_banner(data: &Path, leader: u64, base: u16) {
     println!("  raftline tail --from earliest --follow{bootstrap}");
     println!(
         "  kcat -b {} -L    (Kafka clients: topic {DEV_CLUSTER:?}, partition 0)",
-        local_cluster::kafka_addr(DEV_KAFKA_BASE_PORT, 1)
+        local_cluster::kafka_addr(kafka_base(base), 1)
     );
     println!(
         "Ctrl-C stops the cluster (data is kept in {}).",

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// A `--base-port` whose nine ports (BASE+1..3, +101..103, +201..203) are free, below the
-/// ephemeral port range.
+/// A `--base-port` whose twelve ports (BASE+1..3, +101..103, +201..203, Kafka's +251..253) are
+/// free, below the ephemeral port range.
 fn free_base_port() -> u16 {
     let mut base = 21_000 + (std::process::id() * 307 % 8_000) as u16;
     loop {
-        let free = [0u16, 100, 200]
+        let free = [0u16, 100, 200, 250]
             .iter()
             .flat_map(|o| (1..=3).map(move |n| base + o + n))
             .all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok());

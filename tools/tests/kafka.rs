@@ -566,3 +566,68 @@ fn fetch_below_the_log_start_is_out_of_range() {
         assert!(Instant::now() < deadline, "the log start never moved");
     }
 }
+
+/// kafka-python and confluent-kafka (librdkafka): a producer with acks=all each, then a
+/// consumer each with assign() at explicit offsets, reading all twenty records in order.
+const PYTHON_CLIENTS: &str = r#"
+import sys
+from kafka import KafkaProducer, KafkaConsumer, TopicPartition as KTP
+from confluent_kafka import Producer, Consumer, TopicPartition as CTP
+
+bootstrap, topic = sys.argv[1], sys.argv[2]
+# Idempotence (InitProducerId) is the next slice: kafka-python 3 turns it on by default.
+p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+for i in range(10):
+    p.send(topic, key=b"kp%d" % i, value=b"kafka-python-%d" % i, headers=[("h", b"kp")]).get(timeout=30)
+p.close()
+p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+failed = []
+for i in range(10):
+    p.produce(topic, key=b"ck%d" % i, value=b"confluent-%d" % i, headers=[("h", b"ck")],
+              on_delivery=lambda err, msg: err and failed.append(err))
+assert p.flush(30) == 0 and not failed, failed
+
+c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+tp = KTP(topic, 0)
+c.assign([tp])
+c.seek(tp, 5)
+got = []
+while len(got) < 15:
+    for records in c.poll(timeout_ms=1000).values():
+        got += [(r.offset, r.key, r.value) for r in records]
+c.close()
+assert [o for o, _, _ in got] == list(range(5, 20)), got
+assert got[0][2] == b"kafka-python-5" and got[14][2] == b"confluent-9", got
+
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused", "enable.auto.commit": False})
+c.assign([CTP(topic, 0, 0)])
+seen = []
+while len(seen) < 20:
+    m = c.poll(1.0)
+    if m is None:
+        continue
+    assert m.error() is None, m.error()
+    seen.append((m.offset(), m.value(), m.headers()))
+c.close()
+assert [o for o, _, _ in seen] == list(range(20)), seen
+assert seen[10] == (10, b"confluent-0", [("h", b"ck")]), seen[10]
+print("ok", len(seen))
+"#;
+
+#[test]
+fn kafka_python_and_confluent_kafka_produce_with_acks_all_and_consume_by_assignment() {
+    let cluster = Cluster::start_kafka(3, "auto", &[]);
+    cluster.wait_leader();
+    let bootstrap = kafka_addr(&cluster, 3).to_string();
+    let out = Command::new("python3")
+        .args(["-c", PYTHON_CLIENTS, &bootstrap, CLUSTER])
+        .output()
+        .expect("python3 with kafka-python and confluent-kafka (pip install)");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 20");
+}

@@ -226,7 +226,8 @@ impl NodeConfig {
         if let Some(listen) = self.kafka_listen {
             if listen.ip().is_unspecified() && !self.kafka_advertise.contains_key(&self.id) {
                 return refuse(format!(
-                    "--kafka-listen {listen} is a wildcard address: Kafka clients need a                      reachable one, so give this node's in --kafka-advertise ({}=host:port)",
+                    "--kafka-listen {listen} is a wildcard address: Kafka clients need a reachable \
+                     one, so give this node's in --kafka-advertise ({}=host:port)",
                     self.id
                 ));
             }
@@ -236,7 +237,8 @@ impl NodeConfig {
             for id in self.peers.keys() {
                 if !self.kafka_advertise.contains_key(id) {
                     self.warnings.push(format!(
-                        "--kafka-advertise has no Kafka address for node {id}: Kafka clients                          cannot produce while it leads"
+                        "--kafka-advertise has no Kafka address for node {id}: Kafka clients \
+                         cannot produce while it leads"
                     ));
                 }
             }
