@@ -251,6 +251,26 @@ fn a_restarted_peer_is_reconnected_and_reachable_again() {
     }
 }
 
+#[test]
+fn a_peer_that_moved_is_dialled_at_its_new_address() {
+    for backend in BACKENDS {
+        // Node 1 knows node 2 at an address where nobody listens (its old machine).
+        let (addr1, old, new) = (reserved_addr(), reserved_addr(), reserved_addr());
+        let mut a = Node::bind(config(1, addr1, &[(2, old)], backend));
+        let mut b = Node::bind(config(2, new, &[(1, addr1)], backend));
+        // B's own link to A comes up; A's to B cannot, it dials the old address.
+        wait_event(&mut [&mut a, &mut b], 1, peer_up(1));
+        assert!(!a.net.peer_is_up(2));
+        a.net.set_peer_addr(2, new);
+        wait_event(&mut [&mut a, &mut b], 0, peer_up(2));
+        a.net.send_peer(2, peer_message(1, b"found you")).unwrap();
+        assert_eq!(
+            wait_event(&mut [&mut a, &mut b], 1, peer_frame(1)),
+            b"found you"
+        );
+    }
+}
+
 /// A named bad input and a test of the close reason it must produce.
 type BadInput = (&'static str, Vec<u8>, fn(&CloseReason) -> bool);
 

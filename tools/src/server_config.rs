@@ -220,9 +220,9 @@ impl ServerArgs {
             (None, None) => BTreeMap::new(),
         };
         let mut peers = BTreeMap::new();
-        for (peer, addr) in peers_text {
+        for (&peer, addr) in &peers_text {
             let resolved =
-                resolve_addr(&addr).with_context(|| format!("peer {peer}'s address {addr:?}"))?;
+                resolve_addr(addr).with_context(|| format!("peer {peer}'s address {addr:?}"))?;
             peers.insert(peer, resolved);
         }
         let cores = match (self.cores, file.cores) {
@@ -246,6 +246,7 @@ impl ServerArgs {
             id,
             cluster_name,
             peers,
+            peer_names: peers_text,
             peer_clients,
             listen,
             client_listen: self

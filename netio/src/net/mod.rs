@@ -411,6 +411,27 @@ impl Net {
         Ok(())
     }
 
+    /// Dials `peer` at `addr` from its next connection attempt on (its name resolved anew: a
+    /// rescheduled machine or pod kept its name but not its address). A connection being made
+    /// to the old address is abandoned so the next attempt uses the new one; an established one
+    /// is kept (it works). Unknown peers are ignored.
+    pub fn set_peer_addr(&mut self, peer: u64, addr: SocketAddr) {
+        let Some(link) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if link.addr == addr {
+            return;
+        }
+        tracing::info!(peer, old = %link.addr, new = %addr, "peer address changed");
+        link.addr = addr;
+        if let LinkState::Connecting(socket) = link.state {
+            self.close(
+                socket,
+                CloseReason::ByNode("the peer's address changed".into()),
+            );
+        }
+    }
+
     /// Whether the outbound connection to `peer` is established.
     pub fn peer_is_up(&self, peer: u64) -> bool {
         self.peers

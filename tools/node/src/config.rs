@@ -74,6 +74,10 @@ pub struct NodeConfig {
     pub cluster_name: String,
     /// Peer address of every voter (this node included).
     pub peers: BTreeMap<u64, SocketAddr>,
+    /// Each voter's peer address as configured, when it was a name (`host:port`): resolved
+    /// again every few seconds, so a replaced machine that kept its name is found at its new
+    /// address (empty: the addresses are fixed).
+    pub peer_names: BTreeMap<u64, String>,
     /// Client address of every voter that has one configured.
     pub peer_clients: BTreeMap<u64, String>,
     /// Peer listen address.
@@ -135,6 +139,7 @@ impl NodeConfig {
             id,
             cluster_name: cluster_name.into(),
             peers,
+            peer_names: BTreeMap::new(),
             peer_clients: BTreeMap::new(),
             listen,
             client_listen,

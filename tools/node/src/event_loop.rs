@@ -10,7 +10,10 @@
 //! not the loop.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use crossbeam_channel::Receiver;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,6 +122,8 @@ pub struct EventLoop {
     next_tick: Instant,
     /// The core had more work than one round does (`READY_ROUNDS_MAX`): do not wait.
     more_ready: bool,
+    /// New addresses of peers configured by name (see `peer_names.rs`).
+    peer_moves: Option<Receiver<(u64, SocketAddr)>>,
 }
 
 impl EventLoop {
@@ -156,7 +161,14 @@ impl EventLoop {
             },
             peer_warnings: WarnLimit::default(),
             more_ready: false,
+            peer_moves: None,
         }
+    }
+
+    /// Dials peers at the addresses `moves` hands over (their names resolved anew).
+    pub fn with_peer_moves(mut self, moves: Receiver<(u64, SocketAddr)>) -> EventLoop {
+        self.peer_moves = Some(moves);
+        self
     }
 
     /// Runs rounds until `stop` is set (then drains and returns) or a fatal error.
@@ -207,6 +219,11 @@ impl EventLoop {
             self.take(event);
         }
         self.events = events;
+        if let Some(moves) = &self.peer_moves {
+            for (peer, addr) in moves.try_iter() {
+                self.net.set_peer_addr(peer, addr);
+            }
+        }
         // 2. Proposals: the round's appends become one entry (a run when there are several).
         while let Some(Proposal {
             batches, waiting, ..

@@ -23,6 +23,7 @@ pub mod event_loop;
 pub mod identity;
 pub mod kafka;
 pub mod metrics;
+mod peer_names;
 pub mod replica;
 mod replies;
 pub mod snapshot_stream;
@@ -223,7 +224,7 @@ impl Node {
             advertised: cfg.kafka_advertise.clone(),
             voters: cfg.peers.keys().copied().collect(),
         });
-        let event_loop = EventLoop::new(
+        let mut event_loop = EventLoop::new(
             loop_cfg,
             net,
             replica,
@@ -233,6 +234,17 @@ impl Node {
             Arc::clone(&metrics),
             Arc::clone(&stop),
         );
+        let mut follow = peer_names::names_to_follow(&cfg.peer_names);
+        follow.remove(&cfg.id);
+        let peers = cfg.peers.clone();
+        if let Some(moves) =
+            peer_names::follow(follow, peers, waker.clone()).map_err(|source| NodeError::Spawn {
+                what: "peer name resolver",
+                source,
+            })?
+        {
+            event_loop = event_loop.with_peer_moves(moves);
+        }
         let body = move || event_loop.run();
         let thread = match &layout {
             Some(layout) => layout.spawn(Role::Raft, body),
