@@ -309,6 +309,35 @@ fn bad_client_inputs() -> Vec<BadInput> {
 }
 
 #[test]
+fn answers_earned_before_bad_input_are_delivered_then_the_connection_closes() {
+    for backend in BACKENDS {
+        let mut node = Node::bind(config(1, any_port(), &[], backend));
+        let mut client = TcpStream::connect(node.net.local_addrs().client).unwrap();
+        // A valid request and garbage in one write: the node sees the request, then the close.
+        let mut bytes = client_request(b"question");
+        bytes.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        client.write_all(&bytes).unwrap();
+        let id = wait_event(&mut [&mut node], 0, |e| match e {
+            NetEvent::ClientFrame { client, frame } if frame.payload == b"question" => {
+                Some(*client)
+            }
+            _ => None,
+        });
+        let answer = encoded(FrameType::StatusReply, CLUSTER, 1, b"answer");
+        node.net.send_client(id, answer.clone()).unwrap();
+        wait_event(&mut [&mut node], 0, |e| {
+            matches!(e, NetEvent::ClientClosed { client, reason: CloseReason::BadFrame(_) } if *client == id)
+                .then_some(())
+        });
+        // The answer arrived whole before the close.
+        let mut received = Vec::new();
+        client.set_read_timeout(Some(DEADLINE)).unwrap();
+        client.read_to_end(&mut received).unwrap();
+        assert_eq!(received, answer, "{backend:?}");
+    }
+}
+
+#[test]
 fn bad_input_on_the_client_port_closes_only_that_connection() {
     for backend in BACKENDS {
         let mut node = Node::bind(config(1, any_port(), &[], backend));

@@ -10,9 +10,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use cluster_support::{append_window, closed_within, read_all, status, Cluster, Outcome, CLUSTER};
-use raftline_netio::client_proto::{encode_request, NodeRole, Request};
+use raftline_netio::client_proto::{
+    decode_response, encode_request, ClientError, NodeRole, Request, Response,
+};
 use raftline_netio::cluster_id::ClusterId;
-use raftline_netio::frame::{encode, FrameHeader, FrameType};
+use raftline_netio::frame::{
+    encode, FrameDecoder, FrameHeader, FrameType, PAYLOAD_BYTES_MAX_DEFAULT,
+};
 
 /// How long a misbehaving connection may stay open: the silent one lasts until the node's
 /// hello timeout (5 s).
@@ -182,4 +186,36 @@ fn an_election_timeout_under_five_heartbeats_is_refused_with_an_explanation() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("under 5x the heartbeat"), "{stderr}");
+}
+
+#[test]
+fn an_undecodable_request_is_answered_with_the_reason_before_the_close() {
+    let cluster = Cluster::start(1, "auto");
+    cluster.wait_leader();
+    let mut stream = TcpStream::connect(cluster.node(1).client).unwrap();
+    // A whole, checksummed Status frame whose payload is no archived request.
+    let header = FrameHeader {
+        frame_type: FrameType::Status,
+        cluster_id: ClusterId::from_name(CLUSTER),
+        sender_id: 0,
+    };
+    let mut out = Vec::new();
+    encode(&mut out, header, &[b"not an archive"]).unwrap();
+    stream.write_all(&out).unwrap();
+    stream.set_read_timeout(Some(CLOSE_WITHIN)).unwrap();
+    let mut received = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut received).unwrap();
+    let mut decoder = FrameDecoder::new(PAYLOAD_BYTES_MAX_DEFAULT);
+    decoder.feed(&received);
+    let frame = decoder
+        .next_frame()
+        .unwrap()
+        .expect("an answer before the close");
+    match decode_response(frame).unwrap() {
+        Response::Error {
+            request_id: 0,
+            error: ClientError::BadRequest { why },
+        } => assert!(why.contains("undecodable request"), "{why}"),
+        other => panic!("expected the reason, got {other:?}"),
+    }
 }

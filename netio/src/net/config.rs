@@ -47,6 +47,9 @@ pub struct NetConfig {
     pub idle_timeout: Duration,
     /// A client that sends nothing for this long is closed (`None`: never).
     pub client_idle_timeout: Option<Duration>,
+    /// A client connection closed for bad input or by the node first flushes what is queued
+    /// for it (answers it earned, an `Error` saying why), for at most this long.
+    pub close_linger: Duration,
     /// First delay before reconnecting to a peer; doubles per failure.
     pub reconnect_backoff_min: Duration,
     /// Largest delay between reconnect attempts.
@@ -112,6 +115,7 @@ impl NetConfig {
             hello_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             client_idle_timeout: None,
+            close_linger: Duration::from_secs(2),
             reconnect_backoff_min: Duration::from_millis(50),
             reconnect_backoff_max: Duration::from_secs(2),
             backend: Backend::Auto,

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::frame::FrameDecoder;
 
+use super::close_reason::CloseReason;
 use super::kafka_framing::KafkaFrameDecoder;
 use super::ClientId;
 
@@ -64,6 +65,9 @@ pub(super) struct Conn {
     spare: Option<Vec<u8>>,
     /// Set when the queue reached the drained mark (or refused): report when it falls below.
     pub(super) drain_wanted: bool,
+    /// Being closed once its queue is flushed (answers earned before bad input, an `Error`
+    /// explaining the close): why, and when at the latest. Nothing more is read from it.
+    pub(super) closing: Option<(CloseReason, Instant)>,
 }
 
 /// How a connection's received bytes are split.
@@ -118,6 +122,7 @@ impl Conn {
             sending: false,
             spare: None,
             drain_wanted: false,
+            closing: None,
         }
     }
 

@@ -498,10 +498,26 @@ impl Net {
         self.conns.get(socket).map(Conn::queued_bytes)
     }
 
-    /// Closes a client connection (its queue is dropped); `ClientClosed` follows.
+    /// Closes a client connection once what is queued for it has been sent (at most
+    /// `close_linger`; nothing more is read from it meanwhile); `ClientClosed` follows.
     pub fn close_client(&mut self, client: ClientId, reason: &str) {
         if let Some(&socket) = self.clients.get(&client) {
-            self.close(socket, CloseReason::ByNode(reason.to_owned()));
+            self.close_after_flush(socket, CloseReason::ByNode(reason.to_owned()));
+        }
+    }
+
+    /// Closes a client or Kafka connection once its queue is flushed (answers to the requests
+    /// that came before bad input still arrive); any other connection at once.
+    fn close_after_flush(&mut self, socket: SocketId, reason: CloseReason) {
+        let linger = self.cfg.close_linger;
+        let Some(conn) = self.conns.get_mut(&socket) else {
+            return;
+        };
+        if !matches!(conn.kind, ConnKind::Client(_) | ConnKind::Kafka(_)) {
+            return self.close(socket, reason);
+        }
+        if conn.closing.is_none() {
+            conn.closing = Some((reason, Instant::now() + linger));
         }
     }
 
@@ -540,9 +556,20 @@ impl Net {
         let cfg = &self.cfg;
         let keepalive_interval = cfg.idle_timeout / 4;
         let mut close = Vec::new();
+        let mut flushed = Vec::new();
         let mut keepalive = Vec::new();
         for (&socket, conn) in &self.conns {
             let (deadline, reason) = match conn.kind {
+                // Flushed (the node answered what it had, last turn), or out of time.
+                _ if conn.closing.is_some() => {
+                    let deadline = conn.closing.as_ref().map_or(now, |(_, at)| *at);
+                    if conn.is_quiet() || deadline <= now {
+                        flushed.push(socket);
+                    } else {
+                        due_at(deadline);
+                    }
+                    continue;
+                }
                 _ if !conn.established => (
                     conn.opened_at + cfg.hello_timeout,
                     CloseReason::HelloTimeout(cfg.hello_timeout),
@@ -584,6 +611,12 @@ impl Net {
         }
         for (socket, reason) in close {
             self.close(socket, reason);
+        }
+        for socket in flushed {
+            let closing = self.conns.get_mut(&socket).and_then(|c| c.closing.take());
+            if let Some((reason, _)) = closing {
+                self.close(socket, reason);
+            }
         }
         for socket in keepalive {
             let frame = self.keepalive_frame.clone();
@@ -746,6 +779,10 @@ impl Net {
             Err(error) => return self.close(socket, CloseReason::Io { op: "recv", error }),
             Ok(_) => {}
         }
+        if conn.closing.is_some() {
+            // Closing: what it sends now is not read (and no more recvs are started).
+            return;
+        }
         conn.last_recv_at = now;
         match &mut conn.decoder {
             Decoder::Raftline(d) => d.feed(&buf),
@@ -761,11 +798,11 @@ impl Net {
                 Decoder::Raftline(d) => match d.next_frame() {
                     Ok(Some(frame)) => {
                         if let Err(reason) = self.admit(socket, frame) {
-                            return self.close(socket, reason);
+                            return self.close_after_flush(socket, reason);
                         }
                     }
                     Ok(None) => break,
-                    Err(err) => return self.close(socket, CloseReason::BadFrame(err)),
+                    Err(err) => return self.close_after_flush(socket, CloseReason::BadFrame(err)),
                 },
                 Decoder::Kafka(d) => match d.next_frame() {
                     Ok(Some(frame)) => {
@@ -776,7 +813,9 @@ impl Net {
                         self.events.push(NetEvent::KafkaFrame { client, frame });
                     }
                     Ok(None) => break,
-                    Err(err) => return self.close(socket, CloseReason::BadKafkaFrame(err)),
+                    Err(err) => {
+                        return self.close_after_flush(socket, CloseReason::BadKafkaFrame(err))
+                    }
                 },
             }
         }
@@ -875,6 +914,11 @@ impl Net {
         if let Some((buf, resume)) = conn.sent(buf, start, sent, now) {
             self.reactor.send(socket, buf, resume);
             return;
+        }
+        if conn.is_quiet() {
+            if let Some((reason, _)) = conn.closing.take() {
+                return self.close(socket, reason);
+            }
         }
         if let ConnKind::Client(client) = conn.kind {
             if conn.drain_wanted && conn.queued_bytes() < self.cfg.client_drained_bytes {
