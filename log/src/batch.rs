@@ -743,7 +743,7 @@ fn with_archive<T>(
 ) -> Result<T, BatchError> {
     const ALIGN: usize = 16;
     let access = |bytes: &[u8]| {
-        rkyv::access::<rkyv::vec::ArchivedVec<ArchivedRecord>, rancor::Error>(bytes)
+        rkyv::access::<rkyv::vec::ArchivedVec<ArchivedRecord>, rancor::BoxedError>(bytes)
             .map(f)
             .map_err(|e| BatchError::BadPayload(e.to_string()))
     };

@@ -564,7 +564,7 @@ pub fn decode_request(frame: Frame) -> Result<Request, ClientProtoError> {
         return Err(ClientProtoError::WrongFrameType(frame_type));
     }
     let (mut request, blob) = decode_sections::<Request>(frame.payload, |archived| {
-        rkyv::deserialize::<Request, rancor::Error>(archived)
+        rkyv::deserialize::<Request, rancor::BoxedError>(archived)
     })?;
     check_type(frame_type, request.frame_type())?;
     match &mut request {
@@ -593,7 +593,7 @@ pub fn decode_response(frame: Frame) -> Result<Response, ClientProtoError> {
         return Err(ClientProtoError::WrongFrameType(frame_type));
     }
     let (mut response, blob) = decode_sections::<Response>(frame.payload, |archived| {
-        rkyv::deserialize::<Response, rancor::Error>(archived)
+        rkyv::deserialize::<Response, rancor::BoxedError>(archived)
     })?;
     check_type(frame_type, response.frame_type())?;
     match &mut response {
@@ -610,15 +610,15 @@ pub fn decode_response(frame: Frame) -> Result<Response, ClientProtoError> {
 
 fn decode_sections<T: rkyv::Archive>(
     mut payload: Vec<u8>,
-    deserialize: impl FnOnce(&T::Archived) -> Result<T, rancor::Error>,
+    deserialize: impl FnOnce(&T::Archived) -> Result<T, rancor::BoxedError>,
 ) -> Result<(T, Vec<u8>), ClientProtoError>
 where
     T::Archived:
-        for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
+        for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::BoxedError>>,
 {
     let (blobs_len, meta) =
         frame::split_sectioned(&payload).map_err(ClientProtoError::Malformed)?;
-    let archived = rkyv::access::<T::Archived, rancor::Error>(&meta)
+    let archived = rkyv::access::<T::Archived, rancor::BoxedError>(&meta)
         .map_err(|e| ClientProtoError::BadArchive(e.to_string()))?;
     let value = deserialize(archived).map_err(|e| ClientProtoError::BadArchive(e.to_string()))?;
     payload.truncate(blobs_len);

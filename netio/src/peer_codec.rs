@@ -413,9 +413,9 @@ pub fn decode_message(frame: &Frame) -> Result<Message, PeerCodecError> {
 /// Decodes a `PeerMessage` payload.
 pub fn decode_payload(payload: &[u8]) -> Result<Message, PeerCodecError> {
     let (blobs_len, meta) = frame::split_sectioned(payload).map_err(PeerCodecError::Malformed)?;
-    let archived = rkyv::access::<ArchivedWireMessage, rancor::Error>(&meta)
+    let archived = rkyv::access::<ArchivedWireMessage, rancor::BoxedError>(&meta)
         .map_err(|e| PeerCodecError::BadArchive(e.to_string()))?;
-    let wire = rkyv::deserialize::<WireMessage, rancor::Error>(archived)
+    let wire = rkyv::deserialize::<WireMessage, rancor::BoxedError>(archived)
         .map_err(|e| PeerCodecError::BadArchive(e.to_string()))?;
     from_wire(wire, &payload[..blobs_len])
 }
