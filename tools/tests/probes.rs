@@ -113,3 +113,51 @@ fn under_systemd_the_server_says_ready_once_it_has_joined_and_stopping_on_sigter
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert!(server.wait().unwrap().success());
 }
+
+#[test]
+fn a_busy_listen_address_is_retried_until_it_is_free() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (peer, client) = (cluster_support::free_port(), cluster_support::free_port());
+    // Someone (a previous process of this node, say) still holds the client port.
+    let holder = std::net::TcpListener::bind(client).unwrap();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_raftline"))
+        .args([
+            "server",
+            "--id",
+            "1",
+            "--cluster-id",
+            cluster_support::CLUSTER,
+        ])
+        .args(["--peers", &format!("1={peer}")])
+        .args(["--peer-clients", &format!("1={client}")])
+        .args(["--client-listen", &client.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the server exited instead of retrying"
+        );
+        if line.contains("listen address in use") {
+            break;
+        }
+    }
+    drop(holder);
+    let deadline = Instant::now() + DEADLINE;
+    while cluster_support::status(client).map_or(true, |s| s.leader_id != Some(1)) {
+        assert!(Instant::now() < deadline, "the node never came up");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    // Keep draining its output so it never blocks on a full pipe while stopping.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    assert!(server.wait().unwrap().success());
+}

@@ -162,7 +162,7 @@ impl Node {
         net_cfg.kafka_listen = cfg.kafka_listen;
         net_cfg.kafka_request_bytes_max =
             cfg.batch_bytes_max + config::KAFKA_REQUEST_HEADROOM_BYTES;
-        let net = Net::bind(net_cfg)?;
+        let net = bind_retrying(net_cfg)?;
         let waker = net.waker();
         let replica = open_replica(&cfg, &layout, waker.clone())?;
         let mut metrics = Metrics::new(replica.log_handle()).with_net_backend(net.backend());
@@ -262,6 +262,35 @@ impl Node {
             metrics,
             started,
         })
+    }
+}
+
+/// How long a busy listen address is retried before the node gives up (a restarted node's
+/// previous process may hold its ports a moment after it died).
+const BIND_RETRY: Duration = Duration::from_secs(30);
+
+/// Binds the network, retrying with backoff while a listen address is in use (for at most
+/// [`BIND_RETRY`]); any other error, or the same one past the bound, is final.
+fn bind_retrying(cfg: NetConfig) -> Result<Net, BindError> {
+    let deadline = std::time::Instant::now() + BIND_RETRY;
+    let mut backoff = Duration::from_millis(50);
+    let mut warned = false;
+    loop {
+        match Net::bind(cfg.clone()) {
+            Err(BindError::Listen {
+                port, addr, source, ..
+            }) if source.kind() == std::io::ErrorKind::AddrInUse
+                && std::time::Instant::now() < deadline =>
+            {
+                if !warned {
+                    tracing::warn!(port, %addr, "listen address in use; retrying for up to {BIND_RETRY:?}");
+                    warned = true;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
     }
 }
 
