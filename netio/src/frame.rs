@@ -36,6 +36,9 @@ const CRC_AT: usize = 28;
 const META_LEN_BYTES: usize = 4;
 /// Bytes read from a socket per `fill_from` call at least.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Room a decoder keeps between frames (more only while a larger frame is being received):
+/// above a subscription's 1 MiB frames, so streaming never shrinks and regrows it.
+const DECODER_RETAIN_BYTES: usize = 2 << 20;
 
 /// What a frame carries; the number is the wire value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -337,6 +340,25 @@ impl FrameDecoder {
         self.end - self.start
     }
 
+    /// Memory the decoder holds (its buffer's capacity).
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// After a large frame, gives its room back: a connection that once sent a frame near the
+    /// limit must not pin that much memory for as long as it stays open.
+    fn release_large(&mut self) {
+        let pending = self.end - self.start;
+        if self.buf.len() <= DECODER_RETAIN_BYTES || pending > DECODER_RETAIN_BYTES / 2 {
+            return;
+        }
+        self.buf.copy_within(self.start..self.end, 0);
+        self.start = 0;
+        self.end = pending;
+        self.buf.truncate(DECODER_RETAIN_BYTES);
+        self.buf.shrink_to_fit();
+    }
+
     /// Makes room for `bytes` more after `end`; new room is zeroed once and then reused.
     fn reserve(&mut self, bytes: usize) {
         if self.buf.len() < self.end + bytes {
@@ -354,6 +376,10 @@ impl FrameDecoder {
             Err(e) => {
                 self.failed = Some(e.clone());
                 Err(e)
+            }
+            Ok(Some(frame)) => {
+                self.release_large();
+                Ok(Some(frame))
             }
             ok => ok,
         }
@@ -454,6 +480,25 @@ mod tests {
         let mut d = FrameDecoder::new(limit);
         d.feed(bytes);
         d.next_frame()
+    }
+
+    #[test]
+    fn a_large_frame_leaves_no_large_buffer_behind() {
+        let big = one_frame(FrameType::Append, &vec![7u8; 4 << 20]);
+        let small = one_frame(FrameType::Status, b"s");
+        let mut d = FrameDecoder::new(8 << 20);
+        d.feed(&big);
+        assert!(d.held_bytes() >= big.len());
+        d.feed(&small[..10]);
+        assert_eq!(d.next_frame().unwrap().unwrap().payload.len(), 4 << 20);
+        assert!(
+            d.held_bytes() <= DECODER_RETAIN_BYTES,
+            "held {} after the frame",
+            d.held_bytes()
+        );
+        // The bytes after it were kept.
+        d.feed(&small[10..]);
+        assert_eq!(d.next_frame().unwrap().unwrap().payload, b"s");
     }
 
     #[test]
