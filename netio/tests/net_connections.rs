@@ -309,6 +309,50 @@ fn bad_client_inputs() -> Vec<BadInput> {
 }
 
 #[test]
+fn idle_connections_cannot_lock_new_clients_out() {
+    for backend in BACKENDS {
+        let mut cfg = config(1, any_port(), &[], backend);
+        cfg.clients_max = 3;
+        cfg.client_evict_idle_min = Duration::ZERO;
+        let mut node = Node::bind(cfg);
+        let addr = node.net.local_addrs().client;
+        // Three connections that only ever send a keepalive hold every slot.
+        let keepalive = encoded(FrameType::Keepalive, CLUSTER, 0, b"");
+        let mut squatters: Vec<TcpStream> = (0..3)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(&keepalive).unwrap();
+                s
+            })
+            .collect();
+        // A new client still gets in and is heard; one squatter made room.
+        let mut fresh = TcpStream::connect(addr).unwrap();
+        fresh.write_all(&client_request(b"let me in")).unwrap();
+        wait_event(&mut [&mut node], 0, |e| match e {
+            NetEvent::ClientFrame { frame, .. } if frame.payload == b"let me in" => Some(()),
+            _ => None,
+        });
+        wait_event(&mut [&mut node], 0, |e| match e {
+            NetEvent::ClientClosed {
+                reason: CloseReason::Evicted { .. },
+                ..
+            } => Some(()),
+            _ => None,
+        });
+        // Exactly one squatter was closed (EOF); the others are still open (no answer to read).
+        let mut evicted = 0;
+        for s in squatters.iter_mut() {
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            if matches!(s.read(&mut [0u8; 1]), Ok(0)) {
+                evicted += 1;
+            }
+        }
+        assert_eq!(evicted, 1, "{backend:?}");
+    }
+}
+
+#[test]
 fn answers_earned_before_bad_input_are_delivered_then_the_connection_closes() {
     for backend in BACKENDS {
         let mut node = Node::bind(config(1, any_port(), &[], backend));

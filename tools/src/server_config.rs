@@ -13,8 +13,9 @@ use raftline_netio::reactor::Backend;
 use serde::Deserialize;
 
 use raftline_node::config::{
-    APPEND_TIMEOUT_MS_DEFAULT, BATCH_BYTES_MAX_DEFAULT, ELECTION_TIMEOUT_MAX_MS_DEFAULT,
-    ELECTION_TIMEOUT_MIN_MS_DEFAULT, HEARTBEAT_MS_DEFAULT, SEGMENT_BYTES_DEFAULT, TICK_MS_DEFAULT,
+    APPEND_TIMEOUT_MS_DEFAULT, BATCH_BYTES_MAX_DEFAULT, CLIENT_IDLE_TIMEOUT_S_DEFAULT,
+    ELECTION_TIMEOUT_MAX_MS_DEFAULT, ELECTION_TIMEOUT_MIN_MS_DEFAULT, HEARTBEAT_MS_DEFAULT,
+    SEGMENT_BYTES_DEFAULT, TICK_MS_DEFAULT,
 };
 use raftline_node::snapshots::SnapshotPolicy;
 use raftline_node::NodeConfig;
@@ -92,6 +93,10 @@ pub struct ServerArgs {
     /// An append not acknowledged within this many ms is answered Timeout [default: 10000].
     #[arg(long)]
     pub append_timeout_ms: Option<u64>,
+    /// Close a client connection that sends nothing for this many seconds; 0 = never
+    /// [default: 600].
+    #[arg(long)]
+    pub client_idle_timeout_s: Option<u64>,
     /// Snapshot the materialised state after this many MiB of log applied since the last
     /// snapshot, then drop the log prefix; 0 = never [default: 256].
     #[arg(long)]
@@ -137,6 +142,7 @@ struct FileConfig {
     segment_mib: Option<u64>,
     batch_kib_max: Option<u64>,
     append_timeout_ms: Option<u64>,
+    client_idle_timeout_s: Option<u64>,
     snapshot_every_mib: Option<u64>,
     snapshot_interval_s: Option<u64>,
     retain_mib: Option<u64>,
@@ -292,6 +298,14 @@ impl ServerArgs {
                     .or(file.append_timeout_ms)
                     .unwrap_or(APPEND_TIMEOUT_MS_DEFAULT),
             ),
+            client_idle_timeout: match self
+                .client_idle_timeout_s
+                .or(file.client_idle_timeout_s)
+                .unwrap_or(CLIENT_IDLE_TIMEOUT_S_DEFAULT)
+            {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
             snapshots: SnapshotPolicy {
                 every_bytes: self
                     .snapshot_every_mib

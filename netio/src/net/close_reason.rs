@@ -64,6 +64,12 @@ pub enum CloseReason {
     SendStalled(Duration),
     /// `clients_max` connections are open already.
     TooManyClients(usize),
+    /// The client slots were full and this connection had sent no request for the longest
+    /// time: it made room for a new client.
+    Evicted {
+        /// How long it had sent no request.
+        idle: Duration,
+    },
     /// `inbound_peers_max` peer-port connections are open already.
     TooManyInboundPeers(usize),
     /// The node asked for it.
@@ -111,6 +117,10 @@ impl fmt::Display for CloseReason {
             CloseReason::HelloTimeout(t) => write!(f, "nothing within the hello timeout ({t:?})"),
             CloseReason::Idle(t) => write!(f, "idle for {t:?}"),
             CloseReason::SendStalled(t) => write!(f, "no send progress for {t:?}"),
+            CloseReason::Evicted { idle } => write!(
+                f,
+                "evicted to make room for a new client (no request for {idle:?}, all client slots taken)"
+            ),
             CloseReason::TooManyClients(max) => {
                 write!(f, "{max} clients already connected (clients_max)")
             }

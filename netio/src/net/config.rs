@@ -47,6 +47,10 @@ pub struct NetConfig {
     pub idle_timeout: Duration,
     /// A client that sends nothing for this long is closed (`None`: never).
     pub client_idle_timeout: Option<Duration>,
+    /// When all `clients_max` slots are taken, a new client takes the slot of the one that
+    /// has sent no request for the longest time, if that is at least this long (else the new
+    /// one is refused): idle or keepalive-only connections cannot lock clients out.
+    pub client_evict_idle_min: Duration,
     /// A client connection closed for bad input or by the node first flushes what is queued
     /// for it (answers it earned, an `Error` saying why), for at most this long.
     pub close_linger: Duration,
@@ -115,6 +119,7 @@ impl NetConfig {
             hello_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             client_idle_timeout: None,
+            client_evict_idle_min: Duration::from_secs(1),
             close_linger: Duration::from_secs(2),
             reconnect_backoff_min: Duration::from_millis(50),
             reconnect_backoff_max: Duration::from_secs(2),

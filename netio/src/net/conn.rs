@@ -54,6 +54,9 @@ pub(super) struct Conn {
     pub(super) established: bool,
     pub(super) opened_at: Instant,
     pub(super) last_recv_at: Instant,
+    /// Last time it sent a request (keepalives do not count): who goes first when the client
+    /// slots are full.
+    pub(super) last_request_at: Instant,
     /// Last time a send made progress (or was queued on an idle connection).
     pub(super) last_send_at: Instant,
     queue: VecDeque<Vec<u8>>,
@@ -115,6 +118,7 @@ impl Conn {
             established: false,
             opened_at: now,
             last_recv_at: now,
+            last_request_at: now,
             last_send_at: now,
             queue: VecDeque::new(),
             queued_bytes: 0,

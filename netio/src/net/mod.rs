@@ -706,7 +706,7 @@ impl Net {
         } else {
             let kafka = Some(listener) == self.kafka_listener;
             debug_assert!(kafka || listener == self.client_listener);
-            if self.clients.len() >= self.cfg.clients_max {
+            if self.clients.len() >= self.cfg.clients_max && !self.evict_idlest_client(now) {
                 tracing::warn!(
                     %remote,
                     "refusing client connection: {}",
@@ -810,6 +810,7 @@ impl Net {
                             unreachable!("only Kafka connections have a Kafka decoder");
                         };
                         conn.established = true;
+                        conn.last_request_at = Instant::now();
                         self.events.push(NetEvent::KafkaFrame { client, frame });
                     }
                     Ok(None) => break,
@@ -820,6 +821,25 @@ impl Net {
             }
         }
         self.start_recv(socket);
+    }
+
+    /// Closes the client (or Kafka) connection that has sent no request for the longest time, if
+    /// that is at least `client_evict_idle_min`; whether it made room.
+    fn evict_idlest_client(&mut self, now: Instant) -> bool {
+        let idlest = self
+            .clients
+            .values()
+            .filter_map(|socket| self.conns.get(socket).map(|c| (*socket, c.last_request_at)))
+            .filter(|(socket, _)| self.conns[socket].closing.is_none())
+            .min_by_key(|&(_, at)| at);
+        match idlest {
+            Some((socket, at)) if now.duration_since(at) >= self.cfg.client_evict_idle_min => {
+                let idle = now.duration_since(at);
+                self.close(socket, CloseReason::Evicted { idle });
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Checks one decoded frame against the connection it came on and turns it into an event.
@@ -850,6 +870,7 @@ impl Net {
                 }
                 conn.established = true;
                 if header.frame_type != FrameType::Keepalive {
+                    conn.last_request_at = Instant::now();
                     self.events.push(NetEvent::ClientFrame { client, frame });
                 }
                 Ok(())

@@ -27,6 +27,9 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 pub const BATCH_BYTES_MAX_DEFAULT: usize = 1 << 20;
 /// Default time after which an append not yet acknowledged is answered `Timeout`.
 pub const APPEND_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default time after which a client connection that sent nothing is closed (Kafka brokers'
+/// `connections.max.idle.ms` is the same): idle connections do not hold slots forever.
+pub const CLIENT_IDLE_TIMEOUT_S_DEFAULT: u64 = 600;
 /// On stop: how long appends already accepted may take to be acknowledged.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// Room above the batch limit for the rest of a Kafka Produce request (its header, topic and
@@ -113,6 +116,8 @@ pub struct NodeConfig {
     pub batch_bytes_max: usize,
     /// Append acknowledgement timeout.
     pub append_timeout: Duration,
+    /// A client connection that sends nothing for this long is closed (`None`: never).
+    pub client_idle_timeout: Option<Duration>,
     /// When to snapshot and compact the log.
     pub snapshots: SnapshotPolicy,
     /// Emulated device whose fdatasync latency the log imposes (benchmarks only).
@@ -157,6 +162,7 @@ impl NodeConfig {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
             append_timeout: Duration::from_millis(APPEND_TIMEOUT_MS_DEFAULT),
+            client_idle_timeout: Some(Duration::from_secs(CLIENT_IDLE_TIMEOUT_S_DEFAULT)),
             snapshots: SnapshotPolicy::default(),
             emulated_disk: None,
             warnings: Vec::new(),

@@ -159,6 +159,7 @@ impl Node {
                 .collect(),
         );
         net_cfg.backend = cfg.net_backend;
+        net_cfg.client_idle_timeout = cfg.client_idle_timeout;
         net_cfg.kafka_listen = cfg.kafka_listen;
         net_cfg.kafka_request_bytes_max =
             cfg.batch_bytes_max + config::KAFKA_REQUEST_HEADROOM_BYTES;
