@@ -309,6 +309,69 @@ fn bad_client_inputs() -> Vec<BadInput> {
 }
 
 #[test]
+fn a_client_that_does_not_read_its_answers_stops_being_read() {
+    for backend in BACKENDS {
+        let mut node = Node::bind(config(1, any_port(), &[], backend));
+        let addr = node.net.local_addrs().client;
+        // A client that keeps asking (one request a millisecond, bounded) and never reads.
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(&client_request(b"q")).unwrap();
+            // The steady stream starts once the node has seen the first request (no burst
+            // piled up before its first turn).
+            let _ = go_rx.recv();
+            for _ in 0..5_000 {
+                if s.write_all(&client_request(b"q")).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            s
+        });
+        let answer = encoded(FrameType::StatusReply, CLUSTER, 1, &vec![0u8; 4 << 10]);
+        let (mut asked, mut quiet_turns, mut id) = (0u64, 0, None);
+        let start = Instant::now();
+        // Answer every request; once the answers back up, the node stops reading the client,
+        // so requests stop arriving before its queue is full.
+        while quiet_turns < 100 {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{backend:?}: requests kept coming"
+            );
+            turn(&mut [&mut node]);
+            let mut arrived = 0;
+            for event in node.events.drain(..) {
+                if let NetEvent::ClientFrame { client, .. } = event {
+                    arrived += 1;
+                    if id.replace(client).is_none() {
+                        go_tx.send(()).unwrap();
+                    }
+                    match node.net.send_client(client, answer.clone()) {
+                        Ok(()) => {}
+                        Err(e) => panic!("{backend:?}: answer {asked} refused ({e}): still read"),
+                    }
+                }
+            }
+            asked += arrived;
+            let backlogged = id
+                .and_then(|c| node.net.client_queued_bytes(c))
+                .is_some_and(|q| q > 0);
+            quiet_turns = if arrived == 0 && backlogged {
+                quiet_turns + 1
+            } else {
+                0
+            };
+        }
+        assert!(
+            asked > 0 && asked < 5_000,
+            "{backend:?}: {asked} requests read"
+        );
+        drop(writer);
+    }
+}
+
+#[test]
 fn idle_connections_cannot_lock_new_clients_out() {
     for backend in BACKENDS {
         let mut cfg = config(1, any_port(), &[], backend);

@@ -71,6 +71,9 @@ pub(super) struct Conn {
     /// Being closed once its queue is flushed (answers earned before bad input, an `Error`
     /// explaining the close): why, and when at the latest. Nothing more is read from it.
     pub(super) closing: Option<(CloseReason, Instant)>,
+    /// A client whose answers pile up unread is not read from until they drain: its requests
+    /// wait in the kernel, not in the node's memory.
+    pub(super) read_paused: bool,
 }
 
 /// How a connection's received bytes are split.
@@ -127,6 +130,7 @@ impl Conn {
             spare: None,
             drain_wanted: false,
             closing: None,
+            read_paused: false,
         }
     }
 

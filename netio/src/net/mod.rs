@@ -820,7 +820,7 @@ impl Net {
                 },
             }
         }
-        self.start_recv(socket);
+        self.recv_unless_backlogged(socket);
     }
 
     /// Closes the client (or Kafka) connection that has sent no request for the longest time, if
@@ -941,6 +941,13 @@ impl Net {
                 return self.close(socket, reason);
             }
         }
+        if conn.read_paused && conn.queued_bytes() < self.cfg.client_drained_bytes {
+            conn.read_paused = false;
+            self.start_recv(socket);
+        }
+        let Some(conn) = self.conns.get_mut(&socket) else {
+            return;
+        };
         if let ConnKind::Client(client) = conn.kind {
             if conn.drain_wanted && conn.queued_bytes() < self.cfg.client_drained_bytes {
                 conn.drain_wanted = false;
@@ -948,6 +955,23 @@ impl Net {
             }
         }
         self.pump(socket);
+    }
+
+    /// Reads on, unless the connection is a client whose unread answers reached
+    /// `client_drained_bytes`: then it waits until they drain (`on_sent` resumes it), so a
+    /// client that sends requests without reading answers cannot make the node buffer them.
+    fn recv_unless_backlogged(&mut self, socket: SocketId) {
+        let drained = self.cfg.client_drained_bytes;
+        let Some(conn) = self.conns.get_mut(&socket) else {
+            return;
+        };
+        if matches!(conn.kind, ConnKind::Client(_) | ConnKind::Kafka(_))
+            && conn.queued_bytes() >= drained
+        {
+            conn.read_paused = true;
+            return;
+        }
+        self.start_recv(socket);
     }
 
     fn start_recv(&mut self, socket: SocketId) {
