@@ -18,7 +18,7 @@ use crate::group_commit::{
     DurableState, FreeSegment, Op, Shared, Writer, WriterParams, FREE_SEGMENTS_MAX,
 };
 use crate::index::LogIndex;
-use crate::recovery::{recover, DurableLoss};
+use crate::recovery::{recover, DurableLoss, DurableLossHook};
 use crate::segment::{self, Preallocate, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::writer_hook::WriterHook;
 
@@ -83,6 +83,9 @@ pub struct LogConfig {
     pub durable_hook: Option<WriterHook>,
     /// Called once on the writer thread before it writes anything (e.g. to pin it to a core).
     pub writer_start_hook: Option<WriterHook>,
+    /// Called by recovery (on the opening thread) when it is about to cut entries a durability
+    /// marker vouches for, before the cut erases that evidence: see [`Log::durable_loss`].
+    pub durable_loss_hook: Option<DurableLossHook>,
 }
 
 impl LogConfig {
@@ -100,6 +103,7 @@ impl LogConfig {
             durable_mark_idle: Duration::from_millis(10),
             durable_hook: None,
             writer_start_hook: None,
+            durable_loss_hook: None,
         }
     }
 
@@ -248,7 +252,7 @@ impl Log {
                 .map_err(|e| LogError::io("installing the first segment", e))?;
             seqs.push(1);
         }
-        let recovered = recover(&dir, &seqs)?;
+        let recovered = recover(&dir, &seqs, config.durable_loss_hook.as_ref())?;
         let index = recovered.index;
         let tail_path = segment::segment_path(&dir, recovered.tail.seq);
         let tail_file = open_options(kind)
@@ -324,7 +328,9 @@ impl Log {
     }
 
     /// Entries recovery cut at this open although a durability marker says they were durable
-    /// (they may have been acknowledged); `None` after a clean open or a torn write's cut.
+    /// (they may have been acknowledged); `None` after a clean open or a torn write's cut. The
+    /// cut erases the evidence: an owner that must remember it across a crash persists it from
+    /// [`LogConfig::durable_loss_hook`], which runs before the cut.
     pub fn durable_loss(&self) -> Option<DurableLoss> {
         self.durable_loss
     }

@@ -66,6 +66,18 @@ fn corrupt(segment: &Path, position: u64, kind: CorruptionKind) -> LogError {
     }
 }
 
+/// Run by recovery when it found a [`DurableLoss`], before the cut that erases the evidence
+/// (the markers go with the damaged bytes) is made: the owner persists what it must remember
+/// (the node: its repair marker). An error fails the open, nothing cut.
+#[derive(Clone)]
+pub struct DurableLossHook(pub Arc<dyn Fn(DurableLoss) -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for DurableLossHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DurableLossHook")
+    }
+}
+
 /// Applies one valid batch (or marker) to the index, checking it continues the log.
 fn apply(index: &mut LogIndex, h: &BatchHeader, seq: u64, pos: u64) -> Result<(), String> {
     if h.flags & FLAG_TRUNCATE_MARKER != 0 {
@@ -165,7 +177,12 @@ fn durable_loss(
 }
 
 /// Reads all segments `seqs` (ascending, non-empty) of `dir` and rebuilds the index.
-pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
+/// `on_loss` runs before a cut of durable entries is made.
+pub(crate) fn recover(
+    dir: &Path,
+    seqs: &[u64],
+    on_loss: Option<&DurableLossHook>,
+) -> Result<Recovered, LogError> {
     assert!(!seqs.is_empty(), "recover needs at least one segment");
     let seqs = skip_before_restart(dir, seqs)?;
     let seqs = &seqs[..];
@@ -264,7 +281,7 @@ pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
             }
             if is_tail {
                 loss = durable_loss(&data, p, torn_limit, seq, idx.next_index);
-                report_loss(&path, p, loss);
+                report_loss(&path, p, loss, on_loss)?;
                 torn_bytes_cut = cut_recycled_tail(&path, &data, p, torn_limit, stale, &err)?;
                 tail_pos = align_up(p as u64);
             }
@@ -284,7 +301,7 @@ pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
             return Err(corrupt(&path, p as u64, frame_error_kind(err)));
         }
         loss = durable_loss(&data, p, torn_limit, seq, idx.next_index);
-        report_loss(&path, p, loss);
+        report_loss(&path, p, loss, on_loss)?;
         let last_nonzero = data
             .iter()
             .rposition(|&b| b != 0)
@@ -308,15 +325,31 @@ pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
     })
 }
 
-/// Says loudly that a cut removed durable entries (the torn-tail warning follows it).
-fn report_loss(path: &Path, p: usize, loss: Option<DurableLoss>) {
-    if let Some(l) = loss {
-        tracing::error!(
-            segment = %path.display(), position = p, first_lost = l.first_lost,
-            durable_through = l.durable_through,
-            "log tail damaged inside synced groups: entries from index {} lost, durable through {}",
-            l.first_lost, l.durable_through
-        );
+/// Says loudly that a cut is about to remove durable entries (the torn-tail warning follows)
+/// and lets the owner persist it first.
+fn report_loss(
+    path: &Path,
+    p: usize,
+    loss: Option<DurableLoss>,
+    on_loss: Option<&DurableLossHook>,
+) -> Result<(), LogError> {
+    let Some(l) = loss else {
+        return Ok(());
+    };
+    tracing::error!(
+        segment = %path.display(), position = p, first_lost = l.first_lost,
+        durable_through = l.durable_through,
+        "log tail damaged inside synced groups: entries from index {} lost, durable through {}",
+        l.first_lost, l.durable_through
+    );
+    match on_loss {
+        Some(hook) => (hook.0)(l).map_err(|why| {
+            LogError::io(
+                "persisting a durable loss before cutting it",
+                std::io::Error::other(why),
+            )
+        }),
+        None => Ok(()),
     }
 }
 

@@ -5,11 +5,12 @@
 mod common;
 
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use raftline_log::segment::segment_path;
-use raftline_log::{BackendKind, DurableLoss, Log, LogConfig};
+use raftline_log::{BackendKind, DurableLoss, DurableLossHook, Log, LogConfig, LogError};
 
 const KIND: BackendKind = BackendKind::Buffered;
 
@@ -91,14 +92,28 @@ fn a_flipped_bit_in_the_last_vouched_group_is_reported_as_lost_durable_entries()
     }
     let last = *frames(dir.path(), 1).last().unwrap();
     flip_bit_in(dir.path(), last);
-    let log = Log::open(no_idle_marks(dir.path())).unwrap();
+    let lost = DurableLoss {
+        first_lost: 4,
+        durable_through: 4,
+    };
+    // An owner that cannot persist the loss fails the open, and nothing is cut.
+    let mut cfg = no_idle_marks(dir.path());
+    cfg.durable_loss_hook = Some(DurableLossHook(Arc::new(|_| Err("disk full".into()))));
+    assert!(matches!(Log::open(cfg), Err(LogError::Io { .. })));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut cfg = no_idle_marks(dir.path());
+    let record = Arc::clone(&seen);
+    cfg.durable_loss_hook = Some(DurableLossHook(Arc::new(move |l| {
+        record.lock().unwrap().push(l);
+        Ok(())
+    })));
+    let log = Log::open(cfg).unwrap();
     assert_eq!(log.last_index(), 3, "the damaged entry is cut");
+    assert_eq!(log.durable_loss(), Some(lost));
     assert_eq!(
-        log.durable_loss(),
-        Some(DurableLoss {
-            first_lost: 4,
-            durable_through: 4
-        })
+        *seen.lock().unwrap(),
+        vec![lost],
+        "the owner heard of it once"
     );
     drop(log);
     // The cut zeroed the evidence: the owner must keep the report (the node's hard state).

@@ -21,6 +21,7 @@ pub fn config(dir: &Path, kind: BackendKind) -> LogConfig {
         durable_mark_idle: std::time::Duration::from_millis(10),
         durable_hook: None,
         writer_start_hook: None,
+        durable_loss_hook: None,
     }
 }
 
