@@ -5,7 +5,8 @@
 //! ```text
 //!  0 u32 magic "RLNB"      4 u32 crc32c of bytes [8, end)
 //!  8 u16 version (1)       10 u16 flags (0 for data; 1 truncation marker; 2 leader no-op;
-//!                                        4 configuration; 8 run; 16 Kafka)
+//!                                        4 configuration; 8 run; 16 Kafka;
+//!                                        32 durability marker)
 //! 12 u32 record_count      16 u64 base_offset
 //! 24 u64 term              32 u64 index
 //! 40 u32 payload_bytes     44 u32 reserved (0)
@@ -46,6 +47,15 @@ pub const FLAG_RUN: u16 = 8;
 /// leader stamps (the envelope's offset and term) and Kafka's CRC does not cover. May be the
 /// inner batch of a run.
 pub const FLAG_KAFKA: u16 = 16;
+/// Flag of a log-internal durability marker (never a wire batch, never an entry): zero records,
+/// `index` = the last Raft index that was durable when its group was built, `base_offset` = the
+/// sequence number of the segment it is written in (so that a recycled segment's markers of
+/// earlier lives are told apart), term 0. The writer puts one at the head of a group once the
+/// previous group's fdatasync has completed; recovery reads them to tell damage to synced
+/// (possibly acknowledged) entries from a torn write (see FORMAT.md, "Durability markers").
+pub(crate) const FLAG_DURABLE_MARK: u16 = 32;
+/// The flags of log-internal batches, which take no Raft index or offset.
+const FLAGS_LOG_INTERNAL: u16 = FLAG_TRUNCATE_MARKER | FLAG_DURABLE_MARK;
 
 /// One record of the log.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -153,6 +163,12 @@ impl BatchHeader {
         self.flags & FLAG_KAFKA != 0
     }
 
+    /// True for a log-internal durability marker (see `FLAG_DURABLE_MARK`): never an entry,
+    /// invisible to every reader of the log.
+    pub fn is_durable_mark(&self) -> bool {
+        self.flags & FLAG_DURABLE_MARK != 0
+    }
+
     /// True for a batch carrying producers' records: native (flags 0) or Kafka.
     pub fn is_data(&self) -> bool {
         self.flags & !FLAG_KAFKA == 0
@@ -179,7 +195,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::BadHeader("version"));
     }
     let flags = u16_at(bytes, 10);
-    if flags & !(FLAG_TRUNCATE_MARKER | FLAG_NOOP | FLAG_CONFIG | FLAG_RUN | FLAG_KAFKA) != 0 {
+    if flags & !(FLAGS_LOG_INTERNAL | FLAG_NOOP | FLAG_CONFIG | FLAG_RUN | FLAG_KAFKA) != 0 {
         return Err(BatchError::BadHeader("unknown flags"));
     }
     if u32_at(bytes, 44) != 0 {
@@ -332,6 +348,15 @@ impl Batch {
         batch
     }
 
+    /// A log-internal durability marker: every entry up to `durable_index` was durable when
+    /// the group holding it was built; `segment_seq` is the segment it is written in.
+    pub(crate) fn durable_mark(durable_index: u64, segment_seq: u64) -> Batch {
+        let bytes = header_bytes(FLAG_DURABLE_MARK, 0, segment_seq, 0, durable_index, 0).to_vec();
+        let mut batch = Batch { bytes };
+        batch.reseal();
+        batch
+    }
+
     /// The batch of a Raft leader's no-op entry: zero records, flagged so the entry's kind
     /// survives a restart; offset, term and index 0 until stamped.
     pub fn noop() -> Batch {
@@ -453,8 +478,10 @@ impl Batch {
                 "payload length disagrees with batch length",
             ));
         }
-        if header.flags & FLAG_TRUNCATE_MARKER != 0 {
-            return Err(BatchError::BadHeader("a truncation marker is not an entry"));
+        if header.flags & FLAGS_LOG_INTERNAL != 0 {
+            return Err(BatchError::BadHeader(
+                "a log-internal marker is not an entry",
+            ));
         }
         if (header.is_noop() || header.is_config()) && header.record_count != 0 {
             return Err(BatchError::BadHeader(

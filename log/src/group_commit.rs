@@ -9,13 +9,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use crate::aligned_buf::{align_up, AlignedBuf};
 use crate::backend::Backend;
-use crate::batch::{Batch, FLAG_TRUNCATE_MARKER};
+use crate::batch::{Batch, BATCH_HEADER_BYTES, FLAG_TRUNCATE_MARKER};
 use crate::error::LogError;
 use crate::index::{EntryLoc, LogIndex, SegmentRef};
 use crate::segment::{self, FillGate, Preallocate, Prepared, SegmentHeader};
@@ -67,6 +67,9 @@ pub struct WriterStats {
     pub segment_prepare_wait_us: crate::histogram::Pow2Histogram,
     /// Segments installed from a file dropped by prefix truncation (no zero-fill, no new blocks).
     pub segments_recycled: AtomicU64,
+    /// Groups holding only a durability marker, written when the writer went idle or closed
+    /// (each one an fdatasync, also counted in `fdatasyncs`).
+    pub durable_mark_groups: AtomicU64,
 }
 
 /// A segment dropped by prefix truncation, set aside (as a `.free` file) to be recycled.
@@ -81,6 +84,9 @@ pub(crate) struct FreeSegment {
 /// state every segment is a recycled one (a fresh one under load is only fallocated, and each
 /// fdatasync into unwritten extents waits for an ext4 journal commit).
 pub(crate) const FREE_SEGMENTS_MAX: usize = 4;
+
+/// Bytes of a durability marker (a bare batch header).
+const DURABLE_MARK_BYTES: usize = BATCH_HEADER_BYTES;
 
 /// "Durable up to index N", "ops 1..=n completed", or the error that failed the log.
 pub(crate) struct DurableState {
@@ -192,7 +198,9 @@ pub(crate) struct WriterParams {
     pub segment_bytes: u64,
     pub group_bytes_max: usize,
     pub preallocate: Preallocate,
-    pub emulated_fsync_delay: std::time::Duration,
+    pub emulated_fsync_delay: Duration,
+    /// How long the writer stays idle after a group before it writes a marker-only group.
+    pub durable_mark_idle: Duration,
     pub durable_hook: Option<WriterHook>,
 }
 
@@ -211,6 +219,10 @@ pub(crate) struct Writer {
     ops_completed: u64,
     /// Where each batch of the group being written lands (reused: no allocation per group).
     locs: Vec<(crate::batch::BatchHeader, u64)>,
+    /// The durable index no marker on disk vouches for yet: set after each group this writer
+    /// synced, cleared once a marker carrying it is written. `None` at open: what recovery
+    /// found was not necessarily synced, and a marker must never claim more than was.
+    mark_due: Option<u64>,
 }
 
 /// Marks the durable state closed when the writer thread ends, even by a panic, so that no
@@ -251,6 +263,7 @@ impl Writer {
             failed: None,
             ops_completed: 0,
             locs: Vec::new(),
+            mark_due: None,
         };
         w.prepare_spare_if_due();
         w
@@ -325,9 +338,9 @@ impl Writer {
         loop {
             let first = match carry.take() {
                 Some(op) => op,
-                None => match rx.recv() {
-                    Ok(op) => op,
-                    Err(_) => break,
+                None => match self.next_op_or_mark(&rx) {
+                    Some(op) => op,
+                    None => break,
                 },
             };
             if let Op::Restart {
@@ -340,11 +353,17 @@ impl Writer {
                     Some(why) => Err(LogError::Failed(why.clone())),
                     None => self.restart(next_index, next_offset, prev_term),
                 };
+                self.mark_due = result.as_ref().ok().copied();
                 self.complete(1, result);
                 continue;
             }
             let group_max = self.group_bytes_max();
-            let mut bytes = first.bytes();
+            // The marker rides at the head of the group when it fits; else the next one
+            // carries it (a marker only ever claims less than is durable, never more).
+            let mark = self
+                .mark_due
+                .filter(|_| first.bytes() + DURABLE_MARK_BYTES <= group_max);
+            let mut bytes = first.bytes() + mark.map_or(0, |_| DURABLE_MARK_BYTES);
             // A truncation marker is a group of its own.
             let alone = !matches!(first, Op::Append { .. });
             group.push(first);
@@ -363,10 +382,41 @@ impl Writer {
                     }
                 }
             }
-            self.commit(&mut group, bytes);
+            self.commit(&mut group, bytes, mark);
         }
         if let Some(spare) = self.spare.take() {
             let _ = spare.cancel_and_join();
+        }
+    }
+
+    /// The next op; while a durable index waits for its marker, waits at most
+    /// `durable_mark_idle` for one and otherwise writes a marker-only group (also when the
+    /// last sender is gone, so that a clean close leaves every group vouched for). `None` once
+    /// every sender is gone.
+    fn next_op_or_mark(&mut self, rx: &Receiver<Op>) -> Option<Op> {
+        loop {
+            let Some(durable) = self.mark_due.filter(|_| self.failed.is_none()) else {
+                return rx.recv().ok();
+            };
+            let closed = match rx.recv_timeout(self.params.durable_mark_idle) {
+                Ok(op) => return Some(op),
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            match self.write_group(&[], DURABLE_MARK_BYTES, Some(durable)) {
+                Ok(_) => {
+                    self.mark_due = None;
+                    self.shared
+                        .stats
+                        .durable_mark_groups
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                // No op waits for a marker: the log is failed for the ops that come.
+                Err(e) => self.complete(0, Err(e)),
+            }
+            if closed {
+                return None;
+            }
         }
     }
 
@@ -382,12 +432,16 @@ impl Writer {
             .min(self.header.group_bytes_max as usize)
     }
 
-    /// Writes `group` (`bytes` of batches) as one write + fdatasync and completes its ops.
-    fn commit(&mut self, group: &mut Vec<Op>, bytes: usize) {
+    /// Writes `group` (`bytes` of batches, with the marker vouching for `mark` at its head if
+    /// any) as one write + fdatasync and completes its ops.
+    fn commit(&mut self, group: &mut Vec<Op>, bytes: usize, mark: Option<u64>) {
         let result = match &self.failed {
             Some(why) => Err(LogError::Failed(why.clone())),
-            None => self.write_group(group, bytes),
+            None => self.write_group(group, bytes, mark),
         };
+        if let Ok(durable) = result {
+            self.mark_due = Some(durable);
+        }
         let ops = group.len() as u64;
         group.clear();
         self.complete(ops, result);
@@ -432,13 +486,24 @@ impl Writer {
         }
     }
 
-    /// Writes the group durably and extends the index; returns the new durable index.
-    fn write_group(&mut self, group: &[Op], bytes: usize) -> Result<u64, LogError> {
+    /// Writes the group (`bytes` in all, a durability marker vouching for `mark` first if any)
+    /// durably and extends the index; returns the new durable index.
+    fn write_group(
+        &mut self,
+        group: &[Op],
+        bytes: usize,
+        mark: Option<u64>,
+    ) -> Result<u64, LogError> {
         debug_assert!(bytes <= self.group_bytes_max());
         if self.pos + align_up(bytes as u64) > self.params.segment_bytes {
             self.roll_over()?;
         }
         self.buf.clear();
+        if let Some(durable) = mark {
+            // After a roll-over too: the marker names the segment it is written in.
+            let marker = Batch::durable_mark(durable, self.header.seq);
+            self.buf.extend_from_slice(marker.as_bytes());
+        }
         let mut locs = std::mem::take(&mut self.locs);
         locs.clear();
         for op in group {
@@ -686,7 +751,8 @@ mod tests {
             segment_bytes: header.segment_bytes,
             group_bytes_max: 8 << 10,
             preallocate: Preallocate::Sparse,
-            emulated_fsync_delay: std::time::Duration::ZERO,
+            emulated_fsync_delay: Duration::ZERO,
+            durable_mark_idle: Duration::from_millis(10),
             durable_hook: None,
         };
         let writer = Writer::new(

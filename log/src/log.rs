@@ -18,7 +18,7 @@ use crate::group_commit::{
     DurableState, FreeSegment, Op, Shared, Writer, WriterParams, FREE_SEGMENTS_MAX,
 };
 use crate::index::LogIndex;
-use crate::recovery::recover;
+use crate::recovery::{recover, DurableLoss, DurableLossHook};
 use crate::segment::{self, Preallocate, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::writer_hook::WriterHook;
 
@@ -72,12 +72,20 @@ pub struct LogConfig {
     /// real fdatasync and no sooner than this long after it was issued (DESIGN §3a: this
     /// machine's ~45 µs flush hides what batching buys on real disks).
     pub emulated_fsync_delay: Duration,
+    /// How long the writer waits, idle after a group, before it writes a group holding only a
+    /// durability marker, so that the last group is vouched for too (see FORMAT.md,
+    /// "Durability markers"). Nobody waits for that group; an append arriving first carries the
+    /// marker at the head of its own group instead.
+    pub durable_mark_idle: Duration,
     /// Called by the writer thread after each durable group (and once when the log fails), so
     /// a single-threaded owner of the log can be woken to read [`Log::durable_last`] instead of
     /// blocking on tickets. On the writer's critical path: quick, never blocking (an eventfd).
     pub durable_hook: Option<WriterHook>,
     /// Called once on the writer thread before it writes anything (e.g. to pin it to a core).
     pub writer_start_hook: Option<WriterHook>,
+    /// Called by recovery (on the opening thread) when it is about to cut entries a durability
+    /// marker vouches for, before the cut erases that evidence: see [`Log::durable_loss`].
+    pub durable_loss_hook: Option<DurableLossHook>,
 }
 
 impl LogConfig {
@@ -92,8 +100,10 @@ impl LogConfig {
             queue_depth: 4096,
             preallocate: Preallocate::ZeroFill,
             emulated_fsync_delay: Duration::ZERO,
+            durable_mark_idle: Duration::from_millis(10),
             durable_hook: None,
             writer_start_hook: None,
+            durable_loss_hook: None,
         }
     }
 
@@ -201,6 +211,7 @@ pub struct Log {
     config: LogConfig,
     kind: BackendKind,
     torn_bytes_cut: u64,
+    durable_loss: Option<DurableLoss>,
 }
 
 impl Log {
@@ -241,7 +252,7 @@ impl Log {
                 .map_err(|e| LogError::io("installing the first segment", e))?;
             seqs.push(1);
         }
-        let recovered = recover(&dir, &seqs)?;
+        let recovered = recover(&dir, &seqs, config.durable_loss_hook.as_ref())?;
         let index = recovered.index;
         let tail_path = segment::segment_path(&dir, recovered.tail.seq);
         let tail_file = open_options(kind)
@@ -272,6 +283,7 @@ impl Log {
             group_bytes_max: config.group_bytes_max,
             preallocate: config.preallocate,
             emulated_fsync_delay: config.emulated_fsync_delay,
+            durable_mark_idle: config.durable_mark_idle,
             durable_hook: config.durable_hook.clone(),
         };
         let writer = Writer::new(
@@ -301,6 +313,7 @@ impl Log {
             config,
             kind,
             torn_bytes_cut: recovered.torn_bytes_cut,
+            durable_loss: recovered.durable_loss,
         })
     }
 
@@ -312,6 +325,14 @@ impl Log {
     /// Bytes of a torn tail cut by recovery when this log was opened.
     pub fn torn_bytes_cut(&self) -> u64 {
         self.torn_bytes_cut
+    }
+
+    /// Entries recovery cut at this open although a durability marker says they were durable
+    /// (they may have been acknowledged); `None` after a clean open or a torn write's cut. The
+    /// cut erases the evidence: an owner that must remember it across a crash persists it from
+    /// [`LogConfig::durable_loss_hook`], which runs before the cut.
+    pub fn durable_loss(&self) -> Option<DurableLoss> {
+        self.durable_loss
     }
 
     /// Writer counters (fdatasyncs, batches, bytes).

@@ -17,6 +17,11 @@
 //!   this life, and the rules above read "zeros" as "no batch of this life". The torn window
 //!   after the end of a recycled tail is zeroed at every open, since stale bytes and pieces of a
 //!   torn group cannot be told apart there.
+//! - Durability markers (`FLAG_DURABLE_MARK`, at the head of a group once the previous group was
+//!   synced) take no index. When the tail is cut at `p`, a marker of this life at a sector
+//!   boundary after `p` vouching for the first entry lost there proves that entry was durable
+//!   (its group was synced before the marker's group was built): the cut is reported as a
+//!   [`DurableLoss`], not taken for a torn write.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -38,6 +43,19 @@ pub(crate) struct Recovered {
     pub tail_pos: u64,
     /// Bytes of a torn tail that were cut (0 if none).
     pub torn_bytes_cut: u64,
+    /// Durable entries the cut removed, if a marker vouched for them.
+    pub durable_loss: Option<DurableLoss>,
+}
+
+/// Entries recovery had to cut although a durability marker on disk says they were durable
+/// (and so may have been acknowledged): a flipped bit or a lost write in a synced group, not a
+/// torn write. The Raft side must not vote on this log until a leader has repaired it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurableLoss {
+    /// The first index the log lost (its last index is now `first_lost - 1`).
+    pub first_lost: u64,
+    /// The highest index a readable marker says was durable.
+    pub durable_through: u64,
 }
 
 fn corrupt(segment: &Path, position: u64, kind: CorruptionKind) -> LogError {
@@ -45,6 +63,18 @@ fn corrupt(segment: &Path, position: u64, kind: CorruptionKind) -> LogError {
         segment: segment.to_path_buf(),
         position,
         kind,
+    }
+}
+
+/// Run by recovery when it found a [`DurableLoss`], before the cut that erases the evidence
+/// (the markers go with the damaged bytes) is made: the owner persists what it must remember
+/// (the node: its repair marker). An error fails the open, nothing cut.
+#[derive(Clone)]
+pub struct DurableLossHook(pub Arc<dyn Fn(DurableLoss) -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for DurableLossHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DurableLossHook")
     }
 }
 
@@ -94,30 +124,71 @@ fn frame_error_kind(e: BatchError) -> CorruptionKind {
     }
 }
 
-/// The batch of this life at the start of `bytes`: a valid frame that is not stale (a data
-/// batch with `index <= stale_index_max`, left from an earlier life of a recycled segment).
-fn frame_of_this_life(bytes: &[u8], stale_index_max: u64) -> Result<BatchHeader, BatchError> {
+/// The batch of this life at the start of `bytes` of segment `seq`: a valid frame that is not
+/// stale (a data batch with `index <= stale_index_max`, or a durability marker naming another
+/// segment, left from an earlier life of a recycled segment).
+fn frame_of_this_life(
+    bytes: &[u8],
+    seq: u64,
+    stale_index_max: u64,
+) -> Result<BatchHeader, BatchError> {
     let h = check_frame(bytes)?;
-    if h.flags & FLAG_TRUNCATE_MARKER == 0 && h.index <= stale_index_max {
+    let stale = if h.is_durable_mark() {
+        h.base_offset != seq
+    } else {
+        h.flags & FLAG_TRUNCATE_MARKER == 0 && h.index <= stale_index_max
+    };
+    if stale {
         return Err(BatchError::BadHeader("stale batch of a recycled segment"));
     }
     Ok(h)
 }
 
 /// True if a batch of this life starts at some sector boundary in `data[from..]`.
-fn valid_batch_at_or_after(data: &[u8], from: usize, stale_index_max: u64) -> bool {
+fn valid_batch_at_or_after(data: &[u8], from: usize, seq: u64, stale_index_max: u64) -> bool {
     (from..data.len())
         .step_by(SECTOR_BYTES)
-        .any(|q| frame_of_this_life(&data[q..], stale_index_max).is_ok())
+        .any(|q| frame_of_this_life(&data[q..], seq, stale_index_max).is_ok())
+}
+
+/// Classifies a cut of the tail segment at `p`, where the log lost the entries from
+/// `first_lost`: if a durability marker of this life at a sector boundary from `p` on (at `p`
+/// itself only when it is out of sequence; before `torn_limit`: beyond it any batch is
+/// corruption) vouches for `first_lost`, the cut removed durable entries. Markers only ever
+/// start a group, so one after the damage was built after the damaged group was synced.
+fn durable_loss(
+    data: &[u8],
+    p: usize,
+    torn_limit: usize,
+    seq: u64,
+    first_lost: u64,
+) -> Option<DurableLoss> {
+    let from = align_up(p as u64) as usize;
+    let durable_through = (from..torn_limit.min(data.len()))
+        .step_by(SECTOR_BYTES)
+        .filter_map(|q| frame_of_this_life(&data[q..], seq, 0).ok())
+        .filter(|h| h.is_durable_mark())
+        .map(|h| h.index)
+        .max()?;
+    (first_lost <= durable_through).then_some(DurableLoss {
+        first_lost,
+        durable_through,
+    })
 }
 
 /// Reads all segments `seqs` (ascending, non-empty) of `dir` and rebuilds the index.
-pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
+/// `on_loss` runs before a cut of durable entries is made.
+pub(crate) fn recover(
+    dir: &Path,
+    seqs: &[u64],
+    on_loss: Option<&DurableLossHook>,
+) -> Result<Recovered, LogError> {
     assert!(!seqs.is_empty(), "recover needs at least one segment");
     let seqs = skip_before_restart(dir, seqs)?;
     let seqs = &seqs[..];
     let mut index: Option<LogIndex> = None;
     let mut torn_bytes_cut = 0;
+    let mut loss = None;
     let mut tail = None;
     let mut tail_pos = 0;
     for (i, &seq) in seqs.iter().enumerate() {
@@ -163,7 +234,17 @@ pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
             if pos >= data.len() {
                 break None;
             }
-            match frame_of_this_life(&data[pos..], stale) {
+            match frame_of_this_life(&data[pos..], seq, stale) {
+                // Everything before a marker was durable when it was written: it names exactly
+                // the last index before it. One naming a later index follows synced groups
+                // that read as zeros (a lost write): the log ends there.
+                Ok(h) if h.is_durable_mark() && h.index + 1 != idx.next_index => {
+                    break Some((
+                        pos,
+                        BatchError::BadHeader("durability marker out of sequence"),
+                    ));
+                }
+                Ok(h) if h.is_durable_mark() => pos += h.total_bytes,
                 Ok(h) => {
                     apply(idx, &h, seq, pos as u64)
                         .map_err(|why| corrupt(&path, pos as u64, CorruptionKind::Sequence(why)))?;
@@ -193,10 +274,14 @@ pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
             // Recycled: no batch of this life may follow the end (a sealed segment's end is at a
             // sector boundary, after its last group's padding).
             let from = if is_tail { torn_limit } else { p };
-            if valid_batch_at_or_after(&data, from, stale) || (!is_tail && p % SECTOR_BYTES != 0) {
+            if valid_batch_at_or_after(&data, from, seq, stale)
+                || (!is_tail && p % SECTOR_BYTES != 0)
+            {
                 return Err(corrupt(&path, p as u64, frame_error_kind(err)));
             }
             if is_tail {
+                loss = durable_loss(&data, p, torn_limit, seq, idx.next_index);
+                report_loss(&path, p, loss, on_loss)?;
                 torn_bytes_cut = cut_recycled_tail(&path, &data, p, torn_limit, stale, &err)?;
                 tail_pos = align_up(p as u64);
             }
@@ -212,9 +297,11 @@ pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
         if !is_tail {
             return Err(corrupt(&path, p as u64, frame_error_kind(err)));
         }
-        if valid_batch_at_or_after(&data, torn_limit, 0) {
+        if valid_batch_at_or_after(&data, torn_limit, seq, 0) {
             return Err(corrupt(&path, p as u64, frame_error_kind(err)));
         }
+        loss = durable_loss(&data, p, torn_limit, seq, idx.next_index);
+        report_loss(&path, p, loss, on_loss)?;
         let last_nonzero = data
             .iter()
             .rposition(|&b| b != 0)
@@ -222,7 +309,7 @@ pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
         let zero_to = align_up(last_nonzero as u64 + 1) as usize;
         tracing::warn!(
             segment = %path.display(), position = p, bytes = zero_to - p, reason = %err,
-            "cutting a torn tail (never acknowledged)"
+            "cutting a torn or damaged tail"
         );
         zero_range(&path, &data, p, zero_to)?;
         torn_bytes_cut = (zero_to - p) as u64;
@@ -234,7 +321,36 @@ pub(crate) fn recover(dir: &Path, seqs: &[u64]) -> Result<Recovered, LogError> {
         tail: tail.expect("at least one segment"),
         tail_pos,
         torn_bytes_cut,
+        durable_loss: loss,
     })
+}
+
+/// Says loudly that a cut is about to remove durable entries (the torn-tail warning follows)
+/// and lets the owner persist it first.
+fn report_loss(
+    path: &Path,
+    p: usize,
+    loss: Option<DurableLoss>,
+    on_loss: Option<&DurableLossHook>,
+) -> Result<(), LogError> {
+    let Some(l) = loss else {
+        return Ok(());
+    };
+    tracing::error!(
+        segment = %path.display(), position = p, first_lost = l.first_lost,
+        durable_through = l.durable_through,
+        "log tail damaged inside synced groups: entries from index {} lost, durable through {}",
+        l.first_lost, l.durable_through
+    );
+    match on_loss {
+        Some(hook) => (hook.0)(l).map_err(|why| {
+            LogError::io(
+                "persisting a durable loss before cutting it",
+                std::io::Error::other(why),
+            )
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Zeroes the window after the end `p` of a recycled tail in which a torn last group could have
@@ -261,7 +377,7 @@ fn cut_recycled_tail(
     }
     tracing::warn!(
         segment = %path.display(), position = p, bytes = to - p, reason = %err,
-        "cutting a torn tail of a recycled segment (never acknowledged)"
+        "cutting a torn or damaged tail of a recycled segment"
     );
     Ok((to - p) as u64)
 }

@@ -27,7 +27,10 @@ fn durable_hook_runs_after_every_durable_group() {
         3,
         "one call per durable group"
     );
-    assert_eq!(log.stats().fdatasyncs.load(Ordering::SeqCst), 3);
+    // A slow append may find the writer idle long enough for a marker-only group.
+    let stats = log.stats();
+    let mark_groups = stats.durable_mark_groups.load(Ordering::SeqCst);
+    assert_eq!(stats.fdatasyncs.load(Ordering::SeqCst) - mark_groups, 3);
 }
 
 #[test]

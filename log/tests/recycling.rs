@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
-use common::{all_tags, append_waited, batch, config, frames, scratch};
+use common::{all_tags, append_waited, batch, config, frames, marks, scratch};
 use raftline_log::batch::check_frame;
 use raftline_log::segment::{segment_path, SegmentHeader};
 use raftline_log::{BackendKind, Log, LogConfig};
@@ -118,12 +118,14 @@ fn a_torn_group_in_a_recycled_segment_is_cut_and_never_resurrected(kind: Backend
     let path = segment_path(dir.path(), seq);
     let pristine = std::fs::read(&path).unwrap();
     let stale_max = header(dir.path(), seq).stale_index_max;
-    let group_start = frames(dir.path(), seq)
+    let first = frames(dir.path(), seq)
         .into_iter()
         .find(|&(p, _)| check_frame(&pristine[p..]).is_ok_and(|h| h.index == kept_last + 1))
         .map(|(p, _)| p)
         .unwrap();
-    assert_eq!(group_start % 4096, 0);
+    // The group starts with the durability marker vouching for the one before.
+    let group_start = first - first % 4096;
+    assert!(marks(dir.path(), seq).contains(&(group_start, kept_last)));
     let stale_sector = (4096..pristine.len())
         .step_by(4096)
         .find(|&q| {
@@ -132,12 +134,21 @@ fn a_torn_group_in_a_recycled_segment_is_cut_and_never_resurrected(kind: Backend
         })
         .map(|q| pristine[q..q + 4096].to_vec())
         .expect("a stale batch behind the end");
+    // A crash while the torn group was in flight: no sector from the one after it up to the
+    // close's marker-only group (which vouches for it) ever overwrote the stale bytes.
+    let (close, _) = *marks(dir.path(), seq).last().unwrap();
+    assert!(close > group_start);
+    let never_written_from = |data: &mut Vec<u8>, from: usize| {
+        for q in (from..=close).step_by(4096) {
+            data[q..q + 4096].copy_from_slice(&stale_sector);
+        }
+    };
     let window = 8 << 10; // group_bytes_max of the test configuration
                           // Torn: the group's sector never reached the disk (a stale batch there); half of it did
                           // (the rest stale); garbage.
     let mut variants = Vec::new();
     let mut never = pristine.clone();
-    never[group_start..group_start + 4096].copy_from_slice(&stale_sector);
+    never_written_from(&mut never, group_start);
     variants.push(never);
     let second = frames(dir.path(), seq)
         .into_iter()
@@ -150,6 +161,7 @@ fn a_torn_group_in_a_recycled_segment_is_cut_and_never_resurrected(kind: Backend
     let cut = second + 10;
     let sector_end = cut - cut % 4096 + 4096;
     half[cut..sector_end].copy_from_slice(&stale_sector[cut % 4096..]);
+    never_written_from(&mut half, sector_end);
     variants.push(half);
     let mut garbage = pristine.clone();
     for (i, b) in garbage[group_start + 100..group_start + 4096]
@@ -158,6 +170,7 @@ fn a_torn_group_in_a_recycled_segment_is_cut_and_never_resurrected(kind: Backend
     {
         *b = (i as u8).wrapping_mul(31).wrapping_add(7);
     }
+    never_written_from(&mut garbage, group_start + 4096);
     variants.push(garbage);
     for (v, torn) in variants.into_iter().enumerate() {
         std::fs::write(&path, &torn).unwrap();
@@ -168,12 +181,13 @@ fn a_torn_group_in_a_recycled_segment_is_cut_and_never_resurrected(kind: Backend
             recovered == kept || recovered == [&kept[..], &[tag]].concat(),
             "variant {v}: {recovered:?}"
         );
+        assert_eq!(
+            log.durable_loss(),
+            None,
+            "variant {v}: a torn write is no loss"
+        );
         let data = std::fs::read(&path).unwrap();
-        let zero_from = if recovered == kept {
-            group_start
-        } else {
-            second
-        };
+        let zero_from = if recovered == kept { first } else { second };
         let window_end = zero_from - zero_from % 4096 + window;
         assert!(
             data[zero_from..window_end].iter().all(|&b| b == 0),

@@ -18,8 +18,10 @@ pub fn config(dir: &Path, kind: BackendKind) -> LogConfig {
         queue_depth: 64,
         preallocate: Preallocate::ZeroFill,
         emulated_fsync_delay: std::time::Duration::ZERO,
+        durable_mark_idle: std::time::Duration::from_millis(10),
         durable_hook: None,
         writer_start_hook: None,
+        durable_loss_hook: None,
     }
 }
 
@@ -62,7 +64,8 @@ pub fn append_waited(log: &Log, term: u64, tags: impl IntoIterator<Item = u64>) 
     }
 }
 
-/// (position, length) of every valid frame in segment `seq`, in file order.
+/// (position, length) of every valid frame in segment `seq` but the durability markers, in file
+/// order.
 pub fn frames(dir: &Path, seq: u64) -> Vec<(usize, usize)> {
     let data = std::fs::read(segment_path(dir, seq)).expect("read segment");
     let mut out = Vec::new();
@@ -70,13 +73,29 @@ pub fn frames(dir: &Path, seq: u64) -> Vec<(usize, usize)> {
     while pos < data.len() {
         match check_frame(&data[pos..]) {
             Ok(h) => {
-                out.push((pos, h.total_bytes));
+                if !h.is_durable_mark() {
+                    out.push((pos, h.total_bytes));
+                }
                 pos += h.total_bytes;
             }
             Err(_) => pos += 1,
         }
     }
     out
+}
+
+/// (position, durable index) of every durability marker in segment `seq`, in file order.
+pub fn marks(dir: &Path, seq: u64) -> Vec<(usize, u64)> {
+    let data = std::fs::read(segment_path(dir, seq)).expect("read segment");
+    (SEGMENT_HEADER_BYTES as usize..data.len())
+        .step_by(4096)
+        .filter_map(|pos| {
+            check_frame(&data[pos..])
+                .ok()
+                .filter(|h| h.is_durable_mark())
+                .map(|h| (pos, h.index))
+        })
+        .collect()
 }
 
 /// Tags of all durable entries, in index order.

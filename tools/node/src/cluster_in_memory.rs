@@ -617,3 +617,110 @@ fn a_run_commits_as_one_entry_and_every_replica_keeps_its_producers_batches() {
         }
     }
 }
+
+/// The tail segment of `slot`'s log, its bytes and the (position, length) of its last batch.
+fn last_batch(cluster: &Cluster, slot: usize) -> (std::path::PathBuf, Vec<u8>, (usize, usize)) {
+    use raftline_log::batch::check_frame;
+    use raftline_log::segment::{list_segments, segment_path, SEGMENT_HEADER_BYTES};
+    let dir = cluster
+        .dir
+        .path()
+        .join(format!("node-{}", NODES[slot]))
+        .join("log");
+    let seq = *list_segments(&dir).unwrap().last().unwrap();
+    let path = segment_path(&dir, seq);
+    let data = std::fs::read(&path).unwrap();
+    let mut pos = SEGMENT_HEADER_BYTES as usize;
+    let mut last = None;
+    while pos < data.len() {
+        match check_frame(&data[pos..]) {
+            Ok(h) => {
+                if !h.is_durable_mark() {
+                    last = Some((pos, h.total_bytes));
+                }
+                pos += h.total_bytes;
+            }
+            Err(_) => pos += 1,
+        }
+    }
+    (path, data, last.expect("the log holds batches"))
+}
+
+/// Flips a bit in the last batch of `slot`'s log (stopped): damage to a group the log's
+/// durability markers vouch for.
+fn flip_bit_in_last_batch(cluster: &Cluster, slot: usize) {
+    let (path, mut data, (pos, len)) = last_batch(cluster, slot);
+    data[pos + len - 1] ^= 0x04;
+    std::fs::write(&path, &data).unwrap();
+}
+
+#[test]
+fn a_replica_whose_log_lost_durable_entries_comes_back_muted_and_is_repaired() {
+    let mut cluster = Cluster::new();
+    let leader = produce(&mut cluster, 20, 0);
+    let damaged = (leader + 1) % NODES.len();
+    let last_before = cluster.replica(damaged).log().last_index();
+    cluster.replicas[damaged] = None;
+    flip_bit_in_last_batch(&cluster, damaged);
+    cluster.start(damaged);
+    {
+        let r = cluster.replica(damaged);
+        assert_eq!(
+            r.log().last_index(),
+            last_before - 1,
+            "the damaged entry is cut"
+        );
+        assert_eq!(
+            r.raft().repair_through(),
+            Some(last_before),
+            "muted until repaired, through what was durable"
+        );
+    }
+    // A restart before the repair (no leader reaches it) keeps it muted: the hard state has it.
+    cluster.isolated = Some(damaged);
+    cluster.replicas[damaged] = None;
+    cluster.start(damaged);
+    assert_eq!(
+        cluster.replica(damaged).raft().repair_through(),
+        Some(last_before)
+    );
+    cluster.isolated = None;
+    // The leader resends what the muted follower lost; the follower votes again, and says so
+    // durably: after another restart nothing is pending.
+    let leader = produce(&mut cluster, 5, 20);
+    cluster.run_until("the damaged replica is repaired", |c| {
+        c.replica(damaged).raft().repair_through().is_none()
+    });
+    let reference = all_bytes(cluster.replica(leader));
+    assert_eq!(reference.len(), 25);
+    assert_eq!(all_bytes(cluster.replica(damaged)), reference);
+    cluster.replicas[damaged] = None;
+    cluster.start(damaged);
+    assert_eq!(cluster.replica(damaged).raft().repair_through(), None);
+}
+
+#[test]
+fn a_leader_whose_torn_last_group_is_cut_votes_at_once() {
+    let mut cluster = Cluster::new();
+    let old = produce(&mut cluster, 20, 0);
+    let last_before = cluster.replica(old).log().last_index();
+    cluster.replicas[old] = None;
+    // A crash while its last group was in flight (the followers have it): its batch half
+    // written, nothing after it (the marker vouching for it never came).
+    let (path, mut data, (pos, len)) = last_batch(&cluster, old);
+    data[pos + len / 2..].fill(0);
+    data[pos + len / 2] = 0xa5;
+    std::fs::write(&path, &data).unwrap();
+    cluster.start(old);
+    let r = cluster.replica(old);
+    assert_eq!(
+        r.log().last_index(),
+        last_before - 1,
+        "the torn entry is cut"
+    );
+    assert_eq!(r.raft().repair_through(), None, "a torn write mutes nobody");
+    let leader = produce(&mut cluster, 5, 20);
+    let reference = all_bytes(cluster.replica(leader));
+    assert_eq!(reference.len(), 25);
+    assert_eq!(all_bytes(cluster.replica(old)), reference);
+}

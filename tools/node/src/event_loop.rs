@@ -401,6 +401,10 @@ impl EventLoop {
         self.metrics
             .snapshot_index
             .store(snapshot_index, Ordering::Relaxed);
+        let repair_through = self.replica.raft().repair_through().unwrap_or(0);
+        self.metrics
+            .repair_through
+            .store(repair_through, Ordering::Relaxed);
         self.next_tick += self.cfg.tick;
         if self.next_tick < now {
             // The loop fell behind (a long stall): skip missed ticks rather than burst them.

@@ -41,6 +41,9 @@ pub struct Metrics {
     pub entry_batches: Pow2Histogram,
     /// Index of the newest durable snapshot (0: none).
     pub snapshot_index: AtomicU64,
+    /// Durable index this node's log lost entries through and is not voting until a leader
+    /// repaired it (0: no repair pending; a loss always vouches for index 1 or more).
+    pub repair_through: AtomicU64,
     /// `--emulate-disk` profile, exported so no figure from an emulated node passes for real.
     emulated_disk: Option<&'static str>,
     /// Bytes of peer frames handed to the network (on a leader: what it ships to followers).
@@ -61,6 +64,7 @@ impl Metrics {
             batch_bytes: Pow2Histogram::default(),
             entry_batches: Pow2Histogram::default(),
             snapshot_index: AtomicU64::new(0),
+            repair_through: AtomicU64::new(0),
             emulated_disk: None,
             peer_bytes_sent: AtomicU64::new(0),
             peer_refused: Mutex::new(BTreeMap::new()),
@@ -189,6 +193,20 @@ impl Metrics {
                 "raftline_snapshot_index",
                 "Index of the newest durable snapshot; the log below it may be dropped (0: none).",
                 self.snapshot_index.load(Ordering::Relaxed),
+            );
+            let repair_through = self.repair_through.load(Ordering::Relaxed);
+            gauge(
+                &mut out,
+                "raftline_repair_pending",
+                "1 while this node's log lost durable entries and it does not vote until a \
+                 leader repaired it.",
+                u64::from(repair_through > 0),
+            );
+            gauge(
+                &mut out,
+                "raftline_repair_through",
+                "Index the lost entries were durable through, while a repair is pending (0: none).",
+                repair_through,
             );
             gauge(
                 &mut out,

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use raftline_log::batch::{parse_header, BATCH_HEADER_BYTES};
 use raftline_log::{
-    BackendChoice, Batch, BatchError, BatchHeader, HardStateStore, Log, LogConfig, LogError,
-    WriterHook,
+    BackendChoice, Batch, BatchError, BatchHeader, DurableLoss, DurableLossHook, HardStateStore,
+    Log, LogConfig, LogError, WriterHook,
 };
 use raftline_replicator::{
     Config, EntryKind, HardState, Index, InitError, Message, NodeId, ProposeError, Raft, Ready,
@@ -119,6 +119,25 @@ pub struct Committed {
     pub term: Term,
 }
 
+/// Persists the repair marker for entries the log is about to cut although they were durable
+/// (recovery calls this before the cut erases the evidence, so a crash in between cannot
+/// forget it): the higher of their durable index and a marker an earlier, unrepaired loss left.
+fn persist_repair_marker(data_dir: &std::path::Path, loss: DurableLoss) -> Result<(), LogError> {
+    let (mut hard_state, _) = HardStateStore::open(data_dir)?;
+    let pending = hard_state.repair_through();
+    let through = pending.map_or(loss.durable_through, |p| p.max(loss.durable_through));
+    hard_state.set_repair_through(Some(through))?;
+    tracing::error!(
+        first_lost = loss.first_lost,
+        durable_through = loss.durable_through,
+        repair_through = through,
+        "log tail damaged: entries from index {} lost, durable through {}; not voting until repaired from the leader",
+        loss.first_lost,
+        loss.durable_through
+    );
+    Ok(())
+}
+
 /// Role, term and leader, to notice and log changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Leadership {
@@ -170,8 +189,19 @@ impl Replica {
         log_cfg.durable_hook = cfg.durable_hook;
         log_cfg.writer_start_hook = cfg.writer_start_hook;
         log_cfg.emulated_fsync_delay = cfg.emulated_fsync_delay;
+        let data_dir = cfg.data_dir.clone();
+        log_cfg.durable_loss_hook = Some(DurableLossHook(Arc::new(move |loss| {
+            persist_repair_marker(&data_dir, loss).map_err(|e| e.to_string())
+        })));
         let log = Arc::new(Log::open(log_cfg)?);
         let (hard_state, saved) = HardStateStore::open(&cfg.data_dir)?;
+        let repair_through = hard_state.repair_through();
+        if let (Some(through), None) = (repair_through, log.durable_loss()) {
+            tracing::warn!(
+                repair_through = through,
+                "log repair still pending from before the restart; not voting until repaired from the leader"
+            );
+        }
         let hs = HardState {
             term: saved.term,
             vote: saved.voted_for,
@@ -187,7 +217,10 @@ impl Replica {
             .as_ref()
             .map_or(log.first_index() - 1, |s| s.meta().index);
         let storage = LogStorage::new(Arc::clone(&log), served);
-        let raft = Raft::new(cfg.raft, hs, applied, storage)?;
+        let mut raft = Raft::new(cfg.raft, hs, applied, storage)?;
+        if let Some(index) = repair_through {
+            raft.set_repair_through(index);
+        }
         let leadership = Leadership {
             role: raft.role(),
             term: raft.term(),
@@ -387,6 +420,9 @@ impl Replica {
             })?;
             self.raft.hard_state_durable(hs);
         }
+        if rd.repaired {
+            self.clear_repair_marker()?;
+        }
         for chunk in &rd.snapshot_chunks {
             self.receive_snapshot_chunk(chunk)?;
         }
@@ -394,6 +430,19 @@ impl Replica {
         let mut messages = std::mem::take(&mut self.outbox);
         messages.append(&mut rd.messages);
         Ok(messages)
+    }
+
+    /// The core found the log repaired from the leader: the node votes again, also after a
+    /// restart (a crash before this save only keeps it mute a little longer).
+    fn clear_repair_marker(&mut self) -> Result<(), FatalError> {
+        let through = self.hard_state.repair_through();
+        self.hard_state.set_repair_through(None)?;
+        tracing::info!(
+            repair_through = ?through,
+            durable_index = self.raft.durable_index(),
+            "log repaired from the leader; voting again"
+        );
+        Ok(())
     }
 
     /// Second stage of a `Ready`: its entries go to the log writer (a conflicting suffix is cut

@@ -2,6 +2,8 @@
 //! client speaking the client protocol (so tests control every byte and every retry).
 #![allow(dead_code)]
 
+pub mod acks;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
