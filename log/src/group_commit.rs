@@ -500,6 +500,12 @@ impl Writer {
         }
         self.buf.clear();
         if let Some(durable) = mark {
+            // Recovery refuses a marker that does not name the last index before it.
+            debug_assert_eq!(
+                durable + 1,
+                self.shared.index.read().expect("index lock").next_index,
+                "a marker vouches for exactly the durable log before it"
+            );
             // After a roll-over too: the marker names the segment it is written in.
             let marker = Batch::durable_mark(durable, self.header.seq);
             self.buf.extend_from_slice(marker.as_bytes());
