@@ -71,6 +71,28 @@ fn probes_follow_liveness_and_leadership_and_metrics_name_the_io_backends() {
     );
 }
 
+/// `raftline server` for a one-voter cluster on `peer`/`client`, its data under `dir`.
+fn single_node(
+    dir: &std::path::Path,
+    peer: std::net::SocketAddr,
+    client: std::net::SocketAddr,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_raftline"));
+    cmd.args([
+        "server",
+        "--id",
+        "1",
+        "--cluster-id",
+        cluster_support::CLUSTER,
+    ])
+    .args(["--peers", &format!("1={peer}")])
+    .args(["--peer-clients", &format!("1={client}")])
+    .args(["--client-listen", &client.to_string()])
+    .arg("--data-dir")
+    .arg(dir.join("data"));
+    cmd
+}
+
 #[test]
 fn under_systemd_the_server_says_ready_once_it_has_joined_and_stopping_on_sigterm() {
     use std::os::unix::net::UnixDatagram;
@@ -79,19 +101,7 @@ fn under_systemd_the_server_says_ready_once_it_has_joined_and_stopping_on_sigter
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(DEADLINE)).unwrap();
     let (peer, client) = (cluster_support::free_port(), cluster_support::free_port());
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_raftline"))
-        .args([
-            "server",
-            "--id",
-            "1",
-            "--cluster-id",
-            cluster_support::CLUSTER,
-        ])
-        .args(["--peers", &format!("1={peer}")])
-        .args(["--peer-clients", &format!("1={client}")])
-        .args(["--client-listen", &client.to_string()])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
+    let mut server = single_node(dir.path(), peer, client)
         .env("NOTIFY_SOCKET", &socket_path)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -121,19 +131,7 @@ fn a_busy_listen_address_is_retried_until_it_is_free() {
     let (peer, client) = (cluster_support::free_port(), cluster_support::free_port());
     // Someone (a previous process of this node, say) still holds the client port.
     let holder = std::net::TcpListener::bind(client).unwrap();
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_raftline"))
-        .args([
-            "server",
-            "--id",
-            "1",
-            "--cluster-id",
-            cluster_support::CLUSTER,
-        ])
-        .args(["--peers", &format!("1={peer}")])
-        .args(["--peer-clients", &format!("1={client}")])
-        .args(["--client-listen", &client.to_string()])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
+    let mut server = single_node(dir.path(), peer, client)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
