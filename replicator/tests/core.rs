@@ -1,5 +1,7 @@
 //! Scenario tests of the Raft core, driven by hand: each proves one rule of the protocol.
 
+mod support;
+
 use std::sync::Arc;
 
 use raftline_replicator::sim::disk::{SimDisk, SimSnapshot};
@@ -8,9 +10,10 @@ use raftline_replicator::{
     SnapshotMeta, TransferError,
 };
 
+use support::{entry, persist_all, Node};
+
 use raftline_replicator::{
-    Config, ConfigError, Entry, EntryKind, HardState, Message, MessageBody, Mutation, ProposeError,
-    Raft, Ready, Role,
+    Config, ConfigError, Entry, HardState, Message, MessageBody, Mutation, ProposeError, Raft, Role,
 };
 
 fn config(id: u64, n: u64) -> Config {
@@ -19,49 +22,9 @@ fn config(id: u64, n: u64) -> Config {
     cfg
 }
 
-fn entry(index: u64, term: u64) -> Entry {
-    Entry {
-        index,
-        term,
-        kind: EntryKind::Command,
-        payload: Arc::from(&b"x"[..]),
-    }
-}
-
-/// A core over a simulated disk.
-type Node = Raft<SimDisk>;
-
 fn node(cfg: Config, term: u64, entries: Vec<Entry>) -> Node {
     let hs = HardState { term, vote: None };
     Raft::new(cfg, hs, 0, SimDisk::with_durable(hs, entries)).expect("valid config")
-}
-
-/// Writes everything in `rd` to the node's disk, makes it durable at once and returns its
-/// messages.
-fn persist_all(raft: &mut Node, rd: Ready) -> Vec<Message> {
-    if let Some(hs) = rd.hard_state {
-        raft.storage_mut().write_hard_state(hs);
-    }
-    if !rd.entries.is_empty() {
-        raft.storage_mut().write_entries(rd.entries.clone());
-    }
-    if raft.storage_mut().start_fsync() {
-        raft.storage_mut().complete_fsync();
-    }
-    if let Some(hs) = rd.hard_state {
-        raft.hard_state_durable(hs);
-    }
-    if let Some(last) = rd.entries.last() {
-        raft.log_durable(last.index, last.term);
-    }
-    let mut msgs = rd.messages;
-    let released = raft.ready();
-    assert_eq!(
-        released.hard_state, None,
-        "nothing new to persist after an acknowledgement"
-    );
-    msgs.extend(released.messages);
-    msgs
 }
 
 /// Delivers messages with instant durability until the cluster is quiet; messages to nodes

@@ -1,18 +1,18 @@
-//! Issue 13, item 1: the core never trusts a peer's arithmetic. One test per attack measured
-//! against real servers (and a few more the audit of the step paths found); each fails on the
+//! The core never trusts a peer's arithmetic. One test per attack measured against real
+//! servers (and a few more the audit of the step paths found); each fails on the
 //! core before the checks — by a panic, a wrapped term, a campaign or a wrong commit (checked
 //! by removing the assertions on `Ready::refused`, the report the driver gets, which the old
 //! core did not have).
+
+mod support;
 
 use std::sync::Arc;
 
 use raftline_replicator::sim::disk::SimDisk;
 use raftline_replicator::{
-    AppendReject, Config, Entry, EntryKind, HardState, Message, MessageBody, ProgressState, Raft,
-    Ready, RefusalReason, Role,
+    AppendReject, Config, HardState, Message, MessageBody, ProgressState, Raft, RefusalReason, Role,
 };
-
-type Node = Raft<SimDisk>;
+use support::{entry, persist_all, Node};
 
 fn config(id: u64) -> Config {
     let mut cfg = Config::new(id, vec![1, 2, 3]);
@@ -22,38 +22,6 @@ fn config(id: u64) -> Config {
 
 fn node(id: u64) -> Node {
     Raft::new(config(id), HardState::default(), 0, SimDisk::default()).expect("valid config")
-}
-
-fn entry(index: u64, term: u64) -> Entry {
-    Entry {
-        index,
-        term,
-        kind: EntryKind::Command,
-        payload: Arc::from(&b"x"[..]),
-    }
-}
-
-/// Writes `rd` to the node's disk, makes it durable and returns its messages (and those the
-/// durability released).
-fn persist_all(raft: &mut Node, rd: Ready) -> Vec<Message> {
-    if let Some(hs) = rd.hard_state {
-        raft.storage_mut().write_hard_state(hs);
-    }
-    if !rd.entries.is_empty() {
-        raft.storage_mut().write_entries(rd.entries.clone());
-    }
-    if raft.storage_mut().start_fsync() {
-        raft.storage_mut().complete_fsync();
-    }
-    if let Some(hs) = rd.hard_state {
-        raft.hard_state_durable(hs);
-    }
-    if let Some(last) = rd.entries.last() {
-        raft.log_durable(last.index, last.term);
-    }
-    let mut msgs = rd.messages;
-    msgs.extend(raft.ready().messages);
-    msgs
 }
 
 /// Delivers messages between the nodes (instant durability) until quiet.
