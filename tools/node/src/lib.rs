@@ -31,6 +31,7 @@ pub mod snapshots;
 pub mod state;
 pub mod storage;
 pub mod subscriptions;
+mod time_index;
 mod warn_limit;
 
 #[cfg(test)]

@@ -14,7 +14,9 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use raftline_log::batch::{parse_header, BATCH_HEADER_BYTES};
+use raftline_log::batch::{
+    entry_batches, for_each_timestamp_in, max_timestamp_in, parse_header, BATCH_HEADER_BYTES,
+};
 use raftline_log::{
     BackendChoice, Batch, BatchError, BatchHeader, DurableLoss, DurableLossHook, HardStateStore,
     Log, LogConfig, LogError, WriterHook,
@@ -28,6 +30,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::snapshots::{Restored, SnapshotError, SnapshotPolicy, Snapshots};
 use crate::storage::{batch_of, LogStorage};
+use crate::time_index::TimeIndex;
 
 /// `Ready` rounds one [`Replica::advance`] carries out before the event loop gets a turn (each
 /// hands out at most the core's `committed_bytes_max` of committed entries).
@@ -122,6 +125,39 @@ pub struct Committed {
 /// Persists the repair marker for entries the log is about to cut although they were durable
 /// (recovery calls this before the cut erases the evidence, so a crash in between cannot
 /// forget it): the higher of their durable index and a marker an earlier, unrepaired loss left.
+/// Bytes a timestamp lookup reads from the log at a time.
+const READ_BYTES: usize = 1 << 20;
+
+/// Notes a committed entry's data batches in the time index (a no-op or configuration entry
+/// holds none).
+fn index_entry(index: &mut TimeIndex, entry: &[u8]) -> Result<(), BatchError> {
+    for batch in entry_batches(entry) {
+        let (h, range) = batch?;
+        if h.is_data() {
+            let max = max_timestamp_in(&entry[range.clone()])?;
+            index.note(h.base_offset, h.next_offset(), range.len() as u64, max);
+        }
+    }
+    Ok(())
+}
+
+/// Indexes the log's committed entries up to `applied` (what a restarted node does not apply
+/// again: its snapshot covers them).
+fn index_retained(index: &mut TimeIndex, log: &Log, applied: Index) -> Result<(), LogError> {
+    let mut offset = log.start_offset();
+    let mut buf = Vec::new();
+    loop {
+        let batches = log.read_from_offset_into(offset, applied, READ_BYTES, &mut buf)?;
+        let Some((last, _)) = batches.last() else {
+            return Ok(());
+        };
+        offset = last.next_offset();
+        for (_, range) in &batches {
+            index_entry(index, &buf[range.clone()])?;
+        }
+    }
+}
+
 fn persist_repair_marker(data_dir: &std::path::Path, loss: DurableLoss) -> Result<(), LogError> {
     let (mut hard_state, _) = HardStateStore::open(data_dir)?;
     let pending = hard_state.repair_through();
@@ -168,6 +204,8 @@ pub struct Replica {
     snapshots: Snapshots,
     /// Offset one past the last record a consumer may read here.
     readable_end_offset: u64,
+    /// Where committed records lie by producer timestamp (Kafka's ListOffsets by time).
+    time_index: TimeIndex,
     leadership: Leadership,
 }
 
@@ -235,7 +273,11 @@ impl Replica {
             backend = ?log.backend(),
             "replica recovered from disk"
         );
+        let mut time_index = TimeIndex::default();
+        time_index.forget_below(log.start_offset());
+        index_retained(&mut time_index, &log, applied)?;
         Ok(Replica {
+            time_index,
             readable_end_offset: next_offset.unwrap_or_else(|| log.start_offset()),
             snapshots,
             raft,
@@ -487,6 +529,12 @@ impl Replica {
                 })?;
                 debug_assert_eq!(h.base_offset, self.readable_end_offset);
                 self.readable_end_offset = h.next_offset();
+                index_entry(&mut self.time_index, &e.payload).map_err(|source| {
+                    FatalError::BadEntry {
+                        index: e.index,
+                        source,
+                    }
+                })?;
             }
             self.snapshots.apply(e)?;
             self.committed.push(Committed {
@@ -541,6 +589,7 @@ impl Replica {
             // Serve the snapshot before the prefix it covers goes.
             self.raft.storage_mut().set_snapshot(served);
             let dropped = self.log.truncate_prefix(floor)?;
+            self.time_index.forget_below(self.log.start_offset());
             tracing::info!(
                 index,
                 floor,
@@ -574,6 +623,7 @@ impl Replica {
             .wait()?;
         self.tail = None;
         self.readable_end_offset = payload.next_offset;
+        self.time_index.forget_below(payload.next_offset);
         self.snapshots.installed(meta.index, payload.state)?;
         self.raft.storage_mut().set_snapshot(served);
         self.raft.snapshot_installed(&meta);
@@ -660,6 +710,42 @@ impl Replica {
     /// A shared handle on the log (metrics read its writer statistics).
     pub fn log_handle(&self) -> Arc<Log> {
         Arc::clone(&self.log)
+    }
+
+    /// The first committed record (offset, timestamp) whose producer timestamp is at least
+    /// `timestamp`, or with `None` the first with the largest timestamp; reads at most two
+    /// spans of the log (`time_index`).
+    pub fn find_by_timestamp(
+        &self,
+        timestamp: Option<u64>,
+    ) -> Result<Option<(u64, u64)>, LogError> {
+        let read = |from: u64, to: u64, visit: &mut dyn FnMut(u64, u64)| {
+            let mut buf = Vec::new();
+            let mut offset = from;
+            while offset < to {
+                let batches = self.read_committed_into(offset, READ_BYTES, &mut buf)?;
+                let Some((last, _)) = batches.last() else {
+                    break;
+                };
+                offset = last.next_offset();
+                for (_, range) in &batches {
+                    for inner in entry_batches(&buf[range.clone()]) {
+                        let (_, inner) = inner?;
+                        let batch = &buf[range.start + inner.start..range.start + inner.end];
+                        for_each_timestamp_in(batch, |o, ts| {
+                            if (from..to).contains(&o) {
+                                visit(o, ts)
+                            }
+                        })?;
+                    }
+                }
+            }
+            Ok(())
+        };
+        match timestamp {
+            Some(t) => self.time_index.find_at_or_after(t, read),
+            None => self.time_index.find_largest(read),
+        }
     }
 
     /// Committed, locally durable client batches from the one holding record `offset`, at most
