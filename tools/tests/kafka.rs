@@ -291,10 +291,17 @@ impl KafkaConn {
         Resp::decode(&mut bytes, version).unwrap()
     }
 
-    /// Whether the node closed the connection within the deadline.
+    /// Whether the node closed the connection within the deadline (end of stream or a reset;
+    /// the read timing out means it is still open).
     fn closed(&mut self) -> bool {
         let mut buf = [0u8; 64];
-        matches!(self.stream.read(&mut buf), Ok(0) | Err(_))
+        match self.stream.read(&mut buf) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
     }
 }
 
@@ -768,4 +775,44 @@ fn list_offsets_finds_records_by_timestamp_across_compaction_and_restart() {
     cluster.wait_leader();
     let mut conn = KafkaConn::connect(kafka_addr(&cluster, 1));
     assert_lookups(&mut conn, &records, "after a restart");
+}
+
+#[test]
+fn acks_zero_is_never_answered_and_a_failure_closes_the_connection() {
+    let cluster = Cluster::start_kafka(3, "auto", &[]);
+    let leader = cluster.wait_leader();
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let latest = |conn: &mut KafkaConn| offset_for_time(conn, -1).1;
+
+    // Taken: not answered, the connection stays, the record commits.
+    let mut conn = KafkaConn::connect(kafka_addr(&cluster, leader));
+    conn.send(ApiKey::Produce, 9, &produce_request(0, kafka_batch(&["a"])));
+    let deadline = Instant::now() + DEADLINE;
+    while latest(&mut conn) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the acks=0 record never committed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Refused by the leader (a CRC mismatch): the connection is closed, nothing is appended.
+    let mut bad = kafka_batch(&["b"]);
+    *bad.last_mut().unwrap() ^= 1;
+    let mut refused = KafkaConn::connect(kafka_addr(&cluster, leader));
+    refused.send(ApiKey::Produce, 9, &produce_request(0, bad));
+    assert!(
+        refused.closed(),
+        "a refused acks=0 produce left the connection open"
+    );
+
+    // Sent to a follower: it cannot lead the append, so it closes the connection (the
+    // producer then refreshes its metadata and finds the leader).
+    let mut at_follower = KafkaConn::connect(kafka_addr(&cluster, follower));
+    at_follower.send(ApiKey::Produce, 9, &produce_request(0, kafka_batch(&["c"])));
+    assert!(
+        at_follower.closed(),
+        "a follower kept an acks=0 producer it could not serve"
+    );
+    assert_eq!(latest(&mut conn), 1, "only the taken record was appended");
 }

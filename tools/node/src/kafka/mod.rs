@@ -195,8 +195,10 @@ impl Kafka {
                 let response = self.produces.produce(
                     net, &self.cfg, replica, appends, asked, client, place, request,
                 );
-                if let (Some(place), Some(response)) = (place, response) {
-                    self.respond(net, place, response?);
+                match (place, response) {
+                    (Some(place), Some(response)) => self.respond(net, place, response?),
+                    (None, Some(Err(why))) => return Err(why),
+                    _ => {}
                 }
             }
             ApiKey::InitProducerId => {
