@@ -34,9 +34,12 @@ fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(seqs)
 }
 
+/// Each loss the hook was told about, with the number of segment files present then.
+type Told = Arc<Mutex<Vec<(DurableLoss, usize)>>>;
+
 /// A cutting configuration whose hook records each loss it is told about, and the segment
 /// files that existed when it was told (the evidence must still be there).
-fn cutting(dir: &Path) -> (LogConfig, Arc<Mutex<Vec<(DurableLoss, usize)>>>) {
+fn cutting(dir: &Path) -> (LogConfig, Told) {
     let told = Arc::new(Mutex::new(Vec::new()));
     let mut cfg = config(dir, KIND);
     cfg.on_damage = OnDamage::Cut;
