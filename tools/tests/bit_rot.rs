@@ -126,7 +126,7 @@ fn a_follower_whose_acknowledged_tail_rots_stays_mute_until_a_leader_repairs_it(
     assert!(
         cluster
             .log_of(rotting)
-            .contains("log tail damaged: entries from index"),
+            .contains("log damaged: entries from index"),
         "the rotted follower says what it lost:\n{}",
         cluster.log_of(rotting)
     );
