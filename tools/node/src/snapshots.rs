@@ -460,12 +460,15 @@ impl Snapshots {
     }
 }
 
+/// A snapshot file that passed its checksum, with its payload.
+type Verified = (raftline_log::SnapshotMeta, Vec<u8>);
+
 /// The newest snapshot file in `dir` that passes its checksum, with its payload, and how many
 /// newer ones failed it: those are deleted (never served, never loaded; the log or a peer has
 /// what they held), each said in an error line.
 fn newest_verified(
     dir: &Path,
-) -> Result<(Option<(raftline_log::SnapshotMeta, Vec<u8>)>, usize), SnapshotError> {
+) -> Result<(Option<Verified>, usize), SnapshotError> {
     let mut dropped = 0;
     for file in list_snapshots(dir)? {
         match read_snapshot(&file) {
