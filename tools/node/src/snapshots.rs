@@ -466,9 +466,7 @@ type Verified = (raftline_log::SnapshotMeta, Vec<u8>);
 /// The newest snapshot file in `dir` that passes its checksum, with its payload, and how many
 /// newer ones failed it: those are deleted (never served, never loaded; the log or a peer has
 /// what they held), each said in an error line.
-fn newest_verified(
-    dir: &Path,
-) -> Result<(Option<Verified>, usize), SnapshotError> {
+fn newest_verified(dir: &Path) -> Result<(Option<Verified>, usize), SnapshotError> {
     let mut dropped = 0;
     for file in list_snapshots(dir)? {
         match read_snapshot(&file) {
