@@ -28,7 +28,9 @@ pub const BATCH_HEADER_BYTES: usize = 48;
 /// Hard upper bound on a batch's total size, whatever the configuration says.
 pub const BATCH_BYTES_LIMIT: usize = 64 << 20;
 
-const MAGIC: u32 = u32::from_le_bytes(*b"RLNB");
+const MAGIC: u32 = u32::from_le_bytes(BATCH_MAGIC);
+/// The bytes every batch starts with (recovery searches damaged ranges for them).
+pub(crate) const BATCH_MAGIC: [u8; 4] = *b"RLNB";
 const VERSION: u16 = 1;
 /// Flag of a log-internal truncation marker (never a wire batch).
 pub(crate) const FLAG_TRUNCATE_MARKER: u16 = 1;

@@ -19,7 +19,7 @@ use raftline_log::batch::{
 };
 use raftline_log::{
     BackendChoice, Batch, BatchError, BatchHeader, DurableLoss, DurableLossHook, HardStateStore,
-    Log, LogConfig, LogError, WriterHook,
+    Log, LogConfig, LogError, OnDamage, WriterHook,
 };
 use raftline_replicator::{
     Config, EntryKind, HardState, Index, InitError, Message, NodeId, ProposeError, Raft, Ready,
@@ -30,6 +30,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::snapshots::{Restored, SnapshotError, SnapshotPolicy, Snapshots};
 use crate::storage::{batch_of, LogStorage};
+use crate::storage_repair::{self, Repair};
 use crate::time_index::TimeIndex;
 
 /// `Ready` rounds one [`Replica::advance`] carries out before the event loop gets a turn (each
@@ -167,7 +168,7 @@ fn persist_repair_marker(data_dir: &std::path::Path, loss: DurableLoss) -> Resul
         first_lost = loss.first_lost,
         durable_through = loss.durable_through,
         repair_through = through,
-        "log tail damaged: entries from index {} lost, durable through {}; not voting until repaired from the leader",
+        "log damaged: entries from index {} lost, durable through {}; not voting until repaired from the leader",
         loss.first_lost,
         loss.durable_through
     );
@@ -207,6 +208,8 @@ pub struct Replica {
     /// Where committed records lie by producer timestamp (Kafka's ListOffsets by time).
     time_index: TimeIndex,
     leadership: Leadership,
+    /// What was repaired when the replica opened (for the metrics).
+    repairs: Vec<Repair>,
 }
 
 impl Replica {
@@ -231,8 +234,40 @@ impl Replica {
         log_cfg.durable_loss_hook = Some(DurableLossHook(Arc::new(move |loss| {
             persist_repair_marker(&data_dir, loss).map_err(|e| e.to_string())
         })));
+        // Damage before the tail is cut and re-fetched from a peer, not refused.
+        log_cfg.on_damage = OnDamage::Cut;
         let log = Arc::new(Log::open(log_cfg)?);
-        let (hard_state, saved) = HardStateStore::open(&cfg.data_dir)?;
+        let mut repairs = Vec::new();
+        match (log.damage_cut(), log.durable_loss()) {
+            (Some(_), _) => repairs.push(Repair::LogRange),
+            (None, Some(_)) => repairs.push(Repair::LogTail),
+            (None, None) => {}
+        }
+        let (mut hard_state, mut saved) = HardStateStore::open(&cfg.data_dir)?;
+        repairs.extend(storage_repair::hard_state_damage(
+            &mut hard_state,
+            &mut saved,
+            &log,
+        )?);
+        let snapshots_dir = cfg.data_dir.join("snapshots");
+        let restored = match Snapshots::open(&snapshots_dir, cfg.snapshots, &log) {
+            Err(SnapshotError::BaseLost { dropped, .. }) => {
+                repairs.extend(std::iter::repeat_n(Repair::Snapshot, dropped));
+                storage_repair::empty_log_for_a_peer_snapshot(&mut hard_state, &log)?;
+                Snapshots::open(&snapshots_dir, cfg.snapshots, &log)?
+            }
+            other => other?,
+        };
+        repairs.extend(std::iter::repeat_n(
+            Repair::Snapshot,
+            restored.dropped_corrupt,
+        ));
+        let Restored {
+            snapshots,
+            served,
+            next_offset,
+            ..
+        } = restored;
         let repair_through = hard_state.repair_through();
         if let (Some(through), None) = (repair_through, log.durable_loss()) {
             tracing::warn!(
@@ -244,11 +279,6 @@ impl Replica {
             term: saved.term,
             vote: saved.voted_for,
         };
-        let Restored {
-            snapshots,
-            served,
-            next_offset,
-        } = Snapshots::open(&cfg.data_dir.join("snapshots"), cfg.snapshots, &log)?;
         // The state machine holds what the snapshot covers; committed entries after it are
         // learnt again from the leader (and re-read from the local log) and applied again.
         let applied = served
@@ -290,7 +320,13 @@ impl Replica {
             refused: Vec::new(),
             committed: Vec::new(),
             leadership,
+            repairs,
         })
+    }
+
+    /// What was found damaged and repaired when the replica opened, one item per repair.
+    pub fn repairs_at_open(&self) -> &[Repair] {
+        &self.repairs
     }
 
     /// The core (read access: role, term, progress...).
