@@ -192,6 +192,11 @@ impl Cluster {
 
     /// (Re)starts node `id` on its data directory; its output is appended to its log file.
     pub fn spawn(&mut self, id: u64) {
+        self.spawn_with_env(id, &[]);
+    }
+
+    /// [`Cluster::spawn`] with `env` added to the node's environment (e.g. a crash point).
+    pub fn spawn_with_env(&mut self, id: u64, env: &[(&str, &str)]) {
         let peers = self.list(|n| n.peer);
         let clients = self.list(|n| n.client);
         let kafka: Vec<String> = self
@@ -258,6 +263,7 @@ impl Cluster {
         }
         let child = cmd
             .args(&self.extra_args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
