@@ -664,6 +664,7 @@ impl Writer {
             *index = fresh;
             obsolete.iter().map(|s| s.seq).collect()
         };
+        crate::fault::crash_point("restart-before-delete");
         segment::remove_segments(&self.params.dir, &obsolete)
             .map_err(|e| LogError::io("deleting segments obsolete after a restart", e))?;
         Ok(next_index - 1)

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod batch;
 pub mod dir;
 pub mod error;
+pub mod fault;
 mod group_commit;
 pub mod hard_state;
 pub mod histogram;
@@ -27,6 +28,6 @@ pub use log::{AppendTicket, Log, LogConfig};
 pub use recovery::{DamageCut, DurableLoss, DurableLossHook, OnDamage};
 pub use segment::Preallocate;
 pub use snapshot::{
-    install_snapshot_file, latest_snapshot, read_snapshot, write_snapshot, SnapshotMeta,
+    install_snapshot_file, latest_snapshot, read_snapshot, write_snapshot_streamed, SnapshotMeta,
 };
 pub use writer_hook::WriterHook;

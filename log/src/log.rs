@@ -770,6 +770,7 @@ impl Log {
             } else {
                 std::fs::remove_file(&path)?;
             }
+            crate::fault::crash_point("truncate-after-first-segment");
         }
         crate::dir::sync_dir(dir)?;
         // Handed to the writer only once the `.free` names are durable: the writer renames the

@@ -4,11 +4,14 @@
 //! Layout (little-endian): `0 u64 magic "RLNSNAP1"`, `8 u32 crc32c of [16, end)`, `12 u32 0`,
 //! `16 u64 last_index`, `24 u64 last_term`, `32 u64 payload_bytes`, `40 payload`.
 
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::batch::crc32c;
 use crate::dir::sync_dir;
 use crate::error::{CorruptionKind, LogError};
+use crate::fault::crash_point;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"RLNSNAP1");
 /// Bytes of a snapshot file before its payload.
@@ -29,36 +32,88 @@ fn file_name(last_index: u64, last_term: u64) -> String {
     format!("snap-{last_index:020}-{last_term:020}.snap")
 }
 
-/// Writes a snapshot atomically and durably; returns its metadata.
-pub fn write_snapshot(
+/// Writes a snapshot of `payload_bytes` whose payload `write_payload` streams (through a 1 MiB
+/// buffer: the payload is never whole in memory), atomically and durably: temp file, fsync,
+/// rename, directory fsync. A payload of another length than announced is refused (nothing is
+/// renamed). Crash points: `snapshot-write-half` (half the payload in the temp file),
+/// `snapshot-before-rename` (temp file complete and synced), `snapshot-before-dir-sync`.
+pub fn write_snapshot_streamed(
     dir: &Path,
     last_index: u64,
     last_term: u64,
-    payload: &[u8],
+    payload_bytes: u64,
+    write_payload: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<SnapshotMeta, LogError> {
-    let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len());
-    bytes.extend_from_slice(&MAGIC.to_le_bytes());
-    bytes.extend_from_slice(&[0u8; 8]);
-    bytes.extend_from_slice(&last_index.to_le_bytes());
-    bytes.extend_from_slice(&last_term.to_le_bytes());
-    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(payload);
-    let crc = crc32c(&bytes[16..]);
-    bytes[8..12].copy_from_slice(&crc.to_le_bytes());
     let path = dir.join(file_name(last_index, last_term));
     let tmp = dir.join(format!("{}.tmp", file_name(last_index, last_term)));
     let io = |what: &str, e| LogError::io(format!("{what} snapshot {}", path.display()), e);
-    std::fs::write(&tmp, &bytes).map_err(|e| io("writing", e))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
+    let file = std::fs::File::create(&tmp).map_err(|e| io("creating", e))?;
+    let mut head = [0u8; HEADER_BYTES];
+    head[0..8].copy_from_slice(&MAGIC.to_le_bytes());
+    head[16..24].copy_from_slice(&last_index.to_le_bytes());
+    head[24..32].copy_from_slice(&last_term.to_le_bytes());
+    head[32..40].copy_from_slice(&payload_bytes.to_le_bytes());
+    let mut out = ChecksummedWriter {
+        inner: BufWriter::with_capacity(WRITE_BUFFER_BYTES, &file),
+        crc: crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi),
+        written: 0,
+        half: payload_bytes / 2,
+    };
+    out.inner.write_all(&head).map_err(|e| io("writing", e))?;
+    out.crc.update(&head[16..]);
+    write_payload(&mut out).map_err(|e| io("writing", e))?;
+    if out.written != payload_bytes {
+        let why = format!(
+            "payload of {} bytes, {payload_bytes} announced",
+            out.written
+        );
+        return Err(io("writing", std::io::Error::other(why)));
+    }
+    let crc = out.crc.finalize() as u32;
+    out.inner.flush().map_err(|e| io("writing", e))?;
+    drop(out);
+    file.write_all_at(&crc.to_le_bytes(), 8)
+        .and_then(|()| file.sync_all())
         .map_err(|e| io("syncing", e))?;
+    crash_point("snapshot-before-rename");
     std::fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
+    crash_point("snapshot-before-dir-sync");
     sync_dir(dir).map_err(|e| io("syncing the directory of", e))?;
     Ok(SnapshotMeta {
         last_index,
         last_term,
         path,
     })
+}
+
+/// Bytes buffered between the payload's writer and the file.
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
+
+/// The payload's way to the file: checksummed and counted as it passes.
+struct ChecksummedWriter<'a> {
+    inner: BufWriter<&'a std::fs::File>,
+    crc: crc_fast::Digest,
+    written: u64,
+    /// Payload bytes after which `snapshot-write-half` fires.
+    half: u64,
+}
+
+impl Write for ChecksummedWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        let before = self.written;
+        self.written += n as u64;
+        if before < self.half && self.written >= self.half {
+            self.inner.flush()?;
+            crash_point("snapshot-write-half");
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Snapshots in `dir`, newest (highest last index) first; leftover temp files are ignored.
@@ -146,6 +201,7 @@ pub fn install_snapshot_file(
     std::fs::File::open(tmp)
         .and_then(|f| f.sync_all())
         .map_err(|e| io("syncing", e))?;
+    crash_point("install-before-rename");
     std::fs::rename(tmp, &path).map_err(|e| io("renaming", e))?;
     sync_dir(dir).map_err(|e| io("syncing the directory of", e))?;
     Ok((
@@ -158,6 +214,25 @@ pub fn install_snapshot_file(
     ))
 }
 
+/// Deletes the temp files a crash left behind (a snapshot being written or received: never
+/// trusted, and they would hold disk space forever), then fsyncs the directory. Returns how many.
+pub fn remove_temp_files(dir: &Path) -> Result<usize, LogError> {
+    let listing = |e| LogError::io(format!("listing {}", dir.display()), e);
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(listing)? {
+        let path = entry.map_err(listing)?.path();
+        if path.extension().is_some_and(|e| e == "tmp") {
+            std::fs::remove_file(&path)
+                .map_err(|e| LogError::io(format!("deleting {}", path.display()), e))?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        sync_dir(dir).map_err(|e| LogError::io("syncing the snapshot directory", e))?;
+    }
+    Ok(removed)
+}
+
 /// Deletes snapshots older than `keep_from_index`, then fsyncs the directory.
 pub fn remove_snapshots_below(dir: &Path, keep_from_index: u64) -> Result<usize, LogError> {
     let old: Vec<_> = list_snapshots(dir)?
@@ -167,6 +242,7 @@ pub fn remove_snapshots_below(dir: &Path, keep_from_index: u64) -> Result<usize,
     for m in &old {
         std::fs::remove_file(&m.path)
             .map_err(|e| LogError::io(format!("deleting {}", m.path.display()), e))?;
+        crash_point("prune-after-first-snapshot");
     }
     if !old.is_empty() {
         sync_dir(dir).map_err(|e| LogError::io("syncing the snapshot directory", e))?;
@@ -177,6 +253,27 @@ pub fn remove_snapshots_below(dir: &Path, keep_from_index: u64) -> Result<usize,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write_snapshot(
+        dir: &Path,
+        last_index: u64,
+        last_term: u64,
+        payload: &[u8],
+    ) -> Result<SnapshotMeta, LogError> {
+        write_snapshot_streamed(dir, last_index, last_term, payload.len() as u64, |w| {
+            w.write_all(payload)
+        })
+    }
+
+    #[test]
+    fn a_payload_of_another_length_than_announced_is_never_installed() {
+        let dir = scratch();
+        let short = write_snapshot_streamed(dir.path(), 3, 1, 10, |w| w.write_all(b"nine byte"));
+        assert!(short.is_err());
+        let long = write_snapshot_streamed(dir.path(), 3, 1, 2, |w| w.write_all(b"abc"));
+        assert!(long.is_err());
+        assert_eq!(latest_snapshot(dir.path()).unwrap(), None);
+    }
 
     fn scratch() -> tempfile::TempDir {
         tempfile::Builder::new()
@@ -200,6 +297,8 @@ mod tests {
         .unwrap();
         let latest = latest_snapshot(dir.path()).unwrap().unwrap();
         assert_eq!((latest.last_index, latest.last_term), (30, 2));
+        assert_eq!(remove_temp_files(dir.path()).unwrap(), 1);
+        assert_eq!(latest_snapshot(dir.path()).unwrap(), Some(latest.clone()));
         assert_eq!(read_snapshot(&latest).unwrap(), b"thirty");
         assert_eq!(remove_snapshots_below(dir.path(), 30).unwrap(), 2);
         assert_eq!(list_snapshots(dir.path()).unwrap().len(), 1);

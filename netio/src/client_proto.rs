@@ -186,6 +186,12 @@ pub struct NodeStatus {
     /// Bytes of the node's data directory on disk (log segments, snapshots, hard state), as of
     /// its last measurement (at most a second old).
     pub disk_bytes: u64,
+    /// Keys in the node's materialised state (tombstones included).
+    pub state_keys: u64,
+    /// Bytes the materialised state accounts for.
+    pub state_bytes: u64,
+    /// Its bound (`--state-mib-max`): at it, appends adding keys are refused (`StateFull`).
+    pub state_bytes_max: u64,
 }
 
 /// The snapshot a node serves.
@@ -261,6 +267,17 @@ pub enum ClientError {
     BadRequest {
         /// What is wrong with it.
         why: String,
+    },
+    /// The batch adds a key while the materialised state holds `--state-mib-max`: overwrites
+    /// and deletes of keys it holds are still taken. Not retriable until keys are deleted (and
+    /// their tombstones expired) or the bound raised.
+    #[error(
+        "state full: the keyed state holds its bound of {state_bytes_max} bytes; only \
+         overwrites and deletes of existing keys are taken"
+    )]
+    StateFull {
+        /// The node's bound on its state.
+        state_bytes_max: u64,
     },
 }
 

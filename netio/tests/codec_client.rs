@@ -167,6 +167,9 @@ fn arb_status() -> impl Strategy<Value = NodeStatus> {
                     age_ms: leader_id,
                 }),
                 disk_bytes: log_end_offset,
+                state_keys: 0,
+                state_bytes: 0,
+                state_bytes_max: 1 << 30,
             },
         )
 }

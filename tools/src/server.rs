@@ -42,6 +42,7 @@ const EXIT_INTERRUPTED: i32 = 130;
 /// Runs a node until it is told to stop.
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let cfg = args.resolve()?;
+    raftline_log::fault::check_crash_at().map_err(anyhow::Error::msg)?;
     let node = Node::start(cfg.clone())?;
     print_start(&cfg, node.started());
     let signals = Arc::new(AtomicU32::new(0));

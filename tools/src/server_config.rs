@@ -109,9 +109,17 @@ pub struct ServerArgs {
     /// [default: 64].
     #[arg(long)]
     pub retain_mib: Option<u64>,
-    /// Largest materialised state in MiB; beyond it the node stops snapshotting [default: 1024].
+    /// Largest materialised state in MiB. Once the state holds this much, the leader refuses
+    /// appends that would add a key (error StateFull; Kafka: POLICY_VIOLATION) while overwrites
+    /// and deletes of held keys go on, and every node keeps snapshotting and compacting
+    /// [default: 1024].
     #[arg(long)]
     pub state_mib_max: Option<u64>,
+    /// A delete's tombstone stays in the materialised state (and so in snapshots) until the log
+    /// is this many records past it; then the key is simply absent. 0 = forever
+    /// [default: 10000000].
+    #[arg(long)]
+    pub tombstone_retain_offsets: Option<u64>,
     /// EMULATION for benchmarks: hold every log fdatasync's completion back to a reference
     /// device's latency (hdd 10 ms, sata 1 ms, nvme 0.2 ms after it was issued) on top of the real
     /// write. Marked in the start-up output and in /metrics (raftline_emulated_disk).
@@ -147,6 +155,7 @@ struct FileConfig {
     snapshot_interval_s: Option<u64>,
     retain_mib: Option<u64>,
     state_mib_max: Option<u64>,
+    tombstone_retain_offsets: Option<u64>,
     emulate_disk: Option<DiskProfile>,
 }
 
@@ -327,6 +336,14 @@ impl ServerArgs {
                     .or(file.snapshot_interval_s)
                     .filter(|&s| s > 0)
                     .map(Duration::from_secs),
+                tombstone_retain_offsets: match self
+                    .tombstone_retain_offsets
+                    .or(file.tombstone_retain_offsets)
+                {
+                    Some(0) => None,
+                    Some(n) => Some(n),
+                    None => SnapshotPolicy::default().tombstone_retain_offsets,
+                },
             },
             emulated_disk: self
                 .emulate_disk

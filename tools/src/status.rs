@@ -13,8 +13,9 @@ use crate::cluster_args::ClusterArgs;
 pub const LONG_ABOUT: &str = "Ask every node given by --bootstrap for its status and print one \
 row per node: id, address, role, term, the leader it knows, commit index, the offsets its log \
 holds [start, end), from the leader's view how many entries the node lags behind, the snapshot \
-it serves (the index it covers, the offset the log continues at, its size and age) and the \
-bytes its data directory takes on disk.\n\n\
+it serves (the index it covers, the offset the log continues at, its size and age), the \
+bytes its data directory takes on disk, and its materialised state's size against \
+--state-mib-max (FULL once appends adding keys are refused).\n\n\
 Exit status: 0 when a leader answered (unreachable nodes are listed but tolerated: the cluster \
 still works); 2 when nodes answered but none leads (an election is under way, or no majority is \
 up); 1 when no node answered.";
@@ -72,6 +73,7 @@ pub fn render(results: &[NodeStatusResult]) -> String {
         "SNAP SIZE",
         "SNAP AGE",
         "DISK",
+        "STATE",
     ]
     .map(String::from)
     .to_vec()];
@@ -95,6 +97,7 @@ pub fn render(results: &[NodeStatusResult]) -> String {
                     .and_then(|n| n.age_ms)
                     .map_or("-".into(), |ms| format!("{}s", ms / 1000)),
                 size(s.disk_bytes),
+                state(s),
             ]),
             Err(e) => {
                 let mut row = vec!["?".to_string(), r.address.clone(), "unreachable".into()];
@@ -124,7 +127,7 @@ pub fn render(results: &[NodeStatusResult]) -> String {
 }
 
 /// Columns of the status table.
-const COLUMNS: usize = 14;
+const COLUMNS: usize = 15;
 
 /// A byte count for people: B, KiB, MiB or GiB with one decimal.
 fn size(bytes: u64) -> String {
@@ -143,6 +146,20 @@ fn size(bytes: u64) -> String {
 }
 
 /// Entries `node` lags behind the leader, from the leader's progress table.
+/// The materialised state's size against its bound, `FULL` once appends adding keys are refused.
+fn state(node: &NodeStatus) -> String {
+    let full = if node.state_bytes >= node.state_bytes_max {
+        " FULL"
+    } else {
+        ""
+    };
+    format!(
+        "{}/{}{full}",
+        size(node.state_bytes),
+        size(node.state_bytes_max)
+    )
+}
+
 fn lag(leader: Option<&NodeStatus>, node: &NodeStatus) -> String {
     match leader {
         Some(l) if l.node_id == node.node_id => "0".into(),
@@ -193,6 +210,9 @@ mod tests {
             peers,
             snapshot,
             disk_bytes: 70 << 20,
+            state_keys: 1000,
+            state_bytes: 3 << 20,
+            state_bytes_max: 4 << 20,
         }
     }
 
@@ -225,17 +245,17 @@ mod tests {
         assert_eq!(
             lines[0],
             "NODE  ADDRESS         ROLE         TERM  LEADER  COMMIT  LOG START  LOG END  LAG  \
-             SNAPSHOT  SNAP CUT  SNAP SIZE  SNAP AGE  DISK"
+             SNAPSHOT  SNAP CUT  SNAP SIZE  SNAP AGE  DISK      STATE"
         );
         assert_eq!(
             lines[1],
             "1     127.0.0.1:7401  follower     4     2       17      0          120      3    \
-             -         -         -          -         70.0 MiB"
+             -         -         -          -         70.0 MiB  3.0 MiB/4.0 MiB"
         );
         assert_eq!(
             lines[2],
             "2     127.0.0.1:7402  leader       4     2       17      0          120      0    \
-             9         60        3.0 MiB    42s       70.0 MiB"
+             9         60        3.0 MiB    42s       70.0 MiB  3.0 MiB/4.0 MiB"
         );
         assert!(lines[3].starts_with("?     127.0.0.1:7403  unreachable"));
         assert_eq!(

@@ -118,6 +118,9 @@ impl NullNode {
                     peers: Vec::new(),
                     snapshot: None,
                     disk_bytes: 0,
+                    state_keys: 0,
+                    state_bytes: 0,
+                    state_bytes_max: 1 << 30,
                 },
             },
             Request::Subscribe {

@@ -147,6 +147,9 @@ impl FakeCluster {
             peers: vec![],
             snapshot: None,
             disk_bytes: 0,
+            state_keys: 0,
+            state_bytes: 0,
+            state_bytes_max: 1 << 30,
         }
     }
 }

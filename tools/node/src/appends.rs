@@ -268,13 +268,40 @@ impl Appends {
         });
     }
 
-    /// The next entry's worth of staged appends, in arrival order.
-    pub fn take_proposal(&mut self) -> Option<Proposal> {
-        let proposal = self.staged.pop_front()?;
-        self.metrics
-            .entry_batches
-            .record(proposal.batches.len() as u64);
-        Some(proposal)
+    /// The next entry's worth of staged appends, in arrival order, less those `refusal` refuses
+    /// (answered at once with its error).
+    pub fn take_proposal(
+        &mut self,
+        net: &mut Net,
+        refusal: impl Fn(&Batch) -> Option<ClientError>,
+    ) -> Option<Proposal> {
+        loop {
+            let staged = self.staged.pop_front()?;
+            let mut proposal = Proposal {
+                batches: Vec::with_capacity(staged.batches.len()),
+                waiting: Waiting(Vec::with_capacity(staged.batches.len())),
+                bytes: 0,
+            };
+            for (batch, s) in staged.batches.into_iter().zip(staged.waiting.0) {
+                if let Some(error) = refusal(&batch) {
+                    self.metrics
+                        .appends_refused_state_full
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.error(net, s.requester, error);
+                    continue;
+                }
+                proposal.bytes += batch.as_bytes().len();
+                proposal.batches.push(batch);
+                proposal.waiting.0.push(s);
+            }
+            if proposal.batches.is_empty() {
+                continue;
+            }
+            self.metrics
+                .entry_batches
+                .record(proposal.batches.len() as u64);
+            return Some(proposal);
+        }
     }
 
     /// Registers the acknowledgements of a proposal the leader accepted, or answers all its

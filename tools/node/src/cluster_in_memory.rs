@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use raftline_log::batch::entry_batches;
 use raftline_log::{BackendChoice, BackendKind, Batch, LogError, Record, WriterHook};
-use raftline_replicator::{Config, Role};
+use raftline_replicator::{Config, EntryKind, Role};
 
 use crate::replica::{Committed, Replica, ReplicaConfig};
 use crate::snapshots::SnapshotPolicy;
@@ -33,6 +33,7 @@ const COMPACTING: SnapshotPolicy = SnapshotPolicy {
     every_bytes: 96 << 10,
     retain_bytes: 0,
     state_bytes_max: 1 << 20,
+    tombstone_retain_offsets: None,
     interval: None,
 };
 const COMPACTING_SEGMENT_BYTES: u64 = 128 << 10;
@@ -380,7 +381,7 @@ fn keyed_batch(tag: usize) -> Batch {
 /// The state `batches` make when committed in order from offset 0 (each key keeps the offset of
 /// its latest record).
 fn expected_state(batches: &[Batch]) -> KeyState {
-    let mut state = KeyState::default();
+    let mut state = KeyState::new(None);
     let mut offset = 0;
     for b in batches {
         let mut stamped = b.clone();
@@ -430,7 +431,7 @@ fn replicas_snapshot_their_state_and_drop_segments_as_the_log_grows() {
             "node {node}: {files} snapshot files"
         );
         let r = cluster.replica(slot);
-        assert_eq!(r.state(), Some(&expected), "node {node}");
+        assert_eq!(r.snapshots().state(), &expected, "node {node}");
         assert!(matches!(
             r.read_committed_into(0, 1 << 20, &mut Vec::new()),
             Err(LogError::BelowStart { .. })
@@ -466,7 +467,7 @@ fn a_partitioned_follower_catches_up_by_snapshot_and_serves_the_same_records() {
         "installed a snapshot"
     );
     assert!(f.log().first_index() > behind + 1, "its old log is gone");
-    assert_eq!(f.state(), Some(&expected));
+    assert_eq!(f.snapshots().state(), &expected);
     let same_records_from_the_later_start = |c: &mut Cluster, leader: usize| {
         let start = c.replica(follower).log().start_offset();
         let start = start.max(c.replica(leader).log().start_offset());
@@ -505,7 +506,6 @@ fn a_restart_from_a_snapshot_resumes_with_the_same_state_and_offsets() {
             snapshot,
             "applied = the snapshot's index"
         );
-        assert!(r.state().is_some());
     }
     cluster.run_until("the restarted replicas applied the log again", |c| {
         c.replicas
@@ -514,7 +514,7 @@ fn a_restart_from_a_snapshot_resumes_with_the_same_state_and_offsets() {
             .all(|r| r.readable_index() >= last_before)
     });
     for (slot, node) in NODES.iter().enumerate() {
-        let state = cluster.replica(slot).state().unwrap();
+        let state = cluster.replica(slot).snapshots().state();
         assert_eq!(state, &expected, "node {node}");
         assert!(state.is_deleted(b"key-0"), "the tombstone survived");
     }
@@ -535,7 +535,12 @@ fn a_restart_from_a_snapshot_resumes_with_the_same_state_and_offsets() {
     let expected_after = expected_state(&all);
     for slot in 0..NODES.len() {
         let r = cluster.replica(slot);
-        assert_eq!(r.state(), Some(&expected_after), "node {}", NODES[slot]);
+        assert_eq!(
+            r.snapshots().state(),
+            &expected_after,
+            "node {}",
+            NODES[slot]
+        );
         assert_eq!(r.readable_end_offset(), end_before[slot] + 30);
     }
 }
@@ -605,7 +610,7 @@ fn a_run_commits_as_one_entry_and_every_replica_keeps_its_producers_batches() {
                 offset = got.header().next_offset();
             }
             assert!(
-                r.state().unwrap() == &state,
+                r.snapshots().state() == &state,
                 "node {node} applied every record of every run (restarted: {restarted})"
             );
         }
@@ -723,4 +728,87 @@ fn a_leader_whose_torn_last_group_is_cut_votes_at_once() {
     let reference = all_bytes(cluster.replica(leader));
     assert_eq!(reference.len(), 25);
     assert_eq!(all_bytes(cluster.replica(old)), reference);
+}
+
+/// Records over 400 keys with overwrites and, every 7th record, a delete: a state wide enough
+/// that a snapshot is many map nodes.
+fn wide_keyed_batch(tag: usize) -> Batch {
+    let records: Vec<Record> = (0..20)
+        .map(|i| {
+            let n = tag * 20 + i;
+            Record {
+                key: Some(format!("key-{}", (n * 7919) % 400).into_bytes()),
+                value: if n % 7 == 6 {
+                    Vec::new()
+                } else {
+                    format!("value-{n}").into_bytes()
+                },
+                timestamp_ms: n as u64,
+                headers: vec![],
+            }
+        })
+        .collect();
+    Batch::encode(&records).unwrap()
+}
+
+#[test]
+fn every_snapshot_holds_exactly_the_state_rebuilt_from_the_log_up_to_its_index() {
+    // Snapshots every 16 KiB while the whole log is kept, so each snapshot file can be checked
+    // against the log it claims to cover; proposals go on while each snapshot is written.
+    let policy = SnapshotPolicy {
+        every_bytes: 16 << 10,
+        retain_bytes: 1 << 40,
+        state_bytes_max: 1 << 30,
+        tombstone_retain_offsets: None,
+        interval: None,
+    };
+    let mut cluster = Cluster::with(policy, COMPACTING_SEGMENT_BYTES);
+    let mut checked = std::collections::BTreeSet::new();
+    for round in 0..12 {
+        produce_batches(
+            &mut cluster,
+            (round * 20..round * 20 + 20)
+                .map(wide_keyed_batch)
+                .collect(),
+        );
+        for (slot, node) in NODES.iter().enumerate() {
+            let dir = cluster.dir.path().join(format!("node-{node}/snapshots"));
+            let r = cluster.replica(slot);
+            for file in raftline_log::snapshot::list_snapshots(&dir).unwrap() {
+                if !checked.insert((slot, file.last_index)) {
+                    continue;
+                }
+                let payload = raftline_log::read_snapshot(&file).unwrap();
+                let got = crate::state::SnapshotPayload::decode(&payload, None).unwrap();
+                let entries = r.log().entries(1, file.last_index, usize::MAX).unwrap();
+                assert_eq!(entries.len() as u64, file.last_index, "the log is whole");
+                let mut rebuilt = KeyState::new(None);
+                for batch in entries.into_iter().map(crate::storage::entry_of) {
+                    if batch.kind == EntryKind::Command {
+                        rebuilt.apply(&batch.payload).unwrap();
+                    }
+                }
+                let cut = r
+                    .log()
+                    .entries(file.last_index + 1, file.last_index + 1, 1)
+                    .ok()
+                    .and_then(|b| b.first().map(|b| b.header().base_offset));
+                assert!(
+                    got.state == rebuilt,
+                    "node {node}: snapshot {} ({} keys) differs from the log's state at its \
+                     index ({} keys)",
+                    file.last_index,
+                    got.state.len(),
+                    rebuilt.len()
+                );
+                if let Some(cut) = cut {
+                    assert_eq!(got.next_offset, cut, "node {node}: the snapshot's cut");
+                }
+            }
+        }
+    }
+    assert!(
+        checked.len() >= 3 * NODES.len(),
+        "several snapshots per node were checked: {checked:?}"
+    );
 }

@@ -225,10 +225,20 @@ impl EventLoop {
             }
         }
         // 2. Proposals: the round's appends become one entry (a run when there are several).
-        while let Some(Proposal {
-            batches, waiting, ..
-        }) = self.appends.take_proposal()
-        {
+        // Appends that would add keys to a full state are refused here (Snapshots::admits).
+        loop {
+            let snapshots = self.replica.snapshots();
+            let refusal = |batch: &_| {
+                (!snapshots.admits(batch)).then(|| ClientError::StateFull {
+                    state_bytes_max: snapshots.state_bytes_max() as u64,
+                })
+            };
+            let Some(Proposal {
+                batches, waiting, ..
+            }) = self.appends.take_proposal(&mut self.net, refusal)
+            else {
+                break;
+            };
             let result = self.replica.propose_run(batches);
             self.appends.proposed(&mut self.net, waiting, result)?;
         }
@@ -504,5 +514,8 @@ pub fn status(cfg: &LoopConfig, replica: &Replica, net: &Net, disk_bytes: u64) -
             age_ms: s.age().map(|a| a.as_millis() as u64),
         }),
         disk_bytes,
+        state_keys: replica.snapshots().state().len() as u64,
+        state_bytes: replica.snapshots().state().bytes() as u64,
+        state_bytes_max: replica.snapshots().state_bytes_max() as u64,
     }
 }

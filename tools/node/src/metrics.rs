@@ -43,6 +43,8 @@ pub struct Metrics {
     pub entry_batches: Pow2Histogram,
     /// Index of the newest durable snapshot (0: none).
     pub snapshot_index: AtomicU64,
+    /// Appends refused because they would add keys to a full state.
+    pub appends_refused_state_full: AtomicU64,
     /// Durable index this node's log lost entries through and is not voting until a leader
     /// repaired it (0: no repair pending; a loss always vouches for index 1 or more).
     pub repair_through: AtomicU64,
@@ -68,6 +70,7 @@ impl Metrics {
             batch_bytes: Pow2Histogram::default(),
             entry_batches: Pow2Histogram::default(),
             snapshot_index: AtomicU64::new(0),
+            appends_refused_state_full: AtomicU64::new(0),
             repair_through: AtomicU64::new(0),
             emulated_disk: None,
             peer_bytes_sent: AtomicU64::new(0),
@@ -178,6 +181,30 @@ impl Metrics {
                 "raftline_disk_bytes",
                 "Bytes of the data directory on disk (log segments, snapshots, hard state).",
                 s.disk_bytes,
+            );
+            gauge(
+                &mut out,
+                "raftline_state_keys",
+                "Keys in the materialised state (tombstones included).",
+                s.state_keys,
+            );
+            gauge(
+                &mut out,
+                "raftline_state_bytes",
+                "Bytes the materialised state accounts for.",
+                s.state_bytes,
+            );
+            gauge(
+                &mut out,
+                "raftline_state_bytes_max",
+                "The state's bound (--state-mib-max): at it, appends adding keys are refused.",
+                s.state_bytes_max,
+            );
+            gauge(
+                &mut out,
+                "raftline_state_full",
+                "1 while the state holds its bound and appends adding keys are refused.",
+                u64::from(s.state_bytes >= s.state_bytes_max),
             );
             if let Some(snap) = s.snapshot {
                 gauge(
@@ -304,6 +331,12 @@ impl Metrics {
             "raftline_log_bytes_written_total",
             "Bytes written to the log, padding included.",
             stats.bytes_written.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "raftline_appends_refused_state_full_total",
+            "Appends refused (StateFull) because they would add keys to a state at its bound.",
+            self.appends_refused_state_full.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

@@ -624,6 +624,7 @@ impl Replica {
             let index = served.meta().index;
             // Serve the snapshot before the prefix it covers goes.
             self.raft.storage_mut().set_snapshot(served);
+            raftline_log::fault::crash_point("compact-before-truncate");
             let dropped = self.log.truncate_prefix(floor)?;
             self.time_index.forget_below(self.log.start_offset());
             tracing::info!(
@@ -654,6 +655,7 @@ impl Replica {
             return Ok(());
         };
         let meta = served.meta().clone();
+        raftline_log::fault::crash_point("install-before-restart");
         self.log
             .restart_after_snapshot(meta.index, meta.term, payload.next_offset)?
             .wait()?;
@@ -666,10 +668,10 @@ impl Replica {
         Ok(())
     }
 
-    /// The state materialised from the committed log (`None` if it outgrew its bound).
-    #[cfg(test)] // the node serves no key lookups; tests check the state
-    pub fn state(&self) -> Option<&crate::state::KeyState> {
-        self.snapshots.state()
+    /// The state materialised from the committed log, its bound and the admission check
+    /// against it.
+    pub fn snapshots(&self) -> &Snapshots {
+        &self.snapshots
     }
 
     /// Whether a snapshot is being written in the background.
@@ -679,13 +681,13 @@ impl Replica {
     }
 
     /// Asks for a snapshot of everything applied so far; returns the index it will cover at
-    /// least (the applied index now). Refused when the state outgrew its bound.
+    /// least (the applied index now). Refused while nothing is applied.
     pub fn request_snapshot(&mut self) -> Result<Index, String> {
         let applied = self.raft.applied_index();
         if applied == 0 {
             return Err("nothing is applied yet: there is no state to snapshot".into());
         }
-        self.snapshots.request()?;
+        self.snapshots.request();
         Ok(applied)
     }
 

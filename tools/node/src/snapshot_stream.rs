@@ -143,9 +143,9 @@ impl SnapshotStream {
                 self.position += 1;
                 return Ok(SnapshotRecord {
                     key: record.key,
-                    value: record.held.value,
-                    offset: record.held.offset,
-                    timestamp_ms: record.held.timestamp_ms,
+                    value: record.value,
+                    offset: record.offset,
+                    timestamp_ms: record.timestamp_ms,
                 });
             }
             self.buf.drain(..self.buf_pos);

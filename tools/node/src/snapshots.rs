@@ -1,15 +1,27 @@
 //! Snapshot-and-truncate on one node: the state materialised from committed entries as they are
 //! applied (on the raft thread, one batch decode per entry), a snapshot written in the background
-//! every `every_bytes` of applied log, the log prefix dropped once it is durable, and a snapshot
-//! received from a leader written chunk by chunk and installed.
+//! every `every_bytes` of applied log (or every `interval`, or on request), the log prefix
+//! dropped once it is durable, and a snapshot received from a leader written chunk by chunk and
+//! installed.
 //!
 //! Why incremental materialisation on the raft thread: the state is needed anyway to answer the
 //! next snapshot, applying one batch costs a decode of bytes the raft thread just handled, and
 //! it keeps the state exactly at `applied` without a second reader of the log. Taking a snapshot
-//! costs the raft thread one serialisation pass over the state (memcpy speed); the write and its
-//! fsyncs run on a short-lived thread, at most one at a time. The state is bounded by
-//! `state_bytes_max`: beyond it the node stops materialising (one warning) and its log grows
-//! as without snapshots — never an unbounded map.
+//! costs the raft thread O(1): the state is a persistent map, frozen by a pointer copy
+//! ([`KeyState::frozen`]); the `snapshot-writer` thread serialises that frozen copy straight
+//! into the file (1 MiB buffer) and fsyncs it while the raft thread keeps applying; the raft
+//! thread only learns "snapshot at index i durable" ([`Snapshots::poll_written`]) and then
+//! truncates. One write at a time.
+//!
+//! Memory during a snapshot: the frozen copy shares every key and value with the live state;
+//! what the live state changes meanwhile copies the map nodes on its path (at most the map's
+//! node structure once, about 1/8 of `KEY_OVERHEAD_BYTES` per key), and the values it replaces
+//! stay alive until the writer is done. So at most: the state + its node structure + the values
+//! overwritten during the write.
+//!
+//! The state's bound (`state_bytes_max`) is kept by the leader refusing appends that would add
+//! keys once the state reached it ([`Snapshots::admits`]); every node materialises every committed
+//! record and keeps snapshotting, so the log stays compacted.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -17,8 +29,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crossbeam_channel::Receiver;
-use raftline_log::snapshot::{list_snapshots, remove_snapshots_below};
-use raftline_log::{install_snapshot_file, read_snapshot, write_snapshot, Log, LogError};
+use raftline_log::batch::{entry_batches, for_each_keyed_in};
+use raftline_log::fault::crash_point;
+use raftline_log::snapshot::{list_snapshots, remove_snapshots_below, remove_temp_files};
+use raftline_log::{
+    install_snapshot_file, read_snapshot, write_snapshot_streamed, Batch, Log, LogError,
+};
 use raftline_replicator::{Entry, EntryKind, Index, SnapshotChunk, SnapshotMeta};
 
 use crate::state::{KeyState, PayloadError, SnapshotPayload};
@@ -31,6 +47,10 @@ const SNAPSHOTS_KEPT: usize = 2;
 const RETAIN_CHECKPOINT_BYTES: u64 = 64 << 10;
 /// Name of a snapshot being received (never matches `snap-*.snap`).
 const INCOMING_FILE: &str = "incoming.snap.tmp";
+/// Default tombstone retention: ten million records of log after the delete (Kafka keeps
+/// tombstones a day by default; an offset count keeps every node's snapshot at one index
+/// identical, which resuming a stream on another node relies on).
+pub const TOMBSTONE_RETAIN_OFFSETS_DEFAULT: u64 = 10_000_000;
 
 /// When to snapshot and how much log to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +59,12 @@ pub struct SnapshotPolicy {
     pub every_bytes: u64,
     /// Log bytes kept below the end after a compaction (consumers tail recent history).
     pub retain_bytes: u64,
-    /// Largest materialised state; beyond it the node stops snapshotting.
+    /// Largest materialised state: once it holds this much, the leader refuses appends that add
+    /// keys (`StateFull`); overwrites and deletes of held keys still go in.
     pub state_bytes_max: usize,
+    /// A tombstone (a delete) stays in the state, and so in snapshots, until the log's next
+    /// offset is this far past it (`None`: forever).
+    pub tombstone_retain_offsets: Option<u64>,
     /// Also snapshot when this long passed since the last one and anything was applied since
     /// (`None`: only by bytes or on request).
     pub interval: Option<std::time::Duration>,
@@ -52,6 +76,7 @@ impl Default for SnapshotPolicy {
             every_bytes: 256 << 20,
             retain_bytes: 64 << 20,
             state_bytes_max: 1 << 30,
+            tombstone_retain_offsets: Some(TOMBSTONE_RETAIN_OFFSETS_DEFAULT),
             interval: None,
         }
     }
@@ -125,8 +150,7 @@ struct Written {
 pub struct Snapshots {
     dir: PathBuf,
     policy: SnapshotPolicy,
-    /// `None` once the state outgrew `state_bytes_max` (snapshots stop).
-    state: Option<KeyState>,
+    state: KeyState,
     applied_bytes_since_snapshot: u64,
     applied_bytes_total: u64,
     /// `(index, applied bytes before it)`, one per `RETAIN_CHECKPOINT_BYTES`, oldest first; only
@@ -162,10 +186,14 @@ impl Snapshots {
     pub fn open(dir: &Path, policy: SnapshotPolicy, log: &Log) -> Result<Restored, SnapshotError> {
         raftline_log::dir::ensure_dir_durable(dir)
             .map_err(|e| LogError::io(format!("creating {}", dir.display()), e))?;
+        let removed = remove_temp_files(dir)?;
+        if removed > 0 {
+            tracing::warn!(removed, "deleted snapshot files a crash left half-written");
+        }
         let mut snapshots = Snapshots {
             dir: dir.to_path_buf(),
             policy,
-            state: Some(KeyState::default()),
+            state: KeyState::new(policy.tombstone_retain_offsets),
             applied_bytes_since_snapshot: 0,
             applied_bytes_total: 0,
             checkpoints: VecDeque::new(),
@@ -200,7 +228,7 @@ impl Snapshots {
             });
         };
         let (index, term) = (file.last_index, file.last_term);
-        let payload = decode(index, &bytes)?;
+        let payload = decode(index, &bytes, &policy)?;
         let holds_last = log.term_at(index) == Some(term);
         if !holds_last && index + 1 < log.first_index() {
             return Err(gap(index));
@@ -221,7 +249,7 @@ impl Snapshots {
         };
         let served = ServedSnapshot::open(meta, &file.path, payload.next_offset)?;
         snapshots.latest_index = Some(index);
-        snapshots.state = Some(payload.state);
+        snapshots.state = payload.state;
         tracing::info!(
             index,
             term,
@@ -236,14 +264,45 @@ impl Snapshots {
         })
     }
 
-    /// The materialised state (`None` if it outgrew its bound).
-    #[cfg(test)] // the node serves no key lookups; tests check the state
-    pub fn state(&self) -> Option<&KeyState> {
-        self.state.as_ref()
+    /// The materialised state.
+    pub fn state(&self) -> &KeyState {
+        &self.state
     }
 
     fn keys(&self) -> usize {
-        self.state.as_ref().map_or(0, KeyState::len)
+        self.state.len()
+    }
+
+    /// Whether the state reached `state_bytes_max` (appends adding keys are refused).
+    pub fn full(&self) -> bool {
+        self.state.bytes() >= self.policy.state_bytes_max
+    }
+
+    /// The bound on the state.
+    pub fn state_bytes_max(&self) -> usize {
+        self.policy.state_bytes_max
+    }
+
+    /// Whether a producer's batch may be proposed: always while the state is below its bound,
+    /// then only if every keyed record's key is already held (an overwrite or a delete). The
+    /// check is against the applied state, so entries in flight may add keys past the bound by at
+    /// most the core's uncommitted-entries window.
+    pub fn admits(&self, batch: &Batch) -> bool {
+        if !self.full() {
+            return true;
+        }
+        let bytes = batch.as_bytes();
+        let mut admitted = true;
+        for batch in entry_batches(bytes) {
+            let Ok((_, range)) = batch else { return false };
+            let visited = for_each_keyed_in(&bytes[range], |r| {
+                admitted &= self.state.holds(r.key);
+            });
+            if visited.is_err() {
+                return false;
+            }
+        }
+        admitted
     }
 
     /// Whether a snapshot is being written.
@@ -278,42 +337,36 @@ impl Snapshots {
         {
             self.checkpoints.pop_front();
         }
-        if entry.kind != EntryKind::Command || self.policy.every_bytes == 0 {
+        if entry.kind != EntryKind::Command {
             return Ok(());
         }
-        let Some(state) = self.state.as_mut() else {
-            return Ok(());
-        };
-        let apply_error = |why: String| SnapshotError::Apply {
-            index: entry.index,
-            why,
-        };
-        state
+        let was_full = self.full();
+        self.state
             .apply(&entry.payload)
-            .map_err(|e| apply_error(e.to_string()))?;
-        if state.bytes() > self.policy.state_bytes_max {
+            .map_err(|e| SnapshotError::Apply {
+                index: entry.index,
+                why: e.to_string(),
+            })?;
+        if self.full() != was_full {
             tracing::warn!(
-                state_bytes = state.bytes(),
+                state_bytes = self.state.bytes(),
                 state_bytes_max = self.policy.state_bytes_max,
-                "materialised state outgrew its bound: this node stops taking snapshots (its log is no longer compacted)"
+                full = !was_full,
+                "{}",
+                if was_full {
+                    "materialised state back below --state-mib-max: new keys are taken again"
+                } else {
+                    "materialised state reached --state-mib-max: appends adding keys are refused \
+                     (StateFull); overwrites and deletes of held keys go on"
+                }
             );
-            self.state = None;
         }
         Ok(())
     }
 
-    /// Asks for a snapshot at the next chance (an operator's `raftline snapshot now`); refused
-    /// when the state outgrew its bound.
-    pub fn request(&mut self) -> Result<(), String> {
-        if self.state.is_none() {
-            return Err(format!(
-                "the materialised state outgrew --state-mib-max ({} MiB): this node no longer \
-                 takes snapshots",
-                self.policy.state_bytes_max >> 20
-            ));
-        }
+    /// Asks for a snapshot at the next chance (an operator's `raftline snapshot now`).
+    pub fn request(&mut self) {
         self.requested = true;
-        Ok(())
     }
 
     /// Starts writing a snapshot at `index` (= the applied index) if one is due (enough log
@@ -336,10 +389,11 @@ impl Snapshots {
         let due = (by_bytes || by_time || self.requested)
             && self.writing.is_none()
             && self.latest_index.is_none_or(|l| l < index);
-        let (Some(state), Some(term), true) = (self.state.as_ref(), term, due) else {
+        let (Some(term), true) = (term, due) else {
             return;
         };
-        let payload = SnapshotPayload::encode(next_offset, membership, state);
+        // O(1) here; the writer thread walks the frozen map.
+        let frozen = self.state.frozen();
         let meta = SnapshotMeta {
             index,
             term,
@@ -350,7 +404,13 @@ impl Snapshots {
         let spawned = std::thread::Builder::new()
             .name("snapshot-writer".into())
             .spawn(move || {
-                let written = write_snapshot(&dir, index, term, &payload).map(|file| Written {
+                let members = &meta.membership;
+                let payload_bytes = SnapshotPayload::encoded_len(members, &frozen);
+                let written = write_snapshot_streamed(&dir, index, term, payload_bytes, |out| {
+                    SnapshotPayload::write(out, next_offset, members, &frozen)
+                });
+                drop(frozen);
+                let written = written.map(|file| Written {
                     meta,
                     file,
                     cut_offset: next_offset,
@@ -433,19 +493,20 @@ impl Snapshots {
         };
         file.write_all_at(&chunk.data, chunk.offset).map_err(io)?;
         if !chunk.done {
+            crash_point("install-partial");
             return Ok(None);
         }
         self.incoming = None;
         let (index, term) = (chunk.meta.index, chunk.meta.term);
         let (file, payload) = install_snapshot_file(&self.dir, &tmp, index, term)?;
-        let payload = decode(index, &payload)?;
+        let payload = decode(index, &payload, &self.policy)?;
         let served = ServedSnapshot::open(chunk.meta.clone(), &file.path, payload.next_offset)?;
         Ok(Some((served, payload)))
     }
 
     /// The received snapshot is installed and the log restarted after it: its state is ours.
     pub fn installed(&mut self, index: Index, state: KeyState) -> Result<(), SnapshotError> {
-        self.state = Some(state);
+        self.state = state;
         self.latest_index = Some(index);
         self.applied_bytes_since_snapshot = 0;
         self.applied_bytes_total = 0;
@@ -487,6 +548,11 @@ fn newest_verified(dir: &Path) -> Result<(Option<Verified>, usize), SnapshotErro
     Ok((None, dropped))
 }
 
-fn decode(index: Index, payload: &[u8]) -> Result<SnapshotPayload, SnapshotError> {
-    SnapshotPayload::decode(payload).map_err(|source| SnapshotError::Payload { index, source })
+fn decode(
+    index: Index,
+    payload: &[u8],
+    policy: &SnapshotPolicy,
+) -> Result<SnapshotPayload, SnapshotError> {
+    SnapshotPayload::decode(payload, policy.tombstone_retain_offsets)
+        .map_err(|source| SnapshotError::Payload { index, source })
 }

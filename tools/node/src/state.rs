@@ -1,7 +1,7 @@
 //! The state a node materialises from its committed log, the KRaft way: the latest record per
 //! key. A record with a key and an empty value is a delete; it stays in the state as a tombstone
-//! (empty value) so a reader of a snapshot sees the delete. Records without a key do not enter
-//! the state. Each key keeps the offset and timestamp of the record that set it, so a consumer
+//! (empty value) so a reader of a snapshot sees the delete, until `tombstone_retain_offsets`
+//! records follow it. Records without a key do not enter the state. Each key keeps the offset and timestamp of the record that set it, so a consumer
 //! reading the state from a snapshot gets the records it would have seen last in the log. Also
 //! the snapshot payload codec (the log crate's snapshot file wraps it in a checksummed header),
 //! and [`PayloadHead`], which decodes a payload's records one at a time for streaming.
@@ -12,7 +12,9 @@
 //! u32 value_bytes, value`. Payloads of the first format ("RLSTATE1": no offset and timestamp)
 //! still load; their records carry the snapshot's `next_offset - 1` and timestamp 0.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::Arc;
 
 use raftline_log::batch::{entry_batches, for_each_keyed_in, KeyedRecord};
 use raftline_log::BatchError;
@@ -20,27 +22,60 @@ use raftline_replicator::message::Membership;
 
 const MAGIC_V1: u64 = u64::from_le_bytes(*b"RLSTATE1");
 const MAGIC: u64 = u64::from_le_bytes(*b"RLSTATE2");
-/// Bytes a key costs beyond its key and value (map node, lengths, offset, timestamp): an
-/// estimate for the bound.
+/// Bytes a key costs beyond its key and value (map node, shared pointers, lengths, offset,
+/// timestamp): an estimate for the bound.
 const KEY_OVERHEAD_BYTES: usize = 64;
+/// Payload bytes of one record beyond its key and value: key length, offset, timestamp, value
+/// length.
+const RECORD_FRAME_BYTES: u64 = 4 + 8 + 8 + 4;
 
-/// The latest record of one key.
+/// The latest record of one key. Its value is shared: a snapshot being written and the live
+/// state hold the same bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
     /// The value (empty: deleted, a tombstone).
-    pub value: Vec<u8>,
+    pub value: Arc<[u8]>,
     /// Offset of the record that set it.
     pub offset: u64,
     /// Its producer timestamp, ms since the Unix epoch.
     pub timestamp_ms: u64,
 }
 
-/// The latest record per key.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// The latest record per key, in a persistent (copy-on-write) ordered map: [`KeyState::frozen`]
+/// is an O(1) copy a snapshot writer serialises on its own thread while this state keeps
+/// changing. A change after a freeze copies only the map nodes on its path (keys and values are
+/// shared pointers, never copied), so a snapshot in flight costs at most one more copy of the
+/// map's nodes, never of the data.
+#[derive(Debug, Clone)]
 pub struct KeyState {
-    values: BTreeMap<Vec<u8>, Held>,
+    values: imbl::OrdMap<Arc<[u8]>, Held>,
     /// Keys + values + per-key overhead: what the memory bound is checked against.
     bytes: usize,
+    /// Payload bytes the records would take in a snapshot.
+    records_bytes: u64,
+    /// Tombstones in offset order (with their key), to expire them; an entry whose key was set
+    /// again since is skipped when it comes up.
+    tombstones: VecDeque<(u64, Arc<[u8]>)>,
+    /// A tombstone at offset `o` leaves the state once `tombstone_retain_offsets` records follow
+    /// it (the log's next offset is past `o + tombstone_retain_offsets`; `None`: kept forever).
+    tombstone_retain_offsets: Option<u64>,
+}
+
+/// Two states are equal when they hold the same records (how each came to expire its
+/// tombstones is no part of the state).
+impl PartialEq for KeyState {
+    fn eq(&self, other: &KeyState) -> bool {
+        self.values == other.values
+    }
+}
+
+impl Eq for KeyState {}
+
+/// A state as of one index, for a snapshot writer on another thread.
+#[derive(Debug, Clone)]
+pub struct FrozenState {
+    values: imbl::OrdMap<Arc<[u8]>, Held>,
+    records_bytes: u64,
 }
 
 /// What a snapshot payload holds besides the state.
@@ -67,31 +102,93 @@ impl PayloadError {
 }
 
 impl KeyState {
+    /// An empty state whose tombstones expire `tombstone_retain_offsets` offsets after their
+    /// delete (`None`: never).
+    pub fn new(tombstone_retain_offsets: Option<u64>) -> KeyState {
+        KeyState {
+            values: imbl::OrdMap::new(),
+            bytes: 0,
+            records_bytes: 0,
+            tombstones: VecDeque::new(),
+            tombstone_retain_offsets,
+        }
+    }
+
     /// Applies every keyed record of a committed entry in order: its batch, or each batch of a
     /// run (its bytes verified where they entered this node: see
-    /// `raftline_log::batch::for_each_keyed_in`).
+    /// `raftline_log::batch::for_each_keyed_in`); then expires the tombstones the log has moved
+    /// past.
     pub fn apply(&mut self, entry_bytes: &[u8]) -> Result<(), BatchError> {
+        let mut next_offset = None;
         for batch in entry_batches(entry_bytes) {
-            let (_, range) = batch?;
+            let (header, range) = batch?;
+            next_offset = Some(header.next_offset());
             for_each_keyed_in(&entry_bytes[range], |r: KeyedRecord<'_>| {
                 let held = Held {
-                    value: r.value.to_vec(),
+                    value: Arc::from(r.value),
                     offset: r.offset,
                     timestamp_ms: r.timestamp_ms,
                 };
-                self.set(r.key.to_vec(), held)
+                self.set(Arc::from(r.key), held)
             })?;
+        }
+        if let Some(next_offset) = next_offset {
+            self.expire_tombstones(next_offset);
         }
         Ok(())
     }
 
-    fn set(&mut self, key: Vec<u8>, held: Held) {
-        let added = key.len() + held.value.len() + KEY_OVERHEAD_BYTES;
-        let key_bytes = key.len();
-        if let Some(old) = self.values.insert(key, held) {
-            self.bytes -= key_bytes + old.value.len() + KEY_OVERHEAD_BYTES;
+    fn set(&mut self, key: Arc<[u8]>, held: Held) {
+        let (key_len, value_len) = (key.len(), held.value.len());
+        if held.value.is_empty() {
+            self.tombstones.push_back((held.offset, Arc::clone(&key)));
         }
-        self.bytes += added;
+        if let Some(old) = self.values.insert(key, held) {
+            self.forget(key_len, old.value.len());
+        }
+        self.bytes += key_len + value_len + KEY_OVERHEAD_BYTES;
+        self.records_bytes += RECORD_FRAME_BYTES + (key_len + value_len) as u64;
+    }
+
+    fn forget(&mut self, key_len: usize, value_len: usize) {
+        self.bytes -= key_len + value_len + KEY_OVERHEAD_BYTES;
+        self.records_bytes -= RECORD_FRAME_BYTES + (key_len + value_len) as u64;
+    }
+
+    /// Drops the tombstones older than the retention at a log whose next offset is
+    /// `next_offset`. Deterministic (a function of the log alone), so every node's snapshot at
+    /// one index holds the same records.
+    fn expire_tombstones(&mut self, next_offset: u64) {
+        let Some(retain) = self.tombstone_retain_offsets else {
+            return;
+        };
+        while let Some((offset, _)) = self.tombstones.front() {
+            if offset.saturating_add(retain) >= next_offset {
+                break;
+            }
+            let (offset, key) = self.tombstones.pop_front().expect("front exists");
+            let current = self
+                .values
+                .get(&key)
+                .is_some_and(|h| h.offset == offset && h.value.is_empty());
+            if current {
+                self.values.remove(&key);
+                self.forget(key.len(), 0);
+            }
+        }
+    }
+
+    /// The state as it is now, for a snapshot writer (O(1): the map is shared until changed).
+    pub fn frozen(&self) -> FrozenState {
+        FrozenState {
+            values: self.values.clone(),
+            records_bytes: self.records_bytes,
+        }
+    }
+
+    /// Whether `key` is held (a live value or a tombstone).
+    pub fn holds(&self, key: &[u8]) -> bool {
+        self.values.contains_key(key)
     }
 
     /// The live value of `key` (`None` if never set or deleted).
@@ -99,7 +196,7 @@ impl KeyState {
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.values
             .get(key)
-            .map(|h| h.value.as_slice())
+            .map(|h| &h.value[..])
             .filter(|v| !v.is_empty())
     }
 
@@ -145,8 +242,12 @@ pub struct PayloadHead {
 pub struct PayloadRecord {
     /// The key.
     pub key: Vec<u8>,
-    /// The latest record of the key.
-    pub held: Held,
+    /// The value (empty: a tombstone).
+    pub value: Vec<u8>,
+    /// Offset of the record that set it.
+    pub offset: u64,
+    /// Its producer timestamp, ms since the Unix epoch.
+    pub timestamp_ms: u64,
 }
 
 /// Little-endian reads over a byte slice that say "truncated" instead of panicking.
@@ -225,11 +326,9 @@ impl PayloadHead {
             let value = r.take(value_len)?.to_vec();
             Ok(PayloadRecord {
                 key,
-                held: Held {
-                    value,
-                    offset,
-                    timestamp_ms,
-                },
+                value,
+                offset,
+                timestamp_ms,
             })
         })();
         match record {
@@ -241,41 +340,62 @@ impl PayloadHead {
 }
 
 impl SnapshotPayload {
-    /// Serialises the payload (one pass over the state).
-    pub fn encode(next_offset: u64, membership: &Membership, state: &KeyState) -> Vec<u8> {
-        let members = membership.encode();
-        let mut out = Vec::with_capacity(28 + members.len() + state.bytes);
-        out.extend_from_slice(&MAGIC.to_le_bytes());
-        out.extend_from_slice(&next_offset.to_le_bytes());
-        out.extend_from_slice(&(members.len() as u32).to_le_bytes());
-        out.extend_from_slice(&members);
-        out.extend_from_slice(&(state.values.len() as u64).to_le_bytes());
-        for (key, held) in &state.values {
-            out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-            out.extend_from_slice(key);
-            out.extend_from_slice(&held.offset.to_le_bytes());
-            out.extend_from_slice(&held.timestamp_ms.to_le_bytes());
-            out.extend_from_slice(&(held.value.len() as u32).to_le_bytes());
-            out.extend_from_slice(&held.value);
-        }
-        out
+    /// Bytes [`SnapshotPayload::write`] writes for `state`.
+    pub fn encoded_len(membership: &Membership, state: &FrozenState) -> u64 {
+        8 + 8 + 4 + membership.encode().len() as u64 + 8 + state.records_bytes
     }
 
-    /// Reads a payload written by [`SnapshotPayload::encode`] (or by the first format).
-    pub fn decode(bytes: &[u8]) -> Result<SnapshotPayload, PayloadError> {
+    /// Serialises the payload to `out` (one pass over the state, in key order). Runs on the
+    /// snapshot writer's thread: `state` is a frozen copy.
+    pub fn write(
+        out: &mut dyn Write,
+        next_offset: u64,
+        membership: &Membership,
+        state: &FrozenState,
+    ) -> std::io::Result<()> {
+        let members = membership.encode();
+        out.write_all(&MAGIC.to_le_bytes())?;
+        out.write_all(&next_offset.to_le_bytes())?;
+        out.write_all(&(members.len() as u32).to_le_bytes())?;
+        out.write_all(&members)?;
+        out.write_all(&(state.values.len() as u64).to_le_bytes())?;
+        for (key, held) in &state.values {
+            out.write_all(&(key.len() as u32).to_le_bytes())?;
+            out.write_all(key)?;
+            out.write_all(&held.offset.to_le_bytes())?;
+            out.write_all(&held.timestamp_ms.to_le_bytes())?;
+            out.write_all(&(held.value.len() as u32).to_le_bytes())?;
+            out.write_all(&held.value)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a payload written by [`SnapshotPayload::write`] (or by the first format) into a
+    /// state whose tombstones expire after `tombstone_retain_offsets`.
+    pub fn decode(
+        bytes: &[u8],
+        tombstone_retain_offsets: Option<u64>,
+    ) -> Result<SnapshotPayload, PayloadError> {
         let head = PayloadHead::decode(bytes)?.ok_or(PayloadError("truncated"))?;
         let mut at = head.head_bytes;
-        let mut state = KeyState::default();
+        let mut state = KeyState::new(tombstone_retain_offsets);
         for _ in 0..head.record_count {
             let (record, used) = head
                 .decode_record(&bytes[at..])?
                 .ok_or(PayloadError("truncated"))?;
             at += used;
-            state.set(record.key, record.held);
+            let held = Held {
+                value: Arc::from(record.value),
+                offset: record.offset,
+                timestamp_ms: record.timestamp_ms,
+            };
+            state.set(Arc::from(record.key), held);
         }
         if at != bytes.len() {
             return Err(PayloadError("trailing bytes"));
         }
+        // Records come in key order; tombstones expire in offset order.
+        state.tombstones.make_contiguous().sort_unstable();
         Ok(SnapshotPayload {
             next_offset: head.next_offset,
             membership: head.membership,
@@ -289,6 +409,18 @@ mod tests {
     use super::*;
     use raftline_log::{Batch, Record};
 
+    fn encode(next_offset: u64, membership: &Membership, state: &KeyState) -> Vec<u8> {
+        let frozen = state.frozen();
+        let mut out = Vec::new();
+        SnapshotPayload::write(&mut out, next_offset, membership, &frozen).unwrap();
+        assert_eq!(
+            out.len() as u64,
+            SnapshotPayload::encoded_len(membership, &frozen),
+            "the announced length is the written length"
+        );
+        out
+    }
+
     fn record(key: Option<&str>, value: &str) -> Record {
         Record {
             key: key.map(|k| k.as_bytes().to_vec()),
@@ -300,7 +432,7 @@ mod tests {
 
     #[test]
     fn the_latest_value_wins_a_tombstone_deletes_and_keyless_records_are_ignored() {
-        let mut state = KeyState::default();
+        let mut state = KeyState::new(None);
         let batch = Batch::encode(&[
             record(Some("a"), "1"),
             record(Some("b"), "2"),
@@ -319,15 +451,15 @@ mod tests {
 
     #[test]
     fn a_payload_round_trips_and_a_truncated_one_is_refused() {
-        let mut state = KeyState::default();
+        let mut state = KeyState::new(None);
         let batch = Batch::encode(&[record(Some("k"), "v"), record(Some("gone"), "")]).unwrap();
         state.apply(batch.as_bytes()).unwrap();
         let membership = Membership {
             voters: vec![1, 2, 3],
             learners: vec![4],
         };
-        let bytes = SnapshotPayload::encode(42, &membership, &state);
-        let back = SnapshotPayload::decode(&bytes).unwrap();
+        let bytes = encode(42, &membership, &state);
+        let back = SnapshotPayload::decode(&bytes, None).unwrap();
         assert_eq!(
             back,
             SnapshotPayload {
@@ -337,13 +469,16 @@ mod tests {
             }
         );
         for len in 0..bytes.len() {
-            assert!(SnapshotPayload::decode(&bytes[..len]).is_err(), "len {len}");
+            assert!(
+                SnapshotPayload::decode(&bytes[..len], None).is_err(),
+                "len {len}"
+            );
         }
     }
 
     #[test]
     fn each_key_keeps_the_offset_and_timestamp_of_its_latest_record_through_a_payload() {
-        let mut state = KeyState::default();
+        let mut state = KeyState::new(None);
         let mut batch = Batch::encode(&[
             Record {
                 timestamp_ms: 7,
@@ -362,7 +497,7 @@ mod tests {
             voters: vec![1],
             learners: vec![],
         };
-        let bytes = SnapshotPayload::encode(103, &membership, &state);
+        let bytes = encode(103, &membership, &state);
         let head = PayloadHead::decode(&bytes).unwrap().unwrap();
         assert_eq!((head.next_offset, head.record_count), (103, 1));
         let (first, used) = head
@@ -374,11 +509,9 @@ mod tests {
             first,
             PayloadRecord {
                 key: b"a".to_vec(),
-                held: Held {
-                    value: b"2".to_vec(),
-                    offset: 102,
-                    timestamp_ms: 9
-                }
+                value: b"2".to_vec(),
+                offset: 102,
+                timestamp_ms: 9
             }
         );
         assert_eq!(
@@ -386,6 +519,79 @@ mod tests {
                 .unwrap(),
             None,
             "a record cut short is not yet there"
+        );
+    }
+
+    fn stamped(records: &[Record], base_offset: u64) -> Batch {
+        let mut batch = Batch::encode(records).unwrap();
+        batch.stamp(base_offset, 1, 1);
+        batch
+    }
+
+    #[test]
+    fn a_frozen_state_keeps_its_records_while_the_live_one_changes() {
+        let mut live = KeyState::new(None);
+        let first: Vec<Record> = (0..500)
+            .map(|i| record(Some(&format!("k{i}")), &format!("v{i}")))
+            .collect();
+        live.apply(stamped(&first, 0).as_bytes()).unwrap();
+        let at_freeze = live.clone();
+        let frozen = live.frozen();
+        // Overwrites, deletes and new keys after the freeze, all over the map's nodes.
+        let later: Vec<Record> = (0..500)
+            .map(|i| match i % 3 {
+                0 => record(Some(&format!("k{i}")), "changed"),
+                1 => record(Some(&format!("k{i}")), ""),
+                _ => record(Some(&format!("new{i}")), "added"),
+            })
+            .collect();
+        live.apply(stamped(&later, 500).as_bytes()).unwrap();
+        let members = Membership {
+            voters: vec![1],
+            learners: vec![],
+        };
+        let mut bytes = Vec::new();
+        SnapshotPayload::write(&mut bytes, 500, &members, &frozen).unwrap();
+        assert_eq!(
+            bytes.len() as u64,
+            SnapshotPayload::encoded_len(&members, &frozen)
+        );
+        let back = SnapshotPayload::decode(&bytes, None).unwrap();
+        assert_eq!(
+            back.state, at_freeze,
+            "the frozen copy is the state at the freeze"
+        );
+        assert_ne!(back.state, live);
+        assert_eq!(live.get(b"k0"), Some(&b"changed"[..]));
+        assert!(live.is_deleted(b"k1"));
+    }
+
+    #[test]
+    fn a_tombstone_leaves_the_state_once_the_log_is_its_retention_past_it() {
+        let mut state = KeyState::new(Some(10));
+        let deletes = [record(Some("gone"), ""), record(Some("back"), "")];
+        state.apply(stamped(&deletes, 0).as_bytes()).unwrap();
+        // "back" is set again: its tombstone entry is stale when it expires.
+        state
+            .apply(stamped(&[record(Some("back"), "again")], 5).as_bytes())
+            .unwrap();
+        state
+            .apply(stamped(&[record(Some("x"), "1")], 9).as_bytes())
+            .unwrap();
+        assert!(state.is_deleted(b"gone"), "9 records after it: kept");
+        state
+            .apply(stamped(&[record(Some("y"), "1")], 10).as_bytes())
+            .unwrap();
+        assert!(!state.holds(b"gone"), "10 records after it: expired");
+        assert_eq!(
+            state.get(b"back"),
+            Some(&b"again"[..]),
+            "a newer record stays"
+        );
+        assert_eq!(state.len(), 3);
+        assert_eq!(
+            state.bytes(),
+            ["back", "again", "x", "1", "y", "1"].concat().len() + 3 * KEY_OVERHEAD_BYTES
         );
     }
 
@@ -406,9 +612,9 @@ mod tests {
         v1.extend_from_slice(b"k");
         v1.extend_from_slice(&1u32.to_le_bytes());
         v1.extend_from_slice(b"v");
-        let back = SnapshotPayload::decode(&v1).unwrap();
+        let back = SnapshotPayload::decode(&v1, None).unwrap();
         assert_eq!(back.next_offset, 50);
         assert_eq!(back.state.get(b"k"), Some(&b"v"[..]));
-        assert_eq!(back.state.values[&b"k".to_vec()].offset, 49);
+        assert_eq!(back.state.values[&b"k"[..]].offset, 49);
     }
 }

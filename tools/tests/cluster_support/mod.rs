@@ -24,6 +24,8 @@ use raftline_netio::frame::FrameDecoder;
 pub const CLUSTER: &str = "raftline-e2e";
 /// Bound on every wait in these tests.
 pub const DEADLINE: Duration = Duration::from_secs(30);
+/// Each node's `--segment-mib` unless a test asks for another ([`Cluster::start_with_segments`]).
+pub const SEGMENT_MIB: u64 = 4;
 
 /// A loopback port nobody listens on right now, below the kernel's ephemeral range (32768+ on
 /// Linux): a node restarted after a kill must get its ports back, and an ephemeral port freed by
@@ -83,6 +85,8 @@ struct Options {
     faulty: bool,
     /// Each node listens for Kafka clients too.
     kafka: bool,
+    /// `--segment-mib` (`None`: [`SEGMENT_MIB`]).
+    segment_mib: Option<u64>,
 }
 
 /// A cluster of real server processes; killed (and its data removed) on drop.
@@ -95,6 +99,8 @@ pub struct Cluster {
     pub net_backend: &'static str,
     /// Flags added to every node's command line (they override the TOML file of node 1).
     pub extra_args: Vec<String>,
+    /// Each node's `--segment-mib`.
+    pub segment_mib: u64,
 }
 
 impl Cluster {
@@ -120,6 +126,20 @@ impl Cluster {
         Cluster::start_on(n, net_backend, extra_args, options)
     }
 
+    /// Starts `n` nodes with `extra_args` and log segments of `segment_mib` MiB.
+    pub fn start_with_segments(
+        n: u64,
+        net_backend: &'static str,
+        extra_args: &[&str],
+        segment_mib: u64,
+    ) -> Cluster {
+        let options = Options {
+            segment_mib: Some(segment_mib),
+            ..Options::default()
+        };
+        Cluster::start_on(n, net_backend, extra_args, options)
+    }
+
     /// Starts `n` nodes that also listen for Kafka clients, each announcing all of them.
     pub fn start_kafka(n: u64, net_backend: &'static str, extra_args: &[&str]) -> Cluster {
         let options = Options {
@@ -135,7 +155,11 @@ impl Cluster {
         extra_args: &[&str],
         options: Options,
     ) -> Cluster {
-        let Options { faulty, kafka } = options;
+        let Options {
+            faulty,
+            kafka,
+            segment_mib,
+        } = options;
         let dir = tempfile::Builder::new()
             .prefix("raftline-e2e")
             .tempdir_in("/tmp")
@@ -175,6 +199,7 @@ impl Cluster {
             nodes,
             net_backend,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            segment_mib: segment_mib.unwrap_or(SEGMENT_MIB),
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -192,6 +217,11 @@ impl Cluster {
 
     /// (Re)starts node `id` on its data directory; its output is appended to its log file.
     pub fn spawn(&mut self, id: u64) {
+        self.spawn_with_env(id, &[]);
+    }
+
+    /// [`Cluster::spawn`] with `env` added to the node's environment (e.g. a crash point).
+    pub fn spawn_with_env(&mut self, id: u64, env: &[(&str, &str)]) {
         let peers = self.list(|n| n.peer);
         let clients = self.list(|n| n.client);
         let kafka: Vec<String> = self
@@ -200,6 +230,7 @@ impl Cluster {
             .filter_map(|n| n.kafka.map(|k| format!("{}={k}", n.id)))
             .collect();
         let backend = self.net_backend;
+        let segment_mib = self.segment_mib;
         let node = &mut self.nodes[id as usize - 1];
         assert!(node.child.is_none(), "node {id} is running");
         let log = std::fs::OpenOptions::new()
@@ -222,7 +253,7 @@ impl Cluster {
             };
             let toml = format!(
                 "id = 1\ncluster_id = \"{CLUSTER}\"\nclient_listen = \"{}\"\n\
-                 metrics_listen = \"{}\"\nnet_backend = \"{backend}\"\nsegment_mib = 4\n\
+                 metrics_listen = \"{}\"\nnet_backend = \"{backend}\"\nsegment_mib = {segment_mib}\n\
                  data_dir = \"{}\"\n[peers]\n{}[peer_clients]\n{}",
                 node.client,
                 node.metrics,
@@ -244,7 +275,8 @@ impl Cluster {
                 .args(["--peers", &peers, "--peer-clients", &clients])
                 .args(["--client-listen", &node.client.to_string()])
                 .args(["--metrics-listen", &node.metrics.to_string()])
-                .args(["--net-backend", backend, "--segment-mib", "4"])
+                .args(["--net-backend", backend])
+                .args(["--segment-mib", &segment_mib.to_string()])
                 .arg("--data-dir")
                 .arg(&node.data_dir);
             if id == 3 {
@@ -258,6 +290,7 @@ impl Cluster {
         }
         let child = cmd
             .args(&self.extra_args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

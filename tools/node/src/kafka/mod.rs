@@ -69,6 +69,7 @@ mod code {
     pub const UNSUPPORTED_COMPRESSION_TYPE: ErrorCode = E::UnsupportedCompressionType.code();
     pub const INVALID_RECORD: ErrorCode = E::InvalidRecord.code();
     pub const KAFKA_STORAGE_ERROR: ErrorCode = E::KafkaStorageError.code();
+    pub const POLICY_VIOLATION: ErrorCode = E::PolicyViolation.code();
 }
 
 /// The Kafka answer to an append that failed.
@@ -83,6 +84,8 @@ fn append_error_code(error: &ClientError) -> ErrorCode {
         ClientError::OffsetOutOfRange { .. }
         | ClientError::WrongCluster { .. }
         | ClientError::BadRequest { .. } => code::CORRUPT_MESSAGE,
+        // Not retriable: the record is refused by the state's bound.
+        ClientError::StateFull { .. } => code::POLICY_VIOLATION,
     }
 }
 
