@@ -215,6 +215,14 @@ impl EventLoop {
         };
         self.net.poll(Some(timeout), &mut self.events)?;
         let mut events = std::mem::take(&mut self.events);
+        // Peer traffic first: however many client requests this round brings, the core hears
+        // its leader's heartbeats and its followers' answers before serving them.
+        for event in events
+            .iter_mut()
+            .filter(|e| matches!(e, NetEvent::PeerFrame { .. }))
+        {
+            self.take(std::mem::replace(event, NetEvent::Woken));
+        }
         for event in events.drain(..) {
             self.take(event);
         }
@@ -259,10 +267,6 @@ impl EventLoop {
         self.replica.settle()?;
         let held = self.replica.take_messages();
         self.send(held);
-        for refusal in self.replica.take_refusals() {
-            let why = refusal.reason.to_string();
-            self.refuse_peer(refusal.from, refusal.reason.label(), &why);
-        }
         // 5. Answers: appends decided by what committed (or, for `ack=leader`, is durable here);
         //    a Kafka produce's answer leaves in its connection's request order.
         let committed = self.replica.take_committed();
@@ -290,12 +294,22 @@ impl EventLoop {
     fn take(&mut self, event: NetEvent) {
         let net = &mut self.net;
         match event {
-            NetEvent::PeerFrame { from, frame } => match decode_message(&frame) {
+            NetEvent::PeerFrame { from, conn, frame } => {
                 // The Net admits a message only from the node that said hello on its
-                // connection; the core refuses what no correct node could send.
-                Ok(msg) => self.replica.step(msg),
-                Err(e) => self.refuse_peer(from, "undecodable", &e.to_string()),
-            },
+                // connection; what no correct node could send closes that connection.
+                let refused = match decode_message(&frame) {
+                    Ok(msg) => self
+                        .replica
+                        .step(msg)
+                        .err()
+                        .map(|r| (r.label(), r.to_string())),
+                    Err(e) => Some(("undecodable", e.to_string())),
+                };
+                if let Some((reason, why)) = refused {
+                    self.refuse_peer(from, reason, &why);
+                    self.net.close_peer(conn, reason);
+                }
+            }
             NetEvent::ClientFrame { client, frame } => match decode_request(frame) {
                 Ok(Request::Append {
                     request_id,
@@ -397,6 +411,7 @@ impl EventLoop {
         self.appends.expire(&mut self.net, now);
         self.metrics
             .publish(status(&self.cfg, &self.replica, &self.net, self.disk.bytes));
+        self.metrics.publish_net(self.net.stats());
         let snapshot_index = self.replica.snapshot_index().unwrap_or(0);
         self.metrics
             .snapshot_index
@@ -412,7 +427,8 @@ impl EventLoop {
         }
     }
 
-    /// Counts a peer message dropped for `reason` and says so (rate-limited).
+    /// Counts a peer message dropped for `reason` and says so (rate-limited); the caller closes
+    /// the connection it came on.
     fn refuse_peer(&mut self, from: u64, reason: &'static str, why: &str) {
         self.metrics.count_peer_refusal(reason);
         if let Some(suppressed) = self.peer_warnings.admit(Instant::now()) {

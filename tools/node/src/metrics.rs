@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use raftline_log::{BackendKind, Log, Pow2Histogram};
 use raftline_netio::client_proto::{NodeRole, NodeStatus};
+use raftline_netio::net::NetStats;
 
 /// How long the raft thread may go without publishing its status (once per tick) before
 /// `/livez` fails: far beyond any healthy stall (a snapshot install, a slow fdatasync).
@@ -50,6 +51,8 @@ pub struct Metrics {
     pub peer_bytes_sent: AtomicU64,
     /// Peer messages dropped because no correct peer could have sent them, by reason.
     peer_refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// The network's buffers and closes, as last published.
+    net: Mutex<NetStats>,
 }
 
 impl Metrics {
@@ -68,6 +71,7 @@ impl Metrics {
             emulated_disk: None,
             peer_bytes_sent: AtomicU64::new(0),
             peer_refused: Mutex::new(BTreeMap::new()),
+            net: Mutex::new(NetStats::default()),
         }
     }
 
@@ -96,6 +100,11 @@ impl Metrics {
             status,
             at: Instant::now(),
         });
+    }
+
+    /// Publishes the network's buffer bytes and close counts (the raft thread, once per tick).
+    pub fn publish_net(&self, stats: &NetStats) {
+        self.net.lock().expect("metrics lock").clone_from(stats);
     }
 
     /// Counts one peer message refused for `reason` (a metrics label).
@@ -323,6 +332,23 @@ impl Metrics {
         for (reason, n) in refused {
             out.push_str(&format!(
                 "raftline_peer_messages_refused_total{{reason=\"{reason}\"}} {n}\n"
+            ));
+        }
+        let net = self.net.lock().expect("metrics lock").clone();
+        gauge(
+            &mut out,
+            "raftline_connection_buffer_bytes",
+            "Bytes all connections hold in send queues and decoder buffers (bounded by the buffer budget).",
+            net.buffered_bytes as u64,
+        );
+        out.push_str(
+            "# HELP raftline_connections_closed_total Connections the node closed or refused, \
+             by reason (evicted, over_budget, too_slow, too_many_from_source, peer_refused, ...).\n\
+             # TYPE raftline_connections_closed_total counter\n",
+        );
+        for (reason, n) in net.closed {
+            out.push_str(&format!(
+                "raftline_connections_closed_total{{reason=\"{reason}\"}} {n}\n"
             ));
         }
         histogram(
