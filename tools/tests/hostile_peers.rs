@@ -7,6 +7,8 @@ mod cluster_support;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_support::{
@@ -193,4 +195,83 @@ fn a_forged_append_from_the_leaders_id_at_a_wrong_offset_closes_that_connection_
     assert_healthy(&cluster, leader, s.term, 4..=20);
     let after = status(f.client).unwrap();
     assert!(after.log_end_offset < offset, "{after:?}");
+}
+
+/// Control frame `frame_type` of our cluster, as node `as_node`.
+fn control(frame_type: FrameType, as_node: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let header = FrameHeader {
+        frame_type,
+        cluster_id: ClusterId::from_name(CLUSTER),
+        sender_id: as_node,
+    };
+    encode(&mut out, header, &[]).unwrap();
+    out
+}
+
+#[test]
+fn impostors_holding_peer_slots_do_not_keep_a_restarted_follower_out() {
+    let mut cluster = Cluster::start(3, "auto");
+    let leader = cluster.wait_leader();
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let leader_peer = cluster.node(leader).peer;
+
+    // 70 impostors (more than the 64 peer-port connections main admitted) say hello as the
+    // follower and keep their connections alive with keepalives; 16 more say nothing.
+    let stop = Arc::new(AtomicBool::new(false));
+    let impostors = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut talking: Vec<TcpStream> = (0..70)
+                .map(|_| {
+                    let mut s = TcpStream::connect(leader_peer).unwrap();
+                    s.write_all(&control(FrameType::PeerHello, follower))
+                        .unwrap();
+                    s
+                })
+                .collect();
+            let _silent: Vec<TcpStream> = (0..16)
+                .map(|_| TcpStream::connect(leader_peer).unwrap())
+                .collect();
+            let keepalive = control(FrameType::Keepalive, follower);
+            while !stop.load(Ordering::Relaxed) {
+                for s in &mut talking {
+                    let _ = s.write_all(&keepalive); // a closed one stays closed
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+
+    // The real follower restarts while they hold on, and must catch up with new appends.
+    cluster.kill(follower);
+    cluster.spawn(follower);
+    let appended = append_window(cluster.node(leader).client, &[1, 2, 3, 4], 1, 4);
+    assert!(appended
+        .values()
+        .all(|o| matches!(o, Outcome::Acked { .. })));
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let l = status(cluster.node(leader).client).unwrap();
+        let f = status(cluster.node(follower).client).ok();
+        let matched = l
+            .peers
+            .iter()
+            .any(|p| p.node_id == follower && p.match_index == l.log_last_index);
+        if matched
+            && f.as_ref()
+                .is_some_and(|f| f.commit_index >= l.log_last_index)
+        {
+            assert_eq!(l.leader_id, Some(leader), "{l:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted follower never rejoined: leader {l:?}, follower {f:?}\n{}",
+            cluster.log_of(leader)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    impostors.join().unwrap();
 }

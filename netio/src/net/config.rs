@@ -8,6 +8,11 @@ use crate::cluster_id::ClusterId;
 use crate::frame::{FRAME_HEADER_BYTES, PAYLOAD_BYTES_MAX_DEFAULT};
 use crate::reactor::Backend;
 
+/// Default of [`NetConfig::clients_per_source_max`].
+pub const CLIENTS_PER_SOURCE_MAX_DEFAULT: usize = 256;
+/// Default of [`NetConfig::buffer_budget_bytes`] (512 MiB).
+pub const BUFFER_BUDGET_BYTES_DEFAULT: usize = 512 << 20;
+
 /// Everything a [`Net`](super::Net) needs; [`NetConfig::new`] fills in the defaults.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
@@ -137,13 +142,13 @@ impl NetConfig {
             client_queue_bytes_max: 2 * frame_bytes,
             client_drained_bytes: frame_bytes / 2,
             clients_max: 1024,
-            clients_per_source_max: 256,
+            clients_per_source_max: CLIENTS_PER_SOURCE_MAX_DEFAULT,
             peer_hello_pool_max: 8,
             peer_hello_timeout: Duration::from_secs(2),
             hello_timeout: Duration::from_secs(5),
             recv_progress_min_bytes_per_s: 16 << 10,
             recv_progress_grace: Duration::from_secs(5),
-            buffer_budget_bytes: 512 << 20,
+            buffer_budget_bytes: BUFFER_BUDGET_BYTES_DEFAULT,
             idle_timeout: Duration::from_secs(10),
             client_idle_timeout: None,
             client_evict_idle_min: Duration::from_secs(1),

@@ -81,6 +81,8 @@ pub(super) struct Conn {
     /// While a frame is incomplete: since when, and the bytes received since (the progress
     /// rate a slowloris fails).
     pub(super) partial: Option<(Instant, u64)>,
+    /// A client not read from while the node holds client reads ([`super::Net::hold_client_reads`]).
+    pub(super) held: bool,
 }
 
 /// How a connection's received bytes are split.
@@ -139,16 +141,19 @@ impl Conn {
             closing: None,
             read_paused: false,
             partial: None,
+            held: false,
         }
     }
 
-    /// Bytes this connection holds: its send queue and its decoder's buffer.
+    /// Memory this connection holds: its send queue's buffers and its decoder's (capacities,
+    /// not lengths: what the allocator gave them).
     pub(super) fn buffered_bytes(&self) -> usize {
         let decoder = match &self.decoder {
             Decoder::Raftline(d) => d.held_bytes(),
             Decoder::Kafka(d) => d.held_bytes(),
         };
-        self.queued_bytes + decoder
+        let queue: usize = self.queue.iter().map(Vec::capacity).sum();
+        queue + decoder
     }
 
     /// Notes `bytes` received, after which `incomplete` bytes wait for the rest of a frame.

@@ -41,7 +41,9 @@ use crate::frame::{self, Frame, FrameDecoder, FrameHeader, FrameType, CLIENT_SEN
 use crate::reactor::{BackendKind, Completion, Reactor, SocketId};
 
 pub use close_reason::CloseReason;
-pub use config::{NetConfig, NetConfigError};
+pub use config::{
+    NetConfig, NetConfigError, BUFFER_BUDGET_BYTES_DEFAULT, CLIENTS_PER_SOURCE_MAX_DEFAULT,
+};
 use conn::{Conn, ConnKind, Decoder, EnqueueError, QueueRefusal};
 use kafka_framing::KafkaFrameDecoder;
 pub use kafka_framing::KafkaFrameError;
@@ -244,6 +246,8 @@ pub struct Net {
     peer_slots: BTreeMap<u64, PeerConn>,
     stats: NetStats,
     budget_checked_at: Instant,
+    /// Client and Kafka connections are not read from (the node has a backlog of their work).
+    clients_held: bool,
     paused_listeners: Vec<(SocketId, Instant)>,
     hello_frame: Vec<u8>,
     keepalive_frame: Vec<u8>,
@@ -345,6 +349,7 @@ impl Net {
             peer_slots: BTreeMap::new(),
             stats: NetStats::default(),
             budget_checked_at: now,
+            clients_held: false,
             paused_listeners: Vec::new(),
             hello_frame,
             keepalive_frame,
@@ -1138,8 +1143,44 @@ impl Net {
     }
 
     fn start_recv(&mut self, socket: SocketId) {
-        if let Some(buf) = self.conns.get_mut(&socket).and_then(|c| c.recv_buf.take()) {
+        let held = self.clients_held;
+        let Some(conn) = self.conns.get_mut(&socket) else {
+            return;
+        };
+        if held && matches!(conn.kind, ConnKind::Client(_) | ConnKind::Kafka(_)) {
+            conn.held = true;
+            return;
+        }
+        if let Some(buf) = conn.recv_buf.take() {
             self.reactor.recv(socket, buf);
+        }
+    }
+
+    /// While `hold`, client and Kafka connections are not read from (their requests wait in
+    /// the kernel); peer connections always are. The node holds them while it has a backlog of
+    /// client work, so a flood of requests can neither delay peer traffic nor pile up in its
+    /// memory.
+    pub fn hold_client_reads(&mut self, hold: bool) {
+        if self.clients_held == hold {
+            return;
+        }
+        self.clients_held = hold;
+        if hold {
+            return;
+        }
+        let held: Vec<SocketId> = self
+            .conns
+            .iter_mut()
+            .filter(|(_, c)| c.held)
+            .map(|(&socket, c)| {
+                c.held = false;
+                socket
+            })
+            .collect();
+        for socket in held {
+            if !self.conns[&socket].read_paused {
+                self.start_recv(socket);
+            }
         }
     }
 
