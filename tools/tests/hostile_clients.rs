@@ -192,3 +192,77 @@ fn a_connection_that_dribbles_a_frame_after_its_hello_is_closed() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Raises this process's descriptor limit to its hard limit (1,024 sockets and a node's files
+/// need more than the usual soft limit of 1,024); children inherit it.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    limit.rlim_cur = limit.rlim_max;
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+}
+
+#[test]
+fn a_thousand_idle_keepalive_connections_from_one_host_leave_room_for_a_producer_from_another() {
+    raise_fd_limit();
+    let cluster = Cluster::start(1, "auto");
+    let leader = cluster.wait_leader();
+    let node = cluster.node(leader);
+    let keepalive = {
+        let mut out = Vec::new();
+        let header = raftline_netio::frame::FrameHeader {
+            frame_type: raftline_netio::frame::FrameType::Keepalive,
+            cluster_id: ClusterId::from_name(CLUSTER),
+            sender_id: 0,
+        };
+        raftline_netio::frame::encode(&mut out, header, &[]).unwrap();
+        out
+    };
+    // 1,024 connections from 127.0.0.1, each one keepalive, then idle: as many as the node's
+    // client slots. At most `--clients-per-source-max` (256) of them are kept.
+    let squatters: Vec<TcpStream> = (0..1024)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(node.client).ok()?;
+            s.write_all(&keepalive).ok()?;
+            Some(s)
+        })
+        .collect();
+    let refused = "raftline_connections_closed_total{reason=\"too_many_from_source\"}";
+    let deadline = Instant::now() + DEADLINE;
+    while counter(node.metrics, refused) < 1024 - 256 {
+        assert!(
+            Instant::now() < deadline,
+            "the squatters were not limited by source: {}",
+            http_get(node.metrics, "/metrics")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A producer from another address (all of 127.0.0.0/8 is loopback) gets in at once.
+    let producer = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    producer
+        .bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+        .unwrap();
+    producer.connect(&node.client.into()).unwrap();
+    let mut conn = cluster_support::Conn::from_stream(TcpStream::from(producer));
+    conn.send(&Request::Append {
+        request_id: 1,
+        ack: AckMode::Quorum,
+        batch: tagged_batch(1, 1),
+    })
+    .unwrap();
+    let answer = conn.recv().unwrap();
+    assert!(
+        matches!(
+            answer,
+            raftline_netio::client_proto::Response::Appended { request_id: 1, .. }
+        ),
+        "{answer:?}"
+    );
+    drop(squatters);
+}
