@@ -217,31 +217,47 @@ fn impostors_holding_peer_slots_do_not_keep_a_restarted_follower_out() {
     let leader_peer = cluster.node(leader).peer;
 
     // 70 impostors (more than the 64 peer-port connections main admitted) say hello as the
-    // follower and keep their connections alive with keepalives; 16 more say nothing.
+    // follower and keep their connections alive with keepalives, reconnecting whenever the
+    // leader closes one; 16 more connect and say nothing, again and again.
     let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(false));
     let impostors = {
-        let stop = Arc::clone(&stop);
+        let (stop, ready) = (Arc::clone(&stop), Arc::clone(&ready));
         std::thread::spawn(move || {
-            let mut talking: Vec<TcpStream> = (0..70)
-                .map(|_| {
-                    let mut s = TcpStream::connect(leader_peer).unwrap();
-                    s.write_all(&control(FrameType::PeerHello, follower))
-                        .unwrap();
-                    s
-                })
-                .collect();
-            let _silent: Vec<TcpStream> = (0..16)
-                .map(|_| TcpStream::connect(leader_peer).unwrap())
-                .collect();
+            let hello = control(FrameType::PeerHello, follower);
             let keepalive = control(FrameType::Keepalive, follower);
-            while !stop.load(Ordering::Relaxed) {
-                for s in &mut talking {
-                    let _ = s.write_all(&keepalive); // a closed one stays closed
+            let open = |talks: bool| {
+                let mut s = TcpStream::connect(leader_peer).ok()?;
+                if talks {
+                    s.write_all(&hello).ok()?;
                 }
-                std::thread::sleep(Duration::from_millis(200));
+                s.set_nonblocking(true).unwrap();
+                Some(s)
+            };
+            let mut all: Vec<(bool, Option<TcpStream>)> = (0..86).map(|i| (i < 70, None)).collect();
+            while !stop.load(Ordering::Relaxed) {
+                for (talks, slot) in &mut all {
+                    // Closed by the leader: EOF or an error other than "nothing to read".
+                    let alive = slot.as_mut().is_some_and(|s| {
+                        let mut buf = [0u8; 64];
+                        let open = matches!(std::io::Read::read(s, &mut buf),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+                        open && (!*talks || s.write_all(&keepalive).is_ok())
+                    });
+                    if !alive {
+                        *slot = open(*talks);
+                    }
+                }
+                ready.store(true, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
             }
         })
     };
+    let deadline = Instant::now() + DEADLINE;
+    while !ready.load(Ordering::Relaxed) {
+        assert!(Instant::now() < deadline, "the impostors never got going");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     // The real follower restarts while they hold on, and must catch up with new appends.
     cluster.kill(follower);
