@@ -474,7 +474,14 @@ impl Batch {
     /// length only, so followers do not pay for a second payload validation. Accepts data and
     /// no-op batches, never a log-internal marker.
     pub fn from_entry_bytes(bytes: Vec<u8>) -> Result<Batch, BatchError> {
-        let header = check_frame(&bytes)?;
+        Batch::check_entry_bytes(&bytes)?;
+        Ok(Batch { bytes })
+    }
+
+    /// What [`Batch::from_entry_bytes`] checks, without taking the bytes: a follower checks an
+    /// entry from the wire before its core takes it.
+    pub fn check_entry_bytes(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+        let header = check_frame(bytes)?;
         if header.total_bytes != bytes.len() {
             return Err(BatchError::BadHeader(
                 "payload length disagrees with batch length",
@@ -491,16 +498,16 @@ impl Batch {
             ));
         }
         if header.is_run() {
-            for inner in entry_batches(&bytes) {
+            for inner in entry_batches(bytes) {
                 let (inner, range) = inner?;
                 if inner.is_kafka() {
                     check_kafka_header(&inner, &bytes[range])?;
                 }
             }
         } else if header.is_kafka() {
-            check_kafka_header(&header, &bytes)?;
+            check_kafka_header(&header, bytes)?;
         }
-        Ok(Batch { bytes })
+        Ok(header)
     }
 
     /// Takes bytes read back from our own disk, already verified by `check_frame`.

@@ -471,6 +471,18 @@ impl Log {
         self.seq.lock().expect("sequencer lock").term_at(index)
     }
 
+    /// Offset the first record after entry `index` has (accepted or durable): where an entry
+    /// at `index + 1` starts. Known from the entry just before the first retained one to the
+    /// last accepted one; `None` outside.
+    pub fn offset_after(&self, index: u64) -> Option<u64> {
+        let seq = self.seq.lock().expect("sequencer lock");
+        let i = (index + 1).checked_sub(seq.first_index)?;
+        match usize::try_from(i).ok()? {
+            i if i == seq.entries.len() => Some(seq.next_offset),
+            i => seq.entries.get(i).map(|&(_, base_offset)| base_offset),
+        }
+    }
+
     /// Index of the first retained entry (`last_index() + 1` when empty).
     pub fn first_index(&self) -> u64 {
         self.seq.lock().expect("sequencer lock").first_index

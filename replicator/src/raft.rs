@@ -266,6 +266,8 @@ pub struct Raft<S> {
     refused: Vec<Refusal>,
     /// Peer messages refused since start.
     refused_total: u64,
+    /// Why the message being stepped was refused (see [`Raft::step`]).
+    last_refusal: Option<RefusalReason>,
     /// Suspect mode (see [`Raft::set_repair_through`]): this node lost durable entries through
     /// at most this index and may not vote or campaign until its log is repaired.
     repair_through: Option<Index>,
@@ -384,6 +386,7 @@ impl<S: Storage> Raft<S> {
             broadcast_due: BroadcastDue::Nothing,
             refused: Vec::new(),
             refused_total: 0,
+            last_refusal: None,
             repair_through: None,
             repair_term: 0,
             leader_match: 0,
@@ -448,6 +451,12 @@ impl<S: Storage> Raft<S> {
     /// The entry at `index`, if the log holds it (from memory or storage).
     pub fn entry(&self, index: Index) -> Option<Entry> {
         self.log.entry(index).ok()
+    }
+    /// The entry at `index` if the core holds it in memory (every entry not yet durable, and
+    /// recent durable ones); `None` where only storage has it. Unlike [`Raft::entry`] this never
+    /// reads storage, and it sees entries the driver has not been handed yet.
+    pub fn entry_in_memory(&self, index: Index) -> Option<&Entry> {
+        self.log.entry_in_memory(index)
     }
     /// Entry bytes held only in memory because they are not durable yet.
     pub fn unstable_bytes(&self) -> u64 {
@@ -879,8 +888,19 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Handles a message from a peer. A message no correct peer could have sent is dropped and
-    /// reported in [`Ready::refused`] (see [`crate::refusal`]); no peer message panics.
-    pub fn step(&mut self, msg: Message) {
+    /// reported in [`Ready::refused`] (see [`crate::refusal`]); no peer message panics. Returns
+    /// why when this message was refused, so a driver can close the connection it came on.
+    pub fn step(&mut self, msg: Message) -> Option<RefusalReason> {
+        let refused_before = self.refused_total;
+        self.last_refusal = None;
+        self.step_message(msg);
+        if self.refused_total == refused_before {
+            return None;
+        }
+        self.last_refusal.take()
+    }
+
+    fn step_message(&mut self, msg: Message) {
         if self.cfg.mutation == Mutation::TrustPeers {
             // As before the checks existed.
             assert_eq!(msg.to, self.cfg.id, "message delivered to the wrong node");
@@ -1028,6 +1048,7 @@ impl<S: Storage> Raft<S> {
     fn refuse_from(&mut self, from: NodeId, term: Term, reason: RefusalReason) {
         tracing::debug!(node = self.cfg.id, from, term, %reason, "peer message refused");
         self.refused_total += 1;
+        self.last_refusal = Some(reason);
         if self.refused.len() < REFUSALS_PENDING_MAX {
             self.refused.push(Refusal { from, term, reason });
         }

@@ -191,6 +191,12 @@ impl<S: Storage> RaftLog<S> {
         Ok(one.pop().expect("one entry asked for"))
     }
 
+    /// The entry at `index` if memory holds it (unstable, or cached since durable); never
+    /// reads storage.
+    pub fn entry_in_memory(&self, index: Index) -> Option<&Entry> {
+        (index >= self.mem_first() && index <= self.last_index).then(|| self.mem_entry(index))
+    }
+
     /// Appends one entry at the end (not durable yet).
     pub fn push(&mut self, entry: Entry) {
         assert_eq!(entry.index, self.last_index + 1, "append must be dense");

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use raftline_netio::net::{BUFFER_BUDGET_BYTES_DEFAULT, CLIENTS_PER_SOURCE_MAX_DEFAULT};
 use raftline_netio::reactor::Backend;
 use serde::Deserialize;
 
@@ -97,6 +98,14 @@ pub struct ServerArgs {
     /// [default: 600].
     #[arg(long)]
     pub client_idle_timeout_s: Option<u64>,
+    /// Client and Kafka connections at once from one address; at the limit a new one takes
+    /// the slot of that address's longest-idle one, or is refused [default: 256].
+    #[arg(long)]
+    pub clients_per_source_max: Option<usize>,
+    /// MiB all connections' send queues and decoder buffers may hold together; beyond it the
+    /// client holding the most is closed [default: 512; at least 33].
+    #[arg(long)]
+    pub connection_buffers_mib: Option<usize>,
     /// Snapshot the materialised state after this many MiB of log applied since the last
     /// snapshot, then drop the log prefix; 0 = never [default: 256].
     #[arg(long)]
@@ -151,6 +160,8 @@ struct FileConfig {
     batch_kib_max: Option<u64>,
     append_timeout_ms: Option<u64>,
     client_idle_timeout_s: Option<u64>,
+    clients_per_source_max: Option<usize>,
+    connection_buffers_mib: Option<usize>,
     snapshot_every_mib: Option<u64>,
     snapshot_interval_s: Option<u64>,
     retain_mib: Option<u64>,
@@ -315,6 +326,14 @@ impl ServerArgs {
                 0 => None,
                 s => Some(Duration::from_secs(s)),
             },
+            clients_per_source_max: self
+                .clients_per_source_max
+                .or(file.clients_per_source_max)
+                .unwrap_or(CLIENTS_PER_SOURCE_MAX_DEFAULT),
+            connection_buffers_bytes: self
+                .connection_buffers_mib
+                .or(file.connection_buffers_mib)
+                .map_or(BUFFER_BUDGET_BYTES_DEFAULT, |mib| mib << 20),
             snapshots: SnapshotPolicy {
                 every_bytes: self
                     .snapshot_every_mib

@@ -70,18 +70,71 @@ pub enum CloseReason {
         /// How long it had sent no request.
         idle: Duration,
     },
-    /// `inbound_peers_max` peer-port connections are open already.
-    TooManyInboundPeers(usize),
+    /// `peer_hello_pool_max` peer-port connections without a hello were open, and this was
+    /// the oldest: it made room for a new one.
+    HelloPoolFull(usize),
+    /// A newer connection said hello as the same node and took its slot.
+    Replaced,
+    /// `clients_per_source_max` connections from this address are open already.
+    TooManyFromSource(usize),
+    /// An incomplete frame arrived slower than `recv_progress_min_bytes_per_s` (slowloris).
+    TooSlow {
+        /// Bytes received since the frame began.
+        bytes: u64,
+        /// For how long.
+        over: Duration,
+    },
+    /// The node's connection buffers exceeded `buffer_budget_bytes` and this connection held
+    /// the most.
+    OverBudget {
+        /// What it held (send queue and decoder).
+        bytes: usize,
+    },
     /// The node asked for it.
     ByNode(String),
+    /// The peer sent a message that contradicts what this node knows (the node's reason).
+    PeerRefused(&'static str),
 }
 
 impl CloseReason {
+    /// A short stable name for metrics labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CloseReason::RemoteClosed => "remote_closed",
+            CloseReason::Io { .. } => "io_error",
+            CloseReason::BadFrame(_) => "bad_frame",
+            CloseReason::BadKafkaFrame(_) => "bad_kafka_frame",
+            CloseReason::WrongCluster { .. } => "wrong_cluster",
+            CloseReason::FrameTypeNotAllowed { .. } => "frame_type_not_allowed",
+            CloseReason::ClientSenderId(_) => "client_sender_id",
+            CloseReason::NoHello(_) => "no_hello",
+            CloseReason::UnknownPeer(_) => "unknown_peer",
+            CloseReason::OwnId(_) => "own_id",
+            CloseReason::SenderChanged { .. } => "sender_changed",
+            CloseReason::UnexpectedData => "unexpected_data",
+            CloseReason::HelloTimeout(_) => "hello_timeout",
+            CloseReason::Idle(_) => "idle",
+            CloseReason::SendStalled(_) => "send_stalled",
+            CloseReason::TooManyClients(_) => "too_many_clients",
+            CloseReason::Evicted { .. } => "evicted",
+            CloseReason::HelloPoolFull(_) => "hello_pool_full",
+            CloseReason::Replaced => "replaced",
+            CloseReason::TooManyFromSource(_) => "too_many_from_source",
+            CloseReason::TooSlow { .. } => "too_slow",
+            CloseReason::OverBudget { .. } => "over_budget",
+            CloseReason::ByNode(_) => "by_node",
+            CloseReason::PeerRefused(_) => "peer_refused",
+        }
+    }
+
     /// Whether the remote misbehaved (logged as a warning) rather than just went away.
     pub fn is_bad_input(&self) -> bool {
         !matches!(
             self,
-            CloseReason::RemoteClosed | CloseReason::Io { .. } | CloseReason::ByNode(_)
+            CloseReason::RemoteClosed
+                | CloseReason::Io { .. }
+                | CloseReason::ByNode(_)
+                | CloseReason::Replaced
         )
     }
 }
@@ -124,13 +177,29 @@ impl fmt::Display for CloseReason {
             CloseReason::TooManyClients(max) => {
                 write!(f, "{max} clients already connected (clients_max)")
             }
-            CloseReason::TooManyInboundPeers(max) => {
-                write!(
-                    f,
-                    "{max} peer-port connections already open (inbound_peers_max)"
-                )
+            CloseReason::HelloPoolFull(max) => write!(
+                f,
+                "oldest of {max} peer-port connections without a hello (peer_hello_pool_max)"
+            ),
+            CloseReason::Replaced => {
+                write!(f, "a newer connection said hello as the same node")
             }
+            CloseReason::TooManyFromSource(max) => write!(
+                f,
+                "{max} connections from this address already open (clients_per_source_max)"
+            ),
+            CloseReason::TooSlow { bytes, over } => write!(
+                f,
+                "an incomplete frame got only {bytes} bytes in {over:?} (recv_progress_min_bytes_per_s)"
+            ),
+            CloseReason::OverBudget { bytes } => write!(
+                f,
+                "the node's connection buffers are over budget and this one held the most ({bytes} bytes)"
+            ),
             CloseReason::ByNode(why) => write!(f, "closed by the node: {why}"),
+            CloseReason::PeerRefused(why) => {
+                write!(f, "sent a message this node refused ({why})")
+            }
         }
     }
 }

@@ -8,6 +8,11 @@ use crate::cluster_id::ClusterId;
 use crate::frame::{FRAME_HEADER_BYTES, PAYLOAD_BYTES_MAX_DEFAULT};
 use crate::reactor::Backend;
 
+/// Default of [`NetConfig::clients_per_source_max`].
+pub const CLIENTS_PER_SOURCE_MAX_DEFAULT: usize = 256;
+/// Default of [`NetConfig::buffer_budget_bytes`] (512 MiB).
+pub const BUFFER_BUDGET_BYTES_DEFAULT: usize = 512 << 20;
+
 /// Everything a [`Net`](super::Net) needs; [`NetConfig::new`] fills in the defaults.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
@@ -35,12 +40,31 @@ pub struct NetConfig {
     pub client_drained_bytes: usize,
     /// Client connections open at once; more are closed on accept.
     pub clients_max: usize,
-    /// Inbound peer-port connections open at once (a peer that reconnects briefly has two);
-    /// more are closed on accept, so strangers on the peer port cannot exhaust descriptors.
-    pub inbound_peers_max: usize,
-    /// An accepted connection must deliver its first whole frame, and an outbound connection
-    /// must connect, within this.
+    /// Client (and Kafka) connections open at once from one source address; at the limit, a
+    /// new one from that address takes the slot of its longest-idle one (as for `clients_max`)
+    /// or is refused. One host cannot take every slot.
+    pub clients_per_source_max: usize,
+    /// Peer-port connections that have not said a valid hello yet, at once: a small pool, so
+    /// strangers cannot hold the peer port. A new connection beyond it closes the oldest one in
+    /// the pool (a real peer says hello at once; it is never the oldest for long). A connection
+    /// that said hello as node N holds N's one slot: a newer hello as N replaces it (a
+    /// restarted peer's new connection gets in, whoever holds the old one).
+    pub peer_hello_pool_max: usize,
+    /// A peer-port connection must say hello within this (short: a peer says it at once).
+    pub peer_hello_timeout: Duration,
+    /// An accepted client connection must deliver its first whole frame, and an outbound
+    /// connection must connect, within this.
     pub hello_timeout: Duration,
+    /// Bytes per second an inbound connection must keep delivering while a frame is
+    /// incomplete (after `recv_progress_grace`): a connection that dribbles a frame is closed
+    /// (slowloris).
+    pub recv_progress_min_bytes_per_s: u64,
+    /// How long an incomplete frame may take before the progress rate counts.
+    pub recv_progress_grace: Duration,
+    /// Bytes all connections together may hold in send queues and decoder buffers. Beyond it,
+    /// the client or Kafka connection holding the most is closed until the total is back
+    /// under (peer connections are never closed for it: their queues are bounded per peer).
+    pub buffer_budget_bytes: usize,
     /// An inbound peer connection that delivers nothing for this long is closed; an outbound
     /// one sends a keepalive after a quarter of it. Any connection (peer or client) whose queued
     /// bytes make no send progress for this long is closed (its receiver stopped reading).
@@ -87,6 +111,9 @@ pub enum NetConfigError {
     /// The drained mark must lie below the client queue limit.
     #[error("client_drained_bytes must be below client_queue_bytes_max")]
     DrainedMarkTooHigh,
+    /// A per-source or hello-pool limit of zero would refuse every connection.
+    #[error("clients_per_source_max and peer_hello_pool_max must be at least 1")]
+    NoSlots,
     /// A timeout or backoff is zero, or min > max.
     #[error("invalid timing: {0}")]
     Timing(&'static str),
@@ -115,8 +142,13 @@ impl NetConfig {
             client_queue_bytes_max: 2 * frame_bytes,
             client_drained_bytes: frame_bytes / 2,
             clients_max: 1024,
-            inbound_peers_max: 64,
+            clients_per_source_max: CLIENTS_PER_SOURCE_MAX_DEFAULT,
+            peer_hello_pool_max: 8,
+            peer_hello_timeout: Duration::from_secs(2),
             hello_timeout: Duration::from_secs(5),
+            recv_progress_min_bytes_per_s: 16 << 10,
+            recv_progress_grace: Duration::from_secs(5),
+            buffer_budget_bytes: BUFFER_BUDGET_BYTES_DEFAULT,
             idle_timeout: Duration::from_secs(10),
             client_idle_timeout: None,
             client_evict_idle_min: Duration::from_secs(1),
@@ -159,7 +191,20 @@ impl NetConfig {
         if self.client_drained_bytes >= self.client_queue_bytes_max {
             return Err(NetConfigError::DrainedMarkTooHigh);
         }
-        if self.hello_timeout.is_zero() || self.idle_timeout.is_zero() {
+        if self.clients_per_source_max == 0 || self.peer_hello_pool_max == 0 {
+            return Err(NetConfigError::NoSlots);
+        }
+        if self.buffer_budget_bytes < 2 * frame_bytes {
+            return Err(NetConfigError::QueueTooSmall {
+                name: "buffer_budget_bytes",
+                bytes: self.buffer_budget_bytes,
+                frame_bytes: 2 * frame_bytes,
+            });
+        }
+        if self.hello_timeout.is_zero()
+            || self.peer_hello_timeout.is_zero()
+            || self.idle_timeout.is_zero()
+        {
             return Err(NetConfigError::Timing(
                 "hello and idle timeouts must be positive",
             ));

@@ -8,7 +8,7 @@ use crate::frame::FrameDecoder;
 
 use super::close_reason::CloseReason;
 use super::kafka_framing::KafkaFrameDecoder;
-use super::ClientId;
+use super::{ClientId, PeerConn};
 
 /// Bytes per recv on a peer connection (replication streams: fewer loop turns per MiB); a
 /// frame larger than the buffer is reassembled by the decoder.
@@ -24,7 +24,7 @@ pub(super) enum ConnKind {
     /// We opened it to send to peer `id`; the peer never sends on it.
     OutboundPeer(u64),
     /// A peer opened it; `None` until its `PeerHello` names the sender.
-    InboundPeer(Option<u64>),
+    InboundPeer(PeerConn, Option<u64>),
     /// A client opened it.
     Client(ClientId),
     /// A Kafka client opened it (on the Kafka port: Kafka's framing, not raftline frames).
@@ -35,8 +35,12 @@ impl std::fmt::Display for ConnKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnKind::OutboundPeer(id) => write!(f, "outbound connection to peer {id}"),
-            ConnKind::InboundPeer(Some(id)) => write!(f, "inbound connection from peer {id}"),
-            ConnKind::InboundPeer(None) => write!(f, "inbound peer connection (no hello yet)"),
+            ConnKind::InboundPeer(_, Some(id)) => {
+                write!(f, "inbound connection from peer {id}")
+            }
+            ConnKind::InboundPeer(_, None) => {
+                write!(f, "inbound peer connection (no hello yet)")
+            }
             ConnKind::Client(id) => write!(f, "client {}", id.0),
             ConnKind::Kafka(id) => write!(f, "Kafka client {}", id.0),
         }
@@ -74,6 +78,11 @@ pub(super) struct Conn {
     /// A client whose answers pile up unread is not read from until they drain: its requests
     /// wait in the kernel, not in the node's memory.
     pub(super) read_paused: bool,
+    /// While a frame is incomplete: since when, and the bytes received since (the progress
+    /// rate a slowloris fails).
+    pub(super) partial: Option<(Instant, u64)>,
+    /// A client not read from while the node holds client reads ([`super::Net::hold_client_reads`]).
+    pub(super) held: bool,
 }
 
 /// How a connection's received bytes are split.
@@ -131,7 +140,29 @@ impl Conn {
             drain_wanted: false,
             closing: None,
             read_paused: false,
+            partial: None,
+            held: false,
         }
+    }
+
+    /// Memory this connection holds: its send queue's buffers and its decoder's (capacities,
+    /// not lengths: what the allocator gave them).
+    pub(super) fn buffered_bytes(&self) -> usize {
+        let decoder = match &self.decoder {
+            Decoder::Raftline(d) => d.held_bytes(),
+            Decoder::Kafka(d) => d.held_bytes(),
+        };
+        let queue: usize = self.queue.iter().map(Vec::capacity).sum();
+        queue + decoder
+    }
+
+    /// Notes `bytes` received, after which `incomplete` bytes wait for the rest of a frame.
+    pub(super) fn note_progress(&mut self, bytes: usize, incomplete: bool, now: Instant) {
+        self.partial = match (incomplete, self.partial) {
+            (false, _) => None,
+            (true, None) => Some((now, bytes as u64)),
+            (true, Some((since, got))) => Some((since, got + bytes as u64)),
+        };
     }
 
     pub(super) fn queued_bytes(&self) -> usize {

@@ -18,6 +18,9 @@ pub enum KafkaFrameError {
     },
 }
 
+/// Room a Kafka connection's decoder keeps between requests; above it, room is given back.
+const KAFKA_RETAIN_BYTES: usize = 256 << 10;
+
 /// Splits a Kafka connection's byte stream into requests.
 #[derive(Debug)]
 pub(super) struct KafkaFrameDecoder {
@@ -40,8 +43,23 @@ impl KafkaFrameDecoder {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
+            // After a large request, give its room back (as `FrameDecoder` does).
+            if self.buf.capacity() > KAFKA_RETAIN_BYTES && self.buf.len() <= KAFKA_RETAIN_BYTES / 2
+            {
+                self.buf.shrink_to(KAFKA_RETAIN_BYTES / 2);
+            }
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received but not yet returned as requests.
+    pub(super) fn buffered_bytes(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Memory the decoder holds (its buffer's capacity).
+    pub(super) fn held_bytes(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// The next whole request (without its size prefix), if buffered.

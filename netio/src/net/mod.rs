@@ -5,8 +5,15 @@
 //! Peer links are one-way: each node sends on the connection it opened to a peer (announcing
 //! itself with `PeerHello`) and receives on the connections its peers opened. No tie-breaking is
 //! needed when two nodes connect at once, and a restarted peer simply opens a new connection.
-//! Its old inbound connection is not closed on the new hello (an impostor's hello must not kick
-//! the real peer): it ends with an error, EOF or the idle timeout.
+//! Each configured peer has one inbound slot: a newer hello as node N replaces the connection
+//! holding N's slot, so a restarted peer always gets back in, whoever held its slot (impostors
+//! on an insecure peer port included). Connections that have not said a valid hello yet wait in
+//! a small pool (`peer_hello_pool_max`, short `peer_hello_timeout`); they cannot hold the port.
+//!
+//! Resources are bounded per connection (send queue, frame size), per source address
+//! (`clients_per_source_max`) and node-wide (`buffer_budget_bytes`: beyond it the client holding
+//! the most is closed); an incomplete frame must keep arriving at `recv_progress_min_bytes_per_s`
+//! (slowloris). Every close is counted by reason ([`Net::stats`]).
 //!
 //! An optional third listener takes Kafka clients: their connections carry Kafka's framing (a
 //! 4-byte big-endian size, then the request), handed to the node whole as
@@ -34,7 +41,9 @@ use crate::frame::{self, Frame, FrameDecoder, FrameHeader, FrameType, CLIENT_SEN
 use crate::reactor::{BackendKind, Completion, Reactor, SocketId};
 
 pub use close_reason::CloseReason;
-pub use config::{NetConfig, NetConfigError};
+pub use config::{
+    NetConfig, NetConfigError, BUFFER_BUDGET_BYTES_DEFAULT, CLIENTS_PER_SOURCE_MAX_DEFAULT,
+};
 use conn::{Conn, ConnKind, Decoder, EnqueueError, QueueRefusal};
 use kafka_framing::KafkaFrameDecoder;
 pub use kafka_framing::KafkaFrameError;
@@ -51,6 +60,23 @@ impl std::fmt::Display for ClientId {
         write!(f, "client#{}", self.0)
     }
 }
+
+/// An inbound peer connection, unique for the life of the Net (ids are never reused): the node
+/// names it to close it ([`Net::close_peer`]) when a message it carried was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerConn(pub u64);
+
+/// What the Net holds and has closed, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Bytes in every connection's send queue and decoder buffer, at the last check.
+    pub buffered_bytes: usize,
+    /// Connections closed since start, by [`CloseReason::label`].
+    pub closed: BTreeMap<&'static str, u64>,
+}
+
+/// How often the node-wide buffer budget is checked (a scan of the connections).
+const BUDGET_CHECK_INTERVAL: Duration = Duration::from_millis(1);
 
 /// The addresses the Net listens on (the real ports when port 0 was configured).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +96,8 @@ pub enum NetEvent {
     PeerFrame {
         /// The sender's node id.
         from: u64,
+        /// The connection it came on.
+        conn: PeerConn,
         /// The frame.
         frame: Frame,
     },
@@ -212,7 +240,14 @@ pub struct Net {
     conns: HashMap<SocketId, Conn>,
     clients: HashMap<ClientId, SocketId>,
     next_client: u64,
-    inbound_peers: usize,
+    next_peer_conn: u64,
+    /// Inbound peer connections, and which holds each configured peer's slot.
+    inbound: HashMap<PeerConn, SocketId>,
+    peer_slots: BTreeMap<u64, PeerConn>,
+    stats: NetStats,
+    budget_checked_at: Instant,
+    /// Client and Kafka connections are not read from (the node has a backlog of their work).
+    clients_held: bool,
     paused_listeners: Vec<(SocketId, Instant)>,
     hello_frame: Vec<u8>,
     keepalive_frame: Vec<u8>,
@@ -309,7 +344,12 @@ impl Net {
             conns: HashMap::new(),
             clients: HashMap::new(),
             next_client: 1,
-            inbound_peers: 0,
+            next_peer_conn: 1,
+            inbound: HashMap::new(),
+            peer_slots: BTreeMap::new(),
+            stats: NetStats::default(),
+            budget_checked_at: now,
+            clients_held: false,
             paused_listeners: Vec::new(),
             hello_frame,
             keepalive_frame,
@@ -358,8 +398,48 @@ impl Net {
             self.on_completion(completion, now);
         }
         self.completions = completions;
+        self.enforce_budget(now);
         events.append(&mut self.events);
         Ok(())
+    }
+
+    /// What the Net holds and has closed.
+    pub fn stats(&self) -> &NetStats {
+        &self.stats
+    }
+
+    /// Closes an inbound peer connection whose message the node refused (`why`: its reason),
+    /// at once. The peer, if real, reconnects; a forger loses its connection.
+    pub fn close_peer(&mut self, conn: PeerConn, why: &'static str) {
+        if let Some(&socket) = self.inbound.get(&conn) {
+            self.close(socket, CloseReason::PeerRefused(why));
+        }
+    }
+
+    /// Beyond `buffer_budget_bytes` in all send queues and decoders together, closes the
+    /// client or Kafka connections holding the most until the total is back under: a crowd of
+    /// clients that do not read (or that send huge frames) cannot grow the node's memory past
+    /// the budget, and the heaviest go first. Peer connections are never closed for it.
+    fn enforce_budget(&mut self, now: Instant) {
+        if now.duration_since(self.budget_checked_at) < BUDGET_CHECK_INTERVAL {
+            return;
+        }
+        self.budget_checked_at = now;
+        let mut total: usize = self.conns.values().map(Conn::buffered_bytes).sum();
+        while total > self.cfg.buffer_budget_bytes {
+            let heaviest = self
+                .conns
+                .iter()
+                .filter(|(_, c)| matches!(c.kind, ConnKind::Client(_) | ConnKind::Kafka(_)))
+                .map(|(&socket, c)| (socket, c.buffered_bytes()))
+                .max_by_key(|&(_, bytes)| bytes);
+            let Some((socket, bytes)) = heaviest else {
+                break;
+            };
+            total -= bytes;
+            self.close(socket, CloseReason::OverBudget { bytes });
+        }
+        self.stats.buffered_bytes = total;
     }
 
     /// Hands the sends queued so far to the kernel now instead of at the next [`Net::poll`]
@@ -559,6 +639,19 @@ impl Net {
         let mut flushed = Vec::new();
         let mut keepalive = Vec::new();
         for (&socket, conn) in &self.conns {
+            // An incomplete frame must keep coming at the least rate (slowloris), on top of
+            // whatever else bounds this connection.
+            if let Some((since, bytes)) = conn.partial.filter(|_| conn.closing.is_none()) {
+                let rate = cfg.recv_progress_min_bytes_per_s.max(1) as f64;
+                let at =
+                    since + cfg.recv_progress_grace + Duration::from_secs_f64(bytes as f64 / rate);
+                if at <= now {
+                    let over = now.duration_since(since);
+                    close.push((socket, CloseReason::TooSlow { bytes, over }));
+                    continue;
+                }
+                due_at(at);
+            }
             let (deadline, reason) = match conn.kind {
                 // Flushed (the node answered what it had, last turn), or out of time.
                 _ if conn.closing.is_some() => {
@@ -570,10 +663,15 @@ impl Net {
                     }
                     continue;
                 }
+                ConnKind::InboundPeer(..) if !conn.established => (
+                    conn.opened_at + cfg.peer_hello_timeout,
+                    CloseReason::HelloTimeout(cfg.peer_hello_timeout),
+                ),
                 _ if !conn.established => (
                     conn.opened_at + cfg.hello_timeout,
                     CloseReason::HelloTimeout(cfg.hello_timeout),
                 ),
+
                 // A receiver that stops reading (or vanished without a reset) must not hold
                 // its queue forever.
                 ConnKind::OutboundPeer(_) | ConnKind::Client(_) | ConnKind::Kafka(_)
@@ -594,7 +692,7 @@ impl Net {
                     }
                     continue;
                 }
-                ConnKind::InboundPeer(_) => (
+                ConnKind::InboundPeer(..) => (
                     conn.last_recv_at + cfg.idle_timeout,
                     CloseReason::Idle(cfg.idle_timeout),
                 ),
@@ -692,26 +790,34 @@ impl Net {
         now: Instant,
     ) {
         let (kind, queue_bytes_max) = if listener == self.peer_listener {
-            if self.inbound_peers >= self.cfg.inbound_peers_max {
-                tracing::warn!(
-                    %remote,
-                    "refusing peer connection: {}",
-                    CloseReason::TooManyInboundPeers(self.cfg.inbound_peers_max)
-                );
-                self.reactor.close(socket);
-                return;
-            }
-            self.inbound_peers += 1;
-            (ConnKind::InboundPeer(None), self.cfg.peer_queue_bytes_max)
+            self.make_room_in_hello_pool();
+            let conn = PeerConn(self.next_peer_conn);
+            self.next_peer_conn += 1;
+            self.inbound.insert(conn, socket);
+            (
+                ConnKind::InboundPeer(conn, None),
+                self.cfg.peer_queue_bytes_max,
+            )
         } else {
             let kafka = Some(listener) == self.kafka_listener;
             debug_assert!(kafka || listener == self.client_listener);
-            if self.clients.len() >= self.cfg.clients_max && !self.evict_idlest_client(now) {
-                tracing::warn!(
-                    %remote,
-                    "refusing client connection: {}",
-                    CloseReason::TooManyClients(self.cfg.clients_max)
-                );
+            let from_source = |c: &Conn| c.remote.ip() == remote.ip();
+            let refusal = if self.clients.len() >= self.cfg.clients_max
+                && !self.evict_idlest_client(now, |_| true)
+            {
+                Some(CloseReason::TooManyClients(self.cfg.clients_max))
+            } else if self.clients_from(from_source) >= self.cfg.clients_per_source_max
+                && !self.evict_idlest_client(now, from_source)
+            {
+                Some(CloseReason::TooManyFromSource(
+                    self.cfg.clients_per_source_max,
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = refusal {
+                tracing::warn!(%remote, "refusing client connection: {reason}");
+                self.count_close(&reason);
                 self.reactor.close(socket);
                 return;
             }
@@ -784,6 +890,7 @@ impl Net {
             return;
         }
         conn.last_recv_at = now;
+        let received = buf.len();
         match &mut conn.decoder {
             Decoder::Raftline(d) => d.feed(&buf),
             Decoder::Kafka(d) => d.feed(&buf),
@@ -801,7 +908,11 @@ impl Net {
                             return self.close_after_flush(socket, reason);
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        let incomplete = d.buffered_bytes() > 0;
+                        conn.note_progress(received, incomplete, now);
+                        break;
+                    }
                     Err(err) => return self.close_after_flush(socket, CloseReason::BadFrame(err)),
                 },
                 Decoder::Kafka(d) => match d.next_frame() {
@@ -813,7 +924,11 @@ impl Net {
                         conn.last_request_at = Instant::now();
                         self.events.push(NetEvent::KafkaFrame { client, frame });
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        let incomplete = d.buffered_bytes() > 0;
+                        conn.note_progress(received, incomplete, now);
+                        break;
+                    }
                     Err(err) => {
                         return self.close_after_flush(socket, CloseReason::BadKafkaFrame(err))
                     }
@@ -823,14 +938,24 @@ impl Net {
         self.recv_unless_backlogged(socket);
     }
 
-    /// Closes the client (or Kafka) connection that has sent no request for the longest time, if
-    /// that is at least `client_evict_idle_min`; whether it made room.
-    fn evict_idlest_client(&mut self, now: Instant) -> bool {
+    /// Client (and Kafka) connections open that `which` selects.
+    fn clients_from(&self, which: impl Fn(&Conn) -> bool) -> usize {
+        self.clients
+            .values()
+            .filter(|socket| self.conns.get(socket).is_some_and(&which))
+            .count()
+    }
+
+    /// Closes the client (or Kafka) connection among those `which` selects that has sent no
+    /// request for the longest time, if that is at least `client_evict_idle_min`; whether it
+    /// made room.
+    fn evict_idlest_client(&mut self, now: Instant, which: impl Fn(&Conn) -> bool) -> bool {
         let idlest = self
             .clients
             .values()
-            .filter_map(|socket| self.conns.get(socket).map(|c| (*socket, c.last_request_at)))
-            .filter(|(socket, _)| self.conns[socket].closing.is_none())
+            .filter_map(|socket| self.conns.get(socket).map(|c| (*socket, c)))
+            .filter(|(_, c)| c.closing.is_none() && which(c))
+            .map(|(socket, c)| (socket, c.last_request_at))
             .min_by_key(|&(_, at)| at);
         match idlest {
             Some((socket, at)) if now.duration_since(at) >= self.cfg.client_evict_idle_min => {
@@ -839,6 +964,44 @@ impl Net {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Makes room for one more connection in the peer port's hello pool: beyond
+    /// `peer_hello_pool_max` connections without a hello, the oldest is closed.
+    fn make_room_in_hello_pool(&mut self) {
+        // Ids grow in accept order: the smallest is the oldest.
+        let mut waiting: Vec<(PeerConn, SocketId)> = self
+            .inbound
+            .iter()
+            .filter(|(_, socket)| {
+                self.conns
+                    .get(socket)
+                    .is_some_and(|c| matches!(c.kind, ConnKind::InboundPeer(_, None)))
+            })
+            .map(|(&conn, &socket)| (conn, socket))
+            .collect();
+        if waiting.len() < self.cfg.peer_hello_pool_max {
+            return;
+        }
+        waiting.sort_unstable();
+        let excess = waiting.len() + 1 - self.cfg.peer_hello_pool_max;
+        for &(_, socket) in &waiting[..excess] {
+            self.close(
+                socket,
+                CloseReason::HelloPoolFull(self.cfg.peer_hello_pool_max),
+            );
+        }
+    }
+
+    /// A valid hello as `sender` on `conn`: it takes `sender`'s slot, closing the connection
+    /// that held it. This is where an authenticated peer port checks that the connection's
+    /// credentials name `sender` (until then any hello as a configured peer is believed).
+    fn claim_peer_slot(&mut self, conn: PeerConn, sender: u64) {
+        if let Some(held) = self.peer_slots.insert(sender, conn) {
+            if let Some(&socket) = self.inbound.get(&held) {
+                self.close(socket, CloseReason::Replaced);
+            }
         }
     }
 
@@ -875,7 +1038,7 @@ impl Net {
                 }
                 Ok(())
             }
-            ConnKind::InboundPeer(known) => {
+            ConnKind::InboundPeer(peer_conn, known) => {
                 if !header.frame_type.is_peer() {
                     return Err(CloseReason::FrameTypeNotAllowed {
                         frame_type: header.frame_type,
@@ -894,9 +1057,10 @@ impl Net {
                         if !self.cfg.peers.contains_key(&sender) {
                             return Err(CloseReason::UnknownPeer(sender));
                         }
-                        conn.kind = ConnKind::InboundPeer(Some(sender));
+                        conn.kind = ConnKind::InboundPeer(peer_conn, Some(sender));
                         conn.established = true;
                         tracing::debug!(peer = sender, remote = %conn.remote, "peer hello");
+                        self.claim_peer_slot(peer_conn, sender);
                         Ok(())
                     }
                     Some(from) if from != sender => {
@@ -904,7 +1068,11 @@ impl Net {
                     }
                     Some(from) => {
                         if header.frame_type == FrameType::PeerMessage {
-                            self.events.push(NetEvent::PeerFrame { from, frame });
+                            self.events.push(NetEvent::PeerFrame {
+                                from,
+                                conn: peer_conn,
+                                frame,
+                            });
                         }
                         Ok(())
                     }
@@ -975,8 +1143,44 @@ impl Net {
     }
 
     fn start_recv(&mut self, socket: SocketId) {
-        if let Some(buf) = self.conns.get_mut(&socket).and_then(|c| c.recv_buf.take()) {
+        let held = self.clients_held;
+        let Some(conn) = self.conns.get_mut(&socket) else {
+            return;
+        };
+        if held && matches!(conn.kind, ConnKind::Client(_) | ConnKind::Kafka(_)) {
+            conn.held = true;
+            return;
+        }
+        if let Some(buf) = conn.recv_buf.take() {
             self.reactor.recv(socket, buf);
+        }
+    }
+
+    /// While `hold`, client and Kafka connections are not read from (their requests wait in
+    /// the kernel); peer connections always are. The node holds them while it has a backlog of
+    /// client work, so a flood of requests can neither delay peer traffic nor pile up in its
+    /// memory.
+    pub fn hold_client_reads(&mut self, hold: bool) {
+        if self.clients_held == hold {
+            return;
+        }
+        self.clients_held = hold;
+        if hold {
+            return;
+        }
+        let held: Vec<SocketId> = self
+            .conns
+            .iter_mut()
+            .filter(|(_, c)| c.held)
+            .map(|(&socket, c)| {
+                c.held = false;
+                socket
+            })
+            .collect();
+        for socket in held {
+            if !self.conns[&socket].read_paused {
+                self.start_recv(socket);
+            }
         }
     }
 
@@ -993,11 +1197,16 @@ impl Net {
         }
     }
 
+    fn count_close(&mut self, reason: &CloseReason) {
+        *self.stats.closed.entry(reason.label()).or_default() += 1;
+    }
+
     fn close(&mut self, socket: SocketId, reason: CloseReason) {
         let Some(conn) = self.conns.remove(&socket) else {
             return;
         };
         self.reactor.close(socket);
+        self.count_close(&reason);
         let kind = conn.kind;
         if reason.is_bad_input() {
             tracing::warn!(remote = %conn.remote, "closing {kind}: {reason}");
@@ -1026,7 +1235,14 @@ impl Net {
                 self.clients.remove(&client);
                 self.events.push(NetEvent::KafkaClosed { client, reason });
             }
-            ConnKind::InboundPeer(_) => self.inbound_peers -= 1,
+            ConnKind::InboundPeer(peer_conn, known) => {
+                self.inbound.remove(&peer_conn);
+                if let Some(id) = known {
+                    if self.peer_slots.get(&id) == Some(&peer_conn) {
+                        self.peer_slots.remove(&id);
+                    }
+                }
+            }
         }
     }
 }

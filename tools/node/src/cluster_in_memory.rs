@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use raftline_log::batch::entry_batches;
 use raftline_log::{BackendChoice, BackendKind, Batch, LogError, Record, WriterHook};
-use raftline_replicator::{Config, EntryKind, Role};
+use raftline_replicator::{Config, Entry, EntryKind, Index, Message, MessageBody, Role};
 
-use crate::replica::{Committed, Replica, ReplicaConfig};
+use crate::replica::{Committed, Replica, ReplicaConfig, StepRefused};
 use crate::snapshots::SnapshotPolicy;
 use crate::state::KeyState;
 
@@ -155,7 +155,10 @@ impl Cluster {
                     continue;
                 }
                 if let Some(r) = self.replicas[slot].as_mut() {
-                    r.step(msg);
+                    let what = msg.to_string();
+                    if let Err(refused) = r.step(msg) {
+                        panic!("a real message was refused: {what}: {refused}");
+                    }
                 }
             }
         }
@@ -811,4 +814,134 @@ fn every_snapshot_holds_exactly_the_state_rebuilt_from_the_log_up_to_its_index()
         checked.len() >= 3 * NODES.len(),
         "several snapshots per node were checked: {checked:?}"
     );
+}
+
+/// An AppendEntries from the leader's id whose `prev` matches `follower`'s log end, carrying
+/// `entries` (each a batch stamped at the offset given, with the leader's term).
+fn forged_append(
+    cluster: &mut Cluster,
+    leader: usize,
+    follower: usize,
+    prev_index: Index,
+    entries: &[(u64, Vec<u8>)],
+) -> Message {
+    let term = cluster.replica(leader).raft().term();
+    let prev_term = cluster
+        .replica(follower)
+        .raft()
+        .term_at(prev_index)
+        .unwrap();
+    let entries = entries
+        .iter()
+        .zip(prev_index + 1..)
+        .map(|((offset, bytes), index)| {
+            let payload = match Batch::decode(bytes.clone()) {
+                Ok(mut batch) => {
+                    batch.stamp(*offset, term, index);
+                    batch.into_bytes()
+                }
+                Err(_) => bytes.clone(), // not a batch: sent as it is
+            };
+            Entry {
+                term,
+                index,
+                kind: EntryKind::Command,
+                payload: Arc::from(payload),
+            }
+        })
+        .collect();
+    Message {
+        from: NODES[leader],
+        to: NODES[follower],
+        term,
+        body: MessageBody::AppendEntries {
+            prev_index,
+            prev_term,
+            entries,
+            commit: cluster.replica(follower).raft().commit_index(),
+        },
+    }
+}
+
+#[test]
+fn entries_that_would_not_continue_the_log_are_refused_before_the_core_takes_them() {
+    let mut cluster = Cluster::new();
+    let leader = produce(&mut cluster, 5, 0);
+    let follower = (leader + 1) % NODES.len();
+    let f = cluster.replica(follower);
+    let (last, next) = (f.raft().last_index(), f.log().next_offset());
+    let records = batch(100).as_bytes().to_vec();
+
+    // A wrong base offset (the panic "stamped at offset … but the log continues at …").
+    let wrong = forged_append(
+        &mut cluster,
+        leader,
+        follower,
+        last,
+        &[(next + 1000, records.clone())],
+    );
+    let refused = cluster.replica(follower).step(wrong).unwrap_err();
+    assert!(
+        matches!(refused, StepRefused::WrongOffset { index, stamped, expected }
+            if index == last + 1 && stamped == next + 1000 && expected == next),
+        "{refused}"
+    );
+    // The right offset for the first entry, a gap before the second.
+    let gap = forged_append(
+        &mut cluster,
+        leader,
+        follower,
+        last,
+        &[(next, records.clone()), (next + 4, records.clone())],
+    );
+    let refused = cluster.replica(follower).step(gap).unwrap_err();
+    assert_eq!(refused.label(), "wrong_offset", "{refused}");
+    // Bytes that are no batch (a fatal `BadEntry` once handed to the log).
+    let garbage = forged_append(&mut cluster, leader, follower, last, &[(0, vec![7; 64])]);
+    let refused = cluster.replica(follower).step(garbage).unwrap_err();
+    assert_eq!(refused.label(), "bad_entry", "{refused}");
+
+    // Nothing of it reached the core, and the cluster goes on: every replica ends identical.
+    let f = cluster.replica(follower);
+    assert_eq!((f.raft().last_index(), f.log().next_offset()), (last, next));
+    let leader = produce(&mut cluster, 5, 5);
+    let reference = all_bytes(cluster.replica(leader));
+    assert_eq!(reference.len(), 10);
+    for (slot, node) in NODES.iter().enumerate() {
+        assert_eq!(all_bytes(cluster.replica(slot)), reference, "node {node}");
+    }
+
+    // An entry the core holds but has not handed to the log yet anchors the next check.
+    // (These forgeries have plausible offsets and are taken: only authenticated peers stop
+    // those.)
+    let f = cluster.replica(follower);
+    let (last, next) = (f.raft().last_index(), f.log().next_offset());
+    let right = forged_append(
+        &mut cluster,
+        leader,
+        follower,
+        last,
+        &[(next, records.clone())],
+    );
+    cluster.replica(follower).step(right).unwrap();
+    let after = forged_append(
+        &mut cluster,
+        leader,
+        follower,
+        last + 1,
+        &[(next + 1, records.clone())],
+    );
+    let refused = cluster.replica(follower).step(after).unwrap_err();
+    assert!(
+        matches!(refused, StepRefused::WrongOffset { expected, .. } if expected == next + 3),
+        "{refused}"
+    );
+    let after = forged_append(
+        &mut cluster,
+        leader,
+        follower,
+        last + 1,
+        &[(next + 3, records)],
+    );
+    cluster.replica(follower).step(after).unwrap();
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use raftline_netio::net::{BUFFER_BUDGET_BYTES_DEFAULT, CLIENTS_PER_SOURCE_MAX_DEFAULT};
 use raftline_netio::reactor::Backend;
 
 use crate::snapshots::SnapshotPolicy;
@@ -118,6 +119,10 @@ pub struct NodeConfig {
     pub append_timeout: Duration,
     /// A client connection that sends nothing for this long is closed (`None`: never).
     pub client_idle_timeout: Option<Duration>,
+    /// Client and Kafka connections at once from one address.
+    pub clients_per_source_max: usize,
+    /// Bytes all connections' send queues and decoder buffers may hold together.
+    pub connection_buffers_bytes: usize,
     /// When to snapshot and compact the log.
     pub snapshots: SnapshotPolicy,
     /// Emulated device whose fdatasync latency the log imposes (benchmarks only).
@@ -163,6 +168,8 @@ impl NodeConfig {
             batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
             append_timeout: Duration::from_millis(APPEND_TIMEOUT_MS_DEFAULT),
             client_idle_timeout: Some(Duration::from_secs(CLIENT_IDLE_TIMEOUT_S_DEFAULT)),
+            clients_per_source_max: CLIENTS_PER_SOURCE_MAX_DEFAULT,
+            connection_buffers_bytes: BUFFER_BUDGET_BYTES_DEFAULT,
             snapshots: SnapshotPolicy::default(),
             emulated_disk: None,
             warnings: Vec::new(),

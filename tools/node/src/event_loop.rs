@@ -9,7 +9,7 @@
 //! stage to another thread (client connections, consumers' reads) changes who runs that call,
 //! not the loop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -51,6 +51,9 @@ pub struct LoopConfig {
     /// The data directory (its size is reported in `Status`).
     pub data_dir: PathBuf,
 }
+
+/// Client events (requests, closes) one round handles at most; the rest wait for the next.
+const CLIENT_EVENTS_PER_ROUND: usize = 1024;
 
 /// How often the data directory's size is measured (a walk of a few dozen files).
 const DISK_USAGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -114,6 +117,8 @@ pub struct EventLoop {
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
     events: Vec<NetEvent>,
+    /// Client events not handled yet (at most `CLIENT_EVENTS_PER_ROUND` per round), in order.
+    client_backlog: VecDeque<NetEvent>,
     disk: DiskUsage,
     /// `SnapshotNow` requests waiting for a snapshot covering `.2`: (client, request id, index).
     snapshot_waiters: Vec<(ClientId, u64, Index)>,
@@ -154,6 +159,7 @@ impl EventLoop {
             metrics,
             stop,
             events: Vec::new(),
+            client_backlog: VecDeque::new(),
             snapshot_waiters: Vec::new(),
             disk: DiskUsage {
                 bytes: 0,
@@ -214,11 +220,28 @@ impl EventLoop {
             self.next_tick.saturating_duration_since(Instant::now())
         };
         self.net.poll(Some(timeout), &mut self.events)?;
+        // Peer traffic first, and at most `CLIENT_EVENTS_PER_ROUND` client events after it:
+        // however many requests clients send, the core hears its leader's heartbeats and its
+        // followers' answers before serving them, and a round (whose end sends heartbeats)
+        // stays short. Client events wait in order; client reads are held while any wait.
         let mut events = std::mem::take(&mut self.events);
         for event in events.drain(..) {
-            self.take(event);
+            match event {
+                NetEvent::PeerFrame { .. }
+                | NetEvent::PeerUp { .. }
+                | NetEvent::PeerDown { .. }
+                | NetEvent::Woken => self.take(event),
+                client => self.client_backlog.push_back(client),
+            }
         }
         self.events = events;
+        for _ in 0..CLIENT_EVENTS_PER_ROUND {
+            let Some(event) = self.client_backlog.pop_front() else {
+                break;
+            };
+            self.take(event);
+        }
+        self.net.hold_client_reads(!self.client_backlog.is_empty());
         if let Some(moves) = &self.peer_moves {
             for (peer, addr) in moves.try_iter() {
                 self.net.set_peer_addr(peer, addr);
@@ -251,6 +274,7 @@ impl EventLoop {
         // 4. The core's Ready, stage by stage: hard state durable, then messages out (a leader's
         //    AppendEntries before its own fdatasync), then entries to the log writer and the
         //    committed ones applied.
+        let backlog = !self.client_backlog.is_empty();
         self.more_ready = true;
         for _ in 0..READY_ROUNDS_MAX {
             let Some(mut rd) = self.replica.ready() else {
@@ -266,13 +290,10 @@ impl EventLoop {
             }
             self.replica.write_and_apply(rd)?;
         }
+        self.more_ready |= backlog;
         self.replica.settle()?;
         let held = self.replica.take_messages();
         self.send(held);
-        for refusal in self.replica.take_refusals() {
-            let why = refusal.reason.to_string();
-            self.refuse_peer(refusal.from, refusal.reason.label(), &why);
-        }
         // 5. Answers: appends decided by what committed (or, for `ack=leader`, is durable here);
         //    a Kafka produce's answer leaves in its connection's request order.
         let committed = self.replica.take_committed();
@@ -300,12 +321,22 @@ impl EventLoop {
     fn take(&mut self, event: NetEvent) {
         let net = &mut self.net;
         match event {
-            NetEvent::PeerFrame { from, frame } => match decode_message(&frame) {
+            NetEvent::PeerFrame { from, conn, frame } => {
                 // The Net admits a message only from the node that said hello on its
-                // connection; the core refuses what no correct node could send.
-                Ok(msg) => self.replica.step(msg),
-                Err(e) => self.refuse_peer(from, "undecodable", &e.to_string()),
-            },
+                // connection; what no correct node could send closes that connection.
+                let refused = match decode_message(&frame) {
+                    Ok(msg) => self
+                        .replica
+                        .step(msg)
+                        .err()
+                        .map(|r| (r.label(), r.to_string())),
+                    Err(e) => Some(("undecodable", e.to_string())),
+                };
+                if let Some((reason, why)) = refused {
+                    self.refuse_peer(from, reason, &why);
+                    self.net.close_peer(conn, reason);
+                }
+            }
             NetEvent::ClientFrame { client, frame } => match decode_request(frame) {
                 Ok(Request::Append {
                     request_id,
@@ -407,6 +438,7 @@ impl EventLoop {
         self.appends.expire(&mut self.net, now);
         self.metrics
             .publish(status(&self.cfg, &self.replica, &self.net, self.disk.bytes));
+        self.metrics.publish_net(self.net.stats());
         let snapshot_index = self.replica.snapshot_index().unwrap_or(0);
         self.metrics
             .snapshot_index
@@ -422,7 +454,8 @@ impl EventLoop {
         }
     }
 
-    /// Counts a peer message dropped for `reason` and says so (rate-limited).
+    /// Counts a peer message dropped for `reason` and says so (rate-limited); the caller closes
+    /// the connection it came on.
     fn refuse_peer(&mut self, from: u64, reason: &'static str, why: &str) {
         self.metrics.count_peer_refusal(reason);
         if let Some(suppressed) = self.peer_warnings.admit(Instant::now()) {

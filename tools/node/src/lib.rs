@@ -162,6 +162,8 @@ impl Node {
         );
         net_cfg.backend = cfg.net_backend;
         net_cfg.client_idle_timeout = cfg.client_idle_timeout;
+        net_cfg.clients_per_source_max = cfg.clients_per_source_max;
+        net_cfg.buffer_budget_bytes = cfg.connection_buffers_bytes;
         net_cfg.kafka_listen = cfg.kafka_listen;
         net_cfg.kafka_request_bytes_max =
             cfg.batch_bytes_max + config::KAFKA_REQUEST_HEADROOM_BYTES;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use raftline_log::{BackendKind, Log, Pow2Histogram};
 use raftline_netio::client_proto::{NodeRole, NodeStatus};
+use raftline_netio::net::NetStats;
 
 use crate::storage_repair::Repair;
 
@@ -56,6 +57,8 @@ pub struct Metrics {
     peer_refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Damaged storage repaired when the node started, by kind.
     repairs: Vec<(Repair, u64)>,
+    /// The network's buffers and closes, as last published.
+    net: Mutex<NetStats>,
 }
 
 impl Metrics {
@@ -76,6 +79,7 @@ impl Metrics {
             peer_bytes_sent: AtomicU64::new(0),
             peer_refused: Mutex::new(BTreeMap::new()),
             repairs: Repair::ALL.iter().map(|&r| (r, 0)).collect(),
+            net: Mutex::new(NetStats::default()),
         }
     }
 
@@ -112,6 +116,11 @@ impl Metrics {
             status,
             at: Instant::now(),
         });
+    }
+
+    /// Publishes the network's buffer bytes and close counts (the raft thread, once per tick).
+    pub fn publish_net(&self, stats: &NetStats) {
+        self.net.lock().expect("metrics lock").clone_from(stats);
     }
 
     /// Counts one peer message refused for `reason` (a metrics label).
@@ -382,6 +391,23 @@ impl Metrics {
         for (reason, n) in refused {
             out.push_str(&format!(
                 "raftline_peer_messages_refused_total{{reason=\"{reason}\"}} {n}\n"
+            ));
+        }
+        let net = self.net.lock().expect("metrics lock").clone();
+        gauge(
+            &mut out,
+            "raftline_connection_buffer_bytes",
+            "Bytes all connections hold in send queues and decoder buffers (bounded by the buffer budget).",
+            net.buffered_bytes as u64,
+        );
+        out.push_str(
+            "# HELP raftline_connections_closed_total Connections the node closed or refused, \
+             by reason (evicted, over_budget, too_slow, too_many_from_source, peer_refused, ...).\n\
+             # TYPE raftline_connections_closed_total counter\n",
+        );
+        for (reason, n) in net.closed {
+            out.push_str(&format!(
+                "raftline_connections_closed_total{{reason=\"{reason}\"}} {n}\n"
             ));
         }
         histogram(

@@ -22,14 +22,14 @@ use raftline_log::{
     Log, LogConfig, LogError, OnDamage, WriterHook,
 };
 use raftline_replicator::{
-    Config, EntryKind, HardState, Index, InitError, Message, NodeId, ProposeError, Raft, Ready,
-    Refusal, Role, StorageError, Term,
+    Config, Entry, EntryKind, HardState, Index, InitError, Message, MessageBody, NodeId,
+    ProposeError, Raft, Ready, RefusalReason, Role, StorageError, Term,
 };
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::snapshots::{Restored, SnapshotError, SnapshotPolicy, Snapshots};
-use crate::storage::{batch_of, LogStorage};
+use crate::storage::{batch_of, command_header, LogStorage};
 use crate::storage_repair::{self, Repair};
 use crate::time_index::TimeIndex;
 
@@ -85,6 +85,43 @@ pub enum FatalError {
         /// Why.
         source: BatchError,
     },
+}
+
+/// Why a peer message was dropped (see [`Replica::step`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StepRefused {
+    /// The core refused it (see `raftline_replicator::refusal`).
+    #[error("{0}")]
+    Core(RefusalReason),
+    /// An entry that is not a valid batch of that entry.
+    #[error("entry {index} is not a valid batch: {source}")]
+    BadEntry {
+        /// Its index.
+        index: Index,
+        /// Why.
+        source: BatchError,
+    },
+    /// An entry stamped at another offset than where this log continues.
+    #[error("entry {index} stamped at offset {stamped} but the log continues at {expected}")]
+    WrongOffset {
+        /// Its index.
+        index: Index,
+        /// The base offset in its batch header.
+        stamped: u64,
+        /// The offset the entry before it ends at here.
+        expected: u64,
+    },
+}
+
+impl StepRefused {
+    /// A short stable name for metrics labels and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            StepRefused::Core(reason) => reason.label(),
+            StepRefused::BadEntry { .. } => "bad_entry",
+            StepRefused::WrongOffset { .. } => "wrong_offset",
+        }
+    }
 }
 
 /// A proposal the leader accepted: where its records will live if it commits.
@@ -198,9 +235,6 @@ pub struct Replica {
     /// nor re-checks its own proposals on their way to the disk.
     proposed: VecDeque<Batch>,
     outbox: Vec<Message>,
-    /// Peer messages the core refused, for the driver to report (bounded by the core per
-    /// `Ready` and drained every event-loop round).
-    refused: Vec<Refusal>,
     committed: Vec<Committed>,
     snapshots: Snapshots,
     /// Offset one past the last record a consumer may read here.
@@ -317,7 +351,6 @@ impl Replica {
             tail: None,
             proposed: VecDeque::new(),
             outbox: Vec::new(),
-            refused: Vec::new(),
             committed: Vec::new(),
             leadership,
             repairs,
@@ -344,10 +377,84 @@ impl Replica {
         self.raft.tick(&mut self.rng);
     }
 
-    /// Hands a peer message to the core.
-    pub fn step(&mut self, msg: Message) {
+    /// Hands a peer message to the core, unless it contradicts what this node knows: then it
+    /// is dropped (Raft tolerates a lost message) and the reason returned, so the driver closes
+    /// the connection it came on. The core checks terms and indices; entries that would not
+    /// continue this log (a batch that is not valid, or stamped at an offset other than where
+    /// the log goes on) are refused here, before the core takes them: handed to the log they
+    /// would break its offsets, which this node must never do (see `write_and_apply`).
+    pub fn step(&mut self, msg: Message) -> Result<(), StepRefused> {
         self.tail = None;
-        self.raft.step(msg);
+        if let MessageBody::AppendEntries {
+            prev_index,
+            prev_term,
+            entries,
+            ..
+        } = &msg.body
+        {
+            self.check_entries(msg.term, *prev_index, *prev_term, entries)?;
+        }
+        match self.raft.step(msg) {
+            Some(reason) => Err(StepRefused::Core(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks the entries of an AppendEntries the core would take: at or after our commit
+    /// index, continuing an entry we hold (a message the core rejects or ignores is its
+    /// business). Each command must be a valid batch of its entry, at the offset where the
+    /// entry before it ends.
+    fn check_entries(
+        &self,
+        term: Term,
+        prev_index: Index,
+        prev_term: Term,
+        entries: &[Entry],
+    ) -> Result<(), StepRefused> {
+        let taken = !entries.is_empty()
+            && term >= self.raft.term()
+            && prev_index >= self.raft.commit_index()
+            && !self.raft.installing_snapshot()
+            && self.raft.term_at(prev_index) == Some(prev_term);
+        if !taken {
+            return Ok(());
+        }
+        let Some(mut offset) = self.offset_after(prev_index) else {
+            // Cannot happen: `prev_index` is at or above the snapshot this log starts after.
+            debug_assert!(false, "no offset known after entry {prev_index}");
+            return Ok(());
+        };
+        for entry in entries.iter().filter(|e| e.kind == EntryKind::Command) {
+            let header = command_header(entry).map_err(|source| StepRefused::BadEntry {
+                index: entry.index,
+                source,
+            })?;
+            if header.base_offset != offset {
+                return Err(StepRefused::WrongOffset {
+                    index: entry.index,
+                    stamped: header.base_offset,
+                    expected: offset,
+                });
+            }
+            offset = header.next_offset();
+        }
+        Ok(())
+    }
+
+    /// The offset of the first record after entry `index` of the core's log. The core's memory
+    /// has the entries not yet handed to the log (and a suffix it replaced, which the log still
+    /// holds until `write_and_apply` cuts it); below that, the log's sequencer knows.
+    fn offset_after(&self, mut index: Index) -> Option<u64> {
+        loop {
+            match self.raft.entry_in_memory(index) {
+                Some(e) if e.kind == EntryKind::Command => {
+                    return parse_header(&e.payload).ok().map(|h| h.next_offset());
+                }
+                // A no-op or configuration entry holds no records. Index 0 is never in memory.
+                Some(_) => index -= 1,
+                None => return self.log.offset_after(index),
+            }
+        }
     }
 
     /// When leading, starts handing leadership to the most caught-up follower (a stopping node
@@ -504,7 +611,6 @@ impl Replica {
         for chunk in &rd.snapshot_chunks {
             self.receive_snapshot_chunk(chunk)?;
         }
-        self.refused.append(&mut rd.refused);
         let mut messages = std::mem::take(&mut self.outbox);
         messages.append(&mut rd.messages);
         Ok(messages)
@@ -546,8 +652,9 @@ impl Replica {
                 };
                 let stamped = batch.header();
                 let ticket = self.log.append(Some(entry.index), entry.term, batch)?;
-                // Every node computes the same offsets from the same log: a difference
-                // would mean diverging logs, which must stop the node, not spread.
+                // Every node computes the same offsets from the same log, and `step` refused
+                // entries from the wire that would not continue it: a difference here is this
+                // node's own bug (diverging logs), which must stop the node, not spread.
                 assert!(
                     entry.kind != EntryKind::Command || ticket.base_offset == stamped.base_offset,
                     "entry {} stamped at offset {} but the log continues at {}",
@@ -723,11 +830,6 @@ impl Replica {
     /// Messages to send, in order.
     pub fn take_messages(&mut self) -> Vec<Message> {
         std::mem::take(&mut self.outbox)
-    }
-
-    /// Peer messages the core refused since the last call.
-    pub fn take_refusals(&mut self) -> Vec<Refusal> {
-        std::mem::take(&mut self.refused)
     }
 
     /// Entries committed and durable here since the last call, in order.

@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use raftline_log::{Batch, BatchError, Log, LogError};
+use raftline_log::{Batch, BatchError, BatchHeader, Log, LogError};
 use raftline_replicator::{Entry, EntryKind, Index, SnapshotMeta, Storage, StorageError, Term};
 
 /// The durable log as the Raft core reads it.
@@ -130,15 +130,28 @@ pub fn batch_of(entry: &Entry) -> Result<Batch, BatchError> {
         EntryKind::Config => Batch::config(&entry.payload),
         EntryKind::Command => {
             let batch = Batch::from_entry_bytes(entry.payload.to_vec())?;
-            let h = batch.header();
-            if (h.term, h.index) != (entry.term, entry.index) || h.is_noop() || h.is_config() {
-                return Err(BatchError::BadHeader(
-                    "batch stamp or kind disagrees with its Raft entry",
-                ));
-            }
+            check_stamp(entry, batch.header())?;
             Ok(batch)
         }
     }
+}
+
+/// What [`batch_of`] checks of a command entry, without copying its bytes: the header of the
+/// batch it holds. A follower checks entries from the wire with this before its core takes them.
+pub fn command_header(entry: &Entry) -> Result<BatchHeader, BatchError> {
+    debug_assert_eq!(entry.kind, EntryKind::Command);
+    let header = Batch::check_entry_bytes(&entry.payload)?;
+    check_stamp(entry, header)?;
+    Ok(header)
+}
+
+fn check_stamp(entry: &Entry, h: BatchHeader) -> Result<(), BatchError> {
+    if (h.term, h.index) != (entry.term, entry.index) || h.is_noop() || h.is_config() {
+        return Err(BatchError::BadHeader(
+            "batch stamp or kind disagrees with its Raft entry",
+        ));
+    }
+    Ok(())
 }
 
 fn storage_error(e: LogError) -> StorageError {

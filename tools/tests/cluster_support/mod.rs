@@ -418,13 +418,18 @@ pub struct Conn {
 impl Conn {
     pub fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(DEADLINE))?;
-        stream.set_nodelay(true)?;
-        Ok(Conn {
+        Ok(Conn::from_stream(stream))
+    }
+
+    /// A client over a stream already connected (e.g. from a chosen source address).
+    pub fn from_stream(stream: TcpStream) -> Conn {
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn {
             stream,
             decoder: FrameDecoder::new(64 << 20),
             cluster: ClusterId::from_name(CLUSTER),
-        })
+        }
     }
 
     pub fn send(&mut self, request: &Request) -> std::io::Result<()> {
