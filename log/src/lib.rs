@@ -15,6 +15,7 @@ mod log;
 mod recovery;
 pub mod segment;
 pub mod snapshot;
+pub mod space;
 mod writer_hook;
 
 pub use backend::{BackendChoice, BackendKind};
@@ -29,4 +30,5 @@ pub use segment::Preallocate;
 pub use snapshot::{
     install_snapshot_file, latest_snapshot, read_snapshot, write_snapshot, SnapshotMeta,
 };
+pub use space::DiskFull;
 pub use writer_hook::WriterHook;

@@ -129,14 +129,22 @@ fn arb_status() -> impl Strategy<Value = NodeStatus> {
         ),
         (any::<u64>(), any::<u64>()),
         prop::collection::vec(
-            (any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
-                |(node_id, match_index, lag_entries, connected)| PeerStatus {
-                    node_id,
-                    match_index,
-                    lag_entries,
-                    connected,
-                },
-            ),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<u64>(),
+            )
+                .prop_map(
+                    |(node_id, match_index, lag_entries, connected, ack_age_ms)| PeerStatus {
+                        node_id,
+                        match_index,
+                        lag_entries,
+                        connected,
+                        ack_age_ms,
+                    },
+                ),
             0..5,
         ),
     )
@@ -167,6 +175,9 @@ fn arb_status() -> impl Strategy<Value = NodeStatus> {
                     age_ms: leader_id,
                 }),
                 disk_bytes: log_end_offset,
+                log_write_age_ms: 0,
+                disk_full: None,
+                disk_stalled: false,
             },
         )
 }

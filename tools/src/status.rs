@@ -94,7 +94,7 @@ pub fn render(results: &[NodeStatusResult]) -> String {
                 s.snapshot
                     .and_then(|n| n.age_ms)
                     .map_or("-".into(), |ms| format!("{}s", ms / 1000)),
-                size(s.disk_bytes),
+                disk(s),
             ]),
             Err(e) => {
                 let mut row = vec!["?".to_string(), r.address.clone(), "unreachable".into()];
@@ -123,6 +123,16 @@ pub fn render(results: &[NodeStatusResult]) -> String {
     out
 }
 
+/// The DISK cell: the data directory's size, and the disk's mode if it is not taking writes.
+fn disk(s: &NodeStatus) -> String {
+    let used = size(s.disk_bytes);
+    match (&s.disk_full, s.disk_stalled) {
+        (Some(full), _) => format!("{used} FULL ({} free)", size(full.free_bytes)),
+        (None, true) => format!("{used} STALLED ({}s)", s.log_write_age_ms / 1000),
+        (None, false) => used,
+    }
+}
+
 /// Columns of the status table.
 const COLUMNS: usize = 14;
 
@@ -146,11 +156,17 @@ fn size(bytes: u64) -> String {
 fn lag(leader: Option<&NodeStatus>, node: &NodeStatus) -> String {
     match leader {
         Some(l) if l.node_id == node.node_id => "0".into(),
-        Some(l) => l
-            .peers
-            .iter()
-            .find(|p| p.node_id == node.node_id)
-            .map_or("-".into(), |p| p.lag_entries.to_string()),
+        Some(l) => {
+            l.peers
+                .iter()
+                .find(|p| p.node_id == node.node_id)
+                .map_or("-".into(), |p| match p.ack_age_ms {
+                    // Entries outstanding for a second or more without an acknowledgement: say
+                    // for how long (a stalled or full disk on that node).
+                    age if age >= 1000 => format!("{} (no ack {}s)", p.lag_entries, age / 1000),
+                    _ => p.lag_entries.to_string(),
+                })
+        }
         None => "-".into(),
     }
 }
@@ -193,6 +209,9 @@ mod tests {
             peers,
             snapshot,
             disk_bytes: 70 << 20,
+            log_write_age_ms: 0,
+            disk_full: None,
+            disk_stalled: false,
         }
     }
 
@@ -203,6 +222,7 @@ mod tests {
             match_index: 15,
             lag_entries: 3,
             connected: true,
+            ack_age_ms: 0,
         };
         let results = vec![
             NodeStatusResult {

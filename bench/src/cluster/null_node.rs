@@ -118,6 +118,9 @@ impl NullNode {
                     peers: Vec::new(),
                     snapshot: None,
                     disk_bytes: 0,
+                    log_write_age_ms: 0,
+                    disk_full: None,
+                    disk_stalled: false,
                 },
             },
             Request::Subscribe {

@@ -147,6 +147,9 @@ impl FakeCluster {
             peers: vec![],
             snapshot: None,
             disk_bytes: 0,
+            log_write_age_ms: 0,
+            disk_full: None,
+            disk_stalled: false,
         }
     }
 }

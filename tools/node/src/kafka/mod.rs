@@ -69,6 +69,7 @@ mod code {
     pub const UNKNOWN_LEADER_EPOCH: ErrorCode = E::UnknownLeaderEpoch.code();
     pub const UNSUPPORTED_COMPRESSION_TYPE: ErrorCode = E::UnsupportedCompressionType.code();
     pub const INVALID_RECORD: ErrorCode = E::InvalidRecord.code();
+    pub const KAFKA_STORAGE_ERROR: ErrorCode = E::KafkaStorageError.code();
 }
 
 /// The Kafka answer to an append that failed.
@@ -78,6 +79,9 @@ fn append_error_code(error: &ClientError) -> ErrorCode {
             code::NOT_LEADER_OR_FOLLOWER
         }
         ClientError::TooLarge { .. } => code::MESSAGE_TOO_LARGE,
+        // Kafka's own answer when a broker cannot write its log dir (retriable: clients back
+        // off and retry, and the node resumes by itself once there is room).
+        ClientError::DiskFull { .. } => code::KAFKA_STORAGE_ERROR,
         // Both retriable: the append may still commit, or the leader is backed up.
         ClientError::Timeout | ClientError::Busy => code::REQUEST_TIMED_OUT,
         ClientError::OffsetOutOfRange { .. }
