@@ -48,7 +48,11 @@ pub fn write_snapshot(
     let path = dir.join(file_name(last_index, last_term));
     let tmp = dir.join(format!("{}.tmp", file_name(last_index, last_term)));
     let io = |what: &str, e| LogError::io(format!("{what} snapshot {}", path.display()), e);
-    std::fs::write(&tmp, &bytes).map_err(|e| io("writing", e))?;
+    if let Err(e) = std::fs::write(&tmp, &bytes) {
+        // A partial file would hold on to space a full disk lacks.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io("writing", e));
+    }
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(|e| io("syncing", e))?;

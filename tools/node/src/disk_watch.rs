@@ -24,6 +24,10 @@ pub struct DiskWatch {
     bound: Duration,
     /// When the current stall was first seen (`None`: no stall).
     stalled_since: Option<Instant>,
+    /// When a write was last seen outstanding past the bound: a stall ends only after a whole
+    /// bound without one, so a disk whose every write is slower than the bound (but gets
+    /// there) stays stalled instead of flapping.
+    last_overdue: Option<Instant>,
     /// Whether the disk was full at the last tick (to log the change once).
     full: bool,
     /// Leader only: per follower, its match index at the last tick and since when it has had
@@ -37,6 +41,7 @@ impl DiskWatch {
         DiskWatch {
             bound,
             stalled_since: None,
+            last_overdue: None,
             full: false,
             acks: BTreeMap::new(),
         }
@@ -47,7 +52,13 @@ impl DiskWatch {
     pub fn check(&mut self, replica: &mut Replica, now: Instant) {
         let full = replica.log().disk_full();
         let age = replica.log().write_age().unwrap_or_default();
-        let stalled = full.is_none() && age >= self.bound;
+        if full.is_none() && age >= self.bound {
+            self.last_overdue = Some(now);
+        }
+        let stalled = full.is_none()
+            && self
+                .last_overdue
+                .is_some_and(|at| now.duration_since(at) < self.bound);
         if full.is_some() != self.full {
             self.full = full.is_some();
             match &full {

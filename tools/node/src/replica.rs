@@ -192,6 +192,8 @@ impl Replica {
         log_cfg.durable_hook = cfg.durable_hook;
         log_cfg.writer_start_hook = cfg.writer_start_hook;
         log_cfg.emulated_fsync_delay = cfg.emulated_fsync_delay;
+        // Room a new segment leaves free (for a snapshot that lets the log drop its prefix).
+        log_cfg.reserve_bytes = cfg.segment_bytes / 16;
         let data_dir = cfg.data_dir.clone();
         log_cfg.durable_loss_hook = Some(DurableLossHook(Arc::new(move |loss| {
             persist_repair_marker(&data_dir, loss).map_err(|e| e.to_string())

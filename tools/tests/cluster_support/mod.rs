@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod acks;
+pub mod producer;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -244,9 +245,12 @@ impl Cluster {
                 .args(["--peers", &peers, "--peer-clients", &clients])
                 .args(["--client-listen", &node.client.to_string()])
                 .args(["--metrics-listen", &node.metrics.to_string()])
-                .args(["--net-backend", backend, "--segment-mib", "4"])
+                .args(["--net-backend", backend])
                 .arg("--data-dir")
                 .arg(&node.data_dir);
+            if !self.extra_args.iter().any(|a| a == "--segment-mib") {
+                cmd.args(["--segment-mib", "4"]);
+            }
             if id == 3 {
                 // One node runs pinned: its raft thread and log writer share core 0.
                 cmd.args(["--cores", "0"]);
@@ -547,11 +551,26 @@ pub fn append_window(
     records: u64,
     window: usize,
 ) -> BTreeMap<u64, Outcome> {
+    append_window_within(addr, tags, records, window, DEADLINE)
+}
+
+/// [`append_window`], giving up on the node (the rest `Unknown`) once it has not answered for
+/// `timeout`.
+pub fn append_window_within(
+    addr: SocketAddr,
+    tags: &[u64],
+    records: u64,
+    window: usize,
+    timeout: Duration,
+) -> BTreeMap<u64, Outcome> {
     use raftline_netio::client_proto::ClientError;
     let mut outcomes = BTreeMap::new();
     let Ok(mut conn) = Conn::connect(addr) else {
         return outcomes;
     };
+    if conn.stream.set_read_timeout(Some(timeout)).is_err() {
+        return outcomes;
+    }
     let mut sent = 0;
     while outcomes.len() < tags.len() {
         let mut broken = false;
