@@ -579,6 +579,11 @@ impl<S: Storage> Raft<S> {
                 // leader's lease.
                 self.election_elapsed = 0;
                 self.election_timeout = None;
+                if self.write_stalled {
+                    // And the leader itself, so that this node grants its vote to the
+                    // candidates that replace it (a known leader would keep it in its lease).
+                    self.leader = None;
+                }
                 return;
             }
             self.campaign();

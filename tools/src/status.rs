@@ -263,4 +263,41 @@ mod tests {
             "unreachable: 127.0.0.1:7403 closed the connection"
         );
     }
+
+    #[test]
+    fn a_full_or_stalled_disk_and_a_follower_without_acks_are_shown() {
+        let peer = PeerStatus {
+            node_id: 1,
+            match_index: 15,
+            lag_entries: 3,
+            connected: true,
+            ack_age_ms: 4_200,
+        };
+        let mut follower = status(1, NodeRole::Follower, vec![]);
+        follower.disk_full = Some(raftline_netio::client_proto::DiskFullStatus {
+            path: "/data/log".into(),
+            free_bytes: 1 << 20,
+        });
+        let mut leader = status(2, NodeRole::Leader, vec![peer]);
+        leader.disk_stalled = true;
+        leader.log_write_age_ms = 2_500;
+        let results = vec![
+            NodeStatusResult {
+                address: "127.0.0.1:7401".into(),
+                result: Ok(follower),
+            },
+            NodeStatusResult {
+                address: "127.0.0.1:7402".into(),
+                result: Ok(leader),
+            },
+        ];
+        let table = render(&results);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[1].contains(" 3 (no ack 4s) ")
+                && lines[1].ends_with("70.0 MiB FULL (1.0 MiB free)"),
+            "{table}"
+        );
+        assert!(lines[2].ends_with("70.0 MiB STALLED (2s)"), "{table}");
+    }
 }

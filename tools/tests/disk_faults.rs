@@ -294,10 +294,11 @@ fn a_full_disk_on_a_follower_stops_its_acks_and_the_leader_commits_without_it() 
 /// Every disk fills: the leader answers appends with `DiskFull` naming its log directory (the
 /// native client and `raftline produce` show it), every node still serves what it holds, and
 /// once less than a segment (600 KiB of a 1 MiB segment) is freed on each, the nodes make a
-/// smaller segment and take appends again, by themselves.
+/// smaller segment and take appends again, by themselves. A node restarted then, with what
+/// little room is left, comes back and follows.
 #[test]
 fn full_disks_everywhere_refuse_appends_by_name_and_resume_after_freeing_less_than_a_segment() {
-    let cluster = Cluster::start_on_faultfs(3, "auto", FLAGS);
+    let mut cluster = Cluster::start_on_faultfs(3, "auto", FLAGS);
     cluster.wait_leader();
     let producer = Producer::start_within(clients(&cluster), PRODUCER_PATIENCE, 0);
     producer.await_more(20).unwrap();
@@ -376,6 +377,13 @@ fn full_disks_everywhere_refuse_appends_by_name_and_resume_after_freeing_less_th
             }
         },
     );
+    cluster.kill(full_leader);
+    cluster.spawn(full_leader);
+    until(&cluster, "the restarted node following", || {
+        status(cluster.node(full_leader).client)
+            .ok()
+            .filter(|s| s.leader_id.is_some_and(|l| l != full_leader) || s.role == NodeRole::Leader)
+    });
     assert_nothing_lost(&cluster, &ledger, "full everywhere");
     // The node that was full rolled over into what room there was (checked once every node
     // holds the whole log, so also the appends after the space was freed).

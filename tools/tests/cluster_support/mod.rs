@@ -370,6 +370,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A node blocked on a frozen disk cannot even die (its io_uring teardown waits for the
+        // filesystem): thaw first, also when a test failed while a disk was frozen.
+        for fs in &self.faults {
+            let _ = fs.freeze(false);
+        }
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
                 let _ = child.kill();

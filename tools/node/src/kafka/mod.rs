@@ -322,3 +322,20 @@ fn epoch_error(current_leader_epoch: i32, replica: &Replica) -> Option<ErrorCode
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_kafkas_retriable_storage_error() {
+        let full = ClientError::DiskFull {
+            path: "/data/log".into(),
+            free_bytes: 0,
+        };
+        let code = append_error_code(&full);
+        let error = kafka_protocol::ResponseError::try_from_code(code).expect("an error");
+        assert_eq!(error, kafka_protocol::ResponseError::KafkaStorageError);
+        assert!(error.is_retriable(), "clients back off and retry");
+    }
+}
