@@ -177,6 +177,14 @@ impl Shared {
         }
     }
 
+    /// The oldest segment set aside for recycling, if any.
+    fn take_free_segment(&self) -> Option<FreeSegment> {
+        self.free_segments
+            .lock()
+            .expect("free segments lock")
+            .pop_front()
+    }
+
     fn set_busy(&self, busy: bool) {
         let since = if busy {
             self.epoch.elapsed().as_micros() as u64 + 1
@@ -342,12 +350,7 @@ impl Writer {
             self.params.preallocate,
         );
         let (min, reserve) = (self.min_segment_bytes(), self.params.reserve_bytes);
-        let free = self
-            .shared
-            .free_segments
-            .lock()
-            .expect("free segments lock")
-            .pop_front();
+        let free = self.shared.take_free_segment();
         let gate = Arc::new(FillGate::default());
         let fill_gate = Arc::clone(&gate);
         let spawned = std::thread::Builder::new()
@@ -781,12 +784,7 @@ impl Writer {
     fn prepare_now(&mut self, floor: u64) -> Result<Prepared, LogError> {
         let dir = &self.params.dir;
         let seq = self.header.seq + 1;
-        let free = self
-            .shared
-            .free_segments
-            .lock()
-            .expect("free segments lock")
-            .pop_front();
+        let free = self.shared.take_free_segment();
         if let Some(f) = free {
             if f.stale_index_max < floor {
                 return segment::recycle(dir, &f.path, seq, f.stale_index_max)

@@ -1257,6 +1257,34 @@ fn cluster_with_damaged_node_2(lost: u64) -> (Vec<Node>, u64) {
     (nodes, durable_through)
 }
 
+/// Ticks `node` through many election timeouts (asking it to campaign each time) and asserts it
+/// never asks for a vote or pre-vote, then that it ignores a TimeoutNow from node 1.
+fn assert_never_takes_leadership(node: &mut Node, rng: &mut dyn rand::RngCore, who: &str) {
+    for _ in 0..200 {
+        node.tick(rng);
+        node.campaign();
+        let rd = node.ready();
+        assert!(
+            !rd.messages.iter().any(|m| matches!(
+                m.body,
+                MessageBody::RequestVote { .. } | MessageBody::PreVote { .. }
+            )),
+            "{who} campaigned: {:?}",
+            rd.messages
+        );
+        node.hard_state_durable(node.hard_state());
+    }
+    assert_eq!(node.role(), Role::Follower);
+    let term = node.term();
+    node.step(Message {
+        from: 1,
+        to: node.id(),
+        term,
+        body: MessageBody::TimeoutNow,
+    });
+    assert_eq!(node.role(), Role::Follower, "{who} took a TimeoutNow");
+}
+
 #[test]
 fn suspect_node_grants_no_vote_or_pre_vote_and_never_campaigns() {
     let (mut nodes, _) = cluster_with_damaged_node_2(2);
@@ -1292,33 +1320,7 @@ fn suspect_node_grants_no_vote_or_pre_vote_and_never_campaigns() {
     assert!(grants.is_empty(), "suspect node granted {grants:?}");
     // Many election timeouts pass without a leader: it stays a silent follower.
     let mut rng = rand::rngs::mock::StepRng::new(0, 1);
-    for _ in 0..200 {
-        n2.tick(&mut rng);
-        n2.campaign();
-        let rd = n2.ready();
-        assert!(
-            !rd.messages.iter().any(|m| matches!(
-                m.body,
-                MessageBody::RequestVote { .. } | MessageBody::PreVote { .. }
-            )),
-            "suspect node campaigned: {:?}",
-            rd.messages
-        );
-        n2.hard_state_durable(n2.hard_state());
-    }
-    assert_eq!(n2.role(), Role::Follower);
-    let term = n2.term();
-    n2.step(Message {
-        from: 1,
-        to: 2,
-        term,
-        body: MessageBody::TimeoutNow,
-    });
-    assert_eq!(
-        n2.role(),
-        Role::Follower,
-        "TimeoutNow is ignored while suspect"
-    );
+    assert_never_takes_leadership(n2, &mut rng, "suspect node");
     assert_eq!(n2.repair_through(), Some(4));
 }
 
@@ -1395,34 +1397,9 @@ fn a_node_with_a_stalled_disk_votes_but_never_campaigns_or_takes_a_transfer() {
     n2.set_write_stalled(true);
     // The leader falls silent; many election timeouts pass: n2 never asks for votes.
     let mut rng = rand::rngs::mock::StepRng::new(0, 1);
-    for _ in 0..200 {
-        n2.tick(&mut rng);
-        n2.campaign();
-        let rd = n2.ready();
-        assert!(
-            !rd.messages.iter().any(|m| matches!(
-                m.body,
-                MessageBody::RequestVote { .. } | MessageBody::PreVote { .. }
-            )),
-            "a stalled node campaigned: {:?}",
-            rd.messages
-        );
-        n2.hard_state_durable(n2.hard_state());
-    }
-    assert_eq!(n2.role(), Role::Follower);
+    assert_never_takes_leadership(n2, &mut rng, "a stalled node");
     assert_eq!(n2.leader(), None, "a silent leader is forgotten");
     let term = n2.term();
-    n2.step(Message {
-        from: 1,
-        to: 2,
-        term,
-        body: MessageBody::TimeoutNow,
-    });
-    assert_eq!(
-        n2.role(),
-        Role::Follower,
-        "TimeoutNow is ignored while stalled"
-    );
     // It still votes: a candidate with an up-to-date log gets its grant (once durable).
     let last = n2.last_index();
     let last_term = n2.term_at(last).unwrap();

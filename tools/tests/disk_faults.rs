@@ -90,16 +90,20 @@ fn running(cluster: &mut Cluster, id: u64) -> bool {
     child.try_wait().expect("try_wait").is_none()
 }
 
-/// One append of tag `tag` straight to `addr`: its answer.
-fn append_once(addr: std::net::SocketAddr, tag: u64) -> Option<Response> {
-    let mut conn = Conn::connect(addr).ok()?;
+/// One append of tag `tag` straight to the node that says it leads: that node and its answer.
+fn append_to_leader(cluster: &Cluster, tag: u64) -> Option<(u64, Response)> {
+    let leader = cluster
+        .nodes
+        .iter()
+        .find(|n| status(n.client).is_ok_and(|s| s.role == NodeRole::Leader))?;
+    let mut conn = Conn::connect(leader.client).ok()?;
     conn.send(&Request::Append {
         request_id: tag,
         ack: AckMode::Quorum,
         batch: tagged_batch(tag, RECORDS),
     })
     .ok()?;
-    conn.recv().ok()
+    Some((leader.id, conn.recv().ok()?))
 }
 
 /// Asserts that node `id` serves every record of `ledger` (all below `end`) at its offset.
@@ -310,16 +314,15 @@ fn full_disks_everywhere_refuse_appends_by_name_and_resume_after_freeing_less_th
     let filler = Producer::start_within(clients(&cluster), PRODUCER_PATIENCE, 1 << 20);
     let mut tag = 1 << 30;
     let (full_leader, path) = until(&cluster, "an append answered DiskFull", || {
-        let leader = cluster
-            .nodes
-            .iter()
-            .find(|n| status(n.client).is_ok_and(|s| s.role == NodeRole::Leader))?;
         tag += 1;
-        match append_once(leader.client, tag)? {
-            Response::Error {
-                error: ClientError::DiskFull { path, .. },
-                ..
-            } => Some((leader.id, path)),
+        match append_to_leader(&cluster, tag)? {
+            (
+                leader,
+                Response::Error {
+                    error: ClientError::DiskFull { path, .. },
+                    ..
+                },
+            ) => Some((leader, path)),
             _ => None,
         }
     });
@@ -359,17 +362,16 @@ fn full_disks_everywhere_refuse_appends_by_name_and_resume_after_freeing_less_th
         &cluster,
         "an append acknowledged after freeing space",
         || {
-            let leader = cluster
-                .nodes
-                .iter()
-                .find(|n| status(n.client).is_ok_and(|s| s.role == NodeRole::Leader))?;
             tag += 1;
-            match append_once(leader.client, tag)? {
-                Response::Appended {
-                    base_offset,
-                    last_offset,
-                    ..
-                } => {
+            match append_to_leader(&cluster, tag)? {
+                (
+                    _,
+                    Response::Appended {
+                        base_offset,
+                        last_offset,
+                        ..
+                    },
+                ) => {
                     ledger.insert(tag, (base_offset, last_offset));
                     Some(())
                 }

@@ -117,9 +117,18 @@ pub(crate) fn open_options(kind: BackendKind) -> std::fs::OpenOptions {
     o
 }
 
-/// Checks that `dir`'s filesystem accepts O_DIRECT opens.
+/// Checks that `dir`'s filesystem accepts O_DIRECT opens: on a segment already there if any (a
+/// log reopened on a full disk must not need room for a probe file), else on a new probe file.
 fn probe_direct(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
+    let segment = crate::segment::list_segments(dir)?.first().copied();
+    if let Some(seq) = segment {
+        return std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(crate::segment::segment_path(dir, seq))
+            .map(drop);
+    }
     let probe = dir.join(".o_direct_probe");
     let result = std::fs::OpenOptions::new()
         .write(true)
