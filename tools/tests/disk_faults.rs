@@ -298,8 +298,8 @@ fn a_full_disk_on_a_follower_stops_its_acks_and_the_leader_commits_without_it() 
 /// Every disk fills: the leader answers appends with `DiskFull` naming its log directory (the
 /// native client and `raftline produce` show it), every node still serves what it holds, and
 /// once less than a segment (600 KiB of a 1 MiB segment) is freed on each, the nodes make a
-/// smaller segment and take appends again, by themselves. A node restarted then, with what
-/// little room is left, comes back and follows.
+/// smaller segment and take appends again, by themselves. A node restarted then, with no room
+/// at all, comes back and follows.
 #[test]
 fn full_disks_everywhere_refuse_appends_by_name_and_resume_after_freeing_less_than_a_segment() {
     let mut cluster = Cluster::start_on_faultfs(3, "auto", FLAGS);
@@ -380,6 +380,8 @@ fn full_disks_everywhere_refuse_appends_by_name_and_resume_after_freeing_less_th
         },
     );
     cluster.kill(full_leader);
+    // Not a byte to spare: start-up must not need any.
+    cluster.faultfs(full_leader).space(Some(0)).unwrap();
     cluster.spawn(full_leader);
     until(&cluster, "the restarted node following", || {
         status(cluster.node(full_leader).client)
