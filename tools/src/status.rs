@@ -12,9 +12,12 @@ use crate::cluster_args::ClusterArgs;
 /// The long `--help` of `raftline status`.
 pub const LONG_ABOUT: &str = "Ask every node given by --bootstrap for its status and print one \
 row per node: id, address, role, term, the leader it knows, commit index, the offsets its log \
-holds [start, end), from the leader's view how many entries the node lags behind, the snapshot \
-it serves (the index it covers, the offset the log continues at, its size and age) and the \
-bytes its data directory takes on disk.\n\n\
+holds [start, end), from the leader's view how many entries the node lags behind (and, past a \
+second, for how long it has not acknowledged any: \"(no ack 4s)\", a stalled or full disk \
+there), the snapshot it serves (the index it covers, the offset the log continues at, its size \
+and age) and the bytes its data directory takes on disk, followed by FULL (the free bytes) when \
+its disk is full and it refuses appends, or STALLED (for how long) when a log write is \
+outstanding past its --disk-stall-ms.\n\n\
 Exit status: 0 when a leader answered (unreachable nodes are listed but tolerated: the cluster \
 still works); 2 when nodes answered but none leads (an election is under way, or no majority is \
 up); 1 when no node answered.";
