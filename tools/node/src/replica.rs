@@ -200,6 +200,8 @@ impl Replica {
         })));
         // The hard state's file first, its blocks written: a disk that fills up with log
         // segments never leaves the node unable to save a term or a vote.
+        raftline_log::dir::ensure_dir_durable(&cfg.data_dir)
+            .map_err(|e| LogError::io(format!("creating {}", cfg.data_dir.display()), e))?;
         drop(HardStateStore::open(&cfg.data_dir)?);
         let log = Arc::new(Log::open(log_cfg)?);
         let (hard_state, saved) = HardStateStore::open(&cfg.data_dir)?;
