@@ -126,6 +126,19 @@ pub enum LogError {
     /// The log is shutting down.
     #[error("log is closed")]
     Closed,
+    /// No room on the log's disk for the next segment (or a write): appends wait until there
+    /// is (see `Log::disk_full`); nothing is failed or lost.
+    #[error(
+        "disk full: no room for the log in {} ({free_bytes} bytes free); appends resume once \
+         space is freed",
+        dir.display()
+    )]
+    DiskFull {
+        /// The log directory.
+        dir: PathBuf,
+        /// Bytes free on its filesystem.
+        free_bytes: u64,
+    },
 }
 
 impl LogError {

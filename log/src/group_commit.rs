@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use crate::aligned_buf::{align_up, AlignedBuf};
-use crate::backend::Backend;
+use crate::backend::{Backend, WriteFailure};
 use crate::batch::{Batch, BATCH_HEADER_BYTES, FLAG_TRUNCATE_MARKER};
 use crate::error::LogError;
 use crate::index::{EntryLoc, LogIndex, SegmentRef};
 use crate::segment::{self, FillGate, Preallocate, Prepared, SegmentHeader};
+use crate::space::{self, DiskFull};
 use crate::writer_hook::WriterHook;
 
 /// Work for the writer, in log order. Ops are numbered 1, 2, ... in the order they are queued
@@ -88,6 +89,10 @@ pub(crate) const FREE_SEGMENTS_MAX: usize = 4;
 /// Bytes of a durability marker (a bare batch header).
 const DURABLE_MARK_BYTES: usize = BATCH_HEADER_BYTES;
 
+/// How often a writer whose disk is full tries again to make room for its group (a roll-over
+/// finding space, a recycled segment or a sized-down one).
+const DISK_FULL_RETRY: Duration = Duration::from_millis(100);
+
 /// "Durable up to index N", "ops 1..=n completed", or the error that failed the log.
 pub(crate) struct DurableState {
     pub durable_index: u64,
@@ -102,6 +107,9 @@ pub(crate) struct DurableState {
     /// Threads blocked on `Shared::durable_changed`: the writer skips the wake-up syscall per
     /// group when there are none (a Raft driver reads the durable side after its hook instead).
     pub waiters: u32,
+    /// The writer holds a group it has no room for and retries (disk-full mode); nothing of
+    /// the group is acknowledged, and the ops behind it wait in the queue.
+    pub full: Option<DiskFull>,
 }
 
 impl DurableState {
@@ -114,6 +122,7 @@ impl DurableState {
             failed_ops: None,
             closed: false,
             waiters: 0,
+            full: None,
         }
     }
 
@@ -144,9 +153,59 @@ pub(crate) struct Shared {
     pub stats: WriterStats,
     /// Dropped segments waiting to be recycled, oldest first (at most `FREE_SEGMENTS_MAX`).
     pub free_segments: Mutex<VecDeque<FreeSegment>>,
+    /// When the group being written (or held for want of space) was started, in microseconds
+    /// after `epoch` plus one; 0 while the writer waits for work. Lets the owner see a write
+    /// that makes no progress without a lock on the commit path.
+    busy_since_us: AtomicU64,
+    epoch: Instant,
+    /// The log is being closed: a writer held by a full disk gives up its group.
+    pub closing: AtomicBool,
 }
 
 impl Shared {
+    /// The state of a log whose entries up to `durable_index` (all of `index`) are on disk.
+    pub fn new(index: LogIndex, durable_index: u64) -> Shared {
+        Shared {
+            index: RwLock::new(index),
+            durable: Mutex::new(DurableState::new(durable_index)),
+            durable_changed: Condvar::new(),
+            stats: WriterStats::default(),
+            free_segments: Mutex::new(VecDeque::new()),
+            busy_since_us: AtomicU64::new(0),
+            epoch: Instant::now(),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// The oldest segment set aside for recycling, if any.
+    fn take_free_segment(&self) -> Option<FreeSegment> {
+        self.free_segments
+            .lock()
+            .expect("free segments lock")
+            .pop_front()
+    }
+
+    fn set_busy(&self, busy: bool) {
+        let since = if busy {
+            self.epoch.elapsed().as_micros() as u64 + 1
+        } else {
+            0
+        };
+        self.busy_since_us.store(since, Ordering::Relaxed);
+    }
+
+    /// How long the group now being written has been outstanding (`None`: the writer is idle).
+    pub fn write_age(&self) -> Option<Duration> {
+        match self.busy_since_us.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_micros(since - 1)),
+            ),
+        }
+    }
+
     /// Blocks until `done` holds for the durable state or `timeout` passes (`None`: never),
     /// counted as a waiter so that the writer wakes it.
     pub fn wait_durable_until(
@@ -196,6 +255,8 @@ impl Preparation {
 pub(crate) struct WriterParams {
     pub dir: PathBuf,
     pub segment_bytes: u64,
+    /// Bytes a new segment must leave free on the disk (see `space::segment_size`).
+    pub reserve_bytes: u64,
     pub group_bytes_max: usize,
     pub preallocate: Preallocate,
     pub emulated_fsync_delay: Duration,
@@ -288,19 +349,16 @@ impl Writer {
             self.params.segment_bytes,
             self.params.preallocate,
         );
-        let free = self
-            .shared
-            .free_segments
-            .lock()
-            .expect("free segments lock")
-            .pop_front();
+        let (min, reserve) = (self.min_segment_bytes(), self.params.reserve_bytes);
+        let free = self.shared.take_free_segment();
         let gate = Arc::new(FillGate::default());
         let fill_gate = Arc::clone(&gate);
         let spawned = std::thread::Builder::new()
             .name("raftline-log-prep".into())
             .spawn(move || match free {
                 Some(f) => segment::recycle(&dir, &f.path, seq, f.stale_index_max),
-                None => segment::prepare(&dir, seq, bytes, how, &fill_gate),
+                None => space::segment_size(&dir, bytes, min, reserve)
+                    .and_then(|bytes| segment::prepare(&dir, seq, bytes, how, &fill_gate)),
             });
         match spawned {
             Ok(handle) => self.spare = Some(Preparation { handle, gate }),
@@ -349,9 +407,10 @@ impl Writer {
                 prev_term,
             } = first
             {
-                let result = match &self.failed {
-                    Some(why) => Err(LogError::Failed(why.clone())),
-                    None => self.restart(next_index, next_offset, prev_term),
+                let Some(result) =
+                    self.until_room(|w| w.restart(next_index, next_offset, prev_term))
+                else {
+                    break;
                 };
                 self.mark_due = result.as_ref().ok().copied();
                 self.complete(1, result);
@@ -382,7 +441,9 @@ impl Writer {
                     }
                 }
             }
-            self.commit(&mut group, bytes, mark);
+            if !self.commit(&mut group, bytes, mark) {
+                break;
+            }
         }
         if let Some(spare) = self.spare.take() {
             let _ = spare.cancel_and_join();
@@ -403,7 +464,10 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => false,
                 Err(RecvTimeoutError::Disconnected) => true,
             };
-            match self.write_group(&[], DURABLE_MARK_BYTES, Some(durable)) {
+            self.shared.set_busy(true);
+            let written = self.write_group(&[], DURABLE_MARK_BYTES, Some(durable));
+            self.shared.set_busy(false);
+            match written {
                 Ok(_) => {
                     self.mark_due = None;
                     self.shared
@@ -411,6 +475,10 @@ impl Writer {
                         .durable_mark_groups
                         .fetch_add(1, Ordering::Relaxed);
                 }
+                // No room for a marker alone: the next op's group carries it (or waits for
+                // room itself).
+                Err(LogError::DiskFull { .. }) if !closed => return rx.recv().ok(),
+                Err(LogError::DiskFull { .. }) => {}
                 // No op waits for a marker: the log is failed for the ops that come.
                 Err(e) => self.complete(0, Err(e)),
             }
@@ -432,12 +500,17 @@ impl Writer {
             .min(self.header.group_bytes_max as usize)
     }
 
+    /// The smallest segment worth creating: its header and one whole group.
+    fn min_segment_bytes(&self) -> u64 {
+        segment::SEGMENT_HEADER_BYTES + align_up(self.params.group_bytes_max as u64)
+    }
+
     /// Writes `group` (`bytes` of batches, with the marker vouching for `mark` at its head if
-    /// any) as one write + fdatasync and completes its ops.
-    fn commit(&mut self, group: &mut Vec<Op>, bytes: usize, mark: Option<u64>) {
-        let result = match &self.failed {
-            Some(why) => Err(LogError::Failed(why.clone())),
-            None => self.write_group(group, bytes, mark),
+    /// any) as one write + fdatasync and completes its ops; `false` if the log was closed while
+    /// the group waited for room (its ops never complete).
+    fn commit(&mut self, group: &mut Vec<Op>, bytes: usize, mark: Option<u64>) -> bool {
+        let Some(result) = self.until_room(|w| w.write_group(group, bytes, mark)) else {
+            return false;
         };
         if let Ok(durable) = result {
             self.mark_due = Some(durable);
@@ -445,6 +518,70 @@ impl Writer {
         let ops = group.len() as u64;
         group.clear();
         self.complete(ops, result);
+        true
+    }
+
+    /// Runs `attempt` (a group's write or a restart) until it does not fail for want of space:
+    /// meanwhile the log is in disk-full mode (published in the durable state, the owner woken)
+    /// and nothing is completed, failed or dropped; the queue behind it backs up. Retried every
+    /// [`DISK_FULL_RETRY`]: a prefix truncation may have set a segment aside to recycle, or an
+    /// operator freed space. `None` if the log was closed meanwhile.
+    fn until_room<T>(
+        &mut self,
+        mut attempt: impl FnMut(&mut Self) -> Result<T, LogError>,
+    ) -> Option<Result<T, LogError>> {
+        self.shared.set_busy(true);
+        let mut held = false;
+        loop {
+            let result = match &self.failed {
+                Some(why) => Err(LogError::Failed(why.clone())),
+                None => attempt(self),
+            };
+            let Err(LogError::DiskFull { dir, free_bytes }) = result else {
+                if held {
+                    self.publish_full(None);
+                    tracing::info!(dir = %self.params.dir.display(), "the disk has room again: log writes resume");
+                }
+                return Some(result);
+            };
+            if !held {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    free_bytes,
+                    "disk full: log writes wait for room (nothing acknowledged is lost; appends are refused meanwhile)"
+                );
+                held = true;
+            }
+            self.publish_full(Some(DiskFull {
+                path: dir,
+                free_bytes,
+            }));
+            std::thread::sleep(DISK_FULL_RETRY);
+            if self.shared.closing.load(Ordering::Relaxed) {
+                return None;
+            }
+        }
+    }
+
+    /// Publishes the disk-full state and wakes the owner when it changes.
+    fn publish_full(&self, full: Option<DiskFull>) {
+        let changed = {
+            let mut d = self.shared.durable.lock().expect("durable lock");
+            let changed = d.full.is_some() != full.is_some();
+            d.full = full;
+            changed
+        };
+        if changed {
+            self.run_durable_hook();
+        }
+    }
+
+    /// The disk-full error for this log's directory, with the space free there now.
+    fn disk_full(&self) -> LogError {
+        LogError::DiskFull {
+            dir: self.params.dir.clone(),
+            free_bytes: space::free_bytes(&self.params.dir).unwrap_or(0),
+        }
     }
 
     /// Publishes the outcome of the next `ops` ops (`Ok(durable index)` or the error), with one
@@ -481,6 +618,7 @@ impl Writer {
             }
             failed_now
         };
+        self.shared.set_busy(false);
         if failed_now {
             self.run_durable_hook();
         }
@@ -495,7 +633,7 @@ impl Writer {
         mark: Option<u64>,
     ) -> Result<u64, LogError> {
         debug_assert!(bytes <= self.group_bytes_max());
-        if self.pos + align_up(bytes as u64) > self.params.segment_bytes {
+        if self.pos + align_up(bytes as u64) > self.header.segment_bytes {
             self.roll_over()?;
         }
         self.buf.clear();
@@ -535,11 +673,14 @@ impl Writer {
             std::thread::sleep(wait);
         }
         gate.inspect(|g| g.log_busy.store(false, Ordering::Relaxed));
-        written.map_err(|e| {
-            LogError::io(
+        written.map_err(|failure| match failure {
+            // Nothing of the group is durable or acknowledged: it is written again, whole, at
+            // the same place once there is room (a torn first try is overwritten).
+            WriteFailure::Write(e) if space::is_no_space(&e) => self.disk_full(),
+            failure => LogError::io(
                 format!("writing + fdatasync of segment {}", self.header.seq),
-                e,
-            )
+                failure.into_io(),
+            ),
         })?;
         self.pos += self.buf.len() as u64;
         self.prepare_spare_if_due();
@@ -598,8 +739,8 @@ impl Writer {
     /// The prepared next segment, usable for a segment starting at `base_index`: a recycled body
     /// only if each of its stale batches has an index below every entry or marker the new life
     /// can hold (`base_index` and, before a restart, the first retained index: truncation markers
-    /// never go below it). Otherwise it is deleted and a fresh body fallocated at once (the
-    /// writer never waits for a zero-fill).
+    /// never go below it). Otherwise it is deleted and another body made at once (the writer
+    /// never waits for a zero-fill). `DiskFull` when there is no room for one.
     fn next_body(&mut self, base_index: u64, restart: bool) -> Result<Prepared, LogError> {
         let floor = if restart {
             base_index
@@ -607,41 +748,65 @@ impl Writer {
             let first = self.shared.index.read().expect("index lock").first_index;
             first.min(base_index)
         };
-        let seq = self.header.seq + 1;
-        match self.take_spare() {
-            Some(Ok(p)) if p.stale_index_max < floor => {
-                if p.stale_index_max > 0 {
-                    self.shared
-                        .stats
-                        .segments_recycled
-                        .fetch_add(1, Ordering::Relaxed);
+        let p = match self.take_spare() {
+            Some(Ok(p)) if p.stale_index_max < floor => p,
+            spare => {
+                match spare {
+                    Some(Ok(p)) => std::fs::remove_file(&p.path)
+                        .map_err(|e| LogError::io("deleting an unusable recycled segment", e))?,
+                    // Sized again below, with the room there is now.
+                    Some(Err(e)) if space::is_no_space(&e) => {}
+                    Some(Err(e)) => return Err(LogError::io("preparing the next segment", e)),
+                    None => {}
                 }
-                return Ok(p);
+                let started = std::time::Instant::now();
+                let p = self.prepare_now(floor)?;
+                let stats = &self.shared.stats;
+                stats.segment_prepare_waits.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .segment_prepare_wait_us
+                    .record(started.elapsed().as_micros() as u64);
+                p
             }
-            Some(Ok(p)) => {
-                std::fs::remove_file(&p.path)
-                    .map_err(|e| LogError::io("deleting an unusable recycled segment", e))?;
-            }
-            Some(Err(e)) => return Err(LogError::io("preparing the next segment", e)),
-            None => {}
+        };
+        if p.stale_index_max > 0 {
+            self.shared
+                .stats
+                .segments_recycled
+                .fetch_add(1, Ordering::Relaxed);
         }
-        let started = std::time::Instant::now();
+        Ok(p)
+    }
+
+    /// A body for the next segment at once: a dropped segment set aside since the spare was
+    /// started, if usable (its blocks are written: it needs no room), else a fresh one sized to
+    /// the room left and only fallocated.
+    fn prepare_now(&mut self, floor: u64) -> Result<Prepared, LogError> {
+        let dir = &self.params.dir;
+        let seq = self.header.seq + 1;
+        let free = self.shared.take_free_segment();
+        if let Some(f) = free {
+            if f.stale_index_max < floor {
+                return segment::recycle(dir, &f.path, seq, f.stale_index_max)
+                    .map_err(|e| LogError::io("recycling a dropped segment", e));
+            }
+            std::fs::remove_file(&f.path)
+                .map_err(|e| LogError::io("deleting an unusable recycled segment", e))?;
+        }
         let stop_at_once = FillGate::default();
         stop_at_once.cancel.store(true, Ordering::Relaxed);
-        let p = segment::prepare(
-            &self.params.dir,
-            seq,
-            self.params.segment_bytes,
-            self.params.preallocate,
-            &stop_at_once,
-        )
-        .map_err(|e| LogError::io("preparing the next segment", e))?;
-        let stats = &self.shared.stats;
-        stats.segment_prepare_waits.fetch_add(1, Ordering::Relaxed);
-        stats
-            .segment_prepare_wait_us
-            .record(started.elapsed().as_micros() as u64);
-        Ok(p)
+        let (wanted, min) = (self.params.segment_bytes, self.min_segment_bytes());
+        space::segment_size(dir, wanted, min, self.params.reserve_bytes)
+            .and_then(|bytes| {
+                segment::prepare(dir, seq, bytes, self.params.preallocate, &stop_at_once)
+            })
+            .map_err(|e| {
+                if space::is_no_space(&e) {
+                    self.disk_full()
+                } else {
+                    LogError::io("preparing the next segment", e)
+                }
+            })
     }
 
     /// Starts a restart segment at the given position, then deletes every earlier segment;
@@ -679,13 +844,19 @@ impl Writer {
             base_index: start.0,
             base_offset: start.1,
             prev_term: start.2,
-            segment_bytes: self.params.segment_bytes,
+            segment_bytes: prepared.bytes,
             group_bytes_max: self.params.group_bytes_max as u64,
             restart,
             stale_index_max: prepared.stale_index_max,
         };
-        let file = segment::install(&dir, &prepared.path, &header, self.backend.kind())
-            .map_err(|e| LogError::io(format!("installing segment {}", header.seq), e))?;
+        let file =
+            segment::install(&dir, &prepared.path, &header, self.backend.kind()).map_err(|e| {
+                if space::is_no_space(&e) {
+                    self.disk_full()
+                } else {
+                    LogError::io(format!("installing segment {}", header.seq), e)
+                }
+            })?;
         let path = segment::segment_path(&dir, header.seq);
         let read_file = File::open(&path)
             .map_err(|e| LogError::io(format!("opening {}", path.display()), e))?;
@@ -746,16 +917,11 @@ mod tests {
         // A read-only descriptor makes the real write fail (EBADF): the same path an fdatasync
         // error takes.
         let read_only = File::open(segment::segment_path(dir.path(), 1)).unwrap();
-        let shared = Arc::new(Shared {
-            index: RwLock::new(LogIndex::starting_at(1, 0, 0)),
-            durable: Mutex::new(DurableState::new(0)),
-            durable_changed: Condvar::new(),
-            stats: WriterStats::default(),
-            free_segments: Mutex::new(VecDeque::new()),
-        });
+        let shared = Arc::new(Shared::new(LogIndex::starting_at(1, 0, 0), 0));
         let params = WriterParams {
             dir: dir.path().to_path_buf(),
             segment_bytes: header.segment_bytes,
+            reserve_bytes: 0,
             group_bytes_max: 8 << 10,
             preallocate: Preallocate::Sparse,
             emulated_fsync_delay: Duration::ZERO,

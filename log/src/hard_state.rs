@@ -125,7 +125,9 @@ impl HardStateStore {
             .open(&path)
             .map_err(|e| LogError::io(format!("opening {}", path.display()), e))?;
         if !existed {
-            file.set_len(2 * SECTOR_BYTES as u64)
+            // Both slots written (not a hole): later saves overwrite blocks the file owns, so
+            // they never need room on the disk (a full disk must not stop a vote).
+            file.write_all_at(&[0u8; 2 * SECTOR_BYTES], 0)
                 .and_then(|()| file.sync_all())
                 .and_then(|()| sync_dir(dir))
                 .map_err(|e| LogError::io(format!("creating {}", path.display()), e))?;

@@ -16,6 +16,7 @@ mod log;
 mod recovery;
 pub mod segment;
 pub mod snapshot;
+pub mod space;
 mod writer_hook;
 
 pub use backend::{BackendChoice, BackendKind};
@@ -30,4 +31,5 @@ pub use segment::Preallocate;
 pub use snapshot::{
     install_snapshot_file, latest_snapshot, read_snapshot, write_snapshot_streamed, SnapshotMeta,
 };
+pub use space::DiskFull;
 pub use writer_hook::WriterHook;

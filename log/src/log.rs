@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -14,12 +14,11 @@ use crate::aligned_buf::SECTOR_BYTES;
 use crate::backend::{open_options, Backend, BackendChoice, BackendKind};
 use crate::batch::{check_frame, Batch, BatchHeader};
 use crate::error::{CorruptionKind, LogError};
-use crate::group_commit::{
-    DurableState, FreeSegment, Op, Shared, Writer, WriterParams, FREE_SEGMENTS_MAX,
-};
+use crate::group_commit::{FreeSegment, Op, Shared, Writer, WriterParams, FREE_SEGMENTS_MAX};
 use crate::index::LogIndex;
 use crate::recovery::{recover, DamageCut, DurableLoss, DurableLossHook, OnDamage};
 use crate::segment::{self, Preallocate, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::space::{self, DiskFull};
 use crate::writer_hook::WriterHook;
 
 /// Where to read each planned entry: (segment file, segment number, position, length).
@@ -68,6 +67,11 @@ pub struct LogConfig {
     pub queue_depth: usize,
     /// How new segments are preallocated.
     pub preallocate: Preallocate,
+    /// Bytes a new segment must leave free on the disk, for the hard state's neighbours (a
+    /// snapshot that lets the log drop its prefix, an operator's shell): when a whole segment
+    /// does not fit, a smaller one is made from the room above this (FORMAT.md "Space and
+    /// preallocation").
+    pub reserve_bytes: u64,
     /// Benchmarks only: emulates a slower disk; each group commit completes no sooner than its
     /// real fdatasync and no sooner than this long after it was issued (DESIGN §3a: this
     /// machine's ~45 µs flush hides what batching buys on real disks).
@@ -103,6 +107,7 @@ impl LogConfig {
             group_bytes_max: 4 << 20,
             queue_depth: 4096,
             preallocate: Preallocate::ZeroFill,
+            reserve_bytes: 4 << 20,
             emulated_fsync_delay: Duration::ZERO,
             durable_mark_idle: Duration::from_millis(10),
             durable_hook: None,
@@ -233,27 +238,39 @@ impl Log {
         let mut seqs = segment::list_segments(&dir)
             .map_err(|e| LogError::io(format!("listing {}", dir.display()), e))?;
         if seqs.is_empty() {
+            let min =
+                SEGMENT_HEADER_BYTES + crate::aligned_buf::align_up(config.group_bytes_max as u64);
+            let prepared =
+                space::segment_size(&dir, config.segment_bytes, min, config.reserve_bytes)
+                    .and_then(|bytes| {
+                        segment::prepare(
+                            &dir,
+                            1,
+                            bytes,
+                            config.preallocate,
+                            &segment::FillGate {
+                                unpaced: true,
+                                ..Default::default()
+                            },
+                        )
+                    })
+                    .map_err(|e| match space::is_no_space(&e) {
+                        true => LogError::DiskFull {
+                            dir: dir.clone(),
+                            free_bytes: space::free_bytes(&dir).unwrap_or(0),
+                        },
+                        false => LogError::io("preparing the first segment", e),
+                    })?;
             let header = SegmentHeader {
                 seq: 1,
                 base_index: 1,
                 base_offset: 0,
                 prev_term: 0,
-                segment_bytes: config.segment_bytes,
+                segment_bytes: prepared.bytes,
                 group_bytes_max: config.group_bytes_max as u64,
                 restart: false,
                 stale_index_max: 0,
             };
-            let prepared = segment::prepare(
-                &dir,
-                1,
-                config.segment_bytes,
-                config.preallocate,
-                &segment::FillGate {
-                    unpaced: true,
-                    ..Default::default()
-                },
-            )
-            .map_err(|e| LogError::io("preparing the first segment", e))?;
             segment::install(&dir, &prepared.path, &header, kind)
                 .map_err(|e| LogError::io("installing the first segment", e))?;
             seqs.push(1);
@@ -281,16 +298,11 @@ impl Log {
             ops_queued: 0,
         };
         let durable_index = index.next_index - 1;
-        let shared = Arc::new(Shared {
-            index: RwLock::new(index),
-            durable: Mutex::new(DurableState::new(durable_index)),
-            durable_changed: Condvar::new(),
-            stats: Default::default(),
-            free_segments: Mutex::new(VecDeque::new()),
-        });
+        let shared = Arc::new(Shared::new(index, durable_index));
         let params = WriterParams {
             dir,
             segment_bytes: config.segment_bytes,
+            reserve_bytes: config.reserve_bytes,
             group_bytes_max: config.group_bytes_max,
             preallocate: config.preallocate,
             emulated_fsync_delay: config.emulated_fsync_delay,
@@ -357,6 +369,25 @@ impl Log {
     /// Writer counters (fdatasyncs, batches, bytes).
     pub fn stats(&self) -> &crate::group_commit::WriterStats {
         &self.shared.stats
+    }
+
+    /// The disk-full mode: `Some` while the writer holds a group it has no room for (appends
+    /// are still accepted and queue behind it; an owner that serves producers refuses them
+    /// instead). Cleared by itself once there is room.
+    pub fn disk_full(&self) -> Option<DiskFull> {
+        self.shared
+            .durable
+            .lock()
+            .expect("durable lock")
+            .full
+            .clone()
+    }
+
+    /// How long the group the writer is now writing (or holding for want of room) has been
+    /// outstanding; `None` while it waits for work. A disk that stalls shows here as an age
+    /// that keeps growing.
+    pub fn write_age(&self) -> Option<Duration> {
+        self.shared.write_age()
     }
 
     fn check_failed(&self) -> Result<(), LogError> {
@@ -813,6 +844,10 @@ fn sync_sequencer_front(seq: &mut Sequencer, index: &LogIndex) {
 
 impl Drop for Log {
     fn drop(&mut self) {
+        // A writer held by a full disk gives up its group instead of keeping the close waiting.
+        self.shared
+            .closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         drop(self.tx.take());
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();

@@ -216,6 +216,9 @@ pub struct Prepared {
     pub path: PathBuf,
     /// 0 for a fresh body; the highest index of any batch it still holds when recycled.
     pub stale_index_max: u64,
+    /// Its size: the segment's `segment_bytes` (a recycled body keeps its own; a fresh one may
+    /// be smaller than configured when the disk is short of room, see `space::segment_size`).
+    pub bytes: u64,
 }
 
 /// Creates the body of segment `seq` under a temporary name: fixed size, reading as zeros.
@@ -234,15 +237,30 @@ pub fn prepare(
     gate: &FillGate,
 ) -> io::Result<Prepared> {
     let path = prep_path(dir, seq);
+    let made = fill_body(&path, segment_bytes, how, gate);
+    if made.is_err() {
+        // A half-allocated body would hold on to the space the disk is short of.
+        let _ = std::fs::remove_file(&path);
+    }
+    made?;
+    Ok(Prepared {
+        path,
+        stale_index_max: 0,
+        bytes: segment_bytes,
+    })
+}
+
+/// Creates `path` with `segment_bytes` reading as zeros, preallocated as `how` says.
+fn fill_body(path: &Path, segment_bytes: u64, how: Preallocate, gate: &FillGate) -> io::Result<()> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&path)?;
+        .open(path)?;
     match how {
         Preallocate::ZeroFill => {
             fallocate_or_extend(&file, segment_bytes)?;
-            zero_fill(&path, segment_bytes, gate)?;
+            zero_fill(path, segment_bytes, gate)?;
         }
         Preallocate::Fallocate => fallocate(&file, segment_bytes)?,
         Preallocate::Sparse => file.set_len(segment_bytes)?,
@@ -253,10 +271,7 @@ pub fn prepare(
     if !gate.cancel.load(Ordering::Relaxed) {
         file.sync_all()?;
     }
-    Ok(Prepared {
-        path,
-        stale_index_max: 0,
-    })
+    Ok(())
 }
 
 fn fallocate(file: &File, bytes: u64) -> io::Result<()> {
@@ -323,9 +338,11 @@ fn zero_fill(path: &Path, bytes: u64, gate: &FillGate) -> io::Result<()> {
 pub fn recycle(dir: &Path, free: &Path, seq: u64, stale_index_max: u64) -> io::Result<Prepared> {
     let path = prep_path(dir, seq);
     std::fs::rename(free, &path)?;
+    let bytes = std::fs::metadata(&path)?.len();
     Ok(Prepared {
         path,
         stale_index_max,
+        bytes,
     })
 }
 

@@ -47,34 +47,41 @@ pub fn write_snapshot_streamed(
     let path = dir.join(file_name(last_index, last_term));
     let tmp = dir.join(format!("{}.tmp", file_name(last_index, last_term)));
     let io = |what: &str, e| LogError::io(format!("{what} snapshot {}", path.display()), e);
-    let file = std::fs::File::create(&tmp).map_err(|e| io("creating", e))?;
-    let mut head = [0u8; HEADER_BYTES];
-    head[0..8].copy_from_slice(&MAGIC.to_le_bytes());
-    head[16..24].copy_from_slice(&last_index.to_le_bytes());
-    head[24..32].copy_from_slice(&last_term.to_le_bytes());
-    head[32..40].copy_from_slice(&payload_bytes.to_le_bytes());
-    let mut out = ChecksummedWriter {
-        inner: BufWriter::with_capacity(WRITE_BUFFER_BYTES, &file),
-        crc: crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi),
-        written: 0,
-        half: payload_bytes / 2,
+    let write = || -> Result<(), LogError> {
+        let file = std::fs::File::create(&tmp).map_err(|e| io("creating", e))?;
+        let mut head = [0u8; HEADER_BYTES];
+        head[0..8].copy_from_slice(&MAGIC.to_le_bytes());
+        head[16..24].copy_from_slice(&last_index.to_le_bytes());
+        head[24..32].copy_from_slice(&last_term.to_le_bytes());
+        head[32..40].copy_from_slice(&payload_bytes.to_le_bytes());
+        let mut out = ChecksummedWriter {
+            inner: BufWriter::with_capacity(WRITE_BUFFER_BYTES, &file),
+            crc: crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi),
+            written: 0,
+            half: payload_bytes / 2,
+        };
+        out.inner.write_all(&head).map_err(|e| io("writing", e))?;
+        out.crc.update(&head[16..]);
+        write_payload(&mut out).map_err(|e| io("writing", e))?;
+        if out.written != payload_bytes {
+            let why = format!(
+                "payload of {} bytes, {payload_bytes} announced",
+                out.written
+            );
+            return Err(io("writing", std::io::Error::other(why)));
+        }
+        let crc = out.crc.finalize() as u32;
+        out.inner.flush().map_err(|e| io("writing", e))?;
+        drop(out);
+        file.write_all_at(&crc.to_le_bytes(), 8)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io("syncing", e))
     };
-    out.inner.write_all(&head).map_err(|e| io("writing", e))?;
-    out.crc.update(&head[16..]);
-    write_payload(&mut out).map_err(|e| io("writing", e))?;
-    if out.written != payload_bytes {
-        let why = format!(
-            "payload of {} bytes, {payload_bytes} announced",
-            out.written
-        );
-        return Err(io("writing", std::io::Error::other(why)));
+    if let Err(e) = write() {
+        // A partial file would hold on to space a full disk lacks.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    let crc = out.crc.finalize() as u32;
-    out.inner.flush().map_err(|e| io("writing", e))?;
-    drop(out);
-    file.write_all_at(&crc.to_le_bytes(), 8)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io("syncing", e))?;
     crash_point("snapshot-before-rename");
     std::fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
     crash_point("snapshot-before-dir-sync");

@@ -154,6 +154,9 @@ pub struct PeerStatus {
     pub lag_entries: u64,
     /// Whether the leader currently has a connection to the peer.
     pub connected: bool,
+    /// Milliseconds the peer has had entries to acknowledge without acknowledging any (0 while
+    /// it is caught up): a peer whose disk stalled or filled shows a growing age.
+    pub ack_age_ms: u64,
 }
 
 /// A node's view of itself and the cluster, answered to `Status`.
@@ -192,6 +195,23 @@ pub struct NodeStatus {
     pub state_bytes: u64,
     /// Its bound (`--state-mib-max`): at it, appends adding keys are refused (`StateFull`).
     pub state_bytes_max: u64,
+    /// Milliseconds the log write in progress has been outstanding (0: none): a stalled disk
+    /// shows a growing age.
+    pub log_write_age_ms: u64,
+    /// The log's disk is full (appends refused until there is room).
+    pub disk_full: Option<DiskFullStatus>,
+    /// A log write has been outstanding past the node's stall bound: it does not campaign and
+    /// hands leadership over if it leads.
+    pub disk_stalled: bool,
+}
+
+/// A node's full disk, as `Status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DiskFullStatus {
+    /// The log directory whose filesystem is full.
+    pub path: String,
+    /// Bytes free there when the node last tried.
+    pub free_bytes: u64,
 }
 
 /// The snapshot a node serves.
@@ -278,6 +298,16 @@ pub enum ClientError {
     StateFull {
         /// The node's bound on its state.
         state_bytes_max: u64,
+    },
+    /// The leader's disk is full: the append was not taken. The node keeps serving reads and
+    /// voting and accepts appends again by itself once there is room (a snapshot let it drop
+    /// log segments, or an operator freed space).
+    #[error("disk full on the leader: no room for the log in {path} ({free_bytes} bytes free); appends resume once space is freed")]
+    DiskFull {
+        /// The log directory whose filesystem is full.
+        path: String,
+        /// Bytes free there when the node last tried.
+        free_bytes: u64,
     },
 }
 

@@ -129,14 +129,22 @@ fn arb_status() -> impl Strategy<Value = NodeStatus> {
         ),
         (any::<u64>(), any::<u64>()),
         prop::collection::vec(
-            (any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
-                |(node_id, match_index, lag_entries, connected)| PeerStatus {
-                    node_id,
-                    match_index,
-                    lag_entries,
-                    connected,
-                },
-            ),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<u64>(),
+            )
+                .prop_map(
+                    |(node_id, match_index, lag_entries, connected, ack_age_ms)| PeerStatus {
+                        node_id,
+                        match_index,
+                        lag_entries,
+                        connected,
+                        ack_age_ms,
+                    },
+                ),
             0..5,
         ),
     )
@@ -170,6 +178,9 @@ fn arb_status() -> impl Strategy<Value = NodeStatus> {
                 state_keys: 0,
                 state_bytes: 0,
                 state_bytes_max: 1 << 30,
+                log_write_age_ms: 0,
+                disk_full: None,
+                disk_stalled: false,
             },
         )
 }

@@ -277,6 +277,9 @@ pub struct Raft<S> {
     /// Follower: our log is known to match the current leader's through this index (entries
     /// it sent us in this term, or a snapshot of it). Reset with the term or leader.
     leader_match: Index,
+    /// The driver's log writes make no progress (see [`Raft::set_write_stalled`]): no
+    /// campaign, TimeoutNow ignored.
+    write_stalled: bool,
 }
 
 /// A leader's broadcast deferred to the next `ready()` (`Config::batch_appends`); ordered by
@@ -388,6 +391,7 @@ impl<S: Storage> Raft<S> {
             refused_total: 0,
             last_refusal: None,
             repair_through: None,
+            write_stalled: false,
             repair_term: 0,
             leader_match: 0,
         })
@@ -538,6 +542,32 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// The driver's log writes make no progress (a stalled or far too slow disk: its own
+    /// clock's judgement, the core has none) or do again. While stalled the node does not
+    /// campaign (an election timeout only forgets the leader) and ignores TimeoutNow, so it
+    /// never takes leadership it could not exercise; it still follows a leader and votes (a
+    /// vote waits for the hard state's own fdatasync, which the gate enforces as always). A
+    /// leader keeps leading: handing over is the driver's call ([`Raft::transfer_leadership`],
+    /// else [`Raft::step_down`]).
+    pub fn set_write_stalled(&mut self, stalled: bool) {
+        self.write_stalled = stalled;
+    }
+
+    /// Whether the driver said its log writes are stalled.
+    pub fn write_stalled(&self) -> bool {
+        self.write_stalled
+    }
+
+    /// A leader gives up leadership in its term (its disk cannot keep up and no follower could
+    /// take over by transfer): it becomes a follower knowing no leader, and the others elect
+    /// one once their election timeout passes. No-op unless leading.
+    pub fn step_down(&mut self) {
+        if self.role == Role::Leader {
+            let term = self.term;
+            self.become_follower(term, None);
+        }
+    }
+
     /// Advances logical time by one tick. `rng` is the driver's seeded generator; it is used
     /// only to draw the randomized election timeout.
     pub fn tick(&mut self, rng: &mut dyn RngCore) {
@@ -553,10 +583,16 @@ impl<S: Storage> Raft<S> {
         if self.role == Role::Leader {
             self.tick_leader();
         } else if self.election_elapsed >= self.election_timeout.expect("drawn above") {
-            if self.repair_through.is_some() {
-                // Suspect: stay a follower; the timeout only forgets the leader's lease.
+            if self.repair_through.is_some() || self.write_stalled {
+                // Suspect, or a stalled disk: stay a follower; the timeout only forgets the
+                // leader's lease.
                 self.election_elapsed = 0;
                 self.election_timeout = None;
+                if self.write_stalled {
+                    // And the leader itself, so that this node grants its vote to the
+                    // candidates that replace it (a known leader would keep it in its lease).
+                    self.leader = None;
+                }
                 return;
             }
             self.campaign();
@@ -574,6 +610,7 @@ impl<S: Storage> Raft<S> {
             || self.installing_snapshot()
             || !self.is_voter()
             || self.repair_through.is_some()
+            || self.write_stalled
         {
             return;
         }
@@ -1804,6 +1841,7 @@ impl<S: Storage> Raft<S> {
             MessageBody::TimeoutNow
                 if !self.installing_snapshot()
                     && self.repair_through.is_none()
+                    && !self.write_stalled
                     && (self.leader == Some(from) || !self.guarded()) =>
             {
                 // The leader hands over: campaign now, skipping pre-vote (the leader agreed).

@@ -1257,6 +1257,34 @@ fn cluster_with_damaged_node_2(lost: u64) -> (Vec<Node>, u64) {
     (nodes, durable_through)
 }
 
+/// Ticks `node` through many election timeouts (asking it to campaign each time) and asserts it
+/// never asks for a vote or pre-vote, then that it ignores a TimeoutNow from node 1.
+fn assert_never_takes_leadership(node: &mut Node, rng: &mut dyn rand::RngCore, who: &str) {
+    for _ in 0..200 {
+        node.tick(rng);
+        node.campaign();
+        let rd = node.ready();
+        assert!(
+            !rd.messages.iter().any(|m| matches!(
+                m.body,
+                MessageBody::RequestVote { .. } | MessageBody::PreVote { .. }
+            )),
+            "{who} campaigned: {:?}",
+            rd.messages
+        );
+        node.hard_state_durable(node.hard_state());
+    }
+    assert_eq!(node.role(), Role::Follower);
+    let term = node.term();
+    node.step(Message {
+        from: 1,
+        to: node.id(),
+        term,
+        body: MessageBody::TimeoutNow,
+    });
+    assert_eq!(node.role(), Role::Follower, "{who} took a TimeoutNow");
+}
+
 #[test]
 fn suspect_node_grants_no_vote_or_pre_vote_and_never_campaigns() {
     let (mut nodes, _) = cluster_with_damaged_node_2(2);
@@ -1292,33 +1320,7 @@ fn suspect_node_grants_no_vote_or_pre_vote_and_never_campaigns() {
     assert!(grants.is_empty(), "suspect node granted {grants:?}");
     // Many election timeouts pass without a leader: it stays a silent follower.
     let mut rng = rand::rngs::mock::StepRng::new(0, 1);
-    for _ in 0..200 {
-        n2.tick(&mut rng);
-        n2.campaign();
-        let rd = n2.ready();
-        assert!(
-            !rd.messages.iter().any(|m| matches!(
-                m.body,
-                MessageBody::RequestVote { .. } | MessageBody::PreVote { .. }
-            )),
-            "suspect node campaigned: {:?}",
-            rd.messages
-        );
-        n2.hard_state_durable(n2.hard_state());
-    }
-    assert_eq!(n2.role(), Role::Follower);
-    let term = n2.term();
-    n2.step(Message {
-        from: 1,
-        to: 2,
-        term,
-        body: MessageBody::TimeoutNow,
-    });
-    assert_eq!(
-        n2.role(),
-        Role::Follower,
-        "TimeoutNow is ignored while suspect"
-    );
+    assert_never_takes_leadership(n2, &mut rng, "suspect node");
     assert_eq!(n2.repair_through(), Some(4));
 }
 
@@ -1386,4 +1388,64 @@ fn suspect_node_is_not_repaired_by_a_commit_index_below_what_it_lost_in_the_same
         Some(durable_through),
         "still suspect: 3 and 4 may have been committed with its lost acknowledgement"
     );
+}
+
+#[test]
+fn a_node_with_a_stalled_disk_votes_but_never_campaigns_or_takes_a_transfer() {
+    let mut nodes = cluster(3);
+    let n2 = &mut nodes[1];
+    n2.set_write_stalled(true);
+    // The leader falls silent; many election timeouts pass: n2 never asks for votes.
+    let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+    assert_never_takes_leadership(n2, &mut rng, "a stalled node");
+    assert_eq!(n2.leader(), None, "a silent leader is forgotten");
+    let term = n2.term();
+    // It still votes: a candidate with an up-to-date log gets its grant (once durable).
+    let last = n2.last_index();
+    let last_term = n2.term_at(last).unwrap();
+    n2.step(vote_request(3, 2, term + 1, last, last_term));
+    let mut msgs = n2.ready().messages;
+    n2.hard_state_durable(n2.hard_state());
+    msgs.extend(n2.ready().messages);
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m.body, MessageBody::RequestVoteResponse { granted: true })),
+        "a stalled node still grants its vote: {msgs:?}"
+    );
+    // Once its disk moves again, its election timeout makes it campaign as usual.
+    n2.set_write_stalled(false);
+    let campaigned = (0..200).any(|_| {
+        n2.tick(&mut rng);
+        let rd = n2.ready();
+        let asked = rd
+            .messages
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::RequestVote { .. }));
+        n2.hard_state_durable(n2.hard_state());
+        asked
+    });
+    assert!(campaigned, "a node whose disk recovered campaigns again");
+}
+
+#[test]
+fn a_leader_stepping_down_leaves_its_term_to_another_leader() {
+    let mut nodes = cluster(3);
+    let term = nodes[0].term();
+    nodes[0].step_down();
+    assert_eq!(nodes[0].role(), Role::Follower);
+    assert_eq!(nodes[0].leader(), None);
+    assert_eq!(nodes[0].term(), term, "stepping down starts no term");
+    assert!(matches!(
+        nodes[0].propose(Arc::from(&b"x"[..])),
+        Err(ProposeError::NotLeader { leader: None })
+    ));
+    nodes[0].set_write_stalled(true);
+    nodes[1].campaign();
+    settle(&mut nodes);
+    assert_eq!(nodes[1].role(), Role::Leader, "another node takes over");
+    assert_eq!(nodes[0].leader(), Some(2));
+    nodes[1].step_down();
+    assert_eq!(nodes[1].role(), Role::Follower);
+    nodes[1].step_down();
+    assert_eq!(nodes[1].role(), Role::Follower, "a no-op unless leading");
 }

@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 use raftline_node::config::{
     APPEND_TIMEOUT_MS_DEFAULT, BATCH_BYTES_MAX_DEFAULT, CLIENT_IDLE_TIMEOUT_S_DEFAULT,
-    ELECTION_TIMEOUT_MAX_MS_DEFAULT, ELECTION_TIMEOUT_MIN_MS_DEFAULT, HEARTBEAT_MS_DEFAULT,
-    SEGMENT_BYTES_DEFAULT, TICK_MS_DEFAULT,
+    DISK_STALL_ELECTIONS_DEFAULT, ELECTION_TIMEOUT_MAX_MS_DEFAULT, ELECTION_TIMEOUT_MIN_MS_DEFAULT,
+    HEARTBEAT_MS_DEFAULT, SEGMENT_BYTES_DEFAULT, TICK_MS_DEFAULT,
 };
 use raftline_node::snapshots::SnapshotPolicy;
 use raftline_node::NodeConfig;
@@ -94,6 +94,11 @@ pub struct ServerArgs {
     /// An append not acknowledged within this many ms is answered Timeout [default: 10000].
     #[arg(long)]
     pub append_timeout_ms: Option<u64>,
+    /// A log write outstanding this many ms means a stalled disk: the node logs it, exports it
+    /// (raftline_disk_stalled), stops campaigning and, if it leads, hands leadership to a
+    /// follower (or steps down) [default: 4 election timeouts (upper end), 2000].
+    #[arg(long)]
+    pub disk_stall_ms: Option<u64>,
     /// Close a client connection that sends nothing for this many seconds; 0 = never
     /// [default: 600].
     #[arg(long)]
@@ -159,6 +164,7 @@ struct FileConfig {
     segment_mib: Option<u64>,
     batch_kib_max: Option<u64>,
     append_timeout_ms: Option<u64>,
+    disk_stall_ms: Option<u64>,
     client_idle_timeout_s: Option<u64>,
     clients_per_source_max: Option<usize>,
     connection_buffers_mib: Option<usize>,
@@ -268,6 +274,11 @@ impl ServerArgs {
         let listen = self.listen.or(file.listen).or(own).with_context(|| {
             format!("--peers does not list this node's id {id}, and --listen is not given")
         })?;
+        let election_timeout_max = Duration::from_millis(
+            self.election_timeout_max_ms
+                .or(file.election_timeout_max_ms)
+                .unwrap_or(ELECTION_TIMEOUT_MAX_MS_DEFAULT),
+        );
         let cfg = NodeConfig {
             id,
             cluster_name,
@@ -299,11 +310,7 @@ impl ServerArgs {
                     .or(file.election_timeout_min_ms)
                     .unwrap_or(ELECTION_TIMEOUT_MIN_MS_DEFAULT),
             ),
-            election_timeout_max: Duration::from_millis(
-                self.election_timeout_max_ms
-                    .or(file.election_timeout_max_ms)
-                    .unwrap_or(ELECTION_TIMEOUT_MAX_MS_DEFAULT),
-            ),
+            election_timeout_max,
             net_backend,
             segment_bytes: self
                 .segment_mib
@@ -317,6 +324,10 @@ impl ServerArgs {
                 self.append_timeout_ms
                     .or(file.append_timeout_ms)
                     .unwrap_or(APPEND_TIMEOUT_MS_DEFAULT),
+            ),
+            disk_stall: self.disk_stall_ms.or(file.disk_stall_ms).map_or(
+                election_timeout_max * DISK_STALL_ELECTIONS_DEFAULT,
+                Duration::from_millis,
             ),
             client_idle_timeout: match self
                 .client_idle_timeout_s

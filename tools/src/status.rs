@@ -12,9 +12,12 @@ use crate::cluster_args::ClusterArgs;
 /// The long `--help` of `raftline status`.
 pub const LONG_ABOUT: &str = "Ask every node given by --bootstrap for its status and print one \
 row per node: id, address, role, term, the leader it knows, commit index, the offsets its log \
-holds [start, end), from the leader's view how many entries the node lags behind, the snapshot \
-it serves (the index it covers, the offset the log continues at, its size and age), the \
-bytes its data directory takes on disk, and its materialised state's size against \
+holds [start, end), from the leader's view how many entries the node lags behind (and, past a \
+second, for how long it has not acknowledged any: \"(no ack 4s)\", a stalled or full disk \
+there), the snapshot it serves (the index it covers, the offset the log continues at, its size \
+and age), the bytes its data directory takes on disk, followed by FULL (the free bytes) when \
+its disk is full and it refuses appends, or STALLED (for how long) when a log write is \
+outstanding past its --disk-stall-ms, and its materialised state's size against \
 --state-mib-max (FULL once appends adding keys are refused).\n\n\
 Exit status: 0 when a leader answered (unreachable nodes are listed but tolerated: the cluster \
 still works); 2 when nodes answered but none leads (an election is under way, or no majority is \
@@ -96,7 +99,7 @@ pub fn render(results: &[NodeStatusResult]) -> String {
                 s.snapshot
                     .and_then(|n| n.age_ms)
                     .map_or("-".into(), |ms| format!("{}s", ms / 1000)),
-                size(s.disk_bytes),
+                disk(s),
                 state(s),
             ]),
             Err(e) => {
@@ -124,6 +127,16 @@ pub fn render(results: &[NodeStatusResult]) -> String {
         out.push_str(&format!("unreachable: {f}\n"));
     }
     out
+}
+
+/// The DISK cell: the data directory's size, and the disk's mode if it is not taking writes.
+fn disk(s: &NodeStatus) -> String {
+    let used = size(s.disk_bytes);
+    match (&s.disk_full, s.disk_stalled) {
+        (Some(full), _) => format!("{used} FULL ({} free)", size(full.free_bytes)),
+        (None, true) => format!("{used} STALLED ({}s)", s.log_write_age_ms / 1000),
+        (None, false) => used,
+    }
 }
 
 /// Columns of the status table.
@@ -163,11 +176,17 @@ fn state(node: &NodeStatus) -> String {
 fn lag(leader: Option<&NodeStatus>, node: &NodeStatus) -> String {
     match leader {
         Some(l) if l.node_id == node.node_id => "0".into(),
-        Some(l) => l
-            .peers
-            .iter()
-            .find(|p| p.node_id == node.node_id)
-            .map_or("-".into(), |p| p.lag_entries.to_string()),
+        Some(l) => {
+            l.peers
+                .iter()
+                .find(|p| p.node_id == node.node_id)
+                .map_or("-".into(), |p| match p.ack_age_ms {
+                    // Entries outstanding for a second or more without an acknowledgement: say
+                    // for how long (a stalled or full disk on that node).
+                    age if age >= 1000 => format!("{} (no ack {}s)", p.lag_entries, age / 1000),
+                    _ => p.lag_entries.to_string(),
+                })
+        }
         None => "-".into(),
     }
 }
@@ -213,6 +232,9 @@ mod tests {
             state_keys: 1000,
             state_bytes: 3 << 20,
             state_bytes_max: 4 << 20,
+            log_write_age_ms: 0,
+            disk_full: None,
+            disk_stalled: false,
         }
     }
 
@@ -223,6 +245,7 @@ mod tests {
             match_index: 15,
             lag_entries: 3,
             connected: true,
+            ack_age_ms: 0,
         };
         let results = vec![
             NodeStatusResult {
@@ -262,5 +285,42 @@ mod tests {
             lines[4],
             "unreachable: 127.0.0.1:7403 closed the connection"
         );
+    }
+
+    #[test]
+    fn a_full_or_stalled_disk_and_a_follower_without_acks_are_shown() {
+        let peer = PeerStatus {
+            node_id: 1,
+            match_index: 15,
+            lag_entries: 3,
+            connected: true,
+            ack_age_ms: 4_200,
+        };
+        let mut follower = status(1, NodeRole::Follower, vec![]);
+        follower.disk_full = Some(raftline_netio::client_proto::DiskFullStatus {
+            path: "/data/log".into(),
+            free_bytes: 1 << 20,
+        });
+        let mut leader = status(2, NodeRole::Leader, vec![peer]);
+        leader.disk_stalled = true;
+        leader.log_write_age_ms = 2_500;
+        let results = vec![
+            NodeStatusResult {
+                address: "127.0.0.1:7401".into(),
+                result: Ok(follower),
+            },
+            NodeStatusResult {
+                address: "127.0.0.1:7402".into(),
+                result: Ok(leader),
+            },
+        ];
+        let table = render(&results);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[1].contains(" 3 (no ack 4s) ")
+                && lines[1].ends_with("70.0 MiB FULL (1.0 MiB free)"),
+            "{table}"
+        );
+        assert!(lines[2].ends_with("70.0 MiB STALLED (2s)"), "{table}");
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use cluster_support::acks::{check, Ledger};
 use cluster_support::{
-    append_batches_window, http_get, status, tagged_batch, Cluster, Outcome, DEADLINE,
+    append_window_within, http_get, status, tagged_batch, Cluster, Outcome, DEADLINE,
 };
 use raftline_log::batch::check_frame;
 use raftline_log::segment::{list_segments, segment_path, SEGMENT_HEADER_BYTES};
@@ -59,7 +59,8 @@ fn produce_with(
             if node.child.is_none() {
                 continue;
             }
-            for (tag, outcome) in append_batches_window(node.client, &pending, 4, batch_of) {
+            for (tag, outcome) in append_window_within(node.client, &pending, 4, DEADLINE, batch_of)
+            {
                 if let Outcome::Acked { base, last } = outcome {
                     ledger.insert(tag, (base, last));
                 }

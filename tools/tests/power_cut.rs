@@ -9,27 +9,21 @@
 //!
 //! `RAFTLINE_POWER_CUT_SEED=N` replays a run. Each test prints its seed.
 //!
+//! Other disk faults (fsync errors, full and stalled disks) are in `disk_faults.rs`.
+//!
 //! The checker is shown to see loss: with every disk lying about fsync, a whole-cluster cut must
 //! be reported as lost records (`a_lying_disk_is_caught_losing_acknowledged_records`).
 
 mod cluster_support;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cluster_support::acks::{check, settled_end, Ledger};
+use cluster_support::producer::{Producer, RECORDS};
 use cluster_support::{append_window, http_get, status, Cluster, Outcome, DEADLINE};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Records per appended batch.
-const RECORDS: u64 = 10;
-/// Appends in one round of the producer (pipelined, up to `WINDOW` in flight).
-const CHUNK: usize = 8;
-const WINDOW: usize = 4;
 /// Flags for every node: an append that cannot commit (no quorum while nodes are down) is
 /// answered within 2 s instead of 10, so the producer moves on to the next leader sooner.
 const FLAGS: &[&str] = &["--append-timeout-ms", "2000"];
@@ -47,81 +41,6 @@ fn seed(test: &str) -> u64 {
         });
     eprintln!("{test}: RAFTLINE_POWER_CUT_SEED={seed}");
     seed
-}
-
-/// A producer thread appending tagged batches (fresh tags only, never a resend) to whichever
-/// node accepts them, recording every acknowledgement.
-struct Producer {
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-    ledger: Arc<Mutex<Ledger>>,
-    thread: JoinHandle<()>,
-}
-
-impl Producer {
-    fn start(clients: Vec<SocketAddr>) -> Producer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(AtomicU64::new(0));
-        let ledger = Arc::new(Mutex::new(Ledger::new()));
-        let thread = {
-            let (stop, acked, ledger) = (stop.clone(), acked.clone(), ledger.clone());
-            std::thread::spawn(move || {
-                let mut next_tag = 0;
-                let mut at = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let tags: Vec<u64> = (next_tag..next_tag + CHUNK as u64).collect();
-                    next_tag += CHUNK as u64;
-                    let outcomes = append_window(clients[at], &tags, RECORDS, WINDOW);
-                    let mut any = false;
-                    for (tag, outcome) in outcomes {
-                        if let Outcome::Acked { base, last } = outcome {
-                            ledger.lock().unwrap().insert(tag, (base, last));
-                            acked.fetch_add(1, Ordering::Relaxed);
-                            any = true;
-                        }
-                    }
-                    if !any {
-                        // Not the leader, down, or no quorum: try the next node, after a pause
-                        // so a leaderless cluster is not hammered.
-                        at = (at + 1) % clients.len();
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                }
-            })
-        };
-        Producer {
-            stop,
-            acked,
-            ledger,
-            thread,
-        }
-    }
-
-    fn acked(&self) -> u64 {
-        self.acked.load(Ordering::Relaxed)
-    }
-
-    /// Waits until `n` more appends than now are acknowledged; `Err` after the deadline.
-    fn await_more(&self, n: u64) -> Result<(), String> {
-        let want = self.acked() + n;
-        let deadline = Instant::now() + DEADLINE;
-        while self.acked() < want {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "unavailable: {} appends acknowledged, {want} awaited",
-                    self.acked()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
-    }
-
-    fn stop(self) -> Ledger {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("producer thread");
-        Arc::try_unwrap(self.ledger).unwrap().into_inner().unwrap()
-    }
 }
 
 /// Which nodes lose power, and how.
@@ -339,67 +258,5 @@ fn nodes_that_snapshotted_and_truncated_keep_their_state_through_a_power_cut() {
         other => panic!("append after the cut: {other:?}\n{}", cluster.logs()),
     };
     let violations = check(&cluster, &ledger, BIG);
-    assert!(violations.is_empty(), "{violations:#?}\n{}", cluster.logs());
-}
-
-/// An fsync failing with EIO on the leader: the leader must stop (it cannot know what reached
-/// the disk), the others elect a leader and go on, no acknowledged record is lost, and the node
-/// restarts once the disk is healthy again.
-#[test]
-fn an_fsync_error_stops_the_leader_and_the_cluster_carries_on() {
-    let mut cluster = Cluster::start_on_faultfs(3, "auto", FLAGS);
-    let leader = cluster.wait_leader();
-    let producer = Producer::start(cluster.nodes.iter().map(|n| n.client).collect());
-    producer.await_more(20).unwrap();
-    cluster.faultfs(leader).fail_fsync(1).unwrap();
-    let exit = cluster.await_exit(leader, DEADLINE);
-    let log = cluster.log_of(leader);
-    eprintln!("leader {leader} after an fsync EIO: {exit:?}");
-    assert!(
-        exit.is_some_and(|s| !s.success()),
-        "the leader kept running after an fsync error: {exit:?}\n{log}"
-    );
-    assert!(
-        log.contains("Input/output error"),
-        "the exit names the I/O error:\n{log}"
-    );
-    let stats = cluster.faultfs(leader).stats().unwrap();
-    assert_eq!(stats.fsync_failed, 1);
-    producer.await_more(20).unwrap();
-    cluster.spawn(leader);
-    producer.await_more(20).unwrap();
-    let ledger = producer.stop();
-    let violations = check(&cluster, &ledger, RECORDS);
-    eprintln!("fsync EIO: {} appends acknowledged", ledger.len());
-    assert!(violations.is_empty(), "{violations:#?}\n{}", cluster.logs());
-}
-
-/// A follower whose disk is full (ENOSPC on every write that grows a file): what the node does
-/// is printed (disk-full handling is another part of issue 14); the promise checked here is the
-/// cluster's: the other two go on acknowledging, and once the disk has room again and the
-/// follower runs, it holds every acknowledged record.
-#[test]
-fn a_full_disk_on_a_follower_loses_no_acknowledged_record() {
-    let mut cluster = Cluster::start_on_faultfs(3, "auto", FLAGS);
-    let leader = cluster.wait_leader();
-    let follower = if leader == 1 { 2 } else { 1 };
-    let producer = Producer::start(cluster.nodes.iter().map(|n| n.client).collect());
-    producer.await_more(20).unwrap();
-    cluster.faultfs(follower).enospc(true).unwrap();
-    // Far more than a segment's worth, so the follower must grow or roll a file.
-    producer.await_more(600).unwrap();
-    let exit = cluster.await_exit(follower, Duration::from_secs(1));
-    eprintln!(
-        "follower {follower} on a full disk: exit {exit:?}, status {:?}, its last words: {:?}",
-        status(cluster.node(follower).client).map(|s| (s.role, s.log_end_offset)),
-        cluster.log_of(follower).lines().last()
-    );
-    cluster.faultfs(follower).enospc(false).unwrap();
-    if exit.is_some() {
-        cluster.spawn(follower);
-    }
-    producer.await_more(20).unwrap();
-    let ledger = producer.stop();
-    let violations = check(&cluster, &ledger, RECORDS);
     assert!(violations.is_empty(), "{violations:#?}\n{}", cluster.logs());
 }

@@ -87,10 +87,16 @@ impl Backend {
         }
     }
 
-    /// Writes `buf` (whole sectors) at `pos` (sector-aligned) and makes it durable. Any error
-    /// means the file's durable state is unknown: the caller must treat the segment as failed
-    /// and never retry the sync.
-    pub fn write_durable(&mut self, file: &File, buf: &AlignedBuf, pos: u64) -> io::Result<()> {
+    /// Writes `buf` (whole sectors) at `pos` (sector-aligned) and makes it durable. A failed
+    /// sync (or a failure of the ring itself) means the file's durable state is unknown: the
+    /// caller must treat the segment as failed and never retry the sync. A failed write means
+    /// nothing was made durable; its range may be written again.
+    pub fn write_durable(
+        &mut self,
+        file: &File,
+        buf: &AlignedBuf,
+        pos: u64,
+    ) -> Result<(), WriteFailure> {
         debug_assert_eq!(buf.len() % crate::aligned_buf::SECTOR_BYTES, 0);
         debug_assert_eq!(pos % crate::aligned_buf::SECTOR_BYTES as u64, 0);
         match self {
@@ -111,9 +117,18 @@ pub(crate) fn open_options(kind: BackendKind) -> std::fs::OpenOptions {
     o
 }
 
-/// Checks that `dir`'s filesystem accepts O_DIRECT opens.
+/// Checks that `dir`'s filesystem accepts O_DIRECT opens: on a segment already there if any (a
+/// log reopened on a full disk must not need room for a probe file), else on a new probe file.
 fn probe_direct(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
+    let segment = crate::segment::list_segments(dir)?.first().copied();
+    if let Some(seq) = segment {
+        return std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(crate::segment::segment_path(dir, seq))
+            .map(drop);
+    }
     let probe = dir.join(".o_direct_probe");
     let result = std::fs::OpenOptions::new()
         .write(true)
@@ -123,4 +138,22 @@ fn probe_direct(dir: &Path) -> io::Result<()> {
         .open(&probe);
     let _ = std::fs::remove_file(&probe);
     result.map(drop)
+}
+
+/// Which half of a write + fdatasync failed.
+#[derive(Debug)]
+pub enum WriteFailure {
+    /// The write: nothing of it is durable and no sync ran (a full disk, say).
+    Write(io::Error),
+    /// The fdatasync, or the submission itself: the file's durable state is unknown.
+    Sync(io::Error),
+}
+
+impl WriteFailure {
+    /// The OS error, whichever half failed.
+    pub fn into_io(self) -> io::Error {
+        match self {
+            WriteFailure::Write(e) | WriteFailure::Sync(e) => e,
+        }
+    }
 }

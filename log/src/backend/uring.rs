@@ -6,6 +6,8 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
+use super::WriteFailure;
+
 const WRITE_TAG: u64 = 1;
 const SYNC_TAG: u64 = 2;
 
@@ -23,10 +25,15 @@ impl UringWriter {
     }
 
     /// Submits write(bytes @ pos) linked to fdatasync and waits for both.
-    pub fn write_durable(&mut self, file: &File, bytes: &[u8], pos: u64) -> io::Result<()> {
+    pub fn write_durable(
+        &mut self,
+        file: &File,
+        bytes: &[u8],
+        pos: u64,
+    ) -> Result<(), WriteFailure> {
         let fd = types::Fd(file.as_raw_fd());
-        let len =
-            u32::try_from(bytes.len()).map_err(|_| io::Error::other("write larger than 4 GiB"))?;
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| WriteFailure::Write(io::Error::other("write larger than 4 GiB")))?;
         let write = opcode::Write::new(fd, bytes.as_ptr(), len)
             .offset(pos)
             .build()
@@ -39,24 +46,31 @@ impl UringWriter {
         // SAFETY: `bytes` outlives the submission: we wait for both completions before returning.
         unsafe {
             let mut sq = self.ring.submission();
-            sq.push(&write)
-                .map_err(|_| io::Error::other("submission queue full"))?;
-            sq.push(&sync)
-                .map_err(|_| io::Error::other("submission queue full"))?;
+            let full = || WriteFailure::Sync(io::Error::other("submission queue full"));
+            sq.push(&write).map_err(|_| full())?;
+            sq.push(&sync).map_err(|_| full())?;
         }
         let mut done = 0;
         let mut first_error = None;
         while done < 2 {
-            self.ring.submit_and_wait(2 - done)?;
+            self.ring
+                .submit_and_wait(2 - done)
+                .map_err(WriteFailure::Sync)?;
             for cqe in self.ring.completion() {
                 done += 1;
                 let res = cqe.result();
+                // A failed or short write breaks the link: the sync completes ECANCELED and
+                // the write's error is the one reported (it comes first).
                 let err = match cqe.user_data() {
-                    WRITE_TAG if res < 0 => Some(io::Error::from_raw_os_error(-res)),
-                    WRITE_TAG if res as u32 != len => Some(io::Error::other(format!(
-                        "short write: {res} of {len} bytes"
+                    WRITE_TAG if res < 0 => {
+                        Some(WriteFailure::Write(io::Error::from_raw_os_error(-res)))
+                    }
+                    WRITE_TAG if res as u32 != len => Some(WriteFailure::Write(io::Error::other(
+                        format!("short write: {res} of {len} bytes"),
                     ))),
-                    SYNC_TAG if res < 0 => Some(io::Error::from_raw_os_error(-res)),
+                    SYNC_TAG if res < 0 => {
+                        Some(WriteFailure::Sync(io::Error::from_raw_os_error(-res)))
+                    }
                     _ => None,
                 };
                 if first_error.is_none() {

@@ -17,6 +17,7 @@ pub fn config(dir: &Path, kind: BackendKind) -> LogConfig {
         group_bytes_max: 8 << 10,
         queue_depth: 64,
         preallocate: Preallocate::ZeroFill,
+        reserve_bytes: 0,
         emulated_fsync_delay: std::time::Duration::ZERO,
         durable_mark_idle: std::time::Duration::from_millis(10),
         durable_hook: None,

@@ -150,6 +150,9 @@ impl FakeCluster {
             state_keys: 0,
             state_bytes: 0,
             state_bytes_max: 1 << 30,
+            log_write_age_ms: 0,
+            disk_full: None,
+            disk_stalled: false,
         }
     }
 }

@@ -316,6 +316,16 @@ impl Appends {
             Ok(p) => p,
             Err(ProposalError::Fatal(e)) => return Err(e),
             Err(ProposalError::Empty) => unreachable!("empty batches are refused when staged"),
+            Err(ProposalError::DiskFull(full)) => {
+                let error = ClientError::DiskFull {
+                    path: full.path.display().to_string(),
+                    free_bytes: full.free_bytes,
+                };
+                for s in &waiting.0 {
+                    self.error(net, s.requester, error.clone());
+                }
+                return Ok(());
+            }
             Err(ProposalError::Refused(refused)) => {
                 let error = match refused {
                     ProposeError::NotLeader { leader } => self.not_leader(leader),

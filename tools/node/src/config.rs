@@ -20,6 +20,11 @@ pub const ELECTION_TIMEOUT_MIN_MS_DEFAULT: u64 = 250;
 pub const ELECTION_TIMEOUT_MAX_MS_DEFAULT: u64 = 500;
 /// An election timeout must span at least this many heartbeats.
 pub const ELECTION_HEARTBEATS_MIN: u64 = 5;
+/// A log write outstanding for this many election timeouts (the upper end) means a stalled
+/// disk: the node stops campaigning and, leading, hands leadership over. Long enough that a
+/// healthy disk's slowest fdatasync under load never trips it; short enough that writes move
+/// to a new leader within a few election timeouts.
+pub const DISK_STALL_ELECTIONS_DEFAULT: u32 = 4;
 /// Length of one Raft tick (the unit all Raft timing is counted in).
 pub const TICK_MS_DEFAULT: u64 = 10;
 /// Default size of each log segment file.
@@ -117,6 +122,8 @@ pub struct NodeConfig {
     pub batch_bytes_max: usize,
     /// Append acknowledgement timeout.
     pub append_timeout: Duration,
+    /// A log write outstanding this long means a stalled disk (see `disk_watch.rs`).
+    pub disk_stall: Duration,
     /// A client connection that sends nothing for this long is closed (`None`: never).
     pub client_idle_timeout: Option<Duration>,
     /// Client and Kafka connections at once from one address.
@@ -167,6 +174,8 @@ impl NodeConfig {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
             append_timeout: Duration::from_millis(APPEND_TIMEOUT_MS_DEFAULT),
+            disk_stall: Duration::from_millis(ELECTION_TIMEOUT_MAX_MS_DEFAULT)
+                * DISK_STALL_ELECTIONS_DEFAULT,
             client_idle_timeout: Some(Duration::from_secs(CLIENT_IDLE_TIMEOUT_S_DEFAULT)),
             clients_per_source_max: CLIENTS_PER_SOURCE_MAX_DEFAULT,
             connection_buffers_bytes: BUFFER_BUDGET_BYTES_DEFAULT,
@@ -220,6 +229,22 @@ impl NodeConfig {
                  timeout is drawn at random from the range so that candidates rarely collide",
                 ms(self.election_timeout_max),
                 ms(self.election_timeout_min)
+            ));
+        }
+        if self.disk_stall < self.heartbeat {
+            return refuse(format!(
+                "--disk-stall-ms {} is shorter than the heartbeat interval ({} ms): every \
+                 ordinary fdatasync would count as a stalled disk",
+                ms(self.disk_stall),
+                ms(self.heartbeat)
+            ));
+        }
+        if self.disk_stall < self.election_timeout_max {
+            self.warnings.push(format!(
+                "--disk-stall-ms {} is under the election timeout ({} ms): a slow but working \
+                 disk may move leadership often",
+                ms(self.disk_stall),
+                ms(self.election_timeout_max)
             ));
         }
         if self.segment_bytes < 1 << 20 {

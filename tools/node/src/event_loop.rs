@@ -14,13 +14,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crossbeam_channel::Receiver;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raftline_netio::client_proto::{
-    decode_request, ClientError, NodeRole, NodeStatus, PeerStatus, Request, Response,
-    SnapshotStatus,
+    decode_request, ClientError, DiskFullStatus, NodeRole, NodeStatus, PeerStatus, Request,
+    Response, SnapshotStatus,
 };
 use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::net::{ClientId, Net, NetEvent, SendWithError};
@@ -28,6 +28,7 @@ use raftline_netio::peer_codec::{decode_message, encode_message, PeerCodecError}
 use raftline_replicator::{Index, Message, Role};
 
 use crate::appends::{Appends, Proposal};
+use crate::disk_watch::DiskWatch;
 use crate::kafka::Kafka;
 use crate::metrics::Metrics;
 use crate::replica::{FatalError, Replica, READY_ROUNDS_MAX};
@@ -50,6 +51,8 @@ pub struct LoopConfig {
     pub client_addresses: BTreeMap<u64, String>,
     /// The data directory (its size is reported in `Status`).
     pub data_dir: PathBuf,
+    /// A log write outstanding this long means a stalled disk.
+    pub disk_stall: Duration,
 }
 
 /// Client events (requests, closes) one round handles at most; the rest wait for the next.
@@ -58,23 +61,24 @@ const CLIENT_EVENTS_PER_ROUND: usize = 1024;
 /// How often the data directory's size is measured (a walk of a few dozen files).
 const DISK_USAGE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The data directory's size, measured at most every [`DISK_USAGE_INTERVAL`].
-struct DiskUsage {
-    bytes: u64,
-    measured_at: Option<Instant>,
-}
-
-impl DiskUsage {
-    fn refresh(&mut self, dir: &Path, now: Instant) {
-        if self
-            .measured_at
-            .is_some_and(|at| now.duration_since(at) < DISK_USAGE_INTERVAL)
-        {
-            return;
-        }
-        self.bytes = dir_bytes(dir);
-        self.measured_at = Some(now);
+/// Measures the data directory's size every [`DISK_USAGE_INTERVAL`] on a thread of its own
+/// until `stop`: a walk of the filesystem on the raft thread would stall it with the disk (a
+/// frozen one blocks every call), and the node must keep running to route around that disk.
+fn spawn_disk_usage(dir: PathBuf, stop: Arc<AtomicBool>) -> Arc<AtomicU64> {
+    let bytes = Arc::new(AtomicU64::new(0));
+    let measured = Arc::clone(&bytes);
+    let spawned = std::thread::Builder::new()
+        .name("raftline-disk-usage".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                measured.store(dir_bytes(&dir), Ordering::Relaxed);
+                std::thread::sleep(DISK_USAGE_INTERVAL);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot spawn the disk usage thread; status reports 0 bytes");
     }
+    bytes
 }
 
 /// Bytes of the files under `dir` (what `du` would count, without block rounding); files that
@@ -119,7 +123,9 @@ pub struct EventLoop {
     events: Vec<NetEvent>,
     /// Client events not handled yet (at most `CLIENT_EVENTS_PER_ROUND` per round), in order.
     client_backlog: VecDeque<NetEvent>,
-    disk: DiskUsage,
+    /// The data directory's size (see [`spawn_disk_usage`]).
+    disk_bytes: Arc<AtomicU64>,
+    disk_watch: DiskWatch,
     /// `SnapshotNow` requests waiting for a snapshot covering `.2`: (client, request id, index).
     snapshot_waiters: Vec<(ClientId, u64, Index)>,
     /// Warnings about peers' messages, rate-limited (a flood must not flood the log).
@@ -150,6 +156,8 @@ impl EventLoop {
                 node_id: cfg.node_id,
             },
             next_tick: Instant::now() + cfg.tick,
+            disk_bytes: spawn_disk_usage(cfg.data_dir.clone(), Arc::clone(&stop)),
+            disk_watch: DiskWatch::new(cfg.disk_stall),
             cfg,
             net,
             replica,
@@ -161,10 +169,6 @@ impl EventLoop {
             events: Vec::new(),
             client_backlog: VecDeque::new(),
             snapshot_waiters: Vec::new(),
-            disk: DiskUsage {
-                bytes: 0,
-                measured_at: None,
-            },
             peer_warnings: WarnLimit::default(),
             more_ready: false,
             peer_moves: None,
@@ -187,7 +191,10 @@ impl EventLoop {
                     "stopping: draining"
                 );
                 self.appends.start_draining();
-                let handing_over = self.replica.hand_over_leadership().is_some();
+                let handing_over = self.replica.hand_over_leadership(false).is_some();
+                if handing_over {
+                    tracing::info!("handing leadership over before stopping");
+                }
                 drain = Some((Instant::now() + self.cfg.drain_timeout, handing_over));
             }
             if let Some((deadline, handing_over)) = drain {
@@ -379,7 +386,9 @@ impl EventLoop {
                     bytes,
                 }) => self.subscriptions.credit(client, subscription_id, bytes),
                 Ok(Request::Status { request_id }) => {
-                    let status = status(&self.cfg, &self.replica, net, self.disk.bytes);
+                    let disk_bytes = self.disk_bytes.load(Ordering::Relaxed);
+                    let status =
+                        status(&self.cfg, &self.replica, net, disk_bytes, &self.disk_watch);
                     let reply = Response::StatusReply { request_id, status };
                     self.replier.respond(net, client, &reply);
                 }
@@ -433,11 +442,10 @@ impl EventLoop {
 
     /// One tick of logical time: the core's timers, append timeouts, published status.
     fn tick(&mut self, now: Instant) {
+        self.disk_watch.check(&mut self.replica, now);
         self.replica.tick();
-        self.disk.refresh(&self.cfg.data_dir, now);
         self.appends.expire(&mut self.net, now);
-        self.metrics
-            .publish(status(&self.cfg, &self.replica, &self.net, self.disk.bytes));
+        self.metrics.publish(self.status());
         self.metrics.publish_net(self.net.stats());
         let snapshot_index = self.replica.snapshot_index().unwrap_or(0);
         self.metrics
@@ -461,6 +469,17 @@ impl EventLoop {
         if let Some(suppressed) = self.peer_warnings.admit(Instant::now()) {
             tracing::warn!(from, reason, why, suppressed, "peer message refused");
         }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let disk_bytes = self.disk_bytes.load(Ordering::Relaxed);
+        status(
+            &self.cfg,
+            &self.replica,
+            &self.net,
+            disk_bytes,
+            &self.disk_watch,
+        )
     }
 
     fn send(&mut self, mut messages: Vec<Message>) {
@@ -499,7 +518,14 @@ fn send_messages(net: &mut Net, cluster_id: ClusterId, metrics: &Metrics, msgs: 
 }
 
 /// The node's status as `Status` answers it and the metrics export it.
-pub fn status(cfg: &LoopConfig, replica: &Replica, net: &Net, disk_bytes: u64) -> NodeStatus {
+fn status(
+    cfg: &LoopConfig,
+    replica: &Replica,
+    net: &Net,
+    disk_bytes: u64,
+    disk_watch: &DiskWatch,
+) -> NodeStatus {
+    let now = Instant::now();
     let raft = replica.raft();
     let log = replica.log();
     let role = match raft.role() {
@@ -520,6 +546,7 @@ pub fn status(cfg: &LoopConfig, replica: &Replica, net: &Net, disk_bytes: u64) -
                     match_index: p.match_index,
                     lag_entries: last_index.saturating_sub(p.match_index),
                     connected: net.peer_is_up(id),
+                    ack_age_ms: disk_watch.ack_age(id, now).as_millis() as u64,
                 })
             })
             .collect()
@@ -550,5 +577,11 @@ pub fn status(cfg: &LoopConfig, replica: &Replica, net: &Net, disk_bytes: u64) -
         state_keys: replica.snapshots().state().len() as u64,
         state_bytes: replica.snapshots().state().bytes() as u64,
         state_bytes_max: replica.snapshots().state_bytes_max() as u64,
+        log_write_age_ms: log.write_age().map_or(0, |a| a.as_millis() as u64),
+        disk_full: log.disk_full().map(|f| DiskFullStatus {
+            path: f.path.display().to_string(),
+            free_bytes: f.free_bytes,
+        }),
+        disk_stalled: raft.write_stalled(),
     }
 }

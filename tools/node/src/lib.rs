@@ -19,6 +19,7 @@
 
 pub mod appends;
 pub mod config;
+mod disk_watch;
 pub mod event_loop;
 pub mod identity;
 pub mod kafka;
@@ -209,6 +210,7 @@ impl Node {
             drain_timeout: config::DRAIN_TIMEOUT,
             client_addresses: cfg.peer_clients.clone(),
             data_dir: cfg.data_dir.clone(),
+            disk_stall: cfg.disk_stall,
         };
         let appends = Appends::new(
             AppendConfig {

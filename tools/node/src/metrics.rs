@@ -215,6 +215,26 @@ impl Metrics {
                 "1 while the state holds its bound and appends adding keys are refused.",
                 u64::from(s.state_bytes >= s.state_bytes_max),
             );
+            gauge(
+                &mut out,
+                "raftline_disk_full",
+                "1 while the log's disk is full: appends are refused (reads and voting go on) \
+                 until there is room.",
+                u64::from(s.disk_full.is_some()),
+            );
+            gauge(
+                &mut out,
+                "raftline_disk_stalled",
+                "1 while a log write is outstanding past --disk-stall-ms: the node does not \
+                 campaign and hands leadership over.",
+                u64::from(s.disk_stalled),
+            );
+            out.push_str(&format!(
+                "# HELP raftline_log_write_age_seconds Seconds the log write in progress has \
+                 been outstanding (0: none).\n# TYPE raftline_log_write_age_seconds gauge\n\
+                 raftline_log_write_age_seconds {}\n",
+                s.log_write_age_ms as f64 / 1000.0
+            ));
             if let Some(snap) = s.snapshot {
                 gauge(
                     &mut out,
@@ -316,6 +336,18 @@ impl Metrics {
                     };
                     out.push_str(&format!("{name}{{peer=\"{}\"}} {v}\n", p.node_id));
                 }
+            }
+            out.push_str(
+                "# HELP raftline_peer_ack_age_seconds Seconds the peer has had entries to \
+                 acknowledge without acknowledging any (leader only; 0: caught up).\n\
+                 # TYPE raftline_peer_ack_age_seconds gauge\n",
+            );
+            for p in &s.peers {
+                out.push_str(&format!(
+                    "raftline_peer_ack_age_seconds{{peer=\"{}\"}} {}\n",
+                    p.node_id,
+                    p.ack_age_ms as f64 / 1000.0
+                ));
             }
         }
         if let Some(profile) = self.emulated_disk {

@@ -146,6 +146,9 @@ pub enum ProposalError {
     /// A batch must carry at least one record.
     #[error("a batch must carry at least one record")]
     Empty,
+    /// The log's disk is full: nothing is proposed until there is room.
+    #[error("disk full: no room for the log in {}", .0.path.display())]
+    DiskFull(raftline_log::DiskFull),
     /// The node failed while taking it.
     #[error(transparent)]
     Fatal(#[from] FatalError),
@@ -264,10 +267,17 @@ impl Replica {
         log_cfg.durable_hook = cfg.durable_hook;
         log_cfg.writer_start_hook = cfg.writer_start_hook;
         log_cfg.emulated_fsync_delay = cfg.emulated_fsync_delay;
+        // Room a new segment leaves free (for a snapshot that lets the log drop its prefix).
+        log_cfg.reserve_bytes = cfg.segment_bytes / 16;
         let data_dir = cfg.data_dir.clone();
         log_cfg.durable_loss_hook = Some(DurableLossHook(Arc::new(move |loss| {
             persist_repair_marker(&data_dir, loss).map_err(|e| e.to_string())
         })));
+        // The hard state's file first, its blocks written: a disk that fills up with log
+        // segments never leaves the node unable to save a term or a vote.
+        raftline_log::dir::ensure_dir_durable(&cfg.data_dir)
+            .map_err(|e| LogError::io(format!("creating {}", cfg.data_dir.display()), e))?;
+        drop(HardStateStore::open(&cfg.data_dir)?);
         // Damage before the tail is cut and re-fetched from a peer, not refused.
         log_cfg.on_damage = OnDamage::Cut;
         let log = Arc::new(Log::open(log_cfg)?);
@@ -458,23 +468,38 @@ impl Replica {
     }
 
     /// When leading, starts handing leadership to the most caught-up follower (a stopping node
-    /// spares the cluster an election timeout); returns the chosen follower.
-    pub fn hand_over_leadership(&mut self) -> Option<NodeId> {
+    /// spares the cluster an election timeout; a stalled disk moves the leadership off itself);
+    /// with `caught_up_only`, only to one that holds the whole log durably (a full disk hands
+    /// over only to a follower with room). Returns the chosen follower.
+    pub fn hand_over_leadership(&mut self, caught_up_only: bool) -> Option<NodeId> {
         if self.raft.role() != Role::Leader {
             return None;
         }
         let me = self.raft.id();
-        let to = self
+        let (to, matched) = self
             .raft
             .config()
             .voters
             .iter()
-            .copied()
-            .filter(|&id| id != me)
-            .max_by_key(|&id| self.raft.progress(id).map_or(0, |p| p.match_index))?;
+            .filter(|&&id| id != me)
+            .map(|&id| (id, self.raft.progress(id).map_or(0, |p| p.match_index)))
+            .max_by_key(|&(_, matched)| matched)?;
+        if caught_up_only && matched < self.raft.last_index() {
+            return None;
+        }
         self.raft.transfer_leadership(to).ok()?;
-        tracing::info!(to, "handing leadership over before stopping");
         Some(to)
+    }
+
+    /// Tells the core whether the log's writes are stalled (no campaigning meanwhile).
+    pub fn set_write_stalled(&mut self, stalled: bool) {
+        self.raft.set_write_stalled(stalled);
+    }
+
+    /// A leader gives up leadership (its disk stalled and no transfer succeeded).
+    pub fn step_down(&mut self) {
+        self.tail = None;
+        self.raft.step_down();
     }
 
     /// Tells the core how far the log is durable (after the writer's hook fired).
@@ -507,6 +532,9 @@ impl Replica {
             all => BATCH_HEADER_BYTES + all.iter().map(|b| b.as_bytes().len()).sum::<usize>(),
         } as u64;
         let (term, index) = self.raft.check_proposal(bytes)?;
+        if let Some(full) = self.log.disk_full() {
+            return Err(ProposalError::DiskFull(full));
+        }
         let base_offset = self.next_offset_at(index)?;
         assert_eq!(
             self.raft.check_proposal(bytes),

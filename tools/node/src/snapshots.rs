@@ -439,6 +439,15 @@ impl Snapshots {
             return Ok(None);
         };
         let written = match rx.try_recv() {
+            Ok(Err(LogError::Io { context, source }))
+                if raftline_log::space::is_no_space(&source) =>
+            {
+                // Disk full: no snapshot this time (the log is still whole); the next one is
+                // tried once as much again is applied, or on request.
+                self.writing = None;
+                tracing::warn!(%context, error = %source, "disk full: snapshot not written");
+                return Ok(None);
+            }
             Ok(w) => w?,
             Err(crossbeam_channel::TryRecvError::Empty) => return Ok(None),
             Err(crossbeam_channel::TryRecvError::Disconnected) => {

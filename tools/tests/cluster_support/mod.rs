@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod acks;
+pub mod producer;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -276,9 +277,11 @@ impl Cluster {
                 .args(["--client-listen", &node.client.to_string()])
                 .args(["--metrics-listen", &node.metrics.to_string()])
                 .args(["--net-backend", backend])
-                .args(["--segment-mib", &segment_mib.to_string()])
                 .arg("--data-dir")
                 .arg(&node.data_dir);
+            if !self.extra_args.iter().any(|a| a == "--segment-mib") {
+                cmd.args(["--segment-mib", &segment_mib.to_string()]);
+            }
             if id == 3 {
                 // One node runs pinned: its raft thread and log writer share core 0.
                 cmd.args(["--cores", "0"]);
@@ -399,6 +402,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A node blocked on a frozen disk cannot even die (its io_uring teardown waits for the
+        // filesystem): thaw first, also when a test failed while a disk was frozen.
+        for fs in &self.faults {
+            let _ = fs.freeze(false);
+        }
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
                 let _ = child.kill();
@@ -585,14 +593,18 @@ pub fn append_window(
     records: u64,
     window: usize,
 ) -> BTreeMap<u64, Outcome> {
-    append_batches_window(addr, tags, window, |tag| tagged_batch(tag, records))
+    append_window_within(addr, tags, window, DEADLINE, |tag| {
+        tagged_batch(tag, records)
+    })
 }
 
-/// [`append_window`] with the batch of each tag built by `batch_of`.
-pub fn append_batches_window(
+/// [`append_window`] with the batch of each tag built by `batch_of`, giving up on the node (the
+/// rest `Unknown`) once it has not answered for `timeout`.
+pub fn append_window_within(
     addr: SocketAddr,
     tags: &[u64],
     window: usize,
+    timeout: Duration,
     batch_of: impl Fn(u64) -> Vec<u8>,
 ) -> BTreeMap<u64, Outcome> {
     use raftline_netio::client_proto::ClientError;
@@ -600,6 +612,9 @@ pub fn append_batches_window(
     let Ok(mut conn) = Conn::connect(addr) else {
         return outcomes;
     };
+    if conn.stream.set_read_timeout(Some(timeout)).is_err() {
+        return outcomes;
+    }
     let mut sent = 0;
     while outcomes.len() < tags.len() {
         let mut broken = false;

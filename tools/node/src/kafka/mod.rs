@@ -79,6 +79,9 @@ fn append_error_code(error: &ClientError) -> ErrorCode {
             code::NOT_LEADER_OR_FOLLOWER
         }
         ClientError::TooLarge { .. } => code::MESSAGE_TOO_LARGE,
+        // Kafka's own answer when a broker cannot write its log dir (retriable: clients back
+        // off and retry, and the node resumes by itself once there is room).
+        ClientError::DiskFull { .. } => code::KAFKA_STORAGE_ERROR,
         // Both retriable: the append may still commit, or the leader is backed up.
         ClientError::Timeout | ClientError::Busy => code::REQUEST_TIMED_OUT,
         ClientError::OffsetOutOfRange { .. }
@@ -321,5 +324,22 @@ fn epoch_error(current_leader_epoch: i32, replica: &Replica) -> Option<ErrorCode
         e if e < ours => Some(code::FENCED_LEADER_EPOCH),
         e if e > ours => Some(code::UNKNOWN_LEADER_EPOCH),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_kafkas_retriable_storage_error() {
+        let full = ClientError::DiskFull {
+            path: "/data/log".into(),
+            free_bytes: 0,
+        };
+        let code = append_error_code(&full);
+        let error = kafka_protocol::ResponseError::try_from_code(code).expect("an error");
+        assert_eq!(error, kafka_protocol::ResponseError::KafkaStorageError);
+        assert!(error.is_retriable(), "clients back off and retry");
     }
 }
