@@ -29,7 +29,8 @@ pub use log::{AppendTicket, Log, LogConfig};
 pub use recovery::{DamageCut, DurableLoss, DurableLossHook, OnDamage};
 pub use segment::Preallocate;
 pub use snapshot::{
-    install_snapshot_file, latest_snapshot, read_snapshot, write_snapshot_streamed, SnapshotMeta,
+    install_snapshot_file, latest_snapshot, read_snapshot, verify_snapshot_file,
+    write_snapshot_streamed, SnapshotMeta,
 };
 pub use space::DiskFull;
 pub use writer_hook::WriterHook;

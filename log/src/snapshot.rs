@@ -4,6 +4,7 @@
 //! Layout (little-endian): `0 u64 magic "RLNSNAP1"`, `8 u32 crc32c of [16, end)`, `12 u32 0`,
 //! `16 u64 last_index`, `24 u64 last_term`, `32 u64 payload_bytes`, `40 payload`.
 
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -188,6 +189,56 @@ pub fn read_snapshot(meta: &SnapshotMeta) -> Result<Vec<u8>, LogError> {
     Ok(bytes[HEADER_BYTES..].to_vec())
 }
 
+/// Verifies an open snapshot file that is about to be served (to a follower, to a consumer):
+/// its header names `last_index`/`last_term` and its length, and its checksum holds, read
+/// 1 MiB at a time. Its bytes may have rotted since it was written or loaded; a failure is
+/// `Corrupt` (`path` names it), and nothing of it may be served.
+pub fn verify_snapshot_file(
+    file: &File,
+    path: &Path,
+    last_index: u64,
+    last_term: u64,
+) -> Result<(), LogError> {
+    let io = |e| LogError::io(format!("verifying {}", path.display()), e);
+    let corrupt = |kind| LogError::Corrupt {
+        segment: path.to_path_buf(),
+        position: 0,
+        kind,
+    };
+    let len = file.metadata().map_err(io)?.len();
+    let mut head = [0u8; HEADER_BYTES];
+    if len < HEADER_BYTES as u64 || file.read_exact_at(&mut head, 0).is_err() {
+        return Err(corrupt(CorruptionKind::BadFrame(
+            "not a snapshot file".into(),
+        )));
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"));
+    if head[0..8] != MAGIC.to_le_bytes()
+        || (u64_at(16), u64_at(24)) != (last_index, last_term)
+        || u64_at(32) != len - HEADER_BYTES as u64
+    {
+        return Err(corrupt(CorruptionKind::BadFrame(
+            "header disagrees with the snapshot served or the file's length".into(),
+        )));
+    }
+    let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    digest.update(&head[16..]);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = HEADER_BYTES as u64;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at).map_err(io)?;
+        digest.update(&buf[..n]);
+        at += n as u64;
+    }
+    let expected = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+    let actual = digest.finalize() as u32;
+    if expected != actual {
+        return Err(corrupt(CorruptionKind::Checksum { expected, actual }));
+    }
+    Ok(())
+}
+
 /// Installs a snapshot file received verbatim (e.g. from a Raft leader, in chunks) at `tmp`:
 /// verifies it (checksum, header = the expected `last_index`/`last_term`), fsyncs it, renames it
 /// to its final name and fsyncs the directory. Returns the installed snapshot and its payload.
@@ -340,6 +391,33 @@ mod tests {
             assert!(
                 matches!(read_snapshot(&meta), Err(LogError::Corrupt { .. })),
                 "bit {bit}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_open_snapshot_file_is_verified_before_it_is_served() {
+        let dir = scratch();
+        // Over 1 MiB: the check reads it in pieces.
+        let payload: Vec<u8> = (0..(3 << 19)).map(|i| (i % 251) as u8).collect();
+        let meta = write_snapshot(dir.path(), 9, 2, &payload).unwrap();
+        let file = File::open(&meta.path).unwrap();
+        verify_snapshot_file(&file, &meta.path, 9, 2).unwrap();
+        assert!(
+            verify_snapshot_file(&file, &meta.path, 9, 3).is_err(),
+            "other term"
+        );
+        let good = std::fs::read(&meta.path).unwrap();
+        for at in [9, 20, HEADER_BYTES + 5, good.len() - 1, (1 << 20) + 77] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x20;
+            std::fs::write(&meta.path, &bad).unwrap();
+            assert!(
+                matches!(
+                    verify_snapshot_file(&file, &meta.path, 9, 2),
+                    Err(LogError::Corrupt { .. })
+                ),
+                "byte {at}"
             );
         }
     }

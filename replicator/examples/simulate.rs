@@ -127,7 +127,7 @@ fn main() -> ExitCode {
     let (mut snapshots_taken, mut snapshots_installed, mut crashes) = (0u64, 0u64, 0u64);
     let (mut membership_changes, mut reads, mut lease_reads) = (0u64, 0u64, 0u64);
     let (mut forged, mut refused) = (0u64, 0u64);
-    let (mut tails_damaged, mut repairs) = (0u64, 0u64);
+    let (mut tails_damaged, mut hard_states_lost, mut repairs) = (0u64, 0u64, 0u64);
     let mut leader_loss = Vec::new();
     let mut heal = Vec::new();
     let mut failures = 0;
@@ -146,6 +146,7 @@ fn main() -> ExitCode {
                 forged += r.forged;
                 refused += r.refused;
                 tails_damaged += r.tails_damaged;
+                hard_states_lost += r.hard_states_lost;
                 repairs += r.repairs;
                 leader_loss.push(r.leader_loss_recovery_ticks);
                 heal.push(r.heal_recovery_ticks);
@@ -164,7 +165,8 @@ fn main() -> ExitCode {
         "seeds {} failed {failures} steps {steps} ticks {ticks} acked {acked} crashes {crashes} \
          snapshots taken {snapshots_taken} installed {snapshots_installed} \
          membership changes {membership_changes} reads {reads} (from a lease {lease_reads}) \
-         forged {forged} refused {refused} tails damaged {tails_damaged} repairs {repairs}",
+         forged {forged} refused {refused} logs damaged {tails_damaged} hard states lost \
+         {hard_states_lost} repairs {repairs}",
         args.seeds
     );
     for (name, v) in [

@@ -1449,3 +1449,77 @@ fn a_leader_stepping_down_leaves_its_term_to_another_leader() {
     nodes[1].step_down();
     assert_eq!(nodes[1].role(), Role::Follower, "a no-op unless leading");
 }
+
+/// Node 2 of a 3-node cluster that committed 1..=4 with its help restarts with its whole log
+/// but without its hard state (both slots lost: the driver starts it at term 0, no vote) and
+/// suspect through its last index, as the node does for a damaged hard state.
+fn cluster_with_node_2_lacking_its_hard_state() -> Vec<Node> {
+    let mut nodes = cluster(3);
+    for _ in 0..3 {
+        nodes[0].propose(Arc::from(&b"cmd"[..])).expect("leader");
+    }
+    settle(&mut nodes);
+    assert_eq!(nodes[0].commit_index(), 4);
+    let cfg = nodes[1].config().clone();
+    let mut disk = nodes.remove(1).into_storage();
+    disk.crash();
+    let mut restarted = Raft::new(cfg, HardState::default(), 0, disk).expect("readable disk");
+    assert_eq!(
+        restarted.term(),
+        nodes[0].term(),
+        "starts at its log's term, not 0"
+    );
+    restarted.set_repair_through(4);
+    nodes.insert(1, restarted);
+    nodes
+}
+
+#[test]
+fn a_suspect_takes_no_commit_index_beyond_what_it_matched_with_the_leader() {
+    let mut nodes = cluster_with_node_2_lacking_its_hard_state();
+    // Its log holds 1..=4, but it has matched nothing with this leader since the restart (a
+    // lost truncation could have brought back voided entries): a heartbeat's commit 4 must
+    // not commit them; it asks the leader to resend from what it can vouch for.
+    let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+    for _ in 0..nodes[0].config().heartbeat_ticks {
+        nodes[0].tick(&mut rng);
+    }
+    let rd = nodes[0].ready();
+    let heartbeat = persist_all(&mut nodes[0], rd)
+        .into_iter()
+        .find(|m| m.to == 2 && matches!(m.body, MessageBody::Heartbeat { commit: 4, .. }))
+        .expect("heartbeat with commit 4 to node 2");
+    nodes[1].step(heartbeat);
+    assert_eq!(nodes[1].commit_index(), 0, "nothing committed unmatched");
+    let rd = nodes[1].ready();
+    let msgs = persist_all(&mut nodes[1], rd);
+    match msgs.first().map(|m| &m.body) {
+        Some(MessageBody::AppendEntriesResponse { result: Err(r) }) => {
+            assert!(r.log_lost, "{r:?}");
+            assert_eq!((r.hint_term, r.hint_index), (None, 1));
+        }
+        other => panic!("expected a log_lost rejection, got {other:?}"),
+    }
+    nodes[0].step(msgs[0].clone());
+    settle(&mut nodes);
+    assert_eq!(nodes[1].commit_index(), nodes[0].commit_index());
+    assert_eq!(nodes[1].repair_through(), None, "repaired once matched");
+}
+
+#[test]
+fn a_repaired_node_backs_the_leader_of_its_term_with_its_vote() {
+    let mut nodes = cluster_with_node_2_lacking_its_hard_state();
+    assert_eq!(nodes[1].hard_state().vote, None, "its vote was lost");
+    // Heartbeats until the leader has re-sent what node 2 cannot vouch for.
+    let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+    for _ in 0..4 {
+        for _ in 0..nodes[0].config().heartbeat_ticks {
+            nodes[0].tick(&mut rng);
+        }
+        settle(&mut nodes);
+    }
+    assert_eq!(nodes[1].repair_through(), None);
+    // Whatever it voted before in this term, it votes for no other candidate of this term.
+    assert_eq!(nodes[1].hard_state().vote, Some(1));
+    assert_eq!(nodes[1].hard_state().term, nodes[0].term());
+}

@@ -427,3 +427,36 @@ fn a_damaged_hard_state_slot_falls_back_and_the_node_votes_once_it_learns_the_te
 fn both_hard_state_slots_damaged_the_node_refuses_to_vote_until_it_learns_the_term() {
     a_damaged_hard_state_keeps_a_node_from_voting_until_it_learns_the_term(true);
 }
+
+/// The snapshot a running node serves rots under it: a consumer asking for the state gets an
+/// error naming the checksum, never records decoded from the damaged file. Before this change
+/// the node streamed the file as it was.
+#[test]
+fn a_served_snapshot_that_rots_is_refused_to_consumers_not_streamed() {
+    let flags = [FLAGS, &["--snapshot-every-mib", "1", "--retain-mib", "1"]].concat();
+    let cluster = Cluster::start_on_faultfs(3, "auto", &flags);
+    let node = cluster.wait_leader();
+    let mut ledger = Ledger::new();
+    produce_with(&cluster, 0..40, &mut ledger, big_batch);
+    wait_for("a snapshot served", || {
+        gauge(&cluster, node, "raftline_snapshot_index") > Some(0)
+    });
+    let snapshots = cluster.node(node).data_dir.join("snapshots");
+    let served = raftline_log::latest_snapshot(&snapshots).unwrap().unwrap();
+    // Inside the records' values, far past the header.
+    cluster.faultfs(node).flip(&served.path, 60_000, 3).unwrap();
+    let mut conn = cluster_support::Conn::connect(cluster.node(node).client).unwrap();
+    conn.send(&raftline_netio::client_proto::Request::SubscribeSnapshot {
+        subscription_id: 7,
+        window_bytes: 1 << 20,
+        resume: None,
+    })
+    .unwrap();
+    match conn.recv().unwrap() {
+        raftline_netio::client_proto::Response::Error { error, .. } => {
+            let why = format!("{error:?}");
+            assert!(why.contains("checksum"), "{why}");
+        }
+        other => panic!("a damaged snapshot was streamed: {other:?}"),
+    }
+}

@@ -248,6 +248,14 @@ impl SimDisk {
         Some((first_lost, last))
     }
 
+    /// Loses the hard state and the repair marker (both slots of the node's file damaged): a
+    /// crashed disk then reads term 0, no vote.
+    pub fn lose_hard_state(&mut self) {
+        assert!(self.pending.is_empty(), "damage a crashed disk only");
+        self.hard_state = HardState::default();
+        self.repair_through = None;
+    }
+
     /// The persisted repair marker (see [`SimDisk::lose_tail`]).
     pub fn repair_through(&self) -> Option<Index> {
         self.repair_through

@@ -78,6 +78,14 @@ pub struct FaultMix {
     pub damage_per_mille: u32,
     /// Most entries one damage loses.
     pub damage_entries_max: u64,
+    /// Of those damages, per mille that hit anywhere after the snapshot instead (a sealed
+    /// segment's damage: the node's log is cut there, issue 14 item 2): the node loses every
+    /// entry from a uniformly drawn index on.
+    pub damage_anywhere_per_mille: u32,
+    /// Per crash without other damage: chance both hard-state slots are lost (term, vote and
+    /// any repair marker): the node restarts at term 0 with no vote, suspect through its last
+    /// index, as the node does (`storage_repair.rs`). Same stream and rule as the damage.
+    pub hard_state_loss_per_mille: u32,
 }
 
 impl FaultMix {
@@ -102,6 +110,8 @@ impl FaultMix {
             forge_per_mille: 0,
             damage_per_mille: 0,
             damage_entries_max: 0,
+            damage_anywhere_per_mille: 0,
+            hard_state_loss_per_mille: 0,
         }
     }
 
@@ -126,6 +136,8 @@ impl FaultMix {
             forge_per_mille: 0,
             damage_per_mille: 0,
             damage_entries_max: 0,
+            damage_anywhere_per_mille: 0,
+            hard_state_loss_per_mille: 0,
         }
     }
 
@@ -158,6 +170,8 @@ impl FaultMix {
             forge_per_mille: 0,
             damage_per_mille: 0,
             damage_entries_max: 0,
+            damage_anywhere_per_mille: 0,
+            hard_state_loss_per_mille: 0,
         }
     }
 }
@@ -325,6 +339,8 @@ impl SimConfig {
         cfg.faults.crash_per_mille = cfg.faults.crash_per_mille.max(20);
         cfg.faults.damage_per_mille = 500;
         cfg.faults.damage_entries_max = 8;
+        cfg.faults.damage_anywhere_per_mille = 300;
+        cfg.faults.hard_state_loss_per_mille = 100;
         cfg
     }
 
@@ -391,6 +407,8 @@ pub struct SimReport {
     pub heal_ack_ticks: u64,
     /// Crashes that damaged the node's log tail (see [`FaultMix::damage_per_mille`]).
     pub tails_damaged: u64,
+    /// Crashes that lost the node's hard state (see [`FaultMix::hard_state_loss_per_mille`]).
+    pub hard_states_lost: u64,
     /// Damaged nodes the core reported repaired.
     pub repairs: u64,
 }
@@ -506,6 +524,7 @@ pub struct Simulator<'t> {
     /// The disk damage's own stream.
     damage_rng: ChaCha8Rng,
     tails_damaged: u64,
+    hard_states_lost: u64,
     repairs: u64,
     /// A forged message is being stepped: its refusal is expected.
     forging: bool,
@@ -588,6 +607,7 @@ impl<'t> Simulator<'t> {
             forge_rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xf0e6_0000_0000_0000),
             damage_rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xda3a_0000_0000_0000),
             tails_damaged: 0,
+            hard_states_lost: 0,
             repairs: 0,
             forging: false,
             forged: 0,
@@ -669,6 +689,7 @@ impl<'t> Simulator<'t> {
             refused: self.refused,
             heal_ack_ticks,
             tails_damaged: self.tails_damaged,
+            hard_states_lost: self.hard_states_lost,
             repairs: self.repairs,
         })
     }
@@ -1600,6 +1621,8 @@ impl<'t> Simulator<'t> {
             return;
         }
         let (rate, entries_max) = (f.damage_per_mille, f.damage_entries_max);
+        let (anywhere_rate, hard_state_rate) =
+            (f.damage_anywhere_per_mille, f.hard_state_loss_per_mille);
         let hit = self.damage_rng.gen_range(0..1000) < rate;
         let entries = self.damage_rng.gen_range(1..=entries_max.max(1));
         let pending_elsewhere = (0..self.nodes.len())
@@ -1608,15 +1631,30 @@ impl<'t> Simulator<'t> {
         if !hit || pending_elsewhere {
             return;
         }
+        let anywhere = self.damage_rng.gen_range(0..1000) < anywhere_rate;
+        let hard_state_lost = self.damage_rng.gen_range(0..1000) < hard_state_rate;
+        let entries = match anywhere {
+            true => {
+                let held = (disk.last().0 + 1).saturating_sub(crate::Storage::first_index(disk));
+                self.damage_rng.gen_range(1..=held.max(1))
+            }
+            false => entries,
+        };
         if let Some((first_lost, durable_through)) = disk.lose_tail(entries) {
             disk.set_repair_through(durable_through);
             self.tails_damaged += 1;
             self.log(|| {
                 format!(
-                    "n{}'s log tail damaged: entries {first_lost}..={durable_through} lost",
+                    "n{}'s log damaged: entries {first_lost}..={durable_through} lost",
                     node + 1
                 )
             });
+        } else if hard_state_lost {
+            let last = disk.last().0;
+            disk.lose_hard_state();
+            disk.set_repair_through(last.max(1));
+            self.hard_states_lost += 1;
+            self.log(|| format!("n{}'s hard state lost (both slots)", node + 1));
         }
     }
 

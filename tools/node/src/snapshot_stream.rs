@@ -25,6 +25,14 @@ pub enum StreamError {
         /// Why.
         source: std::io::Error,
     },
+    /// The file fails its checksum: nothing of it is served.
+    #[error("snapshot {index}: {source}")]
+    Corrupt {
+        /// The snapshot.
+        index: u64,
+        /// What the check found.
+        source: raftline_log::LogError,
+    },
     /// The payload does not decode, or ends early.
     #[error("snapshot {index}: {source}")]
     Payload {
@@ -60,6 +68,9 @@ impl SnapshotStream {
         resume: Option<SnapshotResume>,
     ) -> Result<SnapshotStream, StreamError> {
         let index = snapshot.meta().index;
+        snapshot
+            .verify()
+            .map_err(|source| StreamError::Corrupt { index, source })?;
         let mut buf = Vec::new();
         let mut file_pos = HEADER_BYTES as u64;
         let head = loop {

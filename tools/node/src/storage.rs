@@ -26,6 +26,8 @@ pub struct LogStorage {
 pub struct ServedSnapshot {
     meta: SnapshotMeta,
     file: Arc<File>,
+    /// Where it was opened (it may be gone since: the open handle keeps it readable).
+    path: std::path::PathBuf,
     file_bytes: u64,
     /// Where the log continues after it.
     cut_offset: u64,
@@ -46,6 +48,7 @@ impl ServedSnapshot {
         Ok(ServedSnapshot {
             meta,
             file: Arc::new(file),
+            path: path.to_path_buf(),
             file_bytes: metadata.len(),
             cut_offset,
             written_at: metadata.modified().ok(),
@@ -70,6 +73,14 @@ impl ServedSnapshot {
     /// The whole file's length (header and payload).
     pub fn file_bytes(&self) -> u64 {
         self.file_bytes
+    }
+
+    /// Checks the whole file against its checksum (it may have rotted since it was written or
+    /// loaded): done before a transfer or a consumer's stream starts, so that none of a
+    /// damaged file is served. The node stops on a failure; its restart drops the file.
+    pub fn verify(&self) -> Result<(), LogError> {
+        let (index, term) = (self.meta.index, self.meta.term);
+        raftline_log::verify_snapshot_file(&self.file, &self.path, index, term)
     }
 
     /// Reads file bytes at `offset` into `buf` (fewer at the end of the file).
@@ -182,6 +193,10 @@ impl Storage for LogStorage {
         let Some(s) = self.snapshot.as_ref().filter(|s| s.meta.index == index) else {
             return Err(StorageError::SnapshotUnavailable { index });
         };
+        if offset == 0 {
+            s.verify()
+                .map_err(|e| StorageError::Failed(e.to_string()))?;
+        }
         let end = s.file_bytes.min(offset.saturating_add(bytes_max.max(1)));
         let len = usize::try_from(end.saturating_sub(offset)).unwrap_or(usize::MAX);
         let mut buf = vec![0; len];
