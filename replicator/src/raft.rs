@@ -1733,6 +1733,13 @@ impl<S: Storage> Raft<S> {
                     return;
                 }
                 if commit > last_index {
+                    // A forged commit, or a leader that believes we hold entries we no longer
+                    // have (our data directory was wiped): never trusted, but answered with
+                    // where our log ends, so a real leader resends from there or sends its
+                    // snapshot instead of waiting for us forever.
+                    if let Err(e) = self.reject_append(msg.from, commit) {
+                        self.record_storage_failure(e);
+                    }
                     let reason = RefusalReason::CommitBeyondLog { commit, last_index };
                     return self.refuse(&msg, reason);
                 }

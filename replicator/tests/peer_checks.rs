@@ -309,10 +309,27 @@ fn a_heartbeat_commit_beyond_the_followers_log_is_refused() {
         },
     ));
     assert_eq!(nodes[1].commit_index(), commit);
+    let rd = nodes[1].ready();
     assert!(matches!(
-        refusals(&mut nodes[1])[..],
+        rd.refused.iter().map(|r| r.reason).collect::<Vec<_>>()[..],
         [RefusalReason::CommitBeyondLog { .. }]
     ));
+    // Answered with where its log ends: a real leader that thinks it holds more (its data
+    // directory was wiped) then resends from there instead of waiting for it forever.
+    let last_index = nodes[1].last_index();
+    assert!(
+        rd.messages.iter().any(|m| m.to == 1
+            && matches!(
+                m.body,
+                MessageBody::AppendEntriesResponse {
+                    result: Err(AppendReject { hint_index, .. })
+                } if hint_index == last_index + 1
+            )),
+        "{:?}",
+        rd.messages
+    );
+    persist_all(&mut nodes[1], rd);
+    assert_eq!(nodes[1].commit_index(), commit);
 }
 
 #[test]
