@@ -26,4 +26,5 @@ pub mod latency;
 pub mod local_cluster;
 pub mod machine_load;
 pub mod profiles;
+pub mod snapshot;
 pub mod stop;

@@ -246,7 +246,7 @@ impl LocalCluster {
             .args(["--client-listen", &client.to_string()])
             .args(["--metrics-listen", &metrics.to_string()])
             .arg("--data-dir")
-            .arg(self.data.join(format!("node-{id}")));
+            .arg(self.node_dir(id));
         if let Some(cores) = cores_for(id, available) {
             cmd.args(["--cores", &cores]);
         }
@@ -269,6 +269,11 @@ impl LocalCluster {
     /// The client address of node `id`.
     pub fn client_addr(&self, id: u64) -> SocketAddr {
         node_addrs(self.base, id).1
+    }
+
+    /// Node `id`'s data directory.
+    pub fn node_dir(&self, id: u64) -> PathBuf {
+        self.data.join(format!("node-{id}"))
     }
 
     /// Whether node `id` is running (started and not killed).

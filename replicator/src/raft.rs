@@ -1784,7 +1784,7 @@ impl<S: Storage> Raft<S> {
                 let leader = self.leader;
                 return self.refuse(&msg, RefusalReason::NotTheLeader { leader });
             }
-            if let MessageBody::Heartbeat { commit, .. } = msg.body {
+            if let MessageBody::Heartbeat { commit, read_seq } = msg.body {
                 // The leader sends at most the match we acknowledged, which we still hold —
                 // unless we lost it (suspect): then it is to be told to resend. A suspect
                 // takes no commit index beyond what it matched with this leader (or already
@@ -1814,6 +1814,13 @@ impl<S: Storage> Raft<S> {
                     return;
                 }
                 if commit > last_index {
+                    // A forged commit, or a leader that believes we hold entries we no longer
+                    // have (our data directory was wiped): the commit is never taken, but the
+                    // heartbeat is answered, so a real leader whose window to us is full of
+                    // appends lost with our old process goes on sending AppendEntries (whose
+                    // rejections lead it to resend from our end or send its snapshot) instead
+                    // of waiting for us forever.
+                    self.send(msg.from, MessageBody::HeartbeatResponse { read_seq });
                     let reason = RefusalReason::CommitBeyondLog { commit, last_index };
                     return self.refuse(&msg, reason);
                 }

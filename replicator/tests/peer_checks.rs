@@ -309,10 +309,22 @@ fn a_heartbeat_commit_beyond_the_followers_log_is_refused() {
         },
     ));
     assert_eq!(nodes[1].commit_index(), commit);
+    let rd = nodes[1].ready();
     assert!(matches!(
-        refusals(&mut nodes[1])[..],
+        rd.refused.iter().map(|r| r.reason).collect::<Vec<_>>()[..],
         [RefusalReason::CommitBeyondLog { .. }]
     ));
+    // Answered all the same: a real leader that thinks it holds more (its data directory was
+    // wiped) keeps sending it AppendEntries instead of waiting for it forever.
+    assert!(
+        rd.messages
+            .iter()
+            .any(|m| m.to == 1 && matches!(m.body, MessageBody::HeartbeatResponse { read_seq: 0 })),
+        "{:?}",
+        rd.messages
+    );
+    persist_all(&mut nodes[1], rd);
+    assert_eq!(nodes[1].commit_index(), commit);
 }
 
 #[test]

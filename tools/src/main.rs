@@ -20,6 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
 use raftline_bench::cluster::null_node;
+use raftline_bench::snapshot as snapshot_bench;
 use raftline_bench::{cluster, failover, fsync, kafka, profiles};
 
 /// raftline: a Raft-replicated, group-committing log appliance.
@@ -69,6 +70,10 @@ enum BenchCommand {
     /// Kill -9 the leader of a 3-node cluster under load K times: write unavailability, records lost.
     #[command(long_about = failover::LONG_ABOUT)]
     Failover(failover::FailoverBenchArgs),
+    /// Snapshots of a large keyed state: size, write time, append latency during them, stream
+    /// and InstallSnapshot rebuild times.
+    #[command(long_about = snapshot_bench::LONG_ABOUT)]
+    Snapshot(snapshot_bench::SnapshotBenchArgs),
     /// The Kafka path beside the native one: produce (confluent-kafka vs native) and consume (kcat vs native).
     #[command(long_about = kafka::LONG_ABOUT)]
     Kafka(kafka::KafkaBenchArgs),
@@ -102,6 +107,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Cluster(args)) => cluster::run(*args),
         Command::Bench(BenchCommand::Profiles(args)) => profiles::run(args),
         Command::Bench(BenchCommand::Failover(args)) => failover::run(args),
+        Command::Bench(BenchCommand::Snapshot(args)) => snapshot_bench::run(args),
         Command::Bench(BenchCommand::Kafka(args)) => kafka::run(args),
         Command::Bench(BenchCommand::NullNode(args)) => null_node::run(args),
     };
