@@ -22,7 +22,7 @@ pub use batch::{Batch, BatchError, BatchHeader, Record};
 pub use error::{CorruptionKind, LogError};
 pub use group_commit::WriterStats;
 pub use hard_state::{HardState, HardStateStore};
-pub use histogram::Pow2Histogram;
+pub use histogram::{Pow2Histogram, WalFsyncHistogram};
 pub use log::{AppendTicket, Log, LogConfig};
 pub use recovery::{DurableLoss, DurableLossHook};
 pub use segment::Preallocate;

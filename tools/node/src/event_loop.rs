@@ -30,6 +30,7 @@ use raftline_replicator::{Index, Message, Role};
 use crate::appends::{Appends, Proposal};
 use crate::kafka::Kafka;
 use crate::metrics::Metrics;
+use crate::peer_rtt::PeerRtt;
 use crate::replica::{FatalError, Replica, READY_ROUNDS_MAX};
 use crate::replies::Replier;
 use crate::subscriptions::Subscriptions;
@@ -50,6 +51,8 @@ pub struct LoopConfig {
     pub client_addresses: BTreeMap<u64, String>,
     /// The data directory (its size is reported in `Status`).
     pub data_dir: PathBuf,
+    /// Lower end of the election timeout range (measured peer round trips are held against it).
+    pub election_timeout: Duration,
 }
 
 /// How often the data directory's size is measured (a walk of a few dozen files).
@@ -119,6 +122,8 @@ pub struct EventLoop {
     snapshot_waiters: Vec<(ClientId, u64, Index)>,
     /// Warnings about peers' messages, rate-limited (a flood must not flood the log).
     peer_warnings: WarnLimit,
+    /// Round trips of heartbeats to each peer (leader only).
+    peer_rtt: PeerRtt,
     next_tick: Instant,
     /// The core had more work than one round does (`READY_ROUNDS_MAX`): do not wait.
     more_ready: bool,
@@ -139,6 +144,7 @@ impl EventLoop {
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
     ) -> EventLoop {
+        let peer_rtt = PeerRtt::new(cfg.election_timeout, metrics.clone());
         EventLoop {
             replier: Replier {
                 cluster_id: cfg.cluster_id,
@@ -160,6 +166,7 @@ impl EventLoop {
                 measured_at: None,
             },
             peer_warnings: WarnLimit::default(),
+            peer_rtt,
             more_ready: false,
             peer_moves: None,
         }
@@ -214,9 +221,10 @@ impl EventLoop {
             self.next_tick.saturating_duration_since(Instant::now())
         };
         self.net.poll(Some(timeout), &mut self.events)?;
+        let polled_at = Instant::now();
         let mut events = std::mem::take(&mut self.events);
         for event in events.drain(..) {
-            self.take(event);
+            self.take(event, polled_at);
         }
         self.events = events;
         if let Some(moves) = &self.peer_moves {
@@ -286,14 +294,17 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Hands one network event to whoever it is for.
-    fn take(&mut self, event: NetEvent) {
+    /// Hands one network event, received at `polled_at`, to whoever it is for.
+    fn take(&mut self, event: NetEvent, polled_at: Instant) {
         let net = &mut self.net;
         match event {
             NetEvent::PeerFrame { from, frame } => match decode_message(&frame) {
                 // The Net admits a message only from the node that said hello on its
                 // connection; the core refuses what no correct node could send.
-                Ok(msg) => self.replica.step(msg),
+                Ok(msg) => {
+                    self.peer_rtt.received(&msg, polled_at);
+                    self.replica.step(msg)
+                }
                 Err(e) => self.refuse_peer(from, "undecodable", &e.to_string()),
             },
             NetEvent::ClientFrame { client, frame } => match decode_request(frame) {
@@ -396,6 +407,9 @@ impl EventLoop {
         self.disk.refresh(&self.cfg.data_dir, now);
         self.appends.expire(&mut self.net, now);
         self.metrics
+            .proposals_pending
+            .store(self.appends.pending() as u64, Ordering::Relaxed);
+        self.metrics
             .publish(status(&self.cfg, &self.replica, &self.net, self.disk.bytes));
         let snapshot_index = self.replica.snapshot_index().unwrap_or(0);
         self.metrics
@@ -425,14 +439,23 @@ impl EventLoop {
             &mut self.net,
             self.cfg.cluster_id,
             &self.metrics,
+            &mut self.peer_rtt,
             &mut messages,
         );
     }
 }
 
 /// Encodes and queues peer messages (a full or down link drops them: Raft retransmits) and
-/// counts the bytes queued (`raftline_peer_bytes_sent_total`).
-fn send_messages(net: &mut Net, cluster_id: ClusterId, metrics: &Metrics, msgs: &mut Vec<Message>) {
+/// counts the bytes queued (`raftline_peer_bytes_sent_total`); heartbeats start a round-trip
+/// measurement.
+fn send_messages(
+    net: &mut Net,
+    cluster_id: ClusterId,
+    metrics: &Metrics,
+    rtt: &mut PeerRtt,
+    msgs: &mut Vec<Message>,
+) {
+    let now = Instant::now();
     for msg in msgs.drain(..) {
         let mut bytes = 0;
         let encode = |frame: &mut Vec<u8>| {
@@ -446,6 +469,7 @@ fn send_messages(net: &mut Net, cluster_id: ClusterId, metrics: &Metrics, msgs: 
                 metrics
                     .peer_bytes_sent
                     .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                rtt.sent(&msg, now);
             }
             Err(SendWithError::Encode(e)) => {
                 tracing::error!(error = %e, "cannot encode a peer message");

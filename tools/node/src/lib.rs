@@ -16,6 +16,7 @@
 //! - [`state`]: the key → latest value state materialised from the log, its snapshot payload.
 //! - [`snapshots`]: taking snapshots, compacting the log, installing a leader's snapshot.
 //! - [`metrics`]: the Prometheus endpoint's data and renderer.
+//! - [`peer_rtt`]: heartbeat round trips to each peer, held against the election timeout.
 
 pub mod appends;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod identity;
 pub mod kafka;
 pub mod metrics;
 mod peer_names;
+pub mod peer_rtt;
 pub mod replica;
 mod replies;
 pub mod snapshot_stream;
@@ -166,7 +168,9 @@ impl Node {
         let net = bind_retrying(net_cfg)?;
         let waker = net.waker();
         let replica = open_replica(&cfg, &layout, waker.clone())?;
-        let mut metrics = Metrics::new(replica.log_handle()).with_net_backend(net.backend());
+        let mut metrics = Metrics::new(replica.log_handle())
+            .with_net_backend(net.backend())
+            .with_election_timeout(cfg.election_timeout_min);
         if let Some(emulation) = &cfg.emulated_disk {
             tracing::warn!("{}", emulation.banner());
             metrics = metrics.with_emulated_disk(emulation.profile);
@@ -203,6 +207,7 @@ impl Node {
             drain_timeout: config::DRAIN_TIMEOUT,
             client_addresses: cfg.peer_clients.clone(),
             data_dir: cfg.data_dir.clone(),
+            election_timeout: cfg.election_timeout_min,
         };
         let appends = Appends::new(
             AppendConfig {
