@@ -333,7 +333,7 @@ fn run_in(
     let mut cluster =
         LocalCluster::start_with_args(run_dir.path(), base, CLUSTER, &args.server_args)?;
     cluster.wait_for_leader()?;
-    let mut config = local_cluster::client_config(base, CLUSTER);
+    let mut config = cluster.client_config();
     config.ack = AckMode::Quorum;
     config.window_appends = args.window;
     config.batch_records_max = 1;

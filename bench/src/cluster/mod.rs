@@ -439,8 +439,8 @@ pub fn run_with_disk(
                 .collect();
             watched.push(me);
             Target {
-                config: local_cluster::client_config(base, crate::local_cluster::DEV_CLUSTER),
-                metrics_addr: Some(local_cluster::node_addrs(base, leader).2),
+                config: cluster.client_config(),
+                metrics_addr: Some(cluster.metrics_addr(leader)),
                 watched,
             }
         }
