@@ -148,6 +148,15 @@ impl Scenario {
         .to_vec()
     }
 
+    /// The scenario's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Lan => "lan",
+            Scenario::Wan => "wan",
+            Scenario::FarReplica => "far-replica",
+        }
+    }
+
     /// (heartbeat, election timeout min, max) in ms.
     pub fn timing_ms(self) -> (u64, u64, u64) {
         use raftline_node::config::{
@@ -502,4 +511,173 @@ impl Topology {
 /// The hub's relay for the ordered pair (from, to).
 fn relay_addr(from: u64, to: u64) -> SocketAddr {
     at(HUB, RELAY_PORT_BASE + 10 * from as u16 + to as u16)
+}
+
+/// The `--netns` flags of `raftline bench cluster` and `bench failover`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NetnsArgs {
+    /// Run the three nodes each in its own network namespace, peers linked through relays with
+    /// this scenario's delays (root only): lan = 0.2 ms round trips, wan = 70 ms between every
+    /// pair, far-replica = nodes 1-2 at 0.2 ms and node 3 at 70 ms from both. Raft timing is
+    /// tuned for it (wan, far-replica: --heartbeat-ms 100, election timeout 1000-2000 ms).
+    #[arg(long, value_enum, value_name = "lan|wan|far-replica")]
+    pub netns: Option<Scenario>,
+    /// With --netns: probability that a relayed chunk is delivered one retransmission timeout
+    /// (200 ms) late, holding up what follows it (TCP's view of a lost segment).
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub netns_loss: f64,
+    /// With --netns: seed of the loss draws (default: random, printed in the report).
+    #[arg(long, value_name = "SEED")]
+    pub netns_seed: Option<u64>,
+    /// With --netns: pings per ordered pair of nodes measuring the round trip through the
+    /// relays before the nodes start (the network part of the commit-latency floor).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub netns_rtt_samples: usize,
+}
+
+impl NetnsArgs {
+    /// Checks the flags against each other (before anything starts).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.netns.is_some() || (self.netns_loss == 0.0 && self.netns_seed.is_none()),
+            "--netns-loss and --netns-seed go with --netns"
+        );
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.netns_loss),
+            "--netns-loss must be in [0, 1)"
+        );
+        anyhow::ensure!(
+            self.netns_rtt_samples > 0,
+            "--netns-rtt-samples must be at least 1"
+        );
+        Ok(())
+    }
+}
+
+/// The round trip measured over one ordered pair's path.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinkFigures {
+    /// Dialling node.
+    pub from: u64,
+    /// Dialled node.
+    pub to: u64,
+    /// Configured one-way delay (each direction), µs.
+    pub one_way_us: u64,
+    /// Measured round trips (one-byte pings through the relay), µs.
+    pub rtt_us: LatencySummary,
+}
+
+/// What a `--netns` run ran on.
+#[derive(Clone, Debug, Serialize)]
+pub struct NetnsFigures {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Loss probability per relayed chunk.
+    pub loss: f64,
+    /// Seed of the loss draws.
+    pub seed: u64,
+    /// (heartbeat, election timeout min, max) in ms the nodes ran with.
+    pub timing_ms: (u64, u64, u64),
+    /// Every ordered pair's measured round trip.
+    pub links: Vec<LinkFigures>,
+}
+
+/// The physical floor of one quorum commit on a 3-node cluster led by `leader`: its round trip
+/// to the nearest follower plus one fdatasync (the follower's; the leader's own runs meanwhile).
+#[derive(Clone, Debug, Serialize)]
+pub struct CommitFloor {
+    /// The leader the floor is for.
+    pub leader: u64,
+    /// Its nearest follower (by round-trip p50).
+    pub nearest_follower: u64,
+    /// Round trip p50 to it + fdatasync p50, µs.
+    pub us_p50: f64,
+    /// Round trip p99 + fdatasync p99 (a sum of tails: above the true p99 of the sum), µs.
+    pub us_p99_sum: f64,
+}
+
+impl NetnsFigures {
+    /// The floor for `leader` with the disk's 4 KiB write + fdatasync latency `fsync`.
+    pub fn floor(&self, leader: u64, fsync: &LatencySummary) -> Option<CommitFloor> {
+        let nearest = self
+            .links
+            .iter()
+            .filter(|l| l.from == leader)
+            .min_by(|a, b| a.rtt_us.us_p50.total_cmp(&b.rtt_us.us_p50))?;
+        Some(CommitFloor {
+            leader,
+            nearest_follower: nearest.to,
+            us_p50: nearest.rtt_us.us_p50 + fsync.us_p50,
+            us_p99_sum: nearest.rtt_us.us_p99 + fsync.us_p99,
+        })
+    }
+
+    /// Text lines for a report.
+    pub fn render(&self) -> String {
+        let (heartbeat, min, max) = self.timing_ms;
+        let mut out = format!(
+            "netns       {}: nodes in network namespaces, peers through delaying relays \
+             (loss {}, seed {}); heartbeat {heartbeat} ms, election timeout {min}-{max} ms\n",
+            self.scenario.name(),
+            self.loss,
+            self.seed
+        );
+        for l in &self.links {
+            out += &format!(
+                "link {}->{}   one-way {:.1} ms; measured round trip p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} pings)\n",
+                l.from,
+                l.to,
+                l.one_way_us as f64 / 1e3,
+                l.rtt_us.us_p50 / 1e3,
+                l.rtt_us.us_p99 / 1e3,
+                l.rtt_us.us_max / 1e3,
+                l.rtt_us.count
+            );
+        }
+        out
+    }
+}
+
+/// A `--netns` run: the topology, its measured links, and the calling thread in the client
+/// namespace (so the benchmark's own connections, and its threads', reach the nodes) until
+/// this is dropped.
+pub struct NetnsRun {
+    /// What it runs on.
+    pub figures: NetnsFigures,
+    // Fields drop in order: the thread leaves the client namespace before it is deleted.
+    _client: EnteredNs,
+    /// The namespaces and relays (shared with the cluster placed on them).
+    pub topology: std::sync::Arc<Topology>,
+}
+
+impl NetnsRun {
+    /// Builds `scenario`'s topology for `nodes` nodes, measures every pair's round trip and
+    /// enters the client namespace.
+    pub fn start(args: &NetnsArgs, scenario: Scenario, nodes: u64) -> anyhow::Result<NetnsRun> {
+        let seed = args.netns_seed.unwrap_or_else(rand::random);
+        let topology = Topology::create(nodes, scenario.delays(nodes, args.netns_loss), seed)?;
+        let mut links = Vec::new();
+        for from in 1..=nodes {
+            for to in (1..=nodes).filter(|&to| to != from) {
+                links.push(LinkFigures {
+                    from,
+                    to,
+                    one_way_us: topology.delays().one_way(from, to).as_micros() as u64,
+                    rtt_us: topology.measure_rtt(from, to, args.netns_rtt_samples)?,
+                });
+            }
+        }
+        let client = topology.enter_client()?;
+        Ok(NetnsRun {
+            figures: NetnsFigures {
+                scenario,
+                loss: args.netns_loss,
+                seed,
+                timing_ms: scenario.timing_ms(),
+                links,
+            },
+            _client: client,
+            topology: std::sync::Arc::new(topology),
+        })
+    }
 }
