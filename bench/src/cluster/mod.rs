@@ -61,6 +61,11 @@ so it leaves the cores to the nodes; its own CPU, the CPU of every node thread a
 bytes the leader shipped to its followers are reported. --sweep measures a grid of P x W points \
 (throughput vs latency; --svg draws it). --tail-log N is workload W4: fill the log with N \
 records, then time one consumer reading them all from offset 0 (every offset checked).\n\n\
+--netns lan|wan|far-replica runs the local cluster with each node in its own network namespace, \
+peers linked through relays that add the scenario's one-way delay (root only; see \
+bench/README.md): every pair's round trip is measured through the relays before the nodes start, \
+and the report sets the append latency beside its floor, the leader's round trip to its nearest \
+follower plus one fdatasync.\n\n\
 The local cluster and its data are removed at the end (nodes get SIGTERM, then SIGKILL after \
 10 s). Records are acknowledged with --ack quorum (durable on a majority) unless told otherwise.";
 
