@@ -20,7 +20,8 @@ use raftline_netio::client::{status_of, ClientConfig, Producer, StatusClient, Su
 use raftline_netio::client_proto::{AckMode, NodeRole, NodeStatus, StartFrom};
 use serde::Serialize;
 
-use crate::local_cluster::{self, LocalCluster, RunDir, NODES};
+use crate::local_cluster::{Launch, LocalCluster, Placement, RunDir, NODES};
+use crate::netns::{NetnsArgs, NetnsFigures, NetnsRun};
 use raftline_node::config::{
     ELECTION_TIMEOUT_MAX_MS_DEFAULT, ELECTION_TIMEOUT_MIN_MS_DEFAULT, HEARTBEAT_MS_DEFAULT,
 };
@@ -37,6 +38,9 @@ producer saw around the kill. Then the killed node is restarted on its data dire
 next trial waits until it has caught up. At the end the whole log is read back from offset 0 and \
 every acknowledged record (each value carries its producer id and sequence number) is checked at \
 its acknowledged offset: lost must be 0; duplicates (at-least-once resends) are counted.\n\n\
+With --netns lan|wan|far-replica the nodes run in network namespaces with delayed links and the \
+scenario's timing (see `raftline bench cluster --help`), and the target is 2x its election \
+timeout.\n\n\
 Exit status: 0 when the target holds (p50 unavailability <= 2x the default election timeout and \
 <= 500 ms, nothing lost), 2 when it does not, 1 on error.";
 
@@ -80,6 +84,10 @@ pub struct FailoverBenchArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// The cluster in network namespaces with delayed links, timing tuned for them (see
+    /// `--netns`); the target is then judged against the scenario's election timeout.
+    #[command(flatten)]
+    pub netns: NetnsArgs,
 }
 
 /// The local cluster's name.
@@ -118,11 +126,12 @@ pub struct FailoverSetup {
     pub steady_s: f64,
     /// Flags given to every server (`--server-arg`); empty = default settings.
     pub server_args: Vec<String>,
-    /// The servers' default timing (what runs unless `server_args` changes it).
+    /// The servers' timing: the defaults (unless `server_args` changes it), or the --netns
+    /// scenario's.
     pub heartbeat_ms: u64,
-    /// Lower end of the default randomised election timeout.
+    /// Lower end of the randomised election timeout.
     pub election_timeout_min_ms: u64,
-    /// Upper end of the default randomised election timeout.
+    /// Upper end of the randomised election timeout.
     pub election_timeout_max_ms: u64,
     /// /proc/loadavg (1 min) when the run started and ended.
     pub load_average_start: f64,
@@ -247,6 +256,8 @@ pub struct FailoverReport {
     pub verification: Verification,
     /// The target.
     pub target: Target,
+    /// With --netns: the namespaces' links, measured before the nodes started.
+    pub netns: Option<NetnsFigures>,
 }
 
 /// Counters the producer threads share with the trial loop.
@@ -305,6 +316,15 @@ pub fn run(args: FailoverBenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn validate(args: &FailoverBenchArgs) -> anyhow::Result<()> {
+    args.netns.validate()?;
+    anyhow::ensure!(
+        args.netns.netns.is_none()
+            || !args.server_args.iter().any(|a| {
+                a.starts_with("--heartbeat-ms") || a.starts_with("--election-timeout")
+            }),
+        "--netns sets the scenario's heartbeat and election timeout (tools/node/README.md, WAN \
+         settings); leave them out of --server-arg"
+    );
     anyhow::ensure!(args.kills > 0, "--kills must be at least 1");
     anyhow::ensure!(args.producers > 0, "--producers must be at least 1");
     anyhow::ensure!(args.window > 0, "--window must be at least 1");
@@ -329,11 +349,26 @@ fn run_in(
     stop: &StopSignal,
 ) -> anyhow::Result<FailoverReport> {
     let load_average_start = load_average();
-    let base = local_cluster::free_base_port()?;
-    let mut cluster =
-        LocalCluster::start_with_args(run_dir.path(), base, CLUSTER, &args.server_args)?;
+    let mut server_args = args.server_args.clone();
+    // Declared before the cluster: dropped after it (the namespaces outlive the nodes).
+    let netns = match args.netns.netns {
+        Some(scenario) => {
+            server_args.extend(scenario.server_args());
+            Some(NetnsRun::start(&args.netns, scenario, NODES)?)
+        }
+        None => None,
+    };
+    let placement = match &netns {
+        Some(run) => Placement::Netns(run.topology.clone()),
+        None => Placement::Loopback {
+            base: crate::local_cluster::free_base_port()?,
+        },
+    };
+    let mut cluster = Launch::new(run_dir.path(), placement, CLUSTER)
+        .server_args(&server_args)
+        .start()?;
     cluster.wait_for_leader()?;
-    let mut config = local_cluster::client_config(base, CLUSTER);
+    let mut config = cluster.client_config();
     config.ack = AckMode::Quorum;
     config.window_appends = args.window;
     config.batch_records_max = 1;
@@ -424,7 +459,19 @@ fn run_in(
         unavailability_ms: spread(|t| t.unavailability_ms),
         catch_up_ms: spread(|t| t.catch_up_ms),
     };
-    let limit_ms = (2 * ELECTION_TIMEOUT_MIN_MS_DEFAULT).min(500) as f64;
+    let (heartbeat_ms, election_timeout_min_ms, election_timeout_max_ms) = match args.netns.netns {
+        Some(scenario) => scenario.timing_ms(),
+        None => (
+            HEARTBEAT_MS_DEFAULT,
+            ELECTION_TIMEOUT_MIN_MS_DEFAULT,
+            ELECTION_TIMEOUT_MAX_MS_DEFAULT,
+        ),
+    };
+    // On loopback the target is also capped at 500 ms; across a WAN the tuned timeout is it.
+    let limit_ms = match args.netns.netns {
+        Some(_) => 2 * election_timeout_min_ms,
+        None => (2 * election_timeout_min_ms).min(500),
+    } as f64;
     let unavailability_holds = summary.unavailability_ms.p50 <= limit_ms;
     let nothing_lost = verification.lost == 0;
     Ok(FailoverReport {
@@ -437,9 +484,9 @@ fn run_in(
             ack: "quorum",
             steady_s: args.steady,
             server_args: args.server_args.clone(),
-            heartbeat_ms: HEARTBEAT_MS_DEFAULT,
-            election_timeout_min_ms: ELECTION_TIMEOUT_MIN_MS_DEFAULT,
-            election_timeout_max_ms: ELECTION_TIMEOUT_MAX_MS_DEFAULT,
+            heartbeat_ms,
+            election_timeout_min_ms,
+            election_timeout_max_ms,
             load_average_start,
             load_average_end: load_average(),
         },
@@ -458,6 +505,7 @@ fn run_in(
             nothing_lost,
             holds: unavailability_holds && nothing_lost,
         },
+        netns: netns.as_ref().map(|n| n.figures.clone()),
     })
 }
 
@@ -875,8 +923,8 @@ fn render_text(r: &FailoverReport) -> String {
         )
     };
     let mut out = format!(
-        "raftline bench failover (local 3-node cluster, {settings}; default heartbeat {} ms, \
-         default election timeout {}-{} ms): K={} kills, P={} producers at {:.0} appends/s total \
+        "raftline bench failover (local 3-node cluster, {settings}; heartbeat {} ms, \
+         election timeout {}-{} ms): K={} kills, P={} producers at {:.0} appends/s total \
          (1 record of {} bytes each), W={}, ack=quorum; load average {:.2} -> {:.2}\n",
         s.heartbeat_ms,
         s.election_timeout_min_ms,
@@ -889,6 +937,9 @@ fn render_text(r: &FailoverReport) -> String {
         s.load_average_start,
         s.load_average_end
     );
+    if let Some(netns) = &r.netns {
+        out += &netns.render();
+    }
     out += &format!(
         "resolution: status sampled every {:.2} ms per survivor; one producer's acks {:.1} ms apart\n",
         r.status_sample_interval_us / 1e3,
@@ -941,10 +992,11 @@ fn render_text(r: &FailoverReport) -> String {
     );
     let t = &r.target;
     out += &format!(
-        "target: p50 unavailability {:.1} ms <= {:.0} ms (2x the {} ms election timeout, and 500 ms): {}; nothing lost: {} => {}\n",
+        "target: p50 unavailability {:.1} ms <= {:.0} ms (2x the {} ms election timeout{}): {}; nothing lost: {} => {}\n",
         m.unavailability_ms.p50,
         t.unavailability_p50_limit_ms,
         s.election_timeout_min_ms,
+        if r.netns.is_some() { "" } else { ", and 500 ms" },
         if t.unavailability_holds { "yes" } else { "NO" },
         if t.nothing_lost { "yes" } else { "NO" },
         if t.holds { "target holds" } else { "target MISSED" }

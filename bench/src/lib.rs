@@ -7,8 +7,9 @@
 //! - [`failover`]: `raftline bench failover` (kill -9 the leader K times under load).
 //! - [`kafka`]: `raftline bench kafka` (the Kafka path beside the native one, same cluster).
 //! - [`profiles`]: `raftline bench profiles` (group commit on emulated HDD / SATA / NVMe).
-//! - [`local_cluster`]: three `raftline server` child processes on loopback, shared by
-//!   `raftline dev` and the benchmarks; [`emulated_disk`]: the reference device profiles.
+//! - [`local_cluster`]: three `raftline server` child processes on loopback (or each in its own
+//!   network namespace, [`netns`]: delayed links, partitions), shared by `raftline dev`, the
+//!   benchmarks and the namespace tests; [`emulated_disk`]: the reference device profiles.
 //! - Helpers: [`chart`] (SVG), [`latency`] (hdrhistogram recorder), [`machine_load`], [`stop`]
 //!   (Ctrl-C), [`labels`].
 //!
@@ -25,6 +26,7 @@ pub mod labels;
 pub mod latency;
 pub mod local_cluster;
 pub mod machine_load;
+pub mod netns;
 pub mod profiles;
 pub mod snapshot;
 pub mod stop;

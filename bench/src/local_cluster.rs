@@ -1,19 +1,24 @@
-//! A local 3-node cluster of child `raftline server` processes on loopback: what `raftline dev`
-//! keeps in the foreground and what `raftline bench cluster` measures. Node N listens on
-//! BASE+N (peers), BASE+100+N (clients) and BASE+200+N (metrics); its data lives in
-//! DATA/node-N and its log output in DATA/node-N.log.
+//! A local 3-node cluster of child `raftline server` processes: what `raftline dev` keeps in the
+//! foreground and what `raftline bench cluster` measures. On loopback, node N listens on BASE+N
+//! (peers), BASE+100+N (clients) and BASE+200+N (metrics); placed in network namespaces
+//! ([`Placement::Netns`], `netns.rs`), node N runs inside its own namespace and dials its peers
+//! through the topology's delaying relays. Its data lives in DATA/node-N and its log output in
+//! DATA/node-N.log.
 
 use std::fs::OpenOptions;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use raftline_netio::client::{status_of, ClientConfig};
 use raftline_netio::client_proto::NodeRole;
 use raftline_netio::cluster_id::ClusterId;
+
+use crate::netns::Topology;
 
 /// Nodes in a local cluster.
 pub const NODES: u64 = 3;
@@ -79,6 +84,52 @@ fn cores_for(id: u64, available: &[usize]) -> Option<String> {
         available[first],
         available[(first + 1) % n]
     ))
+}
+
+/// Where a cluster's nodes run and how they reach each other.
+#[derive(Clone)]
+pub enum Placement {
+    /// On loopback, ports from `base` (see the module documentation).
+    Loopback {
+        /// The base port.
+        base: u16,
+    },
+    /// Node N in the topology's namespace for N; peers through its relays.
+    Netns(Arc<Topology>),
+}
+
+impl Placement {
+    /// Where node `id` listens for peers.
+    fn peer_listen(&self, id: u64) -> SocketAddr {
+        match self {
+            Placement::Loopback { base } => node_addrs(*base, id).0,
+            Placement::Netns(t) => t.peer_listen(id),
+        }
+    }
+
+    /// Where node `from` dials node `to` (its own entry: where it listens).
+    fn peer_dial(&self, from: u64, to: u64) -> SocketAddr {
+        match self {
+            Placement::Netns(t) if from != to => t.peer_dial(from, to),
+            _ => self.peer_listen(to),
+        }
+    }
+
+    /// Node `id`'s client address.
+    pub fn client_addr(&self, id: u64) -> SocketAddr {
+        match self {
+            Placement::Loopback { base } => node_addrs(*base, id).1,
+            Placement::Netns(t) => t.client_addr(id),
+        }
+    }
+
+    /// Node `id`'s metrics address.
+    pub fn metrics_addr(&self, id: u64) -> SocketAddr {
+        match self {
+            Placement::Loopback { base } => node_addrs(*base, id).2,
+            Placement::Netns(t) => t.metrics_addr(id),
+        }
+    }
 }
 
 /// A client configuration addressing every node of the cluster on `base`.
@@ -162,10 +213,96 @@ pub struct StopOutcome {
     pub status: Option<ExitStatus>,
 }
 
+/// How to start a [`LocalCluster`]: [`Launch::new`], then the settings that differ from the
+/// defaults, then [`Launch::start`].
+pub struct Launch {
+    data: PathBuf,
+    placement: Placement,
+    cluster: String,
+    server_args: Vec<String>,
+    kafka_base: Option<u16>,
+    exe: Option<PathBuf>,
+}
+
+impl Launch {
+    /// Three nodes with data under `data`, named `cluster`, placed as `placement`.
+    pub fn new(data: &Path, placement: Placement, cluster: &str) -> Launch {
+        Launch {
+            data: data.to_path_buf(),
+            placement,
+            cluster: cluster.to_string(),
+            server_args: Vec::new(),
+            kafka_base: None,
+            exe: None,
+        }
+    }
+
+    /// Flags added to every node's command line (a restarted node gets them too).
+    pub fn server_args(mut self, args: &[String]) -> Launch {
+        self.server_args = args.to_vec();
+        self
+    }
+
+    /// Node N also listens for Kafka clients on 127.0.0.1:(kafka_base + N) (loopback only).
+    pub fn kafka(mut self, kafka_base: Option<u16>) -> Launch {
+        self.kafka_base = kafka_base;
+        self
+    }
+
+    /// The `raftline` executable to run (default: this process's own, as the benchmarks are
+    /// called from the `raftline` binary; tests name the binary cargo built).
+    pub fn exe(mut self, exe: &Path) -> Launch {
+        self.exe = Some(exe.to_path_buf());
+        self
+    }
+
+    /// Starts the three nodes; on error the nodes already started are stopped again.
+    pub fn start(self) -> anyhow::Result<LocalCluster> {
+        if let Placement::Netns(topology) = &self.placement {
+            anyhow::ensure!(
+                topology.nodes() == NODES,
+                "the topology has {} nodes, a local cluster {NODES}",
+                topology.nodes()
+            );
+            anyhow::ensure!(
+                self.kafka_base.is_none(),
+                "Kafka listeners are on loopback only"
+            );
+        }
+        let exe = match self.exe {
+            Some(exe) => exe,
+            None => std::env::current_exe().context("finding the raftline executable")?,
+        };
+        let available = raftline_pinning::available_cores();
+        let mut cluster = LocalCluster {
+            placement: self.placement,
+            cluster: self.cluster,
+            data: self.data,
+            exe,
+            server_args: self.server_args,
+            kafka_base: self.kafka_base,
+            nodes: Vec::new(),
+        };
+        for id in 1..=NODES {
+            match cluster.spawn_node(id, &available, false) {
+                Ok(child) => cluster.nodes.push(Node {
+                    id,
+                    child: Some(child),
+                }),
+                Err(e) => {
+                    cluster.stop();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(cluster)
+    }
+}
+
 /// Three running child nodes.
 pub struct LocalCluster {
-    /// The base port (see the module documentation).
-    pub base: u16,
+    /// Where the nodes run.
+    pub placement: Placement,
     /// The cluster name (its wire id is derived from it).
     pub cluster: String,
     /// Holds node N's data in `node-N` and its output in `node-N.log`.
@@ -188,7 +325,9 @@ impl LocalCluster {
         cluster: &str,
         server_args: &[String],
     ) -> anyhow::Result<LocalCluster> {
-        LocalCluster::start_with_kafka(data, base, cluster, server_args, None)
+        Launch::new(data, Placement::Loopback { base }, cluster)
+            .server_args(server_args)
+            .start()
     }
 
     /// Like [`LocalCluster::start_with_args`], and node N also listens for Kafka clients on
@@ -200,36 +339,16 @@ impl LocalCluster {
         server_args: &[String],
         kafka_base: Option<u16>,
     ) -> anyhow::Result<LocalCluster> {
-        let exe = std::env::current_exe().context("finding the raftline executable")?;
-        let available = raftline_pinning::available_cores();
-        let mut cluster = LocalCluster {
-            base,
-            cluster: cluster.to_string(),
-            data: data.to_path_buf(),
-            exe,
-            server_args: server_args.to_vec(),
-            kafka_base,
-            nodes: Vec::new(),
-        };
-        for id in 1..=NODES {
-            match cluster.spawn_node(id, &available, false) {
-                Ok(child) => cluster.nodes.push(Node {
-                    id,
-                    child: Some(child),
-                }),
-                Err(e) => {
-                    cluster.stop();
-                    return Err(e);
-                }
-            }
-        }
-        Ok(cluster)
+        Launch::new(data, Placement::Loopback { base }, cluster)
+            .server_args(server_args)
+            .kafka(kafka_base)
+            .start()
     }
 
     /// Spawns node `id`; `append_log` keeps the output of its earlier lives in its log file.
     fn spawn_node(&self, id: u64, available: &[usize], append_log: bool) -> anyhow::Result<Child> {
-        let base = self.base;
-        let (_, client, metrics) = node_addrs(base, id);
+        let placement = &self.placement;
+        let (client, metrics) = (placement.client_addr(id), placement.metrics_addr(id));
         let log_path = self.data.join(format!("node-{id}.log"));
         let log = OpenOptions::new()
             .create(true)
@@ -241,8 +360,8 @@ impl LocalCluster {
         let mut cmd = Command::new(&self.exe);
         cmd.arg("server")
             .args(["--id", &id.to_string(), "--cluster-id", &self.cluster])
-            .args(["--peers", &id_list(|n| node_addrs(base, n).0)])
-            .args(["--peer-clients", &id_list(|n| node_addrs(base, n).1)])
+            .args(["--peers", &id_list(|n| placement.peer_dial(id, n))])
+            .args(["--peer-clients", &id_list(|n| placement.client_addr(n))])
             .args(["--client-listen", &client.to_string()])
             .args(["--metrics-listen", &metrics.to_string()])
             .arg("--data-dir")
@@ -256,6 +375,9 @@ impl LocalCluster {
                 .args(["--kafka-advertise", &id_list(kafka_addr)]);
         }
         cmd.args(&self.server_args);
+        if let Placement::Netns(topology) = placement {
+            topology.command_in_node(id, &mut cmd);
+        }
         // A process group of its own: a terminal's Ctrl-C reaches only the parent, which then
         // stops each node once (a node takes a second signal as "exit now, skip the drain").
         cmd.process_group(0)
@@ -268,7 +390,20 @@ impl LocalCluster {
 
     /// The client address of node `id`.
     pub fn client_addr(&self, id: u64) -> SocketAddr {
-        node_addrs(self.base, id).1
+        self.placement.client_addr(id)
+    }
+
+    /// The metrics address of node `id`.
+    pub fn metrics_addr(&self, id: u64) -> SocketAddr {
+        self.placement.metrics_addr(id)
+    }
+
+    /// A client configuration addressing every node.
+    pub fn client_config(&self) -> ClientConfig {
+        let bootstrap = (1..=NODES)
+            .map(|id| self.client_addr(id).to_string())
+            .collect();
+        ClientConfig::new(bootstrap, ClusterId::from_name(&self.cluster))
     }
 
     /// Node `id`'s data directory.
@@ -326,11 +461,11 @@ impl LocalCluster {
             if let Some(id) = self.exited() {
                 bail!("node {id} exited during start-up; see its log file");
             }
-            let mut config = client_config(self.base, &self.cluster);
+            let mut config = self.client_config();
             config.connect_timeout = Duration::from_millis(500);
             config.request_timeout = Duration::from_millis(500);
             let statuses: Vec<_> = (1..=NODES)
-                .map(|id| status_of(&node_addrs(self.base, id).1.to_string(), &config))
+                .map(|id| status_of(&self.client_addr(id).to_string(), &config))
                 .collect();
             if statuses.iter().all(Result::is_ok) {
                 if let Some(leader) = statuses
@@ -342,7 +477,9 @@ impl LocalCluster {
                 }
             }
             if Instant::now() >= deadline {
-                let base = self.base;
+                let Placement::Loopback { base } = self.placement else {
+                    bail!("no leader within {START_TIMEOUT:?}; see the node log files");
+                };
                 bail!(
                     "no leader within {START_TIMEOUT:?}; are ports {}-{}, {}-{} and {}-{} free? \
                      see the node log files",

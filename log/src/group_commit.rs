@@ -57,8 +57,8 @@ pub struct WriterStats {
     pub batches: AtomicU64,
     /// Bytes written including padding.
     pub bytes_written: AtomicU64,
-    /// Microseconds per group commit (write + fdatasync).
-    pub group_commit_us: crate::histogram::Pow2Histogram,
+    /// Microseconds per group commit (write + fdatasync), in etcd's wal fsync buckets.
+    pub group_commit_us: crate::histogram::WalFsyncHistogram,
     /// Batches per group commit.
     pub group_batches: crate::histogram::Pow2Histogram,
     /// Segment roll-overs that found the next segment's preparation unfinished (the writer then

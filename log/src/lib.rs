@@ -24,7 +24,7 @@ pub use batch::{Batch, BatchError, BatchHeader, Record};
 pub use error::{CorruptionKind, LogError};
 pub use group_commit::WriterStats;
 pub use hard_state::{HardState, HardStateStore, SlotsLoaded};
-pub use histogram::Pow2Histogram;
+pub use histogram::{Pow2Histogram, WalFsyncHistogram};
 pub use log::{AppendTicket, Log, LogConfig};
 pub use recovery::{DamageCut, DurableLoss, DurableLossHook, OnDamage};
 pub use segment::Preallocate;

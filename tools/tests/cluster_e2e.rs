@@ -136,10 +136,26 @@ fn produce_and_read_back_everywhere(backend: &'static str) {
         Some(200),
         "one append->commit sample per append\n{metrics}"
     );
-    assert!(
-        metrics.contains("raftline_fsync_seconds_bucket"),
-        "{metrics}"
-    );
+    // etcd's names and buckets: wal fsync 1 ms .. 8.192 s, peer round trips per follower.
+    for series in [
+        "raftline_disk_wal_fsync_duration_seconds_bucket{le=\"0.001\"}",
+        "raftline_disk_wal_fsync_duration_seconds_bucket{le=\"8.192\"}",
+        "raftline_server_proposals_failed_total 0",
+        "raftline_server_has_leader 1",
+    ] {
+        assert!(metrics.contains(series), "{series} missing\n{metrics}");
+    }
+    for follower in (1..=3).filter(|&id| id != leader) {
+        let count =
+            format!("raftline_network_peer_round_trip_time_seconds_count{{To=\"{follower}\"}} ");
+        let samples = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(count.as_str())?.parse::<u64>().ok());
+        assert!(
+            samples.is_some_and(|n| n > 0),
+            "no round trip measured to {follower}\n{metrics}"
+        );
+    }
     // 16 appends in flight on one connection reach the leader together: they are proposed as
     // runs, fewer entries than appends.
     let metric = |name: &str| {

@@ -33,7 +33,10 @@ fn probes_follow_liveness_and_leadership_and_metrics_name_the_io_backends() {
         }
         assert_eq!(probe(n.metrics, "/livez"), (200, "ok\n".to_string()));
         let metrics = http_get(n.metrics, "/metrics");
-        assert!(metrics.contains("raftline_has_leader 1"), "{metrics}");
+        assert!(
+            metrics.contains("raftline_server_has_leader 1"),
+            "{metrics}"
+        );
         assert!(
             metrics.contains("raftline_io_backend{layer=\"net\",backend=\"poll\"} 1"),
             "{metrics}"
@@ -64,9 +67,12 @@ fn probes_follow_liveness_and_leadership_and_metrics_name_the_io_backends() {
     assert!(why.contains("no leader known"), "{why}");
     assert_eq!(probe(addr, "/livez").0, 200);
     let metrics = http_get(addr, "/metrics");
-    assert!(metrics.contains("raftline_has_leader 0"), "{metrics}");
     assert!(
-        !metrics.contains("raftline_leader_changes_seen_total 0"),
+        metrics.contains("raftline_server_has_leader 0"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("raftline_server_leader_changes_seen_total 0"),
         "{metrics}"
     );
 }

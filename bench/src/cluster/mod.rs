@@ -34,7 +34,8 @@ use raftline_netio::cluster_id::ClusterId;
 use serde::Serialize;
 
 use crate::emulated_disk::{self, DiskProfile, EmulatedDisk};
-use crate::local_cluster::{self, LocalCluster, RunDir};
+use crate::local_cluster::{self, Launch, Placement, RunDir};
+use crate::netns::{CommitFloor, NetnsArgs, NetnsFigures, NetnsRun};
 use cpu::{CpuFigures, Watched};
 use figures::{ConsumerFigures, GeneratorFigures, LeaderFigures, LoadFigures};
 use load::{
@@ -60,6 +61,11 @@ so it leaves the cores to the nodes; its own CPU, the CPU of every node thread a
 bytes the leader shipped to its followers are reported. --sweep measures a grid of P x W points \
 (throughput vs latency; --svg draws it). --tail-log N is workload W4: fill the log with N \
 records, then time one consumer reading them all from offset 0 (every offset checked).\n\n\
+--netns lan|wan|far-replica runs the local cluster with each node in its own network namespace, \
+peers linked through relays that add the scenario's one-way delay (root only; see \
+bench/README.md): every pair's round trip is measured through the relays before the nodes start, \
+and the report sets the append latency beside its floor, the leader's round trip to its nearest \
+follower plus one fdatasync.\n\n\
 The local cluster and its data are removed at the end (nodes get SIGTERM, then SIGKILL after \
 10 s). Records are acknowledged with --ack quorum (durable on a majority) unless told otherwise.";
 
@@ -150,6 +156,9 @@ pub struct ClusterBenchArgs {
     /// latency (`raftline server --emulate-disk`); marked in the report. See `bench profiles`.
     #[arg(long, value_enum, value_name = "hdd|sata|nvme")]
     pub emulate_disk: Option<DiskProfile>,
+    /// The local cluster in network namespaces with delayed links (see `--netns`).
+    #[command(flatten)]
+    pub netns: NetnsArgs,
 }
 
 /// First line of a `--null-node` report.
@@ -169,8 +178,9 @@ const BANDWIDTH_PROBE_FILE_BYTES: u64 = 2 << 30;
 /// What was run.
 #[derive(Debug, Serialize)]
 pub struct BenchSetup {
-    /// "local" (3 child nodes started by the benchmark), "bootstrap" (a running cluster) or
-    /// "null-node" (`--null-node`: no cluster, the client path's ceiling).
+    /// "local" (3 child nodes started by the benchmark), "netns" (the same, each in its own
+    /// network namespace), "bootstrap" (a running cluster) or "null-node" (`--null-node`: no
+    /// cluster, the client path's ceiling).
     pub cluster: &'static str,
     /// Producer connections.
     pub producers: usize,
@@ -219,6 +229,11 @@ pub struct ClusterBenchReport {
     pub sweep: Option<Vec<SweepPoint>>,
     /// The disk's own limits.
     pub disk: DiskFigures,
+    /// With --netns: the namespaces' links, measured before the nodes started.
+    pub netns: Option<NetnsFigures>,
+    /// With --netns: round trip to the leader's nearest follower + one fdatasync, the floor the
+    /// measured append latency is read against.
+    pub commit_floor: Option<CommitFloor>,
     /// value_mb_per_s / (disk sequential MB/s / 3 replicas): the share of the bandwidth each of
     /// the three copies could have that raftline's durable records use.
     pub durable_share_of_disk_per_replica: Option<f64>,
@@ -282,6 +297,12 @@ pub fn in_run_dir<T>(
 
 /// Checks the flags against each other.
 pub fn validate(args: &ClusterBenchArgs) -> anyhow::Result<()> {
+    args.netns.validate()?;
+    anyhow::ensure!(
+        args.netns.netns.is_none() || (args.bootstrap.is_none() && !args.null_node),
+        "--netns places the local cluster in network namespaces: it takes no --bootstrap or \
+         --null-node (run a --bootstrap benchmark inside a namespace with `ip netns exec`)"
+    );
     anyhow::ensure!(
         args.emulate_disk.is_none() || args.bootstrap.is_none(),
         "--emulate-disk configures the local cluster's servers; a --bootstrap cluster emulates \
@@ -375,6 +396,8 @@ pub fn run_with_disk(
 ) -> anyhow::Result<ClusterBenchReport> {
     let mut local = None;
     let mut null_node = None;
+    let mut netns = None;
+    let mut commit_floor = None;
     let me = Watched {
         label: "bench (load generator, consumers)".to_string(),
         pid: std::process::id(),
@@ -418,13 +441,27 @@ pub fn run_with_disk(
                 None => Vec::new(),
             };
             server_args.extend(emulated_disk::server_args(args.emulate_disk));
-            let cluster = local.insert(LocalCluster::start_with_args(
-                dir,
-                base,
-                crate::local_cluster::DEV_CLUSTER,
-                &server_args,
-            )?);
+            let placement = match args.netns.netns {
+                Some(scenario) => {
+                    let run: &NetnsRun = netns.insert(NetnsRun::start(
+                        &args.netns,
+                        scenario,
+                        local_cluster::NODES,
+                    )?);
+                    server_args.extend(scenario.server_args());
+                    Placement::Netns(run.topology.clone())
+                }
+                None => Placement::Loopback { base },
+            };
+            let cluster = local.insert(
+                Launch::new(dir, placement, crate::local_cluster::DEV_CLUSTER)
+                    .server_args(&server_args)
+                    .start()?,
+            );
             let leader = cluster.wait_for_leader()?;
+            commit_floor = netns
+                .as_ref()
+                .and_then(|n| n.figures.floor(leader, &disk.fdatasync_4k_commit_us));
             let mut watched: Vec<Watched> = cluster
                 .node_pids()
                 .into_iter()
@@ -439,8 +476,8 @@ pub fn run_with_disk(
                 .collect();
             watched.push(me);
             Target {
-                config: local_cluster::client_config(base, crate::local_cluster::DEV_CLUSTER),
-                metrics_addr: Some(local_cluster::node_addrs(base, leader).2),
+                config: cluster.client_config(),
+                metrics_addr: Some(cluster.metrics_addr(leader)),
                 watched,
             }
         }
@@ -464,6 +501,8 @@ pub fn run_with_disk(
             }
         }
     }
+    // After the nodes: the namespaces go last.
+    let netns = netns.map(|n| n.figures);
     let (mut load, mut tail, mut sweep) = (None, None, None);
     match result? {
         Mode::Load(figures) => load = Some(*figures),
@@ -480,6 +519,8 @@ pub fn run_with_disk(
         tail,
         sweep,
         disk,
+        netns,
+        commit_floor,
     })
 }
 
@@ -523,6 +564,8 @@ fn setup(args: &ClusterBenchArgs) -> BenchSetup {
             "bootstrap"
         } else if args.null_node {
             "null-node"
+        } else if args.netns.netns.is_some() {
+            "netns"
         } else {
             "local"
         },
@@ -932,6 +975,23 @@ fn render_text(r: &ClusterBenchReport) -> String {
         d.io_path.name(),
         d.sequential_mb_per_s
     );
+    if let Some(netns) = &r.netns {
+        out += &netns.render();
+    }
+    if let Some(f) = &r.commit_floor {
+        out += &format!(
+            "floor       leader {}: round trip to node {} + 4 KiB fdatasync = p50 {:.2} ms (p99s summed {:.2} ms){}\n",
+            f.leader,
+            f.nearest_follower,
+            f.us_p50 / 1e3,
+            f.us_p99_sum / 1e3,
+            r.load.as_ref().map_or(String::new(), |l| format!(
+                "; appends acknowledged p50 {:.2} ms, p99 {:.2} ms",
+                l.latency_us.us_p50 / 1e3,
+                l.latency_us.us_p99 / 1e3
+            ))
+        );
+    }
     if let (Some(load), Some(share)) = (&r.load, r.durable_share_of_disk_per_replica) {
         out += &format!(
             "share       {:.1} MB/s durable = {:.2}% of the disk's bandwidth / 3 replicas ({:.0} MB/s)\n",

@@ -14,6 +14,7 @@
 //! which orders it among its connection's responses.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -187,6 +188,15 @@ impl Appends {
         self.answer(net, requester, Err(error), 0);
     }
 
+    /// Answers an append that got as far as a proposal with `error`, counted as a failed
+    /// proposal (`raftline_server_proposals_failed_total`).
+    fn fail(&mut self, net: &mut Net, requester: Requester, error: ClientError) {
+        self.metrics
+            .proposals_failed
+            .fetch_add(1, Ordering::Relaxed);
+        self.error(net, requester, error);
+    }
+
     /// The Kafka appends decided since the last call, in the order they were decided.
     pub fn take_kafka_answers(&mut self) -> Vec<(ProduceTicket, Outcome)> {
         std::mem::take(&mut self.kafka_answers)
@@ -338,7 +348,7 @@ impl Appends {
                     ProposeError::Transferring { to } => self.not_leader(Some(to)),
                 };
                 for s in &waiting.0 {
-                    self.error(net, s.requester, error.clone());
+                    self.fail(net, s.requester, error.clone());
                 }
                 return Ok(());
             }
@@ -380,7 +390,7 @@ impl Appends {
                         .record(p.accepted.elapsed().as_micros() as u64);
                     self.acknowledge(net, &p);
                 } else {
-                    self.error(net, p.requester, self.not_leader(leader));
+                    self.fail(net, p.requester, self.not_leader(leader));
                 }
             }
         }
@@ -399,7 +409,7 @@ impl Appends {
             if term_at(index) == Some(p.term) {
                 self.acknowledge(net, &p);
             } else {
-                self.error(net, p.requester, self.not_leader(leader));
+                self.fail(net, p.requester, self.not_leader(leader));
             }
         }
     }
@@ -416,6 +426,9 @@ impl Appends {
                 .collect();
             answers.extend(expired.iter().filter_map(|i| map.remove(i)));
         }
+        self.metrics
+            .proposals_failed
+            .fetch_add(answers.len() as u64, Ordering::Relaxed);
         for p in answers {
             match p.requester {
                 Requester::Client { client, request_id } => {
@@ -454,7 +467,7 @@ impl Appends {
             let error = ClientError::Unavailable {
                 why: why.to_string(),
             };
-            self.error(net, requester, error);
+            self.fail(net, requester, error);
         }
     }
 }

@@ -31,6 +31,7 @@ use crate::appends::{Appends, Proposal};
 use crate::disk_watch::DiskWatch;
 use crate::kafka::Kafka;
 use crate::metrics::Metrics;
+use crate::peer_rtt::PeerRtt;
 use crate::replica::{FatalError, Replica, READY_ROUNDS_MAX};
 use crate::replies::Replier;
 use crate::subscriptions::Subscriptions;
@@ -53,6 +54,8 @@ pub struct LoopConfig {
     pub data_dir: PathBuf,
     /// A log write outstanding this long means a stalled disk.
     pub disk_stall: Duration,
+    /// Lower end of the election timeout range (measured peer round trips are held against it).
+    pub election_timeout: Duration,
 }
 
 /// Client events (requests, closes) one round handles at most; the rest wait for the next.
@@ -130,6 +133,8 @@ pub struct EventLoop {
     snapshot_waiters: Vec<(ClientId, u64, Index)>,
     /// Warnings about peers' messages, rate-limited (a flood must not flood the log).
     peer_warnings: WarnLimit,
+    /// Round trips of heartbeats to each peer (leader only).
+    peer_rtt: PeerRtt,
     next_tick: Instant,
     /// The core had more work than one round does (`READY_ROUNDS_MAX`): do not wait.
     more_ready: bool,
@@ -150,6 +155,7 @@ impl EventLoop {
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
     ) -> EventLoop {
+        let peer_rtt = PeerRtt::new(cfg.election_timeout, metrics.clone());
         EventLoop {
             replier: Replier {
                 cluster_id: cfg.cluster_id,
@@ -170,6 +176,7 @@ impl EventLoop {
             client_backlog: VecDeque::new(),
             snapshot_waiters: Vec::new(),
             peer_warnings: WarnLimit::default(),
+            peer_rtt,
             more_ready: false,
             peer_moves: None,
         }
@@ -227,6 +234,7 @@ impl EventLoop {
             self.next_tick.saturating_duration_since(Instant::now())
         };
         self.net.poll(Some(timeout), &mut self.events)?;
+        let polled_at = Instant::now();
         // Peer traffic first, and at most `CLIENT_EVENTS_PER_ROUND` client events after it:
         // however many requests clients send, the core hears its leader's heartbeats and its
         // followers' answers before serving them, and a round (whose end sends heartbeats)
@@ -237,7 +245,7 @@ impl EventLoop {
                 NetEvent::PeerFrame { .. }
                 | NetEvent::PeerUp { .. }
                 | NetEvent::PeerDown { .. }
-                | NetEvent::Woken => self.take(event),
+                | NetEvent::Woken => self.take(event, polled_at),
                 client => self.client_backlog.push_back(client),
             }
         }
@@ -246,7 +254,7 @@ impl EventLoop {
             let Some(event) = self.client_backlog.pop_front() else {
                 break;
             };
-            self.take(event);
+            self.take(event, polled_at);
         }
         self.net.hold_client_reads(!self.client_backlog.is_empty());
         if let Some(moves) = &self.peer_moves {
@@ -324,19 +332,21 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Hands one network event to whoever it is for.
-    fn take(&mut self, event: NetEvent) {
+    /// Hands one network event, received at `polled_at`, to whoever it is for.
+    fn take(&mut self, event: NetEvent, polled_at: Instant) {
         let net = &mut self.net;
         match event {
             NetEvent::PeerFrame { from, conn, frame } => {
                 // The Net admits a message only from the node that said hello on its
                 // connection; what no correct node could send closes that connection.
                 let refused = match decode_message(&frame) {
-                    Ok(msg) => self
-                        .replica
-                        .step(msg)
-                        .err()
-                        .map(|r| (r.label(), r.to_string())),
+                    Ok(msg) => {
+                        self.peer_rtt.received(&msg, polled_at);
+                        self.replica
+                            .step(msg)
+                            .err()
+                            .map(|r| (r.label(), r.to_string()))
+                    }
                     Err(e) => Some(("undecodable", e.to_string())),
                 };
                 if let Some((reason, why)) = refused {
@@ -445,6 +455,9 @@ impl EventLoop {
         self.disk_watch.check(&mut self.replica, now);
         self.replica.tick();
         self.appends.expire(&mut self.net, now);
+        self.metrics
+            .proposals_pending
+            .store(self.appends.pending() as u64, Ordering::Relaxed);
         self.metrics.publish(self.status());
         self.metrics.publish_net(self.net.stats());
         let snapshot_index = self.replica.snapshot_index().unwrap_or(0);
@@ -487,14 +500,23 @@ impl EventLoop {
             &mut self.net,
             self.cfg.cluster_id,
             &self.metrics,
+            &mut self.peer_rtt,
             &mut messages,
         );
     }
 }
 
 /// Encodes and queues peer messages (a full or down link drops them: Raft retransmits) and
-/// counts the bytes queued (`raftline_peer_bytes_sent_total`).
-fn send_messages(net: &mut Net, cluster_id: ClusterId, metrics: &Metrics, msgs: &mut Vec<Message>) {
+/// counts the bytes queued (`raftline_peer_bytes_sent_total`); heartbeats start a round-trip
+/// measurement.
+fn send_messages(
+    net: &mut Net,
+    cluster_id: ClusterId,
+    metrics: &Metrics,
+    rtt: &mut PeerRtt,
+    msgs: &mut Vec<Message>,
+) {
+    let now = Instant::now();
     for msg in msgs.drain(..) {
         let mut bytes = 0;
         let encode = |frame: &mut Vec<u8>| {
@@ -508,6 +530,7 @@ fn send_messages(net: &mut Net, cluster_id: ClusterId, metrics: &Metrics, msgs: 
                 metrics
                     .peer_bytes_sent
                     .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                rtt.sent(&msg, now);
             }
             Err(SendWithError::Encode(e)) => {
                 tracing::error!(error = %e, "cannot encode a peer message");

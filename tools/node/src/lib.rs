@@ -16,6 +16,7 @@
 //! - [`state`]: the key → latest value state materialised from the log, its snapshot payload.
 //! - [`snapshots`]: taking snapshots, compacting the log, installing a leader's snapshot.
 //! - [`metrics`]: the Prometheus endpoint's data and renderer.
+//! - [`peer_rtt`]: heartbeat round trips to each peer, held against the election timeout.
 
 pub mod appends;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod identity;
 pub mod kafka;
 pub mod metrics;
 mod peer_names;
+pub mod peer_rtt;
 pub mod replica;
 mod replies;
 pub mod snapshot_stream;
@@ -173,7 +175,8 @@ impl Node {
         let replica = open_replica(&cfg, &layout, waker.clone())?;
         let mut metrics = Metrics::new(replica.log_handle())
             .with_net_backend(net.backend())
-            .with_repairs(replica.repairs_at_open());
+            .with_repairs(replica.repairs_at_open())
+            .with_election_timeout(cfg.election_timeout_min);
         if let Some(emulation) = &cfg.emulated_disk {
             tracing::warn!("{}", emulation.banner());
             metrics = metrics.with_emulated_disk(emulation.profile);
@@ -211,6 +214,7 @@ impl Node {
             client_addresses: cfg.peer_clients.clone(),
             data_dir: cfg.data_dir.clone(),
             disk_stall: cfg.disk_stall,
+            election_timeout: cfg.election_timeout_min,
         };
         let appends = Appends::new(
             AppendConfig {

@@ -4,6 +4,13 @@
 //! orchestrators use: `GET /livez` (the raft thread publishes its status, i.e. its loop turns)
 //! and `GET /readyz` (live, and the node knows a leader: it can take or redirect writes and serve
 //! reads).
+//!
+//! Where etcd exports the same quantity, the metric has etcd's name with `etcd_` replaced by
+//! `raftline_` (and etcd's buckets and labels), so etcd's alert rules and dashboards carry over
+//! by that one substitution: `raftline_server_has_leader`,
+//! `raftline_server_leader_changes_seen_total`, `raftline_server_proposals_committed_total`,
+//! `raftline_server_proposals_pending`, `raftline_server_proposals_failed_total`,
+//! `raftline_disk_wal_fsync_duration_seconds`, `raftline_network_peer_round_trip_time_seconds`.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -15,12 +22,17 @@ use std::time::{Duration, Instant};
 use raftline_log::{BackendKind, Log, Pow2Histogram};
 use raftline_netio::client_proto::{NodeRole, NodeStatus};
 use raftline_netio::net::NetStats;
+use raftline_replicator::NodeId;
 
 use crate::storage_repair::Repair;
 
 /// How long the raft thread may go without publishing its status (once per tick) before
 /// `/livez` fails: far beyond any healthy stall (a snapshot install, a slow fdatasync).
 pub const LIVENESS_STALE: Duration = Duration::from_secs(10);
+
+/// Microseconds of one peer round trip in the buckets of etcd's
+/// `etcd_network_peer_round_trip_time_seconds`: 0.1 ms, 0.2 ms, … 3.2768 s (16 bounds), +Inf.
+pub type PeerRttHistogram = Pow2Histogram<100, 17>;
 
 /// The status as last published, and when.
 struct Published {
@@ -53,6 +65,16 @@ pub struct Metrics {
     emulated_disk: Option<&'static str>,
     /// Bytes of peer frames handed to the network (on a leader: what it ships to followers).
     pub peer_bytes_sent: AtomicU64,
+    /// Appends accepted for a proposal that then failed (a leader change, a timeout, a stop, or
+    /// the core refusing the proposal): etcd's `proposals_failed_total`.
+    pub proposals_failed: AtomicU64,
+    /// Appends waiting for their commit (the raft thread, once per tick).
+    pub proposals_pending: AtomicU64,
+    /// The lower end of the election timeout range, exported so an alert can hold the measured
+    /// peer round trip against it.
+    election_timeout: Option<Duration>,
+    /// Round trips to each peer, measured by the leader (see `peer_rtt.rs`).
+    peer_rtt: Mutex<BTreeMap<NodeId, Arc<PeerRttHistogram>>>,
     /// Peer messages dropped because no correct peer could have sent them, by reason.
     peer_refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Damaged storage repaired when the node started, by kind.
@@ -77,6 +99,10 @@ impl Metrics {
             repair_through: AtomicU64::new(0),
             emulated_disk: None,
             peer_bytes_sent: AtomicU64::new(0),
+            proposals_failed: AtomicU64::new(0),
+            proposals_pending: AtomicU64::new(0),
+            election_timeout: None,
+            peer_rtt: Mutex::new(BTreeMap::new()),
             peer_refused: Mutex::new(BTreeMap::new()),
             repairs: Repair::ALL.iter().map(|&r| (r, 0)).collect(),
             net: Mutex::new(NetStats::default()),
@@ -89,6 +115,19 @@ impl Metrics {
             *n += repairs.iter().filter(|&r| r == kind).count() as u64;
         }
         self
+    }
+
+    /// Exports the lower end of the election timeout range (`raftline_election_timeout_seconds`).
+    pub fn with_election_timeout(mut self, election_timeout: Duration) -> Metrics {
+        self.election_timeout = Some(election_timeout);
+        self
+    }
+
+    /// The round-trip histogram of `peer` (created on its first sample; the raft thread keeps
+    /// the handle, so this lock is taken once per peer).
+    pub fn peer_rtt_histogram(&self, peer: NodeId) -> Arc<PeerRttHistogram> {
+        let mut histograms = self.peer_rtt.lock().expect("metrics lock");
+        histograms.entry(peer).or_default().clone()
     }
 
     /// Marks every rendering as coming from a node whose log emulates `profile`'s disk.
@@ -169,7 +208,7 @@ impl Metrics {
             gauge(&mut out, "raftline_node_id", "This node's id.", s.node_id);
             gauge(
                 &mut out,
-                "raftline_has_leader",
+                "raftline_server_has_leader",
                 "Whether this node knows a leader (1) or not (0).",
                 u64::from(s.leader_id.is_some()),
             );
@@ -291,6 +330,12 @@ impl Metrics {
             );
             gauge(
                 &mut out,
+                "raftline_server_proposals_committed_total",
+                "The commit index under etcd's name (etcd_server_proposals_committed_total).",
+                s.commit_index,
+            );
+            gauge(
+                &mut out,
                 "raftline_log_start_offset",
                 "Earliest retained offset.",
                 s.log_start_offset,
@@ -387,10 +432,31 @@ impl Metrics {
         );
         counter(
             &mut out,
-            "raftline_leader_changes_seen_total",
+            "raftline_server_leader_changes_seen_total",
             "Times the leader this node knows changed (to another node or to none), seen at ticks.",
             self.leader_changes.load(Ordering::Relaxed),
         );
+        counter(
+            &mut out,
+            "raftline_server_proposals_failed_total",
+            "Appends accepted for a proposal that failed (leader change, timeout, stop, refused).",
+            self.proposals_failed.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "raftline_server_proposals_pending",
+            "Appends waiting for their commit.",
+            self.proposals_pending.load(Ordering::Relaxed),
+        );
+        if let Some(timeout) = self.election_timeout {
+            out.push_str(&format!(
+                "# HELP raftline_election_timeout_seconds Lower end of the randomised election \
+                 timeout; the peer round-trip p99 should stay under a fifth of it.\n\
+                 # TYPE raftline_election_timeout_seconds gauge\n\
+                 raftline_election_timeout_seconds {}\n",
+                timeout.as_secs_f64()
+            ));
+        }
         out.push_str(
             "# HELP raftline_io_backend The I/O path each layer runs (1): io_uring, or the \
              portable fallback when the kernel or a seccomp profile refuses it.\n\
@@ -444,15 +510,26 @@ impl Metrics {
         }
         histogram(
             &mut out,
-            "raftline_fsync_seconds",
-            "Latency of one group commit (write + fdatasync).",
+            "raftline_disk_wal_fsync_duration_seconds",
+            "Latency of one group commit: the write and its linked fdatasync (etcd's buckets).",
+            "",
             &stats.group_commit_us,
-            1e-6,
+            1e6,
         );
+        let rtt = self.peer_rtt.lock().expect("metrics lock").clone();
+        let name = "raftline_network_peer_round_trip_time_seconds";
+        out.push_str(&format!(
+            "# HELP {name} Round trip of a heartbeat to the peer and its answer, measured by the \
+             leader (etcd's buckets).\n# TYPE {name} histogram\n"
+        ));
+        for (peer, h) in rtt {
+            series(&mut out, name, &format!("To=\"{peer}\","), &h, 1e6);
+        }
         histogram(
             &mut out,
             "raftline_group_commit_batches",
             "Batches made durable per fdatasync.",
+            "",
             &stats.group_batches,
             1.0,
         );
@@ -460,6 +537,7 @@ impl Metrics {
             &mut out,
             "raftline_batch_bytes",
             "Size of each batch appended by a producer.",
+            "",
             &self.batch_bytes,
             1.0,
         );
@@ -467,6 +545,7 @@ impl Metrics {
             &mut out,
             "raftline_entry_batches",
             "Producers' batches per Raft entry proposed (leader; more than one: a run).",
+            "",
             &self.entry_batches,
             1.0,
         );
@@ -474,8 +553,9 @@ impl Metrics {
             &mut out,
             "raftline_append_commit_seconds",
             "From accepting an append to its commit (leader).",
+            "",
             &self.append_commit_us,
-            1e-6,
+            1e6,
         );
         out
     }
@@ -510,22 +590,47 @@ fn counter(out: &mut String, name: &str, help: &str, v: u64) {
     ));
 }
 
-fn histogram(out: &mut String, name: &str, help: &str, h: &Pow2Histogram, scale: f64) {
+fn histogram<const U: u64, const N: usize>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    labels: &str,
+    h: &Pow2Histogram<U, N>,
+    per_unit: f64,
+) {
     out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+    series(out, name, labels, h, per_unit);
+}
+
+/// One histogram's series; `labels` is empty or `key="value",` (a trailing comma). Values are
+/// divided by `per_unit` (1e6: microseconds to seconds; a division, so 2048000 prints 2.048).
+fn series<const U: u64, const N: usize>(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    h: &Pow2Histogram<U, N>,
+    per_unit: f64,
+) {
     let (buckets, count, sum) = h.cumulative();
     for (bound, cumulative) in buckets {
         if bound == u64::MAX {
             continue;
         }
         out.push_str(&format!(
-            "{name}_bucket{{le=\"{}\"}} {cumulative}\n",
-            bound as f64 * scale
+            "{name}_bucket{{{labels}le=\"{}\"}} {cumulative}\n",
+            bound as f64 / per_unit
         ));
     }
-    out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
+    out.push_str(&format!("{name}_bucket{{{labels}le=\"+Inf\"}} {count}\n"));
+    let plain = labels.trim_end_matches(',');
+    let braces = if plain.is_empty() {
+        String::new()
+    } else {
+        format!("{{{plain}}}")
+    };
     out.push_str(&format!(
-        "{name}_sum {}\n{name}_count {count}\n",
-        sum as f64 * scale
+        "{name}_sum{braces} {}\n{name}_count{braces} {count}\n",
+        sum as f64 / per_unit
     ));
 }
 
