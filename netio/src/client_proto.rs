@@ -262,6 +262,39 @@ pub enum ClientError {
         /// What is wrong with it.
         why: String,
     },
+    /// An idempotent producer's batch does not continue its sequence (a batch before it is
+    /// missing): not stored.
+    #[error("producer {producer_id}: sequence {got} out of order (expected {})",
+        if *expected < 0 { "0 in a new epoch".to_string() } else { expected.to_string() })]
+    OutOfOrderSequence {
+        /// The producer.
+        producer_id: u64,
+        /// The sequence the node expected (-1: a new epoch starts at 0).
+        expected: i32,
+        /// The batch's first sequence.
+        got: i32,
+    },
+    /// An idempotent producer's batch carries an epoch older than the producer's current one
+    /// (a newer incarnation fenced it): not stored.
+    #[error("producer {producer_id}: epoch {got} is stale (current: {current})")]
+    InvalidProducerEpoch {
+        /// The producer.
+        producer_id: u64,
+        /// Its current epoch.
+        current: i16,
+        /// The batch's epoch.
+        got: i16,
+    },
+    /// The node holds no state for this idempotent producer (evicted: the dedup table keeps
+    /// the most recently written producers only) and the batch does not start a sequence:
+    /// not stored; the producer needs a new id.
+    #[error(
+        "producer {producer_id} is unknown (evicted from the dedup table, or never registered)"
+    )]
+    UnknownProducer {
+        /// The producer.
+        producer_id: u64,
+    },
 }
 
 fn leader_hint(id: Option<u64>, address: Option<&str>) -> String {

@@ -224,11 +224,16 @@ impl EventLoop {
                 self.net.set_peer_addr(peer, addr);
             }
         }
-        // 2. Proposals: the round's appends become one entry (a run when there are several).
-        while let Some(Proposal {
-            batches, waiting, ..
-        }) = self.appends.take_proposal()
-        {
+        // 2. Proposals: the round's appends become one entry (a run when there are several),
+        //    after resends of idempotent producers' stored batches are answered instead.
+        while let Some(proposal) = self.appends.take_proposal() {
+            let admitted = self.appends.admit(&mut self.net, &self.replica, proposal);
+            let Some(Proposal {
+                batches, waiting, ..
+            }) = admitted
+            else {
+                continue;
+            };
             let result = self.replica.propose_run(batches);
             self.appends.proposed(&mut self.net, waiting, result)?;
         }

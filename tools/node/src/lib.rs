@@ -24,6 +24,7 @@ pub mod identity;
 pub mod kafka;
 pub mod metrics;
 mod peer_names;
+pub mod producers;
 pub mod replica;
 mod replies;
 pub mod snapshot_stream;

@@ -48,6 +48,11 @@ pub struct Metrics {
     emulated_disk: Option<&'static str>,
     /// Bytes of peer frames handed to the network (on a leader: what it ships to followers).
     pub peer_bytes_sent: AtomicU64,
+    /// Resends of idempotent producers' stored batches, answered with the original offsets.
+    pub producer_duplicates: AtomicU64,
+    /// Idempotent producers' batches refused (sequence gap, stale epoch, unknown producer, a
+    /// new leader not ready yet).
+    pub producer_refusals: AtomicU64,
     /// Peer messages dropped because no correct peer could have sent them, by reason.
     peer_refused: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -67,6 +72,8 @@ impl Metrics {
             repair_through: AtomicU64::new(0),
             emulated_disk: None,
             peer_bytes_sent: AtomicU64::new(0),
+            producer_duplicates: AtomicU64::new(0),
+            producer_refusals: AtomicU64::new(0),
             peer_refused: Mutex::new(BTreeMap::new()),
         }
     }
@@ -297,6 +304,18 @@ impl Metrics {
             "raftline_peer_bytes_sent_total",
             "Bytes of peer frames queued for sending (a leader's AppendEntries to its followers).",
             self.peer_bytes_sent.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "raftline_producer_duplicates_total",
+            "Resends of idempotent producers' stored batches, answered with the original offsets and not stored again.",
+            self.producer_duplicates.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "raftline_producer_refusals_total",
+            "Idempotent producers' batches refused: sequence gap, stale epoch, unknown producer, or a new leader not ready.",
+            self.producer_refusals.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

@@ -26,6 +26,7 @@ use raftline_replicator::{
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::producers::{ProducerBatch, ProducerIdError, ProducerIds, Producers, Verdict};
 use crate::snapshots::{Restored, SnapshotError, SnapshotPolicy, Snapshots};
 use crate::storage::{batch_of, LogStorage};
 
@@ -169,6 +170,10 @@ pub struct Replica {
     /// Offset one past the last record a consumer may read here.
     readable_end_offset: u64,
     leadership: Leadership,
+    /// Idempotent producers' dedup state (committed table + this leader's proposals).
+    producers: Producers,
+    /// Producer ids this node hands out while it leads.
+    producer_ids: ProducerIds,
 }
 
 impl Replica {
@@ -210,6 +215,7 @@ impl Replica {
             snapshots,
             served,
             next_offset,
+            producers,
         } = Snapshots::open(&cfg.data_dir.join("snapshots"), cfg.snapshots, &log)?;
         // The state machine holds what the snapshot covers; committed entries after it are
         // learnt again from the leader (and re-read from the local log) and applied again.
@@ -248,6 +254,8 @@ impl Replica {
             refused: Vec::new(),
             committed: Vec::new(),
             leadership,
+            producers: Producers::new(producers),
+            producer_ids: ProducerIds::default(),
         })
     }
 
@@ -328,6 +336,8 @@ impl Replica {
             Ok((term, index)),
             "handing entries to the log changed nothing the proposal depends on"
         );
+        let producer_batches: Vec<Option<ProducerBatch>> =
+            batches.iter().map(ProducerBatch::of_batch).collect();
         let mut proposed = Vec::with_capacity(batches.len());
         let mut next_offset = base_offset;
         for batch in &batches {
@@ -357,7 +367,37 @@ impl Replica {
         );
         self.proposed.push_back(entry);
         self.tail = Some((index, next_offset));
+        let stored: Vec<(u64, u64)> = proposed
+            .iter()
+            .map(|p| (p.base_offset, p.last_offset))
+            .collect();
+        self.producers
+            .proposed(&producer_batches, &stored, term, index);
         Ok(proposed)
+    }
+
+    /// The leader's judgement of a proposal's batches before it proposes them: which are new,
+    /// which resend a stored (or in-flight) batch, which break their producer's sequence or
+    /// epoch (`producers.rs`).
+    pub fn judge(&self, batches: &[Batch]) -> Vec<Verdict> {
+        self.producers.judge(
+            batches,
+            self.raft.term(),
+            self.raft.last_index(),
+            self.raft.applied_index(),
+        )
+    }
+
+    /// A new producer id (an idempotent producer's InitProducerId), unique across leader
+    /// changes without coordination (`producers.rs`); `None` when this node does not lead.
+    pub fn grant_producer_id(&mut self) -> Option<Result<u64, ProducerIdError>> {
+        (self.raft.role() == Role::Leader).then(|| self.producer_ids.grant(self.raft.term()))
+    }
+
+    /// The committed dedup table (tests compare it across nodes).
+    #[cfg(test)]
+    pub fn producer_table(&self) -> &crate::producers::ProducerTable {
+        self.producers.table()
     }
 
     /// Offset of the first record of a new entry at `index` (the core's next index).
@@ -487,6 +527,12 @@ impl Replica {
                 })?;
                 debug_assert_eq!(h.base_offset, self.readable_end_offset);
                 self.readable_end_offset = h.next_offset();
+                self.producers
+                    .apply_entry(e.index, &e.payload)
+                    .map_err(|source| FatalError::BadEntry {
+                        index: e.index,
+                        source,
+                    })?;
             }
             self.snapshots.apply(e)?;
             self.committed.push(Committed {
@@ -504,6 +550,7 @@ impl Replica {
         if self.raft.role() != Role::Leader {
             // Whatever was proposed and not handed out was dropped with the leadership.
             self.proposed.clear();
+            self.producers.stop_leading();
         }
         if let Some(failure) = self.raft.storage_failure() {
             return Err(FatalError::Storage(failure.clone()));
@@ -555,6 +602,7 @@ impl Replica {
             self.raft.term_at(applied),
             self.raft.applied_membership(),
             self.readable_end_offset,
+            self.producers.table(),
         );
         Ok(())
     }
@@ -574,6 +622,7 @@ impl Replica {
             .wait()?;
         self.tail = None;
         self.readable_end_offset = payload.next_offset;
+        self.producers.install(payload.producers);
         self.snapshots.installed(meta.index, payload.state)?;
         self.raft.storage_mut().set_snapshot(served);
         self.raft.snapshot_installed(&meta);

@@ -23,6 +23,7 @@ use raftline_log::{
 };
 use raftline_replicator::{Entry, EntryKind, Index, SnapshotChunk, SnapshotMeta};
 
+use crate::producers::ProducerTable;
 use crate::state::{KeyState, PayloadError, SnapshotPayload};
 use crate::storage::ServedSnapshot;
 
@@ -140,6 +141,8 @@ pub struct Restored {
     pub served: Option<ServedSnapshot>,
     /// Offset where the log continues after the snapshot.
     pub next_offset: Option<u64>,
+    /// The idempotent producers' table as of the snapshot (empty without one).
+    pub producers: ProducerTable,
 }
 
 impl Snapshots {
@@ -175,6 +178,7 @@ impl Snapshots {
                 snapshots,
                 served: None,
                 next_offset: None,
+                producers: ProducerTable::default(),
             });
         };
         let (index, term) = (file.last_index, file.last_term);
@@ -213,6 +217,7 @@ impl Snapshots {
             snapshots,
             served: Some(served),
             next_offset: Some(payload.next_offset),
+            producers: payload.producers,
         })
     }
 
@@ -298,13 +303,14 @@ impl Snapshots {
 
     /// Starts writing a snapshot at `index` (= the applied index) if one is due (enough log
     /// applied since the last one, the interval passed, or an operator asked) and no write is
-    /// in flight.
+    /// in flight; `producers` is the dedup table at `index`.
     pub fn maybe_start(
         &mut self,
         index: Index,
         term: Option<u64>,
         membership: &raftline_replicator::message::Membership,
         next_offset: u64,
+        producers: &ProducerTable,
     ) {
         let by_bytes = self.policy.every_bytes > 0
             && self.applied_bytes_since_snapshot >= self.policy.every_bytes;
@@ -319,7 +325,7 @@ impl Snapshots {
         let (Some(state), Some(term), true) = (self.state.as_ref(), term, due) else {
             return;
         };
-        let payload = SnapshotPayload::encode(next_offset, membership, state);
+        let payload = SnapshotPayload::encode(next_offset, membership, state, producers);
         let meta = SnapshotMeta {
             index,
             term,

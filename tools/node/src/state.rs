@@ -9,8 +9,10 @@
 //! Payload layout (little-endian): `u64 magic "RLSTATE2"`, `u64 next_offset` (where the log
 //! continues after the snapshot), `u32 membership_bytes`, membership (`Membership::encode`),
 //! `u64 key_count`, then per key in key order `u32 key_bytes, key, u64 offset, u64 timestamp_ms,
-//! u32 value_bytes, value`. Payloads of the first format ("RLSTATE1": no offset and timestamp)
-//! still load; their records carry the snapshot's `next_offset - 1` and timestamp 0.
+//! u32 value_bytes, value`, then the idempotent producers' table (`ProducerTable::encode`, its
+//! own section, see `producers.rs`). Payloads of earlier formats still load: "RLSTATE2" has no
+//! producers' section (an empty table), "RLSTATE1" neither, nor offset and timestamp (its
+//! records carry the snapshot's `next_offset - 1` and timestamp 0).
 
 use std::collections::BTreeMap;
 
@@ -18,8 +20,11 @@ use raftline_log::batch::{entry_batches, for_each_keyed_in, KeyedRecord};
 use raftline_log::BatchError;
 use raftline_replicator::message::Membership;
 
+use crate::producers::ProducerTable;
+
 const MAGIC_V1: u64 = u64::from_le_bytes(*b"RLSTATE1");
-const MAGIC: u64 = u64::from_le_bytes(*b"RLSTATE2");
+const MAGIC_V2: u64 = u64::from_le_bytes(*b"RLSTATE2");
+const MAGIC: u64 = u64::from_le_bytes(*b"RLSTATE3");
 /// Bytes a key costs beyond its key and value (map node, lengths, offset, timestamp): an
 /// estimate for the bound.
 const KEY_OVERHEAD_BYTES: usize = 64;
@@ -52,6 +57,8 @@ pub struct SnapshotPayload {
     pub membership: Membership,
     /// The state.
     pub state: KeyState,
+    /// The idempotent producers' dedup table as of the snapshot's index.
+    pub producers: ProducerTable,
 }
 
 /// A snapshot payload that does not decode (its file's checksum held: a writer bug).
@@ -136,8 +143,10 @@ pub struct PayloadHead {
     pub record_count: u64,
     /// Payload bytes the head takes.
     pub head_bytes: usize,
-    /// Whether records carry their offset and timestamp (format 2).
+    /// Whether records carry their offset and timestamp (formats 2 and 3).
     with_origin: bool,
+    /// Whether the producers' table follows the records (format 3).
+    with_producers: bool,
 }
 
 /// One record of a payload.
@@ -182,9 +191,10 @@ impl PayloadHead {
     pub fn decode(bytes: &[u8]) -> Result<Option<PayloadHead>, PayloadError> {
         let mut r = Reader { bytes, at: 0 };
         let head = (|| {
-            let with_origin = match r.u64()? {
-                MAGIC => true,
-                MAGIC_V1 => false,
+            let (with_origin, with_producers) = match r.u64()? {
+                MAGIC => (true, true),
+                MAGIC_V2 => (true, false),
+                MAGIC_V1 => (false, false),
                 _ => return Err(PayloadError("bad magic")),
             };
             let next_offset = r.u64()?;
@@ -198,6 +208,7 @@ impl PayloadHead {
                 record_count,
                 head_bytes: r.at,
                 with_origin,
+                with_producers,
             })
         })();
         match head {
@@ -241,8 +252,13 @@ impl PayloadHead {
 }
 
 impl SnapshotPayload {
-    /// Serialises the payload (one pass over the state).
-    pub fn encode(next_offset: u64, membership: &Membership, state: &KeyState) -> Vec<u8> {
+    /// Serialises the payload (one pass over the state, then the producers' table).
+    pub fn encode(
+        next_offset: u64,
+        membership: &Membership,
+        state: &KeyState,
+        producers: &ProducerTable,
+    ) -> Vec<u8> {
         let members = membership.encode();
         let mut out = Vec::with_capacity(28 + members.len() + state.bytes);
         out.extend_from_slice(&MAGIC.to_le_bytes());
@@ -258,6 +274,7 @@ impl SnapshotPayload {
             out.extend_from_slice(&(held.value.len() as u32).to_le_bytes());
             out.extend_from_slice(&held.value);
         }
+        producers.encode(&mut out);
         out
     }
 
@@ -273,6 +290,12 @@ impl SnapshotPayload {
             at += used;
             state.set(record.key, record.held);
         }
+        let mut producers = ProducerTable::default();
+        if head.with_producers {
+            let (table, used) = ProducerTable::decode(&bytes[at..]).map_err(PayloadError)?;
+            producers = table;
+            at += used;
+        }
         if at != bytes.len() {
             return Err(PayloadError("trailing bytes"));
         }
@@ -280,6 +303,7 @@ impl SnapshotPayload {
             next_offset: head.next_offset,
             membership: head.membership,
             state,
+            producers,
         })
     }
 }
@@ -326,19 +350,42 @@ mod tests {
             voters: vec![1, 2, 3],
             learners: vec![4],
         };
-        let bytes = SnapshotPayload::encode(42, &membership, &state);
+        let mut producers = ProducerTable::default();
+        let b = crate::producers::ProducerBatch {
+            producer_id: 7,
+            epoch: 1,
+            first_seq: 0,
+            last_seq: 1,
+        };
+        let placed = crate::producers::Placed {
+            first_seq: 0,
+            last_seq: 1,
+            base_offset: 40,
+            last_offset: 41,
+            index: 0,
+            term: 0,
+        };
+        producers.apply(&b, placed);
+        let bytes = SnapshotPayload::encode(42, &membership, &state, &producers);
         let back = SnapshotPayload::decode(&bytes).unwrap();
         assert_eq!(
             back,
             SnapshotPayload {
                 next_offset: 42,
-                membership,
-                state
+                membership: membership.clone(),
+                state: state.clone(),
+                producers,
             }
         );
         for len in 0..bytes.len() {
             assert!(SnapshotPayload::decode(&bytes[..len]).is_err(), "len {len}");
         }
+        // The second format: no producers' section, an empty table.
+        let mut v2 = SnapshotPayload::encode(42, &membership, &state, &ProducerTable::default());
+        v2[..8].copy_from_slice(b"RLSTATE2");
+        v2.truncate(v2.len() - 4);
+        let back = SnapshotPayload::decode(&v2).unwrap();
+        assert_eq!((back.state, back.producers.len()), (state, 0));
     }
 
     #[test]
@@ -362,14 +409,15 @@ mod tests {
             voters: vec![1],
             learners: vec![],
         };
-        let bytes = SnapshotPayload::encode(103, &membership, &state);
+        let bytes = SnapshotPayload::encode(103, &membership, &state, &ProducerTable::default());
         let head = PayloadHead::decode(&bytes).unwrap().unwrap();
         assert_eq!((head.next_offset, head.record_count), (103, 1));
         let (first, used) = head
             .decode_record(&bytes[head.head_bytes..])
             .unwrap()
             .unwrap();
-        assert_eq!(head.head_bytes + used, bytes.len());
+        // Then the producers' section: an empty table is its count alone.
+        assert_eq!(head.head_bytes + used + 4, bytes.len());
         assert_eq!(
             first,
             PayloadRecord {
@@ -382,7 +430,7 @@ mod tests {
             }
         );
         assert_eq!(
-            head.decode_record(&bytes[head.head_bytes..bytes.len() - 1])
+            head.decode_record(&bytes[head.head_bytes..head.head_bytes + used - 1])
                 .unwrap(),
             None,
             "a record cut short is not yet there"

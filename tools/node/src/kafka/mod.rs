@@ -69,6 +69,9 @@ mod code {
     pub const UNKNOWN_LEADER_EPOCH: ErrorCode = E::UnknownLeaderEpoch.code();
     pub const UNSUPPORTED_COMPRESSION_TYPE: ErrorCode = E::UnsupportedCompressionType.code();
     pub const INVALID_RECORD: ErrorCode = E::InvalidRecord.code();
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: ErrorCode = E::OutOfOrderSequenceNumber.code();
+    pub const INVALID_PRODUCER_EPOCH: ErrorCode = E::InvalidProducerEpoch.code();
+    pub const UNKNOWN_PRODUCER_ID: ErrorCode = E::UnknownProducerId.code();
 }
 
 /// The Kafka answer to an append that failed.
@@ -83,6 +86,9 @@ fn append_error_code(error: &ClientError) -> ErrorCode {
         ClientError::OffsetOutOfRange { .. }
         | ClientError::WrongCluster { .. }
         | ClientError::BadRequest { .. } => code::CORRUPT_MESSAGE,
+        ClientError::OutOfOrderSequence { .. } => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        ClientError::InvalidProducerEpoch { .. } => code::INVALID_PRODUCER_EPOCH,
+        ClientError::UnknownProducer { .. } => code::UNKNOWN_PRODUCER_ID,
     }
 }
 
