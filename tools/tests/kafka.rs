@@ -14,8 +14,9 @@ use bytes::{Bytes, BytesMut};
 use cluster_support::{Cluster, CLUSTER, DEADLINE};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, RequestHeader,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use raftline_log::{kafka, Record};
@@ -112,6 +113,8 @@ fn kcat_lists_the_topic_produces_with_acks_all_and_consumes_every_record_once_in
             "source=twice",
             "-X",
             "acks=all",
+            "-X",
+            "enable.idempotence=true",
         ],
         &input,
     );
@@ -567,20 +570,19 @@ fn fetch_below_the_log_start_is_out_of_range() {
     }
 }
 
-/// kafka-python and confluent-kafka (librdkafka): a producer with acks=all each, then a
-/// consumer each with assign() at explicit offsets, reading all twenty records in order.
+/// kafka-python and confluent-kafka (librdkafka): an idempotent producer with acks=all each,
+/// then a consumer each with assign() at explicit offsets, reading all twenty records in order.
 const PYTHON_CLIENTS: &str = r#"
 import sys
 from kafka import KafkaProducer, KafkaConsumer, TopicPartition as KTP
 from confluent_kafka import Producer, Consumer, TopicPartition as CTP
 
 bootstrap, topic = sys.argv[1], sys.argv[2]
-# Idempotence (InitProducerId) is the next slice: kafka-python 3 turns it on by default.
-p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
 for i in range(10):
     p.send(topic, key=b"kp%d" % i, value=b"kafka-python-%d" % i, headers=[("h", b"kp")]).get(timeout=30)
 p.close()
-p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
 failed = []
 for i in range(10):
     p.produce(topic, key=b"ck%d" % i, value=b"confluent-%d" % i, headers=[("h", b"ck")],
@@ -630,4 +632,128 @@ fn kafka_python_and_confluent_kafka_produce_with_acks_all_and_consume_by_assignm
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 20");
+}
+
+/// A Kafka batch of idempotent producer `producer_id` at `epoch` from sequence `base_sequence`.
+fn idempotent_batch(producer_id: i64, epoch: i16, base_sequence: i32, values: &[&str]) -> Vec<u8> {
+    let mut batch = kafka_batch(values);
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    reseal(&mut batch);
+    batch
+}
+
+fn init_producer_id(
+    conn: &mut KafkaConn,
+    given: Option<(i64, i16)>,
+    txn: Option<&str>,
+) -> InitProducerIdResponse {
+    let mut request = InitProducerIdRequest::default();
+    request.transactional_id =
+        txn.map(|t| kafka_protocol::messages::TransactionalId(StrBytes::from_string(t.into())));
+    request.transaction_timeout_ms = 60_000;
+    let (id, epoch) = given.unwrap_or((-1, -1));
+    request.producer_id = ProducerId(id);
+    request.producer_epoch = epoch;
+    conn.call(ApiKey::InitProducerId, 4, &request)
+}
+
+#[test]
+fn an_idempotent_resend_gets_the_original_offsets_and_gaps_and_stale_epochs_are_refused() {
+    use kafka_protocol::ResponseError as E;
+    let cluster = Cluster::start_kafka(3, "auto", &[]);
+    let leader = cluster.wait_leader();
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let mut conn = KafkaConn::connect(kafka_addr(&cluster, leader));
+    let v3: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let init = v3
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::InitProducerId as i16)
+        .expect("InitProducerId is announced");
+    assert_eq!((init.min_version, init.max_version), (0, 4));
+
+    // Any node hands out ids, every one new; a transactional id is refused.
+    let mut at_follower = KafkaConn::connect(kafka_addr(&cluster, follower));
+    let from_follower = init_producer_id(&mut at_follower, None, None);
+    assert_eq!(from_follower.error_code, 0);
+    let txn = init_producer_id(&mut conn, None, Some("my-transaction"));
+    assert_eq!(txn.error_code, E::TransactionalIdAuthorizationFailed.code());
+    let granted = init_producer_id(&mut conn, None, None);
+    assert_eq!(granted.error_code, 0);
+    assert_eq!(granted.producer_epoch, 0);
+    let pid = granted.producer_id.0;
+    assert!(pid > 0);
+    let other = init_producer_id(&mut conn, None, None).producer_id.0;
+    assert!(
+        other != pid && from_follower.producer_id.0 != pid && other != from_follower.producer_id.0
+    );
+
+    // The first batch, then the same bytes again: one copy, the original offsets.
+    let first = idempotent_batch(pid, 0, 0, &["a", "b"]);
+    assert_eq!(produce_error(&mut conn, first.clone()), (0, 0));
+    assert_eq!(
+        produce_error(&mut conn, first),
+        (0, 0),
+        "a resend gets its offsets"
+    );
+    // A resend pipelined right behind its original (both in flight at once).
+    let second = idempotent_batch(pid, 0, 2, &["c"]);
+    let a = conn.send(ApiKey::Produce, 9, &produce_request(-1, second.clone()));
+    let b = conn.send(ApiKey::Produce, 9, &produce_request(-1, second));
+    for expected in [a, b] {
+        let (id, mut body) = conn.recv(ApiKey::Produce.response_header_version(9));
+        assert_eq!(id, expected);
+        let r = ProduceResponse::decode(&mut body, 9).unwrap();
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (0, 2), "request {id}");
+    }
+    // A gap, an unknown producer not starting at 0, a negative sequence: refused, not stored.
+    let gap = idempotent_batch(pid, 0, 5, &["gap"]);
+    assert_eq!(
+        produce_error(&mut conn, gap).0,
+        E::OutOfOrderSequenceNumber.code()
+    );
+    let unknown = idempotent_batch(pid + 1000, 0, 3, &["unknown"]);
+    assert_eq!(
+        produce_error(&mut conn, unknown).0,
+        E::UnknownProducerId.code()
+    );
+    let negative = idempotent_batch(pid, 0, -1, &["negative"]);
+    assert_eq!(
+        produce_error(&mut conn, negative).0,
+        E::InvalidRecord.code()
+    );
+    // A bumped epoch starts at 0 and fences the old one.
+    let bumped = init_producer_id(&mut conn, Some((pid, 0)), None);
+    assert_eq!(
+        (
+            bumped.error_code,
+            bumped.producer_id.0,
+            bumped.producer_epoch
+        ),
+        (0, pid, 1)
+    );
+    let new_epoch = idempotent_batch(pid, 1, 0, &["d"]);
+    assert_eq!(produce_error(&mut conn, new_epoch), (0, 3));
+    let stale = idempotent_batch(pid, 0, 3, &["stale"]);
+    assert_eq!(
+        produce_error(&mut conn, stale).0,
+        E::InvalidProducerEpoch.code()
+    );
+    let fenced = init_producer_id(&mut conn, Some((pid, 0)), None);
+    assert_eq!(fenced.error_code, E::InvalidProducerEpoch.code());
+    // A plain (non-idempotent) batch is never judged.
+    assert_eq!(produce_error(&mut conn, kafka_batch(&["plain"])), (0, 4));
+    assert_eq!(produce_error(&mut conn, kafka_batch(&["plain"])), (0, 5));
+
+    let values: Vec<Vec<u8>> = native_records(&cluster, 6)
+        .into_iter()
+        .map(|(_, r)| r.value)
+        .collect();
+    let expected: Vec<&[u8]> = vec![b"a", b"b", b"c", b"d", b"plain", b"plain"];
+    assert_eq!(values, expected, "every batch once, none of the refused");
+    let fetch: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_request(0, 0));
+    assert_eq!(fetch.responses[0].partitions[0].high_watermark, 6);
 }

@@ -33,7 +33,7 @@ use raftline_replicator::{Index, ProposeError, Term};
 
 use crate::kafka::ProduceTicket;
 use crate::metrics::Metrics;
-use crate::producers::Verdict;
+use crate::producers::{ProducerIds, Verdict};
 use crate::replica::{Committed, FatalError, ProposalError, Proposed, Replica};
 use crate::replies::Replier;
 
@@ -134,12 +134,26 @@ pub struct Appends {
     kafka_answers: Vec<(ProduceTicket, Outcome)>,
     /// The next pending append's serial number.
     serial: u64,
+    /// Producer ids this node hands out while it leads.
+    producer_ids: ProducerIds,
     metrics: Arc<Metrics>,
 }
 
+/// Why no producer id was handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantError {
+    /// A newer epoch of this producer is stored: the asking incarnation is fenced.
+    Fenced {
+        /// The epoch stored.
+        current: i16,
+    },
+    /// This node cannot hand out ids (see `ProducerIdError`; logged).
+    Unavailable(String),
+}
+
 impl Appends {
-    /// No appends yet.
-    pub fn new(cfg: AppendConfig, metrics: Arc<Metrics>) -> Appends {
+    /// No appends yet; `producer_ids` hands out idempotent producers' ids.
+    pub fn new(cfg: AppendConfig, producer_ids: ProducerIds, metrics: Arc<Metrics>) -> Appends {
         Appends {
             replier: Replier {
                 cluster_id: cfg.cluster_id,
@@ -153,7 +167,33 @@ impl Appends {
             draining: false,
             kafka_answers: Vec::new(),
             serial: 0,
+            producer_ids,
         }
+    }
+
+    /// Hands an idempotent producer its id and epoch: a new id at epoch 0, or, for a producer
+    /// that names its id and epoch (bumping its epoch after an error it cannot resolve
+    /// otherwise), the same id at the next epoch (a new id once the epoch is exhausted). Any
+    /// node hands out ids (`producers.rs`: unique without coordination).
+    pub fn grant_producer(
+        &mut self,
+        replica: &Replica,
+        bump: Option<(u64, i16)>,
+    ) -> Result<(u64, i16), GrantError> {
+        if let Some((producer_id, epoch)) = bump {
+            let current = replica.producer_table().get(producer_id).map(|p| p.epoch());
+            if let Some(current) = current.filter(|&c| c > epoch) {
+                return Err(GrantError::Fenced { current });
+            }
+            if epoch < i16::MAX - 1 {
+                return Ok((producer_id, epoch + 1));
+            }
+        }
+        let id = self.producer_ids.grant().map_err(|e| {
+            tracing::error!(error = %e, "no producer id can be handed out");
+            GrantError::Unavailable(e.to_string())
+        })?;
+        Ok((id, 0))
     }
 
     /// Appends still waiting for their acknowledgement.

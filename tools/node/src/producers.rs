@@ -35,14 +35,18 @@
 //! offset (the least recently written) is evicted. A later batch of an evicted producer gets
 //! `UnknownProducer` unless it starts a sequence at 0.
 //!
-//! **Producer ids** ([`ProducerIds`]) are allocated by the leader without a round of
-//! coordination: `term << 32 | n`, n counting from 0 in that leader's memory. A term has at
-//! most one leader, and a node leads a term at most once and within one process lifetime (a
-//! restarted node is a follower of its last term and must win an election in a higher term to
-//! lead again), so no two grants are the same id, across leader changes and restarts, without
-//! persisting anything. Ids stay positive i64 (Kafka's type) while the term is below 2^31.
+//! **Producer ids** ([`ProducerIds`]) are handed out by any node without a round of
+//! coordination (clients ask whichever broker they like, not the leader): `node_id << 48 |
+//! block << 24 | n`. The node bits keep nodes apart; a node claims a block durably (the
+//! `producer-ids` file in its data directory holds the next unclaimed block, written with
+//! fsync, rename and a directory fsync) at every start and whenever it used up 2^24 ids, before
+//! it hands out any id of it, so no id is handed out twice across restarts either. What this
+//! relies on is what Raft itself relies on: a node's data directory is never lost and reused
+//! under the same node id. Ids stay positive i64 (Kafka's type): node ids up to 2^15 - 1.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use raftline_log::batch::{entry_batches, parse_header, producer_of};
 use raftline_log::{Batch, BatchError, ProducerSeq};
@@ -531,38 +535,94 @@ impl Producers {
     }
 }
 
-/// Producer ids this leader hands out: `term << 32 | n` (see the module's comment).
-#[derive(Debug, Default)]
+/// Name of the file in the data directory that holds the next block of producer ids.
+const IDS_FILE: &str = "producer-ids";
+/// Ids per block (the low 24 bits).
+const IDS_PER_BLOCK: u64 = 1 << 24;
+/// Blocks a node can claim (the middle 24 bits).
+const BLOCKS_MAX: u64 = 1 << 24;
+/// Node ids that fit the upper bits (15, so that every id is a positive i64).
+const NODE_IDS_MAX: u64 = 1 << 15;
+
+/// Producer ids this node hands out: `node_id << 48 | block << 24 | n` (see the module's
+/// comment): the node bits keep nodes apart, and each block is claimed durably (the
+/// `producer-ids` file holds the next unclaimed one) before any id of it is handed out, so a
+/// restarted node never hands out an id again.
+#[derive(Debug)]
 pub struct ProducerIds {
-    term: Term,
+    dir: PathBuf,
+    node_id: u64,
+    /// The block this process claimed, and the next id's low bits in it.
+    block: u64,
     next: u64,
 }
 
 /// Why no producer id can be handed out.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ProducerIdError {
-    /// The term no longer fits the id's upper 31 bits.
-    #[error("term {0} is too high for producer ids (at most 2^31 - 1)")]
-    TermTooHigh(Term),
-    /// This leader handed out 2^32 ids in its term.
-    #[error("this leader handed out every producer id of term {0}; a new term brings more")]
-    Exhausted(Term),
+    /// The node id does not fit the id's upper bits.
+    #[error("node id {0} is too high to hand out producer ids (at most {max})", max = NODE_IDS_MAX - 1)]
+    NodeIdTooHigh(u64),
+    /// Every block was claimed (2^24 restarts or 2^48 ids of this node).
+    #[error("this node claimed every block of producer ids")]
+    Exhausted,
+    /// Claiming a block (the durable write of the `producer-ids` file) failed.
+    #[error("claiming a block of producer ids: {0}")]
+    Claim(#[from] std::io::Error),
 }
 
 impl ProducerIds {
-    /// A new producer id for the leader of `term`.
-    pub fn grant(&mut self, term: Term) -> Result<u64, ProducerIdError> {
-        if term >= 1 << 31 {
-            return Err(ProducerIdError::TermTooHigh(term));
+    /// Claims this process's first block of ids in `data_dir` (one durable write).
+    pub fn open(data_dir: &Path, node_id: u64) -> Result<ProducerIds, ProducerIdError> {
+        let mut ids = ProducerIds {
+            dir: data_dir.to_path_buf(),
+            node_id,
+            block: 0,
+            next: 0,
+        };
+        ids.block = ids.claim()?;
+        Ok(ids)
+    }
+
+    /// Reads the next unclaimed block and durably records the one after it.
+    fn claim(&self) -> Result<u64, ProducerIdError> {
+        let path = self.dir.join(IDS_FILE);
+        let block = match std::fs::read_to_string(&path) {
+            Ok(text) => text
+                .trim()
+                .strip_prefix("next_block = ")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{} is malformed: {text:?}", path.display()),
+                    )
+                })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if block >= BLOCKS_MAX {
+            return Err(ProducerIdError::Exhausted);
         }
-        if term != self.term {
-            self.term = term;
+        let tmp = self.dir.join(format!("{IDS_FILE}.tmp"));
+        let mut file = std::fs::File::create(&tmp)?;
+        writeln!(file, "next_block = {}", block + 1)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        raftline_log::dir::sync_dir(&self.dir)?;
+        Ok(block)
+    }
+
+    /// A new producer id.
+    pub fn grant(&mut self) -> Result<u64, ProducerIdError> {
+        if self.node_id >= NODE_IDS_MAX {
+            return Err(ProducerIdError::NodeIdTooHigh(self.node_id));
+        }
+        if self.next == IDS_PER_BLOCK {
+            self.block = self.claim()?;
             self.next = 0;
         }
-        if self.next > u64::from(u32::MAX) {
-            return Err(ProducerIdError::Exhausted(term));
-        }
-        let id = term << 32 | self.next;
+        let id = self.node_id << 48 | self.block << 24 | self.next;
         self.next += 1;
         Ok(id)
     }
@@ -841,21 +901,41 @@ mod tests {
     }
 
     #[test]
-    fn producer_ids_are_unique_per_term_and_refused_beyond_their_bits() {
-        let mut ids = ProducerIds::default();
-        assert_eq!(ids.grant(2), Ok(2 << 32));
-        assert_eq!(ids.grant(2), Ok((2 << 32) | 1));
-        assert_eq!(
-            ids.grant(5),
-            Ok(5 << 32),
-            "a new term starts over in its own range"
+    fn producer_ids_are_unique_across_nodes_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _restart in 0..3 {
+            let mut ids = ProducerIds::open(dir.path(), 3).unwrap();
+            for _ in 0..5 {
+                let id = ids.grant().unwrap();
+                assert!(id <= i64::MAX as u64 && id >> 48 == 3);
+                assert!(seen.insert(id), "id {id:#x} handed out twice");
+            }
+        }
+        let mut other = ProducerIds::open(dir.path(), 4).unwrap();
+        assert!(
+            seen.insert(other.grant().unwrap()),
+            "another node's ids differ"
         );
+        // A used-up block claims the next one before any id of it is handed out.
+        let mut ids = ProducerIds::open(dir.path(), 3).unwrap();
+        ids.next = IDS_PER_BLOCK;
+        let id = ids.grant().unwrap();
+        assert!(seen.insert(id));
+        let next = std::fs::read_to_string(dir.path().join(IDS_FILE)).unwrap();
         assert_eq!(
-            ids.grant(1 << 31),
-            Err(ProducerIdError::TermTooHigh(1 << 31))
+            next.trim(),
+            format!("next_block = {}", (id >> 24 & 0xff_ffff) + 1)
         );
-        ids.next = u64::from(u32::MAX) + 1;
-        assert_eq!(ids.grant(5), Err(ProducerIdError::Exhausted(5)));
-        assert!(((1u64 << 31) - 1) << 32 | u64::from(u32::MAX) <= i64::MAX as u64);
+        let mut high = ProducerIds::open(dir.path(), NODE_IDS_MAX).unwrap();
+        assert!(matches!(
+            high.grant(),
+            Err(ProducerIdError::NodeIdTooHigh(_))
+        ));
+        std::fs::write(dir.path().join(IDS_FILE), "next_block = 16777216\n").unwrap();
+        assert!(matches!(
+            ProducerIds::open(dir.path(), 3),
+            Err(ProducerIdError::Exhausted)
+        ));
     }
 }

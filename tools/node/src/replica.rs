@@ -26,7 +26,7 @@ use raftline_replicator::{
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::producers::{ProducerBatch, ProducerIdError, ProducerIds, Producers, Verdict};
+use crate::producers::{ProducerBatch, ProducerTable, Producers, Verdict};
 use crate::snapshots::{Restored, SnapshotError, SnapshotPolicy, Snapshots};
 use crate::storage::{batch_of, LogStorage};
 
@@ -172,8 +172,6 @@ pub struct Replica {
     leadership: Leadership,
     /// Idempotent producers' dedup state (committed table + this leader's proposals).
     producers: Producers,
-    /// Producer ids this node hands out while it leads.
-    producer_ids: ProducerIds,
 }
 
 impl Replica {
@@ -255,7 +253,6 @@ impl Replica {
             committed: Vec::new(),
             leadership,
             producers: Producers::new(producers),
-            producer_ids: ProducerIds::default(),
         })
     }
 
@@ -388,15 +385,8 @@ impl Replica {
         )
     }
 
-    /// A new producer id (an idempotent producer's InitProducerId), unique across leader
-    /// changes without coordination (`producers.rs`); `None` when this node does not lead.
-    pub fn grant_producer_id(&mut self) -> Option<Result<u64, ProducerIdError>> {
-        (self.raft.role() == Role::Leader).then(|| self.producer_ids.grant(self.raft.term()))
-    }
-
-    /// The committed dedup table (tests compare it across nodes).
-    #[cfg(test)]
-    pub fn producer_table(&self) -> &crate::producers::ProducerTable {
+    /// The committed dedup table.
+    pub fn producer_table(&self) -> &ProducerTable {
         self.producers.table()
     }
 

@@ -72,6 +72,9 @@ mod code {
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: ErrorCode = E::OutOfOrderSequenceNumber.code();
     pub const INVALID_PRODUCER_EPOCH: ErrorCode = E::InvalidProducerEpoch.code();
     pub const UNKNOWN_PRODUCER_ID: ErrorCode = E::UnknownProducerId.code();
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: ErrorCode =
+        E::TransactionalIdAuthorizationFailed.code();
+    pub const UNKNOWN_SERVER_ERROR: ErrorCode = E::UnknownServerError.code();
 }
 
 /// The Kafka answer to an append that failed.
@@ -207,7 +210,7 @@ impl Kafka {
             }
             ApiKey::InitProducerId => {
                 let place = self.place(client);
-                let response = produce::init_producer_id(asked, &mut buf)?;
+                let response = produce::init_producer_id(asked, &mut buf, replica, appends)?;
                 self.respond(net, place, response);
             }
             ApiKey::Fetch => {
