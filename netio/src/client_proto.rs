@@ -305,6 +305,11 @@ fn leader_hint(id: Option<u64>, address: Option<&str>) -> String {
     }
 }
 
+/// Batches per idempotent producer whose resends a node recognises (the last ones it stored):
+/// an idempotent producer keeps at most this many batches unanswered, so every batch it may
+/// resend is among them (Kafka's `max.in.flight` limit for idempotence, and its window).
+pub const PRODUCER_BATCHES_KEPT: usize = 5;
+
 /// A message from a client to a node.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Request {
@@ -353,6 +358,11 @@ pub enum Request {
     },
     /// Admin: take a snapshot of everything applied so far (answered once it is durable).
     SnapshotNow {
+        /// Echoed in the answer.
+        request_id: u64,
+    },
+    /// An idempotent producer asks for its id (any node answers, `ProducerGranted`).
+    InitProducer {
         /// Echoed in the answer.
         request_id: u64,
     },
@@ -433,6 +443,15 @@ pub enum Response {
         /// non-following reader stops there).
         end_offset: u64,
     },
+    /// An idempotent producer's id and epoch: its batches carry them and a sequence.
+    ProducerGranted {
+        /// The request's id.
+        request_id: u64,
+        /// The producer id.
+        producer_id: u64,
+        /// Its epoch.
+        epoch: i16,
+    },
 }
 
 /// Why a frame does not hold a valid client message.
@@ -462,6 +481,7 @@ impl Request {
             Request::Status { .. } => FrameType::Status,
             Request::SubscribeSnapshot { .. } => FrameType::SubscribeSnapshot,
             Request::SnapshotNow { .. } => FrameType::SnapshotNow,
+            Request::InitProducer { .. } => FrameType::InitProducer,
         }
     }
 }
@@ -479,6 +499,7 @@ impl Response {
             Response::SnapshotRecords { .. } => FrameType::SnapshotRecords,
             Response::SnapshotEnd { .. } => FrameType::SnapshotEnd,
             Response::SnapshotTaken { .. } => FrameType::SnapshotTaken,
+            Response::ProducerGranted { .. } => FrameType::ProducerGranted,
         }
     }
 }
@@ -593,6 +614,7 @@ pub fn decode_request(frame: Frame) -> Result<Request, ClientProtoError> {
             | FrameType::Status
             | FrameType::SubscribeSnapshot
             | FrameType::SnapshotNow
+            | FrameType::InitProducer
     ) {
         return Err(ClientProtoError::WrongFrameType(frame_type));
     }
@@ -622,6 +644,7 @@ pub fn decode_response(frame: Frame) -> Result<Response, ClientProtoError> {
             | FrameType::SnapshotRecords
             | FrameType::SnapshotEnd
             | FrameType::SnapshotTaken
+            | FrameType::ProducerGranted
     ) {
         return Err(ClientProtoError::WrongFrameType(frame_type));
     }

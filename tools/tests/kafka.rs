@@ -757,3 +757,135 @@ fn an_idempotent_resend_gets_the_original_offsets_and_gaps_and_stale_epochs_are_
     let fetch: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_request(0, 0));
     assert_eq!(fetch.responses[0].partitions[0].high_watermark, 6);
 }
+
+/// An idempotent confluent-kafka producer (acks=all): sends `count` records `kafka-<i>`, one
+/// every millisecond, and prints one line per record: `<i> <offset>` once acknowledged, or
+/// `<i> error <why>`.
+const IDEMPOTENT_KAFKA_PRODUCER: &str = r#"
+import sys, time
+from confluent_kafka import Producer
+
+bootstrap, topic, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+              "linger.ms": 5, "message.timeout.ms": 45000, "retry.backoff.ms": 50})
+results = {}
+def done(err, msg, i):
+    results[i] = ("error %s" % err) if err else str(msg.offset())
+for i in range(count):
+    p.produce(topic, value=b"kafka-%d" % i, on_delivery=lambda err, msg, i=i: done(err, msg, i))
+    p.poll(0)
+    time.sleep(0.001)
+assert p.flush(60) == 0
+for i in range(count):
+    print(i, results.get(i, "error unanswered"))
+"#;
+
+/// Kill -9 of the leader while an idempotent Kafka producer (confluent-kafka) and an idempotent
+/// native producer run: every acknowledged record is at its acknowledged offset, every record
+/// is in the log exactly once (the resends the kill causes are recognised by the new leader),
+/// and a consumer reading the log sees every offset once.
+#[test]
+fn killing_the_leader_under_idempotent_kafka_and_native_producers_stores_every_record_once() {
+    use raftline_netio::client::{Producer, Subscription};
+    use std::collections::BTreeMap;
+
+    const RECORDS: u64 = 3000;
+    let mut cluster = Cluster::start_kafka(3, "auto", &[]);
+    let leader = cluster.wait_leader();
+    let brokers: Vec<String> = (1..=3)
+        .map(|id| kafka_addr(&cluster, id).to_string())
+        .collect();
+    let kafka = Command::new("python3")
+        .args(["-c", IDEMPOTENT_KAFKA_PRODUCER, &brokers.join(","), CLUSTER])
+        .arg(RECORDS.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with confluent-kafka (pip install)");
+    let native_config = client_config(&cluster);
+    assert!(
+        native_config.idempotent,
+        "the native client is idempotent by default"
+    );
+    let native = std::thread::spawn(move || {
+        let mut producer = Producer::new(native_config);
+        let mut acks = Vec::new();
+        for seq in 0..RECORDS {
+            let record = Record {
+                key: None,
+                value: format!("native-{seq}").into_bytes(),
+                timestamp_ms: seq,
+                headers: vec![],
+            };
+            assert_eq!(producer.send(record).unwrap(), seq);
+            acks.extend(producer.take_acks());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        producer.flush().unwrap();
+        acks.extend(producer.take_acks());
+        acks
+    });
+    // Kill the leader once both producers are well under way.
+    let leader_addr = cluster.node(leader).client;
+    let deadline = Instant::now() + DEADLINE;
+    while cluster_support::status(leader_addr).is_ok_and(|s| s.log_end_offset < RECORDS / 2) {
+        assert!(Instant::now() < deadline, "the producers never got going");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    cluster.kill(leader);
+
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    for ack in native.join().unwrap() {
+        let offset = ack
+            .result
+            .expect("every native record acknowledged in the end");
+        acked.insert(format!("native-{}", ack.seq), offset);
+    }
+    let out = kafka.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in stdout.lines() {
+        let (i, result) = line.split_once(' ').unwrap();
+        let offset = result
+            .parse()
+            .unwrap_or_else(|_| panic!("Kafka record {i} not acknowledged: {result}"));
+        acked.insert(format!("kafka-{i}"), offset);
+    }
+    assert_eq!(acked.len() as u64, 2 * RECORDS, "an answer per record");
+    let end = acked.values().max().unwrap() + 1;
+
+    let survivors: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.id != leader)
+        .map(|n| n.client.to_string())
+        .collect();
+    let config = ClientConfig::new(survivors, ClusterId::from_name(CLUSTER));
+    let mut sub = Subscription::open(config, StartFrom::Earliest).unwrap();
+    let mut found: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut next = 0;
+    while next < end {
+        let r = sub
+            .next_record(Some(DEADLINE))
+            .unwrap()
+            .expect("a record within the deadline");
+        assert_eq!(r.offset, next, "every offset exactly once, in order");
+        let value = String::from_utf8(r.record.value).unwrap();
+        found.entry(value).or_default().push(r.offset);
+        next += 1;
+    }
+    let duplicated: Vec<_> = found.iter().filter(|(_, at)| at.len() > 1).collect();
+    assert!(duplicated.is_empty(), "stored twice: {duplicated:?}");
+    for (value, offset) in &acked {
+        assert_eq!(
+            found.get(value).map(Vec::as_slice),
+            Some(&[*offset][..]),
+            "{value} acknowledged at {offset}"
+        );
+    }
+    assert_eq!(end, 2 * RECORDS, "nothing but the records sent, each once");
+}

@@ -140,14 +140,16 @@ pub struct Appends {
 }
 
 /// Why no producer id was handed out.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GrantError {
     /// A newer epoch of this producer is stored: the asking incarnation is fenced.
+    #[error("a newer epoch ({current}) of this producer is stored")]
     Fenced {
         /// The epoch stored.
         current: i16,
     },
     /// This node cannot hand out ids (see `ProducerIdError`; logged).
+    #[error("no producer id can be handed out: {0}")]
     Unavailable(String),
 }
 

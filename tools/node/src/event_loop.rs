@@ -338,6 +338,20 @@ impl EventLoop {
                         self.replier.error(net, client, request_id, error);
                     }
                 },
+                Ok(Request::InitProducer { request_id }) => {
+                    let reply = match self.appends.grant_producer(&self.replica, None) {
+                        Ok((producer_id, epoch)) => Response::ProducerGranted {
+                            request_id,
+                            producer_id,
+                            epoch,
+                        },
+                        Err(e) => Response::Error {
+                            request_id,
+                            error: ClientError::Unavailable { why: e.to_string() },
+                        },
+                    };
+                    self.replier.respond(net, client, &reply);
+                }
                 Ok(Request::Credit {
                     subscription_id,
                     bytes,

@@ -54,8 +54,9 @@ use raftline_replicator::{Index, Term};
 
 /// Producers the table holds at most (the least recently written is evicted beyond it).
 pub const PRODUCERS_MAX: usize = 10_000;
-/// Batches remembered per producer: a resend of any of them is recognised.
-pub const BATCHES_KEPT: usize = 5;
+/// Batches remembered per producer: a resend of any of them is recognised (producers keep at
+/// most this many unanswered: the protocol's constant, also Kafka's).
+pub const BATCHES_KEPT: usize = raftline_netio::client_proto::PRODUCER_BATCHES_KEPT;
 
 /// The sequence number after `count` records from `base` (Kafka's rule: after `i32::MAX` comes
 /// 0).
