@@ -64,7 +64,6 @@ mod code {
     pub const MESSAGE_TOO_LARGE: ErrorCode = E::MessageTooLarge.code();
     pub const INVALID_REQUIRED_ACKS: ErrorCode = E::InvalidRequiredAcks.code();
     pub const UNSUPPORTED_VERSION: ErrorCode = E::UnsupportedVersion.code();
-    pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: ErrorCode = E::UnsupportedForMessageFormat.code();
     pub const FENCED_LEADER_EPOCH: ErrorCode = E::FencedLeaderEpoch.code();
     pub const UNKNOWN_LEADER_EPOCH: ErrorCode = E::UnknownLeaderEpoch.code();
     pub const UNSUPPORTED_COMPRESSION_TYPE: ErrorCode = E::UnsupportedCompressionType.code();
@@ -75,6 +74,7 @@ mod code {
     pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: ErrorCode =
         E::TransactionalIdAuthorizationFailed.code();
     pub const UNKNOWN_SERVER_ERROR: ErrorCode = E::UnknownServerError.code();
+    pub const KAFKA_STORAGE_ERROR: ErrorCode = E::KafkaStorageError.code();
 }
 
 /// The Kafka answer to an append that failed.
@@ -204,8 +204,10 @@ impl Kafka {
                 let response = self.produces.produce(
                     net, &self.cfg, replica, appends, asked, client, place, request,
                 );
-                if let (Some(place), Some(response)) = (place, response) {
-                    self.respond(net, place, response?);
+                match (place, response) {
+                    (Some(place), Some(response)) => self.respond(net, place, response?),
+                    (None, Some(Err(why))) => return Err(why),
+                    _ => {}
                 }
             }
             ApiKey::InitProducerId => {
