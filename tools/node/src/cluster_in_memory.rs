@@ -819,6 +819,15 @@ fn a_resend_to_a_new_leader_gets_the_original_offsets_and_a_replaced_suffix_leav
         ),
         other => panic!("the resend is a duplicate, got {other:?}"),
     }
+    // A follower judges nothing: proposing tells the client to go to the leader.
+    let follower = 3 - old - new;
+    assert_eq!(verdict(&mut cluster, follower, &racing), Verdict::Fresh);
+    assert!(matches!(
+        cluster.replica(follower).propose(racing.clone()),
+        Err(crate::replica::ProposalError::Refused(
+            raftline_replicator::ProposeError::NotLeader { .. }
+        ))
+    ));
     // What the stale leader took was never committed: for the new leader it is the next batch.
     assert_eq!(verdict(&mut cluster, new, &stale), Verdict::Fresh);
     cluster.replica(new).propose(stale.clone()).unwrap();

@@ -453,8 +453,12 @@ impl Replica {
 
     /// The leader's judgement of a proposal's batches before it proposes them: which are new,
     /// which resend a stored (or in-flight) batch, which break their producer's sequence or
-    /// epoch (`producers.rs`).
+    /// epoch (`producers.rs`). A node that does not lead judges nothing.
     pub fn judge(&self, batches: &[Batch]) -> Vec<Verdict> {
+        if self.raft.role() != Role::Leader {
+            // Proposing answers `NotLeader`: the client goes to the leader, which judges.
+            return vec![Verdict::Fresh; batches.len()];
+        }
         self.producers.judge(
             batches,
             self.raft.term(),
