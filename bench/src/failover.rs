@@ -37,7 +37,8 @@ client-visible write unavailability: the longest gap between successful acknowle
 producer saw around the kill. Then the killed node is restarted on its data directory and the \
 next trial waits until it has caught up. At the end the whole log is read back from offset 0 and \
 every acknowledged record (each value carries its producer id and sequence number) is checked at \
-its acknowledged offset: lost must be 0; duplicates (at-least-once resends) are counted.\n\n\
+its acknowledged offset: lost must be 0; duplicates are counted (0 with the idempotent \
+producers the client uses by default: the leader stores a resent batch once).\n\n\
 With --netns lan|wan|far-replica the nodes run in network namespaces with delayed links and the \
 scenario's timing (see `raftline bench cluster --help`), and the target is 2x its election \
 timeout.\n\n\

@@ -6,13 +6,16 @@
 //!  0 u32 magic "RLNB"      4 u32 crc32c of bytes [8, end)
 //!  8 u16 version (1)       10 u16 flags (0 for data; 1 truncation marker; 2 leader no-op;
 //!                                        4 configuration; 8 run; 16 Kafka;
-//!                                        32 durability marker)
+//!                                        32 durability marker; 64 producer block)
 //! 12 u32 record_count      16 u64 base_offset
 //! 24 u64 term              32 u64 index
 //! 40 u32 payload_bytes     44 u32 reserved (0)
 //! 48 payload: rkyv archive of Vec<Record> (a run: its data batches back to back; a Kafka
 //!    batch: a Kafka RecordBatch v2, verbatim)
 //! ```
+//! A native batch of an idempotent producer (`FLAG_PRODUCER`) starts its payload with a 16-byte
+//! producer block, `u64 producer_id, i16 epoch, u16 0, i32 base_sequence`, before the archive
+//! (which stays 16-aligned).
 //! A Kafka batch's CRC covers only [8, 48) and the Kafka batch's bytes [0, 21): Kafka's own
 //! CRC32C covers the rest, so the leader stamps it without a second pass over the records.
 
@@ -56,6 +59,14 @@ pub const FLAG_KAFKA: u16 = 16;
 /// previous group's fdatasync has completed; recovery reads them to tell damage to synced
 /// (possibly acknowledged) entries from a torn write (see FORMAT.md, "Durability markers").
 pub(crate) const FLAG_DURABLE_MARK: u16 = 32;
+/// Flag of a native data batch of an idempotent producer: its payload starts with the
+/// [`PRODUCER_BLOCK_BYTES`] producer block (id, epoch, base sequence), then the records' archive.
+/// A Kafka batch carries the same fields in its own header instead, so the two flags never
+/// meet.
+pub const FLAG_PRODUCER: u16 = 64;
+/// Bytes of the producer block of a `FLAG_PRODUCER` batch (a multiple of 16: the archive after it
+/// stays aligned).
+pub const PRODUCER_BLOCK_BYTES: usize = 16;
 /// The flags of log-internal batches, which take no Raft index or offset.
 const FLAGS_LOG_INTERNAL: u16 = FLAG_TRUNCATE_MARKER | FLAG_DURABLE_MARK;
 
@@ -108,6 +119,48 @@ pub enum BatchError {
     /// The payload of a Kafka batch is not a Kafka batch raftline takes.
     #[error(transparent)]
     Kafka(#[from] KafkaBatchError),
+}
+
+/// An idempotent producer's identity and sequence on a data batch: the batch's records have
+/// the sequence numbers `base_sequence`, `base_sequence + 1`, ... (Kafka's rule: after
+/// `i32::MAX` comes 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProducerSeq {
+    /// The producer id (at most `i64::MAX`, so that Kafka's signed ids and native ones share
+    /// one space).
+    pub producer_id: u64,
+    /// The producer's epoch (>= 0).
+    pub epoch: i16,
+    /// Sequence number of the batch's first record (>= 0).
+    pub base_sequence: i32,
+}
+
+impl ProducerSeq {
+    fn block(&self) -> [u8; PRODUCER_BLOCK_BYTES] {
+        let mut b = [0u8; PRODUCER_BLOCK_BYTES];
+        b[0..8].copy_from_slice(&self.producer_id.to_le_bytes());
+        b[8..10].copy_from_slice(&self.epoch.to_le_bytes());
+        b[12..16].copy_from_slice(&self.base_sequence.to_le_bytes());
+        b
+    }
+
+    fn from_block(b: &[u8]) -> Result<ProducerSeq, BatchError> {
+        let seq = ProducerSeq {
+            producer_id: u64_at(b, 0),
+            epoch: i16::from_le_bytes([b[8], b[9]]),
+            base_sequence: u32_at(b, 12) as i32,
+        };
+        if seq.producer_id > i64::MAX as u64
+            || seq.epoch < 0
+            || seq.base_sequence < 0
+            || u16_at(b, 10) != 0
+        {
+            return Err(BatchError::BadHeader(
+                "producer block: id above i64::MAX, a negative epoch or sequence, or reserved bits",
+            ));
+        }
+        Ok(seq)
+    }
 }
 
 /// CRC32C (Castagnoli) of `bytes`.
@@ -171,9 +224,20 @@ impl BatchHeader {
         self.flags & FLAG_DURABLE_MARK != 0
     }
 
-    /// True for a batch carrying producers' records: native (flags 0) or Kafka.
+    /// True for a batch carrying producers' records: native (flags 0 or `FLAG_PRODUCER`) or
+    /// Kafka.
     pub fn is_data(&self) -> bool {
-        self.flags & !FLAG_KAFKA == 0
+        self.flags & !(FLAG_KAFKA | FLAG_PRODUCER) == 0
+    }
+
+    /// Where the records start in the batch (after the producer block of a native batch that
+    /// has one).
+    fn records_from(&self) -> usize {
+        if self.flags & FLAG_PRODUCER != 0 {
+            BATCH_HEADER_BYTES + PRODUCER_BLOCK_BYTES
+        } else {
+            BATCH_HEADER_BYTES
+        }
     }
 
     /// Offset one past the last record of this batch.
@@ -197,8 +261,20 @@ pub fn parse_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::BadHeader("version"));
     }
     let flags = u16_at(bytes, 10);
-    if flags & !(FLAGS_LOG_INTERNAL | FLAG_NOOP | FLAG_CONFIG | FLAG_RUN | FLAG_KAFKA) != 0 {
+    let known =
+        FLAGS_LOG_INTERNAL | FLAG_NOOP | FLAG_CONFIG | FLAG_RUN | FLAG_KAFKA | FLAG_PRODUCER;
+    if flags & !known != 0 {
         return Err(BatchError::BadHeader("unknown flags"));
+    }
+    if flags & FLAG_PRODUCER != 0 && flags != FLAG_PRODUCER {
+        return Err(BatchError::BadHeader(
+            "a producer block belongs to a native data batch only",
+        ));
+    }
+    if flags & FLAG_PRODUCER != 0 && (u32_at(bytes, 40) as usize) < PRODUCER_BLOCK_BYTES {
+        return Err(BatchError::BadHeader(
+            "payload shorter than its producer block",
+        ));
     }
     if u32_at(bytes, 44) != 0 {
         return Err(BatchError::BadHeader("reserved field not zero"));
@@ -321,9 +397,32 @@ impl Batch {
 
     /// Encodes records into a new batch with base_offset, term and index 0 (to be stamped).
     pub fn encode(records: &[Record]) -> Result<Batch, BatchError> {
+        Batch::encode_as(records, None)
+    }
+
+    /// Encodes records into a new batch of an idempotent producer: the producer block carries
+    /// `producer` (see [`FLAG_PRODUCER`]); base_offset, term and index 0 (to be stamped).
+    pub fn encode_idempotent(
+        records: &[Record],
+        producer: ProducerSeq,
+    ) -> Result<Batch, BatchError> {
+        Batch::encode_as(records, Some(producer))
+    }
+
+    fn encode_as(records: &[Record], producer: Option<ProducerSeq>) -> Result<Batch, BatchError> {
+        if producer
+            .is_some_and(|p| p.producer_id > i64::MAX as u64 || p.epoch < 0 || p.base_sequence < 0)
+        {
+            return Err(BatchError::BadHeader(
+                "producer id above i64::MAX, or a negative epoch or sequence",
+            ));
+        }
         let payload = rkyv::to_bytes::<rancor::Error>(&records.to_vec())
             .map_err(|e| BatchError::BadPayload(e.to_string()))?;
-        let total = BATCH_HEADER_BYTES + payload.len();
+        let block = producer.map(|p| p.block());
+        let block: &[u8] = block.as_ref().map_or(&[], |b| &b[..]);
+        let payload_bytes = block.len() + payload.len();
+        let total = BATCH_HEADER_BYTES + payload_bytes;
         if total > BATCH_BYTES_LIMIT {
             return Err(BatchError::TooLarge {
                 bytes: total,
@@ -332,8 +431,10 @@ impl Batch {
         }
         let count =
             u32::try_from(records.len()).map_err(|_| BatchError::BadHeader("record_count"))?;
+        let flags = if producer.is_some() { FLAG_PRODUCER } else { 0 };
         let mut bytes = Vec::with_capacity(total);
-        bytes.extend_from_slice(&header_bytes(0, count, 0, 0, 0, payload.len() as u32));
+        bytes.extend_from_slice(&header_bytes(flags, count, 0, 0, 0, payload_bytes as u32));
+        bytes.extend_from_slice(block);
         bytes.extend_from_slice(&payload);
         let mut batch = Batch { bytes };
         batch.reseal();
@@ -457,6 +558,9 @@ impl Batch {
             check_kafka_header(&header, &bytes)?;
             kafka::validate(&bytes[BATCH_HEADER_BYTES..])?;
             return Ok(Batch { bytes });
+        }
+        if header.flags & FLAG_PRODUCER != 0 {
+            ProducerSeq::from_block(&bytes[BATCH_HEADER_BYTES..])?;
         }
         let batch = Batch { bytes };
         let count = batch.with_archive(|records| records.len())?;
@@ -582,8 +686,33 @@ impl Batch {
         &self,
         f: impl FnOnce(&rkyv::vec::ArchivedVec<ArchivedRecord>) -> T,
     ) -> Result<T, BatchError> {
-        with_archive(&self.bytes[BATCH_HEADER_BYTES..], f)
+        with_archive(&self.bytes[self.header().records_from()..], f)
     }
+
+    /// The idempotent producer's id, epoch and base sequence this data batch carries (`None`:
+    /// not an idempotent producer's batch).
+    pub fn producer(&self) -> Option<ProducerSeq> {
+        producer_of(&self.header(), &self.bytes)
+    }
+}
+
+/// The idempotent producer's id, epoch and base sequence of the data batch that is exactly
+/// `bytes` (with its parsed `header`), over bytes verified where they entered this node (the
+/// producer block or Kafka header was validated there): a native batch's producer block, a
+/// Kafka batch's producerId (-1: none), producerEpoch and baseSequence.
+pub fn producer_of(header: &BatchHeader, bytes: &[u8]) -> Option<ProducerSeq> {
+    if header.flags & FLAG_PRODUCER != 0 {
+        return ProducerSeq::from_block(&bytes[BATCH_HEADER_BYTES..]).ok();
+    }
+    if !header.is_kafka() {
+        return None;
+    }
+    let k = kafka::parse_header(&bytes[BATCH_HEADER_BYTES..]).ok()?;
+    (k.producer_id >= 0).then_some(ProducerSeq {
+        producer_id: k.producer_id as u64,
+        epoch: k.producer_epoch,
+        base_sequence: k.base_sequence,
+    })
 }
 
 /// A keyed record as [`for_each_keyed_in`] visits it, borrowed from the batch.
@@ -631,7 +760,7 @@ pub fn for_each_keyed_in(
             place += 1;
         })?);
     }
-    with_archive(&bytes[BATCH_HEADER_BYTES..], |archived| {
+    with_archive(&bytes[header.records_from()..], |archived| {
         for (place, record) in (0u64..).zip(archived.iter()) {
             if let Some(key) = record.key.as_ref() {
                 visit(KeyedRecord {
@@ -660,7 +789,7 @@ pub fn for_each_timestamp_in(
             offset += 1;
         })?);
     }
-    with_archive(&bytes[BATCH_HEADER_BYTES..], |archived| {
+    with_archive(&bytes[header.records_from()..], |archived| {
         for (offset, record) in (header.base_offset..).zip(archived.iter()) {
             visit(offset, record.timestamp_ms.to_native());
         }
@@ -696,12 +825,11 @@ fn data_batch_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
 /// place the two formats meet on the read path; its cost is not measured yet).
 pub fn append_kafka_record_batch(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), BatchError> {
     let header = data_batch_header(bytes)?;
-    let payload = &bytes[BATCH_HEADER_BYTES..];
     if header.is_kafka() {
-        out.extend_from_slice(payload);
+        out.extend_from_slice(&bytes[BATCH_HEADER_BYTES..]);
         return Ok(());
     }
-    let records = with_archive(payload, |archived| {
+    let records = with_archive(&bytes[header.records_from()..], |archived| {
         rkyv::deserialize::<Vec<Record>, rancor::Error>(archived)
             .map_err(|e| BatchError::BadPayload(e.to_string()))
     })??;
@@ -1266,6 +1394,118 @@ mod tests {
             let mut keyed = Vec::new();
             for_each_keyed_in(batch.as_bytes(), |r| keyed.push(r.key.to_vec())).unwrap();
             assert_eq!(keyed, vec![b"k1".to_vec()], "{codec:?}");
+        }
+    }
+
+    const PRODUCER: ProducerSeq = ProducerSeq {
+        producer_id: (7 << 32) | 3,
+        epoch: 2,
+        base_sequence: 40,
+    };
+
+    #[test]
+    fn an_idempotent_batch_carries_its_producer_through_stamps_runs_and_reads() {
+        let batch = Batch::encode_idempotent(&sample_records(), PRODUCER).unwrap();
+        let mut batch = Batch::decode(batch.into_bytes()).unwrap();
+        assert_eq!(batch.producer(), Some(PRODUCER));
+        assert_eq!(batch.records().unwrap(), sample_records());
+        assert_eq!(Batch::encode(&sample_records()).unwrap().producer(), None);
+        batch.stamp(10, 2, 5);
+        assert_eq!(batch.producer(), Some(PRODUCER), "stamping keeps it");
+        let mut both = [batch, Batch::encode(&sample_records()).unwrap()];
+        let run = Batch::run(&mut both, 10, 2, 5).unwrap();
+        let run = Batch::from_entry_bytes(run.into_bytes()).unwrap();
+        let inner: Vec<_> = entry_batches(run.as_bytes())
+            .map(|b| {
+                let (h, range) = b.unwrap();
+                producer_of(&h, &run.as_bytes()[range])
+            })
+            .collect();
+        assert_eq!(inner, vec![Some(PRODUCER), None]);
+        let (_, first) = entry_batches(run.as_bytes()).next().unwrap().unwrap();
+        let first = &run.as_bytes()[first];
+        let mut keyed = Vec::new();
+        for_each_keyed_in(first, |r| keyed.push((r.offset, r.key.to_vec()))).unwrap();
+        assert_eq!(keyed, vec![(10, b"k1".to_vec())]);
+        let mut served = Vec::new();
+        append_kafka_record_batch(first, &mut served).unwrap();
+        let k = kafka::validate(&served).unwrap();
+        assert_eq!((k.base_offset, k.record_count), (10, 2));
+        let mut timestamps = Vec::new();
+        for_each_timestamp_in(first, |offset, ts| timestamps.push((offset, ts))).unwrap();
+        assert_eq!(timestamps, vec![(10, 7), (11, u64::MAX)]);
+        assert_eq!(max_timestamp_in(first).unwrap(), Some(u64::MAX));
+    }
+
+    #[test]
+    fn a_bad_producer_block_is_refused() {
+        let negative = ProducerSeq {
+            epoch: -1,
+            ..PRODUCER
+        };
+        assert!(Batch::encode_idempotent(&sample_records(), negative).is_err());
+        let good = Batch::encode_idempotent(&sample_records(), PRODUCER).unwrap();
+        let resealed = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut bytes = good.as_bytes().to_vec();
+            edit(&mut bytes);
+            let mut batch = Batch { bytes };
+            batch.reseal();
+            Batch::decode(batch.into_bytes())
+        };
+        type Edit<'a> = &'a dyn Fn(&mut Vec<u8>);
+        let cases: [(&str, Edit); 4] = [
+            ("negative epoch", &|b| {
+                b[56..58].copy_from_slice(&(-3i16).to_le_bytes())
+            }),
+            ("negative sequence", &|b| {
+                b[60..64].copy_from_slice(&(-1i32).to_le_bytes())
+            }),
+            ("reserved bits", &|b| b[58] = 1),
+            ("with the Kafka flag", &|b| {
+                b[10..12].copy_from_slice(&(FLAG_PRODUCER | FLAG_KAFKA).to_le_bytes())
+            }),
+        ];
+        for (what, edit) in cases {
+            assert!(
+                matches!(resealed(edit), Err(BatchError::BadHeader(_))),
+                "{what}"
+            );
+        }
+        assert!(resealed(&|_| ()).is_ok());
+    }
+
+    /// A Kafka batch as an idempotent producer sends it: producer fields set, Kafka's CRC
+    /// recomputed.
+    fn kafka_batch_of(producer_id: i64, epoch: i16, base_sequence: i32) -> Vec<u8> {
+        let mut bytes = kafka_batch(&kafka_records());
+        bytes[43..51].copy_from_slice(&producer_id.to_be_bytes());
+        bytes[51..53].copy_from_slice(&epoch.to_be_bytes());
+        bytes[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+        let crc = crc32c(&bytes[KAFKA_CRC_FROM..]);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn a_kafka_batch_names_its_producer_and_a_negative_epoch_or_sequence_is_refused() {
+        let batch = Batch::from_kafka(&kafka_batch_of(99, 1, 7)).unwrap();
+        let expected = ProducerSeq {
+            producer_id: 99,
+            epoch: 1,
+            base_sequence: 7,
+        };
+        assert_eq!(batch.producer(), Some(expected));
+        assert_eq!(
+            Batch::from_kafka(&kafka_batch_of(-1, -1, -1))
+                .unwrap()
+                .producer(),
+            None
+        );
+        for (epoch, seq) in [(-1, 0), (0, -1)] {
+            assert!(matches!(
+                Batch::from_kafka(&kafka_batch_of(99, epoch, seq)),
+                Err(BatchError::Kafka(KafkaBatchError::ProducerFields { .. }))
+            ));
         }
     }
 

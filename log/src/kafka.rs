@@ -13,8 +13,9 @@
 //! 43 i64 producerId         51 i16 producerEpoch   53 i32 baseSequence
 //! 57 i32 recordsCount       61 records (compressed as a whole when attributes say so)
 //! ```
-//! Producer id, epoch and sequence are kept as sent: they are what idempotent producers will
-//! be checked by.
+//! Producer id, epoch and sequence are kept as sent: the node checks an idempotent producer's
+//! batches by them (`batch::ProducerSeq`); a producer id other than -1 needs an epoch and a base
+//! sequence >= 0.
 
 use std::io::Read;
 
@@ -84,6 +85,16 @@ pub enum KafkaBatchError {
         /// Records decoded before the bytes ran out (or that the bytes hold).
         decoded: usize,
     },
+    /// A producer id (not -1) with a negative producer epoch or base sequence.
+    #[error("Kafka batch of producer {producer_id} has epoch {epoch} and base sequence {base_sequence}; both must be >= 0")]
+    ProducerFields {
+        /// producerId.
+        producer_id: i64,
+        /// producerEpoch.
+        epoch: i16,
+        /// baseSequence.
+        base_sequence: i32,
+    },
     /// maxTimestamp is not the largest of the records' timestamps (the time index steers by
     /// it).
     #[error("Kafka batch says maxTimestamp {declared}, its records' largest is {actual}")]
@@ -127,6 +138,12 @@ pub struct KafkaBatchHeader {
     pub last_offset_delta: i32,
     /// baseTimestamp.
     pub base_timestamp: i64,
+    /// producerId (-1: not an idempotent producer's batch).
+    pub producer_id: i64,
+    /// producerEpoch.
+    pub producer_epoch: i16,
+    /// baseSequence: the producer's sequence number of the first record.
+    pub base_sequence: i32,
     /// maxTimestamp: the largest record timestamp (`validate` checks it).
     pub max_timestamp: i64,
     /// Compression of the records.
@@ -197,11 +214,23 @@ pub fn parse_header(bytes: &[u8]) -> Result<KafkaBatchHeader, KafkaBatchError> {
         4 => Compression::Zstd,
         _ => return Err(KafkaBatchError::UnsupportedCompression("unknown")),
     };
+    let (producer_id, producer_epoch, base_sequence) =
+        (i64_at(bytes, 43), i16_at(bytes, 51), i32_at(bytes, 53));
+    if producer_id >= 0 && (producer_epoch < 0 || base_sequence < 0) {
+        return Err(KafkaBatchError::ProducerFields {
+            producer_id,
+            epoch: producer_epoch,
+            base_sequence,
+        });
+    }
     Ok(KafkaBatchHeader {
         base_offset: i64_at(bytes, 0),
         leader_epoch: i32_at(bytes, 12),
         last_offset_delta: i32_at(bytes, 23),
         base_timestamp: i64_at(bytes, 27),
+        producer_id,
+        producer_epoch,
+        base_sequence,
         max_timestamp: i64_at(bytes, 35),
         record_count: i32_at(bytes, 57),
         compression,

@@ -20,7 +20,7 @@ pub mod space;
 mod writer_hook;
 
 pub use backend::{BackendChoice, BackendKind};
-pub use batch::{Batch, BatchError, BatchHeader, Record};
+pub use batch::{Batch, BatchError, BatchHeader, ProducerSeq, Record};
 pub use error::{CorruptionKind, LogError};
 pub use group_commit::WriterStats;
 pub use hard_state::{HardState, HardStateStore, SlotsLoaded};

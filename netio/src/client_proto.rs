@@ -309,6 +309,39 @@ pub enum ClientError {
         /// Bytes free there when the node last tried.
         free_bytes: u64,
     },
+    /// An idempotent producer's batch does not continue its sequence (a batch before it is
+    /// missing): not stored.
+    #[error("producer {producer_id}: sequence {got} out of order (expected {})",
+        if *expected < 0 { "0 in a new epoch".to_string() } else { expected.to_string() })]
+    OutOfOrderSequence {
+        /// The producer.
+        producer_id: u64,
+        /// The sequence the node expected (-1: a new epoch starts at 0).
+        expected: i32,
+        /// The batch's first sequence.
+        got: i32,
+    },
+    /// An idempotent producer's batch carries an epoch older than the producer's current one
+    /// (a newer incarnation fenced it): not stored.
+    #[error("producer {producer_id}: epoch {got} is stale (current: {current})")]
+    InvalidProducerEpoch {
+        /// The producer.
+        producer_id: u64,
+        /// Its current epoch.
+        current: i16,
+        /// The batch's epoch.
+        got: i16,
+    },
+    /// The node holds no state for this idempotent producer (evicted: the dedup table keeps
+    /// the most recently written producers only) and the batch does not start a sequence:
+    /// not stored; the producer needs a new id.
+    #[error(
+        "producer {producer_id} is unknown (evicted from the dedup table, or never registered)"
+    )]
+    UnknownProducer {
+        /// The producer.
+        producer_id: u64,
+    },
 }
 
 fn leader_hint(id: Option<u64>, address: Option<&str>) -> String {
@@ -318,6 +351,11 @@ fn leader_hint(id: Option<u64>, address: Option<&str>) -> String {
         (None, _) => "unknown".to_string(),
     }
 }
+
+/// Batches per idempotent producer whose resends a node recognises (the last ones it stored):
+/// an idempotent producer keeps at most this many batches unanswered, so every batch it may
+/// resend is among them (Kafka's `max.in.flight` limit for idempotence, and its window).
+pub const PRODUCER_BATCHES_KEPT: usize = 5;
 
 /// A message from a client to a node.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -367,6 +405,11 @@ pub enum Request {
     },
     /// Admin: take a snapshot of everything applied so far (answered once it is durable).
     SnapshotNow {
+        /// Echoed in the answer.
+        request_id: u64,
+    },
+    /// An idempotent producer asks for its id (any node answers, `ProducerGranted`).
+    InitProducer {
         /// Echoed in the answer.
         request_id: u64,
     },
@@ -447,6 +490,15 @@ pub enum Response {
         /// non-following reader stops there).
         end_offset: u64,
     },
+    /// An idempotent producer's id and epoch: its batches carry them and a sequence.
+    ProducerGranted {
+        /// The request's id.
+        request_id: u64,
+        /// The producer id.
+        producer_id: u64,
+        /// Its epoch.
+        epoch: i16,
+    },
 }
 
 /// Why a frame does not hold a valid client message.
@@ -476,6 +528,7 @@ impl Request {
             Request::Status { .. } => FrameType::Status,
             Request::SubscribeSnapshot { .. } => FrameType::SubscribeSnapshot,
             Request::SnapshotNow { .. } => FrameType::SnapshotNow,
+            Request::InitProducer { .. } => FrameType::InitProducer,
         }
     }
 }
@@ -493,6 +546,7 @@ impl Response {
             Response::SnapshotRecords { .. } => FrameType::SnapshotRecords,
             Response::SnapshotEnd { .. } => FrameType::SnapshotEnd,
             Response::SnapshotTaken { .. } => FrameType::SnapshotTaken,
+            Response::ProducerGranted { .. } => FrameType::ProducerGranted,
         }
     }
 }
@@ -607,6 +661,7 @@ pub fn decode_request(frame: Frame) -> Result<Request, ClientProtoError> {
             | FrameType::Status
             | FrameType::SubscribeSnapshot
             | FrameType::SnapshotNow
+            | FrameType::InitProducer
     ) {
         return Err(ClientProtoError::WrongFrameType(frame_type));
     }
@@ -636,6 +691,7 @@ pub fn decode_response(frame: Frame) -> Result<Response, ClientProtoError> {
             | FrameType::SnapshotRecords
             | FrameType::SnapshotEnd
             | FrameType::SnapshotTaken
+            | FrameType::ProducerGranted
     ) {
         return Err(ClientProtoError::WrongFrameType(frame_type));
     }

@@ -82,11 +82,15 @@ pub enum FrameType {
     SnapshotEnd = 0x27,
     /// Node → client: the snapshot asked for is durable.
     SnapshotTaken = 0x28,
+    /// Client → node: hand this idempotent producer an id.
+    InitProducer = 0x1C,
+    /// Node → client: an idempotent producer's id and epoch.
+    ProducerGranted = 0x30,
 }
 
 impl FrameType {
     /// Every frame type, for tests and tables.
-    pub const ALL: [FrameType; 18] = [
+    pub const ALL: [FrameType; 20] = [
         FrameType::PeerHello,
         FrameType::PeerMessage,
         FrameType::Keepalive,
@@ -105,6 +109,8 @@ impl FrameType {
         FrameType::SnapshotRecords,
         FrameType::SnapshotEnd,
         FrameType::SnapshotTaken,
+        FrameType::InitProducer,
+        FrameType::ProducerGranted,
     ];
 
     /// The type with wire value `value`, if it exists.
@@ -130,6 +136,7 @@ impl FrameType {
                 | FrameType::Status
                 | FrameType::SubscribeSnapshot
                 | FrameType::SnapshotNow
+                | FrameType::InitProducer
                 | FrameType::Keepalive
         )
     }

@@ -19,9 +19,10 @@ Without --generate, every line of standard input is one record (the line without
 the value) and one offset is printed per line as it is acknowledged; lines typed at a terminal \
 are sent at once, piped input is batched. With --generate N, N records of --size bytes are sent \
 as fast as the window allows and a summary (offsets, records/s) is printed.\n\n\
-Delivery is at-least-once: if the leader fails while an append is unanswered, the client resends \
-it to the new leader, so that record may be stored twice; an acknowledged record is never lost \
-(with the default --ack quorum).";
+Delivery is exactly once: the producer is idempotent (it takes a producer id from the cluster and \
+every batch carries it with its sequence), so when the leader fails while an append is \
+unanswered, the client resends it to the new leader, which stores it once and answers with the \
+original offsets; an acknowledged record is never lost (with the default --ack quorum).";
 
 /// Flags of `raftline produce`.
 #[derive(Args, Debug)]

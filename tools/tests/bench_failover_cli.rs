@@ -75,6 +75,11 @@ fn one_leader_kill_loses_no_acknowledged_record_and_reports_consistent_counts() 
     );
     assert_eq!(number(v, &["found"]), acknowledged);
     assert_eq!(
+        number(v, &["duplicates"]),
+        0.0,
+        "idempotent producers: a resent batch is stored once: {v:#}"
+    );
+    assert_eq!(
         number(v, &["log_records"]),
         number(v, &["found"]) + number(v, &["duplicates"]) + number(v, &["unacknowledged_in_log"]),
         "every record in the log is an acknowledged one, a duplicate or an unacknowledged one: {v:#}"

@@ -14,8 +14,9 @@ use bytes::{Bytes, BytesMut};
 use cluster_support::{Cluster, CLUSTER, DEADLINE};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, RequestHeader,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use raftline_log::{kafka, Record};
@@ -112,6 +113,8 @@ fn kcat_lists_the_topic_produces_with_acks_all_and_consumes_every_record_once_in
             "source=twice",
             "-X",
             "acks=all",
+            "-X",
+            "enable.idempotence=true",
         ],
         &input,
     );
@@ -574,20 +577,19 @@ fn fetch_below_the_log_start_is_out_of_range() {
     }
 }
 
-/// kafka-python and confluent-kafka (librdkafka): a producer with acks=all each, then a
-/// consumer each with assign() at explicit offsets, reading all twenty records in order.
+/// kafka-python and confluent-kafka (librdkafka): an idempotent producer with acks=all each,
+/// then a consumer each with assign() at explicit offsets, reading all twenty records in order.
 const PYTHON_CLIENTS: &str = r#"
 import sys
 from kafka import KafkaProducer, KafkaConsumer, TopicPartition as KTP
 from confluent_kafka import Producer, Consumer, TopicPartition as CTP
 
 bootstrap, topic = sys.argv[1], sys.argv[2]
-# Idempotence (InitProducerId) is the next slice: kafka-python 3 turns it on by default.
-p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
 for i in range(10):
     p.send(topic, key=b"kp%d" % i, value=b"kafka-python-%d" % i, headers=[("h", b"kp")]).get(timeout=30)
 p.close()
-p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
 failed = []
 for i in range(10):
     p.produce(topic, key=b"ck%d" % i, value=b"confluent-%d" % i, headers=[("h", b"ck")],
@@ -637,6 +639,262 @@ fn kafka_python_and_confluent_kafka_produce_with_acks_all_and_consume_by_assignm
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 20");
+}
+
+/// A Kafka batch of idempotent producer `producer_id` at `epoch` from sequence `base_sequence`.
+fn idempotent_batch(producer_id: i64, epoch: i16, base_sequence: i32, values: &[&str]) -> Vec<u8> {
+    let mut batch = kafka_batch(values);
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    reseal(&mut batch);
+    batch
+}
+
+fn init_producer_id(
+    conn: &mut KafkaConn,
+    given: Option<(i64, i16)>,
+    txn: Option<&str>,
+) -> InitProducerIdResponse {
+    let mut request = InitProducerIdRequest::default();
+    request.transactional_id =
+        txn.map(|t| kafka_protocol::messages::TransactionalId(StrBytes::from_string(t.into())));
+    request.transaction_timeout_ms = 60_000;
+    let (id, epoch) = given.unwrap_or((-1, -1));
+    request.producer_id = ProducerId(id);
+    request.producer_epoch = epoch;
+    conn.call(ApiKey::InitProducerId, 4, &request)
+}
+
+#[test]
+fn an_idempotent_resend_gets_the_original_offsets_and_gaps_and_stale_epochs_are_refused() {
+    use kafka_protocol::ResponseError as E;
+    let cluster = Cluster::start_kafka(3, "auto", &[]);
+    let leader = cluster.wait_leader();
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let mut conn = KafkaConn::connect(kafka_addr(&cluster, leader));
+    let v3: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let init = v3
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::InitProducerId as i16)
+        .expect("InitProducerId is announced");
+    assert_eq!((init.min_version, init.max_version), (0, 4));
+
+    // Any node hands out ids, every one new; a transactional id is refused.
+    let mut at_follower = KafkaConn::connect(kafka_addr(&cluster, follower));
+    let from_follower = init_producer_id(&mut at_follower, None, None);
+    assert_eq!(from_follower.error_code, 0);
+    let txn = init_producer_id(&mut conn, None, Some("my-transaction"));
+    assert_eq!(txn.error_code, E::TransactionalIdAuthorizationFailed.code());
+    let granted = init_producer_id(&mut conn, None, None);
+    assert_eq!(granted.error_code, 0);
+    assert_eq!(granted.producer_epoch, 0);
+    let pid = granted.producer_id.0;
+    assert!(pid > 0);
+    let other = init_producer_id(&mut conn, None, None).producer_id.0;
+    assert!(
+        other != pid && from_follower.producer_id.0 != pid && other != from_follower.producer_id.0
+    );
+
+    // The first batch, then the same bytes again: one copy, the original offsets.
+    let first = idempotent_batch(pid, 0, 0, &["a", "b"]);
+    assert_eq!(produce_error(&mut conn, first.clone()), (0, 0));
+    assert_eq!(
+        produce_error(&mut conn, first),
+        (0, 0),
+        "a resend gets its offsets"
+    );
+    // A resend pipelined right behind its original (both in flight at once).
+    let second = idempotent_batch(pid, 0, 2, &["c"]);
+    let a = conn.send(ApiKey::Produce, 9, &produce_request(-1, second.clone()));
+    let b = conn.send(ApiKey::Produce, 9, &produce_request(-1, second));
+    for expected in [a, b] {
+        let (id, mut body) = conn.recv(ApiKey::Produce.response_header_version(9));
+        assert_eq!(id, expected);
+        let r = ProduceResponse::decode(&mut body, 9).unwrap();
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (0, 2), "request {id}");
+    }
+    // A gap, an unknown producer not starting at 0, a negative sequence: refused, not stored.
+    let gap = idempotent_batch(pid, 0, 5, &["gap"]);
+    assert_eq!(
+        produce_error(&mut conn, gap).0,
+        E::OutOfOrderSequenceNumber.code()
+    );
+    let unknown = idempotent_batch(pid + 1000, 0, 3, &["unknown"]);
+    assert_eq!(
+        produce_error(&mut conn, unknown).0,
+        E::UnknownProducerId.code()
+    );
+    let negative = idempotent_batch(pid, 0, -1, &["negative"]);
+    assert_eq!(
+        produce_error(&mut conn, negative).0,
+        E::InvalidRecord.code()
+    );
+    // A bumped epoch starts at 0 and fences the old one.
+    let bumped = init_producer_id(&mut conn, Some((pid, 0)), None);
+    assert_eq!(
+        (
+            bumped.error_code,
+            bumped.producer_id.0,
+            bumped.producer_epoch
+        ),
+        (0, pid, 1)
+    );
+    let new_epoch = idempotent_batch(pid, 1, 0, &["d"]);
+    assert_eq!(produce_error(&mut conn, new_epoch), (0, 3));
+    let stale = idempotent_batch(pid, 0, 3, &["stale"]);
+    assert_eq!(
+        produce_error(&mut conn, stale).0,
+        E::InvalidProducerEpoch.code()
+    );
+    let fenced = init_producer_id(&mut conn, Some((pid, 0)), None);
+    assert_eq!(fenced.error_code, E::InvalidProducerEpoch.code());
+    // A plain (non-idempotent) batch is never judged.
+    assert_eq!(produce_error(&mut conn, kafka_batch(&["plain"])), (0, 4));
+    assert_eq!(produce_error(&mut conn, kafka_batch(&["plain"])), (0, 5));
+
+    let values: Vec<Vec<u8>> = native_records(&cluster, 6)
+        .into_iter()
+        .map(|(_, r)| r.value)
+        .collect();
+    let expected: Vec<&[u8]> = vec![b"a", b"b", b"c", b"d", b"plain", b"plain"];
+    assert_eq!(values, expected, "every batch once, none of the refused");
+    let fetch: FetchResponse = conn.call(ApiKey::Fetch, 12, &fetch_request(0, 0));
+    assert_eq!(fetch.responses[0].partitions[0].high_watermark, 6);
+}
+
+/// An idempotent confluent-kafka producer (acks=all): sends `count` records `kafka-<i>`, one
+/// every millisecond, and prints one line per record: `<i> <offset>` once acknowledged, or
+/// `<i> error <why>`.
+const IDEMPOTENT_KAFKA_PRODUCER: &str = r#"
+import sys, time
+from confluent_kafka import Producer
+
+bootstrap, topic, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+              "linger.ms": 5, "message.timeout.ms": 45000, "retry.backoff.ms": 50})
+results = {}
+def done(err, msg, i):
+    results[i] = ("error %s" % err) if err else str(msg.offset())
+for i in range(count):
+    p.produce(topic, value=b"kafka-%d" % i, on_delivery=lambda err, msg, i=i: done(err, msg, i))
+    p.poll(0)
+    time.sleep(0.001)
+assert p.flush(60) == 0
+for i in range(count):
+    print(i, results.get(i, "error unanswered"))
+"#;
+
+/// Kill -9 of the leader while an idempotent Kafka producer (confluent-kafka) and an idempotent
+/// native producer run: every acknowledged record is at its acknowledged offset, every record
+/// is in the log exactly once (the resends the kill causes are recognised by the new leader),
+/// and a consumer reading the log sees every offset once.
+#[test]
+fn killing_the_leader_under_idempotent_kafka_and_native_producers_stores_every_record_once() {
+    use raftline_netio::client::{Producer, Subscription};
+    use std::collections::BTreeMap;
+
+    const RECORDS: u64 = 3000;
+    let mut cluster = Cluster::start_kafka(3, "auto", &[]);
+    let leader = cluster.wait_leader();
+    let brokers: Vec<String> = (1..=3)
+        .map(|id| kafka_addr(&cluster, id).to_string())
+        .collect();
+    let kafka = Command::new("python3")
+        .args(["-c", IDEMPOTENT_KAFKA_PRODUCER, &brokers.join(","), CLUSTER])
+        .arg(RECORDS.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with confluent-kafka (pip install)");
+    let native_config = client_config(&cluster);
+    assert!(
+        native_config.idempotent,
+        "the native client is idempotent by default"
+    );
+    let native = std::thread::spawn(move || {
+        let mut producer = Producer::new(native_config);
+        let mut acks = Vec::new();
+        for seq in 0..RECORDS {
+            let record = Record {
+                key: None,
+                value: format!("native-{seq}").into_bytes(),
+                timestamp_ms: seq,
+                headers: vec![],
+            };
+            assert_eq!(producer.send(record).unwrap(), seq);
+            acks.extend(producer.take_acks());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        producer.flush().unwrap();
+        acks.extend(producer.take_acks());
+        acks
+    });
+    // Kill the leader once both producers are well under way.
+    let leader_addr = cluster.node(leader).client;
+    let deadline = Instant::now() + DEADLINE;
+    while cluster_support::status(leader_addr).is_ok_and(|s| s.log_end_offset < RECORDS / 2) {
+        assert!(Instant::now() < deadline, "the producers never got going");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    cluster.kill(leader);
+
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    for ack in native.join().unwrap() {
+        let offset = ack
+            .result
+            .expect("every native record acknowledged in the end");
+        acked.insert(format!("native-{}", ack.seq), offset);
+    }
+    let out = kafka.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in stdout.lines() {
+        let (i, result) = line.split_once(' ').unwrap();
+        let offset = result
+            .parse()
+            .unwrap_or_else(|_| panic!("Kafka record {i} not acknowledged: {result}"));
+        acked.insert(format!("kafka-{i}"), offset);
+    }
+    assert_eq!(acked.len() as u64, 2 * RECORDS, "an answer per record");
+    let end = acked.values().max().unwrap() + 1;
+
+    let survivors: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.id != leader)
+        .map(|n| n.client.to_string())
+        .collect();
+    let config = ClientConfig::new(survivors, ClusterId::from_name(CLUSTER));
+    let mut sub = Subscription::open(config, StartFrom::Earliest).unwrap();
+    let mut found: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut next = 0;
+    while next < end {
+        let r = sub
+            .next_record(Some(DEADLINE))
+            .unwrap()
+            .expect("a record within the deadline");
+        assert_eq!(r.offset, next, "every offset exactly once, in order");
+        let value = String::from_utf8(r.record.value).unwrap();
+        found.entry(value).or_default().push(r.offset);
+        next += 1;
+    }
+    let duplicated: Vec<_> = found.iter().filter(|(_, at)| at.len() > 1).collect();
+    assert!(duplicated.is_empty(), "stored twice: {duplicated:?}");
+    for (value, offset) in &acked {
+        assert_eq!(
+            found.get(value).map(Vec::as_slice),
+            Some(&[*offset][..]),
+            "{value} acknowledged at {offset}"
+        );
+    }
+    assert_eq!(end, 2 * RECORDS, "nothing but the records sent, each once");
 }
 
 /// ListOffsets by `timestamp` on `conn`: the (error code, offset, timestamp) answered.

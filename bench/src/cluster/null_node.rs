@@ -126,6 +126,13 @@ impl NullNode {
                     disk_stalled: false,
                 },
             },
+            // Load generators send plain batches; an idempotent producer gets an id (the null
+            // node stores nothing, so it has nothing to deduplicate).
+            Request::InitProducer { request_id } => Response::ProducerGranted {
+                request_id,
+                producer_id: NODE_ID << 48,
+                epoch: 0,
+            },
             Request::Subscribe {
                 subscription_id, ..
             }

@@ -72,6 +72,11 @@ pub struct ClientConfig {
     pub idle_probe_interval: Duration,
     /// Largest frame payload accepted from a node.
     pub frame_payload_bytes_max: u32,
+    /// Producer: idempotent (the default): the producer takes an id from the cluster and every
+    /// batch carries it with its sequence, so the leader stores a resent batch once and answers
+    /// it with the original offsets (exactly once per producer session). `false`: plain
+    /// batches, at-least-once.
+    pub idempotent: bool,
 }
 
 impl ClientConfig {
@@ -94,6 +99,7 @@ impl ClientConfig {
             subscribe_window_bytes: 4 << 20,
             idle_probe_interval: Duration::from_secs(2),
             frame_payload_bytes_max: PAYLOAD_BYTES_MAX_DEFAULT,
+            idempotent: true,
         }
     }
 }

@@ -8,7 +8,7 @@ use raftline_log::BatchError;
 
 use crate::client::leader::LeaderLink;
 use crate::client::{ClientConfig, Error};
-use crate::client_proto::{ClientError, Response};
+use crate::client_proto::{ClientError, Request, Response};
 
 /// Room left in a frame for an append's metadata beside its batch (the archive is ~40 bytes).
 const APPEND_META_BYTES_MAX: usize = 256;
@@ -126,6 +126,36 @@ impl Pipeline {
         }
     }
 
+    /// An idempotent producer's id and epoch, asked of the leader connection's node once every
+    /// batch in flight is answered. On failure the connection is dropped (the next call finds
+    /// the leader again).
+    pub(crate) fn init_producer(&mut self) -> Result<(u64, i16), Error> {
+        self.drain()?;
+        let request_id = self.link.next_id();
+        let timeout = self.config.request_timeout;
+        let conn = self.link.connection()?;
+        let address = conn.address().to_string();
+        let answer = conn
+            .send(&Request::InitProducer { request_id })
+            .and_then(|()| conn.recv(timeout));
+        let result = match answer {
+            Ok(Some(Response::ProducerGranted {
+                request_id: answered,
+                producer_id,
+                epoch,
+            })) if answered == request_id => return Ok((producer_id, epoch)),
+            Ok(Some(Response::Error { error, .. })) => Err(Error::Refused { address, error }),
+            Ok(Some(other)) => Err(Error::Protocol {
+                address,
+                why: format!("expected a producer id, got {other:?}"),
+            }),
+            Ok(None) => Err(Error::Timeout { address, timeout }),
+            Err(e) => Err(e),
+        };
+        self.link.reset(None);
+        result
+    }
+
     /// Forgets every unanswered batch (the caller reports them as failed with unknown outcome).
     pub(crate) fn abandon(&mut self) {
         self.in_flight.clear();
@@ -210,6 +240,14 @@ impl Pipeline {
                 self.recover(format!("{address}: {error}"))
             }
             Response::Error {
+                request_id,
+                error: error @ ClientError::OutOfOrderSequence { .. },
+            } if self.earlier_unfinished(request_id) => {
+                // An earlier batch of this producer was not stored yet (refused for now, or
+                // resent): this one goes back behind it, in order.
+                self.retry_later(request_id, format!("{address}: {error}"))
+            }
+            Response::Error {
                 request_id: 0,
                 error,
             } => {
@@ -230,7 +268,15 @@ impl Pipeline {
         }
     }
 
-    /// Takes a refused-for-now batch out of the window and queues it first, after a pause.
+    /// Whether a batch submitted before `request_id` is still unanswered (ids grow with
+    /// submission order and are kept across resends).
+    fn earlier_unfinished(&self, request_id: u64) -> bool {
+        let earlier = |p: &Pending| p.request_id < request_id;
+        self.in_flight.iter().any(earlier) || self.queued.iter().any(earlier)
+    }
+
+    /// Takes a refused-for-now batch out of the window and queues it in submission order
+    /// (first, unless an earlier batch waits there too), after a pause.
     fn retry_later(&mut self, request_id: u64, why: String) -> Result<(), Error> {
         let Some(at) = self
             .in_flight
@@ -240,18 +286,22 @@ impl Pipeline {
             return Ok(());
         };
         let pending = self.in_flight.remove(at).expect("position is in range");
+        let at = self.queued.partition_point(|p| p.request_id < request_id);
         if pending.attempts >= self.config.attempts_max {
             let attempts = pending.attempts;
-            self.queued.push_front(Pending {
-                attempts: 0,
-                ..pending
-            });
+            self.queued.insert(
+                at,
+                Pending {
+                    attempts: 0,
+                    ..pending
+                },
+            );
             return Err(Error::AttemptsExhausted {
                 attempts,
                 last: why,
             });
         }
-        self.queued.push_front(pending);
+        self.queued.insert(at, pending);
         std::thread::sleep(self.config.backoff_min);
         Ok(())
     }

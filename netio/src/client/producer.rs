@@ -3,11 +3,11 @@
 
 use std::time::Instant;
 
-use raftline_log::{Batch, Record};
+use raftline_log::{Batch, ProducerSeq, Record};
 
 use crate::client::pipeline::Pipeline;
 use crate::client::{ClientConfig, Error};
-use crate::client_proto::ClientError;
+use crate::client_proto::{ClientError, PRODUCER_BATCHES_KEPT};
 
 /// Bytes a record is counted for beyond its key, value and headers when filling a batch.
 const RECORD_OVERHEAD_BYTES: usize = 32;
@@ -22,10 +22,18 @@ pub struct RecordAck {
 }
 
 /// A pipelined producer: records are gathered into batches (`batch_records_max`,
-/// `batch_bytes_max`, `linger`) and up to `window_appends` batches are in flight at once.
+/// `batch_bytes_max`, `linger`) and up to `window_appends` batches are in flight at once (at
+/// most [`PRODUCER_BATCHES_KEPT`] when idempotent).
 ///
-/// At-least-once (see the module documentation of [`crate::client`]): after a leader failure,
-/// unanswered batches are resent to the new leader, so a record may be committed twice. Lingering
+/// Idempotent by default (`ClientConfig::idempotent`): before its first batch the producer
+/// takes an id from the cluster (`InitProducer`), and every batch carries it, its epoch and the
+/// sequence number of its first record (the record sequence numbers `send` returns, counted
+/// from the id's grant). After a leader failure, unanswered batches are resent to the new
+/// leader with the same bytes; the leader stores a resent batch once and answers it with the
+/// original offsets. A batch refused for its sequence or producer (`OutOfOrderSequence`,
+/// `UnknownProducer`, `InvalidProducerEpoch`: not stored) makes the producer take a new id for
+/// its next batches. With `idempotent` off: at-least-once (see the module documentation of
+/// [`crate::client`]), a resent record may be committed twice. Lingering
 /// is checked whenever `send` or `poll` is called (there is no background thread): call `poll`
 /// periodically, or `flush`, to bound the latency of a lone record.
 pub struct Producer {
@@ -36,19 +44,28 @@ pub struct Producer {
     batch_first_seq: u64,
     batch_started: Option<Instant>,
     next_seq: u64,
+    /// The idempotent producer's id and epoch, and the record sequence number its sequence 0
+    /// stands for (`None`: not taken yet, or to be taken again).
+    identity: Option<(u64, i16, u64)>,
 }
 
 impl Producer {
     /// A producer that finds the leader on its first batch.
     pub fn new(config: ClientConfig) -> Producer {
+        // An idempotent producer's resends are recognised among its last batches stored only.
+        let window = match config.idempotent {
+            true => config.window_appends.min(PRODUCER_BATCHES_KEPT),
+            false => config.window_appends,
+        };
         Producer {
-            pipeline: Pipeline::new(config.clone(), config.window_appends),
+            pipeline: Pipeline::new(config.clone(), window),
             config,
             batch: Vec::new(),
             batch_bytes: 0,
             batch_first_seq: 0,
             batch_started: None,
             next_seq: 0,
+            identity: None,
         }
     }
 
@@ -98,6 +115,15 @@ impl Producer {
     pub fn take_acks(&mut self) -> Vec<RecordAck> {
         let mut acks = Vec::new();
         for done in self.pipeline.take_completed() {
+            if matches!(
+                done.result,
+                Err(ClientError::OutOfOrderSequence { .. }
+                    | ClientError::UnknownProducer { .. }
+                    | ClientError::InvalidProducerEpoch { .. })
+            ) {
+                // The node no longer continues this producer's sequence: start a new one.
+                self.identity = None;
+            }
             for i in 0..done.record_count {
                 acks.push(RecordAck {
                     seq: done.tag + i,
@@ -119,10 +145,27 @@ impl Producer {
         if self.batch.is_empty() {
             return Ok(());
         }
+        if self.config.idempotent && self.identity.is_none() {
+            // On failure the batch stays: the next `send`/`flush` asks again.
+            let (producer_id, epoch) = self.pipeline.init_producer()?;
+            self.identity = Some((producer_id, epoch, self.batch_first_seq));
+        }
         let records = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         self.batch_started = None;
-        let bytes = Batch::encode(&records)?.into_bytes();
+        let batch = match self.identity {
+            Some((producer_id, epoch, origin)) => {
+                let seq = ProducerSeq {
+                    producer_id,
+                    epoch,
+                    // Kafka's rule: sequences run 0..=i32::MAX, then 0 again.
+                    base_sequence: ((self.batch_first_seq - origin) % (1 << 31)) as i32,
+                };
+                Batch::encode_idempotent(&records, seq)?
+            }
+            None => Batch::encode(&records)?,
+        };
+        let bytes = batch.into_bytes();
         self.pipeline
             .submit(bytes, records.len() as u64, self.batch_first_seq)
     }

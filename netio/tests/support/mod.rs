@@ -329,6 +329,13 @@ pub fn serve(cluster: &FakeCluster, node: usize, mut stream: TcpStream) {
                         status: cluster.status(node),
                     })
                 }
+                // Every idempotent producer of the fake gets the same id: the fake stores what
+                // it is sent (it does not deduplicate; the node's dedup is tested on real nodes).
+                Request::InitProducer { request_id } => Some(Response::ProducerGranted {
+                    request_id,
+                    producer_id: 1 << 48,
+                    epoch: 0,
+                }),
                 // The fake keeps no snapshot: the clients under test here read the log only.
                 Request::SubscribeSnapshot {
                     subscription_id, ..

@@ -8,6 +8,12 @@
 //! (the proposal was lost with this node's leadership: `NotLeader`), or `append_timeout` passed
 //! (`Timeout`: it may still commit).
 //!
+//! Before a proposal goes to the core, [`Appends::admit`] has the leader judge its batches
+//! against the idempotent producers' dedup state (`producers.rs`): a resend of a stored batch is
+//! not proposed again but answered with the original's offsets, once the original is decided
+//! (registered at the original's index and term like any pending append); a batch that breaks
+//! its producer's sequence or epoch is refused with a typed error.
+//!
 //! An append comes from a native client's `Append` or a Kafka `Produce` (`kafka/`): both are
 //! staged, proposed and decided here alike; only the answer differs ([`Requester`]): a native
 //! one is queued at once, a Kafka one is handed to the Kafka module ([`Appends::take_kafka_answers`]),
@@ -27,7 +33,8 @@ use raftline_replicator::{Index, ProposeError, Term};
 
 use crate::kafka::ProduceTicket;
 use crate::metrics::Metrics;
-use crate::replica::{Committed, FatalError, ProposalError, Proposed};
+use crate::producers::{ProducerIds, Verdict};
+use crate::replica::{Committed, FatalError, ProposalError, Proposed, Replica};
 use crate::replies::Replier;
 
 /// Static parameters of the appends.
@@ -91,6 +98,8 @@ struct StagedAppend {
     requester: Requester,
     ack: AckMode,
     accepted: Instant,
+    /// A resend of the batch at this place of the same proposal: answered like it.
+    same_as: Option<usize>,
 }
 
 /// Appends to propose as one Raft entry: the batches for `Replica::propose_run`, and who waits
@@ -107,8 +116,9 @@ pub struct Proposal {
 /// The appends of a [`Proposal`], in order.
 pub struct Waiting(Vec<StagedAppend>);
 
-/// A pending append's key: its entry's index, then its place in the entry (a run holds several).
-type PendingKey = (Index, usize);
+/// A pending append's key: its entry's index, then a serial number (a run holds several
+/// appends, and resends wait at their original's index).
+type PendingKey = (Index, u64);
 
 /// Every append of the node not yet answered.
 pub struct Appends {
@@ -124,12 +134,30 @@ pub struct Appends {
     draining: bool,
     /// Decided Kafka appends, for the Kafka module to answer.
     kafka_answers: Vec<(ProduceTicket, Outcome)>,
+    /// The next pending append's serial number.
+    serial: u64,
+    /// Producer ids this node hands out while it leads.
+    producer_ids: ProducerIds,
     metrics: Arc<Metrics>,
 }
 
+/// Why no producer id was handed out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    /// A newer epoch of this producer is stored: the asking incarnation is fenced.
+    #[error("a newer epoch ({current}) of this producer is stored")]
+    Fenced {
+        /// The epoch stored.
+        current: i16,
+    },
+    /// This node cannot hand out ids (see `ProducerIdError`; logged).
+    #[error("no producer id can be handed out: {0}")]
+    Unavailable(String),
+}
+
 impl Appends {
-    /// No appends yet.
-    pub fn new(cfg: AppendConfig, metrics: Arc<Metrics>) -> Appends {
+    /// No appends yet; `producer_ids` hands out idempotent producers' ids.
+    pub fn new(cfg: AppendConfig, producer_ids: ProducerIds, metrics: Arc<Metrics>) -> Appends {
         Appends {
             replier: Replier {
                 cluster_id: cfg.cluster_id,
@@ -142,7 +170,34 @@ impl Appends {
             staged: VecDeque::new(),
             draining: false,
             kafka_answers: Vec::new(),
+            serial: 0,
+            producer_ids,
         }
+    }
+
+    /// Hands an idempotent producer its id and epoch: a new id at epoch 0, or, for a producer
+    /// that names its id and epoch (bumping its epoch after an error it cannot resolve
+    /// otherwise), the same id at the next epoch (a new id once the epoch is exhausted). Any
+    /// node hands out ids (`producers.rs`: unique without coordination).
+    pub fn grant_producer(
+        &mut self,
+        replica: &Replica,
+        bump: Option<(u64, i16)>,
+    ) -> Result<(u64, i16), GrantError> {
+        if let Some((producer_id, epoch)) = bump {
+            let current = replica.producer_table().get(producer_id).map(|p| p.epoch());
+            if let Some(current) = current.filter(|&c| c > epoch) {
+                return Err(GrantError::Fenced { current });
+            }
+            if epoch < i16::MAX - 1 {
+                return Ok((producer_id, epoch + 1));
+            }
+        }
+        let id = self.producer_ids.grant().map_err(|e| {
+            tracing::error!(error = %e, "no producer id can be handed out");
+            GrantError::Unavailable(e.to_string())
+        })?;
+        Ok((id, 0))
     }
 
     /// Appends still waiting for their acknowledgement.
@@ -275,6 +330,7 @@ impl Appends {
             requester,
             ack,
             accepted: Instant::now(),
+            same_as: None,
         });
     }
 
@@ -312,6 +368,114 @@ impl Appends {
                 .record(proposal.batches.len() as u64);
             return Some(proposal);
         }
+    }
+
+    /// Has the leader judge a proposal's batches (idempotent producers): answers resends of
+    /// stored batches with their original's offsets (now if it is committed, else once it is
+    /// decided) and refuses batches that break their producer's sequence or epoch; returns what
+    /// is left to propose, if anything.
+    pub fn admit(
+        &mut self,
+        net: &mut Net,
+        replica: &Replica,
+        proposal: Proposal,
+    ) -> Option<Proposal> {
+        let verdicts = replica.judge(&proposal.batches);
+        if verdicts.iter().all(|v| *v == Verdict::Fresh) {
+            return Some(proposal);
+        }
+        let mut left = Proposal {
+            batches: Vec::new(),
+            waiting: Waiting(Vec::new()),
+            bytes: proposal.bytes,
+        };
+        // Where each batch of `proposal` went in `left`.
+        let mut kept_at = vec![0; verdicts.len()];
+        let staged = proposal.waiting.0.into_iter();
+        for (place, ((batch, mut s), verdict)) in proposal
+            .batches
+            .into_iter()
+            .zip(staged)
+            .zip(verdicts)
+            .enumerate()
+        {
+            let requester = s.requester;
+            let refuse = |producer_error| Some(producer_error);
+            let error = match verdict {
+                Verdict::Fresh => {
+                    kept_at[place] = left.batches.len();
+                    left.batches.push(batch);
+                    left.waiting.0.push(s);
+                    None
+                }
+                Verdict::SameAs(original) => {
+                    s.same_as = Some(kept_at[original]);
+                    left.waiting.0.push(s);
+                    None
+                }
+                Verdict::Duplicate(original) => {
+                    self.metrics
+                        .producer_duplicates
+                        .fetch_add(1, Ordering::Relaxed);
+                    let pending = PendingAppend {
+                        requester: s.requester,
+                        term: original.term,
+                        base_offset: original.base_offset,
+                        last_offset: original.last_offset,
+                        accepted: s.accepted,
+                    };
+                    let key = (original.index, self.next_serial());
+                    match s.ack {
+                        _ if original.index <= replica.readable_index() => {
+                            self.acknowledge(net, &pending)
+                        }
+                        AckMode::None => self.acknowledge(net, &pending),
+                        AckMode::Leader => {
+                            self.awaiting_durable.insert(key, pending);
+                        }
+                        AckMode::Quorum => {
+                            self.awaiting_commit.insert(key, pending);
+                        }
+                    }
+                    None
+                }
+                Verdict::OutOfOrder {
+                    producer_id,
+                    expected,
+                    got,
+                } => refuse(ClientError::OutOfOrderSequence {
+                    producer_id,
+                    expected,
+                    got,
+                }),
+                Verdict::StaleEpoch {
+                    producer_id,
+                    current,
+                    got,
+                } => refuse(ClientError::InvalidProducerEpoch {
+                    producer_id,
+                    current,
+                    got,
+                }),
+                Verdict::UnknownProducer { producer_id } => {
+                    refuse(ClientError::UnknownProducer { producer_id })
+                }
+                // Retriable and not stored: the new leader applies earlier terms' entries first.
+                Verdict::NotReady => Some(ClientError::Busy),
+            };
+            if let Some(error) = error {
+                self.metrics
+                    .producer_refusals
+                    .fetch_add(1, Ordering::Relaxed);
+                self.error(net, requester, error);
+            }
+        }
+        (!left.batches.is_empty()).then_some(left)
+    }
+
+    fn next_serial(&mut self) -> u64 {
+        self.serial += 1;
+        self.serial
     }
 
     /// Registers the acknowledgements of a proposal the leader accepted, or answers all its
@@ -353,7 +517,12 @@ impl Appends {
                 return Ok(());
             }
         };
-        for (place, (s, proposed)) in waiting.0.into_iter().zip(proposed).enumerate() {
+        let mut fresh = proposed.iter();
+        for s in waiting.0 {
+            let proposed = match s.same_as {
+                Some(original) => proposed[original],
+                None => *fresh.next().expect("one proposed batch per fresh append"),
+            };
             let pending = PendingAppend {
                 requester: s.requester,
                 term: proposed.term,
@@ -361,7 +530,7 @@ impl Appends {
                 last_offset: proposed.last_offset,
                 accepted: s.accepted,
             };
-            let key = (proposed.index, place);
+            let key = (proposed.index, self.next_serial());
             match s.ack {
                 AckMode::None => self.acknowledge(net, &pending),
                 AckMode::Leader => {

@@ -9,6 +9,7 @@ use raftline_log::batch::entry_batches;
 use raftline_log::{BackendChoice, BackendKind, Batch, LogError, Record, WriterHook};
 use raftline_replicator::{Config, Entry, EntryKind, Index, Message, MessageBody, Role};
 
+use crate::producers::{Placed, ProducerTable, Verdict};
 use crate::replica::{Committed, Replica, ReplicaConfig, StepRefused};
 use crate::snapshots::SnapshotPolicy;
 use crate::state::KeyState;
@@ -944,4 +945,193 @@ fn entries_that_would_not_continue_the_log_are_refused_before_the_core_takes_the
         &[(next + 3, records)],
     );
     cluster.replica(follower).step(after).unwrap();
+}
+
+/// A batch of 3 records of about 1 KiB of idempotent producer `producer_id` from sequence
+/// `base_sequence`.
+fn idempotent(producer_id: u64, base_sequence: i32) -> Batch {
+    let records: Vec<Record> = (0..3)
+        .map(|i| Record {
+            key: Some(format!("p{producer_id}-{}", (base_sequence + i) % 7).into_bytes()),
+            value: vec![b'v'; 1000],
+            timestamp_ms: 0,
+            headers: vec![],
+        })
+        .collect();
+    let seq = raftline_log::ProducerSeq {
+        producer_id,
+        epoch: 0,
+        base_sequence,
+    };
+    Batch::encode_idempotent(&records, seq).unwrap()
+}
+
+/// The leader's verdict on one batch, as the event loop asks before proposing.
+fn verdict(cluster: &mut Cluster, slot: usize, batch: &Batch) -> Verdict {
+    cluster.replica(slot).judge(std::slice::from_ref(batch))[0]
+}
+
+/// Every running replica's committed dedup table, once all applied `index`.
+fn tables_at(cluster: &mut Cluster, index: u64) -> Vec<ProducerTable> {
+    cluster.run_until("every replica applied", |c| {
+        c.replicas
+            .iter()
+            .flatten()
+            .all(|r| r.readable_index() >= index)
+    });
+    let tables: Vec<ProducerTable> = cluster
+        .replicas
+        .iter()
+        .flatten()
+        .map(|r| r.producer_table().clone())
+        .collect();
+    assert!(
+        tables.windows(2).all(|w| w[0] == w[1]),
+        "every replica holds the same table"
+    );
+    tables
+}
+
+#[test]
+fn a_resend_to_a_new_leader_gets_the_original_offsets_and_a_replaced_suffix_leaves_no_trace() {
+    let mut cluster = Cluster::new();
+    let p = 1 << 32;
+    let old = produce_batches(&mut cluster, (0..3).map(|i| idempotent(p, i * 3)).collect());
+    // The next batch reaches the followers' logs but its commit never reaches anyone.
+    let racing = idempotent(p, 9);
+    assert_eq!(verdict(&mut cluster, old, &racing), Verdict::Fresh);
+    let original = cluster.replica(old).propose(racing.clone()).unwrap();
+    assert_eq!(
+        verdict(&mut cluster, old, &racing),
+        Verdict::Duplicate(Placed {
+            first_seq: 9,
+            last_seq: 11,
+            base_offset: original.base_offset,
+            last_offset: original.last_offset,
+            index: original.index,
+            term: original.term
+        }),
+        "a resend racing its uncommitted original is caught"
+    );
+    cluster.replica(old).advance().unwrap();
+    for msg in cluster.replica(old).take_messages() {
+        let to = NODES.iter().position(|&n| n == msg.to).unwrap();
+        cluster
+            .replica(to)
+            .step(msg)
+            .expect("a real message is taken");
+    }
+    cluster.isolated = Some(old);
+    cluster.run_until("the followers hold the entry durably", |c| {
+        c.connected()
+            .all(|r| r.log().durable_index() >= original.index)
+    });
+    // The isolated leader goes on with a tail nobody else sees.
+    let stale = idempotent(p, 12);
+    let stale_index = cluster.replica(old).propose(stale.clone()).unwrap().index;
+    cluster.run_until("a new leader", |c| c.leader().is_some_and(|l| l != old));
+    let new = cluster.leader().unwrap();
+    cluster.run_until("the new leader applied its log", |c| {
+        let r = c.replicas[new].as_ref().unwrap();
+        r.readable_index() >= r.raft().last_index()
+    });
+    match verdict(&mut cluster, new, &racing) {
+        Verdict::Duplicate(placed) => assert_eq!(
+            (placed.base_offset, placed.last_offset, placed.index),
+            (original.base_offset, original.last_offset, 0),
+            "answered with the original's offsets, committed"
+        ),
+        other => panic!("the resend is a duplicate, got {other:?}"),
+    }
+    // A follower judges nothing: proposing tells the client to go to the leader.
+    let follower = 3 - old - new;
+    assert_eq!(verdict(&mut cluster, follower, &racing), Verdict::Fresh);
+    assert!(matches!(
+        cluster.replica(follower).propose(racing.clone()),
+        Err(crate::replica::ProposalError::Refused(
+            raftline_replicator::ProposeError::NotLeader { .. }
+        ))
+    ));
+    // What the stale leader took was never committed: for the new leader it is the next batch.
+    assert_eq!(verdict(&mut cluster, new, &stale), Verdict::Fresh);
+    cluster.replica(new).propose(stale.clone()).unwrap();
+    cluster.isolated = None;
+    cluster.run_until("the old leader's tail is replaced", |c| {
+        let r = c.replicas[old].as_ref().unwrap();
+        r.raft().role() == Role::Follower && r.readable_index() >= stale_index
+    });
+    let last = cluster.replica(new).raft().last_index();
+    let tables = tables_at(&mut cluster, last);
+    let last_batch = tables[0].get(p).expect("the producer is held");
+    assert_eq!(last_batch.epoch(), 0);
+    assert_eq!(
+        all_bytes(cluster.replica(old)).len(),
+        5,
+        "three batches, the raced one once, the stale one once"
+    );
+    // Restarted, every replica rebuilds the same table from its log.
+    for slot in 0..NODES.len() {
+        cluster.replicas[slot] = None;
+    }
+    for slot in 0..NODES.len() {
+        cluster.start(slot);
+    }
+    cluster.run_until("a leader after the restart", |c| c.leader().is_some());
+    let leader = cluster.leader().unwrap();
+    let last = cluster.replica(leader).raft().last_index();
+    assert_eq!(tables_at(&mut cluster, last)[0], tables[0]);
+}
+
+#[test]
+fn the_dedup_table_survives_compaction_and_a_restart_from_the_snapshot() {
+    let mut cluster = Cluster::with(COMPACTING, COMPACTING_SEGMENT_BYTES);
+    let producers = [1 << 32, (1 << 32) + 1];
+    let batches: Vec<Batch> = (0..150)
+        .map(|i| idempotent(producers[i % 2], (i / 2) as i32 * 3))
+        .collect();
+    let last_sent = batches[149].clone();
+    produce_batches(&mut cluster, batches);
+    cluster.run_until("every replica compacted its log", |c| all_compacted(c));
+    let leader = cluster.leader().unwrap();
+    let last = cluster.replica(leader).raft().last_index();
+    let before = tables_at(&mut cluster, last)[0].clone();
+    let stored = match verdict(&mut cluster, leader, &last_sent) {
+        Verdict::Duplicate(placed) => placed,
+        other => panic!("a duplicate, got {other:?}"),
+    };
+    for slot in 0..NODES.len() {
+        cluster.replicas[slot] = None;
+    }
+    for slot in 0..NODES.len() {
+        cluster.start(slot);
+        let r = cluster.replica(slot);
+        assert!(r.snapshot_index().is_some(), "restored from a snapshot");
+        assert!(
+            !r.producer_table().is_empty(),
+            "the snapshot held the table"
+        );
+    }
+    cluster.run_until("a leader after the restart", |c| c.leader().is_some());
+    let leader = cluster.leader().unwrap();
+    let last = cluster.replica(leader).raft().last_index();
+    let after = tables_at(&mut cluster, last)[0].clone();
+    assert_eq!(after.len(), before.len());
+    match verdict(&mut cluster, leader, &last_sent) {
+        Verdict::Duplicate(placed) => assert_eq!(
+            (placed.base_offset, placed.last_offset),
+            (stored.base_offset, stored.last_offset)
+        ),
+        other => panic!("still a duplicate after the restart, got {other:?}"),
+    }
+    let next = idempotent(producers[1], 75 * 3);
+    assert_eq!(verdict(&mut cluster, leader, &next), Verdict::Fresh);
+    let gap = idempotent(producers[1], 76 * 3);
+    assert!(matches!(
+        verdict(&mut cluster, leader, &gap),
+        Verdict::OutOfOrder {
+            expected: 225,
+            got: 228,
+            ..
+        }
+    ));
 }

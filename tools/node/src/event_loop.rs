@@ -263,7 +263,8 @@ impl EventLoop {
             }
         }
         // 2. Proposals: the round's appends become one entry (a run when there are several).
-        // Appends that would add keys to a full state are refused here (Snapshots::admits).
+        // Appends that would add keys to a full state are refused here (Snapshots::admits),
+        // then resends of idempotent producers' stored batches are answered instead.
         loop {
             let snapshots = self.replica.snapshots();
             let refusal = |batch: &_| {
@@ -271,11 +272,15 @@ impl EventLoop {
                     state_bytes_max: snapshots.state_bytes_max() as u64,
                 })
             };
+            let Some(proposal) = self.appends.take_proposal(&mut self.net, refusal) else {
+                break;
+            };
+            let admitted = self.appends.admit(&mut self.net, &self.replica, proposal);
             let Some(Proposal {
                 batches, waiting, ..
-            }) = self.appends.take_proposal(&mut self.net, refusal)
+            }) = admitted
             else {
-                break;
+                continue;
             };
             let result = self.replica.propose_run(batches);
             self.appends.proposed(&mut self.net, waiting, result)?;
@@ -391,6 +396,20 @@ impl EventLoop {
                         self.replier.error(net, client, request_id, error);
                     }
                 },
+                Ok(Request::InitProducer { request_id }) => {
+                    let reply = match self.appends.grant_producer(&self.replica, None) {
+                        Ok((producer_id, epoch)) => Response::ProducerGranted {
+                            request_id,
+                            producer_id,
+                            epoch,
+                        },
+                        Err(e) => Response::Error {
+                            request_id,
+                            error: ClientError::Unavailable { why: e.to_string() },
+                        },
+                    };
+                    self.replier.respond(net, client, &reply);
+                }
                 Ok(Request::Credit {
                     subscription_id,
                     bytes,

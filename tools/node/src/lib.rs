@@ -27,6 +27,7 @@ pub mod kafka;
 pub mod metrics;
 mod peer_names;
 pub mod peer_rtt;
+pub mod producers;
 pub mod replica;
 mod replies;
 pub mod snapshot_stream;
@@ -62,6 +63,7 @@ use event_loop::{EventLoop, LoopConfig, LoopError};
 use identity::{Identity, IdentityError};
 use kafka::{Kafka, KafkaConfig};
 use metrics::Metrics;
+use producers::{ProducerIdError, ProducerIds};
 use replica::{FatalError, Replica, ReplicaConfig};
 use subscriptions::Subscriptions;
 
@@ -94,6 +96,9 @@ pub enum NodeError {
     /// The raft thread's event loop failed.
     #[error("the node stopped on an error: {0}")]
     Loop(#[from] LoopError),
+    /// The block of idempotent producers' ids could not be claimed.
+    #[error("producer ids: {0}")]
+    ProducerIds(ProducerIdError),
     /// A thread could not be started.
     #[error("spawning the {what} thread: {source}")]
     Spawn {
@@ -224,6 +229,7 @@ impl Node {
                 batch_bytes_max: cfg.batch_bytes_max,
                 append_timeout: cfg.append_timeout,
             },
+            ProducerIds::open(&cfg.data_dir, cfg.id).map_err(NodeError::ProducerIds)?,
             Arc::clone(&metrics),
         );
         let subscriptions =

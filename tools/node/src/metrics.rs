@@ -75,6 +75,11 @@ pub struct Metrics {
     election_timeout: Option<Duration>,
     /// Round trips to each peer, measured by the leader (see `peer_rtt.rs`).
     peer_rtt: Mutex<BTreeMap<NodeId, Arc<PeerRttHistogram>>>,
+    /// Resends of idempotent producers' stored batches, answered with the original offsets.
+    pub producer_duplicates: AtomicU64,
+    /// Idempotent producers' batches refused (sequence gap, stale epoch, unknown producer, a
+    /// new leader not ready yet).
+    pub producer_refusals: AtomicU64,
     /// Peer messages dropped because no correct peer could have sent them, by reason.
     peer_refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Damaged storage repaired when the node started, by kind.
@@ -103,6 +108,8 @@ impl Metrics {
             proposals_pending: AtomicU64::new(0),
             election_timeout: None,
             peer_rtt: Mutex::new(BTreeMap::new()),
+            producer_duplicates: AtomicU64::new(0),
+            producer_refusals: AtomicU64::new(0),
             peer_refused: Mutex::new(BTreeMap::new()),
             repairs: Repair::ALL.iter().map(|&r| (r, 0)).collect(),
             net: Mutex::new(NetStats::default()),
@@ -429,6 +436,18 @@ impl Metrics {
             "raftline_peer_bytes_sent_total",
             "Bytes of peer frames queued for sending (a leader's AppendEntries to its followers).",
             self.peer_bytes_sent.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "raftline_producer_duplicates_total",
+            "Resends of idempotent producers' stored batches, answered with the original offsets and not stored again.",
+            self.producer_duplicates.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "raftline_producer_refusals_total",
+            "Idempotent producers' batches refused: sequence gap, stale epoch, unknown producer, or a new leader not ready.",
+            self.producer_refusals.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

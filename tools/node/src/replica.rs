@@ -28,6 +28,7 @@ use raftline_replicator::{
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::producers::{ProducerBatch, ProducerTable, Producers, Verdict};
 use crate::snapshots::{Restored, SnapshotError, SnapshotPolicy, Snapshots};
 use crate::storage::{batch_of, command_header, LogStorage};
 use crate::storage_repair::{self, Repair};
@@ -245,6 +246,8 @@ pub struct Replica {
     /// Where committed records lie by producer timestamp (Kafka's ListOffsets by time).
     time_index: TimeIndex,
     leadership: Leadership,
+    /// Idempotent producers' dedup state (committed table + this leader's proposals).
+    producers: Producers,
     /// What was repaired when the replica opened (for the metrics).
     repairs: Vec<Repair>,
 }
@@ -310,6 +313,7 @@ impl Replica {
             snapshots,
             served,
             next_offset,
+            producers,
             ..
         } = restored;
         let repair_through = hard_state.repair_through();
@@ -363,6 +367,7 @@ impl Replica {
             outbox: Vec::new(),
             committed: Vec::new(),
             leadership,
+            producers: Producers::new(producers),
             repairs,
         })
     }
@@ -541,6 +546,8 @@ impl Replica {
             Ok((term, index)),
             "handing entries to the log changed nothing the proposal depends on"
         );
+        let producer_batches: Vec<Option<ProducerBatch>> =
+            batches.iter().map(ProducerBatch::of_batch).collect();
         let mut proposed = Vec::with_capacity(batches.len());
         let mut next_offset = base_offset;
         for batch in &batches {
@@ -570,7 +577,34 @@ impl Replica {
         );
         self.proposed.push_back(entry);
         self.tail = Some((index, next_offset));
+        let stored: Vec<(u64, u64)> = proposed
+            .iter()
+            .map(|p| (p.base_offset, p.last_offset))
+            .collect();
+        self.producers
+            .proposed(&producer_batches, &stored, term, index);
         Ok(proposed)
+    }
+
+    /// The leader's judgement of a proposal's batches before it proposes them: which are new,
+    /// which resend a stored (or in-flight) batch, which break their producer's sequence or
+    /// epoch (`producers.rs`). A node that does not lead judges nothing.
+    pub fn judge(&self, batches: &[Batch]) -> Vec<Verdict> {
+        if self.raft.role() != Role::Leader {
+            // Proposing answers `NotLeader`: the client goes to the leader, which judges.
+            return vec![Verdict::Fresh; batches.len()];
+        }
+        self.producers.judge(
+            batches,
+            self.raft.term(),
+            self.raft.last_index(),
+            self.raft.applied_index(),
+        )
+    }
+
+    /// The committed dedup table.
+    pub fn producer_table(&self) -> &ProducerTable {
+        self.producers.table()
     }
 
     /// Offset of the first record of a new entry at `index` (the core's next index).
@@ -700,6 +734,12 @@ impl Replica {
                 })?;
                 debug_assert_eq!(h.base_offset, self.readable_end_offset);
                 self.readable_end_offset = h.next_offset();
+                self.producers
+                    .apply_entry(e.index, &e.payload)
+                    .map_err(|source| FatalError::BadEntry {
+                        index: e.index,
+                        source,
+                    })?;
                 index_entry(&mut self.time_index, &e.payload).map_err(|source| {
                     FatalError::BadEntry {
                         index: e.index,
@@ -723,6 +763,7 @@ impl Replica {
         if self.raft.role() != Role::Leader {
             // Whatever was proposed and not handed out was dropped with the leadership.
             self.proposed.clear();
+            self.producers.stop_leading();
         }
         if let Some(failure) = self.raft.storage_failure() {
             return Err(FatalError::Storage(failure.clone()));
@@ -776,6 +817,7 @@ impl Replica {
             self.raft.term_at(applied),
             self.raft.applied_membership(),
             self.readable_end_offset,
+            self.producers.table(),
         );
         Ok(())
     }
@@ -796,6 +838,7 @@ impl Replica {
             .wait()?;
         self.tail = None;
         self.readable_end_offset = payload.next_offset;
+        self.producers.install(payload.producers);
         self.time_index.forget_below(payload.next_offset);
         self.snapshots.installed(meta.index, payload.state)?;
         self.raft.storage_mut().set_snapshot(served);

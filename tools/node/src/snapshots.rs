@@ -37,6 +37,7 @@ use raftline_log::{
 };
 use raftline_replicator::{Entry, EntryKind, Index, SnapshotChunk, SnapshotMeta};
 
+use crate::producers::ProducerTable;
 use crate::state::{KeyState, PayloadError, SnapshotPayload};
 use crate::storage::ServedSnapshot;
 
@@ -174,6 +175,8 @@ pub struct Restored {
     pub served: Option<ServedSnapshot>,
     /// Offset where the log continues after the snapshot.
     pub next_offset: Option<u64>,
+    /// The idempotent producers' table as of the snapshot (empty without one).
+    pub producers: ProducerTable,
     /// Snapshot files that failed their checksum and were dropped (an older one, or the log,
     /// took their place).
     pub dropped_corrupt: usize,
@@ -224,6 +227,7 @@ impl Snapshots {
                 snapshots,
                 served: None,
                 next_offset: None,
+                producers: ProducerTable::default(),
                 dropped_corrupt,
             });
         };
@@ -260,6 +264,7 @@ impl Snapshots {
             snapshots,
             served: Some(served),
             next_offset: Some(payload.next_offset),
+            producers: payload.producers,
             dropped_corrupt,
         })
     }
@@ -371,13 +376,14 @@ impl Snapshots {
 
     /// Starts writing a snapshot at `index` (= the applied index) if one is due (enough log
     /// applied since the last one, the interval passed, or an operator asked) and no write is
-    /// in flight.
+    /// in flight; `producers` is the dedup table at `index`.
     pub fn maybe_start(
         &mut self,
         index: Index,
         term: Option<u64>,
         membership: &raftline_replicator::message::Membership,
         next_offset: u64,
+        producers: &ProducerTable,
     ) {
         let by_bytes = self.policy.every_bytes > 0
             && self.applied_bytes_since_snapshot >= self.policy.every_bytes;
@@ -394,6 +400,8 @@ impl Snapshots {
         };
         // O(1) here; the writer thread walks the frozen map.
         let frozen = self.state.frozen();
+        let mut producers_bytes = Vec::new();
+        producers.encode(&mut producers_bytes);
         let meta = SnapshotMeta {
             index,
             term,
@@ -405,9 +413,10 @@ impl Snapshots {
             .name("snapshot-writer".into())
             .spawn(move || {
                 let members = &meta.membership;
-                let payload_bytes = SnapshotPayload::encoded_len(members, &frozen);
+                let payload_bytes =
+                    SnapshotPayload::encoded_len(members, &frozen, &producers_bytes);
                 let written = write_snapshot_streamed(&dir, index, term, payload_bytes, |out| {
-                    SnapshotPayload::write(out, next_offset, members, &frozen)
+                    SnapshotPayload::write(out, next_offset, members, &frozen, &producers_bytes)
                 });
                 drop(frozen);
                 let written = written.map(|file| Written {

@@ -9,8 +9,10 @@
 //! Payload layout (little-endian): `u64 magic "RLSTATE2"`, `u64 next_offset` (where the log
 //! continues after the snapshot), `u32 membership_bytes`, membership (`Membership::encode`),
 //! `u64 key_count`, then per key in key order `u32 key_bytes, key, u64 offset, u64 timestamp_ms,
-//! u32 value_bytes, value`. Payloads of the first format ("RLSTATE1": no offset and timestamp)
-//! still load; their records carry the snapshot's `next_offset - 1` and timestamp 0.
+//! u32 value_bytes, value`, then the idempotent producers' table (`ProducerTable::encode`, its
+//! own section, see `producers.rs`). Payloads of earlier formats still load: "RLSTATE2" has no
+//! producers' section (an empty table), "RLSTATE1" neither, nor offset and timestamp (its
+//! records carry the snapshot's `next_offset - 1` and timestamp 0).
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -20,8 +22,11 @@ use raftline_log::batch::{entry_batches, for_each_keyed_in, KeyedRecord};
 use raftline_log::BatchError;
 use raftline_replicator::message::Membership;
 
+use crate::producers::ProducerTable;
+
 const MAGIC_V1: u64 = u64::from_le_bytes(*b"RLSTATE1");
-const MAGIC: u64 = u64::from_le_bytes(*b"RLSTATE2");
+const MAGIC_V2: u64 = u64::from_le_bytes(*b"RLSTATE2");
+const MAGIC: u64 = u64::from_le_bytes(*b"RLSTATE3");
 /// Bytes a key costs beyond its key and value (map node, shared pointers, lengths, offset,
 /// timestamp): an estimate for the bound.
 const KEY_OVERHEAD_BYTES: usize = 64;
@@ -87,6 +92,8 @@ pub struct SnapshotPayload {
     pub membership: Membership,
     /// The state.
     pub state: KeyState,
+    /// The idempotent producers' dedup table as of the snapshot's index.
+    pub producers: ProducerTable,
 }
 
 /// A snapshot payload that does not decode (its file's checksum held: a writer bug).
@@ -233,8 +240,10 @@ pub struct PayloadHead {
     pub record_count: u64,
     /// Payload bytes the head takes.
     pub head_bytes: usize,
-    /// Whether records carry their offset and timestamp (format 2).
+    /// Whether records carry their offset and timestamp (formats 2 and 3).
     with_origin: bool,
+    /// Whether the producers' table follows the records (format 3).
+    with_producers: bool,
 }
 
 /// One record of a payload.
@@ -283,9 +292,10 @@ impl PayloadHead {
     pub fn decode(bytes: &[u8]) -> Result<Option<PayloadHead>, PayloadError> {
         let mut r = Reader { bytes, at: 0 };
         let head = (|| {
-            let with_origin = match r.u64()? {
-                MAGIC => true,
-                MAGIC_V1 => false,
+            let (with_origin, with_producers) = match r.u64()? {
+                MAGIC => (true, true),
+                MAGIC_V2 => (true, false),
+                MAGIC_V1 => (false, false),
                 _ => return Err(PayloadError("bad magic")),
             };
             let next_offset = r.u64()?;
@@ -299,6 +309,7 @@ impl PayloadHead {
                 record_count,
                 head_bytes: r.at,
                 with_origin,
+                with_producers,
             })
         })();
         match head {
@@ -340,18 +351,26 @@ impl PayloadHead {
 }
 
 impl SnapshotPayload {
-    /// Bytes [`SnapshotPayload::write`] writes for `state`.
-    pub fn encoded_len(membership: &Membership, state: &FrozenState) -> u64 {
-        8 + 8 + 4 + membership.encode().len() as u64 + 8 + state.records_bytes
+    /// Bytes [`SnapshotPayload::write`] writes for `state` and the producers' table encoded as
+    /// `producers` ([`ProducerTable::encode`]).
+    pub fn encoded_len(membership: &Membership, state: &FrozenState, producers: &[u8]) -> u64 {
+        8 + 8
+            + 4
+            + membership.encode().len() as u64
+            + 8
+            + state.records_bytes
+            + producers.len() as u64
     }
 
-    /// Serialises the payload to `out` (one pass over the state, in key order). Runs on the
-    /// snapshot writer's thread: `state` is a frozen copy.
+    /// Serialises the payload to `out` (one pass over the state, in key order, then the
+    /// producers' table as `producers` holds it encoded). Runs on the snapshot writer's
+    /// thread: `state` is a frozen copy.
     pub fn write(
         out: &mut dyn Write,
         next_offset: u64,
         membership: &Membership,
         state: &FrozenState,
+        producers: &[u8],
     ) -> std::io::Result<()> {
         let members = membership.encode();
         out.write_all(&MAGIC.to_le_bytes())?;
@@ -367,7 +386,7 @@ impl SnapshotPayload {
             out.write_all(&(held.value.len() as u32).to_le_bytes())?;
             out.write_all(&held.value)?;
         }
-        Ok(())
+        out.write_all(producers)
     }
 
     /// Reads a payload written by [`SnapshotPayload::write`] (or by the first format) into a
@@ -391,6 +410,12 @@ impl SnapshotPayload {
             };
             state.set(Arc::from(record.key), held);
         }
+        let mut producers = ProducerTable::default();
+        if head.with_producers {
+            let (table, used) = ProducerTable::decode(&bytes[at..]).map_err(PayloadError)?;
+            producers = table;
+            at += used;
+        }
         if at != bytes.len() {
             return Err(PayloadError("trailing bytes"));
         }
@@ -400,6 +425,7 @@ impl SnapshotPayload {
             next_offset: head.next_offset,
             membership: head.membership,
             state,
+            producers,
         })
     }
 }
@@ -409,13 +435,20 @@ mod tests {
     use super::*;
     use raftline_log::{Batch, Record};
 
-    fn encode(next_offset: u64, membership: &Membership, state: &KeyState) -> Vec<u8> {
+    fn encode(
+        next_offset: u64,
+        membership: &Membership,
+        state: &KeyState,
+        producers: &ProducerTable,
+    ) -> Vec<u8> {
         let frozen = state.frozen();
+        let mut table = Vec::new();
+        producers.encode(&mut table);
         let mut out = Vec::new();
-        SnapshotPayload::write(&mut out, next_offset, membership, &frozen).unwrap();
+        SnapshotPayload::write(&mut out, next_offset, membership, &frozen, &table).unwrap();
         assert_eq!(
             out.len() as u64,
-            SnapshotPayload::encoded_len(membership, &frozen),
+            SnapshotPayload::encoded_len(membership, &frozen, &table),
             "the announced length is the written length"
         );
         out
@@ -458,14 +491,31 @@ mod tests {
             voters: vec![1, 2, 3],
             learners: vec![4],
         };
-        let bytes = encode(42, &membership, &state);
+        let mut producers = ProducerTable::default();
+        let b = crate::producers::ProducerBatch {
+            producer_id: 7,
+            epoch: 1,
+            first_seq: 0,
+            last_seq: 1,
+        };
+        let placed = crate::producers::Placed {
+            first_seq: 0,
+            last_seq: 1,
+            base_offset: 40,
+            last_offset: 41,
+            index: 0,
+            term: 0,
+        };
+        producers.apply(&b, placed);
+        let bytes = encode(42, &membership, &state, &producers);
         let back = SnapshotPayload::decode(&bytes, None).unwrap();
         assert_eq!(
             back,
             SnapshotPayload {
                 next_offset: 42,
-                membership,
-                state
+                membership: membership.clone(),
+                state: state.clone(),
+                producers,
             }
         );
         for len in 0..bytes.len() {
@@ -474,6 +524,12 @@ mod tests {
                 "len {len}"
             );
         }
+        // The second format: no producers' section, an empty table.
+        let mut v2 = encode(42, &membership, &state, &ProducerTable::default());
+        v2[..8].copy_from_slice(b"RLSTATE2");
+        v2.truncate(v2.len() - 4);
+        let back = SnapshotPayload::decode(&v2, None).unwrap();
+        assert_eq!((back.state, back.producers.len()), (state, 0));
     }
 
     #[test]
@@ -497,14 +553,15 @@ mod tests {
             voters: vec![1],
             learners: vec![],
         };
-        let bytes = encode(103, &membership, &state);
+        let bytes = encode(103, &membership, &state, &ProducerTable::default());
         let head = PayloadHead::decode(&bytes).unwrap().unwrap();
         assert_eq!((head.next_offset, head.record_count), (103, 1));
         let (first, used) = head
             .decode_record(&bytes[head.head_bytes..])
             .unwrap()
             .unwrap();
-        assert_eq!(head.head_bytes + used, bytes.len());
+        // Then the producers' section: an empty table is its count alone.
+        assert_eq!(head.head_bytes + used + 4, bytes.len());
         assert_eq!(
             first,
             PayloadRecord {
@@ -515,7 +572,7 @@ mod tests {
             }
         );
         assert_eq!(
-            head.decode_record(&bytes[head.head_bytes..bytes.len() - 1])
+            head.decode_record(&bytes[head.head_bytes..head.head_bytes + used - 1])
                 .unwrap(),
             None,
             "a record cut short is not yet there"
@@ -550,11 +607,13 @@ mod tests {
             voters: vec![1],
             learners: vec![],
         };
+        let mut table = Vec::new();
+        ProducerTable::default().encode(&mut table);
         let mut bytes = Vec::new();
-        SnapshotPayload::write(&mut bytes, 500, &members, &frozen).unwrap();
+        SnapshotPayload::write(&mut bytes, 500, &members, &frozen, &table).unwrap();
         assert_eq!(
             bytes.len() as u64,
-            SnapshotPayload::encoded_len(&members, &frozen)
+            SnapshotPayload::encoded_len(&members, &frozen, &table)
         );
         let back = SnapshotPayload::decode(&bytes, None).unwrap();
         assert_eq!(

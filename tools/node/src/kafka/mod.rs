@@ -68,6 +68,12 @@ mod code {
     pub const UNKNOWN_LEADER_EPOCH: ErrorCode = E::UnknownLeaderEpoch.code();
     pub const UNSUPPORTED_COMPRESSION_TYPE: ErrorCode = E::UnsupportedCompressionType.code();
     pub const INVALID_RECORD: ErrorCode = E::InvalidRecord.code();
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: ErrorCode = E::OutOfOrderSequenceNumber.code();
+    pub const INVALID_PRODUCER_EPOCH: ErrorCode = E::InvalidProducerEpoch.code();
+    pub const UNKNOWN_PRODUCER_ID: ErrorCode = E::UnknownProducerId.code();
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: ErrorCode =
+        E::TransactionalIdAuthorizationFailed.code();
+    pub const UNKNOWN_SERVER_ERROR: ErrorCode = E::UnknownServerError.code();
     pub const KAFKA_STORAGE_ERROR: ErrorCode = E::KafkaStorageError.code();
     pub const POLICY_VIOLATION: ErrorCode = E::PolicyViolation.code();
 }
@@ -89,6 +95,9 @@ fn append_error_code(error: &ClientError) -> ErrorCode {
         | ClientError::BadRequest { .. } => code::CORRUPT_MESSAGE,
         // Not retriable: the record is refused by the state's bound.
         ClientError::StateFull { .. } => code::POLICY_VIOLATION,
+        ClientError::OutOfOrderSequence { .. } => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        ClientError::InvalidProducerEpoch { .. } => code::INVALID_PRODUCER_EPOCH,
+        ClientError::UnknownProducer { .. } => code::UNKNOWN_PRODUCER_ID,
     }
 }
 
@@ -209,7 +218,7 @@ impl Kafka {
             }
             ApiKey::InitProducerId => {
                 let place = self.place(client);
-                let response = produce::init_producer_id(asked, &mut buf)?;
+                let response = produce::init_producer_id(asked, &mut buf, replica, appends)?;
                 self.respond(net, place, response);
             }
             ApiKey::Fetch => {

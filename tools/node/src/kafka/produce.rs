@@ -1,7 +1,8 @@
 //! Produce: a Kafka producer's batch becomes one staged append (`Appends::stage`), proposed,
 //! committed and decided exactly like a native one; its answer comes back through
 //! `Appends::take_kafka_answers` and is ordered among its connection's responses here.
-//! InitProducerId is refused until idempotent producers are built (the next slice).
+//! InitProducerId hands idempotent producers their id and epoch; their batches are judged by
+//! the leader like native ones (`producers.rs`).
 
 use std::collections::HashMap;
 
@@ -20,7 +21,7 @@ use raftline_netio::net::{ClientId, Net};
 use super::versions::range;
 use super::{append_error_code, check_version, code, encode_response, Asked, ErrorCode};
 use super::{Delivery, KafkaConfig, Place};
-use crate::appends::{Appends, Outcome, Requester};
+use crate::appends::{Appends, GrantError, Outcome, Requester};
 use crate::replica::Replica;
 
 /// One partition of one Produce request: what the append's answer is for.
@@ -68,7 +69,10 @@ fn batch_error_code(error: &BatchError) -> ErrorCode {
             code::UNSUPPORTED_COMPRESSION_TYPE
         }
         BatchError::Kafka(
-            KafkaBatchError::Transactional | KafkaBatchError::Control | KafkaBatchError::Magic(_),
+            KafkaBatchError::Transactional
+            | KafkaBatchError::Control
+            | KafkaBatchError::Magic(_)
+            | KafkaBatchError::ProducerFields { .. },
         ) => code::INVALID_RECORD,
         BatchError::TooLarge { .. } => code::MESSAGE_TOO_LARGE,
         _ => code::CORRUPT_MESSAGE,
@@ -243,16 +247,44 @@ fn response(replica: &Replica, pending: Pending) -> Result<Vec<u8>, String> {
     encode_response(pending.asked, &response)
 }
 
-/// Refuses InitProducerId (versions 0-4 are decoded): idempotent and transactional producers
-/// need producer ids, epochs and sequence checks, the next slice. Not announced in ApiVersions,
-/// so clients that check (librdkafka with enable.idempotence) say so themselves.
-pub(super) fn init_producer_id(asked: Asked, buf: &mut Bytes) -> Result<Vec<u8>, String> {
-    check_version(asked, 0, 4)?;
-    InitProducerIdRequest::decode(buf, asked.version)
+/// Answers InitProducerId (versions 0-4) on any node: an idempotent producer's id and epoch
+/// (`Appends::grant_producer`). A transactional id is refused with
+/// `TRANSACTIONAL_ID_AUTHORIZATION_FAILED`: transactions are not offered.
+pub(super) fn init_producer_id(
+    asked: Asked,
+    buf: &mut Bytes,
+    replica: &Replica,
+    appends: &mut Appends,
+) -> Result<Vec<u8>, String> {
+    let (min, max) = range(ApiKey::InitProducerId);
+    check_version(asked, min, max)?;
+    let request = InitProducerIdRequest::decode(buf, asked.version)
         .map_err(|e| format!("undecodable InitProducerId v{}: {e}", asked.version))?;
     let mut response = InitProducerIdResponse::default();
-    response.error_code = code::UNSUPPORTED_VERSION;
     response.producer_id = ProducerId(-1);
     response.producer_epoch = -1;
+    if request
+        .transactional_id
+        .as_ref()
+        .is_some_and(|t| !t.0.is_empty())
+    {
+        tracing::warn!(
+            transactional_id = ?request.transactional_id,
+            "a Kafka producer asked for a transactional id: transactions are not offered (idempotence is)"
+        );
+        response.error_code = code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+        return encode_response(asked, &response);
+    }
+    let given = request.producer_id.0;
+    let bump = (given >= 0).then_some((given as u64, request.producer_epoch));
+    match appends.grant_producer(replica, bump) {
+        Ok((producer_id, epoch)) => {
+            response.error_code = code::NONE;
+            response.producer_id = ProducerId(producer_id as i64);
+            response.producer_epoch = epoch;
+        }
+        Err(GrantError::Fenced { .. }) => response.error_code = code::INVALID_PRODUCER_EPOCH,
+        Err(GrantError::Unavailable(_)) => response.error_code = code::UNKNOWN_SERVER_ERROR,
+    }
     encode_response(asked, &response)
 }

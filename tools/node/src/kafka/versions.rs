@@ -9,14 +9,14 @@ use kafka_protocol::protocol::Decodable;
 
 use super::{check_version, code, encode_response, Asked};
 
-/// Every API served, with its lowest and highest version. InitProducerId is answered (with a
-/// refusal) but not announced: idempotent producers are the next slice.
-pub(super) const SERVED: [(ApiKey, i16, i16); 5] = [
+/// Every API served, with its lowest and highest version.
+pub(super) const SERVED: [(ApiKey, i16, i16); 6] = [
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 /// The versions a served API is answered at.
