@@ -312,6 +312,7 @@ impl<S: Storage> Raft<S> {
                 let bootstrap = Membership {
                     voters: cfg.voters.clone(),
                     learners: Vec::new(),
+                    addresses: cfg.addresses.clone(),
                 };
                 (bootstrap, 1)
             }
@@ -726,7 +727,7 @@ impl<S: Storage> Raft<S> {
                 });
             }
         }
-        let next = self.configs.current().apply(change)?;
+        let next = self.configs.current().apply(&change)?;
         let index = self.append_as_leader(EntryKind::Config, Arc::from(next.encode()));
         self.broadcast_append(false);
         Ok((self.term, index))
@@ -862,7 +863,11 @@ impl<S: Storage> Raft<S> {
             {
                 Ok(committed) => {
                     self.applied = committed.last().expect("at least one").index;
-                    self.configs.applied_to(self.applied);
+                    let folded = self.configs.applied_to(self.applied);
+                    if folded && self.role == Role::Leader {
+                        // A removed member's removal is applied: stop replicating to it.
+                        self.track_members();
+                    }
                     rd.committed = committed;
                 }
                 Err(e) => self.record_storage_failure(e),
@@ -1157,8 +1162,15 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Leader: keeps a progress for exactly the members of the configuration in force.
+    /// Replicates to every member of the current configuration and, until its removal is
+    /// applied, to a member being removed: it then receives the entry that removes it, which
+    /// stops it campaigning (a node outside its configuration never does). Its acknowledgements
+    /// count toward no quorum (quorums are the current configuration's).
     fn track_members(&mut self) {
-        let members: Vec<NodeId> = self.configs.current().members().collect();
+        let mut members: Vec<NodeId> = self.configs.current().members().collect();
+        members.extend(self.configs.applied().members());
+        members.sort_unstable();
+        members.dedup();
         self.progress.retain(|id, _| members.contains(id));
         let last = self.log.last_index();
         for peer in members {

@@ -325,6 +325,14 @@ mod tests {
         let membership = Membership {
             voters: vec![1, 2, 3],
             learners: vec![4],
+            addresses: [(
+                4,
+                raftline_replicator::MemberAddress {
+                    peer: "10.0.0.4:7301".into(),
+                    client: "10.0.0.4:7300".into(),
+                },
+            )]
+            .into(),
         };
         let bytes = SnapshotPayload::encode(42, &membership, &state);
         let back = SnapshotPayload::decode(&bytes).unwrap();
@@ -361,6 +369,7 @@ mod tests {
         let membership = Membership {
             voters: vec![1],
             learners: vec![],
+            ..Default::default()
         };
         let bytes = SnapshotPayload::encode(103, &membership, &state);
         let head = PayloadHead::decode(&bytes).unwrap().unwrap();
@@ -394,6 +403,7 @@ mod tests {
         let members = Membership {
             voters: vec![1],
             learners: vec![],
+            ..Default::default()
         };
         let encoded = members.encode();
         let mut v1 = Vec::new();
