@@ -82,11 +82,27 @@ pub enum FrameType {
     SnapshotEnd = 0x27,
     /// Node → client: the snapshot asked for is durable.
     SnapshotTaken = 0x28,
+    /// Client → node (admin): the members, their addresses and replication progress.
+    MemberList = 0x16,
+    /// Client → node (admin): add a learner.
+    MemberAdd = 0x17,
+    /// Client → node (admin): make a caught-up learner a voter.
+    MemberPromote = 0x18,
+    /// Client → node (admin): remove a voter or learner.
+    MemberRemove = 0x19,
+    /// Client → node (admin): hand leadership to another voter.
+    LeaderTransfer = 0x1A,
+    /// Node → client: the members.
+    MemberListReply = 0x29,
+    /// Node → client: a configuration change committed.
+    MembershipChanged = 0x2A,
+    /// Node → client: leadership moved.
+    LeaderTransferred = 0x2B,
 }
 
 impl FrameType {
     /// Every frame type, for tests and tables.
-    pub const ALL: [FrameType; 18] = [
+    pub const ALL: [FrameType; 26] = [
         FrameType::PeerHello,
         FrameType::PeerMessage,
         FrameType::Keepalive,
@@ -105,6 +121,14 @@ impl FrameType {
         FrameType::SnapshotRecords,
         FrameType::SnapshotEnd,
         FrameType::SnapshotTaken,
+        FrameType::MemberList,
+        FrameType::MemberAdd,
+        FrameType::MemberPromote,
+        FrameType::MemberRemove,
+        FrameType::LeaderTransfer,
+        FrameType::MemberListReply,
+        FrameType::MembershipChanged,
+        FrameType::LeaderTransferred,
     ];
 
     /// The type with wire value `value`, if it exists.
@@ -130,6 +154,11 @@ impl FrameType {
                 | FrameType::Status
                 | FrameType::SubscribeSnapshot
                 | FrameType::SnapshotNow
+                | FrameType::MemberList
+                | FrameType::MemberAdd
+                | FrameType::MemberPromote
+                | FrameType::MemberRemove
+                | FrameType::LeaderTransfer
                 | FrameType::Keepalive
         )
     }

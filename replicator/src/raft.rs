@@ -676,6 +676,11 @@ impl<S: Storage> Raft<S> {
         start > 0 && self.ticks - start < self.cfg.lease_ticks()
     }
 
+    /// Index of a configuration entry not committed yet, if any (the change under way).
+    pub fn pending_config_index(&self) -> Option<Index> {
+        self.configs.last_index().filter(|&i| i > self.commit)
+    }
+
     /// The follower leadership is being handed to, if a transfer is under way.
     pub fn transfer_target(&self) -> Option<NodeId> {
         self.transfer_to
@@ -713,7 +718,7 @@ impl<S: Storage> Raft<S> {
         if self.log.term(self.commit).ok() != Some(self.term) {
             return Err(MembershipError::NotYetCommittedInTerm);
         }
-        if let Some(index) = self.configs.last_index().filter(|&i| i > self.commit) {
+        if let Some(index) = self.pending_config_index() {
             return Err(MembershipError::ChangePending { index });
         }
         if let MembershipChange::PromoteLearner(id) = change {

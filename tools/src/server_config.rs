@@ -46,6 +46,12 @@ pub struct ServerArgs {
     /// `1=host:port,...`.
     #[arg(long, value_name = "ID=ADDR,...")]
     pub peer_clients: Option<String>,
+    /// Join an existing cluster instead of bootstrapping one: the client address of any member.
+    /// The node asks to be added as a learner at its --listen and --client-listen addresses
+    /// (promote it with `raftline member promote`); a restarted node that already has the
+    /// configuration in its log ignores it. Excludes --peers.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub join: Option<String>,
     /// Address for peer connections [default: this node's entry in --peers].
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
@@ -127,6 +133,7 @@ struct FileConfig {
     cluster_id: Option<String>,
     peers: Option<BTreeMap<String, String>>,
     peer_clients: Option<BTreeMap<String, String>>,
+    join: Option<String>,
     listen: Option<SocketAddr>,
     client_listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
@@ -208,12 +215,15 @@ impl ServerArgs {
             .cluster_id
             .or(file.cluster_id)
             .context("--cluster-id is required")?;
+        let join = self.join.or(file.join);
         let peers_text = match (self.peers, file.peers) {
             (Some(text), _) => parse_id_map(&text)?,
             (None, Some(map)) => file_map(map, "peers")?,
-            (None, None) => {
-                bail!("--peers is required (every voter, this node included: 1=host:port,2=...)")
-            }
+            (None, None) if join.is_some() => BTreeMap::new(),
+            (None, None) => bail!(
+                "--peers is required to bootstrap a cluster (every voter, this node included: \
+                 1=host:port,2=...), or --join HOST:PORT to join one"
+            ),
         };
         let peer_clients = match (self.peer_clients, file.peer_clients) {
             (Some(text), _) => parse_id_map(&text)?,
@@ -254,6 +264,7 @@ impl ServerArgs {
             peers,
             peer_names: peers_text,
             peer_clients,
+            join,
             listen,
             client_listen: self
                 .client_listen

@@ -25,10 +25,11 @@ use raftline_netio::client_proto::{
 use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::net::{ClientId, Net, NetEvent, SendWithError};
 use raftline_netio::peer_codec::{decode_message, encode_message, PeerCodecError};
-use raftline_replicator::{Index, Message, Role};
+use raftline_replicator::{Index, MemberAddress, Message, Role};
 
 use crate::appends::{Appends, Proposal};
 use crate::kafka::Kafka;
+use crate::members::{MemberRequest, Members};
 use crate::metrics::Metrics;
 use crate::replica::{FatalError, Replica, READY_ROUNDS_MAX};
 use crate::replies::Replier;
@@ -46,8 +47,13 @@ pub struct LoopConfig {
     pub tick: Duration,
     /// On stop: how long appends already accepted may take to be acknowledged.
     pub drain_timeout: Duration,
-    /// Client address of every node (for `Status`).
-    pub client_addresses: BTreeMap<u64, String>,
+    /// Addresses of the members known before the log holds a configuration (`--peers` and
+    /// `--peer-clients`, or what a joining node was admitted with); the log's win.
+    pub addresses: BTreeMap<u64, MemberAddress>,
+    /// A voter not heard from for this long counts as down (membership changes check it).
+    pub election_timeout: Duration,
+    /// How long a membership change or leadership transfer may take to be answered.
+    pub admin_timeout: Duration,
     /// The data directory (its size is reported in `Status`).
     pub data_dir: PathBuf,
 }
@@ -110,6 +116,7 @@ pub struct EventLoop {
     appends: Appends,
     subscriptions: Subscriptions,
     kafka: Kafka,
+    members: Members,
     replier: Replier,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
@@ -145,6 +152,12 @@ impl EventLoop {
                 node_id: cfg.node_id,
             },
             next_tick: Instant::now() + cfg.tick,
+            members: Members::new(
+                cfg.node_id,
+                cfg.admin_timeout,
+                cfg.election_timeout,
+                cfg.addresses.clone(),
+            ),
             cfg,
             net,
             replica,
@@ -257,6 +270,13 @@ impl EventLoop {
             self.replica.write_and_apply(rd)?;
         }
         self.replica.settle()?;
+        if self
+            .members
+            .settle(&mut self.net, &self.replier, &self.replica)
+        {
+            let addresses = self.members.client_addresses().clone();
+            self.appends.set_client_addresses(addresses);
+        }
         let held = self.replica.take_messages();
         self.send(held);
         for refusal in self.replica.take_refusals() {
@@ -293,7 +313,10 @@ impl EventLoop {
             NetEvent::PeerFrame { from, frame } => match decode_message(&frame) {
                 // The Net admits a message only from the node that said hello on its
                 // connection; the core refuses what no correct node could send.
-                Ok(msg) => self.replica.step(msg),
+                Ok(msg) => {
+                    self.members.heard(from, Instant::now());
+                    self.replica.step(msg)
+                }
                 Err(e) => self.refuse_peer(from, "undecodable", &e.to_string()),
             },
             NetEvent::ClientFrame { client, frame } => match decode_request(frame) {
@@ -338,9 +361,42 @@ impl EventLoop {
                     bytes,
                 }) => self.subscriptions.credit(client, subscription_id, bytes),
                 Ok(Request::Status { request_id }) => {
-                    let status = status(&self.cfg, &self.replica, net, self.disk.bytes);
+                    let status = status(
+                        &self.cfg,
+                        &self.members,
+                        &self.replica,
+                        net,
+                        self.disk.bytes,
+                    );
                     let reply = Response::StatusReply { request_id, status };
                     self.replier.respond(net, client, &reply);
+                }
+                Ok(Request::MemberList { request_id }) => {
+                    self.member_request(client, request_id, MemberRequest::List)
+                }
+                Ok(Request::MemberAdd {
+                    request_id,
+                    id,
+                    peer_address,
+                    client_address,
+                }) => {
+                    let request = MemberRequest::Add {
+                        id,
+                        peer_address,
+                        client_address,
+                    };
+                    self.member_request(client, request_id, request)
+                }
+                Ok(Request::MemberPromote { request_id, id }) => {
+                    self.member_request(client, request_id, MemberRequest::Promote(id))
+                }
+                Ok(Request::MemberRemove {
+                    request_id,
+                    id,
+                    force,
+                }) => self.member_request(client, request_id, MemberRequest::Remove(id, force)),
+                Ok(Request::LeaderTransfer { request_id, to }) => {
+                    self.member_request(client, request_id, MemberRequest::Transfer(to))
                 }
                 Err(e) => {
                     // Say why, then close that connection.
@@ -363,6 +419,17 @@ impl EventLoop {
             NetEvent::PeerDown { id } => tracing::info!(peer = id, "peer connection down"),
             NetEvent::Woken => {}
         }
+    }
+
+    fn member_request(&mut self, client: ClientId, request_id: u64, request: MemberRequest) {
+        self.members.request(
+            &mut self.net,
+            &self.replier,
+            &mut self.replica,
+            client,
+            request_id,
+            request,
+        );
     }
 
     /// Answers the `SnapshotNow` requests a durable snapshot now covers.
@@ -395,8 +462,13 @@ impl EventLoop {
         self.replica.tick();
         self.disk.refresh(&self.cfg.data_dir, now);
         self.appends.expire(&mut self.net, now);
-        self.metrics
-            .publish(status(&self.cfg, &self.replica, &self.net, self.disk.bytes));
+        self.metrics.publish(status(
+            &self.cfg,
+            &self.members,
+            &self.replica,
+            &self.net,
+            self.disk.bytes,
+        ));
         let snapshot_index = self.replica.snapshot_index().unwrap_or(0);
         self.metrics
             .snapshot_index
@@ -456,10 +528,17 @@ fn send_messages(net: &mut Net, cluster_id: ClusterId, metrics: &Metrics, msgs: 
 }
 
 /// The node's status as `Status` answers it and the metrics export it.
-pub fn status(cfg: &LoopConfig, replica: &Replica, net: &Net, disk_bytes: u64) -> NodeStatus {
+fn status(
+    cfg: &LoopConfig,
+    members: &Members,
+    replica: &Replica,
+    net: &Net,
+    disk_bytes: u64,
+) -> NodeStatus {
     let raft = replica.raft();
     let log = replica.log();
     let role = match raft.role() {
+        Role::Follower if !raft.is_voter() => NodeRole::Learner,
         Role::Follower => NodeRole::Follower,
         Role::PreCandidate => NodeRole::PreCandidate,
         Role::Candidate => NodeRole::Candidate,
@@ -467,11 +546,10 @@ pub fn status(cfg: &LoopConfig, replica: &Replica, net: &Net, disk_bytes: u64) -
     };
     let last_index = raft.last_index();
     let peers = if raft.role() == Role::Leader {
-        raft.config()
-            .voters
-            .iter()
-            .filter(|&&id| id != cfg.node_id)
-            .filter_map(|&id| {
+        raft.membership()
+            .members()
+            .filter(|&id| id != cfg.node_id)
+            .filter_map(|id| {
                 raft.progress(id).map(|p| PeerStatus {
                     node_id: id,
                     match_index: p.match_index,
@@ -489,7 +567,7 @@ pub fn status(cfg: &LoopConfig, replica: &Replica, net: &Net, disk_bytes: u64) -
         role,
         term: raft.term(),
         leader_id: leader,
-        leader_client_address: leader.and_then(|id| cfg.client_addresses.get(&id).cloned()),
+        leader_client_address: leader.and_then(|id| members.client_addresses().get(&id).cloned()),
         commit_index: raft.commit_index(),
         log_start_offset: log.start_offset(),
         log_end_offset: log.next_offset(),

@@ -20,8 +20,8 @@ use raftline_log::{
     Log, LogConfig, LogError, WriterHook,
 };
 use raftline_replicator::{
-    Config, EntryKind, HardState, Index, InitError, Message, NodeId, ProposeError, Raft, Ready,
-    Refusal, Role, StorageError, Term,
+    Config, EntryKind, HardState, Index, InitError, MembershipChange, MembershipError, Message,
+    NodeId, ProposeError, Raft, Ready, Refusal, Role, StorageError, Term, TransferError,
 };
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -281,7 +281,7 @@ impl Replica {
         let me = self.raft.id();
         let to = self
             .raft
-            .config()
+            .membership()
             .voters
             .iter()
             .copied()
@@ -290,6 +290,19 @@ impl Replica {
         self.raft.transfer_leadership(to).ok()?;
         tracing::info!(to, "handing leadership over before stopping");
         Some(to)
+    }
+
+    /// Proposes a configuration change (an operator's `member` request).
+    pub fn propose_membership(
+        &mut self,
+        change: MembershipChange,
+    ) -> Result<(Term, Index), MembershipError> {
+        self.raft.propose_membership(change)
+    }
+
+    /// Starts handing leadership to `to` (an operator's `leader transfer`).
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
+        self.raft.transfer_leadership(to)
     }
 
     /// Tells the core how far the log is durable (after the writer's hook fired).

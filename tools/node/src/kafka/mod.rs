@@ -83,6 +83,11 @@ fn append_error_code(error: &ClientError) -> ErrorCode {
         ClientError::OffsetOutOfRange { .. }
         | ClientError::WrongCluster { .. }
         | ClientError::BadRequest { .. } => code::CORRUPT_MESSAGE,
+        // Membership refusals never answer an append.
+        ClientError::ChangeNotNow { .. }
+        | ClientError::LearnerBehind { .. }
+        | ClientError::WouldLoseQuorum { .. }
+        | ClientError::MembershipRefused { .. } => code::CORRUPT_MESSAGE,
     }
 }
 
