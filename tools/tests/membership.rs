@@ -179,6 +179,7 @@ fn a_dead_node_is_replaced_by_a_fresh_one_that_catches_up_by_snapshot_under_load
         status(cluster.node(leader).client).is_ok_and(|s| s.log_start_offset > 0)
     });
     // 2. A fresh node, empty data directory, joins as a learner through any member.
+    let joined_at = Instant::now();
     let fresh = cluster.join(survivor);
     producers.add_node(cluster.node(fresh).client);
     wait_for("the fresh node catching up", &cluster, || {
@@ -202,7 +203,17 @@ fn a_dead_node_is_replaced_by_a_fresh_one_that_catches_up_by_snapshot_under_load
     let (voters, learners) = listed(&cluster);
     assert_eq!(learners, [fresh], "listed as a learner: {voters:?}");
     // 3. Promote it once it has caught up.
-    promote(&cluster, fresh);
+    let refusals = promote(&cluster, fresh);
+    let copied = status(cluster.node(fresh).client).unwrap();
+    eprintln!(
+        "replacement: joined to promoted in {} ms ({refusals} promotions refused while it caught \
+         up); it holds snapshot {:?} and log offsets {}..{}, {} bytes on disk",
+        joined_at.elapsed().as_millis(),
+        copied.snapshot,
+        copied.log_start_offset,
+        copied.log_end_offset,
+        copied.disk_bytes
+    );
     let (mut voters, learners) = listed(&cluster);
     voters.sort_unstable();
     let mut expected = vec![leader, survivor, fresh];
@@ -269,8 +280,9 @@ fn the_cluster_grows_from_three_to_five_voters_and_back_under_load() {
     // acknowledged one must be kept.
     let (ledger, failures) = producers.finish();
     eprintln!(
-        "{} appends failed across the leader changes",
-        failures.len()
+        "{} appends failed across the leader changes, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
     );
     assert!(ledger.len() > 100, "producers kept going: {}", ledger.len());
     let violations = check(&cluster, &ledger, RECORDS);

@@ -188,7 +188,8 @@ impl Node {
                 }
                 admitted
             }
-            _ => {
+            Some(_) => bootstrap,
+            None => {
                 warn_if_flags_differ(&cfg, &bootstrap, membership);
                 bootstrap
             }

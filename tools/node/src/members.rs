@@ -284,21 +284,25 @@ impl Members {
         };
         let raft = replica.raft();
         let answer = if raft.commit_index() >= p.index {
-            if raft.term_at(p.index) == Some(p.term) {
-                Response::MembershipChanged {
+            let why = match raft.term_at(p.index) {
+                Some(term) if term == p.term => None,
+                Some(_) => {
+                    Some("a new leader replaced the change before it committed: it did not happen")
+                }
+                // Compacted into a snapshot in the round it committed (it did, if the snapshot
+                // holds it): say so rather than guess.
+                None => Some("the change's entry was compacted away: check `raftline member list`"),
+            };
+            match why {
+                None => Response::MembershipChanged {
                     request_id: p.request_id,
                     index: p.index,
                     members: members_of(raft.membership()),
-                }
-            } else {
-                Response::Error {
+                },
+                Some(why) => Response::Error {
                     request_id: p.request_id,
-                    error: ClientError::Unavailable {
-                        why: "a new leader replaced the change before it committed: it did not \
-                              happen"
-                            .into(),
-                    },
-                }
+                    error: ClientError::Unavailable { why: why.into() },
+                },
             }
         } else if raft.role() != Role::Leader {
             Response::Error {
