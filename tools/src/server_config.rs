@@ -514,6 +514,34 @@ mod tests {
     }
 
     #[test]
+    fn join_replaces_peers_and_needs_addresses_the_cluster_can_reach() {
+        let joiner = || ServerArgs {
+            id: Some(4),
+            cluster_id: Some("c".into()),
+            join: Some("127.0.0.1:7201".into()),
+            listen: Some("127.0.0.1:7104".parse().unwrap()),
+            client_listen: Some("127.0.0.1:7204".parse().unwrap()),
+            data_dir: Some("/tmp/x".into()),
+            ..ServerArgs::default()
+        };
+        let cfg = joiner().resolve().unwrap();
+        assert!(cfg.peers.is_empty());
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        let mut both = joiner();
+        both.peers = args().peers;
+        let err = both.resolve().unwrap_err().to_string();
+        assert!(err.contains("exclude each other"), "{err}");
+        let mut wildcard = joiner();
+        wildcard.listen = Some("0.0.0.0:7104".parse().unwrap());
+        let err = wildcard.resolve().unwrap_err().to_string();
+        assert!(err.contains("--listen 0.0.0.0:7104"), "{err}");
+        let mut neither = joiner();
+        neither.join = None;
+        let err = neither.resolve().unwrap_err().to_string();
+        assert!(err.contains("--join"), "{err}");
+    }
+
+    #[test]
     fn a_node_missing_from_its_peer_list_is_refused() {
         let mut a = args();
         a.id = Some(9);

@@ -235,14 +235,39 @@ fn the_cluster_grows_from_three_to_five_voters_and_back_under_load() {
     let mut cluster = Cluster::start(3, "auto");
     cluster.wait_leader();
     let producers = Producers::start(&cluster);
-    // Grow: two nodes join as learners and are promoted one at a time.
-    let mut added = Vec::new();
-    for via in [1, 2] {
-        let id = cluster.join(via);
-        producers.add_node(cluster.node(id).client);
-        promote(&cluster, id);
-        added.push(id);
-    }
+    // Grow: node 4 joins as a learner by itself and is promoted; node 5 is added by the
+    // operator first (`member add --learner`), then started with `--join`, which finds itself
+    // already a member at its addresses.
+    let four = cluster.join(1);
+    producers.add_node(cluster.node(four).client);
+    promote(&cluster, four);
+    let five = cluster.add_joiner(2);
+    let (peer, client) = (cluster.node(five).peer, cluster.node(five).client);
+    let out = cli_ok(
+        &cluster,
+        &[
+            "member",
+            "add",
+            "--learner",
+            "--id",
+            "5",
+            "--peer-addr",
+            &peer.to_string(),
+            "--client-addr",
+            &client.to_string(),
+        ],
+    );
+    assert!(out.contains("node 5 added as a learner"), "{out}");
+    cluster.spawn(five);
+    producers.add_node(client);
+    promote(&cluster, five);
+    assert!(
+        cluster
+            .log_of(five)
+            .contains("already a member at these addresses"),
+        "{}",
+        cluster.log_of(five)
+    );
     let (mut voters, _) = listed(&cluster);
     voters.sort_unstable();
     assert_eq!(voters, [1, 2, 3, 4, 5]);

@@ -548,3 +548,41 @@ pub fn members_of(m: &Membership) -> Vec<Member> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_member_needs_addresses_other_nodes_can_use() {
+        assert_eq!(check_addresses("10.0.0.4:7301", "10.0.0.4:7300"), Ok(()));
+        for peer in ["raftline-4.peers:7301", "0.0.0.0:7301", "10.0.0.4:0", ""] {
+            let refused = check_addresses(peer, "10.0.0.4:7300").unwrap_err();
+            assert!(refused.contains(peer), "{refused}");
+        }
+        assert!(check_addresses("10.0.0.4:7301", "")
+            .unwrap_err()
+            .contains("client address"));
+    }
+
+    #[test]
+    fn members_are_listed_voters_first_with_their_addresses() {
+        let m = Membership {
+            voters: vec![1, 2],
+            learners: vec![7],
+            addresses: [(
+                7,
+                MemberAddress {
+                    peer: "10.0.0.7:7301".into(),
+                    client: "10.0.0.7:7300".into(),
+                },
+            )]
+            .into(),
+        };
+        let listed = members_of(&m);
+        let ids: Vec<(u64, bool)> = listed.iter().map(|m| (m.id, m.voter)).collect();
+        assert_eq!(ids, [(1, true), (2, true), (7, false)]);
+        assert_eq!(listed[2].client_address, "10.0.0.7:7300");
+        assert_eq!(listed[0].peer_address, "", "no address known for node 1");
+    }
+}

@@ -284,6 +284,14 @@ impl Cluster {
     /// Starts a new node with an empty data directory that joins the cluster (`--join`) through
     /// node `via`'s client address; returns its id.
     pub fn join(&mut self, via: u64) -> u64 {
+        let id = self.add_joiner(via);
+        self.spawn(id);
+        id
+    }
+
+    /// A new node (not started) that will join through node `via`'s client address; returns its
+    /// id (its addresses are in [`Cluster::node`]).
+    pub fn add_joiner(&mut self, via: u64) -> u64 {
         let id = self.nodes.len() as u64 + 1;
         let node = Node {
             id,
@@ -297,7 +305,6 @@ impl Cluster {
             join: Some(self.node(via).client),
         };
         self.nodes.push(node);
-        self.spawn(id);
         id
     }
 
