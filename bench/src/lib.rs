@@ -5,6 +5,7 @@
 //! - [`cluster`]: `raftline bench cluster` against a local 3-node cluster (or `--bootstrap`):
 //!   the load generator, CPU accounting, the sweep, the tail (W4) and the null node.
 //! - [`failover`]: `raftline bench failover` (kill -9 the leader K times under load).
+//! - [`kafka`]: `raftline bench kafka` (the Kafka path beside the native one, same cluster).
 //! - [`profiles`]: `raftline bench profiles` (group commit on emulated HDD / SATA / NVMe).
 //! - [`local_cluster`]: three `raftline server` child processes on loopback, shared by
 //!   `raftline dev` and the benchmarks; [`emulated_disk`]: the reference device profiles.
@@ -19,6 +20,7 @@ pub mod cluster;
 pub mod emulated_disk;
 pub mod failover;
 pub mod fsync;
+pub mod kafka;
 pub mod labels;
 pub mod latency;
 pub mod local_cluster;

@@ -28,7 +28,9 @@ pub const BATCH_HEADER_BYTES: usize = 48;
 /// Hard upper bound on a batch's total size, whatever the configuration says.
 pub const BATCH_BYTES_LIMIT: usize = 64 << 20;
 
-const MAGIC: u32 = u32::from_le_bytes(*b"RLNB");
+const MAGIC: u32 = u32::from_le_bytes(BATCH_MAGIC);
+/// The bytes every batch starts with (recovery searches damaged ranges for them).
+pub(crate) const BATCH_MAGIC: [u8; 4] = *b"RLNB";
 const VERSION: u16 = 1;
 /// Flag of a log-internal truncation marker (never a wire batch).
 pub(crate) const FLAG_TRUNCATE_MARKER: u16 = 1;
@@ -636,15 +638,57 @@ pub fn for_each_keyed_in(
     })
 }
 
+/// Calls `visit` with the offset and producer timestamp (ms since the Unix epoch; a Kafka
+/// timestamp before it reads as 0) of every record of a data batch, in order, over bytes
+/// verified where they entered this node (like [`for_each_keyed_in`]).
+pub fn for_each_timestamp_in(
+    bytes: &[u8],
+    mut visit: impl FnMut(u64, u64),
+) -> Result<(), BatchError> {
+    let header = data_batch_header(bytes)?;
+    if header.is_kafka() {
+        let mut offset = header.base_offset;
+        return Ok(kafka::for_each_record(&bytes[BATCH_HEADER_BYTES..], |r| {
+            visit(offset, u64::try_from(r.timestamp).unwrap_or(0));
+            offset += 1;
+        })?);
+    }
+    with_archive(&bytes[BATCH_HEADER_BYTES..], |archived| {
+        for (offset, record) in (header.base_offset..).zip(archived.iter()) {
+            visit(offset, record.timestamp_ms.to_native());
+        }
+    })
+}
+
+/// The largest record timestamp of a data batch (`None`: no records, or a Kafka batch whose
+/// timestamps all precede the epoch). A Kafka batch's comes from its header (maxTimestamp,
+/// checked against its records when the batch entered the cluster), so its records are not
+/// decompressed; a native batch's records are walked.
+pub fn max_timestamp_in(bytes: &[u8]) -> Result<Option<u64>, BatchError> {
+    let header = data_batch_header(bytes)?;
+    if header.is_kafka() {
+        let k = kafka::parse_header(&bytes[BATCH_HEADER_BYTES..])?;
+        return Ok(u64::try_from(k.max_timestamp).ok());
+    }
+    let mut max = None;
+    for_each_timestamp_in(bytes, |_, ts| max = max.max(Some(ts)))?;
+    Ok(max)
+}
+
+fn data_batch_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = parse_header(bytes)?;
+    if header.total_bytes != bytes.len() || !header.is_data() {
+        return Err(BatchError::BadHeader("not a whole data batch"));
+    }
+    Ok(header)
+}
+
 /// Appends a data batch's records to `out` as the Kafka RecordBatch v2 a Kafka consumer is
 /// served, over bytes verified where they entered this node (like [`for_each_keyed_in`]): a
 /// Kafka batch's payload verbatim, a native batch converted at its offset and term (the only
 /// place the two formats meet on the read path; its cost is not measured yet).
 pub fn append_kafka_record_batch(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), BatchError> {
-    let header = parse_header(bytes)?;
-    if header.total_bytes != bytes.len() || !header.is_data() {
-        return Err(BatchError::BadHeader("not a whole data batch"));
-    }
+    let header = data_batch_header(bytes)?;
     let payload = &bytes[BATCH_HEADER_BYTES..];
     if header.is_kafka() {
         out.extend_from_slice(payload);
@@ -1216,6 +1260,34 @@ mod tests {
             for_each_keyed_in(batch.as_bytes(), |r| keyed.push(r.key.to_vec())).unwrap();
             assert_eq!(keyed, vec![b"k1".to_vec()], "{codec:?}");
         }
+    }
+
+    #[test]
+    fn record_timestamps_and_their_largest_read_the_same_from_native_and_kafka_batches() {
+        let mut records = kafka_records();
+        records[0].timestamp_ms = 1_700_000_000_009;
+        records[1].timestamp_ms = 1_700_000_000_002;
+        let mut native = Batch::encode(&records).unwrap();
+        native.stamp(40, 1, 3);
+        let mut kafka_sent = Batch::from_kafka(&kafka_batch(&records)).unwrap();
+        kafka_sent.stamp(40, 1, 3);
+        let zstd = kafka::tests::compressed(&kafka_batch(&records), kafka::Compression::Zstd);
+        let mut compressed = Batch::from_kafka(&zstd).unwrap();
+        compressed.stamp(40, 1, 3);
+        for batch in [&native, &kafka_sent, &compressed] {
+            let mut seen = Vec::new();
+            for_each_timestamp_in(batch.as_bytes(), |offset, ts| seen.push((offset, ts))).unwrap();
+            assert_eq!(seen, vec![(40, 1_700_000_000_009), (41, 1_700_000_000_002)]);
+            assert_eq!(
+                max_timestamp_in(batch.as_bytes()).unwrap(),
+                Some(1_700_000_000_009)
+            );
+        }
+        assert_eq!(
+            max_timestamp_in(Batch::encode(&[]).unwrap().as_bytes()).unwrap(),
+            None
+        );
+        assert!(max_timestamp_in(Batch::noop().as_bytes()).is_err());
     }
 
     #[test]

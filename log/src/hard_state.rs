@@ -34,6 +34,25 @@ pub struct HardState {
     pub voted_for: Option<u64>,
 }
 
+/// What [`HardStateStore::open`] found in the two slots. A slot that was never written reads
+/// as zeros; any other slot that fails its checks is damaged: bit rot or a misdirected write,
+/// or a save torn inside its sector (devices write a sector whole or not at all, but the
+/// loader does not rely on it: it then loads the older state, which is what a torn save means).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotsLoaded {
+    /// Nothing damaged (including a store never saved to).
+    Intact,
+    /// The slot at this index (0 or 1) is damaged; the state came from the other one. The
+    /// damaged slot may have held a newer term or vote than the one loaded.
+    FellBack {
+        /// The damaged slot.
+        damaged: usize,
+    },
+    /// Both slots are damaged: the term, the vote and the repair marker are lost, and the
+    /// store loaded the default state. Not a fresh node: its log may hold anything.
+    Unreadable,
+}
+
 /// The durable home of the hard state, and of the log's repair marker: the log lost durable
 /// entries through that index (a damaged tail cut at recovery) and the node has not yet
 /// re-fetched them from a leader, so it must not vote or campaign (replicator/DRIVER.md,
@@ -45,6 +64,7 @@ pub struct HardStateStore {
     /// The last state saved or loaded, rewritten with a new marker.
     hs: HardState,
     repair_through: Option<u64>,
+    loaded: SlotsLoaded,
 }
 
 fn encode(seq: u64, hs: HardState, repair_through: Option<u64>) -> [u8; SLOT_BYTES] {
@@ -115,13 +135,26 @@ impl HardStateStore {
             .read_at(&mut data, 0)
             .map_err(|e| LogError::io(format!("reading {}", path.display()), e))?;
         data.truncate(n);
-        let best = [0, SECTOR_BYTES]
+        let slots: Vec<_> = [0, SECTOR_BYTES]
             .iter()
-            .filter_map(|&at| {
-                data.get(at..(at + SLOT_BYTES).min(data.len()))
-                    .and_then(decode)
+            .map(|&at| {
+                let bytes = data.get(at..(at + SLOT_BYTES).min(data.len()));
+                let never_written = bytes.is_none_or(|b| b.iter().all(|&x| x == 0));
+                (bytes.and_then(decode), never_written)
             })
+            .collect();
+        let damaged: Vec<usize> = (0..2)
+            .filter(|&i| slots[i].0.is_none() && !slots[i].1)
+            .collect();
+        let best = slots
+            .iter()
+            .filter_map(|(slot, _)| *slot)
             .max_by_key(|&(seq, _, _)| seq);
+        let loaded = match (damaged.as_slice(), best) {
+            ([], _) => SlotsLoaded::Intact,
+            (&[damaged], Some(_)) => SlotsLoaded::FellBack { damaged },
+            _ => SlotsLoaded::Unreadable,
+        };
         let (seq, hs, repair_through) = best.unwrap_or((0, HardState::default(), None));
         let store = HardStateStore {
             file,
@@ -129,8 +162,14 @@ impl HardStateStore {
             seq,
             hs,
             repair_through,
+            loaded,
         };
         Ok((store, hs))
+    }
+
+    /// What the open found in the slots (damage, and whether the state came from a fallback).
+    pub fn loaded(&self) -> SlotsLoaded {
+        self.loaded
     }
 
     /// The persisted repair marker, if a repair is pending.
@@ -310,5 +349,66 @@ mod tests {
                 changed.len()
             );
         }
+    }
+
+    fn damage_slot(dir: &Path, slot: usize) {
+        let path = dir.join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[slot * SECTOR_BYTES + 20] ^= 0x04;
+        std::fs::write(&path, &bytes).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_slot_falls_back_to_the_other_and_says_so() {
+        let dir = scratch();
+        let (store, _) = HardStateStore::open(dir.path()).unwrap();
+        assert_eq!(store.loaded(), SlotsLoaded::Intact, "a fresh store");
+        let (mut store, _) = HardStateStore::open(dir.path()).unwrap();
+        let first = HardState {
+            term: 3,
+            voted_for: Some(1),
+        };
+        store.save(first).unwrap();
+        let (store, _) = HardStateStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.loaded(),
+            SlotsLoaded::Intact,
+            "one slot never written"
+        );
+        let (mut store, _) = HardStateStore::open(dir.path()).unwrap();
+        let second = HardState {
+            term: 4,
+            voted_for: Some(2),
+        };
+        store.save(second).unwrap();
+        // seq 1 went to slot 1, seq 2 to slot 0: damage the newest.
+        damage_slot(dir.path(), 0);
+        let (mut store, hs) = HardStateStore::open(dir.path()).unwrap();
+        assert_eq!(store.loaded(), SlotsLoaded::FellBack { damaged: 0 });
+        assert_eq!(hs, first, "the other slot's state");
+        // The next save goes over the damaged slot: the store is whole again.
+        store.save(second).unwrap();
+        let (store, hs) = HardStateStore::open(dir.path()).unwrap();
+        assert_eq!((store.loaded(), hs), (SlotsLoaded::Intact, second));
+    }
+
+    #[test]
+    fn both_slots_damaged_is_unreadable_not_a_fresh_store() {
+        let dir = scratch();
+        let (mut store, _) = HardStateStore::open(dir.path()).unwrap();
+        for term in [5, 6] {
+            store
+                .save(HardState {
+                    term,
+                    voted_for: Some(3),
+                })
+                .unwrap();
+        }
+        store.set_repair_through(Some(40)).unwrap();
+        damage_slot(dir.path(), 0);
+        damage_slot(dir.path(), 1);
+        let (store, hs) = HardStateStore::open(dir.path()).unwrap();
+        assert_eq!(store.loaded(), SlotsLoaded::Unreadable);
+        assert_eq!((hs, store.repair_through()), (HardState::default(), None));
     }
 }

@@ -84,6 +84,15 @@ pub enum KafkaBatchError {
         /// Records decoded before the bytes ran out (or that the bytes hold).
         decoded: usize,
     },
+    /// maxTimestamp is not the largest of the records' timestamps (the time index steers by
+    /// it).
+    #[error("Kafka batch says maxTimestamp {declared}, its records' largest is {actual}")]
+    MaxTimestamp {
+        /// maxTimestamp.
+        declared: i64,
+        /// The largest record timestamp.
+        actual: i64,
+    },
     /// A record does not decode.
     #[error("bad Kafka record {index}: {why}")]
     BadRecord {
@@ -118,6 +127,8 @@ pub struct KafkaBatchHeader {
     pub last_offset_delta: i32,
     /// baseTimestamp.
     pub base_timestamp: i64,
+    /// maxTimestamp: the largest record timestamp (`validate` checks it).
+    pub max_timestamp: i64,
     /// Compression of the records.
     pub compression: Compression,
 }
@@ -191,6 +202,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<KafkaBatchHeader, KafkaBatchError> {
         leader_epoch: i32_at(bytes, 12),
         last_offset_delta: i32_at(bytes, 23),
         base_timestamp: i64_at(bytes, 27),
+        max_timestamp: i64_at(bytes, 35),
         record_count: i32_at(bytes, 57),
         compression,
     })
@@ -208,17 +220,27 @@ pub fn check_crc(bytes: &[u8]) -> Result<(), KafkaBatchError> {
 
 /// Everything the leader checks of a producer's batch: header, CRC, and every record decoded
 /// (decompressed first), their number equal to recordsCount and lastOffsetDelta + 1, each at
-/// its offset delta. At least one record.
+/// its offset delta. At least one record, and maxTimestamp their largest timestamp.
 pub fn validate(bytes: &[u8]) -> Result<KafkaBatchHeader, KafkaBatchError> {
     let header = parse_header(bytes)?;
     check_crc(bytes)?;
     let mut decoded = 0usize;
-    for_each_record(bytes, |_| decoded += 1)?;
+    let mut max_timestamp = i64::MIN;
+    for_each_record(bytes, |r| {
+        decoded += 1;
+        max_timestamp = max_timestamp.max(r.timestamp);
+    })?;
     if decoded == 0 {
         return Err(KafkaBatchError::RecordCount {
             count: header.record_count,
             last_offset_delta: header.last_offset_delta,
             decoded,
+        });
+    }
+    if max_timestamp != header.max_timestamp {
+        return Err(KafkaBatchError::MaxTimestamp {
+            declared: header.max_timestamp,
+            actual: max_timestamp,
         });
     }
     Ok(header)
@@ -619,6 +641,26 @@ pub(crate) mod tests {
                 "count {count} accepted"
             );
         }
+    }
+
+    #[test]
+    fn a_max_timestamp_that_is_not_the_records_largest_is_refused() {
+        let mut batch = Vec::new();
+        encode_records(&mut batch, 0, 0, &sample());
+        let largest = parse_header(&batch).unwrap().max_timestamp;
+        for declared in [largest - 1, largest + 1, -1] {
+            let mut b = batch.clone();
+            b[35..43].copy_from_slice(&declared.to_be_bytes());
+            reseal(&mut b);
+            assert_eq!(
+                validate(&b),
+                Err(KafkaBatchError::MaxTimestamp {
+                    declared,
+                    actual: largest
+                })
+            );
+        }
+        assert!(validate(&batch).is_ok());
     }
 
     #[test]

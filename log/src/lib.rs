@@ -21,10 +21,10 @@ pub use backend::{BackendChoice, BackendKind};
 pub use batch::{Batch, BatchError, BatchHeader, Record};
 pub use error::{CorruptionKind, LogError};
 pub use group_commit::WriterStats;
-pub use hard_state::{HardState, HardStateStore};
+pub use hard_state::{HardState, HardStateStore, SlotsLoaded};
 pub use histogram::Pow2Histogram;
 pub use log::{AppendTicket, Log, LogConfig};
-pub use recovery::{DurableLoss, DurableLossHook};
+pub use recovery::{DamageCut, DurableLoss, DurableLossHook, OnDamage};
 pub use segment::Preallocate;
 pub use snapshot::{
     install_snapshot_file, latest_snapshot, read_snapshot, write_snapshot, SnapshotMeta,

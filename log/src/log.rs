@@ -18,7 +18,7 @@ use crate::group_commit::{
     DurableState, FreeSegment, Op, Shared, Writer, WriterParams, FREE_SEGMENTS_MAX,
 };
 use crate::index::LogIndex;
-use crate::recovery::{recover, DurableLoss, DurableLossHook};
+use crate::recovery::{recover, DamageCut, DurableLoss, DurableLossHook, OnDamage};
 use crate::segment::{self, Preallocate, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::writer_hook::WriterHook;
 
@@ -86,6 +86,10 @@ pub struct LogConfig {
     /// Called by recovery (on the opening thread) when it is about to cut entries a durability
     /// marker vouches for, before the cut erases that evidence: see [`Log::durable_loss`].
     pub durable_loss_hook: Option<DurableLossHook>,
+    /// Damage recovery cannot take for a torn write (in a sealed segment, or followed by
+    /// acknowledged groups): refuse to open (the default) or cut the log there and report it
+    /// ([`Log::damage_cut`]), for an owner that re-fetches the lost entries from a peer.
+    pub on_damage: OnDamage,
 }
 
 impl LogConfig {
@@ -104,6 +108,7 @@ impl LogConfig {
             durable_hook: None,
             writer_start_hook: None,
             durable_loss_hook: None,
+            on_damage: OnDamage::Refuse,
         }
     }
 
@@ -212,6 +217,7 @@ pub struct Log {
     kind: BackendKind,
     torn_bytes_cut: u64,
     durable_loss: Option<DurableLoss>,
+    damage_cut: Option<DamageCut>,
 }
 
 impl Log {
@@ -252,7 +258,12 @@ impl Log {
                 .map_err(|e| LogError::io("installing the first segment", e))?;
             seqs.push(1);
         }
-        let recovered = recover(&dir, &seqs, config.durable_loss_hook.as_ref())?;
+        let recovered = recover(
+            &dir,
+            &seqs,
+            config.durable_loss_hook.as_ref(),
+            config.on_damage,
+        )?;
         let index = recovered.index;
         let tail_path = segment::segment_path(&dir, recovered.tail.seq);
         let tail_file = open_options(kind)
@@ -314,6 +325,7 @@ impl Log {
             kind,
             torn_bytes_cut: recovered.torn_bytes_cut,
             durable_loss: recovered.durable_loss,
+            damage_cut: recovered.damage_cut,
         })
     }
 
@@ -333,6 +345,13 @@ impl Log {
     /// [`LogConfig::durable_loss_hook`], which runs before the cut.
     pub fn durable_loss(&self) -> Option<DurableLoss> {
         self.durable_loss
+    }
+
+    /// Damage before the torn window that recovery cut at this open ([`OnDamage::Cut`]): the
+    /// log now ends at `first_lost - 1`, and [`Log::durable_loss`] names the entries it held
+    /// beyond (through `last_lost`) when there were any.
+    pub fn damage_cut(&self) -> Option<&DamageCut> {
+        self.damage_cut.as_ref()
     }
 
     /// Writer counters (fdatasyncs, batches, bytes).

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::aligned_buf::{align_up, SECTOR_BYTES};
-use crate::batch::{check_frame, BatchError, BatchHeader, FLAG_TRUNCATE_MARKER};
+use crate::batch::{check_frame, BatchError, BatchHeader, BATCH_MAGIC, FLAG_TRUNCATE_MARKER};
 use crate::error::{CorruptionKind, LogError};
 use crate::index::{EntryLoc, LogIndex, SegmentRef};
 use crate::segment::{self, segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
@@ -43,8 +43,10 @@ pub(crate) struct Recovered {
     pub tail_pos: u64,
     /// Bytes of a torn tail that were cut (0 if none).
     pub torn_bytes_cut: u64,
-    /// Durable entries the cut removed, if a marker vouched for them.
+    /// Durable entries the cut removed, if a marker vouched for them (or damage was cut).
     pub durable_loss: Option<DurableLoss>,
+    /// Damage before the torn window that was cut ([`OnDamage::Cut`]).
+    pub damage_cut: Option<DamageCut>,
 }
 
 /// Entries recovery had to cut although a durability marker on disk says they were durable
@@ -176,12 +178,53 @@ fn durable_loss(
     })
 }
 
+/// What recovery does with damage it cannot take for a torn write (anything wrong in a sealed
+/// segment, or a valid batch of this life after the torn window of the tail).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnDamage {
+    /// Refuse to open: `LogError::Corrupt` (an owner that cannot repair from peers).
+    #[default]
+    Refuse,
+    /// Cut the log at the damage (the damaged segment's rest zeroed, every later segment
+    /// deleted) and report it in [`Log::damage_cut`](crate::Log::damage_cut): the owner
+    /// re-fetches the lost entries from a peer (the node: suspect mode, replicator/DRIVER.md).
+    /// The durable loss hook runs before anything is cut.
+    Cut,
+}
+
+/// Damage before the torn window that recovery cut ([`OnDamage::Cut`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamageCut {
+    /// The segment file holding the damage.
+    pub segment: PathBuf,
+    /// Byte position of the damage in it (0: its header).
+    pub position: u64,
+    /// What was wrong there.
+    pub kind: CorruptionKind,
+    /// The first index the log lost (its last index is now `first_lost - 1`).
+    pub first_lost: u64,
+    /// The highest index any readable batch or marker at or after the damage named
+    /// (`first_lost - 1` if none): the log held entries through here.
+    pub last_lost: u64,
+    /// Later segments deleted with it.
+    pub segments_removed: usize,
+}
+
+/// Damage found while scanning segment `seqs[at]`: at byte `position` (0: the header, in which
+/// case the log ends with the previous segment).
+struct Damage {
+    at: usize,
+    position: usize,
+    kind: CorruptionKind,
+}
+
 /// Reads all segments `seqs` (ascending, non-empty) of `dir` and rebuilds the index.
 /// `on_loss` runs before a cut of durable entries is made.
 pub(crate) fn recover(
     dir: &Path,
     seqs: &[u64],
     on_loss: Option<&DurableLossHook>,
+    on_damage: OnDamage,
 ) -> Result<Recovered, LogError> {
     assert!(!seqs.is_empty(), "recover needs at least one segment");
     let seqs = skip_before_restart(dir, seqs)?;
@@ -189,8 +232,9 @@ pub(crate) fn recover(
     let mut index: Option<LogIndex> = None;
     let mut torn_bytes_cut = 0;
     let mut loss = None;
-    let mut tail = None;
-    let mut tail_pos = 0;
+    // The last segment scanned whole: its header and where its content ends.
+    let mut tail: Option<(SegmentHeader, u64)> = None;
+    let mut damage = None;
     for (i, &seq) in seqs.iter().enumerate() {
         let path = segment_path(dir, seq);
         let is_tail = i + 1 == seqs.len();
@@ -198,35 +242,20 @@ pub(crate) fn recover(
             .map_err(|e| LogError::io(format!("opening {}", path.display()), e))?;
         let data = std::fs::read(&path)
             .map_err(|e| LogError::io(format!("reading {}", path.display()), e))?;
-        let header = SegmentHeader::decode(&data)
-            .map_err(|why| corrupt(&path, 0, CorruptionKind::SegmentHeader(why)))?;
-        if header.seq != seq || header.segment_bytes != data.len() as u64 {
-            return Err(corrupt(
-                &path,
-                0,
-                CorruptionKind::SegmentHeader(format!(
-                    "header says seq {} of {} bytes, file is seq {seq} of {} bytes",
-                    header.seq,
-                    header.segment_bytes,
-                    data.len()
-                )),
-            ));
-        }
+        let header = match check_segment_header(&data, seq, index.as_ref()) {
+            Ok(header) => header,
+            Err(kind) => {
+                damage = Some(Damage {
+                    at: i,
+                    position: 0,
+                    kind,
+                });
+                break;
+            }
+        };
         let idx = index.get_or_insert_with(|| {
             LogIndex::starting_at(header.base_index, header.base_offset, header.prev_term)
         });
-        if (header.base_index, header.base_offset, header.prev_term)
-            != (idx.next_index, idx.next_offset, idx.last_term)
-        {
-            return Err(corrupt(
-                &path,
-                0,
-                CorruptionKind::SegmentHeader(format!(
-                    "segment starts at index {} offset {} term {}, previous segment ends at index {} offset {} term {}",
-                    header.base_index, header.base_offset, header.prev_term, idx.next_index, idx.next_offset, idx.last_term
-                )),
-            ));
-        }
         let stale = header.stale_index_max;
         let mut seg_ref = SegmentRef::new(seq, Arc::new(file), stale);
         let mut pos = SEGMENT_HEADER_BYTES as usize;
@@ -246,8 +275,14 @@ pub(crate) fn recover(
                 }
                 Ok(h) if h.is_durable_mark() => pos += h.total_bytes,
                 Ok(h) => {
-                    apply(idx, &h, seq, pos as u64)
-                        .map_err(|why| corrupt(&path, pos as u64, CorruptionKind::Sequence(why)))?;
+                    if let Err(why) = apply(idx, &h, seq, pos as u64) {
+                        damage = Some(Damage {
+                            at: i,
+                            position: pos,
+                            kind: CorruptionKind::Sequence(why),
+                        });
+                        break None;
+                    }
                     seg_ref.note_written(h.index, h.flags & FLAG_TRUNCATE_MARKER != 0);
                     pos += h.total_bytes;
                 }
@@ -262,14 +297,20 @@ pub(crate) fn recover(
             }
         };
         idx.segments.push_back(seg_ref);
+        if let Some(d) = &damage {
+            tail = Some((header, align_up(d.position as u64)));
+            break;
+        }
         let Some((p, err)) = failure else {
-            if is_tail {
-                tail_pos = data.len() as u64;
-            }
-            tail = Some(header);
+            tail = Some((header, data.len() as u64));
             continue;
         };
         let torn_limit = p - p % SECTOR_BYTES + align_up(header.group_bytes_max) as usize;
+        let damaged_at = |kind| Damage {
+            at: i,
+            position: p,
+            kind,
+        };
         if stale > 0 {
             // Recycled: no batch of this life may follow the end (a sealed segment's end is at a
             // sector boundary, after its last group's padding).
@@ -277,28 +318,27 @@ pub(crate) fn recover(
             if valid_batch_at_or_after(&data, from, seq, stale)
                 || (!is_tail && p % SECTOR_BYTES != 0)
             {
-                return Err(corrupt(&path, p as u64, frame_error_kind(err)));
+                damage = Some(damaged_at(frame_error_kind(err)));
+                tail = Some((header, align_up(p as u64)));
+                break;
             }
             if is_tail {
                 loss = durable_loss(&data, p, torn_limit, seq, idx.next_index);
                 report_loss(&path, p, loss, on_loss)?;
                 torn_bytes_cut = cut_recycled_tail(&path, &data, p, torn_limit, stale, &err)?;
-                tail_pos = align_up(p as u64);
             }
-            tail = Some(header);
+            tail = Some((header, align_up(p as u64)));
             continue;
         }
         let rest_is_zero = data[p..].iter().all(|&b| b == 0);
         if rest_is_zero && p % SECTOR_BYTES == 0 {
-            tail_pos = p as u64;
-            tail = Some(header);
+            tail = Some((header, p as u64));
             continue;
         }
-        if !is_tail {
-            return Err(corrupt(&path, p as u64, frame_error_kind(err)));
-        }
-        if valid_batch_at_or_after(&data, torn_limit, seq, 0) {
-            return Err(corrupt(&path, p as u64, frame_error_kind(err)));
+        if !is_tail || valid_batch_at_or_after(&data, torn_limit, seq, 0) {
+            damage = Some(damaged_at(frame_error_kind(err)));
+            tail = Some((header, align_up(p as u64)));
+            break;
         }
         loss = durable_loss(&data, p, torn_limit, seq, idx.next_index);
         report_loss(&path, p, loss, on_loss)?;
@@ -313,16 +353,150 @@ pub(crate) fn recover(
         );
         zero_range(&path, &data, p, zero_to)?;
         torn_bytes_cut = (zero_to - p) as u64;
-        tail_pos = align_up(p as u64);
-        tail = Some(header);
+        tail = Some((header, align_up(p as u64)));
     }
+    let mut damage_cut = None;
+    if let Some(d) = damage {
+        let path = segment_path(dir, seqs[d.at]);
+        let (Some(idx), OnDamage::Cut) = (index.as_mut(), on_damage) else {
+            return Err(corrupt(&path, d.position as u64, d.kind));
+        };
+        // The tail is the damaged segment, cut at the damage, or (header damage) the one before.
+        let cut = cut_damage(dir, seqs, d, idx, on_loss)?;
+        loss = (cut.last_lost >= cut.first_lost).then_some(DurableLoss {
+            first_lost: cut.first_lost,
+            durable_through: cut.last_lost,
+        });
+        damage_cut = Some(cut);
+    }
+    let (tail, tail_pos) = tail.expect("at least one segment");
     Ok(Recovered {
         index: index.expect("at least one segment"),
-        tail: tail.expect("at least one segment"),
+        tail,
         tail_pos,
         torn_bytes_cut,
         durable_loss: loss,
+        damage_cut,
     })
+}
+
+/// Checks segment `seq`'s header: readable, naming this file, and continuing the log `index`
+/// has read so far (none: the first segment).
+fn check_segment_header(
+    data: &[u8],
+    seq: u64,
+    index: Option<&LogIndex>,
+) -> Result<SegmentHeader, CorruptionKind> {
+    let header = SegmentHeader::decode(data).map_err(CorruptionKind::SegmentHeader)?;
+    if header.seq != seq || header.segment_bytes != data.len() as u64 {
+        return Err(CorruptionKind::SegmentHeader(format!(
+            "header says seq {} of {} bytes, file is seq {seq} of {} bytes",
+            header.seq,
+            header.segment_bytes,
+            data.len()
+        )));
+    }
+    if let Some(idx) = index {
+        if (header.base_index, header.base_offset, header.prev_term)
+            != (idx.next_index, idx.next_offset, idx.last_term)
+        {
+            return Err(CorruptionKind::SegmentHeader(format!(
+                "segment starts at index {} offset {} term {}, previous segment ends at index {} offset {} term {}",
+                header.base_index, header.base_offset, header.prev_term, idx.next_index, idx.next_offset, idx.last_term
+            )));
+        }
+    }
+    Ok(header)
+}
+
+/// The highest index named by a batch or durability marker of this life starting anywhere in
+/// `data[from..]` (truncation markers name where a cut starts, not what was held).
+fn highest_index(data: &[u8], from: usize, seq: u64, stale_index_max: u64) -> Option<u64> {
+    (from..data.len().saturating_sub(BATCH_MAGIC.len() - 1))
+        .filter(|&q| data[q..q + BATCH_MAGIC.len()] == BATCH_MAGIC)
+        .filter_map(|q| frame_of_this_life(&data[q..], seq, stale_index_max).ok())
+        .filter(|h| h.flags & FLAG_TRUNCATE_MARKER == 0)
+        .map(|h| h.index)
+        .max()
+}
+
+/// Cuts the log at damage `d` ([`OnDamage::Cut`]), `idx` holding what precedes it. Crash-safe
+/// in any order of its steps, since the next open meets the same damage first and cuts again:
+/// the owner's hook persists the loss first (before any evidence goes), then the later
+/// segments are deleted, newest first (a crash leaves a shorter run of them), then the rest of
+/// the damaged segment is zeroed durably.
+fn cut_damage(
+    dir: &Path,
+    seqs: &[u64],
+    d: Damage,
+    idx: &LogIndex,
+    on_loss: Option<&DurableLossHook>,
+) -> Result<DamageCut, LogError> {
+    let path = segment_path(dir, seqs[d.at]);
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| LogError::io(format!("reading {}", p.display()), e))
+    };
+    let first_lost = idx.next_index;
+    let mut last_lost = first_lost - 1;
+    for (k, &seq) in seqs[d.at..].iter().enumerate() {
+        let data = read(&segment_path(dir, seq))?;
+        let Ok(header) = SegmentHeader::decode(&data) else {
+            continue;
+        };
+        let from = if k == 0 { d.position } else { 0 }.max(SEGMENT_HEADER_BYTES as usize);
+        let highest = highest_index(&data, from, seq, header.stale_index_max);
+        last_lost = last_lost.max(highest.unwrap_or(0));
+    }
+    let removed = if d.position == 0 {
+        &seqs[d.at..]
+    } else {
+        &seqs[d.at + 1..]
+    };
+    tracing::error!(
+        segment = %path.display(), position = d.position, reason = %d.kind, first_lost, last_lost,
+        later_segments = removed.len(),
+        "log damaged before its tail: cutting it at index {first_lost}; entries through {last_lost} are to be re-fetched from a peer"
+    );
+    let loss = (last_lost >= first_lost).then_some(DurableLoss {
+        first_lost,
+        durable_through: last_lost,
+    });
+    run_loss_hook(loss, on_loss)?;
+    for &seq in removed.iter().rev() {
+        segment::remove_segments(dir, &[seq])
+            .map_err(|e| LogError::io("deleting segments after damage", e))?;
+    }
+    if d.position > 0 {
+        let data = read(&path)?;
+        if let Some(last_nonzero) = data[d.position..].iter().rposition(|&b| b != 0) {
+            let zero_to = align_up((d.position + last_nonzero + 1) as u64) as usize;
+            zero_range(&path, &data, d.position, zero_to)?;
+        }
+    }
+    Ok(DamageCut {
+        segment: path,
+        position: d.position as u64,
+        kind: d.kind,
+        first_lost,
+        last_lost,
+        segments_removed: removed.len(),
+    })
+}
+
+/// Lets the owner persist a loss before the cut that erases its evidence.
+fn run_loss_hook(
+    loss: Option<DurableLoss>,
+    on_loss: Option<&DurableLossHook>,
+) -> Result<(), LogError> {
+    match (loss, on_loss) {
+        (Some(l), Some(hook)) => (hook.0)(l).map_err(|why| {
+            LogError::io(
+                "persisting a durable loss before cutting it",
+                std::io::Error::other(why),
+            )
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Says loudly that a cut is about to remove durable entries (the torn-tail warning follows)
@@ -342,15 +516,7 @@ fn report_loss(
         "log tail damaged inside synced groups: entries from index {} lost, durable through {}",
         l.first_lost, l.durable_through
     );
-    match on_loss {
-        Some(hook) => (hook.0)(l).map_err(|why| {
-            LogError::io(
-                "persisting a durable loss before cutting it",
-                std::io::Error::other(why),
-            )
-        }),
-        None => Ok(()),
-    }
+    run_loss_hook(loss, on_loss)
 }
 
 /// Zeroes the window after the end `p` of a recycled tail in which a torn last group could have

@@ -839,6 +839,22 @@ impl<S: Storage> Raft<S> {
             BroadcastDue::Commit => self.broadcast_append(true),
         }
         let mut rd = Ready::default();
+        if let Some(through) = self.repair_through.filter(|&i| self.log_repaired(i)) {
+            tracing::info!(
+                node = self.cfg.id,
+                repair_through = through,
+                commit = self.commit,
+                "log repaired from the leader: voting again"
+            );
+            self.repair_through = None;
+            rd.repaired = true;
+            // Whatever this node voted in this term before it lost its state (a lost hard
+            // state, DRIVER.md "Suspect mode"), it now backs this term's leader: no other
+            // candidate of this term gets its vote.
+            if self.vote.is_none() {
+                self.vote = self.leader;
+            }
+        }
         let hs = self.hard_state();
         if hs != self.hard_state_handed_out {
             rd.hard_state = Some(hs);
@@ -849,16 +865,6 @@ impl<S: Storage> Raft<S> {
         rd.read_states = std::mem::take(&mut self.read_states);
         rd.snapshot_chunks = std::mem::take(&mut self.snapshot_chunks);
         rd.refused = std::mem::take(&mut self.refused);
-        if let Some(through) = self.repair_through.filter(|&i| self.log_repaired(i)) {
-            tracing::info!(
-                node = self.cfg.id,
-                repair_through = through,
-                commit = self.commit,
-                "log repaired from the leader: voting again"
-            );
-            self.repair_through = None;
-            rd.repaired = true;
-        }
         let applicable = self.commit.min(self.log.durable_index());
         if applicable > self.applied {
             let from = self.applied + 1;
@@ -1739,13 +1745,30 @@ impl<S: Storage> Raft<S> {
             }
             if let MessageBody::Heartbeat { commit, .. } = msg.body {
                 // The leader sends at most the match we acknowledged, which we still hold —
-                // unless we lost it (suspect): then it is to be told to resend.
+                // unless we lost it (suspect): then it is to be told to resend. A suspect
+                // takes no commit index beyond what it matched with this leader (or already
+                // knew committed): entries it holds past that may be ones a lost truncation
+                // had voided.
                 let last_index = self.log.last_index();
-                if commit > last_index && self.repair_through.is_some() {
+                let vouched = self.leader_match.max(self.commit);
+                if commit > last_index.min(vouched) && self.repair_through.is_some() {
                     self.leader = Some(msg.from);
                     self.election_elapsed = 0;
-                    if let Err(e) = self.reject_append(msg.from, commit) {
-                        self.record_storage_failure(e);
+                    if commit > last_index {
+                        if let Err(e) = self.reject_append(msg.from, commit) {
+                            self.record_storage_failure(e);
+                        }
+                    } else {
+                        // We hold entries there but cannot vouch for them: resend after what
+                        // we can (no term hint, which would skip what this leader's term holds).
+                        let reject = AppendReject {
+                            rejected_prev_index: commit,
+                            hint_term: None,
+                            hint_index: vouched + 1,
+                            log_lost: true,
+                        };
+                        let result = Err(reject);
+                        self.send(msg.from, MessageBody::AppendEntriesResponse { result });
                     }
                     return;
                 }

@@ -21,7 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
 use raftline_bench::cluster::null_node;
-use raftline_bench::{cluster, failover, fsync, profiles};
+use raftline_bench::{cluster, failover, fsync, kafka, profiles};
 
 /// raftline: a Raft-replicated, group-committing log appliance.
 #[derive(Parser)]
@@ -76,6 +76,9 @@ enum BenchCommand {
     /// Kill -9 the leader of a 3-node cluster under load K times: write unavailability, records lost.
     #[command(long_about = failover::LONG_ABOUT)]
     Failover(failover::FailoverBenchArgs),
+    /// The Kafka path beside the native one: produce (confluent-kafka vs native) and consume (kcat vs native).
+    #[command(long_about = kafka::LONG_ABOUT)]
+    Kafka(kafka::KafkaBenchArgs),
     /// A NULL NODE: a client port answering every append at once, no Raft, no disk (what
     /// `bench cluster --null-node` loads to measure the client path's ceiling).
     NullNode(null_node::NullNodeArgs),
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Cluster(args)) => cluster::run(*args),
         Command::Bench(BenchCommand::Profiles(args)) => profiles::run(args),
         Command::Bench(BenchCommand::Failover(args)) => failover::run(args),
+        Command::Bench(BenchCommand::Kafka(args)) => kafka::run(args),
         Command::Bench(BenchCommand::NullNode(args)) => null_node::run(args),
     };
     match result {

@@ -15,9 +15,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cluster_support::acks::{check, Ledger};
-use cluster_support::{append_window, http_get, status, Cluster, Outcome, DEADLINE};
+use cluster_support::{
+    append_batches_window, http_get, status, tagged_batch, Cluster, Outcome, DEADLINE,
+};
 use raftline_log::batch::check_frame;
 use raftline_log::segment::{list_segments, segment_path, SEGMENT_HEADER_BYTES};
+use raftline_log::{Batch, Record};
 use raftline_netio::client_proto::NodeRole;
 
 const RECORDS: u64 = 10;
@@ -35,6 +38,16 @@ fn gauge(cluster: &Cluster, id: u64, name: &str) -> Option<u64> {
 
 /// Appends `tags` to whichever node takes them until all are acknowledged, into `ledger`.
 fn produce(cluster: &Cluster, tags: std::ops::Range<u64>, ledger: &mut Ledger) {
+    produce_with(cluster, tags, ledger, |tag| tagged_batch(tag, RECORDS));
+}
+
+/// [`produce`] with each tag's batch built by `batch_of`.
+fn produce_with(
+    cluster: &Cluster,
+    tags: std::ops::Range<u64>,
+    ledger: &mut Ledger,
+    batch_of: fn(u64) -> Vec<u8>,
+) {
     let deadline = Instant::now() + DEADLINE;
     let mut pending: Vec<u64> = tags.collect();
     while !pending.is_empty() {
@@ -46,7 +59,7 @@ fn produce(cluster: &Cluster, tags: std::ops::Range<u64>, ledger: &mut Ledger) {
             if node.child.is_none() {
                 continue;
             }
-            for (tag, outcome) in append_window(node.client, &pending, RECORDS, 4) {
+            for (tag, outcome) in append_batches_window(node.client, &pending, 4, batch_of) {
                 if let Outcome::Acked { base, last } = outcome {
                     ledger.insert(tag, (base, last));
                 }
@@ -55,6 +68,52 @@ fn produce(cluster: &Cluster, tags: std::ops::Range<u64>, ledger: &mut Ledger) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// [`RECORDS`] records of 12 KiB each (the tag in their timestamps, as `tagged_batch`): a
+/// few dozen fill a 4 MiB segment.
+fn big_batch(tag: u64) -> Vec<u8> {
+    let records: Vec<Record> = (0..RECORDS)
+        .map(|i| Record {
+            key: Some(format!("key-{}", (tag * RECORDS + i) % 16).into_bytes()),
+            value: vec![(tag % 251) as u8; 12 << 10],
+            timestamp_ms: tag,
+            headers: vec![],
+        })
+        .collect();
+    Batch::encode(&records).unwrap().into_bytes()
+}
+
+/// Polls `what` on a deadline.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: never happened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until node `id` holds the log through `end` (an offset).
+fn caught_up(cluster: &Cluster, id: u64, end: u64) {
+    wait_for(&format!("node {id} catching up to offset {end}"), || {
+        status(cluster.node(id).client).is_ok_and(|s| s.log_end_offset >= end)
+    });
+}
+
+/// Node `id`'s `raftline_log_repairs_total` of `kind`.
+fn repairs(cluster: &Cluster, id: u64, kind: &str) -> Option<u64> {
+    gauge(
+        cluster,
+        id,
+        &format!("raftline_log_repairs_total{{kind=\"{kind}\"}}"),
+    )
+}
+
+/// Waits until node `id` answers and no repair is pending there.
+fn repaired(cluster: &Cluster, id: u64) {
+    wait_for(&format!("node {id}'s repair"), || {
+        gauge(cluster, id, "raftline_repair_pending") == Some(0)
+    });
 }
 
 /// The tail segment of node `id`'s log (read through its mount) and the position of the last
@@ -126,7 +185,7 @@ fn a_follower_whose_acknowledged_tail_rots_stays_mute_until_a_leader_repairs_it(
     assert!(
         cluster
             .log_of(rotting)
-            .contains("log tail damaged: entries from index"),
+            .contains("log damaged: entries from index"),
         "the rotted follower says what it lost:\n{}",
         cluster.log_of(rotting)
     );
@@ -141,4 +200,229 @@ fn a_follower_whose_acknowledged_tail_rots_stays_mute_until_a_leader_repairs_it(
         assert!(Instant::now() < deadline, "the repair never completed");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A byte inside a batch in the middle of node `id`'s first log segment, which must be sealed
+/// (later segments follow it). Read while the node is down.
+fn byte_in_a_sealed_segment(cluster: &Cluster, id: u64) -> (PathBuf, u64) {
+    let dir = cluster.node(id).data_dir.join("log");
+    let seqs = list_segments(&dir).unwrap();
+    assert!(
+        seqs.len() >= 2,
+        "node {id}'s log spans several segments: {seqs:?}"
+    );
+    let path = segment_path(&dir, seqs[0]);
+    let data = std::fs::read(&path).unwrap();
+    let mut pos = SEGMENT_HEADER_BYTES as usize;
+    let mut batches = Vec::new();
+    while pos < data.len() {
+        match check_frame(&data[pos..]) {
+            Ok(h) => {
+                if !h.is_durable_mark() && h.total_bytes > 1000 {
+                    batches.push(pos);
+                }
+                pos += h.total_bytes;
+            }
+            Err(_) => pos += 1,
+        }
+    }
+    assert!(batches.len() > 4, "the first segment holds batches");
+    (path, batches[batches.len() / 2] as u64 + 600)
+}
+
+/// A bit flipped in a sealed segment of node `victim` (the leader or a follower) while it is
+/// down: the node does not refuse to start; it cuts its log at the damage, re-fetches the rest
+/// from the leader, and serves again, and every acknowledged record is on every node, the
+/// logs byte-identical. On a node that refuses damage (main before this change) the node exits
+/// at start and the check never settles.
+fn a_sealed_segment_that_rots_is_repaired_from_a_peer(victim_leads: bool) {
+    let mut cluster = Cluster::start_on_faultfs(3, "auto", FLAGS);
+    let leader = cluster.wait_leader();
+    let victim = match victim_leads {
+        true => leader,
+        false => (1..=3).find(|&id| id != leader).unwrap(),
+    };
+    let mut ledger = Ledger::new();
+    // About 7 MiB: the 4 MiB first segment is sealed on every node.
+    produce_with(&cluster, 0..60, &mut ledger, big_batch);
+    let end = ledger.values().map(|&(_, last)| last + 1).max().unwrap();
+    caught_up(&cluster, victim, end);
+    cluster.kill(victim);
+    let (segment, byte) = byte_in_a_sealed_segment(&cluster, victim);
+    cluster.faultfs(victim).flip(&segment, byte, 5).unwrap();
+    // The others carry on (electing a new leader if the victim led).
+    produce_with(&cluster, 100..110, &mut ledger, big_batch);
+    cluster.spawn(victim);
+    produce_with(&cluster, 200..210, &mut ledger, big_batch);
+    repaired(&cluster, victim);
+    let violations = check(&cluster, &ledger, RECORDS);
+    assert!(violations.is_empty(), "{violations:#?}\n{}", cluster.logs());
+    let log = cluster.log_of(victim);
+    assert!(
+        log.contains("log damaged before its tail: cutting it at index"),
+        "the node says what it cut:\n{log}"
+    );
+    assert!(
+        log.contains("log repaired from the leader; voting again"),
+        "and that it is repaired:\n{log}"
+    );
+    assert_eq!(repairs(&cluster, victim, "log_range"), Some(1));
+}
+
+#[test]
+fn a_follower_whose_sealed_segment_rots_is_repaired_from_the_leader() {
+    a_sealed_segment_that_rots_is_repaired_from_a_peer(false);
+}
+
+#[test]
+fn a_leader_whose_sealed_segment_rots_is_repaired_from_the_next_leader() {
+    a_sealed_segment_that_rots_is_repaired_from_a_peer(true);
+}
+
+/// A follower's newest snapshot file rots while it is down, after its log was compacted under
+/// it: the file is detected by its checksum and dropped (never loaded, never served), the log
+/// with no base state left is emptied, and the leader's snapshot is installed by
+/// InstallSnapshot. Before this change the node refused to start.
+#[test]
+fn a_corrupt_snapshot_file_is_dropped_and_refetched_from_the_leader() {
+    let flags = [FLAGS, &["--snapshot-every-mib", "1", "--retain-mib", "1"]].concat();
+    let mut cluster = Cluster::start_on_faultfs(3, "auto", &flags);
+    let leader = cluster.wait_leader();
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    let mut ledger = Ledger::new();
+    produce_with(&cluster, 0..80, &mut ledger, big_batch);
+    let end = ledger.values().map(|&(_, last)| last + 1).max().unwrap();
+    caught_up(&cluster, victim, end);
+    wait_for("the victim compacting its log", || {
+        status(cluster.node(victim).client).is_ok_and(|s| s.log_first_index > 1)
+    });
+    cluster.kill(victim);
+    // Every snapshot it keeps rots: none is left for the log to continue from.
+    let snapshots = cluster.node(victim).data_dir.join("snapshots");
+    let files = raftline_log::snapshot::list_snapshots(&snapshots).unwrap();
+    assert!(!files.is_empty(), "the victim snapshotted");
+    for file in &files {
+        cluster.faultfs(victim).flip(&file.path, 4000, 2).unwrap();
+    }
+    cluster.spawn(victim);
+    produce_with(&cluster, 100..110, &mut ledger, big_batch);
+    repaired(&cluster, victim);
+    // Entries after the installed snapshot, so that every node's log holds some to compare.
+    produce(&cluster, 200..210, &mut ledger);
+    let violations = check(&cluster, &ledger, RECORDS);
+    assert!(violations.is_empty(), "{violations:#?}\n{}", cluster.logs());
+    let log = cluster.log_of(victim);
+    assert!(
+        log.contains("snapshot file corrupt: dropping it"),
+        "the node says which snapshot it dropped:\n{log}"
+    );
+    assert!(
+        log.contains("snapshot from the leader installed"),
+        "and installs the leader's:\n{log}"
+    );
+    assert_eq!(
+        repairs(&cluster, victim, "snapshot"),
+        Some(files.len() as u64)
+    );
+    assert!(gauge(&cluster, victim, "raftline_snapshot_index") > Some(0));
+}
+
+/// Flips a bit in slot `slot` of node `id`'s hard state (the node is down).
+fn damage_hard_state_slot(cluster: &Cluster, id: u64, slot: u64) {
+    let path = cluster.node(id).data_dir.join("hard_state");
+    cluster
+        .faultfs(id)
+        .flip(&path, slot * 4096 + 17, 1)
+        .unwrap();
+}
+
+/// The slot of node `id`'s hard state holding the newer save (the higher sequence number).
+fn newest_hard_state_slot(cluster: &Cluster, id: u64) -> u64 {
+    let bytes = std::fs::read(cluster.node(id).data_dir.join("hard_state")).unwrap();
+    let seq = |slot: usize| u64::from_le_bytes(bytes[slot * 4096 + 8..][..8].try_into().unwrap());
+    u64::from(seq(1) > seq(0))
+}
+
+/// A follower's hard state is damaged while it is down (one slot, or both), and the leader is
+/// gone: the follower must not vote — its term and vote may be lost — so it and the remaining
+/// node elect nobody. Once a leader is back it learns the term, is repaired, and votes again:
+/// with that leader killed, it and the other node elect one. Nothing acknowledged is lost.
+fn a_damaged_hard_state_keeps_a_node_from_voting_until_it_learns_the_term(both: bool) {
+    let mut cluster = Cluster::start_on_faultfs(3, "auto", FLAGS);
+    // A second election: every node has saved its hard state in both slots.
+    let first = cluster.wait_leader();
+    cluster.kill(first);
+    let leader = cluster.wait_leader();
+    cluster.spawn(first);
+    let others: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    let (victim, other) = (others[0], others[1]);
+    let mut ledger = Ledger::new();
+    produce(&cluster, 0..20, &mut ledger);
+    let end = ledger.values().map(|&(_, last)| last + 1).max().unwrap();
+    caught_up(&cluster, victim, end);
+    cluster.kill(victim);
+    let newest = newest_hard_state_slot(&cluster, victim);
+    damage_hard_state_slot(&cluster, victim, newest);
+    if both {
+        damage_hard_state_slot(&cluster, victim, 1 - newest);
+    }
+    cluster.kill(leader);
+    cluster.spawn(victim);
+    // The two cannot elect a leader: the damaged one does not vote.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut led = Vec::new();
+    while Instant::now() < deadline {
+        for id in [victim, other] {
+            if status(cluster.node(id).client).is_ok_and(|s| s.role == NodeRole::Leader) {
+                led.push(id);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        led.is_empty(),
+        "nodes {led:?} led with the damaged node's vote"
+    );
+    assert_eq!(gauge(&cluster, victim, "raftline_repair_pending"), Some(1));
+    let term_at_start = status(cluster.node(victim).client).unwrap().term;
+    assert!(
+        term_at_start > 0,
+        "the damaged node does not start at term 0"
+    );
+    // A leader is back: the damaged node learns the term and votes again.
+    cluster.spawn(leader);
+    produce(&cluster, 100..105, &mut ledger);
+    repaired(&cluster, victim);
+    let new_leader = cluster.wait_leader();
+    cluster.kill(new_leader);
+    let survivor = if new_leader == other { leader } else { other };
+    wait_for(
+        "the damaged node and the survivor electing a leader",
+        || {
+            [victim, survivor].iter().any(|&id| {
+                status(cluster.node(id).client).is_ok_and(|s| s.role == NodeRole::Leader)
+            })
+        },
+    );
+    cluster.spawn(new_leader);
+    produce(&cluster, 200..205, &mut ledger);
+    let violations = check(&cluster, &ledger, RECORDS);
+    assert!(violations.is_empty(), "{violations:#?}\n{}", cluster.logs());
+    let (kind, line) = match both {
+        true => ("hard_state", "both hard state slots are damaged"),
+        false => ("hard_state_slot", "is damaged: using the other slot"),
+    };
+    let log = cluster.log_of(victim);
+    assert!(log.contains(line), "the node says so:\n{log}");
+    assert_eq!(repairs(&cluster, victim, kind), Some(1));
+}
+
+#[test]
+fn a_damaged_hard_state_slot_falls_back_and_the_node_votes_once_it_learns_the_term() {
+    a_damaged_hard_state_keeps_a_node_from_voting_until_it_learns_the_term(false);
+}
+
+#[test]
+fn both_hard_state_slots_damaged_the_node_refuses_to_vote_until_it_learns_the_term() {
+    a_damaged_hard_state_keeps_a_node_from_voting_until_it_learns_the_term(true);
 }

@@ -291,10 +291,17 @@ impl KafkaConn {
         Resp::decode(&mut bytes, version).unwrap()
     }
 
-    /// Whether the node closed the connection within the deadline.
+    /// Whether the node closed the connection within the deadline (end of stream or a reset;
+    /// the read timing out means it is still open).
     fn closed(&mut self) -> bool {
         let mut buf = [0u8; 64];
-        matches!(self.stream.read(&mut buf), Ok(0) | Err(_))
+        match self.stream.read(&mut buf) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
     }
 }
 
@@ -630,4 +637,182 @@ fn kafka_python_and_confluent_kafka_produce_with_acks_all_and_consume_by_assignm
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 20");
+}
+
+/// ListOffsets by `timestamp` on `conn`: the (error code, offset, timestamp) answered.
+fn offset_for_time(conn: &mut KafkaConn, timestamp: i64) -> (i16, i64, i64) {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    let mut p = ListOffsetsPartition::default();
+    p.timestamp = timestamp;
+    p.current_leader_epoch = -1;
+    let mut t = ListOffsetsTopic::default();
+    t.name = topic(CLUSTER);
+    t.partitions = vec![p];
+    let mut request = ListOffsetsRequest::default();
+    request.replica_id = kafka_protocol::messages::BrokerId(-1);
+    request.topics = vec![t];
+    let offsets: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, 7, &request);
+    let r = &offsets.topics[0].partitions[0];
+    (r.error_code, r.offset, r.timestamp)
+}
+
+/// Every probe answered as a search of every retained record would: the first record whose
+/// timestamp is at least the probe (-1, -1 if none), and (-3) the first with the largest.
+fn assert_lookups(conn: &mut KafkaConn, records: &[(u64, u64)], when: &str) {
+    let (code, start, _) = offset_for_time(conn, -2);
+    assert_eq!(code, 0);
+    let kept: Vec<(u64, u64)> = records
+        .iter()
+        .copied()
+        .filter(|&(o, _)| o >= start as u64)
+        .collect();
+    let mut probes: Vec<u64> = kept.iter().flat_map(|&(_, t)| [t - 1, t, t + 1]).collect();
+    probes.sort_unstable();
+    probes.dedup();
+    for probe in probes {
+        let expected = kept
+            .iter()
+            .find(|&&(_, t)| t >= probe)
+            .map_or((0, -1, -1), |&(o, t)| (0, o as i64, t as i64));
+        assert_eq!(
+            offset_for_time(conn, probe as i64),
+            expected,
+            "timestamp {probe}, {when}"
+        );
+    }
+    let largest = kept.iter().map(|&(_, t)| t).max().unwrap();
+    let first_largest = kept.iter().find(|&&(_, t)| t == largest).unwrap();
+    assert_eq!(
+        offset_for_time(conn, -3),
+        (0, first_largest.0 as i64, largest as i64),
+        "the largest timestamp, {when}"
+    );
+}
+
+#[test]
+fn list_offsets_finds_records_by_timestamp_across_compaction_and_restart() {
+    // Snapshots every MiB and no retention beyond them: the log start moves as records come.
+    let mut cluster = Cluster::start_kafka(
+        1,
+        "auto",
+        &["--snapshot-every-mib", "1", "--retain-mib", "0"],
+    );
+    cluster.wait_leader();
+    let mut conn = KafkaConn::connect(kafka_addr(&cluster, 1));
+    let mut client = Client::connect(client_config(&cluster)).unwrap();
+    // Timestamps out of offset order (producers' clocks), with repeats; large and small
+    // batches, native and Kafka ones alternating.
+    let timestamp_of = |offset: u64| 1_700_000_000_000 + (offset * 7_919 % 97) * 10;
+    let large = vec![b'x'; 60_000];
+    let mut records: Vec<(u64, u64)> = Vec::new();
+    for b in 0..60u64 {
+        let base = records.len() as u64;
+        let (count, value) = if b % 3 == 0 {
+            (8, &large[..])
+        } else {
+            (3, &b"small"[..])
+        };
+        let batch: Vec<Record> = (base..base + count)
+            .map(|offset| Record {
+                key: None,
+                value: value.to_vec(),
+                timestamp_ms: timestamp_of(offset),
+                headers: vec![],
+            })
+            .collect();
+        let at = if b % 2 == 0 {
+            client.append(&batch).unwrap().base_offset
+        } else {
+            let mut bytes = Vec::new();
+            kafka::encode_records(&mut bytes, 0, 0, &batch);
+            let (code, at) = produce_error(&mut conn, bytes);
+            assert_eq!(code, 0);
+            at as u64
+        };
+        assert_eq!(at, base);
+        records.extend(
+            batch
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (base + i as u64, r.timestamp_ms)),
+        );
+    }
+    let deadline = Instant::now() + DEADLINE;
+    while offset_for_time(&mut conn, -2).1 == 0 {
+        assert!(Instant::now() < deadline, "the log start never moved");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_lookups(&mut conn, &records, "after compaction");
+
+    // kcat's `-o s@<timestamp>` starts at the same offset.
+    let probe = timestamp_of(records.len() as u64 - 5);
+    let (_, expected, _) = offset_for_time(&mut conn, probe as i64);
+    let broker = kafka_addr(&cluster, 1).to_string();
+    let first = kcat(
+        &[
+            "-b",
+            &broker,
+            "-t",
+            CLUSTER,
+            "-p",
+            "0",
+            "-C",
+            "-o",
+            &format!("s@{probe}"),
+            "-c",
+            "1",
+            "-f",
+            "%o\n",
+        ],
+        "",
+    );
+    assert_eq!(first.trim(), expected.to_string());
+
+    // A restarted node rebuilds the index from its log (the part its snapshot covers) and
+    // from what it applies again.
+    cluster.kill(1);
+    cluster.spawn(1);
+    cluster.wait_leader();
+    let mut conn = KafkaConn::connect(kafka_addr(&cluster, 1));
+    assert_lookups(&mut conn, &records, "after a restart");
+}
+
+#[test]
+fn acks_zero_is_never_answered_and_a_failure_closes_the_connection() {
+    let cluster = Cluster::start_kafka(3, "auto", &[]);
+    let leader = cluster.wait_leader();
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let latest = |conn: &mut KafkaConn| offset_for_time(conn, -1).1;
+
+    // Taken: not answered, the connection stays, the record commits.
+    let mut conn = KafkaConn::connect(kafka_addr(&cluster, leader));
+    conn.send(ApiKey::Produce, 9, &produce_request(0, kafka_batch(&["a"])));
+    let deadline = Instant::now() + DEADLINE;
+    while latest(&mut conn) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the acks=0 record never committed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Refused by the leader (a CRC mismatch): the connection is closed, nothing is appended.
+    let mut bad = kafka_batch(&["b"]);
+    *bad.last_mut().unwrap() ^= 1;
+    let mut refused = KafkaConn::connect(kafka_addr(&cluster, leader));
+    refused.send(ApiKey::Produce, 9, &produce_request(0, bad));
+    assert!(
+        refused.closed(),
+        "a refused acks=0 produce left the connection open"
+    );
+
+    // Sent to a follower: it cannot lead the append, so it closes the connection (the
+    // producer then refreshes its metadata and finds the leader).
+    let mut at_follower = KafkaConn::connect(kafka_addr(&cluster, follower));
+    at_follower.send(ApiKey::Produce, 9, &produce_request(0, kafka_batch(&["c"])));
+    assert!(
+        at_follower.closed(),
+        "a follower kept an acks=0 producer it could not serve"
+    );
+    assert_eq!(latest(&mut conn), 1, "only the taken record was appended");
 }

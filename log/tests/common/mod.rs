@@ -22,6 +22,7 @@ pub fn config(dir: &Path, kind: BackendKind) -> LogConfig {
         durable_hook: None,
         writer_start_hook: None,
         durable_loss_hook: None,
+        on_damage: raftline_log::OnDamage::Refuse,
     }
 }
 

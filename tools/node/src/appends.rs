@@ -56,8 +56,10 @@ pub enum Requester {
     },
     /// A partition of a Kafka `Produce` request.
     Kafka(ProduceTicket),
-    /// Nobody (a Kafka produce with acks=0).
-    Nobody,
+    /// A Kafka produce with acks=0 on this connection: never answered; a failure closes the
+    /// connection instead (Kafka's broker does the same, so the producer refreshes its
+    /// metadata and learns of it).
+    KafkaNoAck(ClientId),
 }
 
 /// How an append ended: the offset of its first record, or why not.
@@ -170,7 +172,14 @@ impl Appends {
                 self.replier.respond(net, client, &response);
             }
             Requester::Kafka(ticket) => self.kafka_answers.push((ticket, outcome)),
-            Requester::Nobody => {}
+            Requester::KafkaNoAck(client) => {
+                if let Err(error) = outcome {
+                    net.close_client(
+                        client,
+                        &format!("a Kafka produce with acks=0 failed: {error}"),
+                    );
+                }
+            }
         }
     }
 

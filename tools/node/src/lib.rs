@@ -31,7 +31,9 @@ pub mod snapshot_stream;
 pub mod snapshots;
 pub mod state;
 pub mod storage;
+pub mod storage_repair;
 pub mod subscriptions;
+mod time_index;
 mod warn_limit;
 
 #[cfg(test)]
@@ -194,7 +196,9 @@ impl Node {
                 bootstrap
             }
         };
-        let mut metrics = Metrics::new(replica.log_handle()).with_net_backend(net.backend());
+        let mut metrics = Metrics::new(replica.log_handle())
+            .with_net_backend(net.backend())
+            .with_repairs(replica.repairs_at_open());
         if let Some(emulation) = &cfg.emulated_disk {
             tracing::warn!("{}", emulation.banner());
             metrics = metrics.with_emulated_disk(emulation.profile);

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use raftline_log::{BackendKind, Log, Pow2Histogram};
 use raftline_netio::client_proto::{NodeRole, NodeStatus};
 
+use crate::storage_repair::Repair;
+
 /// How long the raft thread may go without publishing its status (once per tick) before
 /// `/livez` fails: far beyond any healthy stall (a snapshot install, a slow fdatasync).
 pub const LIVENESS_STALE: Duration = Duration::from_secs(10);
@@ -50,6 +52,8 @@ pub struct Metrics {
     pub peer_bytes_sent: AtomicU64,
     /// Peer messages dropped because no correct peer could have sent them, by reason.
     peer_refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Damaged storage repaired when the node started, by kind.
+    repairs: Vec<(Repair, u64)>,
 }
 
 impl Metrics {
@@ -68,7 +72,16 @@ impl Metrics {
             emulated_disk: None,
             peer_bytes_sent: AtomicU64::new(0),
             peer_refused: Mutex::new(BTreeMap::new()),
+            repairs: Repair::ALL.iter().map(|&r| (r, 0)).collect(),
         }
+    }
+
+    /// Counts what the replica repaired when it opened (`raftline_log_repairs_total`).
+    pub fn with_repairs(mut self, repairs: &[Repair]) -> Metrics {
+        for (kind, n) in &mut self.repairs {
+            *n += repairs.iter().filter(|&r| r == kind).count() as u64;
+        }
+        self
     }
 
     /// Marks every rendering as coming from a node whose log emulates `profile`'s disk.
@@ -312,6 +325,19 @@ impl Metrics {
         for (layer, backend) in &self.io_backends {
             out.push_str(&format!(
                 "raftline_io_backend{{layer=\"{layer}\",backend=\"{backend}\"}} 1\n"
+            ));
+        }
+        out.push_str(
+            "# HELP raftline_log_repairs_total Damaged storage this node found and repaired at \
+             start instead of refusing to run, by kind: log_tail and log_range (entries cut and \
+             re-fetched from the leader), snapshot (a corrupt snapshot file dropped), \
+             hard_state_slot and hard_state (one or both hard-state slots damaged).\n\
+             # TYPE raftline_log_repairs_total counter\n",
+        );
+        for (kind, n) in &self.repairs {
+            out.push_str(&format!(
+                "raftline_log_repairs_total{{kind=\"{}\"}} {n}\n",
+                kind.label()
             ));
         }
         let refused = self.peer_refused.lock().expect("metrics lock").clone();

@@ -14,10 +14,12 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use raftline_log::batch::{parse_header, BATCH_HEADER_BYTES};
+use raftline_log::batch::{
+    entry_batches, for_each_timestamp_in, max_timestamp_in, parse_header, BATCH_HEADER_BYTES,
+};
 use raftline_log::{
     BackendChoice, Batch, BatchError, BatchHeader, DurableLoss, DurableLossHook, HardStateStore,
-    Log, LogConfig, LogError, WriterHook,
+    Log, LogConfig, LogError, OnDamage, WriterHook,
 };
 use raftline_replicator::{
     Config, EntryKind, HardState, Index, InitError, MembershipChange, MembershipError, Message,
@@ -28,6 +30,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::snapshots::{Restored, SnapshotError, SnapshotPolicy, Snapshots};
 use crate::storage::{batch_of, LogStorage};
+use crate::storage_repair::{self, Repair};
+use crate::time_index::TimeIndex;
 
 /// `Ready` rounds one [`Replica::advance`] carries out before the event loop gets a turn (each
 /// hands out at most the core's `committed_bytes_max` of committed entries).
@@ -122,6 +126,39 @@ pub struct Committed {
 /// Persists the repair marker for entries the log is about to cut although they were durable
 /// (recovery calls this before the cut erases the evidence, so a crash in between cannot
 /// forget it): the higher of their durable index and a marker an earlier, unrepaired loss left.
+/// Bytes a timestamp lookup reads from the log at a time.
+const READ_BYTES: usize = 1 << 20;
+
+/// Notes a committed entry's data batches in the time index (a no-op or configuration entry
+/// holds none).
+fn index_entry(index: &mut TimeIndex, entry: &[u8]) -> Result<(), BatchError> {
+    for batch in entry_batches(entry) {
+        let (h, range) = batch?;
+        if h.is_data() {
+            let max = max_timestamp_in(&entry[range.clone()])?;
+            index.note(h.base_offset, h.next_offset(), range.len() as u64, max);
+        }
+    }
+    Ok(())
+}
+
+/// Indexes the log's committed entries up to `applied` (what a restarted node does not apply
+/// again: its snapshot covers them).
+fn index_retained(index: &mut TimeIndex, log: &Log, applied: Index) -> Result<(), LogError> {
+    let mut offset = log.start_offset();
+    let mut buf = Vec::new();
+    loop {
+        let batches = log.read_from_offset_into(offset, applied, READ_BYTES, &mut buf)?;
+        let Some((last, _)) = batches.last() else {
+            return Ok(());
+        };
+        offset = last.next_offset();
+        for (_, range) in &batches {
+            index_entry(index, &buf[range.clone()])?;
+        }
+    }
+}
+
 fn persist_repair_marker(data_dir: &std::path::Path, loss: DurableLoss) -> Result<(), LogError> {
     let (mut hard_state, _) = HardStateStore::open(data_dir)?;
     let pending = hard_state.repair_through();
@@ -131,7 +168,7 @@ fn persist_repair_marker(data_dir: &std::path::Path, loss: DurableLoss) -> Resul
         first_lost = loss.first_lost,
         durable_through = loss.durable_through,
         repair_through = through,
-        "log tail damaged: entries from index {} lost, durable through {}; not voting until repaired from the leader",
+        "log damaged: entries from index {} lost, durable through {}; not voting until repaired from the leader",
         loss.first_lost,
         loss.durable_through
     );
@@ -168,7 +205,11 @@ pub struct Replica {
     snapshots: Snapshots,
     /// Offset one past the last record a consumer may read here.
     readable_end_offset: u64,
+    /// Where committed records lie by producer timestamp (Kafka's ListOffsets by time).
+    time_index: TimeIndex,
     leadership: Leadership,
+    /// What was repaired when the replica opened (for the metrics).
+    repairs: Vec<Repair>,
 }
 
 impl Replica {
@@ -193,8 +234,40 @@ impl Replica {
         log_cfg.durable_loss_hook = Some(DurableLossHook(Arc::new(move |loss| {
             persist_repair_marker(&data_dir, loss).map_err(|e| e.to_string())
         })));
+        // Damage before the tail is cut and re-fetched from a peer, not refused.
+        log_cfg.on_damage = OnDamage::Cut;
         let log = Arc::new(Log::open(log_cfg)?);
-        let (hard_state, saved) = HardStateStore::open(&cfg.data_dir)?;
+        let mut repairs = Vec::new();
+        match (log.damage_cut(), log.durable_loss()) {
+            (Some(_), _) => repairs.push(Repair::LogRange),
+            (None, Some(_)) => repairs.push(Repair::LogTail),
+            (None, None) => {}
+        }
+        let (mut hard_state, mut saved) = HardStateStore::open(&cfg.data_dir)?;
+        repairs.extend(storage_repair::hard_state_damage(
+            &mut hard_state,
+            &mut saved,
+            &log,
+        )?);
+        let snapshots_dir = cfg.data_dir.join("snapshots");
+        let restored = match Snapshots::open(&snapshots_dir, cfg.snapshots, &log) {
+            Err(SnapshotError::BaseLost { dropped, .. }) => {
+                repairs.extend(std::iter::repeat_n(Repair::Snapshot, dropped));
+                storage_repair::empty_log_for_a_peer_snapshot(&mut hard_state, &log)?;
+                Snapshots::open(&snapshots_dir, cfg.snapshots, &log)?
+            }
+            other => other?,
+        };
+        repairs.extend(std::iter::repeat_n(
+            Repair::Snapshot,
+            restored.dropped_corrupt,
+        ));
+        let Restored {
+            snapshots,
+            served,
+            next_offset,
+            ..
+        } = restored;
         let repair_through = hard_state.repair_through();
         if let (Some(through), None) = (repair_through, log.durable_loss()) {
             tracing::warn!(
@@ -206,11 +279,6 @@ impl Replica {
             term: saved.term,
             vote: saved.voted_for,
         };
-        let Restored {
-            snapshots,
-            served,
-            next_offset,
-        } = Snapshots::open(&cfg.data_dir.join("snapshots"), cfg.snapshots, &log)?;
         // The state machine holds what the snapshot covers; committed entries after it are
         // learnt again from the leader (and re-read from the local log) and applied again.
         let applied = served
@@ -235,7 +303,11 @@ impl Replica {
             backend = ?log.backend(),
             "replica recovered from disk"
         );
+        let mut time_index = TimeIndex::default();
+        time_index.forget_below(log.start_offset());
+        index_retained(&mut time_index, &log, applied)?;
         Ok(Replica {
+            time_index,
             readable_end_offset: next_offset.unwrap_or_else(|| log.start_offset()),
             snapshots,
             raft,
@@ -248,7 +320,13 @@ impl Replica {
             refused: Vec::new(),
             committed: Vec::new(),
             leadership,
+            repairs,
         })
+    }
+
+    /// What was found damaged and repaired when the replica opened, one item per repair.
+    pub fn repairs_at_open(&self) -> &[Repair] {
+        &self.repairs
     }
 
     /// The core (read access: role, term, progress...).
@@ -500,6 +578,12 @@ impl Replica {
                 })?;
                 debug_assert_eq!(h.base_offset, self.readable_end_offset);
                 self.readable_end_offset = h.next_offset();
+                index_entry(&mut self.time_index, &e.payload).map_err(|source| {
+                    FatalError::BadEntry {
+                        index: e.index,
+                        source,
+                    }
+                })?;
             }
             self.snapshots.apply(e)?;
             self.committed.push(Committed {
@@ -554,6 +638,7 @@ impl Replica {
             // Serve the snapshot before the prefix it covers goes.
             self.raft.storage_mut().set_snapshot(served);
             let dropped = self.log.truncate_prefix(floor)?;
+            self.time_index.forget_below(self.log.start_offset());
             tracing::info!(
                 index,
                 floor,
@@ -587,6 +672,7 @@ impl Replica {
             .wait()?;
         self.tail = None;
         self.readable_end_offset = payload.next_offset;
+        self.time_index.forget_below(payload.next_offset);
         self.snapshots.installed(meta.index, payload.state)?;
         self.raft.storage_mut().set_snapshot(served);
         self.raft.snapshot_installed(&meta);
@@ -673,6 +759,42 @@ impl Replica {
     /// A shared handle on the log (metrics read its writer statistics).
     pub fn log_handle(&self) -> Arc<Log> {
         Arc::clone(&self.log)
+    }
+
+    /// The first committed record (offset, timestamp) whose producer timestamp is at least
+    /// `timestamp`, or with `None` the first with the largest timestamp; reads at most two
+    /// spans of the log (`time_index`).
+    pub fn find_by_timestamp(
+        &self,
+        timestamp: Option<u64>,
+    ) -> Result<Option<(u64, u64)>, LogError> {
+        let read = |from: u64, to: u64, visit: &mut dyn FnMut(u64, u64)| {
+            let mut buf = Vec::new();
+            let mut offset = from;
+            while offset < to {
+                let batches = self.read_committed_into(offset, READ_BYTES, &mut buf)?;
+                let Some((last, _)) = batches.last() else {
+                    break;
+                };
+                offset = last.next_offset();
+                for (_, range) in &batches {
+                    for inner in entry_batches(&buf[range.clone()]) {
+                        let (_, inner) = inner?;
+                        let batch = &buf[range.start + inner.start..range.start + inner.end];
+                        for_each_timestamp_in(batch, |o, ts| {
+                            if (from..to).contains(&o) {
+                                visit(o, ts)
+                            }
+                        })?;
+                    }
+                }
+            }
+            Ok(())
+        };
+        match timestamp {
+            Some(t) => self.time_index.find_at_or_after(t, read),
+            None => self.time_index.find_largest(read),
+        }
     }
 
     /// Committed, locally durable client batches from the one holding record `offset`, at most

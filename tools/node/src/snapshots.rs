@@ -18,9 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crossbeam_channel::Receiver;
 use raftline_log::snapshot::{list_snapshots, remove_snapshots_below};
-use raftline_log::{
-    install_snapshot_file, latest_snapshot, read_snapshot, write_snapshot, Log, LogError,
-};
+use raftline_log::{install_snapshot_file, read_snapshot, write_snapshot, Log, LogError};
 use raftline_replicator::{Entry, EntryKind, Index, SnapshotChunk, SnapshotMeta};
 
 use crate::state::{KeyState, PayloadError, SnapshotPayload};
@@ -101,6 +99,18 @@ pub enum SnapshotError {
     /// The writer thread died.
     #[error("snapshot writer thread stopped")]
     WriterLost,
+    /// Every snapshot the log could continue from failed its checksum and was dropped: the
+    /// log from `first_index` on has no base state here. The node empties its log and gets a
+    /// snapshot (or the whole log) from the leader.
+    #[error(
+        "{dropped} corrupt snapshot file(s) dropped; the log starting at {first_index} has no base state left"
+    )]
+    BaseLost {
+        /// Corrupt files dropped.
+        dropped: usize,
+        /// The log's first index.
+        first_index: Index,
+    },
 }
 
 /// A snapshot written by the background thread.
@@ -140,6 +150,9 @@ pub struct Restored {
     pub served: Option<ServedSnapshot>,
     /// Offset where the log continues after the snapshot.
     pub next_offset: Option<u64>,
+    /// Snapshot files that failed their checksum and were dropped (an older one, or the log,
+    /// took their place).
+    pub dropped_corrupt: usize,
 }
 
 impl Snapshots {
@@ -162,29 +175,35 @@ impl Snapshots {
             requested: false,
             last_started: std::time::Instant::now(),
         };
-        let Some(file) = latest_snapshot(dir)? else {
+        let (verified, dropped_corrupt) = newest_verified(dir)?;
+        let gap = |index| match dropped_corrupt {
+            0 => SnapshotError::Gap {
+                index,
+                first_index: log.first_index(),
+            },
+            dropped => SnapshotError::BaseLost {
+                dropped,
+                first_index: log.first_index(),
+            },
+        };
+        let Some((file, bytes)) = verified else {
             // A log that starts past index 1 was compacted below a snapshot: without it the
             // state of every key written below the log start is gone.
             if log.first_index() > 1 {
-                return Err(SnapshotError::Gap {
-                    index: 0,
-                    first_index: log.first_index(),
-                });
+                return Err(gap(0));
             }
             return Ok(Restored {
                 snapshots,
                 served: None,
                 next_offset: None,
+                dropped_corrupt,
             });
         };
         let (index, term) = (file.last_index, file.last_term);
-        let payload = decode(index, &read_snapshot(&file)?)?;
+        let payload = decode(index, &bytes)?;
         let holds_last = log.term_at(index) == Some(term);
         if !holds_last && index + 1 < log.first_index() {
-            return Err(SnapshotError::Gap {
-                index,
-                first_index: log.first_index(),
-            });
+            return Err(gap(index));
         }
         if !holds_last {
             tracing::warn!(
@@ -213,6 +232,7 @@ impl Snapshots {
             snapshots,
             served: Some(served),
             next_offset: Some(payload.next_offset),
+            dropped_corrupt,
         })
     }
 
@@ -438,6 +458,33 @@ impl Snapshots {
         );
         Ok(())
     }
+}
+
+/// A snapshot file that passed its checksum, with its payload.
+type Verified = (raftline_log::SnapshotMeta, Vec<u8>);
+
+/// The newest snapshot file in `dir` that passes its checksum, with its payload, and how many
+/// newer ones failed it: those are deleted (never served, never loaded; the log or a peer has
+/// what they held), each said in an error line.
+fn newest_verified(dir: &Path) -> Result<(Option<Verified>, usize), SnapshotError> {
+    let mut dropped = 0;
+    for file in list_snapshots(dir)? {
+        match read_snapshot(&file) {
+            Ok(payload) => return Ok((Some((file, payload)), dropped)),
+            Err(e @ LogError::Corrupt { .. }) => {
+                tracing::error!(
+                    file = %file.path.display(), index = file.last_index, error = %e,
+                    "snapshot file corrupt: dropping it"
+                );
+                std::fs::remove_file(&file.path)
+                    .and_then(|()| raftline_log::dir::sync_dir(dir))
+                    .map_err(|e| LogError::io(format!("deleting {}", file.path.display()), e))?;
+                dropped += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((None, dropped))
 }
 
 fn decode(index: Index, payload: &[u8]) -> Result<SnapshotPayload, SnapshotError> {

@@ -616,6 +616,16 @@ pub fn append_window(
     records: u64,
     window: usize,
 ) -> BTreeMap<u64, Outcome> {
+    append_batches_window(addr, tags, window, |tag| tagged_batch(tag, records))
+}
+
+/// [`append_window`] with the batch of each tag built by `batch_of`.
+pub fn append_batches_window(
+    addr: SocketAddr,
+    tags: &[u64],
+    window: usize,
+    batch_of: impl Fn(u64) -> Vec<u8>,
+) -> BTreeMap<u64, Outcome> {
     use raftline_netio::client_proto::ClientError;
     let mut outcomes = BTreeMap::new();
     let Ok(mut conn) = Conn::connect(addr) else {
@@ -629,7 +639,7 @@ pub fn append_window(
             let request = Request::Append {
                 request_id: tag,
                 ack: AckMode::Quorum,
-                batch: tagged_batch(tag, records),
+                batch: batch_of(tag),
             };
             if conn.send(&request).is_err() {
                 broken = true;

@@ -22,6 +22,13 @@ use crate::replica::Replica;
 const EARLIEST_TIMESTAMP: i64 = -2;
 /// ListOffsets' timestamp for the high watermark.
 const LATEST_TIMESTAMP: i64 = -1;
+/// ListOffsets' timestamp (v7 on) for the first record with the largest timestamp.
+const MAX_TIMESTAMP: i64 = -3;
+
+/// A found record's offset and its timestamp as Kafka's i64.
+fn as_found(found: Option<(u64, u64)>) -> Option<(u64, i64)> {
+    found.map(|(offset, ts)| (offset, i64::try_from(ts).unwrap_or(i64::MAX)))
+}
 
 fn broker_id(id: u64) -> BrokerId {
     BrokerId(i32::try_from(id).unwrap_or(i32::MAX))
@@ -116,9 +123,10 @@ pub(super) fn metadata(
     encode_response(asked, &response)
 }
 
-/// Answers ListOffsets: earliest (the log start offset) and latest (the high watermark). A
-/// lookup by timestamp is not built in this slice: it is answered
-/// UNSUPPORTED_FOR_MESSAGE_FORMAT, Kafka's answer when a log cannot search by time.
+/// Answers ListOffsets: earliest (the log start offset), latest (the high watermark), the first
+/// committed record whose timestamp is at least the one asked for (other negative timestamps
+/// match from the first record, as Kafka's broker does), and the first with the largest
+/// timestamp; the time index (`time_index.rs`) says where to read.
 pub(super) fn list_offsets(
     cfg: &KafkaConfig,
     replica: &Replica,
@@ -151,20 +159,29 @@ pub(super) fn list_offsets(
                     } else if let Some(error) = epoch_error(p.current_leader_epoch, replica) {
                         error
                     } else {
-                        let offset = match p.timestamp {
-                            EARLIEST_TIMESTAMP => Some(replica.log().start_offset()),
-                            LATEST_TIMESTAMP => Some(replica.readable_end_offset()),
-                            _ => None,
+                        let found = match p.timestamp {
+                            EARLIEST_TIMESTAMP => Ok(Some((replica.log().start_offset(), -1))),
+                            LATEST_TIMESTAMP => Ok(Some((replica.readable_end_offset(), -1))),
+                            MAX_TIMESTAMP => replica.find_by_timestamp(None).map(as_found),
+                            t => replica
+                                .find_by_timestamp(Some(t.max(0) as u64))
+                                .map(as_found),
                         };
-                        match offset {
-                            Some(offset) => {
+                        match found {
+                            Ok(Some((offset, timestamp))) => {
                                 r.offset = offset as i64;
+                                r.timestamp = timestamp;
                                 if asked.version >= 4 {
                                     r.leader_epoch = epoch;
                                 }
                                 code::NONE
                             }
-                            None => code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
+                            // No record that late: offset and timestamp -1, as Kafka answers.
+                            Ok(None) => code::NONE,
+                            Err(e) => {
+                                tracing::error!(error = %e, "ListOffsets could not read the log");
+                                code::KAFKA_STORAGE_ERROR
+                            }
                         }
                     };
                     r

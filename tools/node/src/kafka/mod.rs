@@ -64,11 +64,11 @@ mod code {
     pub const MESSAGE_TOO_LARGE: ErrorCode = E::MessageTooLarge.code();
     pub const INVALID_REQUIRED_ACKS: ErrorCode = E::InvalidRequiredAcks.code();
     pub const UNSUPPORTED_VERSION: ErrorCode = E::UnsupportedVersion.code();
-    pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: ErrorCode = E::UnsupportedForMessageFormat.code();
     pub const FENCED_LEADER_EPOCH: ErrorCode = E::FencedLeaderEpoch.code();
     pub const UNKNOWN_LEADER_EPOCH: ErrorCode = E::UnknownLeaderEpoch.code();
     pub const UNSUPPORTED_COMPRESSION_TYPE: ErrorCode = E::UnsupportedCompressionType.code();
     pub const INVALID_RECORD: ErrorCode = E::InvalidRecord.code();
+    pub const KAFKA_STORAGE_ERROR: ErrorCode = E::KafkaStorageError.code();
 }
 
 /// The Kafka answer to an append that failed.
@@ -200,8 +200,10 @@ impl Kafka {
                 let response = self.produces.produce(
                     net, &self.cfg, replica, appends, asked, client, place, request,
                 );
-                if let (Some(place), Some(response)) = (place, response) {
-                    self.respond(net, place, response?);
+                match (place, response) {
+                    (Some(place), Some(response)) => self.respond(net, place, response?),
+                    (None, Some(Err(why))) => return Err(why),
+                    _ => {}
                 }
             }
             ApiKey::InitProducerId => {

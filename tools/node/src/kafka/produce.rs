@@ -78,7 +78,8 @@ fn batch_error_code(error: &BatchError) -> ErrorCode {
 impl Produces {
     /// Validates and stages every batch of a Produce request; returns its response at once
     /// when nothing was staged (every partition refused), `None` when the answer waits for the
-    /// appends or when there is none (acks=0, `place` is `None`).
+    /// appends or when there is none (acks=0, `place` is `None`; then a refused partition is
+    /// an `Err`, which closes the connection).
     #[allow(clippy::too_many_arguments)] // the round's parts this request touches
     pub(super) fn produce(
         &mut self,
@@ -140,7 +141,7 @@ impl Produces {
                                     place: place.place,
                                     partition: pending.partitions.len(),
                                 }),
-                                None => Requester::Nobody,
+                                None => Requester::KafkaNoAck(client),
                             };
                             appends.stage(net, requester, ack, batch);
                             pending.outstanding += 1;
@@ -154,7 +155,12 @@ impl Produces {
                 pending.partitions.push(result);
             }
         }
-        let place = place?;
+        let Some(place) = place else {
+            // acks=0 is never answered: a refused partition closes the connection instead.
+            let refused = pending.partitions.iter().find_map(|p| p.message.as_ref());
+            return refused
+                .map(|why| Err(format!("a Kafka produce with acks=0 was refused: {why}")));
+        };
         if pending.outstanding == 0 {
             return Some(response(replica, pending));
         }
