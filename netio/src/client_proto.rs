@@ -342,6 +342,41 @@ pub enum ClientError {
         /// The producer.
         producer_id: u64,
     },
+    /// A membership change cannot be made right now (another change is not committed yet, a new
+    /// leader has not committed in its term, leadership is being transferred); retry shortly.
+    #[error("configuration change not possible now: {why}; retry shortly")]
+    ChangeNotNow {
+        /// Why, for the operator.
+        why: String,
+    },
+    /// The learner has not caught up with the commit index: promoting it now would make a voter
+    /// that cannot vote usefully.
+    #[error(
+        "learner {id} matches the log up to index {match_index}, the commit index is \
+         {commit_index}: not promoted until it has caught up"
+    )]
+    LearnerBehind {
+        /// The learner.
+        id: u64,
+        /// How far its log matches the leader's.
+        match_index: u64,
+        /// The leader's commit index.
+        commit_index: u64,
+    },
+    /// The change would leave the new configuration without a quorum of reachable voters
+    /// (refused unless forced).
+    #[error("refused: {why}")]
+    WouldLoseQuorum {
+        /// Which voters are down and what the change would need.
+        why: String,
+    },
+    /// The change does not apply to the configuration (already a member, not a learner, the
+    /// last voter...); no retry helps.
+    #[error("membership change refused: {why}")]
+    MembershipRefused {
+        /// Why.
+        why: String,
+    },
 }
 
 fn leader_hint(id: Option<u64>, address: Option<&str>) -> String {
@@ -413,6 +448,76 @@ pub enum Request {
         /// Echoed in the answer.
         request_id: u64,
     },
+    /// Admin (leader): the members, their addresses and replication progress.
+    MemberList {
+        /// Echoed in the answer.
+        request_id: u64,
+    },
+    /// Admin (leader): add node `id` as a learner at these addresses (answered once the
+    /// configuration entry commits).
+    MemberAdd {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// The new node's id.
+        id: u64,
+        /// Where peers reach it (`ip:port`).
+        peer_address: String,
+        /// Where clients reach it.
+        client_address: String,
+    },
+    /// Admin (leader): make learner `id` a voter (refused until it has caught up).
+    MemberPromote {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// The learner.
+        id: u64,
+    },
+    /// Admin (leader): remove member `id`; `force` skips the reachable-quorum check.
+    MemberRemove {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// The member.
+        id: u64,
+        /// Remove even if the remaining voters reachable now are not a quorum.
+        force: bool,
+    },
+    /// Admin (leader): hand leadership to voter `to` (`None`: the most caught-up one); answered
+    /// once this node sees the new leader.
+    LeaderTransfer {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// The voter to lead next.
+        to: Option<u64>,
+    },
+}
+
+/// A member of the cluster's configuration, with its addresses.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Member {
+    /// Its node id.
+    pub id: u64,
+    /// Where peers reach it (empty if the configuration has no address for it).
+    pub peer_address: String,
+    /// Where clients reach it (empty if unknown).
+    pub client_address: String,
+    /// A voter (else a learner).
+    pub voter: bool,
+}
+
+/// A member as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct MemberStatus {
+    /// Who and where.
+    pub member: Member,
+    /// Highest index durable on it and matching the leader's log (the leader: its own durable
+    /// index).
+    pub match_index: u64,
+    /// Entries it is behind the leader's last index.
+    pub lag_entries: u64,
+    /// Milliseconds since the leader last heard from it (`None`: never, or it is the leader).
+    pub last_contact_ms: Option<u64>,
+    /// Whether the leader's connection to it is up (the leader itself: true).
+    pub connected: bool,
 }
 
 /// A message from a node to a client.
@@ -479,6 +584,37 @@ pub enum Response {
         /// Where the log continues after it.
         cut_offset: u64,
     },
+    /// The members, answered to `MemberList` by the leader.
+    MemberListReply {
+        /// The request's id.
+        request_id: u64,
+        /// The leader (this node).
+        leader_id: u64,
+        /// The commit index.
+        commit_index: u64,
+        /// Index of a configuration change not committed yet, if any.
+        change_pending: Option<u64>,
+        /// Every member, voters first.
+        members: Vec<MemberStatus>,
+    },
+    /// A configuration change committed at `index`; the configuration is now `members`.
+    MembershipChanged {
+        /// The request's id.
+        request_id: u64,
+        /// The configuration entry's index.
+        index: u64,
+        /// The members after the change.
+        members: Vec<Member>,
+    },
+    /// Leadership moved to `leader_id`.
+    LeaderTransferred {
+        /// The request's id.
+        request_id: u64,
+        /// The new leader.
+        leader_id: u64,
+        /// Its client address, if known.
+        leader_address: Option<String>,
+    },
     /// A subscription is registered; sent before any of its batches.
     Subscribed {
         /// The subscription.
@@ -529,6 +665,11 @@ impl Request {
             Request::SubscribeSnapshot { .. } => FrameType::SubscribeSnapshot,
             Request::SnapshotNow { .. } => FrameType::SnapshotNow,
             Request::InitProducer { .. } => FrameType::InitProducer,
+            Request::MemberList { .. } => FrameType::MemberList,
+            Request::MemberAdd { .. } => FrameType::MemberAdd,
+            Request::MemberPromote { .. } => FrameType::MemberPromote,
+            Request::MemberRemove { .. } => FrameType::MemberRemove,
+            Request::LeaderTransfer { .. } => FrameType::LeaderTransfer,
         }
     }
 }
@@ -547,6 +688,9 @@ impl Response {
             Response::SnapshotEnd { .. } => FrameType::SnapshotEnd,
             Response::SnapshotTaken { .. } => FrameType::SnapshotTaken,
             Response::ProducerGranted { .. } => FrameType::ProducerGranted,
+            Response::MemberListReply { .. } => FrameType::MemberListReply,
+            Response::MembershipChanged { .. } => FrameType::MembershipChanged,
+            Response::LeaderTransferred { .. } => FrameType::LeaderTransferred,
         }
     }
 }
@@ -662,6 +806,11 @@ pub fn decode_request(frame: Frame) -> Result<Request, ClientProtoError> {
             | FrameType::SubscribeSnapshot
             | FrameType::SnapshotNow
             | FrameType::InitProducer
+            | FrameType::MemberList
+            | FrameType::MemberAdd
+            | FrameType::MemberPromote
+            | FrameType::MemberRemove
+            | FrameType::LeaderTransfer
     ) {
         return Err(ClientProtoError::WrongFrameType(frame_type));
     }
@@ -692,6 +841,9 @@ pub fn decode_response(frame: Frame) -> Result<Response, ClientProtoError> {
             | FrameType::SnapshotEnd
             | FrameType::SnapshotTaken
             | FrameType::ProducerGranted
+            | FrameType::MemberListReply
+            | FrameType::MembershipChanged
+            | FrameType::LeaderTransferred
     ) {
         return Err(ClientProtoError::WrongFrameType(frame_type));
     }

@@ -86,11 +86,27 @@ pub enum FrameType {
     InitProducer = 0x1C,
     /// Node → client: an idempotent producer's id and epoch.
     ProducerGranted = 0x30,
+    /// Client → node (admin): the members, their addresses and replication progress.
+    MemberList = 0x16,
+    /// Client → node (admin): add a learner.
+    MemberAdd = 0x17,
+    /// Client → node (admin): make a caught-up learner a voter.
+    MemberPromote = 0x18,
+    /// Client → node (admin): remove a voter or learner.
+    MemberRemove = 0x19,
+    /// Client → node (admin): hand leadership to another voter.
+    LeaderTransfer = 0x1A,
+    /// Node → client: the members.
+    MemberListReply = 0x29,
+    /// Node → client: a configuration change committed.
+    MembershipChanged = 0x2A,
+    /// Node → client: leadership moved.
+    LeaderTransferred = 0x2B,
 }
 
 impl FrameType {
     /// Every frame type, for tests and tables.
-    pub const ALL: [FrameType; 20] = [
+    pub const ALL: [FrameType; 28] = [
         FrameType::PeerHello,
         FrameType::PeerMessage,
         FrameType::Keepalive,
@@ -111,6 +127,14 @@ impl FrameType {
         FrameType::SnapshotTaken,
         FrameType::InitProducer,
         FrameType::ProducerGranted,
+        FrameType::MemberList,
+        FrameType::MemberAdd,
+        FrameType::MemberPromote,
+        FrameType::MemberRemove,
+        FrameType::LeaderTransfer,
+        FrameType::MemberListReply,
+        FrameType::MembershipChanged,
+        FrameType::LeaderTransferred,
     ];
 
     /// The type with wire value `value`, if it exists.
@@ -137,6 +161,11 @@ impl FrameType {
                 | FrameType::SubscribeSnapshot
                 | FrameType::SnapshotNow
                 | FrameType::InitProducer
+                | FrameType::MemberList
+                | FrameType::MemberAdd
+                | FrameType::MemberPromote
+                | FrameType::MemberRemove
+                | FrameType::LeaderTransfer
                 | FrameType::Keepalive
         )
     }

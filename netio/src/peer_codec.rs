@@ -111,8 +111,8 @@ enum WireBody {
     InstallSnapshot {
         index: u64,
         term: u64,
-        voters: Vec<u64>,
-        learners: Vec<u64>,
+        /// The snapshot's configuration, address book included (`Membership::encode`).
+        membership: Vec<u8>,
         offset: u64,
         data_bytes: u32,
         done: bool,
@@ -224,8 +224,7 @@ fn to_wire(msg: &Message) -> Result<(WireMessage, Vec<&[u8]>), PeerCodecError> {
             WireBody::InstallSnapshot {
                 index: meta.index,
                 term: meta.term,
-                voters: meta.membership.voters.clone(),
-                learners: meta.membership.learners.clone(),
+                membership: meta.membership.encode(),
                 offset: *offset,
                 data_bytes,
                 done: *done,
@@ -319,18 +318,20 @@ fn from_wire(wire: WireMessage, blobs: &[u8]) -> Result<Message, PeerCodecError>
         WireBody::InstallSnapshot {
             index,
             term,
-            voters,
-            learners,
+            membership,
             offset,
             data_bytes,
             done,
         } => {
+            let membership = Membership::decode(&membership).ok_or_else(|| {
+                PeerCodecError::Malformed("snapshot configuration does not decode".into())
+            })?;
             let data = take_blob(&mut rest, data_bytes, || "snapshot chunk".to_string())?;
             MessageBody::InstallSnapshot {
                 meta: SnapshotMeta {
                     index,
                     term,
-                    membership: Membership { voters, learners },
+                    membership,
                 },
                 offset,
                 data: Arc::from(data),

@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use raftline_log::{Batch, Record};
 use raftline_netio::client_proto::{
     decode_request, decode_response, encode_batches, encode_request, encode_response,
-    split_batches, AckMode, ClientError, ClientProtoError, NodeRole, NodeStatus, PeerStatus,
-    Request, Response, SnapshotStatus, StartFrom,
+    split_batches, AckMode, ClientError, ClientProtoError, Member, MemberStatus, NodeRole,
+    NodeStatus, PeerStatus, Request, Response, SnapshotStatus, StartFrom,
 };
 use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::frame::{encode, Frame, FrameDecoder, FrameHeader, FrameType};
@@ -74,7 +74,42 @@ fn arb_request() -> impl Strategy<Value = Request> {
             bytes
         }),
         any::<u64>().prop_map(|request_id| Request::Status { request_id }),
+        any::<u64>().prop_map(|request_id| Request::MemberList { request_id }),
+        (any::<u64>(), any::<u64>(), any::<String>(), any::<String>()).prop_map(
+            |(request_id, id, peer_address, client_address)| Request::MemberAdd {
+                request_id,
+                id,
+                peer_address,
+                client_address,
+            }
+        ),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(request_id, id)| Request::MemberPromote { request_id, id }),
+        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(request_id, id, force)| {
+            Request::MemberRemove {
+                request_id,
+                id,
+                force,
+            }
+        }),
+        (any::<u64>(), any::<Option<u64>>())
+            .prop_map(|(request_id, to)| Request::LeaderTransfer { request_id, to }),
     ]
+}
+
+fn arb_member() -> impl Strategy<Value = Member> {
+    (
+        any::<u64>(),
+        any::<String>(),
+        any::<String>(),
+        any::<bool>(),
+    )
+        .prop_map(|(id, peer_address, client_address, voter)| Member {
+            id,
+            peer_address,
+            client_address,
+            voter,
+        })
 }
 
 fn arb_error() -> impl Strategy<Value = ClientError> {
@@ -105,6 +140,16 @@ fn arb_error() -> impl Strategy<Value = ClientError> {
         any::<u64>().prop_map(|node_cluster_id| ClientError::WrongCluster { node_cluster_id }),
         Just(ClientError::Busy),
         any::<String>().prop_map(|why| ClientError::BadRequest { why }),
+        any::<String>().prop_map(|why| ClientError::ChangeNotNow { why }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(id, match_index, commit_index)| {
+            ClientError::LearnerBehind {
+                id,
+                match_index,
+                commit_index,
+            }
+        }),
+        any::<String>().prop_map(|why| ClientError::WouldLoseQuorum { why }),
+        any::<String>().prop_map(|why| ClientError::MembershipRefused { why }),
     ]
 }
 
@@ -209,6 +254,63 @@ fn arb_response() -> impl Strategy<Value = Response> {
                 subscription_id,
                 start_offset,
                 end_offset,
+            }
+        ),
+        (
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<Option<u64>>()
+            ),
+            prop::collection::vec(
+                (
+                    arb_member(),
+                    any::<u64>(),
+                    any::<u64>(),
+                    any::<Option<u64>>(),
+                    any::<bool>()
+                )
+                    .prop_map(
+                        |(member, match_index, lag_entries, last_contact_ms, connected)| {
+                            MemberStatus {
+                                member,
+                                match_index,
+                                lag_entries,
+                                last_contact_ms,
+                                connected,
+                            }
+                        }
+                    ),
+                0..5
+            )
+        )
+            .prop_map(
+                |((request_id, leader_id, commit_index, change_pending), members)| {
+                    Response::MemberListReply {
+                        request_id,
+                        leader_id,
+                        commit_index,
+                        change_pending,
+                        members,
+                    }
+                }
+            ),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(arb_member(), 0..5)
+        )
+            .prop_map(|(request_id, index, members)| Response::MembershipChanged {
+                request_id,
+                index,
+                members,
+            }),
+        (any::<u64>(), any::<u64>(), any::<Option<String>>()).prop_map(
+            |(request_id, leader_id, leader_address)| Response::LeaderTransferred {
+                request_id,
+                leader_id,
+                leader_address,
             }
         ),
     ]

@@ -8,7 +8,7 @@ use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::frame::{FrameDecoder, FrameType, PAYLOAD_BYTES_MAX_DEFAULT};
 use raftline_netio::peer_codec::{decode_message, decode_payload, encode_message, PeerCodecError};
 use raftline_replicator::message::{
-    AppendReject, Entry, EntryKind, Membership, Message, MessageBody, SnapshotMeta,
+    AppendReject, Entry, EntryKind, MemberAddress, Membership, Message, MessageBody, SnapshotMeta,
 };
 
 fn arb_entry() -> impl Strategy<Value = Entry> {
@@ -80,22 +80,34 @@ fn arb_body() -> impl Strategy<Value = MessageBody> {
             (any::<u64>(), any::<u64>()),
             prop::collection::vec(any::<u64>(), 0..7),
             prop::collection::vec(any::<u64>(), 0..3),
+            prop::collection::btree_map(
+                any::<u64>(),
+                ("[a-z0-9.:-]{0,24}", "[a-z0-9.:-]{0,24}")
+                    .prop_map(|(peer, client)| MemberAddress { peer, client }),
+                0..3,
+            ),
             any::<u64>(),
             prop::collection::vec(any::<u8>(), 0..600),
             any::<bool>(),
         )
-            .prop_map(|((index, term), voters, learners, offset, data, done)| {
-                MessageBody::InstallSnapshot {
-                    meta: SnapshotMeta {
-                        index,
-                        term,
-                        membership: Membership { voters, learners },
-                    },
-                    offset,
-                    data: Arc::from(data),
-                    done,
+            .prop_map(
+                |((index, term), voters, learners, addresses, offset, data, done)| {
+                    MessageBody::InstallSnapshot {
+                        meta: SnapshotMeta {
+                            index,
+                            term,
+                            membership: Membership {
+                                voters,
+                                learners,
+                                addresses,
+                            },
+                        },
+                        offset,
+                        data: Arc::from(data),
+                        done,
+                    }
                 }
-            }),
+            ),
         (any::<u64>(), any::<u64>()).prop_map(|(index, received)| {
             MessageBody::InstallSnapshotResponse { index, received }
         }),

@@ -271,6 +271,53 @@ fn a_peer_that_moved_is_dialled_at_its_new_address() {
     }
 }
 
+#[test]
+fn a_peer_added_at_run_time_is_dialled_and_admitted_and_a_removed_one_is_cut_off() {
+    for backend in BACKENDS {
+        // Node 1 starts alone (a node joining a cluster); node 2 knows it.
+        let (addr1, addr2) = (reserved_addr(), reserved_addr());
+        let mut a = Node::bind(config(1, addr1, &[], backend));
+        let mut b = Node::bind(config(2, addr2, &[(1, addr1)], backend));
+        assert_eq!(
+            a.net.send_peer(2, peer_message(1, b"x")),
+            Err(SendError::UnknownPeer)
+        );
+        a.net.add_peer(2, addr2);
+        wait_event(&mut [&mut a, &mut b], 0, peer_up(2));
+        wait_event(&mut [&mut a, &mut b], 1, peer_up(1));
+        b.net.send_peer(1, peer_message(2, b"admitted")).unwrap();
+        assert_eq!(
+            wait_event(&mut [&mut a, &mut b], 0, peer_frame(2)),
+            b"admitted",
+            "an added peer's hello is admitted"
+        );
+        a.net.remove_peer(2);
+        assert!(!a.net.peer_is_up(2));
+        assert_eq!(
+            a.net.send_peer(2, peer_message(1, b"x")),
+            Err(SendError::UnknownPeer)
+        );
+        // Node 2's link to node 1 was closed; its reconnection is refused from now on.
+        wait_event(&mut [&mut a, &mut b], 1, |e| {
+            matches!(e, NetEvent::PeerDown { id: 1 }).then_some(())
+        });
+        for _ in 0..50 {
+            turn(&mut [&mut a, &mut b]);
+        }
+        let _ = b.net.send_peer(1, peer_message(2, b"refused"));
+        for _ in 0..50 {
+            turn(&mut [&mut a, &mut b]);
+        }
+        assert!(
+            !a.events
+                .iter()
+                .any(|e| matches!(e, NetEvent::PeerFrame { from: 2, .. })),
+            "a removed peer's frames are not admitted: {:?}",
+            a.events
+        );
+    }
+}
+
 /// A named bad input and a test of the close reason it must produce.
 type BadInput = (&'static str, Vec<u8>, fn(&CloseReason) -> bool);
 

@@ -1,6 +1,8 @@
 //! Static parameters of one node. Every time is in ticks; every queue has a limit here.
 
-use crate::message::NodeId;
+use std::collections::BTreeMap;
+
+use crate::message::{MemberAddress, NodeId};
 
 /// Deliberate protocol bugs the simulator must be able to find. Only tests set anything but
 /// `None`; production pays one comparison where each is checked.
@@ -44,6 +46,9 @@ pub struct Config {
     /// joins an existing cluster (it learns the configuration from the leader once added). Once
     /// the log or a snapshot holds a configuration, that one is in force.
     pub voters: Vec<NodeId>,
+    /// The bootstrap voters' addresses (opaque to the core: carried in the configuration so
+    /// that configuration entries and snapshots hold the whole address book).
+    pub addresses: BTreeMap<NodeId, MemberAddress>,
     /// Lower bound (inclusive) of the randomized election timeout.
     pub election_ticks_min: u32,
     /// Upper bound (exclusive) of the randomized election timeout.
@@ -121,6 +126,7 @@ impl Config {
         Config {
             id,
             voters,
+            addresses: BTreeMap::new(),
             election_ticks_min: 10,
             election_ticks_max: 20,
             heartbeat_ticks: 2,

@@ -20,8 +20,8 @@ pub mod storage;
 pub use config::{Config, ConfigError, Mutation};
 pub use membership::{MembershipChange, MembershipError};
 pub use message::{
-    AppendReject, Entry, EntryKind, HardState, Index, Membership, Message, MessageBody, NodeId,
-    SnapshotMeta, Term,
+    AppendReject, Entry, EntryKind, HardState, Index, MemberAddress, Membership, Message,
+    MessageBody, NodeId, SnapshotMeta, Term,
 };
 pub use progress::{Progress, ProgressState};
 pub use raft::{

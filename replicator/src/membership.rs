@@ -6,13 +6,16 @@
 //! change only once the previous one is committed, so any two consecutive configurations have
 //! overlapping majorities.
 
-use crate::message::{Index, Membership, NodeId};
+use std::collections::BTreeMap;
+
+use crate::message::{Index, MemberAddress, Membership, NodeId};
 
 /// One change a leader can propose.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum MembershipChange {
-    /// Add a non-voting learner that receives the log (how a new node catches up).
-    AddLearner(NodeId),
+    /// Add a non-voting learner that receives the log (how a new node catches up), reached at
+    /// the given addresses.
+    AddLearner(NodeId, MemberAddress),
     /// Make a caught-up learner a voter.
     PromoteLearner(NodeId),
     /// Remove a voter or learner (a leader removing itself steps down once that commits).
@@ -59,9 +62,16 @@ pub enum MembershipError {
     ZeroId,
 }
 
-/// Bytes of a membership entry's header: magic and the two counts.
-const HEADER_BYTES: usize = 12;
-const MAGIC: u32 = 0x4d42_5352; // "RSBM"
+/// Bytes of a membership entry's header: magic and the counts (two in the first version,
+/// three since the address book).
+const HEADER_BYTES_V1: usize = 12;
+const HEADER_BYTES: usize = 16;
+/// The first version: ids only (still decoded: logs and snapshots written before the address
+/// book).
+const MAGIC_V1: u32 = 0x4d42_5352; // "RSBM"
+const MAGIC: u32 = 0x3242_5352; // "RSB2"
+/// Longest address the encoding holds (a `u16` length).
+pub const ADDRESS_BYTES_MAX: usize = u16::MAX as usize;
 
 impl Membership {
     /// The votes needed for a quorum (0 when there are no voters: nothing can be decided).
@@ -89,15 +99,16 @@ impl Membership {
     }
 
     /// The configuration after `change`, checked against this one.
-    pub fn apply(&self, change: MembershipChange) -> Result<Membership, MembershipError> {
+    pub fn apply(&self, change: &MembershipChange) -> Result<Membership, MembershipError> {
         let mut next = self.clone();
-        match change {
-            MembershipChange::AddLearner(0) => return Err(MembershipError::ZeroId),
-            MembershipChange::AddLearner(id) => {
+        match *change {
+            MembershipChange::AddLearner(0, _) => return Err(MembershipError::ZeroId),
+            MembershipChange::AddLearner(id, ref address) => {
                 if self.contains(id) {
                     return Err(MembershipError::AlreadyMember(id));
                 }
                 next.learners.push(id);
+                next.addresses.insert(id, address.clone());
             }
             MembershipChange::PromoteLearner(id) => {
                 if !self.learners.contains(&id) {
@@ -115,6 +126,7 @@ impl Membership {
                 }
                 next.voters.retain(|&v| v != id);
                 next.learners.retain(|&l| l != id);
+                next.addresses.remove(&id);
             }
         }
         next.voters.sort_unstable();
@@ -122,41 +134,99 @@ impl Membership {
         Ok(next)
     }
 
-    /// The payload of a configuration entry: `"RSBM"`, voter count, learner count (u32 LE each),
-    /// then the ids (u64 LE).
+    /// The payload of a configuration entry (and a snapshot's configuration): `"RSB2"`, voter,
+    /// learner and address counts (u32 LE each), the ids (u64 LE), then per address its node id
+    /// (u64 LE) and the peer and client address (u16 LE length, UTF-8 bytes each).
+    /// Addresses longer than [`ADDRESS_BYTES_MAX`] are cut (a driver refuses them first).
     pub fn encode(&self) -> Vec<u8> {
         let mut out =
             Vec::with_capacity(HEADER_BYTES + 8 * (self.voters.len() + self.learners.len()));
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.extend_from_slice(&(self.voters.len() as u32).to_le_bytes());
         out.extend_from_slice(&(self.learners.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(self.addresses.len() as u32).to_le_bytes());
         for id in self.members() {
             out.extend_from_slice(&id.to_le_bytes());
+        }
+        for (id, address) in &self.addresses {
+            out.extend_from_slice(&id.to_le_bytes());
+            for text in [&address.peer, &address.client] {
+                let bytes = &text.as_bytes()[..text.len().min(ADDRESS_BYTES_MAX)];
+                out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+                out.extend_from_slice(bytes);
+            }
         }
         out
     }
 
-    /// Decodes a configuration entry's payload; `None` if it is not one.
+    /// Decodes a configuration entry's payload (either version); `None` if it is not one.
     pub fn decode(bytes: &[u8]) -> Option<Membership> {
-        let word = |i: usize| -> Option<u32> {
-            Some(u32::from_le_bytes(bytes.get(i..i + 4)?.try_into().ok()?))
+        let mut r = Reader { bytes, at: 0 };
+        let magic = r.u32()?;
+        let (voters, learners) = (r.u32()? as usize, r.u32()? as usize);
+        let addresses = match magic {
+            MAGIC_V1 => 0,
+            MAGIC => r.u32()? as usize,
+            _ => return None,
         };
-        if word(0)? != MAGIC {
+        debug_assert_eq!(
+            r.at,
+            if magic == MAGIC_V1 {
+                HEADER_BYTES_V1
+            } else {
+                HEADER_BYTES
+            }
+        );
+        // Every id takes 8 bytes: refuse counts the payload cannot hold before allocating.
+        if voters.checked_add(learners)?.checked_add(addresses)? > bytes.len() / 8 {
             return None;
         }
-        let (voters, learners) = (word(4)? as usize, word(8)? as usize);
-        let ids_bytes = bytes.len().checked_sub(HEADER_BYTES)?;
-        if ids_bytes != 8 * voters.checked_add(learners)? {
+        let mut ids = Vec::with_capacity(voters + learners);
+        for _ in 0..voters + learners {
+            ids.push(r.u64()?);
+        }
+        let mut book = BTreeMap::new();
+        for _ in 0..addresses {
+            let id = r.u64()?;
+            let peer = r.text()?;
+            let client = r.text()?;
+            book.insert(id, MemberAddress { peer, client });
+        }
+        if r.at != bytes.len() {
             return None;
         }
-        let ids: Vec<NodeId> = bytes[HEADER_BYTES..]
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect();
         Some(Membership {
             voters: ids[..voters].to_vec(),
             learners: ids[voters..].to_vec(),
+            addresses: book,
         })
+    }
+}
+
+/// Reads a configuration payload front to back; `None` past its end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let out = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(out)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn text(&mut self) -> Option<String> {
+        let len = u16::from_le_bytes(self.take(2)?.try_into().ok()?) as usize;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
     }
 }
 
@@ -204,15 +274,20 @@ impl ConfigHistory {
         self.later.retain(|&(i, _)| i < from);
     }
 
-    /// Entries up to `applied` are applied: fold their configurations into the base.
-    pub fn applied_to(&mut self, applied: Index) {
+    /// Entries up to `applied` are applied: fold their configurations into the base. True when
+    /// the base changed.
+    pub fn applied_to(&mut self, applied: Index) -> bool {
         let folded = self
             .later
             .iter()
             .take_while(|&&(i, _)| i <= applied)
             .count();
-        if let Some((_, m)) = self.later.drain(..folded).next_back() {
-            self.base = m;
+        match self.later.drain(..folded).next_back() {
+            Some((_, m)) => {
+                self.base = m;
+                true
+            }
+            None => false,
         }
     }
 
@@ -231,43 +306,85 @@ mod tests {
         Membership {
             voters: voters.to_vec(),
             learners: learners.to_vec(),
+            addresses: BTreeMap::new(),
+        }
+    }
+
+    fn address(n: u64) -> MemberAddress {
+        MemberAddress {
+            peer: format!("10.0.0.{n}:7301"),
+            client: format!("10.0.0.{n}:7300"),
         }
     }
 
     #[test]
     fn a_configuration_entry_round_trips_and_garbage_is_refused() {
-        let m = members(&[1, 2, 3], &[9]);
+        let mut m = members(&[1, 2, 3], &[9]);
+        m.addresses = [(1, address(1)), (9, address(9))].into();
         assert_eq!(Membership::decode(&m.encode()), Some(m.clone()));
-        let mut bad = m.encode();
-        bad.pop();
-        assert_eq!(Membership::decode(&bad), None);
+        let full = m.encode();
+        for cut in 0..full.len() {
+            assert_eq!(Membership::decode(&full[..cut]), None, "cut at {cut}");
+        }
+        let mut long = full.clone();
+        long.push(0);
+        assert_eq!(Membership::decode(&long), None);
+        let mut huge_count = full;
+        huge_count[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Membership::decode(&huge_count), None);
         assert_eq!(Membership::decode(b"x"), None);
         assert_eq!(Membership::decode(&[]), None);
     }
 
     #[test]
+    fn a_first_version_entry_without_addresses_still_decodes() {
+        let mut v1 = Vec::new();
+        for word in [MAGIC_V1, 2, 1] {
+            v1.extend_from_slice(&word.to_le_bytes());
+        }
+        for id in [1u64, 2, 7] {
+            v1.extend_from_slice(&id.to_le_bytes());
+        }
+        assert_eq!(Membership::decode(&v1), Some(members(&[1, 2], &[7])));
+    }
+
+    #[test]
     fn changes_are_checked_against_the_current_configuration() {
         let m = members(&[1, 2, 3], &[]);
-        let with_learner = m.apply(MembershipChange::AddLearner(4)).unwrap();
-        assert_eq!(with_learner, members(&[1, 2, 3], &[4]));
+        let with_learner = m
+            .apply(&MembershipChange::AddLearner(4, address(4)))
+            .unwrap();
+        let mut expected = members(&[1, 2, 3], &[4]);
+        expected.addresses.insert(4, address(4));
+        assert_eq!(with_learner, expected);
+        let promoted = with_learner
+            .apply(&MembershipChange::PromoteLearner(4))
+            .unwrap();
+        assert_eq!(promoted.voters, [1, 2, 3, 4]);
         assert_eq!(
-            with_learner.apply(MembershipChange::PromoteLearner(4)),
-            Ok(members(&[1, 2, 3, 4], &[]))
+            promoted.addresses[&4],
+            address(4),
+            "promotion keeps the address"
         );
         assert_eq!(
-            m.apply(MembershipChange::PromoteLearner(2)),
+            promoted.apply(&MembershipChange::Remove(4)),
+            Ok(members(&[1, 2, 3], &[])),
+            "a removed member's address goes with it"
+        );
+        assert_eq!(
+            m.apply(&MembershipChange::PromoteLearner(2)),
             Err(MembershipError::NotALearner(2))
         );
         assert_eq!(
-            m.apply(MembershipChange::AddLearner(2)),
+            m.apply(&MembershipChange::AddLearner(2, address(2))),
             Err(MembershipError::AlreadyMember(2))
         );
         assert_eq!(
-            members(&[1], &[]).apply(MembershipChange::Remove(1)),
+            members(&[1], &[]).apply(&MembershipChange::Remove(1)),
             Err(MembershipError::LastVoter(1))
         );
         assert_eq!(
-            m.apply(MembershipChange::Remove(2)),
+            m.apply(&MembershipChange::Remove(2)),
             Ok(members(&[1, 3], &[]))
         );
     }

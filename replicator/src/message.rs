@@ -1,5 +1,6 @@
 //! The values the core exchanges with its driver: log entries, hard state and peer messages.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -74,6 +75,19 @@ pub struct Membership {
     pub voters: Vec<NodeId>,
     /// Nodes that receive the log but never vote.
     pub learners: Vec<NodeId>,
+    /// Where each member is reached. Opaque to the core, which only carries it along in
+    /// configuration entries and snapshots so that every node (a restarted or a new one
+    /// included) learns the address book from the log instead of from its flags.
+    pub addresses: BTreeMap<NodeId, MemberAddress>,
+}
+
+/// A member's addresses as its operator gave them (`host:port`, not checked by the core).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MemberAddress {
+    /// Where peers connect to it (Raft messages).
+    pub peer: String,
+    /// Where clients connect to it (appends, subscriptions, admin requests).
+    pub client: String,
 }
 
 /// Where a snapshot ends: the last entry it covers, and the membership at that entry.

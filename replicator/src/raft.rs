@@ -317,6 +317,7 @@ impl<S: Storage> Raft<S> {
                 let bootstrap = Membership {
                     voters: cfg.voters.clone(),
                     learners: Vec::new(),
+                    addresses: cfg.addresses.clone(),
                 };
                 (bootstrap, 1)
             }
@@ -721,6 +722,11 @@ impl<S: Storage> Raft<S> {
         start > 0 && self.ticks - start < self.cfg.lease_ticks()
     }
 
+    /// Index of a configuration entry not committed yet, if any (the change under way).
+    pub fn pending_config_index(&self) -> Option<Index> {
+        self.configs.last_index().filter(|&i| i > self.commit)
+    }
+
     /// The follower leadership is being handed to, if a transfer is under way.
     pub fn transfer_target(&self) -> Option<NodeId> {
         self.transfer_to
@@ -758,7 +764,7 @@ impl<S: Storage> Raft<S> {
         if self.log.term(self.commit).ok() != Some(self.term) {
             return Err(MembershipError::NotYetCommittedInTerm);
         }
-        if let Some(index) = self.configs.last_index().filter(|&i| i > self.commit) {
+        if let Some(index) = self.pending_config_index() {
             return Err(MembershipError::ChangePending { index });
         }
         if let MembershipChange::PromoteLearner(id) = change {
@@ -772,7 +778,7 @@ impl<S: Storage> Raft<S> {
                 });
             }
         }
-        let next = self.configs.current().apply(change)?;
+        let next = self.configs.current().apply(&change)?;
         let index = self.append_as_leader(EntryKind::Config, Arc::from(next.encode()));
         self.broadcast_append(false);
         Ok((self.term, index))
@@ -914,7 +920,11 @@ impl<S: Storage> Raft<S> {
             {
                 Ok(committed) => {
                     self.applied = committed.last().expect("at least one").index;
-                    self.configs.applied_to(self.applied);
+                    let folded = self.configs.applied_to(self.applied);
+                    if folded && self.role == Role::Leader {
+                        // A removed member's removal is applied: stop replicating to it.
+                        self.track_members();
+                    }
                     rd.committed = committed;
                 }
                 Err(e) => self.record_storage_failure(e),
@@ -1221,8 +1231,15 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Leader: keeps a progress for exactly the members of the configuration in force.
+    /// Replicates to every member of the current configuration and, until its removal is
+    /// applied, to a member being removed: it then receives the entry that removes it, which
+    /// stops it campaigning (a node outside its configuration never does). Its acknowledgements
+    /// count toward no quorum (quorums are the current configuration's).
     fn track_members(&mut self) {
-        let members: Vec<NodeId> = self.configs.current().members().collect();
+        let mut members: Vec<NodeId> = self.configs.current().members().collect();
+        members.extend(self.configs.applied().members());
+        members.sort_unstable();
+        members.dedup();
         self.progress.retain(|id, _| members.contains(id));
         let last = self.log.last_index();
         for peer in members {

@@ -680,6 +680,7 @@ fn compacted_leader(
         membership: Membership {
             voters: vec![1, 2, 3],
             learners: vec![],
+            ..Default::default()
         },
     };
     let data = Arc::from(vec![9u8; snapshot_bytes]);
@@ -884,7 +885,7 @@ fn cluster_with_joining_node_4() -> Vec<Node> {
 fn cluster_adding_learner_4() -> (Vec<Node>, u64) {
     let mut nodes = cluster_with_joining_node_4();
     let (_, index) = nodes[0]
-        .propose_membership(MembershipChange::AddLearner(4))
+        .propose_membership(MembershipChange::AddLearner(4, Default::default()))
         .expect("leader accepts");
     (nodes, index)
 }
@@ -893,7 +894,13 @@ fn members(voters: &[u64], learners: &[u64]) -> Membership {
     Membership {
         voters: voters.to_vec(),
         learners: learners.to_vec(),
+        ..Default::default()
     }
+}
+
+/// `m` without its address book (tests that add members at empty addresses).
+fn ids_only(m: &Membership) -> Membership {
+    members(&m.voters, &m.learners)
 }
 
 /// Ticks every node `ticks` times (no election timeout draws matter: settles in between).
@@ -911,8 +918,8 @@ fn tick_all(nodes: &mut [Node], ticks: u32) {
 fn learner_gets_the_log_never_votes_and_is_promoted_once_caught_up() {
     let (mut nodes, index) = cluster_adding_learner_4();
     assert_eq!(
-        nodes[0].membership(),
-        &members(&[1, 2, 3], &[4]),
+        ids_only(nodes[0].membership()),
+        members(&[1, 2, 3], &[4]),
         "in force once appended, before it commits"
     );
     assert_eq!(
@@ -928,7 +935,7 @@ fn learner_gets_the_log_never_votes_and_is_promoted_once_caught_up() {
     );
     assert!(nodes
         .iter()
-        .all(|n| n.membership() == &members(&[1, 2, 3], &[4])));
+        .all(|n| ids_only(n.membership()) == members(&[1, 2, 3], &[4])));
     assert!(!nodes[3].is_voter());
     // With the leader silent, the learner never campaigns; the voters do.
     nodes[3].campaign();
@@ -942,7 +949,7 @@ fn learner_gets_the_log_never_votes_and_is_promoted_once_caught_up() {
     settle(&mut nodes);
     assert!(nodes
         .iter()
-        .all(|n| n.membership() == &members(&[1, 2, 3, 4], &[])));
+        .all(|n| ids_only(n.membership()) == members(&[1, 2, 3, 4], &[])));
     assert!(nodes[3].is_voter());
     // Four voters: committing now needs three of them.
     nodes[0].propose(Arc::from(&b"x"[..])).unwrap();
@@ -1014,6 +1021,30 @@ fn removed_leader_steps_down_once_its_removal_commits_and_never_campaigns() {
 }
 
 #[test]
+fn a_removed_follower_receives_its_removal_and_stops_campaigning() {
+    let mut nodes = cluster(3);
+    let (_, index) = nodes[0]
+        .propose_membership(MembershipChange::Remove(3))
+        .unwrap();
+    settle(&mut nodes);
+    assert!(nodes[0].commit_index() >= index);
+    assert_eq!(
+        nodes[2].membership(),
+        &members(&[1, 2], &[]),
+        "the removed node got the entry that removes it"
+    );
+    assert!(
+        nodes[0].progress(3).is_none(),
+        "the leader stops replicating to it once the removal is applied"
+    );
+    nodes[2].campaign();
+    assert!(
+        nodes[2].ready().messages.is_empty(),
+        "a node outside its configuration asks nobody for votes"
+    );
+}
+
+#[test]
 fn configuration_survives_a_restart_from_the_disk() {
     let (mut nodes, _) = cluster_adding_learner_4();
     settle(&mut nodes);
@@ -1022,7 +1053,33 @@ fn configuration_survives_a_restart_from_the_disk() {
     let mut cfg = Config::new(4, vec![]);
     cfg.pre_vote = false;
     let restarted = Raft::new(cfg, hs, 0, disk).expect("valid start");
-    assert_eq!(restarted.membership(), &members(&[1, 2, 3], &[4]));
+    assert_eq!(ids_only(restarted.membership()), members(&[1, 2, 3], &[4]));
+}
+
+#[test]
+fn the_address_book_travels_in_configuration_entries() {
+    let mut nodes = cluster_with_joining_node_4();
+    let address = raftline_replicator::MemberAddress {
+        peer: "10.0.0.4:7301".into(),
+        client: "10.0.0.4:7300".into(),
+    };
+    nodes[0]
+        .propose_membership(MembershipChange::AddLearner(4, address.clone()))
+        .unwrap();
+    settle(&mut nodes);
+    for n in &nodes {
+        assert_eq!(
+            n.membership().addresses.get(&4),
+            Some(&address),
+            "node {} knows where the learner is",
+            n.id()
+        );
+    }
+    nodes[0]
+        .propose_membership(MembershipChange::Remove(4))
+        .unwrap();
+    settle(&mut nodes);
+    assert!(!nodes[1].membership().addresses.contains_key(&4));
 }
 
 #[test]

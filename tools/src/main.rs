@@ -2,6 +2,7 @@
 
 mod cluster_args;
 mod dev;
+mod member;
 mod produce;
 mod server;
 mod server_config;
@@ -48,6 +49,12 @@ enum Command {
     /// Show every node's role, term, leader, commit index, log range and lag.
     #[command(long_about = status::LONG_ABOUT)]
     Status(status::StatusArgs),
+    /// The cluster's members: list, add, promote, remove (one change at a time).
+    #[command(subcommand, long_about = member::LONG_ABOUT)]
+    Member(member::MemberCommand),
+    /// Leadership: hand it to another voter.
+    #[command(subcommand)]
+    Leader(member::LeaderCommand),
     /// Snapshots: take one now and compact the log.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
@@ -103,6 +110,8 @@ fn main() -> ExitCode {
         Command::Tail(args) => tail::run(args),
         Command::Status(args) => status::run(args),
         Command::Snapshot(command) => snapshot::run(command),
+        Command::Member(command) => member::run(command),
+        Command::Leader(command) => member::run_leader(command),
         Command::Bench(BenchCommand::Fsync(args)) => fsync::command::run(args),
         Command::Bench(BenchCommand::Cluster(args)) => cluster::run(*args),
         Command::Bench(BenchCommand::Profiles(args)) => profiles::run(args),

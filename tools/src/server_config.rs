@@ -47,6 +47,12 @@ pub struct ServerArgs {
     /// `1=host:port,...`.
     #[arg(long, value_name = "ID=ADDR,...")]
     pub peer_clients: Option<String>,
+    /// Join an existing cluster instead of bootstrapping one: the client address of any member.
+    /// The node asks to be added as a learner at its --listen and --client-listen addresses
+    /// (promote it with `raftline member promote`); a restarted node that already has the
+    /// configuration in its log ignores it. Excludes --peers.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub join: Option<String>,
     /// Address for peer connections [default: this node's entry in --peers].
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
@@ -149,6 +155,7 @@ struct FileConfig {
     cluster_id: Option<String>,
     peers: Option<BTreeMap<String, String>>,
     peer_clients: Option<BTreeMap<String, String>>,
+    join: Option<String>,
     listen: Option<SocketAddr>,
     client_listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
@@ -234,12 +241,15 @@ impl ServerArgs {
             .cluster_id
             .or(file.cluster_id)
             .context("--cluster-id is required")?;
+        let join = self.join.or(file.join);
         let peers_text = match (self.peers, file.peers) {
             (Some(text), _) => parse_id_map(&text)?,
             (None, Some(map)) => file_map(map, "peers")?,
-            (None, None) => {
-                bail!("--peers is required (every voter, this node included: 1=host:port,2=...)")
-            }
+            (None, None) if join.is_some() => BTreeMap::new(),
+            (None, None) => bail!(
+                "--peers is required to bootstrap a cluster (every voter, this node included: \
+                 1=host:port,2=...), or --join HOST:PORT to join one"
+            ),
         };
         let peer_clients = match (self.peer_clients, file.peer_clients) {
             (Some(text), _) => parse_id_map(&text)?,
@@ -285,6 +295,7 @@ impl ServerArgs {
             peers,
             peer_names: peers_text,
             peer_clients,
+            join,
             listen,
             client_listen: self
                 .client_listen
@@ -547,6 +558,34 @@ mod tests {
         std::fs::write(&path, "emulate_disk = \"floppy\"\n").unwrap();
         let err = format!("{:#}", from_file(&path).unwrap_err());
         assert!(err.contains("floppy") && err.contains("hdd"), "{err}");
+    }
+
+    #[test]
+    fn join_replaces_peers_and_needs_addresses_the_cluster_can_reach() {
+        let joiner = || ServerArgs {
+            id: Some(4),
+            cluster_id: Some("c".into()),
+            join: Some("127.0.0.1:7201".into()),
+            listen: Some("127.0.0.1:7104".parse().unwrap()),
+            client_listen: Some("127.0.0.1:7204".parse().unwrap()),
+            data_dir: Some("/tmp/x".into()),
+            ..ServerArgs::default()
+        };
+        let cfg = joiner().resolve().unwrap();
+        assert!(cfg.peers.is_empty());
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        let mut both = joiner();
+        both.peers = args().peers;
+        let err = both.resolve().unwrap_err().to_string();
+        assert!(err.contains("exclude each other"), "{err}");
+        let mut wildcard = joiner();
+        wildcard.listen = Some("0.0.0.0:7104".parse().unwrap());
+        let err = wildcard.resolve().unwrap_err().to_string();
+        assert!(err.contains("--listen 0.0.0.0:7104"), "{err}");
+        let mut neither = joiner();
+        neither.join = None;
+        let err = neither.resolve().unwrap_err().to_string();
+        assert!(err.contains("--join"), "{err}");
     }
 
     #[test]

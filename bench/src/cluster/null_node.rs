@@ -147,6 +147,16 @@ impl NullNode {
                     why: "a null node keeps no log to read".to_string(),
                 },
             },
+            Request::MemberList { request_id }
+            | Request::MemberAdd { request_id, .. }
+            | Request::MemberPromote { request_id, .. }
+            | Request::MemberRemove { request_id, .. }
+            | Request::LeaderTransfer { request_id, .. } => Response::Error {
+                request_id,
+                error: ClientError::BadRequest {
+                    why: "a null node has no membership".to_string(),
+                },
+            },
             Request::Credit { .. } => return,
         };
         let cluster_id = self.cluster_id;

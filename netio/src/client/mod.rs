@@ -13,6 +13,7 @@
 //! record is then present once or twice, never lost. A resent batch lands after batches that
 //! were sent later but not resent. There are no producer ids: duplicates are not filtered.
 
+pub mod admin;
 mod connection;
 mod leader;
 mod pipeline;

@@ -512,6 +512,52 @@ impl Net {
         }
     }
 
+    /// Starts connecting to a new peer at `addr` and admits its connections (a member added to
+    /// the configuration). A known peer only gets the address, as [`Net::set_peer_addr`].
+    pub fn add_peer(&mut self, peer: u64, addr: SocketAddr) {
+        if peer == self.cfg.node_id {
+            return;
+        }
+        if self.peers.contains_key(&peer) {
+            return self.set_peer_addr(peer, addr);
+        }
+        tracing::info!(peer, %addr, "peer added");
+        self.cfg.peers.insert(peer, addr);
+        let link = PeerLink {
+            addr,
+            state: LinkState::Waiting {
+                retry_at: Instant::now(),
+            },
+            backoff: self.cfg.reconnect_backoff_min,
+        };
+        self.peers.insert(peer, link);
+    }
+
+    /// Forgets a peer (a member removed from the configuration): closes the connection to it and
+    /// those from it, and refuses its hellos from now on.
+    pub fn remove_peer(&mut self, peer: u64) {
+        if !self.peers.contains_key(&peer) {
+            return;
+        }
+        tracing::info!(peer, "peer removed");
+        let sockets: Vec<SocketId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                matches!(c.kind, ConnKind::OutboundPeer(id) | ConnKind::InboundPeer(_, Some(id)) if id == peer)
+            })
+            .map(|(&socket, _)| socket)
+            .collect();
+        for socket in sockets {
+            self.close(
+                socket,
+                CloseReason::ByNode("the peer left the cluster".into()),
+            );
+        }
+        self.peers.remove(&peer);
+        self.cfg.peers.remove(&peer);
+    }
+
     /// Whether the outbound connection to `peer` is established.
     pub fn peer_is_up(&self, peer: u64) -> bool {
         self.peers

@@ -348,6 +348,17 @@ pub fn serve(cluster: &FakeCluster, node: usize, mut stream: TcpStream) {
                         why: "the fake cluster keeps no snapshot".into(),
                     },
                 }),
+                // Nor a configuration: the clients under test here append and read.
+                Request::MemberList { request_id }
+                | Request::MemberAdd { request_id, .. }
+                | Request::MemberPromote { request_id, .. }
+                | Request::MemberRemove { request_id, .. }
+                | Request::LeaderTransfer { request_id, .. } => Some(Response::Error {
+                    request_id,
+                    error: ClientError::Unavailable {
+                        why: "the fake cluster has no membership".into(),
+                    },
+                }),
             };
             if let Some(answer) = answer {
                 if !reply(&mut stream, answer) {

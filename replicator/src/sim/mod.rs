@@ -1344,14 +1344,14 @@ impl<'t> Simulator<'t> {
         }
         let id = pool[self.rng.gen_range(0..pool.len())];
         let change = if !m.contains(id) {
-            MembershipChange::AddLearner(id)
+            MembershipChange::AddLearner(id, Default::default())
         } else if m.learners.contains(&id) && self.rng.gen_bool(0.7) {
             MembershipChange::PromoteLearner(id)
         } else {
             MembershipChange::Remove(id)
         };
         let raft = self.nodes[leader].raft.as_mut().expect("leader is up");
-        let outcome = raft.propose_membership(change);
+        let outcome = raft.propose_membership(change.clone());
         if outcome.is_ok() {
             self.membership_changes += 1;
         }

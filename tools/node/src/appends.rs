@@ -270,6 +270,11 @@ impl Appends {
         self.cfg.batch_bytes_max
     }
 
+    /// The members' client addresses changed (the configuration did): leader hints use these.
+    pub fn set_client_addresses(&mut self, addresses: BTreeMap<u64, String>) {
+        self.cfg.client_addresses = addresses;
+    }
+
     /// Handles an `Append`: validates the batch and stages it for the round's proposal;
     /// invalid ones are answered at once.
     pub fn append(

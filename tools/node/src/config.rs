@@ -38,6 +38,9 @@ pub const APPEND_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 pub const CLIENT_IDLE_TIMEOUT_S_DEFAULT: u64 = 600;
 /// On stop: how long appends already accepted may take to be acknowledged.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Shortest wait for a membership change to commit or a leadership transfer to complete
+/// before the operator gets `Timeout` (the append timeout, if longer).
+pub const ADMIN_TIMEOUT_MIN: Duration = Duration::from_secs(5);
 /// Room above the batch limit for the rest of a Kafka Produce request (its header, topic and
 /// partition fields).
 pub const KAFKA_REQUEST_HEADROOM_BYTES: usize = 64 << 10;
@@ -89,6 +92,9 @@ pub struct NodeConfig {
     pub peer_names: BTreeMap<u64, String>,
     /// Client address of every voter that has one configured.
     pub peer_clients: BTreeMap<u64, String>,
+    /// Join an existing cluster through the member at this client address (`--join`): the node
+    /// asks to be added as a learner at its listen addresses; `peers` is then empty.
+    pub join: Option<String>,
     /// Peer listen address.
     pub listen: SocketAddr,
     /// Client listen address.
@@ -158,6 +164,7 @@ impl NodeConfig {
             peers,
             peer_names: BTreeMap::new(),
             peer_clients: BTreeMap::new(),
+            join: None,
             listen,
             client_listen,
             metrics_listen: None,
@@ -194,7 +201,26 @@ impl NodeConfig {
         if self.peers.contains_key(&0) {
             return refuse("--peers: node id 0 is reserved for clients".into());
         }
-        if !self.peers.contains_key(&self.id) {
+        if self.join.is_some() {
+            if !self.peers.is_empty() {
+                return refuse(
+                    "--join and --peers exclude each other: --peers bootstraps a new cluster, \
+                     --join enters an existing one (which knows its members)"
+                        .into(),
+                );
+            }
+            for (flag, addr) in [
+                ("--listen", self.listen),
+                ("--client-listen", self.client_listen),
+            ] {
+                if addr.ip().is_unspecified() || addr.port() == 0 {
+                    return refuse(format!(
+                        "{flag} {addr}: a joining node announces its listen addresses to the \
+                         cluster, so they must be ones other nodes and clients can reach"
+                    ));
+                }
+            }
+        } else if !self.peers.contains_key(&self.id) {
             return refuse(format!(
                 "--peers must list every voter including this node (id {}); it lists {:?}",
                 self.id,
@@ -256,7 +282,7 @@ impl NodeConfig {
             );
         }
         let voters = self.peers.len();
-        if voters % 2 == 0 {
+        if self.join.is_none() && voters % 2 == 0 {
             self.warnings.push(format!(
                 "{voters} voters: an even number tolerates no more failures than {} would \
                  ({} failure(s)); consider {} or {} voters",

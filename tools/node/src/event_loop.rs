@@ -25,11 +25,12 @@ use raftline_netio::client_proto::{
 use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::net::{ClientId, Net, NetEvent, SendWithError};
 use raftline_netio::peer_codec::{decode_message, encode_message, PeerCodecError};
-use raftline_replicator::{Index, Message, Role};
+use raftline_replicator::{Index, MemberAddress, Message, Role};
 
 use crate::appends::{Appends, Proposal};
 use crate::disk_watch::DiskWatch;
 use crate::kafka::Kafka;
+use crate::members::{MemberRequest, Members};
 use crate::metrics::Metrics;
 use crate::peer_rtt::PeerRtt;
 use crate::replica::{FatalError, Replica, READY_ROUNDS_MAX};
@@ -48,14 +49,20 @@ pub struct LoopConfig {
     pub tick: Duration,
     /// On stop: how long appends already accepted may take to be acknowledged.
     pub drain_timeout: Duration,
-    /// Client address of every node (for `Status`).
-    pub client_addresses: BTreeMap<u64, String>,
+    /// Addresses of the members known before the log holds a configuration (`--peers` and
+    /// `--peer-clients`, or what a joining node was admitted with); the log's win.
+    pub addresses: BTreeMap<u64, MemberAddress>,
+    /// A voter not heard from for this long (the election timeout's upper end) counts as down
+    /// (membership changes check it).
+    pub election_timeout_max: Duration,
+    /// How long a membership change or leadership transfer may take to be answered.
+    pub admin_timeout: Duration,
     /// The data directory (its size is reported in `Status`).
     pub data_dir: PathBuf,
     /// A log write outstanding this long means a stalled disk.
     pub disk_stall: Duration,
     /// Lower end of the election timeout range (measured peer round trips are held against it).
-    pub election_timeout: Duration,
+    pub election_timeout_min: Duration,
 }
 
 /// Client events (requests, closes) one round handles at most; the rest wait for the next.
@@ -120,6 +127,7 @@ pub struct EventLoop {
     appends: Appends,
     subscriptions: Subscriptions,
     kafka: Kafka,
+    members: Members,
     replier: Replier,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
@@ -155,7 +163,7 @@ impl EventLoop {
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
     ) -> EventLoop {
-        let peer_rtt = PeerRtt::new(cfg.election_timeout, metrics.clone());
+        let peer_rtt = PeerRtt::new(cfg.election_timeout_min, metrics.clone());
         EventLoop {
             replier: Replier {
                 cluster_id: cfg.cluster_id,
@@ -164,6 +172,12 @@ impl EventLoop {
             next_tick: Instant::now() + cfg.tick,
             disk_bytes: spawn_disk_usage(cfg.data_dir.clone(), Arc::clone(&stop)),
             disk_watch: DiskWatch::new(cfg.disk_stall),
+            members: Members::new(
+                cfg.node_id,
+                cfg.admin_timeout,
+                cfg.election_timeout_max,
+                cfg.addresses.clone(),
+            ),
             cfg,
             net,
             replica,
@@ -312,6 +326,13 @@ impl EventLoop {
         }
         self.more_ready |= backlog;
         self.replica.settle()?;
+        if self
+            .members
+            .settle(&mut self.net, &self.replier, &self.replica)
+        {
+            let addresses = self.members.client_addresses().clone();
+            self.appends.set_client_addresses(addresses);
+        }
         let held = self.replica.take_messages();
         self.send(held);
         // 5. Answers: appends decided by what committed (or, for `ack=leader`, is durable here);
@@ -346,6 +367,7 @@ impl EventLoop {
                 // connection; what no correct node could send closes that connection.
                 let refused = match decode_message(&frame) {
                     Ok(msg) => {
+                        self.members.heard(from, polled_at);
                         self.peer_rtt.received(&msg, polled_at);
                         self.replica
                             .step(msg)
@@ -416,10 +438,43 @@ impl EventLoop {
                 }) => self.subscriptions.credit(client, subscription_id, bytes),
                 Ok(Request::Status { request_id }) => {
                     let disk_bytes = self.disk_bytes.load(Ordering::Relaxed);
-                    let status =
-                        status(&self.cfg, &self.replica, net, disk_bytes, &self.disk_watch);
+                    let status = status(
+                        &self.cfg,
+                        &self.members,
+                        &self.replica,
+                        net,
+                        disk_bytes,
+                        &self.disk_watch,
+                    );
                     let reply = Response::StatusReply { request_id, status };
                     self.replier.respond(net, client, &reply);
+                }
+                Ok(Request::MemberList { request_id }) => {
+                    self.member_request(client, request_id, MemberRequest::List)
+                }
+                Ok(Request::MemberAdd {
+                    request_id,
+                    id,
+                    peer_address,
+                    client_address,
+                }) => {
+                    let request = MemberRequest::Add {
+                        id,
+                        peer_address,
+                        client_address,
+                    };
+                    self.member_request(client, request_id, request)
+                }
+                Ok(Request::MemberPromote { request_id, id }) => {
+                    self.member_request(client, request_id, MemberRequest::Promote(id))
+                }
+                Ok(Request::MemberRemove {
+                    request_id,
+                    id,
+                    force,
+                }) => self.member_request(client, request_id, MemberRequest::Remove(id, force)),
+                Ok(Request::LeaderTransfer { request_id, to }) => {
+                    self.member_request(client, request_id, MemberRequest::Transfer(to))
                 }
                 Err(e) => {
                     // Say why, then close that connection.
@@ -442,6 +497,17 @@ impl EventLoop {
             NetEvent::PeerDown { id } => tracing::info!(peer = id, "peer connection down"),
             NetEvent::Woken => {}
         }
+    }
+
+    fn member_request(&mut self, client: ClientId, request_id: u64, request: MemberRequest) {
+        self.members.request(
+            &mut self.net,
+            &self.replier,
+            &mut self.replica,
+            client,
+            request_id,
+            request,
+        );
     }
 
     /// Answers the `SnapshotNow` requests a durable snapshot now covers.
@@ -507,6 +573,7 @@ impl EventLoop {
         let disk_bytes = self.disk_bytes.load(Ordering::Relaxed);
         status(
             &self.cfg,
+            &self.members,
             &self.replica,
             &self.net,
             disk_bytes,
@@ -562,6 +629,7 @@ fn send_messages(
 /// The node's status as `Status` answers it and the metrics export it.
 fn status(
     cfg: &LoopConfig,
+    members: &Members,
     replica: &Replica,
     net: &Net,
     disk_bytes: u64,
@@ -571,6 +639,7 @@ fn status(
     let raft = replica.raft();
     let log = replica.log();
     let role = match raft.role() {
+        Role::Follower if !raft.is_voter() => NodeRole::Learner,
         Role::Follower => NodeRole::Follower,
         Role::PreCandidate => NodeRole::PreCandidate,
         Role::Candidate => NodeRole::Candidate,
@@ -578,11 +647,10 @@ fn status(
     };
     let last_index = raft.last_index();
     let peers = if raft.role() == Role::Leader {
-        raft.config()
-            .voters
-            .iter()
-            .filter(|&&id| id != cfg.node_id)
-            .filter_map(|&id| {
+        raft.membership()
+            .members()
+            .filter(|&id| id != cfg.node_id)
+            .filter_map(|id| {
                 raft.progress(id).map(|p| PeerStatus {
                     node_id: id,
                     match_index: p.match_index,
@@ -601,7 +669,7 @@ fn status(
         role,
         term: raft.term(),
         leader_id: leader,
-        leader_client_address: leader.and_then(|id| cfg.client_addresses.get(&id).cloned()),
+        leader_client_address: leader.and_then(|id| members.client_addresses().get(&id).cloned()),
         commit_index: raft.commit_index(),
         log_start_offset: log.start_offset(),
         log_end_offset: log.next_offset(),

@@ -24,6 +24,7 @@ mod disk_watch;
 pub mod event_loop;
 pub mod identity;
 pub mod kafka;
+mod members;
 pub mod metrics;
 mod peer_names;
 pub mod peer_rtt;
@@ -42,6 +43,7 @@ mod warn_limit;
 #[cfg(test)]
 mod cluster_in_memory;
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -54,7 +56,7 @@ use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::net::{BindError, Net, NetAddrs, NetConfig};
 use raftline_netio::reactor::BackendKind as NetBackend;
 use raftline_pinning::{Layout, LayoutError, Role, Waker};
-use raftline_replicator::{Config, Index};
+use raftline_replicator::{Config, Index, MemberAddress, Membership};
 
 pub use config::{ConfigError, DiskEmulation, NodeConfig};
 
@@ -99,6 +101,14 @@ pub enum NodeError {
     /// The block of idempotent producers' ids could not be claimed.
     #[error("producer ids: {0}")]
     ProducerIds(ProducerIdError),
+    /// `--join`: the cluster did not admit this node.
+    #[error("joining the cluster through {via}: {why}")]
+    Join {
+        /// The member asked.
+        via: String,
+        /// Why it failed.
+        why: String,
+    },
     /// A thread could not be started.
     #[error("spawning the {what} thread: {source}")]
     Spawn {
@@ -175,9 +185,27 @@ impl Node {
         net_cfg.kafka_listen = cfg.kafka_listen;
         net_cfg.kafka_request_bytes_max =
             cfg.batch_bytes_max + config::KAFKA_REQUEST_HEADROOM_BYTES;
-        let net = bind_retrying(net_cfg)?;
+        let mut net = bind_retrying(net_cfg)?;
         let waker = net.waker();
-        let replica = open_replica(&cfg, &layout, waker.clone())?;
+        let bootstrap = bootstrap_addresses(&cfg);
+        let replica = open_replica(&cfg, &bootstrap, &layout, waker.clone())?;
+        let membership = replica.raft().membership();
+        let addresses = match &cfg.join {
+            Some(via) if membership.voters.is_empty() && membership.learners.is_empty() => {
+                let admitted = join(&cfg, cluster_id, via)?;
+                for (&id, address) in &admitted {
+                    if let Ok(addr) = address.peer.parse() {
+                        net.add_peer(id, addr);
+                    }
+                }
+                admitted
+            }
+            Some(_) => bootstrap,
+            None => {
+                warn_if_flags_differ(&cfg, &bootstrap, membership);
+                bootstrap
+            }
+        };
         let mut metrics = Metrics::new(replica.log_handle())
             .with_net_backend(net.backend())
             .with_repairs(replica.repairs_at_open())
@@ -216,10 +244,12 @@ impl Node {
             node_id: cfg.id,
             tick: cfg.tick,
             drain_timeout: config::DRAIN_TIMEOUT,
-            client_addresses: cfg.peer_clients.clone(),
+            addresses,
+            election_timeout_max: cfg.election_timeout_max,
+            admin_timeout: cfg.append_timeout.max(config::ADMIN_TIMEOUT_MIN),
             data_dir: cfg.data_dir.clone(),
             disk_stall: cfg.disk_stall,
-            election_timeout: cfg.election_timeout_min,
+            election_timeout_min: cfg.election_timeout_min,
         };
         let appends = Appends::new(
             AppendConfig {
@@ -313,14 +343,117 @@ fn bind_retrying(cfg: NetConfig) -> Result<Net, BindError> {
     }
 }
 
+/// The bootstrap configuration's address book: `--peers` (as written: a name stays a name) and
+/// `--peer-clients`.
+fn bootstrap_addresses(cfg: &NodeConfig) -> BTreeMap<u64, MemberAddress> {
+    cfg.peers
+        .iter()
+        .map(|(&id, addr)| {
+            let address = MemberAddress {
+                peer: cfg
+                    .peer_names
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| addr.to_string()),
+                client: cfg.peer_clients.get(&id).cloned().unwrap_or_default(),
+            };
+            (id, address)
+        })
+        .collect()
+}
+
+/// Asks the cluster (through the member at client address `via`) to add this node as a learner
+/// at its listen addresses; returns the address book it was admitted with. A node already added
+/// (by `raftline member add`, or an earlier start that died before it got the log) at these
+/// addresses is admitted as it is.
+fn join(
+    cfg: &NodeConfig,
+    cluster_id: ClusterId,
+    via: &str,
+) -> Result<BTreeMap<u64, MemberAddress>, NodeError> {
+    use raftline_netio::client::{admin, ClientConfig};
+    let client = ClientConfig::new(vec![via.to_string()], cluster_id);
+    let (peer, client_address) = (cfg.listen.to_string(), cfg.client_listen.to_string());
+    let failed = |why: String| NodeError::Join {
+        via: via.to_string(),
+        why,
+    };
+    let members = match admin::add_learner(&client, cfg.id, &peer, &client_address) {
+        Ok(changed) => {
+            tracing::info!(index = changed.index, "joined the cluster as a learner");
+            changed.members
+        }
+        Err(refused) => {
+            let list = admin::members(&client).map_err(|e| failed(e.to_string()))?;
+            let me = list.members.iter().find(|m| m.member.id == cfg.id);
+            match me {
+                Some(m)
+                    if m.member.peer_address == peer
+                        && m.member.client_address == client_address =>
+                {
+                    tracing::info!("already a member at these addresses: starting as one");
+                    list.members.into_iter().map(|m| m.member).collect()
+                }
+                _ => return Err(failed(refused.to_string())),
+            }
+        }
+    };
+    Ok(members
+        .into_iter()
+        .map(|m| {
+            let address = MemberAddress {
+                peer: m.peer_address,
+                client: m.client_address,
+            };
+            (m.id, address)
+        })
+        .collect())
+}
+
+/// A node restarted with flags that no longer describe the cluster: the log's configuration
+/// is in force; the operator hears about the difference.
+fn warn_if_flags_differ(
+    cfg: &NodeConfig,
+    flags: &BTreeMap<u64, MemberAddress>,
+    membership: &Membership,
+) {
+    let members: Vec<u64> = membership.members().collect();
+    let flag_ids: Vec<u64> = flags.keys().copied().collect();
+    let mut sorted = members.clone();
+    sorted.sort_unstable();
+    let moved: Vec<u64> = flags
+        .iter()
+        .filter(|(id, a)| {
+            membership
+                .addresses
+                .get(id)
+                .is_some_and(|m| m.peer != a.peer)
+        })
+        .map(|(&id, _)| id)
+        .collect();
+    if sorted != flag_ids || !moved.is_empty() {
+        tracing::warn!(
+            node = cfg.id,
+            log_voters = ?membership.voters,
+            log_learners = ?membership.learners,
+            flag_peers = ?flag_ids,
+            peer_address_differs = ?moved,
+            "--peers does not match the configuration in the log (changed with `raftline member`); \
+             the log's configuration is in force and --peers is ignored"
+        );
+    }
+}
+
 /// The log, hard state, snapshots and core of `cfg`'s node, recovered from its data directory.
 fn open_replica(
     cfg: &NodeConfig,
+    bootstrap: &BTreeMap<u64, MemberAddress>,
     layout: &Option<Layout>,
     waker: Waker,
 ) -> Result<Replica, FatalError> {
     let (heartbeat_ticks, election_min, election_max) = cfg.ticks();
     let mut raft = Config::new(cfg.id, cfg.peers.keys().copied().collect());
+    raft.addresses = bootstrap.clone();
     raft.heartbeat_ticks = heartbeat_ticks;
     raft.election_ticks_min = election_min;
     raft.election_ticks_max = election_max;

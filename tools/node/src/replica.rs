@@ -22,8 +22,9 @@ use raftline_log::{
     Log, LogConfig, LogError, OnDamage, WriterHook,
 };
 use raftline_replicator::{
-    Config, Entry, EntryKind, HardState, Index, InitError, Message, MessageBody, NodeId,
-    ProposeError, Raft, Ready, RefusalReason, Role, StorageError, Term,
+    Config, Entry, EntryKind, HardState, Index, InitError, MembershipChange, MembershipError,
+    Message, MessageBody, NodeId, ProposeError, Raft, Ready, RefusalReason, Role, StorageError,
+    Term, TransferError,
 };
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -483,7 +484,7 @@ impl Replica {
         let me = self.raft.id();
         let (to, matched) = self
             .raft
-            .config()
+            .membership()
             .voters
             .iter()
             .filter(|&&id| id != me)
@@ -505,6 +506,19 @@ impl Replica {
     pub fn step_down(&mut self) {
         self.tail = None;
         self.raft.step_down();
+    }
+
+    /// Proposes a configuration change (an operator's `member` request).
+    pub fn propose_membership(
+        &mut self,
+        change: MembershipChange,
+    ) -> Result<(Term, Index), MembershipError> {
+        self.raft.propose_membership(change)
+    }
+
+    /// Starts handing leadership to `to` (an operator's `leader transfer`).
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
+        self.raft.transfer_leadership(to)
     }
 
     /// Tells the core how far the log is durable (after the writer's hook fired).

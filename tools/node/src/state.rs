@@ -490,6 +490,14 @@ mod tests {
         let membership = Membership {
             voters: vec![1, 2, 3],
             learners: vec![4],
+            addresses: [(
+                4,
+                raftline_replicator::MemberAddress {
+                    peer: "10.0.0.4:7301".into(),
+                    client: "10.0.0.4:7300".into(),
+                },
+            )]
+            .into(),
         };
         let mut producers = ProducerTable::default();
         let b = crate::producers::ProducerBatch {
@@ -552,6 +560,7 @@ mod tests {
         let membership = Membership {
             voters: vec![1],
             learners: vec![],
+            ..Default::default()
         };
         let bytes = encode(103, &membership, &state, &ProducerTable::default());
         let head = PayloadHead::decode(&bytes).unwrap().unwrap();
@@ -606,6 +615,7 @@ mod tests {
         let members = Membership {
             voters: vec![1],
             learners: vec![],
+            addresses: Default::default(),
         };
         let mut table = Vec::new();
         ProducerTable::default().encode(&mut table);
@@ -659,6 +669,7 @@ mod tests {
         let members = Membership {
             voters: vec![1],
             learners: vec![],
+            ..Default::default()
         };
         let encoded = members.encode();
         let mut v1 = Vec::new();

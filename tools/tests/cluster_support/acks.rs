@@ -10,11 +10,12 @@ use super::{read_batches, status, tags_in, Cluster, DEADLINE};
 /// Every acknowledgement the producer received: tag → (first offset, last offset).
 pub type Ledger = BTreeMap<u64, (u64, u64)>;
 
-/// Polls until every node reports the same log end, all of it committed; returns that end.
+/// Polls until every running node reports the same log end, all of it committed; returns that
+/// end.
 pub fn settled_end(cluster: &Cluster) -> Result<u64, String> {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let statuses: Vec<_> = cluster.nodes.iter().map(|n| status(n.client)).collect();
+        let statuses: Vec<_> = running(cluster).map(|n| status(n.client)).collect();
         let ends: Vec<_> = statuses
             .iter()
             .filter_map(|s| s.as_ref().ok())
@@ -31,8 +32,13 @@ pub fn settled_end(cluster: &Cluster) -> Result<u64, String> {
     }
 }
 
-/// Every way `ledger` and the nodes' logs break the promises: an acknowledged record missing
-/// or moved, nodes disagreeing, an offset acknowledged twice.
+/// The nodes whose process runs (stopped and removed ones are not checked).
+fn running(cluster: &Cluster) -> impl Iterator<Item = &super::Node> {
+    cluster.nodes.iter().filter(|n| n.child.is_some())
+}
+
+/// Every way `ledger` and the running nodes' logs break the promises: an acknowledged record
+/// missing or moved, nodes disagreeing, an offset acknowledged twice.
 pub fn check(cluster: &Cluster, ledger: &Ledger, records: u64) -> Vec<String> {
     let mut violations = Vec::new();
     let mut by_offset: BTreeMap<u64, u64> = BTreeMap::new();
@@ -65,7 +71,7 @@ pub fn check(cluster: &Cluster, ledger: &Ledger, records: u64) -> Vec<String> {
         }
     };
     let mut logs = Vec::new();
-    for node in &cluster.nodes {
+    for node in running(cluster) {
         let start = status(node.client).map_or(0, |s| s.log_start_offset);
         let batches = read_batches(node.client, start, end);
         let held: BTreeMap<u64, u64> = tags_in(&batches, start, end).into_iter().collect();

@@ -57,6 +57,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub log_file: PathBuf,
     pub child: Option<Child>,
+    /// Started with `--join` through this client address (not part of the bootstrap `--peers`).
+    pub join: Option<SocketAddr>,
 }
 
 impl Node {
@@ -192,6 +194,7 @@ impl Cluster {
                 },
                 log_file: dir.path().join(format!("node-{id}.log")),
                 child: None,
+                join: None,
             })
             .collect();
         let mut cluster = Cluster {
@@ -208,9 +211,11 @@ impl Cluster {
         cluster
     }
 
+    /// `id=address` of every bootstrap node (those `--peers` names).
     fn list(&self, f: impl Fn(&Node) -> SocketAddr) -> String {
         self.nodes
             .iter()
+            .filter(|n| n.join.is_none())
             .map(|n| format!("{}={}", n.id, f(n)))
             .collect::<Vec<_>>()
             .join(",")
@@ -241,7 +246,16 @@ impl Cluster {
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftline"));
         cmd.arg("server");
-        if id == 1 {
+        if let Some(via) = node.join {
+            cmd.args(["--id", &id.to_string(), "--cluster-id", CLUSTER])
+                .args(["--join", &via.to_string()])
+                .args(["--listen", &node.peer.to_string()])
+                .args(["--client-listen", &node.client.to_string()])
+                .args(["--metrics-listen", &node.metrics.to_string()])
+                .args(["--net-backend", backend, "--segment-mib", "4"])
+                .arg("--data-dir")
+                .arg(&node.data_dir);
+        } else if id == 1 {
             // Node 1 takes its settings from a TOML file, the others from flags.
             let file = node.log_file.with_extension("toml");
             let table = |list: &str| {
@@ -301,6 +315,61 @@ impl Cluster {
             .spawn()
             .expect("spawn raftline server");
         node.child = Some(child);
+    }
+
+    /// Starts a new node with an empty data directory that joins the cluster (`--join`) through
+    /// node `via`'s client address; returns its id.
+    pub fn join(&mut self, via: u64) -> u64 {
+        let id = self.add_joiner(via);
+        self.spawn(id);
+        id
+    }
+
+    /// A new node (not started) that will join through node `via`'s client address; returns its
+    /// id (its addresses are in [`Cluster::node`]).
+    pub fn add_joiner(&mut self, via: u64) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let node = Node {
+            id,
+            peer: free_port(),
+            client: free_port(),
+            metrics: free_port(),
+            kafka: None,
+            data_dir: self.dir.path().join(format!("node-{id}")),
+            log_file: self.dir.path().join(format!("node-{id}.log")),
+            child: None,
+            join: Some(self.node(via).client),
+        };
+        self.nodes.push(node);
+        id
+    }
+
+    /// Deletes the (stopped) node's data directory: its disk is gone.
+    pub fn wipe(&mut self, id: u64) {
+        let node = self.node(id);
+        assert!(node.child.is_none(), "node {id} is running");
+        std::fs::remove_dir_all(&node.data_dir).unwrap();
+    }
+
+    /// Runs the `raftline` binary with `args` against the running nodes (`--bootstrap` and
+    /// `--cluster-id` added); returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let bootstrap: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.client.to_string())
+            .collect();
+        let out = Command::new(env!("CARGO_BIN_EXE_raftline"))
+            .args(args)
+            .args(["--bootstrap", &bootstrap.join(","), "--cluster-id", CLUSTER])
+            .output()
+            .expect("run raftline");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// kill -9; returns once the node's ports can be bound again, so it can be restarted.

@@ -98,6 +98,11 @@ fn append_error_code(error: &ClientError) -> ErrorCode {
         ClientError::OutOfOrderSequence { .. } => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
         ClientError::InvalidProducerEpoch { .. } => code::INVALID_PRODUCER_EPOCH,
         ClientError::UnknownProducer { .. } => code::UNKNOWN_PRODUCER_ID,
+        // Membership refusals never answer an append.
+        ClientError::ChangeNotNow { .. }
+        | ClientError::LearnerBehind { .. }
+        | ClientError::WouldLoseQuorum { .. }
+        | ClientError::MembershipRefused { .. } => code::CORRUPT_MESSAGE,
     }
 }
 

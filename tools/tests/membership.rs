@@ -1,0 +1,315 @@
+//! Membership an operator drives, with real `raftline server` processes and the `raftline`
+//! CLI: a dead node (disk gone) replaced by a fresh one that joins as a learner, catches up by
+//! InstallSnapshot while producers continue and is promoted; a cluster grown from 3 to 5 voters
+//! and shrunk back under load. Every acknowledged record must be on every remaining node, and
+//! no append may fail for want of a quorum.
+
+mod cluster_support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cluster_support::acks::{check, Ledger};
+use cluster_support::{append_window, status, Cluster, Outcome, DEADLINE};
+use raftline_netio::client_proto::NodeRole;
+
+/// Records per appended batch.
+const RECORDS: u64 = 100;
+
+/// Appends tagged batches to whichever node leads until stopped; keeps every acknowledgement
+/// and counts the appends that failed in any other way.
+struct Producers {
+    stop: Arc<AtomicBool>,
+    /// Client addresses of the members (the test adds joined nodes).
+    nodes: Arc<Mutex<Vec<SocketAddr>>>,
+    thread: JoinHandle<(Ledger, Vec<String>)>,
+}
+
+impl Producers {
+    fn start(cluster: &Cluster) -> Producers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let nodes = Arc::new(Mutex::new(
+            cluster.nodes.iter().map(|n| n.client).collect::<Vec<_>>(),
+        ));
+        let thread = {
+            let (stop, nodes) = (Arc::clone(&stop), Arc::clone(&nodes));
+            std::thread::spawn(move || {
+                let mut ledger = Ledger::new();
+                let mut failures = Vec::new();
+                let mut next_tag = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let addresses = nodes.lock().unwrap().clone();
+                    let Some(leader) = addresses
+                        .into_iter()
+                        .find(|&a| status(a).is_ok_and(|s| s.role == NodeRole::Leader))
+                    else {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    };
+                    let tags: Vec<u64> = (next_tag..next_tag + 20).collect();
+                    next_tag += 20;
+                    for (tag, outcome) in append_window(leader, &tags, RECORDS, 4) {
+                        match outcome {
+                            Outcome::Acked { base, last } => {
+                                ledger.insert(tag, (base, last));
+                            }
+                            other => failures.push(format!("tag {tag} at {leader}: {other:?}")),
+                        }
+                    }
+                }
+                (ledger, failures)
+            })
+        };
+        Producers {
+            stop,
+            nodes,
+            thread,
+        }
+    }
+
+    /// Producers also look for the leader at `addr`.
+    fn add_node(&self, addr: SocketAddr) {
+        self.nodes.lock().unwrap().push(addr);
+    }
+
+    fn finish(self) -> (Ledger, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Polls `cond` until it holds (deadline: [`DEADLINE`]).
+fn wait_for(what: &str, cluster: &Cluster, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} never happened\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a CLI command that must succeed; returns its output.
+fn cli_ok(cluster: &Cluster, args: &[&str]) -> String {
+    let (ok, out, err) = cluster.cli(args);
+    assert!(ok, "raftline {args:?} failed: {err}\n{out}");
+    out
+}
+
+/// Promotes learner `id` with `raftline member promote`, asking again while it is refused
+/// because the learner is still catching up; returns how many refusals that took.
+fn promote(cluster: &Cluster, id: u64) -> u32 {
+    let id_text = id.to_string();
+    let mut refusals = 0;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (ok, out, err) = cluster.cli(&["member", "promote", &id_text]);
+        if ok {
+            assert!(out.contains(&format!("node {id} promoted")), "{out}");
+            return refusals;
+        }
+        assert!(
+            err.contains("catching up") || err.contains("caught up") || err.contains("retry"),
+            "promotion refused for another reason: {err}"
+        );
+        refusals += 1;
+        assert!(Instant::now() < deadline, "node {id} never promoted: {err}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `member list` output lines of voters and learners, by id.
+fn listed(cluster: &Cluster) -> (Vec<u64>, Vec<u64>) {
+    let out = cli_ok(cluster, &["member", "list"]);
+    let (mut voters, mut learners) = (Vec::new(), Vec::new());
+    for line in out.lines().skip(2) {
+        let mut words = line.split_whitespace();
+        let (Some(id), Some(role)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let id: u64 = id.parse().unwrap();
+        match role {
+            "leader" | "voter" => voters.push(id),
+            "learner" => learners.push(id),
+            other => panic!("role {other} in {out}"),
+        }
+    }
+    (voters, learners)
+}
+
+#[test]
+fn a_dead_node_is_replaced_by_a_fresh_one_that_catches_up_by_snapshot_under_load() {
+    let mut cluster = Cluster::start_with(
+        3,
+        "auto",
+        &["--snapshot-every-mib", "1", "--retain-mib", "0"],
+    );
+    let leader = cluster.wait_leader();
+    let producers = Producers::start(&cluster);
+    // Node 3 (or another follower) dies and its disk is gone.
+    let dead = if leader == 3 { 2 } else { 3 };
+    let survivor = (1..=3).find(|&i| i != leader && i != dead).unwrap();
+    cluster.kill(dead);
+    cluster.wipe(dead);
+    wait_for("the leader seeing the dead node down", &cluster, || {
+        let out = cli_ok(&cluster, &["member", "list"]);
+        out.lines()
+            .any(|l| l.split_whitespace().next() == Some(&dead.to_string()) && l.contains("down"))
+    });
+    // Removing the survivor now would leave {leader, dead}: refused, with the reason.
+    let (ok, _, err) = cluster.cli(&["member", "remove", &survivor.to_string()]);
+    assert!(
+        !ok,
+        "removing a live voter while another is down must be refused"
+    );
+    assert!(
+        err.contains("quorum") && err.contains("--force") && err.contains(&dead.to_string()),
+        "the refusal explains itself: {err}"
+    );
+    // 1. Remove the dead voter: the two survivors are a quorum of the new configuration.
+    let out = cli_ok(&cluster, &["member", "remove", &dead.to_string()]);
+    assert!(out.contains(&format!("node {dead} removed")), "{out}");
+    // Let the log outgrow a snapshot so the new node cannot get it from index 1.
+    wait_for("the leader compacting its log", &cluster, || {
+        status(cluster.node(leader).client).is_ok_and(|s| s.log_start_offset > 0)
+    });
+    // 2. A fresh node, empty data directory, joins as a learner through any member.
+    let joined_at = Instant::now();
+    let fresh = cluster.join(survivor);
+    producers.add_node(cluster.node(fresh).client);
+    wait_for("the fresh node catching up", &cluster, || {
+        let (Ok(me), Ok(lead)) = (
+            status(cluster.node(fresh).client),
+            status(cluster.node(leader).client),
+        ) else {
+            return false;
+        };
+        me.role == NodeRole::Learner && me.commit_index > 0 && me.log_start_offset > 0 && {
+            lead.commit_index > 0
+        }
+    });
+    assert!(
+        cluster
+            .log_of(fresh)
+            .contains("snapshot from the leader installed"),
+        "the fresh node caught up by InstallSnapshot\n{}",
+        cluster.log_of(fresh)
+    );
+    let (voters, learners) = listed(&cluster);
+    assert_eq!(learners, [fresh], "listed as a learner: {voters:?}");
+    // 3. Promote it once it has caught up.
+    let refusals = promote(&cluster, fresh);
+    let copied = status(cluster.node(fresh).client).unwrap();
+    eprintln!(
+        "replacement: joined to promoted in {} ms ({refusals} promotions refused while it caught \
+         up); it holds snapshot {:?} and log offsets {}..{}, {} bytes on disk",
+        joined_at.elapsed().as_millis(),
+        copied.snapshot,
+        copied.log_start_offset,
+        copied.log_end_offset,
+        copied.disk_bytes
+    );
+    let (mut voters, learners) = listed(&cluster);
+    voters.sort_unstable();
+    let mut expected = vec![leader, survivor, fresh];
+    expected.sort_unstable();
+    assert_eq!(voters, expected);
+    assert!(learners.is_empty());
+    let (ledger, failures) = producers.finish();
+    assert!(
+        failures.is_empty(),
+        "every append was acknowledged (quorum never lacked): {failures:?}"
+    );
+    assert!(ledger.len() > 100, "producers kept going: {}", ledger.len());
+    let violations = check(&cluster, &ledger, RECORDS);
+    assert!(violations.is_empty(), "{violations:?}\n{}", cluster.logs());
+}
+
+#[test]
+fn the_cluster_grows_from_three_to_five_voters_and_back_under_load() {
+    let mut cluster = Cluster::start(3, "auto");
+    cluster.wait_leader();
+    let producers = Producers::start(&cluster);
+    // Grow: node 4 joins as a learner by itself and is promoted; node 5 is added by the
+    // operator first (`member add --learner`), then started with `--join`, which finds itself
+    // already a member at its addresses.
+    let four = cluster.join(1);
+    producers.add_node(cluster.node(four).client);
+    promote(&cluster, four);
+    let five = cluster.add_joiner(2);
+    let (peer, client) = (cluster.node(five).peer, cluster.node(five).client);
+    let out = cli_ok(
+        &cluster,
+        &[
+            "member",
+            "add",
+            "--learner",
+            "--id",
+            "5",
+            "--peer-addr",
+            &peer.to_string(),
+            "--client-addr",
+            &client.to_string(),
+        ],
+    );
+    assert!(out.contains("node 5 added as a learner"), "{out}");
+    cluster.spawn(five);
+    producers.add_node(client);
+    promote(&cluster, five);
+    assert!(
+        cluster
+            .log_of(five)
+            .contains("already a member at these addresses"),
+        "{}",
+        cluster.log_of(five)
+    );
+    let (mut voters, _) = listed(&cluster);
+    voters.sort_unstable();
+    assert_eq!(voters, [1, 2, 3, 4, 5]);
+    // Leadership moves to a new node on request.
+    let out = cli_ok(&cluster, &["leader", "transfer", "--to", "5"]);
+    assert!(out.contains("node 5 leads now"), "{out}");
+    assert_eq!(cluster.wait_leader(), 5);
+    // A restarted original node learns the five voters from its log, not its three --peers.
+    assert!(cluster.terminate(1));
+    cluster.spawn(1);
+    assert_eq!(cluster.wait_leader(), 5);
+    wait_for("the restart warning", &cluster, || {
+        cluster
+            .log_of(1)
+            .contains("--peers does not match the configuration in the log")
+    });
+    // Shrink: remove the two new nodes again, the leader among them (it steps down once its
+    // removal commits).
+    for id in [4, 5] {
+        let out = cli_ok(&cluster, &["member", "remove", &id.to_string()]);
+        assert!(out.contains(&format!("node {id} removed")), "{out}");
+        // The removed node received its removal: it is no voter of its own configuration.
+        wait_for("the removed node knowing it", &cluster, || {
+            status(cluster.node(id).client).is_ok_and(|s| s.role == NodeRole::Learner)
+        });
+        assert!(cluster.terminate(id));
+    }
+    let (mut voters, learners) = listed(&cluster);
+    voters.sort_unstable();
+    assert_eq!(voters, [1, 2, 3]);
+    assert!(learners.is_empty());
+    let leader = cluster.wait_leader();
+    assert!(leader <= 3);
+    // Appends in flight when leadership moved may fail (the producers resend nothing); every
+    // acknowledged one must be kept.
+    let (ledger, failures) = producers.finish();
+    eprintln!(
+        "{} appends failed across the leader changes, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    assert!(ledger.len() > 100, "producers kept going: {}", ledger.len());
+    let violations = check(&cluster, &ledger, RECORDS);
+    assert!(violations.is_empty(), "{violations:?}\n{}", cluster.logs());
+}
