@@ -1032,6 +1032,15 @@ fn list_offsets_finds_records_by_timestamp_across_compaction_and_restart() {
     cluster.spawn(1);
     cluster.wait_leader();
     let mut conn = KafkaConn::connect(kafka_addr(&cluster, 1));
+    // Leading again, it applies its log anew: lookups see a record once it is readable.
+    let deadline = Instant::now() + DEADLINE;
+    while offset_for_time(&mut conn, -1).1 < records.len() as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node never re-applied its log"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_lookups(&mut conn, &records, "after a restart");
 }
 

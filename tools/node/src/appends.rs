@@ -33,7 +33,7 @@ use raftline_replicator::{Index, ProposeError, Term};
 
 use crate::kafka::ProduceTicket;
 use crate::metrics::Metrics;
-use crate::producers::{ProducerIds, Verdict};
+use crate::producers::{ProducerIdError, ProducerIds, Verdict};
 use crate::replica::{Committed, FatalError, ProposalError, Proposed, Replica};
 use crate::replies::Replier;
 
@@ -153,6 +153,9 @@ pub enum GrantError {
     /// This node cannot hand out ids (see `ProducerIdError`; logged).
     #[error("no producer id can be handed out: {0}")]
     Unavailable(String),
+    /// The data directory's disk has no room to claim a block of ids.
+    #[error("no producer id can be handed out: the disk of {} is full", .0.path.display())]
+    DiskFull(raftline_log::DiskFull),
 }
 
 impl Appends {
@@ -195,7 +198,14 @@ impl Appends {
         }
         let id = self.producer_ids.grant().map_err(|e| {
             tracing::error!(error = %e, "no producer id can be handed out");
-            GrantError::Unavailable(e.to_string())
+            match e {
+                ProducerIdError::Claim(io) if raftline_log::space::is_no_space(&io) => {
+                    let path = self.producer_ids.dir().to_path_buf();
+                    let free_bytes = raftline_log::space::free_bytes(&path).unwrap_or(0);
+                    GrantError::DiskFull(raftline_log::DiskFull { path, free_bytes })
+                }
+                e => GrantError::Unavailable(e.to_string()),
+            }
         })?;
         Ok((id, 0))
     }

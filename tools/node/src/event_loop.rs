@@ -27,7 +27,7 @@ use raftline_netio::net::{ClientId, Net, NetEvent, SendWithError};
 use raftline_netio::peer_codec::{decode_message, encode_message, PeerCodecError};
 use raftline_replicator::{Index, MemberAddress, Message, Role};
 
-use crate::appends::{Appends, Proposal};
+use crate::appends::{Appends, GrantError, Proposal};
 use crate::disk_watch::DiskWatch;
 use crate::kafka::Kafka;
 use crate::members::{MemberRequest, Members};
@@ -424,6 +424,13 @@ impl EventLoop {
                             request_id,
                             producer_id,
                             epoch,
+                        },
+                        Err(GrantError::DiskFull(full)) => Response::Error {
+                            request_id,
+                            error: ClientError::DiskFull {
+                                path: full.path.display().to_string(),
+                                free_bytes: full.free_bytes,
+                            },
                         },
                         Err(e) => Response::Error {
                             request_id,

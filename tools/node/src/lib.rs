@@ -65,7 +65,7 @@ use event_loop::{EventLoop, LoopConfig, LoopError};
 use identity::{Identity, IdentityError};
 use kafka::{Kafka, KafkaConfig};
 use metrics::Metrics;
-use producers::{ProducerIdError, ProducerIds};
+use producers::ProducerIds;
 use replica::{FatalError, Replica, ReplicaConfig};
 use subscriptions::Subscriptions;
 
@@ -98,9 +98,6 @@ pub enum NodeError {
     /// The raft thread's event loop failed.
     #[error("the node stopped on an error: {0}")]
     Loop(#[from] LoopError),
-    /// The block of idempotent producers' ids could not be claimed.
-    #[error("producer ids: {0}")]
-    ProducerIds(ProducerIdError),
     /// `--join`: the cluster did not admit this node.
     #[error("joining the cluster through {via}: {why}")]
     Join {
@@ -259,7 +256,7 @@ impl Node {
                 batch_bytes_max: cfg.batch_bytes_max,
                 append_timeout: cfg.append_timeout,
             },
-            ProducerIds::open(&cfg.data_dir, cfg.id).map_err(NodeError::ProducerIds)?,
+            ProducerIds::new(&cfg.data_dir, cfg.id),
             Arc::clone(&metrics),
         );
         let subscriptions =

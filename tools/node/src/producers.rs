@@ -553,8 +553,9 @@ const NODE_IDS_MAX: u64 = 1 << 15;
 pub struct ProducerIds {
     dir: PathBuf,
     node_id: u64,
-    /// The block this process claimed, and the next id's low bits in it.
-    block: u64,
+    /// The block this process claimed (none before its first grant), and the next id's low
+    /// bits in it.
+    block: Option<u64>,
     next: u64,
 }
 
@@ -573,16 +574,15 @@ pub enum ProducerIdError {
 }
 
 impl ProducerIds {
-    /// Claims this process's first block of ids in `data_dir` (one durable write).
-    pub fn open(data_dir: &Path, node_id: u64) -> Result<ProducerIds, ProducerIdError> {
-        let mut ids = ProducerIds {
+    /// Ids of node `node_id`, its claims recorded in `data_dir`. No I/O: the first grant claims
+    /// the first block, so a node starts even on a disk with no room left.
+    pub fn new(data_dir: &Path, node_id: u64) -> ProducerIds {
+        ProducerIds {
             dir: data_dir.to_path_buf(),
             node_id,
-            block: 0,
+            block: None,
             next: 0,
-        };
-        ids.block = ids.claim()?;
-        Ok(ids)
+        }
     }
 
     /// Reads the next unclaimed block and durably records the one after it.
@@ -606,12 +606,23 @@ impl ProducerIds {
             return Err(ProducerIdError::Exhausted);
         }
         let tmp = self.dir.join(format!("{IDS_FILE}.tmp"));
-        let mut file = std::fs::File::create(&tmp)?;
-        writeln!(file, "next_block = {}", block + 1)?;
-        file.sync_all()?;
+        let written = std::fs::File::create(&tmp).and_then(|mut file| {
+            writeln!(file, "next_block = {}", block + 1)?;
+            file.sync_all()
+        });
+        if let Err(e) = written {
+            // A partial file would hold on to space a full disk lacks.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
         std::fs::rename(&tmp, &path)?;
         raftline_log::dir::sync_dir(&self.dir)?;
         Ok(block)
+    }
+
+    /// The directory the claims are recorded in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// A new producer id.
@@ -619,11 +630,16 @@ impl ProducerIds {
         if self.node_id >= NODE_IDS_MAX {
             return Err(ProducerIdError::NodeIdTooHigh(self.node_id));
         }
-        if self.next == IDS_PER_BLOCK {
-            self.block = self.claim()?;
-            self.next = 0;
-        }
-        let id = self.node_id << 48 | self.block << 24 | self.next;
+        let block = match self.block {
+            Some(block) if self.next < IDS_PER_BLOCK => block,
+            _ => {
+                let block = self.claim()?;
+                self.block = Some(block);
+                self.next = 0;
+                block
+            }
+        };
+        let id = self.node_id << 48 | block << 24 | self.next;
         self.next += 1;
         Ok(id)
     }
@@ -906,20 +922,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut seen = std::collections::HashSet::new();
         for _restart in 0..3 {
-            let mut ids = ProducerIds::open(dir.path(), 3).unwrap();
+            let mut ids = ProducerIds::new(dir.path(), 3);
             for _ in 0..5 {
                 let id = ids.grant().unwrap();
                 assert!(id <= i64::MAX as u64 && id >> 48 == 3);
                 assert!(seen.insert(id), "id {id:#x} handed out twice");
             }
         }
-        let mut other = ProducerIds::open(dir.path(), 4).unwrap();
+        let mut other = ProducerIds::new(dir.path(), 4);
         assert!(
             seen.insert(other.grant().unwrap()),
             "another node's ids differ"
         );
         // A used-up block claims the next one before any id of it is handed out.
-        let mut ids = ProducerIds::open(dir.path(), 3).unwrap();
+        let mut ids = ProducerIds::new(dir.path(), 3);
+        ids.grant().unwrap();
         ids.next = IDS_PER_BLOCK;
         let id = ids.grant().unwrap();
         assert!(seen.insert(id));
@@ -928,14 +945,14 @@ mod tests {
             next.trim(),
             format!("next_block = {}", (id >> 24 & 0xff_ffff) + 1)
         );
-        let mut high = ProducerIds::open(dir.path(), NODE_IDS_MAX).unwrap();
+        let mut high = ProducerIds::new(dir.path(), NODE_IDS_MAX);
         assert!(matches!(
             high.grant(),
             Err(ProducerIdError::NodeIdTooHigh(_))
         ));
         std::fs::write(dir.path().join(IDS_FILE), "next_block = 16777216\n").unwrap();
         assert!(matches!(
-            ProducerIds::open(dir.path(), 3),
+            ProducerIds::new(dir.path(), 3).grant(),
             Err(ProducerIdError::Exhausted)
         ));
     }

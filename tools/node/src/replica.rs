@@ -604,8 +604,10 @@ impl Replica {
     /// which resend a stored (or in-flight) batch, which break their producer's sequence or
     /// epoch (`producers.rs`). A node that does not lead judges nothing.
     pub fn judge(&self, batches: &[Batch]) -> Vec<Verdict> {
-        if self.raft.role() != Role::Leader {
-            // Proposing answers `NotLeader`: the client goes to the leader, which judges.
+        if self.raft.role() != Role::Leader || self.log.disk_full().is_some() {
+            // Proposing answers `NotLeader` (the client goes to the leader, which judges) or
+            // `DiskFull` (nothing is stored, and the producer learns why rather than a `Busy`
+            // of a leader that cannot commit its term's first entry).
             return vec![Verdict::Fresh; batches.len()];
         }
         self.producers.judge(

@@ -285,6 +285,7 @@ pub(super) fn init_producer_id(
         }
         Err(GrantError::Fenced { .. }) => response.error_code = code::INVALID_PRODUCER_EPOCH,
         Err(GrantError::Unavailable(_)) => response.error_code = code::UNKNOWN_SERVER_ERROR,
+        Err(GrantError::DiskFull(_)) => response.error_code = code::KAFKA_STORAGE_ERROR,
     }
     encode_response(asked, &response)
 }
