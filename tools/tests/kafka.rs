@@ -493,24 +493,9 @@ fn protocol_edge_cases_get_kafkas_answers() {
         [&b"a"[..], b"b", b"e", b"f"],
         "whole batches from the one holding 1"
     );
-    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
     for (timestamp, expected) in [(-2i64, 0i64), (-1, 4)] {
-        let mut p = ListOffsetsPartition::default();
-        p.timestamp = timestamp;
-        p.current_leader_epoch = -1;
-        let mut t = ListOffsetsTopic::default();
-        t.name = topic(CLUSTER);
-        t.partitions = vec![p];
-        let mut request = ListOffsetsRequest::default();
-        request.replica_id = kafka_protocol::messages::BrokerId(-1);
-        request.topics = vec![t];
-        let offsets: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, 7, &request);
-        let r = &offsets.topics[0].partitions[0];
-        assert_eq!(
-            (r.error_code, r.offset),
-            (0, expected),
-            "timestamp {timestamp}"
-        );
+        let (code, offset, _) = offset_for_time(&mut conn, timestamp);
+        assert_eq!((code, offset), (0, expected), "timestamp {timestamp}");
     }
 
     // A long poll at the high watermark is answered when a record commits.
