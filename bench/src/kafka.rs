@@ -206,14 +206,7 @@ fn produce_native(config: &ClientConfig, args: &KafkaBenchArgs) -> anyhow::Resul
     }
     producer.flush()?;
     take(&mut producer, &mut latency, &sent_at)?;
-    let seconds = started.elapsed().as_secs_f64();
-    ensure!(
-        latency.count() == args.records as u64,
-        "{} of {} native records acknowledged",
-        latency.count(),
-        args.records
-    );
-    Ok(produce_figures(args, seconds, latency.summary()))
+    produce_figures(args, "native", started.elapsed().as_secs_f64(), &latency)
 }
 
 /// Records the latency of every record answered since the last call.
@@ -230,15 +223,26 @@ fn take(
     Ok(())
 }
 
-fn produce_figures(args: &KafkaBenchArgs, seconds: f64, latency: LatencySummary) -> ProduceFigures {
-    let records = latency.count;
-    ProduceFigures {
+/// A produce path's figures, once every one of its records was acknowledged.
+fn produce_figures(
+    args: &KafkaBenchArgs,
+    path: &str,
+    seconds: f64,
+    latency: &LatencyRecorder,
+) -> anyhow::Result<ProduceFigures> {
+    let records = latency.count();
+    ensure!(
+        records == args.records as u64,
+        "{records} of {} {path} records acknowledged",
+        args.records
+    );
+    Ok(ProduceFigures {
         records,
         seconds,
         records_per_s: records as f64 / seconds,
         mb_per_s: (records as f64 * args.value_bytes as f64) / seconds / 1e6,
-        latency,
-    }
+        latency: latency.summary(),
+    })
 }
 
 /// confluent-kafka's producer: acks=all, the linger given, idempotence off (the native producer
@@ -301,13 +305,7 @@ fn produce_kafka(brokers: &str, args: &KafkaBenchArgs) -> anyhow::Result<Produce
         let us: u64 = line.parse().context("a latency line")?;
         latency.record(Duration::from_micros(us));
     }
-    ensure!(
-        latency.count() == args.records as u64,
-        "{} of {} Kafka records delivered",
-        latency.count(),
-        args.records
-    );
-    Ok(produce_figures(args, seconds, latency.summary()))
+    produce_figures(args, "Kafka", seconds, &latency)
 }
 
 fn consume_native(
