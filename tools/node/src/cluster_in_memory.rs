@@ -901,6 +901,17 @@ fn entries_that_would_not_continue_the_log_are_refused_before_the_core_takes_the
     let garbage = forged_append(&mut cluster, leader, follower, last, &[(0, vec![7; 64])]);
     let refused = cluster.replica(follower).step(garbage).unwrap_err();
     assert_eq!(refused.label(), "bad_entry", "{refused}");
+    // At the right offset with a valid envelope CRC (any peer can compute one), records no
+    // reader can decode: committed, they would stop every node applying them.
+    let mut stamped = Batch::decode(records.clone()).unwrap();
+    stamped.stamp(next, cluster.replica(leader).raft().term(), last + 1);
+    let mut undecodable = stamped.into_bytes();
+    undecodable[48..].fill(0xFF);
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &undecodable[8..]) as u32;
+    undecodable[4..8].copy_from_slice(&crc.to_le_bytes());
+    let forged = forged_append(&mut cluster, leader, follower, last, &[(next, undecodable)]);
+    let refused = cluster.replica(follower).step(forged).unwrap_err();
+    assert_eq!(refused.label(), "bad_entry", "{refused}");
 
     // Nothing of it reached the core, and the cluster goes on: every replica ends identical.
     let f = cluster.replica(follower);
