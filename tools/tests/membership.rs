@@ -1,83 +1,113 @@
 //! Membership an operator drives, with real `raftline server` processes and the `raftline`
 //! CLI: a dead node (disk gone) replaced by a fresh one that joins as a learner, catches up by
 //! InstallSnapshot while producers continue and is promoted; a cluster grown from 3 to 5 voters
-//! and shrunk back under load. Every acknowledged record must be on every remaining node, and
-//! no append may fail for want of a quorum.
+//! and shrunk back under load, leadership moving on the way. Every acknowledged record must be
+//! on every remaining node, and the producer (the Rust client's idempotent one) must see no
+//! failed append: what the nodes refuse while leadership moves it resends by itself, stored once.
 
 mod cluster_support;
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cluster_support::acks::{check, Ledger};
-use cluster_support::{append_window, status, Cluster, Outcome, DEADLINE};
+use cluster_support::acks::{check, settled_end, Ledger};
+use cluster_support::{read_all, status, Cluster, CLUSTER, DEADLINE};
+use raftline_log::Record;
+use raftline_netio::client::{ClientConfig, Producer, RecordAck};
 use raftline_netio::client_proto::NodeRole;
+use raftline_netio::cluster_id::ClusterId;
 
 /// Records per appended batch.
 const RECORDS: u64 = 100;
 
-/// Appends tagged batches to whichever node leads until stopped; keeps every acknowledgement
-/// and counts the appends that failed in any other way.
+/// The Rust client's idempotent producer, producing tagged batches (one tag per batch of
+/// [`RECORDS`] records) until stopped, with the client's own retries only: it keeps every
+/// acknowledgement and every failure the client reported to its caller (none may happen while
+/// membership and leadership change: a retriable refusal is the client's to resend).
 struct Producers {
     stop: Arc<AtomicBool>,
-    /// Client addresses of the members (the test adds joined nodes).
-    nodes: Arc<Mutex<Vec<SocketAddr>>>,
-    thread: JoinHandle<(Ledger, Vec<String>)>,
+    thread: JoinHandle<Produced>,
+}
+
+/// What the producer thread saw.
+struct Produced {
+    ledger: Ledger,
+    /// Errors the client returned to its caller (from `send`/`flush`, or a record refused).
+    failures: Vec<String>,
+    /// Batches the client sent again by itself (after `NotLeader`, `Busy`, a lost connection).
+    resends: u64,
 }
 
 impl Producers {
     fn start(cluster: &Cluster) -> Producers {
         let stop = Arc::new(AtomicBool::new(false));
-        let nodes = Arc::new(Mutex::new(
-            cluster.nodes.iter().map(|n| n.client).collect::<Vec<_>>(),
-        ));
+        let bootstrap = cluster.nodes.iter().map(|n| n.client.to_string()).collect();
+        let mut config = ClientConfig::new(bootstrap, ClusterId::from_name(CLUSTER));
+        config.batch_records_max = RECORDS as usize;
+        // A batch leaves when full, never by lingering: every batch is one tag.
+        config.linger = Duration::from_secs(3600);
         let thread = {
-            let (stop, nodes) = (Arc::clone(&stop), Arc::clone(&nodes));
+            let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
-                let mut ledger = Ledger::new();
-                let mut failures = Vec::new();
-                let mut next_tag = 0;
+                let mut producer = Producer::new(config);
+                let mut seen = Produced {
+                    ledger: Ledger::new(),
+                    failures: Vec::new(),
+                    resends: 0,
+                };
+                let mut tag: u64 = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let addresses = nodes.lock().unwrap().clone();
-                    let Some(leader) = addresses
-                        .into_iter()
-                        .find(|&a| status(a).is_ok_and(|s| s.role == NodeRole::Leader))
-                    else {
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    };
-                    let tags: Vec<u64> = (next_tag..next_tag + 20).collect();
-                    next_tag += 20;
-                    for (tag, outcome) in append_window(leader, &tags, RECORDS, 4) {
-                        match outcome {
-                            Outcome::Acked { base, last } => {
-                                ledger.insert(tag, (base, last));
-                            }
-                            other => failures.push(format!("tag {tag} at {leader}: {other:?}")),
+                    for i in 0..RECORDS {
+                        let record = Record {
+                            key: Some(tag.to_le_bytes().to_vec()),
+                            value: format!("tag-{tag}-record-{i}").into_bytes(),
+                            timestamp_ms: tag,
+                            headers: vec![],
+                        };
+                        if let Err(e) = producer.send(record) {
+                            seen.failures.push(format!("send (tag {tag}): {e}"));
                         }
                     }
+                    tag += 1;
+                    seen.record(producer.take_acks());
                 }
-                (ledger, failures)
+                if let Err(e) = producer.flush() {
+                    seen.failures.push(format!("flush: {e}"));
+                }
+                seen.record(producer.take_acks());
+                seen.resends = producer.resends();
+                seen
             })
         };
-        Producers {
-            stop,
-            nodes,
-            thread,
-        }
+        Producers { stop, thread }
     }
 
-    /// Producers also look for the leader at `addr`.
-    fn add_node(&self, addr: SocketAddr) {
-        self.nodes.lock().unwrap().push(addr);
-    }
-
-    fn finish(self) -> (Ledger, Vec<String>) {
+    fn finish(self) -> Produced {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap()
+    }
+}
+
+impl Produced {
+    /// Enters each record's acknowledgement under its batch's tag (the ledger holds a tag's
+    /// first and last offset).
+    fn record(&mut self, acks: Vec<RecordAck>) {
+        for ack in acks {
+            let tag = ack.seq / RECORDS;
+            match ack.result {
+                Ok(offset) => {
+                    let entry = self.ledger.entry(tag).or_insert((offset, offset));
+                    entry.0 = entry.0.min(offset);
+                    entry.1 = entry.1.max(offset);
+                }
+                // One failure per batch (its records share the answer).
+                Err(e) if ack.seq % RECORDS == 0 => self.failures.push(format!("tag {tag}: {e}")),
+                Err(_) => {}
+            }
+        }
     }
 }
 
@@ -181,7 +211,6 @@ fn a_dead_node_is_replaced_by_a_fresh_one_that_catches_up_by_snapshot_under_load
     // 2. A fresh node, empty data directory, joins as a learner through any member.
     let joined_at = Instant::now();
     let fresh = cluster.join(survivor);
-    producers.add_node(cluster.node(fresh).client);
     wait_for("the fresh node catching up", &cluster, || {
         let (Ok(me), Ok(lead)) = (
             status(cluster.node(fresh).client),
@@ -220,7 +249,9 @@ fn a_dead_node_is_replaced_by_a_fresh_one_that_catches_up_by_snapshot_under_load
     expected.sort_unstable();
     assert_eq!(voters, expected);
     assert!(learners.is_empty());
-    let (ledger, failures) = producers.finish();
+    let Produced {
+        ledger, failures, ..
+    } = producers.finish();
     assert!(
         failures.is_empty(),
         "every append was acknowledged (quorum never lacked): {failures:?}"
@@ -239,7 +270,6 @@ fn the_cluster_grows_from_three_to_five_voters_and_back_under_load() {
     // operator first (`member add --learner`), then started with `--join`, which finds itself
     // already a member at its addresses.
     let four = cluster.join(1);
-    producers.add_node(cluster.node(four).client);
     promote(&cluster, four);
     let five = cluster.add_joiner(2);
     let (peer, client) = (cluster.node(five).peer, cluster.node(five).client);
@@ -259,7 +289,6 @@ fn the_cluster_grows_from_three_to_five_voters_and_back_under_load() {
     );
     assert!(out.contains("node 5 added as a learner"), "{out}");
     cluster.spawn(five);
-    producers.add_node(client);
     promote(&cluster, five);
     assert!(
         cluster
@@ -301,15 +330,38 @@ fn the_cluster_grows_from_three_to_five_voters_and_back_under_load() {
     assert!(learners.is_empty());
     let leader = cluster.wait_leader();
     assert!(leader <= 3);
-    // Appends in flight when leadership moved may fail (the producers resend nothing); every
-    // acknowledged one must be kept.
-    let (ledger, failures) = producers.finish();
-    eprintln!(
-        "{} appends failed across the leader changes, e.g. {:?}",
+    // Leadership moved three times (transfer to 5, restart of 1, removal of the leader 5)
+    // while the producer ran: the nodes answered what was in flight with NotLeader (or Busy),
+    // and the client resent it by itself, the same bytes with the same sequence.
+    let Produced {
+        ledger,
+        failures,
+        resends,
+    } = producers.finish();
+    eprintln!("the producer resent {resends} batches across the leader changes");
+    assert!(
+        failures.is_empty(),
+        "the producer saw no failed append across the membership and leader changes: {} \
+         failures, e.g. {:?}",
         failures.len(),
         &failures[..failures.len().min(3)]
+    );
+    assert!(
+        resends > 0,
+        "the leader changes happened while appends were in flight"
     );
     assert!(ledger.len() > 100, "producers kept going: {}", ledger.len());
     let violations = check(&cluster, &ledger, RECORDS);
     assert!(violations.is_empty(), "{violations:?}\n{}", cluster.logs());
+    // Exactly once: a resent batch was stored once (the log holds each tag's records once).
+    let end = settled_end(&cluster).unwrap();
+    let mut copies: BTreeMap<u64, u64> = BTreeMap::new();
+    for (_, tag) in read_all(cluster.node(leader).client, end) {
+        *copies.entry(tag).or_default() += 1;
+    }
+    let stored_twice: Vec<_> = copies.iter().filter(|(_, &n)| n > RECORDS).collect();
+    assert!(
+        stored_twice.is_empty(),
+        "tags stored twice: {stored_twice:?}"
+    );
 }
