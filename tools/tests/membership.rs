@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cluster_support::acks::{check, settled_end, Ledger};
-use cluster_support::{read_all, status, Cluster, CLUSTER, DEADLINE};
+use cluster_support::{append_window, read_all, status, Cluster, Outcome, CLUSTER, DEADLINE};
 use raftline_log::Record;
 use raftline_netio::client::{ClientConfig, Producer, RecordAck};
 use raftline_netio::client_proto::NodeRole;
@@ -364,4 +364,87 @@ fn the_cluster_grows_from_three_to_five_voters_and_back_under_load() {
         stored_twice.is_empty(),
         "tags stored twice: {stored_twice:?}"
     );
+}
+
+/// `localhost:PORT` for `addr`'s port: a name that resolves on every machine.
+fn by_name(addr: std::net::SocketAddr) -> String {
+    format!("localhost:{}", addr.port())
+}
+
+#[test]
+fn members_known_by_name_are_dialled_by_every_node_also_after_a_restart() {
+    let mut cluster = Cluster::start(3, "auto");
+    cluster.wait_leader();
+    // Node 4 is added by the operator under names, then started: it announces the same names.
+    let four = cluster.add_joiner(1);
+    let (peer, client) = (cluster.node(four).peer, cluster.node(four).client);
+    let out = cli_ok(
+        &cluster,
+        &[
+            "member",
+            "add",
+            "--learner",
+            "--id",
+            "4",
+            "--peer-addr",
+            &by_name(peer),
+            "--client-addr",
+            &by_name(client),
+        ],
+    );
+    assert!(out.contains("node 4 added as a learner"), "{out}");
+    let advertise = |peer, client| {
+        [
+            "--advertise-peer-addr",
+            &by_name(peer),
+            "--advertise-client-addr",
+            &by_name(client),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    cluster.nodes[3].args = advertise(peer, client);
+    cluster.spawn(four);
+    // Node 5 joins by itself, through a member given by name, and announces names too.
+    let five = cluster.add_joiner(2);
+    let via = by_name(cluster.node(2).client);
+    let node = &mut cluster.nodes[4];
+    node.join = Some(via);
+    node.args = advertise(node.peer, node.client);
+    cluster.spawn(five);
+    promote(&cluster, four);
+    promote(&cluster, five);
+    assert!(
+        cluster
+            .log_of(four)
+            .contains("already a member at these addresses"),
+        "{}",
+        cluster.log_of(four)
+    );
+    let list = cli_ok(&cluster, &["member", "list"]);
+    for id in [four, five] {
+        let name = by_name(cluster.node(id).peer);
+        assert!(list.contains(&name), "stored as given: {name} in\n{list}");
+    }
+    // Node 5 leads; with nodes 1 and 2 down the only quorum is {3, 4, 5}: node 5 reaches node
+    // 4 by its name.
+    let out = cli_ok(&cluster, &["leader", "transfer", "--to", "5"]);
+    assert!(out.contains("node 5 leads now"), "{out}");
+    cluster.kill(1);
+    cluster.kill(2);
+    let append = |cluster: &Cluster, tag: u64| {
+        let leader = cluster.wait_leader();
+        let outcome = append_window(cluster.node(leader).client, &[tag], RECORDS, 1);
+        assert!(
+            matches!(outcome.get(&tag), Some(Outcome::Acked { .. })),
+            "append {tag} at node {leader}: {outcome:?}\n{}",
+            cluster.logs()
+        );
+    };
+    append(&cluster, 1);
+    // Node 3 restarts: it learns 4 and 5 (names) from its log and resolves them itself; without
+    // its link to them the quorum {3, 4, 5} cannot commit.
+    assert!(cluster.terminate(3));
+    cluster.spawn(3);
+    append(&cluster, 2);
 }
