@@ -65,6 +65,11 @@ pub struct ServerArgs {
     /// --client-listen, which must not be a wildcard then].
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise_client_addr: Option<String>,
+    /// Check the settings and print what the node would do (bootstrap with --peers, or join
+    /// through --join announcing which addresses), then exit: nothing is bound, resolved or
+    /// written (names are checked for their form only).
+    #[arg(long)]
+    pub dry_run: bool,
     /// Address for peer connections [default: this node's entry in --peers].
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
@@ -244,8 +249,28 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 }
 
 impl ServerArgs {
-    /// Merges flags over the config file and validates the result.
+    /// Merges flags over the config file and validates the result (names in --peers are looked
+    /// up).
     pub fn resolve(self) -> anyhow::Result<NodeConfig> {
+        self.resolve_with(resolve_addr)
+    }
+
+    /// [`ServerArgs::resolve`] without looking names up (`--dry-run`): a name in --peers stands
+    /// for a documentation address (192.0.2.1) with its port.
+    pub fn resolve_offline(self) -> anyhow::Result<NodeConfig> {
+        self.resolve_with(|addr| {
+            addr.parse().or_else(|_| {
+                let port = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
+                let port = port.with_context(|| format!("{addr:?} is not host:port"))?;
+                Ok(SocketAddr::from(([192, 0, 2, 1], port)))
+            })
+        })
+    }
+
+    fn resolve_with(
+        self,
+        lookup: impl Fn(&str) -> anyhow::Result<SocketAddr>,
+    ) -> anyhow::Result<NodeConfig> {
         let file = match &self.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
@@ -286,7 +311,7 @@ impl ServerArgs {
         let mut peers = BTreeMap::new();
         for (&peer, addr) in &peers_text {
             let resolved =
-                resolve_addr(addr).with_context(|| format!("peer {peer}'s address {addr:?}"))?;
+                lookup(addr).with_context(|| format!("peer {peer}'s address {addr:?}"))?;
             peers.insert(peer, resolved);
         }
         let cores = match (self.cores, file.cores) {

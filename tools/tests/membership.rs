@@ -259,6 +259,19 @@ fn a_dead_node_is_replaced_by_a_fresh_one_that_catches_up_by_snapshot_under_load
     assert!(ledger.len() > 100, "producers kept going: {}", ledger.len());
     let violations = check(&cluster, &ledger, RECORDS);
     assert!(violations.is_empty(), "{violations:?}\n{}", cluster.logs());
+    // The new voter loses its disk too and comes back under its id: it is refused (a voter
+    // that forgot its vote and log must not vote), until the operator removes it.
+    cluster.kill(fresh);
+    cluster.wipe(fresh);
+    cluster.spawn(fresh);
+    let exit = cluster.await_exit(fresh, DEADLINE);
+    assert!(exit.is_some_and(|e| !e.success()), "refused: {exit:?}");
+    let log = cluster.log_of(fresh);
+    assert!(
+        log.contains("is a voter of this cluster")
+            && log.contains(&format!("raftline member remove {fresh}")),
+        "{log}"
+    );
 }
 
 #[test]

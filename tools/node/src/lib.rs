@@ -371,9 +371,10 @@ fn bootstrap_addresses(cfg: &NodeConfig) -> BTreeMap<u64, MemberAddress> {
 }
 
 /// Asks the cluster (through the member at client address `via`) to add this node as a learner
-/// at its announced addresses (`--advertise-*-addr`, else its listen addresses); returns the address book it was admitted with. A node already added
-/// (by `raftline member add`, or an earlier start that died before it got the log) at these
-/// addresses is admitted as it is.
+/// at its announced addresses (`--advertise-*-addr`, else its listen addresses); returns the
+/// address book it was admitted with. A learner already added at these addresses (by `raftline
+/// member add`, or an earlier start that died before it got the log) is admitted as it is; a
+/// voter is refused (its data directory is empty: it lost its vote and log).
 fn join(
     cfg: &NodeConfig,
     cluster_id: ClusterId,
@@ -395,6 +396,17 @@ fn join(
             let list = admin::members(&client).map_err(|e| failed(e.to_string()))?;
             let me = list.members.iter().find(|m| m.member.id == cfg.id);
             match me {
+                // A voter's vote and log are part of the cluster's quorum: one that comes back
+                // with an empty data directory lost them, and must not vote as if it had not.
+                Some(m) if m.member.voter => {
+                    return Err(failed(format!(
+                        "node {} is a voter of this cluster, but this data directory is empty \
+                         (its disk was replaced?): a voter that lost its log must not vote. \
+                         Remove it first (`raftline member remove {}`), then start it again \
+                         to join as a new learner",
+                        cfg.id, cfg.id
+                    )))
+                }
                 Some(m)
                     if m.member.peer_address == peer
                         && m.member.client_address == client_address =>
