@@ -242,8 +242,9 @@ impl Progress {
     /// probe for ever. A reordered rejection from before the follower caught up can be taken
     /// for such a loss; that only costs a probe round (the follower, holding the entries,
     /// acknowledges them again), and every accepted rejection lowers `match + next`, so
-    /// rejections alone never loop.
-    pub fn reject(&mut self, rejected_prev: Index, hinted_next: Index) -> bool {
+    /// rejections alone never loop. `detect_loss` is false only under
+    /// [`crate::Mutation::IgnoreLostMatch`].
+    pub fn reject(&mut self, rejected_prev: Index, hinted_next: Index, detect_loss: bool) -> bool {
         let current = match self.state {
             ProgressState::Replicate => rejected_prev > self.match_index,
             ProgressState::Probe => rejected_prev.checked_add(1) == Some(self.next_index),
@@ -254,7 +255,7 @@ impl Progress {
             return false;
         }
         let next = hinted_next.min(rejected_prev);
-        if next <= self.match_index {
+        if next <= self.match_index && detect_loss {
             return self.lost_log(next);
         }
         match self.state {

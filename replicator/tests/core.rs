@@ -1501,6 +1501,26 @@ fn a_follower_that_silently_lost_acknowledged_entries_gets_them_again_without_a_
 }
 
 #[test]
+fn an_idle_leaders_heartbeat_tells_a_follower_that_silently_lost_acknowledged_entries_to_report_it()
+{
+    let mut nodes = cluster_with_node_2_silently_short();
+    // Nothing more to append: the leader's match for node 2 is its last index, so only a
+    // heartbeat goes out, with commit 4, beyond node 2's log. Before, node 2 refused it as
+    // impossible (the node closed the leader's connection) and the leader never resent.
+    let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+    for _ in 0..nodes[0].config().heartbeat_ticks {
+        nodes[0].tick(&mut rng);
+    }
+    let delivered = settle(&mut nodes);
+    assert!(delivered <= 10, "{delivered} messages to settle");
+    assert_eq!(nodes[1].durable_index(), 4);
+    for i in 1..=4 {
+        assert_eq!(nodes[1].term_at(i), nodes[0].term_at(i), "entry {i}");
+    }
+    assert_eq!(nodes[0].progress(2).expect("peer").match_index, 4);
+}
+
+#[test]
 fn a_reordered_rejection_taken_for_a_lost_log_costs_one_probe_round() {
     let mut nodes = cluster(3);
     nodes[0].propose(Arc::from(&b"cmd"[..])).expect("leader");
