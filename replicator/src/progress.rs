@@ -241,9 +241,9 @@ impl Progress {
     /// [`Progress::lost_log`]. Clamping the probe at match + 1 instead would resend the same
     /// probe for ever. A reordered rejection from before the follower caught up can be taken
     /// for such a loss; that only costs a probe round (the follower, holding the entries,
-    /// acknowledges them again), and every accepted rejection lowers `match + next`, so
-    /// rejections alone never loop. `detect_loss` is false only under
-    /// [`crate::Mutation::IgnoreLostMatch`].
+    /// acknowledges them again). Rejections alone never loop: one acted on in Replicate
+    /// switches to Probe, and each one acted on in Probe lowers `match + next`. `detect_loss`
+    /// is false only under [`crate::Mutation::IgnoreLostMatch`].
     pub fn reject(&mut self, rejected_prev: Index, hinted_next: Index, detect_loss: bool) -> bool {
         let current = match self.state {
             ProgressState::Replicate => rejected_prev > self.match_index,
