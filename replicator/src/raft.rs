@@ -1413,12 +1413,16 @@ impl<S: Storage> Raft<S> {
                 }
             }
             // A follower rejects a prev_index we sent (at most our last index) and hints at
-            // or below it, with a term of its log (at most the message term, ours).
-            MessageBody::AppendEntriesResponse { result: Err(r) } => (r.rejected_prev_index
-                > last_index
-                || r.hint_index > r.rejected_prev_index
-                || r.hint_term.is_some_and(|t| t > msg.term))
-            .then_some(RefusalReason::BadRejectHint),
+            // or below it, with a term of its log (at most the message term, ours). One that
+            // lost its log rejects a heartbeat's commit instead, which lies beyond our log only
+            // if an impostor forged that heartbeat: the answer is still honest (only its hint,
+            // the follower's end, lowers a match).
+            MessageBody::AppendEntriesResponse { result: Err(r) } => {
+                ((r.rejected_prev_index > last_index && !r.log_lost)
+                    || r.hint_index > r.rejected_prev_index
+                    || r.hint_term.is_some_and(|t| t > msg.term))
+                .then_some(RefusalReason::BadRejectHint)
+            }
             MessageBody::InstallSnapshotResponse { index, received } => pr
                 .snapshot
                 .as_ref()
@@ -1502,8 +1506,7 @@ impl<S: Storage> Raft<S> {
                     pr.inflights.free_first();
                 }
                 if let Some(t) = pr.snapshot.as_mut() {
-                    // Chunks still unacknowledged by now were probably lost.
-                    t.rewind();
+                    t.heartbeat_answered();
                 }
                 if pr.match_index < self.log.last_index() {
                     self.send_append(from, true);
@@ -1801,45 +1804,40 @@ impl<S: Storage> Raft<S> {
                 let leader = self.leader;
                 return self.refuse(&msg, RefusalReason::NotTheLeader { leader });
             }
-            if let MessageBody::Heartbeat { commit, read_seq } = msg.body {
+            if let MessageBody::Heartbeat { commit, .. } = msg.body {
                 // The leader sends at most the match we acknowledged, which we still hold —
-                // unless we lost it (suspect): then it is to be told to resend. A suspect
-                // takes no commit index beyond what it matched with this leader (or already
-                // knew committed): entries it holds past that may be ones a lost truncation
-                // had voided.
+                // unless we lost it: a suspect (a damaged tail), or a node whose data directory
+                // was wiped and that came back empty under its old id. Then the leader is told
+                // to resend, as a rejection marked `log_lost` (a plain one at or below its
+                // match would be ignored as stale, and it would go on believing us caught up):
+                // it lowers its match to where our log ends and resends from there, or sends
+                // its snapshot. The commit is never taken. A forged heartbeat gains nothing: the
+                // answer goes to the node we follow and names our true end, below which no
+                // correct leader's match for us lies. A suspect also takes no commit index
+                // beyond what it matched with this leader (or already knew committed): entries
+                // it holds past that may be ones a lost truncation had voided.
                 let last_index = self.log.last_index();
                 let vouched = self.leader_match.max(self.commit);
-                if commit > last_index.min(vouched) && self.repair_through.is_some() {
+                let unvouched = self.repair_through.is_some() && commit > vouched;
+                if commit > last_index || unvouched {
                     self.leader = Some(msg.from);
                     self.election_elapsed = 0;
-                    if commit > last_index {
-                        if let Err(e) = self.reject_append(msg.from, commit) {
-                            self.record_storage_failure(e);
-                        }
+                    let hint_index = if commit > last_index {
+                        last_index + 1
                     } else {
                         // We hold entries there but cannot vouch for them: resend after what
                         // we can (no term hint, which would skip what this leader's term holds).
-                        let reject = AppendReject {
-                            rejected_prev_index: commit,
-                            hint_term: None,
-                            hint_index: vouched + 1,
-                            log_lost: true,
-                        };
-                        let result = Err(reject);
-                        self.send(msg.from, MessageBody::AppendEntriesResponse { result });
-                    }
+                        vouched + 1
+                    };
+                    let reject = AppendReject {
+                        rejected_prev_index: commit,
+                        hint_term: None,
+                        hint_index,
+                        log_lost: true,
+                    };
+                    let result = Err(reject);
+                    self.send(msg.from, MessageBody::AppendEntriesResponse { result });
                     return;
-                }
-                if commit > last_index {
-                    // A forged commit, or a leader that believes we hold entries we no longer
-                    // have (our data directory was wiped): the commit is never taken, but the
-                    // heartbeat is answered, so a real leader whose window to us is full of
-                    // appends lost with our old process goes on sending AppendEntries (whose
-                    // rejections lead it to resend from our end or send its snapshot) instead
-                    // of waiting for us forever.
-                    self.send(msg.from, MessageBody::HeartbeatResponse { read_seq });
-                    let reason = RefusalReason::CommitBeyondLog { commit, last_index };
-                    return self.refuse(&msg, reason);
                 }
             }
         }
