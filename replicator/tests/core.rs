@@ -716,11 +716,15 @@ fn chunk_offsets(msgs: &[Message]) -> Vec<(u64, bool)> {
         .collect()
 }
 
-#[test]
-fn leader_streams_a_snapshot_in_chunks_and_resends_what_was_lost() {
-    let (mut leader, meta) = compacted_leader(100, 40, 80);
+/// A [`compacted_leader`] and an empty follower 3 it has switched to snapshot state: the
+/// follower rejected the leader's probe, and the leader backed up below its log start.
+fn leader_to_snapshot(
+    snapshot_bytes: usize,
+    chunk_bytes: u64,
+    window_bytes: u64,
+) -> (Node, Node, SnapshotMeta) {
+    let (mut leader, meta) = compacted_leader(snapshot_bytes, chunk_bytes, window_bytes);
     let mut follower = node(config(3, 3), 0, vec![]);
-    // The empty follower rejects the leader's probe; the leader backs up below its log start.
     for msg in outgoing(&mut leader, 3) {
         follower.step(msg);
     }
@@ -728,6 +732,12 @@ fn leader_streams_a_snapshot_in_chunks_and_resends_what_was_lost() {
         leader.step(msg);
     }
     assert_eq!(leader.progress(3).unwrap().state, ProgressState::Snapshot);
+    (leader, follower, meta)
+}
+
+#[test]
+fn leader_streams_a_snapshot_in_chunks_and_resends_what_was_lost() {
+    let (mut leader, mut follower, meta) = leader_to_snapshot(100, 40, 80);
     let first = outgoing(&mut leader, 3);
     assert_eq!(
         chunk_offsets(&first),
@@ -835,15 +845,7 @@ fn leader_streams_a_snapshot_in_chunks_and_resends_what_was_lost() {
 #[test]
 fn a_snapshot_transfer_that_is_acknowledged_sends_each_chunk_once_across_heartbeats() {
     // 10 chunks of 40 bytes, 4 in flight at a time.
-    let (mut leader, _) = compacted_leader(400, 40, 160);
-    let mut follower = node(config(3, 3), 0, vec![]);
-    for msg in outgoing(&mut leader, 3) {
-        follower.step(msg);
-    }
-    for msg in outgoing(&mut follower, 1) {
-        leader.step(msg);
-    }
-    assert_eq!(leader.progress(3).unwrap().state, ProgressState::Snapshot);
+    let (mut leader, mut follower, _) = leader_to_snapshot(400, 40, 160);
     let mut in_flight: std::collections::VecDeque<Message> = outgoing(&mut leader, 3).into();
     let mut sent = chunk_offsets(in_flight.make_contiguous()).len();
     // One chunk arrives and is acknowledged, then a heartbeat response comes back while the
