@@ -199,10 +199,12 @@ impl Drop for RunDir {
 
 /// One child node process.
 pub struct Node {
-    /// The node's id (1..=NODES).
+    /// The node's id (1..=NODES, then those that joined: [`LocalCluster::join`]).
     pub id: u64,
     /// The running process; None while the node is killed (see [`LocalCluster::kill`]).
     child: Option<Child>,
+    /// The node it joined through (`--join`), for one added after the bootstrap three.
+    joined_via: Option<u64>,
 }
 
 /// How a node ended when the cluster was stopped.
@@ -284,10 +286,11 @@ impl Launch {
             nodes: Vec::new(),
         };
         for id in 1..=NODES {
-            match cluster.spawn_node(id, &available, false) {
+            match cluster.spawn_node(id, &available, false, None) {
                 Ok(child) => cluster.nodes.push(Node {
                     id,
                     child: Some(child),
+                    joined_via: None,
                 }),
                 Err(e) => {
                     cluster.stop();
@@ -345,8 +348,16 @@ impl LocalCluster {
             .start()
     }
 
-    /// Spawns node `id`; `append_log` keeps the output of its earlier lives in its log file.
-    fn spawn_node(&self, id: u64, available: &[usize], append_log: bool) -> anyhow::Result<Child> {
+    /// Spawns node `id`, one of the bootstrap `--peers`, or one that joins through node
+    /// `join`'s client address; `append_log` keeps the output of its earlier lives in its log
+    /// file.
+    fn spawn_node(
+        &self,
+        id: u64,
+        available: &[usize],
+        append_log: bool,
+        join: Option<u64>,
+    ) -> anyhow::Result<Child> {
         let placement = &self.placement;
         let (client, metrics) = (placement.client_addr(id), placement.metrics_addr(id));
         let log_path = self.data.join(format!("node-{id}.log"));
@@ -359,10 +370,16 @@ impl LocalCluster {
             .with_context(|| format!("opening {}", log_path.display()))?;
         let mut cmd = Command::new(&self.exe);
         cmd.arg("server")
-            .args(["--id", &id.to_string(), "--cluster-id", &self.cluster])
-            .args(["--peers", &id_list(|n| placement.peer_dial(id, n))])
-            .args(["--peer-clients", &id_list(|n| placement.client_addr(n))])
-            .args(["--client-listen", &client.to_string()])
+            .args(["--id", &id.to_string(), "--cluster-id", &self.cluster]);
+        match join {
+            None => cmd
+                .args(["--peers", &id_list(|n| placement.peer_dial(id, n))])
+                .args(["--peer-clients", &id_list(|n| placement.client_addr(n))]),
+            Some(via) => cmd
+                .args(["--join", &placement.client_addr(via).to_string()])
+                .args(["--listen", &placement.peer_listen(id).to_string()]),
+        };
+        cmd.args(["--client-listen", &client.to_string()])
             .args(["--metrics-listen", &metrics.to_string()])
             .arg("--data-dir")
             .arg(self.node_dir(id));
@@ -440,11 +457,13 @@ impl LocalCluster {
     /// Starts node `id` again on its data directory and ports after [`LocalCluster::kill`]
     /// (its output is appended to its log file). Does not wait for it to answer.
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.nodes.iter().any(|n| n.id == id && n.child.is_none()),
-            "node {id} is not a killed node of this cluster"
-        );
-        let child = self.spawn_node(id, &raftline_pinning::available_cores(), true)?;
+        let join = self
+            .nodes
+            .iter()
+            .find(|n| n.id == id && n.child.is_none())
+            .with_context(|| format!("node {id} is not a killed node of this cluster"))?
+            .joined_via;
+        let child = self.spawn_node(id, &raftline_pinning::available_cores(), true, join)?;
         let node = self
             .nodes
             .iter_mut()
@@ -452,6 +471,25 @@ impl LocalCluster {
             .expect("checked above");
         node.child = Some(child);
         Ok(())
+    }
+
+    /// Starts a new node with an empty data directory that joins the cluster as a learner
+    /// through node `via`'s client address (`--join`), as an operator adds a replacement
+    /// (tools/deploy/README.md); returns its id (the next after the highest). Loopback only.
+    /// Does not wait for it to answer.
+    pub fn join(&mut self, via: u64) -> anyhow::Result<u64> {
+        anyhow::ensure!(
+            matches!(self.placement, Placement::Loopback { .. }),
+            "only a loopback cluster takes a joining node"
+        );
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let child = self.spawn_node(id, &raftline_pinning::available_cores(), false, Some(via))?;
+        self.nodes.push(Node {
+            id,
+            child: Some(child),
+            joined_via: Some(via),
+        });
+        Ok(id)
     }
 
     /// Waits until every node answers `Status` and one of them leads; returns the leader's id.
