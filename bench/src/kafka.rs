@@ -615,9 +615,10 @@ fn produce_kcat(
     let window = watch.start()?;
     let run = run_kcat_producer(brokers, args, &all)?;
     let run = ProduceRun {
-        seconds: run.elapsed.saturating_sub(startup.elapsed).as_secs_f64(),
+        seconds: less_startup(run.elapsed, startup.elapsed).as_secs_f64(),
         latency: None,
-        client_seconds: run.cpu_seconds - startup.cpu_seconds,
+        // Like its seconds: less the start-up run's, never below zero (a tiny run).
+        client_seconds: (run.cpu_seconds - startup.cpu_seconds).max(0.0),
     };
     watch.produce_figures(args, "kcat -P", &window, run)
 }
@@ -686,6 +687,14 @@ fn consume_native(
     })
 }
 
+/// A kcat run's time less its start-up's; the whole run when it was no longer than the
+/// start-up (a tiny run: nothing left to subtract from).
+fn less_startup(run: Duration, startup: Duration) -> Duration {
+    run.checked_sub(startup)
+        .filter(|left| !left.is_zero())
+        .unwrap_or(run)
+}
+
 /// One kcat process's run.
 struct KcatRun {
     elapsed: Duration,
@@ -734,8 +743,8 @@ fn consume_kcat(
 ) -> anyhow::Result<ConsumeFigures> {
     let window = watch.start()?;
     let run = run_kcat(brokers, from, count).with_context(|| what.to_string())?;
-    let seconds = run.elapsed.saturating_sub(startup.elapsed).as_secs_f64();
-    let client_seconds = run.cpu_seconds - startup.cpu_seconds;
+    let seconds = less_startup(run.elapsed, startup.elapsed).as_secs_f64();
+    let client_seconds = (run.cpu_seconds - startup.cpu_seconds).max(0.0);
     Ok(ConsumeFigures {
         what: what.to_string(),
         records: count,
