@@ -11,7 +11,7 @@
 //!   network namespace, [`netns`]: delayed links, partitions), shared by `raftline dev`, the
 //!   benchmarks and the namespace tests; [`emulated_disk`]: the reference device profiles.
 //! - Helpers: [`chart`] (SVG), [`latency`] (hdrhistogram recorder), [`machine_load`], [`stop`]
-//!   (Ctrl-C), [`labels`].
+//!   (Ctrl-C), [`labels`], [`node_metrics`] (a node's /metrics, scraped).
 //!
 //! The cluster benchmarks start nodes as `raftline server` child processes of the running
 //! executable (`std::env::current_exe`): they are meant to be called from the `raftline` binary.
@@ -27,6 +27,7 @@ pub mod latency;
 pub mod local_cluster;
 pub mod machine_load;
 pub mod netns;
+pub mod node_metrics;
 pub mod profiles;
 pub mod snapshot;
 pub mod stop;

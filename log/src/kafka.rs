@@ -346,20 +346,29 @@ fn decompress(codec: Compression, section: &[u8]) -> Result<Vec<u8>, KafkaBatchE
     Ok(out)
 }
 
-/// A zigzag varint of at most 10 bytes.
+/// A zigzag varint of at most 10 bytes. The one-byte case first: a small record's lengths,
+/// deltas and counts are one byte each, and every node walks every record of a Kafka batch
+/// (the leader to validate it, each node to apply it).
+#[inline]
 fn read_varlong(buf: &mut &[u8]) -> Option<i64> {
-    let mut value: u64 = 0;
-    for i in 0..10 {
-        let (&byte, rest) = buf.split_first()?;
+    let unzigzag = |v: u64| ((v >> 1) as i64) ^ -((v & 1) as i64);
+    let (&first, rest) = buf.split_first()?;
+    if first & 0x80 == 0 {
         *buf = rest;
-        value |= u64::from(byte & 0x7F) << (7 * i);
+        return Some(unzigzag(u64::from(first)));
+    }
+    let mut value = u64::from(first & 0x7F);
+    for (i, &byte) in rest.iter().enumerate().take(9) {
+        value |= u64::from(byte & 0x7F) << (7 * (i + 1));
         if byte & 0x80 == 0 {
-            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
+            *buf = &rest[i + 1..];
+            return Some(unzigzag(value));
         }
     }
     None
 }
 
+#[inline]
 fn read_varint(buf: &mut &[u8]) -> Option<i32> {
     read_varlong(buf).and_then(|v| i32::try_from(v).ok())
 }
@@ -407,7 +416,12 @@ fn read_record<'a>(
     if header_count > r.len() / 2 {
         return Err(bad("header count beyond the record"));
     }
-    let mut headers = Vec::with_capacity(header_count);
+    // No allocation (nor its checks) for the common record without headers.
+    let mut headers = if header_count == 0 {
+        Vec::new()
+    } else {
+        Vec::with_capacity(header_count)
+    };
     for _ in 0..header_count {
         let key = read_bytes(&mut r)
             .map_err(bad)?
@@ -587,6 +601,33 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         for_each_record(bytes, |r| out.push(to_native(&r)))?;
         Ok(out)
+    }
+
+    #[test]
+    fn varints_of_every_width_read_back_and_broken_ones_are_refused() {
+        let values = [0, 1, -1, 63, -64, 64, -65, 8191, 8192, i64::from(i32::MAX)];
+        let values = values.into_iter().chain([
+            i64::from(i32::MIN),
+            i64::MAX,
+            i64::MIN,
+            1 << 35,
+            -(1 << 49),
+        ]);
+        for v in values {
+            let mut buf = Vec::new();
+            put_varlong(&mut buf, v);
+            buf.push(0xAB); // the next field's byte stays unread
+            let mut rest = &buf[..];
+            assert_eq!(read_varlong(&mut rest), Some(v), "{v} from {buf:02x?}");
+            assert_eq!(rest, &[0xAB], "{v}: exactly its bytes are taken");
+            let mut truncated = &buf[..buf.len() - 2];
+            assert_eq!(read_varlong(&mut truncated), None, "{v} truncated");
+        }
+        let mut eleven = &[0x80u8; 11][..];
+        assert_eq!(read_varlong(&mut eleven), None, "more than 10 bytes");
+        let mut wide = Vec::new();
+        put_varlong(&mut wide, i64::from(i32::MAX) + 1);
+        assert_eq!(read_varint(&mut &wide[..]), None, "beyond i32");
     }
 
     #[test]

@@ -78,6 +78,34 @@ fn ticks_per_s() -> f64 {
     }
 }
 
+/// CPU seconds (user + system, all threads) process `pid` has used so far; `None` once it is
+/// gone (or where /proc is unreadable).
+pub fn process_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let jiffies = user_system_jiffies(&stat)?;
+    Some(jiffies as f64 / ticks_per_s())
+}
+
+/// CPU seconds (user + system) of this process's threads (`RUSAGE_SELF`) or of the children it
+/// has waited for (`RUSAGE_CHILDREN`: a child's every thread, once it was reaped).
+pub fn rusage_seconds(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage writes one rusage into the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(usage.ru_utime) + s(usage.ru_stime)
+}
+
+/// utime + stime of a /proc/…/stat line: "pid (comm) state …" — comm may hold spaces and
+/// parentheses, so fields count from the last ')': state(0) … utime(11) stime(12).
+fn user_system_jiffies(stat: &str) -> Option<u64> {
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let at = |i: usize| fields.get(i).and_then(|x| x.parse::<u64>().ok());
+    Some(at(11)? + at(12)?)
+}
+
 /// Reads the counters now; `None` if /proc/stat is unreadable.
 pub fn sample(watched: &[Watched]) -> Option<CpuSample> {
     let at = Instant::now();
@@ -115,22 +143,13 @@ fn threads_of(pid: u32) -> BTreeMap<String, (usize, u64)> {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue;
         };
-        // "tid (comm) state ..." — comm may hold spaces and parentheses: split at the last ')'.
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
             continue;
         };
         let name = stat[open + 1..close].to_string();
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // After the comm: state(0) ... utime(11) stime(12).
-        let jiffies = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|x| x.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
         let entry = by_name.entry(name).or_default();
         entry.0 += 1;
-        entry.1 += jiffies(11) + jiffies(12);
+        entry.1 += user_system_jiffies(&stat).unwrap_or(0);
     }
     by_name
 }

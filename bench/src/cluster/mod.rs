@@ -10,8 +10,8 @@ pub mod null_node;
 pub mod sweep;
 pub mod tail;
 
-use std::io::{IsTerminal, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -36,6 +36,7 @@ use serde::Serialize;
 use crate::emulated_disk::{self, DiskProfile, EmulatedDisk};
 use crate::local_cluster::{self, Launch, Placement, RunDir};
 use crate::netns::{CommitFloor, NetnsArgs, NetnsFigures, NetnsRun};
+use crate::node_metrics::NodeMetrics;
 use cpu::{CpuFigures, Watched};
 use figures::{ConsumerFigures, GeneratorFigures, LeaderFigures, LoadFigures};
 use load::{
@@ -887,27 +888,10 @@ struct MetricsSample {
     peer_bytes: Option<u64>,
 }
 
-/// GET /metrics (HTTP/1.0, the node's tiny responder) and read the two counters.
+/// The leader counters the benchmark reads, from one scrape of its /metrics.
 fn scrape_metrics(addr: SocketAddr) -> anyhow::Result<MetricsSample> {
-    let timeout = Duration::from_secs(2);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("connecting to the leader's metrics at {addr}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: raftline\r\n\r\n")?;
-    let mut body = String::new();
-    stream
-        .read_to_string(&mut body)
-        .with_context(|| format!("reading metrics from {addr}"))?;
-    let counter = |name: &str| -> anyhow::Result<u64> {
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (key, value) = l.split_once(' ')?;
-                (key == name).then(|| value.trim().parse::<f64>().ok())?
-            })
-            .map(|v| v as u64)
-            .with_context(|| format!("{name} missing from the metrics of {addr}"))
-    };
+    let metrics = NodeMetrics::scrape(addr)?;
+    let counter = |name: &str| metrics.value(name).map(|v| v as u64);
     Ok(MetricsSample {
         fdatasyncs: counter("raftline_fdatasyncs_total")?,
         log_bytes: counter("raftline_log_bytes_written_total")?,

@@ -19,7 +19,10 @@ pub enum KafkaFrameError {
 }
 
 /// Room a Kafka connection's decoder keeps between requests; above it, room is given back.
-const KAFKA_RETAIN_BYTES: usize = 256 << 10;
+/// Above librdkafka's default Produce batch (`batch.size`, 1 MB) and the same as
+/// `FrameDecoder`'s: a producer streaming full batches must not have its buffer shrunk after
+/// every request and regrown (reallocated and copied) for the next.
+const KAFKA_RETAIN_BYTES: usize = 2 << 20;
 
 /// Splits a Kafka connection's byte stream into requests.
 #[derive(Debug)]
@@ -104,6 +107,37 @@ mod tests {
             }
         }
         assert_eq!(got, vec![b"abc".to_vec(), vec![], b"0123456789".to_vec()]);
+    }
+
+    #[test]
+    fn room_for_full_producer_batches_is_kept_and_beyond_it_given_back() {
+        let request = |body_bytes: usize| {
+            let mut r = (body_bytes as i32).to_be_bytes().to_vec();
+            r.resize(4 + body_bytes, 7);
+            r
+        };
+        // A librdkafka producer's full batches (1 MB), back to back, the next one's first
+        // bytes in the same read: the room for them stays.
+        let mut d = KafkaFrameDecoder::new(16 << 20);
+        let mut stream = request(1_000_000);
+        stream.extend_from_slice(&request(1_000_000)[..1000]);
+        d.feed(&stream);
+        assert_eq!(d.next_frame().unwrap().map(|f| f.len()), Some(1_000_000));
+        d.feed(&[7; 10]);
+        assert!(d.held_bytes() >= 1_000_000, "kept {}", d.held_bytes());
+        // After a request larger than the room kept, the room is given back.
+        let mut d = KafkaFrameDecoder::new(16 << 20);
+        let mut stream = request(KAFKA_RETAIN_BYTES * 2);
+        stream.extend_from_slice(&request(10)[..6]);
+        d.feed(&stream);
+        assert!(d.next_frame().unwrap().is_some());
+        d.feed(&[7; 8]);
+        assert!(
+            d.held_bytes() <= KAFKA_RETAIN_BYTES,
+            "kept {}",
+            d.held_bytes()
+        );
+        assert_eq!(d.next_frame().unwrap(), Some(vec![7; 10]));
     }
 
     #[test]

@@ -181,6 +181,8 @@ impl Fetches {
             Err(LogError::BelowStart { .. }) => return Ok(false),
             Err(e) => return Err(FatalError::Log(e)),
         };
+        // Kafka batches are the entries less their envelopes: one reservation for them all.
+        out.reserve(entries.iter().map(|(_, range)| range.len()).sum());
         for (entry_header, range) in entries {
             let entry = &self.read_buf[range];
             let bad = |source| FatalError::BadEntry {

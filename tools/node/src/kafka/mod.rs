@@ -304,19 +304,22 @@ impl Kafka {
 }
 
 /// Encodes a whole response: size prefix, response header (the version Kafka's schema gives
-/// the API; ApiVersions always v0), body.
+/// the API; ApiVersions always v0), body; into a buffer of its exact size (a Fetch response
+/// holds up to megabytes of batches: no reallocation and copy as it grows).
 fn encode_response(asked: Asked, body: &impl Encodable) -> Result<Vec<u8>, String> {
-    let mut out = vec![0; 4];
     let header_version = asked.api_key.response_header_version(asked.version);
     let mut header = kafka_protocol::messages::ResponseHeader::default();
     header.correlation_id = asked.correlation_id;
-    header
-        .encode(&mut out, header_version)
-        .and_then(|()| body.encode(&mut out, asked.version))
-        .map_err(|e| format!("cannot encode the {:?} response: {e}", asked.api_key))?;
-    let size = (out.len() - 4) as i32;
-    out[..4].copy_from_slice(&size.to_be_bytes());
-    Ok(out)
+    let encoded = header.compute_size(header_version).and_then(|header_size| {
+        let size = header_size + body.compute_size(asked.version)?;
+        let mut out = Vec::with_capacity(4 + size);
+        out.extend_from_slice(&(size as i32).to_be_bytes());
+        header.encode(&mut out, header_version)?;
+        body.encode(&mut out, asked.version)?;
+        debug_assert_eq!(out.len(), 4 + size, "compute_size agrees with encode");
+        Ok(out)
+    });
+    encoded.map_err(|e| format!("cannot encode the {:?} response: {e}", asked.api_key))
 }
 
 /// Refuses a version this node does not serve (clients pick from ApiVersions' answer).
