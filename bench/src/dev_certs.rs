@@ -60,14 +60,10 @@ impl DevCa {
     }
 
     /// Writes node `id`'s certificate and key and this CA's certificate into `dir` (created if
-    /// missing) as `node-N.pem`, `node-N.key` and `ca.pem`, and names them.
+    /// missing) as [`node_files`] names them.
     pub fn write_node_files(&self, dir: &Path, id: u64) -> anyhow::Result<PeerTlsFiles> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let files = PeerTlsFiles {
-            cert: dir.join(format!("node-{id}.pem")),
-            key: dir.join(format!("node-{id}.key")),
-            trusted_ca: dir.join("ca.pem"),
-        };
+        let files = node_files(dir, id);
         let pem = self.node_cert(id)?;
         write(&files.cert, &pem.cert)?;
         write(&files.key, &pem.key)?;
@@ -76,7 +72,17 @@ impl DevCa {
     }
 }
 
-fn write(path: &PathBuf, text: &str) -> anyhow::Result<()> {
+/// Where node `id`'s files are in `dir`: `node-N.pem`, `node-N.key`, and `ca.pem` (shared).
+pub fn node_files(dir: &Path, id: u64) -> PeerTlsFiles {
+    PeerTlsFiles {
+        cert: dir.join(format!("node-{id}.pem")),
+        key: dir.join(format!("node-{id}.key")),
+        trusted_ca: dir.join("ca.pem"),
+    }
+}
+
+/// Writes `text` to `path`.
+pub fn write(path: &PathBuf, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 

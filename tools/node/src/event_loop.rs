@@ -23,7 +23,7 @@ use raftline_netio::client_proto::{
     Response, SnapshotStatus,
 };
 use raftline_netio::cluster_id::ClusterId;
-use raftline_netio::net::{ClientId, Net, NetEvent, SendWithError};
+use raftline_netio::net::{ClientId, Net, NetEvent, PeerTls, SendWithError};
 use raftline_netio::peer_codec::{decode_message, encode_message, PeerCodecError};
 use raftline_replicator::{Index, MemberAddress, Message, Role};
 
@@ -148,6 +148,8 @@ pub struct EventLoop {
     more_ready: bool,
     /// New addresses of peers configured by name (see `peer_names.rs`).
     peer_moves: Option<Receiver<(u64, SocketAddr)>>,
+    /// Reloaded peer certificates (see `tls_reload.rs`).
+    peer_tls_reloads: Option<Receiver<PeerTls>>,
 }
 
 impl EventLoop {
@@ -193,12 +195,19 @@ impl EventLoop {
             peer_rtt,
             more_ready: false,
             peer_moves: None,
+            peer_tls_reloads: None,
         }
     }
 
     /// Dials peers at the addresses `moves` hands over (their names resolved anew).
     pub fn with_peer_moves(mut self, moves: Receiver<(u64, SocketAddr)>) -> EventLoop {
         self.peer_moves = Some(moves);
+        self
+    }
+
+    /// Hands the peer port each reloaded TLS configuration received on `reloads`.
+    pub fn with_peer_tls_reloads(mut self, reloads: Receiver<PeerTls>) -> EventLoop {
+        self.peer_tls_reloads = Some(reloads);
         self
     }
 
@@ -274,6 +283,11 @@ impl EventLoop {
         if let Some(moves) = &self.peer_moves {
             for (peer, addr) in moves.try_iter() {
                 self.net.set_peer_addr(peer, addr);
+            }
+        }
+        if let Some(reloads) = &self.peer_tls_reloads {
+            for tls in reloads.try_iter() {
+                self.net.set_peer_tls(tls);
             }
         }
         // 2. Proposals: the round's appends become one entry (a run when there are several).

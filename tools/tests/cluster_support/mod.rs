@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use raftline_bench::dev_certs::{self, DevCa};
 use raftline_faultfs::{FaultFs, MountOptions};
 use raftline_log::{Batch, Record};
 use raftline_netio::client_proto::{
@@ -90,6 +91,8 @@ struct Options {
     kafka: bool,
     /// `--segment-mib` (`None`: [`SEGMENT_MIB`]).
     segment_mib: Option<u64>,
+    /// `--peer-insecure` instead of mutual TLS.
+    insecure_peers: bool,
 }
 
 /// A cluster of real server processes; killed (and its data removed) on drop.
@@ -104,6 +107,8 @@ pub struct Cluster {
     pub extra_args: Vec<String>,
     /// Each node's `--segment-mib`.
     pub segment_mib: u64,
+    /// The CA of the nodes' peer certificates (in [`Cluster::tls_dir`]); `None`: insecure peers.
+    pub peer_ca: Option<DevCa>,
 }
 
 impl Cluster {
@@ -143,6 +148,16 @@ impl Cluster {
         Cluster::start_on(n, net_backend, extra_args, options)
     }
 
+    /// Starts `n` nodes whose peer ports run plaintext (`--peer-insecure`), for tests that
+    /// speak raw peer frames.
+    pub fn start_insecure_peers(n: u64, net_backend: &'static str, extra_args: &[&str]) -> Cluster {
+        let options = Options {
+            insecure_peers: true,
+            ..Options::default()
+        };
+        Cluster::start_on(n, net_backend, extra_args, options)
+    }
+
     /// Starts `n` nodes that also listen for Kafka clients, each announcing all of them.
     pub fn start_kafka(n: u64, net_backend: &'static str, extra_args: &[&str]) -> Cluster {
         let options = Options {
@@ -162,6 +177,7 @@ impl Cluster {
             faulty,
             kafka,
             segment_mib,
+            insecure_peers,
         } = options;
         let dir = tempfile::Builder::new()
             .prefix("raftline-e2e")
@@ -197,6 +213,7 @@ impl Cluster {
                 join: None,
             })
             .collect();
+        let peer_ca = (!insecure_peers).then(|| DevCa::new("raftline-e2e test CA").unwrap());
         let mut cluster = Cluster {
             faults,
             dir,
@@ -204,11 +221,35 @@ impl Cluster {
             net_backend,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             segment_mib: segment_mib.unwrap_or(SEGMENT_MIB),
+            peer_ca,
         };
+        for id in 1..=n {
+            cluster.write_peer_cert(id);
+        }
         for id in 1..=n {
             cluster.spawn(id);
         }
         cluster
+    }
+
+    /// Where the nodes' peer certificates, keys and the CA bundle are.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    /// Writes node `id`'s peer certificate (from [`Cluster::peer_ca`]), if the cluster has one.
+    fn write_peer_cert(&self, id: u64) {
+        if let Some(ca) = &self.peer_ca {
+            ca.write_node_files(&self.tls_dir(), id).unwrap();
+        }
+    }
+
+    /// Node `id`'s flags for its peer port: its TLS files, or `--peer-insecure`.
+    fn peer_security_args(&self, id: u64) -> Vec<String> {
+        match &self.peer_ca {
+            Some(_) => dev_certs::server_args(&dev_certs::node_files(&self.tls_dir(), id)),
+            None => vec!["--peer-insecure".into()],
+        }
     }
 
     /// `id=address` of every bootstrap node (those `--peers` names).
@@ -237,6 +278,7 @@ impl Cluster {
             .collect();
         let backend = self.net_backend;
         let segment_mib = self.segment_mib;
+        let peer_security = self.peer_security_args(id);
         let node = &mut self.nodes[id as usize - 1];
         assert!(node.child.is_none(), "node {id} is running");
         let log = std::fs::OpenOptions::new()
@@ -253,6 +295,7 @@ impl Cluster {
                 .args(["--client-listen", &node.client.to_string()])
                 .args(["--metrics-listen", &node.metrics.to_string()])
                 .args(["--net-backend", backend, "--segment-mib", "4"])
+                .args(&peer_security)
                 .arg("--data-dir")
                 .arg(&node.data_dir);
         } else if id == 1 {
@@ -276,6 +319,17 @@ impl Cluster {
                 table(&peers),
                 table(&clients)
             );
+            // The peer TLS settings as the file's keys, `--peer-insecure` as a flag.
+            let toml = match peer_security.as_slice() {
+                [_, cert, _, key, _, ca] => format!(
+                    "peer_cert_file = \"{cert}\"\npeer_key_file = \"{key}\"\n\
+                     peer_trusted_ca_file = \"{ca}\"\n{toml}"
+                ),
+                _ => {
+                    cmd.args(&peer_security);
+                    toml
+                }
+            };
             let toml = match node.kafka {
                 Some(listen) => format!(
                     "kafka_listen = \"{listen}\"\n{toml}[kafka_advertise]\n{}",
@@ -291,6 +345,7 @@ impl Cluster {
                 .args(["--client-listen", &node.client.to_string()])
                 .args(["--metrics-listen", &node.metrics.to_string()])
                 .args(["--net-backend", backend])
+                .args(&peer_security)
                 .arg("--data-dir")
                 .arg(&node.data_dir);
             if !self.extra_args.iter().any(|a| a == "--segment-mib") {
@@ -341,6 +396,7 @@ impl Cluster {
             join: Some(self.node(via).client),
         };
         self.nodes.push(node);
+        self.write_peer_cert(id);
         id
     }
 
@@ -737,6 +793,27 @@ pub fn append_window_within(
         );
     }
     outcomes
+}
+
+/// Waits until the metric `series` (name and labels) of node `metrics` reaches `at_least`.
+pub fn wait_counter(metrics: SocketAddr, series: &str, at_least: u64) {
+    let line = format!("{series} ");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let page = http_get(metrics, "/metrics");
+        let n = page
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap());
+        if n >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached {at_least}:\n{page}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Reads a raw stream until the peer closes it (`true`) or `within` passes (`false`).
