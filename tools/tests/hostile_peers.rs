@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_support::{
-    append_window, closed_within, status, tagged_batch, wait_counter, Cluster, Outcome, CLUSTER,
-    DEADLINE,
+    append_window, assert_healthy, closed_within, status, tagged_batch, wait_counter, Cluster,
+    Outcome, CLUSTER, DEADLINE,
 };
 use raftline_log::Batch;
 use raftline_netio::cluster_id::ClusterId;
@@ -43,23 +43,6 @@ fn forge(peer_addr: SocketAddr, as_node: u64, msgs: &[Message]) -> TcpStream {
 fn wait_refused(metrics: SocketAddr, reason: &str, at_least: u64) {
     let series = format!("raftline_peer_messages_refused_total{{reason=\"{reason}\"}}");
     wait_counter(metrics, &series, at_least);
-}
-
-/// The cluster still has `leader` leading in `term` and commits appends on every node.
-fn assert_healthy(cluster: &Cluster, leader: u64, term: u64, tags: std::ops::RangeInclusive<u64>) {
-    for n in &cluster.nodes {
-        let s = status(n.client).unwrap();
-        assert_eq!(s.term, term, "node {} changed term: {s:?}", n.id);
-        assert_eq!(s.leader_id, Some(leader), "node {}: {s:?}", n.id);
-    }
-    let tags: Vec<u64> = tags.collect();
-    let outcomes = append_window(cluster.node(leader).client, &tags, 1, 4);
-    assert!(
-        outcomes
-            .values()
-            .all(|o| matches!(o, Outcome::Acked { .. })),
-        "appends after the forgery: {outcomes:?}"
-    );
 }
 
 #[test]

@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cluster_support::{
-    append_window, free_port, status, wait_counter, Cluster, Outcome, CLUSTER, DEADLINE,
+    append_window, assert_healthy, free_port, status, wait_counter, Cluster, Outcome, CLUSTER,
+    DEADLINE,
 };
 use raftline_bench::dev_certs::{self, DevCa};
 use raftline_netio::net::PeerTlsFiles;
@@ -54,33 +55,17 @@ fn closed_series(reason: &str) -> String {
     format!("raftline_connections_closed_total{{reason=\"{reason}\"}}")
 }
 
-/// Every node still follows `leader` in `term`, the leader's links to its followers are up
-/// (the victim kept its slot), and appends commit.
+/// Every node still follows `leader` in `term` and appends commit ([`assert_healthy`]), and the
+/// leader's links to its followers are up (the victim kept its slot).
 fn assert_unchanged(
     cluster: &Cluster,
     leader: u64,
     term: u64,
     tags: std::ops::RangeInclusive<u64>,
 ) {
-    for n in &cluster.nodes {
-        let s = status(n.client).unwrap();
-        assert_eq!(
-            (s.term, s.leader_id),
-            (term, Some(leader)),
-            "node {}: {s:?}",
-            n.id
-        );
-    }
     let s = status(cluster.node(leader).client).unwrap();
     assert!(s.peers.iter().all(|p| p.connected), "{s:?}");
-    let tags: Vec<u64> = tags.collect();
-    let outcomes = append_window(cluster.node(leader).client, &tags, 1, 4);
-    assert!(
-        outcomes
-            .values()
-            .all(|o| matches!(o, Outcome::Acked { .. })),
-        "{outcomes:?}"
-    );
+    assert_healthy(cluster, leader, term, tags);
 }
 
 #[test]

@@ -816,6 +816,28 @@ pub fn wait_counter(metrics: SocketAddr, series: &str, at_least: u64) {
     }
 }
 
+/// The cluster still has `leader` leading in `term` and commits appends on every node.
+pub fn assert_healthy(
+    cluster: &Cluster,
+    leader: u64,
+    term: u64,
+    tags: std::ops::RangeInclusive<u64>,
+) {
+    for n in &cluster.nodes {
+        let s = status(n.client).unwrap();
+        assert_eq!(s.term, term, "node {} changed term: {s:?}", n.id);
+        assert_eq!(s.leader_id, Some(leader), "node {}: {s:?}", n.id);
+    }
+    let tags: Vec<u64> = tags.collect();
+    let outcomes = append_window(cluster.node(leader).client, &tags, 1, 4);
+    assert!(
+        outcomes
+            .values()
+            .all(|o| matches!(o, Outcome::Acked { .. })),
+        "appends: {outcomes:?}"
+    );
+}
+
 /// Reads a raw stream until the peer closes it (`true`) or `within` passes (`false`).
 pub fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     stream.set_read_timeout(Some(within)).unwrap();
