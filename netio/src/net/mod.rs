@@ -1058,9 +1058,9 @@ impl Net {
         }
     }
 
-    /// Closes a connection whose TLS session failed once the alert rustls queued is sent (it
-    /// tells the remote why: unknown CA, bad certificate), within `close_linger`; nothing more
-    /// is read from it or encrypted for it meanwhile.
+    /// Closes a connection whose TLS session failed once the alert rustls queued is sent (best
+    /// effort, within `close_linger`: it tells the remote why, unknown CA, bad certificate);
+    /// nothing more is read from it or encrypted for it meanwhile.
     fn close_after_alert(&mut self, socket: SocketId, reason: CloseReason) {
         let linger = self.cfg.close_linger;
         let Some(conn) = self.conns.get_mut(&socket) else {
@@ -1371,8 +1371,11 @@ impl Net {
             reason,
             CloseReason::Tls { .. } | CloseReason::PeerIdentity(_)
         ) {
-            if let Some(suppressed) = self.auth_warnings.admit(Instant::now()) {
-                tracing::warn!(remote = %conn.remote, suppressed, "closing {kind}: {reason}");
+            match self.auth_warnings.admit(Instant::now()) {
+                Some(suppressed) => {
+                    tracing::warn!(remote = %conn.remote, suppressed, "closing {kind}: {reason}")
+                }
+                None => tracing::debug!(remote = %conn.remote, "closing {kind}: {reason}"),
             }
         } else if reason.is_bad_input() {
             tracing::warn!(remote = %conn.remote, "closing {kind}: {reason}");

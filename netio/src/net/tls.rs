@@ -235,9 +235,6 @@ pub(super) struct TlsSession {
     encrypted_unsent: usize,
 }
 
-/// Plaintext read out of rustls per call (it holds at most one record's worth at a time).
-const PLAINTEXT_CHUNK_BYTES: usize = 16 << 10;
-
 impl TlsSession {
     /// The server end of a connection a remote opened.
     pub(super) fn server(config: &Arc<ServerConfig>) -> Result<TlsSession, rustls::Error> {
@@ -289,8 +286,8 @@ impl TlsSession {
                 match reader.fill_buf() {
                     Ok([]) => break,
                     Ok(buf) => {
-                        let n = buf.len().min(PLAINTEXT_CHUNK_BYTES);
-                        plaintext(&buf[..n]);
+                        let n = buf.len();
+                        plaintext(buf);
                         reader.consume(n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
