@@ -554,36 +554,21 @@ impl Batch {
         if !header.is_data() {
             return Err(BatchError::BadHeader("flags set on a data batch"));
         }
-        if header.is_kafka() {
-            check_kafka_header(&header, &bytes)?;
-            kafka::validate(&bytes[BATCH_HEADER_BYTES..])?;
-            return Ok(Batch { bytes });
-        }
-        if header.flags & FLAG_PRODUCER != 0 {
-            ProducerSeq::from_block(&bytes[BATCH_HEADER_BYTES..])?;
-        }
-        let batch = Batch { bytes };
-        let count = batch.with_archive(|records| records.len())?;
-        if count != header.record_count as usize {
-            return Err(BatchError::BadPayload(format!(
-                "header says {} records, payload holds {count}",
-                header.record_count
-            )));
-        }
-        Ok(batch)
+        check_records(&header, &bytes)?;
+        Ok(Batch { bytes })
     }
 
-    /// Takes the bytes of a Raft entry whose records were validated where the entry entered the
-    /// cluster (the leader `decode`d the producer's batch): checks the header, the CRC and the
-    /// length only, so followers do not pay for a second payload validation. Accepts data and
-    /// no-op batches, never a log-internal marker.
+    /// Takes the bytes of a Raft entry whose records were validated where the entry entered
+    /// this node (the leader `decode`d the producer's batch, a follower ran
+    /// [`Batch::validate_entry_bytes`] on the wire entry): checks the header, the CRC and the
+    /// length only, so records are not validated twice. Accepts data and no-op batches, never a
+    /// log-internal marker.
     pub fn from_entry_bytes(bytes: Vec<u8>) -> Result<Batch, BatchError> {
         Batch::check_entry_bytes(&bytes)?;
         Ok(Batch { bytes })
     }
 
-    /// What [`Batch::from_entry_bytes`] checks, without taking the bytes: a follower checks an
-    /// entry from the wire before its core takes it.
+    /// What [`Batch::from_entry_bytes`] checks, without taking the bytes.
     pub fn check_entry_bytes(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         let header = check_frame(bytes)?;
         if header.total_bytes != bytes.len() {
@@ -610,6 +595,26 @@ impl Batch {
             }
         } else if header.is_kafka() {
             check_kafka_header(&header, bytes)?;
+        }
+        Ok(header)
+    }
+
+    /// What a follower checks of a command entry from the wire before its core takes it: all
+    /// that [`Batch::check_entry_bytes`] checks, then the records of each data batch (a run's
+    /// inner batches with their own CRCs) exactly as [`Batch::decode`] checks a producer's. The
+    /// envelope CRC only catches accidents: a peer that computes it can still send records no
+    /// reader can decode, which, once committed, would stop every node applying them (and again
+    /// at each restart). Refused here, they never reach the log.
+    pub fn validate_entry_bytes(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+        let header = Batch::check_entry_bytes(bytes)?;
+        if header.is_run() {
+            for inner in entry_batches(bytes) {
+                let (inner, range) = inner?;
+                check_frame(&bytes[range.clone()])?;
+                check_records(&inner, &bytes[range])?;
+            }
+        } else if header.is_data() {
+            check_records(&header, bytes)?;
         }
         Ok(header)
     }
@@ -732,7 +737,7 @@ pub struct KeyedRecord<'a> {
 /// archive in place (keyless records, most of a log, are never deserialised or copied), over the
 /// bytes of a data batch that were verified where they entered this node and stayed in memory
 /// since (a Raft entry: `Batch::decode` on the leader,
-/// `Batch::from_entry_bytes` on a follower, the CRC check of every log read): the header and
+/// `Batch::validate_entry_bytes` on a follower, the CRC check of every log read): the header and
 /// length are checked again and the archive is validated, but the CRC pass is not repeated and
 /// the bytes are not copied into a `Batch`.
 pub fn for_each_keyed_in(
@@ -938,6 +943,29 @@ impl Iterator for EntryBatches<'_> {
         self.failed = matches!(item, Some(Err(_)));
         item
     }
+}
+
+/// Checks a data batch's records, whose frame was checked: a Kafka batch's header against its
+/// envelope and every record (`kafka::validate`), a native batch's producer block and archive
+/// (bytecheck) against the header's record count.
+fn check_records(header: &BatchHeader, bytes: &[u8]) -> Result<(), BatchError> {
+    debug_assert!(header.is_data() && header.total_bytes == bytes.len());
+    if header.is_kafka() {
+        check_kafka_header(header, bytes)?;
+        kafka::validate(&bytes[BATCH_HEADER_BYTES..])?;
+        return Ok(());
+    }
+    if header.flags & FLAG_PRODUCER != 0 {
+        ProducerSeq::from_block(&bytes[BATCH_HEADER_BYTES..])?;
+    }
+    let count = with_archive(&bytes[header.records_from()..], |records| records.len())?;
+    if count != header.record_count as usize {
+        return Err(BatchError::BadPayload(format!(
+            "header says {} records, payload holds {count}",
+            header.record_count
+        )));
+    }
+    Ok(())
 }
 
 /// Validates the records' archive (bytecheck) and hands it to `f`. rkyv needs the archive
@@ -1265,6 +1293,76 @@ mod tests {
         assert!(Batch::from_entry_bytes(longer).is_err());
         let marker = Batch::truncate_marker(4, 0, 1).into_bytes();
         assert!(Batch::from_entry_bytes(marker).is_err());
+    }
+
+    /// `bytes` with their envelope CRC recomputed, as any peer can.
+    fn resealed(bytes: Vec<u8>) -> Vec<u8> {
+        let mut batch = Batch { bytes };
+        batch.reseal();
+        batch.bytes
+    }
+
+    #[test]
+    fn a_wire_entry_with_a_valid_crc_is_still_refused_for_records_no_reader_could_decode() {
+        let mut batch = Batch::encode(&sample_records()).unwrap();
+        batch.stamp(3, 1, 2);
+        let good = batch.into_bytes();
+        assert_eq!(Batch::validate_entry_bytes(&good).unwrap().base_offset, 3);
+
+        let mut garbage = good.clone();
+        garbage[BATCH_HEADER_BYTES..].fill(0xFF);
+        let garbage = resealed(garbage);
+        assert!(
+            Batch::check_entry_bytes(&garbage).is_ok(),
+            "the envelope is fine"
+        );
+        assert!(matches!(
+            Batch::validate_entry_bytes(&garbage),
+            Err(BatchError::BadPayload(_))
+        ));
+
+        let mut lying = good;
+        lying[12..16].copy_from_slice(&3u32.to_le_bytes());
+        let lying = resealed(lying);
+        assert!(Batch::check_entry_bytes(&lying).is_ok());
+        let refused = Batch::validate_entry_bytes(&lying).unwrap_err();
+        assert!(
+            refused.to_string().contains("header says 3 records"),
+            "{refused}"
+        );
+
+        // A run's inner batch keeps its own CRC (consumers receive it as it is).
+        let mut batches = vec![batch_of_records(2), batch_of_records(3)];
+        let run = Batch::run(&mut batches, 10, 1, 4).unwrap().into_bytes();
+        assert_eq!(Batch::validate_entry_bytes(&run).unwrap().record_count, 5);
+        let mut bad_inner = run.clone();
+        bad_inner[BATCH_HEADER_BYTES + 4] ^= 1;
+        let bad_inner = resealed(bad_inner);
+        assert!(Batch::check_entry_bytes(&bad_inner).is_ok());
+        assert!(matches!(
+            Batch::validate_entry_bytes(&bad_inner),
+            Err(BatchError::Checksum { .. })
+        ));
+        let mut bad_records = run;
+        let second = BATCH_HEADER_BYTES + batches[0].as_bytes().len();
+        bad_records[second + BATCH_HEADER_BYTES..].fill(0xFF);
+        let inner_crc = crc32c(&bad_records[second + 8..]);
+        bad_records[second + 4..second + 8].copy_from_slice(&inner_crc.to_le_bytes());
+        let bad_records = resealed(bad_records);
+        assert!(matches!(
+            Batch::validate_entry_bytes(&bad_records),
+            Err(BatchError::BadPayload(_))
+        ));
+
+        // A Kafka batch is checked record by record.
+        let mut kafka = Batch::from_kafka(&kafka_batch(&kafka_records())).unwrap();
+        kafka.stamp(20, 1, 5);
+        assert_eq!(
+            Batch::validate_entry_bytes(kafka.as_bytes())
+                .unwrap()
+                .record_count,
+            2
+        );
     }
 
     /// The sample records with timestamps Kafka can carry (an i64).

@@ -46,7 +46,9 @@ struct Args {
     /// Inject a protocol bug to see the simulator catch it: commit-previous-term,
     /// skip-up-to-date, vote-before-persist, ack-before-durable, install-stale-snapshot,
     /// lease-without-quorum, trust-peers (peer-message checks off; try it with --mix forgery),
-    /// cut-and-carry-on (a damaged log tail is cut silently; try it with --mix bitrot).
+    /// cut-and-carry-on (a damaged log tail is cut silently; try it with --mix bitrot),
+    /// ignore-lost-match (a follower that lost acknowledged entries unaware is probed at its
+    /// old match for ever; --mix bitrot).
     #[arg(long)]
     mutation: Option<String>,
 }
@@ -61,6 +63,7 @@ fn parse_mutation(name: &str) -> Result<Mutation, String> {
         "lease-without-quorum" => Mutation::LeaseWithoutQuorum,
         "trust-peers" => Mutation::TrustPeers,
         "cut-and-carry-on" => Mutation::CutAndCarryOn,
+        "ignore-lost-match" => Mutation::IgnoreLostMatch,
         other => return Err(format!("unknown mutation {other:?}")),
     })
 }
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
     let (mut membership_changes, mut reads, mut lease_reads) = (0u64, 0u64, 0u64);
     let (mut forged, mut refused) = (0u64, 0u64);
     let (mut tails_damaged, mut hard_states_lost, mut repairs) = (0u64, 0u64, 0u64);
+    let mut silent_losses = 0u64;
     let mut leader_loss = Vec::new();
     let mut heal = Vec::new();
     let mut failures = 0;
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
                 tails_damaged += r.tails_damaged;
                 hard_states_lost += r.hard_states_lost;
                 repairs += r.repairs;
+                silent_losses += r.silent_losses;
                 leader_loss.push(r.leader_loss_recovery_ticks);
                 heal.push(r.heal_recovery_ticks);
             }
@@ -166,7 +171,7 @@ fn main() -> ExitCode {
          snapshots taken {snapshots_taken} installed {snapshots_installed} \
          membership changes {membership_changes} reads {reads} (from a lease {lease_reads}) \
          forged {forged} refused {refused} logs damaged {tails_damaged} hard states lost \
-         {hard_states_lost} repairs {repairs}",
+         {hard_states_lost} repairs {repairs} groups lost unnoticed {silent_losses}",
         args.seeds
     );
     for (name, v) in [

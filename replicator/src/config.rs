@@ -35,6 +35,11 @@ pub enum Mutation {
     /// [`crate::Raft::set_repair_through`], so the node votes and campaigns with a log that no
     /// longer holds what it acknowledged.
     CutAndCarryOn,
+    /// (i) Nobody acts on a match a follower lost without knowing it (as before session 7):
+    /// the leader clamps its probe at match + 1 whatever the rejection hints, and the follower
+    /// takes a heartbeat commit beyond its log for one within it. The follower gets the same
+    /// probe again for every rejection and is never repaired by that leader.
+    IgnoreLostMatch,
 }
 
 /// Configuration of one Raft node.

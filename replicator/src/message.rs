@@ -111,9 +111,9 @@ pub struct AppendReject {
     /// The first index of `hint_term` in the follower's log, or its last index + 1.
     pub hint_index: Index,
     /// The follower lost durable entries it may have acknowledged (its log tail was damaged and
-    /// cut at restart, see [`crate::Raft::set_repair_through`]): its log may now be shorter
-    /// than the match the leader recorded, so the leader lowers that match to the hint instead
-    /// of taking the rejection for a stale one.
+    /// cut at restart, see [`crate::Raft::set_repair_through`], or a heartbeat's commit lies
+    /// beyond its log): its log may now be shorter than the match the leader recorded, so the
+    /// leader lowers that match to the hint instead of taking the rejection for a stale one.
     pub log_lost: bool,
 }
 

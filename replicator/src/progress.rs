@@ -234,24 +234,34 @@ impl Progress {
     }
 
     /// Applies a rejection of a message sent with `rejected_prev`; false if it is stale.
-    pub fn reject(&mut self, rejected_prev: Index, hinted_next: Index) -> bool {
-        match self.state {
-            ProgressState::Replicate => {
-                if rejected_prev <= self.match_index {
-                    return false;
-                }
-                self.become_probe(self.match_index + 1);
-                true
-            }
-            ProgressState::Probe => {
-                if rejected_prev.checked_add(1) != Some(self.next_index) {
-                    return false;
-                }
-                self.become_probe(hinted_next.min(rejected_prev));
-                true
-            }
+    ///
+    /// A rejection that answers what is being sent now and yet points at or below the match
+    /// means the follower no longer holds entries it acknowledged (it lost them without
+    /// knowing, replicator/DRIVER.md "Residual window"): the match goes back as in
+    /// [`Progress::lost_log`]. Clamping the probe at match + 1 instead would resend the same
+    /// probe for ever. A reordered rejection from before the follower caught up can be taken
+    /// for such a loss; that only costs a probe round (the follower, holding the entries,
+    /// acknowledges them again). Rejections alone never loop: one acted on in Replicate
+    /// switches to Probe, and each one acted on in Probe lowers `match + next`. `detect_loss`
+    /// is false only under [`crate::Mutation::IgnoreLostMatch`].
+    pub fn reject(&mut self, rejected_prev: Index, hinted_next: Index, detect_loss: bool) -> bool {
+        let current = match self.state {
+            ProgressState::Replicate => rejected_prev > self.match_index,
+            ProgressState::Probe => rejected_prev.checked_add(1) == Some(self.next_index),
             // Entries are not being sent; the installed snapshot's acknowledgement moves on.
             ProgressState::Snapshot => false,
+        };
+        if !current {
+            return false;
         }
+        let next = hinted_next.min(rejected_prev);
+        if next <= self.match_index && detect_loss {
+            return self.lost_log(next);
+        }
+        match self.state {
+            ProgressState::Replicate => self.become_probe(self.match_index + 1),
+            _ => self.become_probe(next),
+        }
+        true
     }
 }

@@ -1484,8 +1484,9 @@ impl<S: Storage> Raft<S> {
                 };
                 let pr = self.progress.get_mut(&from).expect("checked above");
                 let hinted_next = hinted_next.max(1);
+                let detect_loss = self.cfg.mutation != Mutation::IgnoreLostMatch;
                 if (reject.log_lost && pr.lost_log(hinted_next))
-                    || pr.reject(reject.rejected_prev_index, hinted_next)
+                    || pr.reject(reject.rejected_prev_index, hinted_next, detect_loss)
                 {
                     self.send_append(from, true);
                 }
@@ -1801,45 +1802,35 @@ impl<S: Storage> Raft<S> {
                 let leader = self.leader;
                 return self.refuse(&msg, RefusalReason::NotTheLeader { leader });
             }
-            if let MessageBody::Heartbeat { commit, read_seq } = msg.body {
+            if let MessageBody::Heartbeat { commit, .. } = msg.body {
                 // The leader sends at most the match we acknowledged, which we still hold —
-                // unless we lost it (suspect): then it is to be told to resend. A suspect
-                // takes no commit index beyond what it matched with this leader (or already
-                // knew committed): entries it holds past that may be ones a lost truncation
-                // had voided.
+                // unless we lost it: a damaged tail cut at restart (suspect), a last synced
+                // group lost unnoticed (the residual window), a wiped data directory. Then it
+                // is to be told to resend from our end with a `log_lost` rejection, which
+                // lowers the match it counts for us (no term hint, which would skip what its
+                // term holds). A suspect also takes no commit index beyond what it matched
+                // with this leader (or already knew committed): entries it holds past that
+                // may be ones a lost truncation had voided.
                 let last_index = self.log.last_index();
                 let vouched = self.leader_match.max(self.commit);
-                if commit > last_index.min(vouched) && self.repair_through.is_some() {
+                let lost = commit > last_index && self.cfg.mutation != Mutation::IgnoreLostMatch;
+                if lost || (commit > vouched && self.repair_through.is_some()) {
                     self.leader = Some(msg.from);
                     self.election_elapsed = 0;
-                    if commit > last_index {
-                        if let Err(e) = self.reject_append(msg.from, commit) {
-                            self.record_storage_failure(e);
-                        }
+                    let held = if commit > last_index {
+                        last_index
                     } else {
-                        // We hold entries there but cannot vouch for them: resend after what
-                        // we can (no term hint, which would skip what this leader's term holds).
-                        let reject = AppendReject {
-                            rejected_prev_index: commit,
-                            hint_term: None,
-                            hint_index: vouched + 1,
-                            log_lost: true,
-                        };
-                        let result = Err(reject);
-                        self.send(msg.from, MessageBody::AppendEntriesResponse { result });
-                    }
+                        vouched
+                    };
+                    let reject = AppendReject {
+                        rejected_prev_index: commit,
+                        hint_term: None,
+                        hint_index: held + 1,
+                        log_lost: true,
+                    };
+                    let result = Err(reject);
+                    self.send(msg.from, MessageBody::AppendEntriesResponse { result });
                     return;
-                }
-                if commit > last_index {
-                    // A forged commit, or a leader that believes we hold entries we no longer
-                    // have (our data directory was wiped): the commit is never taken, but the
-                    // heartbeat is answered, so a real leader whose window to us is full of
-                    // appends lost with our old process goes on sending AppendEntries (whose
-                    // rejections lead it to resend from our end or send its snapshot) instead
-                    // of waiting for us forever.
-                    self.send(msg.from, MessageBody::HeartbeatResponse { read_seq });
-                    let reason = RefusalReason::CommitBeyondLog { commit, last_index };
-                    return self.refuse(&msg, reason);
                 }
             }
         }
@@ -1858,7 +1849,7 @@ impl<S: Storage> Raft<S> {
             MessageBody::Heartbeat { commit, read_seq } => {
                 self.leader = Some(from);
                 self.election_elapsed = 0;
-                // At most our last index (refused above otherwise).
+                // At most our last index (answered above otherwise).
                 self.commit = self.commit.max(commit.min(self.log.last_index()));
                 self.send(from, MessageBody::HeartbeatResponse { read_seq });
             }
@@ -2028,8 +2019,7 @@ impl<S: Storage> Raft<S> {
         self.send_ack(from, last_new)
     }
 
-    /// Rejects the leader's message at `prev_index` (an AppendEntries' prev_index, or a
-    /// suspect's heartbeat commit beyond its log), with a hint where our log diverges.
+    /// Rejects the leader's AppendEntries at `prev_index`, with a hint where our log diverges.
     fn reject_append(&mut self, from: NodeId, prev_index: Index) -> Result<(), StorageError> {
         let probe = prev_index.min(self.log.last_index());
         let (hint_term, hint_index) = if prev_index > self.log.last_index() {

@@ -73,9 +73,6 @@ pub enum RefusalReason {
     NotTheLeader { leader: Option<NodeId> },
     /// AppendEntries that would overwrite an entry this node knows committed.
     OverwritesCommitted { index: Index, commit: Index },
-    /// Heartbeat commit index beyond this follower's log (a leader sends at most the match it
-    /// was acknowledged).
-    CommitBeyondLog { commit: Index, last_index: Index },
     /// Acknowledgement of entries beyond the leader's log.
     AckBeyondLog { index: Index, last_index: Index },
     /// Acknowledgement beyond anything this leader sent (or knew) that follower to hold.
@@ -99,7 +96,6 @@ impl RefusalReason {
             RefusalReason::Malformed(_) => "malformed",
             RefusalReason::NotTheLeader { .. } => "not_the_leader",
             RefusalReason::OverwritesCommitted { .. } => "overwrites_committed",
-            RefusalReason::CommitBeyondLog { .. } => "commit_beyond_log",
             RefusalReason::AckBeyondLog { .. } => "ack_beyond_log",
             RefusalReason::AckBeyondSent { .. } => "ack_beyond_sent",
             RefusalReason::BadRejectHint => "bad_reject_hint",

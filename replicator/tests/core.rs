@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use raftline_replicator::sim::disk::{SimDisk, SimSnapshot};
 use raftline_replicator::{
-    InitError, Membership, MembershipChange, MembershipError, ProgressState, ReadError, ReadState,
-    SnapshotMeta, TransferError,
+    AppendReject, InitError, Membership, MembershipChange, MembershipError, ProgressState,
+    ReadError, ReadState, SnapshotMeta, TransferError,
 };
 
 use support::{entry, persist_all, Node};
@@ -27,25 +27,37 @@ fn node(cfg: Config, term: u64, entries: Vec<Entry>) -> Node {
     Raft::new(cfg, hs, 0, SimDisk::with_durable(hs, entries)).expect("valid config")
 }
 
-/// Delivers messages with instant durability until the cluster is quiet; messages to nodes
-/// not in `nodes` are lost.
-fn settle(nodes: &mut [Node]) {
+/// More messages than any scenario here needs to settle: past it, the nodes are taken to
+/// exchange messages without end (a message storm).
+const SETTLE_MSGS_MAX: usize = 10_000;
+
+/// Delivers messages with instant durability until the cluster is quiet (messages to nodes
+/// not in `nodes` are lost) and returns how many were delivered; panics past
+/// `SETTLE_MSGS_MAX`.
+fn settle(nodes: &mut [Node]) -> usize {
     let mut inflight: Vec<Message> = Vec::new();
     for n in nodes.iter_mut() {
         let rd = n.ready();
         inflight.extend(persist_all(n, rd));
     }
+    let mut delivered = 0;
     while !inflight.is_empty() {
         for msg in std::mem::take(&mut inflight) {
             let to = msg.to as usize - 1;
             if to >= nodes.len() {
                 continue;
             }
+            delivered += 1;
+            assert!(
+                delivered <= SETTLE_MSGS_MAX,
+                "no quiet after {SETTLE_MSGS_MAX} messages, the last {msg:?}"
+            );
             nodes[to].step(msg);
             let rd = nodes[to].ready();
             inflight.extend(persist_all(&mut nodes[to], rd));
         }
     }
+    delivered
 }
 
 /// Node 1 of 3 campaigns, persists its self-vote and wins with node 2's grant.
@@ -1444,6 +1456,107 @@ fn suspect_node_is_not_repaired_by_a_commit_index_below_what_it_lost_in_the_same
         nodes[1].repair_through(),
         Some(durable_through),
         "still suspect: 3 and 4 may have been committed with its lost acknowledgement"
+    );
+}
+
+/// Node 2 of a 3-node cluster whose leader counts it at match 4 loses entries 3 and 4 at a
+/// crash without knowing it (the residual window: its last synced group torn and the marker
+/// that would have said so lost with it) and restarts healthy, not suspect.
+fn cluster_with_node_2_silently_short() -> Vec<Node> {
+    let mut nodes = cluster(3);
+    for _ in 0..3 {
+        nodes[0].propose(Arc::from(&b"cmd"[..])).expect("leader");
+    }
+    settle(&mut nodes);
+    assert_eq!(nodes[0].progress(2).expect("peer").match_index, 4);
+    let cfg = nodes[1].config().clone();
+    let mut disk = nodes.remove(1).into_storage();
+    disk.crash();
+    assert_eq!(disk.lose_tail(2), Some((3, 4)));
+    let hs = disk.hard_state();
+    nodes.insert(1, Raft::new(cfg, hs, 0, disk).expect("readable disk"));
+    nodes
+}
+
+#[test]
+fn a_follower_that_silently_lost_acknowledged_entries_gets_them_again_without_a_message_storm() {
+    let mut nodes = cluster_with_node_2_silently_short();
+    // Two appends: the first (prev 4, at the match) is rejected and taken for a stale
+    // rejection; the second (prev 5) is not, and its probe at the match is rejected with a
+    // hint below it. Before, the leader clamped the next probe at match + 1 and sent the same
+    // probe again for every rejection.
+    for _ in 0..2 {
+        nodes[0].propose(Arc::from(&b"more"[..])).expect("leader");
+    }
+    let delivered = settle(&mut nodes);
+    assert!(delivered <= 20, "{delivered} messages to settle");
+    let last = nodes[0].last_index();
+    assert_eq!(last, 6);
+    assert_eq!(nodes[0].progress(2).expect("peer").match_index, last);
+    assert_eq!(nodes[1].durable_index(), last);
+    for i in 1..=last {
+        assert_eq!(nodes[1].term_at(i), nodes[0].term_at(i), "entry {i}");
+    }
+    assert_eq!(nodes[0].commit_index(), last);
+}
+
+#[test]
+fn an_idle_leaders_heartbeat_tells_a_follower_that_silently_lost_acknowledged_entries_to_report_it()
+{
+    let mut nodes = cluster_with_node_2_silently_short();
+    // Nothing more to append: the leader's match for node 2 is its last index, so only a
+    // heartbeat goes out, with commit 4, beyond node 2's log. Before, node 2 refused it as
+    // impossible (the node closed the leader's connection) and the leader never resent.
+    let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+    for _ in 0..nodes[0].config().heartbeat_ticks {
+        nodes[0].tick(&mut rng);
+    }
+    let delivered = settle(&mut nodes);
+    assert!(delivered <= 10, "{delivered} messages to settle");
+    assert_eq!(nodes[1].durable_index(), 4);
+    for i in 1..=4 {
+        assert_eq!(nodes[1].term_at(i), nodes[0].term_at(i), "entry {i}");
+    }
+    assert_eq!(nodes[0].progress(2).expect("peer").match_index, 4);
+}
+
+#[test]
+fn a_reordered_rejection_taken_for_a_lost_log_costs_one_probe_round() {
+    let mut nodes = cluster(3);
+    nodes[0].propose(Arc::from(&b"cmd"[..])).expect("leader");
+    settle(&mut nodes);
+    let last = nodes[0].last_index();
+    let term = nodes[0].term();
+    assert_eq!(nodes[0].progress(2).expect("peer").match_index, last);
+    // The append of the new entry is lost, and a rejection of it hinting index 1 arrives, as
+    // a reordered one from when node 2 held nothing would: the leader cannot tell it from a
+    // loss, so it lowers the match and probes; node 2, holding everything, acknowledges again.
+    nodes[0].propose(Arc::from(&b"cmd"[..])).expect("leader");
+    let rd = nodes[0].ready();
+    persist_all(&mut nodes[0], rd);
+    nodes[0].step(Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::AppendEntriesResponse {
+            result: Err(AppendReject {
+                rejected_prev_index: last + 1,
+                hint_term: None,
+                hint_index: 1,
+                log_lost: false,
+            }),
+        },
+    });
+    let pr = nodes[0].progress(2).expect("peer");
+    assert_eq!((pr.match_index, pr.state), (0, ProgressState::Probe));
+    assert_eq!(nodes[0].commit_index(), last, "commit never goes back");
+    let delivered = settle(&mut nodes);
+    assert!(delivered <= 10, "{delivered} messages to settle");
+    let pr = nodes[0].progress(2).expect("peer");
+    assert_eq!(
+        (pr.match_index, pr.state),
+        (last + 1, ProgressState::Replicate),
+        "node 2 acknowledges its whole log again"
     );
 }
 

@@ -294,10 +294,10 @@ fn entries_that_are_not_consecutive_after_prev_index_are_refused_not_a_panic() {
 }
 
 #[test]
-fn a_heartbeat_commit_beyond_the_followers_log_is_refused() {
+fn a_heartbeat_commit_beyond_the_followers_log_is_not_taken_but_reported_as_a_lost_log() {
     let mut nodes = cluster();
     let term = nodes[1].term();
-    let commit = nodes[1].commit_index();
+    let (commit, last) = (nodes[1].commit_index(), nodes[1].last_index());
     // Before: a debug assertion (a panic in debug builds), silently clamped in release.
     nodes[1].step(msg(
         1,
@@ -310,16 +310,23 @@ fn a_heartbeat_commit_beyond_the_followers_log_is_refused() {
     ));
     assert_eq!(nodes[1].commit_index(), commit);
     let rd = nodes[1].ready();
-    assert!(matches!(
-        rd.refused.iter().map(|r| r.reason).collect::<Vec<_>>()[..],
-        [RefusalReason::CommitBeyondLog { .. }]
-    ));
-    // Answered all the same: a real leader that thinks it holds more (its data directory was
-    // wiped) keeps sending it AppendEntries instead of waiting for it forever.
+    // A leader sends at most the match it was acknowledged: from the real leader this means
+    // the node lost entries it acknowledged (unnoticed, or its data directory was wiped), so
+    // it is not refused but answered with "resend from my end", which also keeps a leader
+    // whose window to it is full of appends lost with its old process sending.
+    assert!(rd.refused.is_empty(), "{:?}", rd.refused);
+    let expected = AppendReject {
+        rejected_prev_index: u64::MAX,
+        hint_term: None,
+        hint_index: last + 1,
+        log_lost: true,
+    };
     assert!(
-        rd.messages
-            .iter()
-            .any(|m| m.to == 1 && matches!(m.body, MessageBody::HeartbeatResponse { read_seq: 0 })),
+        rd.messages.iter().any(|m| m.to == 1
+            && m.body
+                == MessageBody::AppendEntriesResponse {
+                    result: Err(expected)
+                }),
         "{:?}",
         rd.messages
     );

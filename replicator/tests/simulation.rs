@@ -232,8 +232,12 @@ fn damaged_log_tails_lose_no_acknowledged_entry_and_are_repaired() {
     let reports = run_all("bitrot", SimConfig::bit_rot, 0, 300);
     let damaged: u64 = reports.iter().map(|r| r.tails_damaged).sum();
     let repairs: u64 = reports.iter().map(|r| r.repairs).sum();
-    eprintln!("bitrot: 300 seeds, {damaged} tails damaged, {repairs} repairs");
+    let silent: u64 = reports.iter().map(|r| r.silent_losses).sum();
+    eprintln!(
+        "bitrot: 300 seeds, {damaged} tails damaged, {repairs} repairs, {silent} synced groups lost unnoticed"
+    );
     assert!(damaged > 1000, "the damage must be frequent ({damaged})");
+    assert!(silent > 500, "so must the unnoticed loss ({silent})");
     assert!(
         repairs * 2 > damaged,
         "most damaged nodes are repaired before they crash again ({repairs} of {damaged})"
@@ -252,6 +256,21 @@ fn simulator_finds_a_damaged_tail_cut_silently() {
                 | Property::AckedEntryLost
                 | Property::UnsafeCommit
                 | Property::StateMachineSafety
+        ),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn simulator_finds_a_match_lost_unnoticed_that_nobody_acts_on() {
+    // A follower that lost its acknowledged last group without a marker, probed at its old
+    // match for ever: an ever-growing storm of probes and rejections, or a follower never
+    // brought up to date after the faults stop.
+    let f = first_failure(Mutation::IgnoreLostMatch, SimConfig::bit_rot, 10);
+    assert!(
+        matches!(
+            f.violation.property,
+            Property::MessageStorm | Property::Liveness
         ),
         "{f:?}"
     );

@@ -53,8 +53,9 @@ pub struct AddArgs {
     /// The new node's id (unused in the cluster).
     #[arg(long)]
     pub id: u64,
-    /// Where peers reach the new node (its `--listen`), ip:port.
-    #[arg(long, value_name = "IP:PORT")]
+    /// Where peers reach the new node (its `--listen`): ip:port, or a name (host:port) that
+    /// every member resolves by itself (off its raft thread) and again when it moves.
+    #[arg(long, value_name = "HOST:PORT")]
     pub peer_addr: String,
     /// Where clients reach it (its `--client-listen`).
     #[arg(long, value_name = "HOST:PORT")]

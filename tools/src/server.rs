@@ -41,6 +41,10 @@ const EXIT_INTERRUPTED: i32 = 130;
 
 /// Runs a node until it is told to stop.
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    if args.dry_run {
+        print_plan(&args.resolve_offline()?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let cfg = args.resolve()?;
     raftline_log::fault::check_crash_at().map_err(anyhow::Error::msg)?;
     let node = Node::start(cfg.clone())?;
@@ -124,5 +128,35 @@ fn print_start(cfg: &NodeConfig, started: &Started) {
     );
     if let Some(emulation) = &cfg.emulated_disk {
         println!("{}", emulation.banner());
+    }
+}
+
+/// `--dry-run`: what the node would do with these settings.
+fn print_plan(cfg: &NodeConfig) {
+    match &cfg.join {
+        Some(via) => {
+            let (peer, client) = cfg.announced();
+            println!(
+                "node {} would join cluster {:?} through {via} as a learner, announcing peer \
+                 address {peer} and client address {client}",
+                cfg.id, cfg.cluster_name
+            );
+        }
+        None => println!(
+            "node {} would bootstrap cluster {:?} with voters {:?} (or restart from its data \
+             directory)",
+            cfg.id,
+            cfg.cluster_name,
+            cfg.peers.keys().collect::<Vec<_>>()
+        ),
+    }
+    println!(
+        "listening for peers on {}, for clients on {}; data in {}",
+        cfg.listen,
+        cfg.client_listen,
+        cfg.data_dir.display()
+    );
+    for warning in &cfg.warnings {
+        println!("warning: {warning}");
     }
 }

@@ -42,19 +42,36 @@ pub struct ServerArgs {
     /// The cluster's name; every frame carries its id, and the data directory is bound to it.
     #[arg(long, value_name = "NAME")]
     pub cluster_id: Option<String>,
-    /// Every voter's peer address, this node included: `1=host:port,2=host:port,3=host:port`.
+    /// The bootstrap voters' peer addresses, this node included: `1=host:port,2=host:port,3=...`.
+    /// With --join too, only the nodes it lists bootstrap; any other id joins.
     #[arg(long, value_name = "ID=ADDR,...")]
     pub peers: Option<String>,
     /// Every voter's client address, so followers can tell clients where the leader is:
     /// `1=host:port,...`.
     #[arg(long, value_name = "ID=ADDR,...")]
     pub peer_clients: Option<String>,
-    /// Join an existing cluster instead of bootstrapping one: the client address of any member.
-    /// The node asks to be added as a learner at its --listen and --client-listen addresses
-    /// (promote it with `raftline member promote`); a restarted node that already has the
-    /// configuration in its log ignores it. Excludes --peers.
+    /// Join an existing cluster instead of bootstrapping one: the client address of any member
+    /// (or a name that resolves to members). The node asks to be added as a learner at its
+    /// --listen and --client-listen addresses, or the --advertise-* ones (promote it with
+    /// `raftline member promote`); a restarted node that already has the configuration in its
+    /// log ignores it. Beside --peers (one command line for every node, e.g. a StatefulSet): a
+    /// node whose id --peers lists bootstraps with them, any other joins.
     #[arg(long, value_name = "HOST:PORT")]
     pub join: Option<String>,
+    /// The peer address a joining node announces, where other nodes dial it: ip:port or a name
+    /// (`raftline-3.raftline-peers.prod.svc:7301`), resolved again when it moves [default:
+    /// --listen, which must not be a wildcard then].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_peer_addr: Option<String>,
+    /// The client address a joining node announces, where clients are sent to it [default:
+    /// --client-listen, which must not be a wildcard then].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_client_addr: Option<String>,
+    /// Check the settings and print what the node would do (bootstrap with --peers, or join
+    /// through --join announcing which addresses), then exit: nothing is bound, resolved or
+    /// written (names are checked for their form only).
+    #[arg(long)]
+    pub dry_run: bool,
     /// Address for peer connections [default: this node's entry in --peers].
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
@@ -173,6 +190,8 @@ struct FileConfig {
     peers: Option<BTreeMap<String, String>>,
     peer_clients: Option<BTreeMap<String, String>>,
     join: Option<String>,
+    advertise_peer_addr: Option<String>,
+    advertise_client_addr: Option<String>,
     listen: Option<SocketAddr>,
     client_listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
@@ -251,8 +270,28 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 }
 
 impl ServerArgs {
-    /// Merges flags over the config file and validates the result.
+    /// Merges flags over the config file and validates the result (names in --peers are looked
+    /// up).
     pub fn resolve(self) -> anyhow::Result<NodeConfig> {
+        self.resolve_with(resolve_addr)
+    }
+
+    /// [`ServerArgs::resolve`] without looking names up (`--dry-run`): a name in --peers stands
+    /// for a documentation address (192.0.2.1) with its port.
+    pub fn resolve_offline(self) -> anyhow::Result<NodeConfig> {
+        self.resolve_with(|addr| {
+            addr.parse().or_else(|_| {
+                let port = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
+                let port = port.with_context(|| format!("{addr:?} is not host:port"))?;
+                Ok(SocketAddr::from(([192, 0, 2, 1], port)))
+            })
+        })
+    }
+
+    fn resolve_with(
+        self,
+        lookup: impl Fn(&str) -> anyhow::Result<SocketAddr>,
+    ) -> anyhow::Result<NodeConfig> {
         let file = match &self.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
@@ -277,6 +316,14 @@ impl ServerArgs {
             (None, Some(map)) => file_map(map, "peer_clients")?,
             (None, None) => BTreeMap::new(),
         };
+        // --peers and --join together: the bootstrap voters bootstrap, every other node joins.
+        let (peers_text, peer_clients, join) = match join {
+            Some(_) if peers_text.contains_key(&id) => (peers_text, peer_clients, None),
+            Some(via) => (BTreeMap::new(), BTreeMap::new(), Some(via)),
+            None => (peers_text, peer_clients, None),
+        };
+        let advertise_peer = self.advertise_peer_addr.or(file.advertise_peer_addr);
+        let advertise_client = self.advertise_client_addr.or(file.advertise_client_addr);
         let kafka_advertise = match (self.kafka_advertise, file.kafka_advertise) {
             (Some(text), _) => parse_id_map(&text)?,
             (None, Some(map)) => file_map(map, "kafka_advertise")?,
@@ -285,7 +332,7 @@ impl ServerArgs {
         let mut peers = BTreeMap::new();
         for (&peer, addr) in &peers_text {
             let resolved =
-                resolve_addr(addr).with_context(|| format!("peer {peer}'s address {addr:?}"))?;
+                lookup(addr).with_context(|| format!("peer {peer}'s address {addr:?}"))?;
             peers.insert(peer, resolved);
         }
         let cores = match (self.cores, file.cores) {
@@ -324,6 +371,8 @@ impl ServerArgs {
             peer_names: peers_text,
             peer_clients,
             join,
+            advertise_peer,
+            advertise_client,
             listen,
             client_listen: self
                 .client_listen
@@ -697,18 +746,52 @@ mod tests {
         let cfg = joiner().resolve().unwrap();
         assert!(cfg.peers.is_empty());
         assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
-        let mut both = joiner();
-        both.peers = args().peers;
-        let err = both.resolve().unwrap_err().to_string();
-        assert!(err.contains("exclude each other"), "{err}");
         let mut wildcard = joiner();
         wildcard.listen = Some("0.0.0.0:7104".parse().unwrap());
         let err = wildcard.resolve().unwrap_err().to_string();
-        assert!(err.contains("--listen 0.0.0.0:7104"), "{err}");
+        assert!(
+            err.contains("--listen 0.0.0.0:7104") && err.contains("--advertise-peer-addr"),
+            "{err}"
+        );
         let mut neither = joiner();
         neither.join = None;
         let err = neither.resolve().unwrap_err().to_string();
         assert!(err.contains("--join"), "{err}");
+    }
+
+    #[test]
+    fn with_peers_and_join_the_listed_nodes_bootstrap_and_the_others_join_at_advertised_names() {
+        // One command line for every pod: --peers names the bootstrap voters 1-3.
+        let pod = |id: u64| ServerArgs {
+            id: Some(id),
+            join: Some("raftline.prod.svc:7401".into()),
+            listen: Some("0.0.0.0:7301".parse().unwrap()),
+            client_listen: Some("0.0.0.0:7401".parse().unwrap()),
+            advertise_peer_addr: Some(format!("raftline-{}.raftline-peers:7301", id - 1)),
+            advertise_client_addr: Some(format!("raftline-{}.raftline-peers:7401", id - 1)),
+            ..args()
+        };
+        let voter = pod(2).resolve().unwrap();
+        assert_eq!((voter.join, voter.peers.len()), (None, 3));
+        let joiner = pod(4).resolve().unwrap();
+        assert_eq!(joiner.join.as_deref(), Some("raftline.prod.svc:7401"));
+        assert!(joiner.peers.is_empty() && joiner.peer_clients.is_empty());
+        assert_eq!(
+            joiner.announced(),
+            (
+                "raftline-3.raftline-peers:7301".to_string(),
+                "raftline-3.raftline-peers:7401".to_string()
+            )
+        );
+        // A joiner's announced addresses must be dialable: no wildcard, no port 0.
+        let mut wildcard = pod(4);
+        wildcard.advertise_peer_addr = Some("0.0.0.0:7301".into());
+        let err = wildcard.resolve().unwrap_err().to_string();
+        assert!(err.contains("--advertise-peer-addr 0.0.0.0:7301"), "{err}");
+        let mut unset = pod(4);
+        unset.advertise_client_addr = None;
+        let err = unset.resolve().unwrap_err().to_string();
+        assert!(err.contains("--client-listen 0.0.0.0:7401"), "{err}");
     }
 
     #[test]

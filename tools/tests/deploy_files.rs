@@ -70,6 +70,69 @@ fn the_kubernetes_manifests_validate_strictly() {
     );
 }
 
+/// The StatefulSet's command line (its `args` script, a folded YAML scalar) as the pod's shell
+/// gets it: Kubernetes' `$(VAR)` expanded for namespace `default`, `$$` unescaped.
+fn statefulset_script() -> String {
+    let manifest = std::fs::read_to_string(deploy("kubernetes/raftline.yaml")).unwrap();
+    let mut lines = manifest.lines().skip_while(|l| l.trim() != "args:").skip(1);
+    assert_eq!(lines.next().map(str::trim), Some("- >-"), "{manifest}");
+    let folded: Vec<&str> = lines
+        .take_while(|l| l.starts_with(&" ".repeat(14)))
+        .map(str::trim)
+        .collect();
+    let script = folded
+        .join(" ")
+        .replace("$(CLUSTER_ID)", "prod")
+        .replace("$(NAMESPACE)", "default");
+    assert!(
+        !script.replace("$$", "").contains("$("),
+        "a variable left unexpanded: {script}"
+    );
+    script.replace("$$", "$")
+}
+
+#[test]
+fn the_statefulset_bootstraps_with_its_first_three_pods_and_the_others_join_by_name() {
+    let script =
+        statefulset_script().replace("/usr/local/bin/raftline", env!("CARGO_BIN_EXE_raftline"));
+    let plan = |pod: u64| {
+        let out = Command::new("/bin/sh")
+            .args(["-c", &format!("{script} --dry-run")])
+            .env("HOSTNAME", format!("raftline-{pod}"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "pod {pod}: {text}\n{script}");
+        text
+    };
+    for pod in 0..3 {
+        let text = plan(pod);
+        assert!(
+            text.contains(&format!(
+                "node {} would bootstrap cluster \"prod\" with voters [1, 2, 3]",
+                pod + 1
+            )),
+            "{text}"
+        );
+    }
+    for pod in 3..5 {
+        let text = plan(pod);
+        let name = format!("raftline-{pod}.raftline-peers.default.svc");
+        assert!(
+            text.contains(&format!(
+                "node {} would join cluster \"prod\" through raftline.default.svc:7401 as a \
+                 learner, announcing peer address {name}:7301 and client address {name}:7401",
+                pod + 1
+            )),
+            "{text}"
+        );
+    }
+}
+
 #[test]
 fn the_alert_rules_pass_promtool() {
     let rules = deploy("prometheus/alerts.yml");

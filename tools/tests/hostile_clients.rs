@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_support::{
-    append_window, closed_within, http_get, status, tagged_batch, Cluster, Outcome, CLUSTER,
+    append_window, closed_within, http_get, status, tagged_batch, Cluster, Conn, Outcome, CLUSTER,
     DEADLINE,
 };
-use raftline_netio::client_proto::{encode_request, AckMode, Request};
+use raftline_netio::client_proto::{encode_request, AckMode, ClientError, Request, Response};
 use raftline_netio::cluster_id::ClusterId;
 use socket2::{Domain, Socket, Type};
 
@@ -31,7 +31,8 @@ fn rss_bytes(pid: u32) -> u64 {
     kib << 10
 }
 
-/// The value of the metric `series` (name and labels) of the node at `metrics`, 0 if absent.
+/// The value of the metric `series` (name and labels; a counter or a gauge) of the node at
+/// `metrics`, 0 if absent.
 fn counter(metrics: SocketAddr, series: &str) -> u64 {
     let line = format!("{series} ");
     http_get(metrics, "/metrics")
@@ -51,25 +52,28 @@ fn status_requests(count: u64) -> Vec<u8> {
 }
 
 /// A client that writes Status requests as fast as the node takes them and never reads an
-/// answer; reconnects when the node closes it (a persistent attacker).
+/// answer; reconnects when the node closes it or a connect fails (a persistent attacker).
 fn flood(client: SocketAddr, stop: Arc<AtomicBool>) {
     let requests = status_requests(256);
-    let connect = || {
+    let connect = || -> std::io::Result<TcpStream> {
         // A small receive buffer: the answers pile up in the node, not in this kernel.
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        socket.connect(&client.into()).unwrap();
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        socket.set_recv_buffer_size(4096)?;
+        socket.connect(&client.into())?;
         let s = TcpStream::from(socket);
-        s.set_write_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        s
+        s.set_write_timeout(Some(Duration::from_millis(50)))?;
+        Ok(s)
     };
-    let mut stream = connect();
+    let mut stream = None;
     while !stop.load(Ordering::Relaxed) {
-        match stream.write_all(&requests) {
+        let Some(s) = stream.as_mut() else {
+            stream = connect().ok();
+            continue;
+        };
+        match s.write_all(&requests) {
             Ok(()) => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => stream = connect(),
+            Err(_) => stream = None,
         }
     }
 }
@@ -116,16 +120,6 @@ fn forty_clients_that_never_read_stay_within_the_buffer_budget_and_the_leader_ke
     }
     // Leadership held throughout: same leader, same term, on every node; and appends from a
     // new producer still commit while the flood goes on.
-    {
-        let mut c = cluster_support::Conn::connect(node.client).unwrap();
-        c.send(&Request::Append {
-            request_id: 9,
-            ack: AckMode::Quorum,
-            batch: tagged_batch(9, 1),
-        })
-        .unwrap();
-        eprintln!("DEBUG {:?}", c.recv());
-    }
     let outcomes = append_window(node.client, &[1, 2, 3, 4], 1, 4);
     assert!(
         outcomes
@@ -190,6 +184,77 @@ fn a_connection_that_dribbles_a_frame_after_its_hello_is_closed() {
     while counter(node.metrics, too_slow) < 1 {
         assert!(Instant::now() < deadline, "no too_slow close counted");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn connections_that_sent_a_16_mib_frame_give_its_memory_back_while_they_idle() {
+    const CONNS: u64 = 20;
+    let cluster = Cluster::start(1, "auto");
+    let leader = cluster.wait_leader();
+    let node = cluster.node(leader);
+    let pid = node.child.as_ref().unwrap().id();
+    let rest = rss_bytes(pid);
+    // An append just under the 16 MiB frame limit, far over the 1 MiB batch limit: the node
+    // reads it whole, answers TooLarge and keeps the connection.
+    let mut huge = Vec::new();
+    let request = Request::Append {
+        request_id: 1,
+        ack: AckMode::Quorum,
+        batch: vec![0; 15 << 20],
+    };
+    encode_request(&mut huge, ClusterId::from_name(CLUSTER), &request).unwrap();
+    let mut conns: Vec<_> = (0..CONNS)
+        .map(|_| {
+            let mut c = Conn::connect(node.client).unwrap();
+            c.stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            c.stream.write_all(&huge).unwrap();
+            c
+        })
+        .collect();
+    for c in &mut conns {
+        match c.recv().unwrap() {
+            Response::Error {
+                error: ClientError::TooLarge { .. },
+                ..
+            } => {}
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+    // While all of them stay open and idle, each holds at most what any connection keeps between
+    // frames (a 2 MiB decoder), not the 15 MiB it once needed (300 MiB for the 20), and the
+    // process gives the memory back.
+    let held_max = CONNS * (2 << 20) + (1 << 20);
+    let rss_max = rest + held_max + (128 << 20);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (held, rss) = (
+            counter(node.metrics, "raftline_connection_buffer_bytes"),
+            rss_bytes(pid),
+        );
+        if held <= held_max && rss <= rss_max {
+            eprintln!(
+                "idle after 16 MiB frames: buffers {} MiB, RSS {} MiB (at rest {} MiB)",
+                held >> 20,
+                rss >> 20,
+                rest >> 20
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "idle connections still hold {} MiB of buffers (bound {} MiB), RSS {} MiB (bound {} MiB)",
+            held >> 20,
+            held_max >> 20,
+            rss >> 20,
+            rss_max >> 20
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // They are still served.
+    for c in &mut conns {
+        c.send(&Request::Status { request_id: 2 }).unwrap();
+        assert!(matches!(c.recv().unwrap(), Response::StatusReply { .. }));
     }
 }
 

@@ -1,83 +1,113 @@
 //! Membership an operator drives, with real `raftline server` processes and the `raftline`
 //! CLI: a dead node (disk gone) replaced by a fresh one that joins as a learner, catches up by
 //! InstallSnapshot while producers continue and is promoted; a cluster grown from 3 to 5 voters
-//! and shrunk back under load. Every acknowledged record must be on every remaining node, and
-//! no append may fail for want of a quorum.
+//! and shrunk back under load, leadership moving on the way. Every acknowledged record must be
+//! on every remaining node, and the producer (the Rust client's idempotent one) must see no
+//! failed append: what the nodes refuse while leadership moves it resends by itself, stored once.
 
 mod cluster_support;
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cluster_support::acks::{check, Ledger};
-use cluster_support::{append_window, status, Cluster, Outcome, DEADLINE};
+use cluster_support::acks::{check, settled_end, Ledger};
+use cluster_support::{append_window, read_all, status, Cluster, Outcome, CLUSTER, DEADLINE};
+use raftline_log::Record;
+use raftline_netio::client::{ClientConfig, Producer, RecordAck};
 use raftline_netio::client_proto::NodeRole;
+use raftline_netio::cluster_id::ClusterId;
 
 /// Records per appended batch.
 const RECORDS: u64 = 100;
 
-/// Appends tagged batches to whichever node leads until stopped; keeps every acknowledgement
-/// and counts the appends that failed in any other way.
+/// The Rust client's idempotent producer, producing tagged batches (one tag per batch of
+/// [`RECORDS`] records) until stopped, with the client's own retries only: it keeps every
+/// acknowledgement and every failure the client reported to its caller (none may happen while
+/// membership and leadership change: a retriable refusal is the client's to resend).
 struct Producers {
     stop: Arc<AtomicBool>,
-    /// Client addresses of the members (the test adds joined nodes).
-    nodes: Arc<Mutex<Vec<SocketAddr>>>,
-    thread: JoinHandle<(Ledger, Vec<String>)>,
+    thread: JoinHandle<Produced>,
+}
+
+/// What the producer thread saw.
+struct Produced {
+    ledger: Ledger,
+    /// Errors the client returned to its caller (from `send`/`flush`, or a record refused).
+    failures: Vec<String>,
+    /// Batches the client sent again by itself (after `NotLeader`, `Busy`, a lost connection).
+    resends: u64,
 }
 
 impl Producers {
     fn start(cluster: &Cluster) -> Producers {
         let stop = Arc::new(AtomicBool::new(false));
-        let nodes = Arc::new(Mutex::new(
-            cluster.nodes.iter().map(|n| n.client).collect::<Vec<_>>(),
-        ));
+        let bootstrap = cluster.nodes.iter().map(|n| n.client.to_string()).collect();
+        let mut config = ClientConfig::new(bootstrap, ClusterId::from_name(CLUSTER));
+        config.batch_records_max = RECORDS as usize;
+        // A batch leaves when full, never by lingering: every batch is one tag.
+        config.linger = Duration::from_secs(3600);
         let thread = {
-            let (stop, nodes) = (Arc::clone(&stop), Arc::clone(&nodes));
+            let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
-                let mut ledger = Ledger::new();
-                let mut failures = Vec::new();
-                let mut next_tag = 0;
+                let mut producer = Producer::new(config);
+                let mut seen = Produced {
+                    ledger: Ledger::new(),
+                    failures: Vec::new(),
+                    resends: 0,
+                };
+                let mut tag: u64 = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let addresses = nodes.lock().unwrap().clone();
-                    let Some(leader) = addresses
-                        .into_iter()
-                        .find(|&a| status(a).is_ok_and(|s| s.role == NodeRole::Leader))
-                    else {
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    };
-                    let tags: Vec<u64> = (next_tag..next_tag + 20).collect();
-                    next_tag += 20;
-                    for (tag, outcome) in append_window(leader, &tags, RECORDS, 4) {
-                        match outcome {
-                            Outcome::Acked { base, last } => {
-                                ledger.insert(tag, (base, last));
-                            }
-                            other => failures.push(format!("tag {tag} at {leader}: {other:?}")),
+                    for i in 0..RECORDS {
+                        let record = Record {
+                            key: Some(tag.to_le_bytes().to_vec()),
+                            value: format!("tag-{tag}-record-{i}").into_bytes(),
+                            timestamp_ms: tag,
+                            headers: vec![],
+                        };
+                        if let Err(e) = producer.send(record) {
+                            seen.failures.push(format!("send (tag {tag}): {e}"));
                         }
                     }
+                    tag += 1;
+                    seen.record(producer.take_acks());
                 }
-                (ledger, failures)
+                if let Err(e) = producer.flush() {
+                    seen.failures.push(format!("flush: {e}"));
+                }
+                seen.record(producer.take_acks());
+                seen.resends = producer.resends();
+                seen
             })
         };
-        Producers {
-            stop,
-            nodes,
-            thread,
-        }
+        Producers { stop, thread }
     }
 
-    /// Producers also look for the leader at `addr`.
-    fn add_node(&self, addr: SocketAddr) {
-        self.nodes.lock().unwrap().push(addr);
-    }
-
-    fn finish(self) -> (Ledger, Vec<String>) {
+    fn finish(self) -> Produced {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap()
+    }
+}
+
+impl Produced {
+    /// Enters each record's acknowledgement under its batch's tag (the ledger holds a tag's
+    /// first and last offset).
+    fn record(&mut self, acks: Vec<RecordAck>) {
+        for ack in acks {
+            let tag = ack.seq / RECORDS;
+            match ack.result {
+                Ok(offset) => {
+                    let entry = self.ledger.entry(tag).or_insert((offset, offset));
+                    entry.0 = entry.0.min(offset);
+                    entry.1 = entry.1.max(offset);
+                }
+                // One failure per batch (its records share the answer).
+                Err(e) if ack.seq % RECORDS == 0 => self.failures.push(format!("tag {tag}: {e}")),
+                Err(_) => {}
+            }
+        }
     }
 }
 
@@ -181,7 +211,6 @@ fn a_dead_node_is_replaced_by_a_fresh_one_that_catches_up_by_snapshot_under_load
     // 2. A fresh node, empty data directory, joins as a learner through any member.
     let joined_at = Instant::now();
     let fresh = cluster.join(survivor);
-    producers.add_node(cluster.node(fresh).client);
     wait_for("the fresh node catching up", &cluster, || {
         let (Ok(me), Ok(lead)) = (
             status(cluster.node(fresh).client),
@@ -220,7 +249,9 @@ fn a_dead_node_is_replaced_by_a_fresh_one_that_catches_up_by_snapshot_under_load
     expected.sort_unstable();
     assert_eq!(voters, expected);
     assert!(learners.is_empty());
-    let (ledger, failures) = producers.finish();
+    let Produced {
+        ledger, failures, ..
+    } = producers.finish();
     assert!(
         failures.is_empty(),
         "every append was acknowledged (quorum never lacked): {failures:?}"
@@ -228,6 +259,19 @@ fn a_dead_node_is_replaced_by_a_fresh_one_that_catches_up_by_snapshot_under_load
     assert!(ledger.len() > 100, "producers kept going: {}", ledger.len());
     let violations = check(&cluster, &ledger, RECORDS);
     assert!(violations.is_empty(), "{violations:?}\n{}", cluster.logs());
+    // The new voter loses its disk too and comes back under its id: it is refused (a voter
+    // that forgot its vote and log must not vote), until the operator removes it.
+    cluster.kill(fresh);
+    cluster.wipe(fresh);
+    cluster.spawn(fresh);
+    let exit = cluster.await_exit(fresh, DEADLINE);
+    assert!(exit.is_some_and(|e| !e.success()), "refused: {exit:?}");
+    let log = cluster.log_of(fresh);
+    assert!(
+        log.contains("is a voter of this cluster")
+            && log.contains(&format!("raftline member remove {fresh}")),
+        "{log}"
+    );
 }
 
 #[test]
@@ -239,7 +283,6 @@ fn the_cluster_grows_from_three_to_five_voters_and_back_under_load() {
     // operator first (`member add --learner`), then started with `--join`, which finds itself
     // already a member at its addresses.
     let four = cluster.join(1);
-    producers.add_node(cluster.node(four).client);
     promote(&cluster, four);
     let five = cluster.add_joiner(2);
     let (peer, client) = (cluster.node(five).peer, cluster.node(five).client);
@@ -259,7 +302,6 @@ fn the_cluster_grows_from_three_to_five_voters_and_back_under_load() {
     );
     assert!(out.contains("node 5 added as a learner"), "{out}");
     cluster.spawn(five);
-    producers.add_node(client);
     promote(&cluster, five);
     assert!(
         cluster
@@ -301,15 +343,121 @@ fn the_cluster_grows_from_three_to_five_voters_and_back_under_load() {
     assert!(learners.is_empty());
     let leader = cluster.wait_leader();
     assert!(leader <= 3);
-    // Appends in flight when leadership moved may fail (the producers resend nothing); every
-    // acknowledged one must be kept.
-    let (ledger, failures) = producers.finish();
-    eprintln!(
-        "{} appends failed across the leader changes, e.g. {:?}",
+    // Leadership moved three times (transfer to 5, restart of 1, removal of the leader 5)
+    // while the producer ran: the nodes answered what was in flight with NotLeader (or Busy),
+    // and the client resent it by itself, the same bytes with the same sequence.
+    let Produced {
+        ledger,
+        failures,
+        resends,
+    } = producers.finish();
+    eprintln!("the producer resent {resends} batches across the leader changes");
+    assert!(
+        failures.is_empty(),
+        "the producer saw no failed append across the membership and leader changes: {} \
+         failures, e.g. {:?}",
         failures.len(),
         &failures[..failures.len().min(3)]
+    );
+    assert!(
+        resends > 0,
+        "the leader changes happened while appends were in flight"
     );
     assert!(ledger.len() > 100, "producers kept going: {}", ledger.len());
     let violations = check(&cluster, &ledger, RECORDS);
     assert!(violations.is_empty(), "{violations:?}\n{}", cluster.logs());
+    // Exactly once: a resent batch was stored once (the log holds each tag's records once).
+    let end = settled_end(&cluster).unwrap();
+    let mut copies: BTreeMap<u64, u64> = BTreeMap::new();
+    for (_, tag) in read_all(cluster.node(leader).client, end) {
+        *copies.entry(tag).or_default() += 1;
+    }
+    let stored_twice: Vec<_> = copies.iter().filter(|(_, &n)| n > RECORDS).collect();
+    assert!(
+        stored_twice.is_empty(),
+        "tags stored twice: {stored_twice:?}"
+    );
+}
+
+/// `localhost:PORT` for `addr`'s port: a name that resolves on every machine.
+fn by_name(addr: std::net::SocketAddr) -> String {
+    format!("localhost:{}", addr.port())
+}
+
+#[test]
+fn members_known_by_name_are_dialled_by_every_node_also_after_a_restart() {
+    let mut cluster = Cluster::start(3, "auto");
+    cluster.wait_leader();
+    // Node 4 is added by the operator under names, then started: it announces the same names.
+    let four = cluster.add_joiner(1);
+    let (peer, client) = (cluster.node(four).peer, cluster.node(four).client);
+    let out = cli_ok(
+        &cluster,
+        &[
+            "member",
+            "add",
+            "--learner",
+            "--id",
+            "4",
+            "--peer-addr",
+            &by_name(peer),
+            "--client-addr",
+            &by_name(client),
+        ],
+    );
+    assert!(out.contains("node 4 added as a learner"), "{out}");
+    let advertise = |peer, client| {
+        [
+            "--advertise-peer-addr",
+            &by_name(peer),
+            "--advertise-client-addr",
+            &by_name(client),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    cluster.nodes[3].args = advertise(peer, client);
+    cluster.spawn(four);
+    // Node 5 joins by itself, through a member given by name, and announces names too.
+    let five = cluster.add_joiner(2);
+    let via = by_name(cluster.node(2).client);
+    let node = &mut cluster.nodes[4];
+    node.join = Some(via);
+    node.args = advertise(node.peer, node.client);
+    cluster.spawn(five);
+    promote(&cluster, four);
+    promote(&cluster, five);
+    assert!(
+        cluster
+            .log_of(four)
+            .contains("already a member at these addresses"),
+        "{}",
+        cluster.log_of(four)
+    );
+    let list = cli_ok(&cluster, &["member", "list"]);
+    for id in [four, five] {
+        let name = by_name(cluster.node(id).peer);
+        assert!(list.contains(&name), "stored as given: {name} in\n{list}");
+    }
+    // Node 5 leads; with nodes 1 and 2 down the only quorum is {3, 4, 5}: node 5 reaches node
+    // 4 by its name.
+    let out = cli_ok(&cluster, &["leader", "transfer", "--to", "5"]);
+    assert!(out.contains("node 5 leads now"), "{out}");
+    cluster.kill(1);
+    cluster.kill(2);
+    let append = |cluster: &Cluster, tag: u64| {
+        let leader = cluster.wait_leader();
+        let outcome = append_window(cluster.node(leader).client, &[tag], RECORDS, 1);
+        assert!(
+            matches!(outcome.get(&tag), Some(Outcome::Acked { .. })),
+            "append {tag} at node {leader}: {outcome:?}\n{}",
+            cluster.logs()
+        );
+    };
+    append(&cluster, 1);
+    // Node 3 restarts: it learns 4 and 5 (names) from its log and resolves them itself; without
+    // its link to them the quorum {3, 4, 5} cannot commit.
+    assert!(cluster.terminate(3));
+    cluster.spawn(3);
+    append(&cluster, 2);
 }

@@ -6,12 +6,19 @@
 //! for no gain; pipelining comes from a bounded window of requests in flight on one connection,
 //! not from threads. Every wait is bounded by a configured timeout.
 //!
-//! **Delivery guarantee of appends: at-least-once.** A record whose append was acknowledged is
-//! committed (with the default `AckMode::Quorum`) at the offset returned. When an append fails
-//! ambiguously (the connection dies or the node answers `Timeout` after the request left), the
-//! client cannot know whether it was committed and sends it again to the (new) leader: the
-//! record is then present once or twice, never lost. A resent batch lands after batches that
-//! were sent later but not resent. There are no producer ids: duplicates are not filtered.
+//! **Retries are the client's.** An answer that says "not stored, try again" (`NotLeader` with
+//! its leader hint, `Busy`) or leaves the outcome open (`Timeout`, `Unavailable`, a lost
+//! connection) makes the client resend the batch itself, to the (new) leader, the same bytes;
+//! the caller sees only acknowledgements and the refusals retrying cannot fix (`TooLarge`,
+//! `BadRequest`, ...), or an error once no leader is found within `failover_timeout` or a batch
+//! was sent `attempts_max` times. A producer under leader changes and membership changes sees
+//! no errors (`tools/tests/membership.rs`).
+//!
+//! **Delivery guarantee of appends: exactly once per idempotent producer** (the default, see
+//! [`Producer`]): a resent batch carries its producer id and sequence, and the leader stores it
+//! once and answers it with the original offsets. A plain producer (`idempotent: false`) and
+//! [`Client::append`] are at-least-once: after an ambiguous failure a resent record may be
+//! stored twice, never lost, and lands after batches that were sent later but not resent.
 
 pub mod admin;
 mod connection;

@@ -42,6 +42,8 @@ pub(crate) struct Pipeline {
     in_flight: VecDeque<Pending>,
     queued: VecDeque<Pending>,
     completed: Vec<Completed>,
+    /// Sends of a batch after its first (to a new leader, or after `Busy`).
+    resends: u64,
 }
 
 impl Pipeline {
@@ -58,6 +60,7 @@ impl Pipeline {
             in_flight: VecDeque::new(),
             queued: VecDeque::new(),
             completed: Vec::new(),
+            resends: 0,
         }
     }
 
@@ -92,6 +95,11 @@ impl Pipeline {
             attempts: 0,
         });
         self.pump()
+    }
+
+    /// How many times a batch was sent again (the retries a caller does not see).
+    pub(crate) fn resends(&self) -> u64 {
+        self.resends
     }
 
     /// Appends neither answered nor refused yet.
@@ -188,6 +196,9 @@ impl Pipeline {
     fn send(&mut self, at: usize) -> Result<(), Error> {
         let ack = self.config.ack;
         let pending = &mut self.in_flight[at];
+        if pending.attempts > 0 {
+            self.resends += 1;
+        }
         pending.attempts += 1;
         self.link
             .connection()?

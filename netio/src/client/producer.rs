@@ -110,6 +110,12 @@ impl Producer {
         self.batch.len() + self.pipeline.unfinished()
     }
 
+    /// Batches sent again by the producer itself so far (after `NotLeader`, `Busy`, a timeout
+    /// or a lost connection): the retries behind the acknowledgements.
+    pub fn resends(&self) -> u64 {
+        self.pipeline.resends()
+    }
+
     /// The outcomes answered since the last call, one per record, batches in answer order and
     /// records in sequence order within a batch.
     pub fn take_acks(&mut self) -> Vec<RecordAck> {

@@ -39,6 +39,8 @@ pub struct Synced {
     pub hard_state: Option<HardState>,
     /// Last `(index, term)` of the durable log, if the fsync covered entries.
     pub log: Option<(Index, Term)>,
+    /// First index of the entries the fsync covered (its group commit ends at `log`).
+    pub group_from: Option<Index>,
     /// A received snapshot now installed, if the fsync covered one.
     pub installed: Option<SnapshotMeta>,
 }
@@ -59,6 +61,10 @@ pub struct SimDisk {
     /// Durable, beside the hard state: the log lost entries that were durable through this
     /// index (a damaged tail, see [`SimDisk::lose_tail`]) and the node has not been repaired.
     repair_through: Option<Index>,
+    /// Not on the real disk, the simulator's knowledge: the log lost entries through this
+    /// index that no marker covers (see [`SimDisk::lose_tail_silently`]), and has not been
+    /// written that far again.
+    silently_lost: Option<Index>,
 }
 
 impl Default for SimDisk {
@@ -72,6 +78,7 @@ impl Default for SimDisk {
             pending: Vec::new(),
             syncing: None,
             repair_through: None,
+            silently_lost: None,
         }
     }
 }
@@ -186,6 +193,7 @@ impl SimDisk {
                     self.log.truncate((first - self.log_start) as usize);
                     self.log.extend(entries);
                     synced.log = Some(self.last());
+                    synced.group_from = Some(synced.group_from.map_or(first, |g| g.min(first)));
                 }
                 Write::Snapshot {
                     snapshot,
@@ -213,10 +221,14 @@ impl SimDisk {
                     self.log_start = snapshot.meta.index + 1;
                     self.start_term = snapshot.meta.term;
                     synced.log = None;
+                    synced.group_from = None;
                     synced.installed = Some(snapshot.meta.clone());
                     self.snapshot = Some(snapshot);
                 }
             }
+        }
+        if self.silently_lost.is_some_and(|i| self.last().0 >= i) {
+            self.silently_lost = None;
         }
         synced
     }
@@ -246,6 +258,21 @@ impl SimDisk {
         }
         self.log.truncate((first_lost - self.log_start) as usize);
         Some((first_lost, last))
+    }
+
+    /// Loses the entries from `first` on as [`SimDisk::lose_tail`] does, but as the residual
+    /// window of log/FORMAT.md does: no marker vouched for them, so recovery takes the cut for
+    /// a torn write and nobody is told (only [`SimDisk::silently_lost`] remembers).
+    pub fn lose_tail_silently(&mut self, first: Index) -> Option<(Index, Index)> {
+        let lost = self.lose_tail((self.last().0 + 1).saturating_sub(first))?;
+        self.silently_lost = Some(lost.1);
+        Some(lost)
+    }
+
+    /// The last index lost by [`SimDisk::lose_tail_silently`] while the log has not been
+    /// written that far again.
+    pub fn silently_lost(&self) -> Option<Index> {
+        self.silently_lost
     }
 
     /// Loses the hard state and the repair marker (both slots of the node's file damaged): a

@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::{Config, Mutation};
 use crate::membership::MembershipChange;
-use crate::message::{Index, Membership, Message, NodeId, SnapshotMeta, Term};
+use crate::message::{Entry, Index, Membership, Message, NodeId, SnapshotMeta, Term};
 use crate::raft::{ProposeError, Raft, ReadError, Role};
 use checker::{Checker, Property, Violation};
 use disk::{SimDisk, SimSnapshot};
@@ -30,6 +30,11 @@ use state_machine::SimStateMachine;
 
 /// Simulated time units per Raft tick.
 pub const TICK_UNITS: u64 = 100;
+
+/// Events pending (messages in flight above all) beyond which a run is a message storm:
+/// healthy runs stay below 2,000 (300 swarm seeds each of the random, bitrot, forgery and
+/// lease mixes).
+const EVENTS_PENDING_MAX: usize = 20_000;
 
 /// Which faults a run injects, and how often. Rates are per mille; "per tick" rates are drawn
 /// once per tick for the whole cluster.
@@ -86,6 +91,14 @@ pub struct FaultMix {
     /// any repair marker): the node restarts at term 0 with no vote, suspect through its last
     /// index, as the node does (`storage_repair.rs`). Same stream and rule as the damage.
     pub hard_state_loss_per_mille: u32,
+    /// Per crash without other damage: chance the node loses its last synced group of entries
+    /// and the marker that would have vouched for it (the residual window of log/FORMAT.md):
+    /// it restarts healthy, unaware, while its leader may still count it at its old match.
+    /// The window is a known hole (replicator/DRIVER.md, "Residual window"), so this is
+    /// injected only where the lost acknowledgements cannot have mattered: every lost entry is
+    /// durable on a quorum of the other voters of every configuration, and no other node is
+    /// damaged. What it tests is liveness: the leader resends what was lost. Its own stream.
+    pub silent_loss_per_mille: u32,
 }
 
 impl FaultMix {
@@ -112,6 +125,7 @@ impl FaultMix {
             damage_entries_max: 0,
             damage_anywhere_per_mille: 0,
             hard_state_loss_per_mille: 0,
+            silent_loss_per_mille: 0,
         }
     }
 
@@ -138,6 +152,7 @@ impl FaultMix {
             damage_entries_max: 0,
             damage_anywhere_per_mille: 0,
             hard_state_loss_per_mille: 0,
+            silent_loss_per_mille: 0,
         }
     }
 
@@ -172,6 +187,7 @@ impl FaultMix {
             damage_entries_max: 0,
             damage_anywhere_per_mille: 0,
             hard_state_loss_per_mille: 0,
+            silent_loss_per_mille: 0,
         }
     }
 }
@@ -341,6 +357,7 @@ impl SimConfig {
         cfg.faults.damage_entries_max = 8;
         cfg.faults.damage_anywhere_per_mille = 300;
         cfg.faults.hard_state_loss_per_mille = 100;
+        cfg.faults.silent_loss_per_mille = 1000;
         cfg
     }
 
@@ -409,6 +426,9 @@ pub struct SimReport {
     pub tails_damaged: u64,
     /// Crashes that lost the node's hard state (see [`FaultMix::hard_state_loss_per_mille`]).
     pub hard_states_lost: u64,
+    /// Crashes that lost the last synced group unnoticed (see
+    /// [`FaultMix::silent_loss_per_mille`]).
+    pub silent_losses: u64,
     /// Damaged nodes the core reported repaired.
     pub repairs: u64,
 }
@@ -477,6 +497,9 @@ struct SimNode {
     /// Bumped at every crash so events of an earlier life are ignored.
     epoch: u64,
     last_role: Option<(Role, Term)>,
+    /// First index of the node's last synced group commit (the entries its latest fsync made
+    /// durable), kept across crashes like the disk: what the residual window can lose.
+    last_group: Option<Index>,
 }
 
 impl SimNode {
@@ -523,8 +546,11 @@ pub struct Simulator<'t> {
     forge_rng: ChaCha8Rng,
     /// The disk damage's own stream.
     damage_rng: ChaCha8Rng,
+    /// The silent loss's own stream.
+    silent_rng: ChaCha8Rng,
     tails_damaged: u64,
     hard_states_lost: u64,
+    silent_losses: u64,
     repairs: u64,
     /// A forged message is being stepped: its refusal is expected.
     forging: bool,
@@ -579,6 +605,7 @@ impl<'t> Simulator<'t> {
                 clock: 0,
                 epoch: 0,
                 last_role: None,
+                last_group: None,
             })
             .collect();
         Simulator {
@@ -606,8 +633,10 @@ impl<'t> Simulator<'t> {
             client_rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xc1e7_0000_0000_0000),
             forge_rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xf0e6_0000_0000_0000),
             damage_rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xda3a_0000_0000_0000),
+            silent_rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5113_0000_0000_0000),
             tails_damaged: 0,
             hard_states_lost: 0,
+            silent_losses: 0,
             repairs: 0,
             forging: false,
             forged: 0,
@@ -657,6 +686,7 @@ impl<'t> Simulator<'t> {
         }
         let heal_recovery_ticks = self.await_leader_commit(0)?;
         self.await_repairs()?;
+        self.await_caught_up()?;
         let heal_ack_ticks = if self.cfg.faults.forge_per_mille > 0 {
             self.await_new_ack()?
         } else {
@@ -690,6 +720,7 @@ impl<'t> Simulator<'t> {
             heal_ack_ticks,
             tails_damaged: self.tails_damaged,
             hard_states_lost: self.hard_states_lost,
+            silent_losses: self.silent_losses,
             repairs: self.repairs,
         })
     }
@@ -700,25 +731,59 @@ impl<'t> Simulator<'t> {
     /// A damaged node outside the configuration hears from no leader; it is repaired once
     /// added again.
     fn await_repairs(&mut self) -> Result<(), Violation> {
+        self.await_nodes("await the repair of their damaged logs", |sim| {
+            let members = sim
+                .stable_leader()
+                .and_then(|(l, _)| sim.nodes[l].raft.as_ref())
+                .map(|r| r.membership().clone());
+            (0..sim.nodes.len())
+                .filter(|&n| sim.nodes[n].disk().repair_through().is_some())
+                .filter(|&n| members.as_ref().is_none_or(|m| m.contains(n as NodeId + 1)))
+                .collect()
+        })
+    }
+
+    /// Steps until every member of the stable leader's configuration durably holds the commit
+    /// index of when a stable leader is first seen, or a liveness violation past
+    /// `recovery_ticks_max`: a follower its leader never brings up to date (the message storm
+    /// of a match the follower lost unnoticed, replicator/DRIVER.md) fails here.
+    fn await_caught_up(&mut self) -> Result<(), Violation> {
+        let mut target = None;
+        self.await_nodes("durably hold less than the commit index", move |sim| {
+            let Some(raft) = sim
+                .stable_leader()
+                .and_then(|(l, _)| sim.nodes[l].raft.as_ref())
+            else {
+                return (0..sim.nodes.len()).collect();
+            };
+            let target = *target.get_or_insert(raft.commit_index());
+            let members = raft.membership();
+            (0..sim.nodes.len())
+                .filter(|&n| members.contains(n as NodeId + 1))
+                .filter(|&n| sim.nodes[n].disk().last().0 < target)
+                .collect()
+        })
+    }
+
+    /// Steps until `waiting` names no node, or a liveness violation (the nodes it names still
+    /// `what`) past `recovery_ticks_max`.
+    fn await_nodes(
+        &mut self,
+        what: &str,
+        mut waiting: impl FnMut(&Self) -> Vec<usize>,
+    ) -> Result<(), Violation> {
         let deadline = self.now + self.cfg.recovery_ticks_max * TICK_UNITS;
         loop {
-            let members = self
-                .stable_leader()
-                .and_then(|(l, _)| self.nodes[l].raft.as_ref())
-                .map(|r| r.membership().clone());
-            let pending: Vec<usize> = (0..self.nodes.len())
-                .filter(|&n| self.nodes[n].disk().repair_through().is_some())
-                .filter(|&n| members.as_ref().is_none_or(|m| m.contains(n as NodeId + 1)))
-                .collect();
-            if pending.is_empty() {
+            let nodes = waiting(self);
+            if nodes.is_empty() {
                 return Ok(());
             }
             if self.now > deadline {
                 return Err(Violation {
                     property: Property::Liveness,
                     detail: format!(
-                        "nodes {:?} still await the repair of their damaged logs {} ticks after the faults stopped",
-                        pending.iter().map(|n| n + 1).collect::<Vec<_>>(),
+                        "nodes {:?} still {what} {} ticks on",
+                        nodes.iter().map(|n| n + 1).collect::<Vec<_>>(),
                         self.cfg.recovery_ticks_max
                     ),
                 });
@@ -788,6 +853,12 @@ impl<'t> Simulator<'t> {
     }
 
     fn step(&mut self) -> Result<(), Violation> {
+        if self.queue.len() > EVENTS_PENDING_MAX {
+            return Err(Violation {
+                property: Property::MessageStorm,
+                detail: format!("{} events pending", self.queue.len()),
+            });
+        }
         let Reverse(next) = self
             .queue
             .pop()
@@ -845,6 +916,9 @@ impl<'t> Simulator<'t> {
             .durable_change(id, watched, held_before, raft.storage())?;
         self.log(|| format!("n{id} fsync done {synced:?}"));
         let sn = &mut self.nodes[node];
+        if synced.log.is_some() || synced.installed.is_some() {
+            sn.last_group = synced.group_from;
+        }
         let raft = sn.raft.as_mut().expect("same epoch means up");
         if let Some(hs) = synced.hard_state {
             raft.hard_state_durable(hs);
@@ -1023,7 +1097,7 @@ impl<'t> Simulator<'t> {
     ///
     /// Not forged, because no check without authentication can tell them from the real thing
     /// and Raft is not Byzantine-tolerant: messages from the leader a node follows that are
-    /// plausible (entries, commit within its log, a snapshot), vote grants, and
+    /// plausible (entries, a heartbeat's commit, a snapshot), vote grants, and
     /// acknowledgements of entries the leader did send. Everything else is fair game.
     fn forge(&mut self, node: usize) -> Result<(), Violation> {
         use crate::message::{AppendReject, Entry, EntryKind, MessageBody};
@@ -1201,17 +1275,14 @@ impl<'t> Simulator<'t> {
                 };
                 msg(from, term, body)
             }
-            // The leader it follows (or anyone) seems to send nonsense: a heartbeat commit
-            // beyond its log, entries that are not consecutive, of a future term, or at an
-            // index that overflows.
+            // The leader it follows (or anyone) seems to send nonsense: entries that are not
+            // consecutive, of a future term, or at an index that overflows. (A heartbeat
+            // commit beyond its log is not nonsense: the node lost entries it acknowledged,
+            // and tells the leader.)
             7 if leader.is_some_and(|l| l != to) => {
                 let l = leader.expect("checked");
-                let body = match r.gen_range(0..4) {
-                    0 => MessageBody::Heartbeat {
-                        commit: last + 1 + wild(r) % (1 << 40),
-                        read_seq: 0,
-                    },
-                    1 => {
+                let body = match r.gen_range(0..3) {
+                    0 => {
                         let mut es = entries(r, last + 1, term);
                         es.push(Entry {
                             // Beyond what the (at most two) entries before it reach.
@@ -1230,7 +1301,7 @@ impl<'t> Simulator<'t> {
                             commit: wild(r),
                         }
                     }
-                    2 => MessageBody::AppendEntries {
+                    1 => MessageBody::AppendEntries {
                         prev_index: last,
                         prev_term: last_term,
                         entries: vec![Entry {
@@ -1612,24 +1683,47 @@ impl<'t> Simulator<'t> {
         }
     }
 
-    /// Maybe damages the tail of crashed `node`'s durable log (see
-    /// [`FaultMix::damage_per_mille`]); the recovery that finds it persists the index the
-    /// log was durable through (the real log's markers) as the node's repair marker.
+    /// Maybe damages crashed `node`'s durable log: as its recovery finds (see
+    /// [`FaultMix::damage_per_mille`]), or else as it cannot (see
+    /// [`FaultMix::silent_loss_per_mille`]). A node lacking entries unnoticed takes no other
+    /// damage, and while it lacks them no other node takes any.
     fn maybe_damage(&mut self, node: usize, disk: &mut SimDisk) {
-        let f = &self.cfg.faults;
-        if !self.faults_on || f.damage_per_mille == 0 {
+        if !self.faults_on || disk.silently_lost().is_some() {
             return;
+        }
+        let damaged_elsewhere = (0..self.nodes.len()).filter(|&n| n != node).any(|n| {
+            let other = self.nodes[n].disk();
+            other.repair_through().is_some() || other.silently_lost().is_some()
+        });
+        if !self.maybe_damage_found(node, disk, damaged_elsewhere)
+            && !damaged_elsewhere
+            && disk.repair_through().is_none()
+        {
+            self.maybe_lose_silently(node, disk);
+        }
+    }
+
+    /// Maybe damages the tail of crashed `node`'s durable log (see
+    /// [`FaultMix::damage_per_mille`]), unless `damaged_elsewhere`; the recovery that finds it
+    /// persists the index the log was durable through (the real log's markers) as the node's
+    /// repair marker. True if it did.
+    fn maybe_damage_found(
+        &mut self,
+        node: usize,
+        disk: &mut SimDisk,
+        damaged_elsewhere: bool,
+    ) -> bool {
+        let f = &self.cfg.faults;
+        if f.damage_per_mille == 0 {
+            return false;
         }
         let (rate, entries_max) = (f.damage_per_mille, f.damage_entries_max);
         let (anywhere_rate, hard_state_rate) =
             (f.damage_anywhere_per_mille, f.hard_state_loss_per_mille);
         let hit = self.damage_rng.gen_range(0..1000) < rate;
         let entries = self.damage_rng.gen_range(1..=entries_max.max(1));
-        let pending_elsewhere = (0..self.nodes.len())
-            .filter(|&n| n != node)
-            .any(|n| self.nodes[n].disk().repair_through().is_some());
-        if !hit || pending_elsewhere {
-            return;
+        if !hit || damaged_elsewhere {
+            return false;
         }
         let anywhere = self.damage_rng.gen_range(0..1000) < anywhere_rate;
         let hard_state_lost = self.damage_rng.gen_range(0..1000) < hard_state_rate;
@@ -1649,12 +1743,63 @@ impl<'t> Simulator<'t> {
                     node + 1
                 )
             });
+            true
         } else if hard_state_lost {
             let last = disk.last().0;
             disk.lose_hard_state();
             disk.set_repair_through(last.max(1));
             self.hard_states_lost += 1;
             self.log(|| format!("n{}'s hard state lost (both slots)", node + 1));
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Maybe makes crashed `node` lose its last synced group unnoticed (see
+    /// [`FaultMix::silent_loss_per_mille`]), where every entry of it is durable on a quorum of
+    /// the other voters of every configuration a node holds.
+    fn maybe_lose_silently(&mut self, node: usize, disk: &mut SimDisk) {
+        let rate = self.cfg.faults.silent_loss_per_mille;
+        if rate == 0 || self.silent_rng.gen_range(0..1000) >= rate {
+            return;
+        }
+        let Some(first) = self.nodes[node].last_group else {
+            return;
+        };
+        let held_without = |e: &Entry, m: &Membership| {
+            let others = m
+                .voters
+                .iter()
+                .map(|&v| v as usize - 1)
+                .filter(|&k| k != node);
+            others
+                .filter(|&k| self.nodes[k].disk().holds(e.index, e.term))
+                .count()
+                >= m.quorum()
+        };
+        let configs: Vec<&Membership> = self
+            .nodes
+            .iter()
+            .map(|n| &n.membership)
+            .filter(|m| !m.voters.is_empty())
+            .collect();
+        let harmless = disk
+            .log()
+            .iter()
+            .filter(|e| e.index >= first)
+            .all(|e| configs.iter().all(|m| held_without(e, m)));
+        if !harmless {
+            return;
+        }
+        if let Some((first_lost, last)) = disk.lose_tail_silently(first) {
+            self.silent_losses += 1;
+            self.log(|| {
+                format!(
+                    "n{}'s last synced group {first_lost}..={last} lost with its marker: recovery takes it for a torn write",
+                    node + 1
+                )
+            });
         }
     }
 

@@ -16,6 +16,9 @@ use crate::state::KeyState;
 
 const NODES: [u64; 3] = [1, 2, 3];
 
+/// Far more rounds of message exchange than settling any of these scenarios takes.
+const ROUTE_ROUNDS_MAX: usize = 10_000;
+
 struct Cluster {
     dir: tempfile::TempDir,
     replicas: Vec<Option<Replica>>,
@@ -135,9 +138,14 @@ impl Cluster {
         }
     }
 
-    /// Advances every replica and delivers messages until none are in flight.
+    /// Advances every replica and delivers messages until none are in flight; panics past
+    /// `ROUTE_ROUNDS_MAX` rounds (the replicas exchange messages without end: a storm).
     fn route(&mut self) {
-        loop {
+        for round in 0.. {
+            assert!(
+                round < ROUTE_ROUNDS_MAX,
+                "messages still in flight after {ROUTE_ROUNDS_MAX} rounds"
+            );
             let mut inflight = Vec::new();
             for (slot, r) in self.replicas.iter_mut().enumerate() {
                 if let Some(r) = r {
@@ -663,6 +671,15 @@ fn flip_bit_in_last_batch(cluster: &Cluster, slot: usize) {
     std::fs::write(&path, &data).unwrap();
 }
 
+/// Tears the last batch of `slot`'s log (stopped) as a crash in its write does: half of it
+/// written, zeros after it, so no durability marker vouches for it.
+fn tear_last_batch(cluster: &Cluster, slot: usize) {
+    let (path, mut data, (pos, len)) = last_batch(cluster, slot);
+    data[pos + len / 2..].fill(0);
+    data[pos + len / 2] = 0xa5;
+    std::fs::write(&path, &data).unwrap();
+}
+
 #[test]
 fn a_replica_whose_log_lost_durable_entries_comes_back_muted_and_is_repaired() {
     let mut cluster = Cluster::new();
@@ -716,10 +733,7 @@ fn a_leader_whose_torn_last_group_is_cut_votes_at_once() {
     cluster.replicas[old] = None;
     // A crash while its last group was in flight (the followers have it): its batch half
     // written, nothing after it (the marker vouching for it never came).
-    let (path, mut data, (pos, len)) = last_batch(&cluster, old);
-    data[pos + len / 2..].fill(0);
-    data[pos + len / 2] = 0xa5;
-    std::fs::write(&path, &data).unwrap();
+    tear_last_batch(&cluster, old);
     cluster.start(old);
     let r = cluster.replica(old);
     assert_eq!(
@@ -732,6 +746,40 @@ fn a_leader_whose_torn_last_group_is_cut_votes_at_once() {
     let reference = all_bytes(cluster.replica(leader));
     assert_eq!(reference.len(), 25);
     assert_eq!(all_bytes(cluster.replica(old)), reference);
+}
+
+#[test]
+fn a_follower_that_lost_its_acknowledged_last_group_unnoticed_gets_it_again() {
+    let mut cluster = Cluster::new();
+    let leader = produce(&mut cluster, 20, 0);
+    let follower = (leader + 1) % NODES.len();
+    let (id, last_before) = (
+        NODES[follower],
+        cluster.replica(follower).log().last_index(),
+    );
+    cluster.run_until("the leader counts the follower's last entry", |c| {
+        let pr = c.replica(leader).raft().progress(id).cloned();
+        pr.is_some_and(|p| p.match_index == last_before)
+    });
+    cluster.replicas[follower] = None;
+    // The residual window (log/FORMAT.md): the last group, synced and acknowledged, damaged
+    // and the marker after it lost too; recovery cuts it as a torn write, the node unaware.
+    tear_last_batch(&cluster, follower);
+    cluster.start(follower);
+    let r = cluster.replica(follower);
+    assert_eq!(r.log().last_index(), last_before - 1, "the entry is cut");
+    assert_eq!(
+        r.raft().repair_through(),
+        None,
+        "no marker says it was durable"
+    );
+    // The leader still counts it at `last_before`; its appends are rejected with a hint
+    // below that. Before, it resent the same probe at once for every rejection and `route`
+    // never came back.
+    let leader = produce(&mut cluster, 5, 20);
+    let reference = all_bytes(cluster.replica(leader));
+    assert_eq!(reference.len(), 25);
+    assert_eq!(all_bytes(cluster.replica(follower)), reference);
 }
 
 /// Records over 400 keys with overwrites and, every 7th record, a delete: a state wide enough
@@ -900,6 +948,17 @@ fn entries_that_would_not_continue_the_log_are_refused_before_the_core_takes_the
     // Bytes that are no batch (a fatal `BadEntry` once handed to the log).
     let garbage = forged_append(&mut cluster, leader, follower, last, &[(0, vec![7; 64])]);
     let refused = cluster.replica(follower).step(garbage).unwrap_err();
+    assert_eq!(refused.label(), "bad_entry", "{refused}");
+    // At the right offset with a valid envelope CRC (any peer can compute one), records no
+    // reader can decode: committed, they would stop every node applying them.
+    let mut stamped = Batch::decode(records.clone()).unwrap();
+    stamped.stamp(next, cluster.replica(leader).raft().term(), last + 1);
+    let mut undecodable = stamped.into_bytes();
+    undecodable[48..].fill(0xFF);
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &undecodable[8..]) as u32;
+    undecodable[4..8].copy_from_slice(&crc.to_le_bytes());
+    let forged = forged_append(&mut cluster, leader, follower, last, &[(next, undecodable)]);
+    let refused = cluster.replica(follower).step(forged).unwrap_err();
     assert_eq!(refused.label(), "bad_entry", "{refused}");
 
     // Nothing of it reached the core, and the cluster goes on: every replica ends identical.

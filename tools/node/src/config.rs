@@ -11,6 +11,7 @@ use raftline_netio::net::{
 };
 use raftline_netio::reactor::Backend;
 
+use crate::members::check_address;
 use crate::snapshots::SnapshotPolicy;
 
 /// Default heartbeat interval: a LAN round trip is well under a millisecond; 50 ms keeps idle
@@ -95,8 +96,15 @@ pub struct NodeConfig {
     /// Client address of every voter that has one configured.
     pub peer_clients: BTreeMap<u64, String>,
     /// Join an existing cluster through the member at this client address (`--join`): the node
-    /// asks to be added as a learner at its listen addresses; `peers` is then empty.
+    /// asks to be added as a learner at its announced addresses ([`NodeConfig::announced`]);
+    /// `peers` is then empty.
     pub join: Option<String>,
+    /// The peer address a joining node announces (`--advertise-peer-addr`, `ip:port` or a name)
+    /// [default: `listen`].
+    pub advertise_peer: Option<String>,
+    /// The client address a joining node announces (`--advertise-client-addr`) [default:
+    /// `client_listen`].
+    pub advertise_client: Option<String>,
     /// Peer listen address.
     pub listen: SocketAddr,
     /// Client listen address.
@@ -160,6 +168,19 @@ pub enum PeerSecurity {
 }
 
 impl NodeConfig {
+    /// The peer and client addresses a joining node asks to be added at: the advertised ones,
+    /// else its listen addresses.
+    pub fn announced(&self) -> (String, String) {
+        (
+            self.advertise_peer
+                .clone()
+                .unwrap_or_else(|| self.listen.to_string()),
+            self.advertise_client
+                .clone()
+                .unwrap_or_else(|| self.client_listen.to_string()),
+        )
+    }
+
     /// Node `id` of the cluster `cluster_name` whose voters listen for peers on `peers`, with
     /// every other setting at its default (peer port = its own entry in `peers`, insecure).
     pub fn new(
@@ -180,6 +201,8 @@ impl NodeConfig {
             peer_names: BTreeMap::new(),
             peer_clients: BTreeMap::new(),
             join: None,
+            advertise_peer: None,
+            advertise_client: None,
             listen,
             client_listen,
             metrics_listen: None,
@@ -225,15 +248,30 @@ impl NodeConfig {
                         .into(),
                 );
             }
-            for (flag, addr) in [
-                ("--listen", self.listen),
-                ("--client-listen", self.client_listen),
+            for (flag, advertised, advertise_flag, listen) in [
+                (
+                    "--listen",
+                    &self.advertise_peer,
+                    "--advertise-peer-addr",
+                    self.listen,
+                ),
+                (
+                    "--client-listen",
+                    &self.advertise_client,
+                    "--advertise-client-addr",
+                    self.client_listen,
+                ),
             ] {
-                if addr.ip().is_unspecified() || addr.port() == 0 {
-                    return refuse(format!(
-                        "{flag} {addr}: a joining node announces its listen addresses to the \
-                         cluster, so they must be ones other nodes and clients can reach"
-                    ));
+                match advertised {
+                    Some(address) => check_address(advertise_flag, address).map_err(ConfigError)?,
+                    None if listen.ip().is_unspecified() || listen.port() == 0 => {
+                        return refuse(format!(
+                            "{flag} {listen}: a joining node announces its listen addresses to \
+                             the cluster, so they must be ones other nodes and clients can \
+                             reach; or give the address to announce with {advertise_flag}"
+                        ))
+                    }
+                    None => {}
                 }
             }
         } else if !self.peers.contains_key(&self.id) {

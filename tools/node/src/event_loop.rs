@@ -10,10 +10,10 @@
 //! not the loop.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crossbeam_channel::Receiver;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +32,7 @@ use crate::disk_watch::DiskWatch;
 use crate::kafka::Kafka;
 use crate::members::{MemberRequest, Members};
 use crate::metrics::Metrics;
+use crate::peer_names::PeerNames;
 use crate::peer_rtt::PeerRtt;
 use crate::replica::{FatalError, Replica, READY_ROUNDS_MAX};
 use crate::replies::Replier;
@@ -146,14 +147,13 @@ pub struct EventLoop {
     next_tick: Instant,
     /// The core had more work than one round does (`READY_ROUNDS_MAX`): do not wait.
     more_ready: bool,
-    /// New addresses of peers configured by name (see `peer_names.rs`).
-    peer_moves: Option<Receiver<(u64, SocketAddr)>>,
     /// Reloaded peer certificates (see `tls_reload.rs`).
     peer_tls_reloads: Option<Receiver<PeerTls>>,
 }
 
 impl EventLoop {
-    /// A loop over `net`, `replica` and the client state, stopped by `stop`.
+    /// A loop over `net`, `replica` and the client state, stopped by `stop`; `peer_names`
+    /// resolves the members known by name.
     #[allow(clippy::too_many_arguments)] // the parts the loop owns, each built by `Node::start`
     pub fn new(
         cfg: LoopConfig,
@@ -164,6 +164,7 @@ impl EventLoop {
         kafka: Kafka,
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
+        peer_names: PeerNames,
     ) -> EventLoop {
         let peer_rtt = PeerRtt::new(cfg.election_timeout_min, metrics.clone());
         EventLoop {
@@ -179,6 +180,7 @@ impl EventLoop {
                 cfg.admin_timeout,
                 cfg.election_timeout_max,
                 cfg.addresses.clone(),
+                peer_names,
             ),
             cfg,
             net,
@@ -194,15 +196,8 @@ impl EventLoop {
             peer_warnings: WarnLimit::default(),
             peer_rtt,
             more_ready: false,
-            peer_moves: None,
             peer_tls_reloads: None,
         }
-    }
-
-    /// Dials peers at the addresses `moves` hands over (their names resolved anew).
-    pub fn with_peer_moves(mut self, moves: Receiver<(u64, SocketAddr)>) -> EventLoop {
-        self.peer_moves = Some(moves);
-        self
     }
 
     /// Hands the peer port each reloaded TLS configuration received on `reloads`.
@@ -280,11 +275,7 @@ impl EventLoop {
             self.take(event, polled_at);
         }
         self.net.hold_client_reads(!self.client_backlog.is_empty());
-        if let Some(moves) = &self.peer_moves {
-            for (peer, addr) in moves.try_iter() {
-                self.net.set_peer_addr(peer, addr);
-            }
-        }
+        self.members.dial_resolved(&mut self.net);
         if let Some(reloads) = &self.peer_tls_reloads {
             for tls in reloads.try_iter() {
                 self.net.set_peer_tls(tls);
@@ -515,7 +506,10 @@ impl EventLoop {
             NetEvent::ClientClosed { client, .. } => self.subscriptions.closed(client),
             NetEvent::ClientDrained { client } => self.subscriptions.drained(client),
             NetEvent::PeerUp { id } => tracing::info!(peer = id, "peer connection up"),
-            NetEvent::PeerDown { id } => tracing::info!(peer = id, "peer connection down"),
+            NetEvent::PeerDown { id } => {
+                tracing::info!(peer = id, "peer connection down");
+                self.members.peer_down(id);
+            }
             NetEvent::Woken => {}
         }
     }

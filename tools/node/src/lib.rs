@@ -65,6 +65,7 @@ use event_loop::{EventLoop, LoopConfig, LoopError};
 use identity::{Identity, IdentityError};
 use kafka::{Kafka, KafkaConfig};
 use metrics::Metrics;
+use peer_names::PeerNames;
 use producers::ProducerIds;
 use replica::{FatalError, Replica, ReplicaConfig};
 use subscriptions::Subscriptions;
@@ -210,9 +211,18 @@ impl Node {
         let addresses = match &cfg.join {
             Some(via) if membership.voters.is_empty() && membership.learners.is_empty() => {
                 let admitted = join(&cfg, cluster_id, via)?;
+                // The members must be known to the Net before the leader dials in with the
+                // log; names are looked up here, before the raft thread runs.
                 for (&id, address) in &admitted {
-                    if let Ok(addr) = address.peer.parse() {
-                        net.add_peer(id, addr);
+                    match peer_names::resolve(&address.peer) {
+                        Ok(addr) => net.add_peer(id, addr),
+                        Err(e) => tracing::warn!(
+                            peer = id,
+                            address = address.peer,
+                            error = %e,
+                            "a member's peer address does not resolve now; it is looked up \
+                             again once the configuration arrives"
+                        ),
                     }
                 }
                 admitted
@@ -290,6 +300,17 @@ impl Node {
             advertised: cfg.kafka_advertise.clone(),
             voters: cfg.peers.keys().copied().collect(),
         });
+        let known = cfg
+            .peers
+            .iter()
+            .filter(|(&id, _)| id != cfg.id)
+            .map(|(&id, &addr)| (id, addr))
+            .collect();
+        let peer_names =
+            PeerNames::start(known, waker.clone()).map_err(|source| NodeError::Spawn {
+                what: "peer name resolver",
+                source,
+            })?;
         let mut event_loop = EventLoop::new(
             loop_cfg,
             net,
@@ -299,18 +320,8 @@ impl Node {
             kafka,
             Arc::clone(&metrics),
             Arc::clone(&stop),
+            peer_names,
         );
-        let mut follow = peer_names::names_to_follow(&cfg.peer_names);
-        follow.remove(&cfg.id);
-        let peers = cfg.peers.clone();
-        if let Some(moves) =
-            peer_names::follow(follow, peers, waker.clone()).map_err(|source| NodeError::Spawn {
-                what: "peer name resolver",
-                source,
-            })?
-        {
-            event_loop = event_loop.with_peer_moves(moves);
-        }
         if let (PeerSecurity::Tls(files), Some(stamp)) = (&cfg.peer_security, peer_tls_stamp) {
             let reloads =
                 tls_reload::watch(files.clone(), stamp, waker.clone()).map_err(|source| {
@@ -390,9 +401,10 @@ fn bootstrap_addresses(cfg: &NodeConfig) -> BTreeMap<u64, MemberAddress> {
 }
 
 /// Asks the cluster (through the member at client address `via`) to add this node as a learner
-/// at its listen addresses; returns the address book it was admitted with. A node already added
-/// (by `raftline member add`, or an earlier start that died before it got the log) at these
-/// addresses is admitted as it is.
+/// at its announced addresses (`--advertise-*-addr`, else its listen addresses); returns the
+/// address book it was admitted with. A learner already added at these addresses (by `raftline
+/// member add`, or an earlier start that died before it got the log) is admitted as it is; a
+/// voter is refused (its data directory is empty: it lost its vote and log).
 fn join(
     cfg: &NodeConfig,
     cluster_id: ClusterId,
@@ -400,7 +412,7 @@ fn join(
 ) -> Result<BTreeMap<u64, MemberAddress>, NodeError> {
     use raftline_netio::client::{admin, ClientConfig};
     let client = ClientConfig::new(vec![via.to_string()], cluster_id);
-    let (peer, client_address) = (cfg.listen.to_string(), cfg.client_listen.to_string());
+    let (peer, client_address) = cfg.announced();
     let failed = |why: String| NodeError::Join {
         via: via.to_string(),
         why,
@@ -414,6 +426,17 @@ fn join(
             let list = admin::members(&client).map_err(|e| failed(e.to_string()))?;
             let me = list.members.iter().find(|m| m.member.id == cfg.id);
             match me {
+                // A voter's vote and log are part of the cluster's quorum: one that comes back
+                // with an empty data directory lost them, and must not vote as if it had not.
+                Some(m) if m.member.voter => {
+                    return Err(failed(format!(
+                        "node {} is a voter of this cluster, but this data directory is empty \
+                         (its disk was replaced?): a voter that lost its log must not vote. \
+                         Remove it first (`raftline member remove {}`), then start it again \
+                         to join as a new learner",
+                        cfg.id, cfg.id
+                    )))
+                }
                 Some(m)
                     if m.member.peer_address == peer
                         && m.member.client_address == client_address =>

@@ -6,7 +6,9 @@
 //! entries and snapshots): a node connects to every member it lists and to a member being
 //! removed until its removal is applied (the removed node must receive the entry that removes
 //! it). `fallback` holds the addresses known before the log had any: `--peers` (bootstrap) or the
-//! configuration a joining node was admitted with.
+//! configuration a joining node was admitted with. A peer address is `ip:port` or a name
+//! (`host:port`, stored as given): names are looked up by the resolver thread (`peer_names.rs`)
+//! and dialled once resolved.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -20,6 +22,7 @@ use raftline_replicator::{
     TransferError,
 };
 
+use crate::peer_names::PeerNames;
 use crate::replica::Replica;
 use crate::replies::Replier;
 
@@ -72,8 +75,10 @@ pub struct Members {
     fallback: BTreeMap<NodeId, MemberAddress>,
     /// The configurations (current, applied) the peer links were last set for.
     linked_for: Option<(Membership, Membership)>,
-    /// The peers the Net was told to connect to.
+    /// The peers the Net was told to connect to (those known by name once resolved).
     linked: BTreeSet<NodeId>,
+    /// The resolver of the members known by name.
+    names: PeerNames,
     /// Client address of every member: leader hints and `Status`.
     client_addresses: BTreeMap<NodeId, String>,
     /// When each peer's last message arrived.
@@ -83,12 +88,14 @@ pub struct Members {
 }
 
 impl Members {
-    /// Membership state of node `node_id`; `fallback` as the module says.
+    /// Membership state of node `node_id`; `fallback` as the module says; `names` resolves
+    /// the peers known by name.
     pub fn new(
         node_id: NodeId,
         answer_timeout: Duration,
         down_after: Duration,
         fallback: BTreeMap<NodeId, MemberAddress>,
+        names: PeerNames,
     ) -> Members {
         let client_addresses = fallback
             .iter()
@@ -105,6 +112,7 @@ impl Members {
                 .filter(|&id| id != node_id)
                 .collect(),
             fallback,
+            names,
             linked_for: None,
             client_addresses,
             last_heard: BTreeMap::new(),
@@ -116,6 +124,24 @@ impl Members {
     /// Client address of every member known (leader hints, `Status`).
     pub fn client_addresses(&self) -> &BTreeMap<NodeId, String> {
         &self.client_addresses
+    }
+
+    /// Dials the members known by name at the addresses the resolver found (new, or moved).
+    pub fn dial_resolved(&mut self, net: &mut Net) {
+        for (id, addr) in self.names.resolved() {
+            // A peer removed since it was looked up stays removed.
+            if self.linked.contains(&id) {
+                net.add_peer(id, addr);
+            }
+        }
+    }
+
+    /// The connection to `peer` went down: if it is known by name, look the name up again now
+    /// (a replaced pod keeps its name, not its address).
+    pub fn peer_down(&self, peer: NodeId) {
+        if self.names.follows(peer) {
+            self.names.refresh();
+        }
     }
 
     /// A message from `peer` arrived.
@@ -244,16 +270,20 @@ impl Members {
                 wanted.insert(id, address);
             }
         }
+        let mut names = BTreeMap::new();
         for (&id, address) in &wanted {
             if id == self.node_id {
                 continue;
             }
-            // A name (`--peers` host:port) is not parsed here: the Net already dials it, and the
-            // resolver thread follows it.
-            if let Ok(addr) = address.peer.parse::<SocketAddr>() {
-                net.add_peer(id, addr);
+            match address.peer.parse::<SocketAddr>() {
+                Ok(addr) => net.add_peer(id, addr),
+                // Dialled once resolved (`dial_resolved`).
+                Err(_) => {
+                    names.insert(id, address.peer.clone());
+                }
             }
         }
+        self.names.follow(names);
         for &id in &self.linked {
             if !wanted.contains_key(&id) {
                 net.remove_peer(id);
@@ -512,26 +542,57 @@ impl Members {
     }
 }
 
-/// A new member's addresses: a peer address other nodes can dial (`ip:port`: a member added at
-/// run time is dialled at once, with no name to resolve on the raft thread) and a client address.
+/// A new member's addresses: where peers dial it and where clients reach it.
 fn check_addresses(peer: &str, client: &str) -> Result<(), String> {
-    let addr: SocketAddr = peer.parse().map_err(|_| {
-        format!("peer address {peer:?} is not ip:port (members added at run time are dialled by address)")
-    })?;
-    if addr.ip().is_unspecified() || addr.port() == 0 {
+    check_address("peer address", peer)?;
+    check_address("client address", client)
+}
+
+/// An address other nodes and clients can dial: `ip:port` or `host:port` (a name, resolved
+/// where it is dialled, off the raft thread), not a wildcard or port 0, within
+/// [`ADDRESS_BYTES_MAX`]. `what` names it in the refusal.
+pub fn check_address(what: &str, address: &str) -> Result<(), String> {
+    if address.len() > ADDRESS_BYTES_MAX {
         return Err(format!(
-            "peer address {peer} is not one other nodes can dial (a wildcard or port 0)"
+            "{what} {address:?}: addresses are limited to {ADDRESS_BYTES_MAX} bytes"
         ));
     }
-    if client.is_empty() {
-        return Err("the client address is empty: followers could not point clients to it".into());
-    }
-    if peer.len() > ADDRESS_BYTES_MAX || client.len() > ADDRESS_BYTES_MAX {
+    let port = match address.parse::<SocketAddr>() {
+        Ok(addr) if addr.ip().is_unspecified() => {
+            return Err(format!(
+                "{what} {address} is a wildcard: other nodes need an address they can dial"
+            ))
+        }
+        Ok(addr) => addr.port(),
+        Err(_) => {
+            let name_port = address
+                .rsplit_once(':')
+                .filter(|(host, _)| is_host_name(host));
+            let Some((_, port)) = name_port else {
+                return Err(format!("{what} {address:?} is not ip:port or host:port"));
+            };
+            port.parse::<u16>()
+                .map_err(|_| format!("{what} {address:?}: the port is not a number"))?
+        }
+    };
+    if port == 0 {
         return Err(format!(
-            "addresses are limited to {ADDRESS_BYTES_MAX} bytes"
+            "{what} {address} has port 0: other nodes need a port they can dial"
         ));
     }
     Ok(())
+}
+
+/// A DNS name: dot-separated labels of letters, digits and hyphens.
+fn is_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// The members of `m` with their addresses, voters first.
@@ -555,14 +616,42 @@ mod tests {
 
     #[test]
     fn a_new_member_needs_addresses_other_nodes_can_use() {
-        assert_eq!(check_addresses("10.0.0.4:7301", "10.0.0.4:7300"), Ok(()));
-        for peer in ["raftline-4.peers:7301", "0.0.0.0:7301", "10.0.0.4:0", ""] {
-            let refused = check_addresses(peer, "10.0.0.4:7300").unwrap_err();
-            assert!(refused.contains(peer), "{refused}");
+        for (peer, client) in [
+            ("10.0.0.4:7301", "10.0.0.4:7300"),
+            ("[fd00::4]:7301", "[fd00::4]:7300"),
+            // Names are stored as given and resolved where they are dialled.
+            (
+                "raftline-3.raftline-peers.prod.svc:7301",
+                "raftline-3.raftline-peers:7401",
+            ),
+            ("localhost:7301", "localhost:7300"),
+        ] {
+            assert_eq!(check_addresses(peer, client), Ok(()), "{peer} {client}");
         }
-        assert!(check_addresses("10.0.0.4:7301", "")
+        for peer in [
+            "0.0.0.0:7301",
+            "[::]:7301",
+            "10.0.0.4:0",
+            "raftline-4.peers:0",
+            "raftline-4.peers",
+            "raftline-4.peers:http",
+            "bad_name:7301",
+            "a..b:7301",
+            ":7301",
+            "",
+        ] {
+            let refused = check_addresses(peer, "10.0.0.4:7300").unwrap_err();
+            assert!(
+                refused.contains("peer address") && refused.contains(peer),
+                "{refused}"
+            );
+        }
+        let refused = check_addresses("10.0.0.4:7301", "").unwrap_err();
+        assert!(refused.contains("client address"), "{refused}");
+        let long = format!("{}.example:7301", "a".repeat(ADDRESS_BYTES_MAX));
+        assert!(check_addresses(&long, "10.0.0.4:7300")
             .unwrap_err()
-            .contains("client address"));
+            .contains("limited"));
     }
 
     #[test]

@@ -147,11 +147,12 @@ pub fn batch_of(entry: &Entry) -> Result<Batch, BatchError> {
     }
 }
 
-/// What [`batch_of`] checks of a command entry, without copying its bytes: the header of the
-/// batch it holds. A follower checks entries from the wire with this before its core takes them.
+/// A command entry from the wire, checked before the core takes it (its stamp, frame and every
+/// record: `Batch::validate_entry_bytes`), without copying its bytes: the header of the batch it
+/// holds.
 pub fn command_header(entry: &Entry) -> Result<BatchHeader, BatchError> {
     debug_assert_eq!(entry.kind, EntryKind::Command);
-    let header = Batch::check_entry_bytes(&entry.payload)?;
+    let header = Batch::validate_entry_bytes(&entry.payload)?;
     check_stamp(entry, header)?;
     Ok(header)
 }

@@ -58,8 +58,11 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub log_file: PathBuf,
     pub child: Option<Child>,
-    /// Started with `--join` through this client address (not part of the bootstrap `--peers`).
-    pub join: Option<SocketAddr>,
+    /// Started with `--join` through this client address or name (not part of the bootstrap
+    /// `--peers`).
+    pub join: Option<String>,
+    /// Flags of this node only, after the others.
+    pub args: Vec<String>,
 }
 
 impl Node {
@@ -211,6 +214,7 @@ impl Cluster {
                 log_file: dir.path().join(format!("node-{id}.log")),
                 child: None,
                 join: None,
+                args: Vec::new(),
             })
             .collect();
         let peer_ca = (!insecure_peers).then(|| DevCa::new("raftline-e2e test CA").unwrap());
@@ -288,9 +292,9 @@ impl Cluster {
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftline"));
         cmd.arg("server");
-        if let Some(via) = node.join {
+        if let Some(via) = &node.join {
             cmd.args(["--id", &id.to_string(), "--cluster-id", CLUSTER])
-                .args(["--join", &via.to_string()])
+                .args(["--join", via])
                 .args(["--listen", &node.peer.to_string()])
                 .args(["--client-listen", &node.client.to_string()])
                 .args(["--metrics-listen", &node.metrics.to_string()])
@@ -362,6 +366,7 @@ impl Cluster {
         }
         let child = cmd
             .args(&self.extra_args)
+            .args(&node.args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -393,7 +398,8 @@ impl Cluster {
             data_dir: self.dir.path().join(format!("node-{id}")),
             log_file: self.dir.path().join(format!("node-{id}.log")),
             child: None,
-            join: Some(self.node(via).client),
+            join: Some(self.node(via).client.to_string()),
+            args: Vec::new(),
         };
         self.nodes.push(node);
         self.write_peer_cert(id);
