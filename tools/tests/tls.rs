@@ -16,9 +16,19 @@ use cluster_support::{
 use raftline_bench::dev_certs::{self, DevCa};
 use raftline_netio::net::PeerTlsFiles;
 
+/// A node process killed when dropped (also when a test fails).
+struct Impostor(Child);
+
+impl Drop for Impostor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A real node process claiming to be node `as_id` of `cluster` (its own ports and data, every
 /// real node in its `--peers`), with the peer TLS `files` it was given.
-fn impostor(cluster: &Cluster, as_id: u64, files: &PeerTlsFiles) -> Child {
+fn impostor(cluster: &Cluster, as_id: u64, files: &PeerTlsFiles) -> Impostor {
     let dir = cluster.dir.path().join("impostor");
     let peers: Vec<String> = cluster
         .nodes
@@ -29,7 +39,7 @@ fn impostor(cluster: &Cluster, as_id: u64, files: &PeerTlsFiles) -> Child {
         })
         .collect();
     let log = std::fs::File::create(cluster.dir.path().join("impostor.log")).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_raftline"))
+    let child = Command::new(env!("CARGO_BIN_EXE_raftline"))
         .args([
             "server",
             "--id",
@@ -47,7 +57,8 @@ fn impostor(cluster: &Cluster, as_id: u64, files: &PeerTlsFiles) -> Child {
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
-        .unwrap()
+        .unwrap();
+    Impostor(child)
 }
 
 /// `raftline_connections_closed_total` for `reason`.
@@ -77,7 +88,7 @@ fn a_node_presenting_another_members_certificate_cannot_say_hello_as_the_victim(
     let (victim, stolen_from) = (followers[0], followers[1]);
     // A genuine certificate of the cluster's CA, but naming another member.
     let stolen = dev_certs::node_files(&cluster.tls_dir(), stolen_from);
-    let mut fake = impostor(&cluster, victim, &stolen);
+    let _fake = impostor(&cluster, victim, &stolen);
     let leader_metrics = cluster.node(leader).metrics;
     // Its hellos as the victim are refused again and again (it reconnects with backoff).
     wait_counter(leader_metrics, &closed_series("peer_identity"), 2);
@@ -89,8 +100,6 @@ fn a_node_presenting_another_members_certificate_cannot_say_hello_as_the_victim(
         "{}",
         cluster.log_of(leader)
     );
-    fake.kill().unwrap();
-    fake.wait().unwrap();
 }
 
 #[test]
@@ -110,7 +119,7 @@ fn a_peer_with_a_certificate_from_a_foreign_ca_is_refused_at_the_handshake() {
         &files.trusted_ca,
     )
     .unwrap();
-    let mut fake = impostor(&cluster, victim, &files);
+    let _fake = impostor(&cluster, victim, &files);
     wait_counter(
         cluster.node(leader).metrics,
         &closed_series("tls_handshake"),
@@ -128,8 +137,6 @@ fn a_peer_with_a_certificate_from_a_foreign_ca_is_refused_at_the_handshake() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    fake.kill().unwrap();
-    fake.wait().unwrap();
 }
 
 /// Waits until node `id`'s log contains `text`.
