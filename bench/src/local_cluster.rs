@@ -201,10 +201,12 @@ impl Drop for RunDir {
 
 /// One child node process.
 pub struct Node {
-    /// The node's id (1..=NODES).
+    /// The node's id (1..=NODES, then those that joined: [`LocalCluster::join`]).
     pub id: u64,
     /// The running process; None while the node is killed (see [`LocalCluster::kill`]).
     child: Option<Child>,
+    /// The node it joined through (`--join`), for one added after the bootstrap three.
+    joined_via: Option<u64>,
 }
 
 /// How a node ended when the cluster was stopped.
@@ -276,26 +278,23 @@ impl Launch {
             None => std::env::current_exe().context("finding the raftline executable")?,
         };
         let available = raftline_pinning::available_cores();
-        let ca = DevCa::new(&format!("{} throwaway CA", self.cluster))?;
-        let tls_dir = self.data.join("tls");
-        let peer_tls_args = (1..=NODES)
-            .map(|id| Ok(dev_certs::server_args(&ca.write_node_files(&tls_dir, id)?)))
-            .collect::<anyhow::Result<_>>()?;
+        let peer_ca = DevCa::new(&format!("{} throwaway CA", self.cluster))?;
         let mut cluster = LocalCluster {
             placement: self.placement,
             cluster: self.cluster,
             data: self.data,
             exe,
             server_args: self.server_args,
-            peer_tls_args,
+            peer_ca,
             kafka_base: self.kafka_base,
             nodes: Vec::new(),
         };
         for id in 1..=NODES {
-            match cluster.spawn_node(id, &available, false) {
+            match cluster.spawn_node(id, &available, false, None) {
                 Ok(child) => cluster.nodes.push(Node {
                     id,
                     child: Some(child),
+                    joined_via: None,
                 }),
                 Err(e) => {
                     cluster.stop();
@@ -318,8 +317,8 @@ pub struct LocalCluster {
     exe: PathBuf,
     /// Appended to every node's `raftline server` command line (also on a restart).
     server_args: Vec<String>,
-    /// Node N's peer TLS flags at `[N - 1]`.
-    peer_tls_args: Vec<Vec<String>>,
+    /// The CA of the nodes' peer certificates (in DATA/tls; each node's made at its first start).
+    peer_ca: DevCa,
     /// Node N listens for Kafka clients on 127.0.0.1:(this + N), if set.
     kafka_base: Option<u16>,
     nodes: Vec<Node>,
@@ -355,8 +354,16 @@ impl LocalCluster {
             .start()
     }
 
-    /// Spawns node `id`; `append_log` keeps the output of its earlier lives in its log file.
-    fn spawn_node(&self, id: u64, available: &[usize], append_log: bool) -> anyhow::Result<Child> {
+    /// Spawns node `id`, one of the bootstrap `--peers`, or one that joins through node
+    /// `join`'s client address; `append_log` keeps the output of its earlier lives in its log
+    /// file.
+    fn spawn_node(
+        &self,
+        id: u64,
+        available: &[usize],
+        append_log: bool,
+        join: Option<u64>,
+    ) -> anyhow::Result<Child> {
         let placement = &self.placement;
         let (client, metrics) = (placement.client_addr(id), placement.metrics_addr(id));
         let log_path = self.data.join(format!("node-{id}.log"));
@@ -369,10 +376,16 @@ impl LocalCluster {
             .with_context(|| format!("opening {}", log_path.display()))?;
         let mut cmd = Command::new(&self.exe);
         cmd.arg("server")
-            .args(["--id", &id.to_string(), "--cluster-id", &self.cluster])
-            .args(["--peers", &id_list(|n| placement.peer_dial(id, n))])
-            .args(["--peer-clients", &id_list(|n| placement.client_addr(n))])
-            .args(["--client-listen", &client.to_string()])
+            .args(["--id", &id.to_string(), "--cluster-id", &self.cluster]);
+        match join {
+            None => cmd
+                .args(["--peers", &id_list(|n| placement.peer_dial(id, n))])
+                .args(["--peer-clients", &id_list(|n| placement.client_addr(n))]),
+            Some(via) => cmd
+                .args(["--join", &placement.client_addr(via).to_string()])
+                .args(["--listen", &placement.peer_listen(id).to_string()]),
+        };
+        cmd.args(["--client-listen", &client.to_string()])
             .args(["--metrics-listen", &metrics.to_string()])
             .arg("--data-dir")
             .arg(self.node_dir(id));
@@ -384,7 +397,14 @@ impl LocalCluster {
             cmd.args(["--kafka-listen", &kafka_addr(id).to_string()])
                 .args(["--kafka-advertise", &id_list(kafka_addr)]);
         }
-        cmd.args(&self.peer_tls_args[id as usize - 1]);
+        // A node's first start in this run gets a certificate from this run's CA; a restart
+        // (`append_log`) keeps it.
+        let tls_dir = self.data.join("tls");
+        let tls = match append_log {
+            false => self.peer_ca.write_node_files(&tls_dir, id)?,
+            true => dev_certs::node_files(&tls_dir, id),
+        };
+        cmd.args(dev_certs::server_args(&tls));
         cmd.args(&self.server_args);
         if let Placement::Netns(topology) = placement {
             topology.command_in_node(id, &mut cmd);
@@ -451,11 +471,13 @@ impl LocalCluster {
     /// Starts node `id` again on its data directory and ports after [`LocalCluster::kill`]
     /// (its output is appended to its log file). Does not wait for it to answer.
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.nodes.iter().any(|n| n.id == id && n.child.is_none()),
-            "node {id} is not a killed node of this cluster"
-        );
-        let child = self.spawn_node(id, &raftline_pinning::available_cores(), true)?;
+        let join = self
+            .nodes
+            .iter()
+            .find(|n| n.id == id && n.child.is_none())
+            .with_context(|| format!("node {id} is not a killed node of this cluster"))?
+            .joined_via;
+        let child = self.spawn_node(id, &raftline_pinning::available_cores(), true, join)?;
         let node = self
             .nodes
             .iter_mut()
@@ -463,6 +485,25 @@ impl LocalCluster {
             .expect("checked above");
         node.child = Some(child);
         Ok(())
+    }
+
+    /// Starts a new node with an empty data directory that joins the cluster as a learner
+    /// through node `via`'s client address (`--join`), as an operator adds a replacement
+    /// (tools/deploy/README.md); returns its id (the next after the highest). Loopback only.
+    /// Does not wait for it to answer.
+    pub fn join(&mut self, via: u64) -> anyhow::Result<u64> {
+        anyhow::ensure!(
+            matches!(self.placement, Placement::Loopback { .. }),
+            "only a loopback cluster takes a joining node"
+        );
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let child = self.spawn_node(id, &raftline_pinning::available_cores(), false, Some(via))?;
+        self.nodes.push(Node {
+            id,
+            child: Some(child),
+            joined_via: Some(via),
+        });
+        Ok(id)
     }
 
     /// Waits until every node answers `Status` and one of them leads; returns the leader's id.

@@ -15,9 +15,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use raftline_log::Record;
 use raftline_netio::client::{
-    snapshot_now, status_of, Client, ClientConfig, StateEvent, StateMode, StateSubscription,
+    admin, snapshot_now, status_of, Client, ClientConfig, StateEvent, StateMode, StateSubscription,
 };
-use raftline_netio::client_proto::{NodeRole, StartFrom};
+use raftline_netio::client_proto::{NodeRole, NodeStatus, StartFrom};
 use serde::Serialize;
 
 use crate::latency::{LatencyRecorder, LatencySummary};
@@ -40,7 +40,10 @@ time and records/s;\n\
 4. a follower is killed, its data directory deleted, and it is restarted while the probe goes \
 on: time until it holds the log up to the leader's end at its restart, through InstallSnapshot \
 (every snapshot drops the log below it: the nodes run with --retain-mib 0; the report says if \
-the leader could still send the whole log instead), and the probe's latency meanwhile.\n\n\
+the leader could still send the whole log instead), and the probe's latency meanwhile. With \
+--replace it is replaced as the runbook replaces a dead node instead (tools/deploy/README.md): \
+removed from the configuration, then a fresh node 4 joins (--join) and catches up as a learner; \
+the time runs from node 4's start.\n\n\
 Timing figures are only meaningful on an idle machine: the report prints the load average at \
 start and end. Exit status: 0 on success, 1 on error.";
 
@@ -69,6 +72,10 @@ pub struct SnapshotBenchArgs {
     /// Keep the run directory (the nodes' data and log files).
     #[arg(long)]
     pub keep_dir: bool,
+    /// Rebuild the killed follower as the runbook replaces a dead node: remove it, then a fresh
+    /// node joins with --join (instead of restarting the wiped node under its old id).
+    #[arg(long)]
+    pub replace: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -122,8 +129,17 @@ pub struct SnapshotReport {
     pub stream_s: f64,
     /// Snapshot records per second of `stream_s`.
     pub stream_records_per_s: f64,
-    /// Wiped follower: restart -> holds the log to the leader's end at its restart, seconds.
+    /// How the killed follower was rebuilt: "restart" (wiped, restarted under its old id) or
+    /// "replace" (removed; a fresh node joined).
+    pub rebuild_mode: &'static str,
+    /// The rebuilt node's id.
+    pub rebuilt_node: u64,
+    /// Rebuilt node: (re)start -> holds the log to the leader's end at its start, seconds.
     pub rebuild_s: f64,
+    /// What the rebuilt node copied: the snapshot it holds (bytes, 0 without one)...
+    pub rebuilt_snapshot_bytes: u64,
+    /// ... and the offsets of log after it.
+    pub rebuilt_log_records: u64,
     /// Whether it was sent the snapshot (InstallSnapshot); false when the leader could still send
     /// the whole log (a small `--keys`: its cache of recent entries covers it).
     pub rebuilt_by_install_snapshot: bool,
@@ -285,9 +301,8 @@ fn run_in(args: &SnapshotBenchArgs, run_dir: &RunDir) -> anyhow::Result<Snapshot
     let follower = order[1];
     let (stream_records, stream_s) = stream_state(&cluster, follower, &config)?;
 
-    let rebuilt = order[2];
     probe.set(Phase::Rebuild);
-    let (rebuild_s, rebuilt_by_install_snapshot) = rebuild(&mut cluster, rebuilt, leader, &config)?;
+    let rebuilt = rebuild(&mut cluster, order[2], leader, &config, args.replace)?;
     let recorders = probe.finish()?;
     cluster.stop();
     Ok(SnapshotReport {
@@ -304,8 +319,12 @@ fn run_in(args: &SnapshotBenchArgs, run_dir: &RunDir) -> anyhow::Result<Snapshot
         stream_records,
         stream_s,
         stream_records_per_s: stream_records as f64 / stream_s.max(f64::MIN_POSITIVE),
-        rebuild_s,
-        rebuilt_by_install_snapshot,
+        rebuild_mode: if args.replace { "replace" } else { "restart" },
+        rebuilt_node: rebuilt.node,
+        rebuild_s: rebuilt.seconds,
+        rebuilt_snapshot_bytes: rebuilt.status.snapshot.as_ref().map_or(0, |s| s.bytes),
+        rebuilt_log_records: rebuilt.status.log_end_offset - rebuilt.status.log_start_offset,
+        rebuilt_by_install_snapshot: rebuilt.status.snapshot.is_some(),
         append_during_rebuild: recorders[Phase::Rebuild as usize].summary(),
         load_start,
         load_end: MachineLoad::now(),
@@ -360,33 +379,56 @@ fn stream_state(
     Ok((records, started.elapsed().as_secs_f64()))
 }
 
-/// Kills follower `id`, deletes its data directory and restarts it; returns the seconds until it
-/// holds the log up to the leader's end at the restart, and whether it got there through
-/// InstallSnapshot (not when the leader still held, on disk or in its cache of recent entries,
-/// the whole log: a small `--keys`).
+/// A node rebuilt from its peers.
+struct Rebuilt {
+    node: u64,
+    /// (Re)start -> caught up.
+    seconds: f64,
+    /// Its status once caught up. Its own snapshots are taken only on request: one it holds was
+    /// installed (none when the leader still held, on disk or in its cache of recent entries,
+    /// the whole log: a small `--keys`).
+    status: NodeStatus,
+}
+
+/// Kills follower `id` and deletes its data directory; then restarts it under its id, or, with
+/// `replace`, removes it from the configuration and starts a fresh node that joins. Returns when
+/// the rebuilt node holds the log up to the leader's end at its start.
 fn rebuild(
     cluster: &mut LocalCluster,
     id: u64,
     leader: u64,
     config: &ClientConfig,
-) -> anyhow::Result<(f64, bool)> {
+    replace: bool,
+) -> anyhow::Result<Rebuilt> {
     cluster.kill(id)?;
     let dir = cluster.node_dir(id);
     std::fs::remove_dir_all(&dir).with_context(|| format!("wiping {}", dir.display()))?;
+    if replace {
+        admin::remove(config, id, false).with_context(|| format!("removing node {id}"))?;
+    }
     let end = status_of(&cluster.client_addr(leader).to_string(), config)?.log_end_offset;
-    let restarted = Instant::now();
-    cluster.restart(id)?;
-    let address = cluster.client_addr(id).to_string();
+    let started = Instant::now();
+    let (node, role) = if replace {
+        (cluster.join(leader)?, NodeRole::Learner)
+    } else {
+        cluster.restart(id)?;
+        (id, NodeRole::Follower)
+    };
+    let address = cluster.client_addr(node).to_string();
     loop {
-        if let Ok(s) = status_of(&address, config) {
-            if s.log_end_offset >= end && s.role == NodeRole::Follower {
-                // Its own snapshots are taken only on request: one here was installed.
-                return Ok((restarted.elapsed().as_secs_f64(), s.snapshot.is_some()));
+        if let Ok(status) = status_of(&address, config) {
+            if status.log_end_offset >= end && status.role == role {
+                let seconds = started.elapsed().as_secs_f64();
+                return Ok(Rebuilt {
+                    node,
+                    seconds,
+                    status,
+                });
             }
         }
         anyhow::ensure!(
-            restarted.elapsed() < DEADLINE,
-            "node {id} did not rebuild within {DEADLINE:?}"
+            started.elapsed() < DEADLINE,
+            "node {node} did not rebuild within {DEADLINE:?}"
         );
         std::thread::sleep(POLL_INTERVAL);
     }
@@ -428,13 +470,23 @@ pub fn render_text(r: &SnapshotReport) -> String {
         r.stream_records, r.stream_s, r.stream_records_per_s
     ));
     out.push_str(&format!(
-        "wiped follower rebuilt in {:.2} s {}\n",
+        "{} in {:.2} s {}: {} snapshot bytes and {} records of log copied\n",
+        if r.rebuild_mode == "replace" {
+            format!(
+                "wiped follower replaced (removed; node {} joined)",
+                r.rebuilt_node
+            )
+        } else {
+            "wiped follower rebuilt (restarted under its id)".to_string()
+        },
         r.rebuild_s,
         if r.rebuilt_by_install_snapshot {
             "through InstallSnapshot"
         } else {
             "from the leader's log (NOT through InstallSnapshot: --keys too small)"
-        }
+        },
+        r.rebuilt_snapshot_bytes,
+        r.rebuilt_log_records
     ));
     let load = |l: &MachineLoad| {
         l.load_avg_1m.map_or("unknown".to_string(), |v| {

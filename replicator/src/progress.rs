@@ -31,6 +31,9 @@ pub struct SnapshotTransfer {
     pub window_bytes: u64,
     /// The snapshot's size, once its last chunk was read: the follower cannot hold more.
     pub size: Option<u64>,
+    /// `acked` when the previous heartbeat response came back: chunks are presumed lost only
+    /// when a whole heartbeat round acknowledged nothing.
+    pub acked_at_heartbeat: u64,
 }
 
 impl SnapshotTransfer {
@@ -51,6 +54,17 @@ impl SnapshotTransfer {
                 self.sent = received;
             }
         }
+    }
+
+    /// A heartbeat response came back: if nothing was acknowledged since the previous one, the
+    /// chunks in flight are presumed lost and resent ([`SnapshotTransfer::rewind`]). Chunks are
+    /// acknowledged as they arrive, so a transfer that is moving is left alone: rewinding it
+    /// would send the whole window again on every heartbeat.
+    pub fn heartbeat_answered(&mut self) {
+        if self.acked == self.acked_at_heartbeat {
+            self.rewind();
+        }
+        self.acked_at_heartbeat = self.acked;
     }
 
     /// Resends from the last acknowledged byte (chunks in flight are presumed lost); with
@@ -206,6 +220,7 @@ impl Progress {
             all_sent: false,
             window_bytes,
             size: None,
+            acked_at_heartbeat: 0,
         });
     }
 

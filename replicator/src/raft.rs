@@ -1413,12 +1413,16 @@ impl<S: Storage> Raft<S> {
                 }
             }
             // A follower rejects a prev_index we sent (at most our last index) and hints at
-            // or below it, with a term of its log (at most the message term, ours).
-            MessageBody::AppendEntriesResponse { result: Err(r) } => (r.rejected_prev_index
-                > last_index
-                || r.hint_index > r.rejected_prev_index
-                || r.hint_term.is_some_and(|t| t > msg.term))
-            .then_some(RefusalReason::BadRejectHint),
+            // or below it, with a term of its log (at most the message term, ours). One that
+            // lost its log rejects a heartbeat's commit instead, which lies beyond our log only
+            // if an impostor forged that heartbeat: the answer is still honest (only its hint,
+            // the follower's end, lowers a match).
+            MessageBody::AppendEntriesResponse { result: Err(r) } => {
+                ((r.rejected_prev_index > last_index && !r.log_lost)
+                    || r.hint_index > r.rejected_prev_index
+                    || r.hint_term.is_some_and(|t| t > msg.term))
+                .then_some(RefusalReason::BadRejectHint)
+            }
             MessageBody::InstallSnapshotResponse { index, received } => pr
                 .snapshot
                 .as_ref()
@@ -1503,8 +1507,7 @@ impl<S: Storage> Raft<S> {
                     pr.inflights.free_first();
                 }
                 if let Some(t) = pr.snapshot.as_mut() {
-                    // Chunks still unacknowledged by now were probably lost.
-                    t.rewind();
+                    t.heartbeat_answered();
                 }
                 if pr.match_index < self.log.last_index() {
                     self.send_append(from, true);
@@ -1808,9 +1811,12 @@ impl<S: Storage> Raft<S> {
                 // group lost unnoticed (the residual window), a wiped data directory. Then it
                 // is to be told to resend from our end with a `log_lost` rejection, which
                 // lowers the match it counts for us (no term hint, which would skip what its
-                // term holds). A suspect also takes no commit index beyond what it matched
-                // with this leader (or already knew committed): entries it holds past that
-                // may be ones a lost truncation had voided.
+                // term holds); it resends from there, or sends its snapshot. The commit is never
+                // taken. A forged heartbeat gains nothing: the answer goes to the node we follow
+                // and names our true end, below which no correct leader's match for us lies. A
+                // suspect also takes no commit index beyond what it matched with this leader (or
+                // already knew committed): entries it holds past that may be ones a lost
+                // truncation had voided.
                 let last_index = self.log.last_index();
                 let vouched = self.leader_match.max(self.commit);
                 let lost = commit > last_index && self.cfg.mutation != Mutation::IgnoreLostMatch;

@@ -728,11 +728,15 @@ fn chunk_offsets(msgs: &[Message]) -> Vec<(u64, bool)> {
         .collect()
 }
 
-#[test]
-fn leader_streams_a_snapshot_in_chunks_and_resends_what_was_lost() {
-    let (mut leader, meta) = compacted_leader(100, 40, 80);
+/// A [`compacted_leader`] and an empty follower 3 it has switched to snapshot state: the
+/// follower rejected the leader's probe, and the leader backed up below its log start.
+fn leader_to_snapshot(
+    snapshot_bytes: usize,
+    chunk_bytes: u64,
+    window_bytes: u64,
+) -> (Node, Node, SnapshotMeta) {
+    let (mut leader, meta) = compacted_leader(snapshot_bytes, chunk_bytes, window_bytes);
     let mut follower = node(config(3, 3), 0, vec![]);
-    // The empty follower rejects the leader's probe; the leader backs up below its log start.
     for msg in outgoing(&mut leader, 3) {
         follower.step(msg);
     }
@@ -740,6 +744,12 @@ fn leader_streams_a_snapshot_in_chunks_and_resends_what_was_lost() {
         leader.step(msg);
     }
     assert_eq!(leader.progress(3).unwrap().state, ProgressState::Snapshot);
+    (leader, follower, meta)
+}
+
+#[test]
+fn leader_streams_a_snapshot_in_chunks_and_resends_what_was_lost() {
+    let (mut leader, mut follower, meta) = leader_to_snapshot(100, 40, 80);
     let first = outgoing(&mut leader, 3);
     assert_eq!(
         chunk_offsets(&first),
@@ -767,13 +777,18 @@ fn leader_streams_a_snapshot_in_chunks_and_resends_what_was_lost() {
             index: 10,
             received: 40
         }));
-    // A heartbeat response makes the leader resend from the last acknowledged byte.
-    leader.step(Message {
+    // A heartbeat response resends nothing while chunks are being acknowledged (40 bytes since
+    // the transfer began); the next one, after a round that acknowledged nothing, makes the
+    // leader resend from the last acknowledged byte.
+    let heartbeat_response = Message {
         from: 3,
         to: 1,
         term: leader.term(),
         body: MessageBody::HeartbeatResponse { read_seq: 0 },
-    });
+    };
+    leader.step(heartbeat_response.clone());
+    assert_eq!(chunk_offsets(&outgoing(&mut leader, 3)), []);
+    leader.step(heartbeat_response);
     let resent = outgoing(&mut leader, 3);
     assert_eq!(chunk_offsets(&resent), [(40, false), (80, true)]);
     for msg in resent {
@@ -837,6 +852,122 @@ fn leader_streams_a_snapshot_in_chunks_and_resends_what_was_lost() {
     let appends = outgoing(&mut leader, 3);
     assert!(appends.iter().any(|m| matches!(&m.body,
         MessageBody::AppendEntries { prev_index: 10, entries, .. } if entries[0].index == 11)));
+}
+
+#[test]
+fn a_snapshot_transfer_that_is_acknowledged_sends_each_chunk_once_across_heartbeats() {
+    // 10 chunks of 40 bytes, 4 in flight at a time.
+    let (mut leader, mut follower, _) = leader_to_snapshot(400, 40, 160);
+    let mut in_flight: std::collections::VecDeque<Message> = outgoing(&mut leader, 3).into();
+    let mut sent = chunk_offsets(in_flight.make_contiguous()).len();
+    // One chunk arrives and is acknowledged, then a heartbeat response comes back while the
+    // rest of the window is still on its way: again and again until the last chunk.
+    while !follower.installing_snapshot() {
+        let msg = in_flight.pop_front().expect("the transfer goes on");
+        follower.step(msg);
+        for ack in outgoing(&mut follower, 1) {
+            leader.step(ack);
+        }
+        leader.step(Message {
+            from: 3,
+            to: 1,
+            term: leader.term(),
+            body: MessageBody::HeartbeatResponse { read_seq: 0 },
+        });
+        let more = outgoing(&mut leader, 3);
+        sent += chunk_offsets(&more).len();
+        in_flight.extend(more);
+    }
+    assert_eq!(sent, 10, "no chunk sent twice while acknowledgements flow");
+}
+
+/// Delivers messages between `leader` (node 1) and `follower` (node 3) until both are quiet,
+/// installing a completely received snapshot as the driver does; no tick. Returns how many
+/// InstallSnapshot chunks the follower took.
+fn exchange(leader: &mut Node, follower: &mut Node, meta: &SnapshotMeta) -> usize {
+    let mut chunks = 0;
+    let mut to_follower = outgoing(leader, 3);
+    while !to_follower.is_empty() {
+        for msg in std::mem::take(&mut to_follower) {
+            follower.step(msg);
+        }
+        let rd = follower.ready();
+        chunks += rd.snapshot_chunks.len();
+        let mut to_leader = persist_all(follower, rd);
+        if follower.installing_snapshot() {
+            follower.storage_mut().write_install(SimSnapshot {
+                meta: meta.clone(),
+                data: Arc::from(vec![9u8; 100]),
+            });
+            assert!(follower.storage_mut().start_fsync());
+            follower.storage_mut().complete_fsync();
+            follower.snapshot_installed(meta);
+            to_leader.extend(outgoing(follower, 1));
+        }
+        for msg in to_leader {
+            leader.step(msg);
+        }
+        to_follower = outgoing(leader, 3);
+    }
+    chunks
+}
+
+#[test]
+fn a_follower_back_empty_under_its_old_id_is_sent_the_snapshot_at_the_next_heartbeat() {
+    let (mut leader, meta) = compacted_leader(100, 40, 80);
+    let mut follower = node(config(3, 3), 1, (1..=12).map(|i| entry(i, 1)).collect());
+    exchange(&mut leader, &mut follower, &meta);
+    let caught_up = leader.last_index();
+    let pr = leader.progress(3).unwrap();
+    assert_eq!(
+        (pr.state, pr.match_index),
+        (ProgressState::Replicate, caught_up)
+    );
+    // Its data directory is wiped; it comes back empty, at term 0, and nothing new is proposed:
+    // the leader's heartbeat (commit up to the match it recorded) is all that reaches it.
+    let mut follower = node(config(3, 3), 0, vec![]);
+    let mut rng = rand::rngs::mock::StepRng::new(0, 1);
+    let mut to_follower = Vec::new();
+    while to_follower.is_empty() {
+        leader.tick(&mut rng);
+        to_follower = outgoing(&mut leader, 3);
+    }
+    assert!(matches!(
+        to_follower[..],
+        [Message { body: MessageBody::Heartbeat { commit, .. }, .. }] if commit == caught_up
+    ));
+    follower.step(to_follower.pop().unwrap());
+    assert_eq!(
+        follower.commit_index(),
+        0,
+        "a commit beyond the log is never taken"
+    );
+    let answer = outgoing(&mut follower, 1);
+    assert!(
+        matches!(
+            answer[..],
+            [Message {
+                body: MessageBody::AppendEntriesResponse { result: Err(r) },
+                ..
+            }] if r.log_lost && r.hint_index == 1
+        ),
+        "{answer:?}"
+    );
+    for msg in answer {
+        leader.step(msg);
+    }
+    // From here on messages alone (no timer, no retry) carry the snapshot and the log after it.
+    let chunks = exchange(&mut leader, &mut follower, &meta);
+    assert_eq!(chunks, 3, "each chunk of the 100-byte snapshot taken once");
+    assert_eq!(
+        (follower.last_index(), follower.commit_index()),
+        (caught_up, caught_up)
+    );
+    let pr = leader.progress(3).unwrap();
+    assert_eq!(
+        (pr.state, pr.match_index),
+        (ProgressState::Replicate, caught_up)
+    );
 }
 
 #[test]

@@ -294,12 +294,12 @@ fn entries_that_are_not_consecutive_after_prev_index_are_refused_not_a_panic() {
 }
 
 #[test]
-fn a_heartbeat_commit_beyond_the_followers_log_is_not_taken_but_reported_as_a_lost_log() {
+fn a_heartbeat_commit_beyond_the_followers_log_is_answered_with_where_it_ends() {
     let mut nodes = cluster();
     let term = nodes[1].term();
     let (commit, last) = (nodes[1].commit_index(), nodes[1].last_index());
     // Before: a debug assertion (a panic in debug builds), silently clamped in release.
-    nodes[1].step(msg(
+    let refused = nodes[1].step(msg(
         1,
         2,
         term,
@@ -308,14 +308,17 @@ fn a_heartbeat_commit_beyond_the_followers_log_is_not_taken_but_reported_as_a_lo
             read_seq: 0,
         },
     ));
-    assert_eq!(nodes[1].commit_index(), commit);
+    assert_eq!(
+        refused, None,
+        "what a follower whose data directory was wiped receives"
+    );
+    assert_eq!(nodes[1].commit_index(), commit, "never taken");
     let rd = nodes[1].ready();
-    // A leader sends at most the match it was acknowledged: from the real leader this means
-    // the node lost entries it acknowledged (unnoticed, or its data directory was wiped), so
-    // it is not refused but answered with "resend from my end", which also keeps a leader
-    // whose window to it is full of appends lost with its old process sending.
-    assert!(rd.refused.is_empty(), "{:?}", rd.refused);
-    let expected = AppendReject {
+    assert!(rd.refused.is_empty());
+    // Answered with the end of its log, as lost: a real leader that believes it holds more
+    // (its data directory was wiped) lowers its match and resends from there or sends its
+    // snapshot, instead of counting it caught up forever. A forger learns nothing.
+    let reject = AppendReject {
         rejected_prev_index: u64::MAX,
         hint_term: None,
         hint_index: last + 1,
@@ -325,7 +328,7 @@ fn a_heartbeat_commit_beyond_the_followers_log_is_not_taken_but_reported_as_a_lo
         rd.messages.iter().any(|m| m.to == 1
             && m.body
                 == MessageBody::AppendEntriesResponse {
-                    result: Err(expected)
+                    result: Err(reject)
                 }),
         "{:?}",
         rd.messages
