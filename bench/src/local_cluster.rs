@@ -3,7 +3,8 @@
 //! (peers), BASE+100+N (clients) and BASE+200+N (metrics); placed in network namespaces
 //! ([`Placement::Netns`], `netns.rs`), node N runs inside its own namespace and dials its peers
 //! through the topology's delaying relays. Its data lives in DATA/node-N and its log output in
-//! DATA/node-N.log.
+//! DATA/node-N.log. The peer ports run mutual TLS with a CA made for the run
+//! ([`crate::dev_certs`]; files in DATA/tls, made anew at each start), the path an operator runs.
 
 use std::fs::OpenOptions;
 use std::net::{SocketAddr, TcpListener};
@@ -18,6 +19,7 @@ use raftline_netio::client::{status_of, ClientConfig};
 use raftline_netio::client_proto::NodeRole;
 use raftline_netio::cluster_id::ClusterId;
 
+use crate::dev_certs::{self, DevCa};
 use crate::netns::Topology;
 
 /// Nodes in a local cluster.
@@ -276,12 +278,14 @@ impl Launch {
             None => std::env::current_exe().context("finding the raftline executable")?,
         };
         let available = raftline_pinning::available_cores();
+        let peer_ca = DevCa::new(&format!("{} throwaway CA", self.cluster))?;
         let mut cluster = LocalCluster {
             placement: self.placement,
             cluster: self.cluster,
             data: self.data,
             exe,
             server_args: self.server_args,
+            peer_ca,
             kafka_base: self.kafka_base,
             nodes: Vec::new(),
         };
@@ -313,6 +317,8 @@ pub struct LocalCluster {
     exe: PathBuf,
     /// Appended to every node's `raftline server` command line (also on a restart).
     server_args: Vec<String>,
+    /// The CA of the nodes' peer certificates (in DATA/tls; each node's made at its first start).
+    peer_ca: DevCa,
     /// Node N listens for Kafka clients on 127.0.0.1:(this + N), if set.
     kafka_base: Option<u16>,
     nodes: Vec<Node>,
@@ -391,6 +397,14 @@ impl LocalCluster {
             cmd.args(["--kafka-listen", &kafka_addr(id).to_string()])
                 .args(["--kafka-advertise", &id_list(kafka_addr)]);
         }
+        // A node's first start in this run gets a certificate from this run's CA; a restart
+        // (`append_log`) keeps it.
+        let tls_dir = self.data.join("tls");
+        let tls = match append_log {
+            false => self.peer_ca.write_node_files(&tls_dir, id)?,
+            true => dev_certs::node_files(&tls_dir, id),
+        };
+        cmd.args(dev_certs::server_args(&tls));
         cmd.args(&self.server_args);
         if let Placement::Netns(topology) = placement {
             topology.command_in_node(id, &mut cmd);

@@ -24,7 +24,8 @@ running in the foreground; Ctrl-C stops all three nodes cleanly.\n\n\
 Node N listens for peers on 127.0.0.1:730N, for clients on 127.0.0.1:740N (what `raftline \
 produce/tail/status` use by default) and serves metrics on http://127.0.0.1:750N/metrics. Data \
 lives in DATA/node-N (kept between runs: a restarted dev cluster resumes its log), each node's \
-log output in DATA/node-N.log. Node N also listens for Kafka clients on 127.0.0.1:909(N+1) \
+log output in DATA/node-N.log. The peer ports run mutual TLS with a CA and certificates made \
+for the run in DATA/tls. Node N also listens for Kafka clients on 127.0.0.1:909(N+1) \
 (9092-9094; BASE+250+N with another --base-port): the log is the topic raftline-dev, partition 0.";
 
 /// Flags of `raftline dev`.
@@ -148,6 +149,10 @@ fn print_banner(data: &Path, leader: u64, base: u16) {
             data.join(format!("node-{id}")).display()
         );
     }
+    println!(
+        "  peers talk mutual TLS with throwaway certificates in {} (made anew at each start)",
+        data.join("tls").display()
+    );
     let bootstrap = if base == DEV_BASE_PORT {
         String::new()
     } else {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
-use raftline_node::{Node, NodeConfig, Started};
+use raftline_node::{Node, NodeConfig, PeerSecurity, Started};
 
 use crate::server_config::ServerArgs;
 use crate::systemd::Notifier;
@@ -103,6 +103,17 @@ fn print_start(cfg: &NodeConfig, started: &Started) {
             .map(|a| format!(", metrics on http://{a}/metrics"))
             .unwrap_or_default()
     );
+    match &cfg.peer_security {
+        PeerSecurity::Tls(files) => println!(
+            "peer port: mutual TLS as raftline-node-{} ({}, trusting {}; reloaded when changed)",
+            cfg.id,
+            files.cert.display(),
+            files.trusted_ca.display()
+        ),
+        PeerSecurity::Insecure => {
+            println!("peer port: INSECURE plaintext (--peer-insecure): anyone reaching it can speak as any node")
+        }
+    }
     println!(
         "log: {:?} in {}; entries {}..={}, offsets {}..{}; heartbeat {} ms, election timeout {}-{} ms",
         started.log_backend,

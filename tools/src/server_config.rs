@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use raftline_netio::net::{BUFFER_BUDGET_BYTES_DEFAULT, CLIENTS_PER_SOURCE_MAX_DEFAULT};
+use raftline_netio::net::{
+    PeerTlsFiles, BUFFER_BUDGET_BYTES_DEFAULT, CLIENTS_PER_SOURCE_MAX_DEFAULT,
+};
 use raftline_netio::reactor::Backend;
 use serde::Deserialize;
 
@@ -19,7 +21,7 @@ use raftline_node::config::{
     HEARTBEAT_MS_DEFAULT, SEGMENT_BYTES_DEFAULT, TICK_MS_DEFAULT,
 };
 use raftline_node::snapshots::SnapshotPolicy;
-use raftline_node::NodeConfig;
+use raftline_node::{NodeConfig, PeerSecurity};
 
 use raftline_bench::emulated_disk::DiskProfile;
 
@@ -134,6 +136,21 @@ pub struct ServerArgs {
     /// client holding the most is closed [default: 512; at least 33].
     #[arg(long)]
     pub connection_buffers_mib: Option<usize>,
+    /// This node's certificate for the peer port's mutual TLS (PEM, the chain from it up):
+    /// a DNS subject alternative name `raftline-node-N` for this --id, for TLS server and
+    /// client use. The three peer files are reloaded when they change (checked every 2 s).
+    #[arg(long, value_name = "FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// The private key of --peer-cert-file (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// The CA bundle (PEM) every peer's certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Run the peer port in plaintext instead of mutual TLS: whoever reaches it can speak as
+    /// any node. Only for a network nobody but the cluster's nodes can reach.
+    #[arg(long)]
+    pub peer_insecure: bool,
     /// Snapshot the materialised state after this many MiB of log applied since the last
     /// snapshot, then drop the log prefix; 0 = never [default: 256].
     #[arg(long)]
@@ -194,6 +211,10 @@ struct FileConfig {
     client_idle_timeout_s: Option<u64>,
     clients_per_source_max: Option<usize>,
     connection_buffers_mib: Option<usize>,
+    peer_cert_file: Option<PathBuf>,
+    peer_key_file: Option<PathBuf>,
+    peer_trusted_ca_file: Option<PathBuf>,
+    peer_insecure: Option<bool>,
     snapshot_every_mib: Option<u64>,
     snapshot_interval_s: Option<u64>,
     retain_mib: Option<u64>,
@@ -336,6 +357,13 @@ impl ServerArgs {
                 .or(file.election_timeout_max_ms)
                 .unwrap_or(ELECTION_TIMEOUT_MAX_MS_DEFAULT),
         );
+        let peer_security = peer_security(
+            id,
+            self.peer_cert_file.or(file.peer_cert_file),
+            self.peer_key_file.or(file.peer_key_file),
+            self.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
+            self.peer_insecure || file.peer_insecure.unwrap_or(false),
+        )?;
         let cfg = NodeConfig {
             id,
             cluster_name,
@@ -405,6 +433,7 @@ impl ServerArgs {
                 .connection_buffers_mib
                 .or(file.connection_buffers_mib)
                 .map_or(BUFFER_BUDGET_BYTES_DEFAULT, |mib| mib << 20),
+            peer_security,
             snapshots: SnapshotPolicy {
                 every_bytes: self
                     .snapshot_every_mib
@@ -445,6 +474,47 @@ impl ServerArgs {
     }
 }
 
+/// The peer port's security from its flags: all three TLS files, or `--peer-insecure` alone.
+fn peer_security(
+    id: u64,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    trusted_ca: Option<PathBuf>,
+    insecure: bool,
+) -> anyhow::Result<PeerSecurity> {
+    const FLAGS: &str = "--peer-cert-file, --peer-key-file and --peer-trusted-ca-file";
+    match (cert, key, trusted_ca, insecure) {
+        (Some(cert), Some(key), Some(trusted_ca), false) => Ok(PeerSecurity::Tls(PeerTlsFiles {
+            cert,
+            key,
+            trusted_ca,
+        })),
+        (None, None, None, true) => Ok(PeerSecurity::Insecure),
+        (None, None, None, false) => bail!(
+            "the peer port runs mutual TLS: pass {FLAGS} (a certificate naming \
+             raftline-node-{id}, its key, and the CA bundle peers' certificates chain to; \
+             tools/deploy/README.md says how to make them), or --peer-insecure for a network \
+             only the cluster's nodes can reach"
+        ),
+        (_, _, _, true) => bail!("--peer-insecure excludes {FLAGS}"),
+        (cert, key, trusted_ca, false) => {
+            let missing: Vec<&str> = [
+                ("--peer-cert-file", cert.is_none()),
+                ("--peer-key-file", key.is_none()),
+                ("--peer-trusted-ca-file", trusted_ca.is_none()),
+            ]
+            .iter()
+            .filter(|(_, missing)| *missing)
+            .map(|(flag, _)| *flag)
+            .collect();
+            bail!(
+                "peer TLS needs all of {FLAGS}: {} missing",
+                missing.join(" and ")
+            )
+        }
+    }
+}
+
 fn resolve_addr(addr: &str) -> anyhow::Result<SocketAddr> {
     use std::net::ToSocketAddrs;
     addr.to_socket_addrs()
@@ -465,8 +535,59 @@ mod tests {
             peer_clients: Some("1=127.0.0.1:7201,2=127.0.0.1:7202,3=127.0.0.1:7203".into()),
             client_listen: Some("127.0.0.1:7201".parse().unwrap()),
             data_dir: Some("/tmp/x".into()),
+            peer_insecure: true,
             ..ServerArgs::default()
         }
+    }
+
+    #[test]
+    fn the_peer_port_needs_all_three_tls_files_or_an_explicit_insecure() {
+        let mut neither = args();
+        neither.peer_insecure = false;
+        let err = neither.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("--peer-cert-file, --peer-key-file and --peer-trusted-ca-file")
+                && err.contains("raftline-node-1")
+                && err.contains("--peer-insecure"),
+            "{err}"
+        );
+        let mut partial = args();
+        partial.peer_insecure = false;
+        partial.peer_cert_file = Some("/etc/raftline/node.pem".into());
+        let err = partial.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("--peer-key-file and --peer-trusted-ca-file missing"),
+            "{err}"
+        );
+        let mut both = args();
+        both.peer_cert_file = Some("/etc/raftline/node.pem".into());
+        let err = both.resolve().unwrap_err().to_string();
+        assert!(err.contains("--peer-insecure excludes"), "{err}");
+        assert_eq!(
+            args().resolve().unwrap().peer_security,
+            PeerSecurity::Insecure
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "peer_cert_file = \"/c.pem\"\npeer_key_file = \"/k.pem\"\n\
+             peer_trusted_ca_file = \"/ca.pem\"\n",
+        )
+        .unwrap();
+        let mut from_file = args();
+        from_file.peer_insecure = false;
+        from_file.config = Some(path);
+        let files = PeerTlsFiles {
+            cert: "/c.pem".into(),
+            key: "/k.pem".into(),
+            trusted_ca: "/ca.pem".into(),
+        };
+        assert_eq!(
+            from_file.resolve().unwrap().peer_security,
+            PeerSecurity::Tls(files)
+        );
     }
 
     #[test]
@@ -519,6 +640,7 @@ mod tests {
         let cfg = ServerArgs {
             config: Some(path.clone()),
             heartbeat_ms: Some(10),
+            peer_insecure: true,
             ..ServerArgs::default()
         }
         .resolve()
@@ -618,6 +740,7 @@ mod tests {
             listen: Some("127.0.0.1:7104".parse().unwrap()),
             client_listen: Some("127.0.0.1:7204".parse().unwrap()),
             data_dir: Some("/tmp/x".into()),
+            peer_insecure: true,
             ..ServerArgs::default()
         };
         let cfg = joiner().resolve().unwrap();

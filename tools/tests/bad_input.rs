@@ -73,7 +73,9 @@ fn attack(
 
 #[test]
 fn bad_input_on_either_port_closes_only_that_connection_and_the_node_keeps_serving() {
-    let cluster = Cluster::start(3, "auto");
+    // Plaintext peers: the inputs are frames (on a TLS peer port every one is a failed
+    // handshake, tools/tests/tls.rs).
+    let cluster = Cluster::start_insecure_peers(3, "auto", &[]);
     let leader = cluster.wait_leader();
     let node = cluster.node(leader);
     let ours = ClusterId::from_name(CLUSTER);
@@ -148,6 +150,7 @@ fn a_node_started_on_another_nodes_data_directory_refuses_and_says_so() {
         .args(["--id", "2", "--cluster-id", CLUSTER])
         .args(["--peers", &format!("2={}", cluster.node(1).peer)])
         .args(["--client-listen", &cluster.node(1).client.to_string()])
+        .arg("--peer-insecure")
         .arg("--data-dir")
         .arg(&cluster.node(1).data_dir)
         .output()
@@ -181,6 +184,7 @@ fn an_election_timeout_under_five_heartbeats_is_refused_with_an_explanation() {
             "/nonexistent/never-created",
         ])
         .args(["--heartbeat-ms", "100", "--election-timeout-min-ms", "200"])
+        .arg("--peer-insecure")
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -232,6 +232,9 @@ fn the_seccomp_profile_allows_every_system_call_a_node_makes() {
     let dir = tempfile::tempdir().unwrap();
     let summary = dir.path().join("syscalls.txt");
     let (peer, client, metrics) = (free_port(), free_port(), free_port());
+    // With its peer TLS files: loading them and watching them for changes are a node's too.
+    let ca = raftline_bench::dev_certs::DevCa::new("seccomp test CA").unwrap();
+    let tls = ca.write_node_files(&dir.path().join("tls"), 1).unwrap();
     let mut strace = Command::new("strace")
         .args(["-f", "-qq", "-c", "-o"])
         .arg(&summary)
@@ -243,6 +246,7 @@ fn the_seccomp_profile_allows_every_system_call_a_node_makes() {
         .args(["--metrics-listen", &metrics.to_string()])
         .args(["--segment-mib", "1", "--batch-kib-max", "64"])
         .args(["--snapshot-every-mib", "1", "--retain-mib", "0"])
+        .args(raftline_bench::dev_certs::server_args(&tls))
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .stdout(Stdio::null())

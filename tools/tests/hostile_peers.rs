@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_support::{
-    append_window, closed_within, http_get, status, tagged_batch, Cluster, Outcome, CLUSTER,
-    DEADLINE,
+    append_window, assert_healthy, closed_within, status, tagged_batch, wait_counter, Cluster,
+    Outcome, CLUSTER, DEADLINE,
 };
 use raftline_log::Batch;
 use raftline_netio::cluster_id::ClusterId;
@@ -45,47 +45,9 @@ fn wait_refused(metrics: SocketAddr, reason: &str, at_least: u64) {
     wait_counter(metrics, &series, at_least);
 }
 
-/// Waits until the metric `series` (name and labels) of node `metrics` reaches `at_least`.
-fn wait_counter(metrics: SocketAddr, series: &str, at_least: u64) {
-    let line = format!("{series} ");
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let page = http_get(metrics, "/metrics");
-        let n = page
-            .lines()
-            .find_map(|l| l.strip_prefix(&line))
-            .map_or(0, |v| v.trim().parse::<u64>().unwrap());
-        if n >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} never reached {at_least}:\n{page}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The cluster still has `leader` leading in `term` and commits appends on every node.
-fn assert_healthy(cluster: &Cluster, leader: u64, term: u64, tags: std::ops::RangeInclusive<u64>) {
-    for n in &cluster.nodes {
-        let s = status(n.client).unwrap();
-        assert_eq!(s.term, term, "node {} changed term: {s:?}", n.id);
-        assert_eq!(s.leader_id, Some(leader), "node {}: {s:?}", n.id);
-    }
-    let tags: Vec<u64> = tags.collect();
-    let outcomes = append_window(cluster.node(leader).client, &tags, 1, 4);
-    assert!(
-        outcomes
-            .values()
-            .all(|o| matches!(o, Outcome::Acked { .. })),
-        "appends after the forgery: {outcomes:?}"
-    );
-}
-
 #[test]
 fn forged_peer_messages_are_refused_and_the_cluster_keeps_its_leader_and_term() {
-    let cluster = Cluster::start(3, "auto");
+    let cluster = Cluster::start_insecure_peers(3, "auto", &[]);
     let leader = cluster.wait_leader();
     let term = status(cluster.node(leader).client).unwrap().term;
     let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
@@ -141,7 +103,7 @@ fn forged_peer_messages_are_refused_and_the_cluster_keeps_its_leader_and_term() 
 
 #[test]
 fn a_forged_append_from_the_leaders_id_at_a_wrong_offset_closes_that_connection_only() {
-    let cluster = Cluster::start(3, "auto");
+    let cluster = Cluster::start_insecure_peers(3, "auto", &[]);
     let leader = cluster.wait_leader();
     let appended = append_window(cluster.node(leader).client, &[1, 2, 3], 1, 4);
     assert!(appended
@@ -211,7 +173,7 @@ fn control(frame_type: FrameType, as_node: u64) -> Vec<u8> {
 
 #[test]
 fn impostors_holding_peer_slots_do_not_keep_a_restarted_follower_out() {
-    let mut cluster = Cluster::start(3, "auto");
+    let mut cluster = Cluster::start_insecure_peers(3, "auto", &[]);
     let leader = cluster.wait_leader();
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     let leader_peer = cluster.node(leader).peer;

@@ -94,6 +94,7 @@ fn single_node(
     .args(["--peers", &format!("1={peer}")])
     .args(["--peer-clients", &format!("1={client}")])
     .args(["--client-listen", &client.to_string()])
+    .arg("--peer-insecure")
     .arg("--data-dir")
     .arg(dir.join("data"));
     cmd

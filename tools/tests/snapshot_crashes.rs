@@ -432,6 +432,7 @@ fn an_unknown_crash_point_is_refused_at_start() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftline"))
         .args(["server", "--id", "1", "--cluster-id", CLUSTER])
         .args(["--peers", "1=127.0.0.1:1", "--client-listen", "127.0.0.1:1"])
+        .arg("--peer-insecure")
         .arg("--data-dir")
         .arg(dir.path())
         .env("RAFTLINE_CRASH_AT", "snapshot-write-halff")

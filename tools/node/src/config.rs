@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use raftline_netio::net::{BUFFER_BUDGET_BYTES_DEFAULT, CLIENTS_PER_SOURCE_MAX_DEFAULT};
+use raftline_netio::net::{
+    PeerTlsFiles, BUFFER_BUDGET_BYTES_DEFAULT, CLIENTS_PER_SOURCE_MAX_DEFAULT,
+};
 use raftline_netio::reactor::Backend;
 
 use crate::members::check_address;
@@ -144,12 +146,25 @@ pub struct NodeConfig {
     pub clients_per_source_max: usize,
     /// Bytes all connections' send queues and decoder buffers may hold together.
     pub connection_buffers_bytes: usize,
+    /// How the peer port is secured.
+    pub peer_security: PeerSecurity,
     /// When to snapshot and compact the log.
     pub snapshots: SnapshotPolicy,
     /// Emulated device whose fdatasync latency the log imposes (benchmarks only).
     pub emulated_disk: Option<DiskEmulation>,
     /// Things that work but deserve the operator's attention (filled by [`NodeConfig::validated`]).
     pub warnings: Vec<String>,
+}
+
+/// How a node's peer port is secured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerSecurity {
+    /// Mutual TLS with these PEM files, reloaded when they change (`tls_reload.rs`): a peer
+    /// must present a certificate from the trusted CA naming the node it says it is.
+    Tls(PeerTlsFiles),
+    /// Plaintext, for a network only the cluster's nodes can reach (`--peer-insecure`): anyone
+    /// who reaches the peer port can speak as any node. Warned at start.
+    Insecure,
 }
 
 impl NodeConfig {
@@ -167,7 +182,7 @@ impl NodeConfig {
     }
 
     /// Node `id` of the cluster `cluster_name` whose voters listen for peers on `peers`, with
-    /// every other setting at its default (peer port = its own entry in `peers`).
+    /// every other setting at its default (peer port = its own entry in `peers`, insecure).
     pub fn new(
         id: u64,
         cluster_name: impl Into<String>,
@@ -209,6 +224,7 @@ impl NodeConfig {
             client_idle_timeout: Some(Duration::from_secs(CLIENT_IDLE_TIMEOUT_S_DEFAULT)),
             clients_per_source_max: CLIENTS_PER_SOURCE_MAX_DEFAULT,
             connection_buffers_bytes: BUFFER_BUDGET_BYTES_DEFAULT,
+            peer_security: PeerSecurity::Insecure,
             snapshots: SnapshotPolicy::default(),
             emulated_disk: None,
             warnings: Vec::new(),

@@ -12,6 +12,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
+use crossbeam_channel::Receiver;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +23,7 @@ use raftline_netio::client_proto::{
     Response, SnapshotStatus,
 };
 use raftline_netio::cluster_id::ClusterId;
-use raftline_netio::net::{ClientId, Net, NetEvent, SendWithError};
+use raftline_netio::net::{ClientId, Net, NetEvent, PeerTls, SendWithError};
 use raftline_netio::peer_codec::{decode_message, encode_message, PeerCodecError};
 use raftline_replicator::{Index, MemberAddress, Message, Role};
 
@@ -35,7 +37,7 @@ use crate::peer_rtt::PeerRtt;
 use crate::replica::{FatalError, Replica, READY_ROUNDS_MAX};
 use crate::replies::Replier;
 use crate::subscriptions::Subscriptions;
-use crate::warn_limit::WarnLimit;
+use raftline_netio::warn_limit::WarnLimit;
 
 /// Static parameters of the loop.
 #[derive(Debug, Clone)]
@@ -145,6 +147,8 @@ pub struct EventLoop {
     next_tick: Instant,
     /// The core had more work than one round does (`READY_ROUNDS_MAX`): do not wait.
     more_ready: bool,
+    /// Reloaded peer certificates (see `tls_reload.rs`).
+    peer_tls_reloads: Option<Receiver<PeerTls>>,
 }
 
 impl EventLoop {
@@ -192,7 +196,14 @@ impl EventLoop {
             peer_warnings: WarnLimit::default(),
             peer_rtt,
             more_ready: false,
+            peer_tls_reloads: None,
         }
+    }
+
+    /// Hands the peer port each reloaded TLS configuration received on `reloads`.
+    pub fn with_peer_tls_reloads(mut self, reloads: Receiver<PeerTls>) -> EventLoop {
+        self.peer_tls_reloads = Some(reloads);
+        self
     }
 
     /// Runs rounds until `stop` is set (then drains and returns) or a fatal error.
@@ -265,6 +276,11 @@ impl EventLoop {
         }
         self.net.hold_client_reads(!self.client_backlog.is_empty());
         self.members.dial_resolved(&mut self.net);
+        if let Some(reloads) = &self.peer_tls_reloads {
+            for tls in reloads.try_iter() {
+                self.net.set_peer_tls(tls);
+            }
+        }
         // 2. Proposals: the round's appends become one entry (a run when there are several).
         // Appends that would add keys to a full state are refused here (Snapshots::admits),
         // then resends of idempotent producers' stored batches are answered instead.

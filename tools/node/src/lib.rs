@@ -38,7 +38,7 @@ pub mod storage;
 pub mod storage_repair;
 pub mod subscriptions;
 mod time_index;
-mod warn_limit;
+mod tls_reload;
 
 #[cfg(test)]
 mod cluster_in_memory;
@@ -53,12 +53,12 @@ use std::time::Duration;
 use raftline_log::{BackendChoice, BackendKind as LogBackend, WriterHook};
 use raftline_netio::client_proto::NodeStatus;
 use raftline_netio::cluster_id::ClusterId;
-use raftline_netio::net::{BindError, Net, NetAddrs, NetConfig};
+use raftline_netio::net::{BindError, Net, NetAddrs, NetConfig, TlsError};
 use raftline_netio::reactor::BackendKind as NetBackend;
 use raftline_pinning::{Layout, LayoutError, Role, Waker};
 use raftline_replicator::{Config, Index, MemberAddress, Membership};
 
-pub use config::{ConfigError, DiskEmulation, NodeConfig};
+pub use config::{ConfigError, DiskEmulation, NodeConfig, PeerSecurity};
 
 use appends::{AppendConfig, Appends};
 use event_loop::{EventLoop, LoopConfig, LoopError};
@@ -85,6 +85,9 @@ pub enum NodeError {
     /// A peer or client port cannot be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The peer port's certificate, key or trusted CA file does not load.
+    #[error("peer TLS: {0}")]
+    PeerTls(#[from] TlsError),
     /// The metrics port cannot be bound.
     #[error("cannot listen for metrics on {addr}: {source}")]
     MetricsBind {
@@ -183,6 +186,23 @@ impl Node {
         net_cfg.kafka_listen = cfg.kafka_listen;
         net_cfg.kafka_request_bytes_max =
             cfg.batch_bytes_max + config::KAFKA_REQUEST_HEADROOM_BYTES;
+        // The files' stamp is taken before the load: a file replaced meanwhile is reloaded.
+        let peer_tls_stamp = match &cfg.peer_security {
+            PeerSecurity::Tls(files) => {
+                let stamp = files.stamp();
+                net_cfg.peer_tls = Some(files.load()?);
+                Some(stamp)
+            }
+            PeerSecurity::Insecure => {
+                tracing::warn!(
+                    "the peer port is INSECURE (--peer-insecure): anyone who can reach {} can \
+                     speak as any node of the cluster; use it only on a network nobody else \
+                     reaches",
+                    cfg.listen
+                );
+                None
+            }
+        };
         let mut net = bind_retrying(net_cfg)?;
         let waker = net.waker();
         let bootstrap = bootstrap_addresses(&cfg);
@@ -291,7 +311,7 @@ impl Node {
                 what: "peer name resolver",
                 source,
             })?;
-        let event_loop = EventLoop::new(
+        let mut event_loop = EventLoop::new(
             loop_cfg,
             net,
             replica,
@@ -302,6 +322,16 @@ impl Node {
             Arc::clone(&stop),
             peer_names,
         );
+        if let (PeerSecurity::Tls(files), Some(stamp)) = (&cfg.peer_security, peer_tls_stamp) {
+            let reloads =
+                tls_reload::watch(files.clone(), stamp, waker.clone()).map_err(|source| {
+                    NodeError::Spawn {
+                        what: "peer certificate reloader",
+                        source,
+                    }
+                })?;
+            event_loop = event_loop.with_peer_tls_reloads(reloads);
+        }
         let body = move || event_loop.run();
         let thread = match &layout {
             Some(layout) => layout.spawn(Role::Raft, body),

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use raftline_bench::dev_certs::{self, DevCa};
 use raftline_faultfs::{FaultFs, MountOptions};
 use raftline_log::{Batch, Record};
 use raftline_netio::client_proto::{
@@ -93,6 +94,8 @@ struct Options {
     kafka: bool,
     /// `--segment-mib` (`None`: [`SEGMENT_MIB`]).
     segment_mib: Option<u64>,
+    /// `--peer-insecure` instead of mutual TLS.
+    insecure_peers: bool,
 }
 
 /// A cluster of real server processes; killed (and its data removed) on drop.
@@ -107,6 +110,8 @@ pub struct Cluster {
     pub extra_args: Vec<String>,
     /// Each node's `--segment-mib`.
     pub segment_mib: u64,
+    /// The CA of the nodes' peer certificates (in [`Cluster::tls_dir`]); `None`: insecure peers.
+    pub peer_ca: Option<DevCa>,
 }
 
 impl Cluster {
@@ -146,6 +151,16 @@ impl Cluster {
         Cluster::start_on(n, net_backend, extra_args, options)
     }
 
+    /// Starts `n` nodes whose peer ports run plaintext (`--peer-insecure`), for tests that
+    /// speak raw peer frames.
+    pub fn start_insecure_peers(n: u64, net_backend: &'static str, extra_args: &[&str]) -> Cluster {
+        let options = Options {
+            insecure_peers: true,
+            ..Options::default()
+        };
+        Cluster::start_on(n, net_backend, extra_args, options)
+    }
+
     /// Starts `n` nodes that also listen for Kafka clients, each announcing all of them.
     pub fn start_kafka(n: u64, net_backend: &'static str, extra_args: &[&str]) -> Cluster {
         let options = Options {
@@ -165,6 +180,7 @@ impl Cluster {
             faulty,
             kafka,
             segment_mib,
+            insecure_peers,
         } = options;
         let dir = tempfile::Builder::new()
             .prefix("raftline-e2e")
@@ -201,6 +217,7 @@ impl Cluster {
                 args: Vec::new(),
             })
             .collect();
+        let peer_ca = (!insecure_peers).then(|| DevCa::new("raftline-e2e test CA").unwrap());
         let mut cluster = Cluster {
             faults,
             dir,
@@ -208,11 +225,35 @@ impl Cluster {
             net_backend,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             segment_mib: segment_mib.unwrap_or(SEGMENT_MIB),
+            peer_ca,
         };
+        for id in 1..=n {
+            cluster.write_peer_cert(id);
+        }
         for id in 1..=n {
             cluster.spawn(id);
         }
         cluster
+    }
+
+    /// Where the nodes' peer certificates, keys and the CA bundle are.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    /// Writes node `id`'s peer certificate (from [`Cluster::peer_ca`]), if the cluster has one.
+    fn write_peer_cert(&self, id: u64) {
+        if let Some(ca) = &self.peer_ca {
+            ca.write_node_files(&self.tls_dir(), id).unwrap();
+        }
+    }
+
+    /// Node `id`'s flags for its peer port: its TLS files, or `--peer-insecure`.
+    fn peer_security_args(&self, id: u64) -> Vec<String> {
+        match &self.peer_ca {
+            Some(_) => dev_certs::server_args(&dev_certs::node_files(&self.tls_dir(), id)),
+            None => vec!["--peer-insecure".into()],
+        }
     }
 
     /// `id=address` of every bootstrap node (those `--peers` names).
@@ -241,6 +282,7 @@ impl Cluster {
             .collect();
         let backend = self.net_backend;
         let segment_mib = self.segment_mib;
+        let peer_security = self.peer_security_args(id);
         let node = &mut self.nodes[id as usize - 1];
         assert!(node.child.is_none(), "node {id} is running");
         let log = std::fs::OpenOptions::new()
@@ -257,6 +299,7 @@ impl Cluster {
                 .args(["--client-listen", &node.client.to_string()])
                 .args(["--metrics-listen", &node.metrics.to_string()])
                 .args(["--net-backend", backend, "--segment-mib", "4"])
+                .args(&peer_security)
                 .arg("--data-dir")
                 .arg(&node.data_dir);
         } else if id == 1 {
@@ -280,6 +323,17 @@ impl Cluster {
                 table(&peers),
                 table(&clients)
             );
+            // The peer TLS settings as the file's keys, `--peer-insecure` as a flag.
+            let toml = match peer_security.as_slice() {
+                [_, cert, _, key, _, ca] => format!(
+                    "peer_cert_file = \"{cert}\"\npeer_key_file = \"{key}\"\n\
+                     peer_trusted_ca_file = \"{ca}\"\n{toml}"
+                ),
+                _ => {
+                    cmd.args(&peer_security);
+                    toml
+                }
+            };
             let toml = match node.kafka {
                 Some(listen) => format!(
                     "kafka_listen = \"{listen}\"\n{toml}[kafka_advertise]\n{}",
@@ -295,6 +349,7 @@ impl Cluster {
                 .args(["--client-listen", &node.client.to_string()])
                 .args(["--metrics-listen", &node.metrics.to_string()])
                 .args(["--net-backend", backend])
+                .args(&peer_security)
                 .arg("--data-dir")
                 .arg(&node.data_dir);
             if !self.extra_args.iter().any(|a| a == "--segment-mib") {
@@ -347,6 +402,7 @@ impl Cluster {
             args: Vec::new(),
         };
         self.nodes.push(node);
+        self.write_peer_cert(id);
         id
     }
 
@@ -743,6 +799,49 @@ pub fn append_window_within(
         );
     }
     outcomes
+}
+
+/// Waits until the metric `series` (name and labels) of node `metrics` reaches `at_least`.
+pub fn wait_counter(metrics: SocketAddr, series: &str, at_least: u64) {
+    let line = format!("{series} ");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let page = http_get(metrics, "/metrics");
+        let n = page
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap());
+        if n >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached {at_least}:\n{page}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The cluster still has `leader` leading in `term` and commits appends on every node.
+pub fn assert_healthy(
+    cluster: &Cluster,
+    leader: u64,
+    term: u64,
+    tags: std::ops::RangeInclusive<u64>,
+) {
+    for n in &cluster.nodes {
+        let s = status(n.client).unwrap();
+        assert_eq!(s.term, term, "node {} changed term: {s:?}", n.id);
+        assert_eq!(s.leader_id, Some(leader), "node {}: {s:?}", n.id);
+    }
+    let tags: Vec<u64> = tags.collect();
+    let outcomes = append_window(cluster.node(leader).client, &tags, 1, 4);
+    assert!(
+        outcomes
+            .values()
+            .all(|o| matches!(o, Outcome::Acked { .. })),
+        "appends: {outcomes:?}"
+    );
 }
 
 /// Reads a raw stream until the peer closes it (`true`) or `within` passes (`false`).
