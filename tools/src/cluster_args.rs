@@ -28,6 +28,15 @@ pub struct ClusterArgs {
     /// milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub failover_ms: u64,
+    /// Token to authenticate with on every connection, for nodes started with --auth-file (a
+    /// node without one accepts any token).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "RAFTLINE_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 }
 
 impl ClusterArgs {
@@ -38,6 +47,7 @@ impl ClusterArgs {
         config.request_timeout = Duration::from_millis(self.timeout_ms);
         config.failover_timeout = Duration::from_millis(self.failover_ms);
         config.connect_timeout = config.connect_timeout.min(config.request_timeout);
+        config.token = self.token.clone();
         config
     }
 }

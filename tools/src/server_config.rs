@@ -23,6 +23,8 @@ use raftline_node::NodeConfig;
 
 use raftline_bench::emulated_disk::DiskProfile;
 
+use crate::auth_file::read_auth_file;
+
 /// Environment variable that selects the network backend when `--net-backend` is not given.
 pub const NET_BACKEND_ENV: &str = "RAFTLINE_NET_BACKEND";
 
@@ -145,6 +147,12 @@ pub struct ServerArgs {
     /// write. Marked in the start-up output and in /metrics (raftline_emulated_disk).
     #[arg(long, value_enum, value_name = "hdd|sata|nvme")]
     pub emulate_disk: Option<DiskProfile>,
+    /// TOML file of who may do what on the client port: tokens (as SHA-256 digests, made with
+    /// `raftline auth hash-token`) and client-certificate names, each with a role (read <
+    /// produce < admin). A connection must then authenticate before any request [default:
+    /// none, every request is served]. Excludes --kafka-listen (no Kafka authentication yet).
+    #[arg(long, value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
 }
 
 /// The same settings as read from a TOML file.
@@ -181,6 +189,7 @@ struct FileConfig {
     state_mib_max: Option<u64>,
     tombstone_retain_offsets: Option<u64>,
     emulate_disk: Option<DiskProfile>,
+    auth_file: Option<PathBuf>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -289,6 +298,10 @@ impl ServerArgs {
                 .or(file.election_timeout_max_ms)
                 .unwrap_or(ELECTION_TIMEOUT_MAX_MS_DEFAULT),
         );
+        let access = match self.auth_file.or(file.auth_file) {
+            Some(path) => Some(read_auth_file(&path)?),
+            None => None,
+        };
         let cfg = NodeConfig {
             id,
             cluster_name,
@@ -390,6 +403,7 @@ impl ServerArgs {
                 .emulate_disk
                 .or(file.emulate_disk)
                 .map(DiskProfile::emulation),
+            access,
             warnings: Vec::new(),
         };
         Ok(cfg.validated()?)

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::client::{ClientConfig, Error};
 use crate::client_proto::{
-    decode_response, encode_append, encode_request, AckMode, ClientProtoError, Request, Response,
+    decode_response, encode_append, encode_request, AccessRole, AckMode, ClientProtoError, Request,
+    Response,
 };
 use crate::frame::{FrameDecoder, FrameType};
 
@@ -20,8 +21,36 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Connects to `address` (host:port; every resolved address is tried in turn).
+    /// Connects to `address` (host:port; every resolved address is tried in turn) and, with a
+    /// token configured, authenticates before anything else is sent.
     pub(crate) fn open(address: &str, config: &ClientConfig) -> Result<Connection, Error> {
+        let mut conn = Connection::connect(address, config)?;
+        if let Some(token) = &config.token {
+            conn.authenticate(token, config.request_timeout)?;
+        }
+        Ok(conn)
+    }
+
+    /// Sends `Authenticate` and waits for the node to accept the token.
+    fn authenticate(&mut self, token: &str, timeout: Duration) -> Result<AccessRole, Error> {
+        // Id 0: the credential belongs to the connection, not to a request.
+        self.send(&Request::Authenticate {
+            request_id: 0,
+            token: token.to_string(),
+        })?;
+        let address = self.address.clone();
+        match self.recv(timeout)? {
+            Some(Response::Authenticated { role, .. }) => Ok(role),
+            Some(Response::Error { error, .. }) => Err(Error::Refused { address, error }),
+            Some(other) => Err(Error::Protocol {
+                address,
+                why: format!("expected an answer to Authenticate, got {other:?}"),
+            }),
+            None => Err(Error::Timeout { address, timeout }),
+        }
+    }
+
+    fn connect(address: &str, config: &ClientConfig) -> Result<Connection, Error> {
         let io_err = |source| Error::Io {
             address: address.to_string(),
             source,

@@ -78,6 +78,10 @@ pub struct ClientConfig {
     /// it with the original offsets (exactly once per producer session). `false`: plain
     /// batches, at-least-once.
     pub idempotent: bool,
+    /// Token sent (`Authenticate`) first on every connection, for nodes with an auth file; a
+    /// node that refuses it fails the connection with `BadCredentials`, at once, on every path
+    /// (no fail-over can fix a wrong token). `None`: no authentication.
+    pub token: Option<String>,
 }
 
 impl ClientConfig {
@@ -101,6 +105,7 @@ impl ClientConfig {
             idle_probe_interval: Duration::from_secs(2),
             frame_payload_bytes_max: PAYLOAD_BYTES_MAX_DEFAULT,
             idempotent: true,
+            token: None,
         }
     }
 }
@@ -175,6 +180,20 @@ pub enum Error {
         /// The last failure.
         last: String,
     },
+}
+
+impl Error {
+    /// Whether the node refused this client's credentials (a bad token, or a role too low for
+    /// the request): every node would, so fail-over does not try another.
+    pub fn is_access_refused(&self) -> bool {
+        matches!(
+            self,
+            Error::Refused {
+                error: ClientError::BadCredentials | ClientError::Forbidden { .. },
+                ..
+            }
+        )
+    }
 }
 
 /// Offsets of an acknowledged append.

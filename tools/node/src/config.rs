@@ -9,6 +9,7 @@ use std::time::Duration;
 use raftline_netio::net::{BUFFER_BUDGET_BYTES_DEFAULT, CLIENTS_PER_SOURCE_MAX_DEFAULT};
 use raftline_netio::reactor::Backend;
 
+use crate::access::AccessPolicy;
 use crate::snapshots::SnapshotPolicy;
 
 /// Default heartbeat interval: a LAN round trip is well under a millisecond; 50 ms keeps idle
@@ -140,6 +141,8 @@ pub struct NodeConfig {
     pub snapshots: SnapshotPolicy,
     /// Emulated device whose fdatasync latency the log imposes (benchmarks only).
     pub emulated_disk: Option<DiskEmulation>,
+    /// Who may do what on the client port (`--auth-file`; `None`: every request is served).
+    pub access: Option<AccessPolicy>,
     /// Things that work but deserve the operator's attention (filled by [`NodeConfig::validated`]).
     pub warnings: Vec<String>,
 }
@@ -188,6 +191,7 @@ impl NodeConfig {
             connection_buffers_bytes: BUFFER_BUDGET_BYTES_DEFAULT,
             snapshots: SnapshotPolicy::default(),
             emulated_disk: None,
+            access: None,
             warnings: Vec::new(),
         }
     }
@@ -290,6 +294,13 @@ impl NodeConfig {
                 (voters - 1) / 2,
                 voters - 1,
                 voters + 1
+            ));
+        }
+        if let (Some(listen), Some(_)) = (self.kafka_listen, &self.access) {
+            return refuse(format!(
+                "--auth-file with --kafka-listen {listen}: the Kafka port has no authentication \
+                 yet (SASL), so it would let anyone past the auth file; run the Kafka listener \
+                 only on a node without --auth-file"
             ));
         }
         if let Some(listen) = self.kafka_listen {

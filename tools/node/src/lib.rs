@@ -9,6 +9,7 @@
 //! - [`identity`]: the data directory's owner (cluster, node), checked at every start.
 //! - [`event_loop`]: the raft thread's loop; [`event_loop::EventLoop::round`] shows the order of
 //!   a round's effects in one function.
+//! - [`access`]: who may do what on the client port (the auth file's roles), checked first.
 //! - [`appends`]: client appends from validation to acknowledgement.
 //! - [`replica`]: the core + log + hard state, driven without a network (testable in memory).
 //! - [`storage`]: Raft entries ↔ log batches and the core's `Storage` over the log.
@@ -18,6 +19,7 @@
 //! - [`metrics`]: the Prometheus endpoint's data and renderer.
 //! - [`peer_rtt`]: heartbeat round trips to each peer, held against the election timeout.
 
+pub mod access;
 pub mod appends;
 pub mod config;
 mod disk_watch;
@@ -279,7 +281,8 @@ impl Node {
             kafka,
             Arc::clone(&metrics),
             Arc::clone(&stop),
-        );
+        )
+        .with_access(cfg.access.clone());
         let mut follow = peer_names::names_to_follow(&cfg.peer_names);
         follow.remove(&cfg.id);
         let peers = cfg.peers.clone();
