@@ -9,7 +9,8 @@
 //! - [`profiles`]: `raftline bench profiles` (group commit on emulated HDD / SATA / NVMe).
 //! - [`local_cluster`]: three `raftline server` child processes on loopback (or each in its own
 //!   network namespace, [`netns`]: delayed links, partitions), shared by `raftline dev`, the
-//!   benchmarks and the namespace tests; [`emulated_disk`]: the reference device profiles.
+//!   benchmarks and the namespace tests; [`emulated_disk`]: the reference device profiles;
+//!   [`dev_certs`]: the throwaway CA and node certificates their peer ports run TLS with.
 //! - Helpers: [`chart`] (SVG), [`latency`] (hdrhistogram recorder), [`machine_load`], [`stop`]
 //!   (Ctrl-C), [`labels`].
 //!
@@ -18,6 +19,7 @@
 
 pub mod chart;
 pub mod cluster;
+pub mod dev_certs;
 pub mod emulated_disk;
 pub mod failover;
 pub mod fsync;

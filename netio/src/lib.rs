@@ -10,3 +10,4 @@ pub mod peer_codec;
 // evloop: the per-thread event loop (io_uring or epoll) and the connection layer.
 pub mod net;
 pub mod reactor;
+pub mod warn_limit;

@@ -94,6 +94,18 @@ pub enum CloseReason {
     ByNode(String),
     /// The peer sent a message that contradicts what this node knows (the node's reason).
     PeerRefused(&'static str),
+    /// The TLS session failed: a certificate not from the trusted CA or not naming the node
+    /// dialled, no certificate where one is required, bytes that are not TLS, a record that
+    /// does not decrypt, an alert from the remote.
+    Tls {
+        /// What rustls found.
+        error: rustls::Error,
+        /// Whether it happened during the handshake.
+        handshaking: bool,
+    },
+    /// A peer hello as this node id on a connection whose certificate does not name
+    /// `raftline-node-N` for it.
+    PeerIdentity(u64),
 }
 
 impl CloseReason {
@@ -124,6 +136,11 @@ impl CloseReason {
             CloseReason::OverBudget { .. } => "over_budget",
             CloseReason::ByNode(_) => "by_node",
             CloseReason::PeerRefused(_) => "peer_refused",
+            CloseReason::Tls {
+                handshaking: true, ..
+            } => "tls_handshake",
+            CloseReason::Tls { .. } => "tls",
+            CloseReason::PeerIdentity(_) => "peer_identity",
         }
     }
 
@@ -200,6 +217,16 @@ impl fmt::Display for CloseReason {
             CloseReason::PeerRefused(why) => {
                 write!(f, "sent a message this node refused ({why})")
             }
+            CloseReason::Tls {
+                error,
+                handshaking: true,
+            } => write!(f, "TLS handshake failed: {error}"),
+            CloseReason::Tls { error, .. } => write!(f, "TLS failed: {error}"),
+            CloseReason::PeerIdentity(id) => write!(
+                f,
+                "hello as node {id}, but the connection's certificate does not name {}",
+                super::tls::node_name(*id)
+            ),
         }
     }
 }

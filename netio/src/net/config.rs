@@ -8,6 +8,8 @@ use crate::cluster_id::ClusterId;
 use crate::frame::{FRAME_HEADER_BYTES, PAYLOAD_BYTES_MAX_DEFAULT};
 use crate::reactor::Backend;
 
+use super::tls::PeerTls;
+
 /// Default of [`NetConfig::clients_per_source_max`].
 pub const CLIENTS_PER_SOURCE_MAX_DEFAULT: usize = 256;
 /// Default of [`NetConfig::buffer_budget_bytes`] (512 MiB).
@@ -84,6 +86,8 @@ pub struct NetConfig {
     pub reconnect_backoff_max: Duration,
     /// Event loop backend.
     pub backend: Backend,
+    /// Mutual TLS on the peer port (`None`: plaintext, for a trusted network only).
+    pub peer_tls: Option<PeerTls>,
 }
 
 /// Why a configuration cannot run.
@@ -156,6 +160,7 @@ impl NetConfig {
             reconnect_backoff_min: Duration::from_millis(50),
             reconnect_backoff_max: Duration::from_secs(2),
             backend: Backend::Auto,
+            peer_tls: None,
         }
     }
 

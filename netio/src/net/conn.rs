@@ -1,4 +1,5 @@
-//! One TCP connection's state: what it is, its frame decoder and its bounded send queue.
+//! One TCP connection's state: what it is, its frame decoder, its bounded send queue and, on a
+//! TLS port, its TLS session (the queue holds plaintext; what goes to the socket is ciphertext).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -8,6 +9,7 @@ use crate::frame::FrameDecoder;
 
 use super::close_reason::CloseReason;
 use super::kafka_framing::KafkaFrameDecoder;
+use super::tls::TlsSession;
 use super::{ClientId, PeerConn};
 
 /// Bytes per recv on a peer connection (replication streams: fewer loop turns per MiB); a
@@ -83,6 +85,13 @@ pub(super) struct Conn {
     pub(super) partial: Option<(Instant, u64)>,
     /// A client not read from while the node holds client reads ([`super::Net::hold_client_reads`]).
     pub(super) held: bool,
+    /// On a TLS port: the session every byte goes through.
+    pub(super) tls: Option<TlsSession>,
+    /// TLS: bytes of the queue's first buffer already encrypted.
+    front_encrypted: usize,
+    /// TLS: plaintext bytes the send in flight carries (credited to `queued_bytes` when it
+    /// completes; its ciphertext length differs).
+    in_flight_plaintext: usize,
 }
 
 /// How a connection's received bytes are split.
@@ -91,6 +100,16 @@ pub(super) enum Decoder {
     Raftline(FrameDecoder),
     /// Kafka requests (the Kafka port).
     Kafka(KafkaFrameDecoder),
+}
+
+impl Decoder {
+    /// Takes received bytes (plaintext, on a TLS connection).
+    pub(super) fn feed(&mut self, bytes: &[u8]) {
+        match self {
+            Decoder::Raftline(d) => d.feed(bytes),
+            Decoder::Kafka(d) => d.feed(bytes),
+        }
+    }
 }
 
 /// Why [`Conn::enqueue_with`] queued nothing.
@@ -142,6 +161,9 @@ impl Conn {
             read_paused: false,
             partial: None,
             held: false,
+            tls: None,
+            front_encrypted: 0,
+            in_flight_plaintext: 0,
         }
     }
 
@@ -169,9 +191,9 @@ impl Conn {
         self.queued_bytes
     }
 
-    /// Nothing queued and nothing in flight.
+    /// Nothing queued and nothing in flight (TLS handshake records included).
     pub(super) fn is_quiet(&self) -> bool {
-        self.queued_bytes == 0
+        self.queued_bytes == 0 && !self.sending
     }
 
     /// Queues one whole frame, or refuses it without queueing anything.
@@ -241,9 +263,13 @@ impl Conn {
 
     /// The next buffer to send if none is in flight: one large frame as is, or small frames
     /// copied together. Whole frames only, so a connection never carries half a frame twice.
+    /// On TLS, the next ciphertext instead ([`Conn::next_tls_send`]).
     pub(super) fn next_send(&mut self) -> Option<Vec<u8>> {
         if self.sending {
             return None;
+        }
+        if self.tls.is_some() {
+            return self.next_tls_send();
         }
         let first = self.queue.pop_front()?;
         self.sending = true;
@@ -263,6 +289,54 @@ impl Conn {
         Some(buf)
     }
 
+    /// TLS: encrypts up to `COALESCE_BYTES` of queued plaintext (none during the handshake) and
+    /// returns every record rustls has to send, handshake messages included. The plaintext
+    /// stays counted in `queued_bytes` until this send completes, so the queue's bound and the
+    /// node's buffer budget cover it; a frame larger than that is encrypted over several sends.
+    fn next_tls_send(&mut self) -> Option<Vec<u8>> {
+        let tls = self.tls.as_mut().expect("a TLS connection");
+        if !tls.is_handshaking() {
+            let mut handed = 0;
+            while handed < COALESCE_BYTES {
+                let Some(front) = self.queue.front() else {
+                    break;
+                };
+                let take = (front.len() - self.front_encrypted).min(COALESCE_BYTES - handed);
+                if tls.encrypt(&front[self.front_encrypted..][..take]).is_err() {
+                    break; // the session failed: only its alert goes out
+                }
+                handed += take;
+                self.front_encrypted += take;
+                if self.front_encrypted == front.len() {
+                    self.front_encrypted = 0;
+                    let done = self.queue.pop_front().expect("the front exists");
+                    if done.capacity() <= 2 * COALESCE_BYTES {
+                        self.spare = Some(done);
+                    }
+                }
+            }
+        }
+        let mut buf = self.spare.take().unwrap_or_default();
+        buf.clear();
+        self.in_flight_plaintext = tls.take_ciphertext(&mut buf);
+        if buf.is_empty() {
+            self.spare = Some(buf);
+            return None;
+        }
+        self.sending = true;
+        Some(buf)
+    }
+
+    /// Drops every queued frame not in flight (a connection that only waits to send a TLS
+    /// alert before it closes).
+    pub(super) fn discard_queue(&mut self) {
+        for buf in self.queue.drain(..) {
+            self.queued_bytes -= buf.len();
+        }
+        self.queued_bytes += std::mem::take(&mut self.front_encrypted);
+        debug_assert_eq!(self.queued_bytes, self.in_flight_plaintext);
+    }
+
     /// Accounts `sent` bytes of the buffer in flight; returns where to resume if unfinished.
     pub(super) fn sent(
         &mut self,
@@ -272,10 +346,23 @@ impl Conn {
         now: Instant,
     ) -> Option<(Vec<u8>, usize)> {
         debug_assert!(self.sending);
-        debug_assert!(sent <= self.queued_bytes);
-        self.queued_bytes -= sent;
         self.last_send_at = now;
         let done = start + sent;
+        if self.tls.is_some() {
+            // Ciphertext: the plaintext it carries is credited once all of it is out.
+            if done < buf.len() {
+                return Some((buf, done));
+            }
+            debug_assert!(self.in_flight_plaintext <= self.queued_bytes);
+            self.queued_bytes -= std::mem::take(&mut self.in_flight_plaintext);
+            self.sending = false;
+            if buf.capacity() <= 2 * COALESCE_BYTES {
+                self.spare = Some(buf);
+            }
+            return None;
+        }
+        debug_assert!(sent <= self.queued_bytes);
+        self.queued_bytes -= sent;
         if done < buf.len() {
             return Some((buf, done));
         }
@@ -369,6 +456,41 @@ mod tests {
             c.is_quiet() && c.next_send().is_none(),
             "nothing left queued"
         );
+    }
+
+    #[test]
+    fn tls_encrypts_a_large_frame_over_several_sends_and_credits_the_queue_as_each_completes() {
+        use super::super::tls::testing::{handshake, TestCa};
+        use super::super::tls::TlsSession;
+        let now = Instant::now();
+        let ca = TestCa::new();
+        let mut server = TlsSession::server(&ca.peer_tls(2).server).unwrap();
+        let mut c = conn(4 << 20);
+        c.tls = Some(TlsSession::client(&ca.peer_tls(1).client, "raftline-node-2").unwrap());
+        let frame: Vec<u8> = (0..(3 * COALESCE_BYTES + 10) as u32)
+            .map(|i| i as u8)
+            .collect();
+        c.enqueue(frame.clone(), now).unwrap();
+        handshake(c.tls.as_mut().unwrap(), &mut server).unwrap();
+        let mut got = Vec::new();
+        let mut sends = 0;
+        while let Some(buf) = c.next_send() {
+            sends += 1;
+            assert!(buf.len() < COALESCE_BYTES + 4096, "one slice per send");
+            let (before, len) = (c.queued_bytes(), buf.len());
+            let (buf, resume) = c.sent(buf, 0, len / 2, now).expect("unfinished");
+            assert_eq!(
+                c.queued_bytes(),
+                before,
+                "credited only once all of it is out"
+            );
+            server.receive(&buf, |p| got.extend_from_slice(p)).unwrap();
+            assert!(c.sent(buf, resume, len - resume, now).is_none());
+            assert!(c.queued_bytes() < before);
+        }
+        assert_eq!(sends, 4);
+        assert!(c.is_quiet());
+        assert_eq!(got, frame, "in order, whole");
     }
 
     #[test]

@@ -20,6 +20,13 @@
 //! [`NetEvent::KafkaFrame`]; the node's answers are raw bytes queued like any client's
 //! ([`Net::send_client_with`]). Kafka connections share the client limit and timeouts.
 //!
+//! The peer port may run mutual TLS ([`NetConfig::peer_tls`], `tls.rs`): inside this loop, each
+//! connection's bytes through its own rustls session. A node dialling peer N verifies that the
+//! server's certificate names `raftline-node-N`; a hello as N is admitted only on a connection
+//! whose client certificate names N ([`CloseReason::PeerIdentity`] otherwise), so with TLS an
+//! impostor cannot take a real peer's slot. A failed handshake closes its connection
+//! ([`CloseReason::Tls`], warned at most once a second).
+//!
 //! Admission (checked on every frame, both ports): the frame decodes (magic, version, size limit
 //! from the header, CRC, type, flags); its cluster id is ours; its type belongs to the port.
 //! Peer connections must open with `PeerHello` from a configured peer that is not us, and keep
@@ -29,6 +36,7 @@ mod close_reason;
 mod config;
 mod conn;
 mod kafka_framing;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -47,6 +55,13 @@ pub use config::{
 use conn::{Conn, ConnKind, Decoder, EnqueueError, QueueRefusal};
 use kafka_framing::KafkaFrameDecoder;
 pub use kafka_framing::KafkaFrameError;
+use tls::TlsSession;
+pub use tls::{
+    client_config, load_certs, load_key, load_roots, node_name, server_config, ClientAuth,
+    FilesStamp, PeerTls, PeerTlsFiles, TlsError,
+};
+
+use crate::warn_limit::WarnLimit;
 
 /// Pause before re-arming a listener whose accept failed (EMFILE: don't spin).
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -253,6 +268,9 @@ pub struct Net {
     keepalive_frame: Vec<u8>,
     completions: Vec<Completion>,
     events: Vec<NetEvent>,
+    /// Failed TLS handshakes and refused identities: warned at most once a second (a stranger
+    /// scanning the port must not fill the log).
+    auth_warnings: WarnLimit,
 }
 
 impl std::fmt::Debug for Net {
@@ -355,7 +373,17 @@ impl Net {
             keepalive_frame,
             completions: Vec::new(),
             events: Vec::new(),
+            auth_warnings: WarnLimit::default(),
         })
+    }
+
+    /// Replaces the peer port's TLS configuration (reloaded certificates): connections opened
+    /// from now on use it, established ones keep theirs. Ignored on an insecure peer port.
+    pub fn set_peer_tls(&mut self, tls: PeerTls) {
+        match &mut self.cfg.peer_tls {
+            Some(current) => *current = tls,
+            None => tracing::warn!("peer TLS configuration ignored: the peer port is insecure"),
+        }
     }
 
     /// The addresses actually bound.
@@ -788,6 +816,20 @@ impl Net {
                 conn.enqueue(self.hello_frame.clone(), now)
                     .expect("an empty queue takes the hello");
                 self.conns.insert(socket, conn);
+                if let Some(tls) = &self.cfg.peer_tls {
+                    match TlsSession::client(&tls.client, &node_name(id)) {
+                        Ok(session) => {
+                            self.conns.get_mut(&socket).expect("just added").tls = Some(session)
+                        }
+                        Err(error) => {
+                            let reason = CloseReason::Tls {
+                                error,
+                                handshaking: true,
+                            };
+                            self.close(socket, reason);
+                        }
+                    }
+                }
             }
             Err(err) => {
                 tracing::warn!(peer = id, addr = %link.addr, "cannot create a socket: {err}");
@@ -884,7 +926,23 @@ impl Net {
             }
             _ => Decoder::Raftline(FrameDecoder::new(self.cfg.payload_bytes_max)),
         };
-        let conn = Conn::new(kind, remote, decoder, queue_bytes_max, now);
+        let mut conn = Conn::new(kind, remote, decoder, queue_bytes_max, now);
+        if let (ConnKind::InboundPeer(..), Some(tls)) = (kind, &self.cfg.peer_tls) {
+            match TlsSession::server(&tls.server) {
+                Ok(session) => conn.tls = Some(session),
+                Err(error) => {
+                    let reason = CloseReason::Tls {
+                        error,
+                        handshaking: true,
+                    };
+                    tracing::warn!(%remote, "refusing peer connection: {reason}");
+                    self.count_close(&reason);
+                    self.inbound.retain(|_, s| *s != socket);
+                    self.reactor.close(socket);
+                    return;
+                }
+            }
+        }
         self.conns.insert(socket, conn);
         self.start_recv(socket);
     }
@@ -937,12 +995,24 @@ impl Net {
         }
         conn.last_recv_at = now;
         let received = buf.len();
-        match &mut conn.decoder {
-            Decoder::Raftline(d) => d.feed(&buf),
-            Decoder::Kafka(d) => d.feed(&buf),
-        }
+        let Conn { decoder, tls, .. } = conn;
+        let fed = match tls {
+            None => {
+                decoder.feed(&buf);
+                Ok(())
+            }
+            Some(tls) => tls
+                .receive(&buf, |plain| decoder.feed(plain))
+                .map_err(|error| CloseReason::Tls {
+                    handshaking: tls.is_handshaking(),
+                    error,
+                }),
+        };
         buf.clear();
         conn.recv_buf = Some(buf);
+        if let Err(reason) = fed {
+            return self.close_after_alert(socket, reason);
+        }
         loop {
             let Some(conn) = self.conns.get_mut(&socket) else {
                 return;
@@ -982,6 +1052,34 @@ impl Net {
             }
         }
         self.recv_unless_backlogged(socket);
+        if self.conns.get(&socket).is_some_and(|c| c.tls.is_some()) {
+            // The handshake's answers, or the frames it held back now that it is done.
+            self.pump(socket);
+        }
+    }
+
+    /// Closes a connection whose TLS session failed once the alert rustls queued is sent (it
+    /// tells the remote why: unknown CA, bad certificate), within `close_linger`; nothing more
+    /// is read from it or encrypted for it meanwhile.
+    fn close_after_alert(&mut self, socket: SocketId, reason: CloseReason) {
+        let linger = self.cfg.close_linger;
+        let Some(conn) = self.conns.get_mut(&socket) else {
+            return;
+        };
+        if conn.closing.is_some() {
+            return self.close(socket, reason);
+        }
+        conn.discard_queue();
+        conn.closing = Some((reason, Instant::now() + linger));
+        self.pump(socket);
+        let Some(conn) = self.conns.get_mut(&socket) else {
+            return;
+        };
+        if conn.is_quiet() {
+            if let Some((reason, _)) = conn.closing.take() {
+                self.close(socket, reason);
+            }
+        }
     }
 
     /// Client (and Kafka) connections open that `which` selects.
@@ -1041,14 +1139,25 @@ impl Net {
     }
 
     /// A valid hello as `sender` on `conn`: it takes `sender`'s slot, closing the connection
-    /// that held it. This is where an authenticated peer port checks that the connection's
-    /// credentials name `sender` (until then any hello as a configured peer is believed).
-    fn claim_peer_slot(&mut self, conn: PeerConn, sender: u64) {
+    /// that held it. On a TLS peer port only a connection whose certificate names `sender`
+    /// may (`PeerIdentity` otherwise: the slot's holder stays); on an insecure one any hello as
+    /// a configured peer is believed.
+    fn claim_peer_slot(
+        &mut self,
+        socket: SocketId,
+        conn: PeerConn,
+        sender: u64,
+    ) -> Result<(), CloseReason> {
+        let tls = self.conns.get(&socket).and_then(|c| c.tls.as_ref());
+        if tls.is_some_and(|tls| !tls.peer_is_named(&node_name(sender))) {
+            return Err(CloseReason::PeerIdentity(sender));
+        }
         if let Some(held) = self.peer_slots.insert(sender, conn) {
             if let Some(&socket) = self.inbound.get(&held) {
                 self.close(socket, CloseReason::Replaced);
             }
         }
+        Ok(())
     }
 
     /// Checks one decoded frame against the connection it came on and turns it into an event.
@@ -1103,10 +1212,14 @@ impl Net {
                         if !self.cfg.peers.contains_key(&sender) {
                             return Err(CloseReason::UnknownPeer(sender));
                         }
+                        tracing::debug!(peer = sender, remote = %conn.remote, "peer hello");
+                        self.claim_peer_slot(socket, peer_conn, sender)?;
+                        let conn = self
+                            .conns
+                            .get_mut(&socket)
+                            .expect("admit on a live connection");
                         conn.kind = ConnKind::InboundPeer(peer_conn, Some(sender));
                         conn.established = true;
-                        tracing::debug!(peer = sender, remote = %conn.remote, "peer hello");
-                        self.claim_peer_slot(peer_conn, sender);
                         Ok(())
                     }
                     Some(from) if from != sender => {
@@ -1254,7 +1367,14 @@ impl Net {
         self.reactor.close(socket);
         self.count_close(&reason);
         let kind = conn.kind;
-        if reason.is_bad_input() {
+        if matches!(
+            reason,
+            CloseReason::Tls { .. } | CloseReason::PeerIdentity(_)
+        ) {
+            if let Some(suppressed) = self.auth_warnings.admit(Instant::now()) {
+                tracing::warn!(remote = %conn.remote, suppressed, "closing {kind}: {reason}");
+            }
+        } else if reason.is_bad_input() {
             tracing::warn!(remote = %conn.remote, "closing {kind}: {reason}");
         } else if matches!(kind, ConnKind::OutboundPeer(_)) && !conn.established {
             tracing::debug!(remote = %conn.remote, "closing {kind}: {reason}");

@@ -37,7 +37,7 @@ use crate::peer_rtt::PeerRtt;
 use crate::replica::{FatalError, Replica, READY_ROUNDS_MAX};
 use crate::replies::Replier;
 use crate::subscriptions::Subscriptions;
-use crate::warn_limit::WarnLimit;
+use raftline_netio::warn_limit::WarnLimit;
 
 /// Static parameters of the loop.
 #[derive(Debug, Clone)]

@@ -40,7 +40,6 @@ pub mod storage;
 pub mod storage_repair;
 pub mod subscriptions;
 mod time_index;
-mod warn_limit;
 
 #[cfg(test)]
 mod cluster_in_memory;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use raftline_replicator::{Message, MessageBody, NodeId};
 
 use crate::metrics::{Metrics, PeerRttHistogram};
-use crate::warn_limit::WarnLimit;
+use raftline_netio::warn_limit::WarnLimit;
 
 /// Samples per peer the p99 is taken over (100 heartbeats: 5 s at the default 50 ms).
 pub const RECENT: usize = 100;

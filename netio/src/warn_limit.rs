@@ -1,6 +1,6 @@
-//! Rate-limited warnings: a peer or client that sends garbage as fast as it can must not turn
-//! the node's log into the attack's amplifier. One line per kind per interval; what was held
-//! back is counted and named in the next line.
+//! Rate-limited warnings: a peer or client that sends garbage as fast as it can (or a stranger
+//! failing TLS handshakes) must not turn the node's log into the attack's amplifier. One line
+//! per kind per interval; what was held back is counted and named in the next line.
 
 use std::time::{Duration, Instant};
 
