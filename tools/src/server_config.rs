@@ -13,6 +13,7 @@ use raftline_netio::net::{BUFFER_BUDGET_BYTES_DEFAULT, CLIENTS_PER_SOURCE_MAX_DE
 use raftline_netio::reactor::Backend;
 use serde::Deserialize;
 
+use raftline_node::config::ClientTlsFiles;
 use raftline_node::config::{
     APPEND_TIMEOUT_MS_DEFAULT, BATCH_BYTES_MAX_DEFAULT, CLIENT_IDLE_TIMEOUT_S_DEFAULT,
     DISK_STALL_ELECTIONS_DEFAULT, ELECTION_TIMEOUT_MAX_MS_DEFAULT, ELECTION_TIMEOUT_MIN_MS_DEFAULT,
@@ -153,6 +154,21 @@ pub struct ServerArgs {
     /// none, every request is served]. Excludes --kafka-listen (no Kafka authentication yet).
     #[arg(long, value_name = "FILE")]
     pub auth_file: Option<PathBuf>,
+    /// TLS on the client port: this node's certificate (PEM chain), naming the host clients
+    /// dial it at (DNS name or IP address) [default: plaintext]. Needs --client-key-file.
+    #[arg(long, value_name = "FILE", requires = "client_key_file")]
+    pub client_cert_file: Option<PathBuf>,
+    /// The private key of --client-cert-file (PEM).
+    #[arg(long, value_name = "FILE", requires = "client_cert_file")]
+    pub client_key_file: Option<PathBuf>,
+    /// Ask clients for a certificate and verify it against this CA bundle (PEM); a verified
+    /// certificate whose DNS name the auth file lists gets that role without a token. Clients
+    /// without one are still admitted unless --client-cert-required.
+    #[arg(long, value_name = "FILE", requires = "client_cert_file")]
+    pub client_trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients that present no certificate from --client-trusted-ca-file.
+    #[arg(long, requires = "client_trusted_ca_file")]
+    pub client_cert_required: bool,
 }
 
 /// The same settings as read from a TOML file.
@@ -190,6 +206,10 @@ struct FileConfig {
     tombstone_retain_offsets: Option<u64>,
     emulate_disk: Option<DiskProfile>,
     auth_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
+    client_trusted_ca_file: Option<PathBuf>,
+    client_cert_required: Option<bool>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -302,6 +322,20 @@ impl ServerArgs {
             Some(path) => Some(read_auth_file(&path)?),
             None => None,
         };
+        let client_tls = match (
+            self.client_cert_file.or(file.client_cert_file),
+            self.client_key_file.or(file.client_key_file),
+        ) {
+            (Some(cert), Some(key)) => Some(ClientTlsFiles {
+                cert,
+                key,
+                trusted_ca: self.client_trusted_ca_file.or(file.client_trusted_ca_file),
+                cert_required: self.client_cert_required
+                    || file.client_cert_required.unwrap_or(false),
+            }),
+            (None, None) => None,
+            _ => bail!("--client-cert-file and --client-key-file go together"),
+        };
         let cfg = NodeConfig {
             id,
             cluster_name,
@@ -404,6 +438,7 @@ impl ServerArgs {
                 .or(file.emulate_disk)
                 .map(DiskProfile::emulation),
             access,
+            client_tls,
             warnings: Vec::new(),
         };
         Ok(cfg.validated()?)

@@ -33,7 +33,7 @@ pub struct StatusArgs {
 
 /// Runs `raftline status`.
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let config = args.cluster.client_config();
+    let config = args.cluster.client_config()?;
     let results = status_of_all(&config);
     let table = render(&results);
     std::io::stdout().write_all(table.as_bytes())?;

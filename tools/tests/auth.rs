@@ -2,7 +2,9 @@
 //! each connection holds the role its token maps to (read < produce < admin), a request above it
 //! is refused `Forbidden` and not served, a bad token is `BadCredentials` (the third closes the
 //! connection), a connection without a token may only authenticate; the CLI's `--token` (and
-//! `RAFTLINE_TOKEN`) end to end.
+//! `RAFTLINE_TOKEN`) end to end; TLS on the client port: a client that does not trust the node's
+//! CA fails the handshake, one that does is served, and a verified client certificate the auth
+//! file names holds its role without a token.
 
 mod cluster_support;
 
@@ -11,17 +13,21 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cluster_support::{closed_within, http_get, tagged_batch, Cluster, Conn, CLUSTER, DEADLINE};
+use raftline_netio::client::{status_of, ClientConfig, Error};
 use raftline_netio::client_proto::{
     AccessRole, AckMode, ClientError, Request, Response, StartFrom,
 };
+use raftline_netio::cluster_id::ClusterId;
+use raftline_netio::net::{client_config as tls_client_config, load_certs, load_key, load_roots};
 
 const READ_TOKEN: &str = "reader-secret";
 const PRODUCE_TOKEN: &str = "producer-secret";
 const ADMIN_TOKEN: &str = "admin-secret";
 
 /// An auth file granting the three tokens their roles, with each digest made by
-/// `raftline auth hash-token` (the file holds no token).
-fn write_auth_file(dir: &tempfile::TempDir) -> PathBuf {
+/// `raftline auth hash-token` (the file holds no token), and each `(name, role)` of
+/// `certificates` to client certificates naming it.
+fn write_auth_file(dir: &tempfile::TempDir, certificates: &[(&str, &str)]) -> PathBuf {
     let mut text = String::new();
     for (name, token, role) in [
         ("reader", READ_TOKEN, "read"),
@@ -40,6 +46,9 @@ fn write_auth_file(dir: &tempfile::TempDir) -> PathBuf {
             digest.trim()
         );
     }
+    for (name, role) in certificates {
+        text += &format!("[[certificate]]\nname = \"{name}\"\nrole = \"{role}\"\n");
+    }
     let path = dir.path().join("auth.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -48,21 +57,37 @@ fn write_auth_file(dir: &tempfile::TempDir) -> PathBuf {
 /// A one-node cluster with the auth file; returns it once its node leads.
 fn start_with_auth() -> (Cluster, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let file = write_auth_file(&dir);
+    let file = write_auth_file(&dir, &[]);
     let cluster = Cluster::start_with(1, "auto", &["--auth-file", file.to_str().unwrap()]);
+    let mut config = client_config(&cluster);
+    config.token = Some(READ_TOKEN.into());
+    await_leader(&cluster, &config);
+    (cluster, dir)
+}
+
+/// The Rust client's configuration for `cluster` (no token, no TLS).
+fn client_config(cluster: &Cluster) -> ClientConfig {
+    let mut config = ClientConfig::new(
+        vec![cluster.node(1).client.to_string()],
+        ClusterId::from_name(CLUSTER),
+    );
+    config.failover_timeout = Duration::from_secs(2);
+    config
+}
+
+/// Returns once node 1 leads, asked through `config` (its token and TLS).
+fn await_leader(cluster: &Cluster, config: &ClientConfig) {
     let deadline = Instant::now() + DEADLINE;
+    let address = cluster.node(1).client.to_string();
     loop {
-        let leads = authenticated(&cluster, READ_TOKEN).and_then(|mut conn| {
-            conn.send(&Request::Status { request_id: 1 })?;
-            match conn.recv()? {
-                Response::StatusReply { status, .. } => Ok(status.leader_id == Some(1)),
-                other => Err(std::io::Error::other(format!("{other:?}"))),
-            }
-        });
-        if leads.unwrap_or(false) {
-            return (cluster, dir);
+        match status_of(&address, config) {
+            Ok(status) if status.leader_id == Some(1) => return,
+            other => assert!(
+                Instant::now() < deadline,
+                "no leader: {other:?}\n{}",
+                cluster.logs()
+            ),
         }
-        assert!(Instant::now() < deadline, "no leader\n{}", cluster.logs());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -327,7 +352,7 @@ fn the_cli_authenticates_with_its_token_and_reports_refusals_at_once() {
 #[test]
 fn an_auth_file_with_a_kafka_listener_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write_auth_file(&dir);
+    let file = write_auth_file(&dir, &[]);
     let out = Command::new(env!("CARGO_BIN_EXE_raftline"))
         .arg("server")
         .args([
@@ -355,5 +380,243 @@ fn an_auth_file_with_a_kafka_listener_is_refused_at_start() {
     assert!(
         stderr.contains("the Kafka port has no authentication"),
         "{stderr}"
+    );
+}
+
+/// A certificate authority made for one test, and certificates it signs into `dir`.
+struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    dir: PathBuf,
+    name: String,
+}
+
+impl TestCa {
+    fn new(dir: &tempfile::TempDir, name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let ca = TestCa {
+            issuer,
+            dir: dir.path().to_path_buf(),
+            name: name.to_string(),
+        };
+        std::fs::write(ca.ca_file(), ca.issuer.pem()).unwrap();
+        ca
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.join(format!("{}-ca.pem", self.name))
+    }
+
+    /// A certificate naming `name` (a DNS name or an IP address), for a server and a client:
+    /// its certificate and key files.
+    fn leaf(&self, name: &str) -> (PathBuf, PathBuf) {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let stem = self.dir.join(format!("{}-{name}", self.name));
+        let (cert_file, key_file) = (stem.with_extension("pem"), stem.with_extension("key"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        (cert_file, key_file)
+    }
+
+    /// A client configuration trusting this CA, presenting `identity` (certificate, key).
+    fn client(&self, cluster: &Cluster, identity: Option<&(PathBuf, PathBuf)>) -> ClientConfig {
+        let roots = std::sync::Arc::new(load_roots(&self.ca_file()).unwrap());
+        let identity =
+            identity.map(|(cert, key)| (load_certs(cert).unwrap(), load_key(key).unwrap()));
+        let mut config = client_config(cluster);
+        config.tls = Some(tls_client_config(roots, identity).unwrap());
+        config
+    }
+}
+
+/// A one-node cluster whose client port runs TLS with a certificate for 127.0.0.1 from `ca`,
+/// with the auth file (certificate entries `certificates`) and `extra` flags.
+fn start_with_tls(
+    dir: &tempfile::TempDir,
+    ca: &TestCa,
+    certificates: &[(&str, &str)],
+    extra: &[&str],
+) -> Cluster {
+    let auth = write_auth_file(dir, certificates);
+    let (cert, key) = ca.leaf("127.0.0.1");
+    let path = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let mut args = vec![
+        "--auth-file".to_string(),
+        path(&auth),
+        "--client-cert-file".into(),
+        path(&cert),
+        "--client-key-file".into(),
+        path(&key),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cluster = Cluster::start_with(1, "auto", &args);
+    let mut config = ca.client(&cluster, None);
+    config.token = Some(READ_TOKEN.into());
+    await_leader(&cluster, &config);
+    cluster
+}
+
+#[test]
+fn a_client_that_does_not_trust_the_nodes_ca_fails_the_handshake_and_one_that_does_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(&dir, "cluster");
+    let cluster = start_with_tls(&dir, &ca, &[], &[]);
+    let address = cluster.node(1).client.to_string();
+    let stranger = TestCa::new(&dir, "stranger");
+    let mut untrusting = stranger.client(&cluster, None);
+    untrusting.token = Some(READ_TOKEN.into());
+    match status_of(&address, &untrusting) {
+        Err(Error::Io { source, .. }) => {
+            assert!(source.to_string().contains("UnknownIssuer"), "{source}")
+        }
+        other => panic!("a client not trusting the node's CA got {other:?}"),
+    }
+    // Plaintext gets nothing from a TLS port.
+    let mut plain = client_config(&cluster);
+    plain.token = Some(READ_TOKEN.into());
+    assert!(status_of(&address, &plain).is_err());
+    let mut trusting = ca.client(&cluster, None);
+    trusting.token = Some(READ_TOKEN.into());
+    assert_eq!(status_of(&address, &trusting).unwrap().node_id, 1);
+    // The CLI: records produced and read back over TLS with tokens.
+    let tls_ca = ca.ca_file();
+    let tls_ca = tls_ca.to_str().unwrap();
+    let (ok, _, err, _) = cli(
+        &cluster,
+        &[
+            "produce",
+            "--generate",
+            "3",
+            "--tls-ca",
+            tls_ca,
+            "--token",
+            PRODUCE_TOKEN,
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err, _) = cli(
+        &cluster,
+        &[
+            "tail", "--max", "3", "--tls-ca", tls_ca, "--token", READ_TOKEN,
+        ],
+        &[],
+    );
+    assert!(ok && out.lines().count() == 3, "{out}{err}");
+}
+
+#[test]
+fn a_client_certificate_the_auth_file_names_holds_its_role_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(&dir, "cluster");
+    let trusted = ca.ca_file();
+    let certificates = [("producer.client", "produce"), ("reader.client", "read")];
+    let extra = ["--client-trusted-ca-file", trusted.to_str().unwrap()];
+    let cluster = start_with_tls(&dir, &ca, &certificates, &extra);
+    let producer = ca.leaf("producer.client");
+    let path = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let tls_args = |(cert, key): &(PathBuf, PathBuf)| {
+        vec![
+            "--tls-ca".to_string(),
+            path(&trusted),
+            "--tls-cert".into(),
+            path(cert),
+            "--tls-key".into(),
+            path(key),
+        ]
+    };
+    let mut args = vec!["produce".to_string(), "--generate".into(), "2".into()];
+    args.extend(tls_args(&producer));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err, _) = cli(&cluster, &args, &[]);
+    assert!(ok, "the producer certificate could not produce: {err}");
+    // A reader's certificate reads but cannot append; no certificate (admitted: they are
+    // optional) holds nothing.
+    let reader = ca.leaf("reader.client");
+    let mut client = raftline_netio::client::Client::connect(ca.client(&cluster, Some(&reader)))
+        .expect("the reader certificate cannot even ask for the status");
+    let record = raftline_log::Record {
+        key: None,
+        value: b"v".to_vec(),
+        timestamp_ms: 0,
+        headers: vec![],
+    };
+    match client.append(&[record]) {
+        Err(Error::Refused {
+            error: ClientError::Forbidden { needed, held },
+            ..
+        }) => assert_eq!(
+            (needed, held),
+            (AccessRole::Produce, Some(AccessRole::Read))
+        ),
+        other => panic!("a reader certificate's append got {other:?}"),
+    }
+    let address = cluster.node(1).client.to_string();
+    match status_of(&address, &ca.client(&cluster, None)) {
+        Err(Error::Refused {
+            error: ClientError::Forbidden { held: None, .. },
+            ..
+        }) => {}
+        other => panic!("a client without certificate or token got {other:?}"),
+    }
+    // A certificate from another CA is refused in the handshake.
+    let stranger = TestCa::new(&dir, "stranger").leaf("producer.client");
+    let roots = std::sync::Arc::new(load_roots(&trusted).unwrap());
+    let identity = (
+        load_certs(&stranger.0).unwrap(),
+        load_key(&stranger.1).unwrap(),
+    );
+    let mut forged = client_config(&cluster);
+    forged.tls = Some(tls_client_config(roots, Some(identity)).unwrap());
+    assert!(
+        status_of(&address, &forged).is_err(),
+        "a stranger's certificate was admitted"
+    );
+}
+
+#[test]
+fn a_node_that_requires_client_certificates_refuses_a_client_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(&dir, "cluster");
+    let trusted = ca.ca_file();
+    let certificates = [("reader.client", "read")];
+    let auth = write_auth_file(&dir, &certificates);
+    let (cert, key) = ca.leaf("127.0.0.1");
+    let cluster = Cluster::start_with(
+        1,
+        "auto",
+        &[
+            "--auth-file",
+            auth.to_str().unwrap(),
+            "--client-cert-file",
+            cert.to_str().unwrap(),
+            "--client-key-file",
+            key.to_str().unwrap(),
+            "--client-trusted-ca-file",
+            trusted.to_str().unwrap(),
+            "--client-cert-required",
+        ],
+    );
+    let reader = ca.leaf("reader.client");
+    await_leader(&cluster, &ca.client(&cluster, Some(&reader)));
+    let mut without = ca.client(&cluster, None);
+    without.token = Some(ADMIN_TOKEN.into());
+    let address = cluster.node(1).client.to_string();
+    assert!(
+        status_of(&address, &without).is_err(),
+        "a client without a certificate was served"
     );
 }

@@ -22,6 +22,7 @@ mod state_subscription;
 mod subscription;
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use raftline_log::{Batch, BatchError, Record};
@@ -82,6 +83,10 @@ pub struct ClientConfig {
     /// node that refuses it fails the connection with `BadCredentials`, at once, on every path
     /// (no fail-over can fix a wrong token). `None`: no authentication.
     pub token: Option<String>,
+    /// TLS to every node (`tls::client_config`: the CA the nodes' client-port certificates chain
+    /// to, and a client certificate if nodes should know this client by it); each node's
+    /// certificate must name the host it is dialled at. `None`: plaintext.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClientConfig {
@@ -106,6 +111,7 @@ impl ClientConfig {
             frame_payload_bytes_max: PAYLOAD_BYTES_MAX_DEFAULT,
             idempotent: true,
             token: None,
+            tls: None,
         }
     }
 }

@@ -99,8 +99,9 @@ impl AccessPolicy {
         });
     }
 
-    /// Grants `role` to connections whose verified client certificate names `name` (a SAN DNS
-    /// name or the subject's common name).
+    /// Grants `role` to connections whose verified client certificate names `name` (a DNS
+    /// subject alternative name; the subject's common name is not looked at, as TLS 1.3 name
+    /// checks do not).
     pub fn add_certificate(&mut self, name: &str, role: AccessRole) {
         self.certificates.insert(name.to_string(), role);
     }
@@ -128,14 +129,16 @@ impl AccessPolicy {
         found
     }
 
-    /// The highest role any of a certificate's `names` maps to.
-    pub fn role_of_certificate<'a>(
+    /// The highest role among the entries whose name a certificate carries (`is_named`: whether
+    /// the verified certificate names it).
+    pub fn role_of_certificate(
         &self,
-        names: impl IntoIterator<Item = &'a str>,
+        mut is_named: impl FnMut(&str) -> bool,
     ) -> Option<AccessRole> {
-        names
-            .into_iter()
-            .filter_map(|name| self.certificates.get(name).copied())
+        self.certificates
+            .iter()
+            .filter(|(name, _)| is_named(name))
+            .map(|(_, &role)| role)
             .max()
     }
 }
@@ -181,17 +184,15 @@ impl Access {
         }
     }
 
-    /// Decides what becomes of `request` from `client`. `certificate_names` gives the names of
-    /// the connection's verified client certificate (asked once, at its first request).
-    pub(crate) fn judge<'a, N>(
+    /// Decides what becomes of `request` from `client`. `is_named` tells whether the
+    /// connection's verified client certificate names a given name (asked at its first request
+    /// only: a connection's certificate does not change).
+    pub(crate) fn judge(
         &mut self,
         client: ClientId,
         request: Request,
-        certificate_names: impl FnOnce() -> N,
-    ) -> Verdict
-    where
-        N: IntoIterator<Item = &'a str>,
-    {
+        is_named: impl FnMut(&str) -> bool,
+    ) -> Verdict {
         let Some(policy) = &self.policy else {
             return match request {
                 Request::Authenticate { request_id, .. } => {
@@ -204,7 +205,7 @@ impl Access {
             };
         };
         let holding = self.conns.entry(client).or_insert_with(|| Holding {
-            role: policy.role_of_certificate(certificate_names()),
+            role: policy.role_of_certificate(is_named),
             failures: 0,
         });
         let request = match request {
@@ -303,7 +304,7 @@ mod tests {
         let mut policy = AccessPolicy::default();
         policy.add_token("reader", token_digest("r"), AccessRole::Read);
         let mut access = Access::new(Some(policy));
-        let (client, no_cert) = (ClientId(1), || std::iter::empty::<&str>());
+        let (client, no_cert) = (ClientId(1), |_: &str| false);
         let status = Request::Status { request_id: 3 };
         let refused = |needed, held, reason| Verdict::Refused {
             answer: Response::Error {
@@ -339,7 +340,7 @@ mod tests {
         let mut policy = AccessPolicy::default();
         policy.add_token("admin", token_digest("a"), AccessRole::Admin);
         let mut access = Access::new(Some(policy));
-        let no_cert = || std::iter::empty::<&str>();
+        let no_cert = |_: &str| false;
         for attempt in 1..=AUTH_FAILURES_MAX {
             let verdict = access.judge(ClientId(1), authenticate("guess"), no_cert);
             let Verdict::Refused { reason, close, .. } = verdict else {
@@ -358,7 +359,7 @@ mod tests {
     #[test]
     fn without_a_policy_everything_is_served_and_any_token_holds_admin() {
         let mut access = Access::new(None);
-        let no_cert = || std::iter::empty::<&str>();
+        let no_cert = |_: &str| false;
         assert_eq!(
             access.judge(ClientId(1), append(), no_cert),
             Verdict::Serve(append())
@@ -378,7 +379,7 @@ mod tests {
         policy.add_certificate("producer.example", AccessRole::Produce);
         let mut access = Access::new(Some(policy));
         assert_eq!(
-            access.judge(ClientId(1), append(), || ["producer.example"]),
+            access.judge(ClientId(1), append(), |name| name == "producer.example"),
             Verdict::Serve(append())
         );
     }
@@ -389,9 +390,9 @@ mod tests {
         policy.add_certificate("reader.example", AccessRole::Read);
         policy.add_certificate("ops.example", AccessRole::Admin);
         assert_eq!(
-            policy.role_of_certificate(["reader.example", "ops.example"]),
+            policy.role_of_certificate(|name| ["reader.example", "ops.example"].contains(&name)),
             Some(AccessRole::Admin)
         );
-        assert_eq!(policy.role_of_certificate(["stranger"]), None);
+        assert_eq!(policy.role_of_certificate(|name| name == "stranger"), None);
     }
 }

@@ -397,9 +397,8 @@ impl EventLoop {
             NetEvent::ClientFrame { client, frame } => match decode_request(frame) {
                 // Every request passes the access check, here and nowhere else.
                 Ok(request) => {
-                    // Client certificates come with client-port TLS.
-                    let names = std::iter::empty::<&str>;
-                    match self.access.judge(client, request, names) {
+                    let is_named = |name: &str| net.client_is_named(client, name);
+                    match self.access.judge(client, request, is_named) {
                         Verdict::Serve(request) => self.serve(client, request),
                         Verdict::Authenticated(answer) => {
                             self.replier.respond(net, client, &answer)

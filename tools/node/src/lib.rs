@@ -115,6 +115,9 @@ pub enum NodeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The client port's TLS files could not be loaded.
+    #[error("client-port TLS: {0}")]
+    ClientTls(raftline_netio::net::TlsError),
     /// The raft thread panicked (an invariant of this node failed; its message is in the log).
     #[error("the raft thread panicked")]
     Panicked,
@@ -181,6 +184,9 @@ impl Node {
         net_cfg.clients_per_source_max = cfg.clients_per_source_max;
         net_cfg.buffer_budget_bytes = cfg.connection_buffers_bytes;
         net_cfg.kafka_listen = cfg.kafka_listen;
+        if let Some(files) = &cfg.client_tls {
+            net_cfg.client_tls = Some(files.load().map_err(NodeError::ClientTls)?);
+        }
         net_cfg.kafka_request_bytes_max =
             cfg.batch_bytes_max + config::KAFKA_REQUEST_HEADROOM_BYTES;
         let mut net = bind_retrying(net_cfg)?;
