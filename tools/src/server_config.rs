@@ -156,18 +156,18 @@ pub struct ServerArgs {
     pub auth_file: Option<PathBuf>,
     /// TLS on the client port: this node's certificate (PEM chain), naming the host clients
     /// dial it at (DNS name or IP address) [default: plaintext]. Needs --client-key-file.
-    #[arg(long, value_name = "FILE", requires = "client_key_file")]
+    #[arg(long, value_name = "FILE")]
     pub client_cert_file: Option<PathBuf>,
     /// The private key of --client-cert-file (PEM).
-    #[arg(long, value_name = "FILE", requires = "client_cert_file")]
+    #[arg(long, value_name = "FILE")]
     pub client_key_file: Option<PathBuf>,
     /// Ask clients for a certificate and verify it against this CA bundle (PEM); a verified
     /// certificate whose DNS name the auth file lists gets that role without a token. Clients
     /// without one are still admitted unless --client-cert-required.
-    #[arg(long, value_name = "FILE", requires = "client_cert_file")]
+    #[arg(long, value_name = "FILE")]
     pub client_trusted_ca_file: Option<PathBuf>,
     /// Refuse clients that present no certificate from --client-trusted-ca-file.
-    #[arg(long, requires = "client_trusted_ca_file")]
+    #[arg(long)]
     pub client_cert_required: bool,
 }
 
@@ -333,7 +333,19 @@ impl ServerArgs {
                 cert_required: self.client_cert_required
                     || file.client_cert_required.unwrap_or(false),
             }),
-            (None, None) => None,
+            (None, None) => {
+                if self.client_trusted_ca_file.is_some()
+                    || file.client_trusted_ca_file.is_some()
+                    || self.client_cert_required
+                    || file.client_cert_required == Some(true)
+                {
+                    bail!(
+                        "--client-trusted-ca-file and --client-cert-required need client-port \
+                         TLS: give --client-cert-file and --client-key-file too"
+                    );
+                }
+                None
+            }
             _ => bail!("--client-cert-file and --client-key-file go together"),
         };
         let cfg = NodeConfig {
@@ -488,6 +500,24 @@ mod tests {
             err.contains("under 5x the heartbeat") && err.contains("at least 500"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn client_tls_settings_that_do_not_go_together_are_refused() {
+        let mut a = args();
+        a.client_cert_file = Some("/etc/cert.pem".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("go together"), "{err}");
+        let mut a = args();
+        a.client_trusted_ca_file = Some("/etc/ca.pem".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("need client-port TLS"), "{err}");
+        let mut a = args();
+        a.client_cert_file = Some("/etc/cert.pem".into());
+        a.client_key_file = Some("/etc/key.pem".into());
+        a.client_cert_required = true;
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("--client-cert-required needs"), "{err}");
     }
 
     #[test]
