@@ -128,6 +128,67 @@ impl SnapshotRecord {
     }
 }
 
+/// What a client connection may do on a node started with an auth file (`--auth-file`): each
+/// role includes the ones before it. A node without an auth file treats every connection as
+/// `Admin`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub enum AccessRole {
+    /// Reads: status, subscriptions (log and snapshot), credit.
+    Read,
+    /// Reads, and appends (and an idempotent producer's id).
+    Produce,
+    /// Everything: membership changes, leadership transfers, snapshots on demand.
+    Admin,
+}
+
+impl AccessRole {
+    /// Every role, weakest first.
+    pub const ALL: [AccessRole; 3] = [AccessRole::Read, AccessRole::Produce, AccessRole::Admin];
+
+    /// The role's name in auth files and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            AccessRole::Read => "read",
+            AccessRole::Produce => "produce",
+            AccessRole::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for AccessRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A role name that is not `read`, `produce` or `admin`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}: use read, produce or admin")]
+pub struct UnknownRole(pub String);
+
+impl std::str::FromStr for AccessRole {
+    type Err = UnknownRole;
+
+    fn from_str(text: &str) -> Result<AccessRole, UnknownRole> {
+        AccessRole::ALL
+            .into_iter()
+            .find(|role| role.name() == text)
+            .ok_or_else(|| UnknownRole(text.to_string()))
+    }
+}
+
 /// The role a node has in the Raft cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum NodeRole {
@@ -377,6 +438,20 @@ pub enum ClientError {
         /// Why.
         why: String,
     },
+    /// The request needs a role this connection does not hold (the node has an auth file):
+    /// authenticate with a token (or client certificate) that maps to `needed` or more.
+    #[error("forbidden: this request needs the {needed} role; the connection {}",
+        held.map(|r| format!("holds {r}")).unwrap_or_else(|| "has not authenticated (give a token)".into()))]
+    Forbidden {
+        /// The least role that may make the request.
+        needed: AccessRole,
+        /// The role the connection holds (`None`: it has not authenticated).
+        held: Option<AccessRole>,
+    },
+    /// The token given in `Authenticate` matches no entry of the node's auth file. After a few
+    /// on one connection the node closes it.
+    #[error("bad credentials: the token matches no entry of the node's auth file")]
+    BadCredentials,
 }
 
 fn leader_hint(id: Option<u64>, address: Option<&str>) -> String {
@@ -488,6 +563,15 @@ pub enum Request {
         request_id: u64,
         /// The voter to lead next.
         to: Option<u64>,
+    },
+    /// Presents a token; answered `Authenticated` with the role it maps to (or `BadCredentials`).
+    /// On a node with an auth file it must come first, unless the connection's client
+    /// certificate already maps to a role; a later one replaces the connection's role.
+    Authenticate {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// The secret token (the node keeps only its SHA-256 digest).
+        token: String,
     },
 }
 
@@ -635,6 +719,13 @@ pub enum Response {
         /// Its epoch.
         epoch: i16,
     },
+    /// The token is accepted: the connection holds `role` from now on.
+    Authenticated {
+        /// The request's id.
+        request_id: u64,
+        /// What the connection may do (`Admin` on a node without an auth file).
+        role: AccessRole,
+    },
 }
 
 /// Why a frame does not hold a valid client message.
@@ -670,6 +761,52 @@ impl Request {
             Request::MemberPromote { .. } => FrameType::MemberPromote,
             Request::MemberRemove { .. } => FrameType::MemberRemove,
             Request::LeaderTransfer { .. } => FrameType::LeaderTransfer,
+            Request::Authenticate { .. } => FrameType::Authenticate,
+        }
+    }
+
+    /// The id an `Error` answering this request names: its request id, or for `Subscribe`,
+    /// `SubscribeSnapshot` and `Credit` its subscription id.
+    pub fn id(&self) -> u64 {
+        match self {
+            Request::Subscribe {
+                subscription_id, ..
+            }
+            | Request::SubscribeSnapshot {
+                subscription_id, ..
+            }
+            | Request::Credit {
+                subscription_id, ..
+            } => *subscription_id,
+            Request::Append { request_id, .. }
+            | Request::Status { request_id }
+            | Request::SnapshotNow { request_id }
+            | Request::InitProducer { request_id }
+            | Request::MemberList { request_id }
+            | Request::MemberAdd { request_id, .. }
+            | Request::MemberPromote { request_id, .. }
+            | Request::MemberRemove { request_id, .. }
+            | Request::LeaderTransfer { request_id, .. }
+            | Request::Authenticate { request_id, .. } => *request_id,
+        }
+    }
+
+    /// The least role that may make this request on a node with an auth file (`None`:
+    /// `Authenticate`, which any connection may send).
+    pub fn role_needed(&self) -> Option<AccessRole> {
+        match self {
+            Request::Authenticate { .. } => None,
+            Request::Status { .. }
+            | Request::Subscribe { .. }
+            | Request::SubscribeSnapshot { .. }
+            | Request::Credit { .. } => Some(AccessRole::Read),
+            Request::Append { .. } | Request::InitProducer { .. } => Some(AccessRole::Produce),
+            Request::SnapshotNow { .. }
+            | Request::MemberList { .. }
+            | Request::MemberAdd { .. }
+            | Request::MemberPromote { .. }
+            | Request::MemberRemove { .. }
+            | Request::LeaderTransfer { .. } => Some(AccessRole::Admin),
         }
     }
 }
@@ -691,6 +828,7 @@ impl Response {
             Response::MemberListReply { .. } => FrameType::MemberListReply,
             Response::MembershipChanged { .. } => FrameType::MembershipChanged,
             Response::LeaderTransferred { .. } => FrameType::LeaderTransferred,
+            Response::Authenticated { .. } => FrameType::Authenticated,
         }
     }
 }
@@ -811,6 +949,7 @@ pub fn decode_request(frame: Frame) -> Result<Request, ClientProtoError> {
             | FrameType::MemberPromote
             | FrameType::MemberRemove
             | FrameType::LeaderTransfer
+            | FrameType::Authenticate
     ) {
         return Err(ClientProtoError::WrongFrameType(frame_type));
     }
@@ -844,6 +983,7 @@ pub fn decode_response(frame: Frame) -> Result<Response, ClientProtoError> {
             | FrameType::MemberListReply
             | FrameType::MembershipChanged
             | FrameType::LeaderTransferred
+            | FrameType::Authenticated
     ) {
         return Err(ClientProtoError::WrongFrameType(frame_type));
     }

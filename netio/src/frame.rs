@@ -102,11 +102,15 @@ pub enum FrameType {
     MembershipChanged = 0x2A,
     /// Node → client: leadership moved.
     LeaderTransferred = 0x2B,
+    /// Client → node: present a token (the first request on a node with an auth file).
+    Authenticate = 0x1E,
+    /// Node → client: the token was accepted; the connection now holds this role.
+    Authenticated = 0x32,
 }
 
 impl FrameType {
     /// Every frame type, for tests and tables.
-    pub const ALL: [FrameType; 28] = [
+    pub const ALL: [FrameType; 30] = [
         FrameType::PeerHello,
         FrameType::PeerMessage,
         FrameType::Keepalive,
@@ -135,6 +139,8 @@ impl FrameType {
         FrameType::MemberListReply,
         FrameType::MembershipChanged,
         FrameType::LeaderTransferred,
+        FrameType::Authenticate,
+        FrameType::Authenticated,
     ];
 
     /// The type with wire value `value`, if it exists.
@@ -166,6 +172,7 @@ impl FrameType {
                 | FrameType::MemberPromote
                 | FrameType::MemberRemove
                 | FrameType::LeaderTransfer
+                | FrameType::Authenticate
                 | FrameType::Keepalive
         )
     }

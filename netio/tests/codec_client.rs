@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use raftline_log::{Batch, Record};
 use raftline_netio::client_proto::{
     decode_request, decode_response, encode_batches, encode_request, encode_response,
-    split_batches, AckMode, ClientError, ClientProtoError, Member, MemberStatus, NodeRole,
-    NodeStatus, PeerStatus, Request, Response, SnapshotStatus, StartFrom,
+    split_batches, AccessRole, AckMode, ClientError, ClientProtoError, Member, MemberStatus,
+    NodeRole, NodeStatus, PeerStatus, Request, Response, SnapshotStatus, StartFrom,
 };
 use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::frame::{encode, Frame, FrameDecoder, FrameHeader, FrameType};
@@ -94,7 +94,13 @@ fn arb_request() -> impl Strategy<Value = Request> {
         }),
         (any::<u64>(), any::<Option<u64>>())
             .prop_map(|(request_id, to)| Request::LeaderTransfer { request_id, to }),
+        (any::<u64>(), any::<String>())
+            .prop_map(|(request_id, token)| Request::Authenticate { request_id, token }),
     ]
+}
+
+fn arb_access_role() -> impl Strategy<Value = AccessRole> {
+    prop::sample::select(AccessRole::ALL.to_vec())
 }
 
 fn arb_member() -> impl Strategy<Value = Member> {
@@ -150,6 +156,9 @@ fn arb_error() -> impl Strategy<Value = ClientError> {
         }),
         any::<String>().prop_map(|why| ClientError::WouldLoseQuorum { why }),
         any::<String>().prop_map(|why| ClientError::MembershipRefused { why }),
+        (arb_access_role(), prop::option::of(arb_access_role()))
+            .prop_map(|(needed, held)| ClientError::Forbidden { needed, held }),
+        Just(ClientError::BadCredentials),
     ]
 }
 
@@ -313,6 +322,8 @@ fn arb_response() -> impl Strategy<Value = Response> {
                 leader_address,
             }
         ),
+        (any::<u64>(), arb_access_role())
+            .prop_map(|(request_id, role)| Response::Authenticated { request_id, role }),
     ]
 }
 
@@ -466,4 +477,54 @@ fn error_messages_tell_the_operator_what_happened() {
         e.to_string(),
         "offset 3 out of range: the log holds [10, 20), earlier offsets are in the snapshot at index 4"
     );
+    let e = ClientError::Forbidden {
+        needed: AccessRole::Produce,
+        held: Some(AccessRole::Read),
+    };
+    assert_eq!(
+        e.to_string(),
+        "forbidden: this request needs the produce role; the connection holds read"
+    );
+}
+
+#[test]
+fn every_request_needs_a_role_except_authenticate() {
+    let needed = |r: Request| r.role_needed();
+    assert_eq!(
+        needed(Request::Authenticate {
+            request_id: 1,
+            token: "t".into()
+        }),
+        None
+    );
+    assert_eq!(
+        needed(Request::Status { request_id: 1 }),
+        Some(AccessRole::Read)
+    );
+    assert_eq!(
+        needed(Request::Credit {
+            subscription_id: 1,
+            bytes: 1
+        }),
+        Some(AccessRole::Read)
+    );
+    assert_eq!(
+        needed(Request::InitProducer { request_id: 1 }),
+        Some(AccessRole::Produce)
+    );
+    assert_eq!(
+        needed(Request::SnapshotNow { request_id: 1 }),
+        Some(AccessRole::Admin)
+    );
+    assert_eq!(
+        needed(Request::LeaderTransfer {
+            request_id: 1,
+            to: None
+        }),
+        Some(AccessRole::Admin)
+    );
+    assert!(AccessRole::Read < AccessRole::Produce && AccessRole::Produce < AccessRole::Admin);
+    for role in AccessRole::ALL {
+        assert_eq!(role.name().parse::<AccessRole>(), Ok(role));
+    }
 }

@@ -1,5 +1,6 @@
 //! `raftline`: the command-line front end of raftline.
 
+mod auth_file;
 mod cluster_args;
 mod dev;
 mod member;
@@ -58,6 +59,9 @@ enum Command {
     /// Snapshots: take one now and compact the log.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
+    /// Client authorisation: make the token digests a server's --auth-file holds.
+    #[command(subcommand)]
+    Auth(auth_file::AuthCommand),
     /// Benchmarks: measure this machine's limits before trusting it with a node.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
         Command::Snapshot(command) => snapshot::run(command),
         Command::Member(command) => member::run(command),
         Command::Leader(command) => member::run_leader(command),
+        Command::Auth(command) => auth_file::run(command),
         Command::Bench(BenchCommand::Fsync(args)) => fsync::command::run(args),
         Command::Bench(BenchCommand::Cluster(args)) => cluster::run(*args),
         Command::Bench(BenchCommand::Profiles(args)) => profiles::run(args),

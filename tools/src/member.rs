@@ -114,15 +114,15 @@ pub struct TransferArgs {
 /// Runs `raftline member …`.
 pub fn run(command: MemberCommand) -> anyhow::Result<ExitCode> {
     match command {
-        MemberCommand::List(args) => list(&args.cluster.client_config()),
+        MemberCommand::List(args) => list(&args.cluster.client_config()?),
         MemberCommand::Add(args) => add(args),
         MemberCommand::Promote(args) => {
-            let config = args.cluster.client_config();
+            let config = args.cluster.client_config()?;
             print_change("promoted", args.id, &admin::promote(&config, args.id)?);
             Ok(ExitCode::SUCCESS)
         }
         MemberCommand::Remove(args) => {
-            let config = args.cluster.client_config();
+            let config = args.cluster.client_config()?;
             let changed = admin::remove(&config, args.id, args.force)?;
             print_change("removed", args.id, &changed);
             println!(
@@ -137,7 +137,7 @@ pub fn run(command: MemberCommand) -> anyhow::Result<ExitCode> {
 /// Runs `raftline leader …`.
 pub fn run_leader(command: LeaderCommand) -> anyhow::Result<ExitCode> {
     let LeaderCommand::Transfer(args) = command;
-    let (leader, address) = admin::transfer_leadership(&args.cluster.client_config(), args.to)?;
+    let (leader, address) = admin::transfer_leadership(&args.cluster.client_config()?, args.to)?;
     println!(
         "node {leader} leads now{}",
         address.map(|a| format!(" ({a})")).unwrap_or_default()
@@ -190,7 +190,7 @@ fn list(config: &ClientConfig) -> anyhow::Result<ExitCode> {
 }
 
 fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
-    let config = args.cluster.client_config();
+    let config = args.cluster.client_config()?;
     let changed = admin::add_learner(&config, args.id, &args.peer_addr, &args.client_addr)?;
     print_change("added as a learner", args.id, &changed);
     if args.learner {

@@ -67,7 +67,7 @@ pub struct ProduceArgs {
 pub fn run(args: ProduceArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.window > 0, "--window must be at least 1");
     anyhow::ensure!(args.batch_records > 0, "--batch-records must be at least 1");
-    let mut config = args.cluster.client_config();
+    let mut config = args.cluster.client_config()?;
     config.ack = args.ack;
     config.window_appends = args.window;
     config.batch_records_max = args.batch_records;

@@ -15,6 +15,7 @@ use raftline_netio::net::{
 use raftline_netio::reactor::Backend;
 use serde::Deserialize;
 
+use raftline_node::config::ClientTlsFiles;
 use raftline_node::config::{
     APPEND_TIMEOUT_MS_DEFAULT, BATCH_BYTES_MAX_DEFAULT, CLIENT_IDLE_TIMEOUT_S_DEFAULT,
     DISK_STALL_ELECTIONS_DEFAULT, ELECTION_TIMEOUT_MAX_MS_DEFAULT, ELECTION_TIMEOUT_MIN_MS_DEFAULT,
@@ -24,6 +25,8 @@ use raftline_node::snapshots::SnapshotPolicy;
 use raftline_node::{NodeConfig, PeerSecurity};
 
 use raftline_bench::emulated_disk::DiskProfile;
+
+use crate::auth_file::read_auth_file;
 
 /// Environment variable that selects the network backend when `--net-backend` is not given.
 pub const NET_BACKEND_ENV: &str = "RAFTLINE_NET_BACKEND";
@@ -179,6 +182,27 @@ pub struct ServerArgs {
     /// write. Marked in the start-up output and in /metrics (raftline_emulated_disk).
     #[arg(long, value_enum, value_name = "hdd|sata|nvme")]
     pub emulate_disk: Option<DiskProfile>,
+    /// TOML file of who may do what on the client port: tokens (as SHA-256 digests, made with
+    /// `raftline auth hash-token`) and client-certificate names, each with a role (read <
+    /// produce < admin). A connection must then authenticate before any request [default:
+    /// none, every request is served]. Excludes --kafka-listen (no Kafka authentication yet).
+    #[arg(long, value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// TLS on the client port: this node's certificate (PEM chain), naming the host clients
+    /// dial it at (DNS name or IP address) [default: plaintext]. Needs --client-key-file.
+    #[arg(long, value_name = "FILE")]
+    pub client_cert_file: Option<PathBuf>,
+    /// The private key of --client-cert-file (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub client_key_file: Option<PathBuf>,
+    /// Ask clients for a certificate and verify it against this CA bundle (PEM); a verified
+    /// certificate whose DNS name the auth file lists gets that role without a token. Clients
+    /// without one are still admitted unless --client-cert-required.
+    #[arg(long, value_name = "FILE")]
+    pub client_trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients that present no certificate from --client-trusted-ca-file.
+    #[arg(long)]
+    pub client_cert_required: bool,
 }
 
 /// The same settings as read from a TOML file.
@@ -221,6 +245,11 @@ struct FileConfig {
     state_mib_max: Option<u64>,
     tombstone_retain_offsets: Option<u64>,
     emulate_disk: Option<DiskProfile>,
+    auth_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
+    client_trusted_ca_file: Option<PathBuf>,
+    client_cert_required: Option<bool>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -364,6 +393,36 @@ impl ServerArgs {
             self.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
             self.peer_insecure || file.peer_insecure.unwrap_or(false),
         )?;
+        let access = match self.auth_file.or(file.auth_file) {
+            Some(path) => Some(read_auth_file(&path)?),
+            None => None,
+        };
+        let client_tls = match (
+            self.client_cert_file.or(file.client_cert_file),
+            self.client_key_file.or(file.client_key_file),
+        ) {
+            (Some(cert), Some(key)) => Some(ClientTlsFiles {
+                cert,
+                key,
+                trusted_ca: self.client_trusted_ca_file.or(file.client_trusted_ca_file),
+                cert_required: self.client_cert_required
+                    || file.client_cert_required.unwrap_or(false),
+            }),
+            (None, None) => {
+                if self.client_trusted_ca_file.is_some()
+                    || file.client_trusted_ca_file.is_some()
+                    || self.client_cert_required
+                    || file.client_cert_required == Some(true)
+                {
+                    bail!(
+                        "--client-trusted-ca-file and --client-cert-required need client-port \
+                         TLS: give --client-cert-file and --client-key-file too"
+                    );
+                }
+                None
+            }
+            _ => bail!("--client-cert-file and --client-key-file go together"),
+        };
         let cfg = NodeConfig {
             id,
             cluster_name,
@@ -468,6 +527,8 @@ impl ServerArgs {
                 .emulate_disk
                 .or(file.emulate_disk)
                 .map(DiskProfile::emulation),
+            access,
+            client_tls,
             warnings: Vec::new(),
         };
         Ok(cfg.validated()?)
@@ -609,6 +670,24 @@ mod tests {
             err.contains("under 5x the heartbeat") && err.contains("at least 500"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn client_tls_settings_that_do_not_go_together_are_refused() {
+        let mut a = args();
+        a.client_cert_file = Some("/etc/cert.pem".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("go together"), "{err}");
+        let mut a = args();
+        a.client_trusted_ca_file = Some("/etc/ca.pem".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("need client-port TLS"), "{err}");
+        let mut a = args();
+        a.client_cert_file = Some("/etc/cert.pem".into());
+        a.client_key_file = Some("/etc/key.pem".into());
+        a.client_cert_required = true;
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("--client-cert-required needs"), "{err}");
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub struct SnapshotNowArgs {
 /// Runs `raftline snapshot …`.
 pub fn run(command: SnapshotCommand) -> anyhow::Result<ExitCode> {
     let SnapshotCommand::Now(args) = command;
-    let config = args.cluster.client_config();
+    let config = args.cluster.client_config()?;
     let nodes: Vec<(Option<u64>, String)> = match args.node {
         Some(id) => {
             let found = status_of_all(&config)

@@ -33,7 +33,7 @@ pub struct StatusArgs {
 
 /// Runs `raftline status`.
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let config = args.cluster.client_config();
+    let config = args.cluster.client_config()?;
     let results = status_of_all(&config);
     let table = render(&results);
     std::io::stdout().write_all(table.as_bytes())?;
@@ -41,6 +41,12 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let leader_known = results
         .iter()
         .any(|r| matches!(&r.result, Ok(s) if s.role == NodeRole::Leader));
+    if results
+        .iter()
+        .any(|r| r.result.as_ref().is_err_and(|e| e.is_access_refused()))
+    {
+        anyhow::bail!("a node refused this client's credentials: give a token with --token (or RAFTLINE_TOKEN) that the nodes' auth file grants the read role");
+    }
     if answered == 0 {
         anyhow::bail!(
             "no node answered at {}: is the cluster running (`raftline dev` starts one)? \
@@ -103,10 +109,16 @@ pub fn render(results: &[NodeStatusResult]) -> String {
                 state(s),
             ]),
             Err(e) => {
-                let mut row = vec!["?".to_string(), r.address.clone(), "unreachable".into()];
+                // A node that refused our credentials is reachable: say which it is.
+                let what = if e.is_access_refused() {
+                    "refused"
+                } else {
+                    "unreachable"
+                };
+                let mut row = vec!["?".to_string(), r.address.clone(), what.into()];
                 row.resize(COLUMNS, "-".into());
                 rows.push(row);
-                failures.push(e.to_string());
+                failures.push(format!("{what}: {e}"));
             }
         }
     }
@@ -124,7 +136,7 @@ pub fn render(results: &[NodeStatusResult]) -> String {
         out.push('\n');
     }
     for f in failures {
-        out.push_str(&format!("unreachable: {f}\n"));
+        out.push_str(&format!("{f}\n"));
     }
     out
 }

@@ -76,7 +76,7 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     if args.state || args.with_snapshot {
         return run_with_state(args);
     }
-    let config = args.cluster.client_config();
+    let config = args.cluster.client_config()?;
     let mut subscription = Subscription::open(config, args.from.0)?;
     let end = (!args.follow).then(|| subscription.end_offset_at_start());
     let mut out = BufWriter::new(std::io::stdout().lock());
@@ -126,7 +126,7 @@ fn run_with_state(args: TailArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.from.0
     };
-    let mut subscription = StateSubscription::open(args.cluster.client_config(), from, mode)?;
+    let mut subscription = StateSubscription::open(args.cluster.client_config()?, from, mode)?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut state: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
     let mut printed = 0u64;

@@ -13,7 +13,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use raftline_log::Batch;
 use raftline_netio::client_proto::{
-    decode_request, encode_response, ClientError, NodeRole, NodeStatus, Request, Response,
+    decode_request, encode_response, AccessRole, ClientError, NodeRole, NodeStatus, Request,
+    Response,
 };
 use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::net::{ClientId, Net, NetConfig, NetEvent, SendWithError};
@@ -132,6 +133,11 @@ impl NullNode {
                 request_id,
                 producer_id: NODE_ID << 48,
                 epoch: 0,
+            },
+            // Like a node without an auth file: any token holds every role.
+            Request::Authenticate { request_id, .. } => Response::Authenticated {
+                request_id,
+                role: AccessRole::Admin,
             },
             Request::Subscribe {
                 subscription_id, ..

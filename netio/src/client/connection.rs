@@ -1,18 +1,93 @@
-//! One blocking connection to one node: frames requests out, reassembles responses in.
+//! One blocking connection to one node: frames requests out, reassembles responses in; over
+//! TLS (a blocking `rustls::StreamOwned` on the socket) when the configuration has it.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
 
 use crate::client::{ClientConfig, Error};
 use crate::client_proto::{
-    decode_response, encode_append, encode_request, AckMode, ClientProtoError, Request, Response,
+    decode_response, encode_append, encode_request, AccessRole, AckMode, ClientProtoError, Request,
+    Response,
 };
 use crate::frame::{FrameDecoder, FrameType};
 
-/// A TCP connection to one node's client port.
+/// The byte stream to a node: the socket, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    /// The socket under it (timeouts and blocking mode are set there).
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(socket) => socket,
+            Stream::Tls(tls) => &tls.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(socket) => socket.read(buf),
+            Stream::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(socket) => socket.write(buf),
+            Stream::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(socket) => socket.flush(),
+            Stream::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+/// The name a node's certificate must carry when it is dialled at `address` (`host:port`): the
+/// host, a DNS name or an IP address.
+fn server_name(address: &str) -> io::Result<ServerName<'static>> {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{host:?} cannot name a TLS server: {e}"),
+        )
+    })
+}
+
+/// Runs the TLS handshake on `socket` (bounded by its timeouts), verifying the node's
+/// certificate for `address`'s host.
+fn handshake(
+    socket: TcpStream,
+    config: &Arc<rustls::ClientConfig>,
+    address: &str,
+) -> io::Result<Stream> {
+    let session = rustls::ClientConnection::new(Arc::clone(config), server_name(address)?)
+        .map_err(io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(session, socket);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(Stream::Tls(Box::new(tls)))
+}
+
+/// A TCP (or TLS) connection to one node's client port.
 pub(crate) struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     address: String,
     decoder: FrameDecoder,
     send_buf: Vec<u8>,
@@ -20,8 +95,36 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Connects to `address` (host:port; every resolved address is tried in turn).
+    /// Connects to `address` (host:port; every resolved address is tried in turn) and, with a
+    /// token configured, authenticates before anything else is sent.
     pub(crate) fn open(address: &str, config: &ClientConfig) -> Result<Connection, Error> {
+        let mut conn = Connection::connect(address, config)?;
+        if let Some(token) = &config.token {
+            conn.authenticate(token, config.request_timeout)?;
+        }
+        Ok(conn)
+    }
+
+    /// Sends `Authenticate` and waits for the node to accept the token.
+    fn authenticate(&mut self, token: &str, timeout: Duration) -> Result<AccessRole, Error> {
+        // Id 0: the credential belongs to the connection, not to a request.
+        self.send(&Request::Authenticate {
+            request_id: 0,
+            token: token.to_string(),
+        })?;
+        let address = self.address.clone();
+        match self.recv(timeout)? {
+            Some(Response::Authenticated { role, .. }) => Ok(role),
+            Some(Response::Error { error, .. }) => Err(Error::Refused { address, error }),
+            Some(other) => Err(Error::Protocol {
+                address,
+                why: format!("expected an answer to Authenticate, got {other:?}"),
+            }),
+            None => Err(Error::Timeout { address, timeout }),
+        }
+    }
+
+    fn connect(address: &str, config: &ClientConfig) -> Result<Connection, Error> {
         let io_err = |source| Error::Io {
             address: address.to_string(),
             source,
@@ -29,11 +132,20 @@ impl Connection {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
         for addr in address.to_socket_addrs().map_err(io_err)? {
             match TcpStream::connect_timeout(&addr, config.connect_timeout) {
-                Ok(stream) => {
-                    stream.set_nodelay(true).map_err(io_err)?;
-                    stream
+                Ok(socket) => {
+                    socket.set_nodelay(true).map_err(io_err)?;
+                    socket
                         .set_write_timeout(Some(config.request_timeout))
                         .map_err(io_err)?;
+                    let stream = match &config.tls {
+                        None => Stream::Plain(socket),
+                        Some(tls) => {
+                            socket
+                                .set_read_timeout(Some(config.request_timeout))
+                                .map_err(io_err)?;
+                            handshake(socket, tls, address).map_err(io_err)?
+                        }
+                    };
                     return Ok(Connection {
                         stream,
                         address: address.to_string(),
@@ -81,6 +193,7 @@ impl Connection {
         })?;
         self.stream
             .write_all(&self.send_buf)
+            .and_then(|()| self.stream.flush())
             .map_err(|source| Error::Io {
                 address: self.address.clone(),
                 source,
@@ -100,6 +213,7 @@ impl Connection {
                 self.read_nonblocking()
             } else {
                 self.stream
+                    .socket()
                     .set_read_timeout(Some(remaining))
                     .and_then(|()| self.decoder.fill_from(&mut self.stream))
             };
@@ -127,9 +241,9 @@ impl Connection {
     }
 
     fn read_nonblocking(&mut self) -> io::Result<usize> {
-        self.stream.set_nonblocking(true)?;
+        self.stream.socket().set_nonblocking(true)?;
         let result = self.decoder.fill_from(&mut self.stream);
-        self.stream.set_nonblocking(false)?;
+        self.stream.socket().set_nonblocking(false)?;
         result
     }
 

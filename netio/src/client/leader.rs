@@ -100,6 +100,7 @@ impl LeaderLink {
                             candidates.insert(i, leader);
                         }
                     }
+                    Err(e) if e.is_access_refused() => return Err(e),
                     Err(e) => last = e.to_string(),
                 }
             }

@@ -29,6 +29,7 @@ mod state_subscription;
 mod subscription;
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use raftline_log::{Batch, BatchError, Record};
@@ -85,6 +86,14 @@ pub struct ClientConfig {
     /// it with the original offsets (exactly once per producer session). `false`: plain
     /// batches, at-least-once.
     pub idempotent: bool,
+    /// Token sent (`Authenticate`) first on every connection, for nodes with an auth file; a
+    /// node that refuses it fails the connection with `BadCredentials`, at once, on every path
+    /// (no fail-over can fix a wrong token). `None`: no authentication.
+    pub token: Option<String>,
+    /// TLS to every node (`tls::client_config`: the CA the nodes' client-port certificates chain
+    /// to, and a client certificate if nodes should know this client by it); each node's
+    /// certificate must name the host it is dialled at. `None`: plaintext.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClientConfig {
@@ -108,6 +117,8 @@ impl ClientConfig {
             idle_probe_interval: Duration::from_secs(2),
             frame_payload_bytes_max: PAYLOAD_BYTES_MAX_DEFAULT,
             idempotent: true,
+            token: None,
+            tls: None,
         }
     }
 }
@@ -182,6 +193,20 @@ pub enum Error {
         /// The last failure.
         last: String,
     },
+}
+
+impl Error {
+    /// Whether the node refused this client's credentials (a bad token, or a role too low for
+    /// the request): every node would, so fail-over does not try another.
+    pub fn is_access_refused(&self) -> bool {
+        matches!(
+            self,
+            Error::Refused {
+                error: ClientError::BadCredentials | ClientError::Forbidden { .. },
+                ..
+            }
+        )
+    }
 }
 
 /// Offsets of an acknowledged append.

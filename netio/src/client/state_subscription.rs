@@ -332,6 +332,7 @@ fn open_snapshot_read(
                 Ok(conn)
             }) {
                 Ok(conn) => return Ok(conn),
+                Err(e) if e.is_access_refused() => return Err(e),
                 Err(e) => {
                     *last_failure = e.to_string();
                     *node_cursor += 1;

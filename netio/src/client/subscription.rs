@@ -412,6 +412,7 @@ impl Subscription {
     fn subscribe_at(&mut self, address: &str) -> Attempt {
         let mut conn = match Connection::open(address, &self.config) {
             Ok(conn) => conn,
+            Err(e) if e.is_access_refused() => return Attempt::Refused(e),
             Err(e) => return Attempt::NodeFailed(e),
         };
         let from = match self.next_offset {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster_id::ClusterId;
@@ -88,6 +89,10 @@ pub struct NetConfig {
     pub backend: Backend,
     /// Mutual TLS on the peer port (`None`: plaintext, for a trusted network only).
     pub peer_tls: Option<PeerTls>,
+    /// TLS on the client port (`None`: plaintext): the server end of every client connection
+    /// (`tls::server_config`; its client-certificate setting decides whether clients present
+    /// one). Kafka connections stay plaintext.
+    pub client_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Why a configuration cannot run.
@@ -161,6 +166,7 @@ impl NetConfig {
             reconnect_backoff_max: Duration::from_secs(2),
             backend: Backend::Auto,
             peer_tls: None,
+            client_tls: None,
         }
     }
 

@@ -27,6 +27,10 @@
 //! impostor cannot take a real peer's slot. A failed handshake closes its connection
 //! ([`CloseReason::Tls`], warned at most once a second).
 //!
+//! The client port may run TLS too ([`NetConfig::client_tls`]: a server certificate, and client
+//! certificates verified if the configuration asks for them); [`Net::client_is_named`] tells the
+//! node what a client's certificate names.
+//!
 //! Admission (checked on every frame, both ports): the frame decodes (magic, version, size limit
 //! from the header, CRC, type, flags); its cluster id is ours; its type belongs to the port.
 //! Peer connections must open with `PeerHello` from a configured peer that is not us, and keep
@@ -586,6 +590,16 @@ impl Net {
         self.cfg.peers.remove(&peer);
     }
 
+    /// Whether `client`'s verified TLS client certificate names `name` (a DNS subject
+    /// alternative name): false without client-port TLS, without a certificate, or closed.
+    pub fn client_is_named(&self, client: ClientId, name: &str) -> bool {
+        self.clients
+            .get(&client)
+            .and_then(|socket| self.conns.get(socket))
+            .and_then(|conn| conn.tls.as_ref())
+            .is_some_and(|tls| tls.peer_is_named(name))
+    }
+
     /// Whether the outbound connection to `peer` is established.
     pub fn peer_is_up(&self, peer: u64) -> bool {
         self.peers
@@ -927,17 +941,23 @@ impl Net {
             _ => Decoder::Raftline(FrameDecoder::new(self.cfg.payload_bytes_max)),
         };
         let mut conn = Conn::new(kind, remote, decoder, queue_bytes_max, now);
-        if let (ConnKind::InboundPeer(..), Some(tls)) = (kind, &self.cfg.peer_tls) {
-            match TlsSession::server(&tls.server) {
+        let server_tls = match kind {
+            ConnKind::InboundPeer(..) => self.cfg.peer_tls.as_ref().map(|tls| &tls.server),
+            ConnKind::Client(_) => self.cfg.client_tls.as_ref(),
+            ConnKind::Kafka(_) | ConnKind::OutboundPeer(_) => None,
+        };
+        if let Some(server) = server_tls {
+            match TlsSession::server(server) {
                 Ok(session) => conn.tls = Some(session),
                 Err(error) => {
                     let reason = CloseReason::Tls {
                         error,
                         handshaking: true,
                     };
-                    tracing::warn!(%remote, "refusing peer connection: {reason}");
+                    tracing::warn!(%remote, "refusing {kind} connection: {reason}");
                     self.count_close(&reason);
                     self.inbound.retain(|_, s| *s != socket);
+                    self.clients.retain(|_, s| *s != socket);
                     self.reactor.close(socket);
                     return;
                 }

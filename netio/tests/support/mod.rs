@@ -15,8 +15,8 @@ use std::time::Duration;
 use raftline_log::{Batch, Record};
 use raftline_netio::client::ClientConfig;
 use raftline_netio::client_proto::{
-    decode_request, encode_batches, encode_response, ClientError, NodeRole, NodeStatus, Request,
-    Response, StartFrom,
+    decode_request, encode_batches, encode_response, AccessRole, ClientError, NodeRole, NodeStatus,
+    Request, Response, StartFrom,
 };
 use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::frame::{FrameDecoder, PAYLOAD_BYTES_MAX_DEFAULT};
@@ -358,6 +358,11 @@ pub fn serve(cluster: &FakeCluster, node: usize, mut stream: TcpStream) {
                     error: ClientError::Unavailable {
                         why: "the fake cluster has no membership".into(),
                     },
+                }),
+                // Nor an auth file: any token holds every role.
+                Request::Authenticate { request_id, .. } => Some(Response::Authenticated {
+                    request_id,
+                    role: AccessRole::Admin,
                 }),
             };
             if let Some(answer) = answer {

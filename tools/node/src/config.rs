@@ -4,13 +4,16 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use raftline_netio::net::{
-    PeerTlsFiles, BUFFER_BUDGET_BYTES_DEFAULT, CLIENTS_PER_SOURCE_MAX_DEFAULT,
+    load_certs, load_key, load_roots, server_config, ClientAuth, PeerTlsFiles, TlsError,
+    BUFFER_BUDGET_BYTES_DEFAULT, CLIENTS_PER_SOURCE_MAX_DEFAULT,
 };
 use raftline_netio::reactor::Backend;
 
+use crate::access::AccessPolicy;
 use crate::members::check_address;
 use crate::snapshots::SnapshotPolicy;
 
@@ -72,6 +75,41 @@ impl DiskEmulation {
              after it was issued, on top of the real write; figures are not this disk's",
             self.profile
         )
+    }
+}
+
+/// TLS on the client port: the node's certificate and key, and optionally the CA that client
+/// certificates must chain to (`--client-cert-file`, `--client-key-file`,
+/// `--client-trusted-ca-file`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    /// The certificate (chain) clients verify; it must name the host they dial.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// With it, client certificates are asked for and verified against this CA bundle (a
+    /// client without one is still admitted unless `cert_required`): the names of a verified
+    /// one are matched against the auth file's `[[certificate]]` entries.
+    pub trusted_ca: Option<PathBuf>,
+    /// Refuse clients that present no certificate (needs `trusted_ca`).
+    pub cert_required: bool,
+}
+
+impl ClientTlsFiles {
+    /// The rustls server configuration of the client port.
+    pub fn load(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let client_auth = match &self.trusted_ca {
+            None => ClientAuth::None,
+            Some(ca) => {
+                let roots = Arc::new(load_roots(ca)?);
+                if self.cert_required {
+                    ClientAuth::Required(roots)
+                } else {
+                    ClientAuth::Optional(roots)
+                }
+            }
+        };
+        server_config(load_certs(&self.cert)?, load_key(&self.key)?, client_auth)
     }
 }
 
@@ -152,6 +190,10 @@ pub struct NodeConfig {
     pub snapshots: SnapshotPolicy,
     /// Emulated device whose fdatasync latency the log imposes (benchmarks only).
     pub emulated_disk: Option<DiskEmulation>,
+    /// Who may do what on the client port (`--auth-file`; `None`: every request is served).
+    pub access: Option<AccessPolicy>,
+    /// TLS on the client port (`None`: plaintext).
+    pub client_tls: Option<ClientTlsFiles>,
     /// Things that work but deserve the operator's attention (filled by [`NodeConfig::validated`]).
     pub warnings: Vec<String>,
 }
@@ -227,6 +269,8 @@ impl NodeConfig {
             peer_security: PeerSecurity::Insecure,
             snapshots: SnapshotPolicy::default(),
             emulated_disk: None,
+            access: None,
+            client_tls: None,
             warnings: Vec::new(),
         }
     }
@@ -345,6 +389,42 @@ impl NodeConfig {
                 voters - 1,
                 voters + 1
             ));
+        }
+        if let (Some(listen), Some(_)) = (self.kafka_listen, &self.access) {
+            return refuse(format!(
+                "--auth-file with --kafka-listen {listen}: the Kafka port has no authentication \
+                 yet (SASL), so it would let anyone past the auth file; run the Kafka listener \
+                 only on a node without --auth-file"
+            ));
+        }
+        if let Some(tls) = &self.client_tls {
+            if tls.cert_required && tls.trusted_ca.is_none() {
+                return refuse(
+                    "--client-cert-required needs --client-trusted-ca-file (the CA client \
+                     certificates must chain to)"
+                        .into(),
+                );
+            }
+        }
+        let verifies_clients = self
+            .client_tls
+            .as_ref()
+            .is_some_and(|tls| tls.trusted_ca.is_some());
+        if let Some(access) = &self.access {
+            if access.certificates() > 0 && !verifies_clients {
+                self.warnings.push(
+                    "the auth file's [[certificate]] entries grant nothing without \
+                     --client-trusted-ca-file: no client certificate is asked for"
+                        .into(),
+                );
+            }
+            if self.client_tls.is_none() {
+                self.warnings.push(
+                    "--auth-file without client-port TLS (--client-cert-file): tokens cross \
+                     the network in the clear"
+                        .into(),
+                );
+            }
         }
         if let Some(listen) = self.kafka_listen {
             if listen.ip().is_unspecified() && !self.kafka_advertise.contains_key(&self.id) {

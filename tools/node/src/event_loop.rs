@@ -27,6 +27,7 @@ use raftline_netio::net::{ClientId, Net, NetEvent, PeerTls, SendWithError};
 use raftline_netio::peer_codec::{decode_message, encode_message, PeerCodecError};
 use raftline_replicator::{Index, MemberAddress, Message, Role};
 
+use crate::access::{Access, AccessPolicy, Verdict};
 use crate::appends::{Appends, GrantError, Proposal};
 use crate::disk_watch::DiskWatch;
 use crate::kafka::Kafka;
@@ -142,6 +143,10 @@ pub struct EventLoop {
     snapshot_waiters: Vec<(ClientId, u64, Index)>,
     /// Warnings about peers' messages, rate-limited (a flood must not flood the log).
     peer_warnings: WarnLimit,
+    /// Each client connection's role and the check of its requests.
+    access: Access,
+    /// Warnings about refused client requests, rate-limited.
+    client_warnings: WarnLimit,
     /// Round trips of heartbeats to each peer (leader only).
     peer_rtt: PeerRtt,
     next_tick: Instant,
@@ -194,10 +199,18 @@ impl EventLoop {
             client_backlog: VecDeque::new(),
             snapshot_waiters: Vec::new(),
             peer_warnings: WarnLimit::default(),
+            access: Access::default(),
+            client_warnings: WarnLimit::default(),
             peer_rtt,
             more_ready: false,
             peer_tls_reloads: None,
         }
+    }
+
+    /// Checks every client request against `policy` (without one, every request is served).
+    pub fn with_access(mut self, policy: Option<AccessPolicy>) -> EventLoop {
+        self.access = Access::new(policy);
+        self
     }
 
     /// Hands the peer port each reloaded TLS configuration received on `reloads`.
@@ -387,106 +400,20 @@ impl EventLoop {
                 }
             }
             NetEvent::ClientFrame { client, frame } => match decode_request(frame) {
-                Ok(Request::Append {
-                    request_id,
-                    ack,
-                    batch,
-                }) => self.appends.append(net, client, request_id, ack, batch),
-                Ok(Request::Subscribe {
-                    subscription_id,
-                    from,
-                    window_bytes,
-                }) => self.subscriptions.subscribe(
-                    net,
-                    &self.replica,
-                    client,
-                    subscription_id,
-                    from,
-                    window_bytes,
-                ),
-                Ok(Request::SubscribeSnapshot {
-                    subscription_id,
-                    window_bytes,
-                    resume,
-                }) => self.subscriptions.subscribe_snapshot(
-                    net,
-                    &self.replica,
-                    client,
-                    subscription_id,
-                    window_bytes,
-                    resume,
-                ),
-                Ok(Request::SnapshotNow { request_id }) => match self.replica.request_snapshot() {
-                    Ok(index) => self.snapshot_waiters.push((client, request_id, index)),
-                    Err(why) => {
-                        let error = ClientError::Unavailable { why };
-                        self.replier.error(net, client, request_id, error);
+                // Every request passes the access check, here and nowhere else.
+                Ok(request) => {
+                    let is_named = |name: &str| net.client_is_named(client, name);
+                    match self.access.judge(client, request, is_named) {
+                        Verdict::Serve(request) => self.serve(client, request),
+                        Verdict::Authenticated(answer) => {
+                            self.replier.respond(net, client, &answer)
+                        }
+                        Verdict::Refused {
+                            answer,
+                            reason,
+                            close,
+                        } => self.refuse_client(client, &answer, reason, close),
                     }
-                },
-                Ok(Request::InitProducer { request_id }) => {
-                    let reply = match self.appends.grant_producer(&self.replica, None) {
-                        Ok((producer_id, epoch)) => Response::ProducerGranted {
-                            request_id,
-                            producer_id,
-                            epoch,
-                        },
-                        Err(GrantError::DiskFull(full)) => Response::Error {
-                            request_id,
-                            error: ClientError::DiskFull {
-                                path: full.path.display().to_string(),
-                                free_bytes: full.free_bytes,
-                            },
-                        },
-                        Err(e) => Response::Error {
-                            request_id,
-                            error: ClientError::Unavailable { why: e.to_string() },
-                        },
-                    };
-                    self.replier.respond(net, client, &reply);
-                }
-                Ok(Request::Credit {
-                    subscription_id,
-                    bytes,
-                }) => self.subscriptions.credit(client, subscription_id, bytes),
-                Ok(Request::Status { request_id }) => {
-                    let disk_bytes = self.disk_bytes.load(Ordering::Relaxed);
-                    let status = status(
-                        &self.cfg,
-                        &self.members,
-                        &self.replica,
-                        net,
-                        disk_bytes,
-                        &self.disk_watch,
-                    );
-                    let reply = Response::StatusReply { request_id, status };
-                    self.replier.respond(net, client, &reply);
-                }
-                Ok(Request::MemberList { request_id }) => {
-                    self.member_request(client, request_id, MemberRequest::List)
-                }
-                Ok(Request::MemberAdd {
-                    request_id,
-                    id,
-                    peer_address,
-                    client_address,
-                }) => {
-                    let request = MemberRequest::Add {
-                        id,
-                        peer_address,
-                        client_address,
-                    };
-                    self.member_request(client, request_id, request)
-                }
-                Ok(Request::MemberPromote { request_id, id }) => {
-                    self.member_request(client, request_id, MemberRequest::Promote(id))
-                }
-                Ok(Request::MemberRemove {
-                    request_id,
-                    id,
-                    force,
-                }) => self.member_request(client, request_id, MemberRequest::Remove(id, force)),
-                Ok(Request::LeaderTransfer { request_id, to }) => {
-                    self.member_request(client, request_id, MemberRequest::Transfer(to))
                 }
                 Err(e) => {
                     // Say why, then close that connection.
@@ -503,7 +430,10 @@ impl EventLoop {
                     .request(net, &self.replica, &mut self.appends, client, frame)
             }
             NetEvent::KafkaClosed { client, .. } => self.kafka.closed(client),
-            NetEvent::ClientClosed { client, .. } => self.subscriptions.closed(client),
+            NetEvent::ClientClosed { client, .. } => {
+                self.subscriptions.closed(client);
+                self.access.closed(client);
+            }
             NetEvent::ClientDrained { client } => self.subscriptions.drained(client),
             NetEvent::PeerUp { id } => tracing::info!(peer = id, "peer connection up"),
             NetEvent::PeerDown { id } => {
@@ -511,6 +441,136 @@ impl EventLoop {
                 self.members.peer_down(id);
             }
             NetEvent::Woken => {}
+        }
+    }
+
+    /// Serves one request the access check let through.
+    fn serve(&mut self, client: ClientId, request: Request) {
+        let net = &mut self.net;
+        match request {
+            Request::Append {
+                request_id,
+                ack,
+                batch,
+            } => self.appends.append(net, client, request_id, ack, batch),
+            Request::Subscribe {
+                subscription_id,
+                from,
+                window_bytes,
+            } => self.subscriptions.subscribe(
+                net,
+                &self.replica,
+                client,
+                subscription_id,
+                from,
+                window_bytes,
+            ),
+            Request::SubscribeSnapshot {
+                subscription_id,
+                window_bytes,
+                resume,
+            } => self.subscriptions.subscribe_snapshot(
+                net,
+                &self.replica,
+                client,
+                subscription_id,
+                window_bytes,
+                resume,
+            ),
+            Request::SnapshotNow { request_id } => match self.replica.request_snapshot() {
+                Ok(index) => self.snapshot_waiters.push((client, request_id, index)),
+                Err(why) => {
+                    let error = ClientError::Unavailable { why };
+                    self.replier.error(net, client, request_id, error);
+                }
+            },
+            Request::InitProducer { request_id } => {
+                let reply = match self.appends.grant_producer(&self.replica, None) {
+                    Ok((producer_id, epoch)) => Response::ProducerGranted {
+                        request_id,
+                        producer_id,
+                        epoch,
+                    },
+                    Err(GrantError::DiskFull(full)) => Response::Error {
+                        request_id,
+                        error: ClientError::DiskFull {
+                            path: full.path.display().to_string(),
+                            free_bytes: full.free_bytes,
+                        },
+                    },
+                    Err(e) => Response::Error {
+                        request_id,
+                        error: ClientError::Unavailable { why: e.to_string() },
+                    },
+                };
+                self.replier.respond(net, client, &reply);
+            }
+            Request::Credit {
+                subscription_id,
+                bytes,
+            } => self.subscriptions.credit(client, subscription_id, bytes),
+            Request::Status { request_id } => {
+                let disk_bytes = self.disk_bytes.load(Ordering::Relaxed);
+                let status = status(
+                    &self.cfg,
+                    &self.members,
+                    &self.replica,
+                    net,
+                    disk_bytes,
+                    &self.disk_watch,
+                );
+                let reply = Response::StatusReply { request_id, status };
+                self.replier.respond(net, client, &reply);
+            }
+            Request::MemberList { request_id } => {
+                self.member_request(client, request_id, MemberRequest::List)
+            }
+            Request::MemberAdd {
+                request_id,
+                id,
+                peer_address,
+                client_address,
+            } => {
+                let request = MemberRequest::Add {
+                    id,
+                    peer_address,
+                    client_address,
+                };
+                self.member_request(client, request_id, request)
+            }
+            Request::MemberPromote { request_id, id } => {
+                self.member_request(client, request_id, MemberRequest::Promote(id))
+            }
+            Request::MemberRemove {
+                request_id,
+                id,
+                force,
+            } => self.member_request(client, request_id, MemberRequest::Remove(id, force)),
+            Request::LeaderTransfer { request_id, to } => {
+                self.member_request(client, request_id, MemberRequest::Transfer(to))
+            }
+            Request::Authenticate { .. } => unreachable!("the access check answers Authenticate"),
+        }
+    }
+
+    /// Answers a request the access check refused (counted by `reason`, warned of at a limited
+    /// rate: a client guessing tokens must not flood the log), and closes the connection if
+    /// `close`.
+    fn refuse_client(
+        &mut self,
+        client: ClientId,
+        answer: &Response,
+        reason: &'static str,
+        close: bool,
+    ) {
+        self.metrics.count_client_refusal(reason);
+        if let Some(suppressed) = self.client_warnings.admit(Instant::now()) {
+            tracing::warn!(%client, reason, suppressed, "client request refused");
+        }
+        self.replier.respond(&mut self.net, client, answer);
+        if close {
+            self.net.close_client(client, reason);
+            self.subscriptions.closed(client);
         }
     }
 

@@ -9,6 +9,7 @@
 //! - [`identity`]: the data directory's owner (cluster, node), checked at every start.
 //! - [`event_loop`]: the raft thread's loop; [`event_loop::EventLoop::round`] shows the order of
 //!   a round's effects in one function.
+//! - [`access`]: who may do what on the client port (the auth file's roles), checked first.
 //! - [`appends`]: client appends from validation to acknowledgement.
 //! - [`replica`]: the core + log + hard state, driven without a network (testable in memory).
 //! - [`storage`]: Raft entries ↔ log batches and the core's `Storage` over the log.
@@ -18,6 +19,7 @@
 //! - [`metrics`]: the Prometheus endpoint's data and renderer.
 //! - [`peer_rtt`]: heartbeat round trips to each peer, held against the election timeout.
 
+pub mod access;
 pub mod appends;
 pub mod config;
 mod disk_watch;
@@ -118,6 +120,9 @@ pub enum NodeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The client port's TLS files could not be loaded.
+    #[error("client-port TLS: {0}")]
+    ClientTls(raftline_netio::net::TlsError),
     /// The raft thread panicked (an invariant of this node failed; its message is in the log).
     #[error("the raft thread panicked")]
     Panicked,
@@ -184,6 +189,9 @@ impl Node {
         net_cfg.clients_per_source_max = cfg.clients_per_source_max;
         net_cfg.buffer_budget_bytes = cfg.connection_buffers_bytes;
         net_cfg.kafka_listen = cfg.kafka_listen;
+        if let Some(files) = &cfg.client_tls {
+            net_cfg.client_tls = Some(files.load().map_err(NodeError::ClientTls)?);
+        }
         net_cfg.kafka_request_bytes_max =
             cfg.batch_bytes_max + config::KAFKA_REQUEST_HEADROOM_BYTES;
         // The files' stamp is taken before the load: a file replaced meanwhile is reloaded.
@@ -321,7 +329,8 @@ impl Node {
             Arc::clone(&metrics),
             Arc::clone(&stop),
             peer_names,
-        );
+        )
+        .with_access(cfg.access.clone());
         if let (PeerSecurity::Tls(files), Some(stamp)) = (&cfg.peer_security, peer_tls_stamp) {
             let reloads =
                 tls_reload::watch(files.clone(), stamp, waker.clone()).map_err(|source| {

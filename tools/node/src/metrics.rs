@@ -82,6 +82,8 @@ pub struct Metrics {
     pub producer_refusals: AtomicU64,
     /// Peer messages dropped because no correct peer could have sent them, by reason.
     peer_refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Client requests refused by the access check, by reason.
+    client_refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Damaged storage repaired when the node started, by kind.
     repairs: Vec<(Repair, u64)>,
     /// The network's buffers and closes, as last published.
@@ -111,6 +113,7 @@ impl Metrics {
             producer_duplicates: AtomicU64::new(0),
             producer_refusals: AtomicU64::new(0),
             peer_refused: Mutex::new(BTreeMap::new()),
+            client_refused: Mutex::new(BTreeMap::new()),
             repairs: Repair::ALL.iter().map(|&r| (r, 0)).collect(),
             net: Mutex::new(NetStats::default()),
         }
@@ -173,6 +176,16 @@ impl Metrics {
     pub fn count_peer_refusal(&self, reason: &'static str) {
         *self
             .peer_refused
+            .lock()
+            .expect("metrics lock")
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Counts one client request the access check refused for `reason` (a metrics label).
+    pub fn count_client_refusal(&self, reason: &'static str) {
+        *self
+            .client_refused
             .lock()
             .expect("metrics lock")
             .entry(reason)
@@ -508,6 +521,17 @@ impl Metrics {
         for (reason, n) in refused {
             out.push_str(&format!(
                 "raftline_peer_messages_refused_total{{reason=\"{reason}\"}} {n}\n"
+            ));
+        }
+        let refused = self.client_refused.lock().expect("metrics lock").clone();
+        out.push_str(
+            "# HELP raftline_client_requests_refused_total Client requests refused by the auth \
+             file's roles, by reason (unauthenticated, forbidden, bad_credentials).\n\
+             # TYPE raftline_client_requests_refused_total counter\n",
+        );
+        for (reason, n) in refused {
+            out.push_str(&format!(
+                "raftline_client_requests_refused_total{{reason=\"{reason}\"}} {n}\n"
             ));
         }
         let net = self.net.lock().expect("metrics lock").clone();

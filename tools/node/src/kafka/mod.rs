@@ -73,6 +73,7 @@ mod code {
     pub const UNKNOWN_PRODUCER_ID: ErrorCode = E::UnknownProducerId.code();
     pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: ErrorCode =
         E::TransactionalIdAuthorizationFailed.code();
+    pub const TOPIC_AUTHORIZATION_FAILED: ErrorCode = E::TopicAuthorizationFailed.code();
     pub const UNKNOWN_SERVER_ERROR: ErrorCode = E::UnknownServerError.code();
     pub const KAFKA_STORAGE_ERROR: ErrorCode = E::KafkaStorageError.code();
     pub const POLICY_VIOLATION: ErrorCode = E::PolicyViolation.code();
@@ -103,6 +104,10 @@ fn append_error_code(error: &ClientError) -> ErrorCode {
         | ClientError::LearnerBehind { .. }
         | ClientError::WouldLoseQuorum { .. }
         | ClientError::MembershipRefused { .. } => code::CORRUPT_MESSAGE,
+        // The Kafka port has no authentication (a node with an auth file has no Kafka port).
+        ClientError::Forbidden { .. } | ClientError::BadCredentials => {
+            code::TOPIC_AUTHORIZATION_FAILED
+        }
     }
 }
 
