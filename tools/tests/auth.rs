@@ -362,6 +362,7 @@ fn an_auth_file_with_a_kafka_listener_is_refused_at_start() {
             CLUSTER,
             "--peers",
             "1=127.0.0.1:1",
+            "--peer-insecure",
         ])
         .args([
             "--client-listen",
