@@ -272,9 +272,10 @@ pub struct Net {
     keepalive_frame: Vec<u8>,
     completions: Vec<Completion>,
     events: Vec<NetEvent>,
-    /// Failed TLS handshakes and refused identities: warned at most once a second (a stranger
-    /// scanning the port must not fill the log).
-    auth_warnings: WarnLimit,
+    /// Connections closed for what they sent (bad frames, failed TLS handshakes, refused
+    /// identities and messages, ...): warned at most once a second, the rest counted in the next
+    /// line and in `stats.closed` by reason (a stranger flooding a port must not fill the log).
+    refusal_warnings: WarnLimit,
 }
 
 impl std::fmt::Debug for Net {
@@ -377,7 +378,7 @@ impl Net {
             keepalive_frame,
             completions: Vec::new(),
             events: Vec::new(),
-            auth_warnings: WarnLimit::default(),
+            refusal_warnings: WarnLimit::default(),
         })
     }
 
@@ -1387,18 +1388,13 @@ impl Net {
         self.reactor.close(socket);
         self.count_close(&reason);
         let kind = conn.kind;
-        if matches!(
-            reason,
-            CloseReason::Tls { .. } | CloseReason::PeerIdentity(_)
-        ) {
-            match self.auth_warnings.admit(Instant::now()) {
+        if reason.is_bad_input() {
+            match self.refusal_warnings.admit(Instant::now()) {
                 Some(suppressed) => {
                     tracing::warn!(remote = %conn.remote, suppressed, "closing {kind}: {reason}")
                 }
                 None => tracing::debug!(remote = %conn.remote, "closing {kind}: {reason}"),
             }
-        } else if reason.is_bad_input() {
-            tracing::warn!(remote = %conn.remote, "closing {kind}: {reason}");
         } else if matches!(kind, ConnKind::OutboundPeer(_)) && !conn.established {
             tracing::debug!(remote = %conn.remote, "closing {kind}: {reason}");
         } else {
