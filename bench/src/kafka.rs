@@ -174,11 +174,19 @@ pub fn run(args: KafkaBenchArgs) -> anyhow::Result<ExitCode> {
     let run_dir = RunDir::create(&args.dir)?;
     let base = local_cluster::free_base_port()?;
     let kafka_base = base + KAFKA_PORT_OFFSET;
+    // Every path's records must stay in the log until it is read back: compaction would move the
+    // log start past the first producers' records (kcat then resets to the end and reads nothing).
+    let mut server_args = args.server_args.clone();
+    if !server_args.iter().any(|a| a.starts_with("--retain-mib")) {
+        let log_bytes = 3 * (args.records as u64 + 1) * (args.value_bytes as u64 + 64);
+        let retain_mib = ((2 * log_bytes) >> 20).max(256);
+        server_args.push(format!("--retain-mib={retain_mib}"));
+    }
     let mut cluster = LocalCluster::start_with_kafka(
         run_dir.path(),
         base,
         CLUSTER,
-        &args.server_args,
+        &server_args,
         Some(kafka_base),
     )?;
     let result = measure(&args, &mut cluster, run_dir.path(), base, kafka_base);
