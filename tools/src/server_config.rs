@@ -22,7 +22,7 @@ use raftline_node::config::{
     HEARTBEAT_MS_DEFAULT, SEGMENT_BYTES_DEFAULT, TICK_MS_DEFAULT,
 };
 use raftline_node::snapshots::SnapshotPolicy;
-use raftline_node::{NodeConfig, PeerSecurity};
+use raftline_node::{JoinCredentials, NodeConfig, PeerSecurity};
 
 use raftline_bench::emulated_disk::DiskProfile;
 
@@ -70,6 +70,14 @@ pub struct ServerArgs {
     /// --client-listen, which must not be a wildcard then].
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise_client_addr: Option<String>,
+    /// A file holding a token with the admin role, sent when joining (--join) a cluster started
+    /// with --auth-file (adding a member is an admin request).
+    #[arg(long, value_name = "FILE")]
+    pub join_token_file: Option<PathBuf>,
+    /// The CA bundle (PEM) the members' client-port certificates (--client-cert-file) chain to:
+    /// the join talks TLS to the member it joins through.
+    #[arg(long, value_name = "FILE")]
+    pub join_tls_ca: Option<PathBuf>,
     /// Check the settings and print what the node would do (bootstrap with --peers, or join
     /// through --join announcing which addresses), then exit: nothing is bound, resolved or
     /// written (names are checked for their form only).
@@ -216,6 +224,8 @@ struct FileConfig {
     join: Option<String>,
     advertise_peer_addr: Option<String>,
     advertise_client_addr: Option<String>,
+    join_token_file: Option<PathBuf>,
+    join_tls_ca: Option<PathBuf>,
     listen: Option<SocketAddr>,
     client_listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
@@ -331,6 +341,15 @@ impl ServerArgs {
             .or(file.cluster_id)
             .context("--cluster-id is required")?;
         let join = self.join.or(file.join);
+        let join_credentials = JoinCredentials {
+            token_file: self.join_token_file.or(file.join_token_file),
+            tls_ca: self.join_tls_ca.or(file.join_tls_ca),
+        };
+        if join.is_none()
+            && (join_credentials.token_file.is_some() || join_credentials.tls_ca.is_some())
+        {
+            bail!("--join-token-file and --join-tls-ca are what a node presents when it joins: give --join too");
+        }
         let peers_text = match (self.peers, file.peers) {
             (Some(text), _) => parse_id_map(&text)?,
             (None, Some(map)) => file_map(map, "peers")?,
@@ -430,6 +449,7 @@ impl ServerArgs {
             peer_names: peers_text,
             peer_clients,
             join,
+            join_credentials,
             advertise_peer,
             advertise_client,
             listen,

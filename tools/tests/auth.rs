@@ -621,3 +621,62 @@ fn a_node_that_requires_client_certificates_refuses_a_client_without_one() {
         "a client without a certificate was served"
     );
 }
+
+#[test]
+fn a_node_joins_a_cluster_that_requires_tls_and_tokens_with_its_join_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(&dir, "clients");
+    let mut cluster = start_with_tls(&dir, &ca, &[], &[]);
+    let path = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let join_args = |token: &str| {
+        let file = dir.path().join(format!("join-token-{token}"));
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        vec![
+            "--join-tls-ca".to_string(),
+            path(&ca.ca_file()),
+            "--join-token-file".to_string(),
+            path(&file),
+        ]
+    };
+
+    // A produce token may not add a member: the join is refused at once and the node exits.
+    let refused = cluster.add_joiner(1);
+    cluster.nodes[refused as usize - 1].args = join_args(PRODUCE_TOKEN);
+    cluster.spawn(refused);
+    let exit = cluster.await_exit(refused, DEADLINE).unwrap_or_else(|| {
+        panic!(
+            "the join with a produce token went on\n{}",
+            cluster.log_of(refused)
+        )
+    });
+    assert!(!exit.success());
+    assert!(
+        cluster.log_of(refused).contains("admin"),
+        "the refusal names the role needed\n{}",
+        cluster.log_of(refused)
+    );
+
+    // With the admin token over TLS, it is added as a learner.
+    let joiner = cluster.add_joiner(1);
+    cluster.nodes[joiner as usize - 1].args = join_args(ADMIN_TOKEN);
+    cluster.spawn(joiner);
+    let mut admin = ca.client(&cluster, None);
+    admin.token = Some(ADMIN_TOKEN.into());
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let list = raftline_netio::client::admin::members(&admin).unwrap();
+        if list
+            .members
+            .iter()
+            .any(|m| m.member.id == joiner && !m.member.voter)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {joiner} never joined: {list:?}\n{}",
+            cluster.log_of(joiner)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -118,6 +118,17 @@ impl ClientTlsFiles {
 #[error("{0}")]
 pub struct ConfigError(String);
 
+/// A joining node's credentials for the client port of the member it joins through: adding a
+/// member is an admin request, so a cluster started with `--auth-file` wants a token with the
+/// admin role, and one whose client port runs TLS wants the CA its certificates chain to.
+#[derive(Debug, Clone, Default)]
+pub struct JoinCredentials {
+    /// A file holding the token (read at the join, so it shows in no process listing).
+    pub token_file: Option<PathBuf>,
+    /// The CA bundle (PEM) the members' client-port certificates chain to: the join talks TLS.
+    pub tls_ca: Option<PathBuf>,
+}
+
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -137,6 +148,9 @@ pub struct NodeConfig {
     /// asks to be added as a learner at its announced addresses ([`NodeConfig::announced`]);
     /// `peers` is then empty.
     pub join: Option<String>,
+    /// What a joining node presents to the member it joins through, for a cluster whose client
+    /// port requires them (`--join-token-file`, `--join-tls-ca`).
+    pub join_credentials: JoinCredentials,
     /// The peer address a joining node announces (`--advertise-peer-addr`, `ip:port` or a name)
     /// [default: `listen`].
     pub advertise_peer: Option<String>,
@@ -243,6 +257,7 @@ impl NodeConfig {
             peer_names: BTreeMap::new(),
             peer_clients: BTreeMap::new(),
             join: None,
+            join_credentials: JoinCredentials::default(),
             advertise_peer: None,
             advertise_client: None,
             listen,

@@ -60,7 +60,7 @@ use raftline_netio::reactor::BackendKind as NetBackend;
 use raftline_pinning::{Layout, LayoutError, Role, Waker};
 use raftline_replicator::{Config, Index, MemberAddress, Membership};
 
-pub use config::{ConfigError, DiskEmulation, NodeConfig, PeerSecurity};
+pub use config::{ConfigError, DiskEmulation, JoinCredentials, NodeConfig, PeerSecurity};
 
 use appends::{AppendConfig, Appends};
 use event_loop::{EventLoop, LoopConfig, LoopError};
@@ -420,12 +420,24 @@ fn join(
     via: &str,
 ) -> Result<BTreeMap<u64, MemberAddress>, NodeError> {
     use raftline_netio::client::{admin, ClientConfig};
-    let client = ClientConfig::new(vec![via.to_string()], cluster_id);
-    let (peer, client_address) = cfg.announced();
+    use raftline_netio::net::{client_config, load_roots};
     let failed = |why: String| NodeError::Join {
         via: via.to_string(),
         why,
     };
+    let mut client = ClientConfig::new(vec![via.to_string()], cluster_id);
+    let credentials = &cfg.join_credentials;
+    if let Some(path) = &credentials.token_file {
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| failed(format!("reading the join token {}: {e}", path.display())))?;
+        client.token = Some(token.trim().to_string());
+    }
+    if let Some(ca) = &credentials.tls_ca {
+        let roots = load_roots(ca).map_err(|e| failed(e.to_string()))?;
+        let tls = client_config(Arc::new(roots), None).map_err(|e| failed(e.to_string()))?;
+        client.tls = Some(tls);
+    }
+    let (peer, client_address) = cfg.announced();
     let members = match admin::add_learner(&client, cfg.id, &peer, &client_address) {
         Ok(changed) => {
             tracing::info!(index = changed.index, "joined the cluster as a learner");
