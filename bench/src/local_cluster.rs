@@ -54,9 +54,14 @@ fn id_list(addr: impl Fn(u64) -> SocketAddr) -> String {
 }
 
 /// A base port whose twelve node ports (Kafka's included) are all free right now, below the kernel's ephemeral
-/// range (32768+ on Linux) so that no outbound connection takes one of them meanwhile.
+/// range (32768+ on Linux) so that no outbound connection takes one of them meanwhile. Each call
+/// in a process starts at another block: the ports are only probed, not held, so two clusters
+/// started at once in one process (parallel tests) would otherwise both find the first block
+/// free and one of them would fail to bind it.
 pub fn free_base_port() -> anyhow::Result<u16> {
-    let first = 20_000 + (std::process::id() % 40) as u16 * 300;
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 40;
+    let first = 20_000 + ((std::process::id() % 40) as u16 + call) % 40 * 300;
     for step in 0..40u16 {
         let base = 20_000 + (first - 20_000 + step * 300) % 12_000;
         let all_free = (1..=NODES).all(|id| {
@@ -511,7 +516,13 @@ impl LocalCluster {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(id) = self.exited() {
-                bail!("node {id} exited during start-up; see its log file");
+                let log = std::fs::read_to_string(self.data.join(format!("node-{id}.log")))
+                    .unwrap_or_default();
+                let from = (log.len().saturating_sub(2000)..log.len())
+                    .find(|&i| log.is_char_boundary(i))
+                    .unwrap_or(log.len());
+                let tail = &log[from..];
+                bail!("node {id} exited during start-up; the end of its log:\n{tail}");
             }
             let mut config = self.client_config();
             config.connect_timeout = Duration::from_millis(500);
