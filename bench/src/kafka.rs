@@ -427,15 +427,16 @@ fn produce_native(
 ) -> anyhow::Result<ProduceFigures> {
     let mut producer = Producer::new(config.clone());
     let value = vec![b'n'; args.value_bytes];
-    let mut sent_at = Vec::with_capacity(args.records + 1);
-    // The warm-up record (connection, producer id), sequence 0, outside the window.
-    sent_at.push(Instant::now());
-    producer.send(Record {
+    let record = || Record {
         key: None,
         value: value.clone(),
         timestamp_ms: 0,
         headers: Vec::new(),
-    })?;
+    };
+    let mut sent_at = Vec::with_capacity(args.records + 1);
+    // The warm-up record (connection, producer id), sequence 0, outside the window.
+    sent_at.push(Instant::now());
+    producer.send(record())?;
     producer.flush()?;
     take(&mut producer, &mut LatencyRecorder::new(), &sent_at)?;
     let window = watch.start()?;
@@ -443,12 +444,7 @@ fn produce_native(
     let started = Instant::now();
     for _ in 0..args.records {
         sent_at.push(Instant::now());
-        producer.send(Record {
-            key: None,
-            value: value.clone(),
-            timestamp_ms: 0,
-            headers: Vec::new(),
-        })?;
+        producer.send(record())?;
         take(&mut producer, &mut latency, &sent_at)?;
     }
     producer.flush()?;

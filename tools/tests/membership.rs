@@ -125,6 +125,29 @@ fn wait_for(what: &str, cluster: &Cluster, mut cond: impl FnMut() -> bool) {
 }
 
 /// Runs a CLI command that must succeed; returns its output.
+/// `raftline member add --learner` for node `id` at these addresses; asserts it was added.
+fn add_learner(cluster: &Cluster, id: u64, peer_addr: &str, client_addr: &str) {
+    let id_text = id.to_string();
+    let out = cli_ok(
+        cluster,
+        &[
+            "member",
+            "add",
+            "--learner",
+            "--id",
+            &id_text,
+            "--peer-addr",
+            peer_addr,
+            "--client-addr",
+            client_addr,
+        ],
+    );
+    assert!(
+        out.contains(&format!("node {id} added as a learner")),
+        "{out}"
+    );
+}
+
 fn cli_ok(cluster: &Cluster, args: &[&str]) -> String {
     let (ok, out, err) = cluster.cli(args);
     assert!(ok, "raftline {args:?} failed: {err}\n{out}");
@@ -286,21 +309,7 @@ fn the_cluster_grows_from_three_to_five_voters_and_back_under_load() {
     promote(&cluster, four);
     let five = cluster.add_joiner(2);
     let (peer, client) = (cluster.node(five).peer, cluster.node(five).client);
-    let out = cli_ok(
-        &cluster,
-        &[
-            "member",
-            "add",
-            "--learner",
-            "--id",
-            "5",
-            "--peer-addr",
-            &peer.to_string(),
-            "--client-addr",
-            &client.to_string(),
-        ],
-    );
-    assert!(out.contains("node 5 added as a learner"), "{out}");
+    add_learner(&cluster, five, &peer.to_string(), &client.to_string());
     cluster.spawn(five);
     promote(&cluster, five);
     assert!(
@@ -391,21 +400,7 @@ fn members_known_by_name_are_dialled_by_every_node_also_after_a_restart() {
     // Node 4 is added by the operator under names, then started: it announces the same names.
     let four = cluster.add_joiner(1);
     let (peer, client) = (cluster.node(four).peer, cluster.node(four).client);
-    let out = cli_ok(
-        &cluster,
-        &[
-            "member",
-            "add",
-            "--learner",
-            "--id",
-            "4",
-            "--peer-addr",
-            &by_name(peer),
-            "--client-addr",
-            &by_name(client),
-        ],
-    );
-    assert!(out.contains("node 4 added as a learner"), "{out}");
+    add_learner(&cluster, four, &by_name(peer), &by_name(client));
     let advertise = |peer, client| {
         [
             "--advertise-peer-addr",
