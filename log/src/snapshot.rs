@@ -60,6 +60,7 @@ pub fn write_snapshot_streamed(
             crc: crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi),
             written: 0,
             half: payload_bytes / 2,
+            writeback: Writeback::new(&file),
         };
         out.inner.write_all(&head).map_err(|e| io("writing", e))?;
         out.crc.update(&head[16..]);
@@ -97,6 +98,14 @@ pub fn write_snapshot_streamed(
 /// Bytes buffered between the payload's writer and the file.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
 
+/// Bytes of payload after which their writeback is started, and the step before waited for.
+/// Without it a snapshot (hundreds of MB) sits dirty in the page cache until the final fsync,
+/// which then queues all of it on the disk at once: the log's fdatasyncs wait behind it (append
+/// p99 68.7 ms during 1M-key snapshots against 1.14 ms without, bench/RESULTS.md). Paced, at
+/// most two steps are in flight, so a log sync waits behind at most that much (RocksDB's
+/// `bytes_per_sync` does the same for its SST files).
+const WRITEBACK_STEP_BYTES: u64 = 8 << 20;
+
 /// The payload's way to the file: checksummed and counted as it passes.
 struct ChecksummedWriter<'a> {
     inner: BufWriter<&'a std::fs::File>,
@@ -104,6 +113,69 @@ struct ChecksummedWriter<'a> {
     written: u64,
     /// Payload bytes after which `snapshot-write-half` fires.
     half: u64,
+    writeback: Writeback,
+}
+
+/// Paced writeback of a file being written front to back: `sync_file_range` starts the
+/// writeback of each step and waits for the one before. It is pacing only, never durability
+/// (the file is fsynced at the end); where the file system refuses it, pacing stops.
+struct Writeback {
+    fd: std::os::fd::RawFd,
+    /// File bytes whose writeback has been started.
+    started: u64,
+    /// Start of the step started last (waited for when the next one starts).
+    previous: u64,
+    refused: bool,
+}
+
+impl Writeback {
+    fn new(file: &File) -> Writeback {
+        Writeback {
+            fd: std::os::fd::AsRawFd::as_raw_fd(file),
+            started: 0,
+            previous: 0,
+            refused: false,
+        }
+    }
+
+    /// `end` bytes of the file have been written (reached the kernel).
+    fn written_through(&mut self, end: u64) {
+        if self.refused || end - self.started < WRITEBACK_STEP_BYTES {
+            return;
+        }
+        let start = libc::SYNC_FILE_RANGE_WRITE;
+        let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: plain syscalls on a file descriptor this writer's file keeps open.
+        let ok = unsafe {
+            libc::sync_file_range(
+                self.fd,
+                self.started as i64,
+                (end - self.started) as i64,
+                start,
+            ) == 0
+                // A length of 0 would mean "to the end of the file": the first step has no
+                // step before it to wait for.
+                && (self.started == self.previous
+                    || libc::sync_file_range(
+                        self.fd,
+                        self.previous as i64,
+                        (self.started - self.previous) as i64,
+                        wait,
+                    ) == 0)
+        };
+        if !ok {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "sync_file_range refused: snapshot writeback is not paced"
+            );
+            self.refused = true;
+            return;
+        }
+        self.previous = self.started;
+        self.started = end;
+    }
 }
 
 impl Write for ChecksummedWriter<'_> {
@@ -116,6 +188,9 @@ impl Write for ChecksummedWriter<'_> {
             self.inner.flush()?;
             crash_point("snapshot-write-half");
         }
+        // What the buffer has passed on is in the kernel: everything but what it still holds.
+        let in_kernel = HEADER_BYTES as u64 + self.written - self.inner.buffer().len() as u64;
+        self.writeback.written_through(in_kernel);
         Ok(n)
     }
 
@@ -311,6 +386,42 @@ pub fn remove_snapshots_below(dir: &Path, keep_from_index: u64) -> Result<usize,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writeback_starts_each_step_and_waits_for_the_one_before() {
+        let dir = scratch();
+        let mut file = File::create(dir.path().join("paced")).unwrap();
+        let mut paced = Writeback::new(&file);
+        let chunk = vec![7u8; 1 << 20];
+        for mib in 1..=20u64 {
+            file.write_all(&chunk).unwrap();
+            paced.written_through(mib << 20);
+        }
+        assert!(!paced.refused, "a regular file takes sync_file_range");
+        assert_eq!(
+            paced.started,
+            16 << 20,
+            "writeback started at each 8 MiB step"
+        );
+        assert_eq!(paced.previous, 8 << 20, "the step before was waited for");
+    }
+
+    #[test]
+    fn a_file_that_refuses_sync_file_range_is_written_unpaced() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills the two descriptors, each owned once below.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (read_end, write_end) = unsafe {
+            use std::os::fd::FromRawFd;
+            (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
+        };
+        let mut paced = Writeback::new(&write_end);
+        paced.written_through(WRITEBACK_STEP_BYTES);
+        assert!(paced.refused, "a pipe refuses sync_file_range (ESPIPE)");
+        paced.written_through(2 * WRITEBACK_STEP_BYTES);
+        assert_eq!(paced.started, 0, "no pacing once refused");
+        drop(read_end);
+    }
 
     fn write_snapshot(
         dir: &Path,
