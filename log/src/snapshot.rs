@@ -113,14 +113,14 @@ struct ChecksummedWriter<'a> {
     written: u64,
     /// Payload bytes after which `snapshot-write-half` fires.
     half: u64,
-    writeback: Writeback,
+    writeback: Writeback<'a>,
 }
 
 /// Paced writeback of a file being written front to back: `sync_file_range` starts the
 /// writeback of each step and waits for the one before. It is pacing only, never durability
 /// (the file is fsynced at the end); where the file system refuses it, pacing stops.
-struct Writeback {
-    fd: std::os::fd::RawFd,
+struct Writeback<'a> {
+    file: &'a File,
     /// File bytes whose writeback has been started.
     started: u64,
     /// Start of the step started last (waited for when the next one starts).
@@ -128,10 +128,10 @@ struct Writeback {
     refused: bool,
 }
 
-impl Writeback {
-    fn new(file: &File) -> Writeback {
+impl<'a> Writeback<'a> {
+    fn new(file: &'a File) -> Writeback<'a> {
         Writeback {
-            fd: std::os::fd::AsRawFd::as_raw_fd(file),
+            file,
             started: 0,
             previous: 0,
             refused: false,
@@ -147,10 +147,11 @@ impl Writeback {
         let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE
             | libc::SYNC_FILE_RANGE_WRITE
             | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-        // SAFETY: plain syscalls on a file descriptor this writer's file keeps open.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.file);
+        // SAFETY: plain syscalls on the descriptor of a file borrowed for this writer's life.
         let ok = unsafe {
             libc::sync_file_range(
-                self.fd,
+                fd,
                 self.started as i64,
                 (end - self.started) as i64,
                 start,
@@ -159,7 +160,7 @@ impl Writeback {
                 // step before it to wait for.
                 && (self.started == self.previous
                     || libc::sync_file_range(
-                        self.fd,
+                        fd,
                         self.previous as i64,
                         (self.started - self.previous) as i64,
                         wait,
@@ -390,11 +391,11 @@ mod tests {
     #[test]
     fn writeback_starts_each_step_and_waits_for_the_one_before() {
         let dir = scratch();
-        let mut file = File::create(dir.path().join("paced")).unwrap();
+        let file = File::create(dir.path().join("paced")).unwrap();
         let mut paced = Writeback::new(&file);
         let chunk = vec![7u8; 1 << 20];
         for mib in 1..=20u64 {
-            file.write_all(&chunk).unwrap();
+            (&file).write_all(&chunk).unwrap();
             paced.written_through(mib << 20);
         }
         assert!(!paced.refused, "a regular file takes sync_file_range");
