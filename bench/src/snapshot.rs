@@ -37,13 +37,13 @@ seconds; append -> ack latency p50/p99;\n\
 each node's time from request to durable snapshot, and the snapshot file's size;\n\
 3. a consumer streams the state from a follower (the snapshot, then the log to its end): \
 time and records/s;\n\
-4. a follower is killed, its data directory deleted, and it is restarted while the probe goes \
-on: time until it holds the log up to the leader's end at its restart, through InstallSnapshot \
+4. a follower is killed and its data directory deleted, and it is replaced as the runbook \
+replaces a dead node (tools/deploy/README.md) while the probe goes on: removed from the \
+configuration, then a fresh node 4 joins (--join) and catches up as a learner: time from node \
+4's start until it holds the log up to the leader's end at that start, through InstallSnapshot \
 (every snapshot drops the log below it: the nodes run with --retain-mib 0; the report says if \
-the leader could still send the whole log instead), and the probe's latency meanwhile. With \
---replace it is replaced as the runbook replaces a dead node instead (tools/deploy/README.md): \
-removed from the configuration, then a fresh node 4 joins (--join) and catches up as a learner; \
-the time runs from node 4's start.\n\n\
+the leader could still send the whole log instead), and the probe's latency meanwhile. (A wiped \
+voter restarted under its id is refused by the cluster: it lost its vote.)\n\n\
 Timing figures are only meaningful on an idle machine: the report prints the load average at \
 start and end. Exit status: 0 on success, 1 on error.";
 
@@ -72,9 +72,9 @@ pub struct SnapshotBenchArgs {
     /// Keep the run directory (the nodes' data and log files).
     #[arg(long)]
     pub keep_dir: bool,
-    /// Rebuild the killed follower as the runbook replaces a dead node: remove it, then a fresh
-    /// node joins with --join (instead of restarting the wiped node under its old id).
-    #[arg(long)]
+    /// Accepted for scripts written when a wiped follower could also be restarted under its
+    /// id: replacing it (remove, then a fresh node joins) is now the only way.
+    #[arg(long, hide = true)]
     pub replace: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
@@ -129,8 +129,7 @@ pub struct SnapshotReport {
     pub stream_s: f64,
     /// Snapshot records per second of `stream_s`.
     pub stream_records_per_s: f64,
-    /// How the killed follower was rebuilt: "restart" (wiped, restarted under its old id) or
-    /// "replace" (removed; a fresh node joined).
+    /// How the killed follower was rebuilt: "replace" (removed; a fresh node joined).
     pub rebuild_mode: &'static str,
     /// The rebuilt node's id.
     pub rebuilt_node: u64,
@@ -302,7 +301,7 @@ fn run_in(args: &SnapshotBenchArgs, run_dir: &RunDir) -> anyhow::Result<Snapshot
     let (stream_records, stream_s) = stream_state(&cluster, follower, &config)?;
 
     probe.set(Phase::Rebuild);
-    let rebuilt = rebuild(&mut cluster, order[2], leader, &config, args.replace)?;
+    let rebuilt = replace(&mut cluster, order[2], leader, &config)?;
     let recorders = probe.finish()?;
     cluster.stop();
     Ok(SnapshotReport {
@@ -319,7 +318,7 @@ fn run_in(args: &SnapshotBenchArgs, run_dir: &RunDir) -> anyhow::Result<Snapshot
         stream_records,
         stream_s,
         stream_records_per_s: stream_records as f64 / stream_s.max(f64::MIN_POSITIVE),
-        rebuild_mode: if args.replace { "replace" } else { "restart" },
+        rebuild_mode: "replace",
         rebuilt_node: rebuilt.node,
         rebuild_s: rebuilt.seconds,
         rebuilt_snapshot_bytes: rebuilt.status.snapshot.as_ref().map_or(0, |s| s.bytes),
@@ -390,30 +389,22 @@ struct Rebuilt {
     status: NodeStatus,
 }
 
-/// Kills follower `id` and deletes its data directory; then restarts it under its id, or, with
-/// `replace`, removes it from the configuration and starts a fresh node that joins. Returns when
-/// the rebuilt node holds the log up to the leader's end at its start.
-fn rebuild(
+/// Kills follower `id` and deletes its data directory, removes it from the configuration and
+/// starts a fresh node that joins. Returns when the new node holds the log up to the leader's
+/// end at its start.
+fn replace(
     cluster: &mut LocalCluster,
     id: u64,
     leader: u64,
     config: &ClientConfig,
-    replace: bool,
 ) -> anyhow::Result<Rebuilt> {
     cluster.kill(id)?;
     let dir = cluster.node_dir(id);
     std::fs::remove_dir_all(&dir).with_context(|| format!("wiping {}", dir.display()))?;
-    if replace {
-        admin::remove(config, id, false).with_context(|| format!("removing node {id}"))?;
-    }
+    admin::remove(config, id, false).with_context(|| format!("removing node {id}"))?;
     let end = status_of(&cluster.client_addr(leader).to_string(), config)?.log_end_offset;
     let started = Instant::now();
-    let (node, role) = if replace {
-        (cluster.join(leader)?, NodeRole::Learner)
-    } else {
-        cluster.restart(id)?;
-        (id, NodeRole::Follower)
-    };
+    let (node, role) = (cluster.join(leader)?, NodeRole::Learner);
     let address = cluster.client_addr(node).to_string();
     loop {
         if let Ok(status) = status_of(&address, config) {
@@ -470,15 +461,9 @@ pub fn render_text(r: &SnapshotReport) -> String {
         r.stream_records, r.stream_s, r.stream_records_per_s
     ));
     out.push_str(&format!(
-        "{} in {:.2} s {}: {} snapshot bytes and {} records of log copied\n",
-        if r.rebuild_mode == "replace" {
-            format!(
-                "wiped follower replaced (removed; node {} joined)",
-                r.rebuilt_node
-            )
-        } else {
-            "wiped follower rebuilt (restarted under its id)".to_string()
-        },
+        "wiped follower replaced (removed; node {} joined) in {:.2} s {}: {} snapshot bytes and \
+         {} records of log copied\n",
+        r.rebuilt_node,
         r.rebuild_s,
         if r.rebuilt_by_install_snapshot {
             "through InstallSnapshot"

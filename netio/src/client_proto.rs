@@ -539,6 +539,9 @@ pub enum Request {
         peer_address: String,
         /// Where clients reach it.
         client_address: String,
+        /// Its data directory incarnation (a joining node's own; 0: recorded by the leader
+        /// when the node first connects).
+        incarnation: u64,
     },
     /// Admin (leader): make learner `id` a voter (refused until it has caught up).
     MemberPromote {
@@ -586,6 +589,8 @@ pub struct Member {
     pub client_address: String,
     /// A voter (else a learner).
     pub voter: bool,
+    /// Its data directory incarnation as the configuration records it (0: not recorded yet).
+    pub incarnation: u64,
 }
 
 /// A member as the leader sees it.

@@ -75,14 +75,24 @@ fn arb_request() -> impl Strategy<Value = Request> {
         }),
         any::<u64>().prop_map(|request_id| Request::Status { request_id }),
         any::<u64>().prop_map(|request_id| Request::MemberList { request_id }),
-        (any::<u64>(), any::<u64>(), any::<String>(), any::<String>()).prop_map(
-            |(request_id, id, peer_address, client_address)| Request::MemberAdd {
-                request_id,
-                id,
-                peer_address,
-                client_address,
-            }
-        ),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<String>(),
+            any::<String>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(request_id, id, peer_address, client_address, incarnation)| {
+                    Request::MemberAdd {
+                        request_id,
+                        id,
+                        peer_address,
+                        client_address,
+                        incarnation,
+                    }
+                }
+            ),
         (any::<u64>(), any::<u64>())
             .prop_map(|(request_id, id)| Request::MemberPromote { request_id, id }),
         (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(request_id, id, force)| {
@@ -109,13 +119,17 @@ fn arb_member() -> impl Strategy<Value = Member> {
         any::<String>(),
         any::<String>(),
         any::<bool>(),
+        any::<u64>(),
     )
-        .prop_map(|(id, peer_address, client_address, voter)| Member {
-            id,
-            peer_address,
-            client_address,
-            voter,
-        })
+        .prop_map(
+            |(id, peer_address, client_address, voter, incarnation)| Member {
+                id,
+                peer_address,
+                client_address,
+                voter,
+                incarnation,
+            },
+        )
 }
 
 fn arb_error() -> impl Strategy<Value = ClientError> {

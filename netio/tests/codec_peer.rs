@@ -82,8 +82,13 @@ fn arb_body() -> impl Strategy<Value = MessageBody> {
             prop::collection::vec(any::<u64>(), 0..3),
             prop::collection::btree_map(
                 any::<u64>(),
-                ("[a-z0-9.:-]{0,24}", "[a-z0-9.:-]{0,24}")
-                    .prop_map(|(peer, client)| MemberAddress { peer, client }),
+                ("[a-z0-9.:-]{0,24}", "[a-z0-9.:-]{0,24}", any::<u64>()).prop_map(
+                    |(peer, client, incarnation)| MemberAddress {
+                        peer,
+                        client,
+                        incarnation,
+                    },
+                ),
                 0..3,
             ),
             any::<u64>(),

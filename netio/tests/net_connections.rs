@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use raftline_netio::cluster_id::ClusterId;
 use raftline_netio::frame::{self, FrameHeader, FrameType, FRAME_HEADER_BYTES};
-use raftline_netio::net::{BindError, ClientId, CloseReason, Net, NetConfig, NetEvent, SendError};
+use raftline_netio::net::{
+    BindError, ClientId, CloseReason, Net, NetConfig, NetEvent, PeerHello, SendError,
+};
 use raftline_netio::reactor::{Backend, BackendKind};
 
 const BACKENDS: [Backend; 2] = [Backend::Uring, Backend::Poll];
@@ -318,6 +320,99 @@ fn a_peer_added_at_run_time_is_dialled_and_admitted_and_a_removed_one_is_cut_off
     }
 }
 
+fn hello_from(from: u64) -> impl FnMut(&NetEvent) -> Option<PeerHello> {
+    move |e| match e {
+        NetEvent::PeerHello { from: f, hello } if *f == from => Some(*hello),
+        _ => None,
+    }
+}
+
+#[test]
+fn hellos_carry_incarnations_and_another_than_the_recorded_one_is_refused() {
+    for backend in BACKENDS {
+        let (addr1, addr2) = (reserved_addr(), reserved_addr());
+        let mut cfg1 = config(1, addr1, &[(2, addr2)], backend);
+        cfg1.incarnation = 0x11;
+        let mut cfg2 = config(2, addr2, &[(1, addr1)], backend);
+        cfg2.incarnation = 0x22;
+        let mut a = Node::bind(cfg1);
+        a.net.set_peer_incarnation(2, 0x22);
+        a.net.set_pristine(true);
+        let mut b = Node::bind(cfg2);
+        b.net.set_pristine(true);
+        let said = wait_event(&mut [&mut a, &mut b], 1, hello_from(1));
+        assert_eq!(
+            said,
+            PeerHello {
+                incarnation: 0x11,
+                recorded_for_you: 0x22,
+                pristine: true
+            },
+            "a hello says who dials, what it records for the receiver, and that it is pristine"
+        );
+        assert_eq!(
+            wait_event(&mut [&mut a, &mut b], 0, hello_from(2)).incarnation,
+            0x22,
+            "the recorded incarnation is admitted"
+        );
+        // Node 2's directory is replaced: a hello from another incarnation is refused.
+        let peer_addr = a.net.local_addrs().peer;
+        let other = PeerHello {
+            incarnation: 0x99,
+            recorded_for_you: 0,
+            pristine: true,
+        };
+        let mut wiped = TcpStream::connect(peer_addr).unwrap();
+        let hello = encoded(FrameType::PeerHello, CLUSTER, 2, &other.encode());
+        wiped.write_all(&hello).unwrap();
+        wait_closed(&mut [&mut a, &mut b], &mut wiped);
+        assert!(
+            !a.events.iter().any(
+                |e| matches!(e, NetEvent::PeerHello { hello, .. } if hello.incarnation == 0x99)
+            ),
+            "the refused hello never reached the node"
+        );
+        // Recording another incarnation later closes the pristine connection that said the old
+        // one.
+        b.net.send_peer(1, peer_message(2, b"before")).unwrap();
+        assert_eq!(
+            wait_event(&mut [&mut a, &mut b], 0, peer_frame(2)),
+            b"before"
+        );
+        a.net.set_peer_incarnation(2, 0x33);
+        wait_event(&mut [&mut a, &mut b], 1, |e| {
+            matches!(e, NetEvent::PeerDown { id: 1 }).then_some(())
+        });
+        for _ in 0..50 {
+            turn(&mut [&mut a, &mut b]);
+            let _ = b.net.send_peer(1, peer_message(2, b"after"));
+        }
+        assert!(
+            !a.events
+                .iter()
+                .any(|e| matches!(e, NetEvent::PeerFrame { from: 2, .. })),
+            "nothing from the unrecorded directory is admitted: {:?}",
+            a.events
+        );
+        let refused = a.net.stats().closed.get("incarnation").copied();
+        assert!(refused >= Some(2), "counted by reason: {refused:?}");
+        // A node with a log under another incarnation is admitted: it was removed and joined
+        // again, and this configuration is one its holder is still catching up through.
+        let rejoined = PeerHello {
+            incarnation: 0x77,
+            recorded_for_you: 0,
+            pristine: false,
+        };
+        let mut stream = TcpStream::connect(peer_addr).unwrap();
+        let hello = encoded(FrameType::PeerHello, CLUSTER, 2, &rejoined.encode());
+        stream.write_all(&hello).unwrap();
+        assert_eq!(
+            wait_event(&mut [&mut a, &mut b], 0, hello_from(2)),
+            rejoined
+        );
+    }
+}
+
 /// A named bad input and a test of the close reason it must produce.
 type BadInput = (&'static str, Vec<u8>, fn(&CloseReason) -> bool);
 
@@ -550,6 +645,10 @@ fn bad_input_on_the_peer_port_closes_only_that_connection() {
             ),
             ("unknown sender", hello(9)),
             ("own id", hello(1)),
+            (
+                "malformed hello",
+                encoded(FrameType::PeerHello, CLUSTER, 2, b"short"),
+            ),
             ("message before hello", peer_message(2, b"x")),
         ];
         for (what, bytes) in cases {

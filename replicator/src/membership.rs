@@ -20,6 +20,10 @@ pub enum MembershipChange {
     PromoteLearner(NodeId),
     /// Remove a voter or learner (a leader removing itself steps down once that commits).
     Remove(NodeId),
+    /// Replace a member's addresses (it moved), or record its incarnation: voters and learners
+    /// stay as they are. A recorded incarnation cannot be changed (remove the node and add it
+    /// again: the new data directory must not inherit the old one's vote).
+    UpdateAddress(NodeId, MemberAddress),
 }
 
 /// Why a membership change was refused.
@@ -60,16 +64,27 @@ pub enum MembershipError {
     /// Node id 0 is reserved.
     #[error("node id 0 is reserved")]
     ZeroId,
+    /// The member's recorded incarnation differs from the one given.
+    #[error(
+        "node {id} is recorded with incarnation {recorded:016x}, not {given:016x}: a member's \
+         data directory cannot be exchanged in place (remove it, then add it again)"
+    )]
+    IncarnationRecorded {
+        id: NodeId,
+        recorded: u64,
+        given: u64,
+    },
 }
 
 /// Bytes of a membership entry's header: magic and the counts (two in the first version,
 /// three since the address book).
 const HEADER_BYTES_V1: usize = 12;
 const HEADER_BYTES: usize = 16;
-/// The first version: ids only (still decoded: logs and snapshots written before the address
-/// book).
+/// The first version: ids only; the second: the address book without incarnations. Both are
+/// still decoded (logs and snapshots written before them), incarnations as 0 (not recorded).
 const MAGIC_V1: u32 = 0x4d42_5352; // "RSBM"
-const MAGIC: u32 = 0x3242_5352; // "RSB2"
+const MAGIC_V2: u32 = 0x3242_5352; // "RSB2"
+const MAGIC: u32 = 0x3342_5352; // "RSB3"
 /// Longest address the encoding holds (a `u16` length).
 pub const ADDRESS_BYTES_MAX: usize = u16::MAX as usize;
 
@@ -128,15 +143,30 @@ impl Membership {
                 next.learners.retain(|&l| l != id);
                 next.addresses.remove(&id);
             }
+            MembershipChange::UpdateAddress(id, ref address) => {
+                if !self.contains(id) {
+                    return Err(MembershipError::NotAMember(id));
+                }
+                let recorded = self.addresses.get(&id).map_or(0, |a| a.incarnation);
+                if recorded != 0 && address.incarnation != recorded {
+                    return Err(MembershipError::IncarnationRecorded {
+                        id,
+                        recorded,
+                        given: address.incarnation,
+                    });
+                }
+                next.addresses.insert(id, address.clone());
+            }
         }
         next.voters.sort_unstable();
         next.learners.sort_unstable();
         Ok(next)
     }
 
-    /// The payload of a configuration entry (and a snapshot's configuration): `"RSB2"`, voter,
+    /// The payload of a configuration entry (and a snapshot's configuration): `"RSB3"`, voter,
     /// learner and address counts (u32 LE each), the ids (u64 LE), then per address its node id
-    /// (u64 LE) and the peer and client address (u16 LE length, UTF-8 bytes each).
+    /// (u64 LE), the peer and client address (u16 LE length, UTF-8 bytes each) and the
+    /// incarnation (u64 LE).
     /// Addresses longer than [`ADDRESS_BYTES_MAX`] are cut (a driver refuses them first).
     pub fn encode(&self) -> Vec<u8> {
         let mut out =
@@ -155,6 +185,7 @@ impl Membership {
                 out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
                 out.extend_from_slice(bytes);
             }
+            out.extend_from_slice(&address.incarnation.to_le_bytes());
         }
         out
     }
@@ -166,7 +197,7 @@ impl Membership {
         let (voters, learners) = (r.u32()? as usize, r.u32()? as usize);
         let addresses = match magic {
             MAGIC_V1 => 0,
-            MAGIC => r.u32()? as usize,
+            MAGIC_V2 | MAGIC => r.u32()? as usize,
             _ => return None,
         };
         debug_assert_eq!(
@@ -190,7 +221,15 @@ impl Membership {
             let id = r.u64()?;
             let peer = r.text()?;
             let client = r.text()?;
-            book.insert(id, MemberAddress { peer, client });
+            let incarnation = if magic == MAGIC { r.u64()? } else { 0 };
+            book.insert(
+                id,
+                MemberAddress {
+                    peer,
+                    client,
+                    incarnation,
+                },
+            );
         }
         if r.at != bytes.len() {
             return None;
@@ -314,6 +353,7 @@ mod tests {
         MemberAddress {
             peer: format!("10.0.0.{n}:7301"),
             client: format!("10.0.0.{n}:7300"),
+            incarnation: 0x1000 + n,
         }
     }
 
@@ -386,6 +426,72 @@ mod tests {
         assert_eq!(
             m.apply(&MembershipChange::Remove(2)),
             Ok(members(&[1, 3], &[]))
+        );
+    }
+
+    #[test]
+    fn a_second_version_entry_decodes_with_no_incarnation_recorded() {
+        let mut v2 = Vec::new();
+        for word in [MAGIC_V2, 1, 0, 1] {
+            v2.extend_from_slice(&word.to_le_bytes());
+        }
+        v2.extend_from_slice(&1u64.to_le_bytes());
+        v2.extend_from_slice(&1u64.to_le_bytes());
+        for text in ["10.0.0.1:7301", "10.0.0.1:7300"] {
+            v2.extend_from_slice(&(text.len() as u16).to_le_bytes());
+            v2.extend_from_slice(text.as_bytes());
+        }
+        let mut expected = members(&[1], &[]);
+        expected.addresses.insert(
+            1,
+            MemberAddress {
+                incarnation: 0,
+                ..address(1)
+            },
+        );
+        assert_eq!(Membership::decode(&v2), Some(expected));
+    }
+
+    #[test]
+    fn an_address_update_records_an_incarnation_once_and_never_changes_it() {
+        let mut m = members(&[1, 2, 3], &[]);
+        let unrecorded = MemberAddress {
+            incarnation: 0,
+            ..address(2)
+        };
+        m.addresses.insert(2, unrecorded);
+        let recorded = m
+            .apply(&MembershipChange::UpdateAddress(2, address(2)))
+            .unwrap();
+        assert_eq!(recorded.voters, m.voters, "voters stay as they were");
+        assert_eq!(recorded.addresses[&2], address(2));
+        let moved = MemberAddress {
+            peer: "10.9.9.9:7301".into(),
+            ..address(2)
+        };
+        assert_eq!(
+            recorded
+                .apply(&MembershipChange::UpdateAddress(2, moved.clone()))
+                .unwrap()
+                .addresses[&2],
+            moved,
+            "a member moves with its incarnation"
+        );
+        let other_disk = MemberAddress {
+            incarnation: 77,
+            ..address(2)
+        };
+        assert_eq!(
+            recorded.apply(&MembershipChange::UpdateAddress(2, other_disk)),
+            Err(MembershipError::IncarnationRecorded {
+                id: 2,
+                recorded: address(2).incarnation,
+                given: 77
+            })
+        );
+        assert_eq!(
+            recorded.apply(&MembershipChange::UpdateAddress(8, address(8))),
+            Err(MembershipError::NotAMember(8))
         );
     }
 

@@ -88,6 +88,11 @@ pub struct MemberAddress {
     pub peer: String,
     /// Where clients connect to it (appends, subscriptions, admin requests).
     pub client: String,
+    /// The member's data directory incarnation (a random number its identity file holds), 0
+    /// while not recorded. Once recorded it never changes while the node is a member: a node
+    /// under this id on another data directory (its disk was wiped or replaced) lost its vote
+    /// and log, and peers refuse its connections (tools/node/README.md "Incarnations").
+    pub incarnation: u64,
 }
 
 /// Where a snapshot ends: the last entry it covers, and the membership at that entry.

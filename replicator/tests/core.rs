@@ -1205,6 +1205,7 @@ fn the_address_book_travels_in_configuration_entries() {
     let address = raftline_replicator::MemberAddress {
         peer: "10.0.0.4:7301".into(),
         client: "10.0.0.4:7300".into(),
+        incarnation: 0x44,
     };
     nodes[0]
         .propose_membership(MembershipChange::AddLearner(4, address.clone()))

@@ -156,8 +156,8 @@ fn list(config: &ClientConfig) -> anyhow::Result<ExitCode> {
             .unwrap_or_default()
     );
     println!(
-        "{:>4}  {:<7}  {:<21}  {:<21}  {:>10}  {:>8}  {:>12}",
-        "id", "role", "peer", "client", "match", "lag", "last contact"
+        "{:>4}  {:<7}  {:<21}  {:<21}  {:>10}  {:>8}  {:>12}  {:<16}",
+        "id", "role", "peer", "client", "match", "lag", "last contact", "incarnation"
     );
     for m in &list.members {
         let role = match (m.member.voter, m.member.id == list.leader_id) {
@@ -176,14 +176,18 @@ fn list(config: &ClientConfig) -> anyhow::Result<ExitCode> {
             (false, None, _) => "never".to_string(),
         };
         println!(
-            "{:>4}  {:<7}  {:<21}  {:<21}  {:>10}  {:>8}  {:>12}",
+            "{:>4}  {:<7}  {:<21}  {:<21}  {:>10}  {:>8}  {:>12}  {:<16}",
             m.member.id,
             role,
             or_unknown(&m.member.peer_address),
             or_unknown(&m.member.client_address),
             m.match_index,
             m.lag_entries,
-            contact
+            contact,
+            match m.member.incarnation {
+                0 => "-".to_string(),
+                n => format!("{n:016x}"),
+            }
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -191,7 +195,7 @@ fn list(config: &ClientConfig) -> anyhow::Result<ExitCode> {
 
 fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
     let config = args.cluster.client_config()?;
-    let changed = admin::add_learner(&config, args.id, &args.peer_addr, &args.client_addr)?;
+    let changed = admin::add_learner(&config, args.id, &args.peer_addr, &args.client_addr, 0)?;
     print_change("added as a learner", args.id, &changed);
     if args.learner {
         return Ok(ExitCode::SUCCESS);

@@ -171,7 +171,11 @@ fn promote(cluster: &Cluster, id: u64) -> u32 {
             "promotion refused for another reason: {err}"
         );
         refusals += 1;
-        assert!(Instant::now() < deadline, "node {id} never promoted: {err}");
+        assert!(
+            Instant::now() < deadline,
+            "node {id} never promoted: {err}\n{}",
+            cluster.logs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -295,6 +299,126 @@ fn a_dead_node_is_replaced_by_a_fresh_one_that_catches_up_by_snapshot_under_load
             && log.contains(&format!("raftline member remove {fresh}")),
         "{log}"
     );
+}
+
+/// The incarnation `member list` shows for each member (`None`: not recorded yet).
+fn incarnations(cluster: &Cluster) -> BTreeMap<u64, Option<String>> {
+    let out = cli_ok(cluster, &["member", "list"]);
+    out.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let id = line.split_whitespace().next()?.parse().ok()?;
+            let last = line.split_whitespace().last()?;
+            Some((id, (last != "-").then(|| last.to_string())))
+        })
+        .collect()
+}
+
+/// A bootstrap voter whose disk is wiped, restarted with the same `--peers` (what a StatefulSet
+/// pod on a lost volume does), must not take part: it forgot its vote and the entries it
+/// acknowledged. Its peers know its data directory's incarnation, so it stops at once with the
+/// runbook in its error; removed and started with `--join`, the same id comes back as a new
+/// member holding every acknowledged record. With the check mutated away (`Vouching::hear`
+/// ignoring what a peer records for it) it starts as an empty voter and this test fails at the
+/// expected exit.
+#[test]
+fn a_wiped_bootstrap_voter_restarted_with_its_peers_is_refused_until_removed_and_joined() {
+    let mut cluster = Cluster::start(3, "auto");
+    let leader = cluster.wait_leader();
+    let tags: Vec<u64> = (0..200).collect();
+    let acked = append_window(cluster.node(leader).client, &tags, RECORDS, 16);
+    assert!(
+        acked.values().all(|o| matches!(o, Outcome::Acked { .. })),
+        "{acked:?}"
+    );
+    let end = tags.len() as u64 * RECORDS;
+    wait_for("every member's incarnation recorded", &cluster, || {
+        let recorded = incarnations(&cluster);
+        recorded.len() == 3 && recorded.values().all(Option::is_some)
+    });
+    let wiped = if leader == 3 { 2 } else { 3 };
+    let recorded = incarnations(&cluster)[&wiped].clone().unwrap();
+    cluster.kill(wiped);
+    cluster.wipe(wiped);
+    cluster.spawn(wiped);
+    let exit = cluster.await_exit(wiped, DEADLINE);
+    let log = cluster.log_of(wiped);
+    assert!(
+        exit.is_some_and(|e| !e.success()),
+        "a wiped voter restarted with --peers must stop: {exit:?}\n{log}"
+    );
+    assert!(
+        log.contains(&format!("records data directory incarnation {recorded}"))
+            && log.contains(&format!("raftline member remove {wiped}"))
+            && log.contains("--join"),
+        "the refusal names the incarnation and the runbook:\n{log}"
+    );
+    // The two others carry on meanwhile.
+    let more: Vec<u64> = (200..220).collect();
+    let acked = append_window(cluster.node(leader).client, &more, RECORDS, 16);
+    assert!(
+        acked.values().all(|o| matches!(o, Outcome::Acked { .. })),
+        "{acked:?}"
+    );
+    // The runbook: remove it, then the same id joins on a new directory.
+    let out = cli_ok(&cluster, &["member", "remove", &wiped.to_string()]);
+    assert!(out.contains(&format!("node {wiped} removed")), "{out}");
+    cluster.wipe(wiped);
+    cluster.nodes[wiped as usize - 1].join = Some(cluster.node(leader).client.to_string());
+    cluster.spawn(wiped);
+    promote(&cluster, wiped);
+    let end = end + more.len() as u64 * RECORDS;
+    wait_for("the rejoined node holding every record", &cluster, || {
+        status(cluster.node(wiped).client)
+            .is_ok_and(|s| s.commit_index > 0 && s.log_end_offset >= end)
+    });
+    let records = read_all(cluster.node(wiped).client, end);
+    assert_eq!(
+        records.len() as u64,
+        end,
+        "every acknowledged record is on it"
+    );
+    let now = incarnations(&cluster);
+    wait_for("the new directory's incarnation recorded", &cluster, || {
+        incarnations(&cluster)[&wiped]
+            .as_ref()
+            .is_some_and(|i| *i != recorded)
+    });
+    assert_eq!(now.len(), 3, "{now:?}");
+}
+
+/// A first start does not need every node: two of three pristine nodes vouch for each other
+/// and elect a leader; the third, started later on its own new directory, is vouched for by
+/// the two (which hold a log and record nothing for it), catches up and has its incarnation
+/// recorded. With the pristine rule mutated away (`Vouching::verdict` requiring a quorum of
+/// the others) the first two wait for the third and `wait_leader` fails.
+#[test]
+fn a_first_start_with_a_node_missing_elects_and_the_late_node_takes_part_when_it_comes() {
+    let mut cluster = Cluster::start_but(3, &[3]);
+    let leader = cluster.wait_leader();
+    let tags: Vec<u64> = (0..50).collect();
+    let acked = append_window(cluster.node(leader).client, &tags, RECORDS, 16);
+    assert!(
+        acked.values().all(|o| matches!(o, Outcome::Acked { .. })),
+        "{acked:?}"
+    );
+    let end = tags.len() as u64 * RECORDS;
+    cluster.spawn(3);
+    wait_for("the late node catching up", &cluster, || {
+        status(cluster.node(3).client).is_ok_and(|s| s.log_end_offset >= end && s.commit_index > 0)
+    });
+    assert_eq!(read_all(cluster.node(3).client, end).len() as u64, end);
+    for id in 1..=3 {
+        assert!(
+            cluster.log_of(id).contains("vouched for"),
+            "node {id}\n{}",
+            cluster.log_of(id)
+        );
+    }
+    wait_for("every member's incarnation recorded", &cluster, || {
+        let recorded = incarnations(&cluster);
+        recorded.len() == 3 && recorded.values().all(Option::is_some)
+    });
 }
 
 #[test]

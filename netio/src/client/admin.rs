@@ -6,7 +6,7 @@
 //! (the connection died, `Timeout`, `Unavailable`) leaves the outcome unknown and is returned:
 //! `member list` tells whether the change happened.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::client::leader::LeaderLink;
 use crate::client::{ClientConfig, Error};
@@ -53,18 +53,21 @@ pub fn members(config: &ClientConfig) -> Result<MemberList, Error> {
     }
 }
 
-/// Adds node `id` as a learner reached at these addresses; returns once the change committed.
+/// Adds node `id` as a learner reached at these addresses, on the data directory of
+/// `incarnation` (0: recorded when it first connects); returns once the change committed.
 pub fn add_learner(
     config: &ClientConfig,
     id: u64,
     peer_address: &str,
     client_address: &str,
+    incarnation: u64,
 ) -> Result<MembershipChanged, Error> {
     change(config, |request_id| Request::MemberAdd {
         request_id,
         id,
         peer_address: peer_address.to_string(),
         client_address: client_address.to_string(),
+        incarnation,
     })
 }
 
@@ -116,8 +119,11 @@ fn change(
     }
 }
 
-/// Sends `request` to the leader and returns its answer; follows `NotLeader` hints until the
-/// fail-over timeout.
+/// Pause before asking again for a change refused with `ChangeNotNow`.
+const CHANGE_RETRY: Duration = Duration::from_millis(50);
+
+/// Sends `request` to the leader and returns its answer; follows `NotLeader` hints and retries
+/// `ChangeNotNow` until the fail-over timeout.
 fn ask_leader(config: &ClientConfig, request: impl Fn(u64) -> Request) -> Result<Response, Error> {
     let deadline = Instant::now() + config.failover_timeout;
     let mut link = LeaderLink::new(config.clone());
@@ -144,6 +150,13 @@ fn ask_leader(config: &ClientConfig, request: impl Fn(u64) -> Request) -> Result
                 error: ClientError::NotLeader { leader_address, .. },
                 ..
             } if Instant::now() < deadline => link.reset(leader_address),
+            // One change at a time (another, perhaps the leader's own recording of a member's
+            // incarnation, is committing) or a new leader not ready for changes: it says to
+            // retry shortly.
+            Response::Error {
+                error: ClientError::ChangeNotNow { .. },
+                ..
+            } if Instant::now() < deadline => std::thread::sleep(CHANGE_RETRY),
             Response::Error { error, .. } => return Err(Error::Refused { address, error }),
             answer => return Ok(answer),
         }

@@ -47,6 +47,19 @@ pub enum CloseReason {
     UnknownPeer(u64),
     /// A peer hello carrying this node's own id (a node connected to itself, or a clone).
     OwnId(u64),
+    /// A peer hello whose payload is not a hello.
+    BadHello,
+    /// A pristine peer's hello from a data directory other than the one the configuration
+    /// records for that node (its disk was wiped or replaced: it lost the vote and log its id
+    /// stands for).
+    Incarnation {
+        /// The node.
+        peer: u64,
+        /// The incarnation its hello announced.
+        found: u64,
+        /// The one recorded.
+        recorded: u64,
+    },
     /// A peer connection switched sender ids.
     SenderChanged {
         /// The id its hello announced.
@@ -122,6 +135,8 @@ impl CloseReason {
             CloseReason::NoHello(_) => "no_hello",
             CloseReason::UnknownPeer(_) => "unknown_peer",
             CloseReason::OwnId(_) => "own_id",
+            CloseReason::BadHello => "bad_hello",
+            CloseReason::Incarnation { .. } => "incarnation",
             CloseReason::SenderChanged { .. } => "sender_changed",
             CloseReason::UnexpectedData => "unexpected_data",
             CloseReason::HelloTimeout(_) => "hello_timeout",
@@ -178,6 +193,18 @@ impl fmt::Display for CloseReason {
             CloseReason::NoHello(t) => write!(f, "first frame is {t:?}, not PeerHello"),
             CloseReason::UnknownPeer(id) => write!(f, "node {id} is not a configured peer"),
             CloseReason::OwnId(id) => write!(f, "peer hello carries this node's own id {id}"),
+            CloseReason::BadHello => write!(f, "peer hello payload is malformed"),
+            CloseReason::Incarnation {
+                peer,
+                found,
+                recorded,
+            } => write!(
+                f,
+                "node {peer} said hello from data directory incarnation {found:016x}, but the \
+                 cluster records {recorded:016x} for it: its disk was wiped or replaced, and a \
+                 member that lost its vote and log must not take part (`raftline member remove \
+                 {peer}`, then start it with --join)"
+            ),
             CloseReason::SenderChanged { from, to } => {
                 write!(f, "sender id changed from {from} to {to}")
             }

@@ -21,6 +21,8 @@ pub const BUFFER_BUDGET_BYTES_DEFAULT: usize = 512 << 20;
 pub struct NetConfig {
     /// This node's id (never 0: that is the clients' sender id).
     pub node_id: u64,
+    /// This node's data directory incarnation, announced in every hello (0: not known).
+    pub incarnation: u64,
     /// The cluster every frame on both ports must belong to.
     pub cluster_id: ClusterId,
     /// Where peers connect (port 0: the OS picks; see `Net::local_addrs`).
@@ -140,6 +142,7 @@ impl NetConfig {
         let frame_bytes = FRAME_HEADER_BYTES + PAYLOAD_BYTES_MAX_DEFAULT as usize;
         NetConfig {
             node_id,
+            incarnation: 0,
             cluster_id,
             peer_listen,
             client_listen,

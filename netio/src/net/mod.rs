@@ -39,6 +39,7 @@
 mod close_reason;
 mod config;
 mod conn;
+mod hello;
 mod kafka_framing;
 mod tls;
 
@@ -49,7 +50,9 @@ use std::time::{Duration, Instant};
 
 use raftline_pinning::Waker;
 
-use crate::frame::{self, Frame, FrameDecoder, FrameHeader, FrameType, CLIENT_SENDER_ID};
+use crate::frame::{
+    self, Frame, FrameDecoder, FrameHeader, FrameType, CLIENT_SENDER_ID, FRAME_HEADER_BYTES,
+};
 use crate::reactor::{BackendKind, Completion, Reactor, SocketId};
 
 pub use close_reason::CloseReason;
@@ -57,6 +60,7 @@ pub use config::{
     NetConfig, NetConfigError, BUFFER_BUDGET_BYTES_DEFAULT, CLIENTS_PER_SOURCE_MAX_DEFAULT,
 };
 use conn::{Conn, ConnKind, Decoder, EnqueueError, QueueRefusal};
+pub use hello::{PeerHello, HELLO_BYTES};
 use kafka_framing::KafkaFrameDecoder;
 pub use kafka_framing::KafkaFrameError;
 use tls::TlsSession;
@@ -153,6 +157,13 @@ pub enum NetEvent {
     ClientDrained {
         /// The connection.
         client: ClientId,
+    },
+    /// Peer `from` said hello on a new inbound connection (its incarnation was not refused).
+    PeerHello {
+        /// The sender's node id.
+        from: u64,
+        /// What it said.
+        hello: PeerHello,
     },
     /// Our outbound connection to peer `id` is established.
     PeerUp {
@@ -260,15 +271,22 @@ pub struct Net {
     clients: HashMap<ClientId, SocketId>,
     next_client: u64,
     next_peer_conn: u64,
-    /// Inbound peer connections, and which holds each configured peer's slot.
+    /// Inbound peer connections, and which holds each configured peer's slot (with the hello
+    /// it said).
     inbound: HashMap<PeerConn, SocketId>,
-    peer_slots: BTreeMap<u64, PeerConn>,
+    peer_slots: BTreeMap<u64, (PeerConn, PeerHello)>,
+    /// The incarnation the configuration records for each peer (absent: none): a pristine
+    /// node's hello with another is refused (a wiped member). A node with a log and another
+    /// incarnation is admitted: this node's configuration may be one it is still catching up
+    /// through, from before that member was removed and joined again on a new directory.
+    recorded: BTreeMap<u64, u64>,
+    /// This node has no log entry, no snapshot and term 0 (said in its hellos).
+    pristine: bool,
     stats: NetStats,
     budget_checked_at: Instant,
     /// Client and Kafka connections are not read from (the node has a backlog of their work).
     clients_held: bool,
     paused_listeners: Vec<(SocketId, Instant)>,
-    hello_frame: Vec<u8>,
     keepalive_frame: Vec<u8>,
     completions: Vec<Completion>,
     events: Vec<NetEvent>,
@@ -341,7 +359,6 @@ impl Net {
             frame::encode(&mut out, header, &[]).expect("an empty payload fits");
             out
         };
-        let hello_frame = control_frame(FrameType::PeerHello);
         let keepalive_frame = control_frame(FrameType::Keepalive);
         tracing::info!(
             node = cfg.node_id,
@@ -370,11 +387,12 @@ impl Net {
             next_peer_conn: 1,
             inbound: HashMap::new(),
             peer_slots: BTreeMap::new(),
+            recorded: BTreeMap::new(),
+            pristine: false,
             stats: NetStats::default(),
             budget_checked_at: now,
             clients_held: false,
             paused_listeners: Vec::new(),
-            hello_frame,
             keepalive_frame,
             completions: Vec::new(),
             events: Vec::new(),
@@ -589,6 +607,55 @@ impl Net {
         }
         self.peers.remove(&peer);
         self.cfg.peers.remove(&peer);
+    }
+
+    /// The configuration records `incarnation` for `peer` (0: none recorded): from now on its
+    /// hellos as a pristine node must announce it, and its connection is closed if it said
+    /// another as one.
+    pub fn set_peer_incarnation(&mut self, peer: u64, incarnation: u64) {
+        if incarnation == 0 {
+            self.recorded.remove(&peer);
+            return;
+        }
+        if self.recorded.insert(peer, incarnation) == Some(incarnation) {
+            return;
+        }
+        let Some(&(conn, hello)) = self.peer_slots.get(&peer) else {
+            return;
+        };
+        if hello.pristine && hello.incarnation != incarnation {
+            if let Some(&socket) = self.inbound.get(&conn) {
+                let reason = CloseReason::Incarnation {
+                    peer,
+                    found: hello.incarnation,
+                    recorded: incarnation,
+                };
+                self.close(socket, reason);
+            }
+        }
+    }
+
+    /// Whether this node is pristine (no log entry, no snapshot, term 0), as its hellos say
+    /// from the next connection on.
+    pub fn set_pristine(&mut self, pristine: bool) {
+        self.pristine = pristine;
+    }
+
+    /// The hello frame opening a connection to `peer`.
+    fn hello_frame(&self, peer: u64) -> Vec<u8> {
+        let hello = PeerHello {
+            incarnation: self.cfg.incarnation,
+            recorded_for_you: self.recorded.get(&peer).copied().unwrap_or(0),
+            pristine: self.pristine,
+        };
+        let header = FrameHeader {
+            frame_type: FrameType::PeerHello,
+            cluster_id: self.cfg.cluster_id,
+            sender_id: self.cfg.node_id,
+        };
+        let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + HELLO_BYTES);
+        frame::encode(&mut out, header, &[&hello.encode()]).expect("a hello fits");
+        out
     }
 
     /// Whether `client`'s verified TLS client certificate names `name` (a DNS subject
@@ -828,7 +895,7 @@ impl Net {
                     self.cfg.peer_queue_bytes_max,
                     now,
                 );
-                conn.enqueue(self.hello_frame.clone(), now)
+                conn.enqueue(self.hello_frame(id), now)
                     .expect("an empty queue takes the hello");
                 self.conns.insert(socket, conn);
                 if let Some(tls) = &self.cfg.peer_tls {
@@ -1168,12 +1235,13 @@ impl Net {
         socket: SocketId,
         conn: PeerConn,
         sender: u64,
+        hello: PeerHello,
     ) -> Result<(), CloseReason> {
         let tls = self.conns.get(&socket).and_then(|c| c.tls.as_ref());
         if tls.is_some_and(|tls| !tls.peer_is_named(&node_name(sender))) {
             return Err(CloseReason::PeerIdentity(sender));
         }
-        if let Some(held) = self.peer_slots.insert(sender, conn) {
+        if let Some((held, _)) = self.peer_slots.insert(sender, (conn, hello)) {
             if let Some(&socket) = self.inbound.get(&held) {
                 self.close(socket, CloseReason::Replaced);
             }
@@ -1233,8 +1301,23 @@ impl Net {
                         if !self.cfg.peers.contains_key(&sender) {
                             return Err(CloseReason::UnknownPeer(sender));
                         }
-                        tracing::debug!(peer = sender, remote = %conn.remote, "peer hello");
-                        self.claim_peer_slot(socket, peer_conn, sender)?;
+                        let hello =
+                            PeerHello::decode(&frame.payload).ok_or(CloseReason::BadHello)?;
+                        if let Some(&recorded) = self.recorded.get(&sender) {
+                            if hello.pristine && hello.incarnation != recorded {
+                                return Err(CloseReason::Incarnation {
+                                    peer: sender,
+                                    found: hello.incarnation,
+                                    recorded,
+                                });
+                            }
+                        }
+                        tracing::debug!(peer = sender, remote = %conn.remote, ?hello, "peer hello");
+                        self.claim_peer_slot(socket, peer_conn, sender, hello)?;
+                        self.events.push(NetEvent::PeerHello {
+                            from: sender,
+                            hello,
+                        });
                         let conn = self
                             .conns
                             .get_mut(&socket)
@@ -1423,7 +1506,11 @@ impl Net {
             ConnKind::InboundPeer(peer_conn, known) => {
                 self.inbound.remove(&peer_conn);
                 if let Some(id) = known {
-                    if self.peer_slots.get(&id) == Some(&peer_conn) {
+                    if self
+                        .peer_slots
+                        .get(&id)
+                        .is_some_and(|&(c, _)| c == peer_conn)
+                    {
                         self.peer_slots.remove(&id);
                     }
                 }

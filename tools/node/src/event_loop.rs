@@ -9,7 +9,7 @@
 //! stage to another thread (client connections, consumers' reads) changes who runs that call,
 //! not the loop.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
 use crossbeam_channel::Receiver;
@@ -23,7 +23,7 @@ use raftline_netio::client_proto::{
     Response, SnapshotStatus,
 };
 use raftline_netio::cluster_id::ClusterId;
-use raftline_netio::net::{ClientId, Net, NetEvent, PeerTls, SendWithError};
+use raftline_netio::net::{ClientId, Net, NetEvent, PeerHello, PeerTls, SendWithError};
 use raftline_netio::peer_codec::{decode_message, encode_message, PeerCodecError};
 use raftline_replicator::{Index, MemberAddress, Message, Role};
 
@@ -38,6 +38,7 @@ use crate::peer_rtt::PeerRtt;
 use crate::replica::{FatalError, Replica, READY_ROUNDS_MAX};
 use crate::replies::Replier;
 use crate::subscriptions::Subscriptions;
+use crate::vouching::{Verdict as VouchVerdict, Vouching};
 use raftline_netio::warn_limit::WarnLimit;
 
 /// Static parameters of the loop.
@@ -65,6 +66,11 @@ pub struct LoopConfig {
     pub disk_stall: Duration,
     /// Lower end of the election timeout range (measured peer round trips are held against it).
     pub election_timeout_min: Duration,
+    /// The data directory's incarnation (`identity.rs`).
+    pub incarnation: u64,
+    /// A pristine bootstrap voter waits to be vouched for by these voters' hellos (`None`: it
+    /// takes part at once; `vouching.rs`).
+    pub vouch_among: Option<BTreeSet<u64>>,
 }
 
 /// Client events (requests, closes) one round handles at most; the rest wait for the next.
@@ -72,6 +78,9 @@ const CLIENT_EVENTS_PER_ROUND: usize = 1024;
 
 /// How often the data directory's size is measured (a walk of a few dozen files).
 const DISK_USAGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often a node waiting to be vouched for says what it waits for.
+const VOUCHING_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Measures the data directory's size every [`DISK_USAGE_INTERVAL`] on a thread of its own
 /// until `stop`: a walk of the filesystem on the raft thread would stall it with the disk (a
@@ -118,6 +127,24 @@ pub enum LoopError {
     /// The network event loop failed.
     #[error("network event loop: {0}")]
     Net(#[from] std::io::Error),
+    /// A peer records another data directory for this node id (seen while vouching).
+    #[error(
+        "node {node}: node {by} records data directory incarnation {recorded:016x} for this id, \
+         but this data directory is {ours:016x}: it is not the directory the cluster knows (a \
+         wiped or replaced disk, or two nodes started with one id). A voter that lost its log \
+         and vote must not take part: remove it (`raftline member remove {node}`), then start \
+         it with --join (tools/deploy/README.md \"Replacing a dead node\")"
+    )]
+    Incarnation {
+        /// This node.
+        node: u64,
+        /// Who records the other incarnation.
+        by: u64,
+        /// What is recorded.
+        recorded: u64,
+        /// This directory's.
+        ours: u64,
+    },
 }
 
 /// The raft thread: owns the network, the replica and the client state; no locks on its data
@@ -154,6 +181,14 @@ pub struct EventLoop {
     more_ready: bool,
     /// Reloaded peer certificates (see `tls_reload.rs`).
     peer_tls_reloads: Option<Receiver<PeerTls>>,
+    /// A pristine bootstrap voter not vouched for yet: its core neither ticks nor steps peer
+    /// messages (`vouching.rs`).
+    vouching: Option<Vouching>,
+    /// When the node last said what it waits for while vouching.
+    vouching_reported: Instant,
+    /// A peer or the log's configuration records another incarnation for this node: the
+    /// round ends the loop with it.
+    refused: Option<LoopError>,
 }
 
 impl EventLoop {
@@ -172,7 +207,25 @@ impl EventLoop {
         peer_names: PeerNames,
     ) -> EventLoop {
         let peer_rtt = PeerRtt::new(cfg.election_timeout_min, metrics.clone());
+        let vouching = cfg.vouch_among.as_ref().and_then(|voters| {
+            let vouching = Vouching::new(cfg.node_id, cfg.incarnation, voters);
+            (vouching.verdict() != VouchVerdict::Vouched).then_some(vouching)
+        });
+        if let Some(v) = &vouching {
+            tracing::info!(
+                waiting_for = ?v.missing(),
+                needed = v.quorum(),
+                "new data directory: not voting until a quorum of the other voters has said \
+                 hello without recording another data directory for this node id (a wiped voter \
+                 must not vote)"
+            );
+        }
+        let mut net = net;
+        net.set_pristine(replica.is_pristine());
         EventLoop {
+            vouching,
+            vouching_reported: Instant::now(),
+            refused: None,
             replier: Replier {
                 cluster_id: cfg.cluster_id,
                 node_id: cfg.node_id,
@@ -274,6 +327,7 @@ impl EventLoop {
         for event in events.drain(..) {
             match event {
                 NetEvent::PeerFrame { .. }
+                | NetEvent::PeerHello { .. }
                 | NetEvent::PeerUp { .. }
                 | NetEvent::PeerDown { .. }
                 | NetEvent::Woken => self.take(event, polled_at),
@@ -281,6 +335,9 @@ impl EventLoop {
             }
         }
         self.events = events;
+        if let Some(refused) = self.refused.take() {
+            return Err(refused);
+        }
         for _ in 0..CLIENT_EVENTS_PER_ROUND {
             let Some(event) = self.client_backlog.pop_front() else {
                 break;
@@ -351,6 +408,8 @@ impl EventLoop {
             let addresses = self.members.client_addresses().clone();
             self.appends.set_client_addresses(addresses);
         }
+        self.members
+            .record_incarnations(&mut self.replica, self.cfg.incarnation);
         let held = self.replica.take_messages();
         self.send(held);
         // 5. Answers: appends decided by what committed (or, for `ack=leader`, is durable here);
@@ -380,6 +439,8 @@ impl EventLoop {
     fn take(&mut self, event: NetEvent, polled_at: Instant) {
         let net = &mut self.net;
         match event {
+            // Not vouched for yet: the core hears nobody (the leader sends again later).
+            NetEvent::PeerFrame { .. } if self.vouching.is_some() => {}
             NetEvent::PeerFrame { from, conn, frame } => {
                 // The Net admits a message only from the node that said hello on its
                 // connection; what no correct node could send closes that connection.
@@ -435,12 +496,43 @@ impl EventLoop {
                 self.access.closed(client);
             }
             NetEvent::ClientDrained { client } => self.subscriptions.drained(client),
+            NetEvent::PeerHello { from, hello } => self.hello(from, hello),
             NetEvent::PeerUp { id } => tracing::info!(peer = id, "peer connection up"),
             NetEvent::PeerDown { id } => {
                 tracing::info!(peer = id, "peer connection down");
                 self.members.peer_down(id);
             }
             NetEvent::Woken => {}
+        }
+    }
+
+    /// A peer said hello: the members learn its incarnation (a leader records it); while this
+    /// node waits to be vouched for, what the peer records for it counts. (Only then: a node
+    /// with a log may hear a stale record from a peer still catching up through the
+    /// configuration from before this id was removed and joined again.)
+    fn hello(&mut self, from: u64, hello: PeerHello) {
+        self.members.hello(from, hello.incarnation);
+        let Some(vouching) = &mut self.vouching else {
+            return;
+        };
+        match vouching.hear(from, &hello) {
+            VouchVerdict::Waiting => {}
+            VouchVerdict::Vouched => {
+                tracing::info!(
+                    peer = from,
+                    "vouched for: no other voter records another data directory for this node \
+                     id; taking part"
+                );
+                self.vouching = None;
+            }
+            VouchVerdict::Refused { by, recorded } => {
+                self.refused = Some(LoopError::Incarnation {
+                    node: self.cfg.node_id,
+                    by,
+                    recorded,
+                    ours: self.cfg.incarnation,
+                })
+            }
         }
     }
 
@@ -530,11 +622,13 @@ impl EventLoop {
                 id,
                 peer_address,
                 client_address,
+                incarnation,
             } => {
                 let request = MemberRequest::Add {
                     id,
                     peer_address,
                     client_address,
+                    incarnation,
                 };
                 self.member_request(client, request_id, request)
             }
@@ -613,7 +707,21 @@ impl EventLoop {
     /// One tick of logical time: the core's timers, append timeouts, published status.
     fn tick(&mut self, now: Instant) {
         self.disk_watch.check(&mut self.replica, now);
-        self.replica.tick();
+        match &self.vouching {
+            None => self.replica.tick(),
+            Some(v) if now >= self.vouching_reported + VOUCHING_REPORT_INTERVAL => {
+                tracing::warn!(
+                    waiting_for = ?v.missing(),
+                    needed = v.quorum(),
+                    "new data directory: still not voting, waiting to hear from the other \
+                     voters (a node removed from the cluster is not dialled: start it with \
+                     --join instead of --peers)"
+                );
+                self.vouching_reported = now;
+            }
+            Some(_) => {}
+        }
+        self.net.set_pristine(self.replica.is_pristine());
         self.appends.expire(&mut self.net, now);
         self.metrics
             .proposals_pending

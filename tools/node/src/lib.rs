@@ -18,6 +18,8 @@
 //! - [`snapshots`]: taking snapshots, compacting the log, installing a leader's snapshot.
 //! - [`metrics`]: the Prometheus endpoint's data and renderer.
 //! - [`peer_rtt`]: heartbeat round trips to each peer, held against the election timeout.
+//! - `vouching`: a bootstrap voter on a new data directory waits to be vouched for by its
+//!   peers' hellos (a wiped voter must not vote).
 
 pub mod access;
 pub mod appends;
@@ -41,6 +43,7 @@ pub mod storage_repair;
 pub mod subscriptions;
 mod time_index;
 mod tls_reload;
+mod vouching;
 
 #[cfg(test)]
 mod cluster_in_memory;
@@ -162,7 +165,7 @@ impl Node {
         for warning in &cfg.warnings {
             tracing::warn!("{warning}");
         }
-        Identity {
+        let incarnation = Identity {
             cluster_name: cfg.cluster_name.clone(),
             node_id: cfg.id,
         }
@@ -185,6 +188,7 @@ impl Node {
                 .collect(),
         );
         net_cfg.backend = cfg.net_backend;
+        net_cfg.incarnation = incarnation;
         net_cfg.client_idle_timeout = cfg.client_idle_timeout;
         net_cfg.clients_per_source_max = cfg.clients_per_source_max;
         net_cfg.buffer_budget_bytes = cfg.connection_buffers_bytes;
@@ -216,9 +220,14 @@ impl Node {
         let bootstrap = bootstrap_addresses(&cfg);
         let replica = open_replica(&cfg, &bootstrap, &layout, waker.clone())?;
         let membership = replica.raft().membership();
+        let joining = membership.voters.is_empty() && membership.learners.is_empty();
+        // A bootstrap voter that has never voted nor acknowledged by its own durable state may
+        // be one whose disk was wiped: it waits to be vouched for (vouching.rs).
+        let vouch_among = (!joining && replica.is_pristine() && cfg.peers.contains_key(&cfg.id))
+            .then(|| cfg.peers.keys().copied().collect());
         let addresses = match &cfg.join {
-            Some(via) if membership.voters.is_empty() && membership.learners.is_empty() => {
-                let admitted = join(&cfg, cluster_id, via)?;
+            Some(via) if joining => {
+                let admitted = join(&cfg, cluster_id, via, incarnation)?;
                 // The members must be known to the Net before the leader dials in with the
                 // log; names are looked up here, before the raft thread runs.
                 for (&id, address) in &admitted {
@@ -285,6 +294,8 @@ impl Node {
             data_dir: cfg.data_dir.clone(),
             disk_stall: cfg.disk_stall,
             election_timeout_min: cfg.election_timeout_min,
+            incarnation,
+            vouch_among,
         };
         let appends = Appends::new(
             AppendConfig {
@@ -403,6 +414,7 @@ fn bootstrap_addresses(cfg: &NodeConfig) -> BTreeMap<u64, MemberAddress> {
                     .cloned()
                     .unwrap_or_else(|| addr.to_string()),
                 client: cfg.peer_clients.get(&id).cloned().unwrap_or_default(),
+                incarnation: 0,
             };
             (id, address)
         })
@@ -410,14 +422,16 @@ fn bootstrap_addresses(cfg: &NodeConfig) -> BTreeMap<u64, MemberAddress> {
 }
 
 /// Asks the cluster (through the member at client address `via`) to add this node as a learner
-/// at its announced addresses (`--advertise-*-addr`, else its listen addresses); returns the
-/// address book it was admitted with. A learner already added at these addresses (by `raftline
-/// member add`, or an earlier start that died before it got the log) is admitted as it is; a
+/// at its announced addresses (`--advertise-*-addr`, else its listen addresses) on the data
+/// directory of `incarnation`; returns the address book it was admitted with. A learner
+/// already added at these addresses (by `raftline member add`, or an earlier start that died
+/// before it got the log) is admitted as it is unless it is recorded on another directory; a
 /// voter is refused (its data directory is empty: it lost its vote and log).
 fn join(
     cfg: &NodeConfig,
     cluster_id: ClusterId,
     via: &str,
+    incarnation: u64,
 ) -> Result<BTreeMap<u64, MemberAddress>, NodeError> {
     use raftline_netio::client::{admin, ClientConfig};
     use raftline_netio::net::{client_config, load_roots};
@@ -438,7 +452,7 @@ fn join(
         client.tls = Some(tls);
     }
     let (peer, client_address) = cfg.announced();
-    let members = match admin::add_learner(&client, cfg.id, &peer, &client_address) {
+    let members = match admin::add_learner(&client, cfg.id, &peer, &client_address, incarnation) {
         Ok(changed) => {
             tracing::info!(index = changed.index, "joined the cluster as a learner");
             changed.members
@@ -458,6 +472,14 @@ fn join(
                         cfg.id, cfg.id
                     )))
                 }
+                Some(m) if m.member.incarnation != 0 && m.member.incarnation != incarnation => {
+                    return Err(failed(format!(
+                        "node {} is a learner of this cluster recorded on another data \
+                         directory (incarnation {:016x}, this one is {incarnation:016x}): remove \
+                         it first (`raftline member remove {}`), then start it again",
+                        cfg.id, m.member.incarnation, cfg.id
+                    )))
+                }
                 Some(m)
                     if m.member.peer_address == peer
                         && m.member.client_address == client_address =>
@@ -475,6 +497,7 @@ fn join(
             let address = MemberAddress {
                 peer: m.peer_address,
                 client: m.client_address,
+                incarnation: m.incarnation,
             };
             (m.id, address)
         })

@@ -55,6 +55,8 @@ pub enum MemberRequest {
         peer_address: String,
         /// Where clients reach it.
         client_address: String,
+        /// Its data directory's incarnation (0: recorded when it connects).
+        incarnation: u64,
     },
     /// `member promote`.
     Promote(NodeId),
@@ -83,6 +85,8 @@ pub struct Members {
     client_addresses: BTreeMap<NodeId, String>,
     /// When each peer's last message arrived.
     last_heard: BTreeMap<NodeId, Instant>,
+    /// The incarnation each peer's latest hello announced (non-zero ones only).
+    hello_incarnations: BTreeMap<NodeId, u64>,
     change: Option<PendingChange>,
     transfer: Option<PendingTransfer>,
 }
@@ -116,6 +120,7 @@ impl Members {
             linked_for: None,
             client_addresses,
             last_heard: BTreeMap::new(),
+            hello_incarnations: BTreeMap::new(),
             change: None,
             transfer: None,
         }
@@ -147,6 +152,53 @@ impl Members {
     /// A message from `peer` arrived.
     pub fn heard(&mut self, peer: NodeId, now: Instant) {
         self.last_heard.insert(peer, now);
+    }
+
+    /// `peer` said hello from the data directory of `incarnation` (0: an older node).
+    pub fn hello(&mut self, peer: NodeId, incarnation: u64) {
+        if incarnation != 0 {
+            self.hello_incarnations.insert(peer, incarnation);
+        }
+    }
+
+    /// A leader records the incarnation of a member that has none recorded yet (itself, `own`,
+    /// or a peer whose hello announced one): one `UpdateAddress` change at a time, after any
+    /// change an operator asked for; a refusal (a change pending, no entry of this term
+    /// committed yet) is tried again next round.
+    pub fn record_incarnations(&mut self, replica: &mut Replica, own: u64) {
+        let raft = replica.raft();
+        if raft.role() != Role::Leader || self.change.is_some() || own == 0 {
+            return;
+        }
+        let membership = raft.membership();
+        let unrecorded = membership.members().find_map(|id| {
+            let address = membership.addresses.get(&id)?;
+            let seen = if id == self.node_id {
+                own
+            } else {
+                *self.hello_incarnations.get(&id)?
+            };
+            (address.incarnation == 0).then(|| {
+                let recorded = MemberAddress {
+                    incarnation: seen,
+                    ..address.clone()
+                };
+                (id, recorded)
+            })
+        });
+        let Some((id, address)) = unrecorded else {
+            return;
+        };
+        let incarnation = address.incarnation;
+        match replica.propose_membership(MembershipChange::UpdateAddress(id, address)) {
+            Ok((_, index)) => tracing::info!(
+                node = id,
+                incarnation = format_args!("{incarnation:016x}"),
+                index,
+                "recording a member's data directory incarnation"
+            ),
+            Err(e) => tracing::debug!(node = id, error = %e, "recording an incarnation: later"),
+        }
     }
 
     /// Handles one operator request (only a leader acts; others answer `NotLeader`).
@@ -187,12 +239,14 @@ impl Members {
                 id,
                 peer_address,
                 client_address,
+                incarnation,
             } => match check_addresses(&peer_address, &client_address) {
                 Ok(()) => MembershipChange::AddLearner(
                     id,
                     MemberAddress {
                         peer: peer_address,
                         client: client_address,
+                        incarnation,
                     },
                 ),
                 Err(why) => {
@@ -275,6 +329,7 @@ impl Members {
             if id == self.node_id {
                 continue;
             }
+            net.set_peer_incarnation(id, address.incarnation);
             match address.peer.parse::<SocketAddr>() {
                 Ok(addr) => net.add_peer(id, addr),
                 // Dialled once resolved (`dial_resolved`).
@@ -287,6 +342,8 @@ impl Members {
         for &id in &self.linked {
             if !wanted.contains_key(&id) {
                 net.remove_peer(id);
+                net.set_peer_incarnation(id, 0);
+                self.hello_incarnations.remove(&id);
             }
         }
         self.linked = wanted
@@ -479,6 +536,7 @@ impl Members {
             MembershipChange::Remove(id) => format!("removing node {id}"),
             MembershipChange::PromoteLearner(id) => format!("promoting node {id}"),
             MembershipChange::AddLearner(id, _) => format!("adding node {id}"),
+            MembershipChange::UpdateAddress(id, _) => format!("updating node {id}'s address"),
         };
         let heard = |v: &NodeId| match self.last_heard.get(v) {
             Some(&at) => format!(
@@ -537,7 +595,10 @@ impl Members {
             | MembershipError::NotAMember(_)
             | MembershipError::NotALearner(_)
             | MembershipError::LastVoter(_)
-            | MembershipError::ZeroId => ClientError::MembershipRefused { why: e.to_string() },
+            | MembershipError::ZeroId
+            | MembershipError::IncarnationRecorded { .. } => {
+                ClientError::MembershipRefused { why: e.to_string() }
+            }
         }
     }
 }
@@ -605,6 +666,7 @@ pub fn members_of(m: &Membership) -> Vec<Member> {
                 peer_address: address.map(|a| a.peer.clone()).unwrap_or_default(),
                 client_address: address.map(|a| a.client.clone()).unwrap_or_default(),
                 voter: m.is_voter(id),
+                incarnation: address.map_or(0, |a| a.incarnation),
             }
         })
         .collect()
@@ -664,6 +726,7 @@ mod tests {
                 MemberAddress {
                     peer: "10.0.0.7:7301".into(),
                     client: "10.0.0.7:7300".into(),
+                    incarnation: 0x77,
                 },
             )]
             .into(),

@@ -890,6 +890,13 @@ impl Replica {
         self.raft.storage().served().cloned()
     }
 
+    /// No log entry, no snapshot, term 0: by its own durable state this node has never voted
+    /// nor acknowledged anything.
+    pub fn is_pristine(&self) -> bool {
+        let raft = self.raft();
+        raft.term() == 0 && raft.last_index() == 0 && self.snapshot_index().is_none()
+    }
+
     /// Index of the newest durable snapshot here (it covers offsets below the log's start).
     pub fn snapshot_index(&self) -> Option<Index> {
         self.snapshots.latest_index()

@@ -495,6 +495,7 @@ mod tests {
                 raftline_replicator::MemberAddress {
                     peer: "10.0.0.4:7301".into(),
                     client: "10.0.0.4:7300".into(),
+                    incarnation: 0x44,
                 },
             )]
             .into(),

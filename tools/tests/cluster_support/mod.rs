@@ -96,6 +96,8 @@ struct Options {
     segment_mib: Option<u64>,
     /// `--peer-insecure` instead of mutual TLS.
     insecure_peers: bool,
+    /// Nodes configured (in every `--peers`) but not started.
+    not_started: &'static [u64],
 }
 
 /// A cluster of real server processes; killed (and its data removed) on drop.
@@ -123,6 +125,16 @@ impl Cluster {
     /// Starts `n` nodes with `extra_args` added to every node's flags.
     pub fn start_with(n: u64, net_backend: &'static str, extra_args: &[&str]) -> Cluster {
         Cluster::start_on(n, net_backend, extra_args, Options::default())
+    }
+
+    /// Configures `n` nodes but starts only those not in `not_started` (a first start with
+    /// some machines missing; start the rest with [`Cluster::spawn`]).
+    pub fn start_but(n: u64, not_started: &'static [u64]) -> Cluster {
+        let options = Options {
+            not_started,
+            ..Options::default()
+        };
+        Cluster::start_on(n, "auto", &[], options)
     }
 
     /// Starts `n` nodes, each with its data directory on its own fault filesystem
@@ -181,6 +193,7 @@ impl Cluster {
             kafka,
             segment_mib,
             insecure_peers,
+            not_started,
         } = options;
         let dir = tempfile::Builder::new()
             .prefix("raftline-e2e")
@@ -230,7 +243,7 @@ impl Cluster {
         for id in 1..=n {
             cluster.write_peer_cert(id);
         }
-        for id in 1..=n {
+        for id in (1..=n).filter(|id| !not_started.contains(id)) {
             cluster.spawn(id);
         }
         cluster
