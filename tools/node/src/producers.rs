@@ -23,8 +23,9 @@
 //!
 //! **In flight.** The leader also judges against its own proposals not yet applied (the
 //! overlay), so a resend that races its original (still uncommitted) is caught. Entries of
-//! earlier terms in a new leader's log are not in its overlay: until it has applied everything
-//! before its first proposal of the term (the barrier), it answers idempotent batches `NotReady`
+//! earlier terms in a new leader's log are not in its overlay: until it has applied every entry
+//! of an earlier term (the barrier; its own no-op and configuration entries, such as the
+//! incarnations it records, carry no batches), it answers idempotent batches `NotReady`
 //! (retriable, not stored), which is short: its no-op commits with its first round trip. So
 //! the leader's view is always exactly its log before the proposal, the view every node has
 //! when that entry is applied: the proposal-time check and the apply agree.
@@ -438,21 +439,23 @@ impl Producers {
         self.overlay.clear();
     }
 
-    /// Judges a proposal's batches in order, for the leader of `term` whose log ends at
-    /// `last_index` and is applied up to `applied`: each against the table, this leader's
-    /// proposals in flight and the batches before it in `batches`.
+    /// Judges a proposal's batches in order, for the leader of `term` whose log holds entries of
+    /// earlier terms up to `earlier_terms_end` and is applied up to `applied`: each against the
+    /// table, this leader's proposals in flight and the batches before it in `batches`.
     pub fn judge(
         &self,
         batches: &[Batch],
         term: Term,
-        last_index: Index,
+        earlier_terms_end: Index,
         applied: Index,
     ) -> Vec<Verdict> {
-        // Before this leader's first proposal of the term, every entry of its log precedes it.
+        // Before this leader's first proposal of the term, its log after the earlier terms'
+        // entries holds only its own no-op and configuration entries (no batches): those of the
+        // earlier terms are what must be applied first.
         let barrier = if self.term == term {
             self.barrier
         } else {
-            last_index
+            earlier_terms_end
         };
         let mut proposing: HashMap<u64, Producer> = HashMap::new();
         let mut verdicts = Vec::with_capacity(batches.len());
@@ -845,7 +848,8 @@ mod tests {
     fn a_new_leader_waits_until_the_entries_of_earlier_terms_are_applied() {
         let mut p = Producers::default();
         let b = [batch(5, 0, 0, 1)];
-        // Log ends at 20 (earlier terms' entries and the no-op), applied 15.
+        // Earlier terms' entries end at 20 (the no-op and this term's configuration entries
+        // follow), applied 15.
         assert_eq!(p.judge(&b, 4, 20, 15), vec![Verdict::NotReady]);
         assert_eq!(
             p.judge(&[Batch::encode(&[]).unwrap()], 4, 20, 15),

@@ -610,12 +610,15 @@ impl Replica {
             // of a leader that cannot commit its term's first entry).
             return vec![Verdict::Fresh; batches.len()];
         }
-        self.producers.judge(
-            batches,
-            self.raft.term(),
-            self.raft.last_index(),
-            self.raft.applied_index(),
-        )
+        let term = self.raft.term();
+        // Entries of this term before its first proposal: the no-op and a few configuration
+        // entries (a compacted index is applied).
+        let mut earlier_terms_end = self.raft.last_index();
+        while earlier_terms_end > 0 && self.raft.term_at(earlier_terms_end) == Some(term) {
+            earlier_terms_end -= 1;
+        }
+        self.producers
+            .judge(batches, term, earlier_terms_end, self.raft.applied_index())
     }
 
     /// The committed dedup table.
