@@ -81,9 +81,15 @@ pub fn node_files(dir: &Path, id: u64) -> PeerTlsFiles {
     }
 }
 
-/// Writes `text` to `path`.
+/// Writes `text` to `path` whole: through a temporary file renamed into place, so a node
+/// starting (or reloading) meanwhile never reads a truncated file (the CA bundle is written
+/// again for every node while earlier ones may be starting).
 pub fn write(path: &PathBuf, text: &str) -> anyhow::Result<()> {
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    let mut tmp = path.clone().into_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
 /// The `raftline server` flags that name `files`.

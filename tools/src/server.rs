@@ -144,10 +144,17 @@ fn print_plan(cfg: &NodeConfig) {
         }
         None => println!(
             "node {} would bootstrap cluster {:?} with voters {:?} (or restart from its data \
-             directory)",
+             directory){}",
             cfg.id,
             cfg.cluster_name,
-            cfg.peers.keys().collect::<Vec<_>>()
+            cfg.peers.keys().collect::<Vec<_>>(),
+            cfg.rejoin
+                .as_ref()
+                .map(|via| format!(
+                    "; on a new data directory it first asks {via} whether it is still a member \
+                     (removed: it joins as a learner)"
+                ))
+                .unwrap_or_default()
         ),
     }
     println!(

@@ -364,11 +364,14 @@ impl ServerArgs {
             (None, Some(map)) => file_map(map, "peer_clients")?,
             (None, None) => BTreeMap::new(),
         };
-        // --peers and --join together: the bootstrap voters bootstrap, every other node joins.
-        let (peers_text, peer_clients, join) = match join {
-            Some(_) if peers_text.contains_key(&id) => (peers_text, peer_clients, None),
-            Some(via) => (BTreeMap::new(), BTreeMap::new(), Some(via)),
-            None => (peers_text, peer_clients, None),
+        // --peers and --join together: the bootstrap voters bootstrap (or, on a new data
+        // directory after the operator removed them, join), every other node joins.
+        let (peers_text, peer_clients, join, rejoin) = match join {
+            Some(via) if peers_text.contains_key(&id) => {
+                (peers_text, peer_clients, None, Some(via))
+            }
+            Some(via) => (BTreeMap::new(), BTreeMap::new(), Some(via), None),
+            None => (peers_text, peer_clients, None, None),
         };
         let advertise_peer = self.advertise_peer_addr.or(file.advertise_peer_addr);
         let advertise_client = self.advertise_client_addr.or(file.advertise_client_addr);
@@ -449,6 +452,7 @@ impl ServerArgs {
             peer_names: peers_text,
             peer_clients,
             join,
+            rejoin,
             join_credentials,
             advertise_peer,
             advertise_client,

@@ -317,8 +317,9 @@ fn incarnations(cluster: &Cluster) -> BTreeMap<u64, Option<String>> {
 /// A bootstrap voter whose disk is wiped, restarted with the same `--peers` (what a StatefulSet
 /// pod on a lost volume does), must not take part: it forgot its vote and the entries it
 /// acknowledged. Its peers know its data directory's incarnation, so it stops at once with the
-/// runbook in its error; removed and started with `--join`, the same id comes back as a new
-/// member holding every acknowledged record. With the check mutated away (`Vouching::hear`
+/// runbook in its error (also when `--join` beside `--peers` lets it ask the cluster first);
+/// removed, the same command line brings the same id back as a new member (it joins) holding
+/// every acknowledged record. With the check mutated away (`Vouching::hear`
 /// ignoring what a peer records for it) it starts as an empty voter and this test fails at the
 /// expected exit.
 #[test]
@@ -360,13 +361,37 @@ fn a_wiped_bootstrap_voter_restarted_with_its_peers_is_refused_until_removed_and
         acked.values().all(|o| matches!(o, Outcome::Acked { .. })),
         "{acked:?}"
     );
-    // The runbook: remove it, then the same id joins on a new directory.
+    // With `--join` beside its `--peers` (one command line for every node, as the StatefulSet
+    // has) it asks the cluster first, and is refused before it even listens to hellos.
+    let refusals = |log: &str| {
+        log.matches(&format!("records data directory incarnation {recorded}"))
+            .count()
+    };
+    let refused_before = refusals(&log);
+    cluster.wipe(wiped);
+    let via = cluster.node(leader).client.to_string();
+    cluster.nodes[wiped as usize - 1].args = vec!["--join".into(), via];
+    cluster.spawn(wiped);
+    let exit = cluster.await_exit(wiped, DEADLINE);
+    let log = cluster.log_of(wiped);
+    assert!(exit.is_some_and(|e| !e.success()), "{exit:?}\n{log}");
+    assert!(
+        refusals(&log) > refused_before && log.contains("--join"),
+        "refused again, by the member list:\n{log}"
+    );
+    // The runbook: remove it; the same command line on a new directory then joins as a learner.
     let out = cli_ok(&cluster, &["member", "remove", &wiped.to_string()]);
     assert!(out.contains(&format!("node {wiped} removed")), "{out}");
     cluster.wipe(wiped);
-    cluster.nodes[wiped as usize - 1].join = Some(cluster.node(leader).client.to_string());
     cluster.spawn(wiped);
     promote(&cluster, wiped);
+    assert!(
+        cluster
+            .log_of(wiped)
+            .contains("not a member of the running cluster"),
+        "{}",
+        cluster.log_of(wiped)
+    );
     let end = end + more.len() as u64 * RECORDS;
     wait_for("the rejoined node holding every record", &cluster, || {
         status(cluster.node(wiped).client)

@@ -1229,7 +1229,8 @@ impl Net {
     /// A valid hello as `sender` on `conn`: it takes `sender`'s slot, closing the connection
     /// that held it. On a TLS peer port only a connection whose certificate names `sender`
     /// may (`PeerIdentity` otherwise: the slot's holder stays); on an insecure one any hello as
-    /// a configured peer is believed.
+    /// a configured peer is believed. Then a pristine sender must have the incarnation recorded
+    /// for it, if any (`Incarnation`; the holder stays too).
     fn claim_peer_slot(
         &mut self,
         socket: SocketId,
@@ -1240,6 +1241,15 @@ impl Net {
         let tls = self.conns.get(&socket).and_then(|c| c.tls.as_ref());
         if tls.is_some_and(|tls| !tls.peer_is_named(&node_name(sender))) {
             return Err(CloseReason::PeerIdentity(sender));
+        }
+        if let Some(&recorded) = self.recorded.get(&sender) {
+            if hello.pristine && hello.incarnation != recorded {
+                return Err(CloseReason::Incarnation {
+                    peer: sender,
+                    found: hello.incarnation,
+                    recorded,
+                });
+            }
         }
         if let Some((held, _)) = self.peer_slots.insert(sender, (conn, hello)) {
             if let Some(&socket) = self.inbound.get(&held) {
@@ -1303,15 +1313,6 @@ impl Net {
                         }
                         let hello =
                             PeerHello::decode(&frame.payload).ok_or(CloseReason::BadHello)?;
-                        if let Some(&recorded) = self.recorded.get(&sender) {
-                            if hello.pristine && hello.incarnation != recorded {
-                                return Err(CloseReason::Incarnation {
-                                    peer: sender,
-                                    found: hello.incarnation,
-                                    recorded,
-                                });
-                            }
-                        }
                         tracing::debug!(peer = sender, remote = %conn.remote, ?hello, "peer hello");
                         self.claim_peer_slot(socket, peer_conn, sender, hello)?;
                         self.events.push(NetEvent::PeerHello {

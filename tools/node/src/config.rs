@@ -148,6 +148,11 @@ pub struct NodeConfig {
     /// asks to be added as a learner at its announced addresses ([`NodeConfig::announced`]);
     /// `peers` is then empty.
     pub join: Option<String>,
+    /// A bootstrap voter's `--join` (given with `--peers`: one command line for every node, as
+    /// a StatefulSet has). On a pristine data directory the node first asks the cluster there
+    /// whether its id is still a member: one the operator removed (its disk was lost) joins as
+    /// a learner instead of bootstrapping; one recorded on another data directory is refused.
+    pub rejoin: Option<String>,
     /// What a joining node presents to the member it joins through, for a cluster whose client
     /// port requires them (`--join-token-file`, `--join-tls-ca`).
     pub join_credentials: JoinCredentials,
@@ -237,6 +242,38 @@ impl NodeConfig {
         )
     }
 
+    /// Whether the addresses a joining node announces ([`NodeConfig::announced`]) are ones
+    /// other nodes and clients can dial.
+    pub fn check_announced(&self) -> Result<(), ConfigError> {
+        for (flag, advertised, advertise_flag, listen) in [
+            (
+                "--listen",
+                &self.advertise_peer,
+                "--advertise-peer-addr",
+                self.listen,
+            ),
+            (
+                "--client-listen",
+                &self.advertise_client,
+                "--advertise-client-addr",
+                self.client_listen,
+            ),
+        ] {
+            match advertised {
+                Some(address) => check_address(advertise_flag, address).map_err(ConfigError)?,
+                None if listen.ip().is_unspecified() || listen.port() == 0 => {
+                    return Err(ConfigError(format!(
+                        "{flag} {listen}: a joining node announces its listen addresses to the \
+                         cluster, so they must be ones other nodes and clients can reach; or \
+                         give the address to announce with {advertise_flag}"
+                    )))
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Node `id` of the cluster `cluster_name` whose voters listen for peers on `peers`, with
     /// every other setting at its default (peer port = its own entry in `peers`, insecure).
     pub fn new(
@@ -257,6 +294,7 @@ impl NodeConfig {
             peer_names: BTreeMap::new(),
             peer_clients: BTreeMap::new(),
             join: None,
+            rejoin: None,
             join_credentials: JoinCredentials::default(),
             advertise_peer: None,
             advertise_client: None,
@@ -307,32 +345,7 @@ impl NodeConfig {
                         .into(),
                 );
             }
-            for (flag, advertised, advertise_flag, listen) in [
-                (
-                    "--listen",
-                    &self.advertise_peer,
-                    "--advertise-peer-addr",
-                    self.listen,
-                ),
-                (
-                    "--client-listen",
-                    &self.advertise_client,
-                    "--advertise-client-addr",
-                    self.client_listen,
-                ),
-            ] {
-                match advertised {
-                    Some(address) => check_address(advertise_flag, address).map_err(ConfigError)?,
-                    None if listen.ip().is_unspecified() || listen.port() == 0 => {
-                        return refuse(format!(
-                            "{flag} {listen}: a joining node announces its listen addresses to \
-                             the cluster, so they must be ones other nodes and clients can \
-                             reach; or give the address to announce with {advertise_flag}"
-                        ))
-                    }
-                    None => {}
-                }
-            }
+            self.check_announced()?;
         } else if !self.peers.contains_key(&self.id) {
             return refuse(format!(
                 "--peers must list every voter including this node (id {}); it lists {:?}",

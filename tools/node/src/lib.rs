@@ -217,15 +217,25 @@ impl Node {
         };
         let mut net = bind_retrying(net_cfg)?;
         let waker = net.waker();
-        let bootstrap = bootstrap_addresses(&cfg);
-        let replica = open_replica(&cfg, &bootstrap, &layout, waker.clone())?;
+        let mut bootstrap = bootstrap_addresses(&cfg);
+        let mut replica = open_replica(&cfg, &bootstrap, &layout, waker.clone())?;
+        let mut join_via = cfg.join.clone();
+        if let Some(via) = &cfg.rejoin {
+            if replica.is_pristine() && removed_from(&cfg, cluster_id, via, incarnation)? {
+                // Start over as a node that joins: no bootstrap configuration.
+                drop(replica);
+                bootstrap.clear();
+                replica = open_replica(&cfg, &bootstrap, &layout, waker.clone())?;
+                join_via = Some(via.clone());
+            }
+        }
         let membership = replica.raft().membership();
         let joining = membership.voters.is_empty() && membership.learners.is_empty();
         // A bootstrap voter that has never voted nor acknowledged by its own durable state may
         // be one whose disk was wiped: it waits to be vouched for (vouching.rs).
         let vouch_among = (!joining && replica.is_pristine() && cfg.peers.contains_key(&cfg.id))
             .then(|| cfg.peers.keys().copied().collect());
-        let addresses = match &cfg.join {
+        let addresses = match &join_via {
             Some(via) if joining => {
                 let admitted = join(&cfg, cluster_id, via, incarnation)?;
                 // The members must be known to the Net before the leader dials in with the
@@ -421,19 +431,14 @@ fn bootstrap_addresses(cfg: &NodeConfig) -> BTreeMap<u64, MemberAddress> {
         .collect()
 }
 
-/// Asks the cluster (through the member at client address `via`) to add this node as a learner
-/// at its announced addresses (`--advertise-*-addr`, else its listen addresses) on the data
-/// directory of `incarnation`; returns the address book it was admitted with. A learner
-/// already added at these addresses (by `raftline member add`, or an earlier start that died
-/// before it got the log) is admitted as it is unless it is recorded on another directory; a
-/// voter is refused (its data directory is empty: it lost its vote and log).
-fn join(
+/// A client of the cluster through the member at client address `via`, with the join
+/// credentials (`--join-token-file`, `--join-tls-ca`).
+fn join_client(
     cfg: &NodeConfig,
     cluster_id: ClusterId,
     via: &str,
-    incarnation: u64,
-) -> Result<BTreeMap<u64, MemberAddress>, NodeError> {
-    use raftline_netio::client::{admin, ClientConfig};
+) -> Result<raftline_netio::client::ClientConfig, NodeError> {
+    use raftline_netio::client::ClientConfig;
     use raftline_netio::net::{client_config, load_roots};
     let failed = |why: String| NodeError::Join {
         via: via.to_string(),
@@ -451,6 +456,75 @@ fn join(
         let tls = client_config(Arc::new(roots), None).map_err(|e| failed(e.to_string()))?;
         client.tls = Some(tls);
     }
+    Ok(client)
+}
+
+/// How long a bootstrap voter on a pristine directory waits for the cluster at `--join` to
+/// list its members: at a cluster's first start nobody answers, and the node bootstraps.
+const REJOIN_ASK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A bootstrap voter on a pristine data directory asks the cluster at `via` whether it still
+/// counts this id as a member: true when it does not (the operator removed it after its disk
+/// was lost: it joins instead). No answer, or a member with no other incarnation recorded, is
+/// false (it bootstraps, and waits to be vouched for); a member recorded on another directory
+/// is refused with the runbook.
+fn removed_from(
+    cfg: &NodeConfig,
+    cluster_id: ClusterId,
+    via: &str,
+    incarnation: u64,
+) -> Result<bool, NodeError> {
+    use raftline_netio::client::admin;
+    let mut client = join_client(cfg, cluster_id, via)?;
+    client.failover_timeout = REJOIN_ASK_TIMEOUT;
+    client.request_timeout = REJOIN_ASK_TIMEOUT;
+    let list = match admin::members(&client) {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::info!(via, error = %e, "no member list from the cluster (a first start?): bootstrapping with --peers");
+            return Ok(false);
+        }
+    };
+    match list.members.iter().find(|m| m.member.id == cfg.id) {
+        None => {
+            tracing::info!(
+                via,
+                "this node id is not a member of the running cluster (removed after its disk was \
+                 lost?): joining it as a learner"
+            );
+            Ok(true)
+        }
+        Some(m) if m.member.incarnation != 0 && m.member.incarnation != incarnation => {
+            Err(NodeError::Loop(LoopError::Incarnation {
+                node: cfg.id,
+                by: list.leader_id,
+                recorded: m.member.incarnation,
+                ours: incarnation,
+            }))
+        }
+        Some(_) => Ok(false),
+    }
+}
+
+/// Asks the cluster (through the member at client address `via`) to add this node as a learner
+/// at its announced addresses (`--advertise-*-addr`, else its listen addresses) on the data
+/// directory of `incarnation`; returns the address book it was admitted with. A learner
+/// already added at these addresses (by `raftline member add`, or an earlier start that died
+/// before it got the log) is admitted as it is unless it is recorded on another directory; a
+/// voter is refused (its data directory is empty: it lost its vote and log).
+fn join(
+    cfg: &NodeConfig,
+    cluster_id: ClusterId,
+    via: &str,
+    incarnation: u64,
+) -> Result<BTreeMap<u64, MemberAddress>, NodeError> {
+    use raftline_netio::client::admin;
+    let failed = |why: String| NodeError::Join {
+        via: via.to_string(),
+        why,
+    };
+    cfg.check_announced()?;
+    let client = join_client(cfg, cluster_id, via)?;
     let (peer, client_address) = cfg.announced();
     let members = match admin::add_learner(&client, cfg.id, &peer, &client_address, incarnation) {
         Ok(changed) => {
@@ -538,7 +612,8 @@ fn warn_if_flags_differ(
     }
 }
 
-/// The log, hard state, snapshots and core of `cfg`'s node, recovered from its data directory.
+/// The log, hard state, snapshots and core of `cfg`'s node, recovered from its data directory
+/// (a new one starts with `bootstrap` as its configuration: none for a node that joins).
 fn open_replica(
     cfg: &NodeConfig,
     bootstrap: &BTreeMap<u64, MemberAddress>,
@@ -546,7 +621,7 @@ fn open_replica(
     waker: Waker,
 ) -> Result<Replica, FatalError> {
     let (heartbeat_ticks, election_min, election_max) = cfg.ticks();
-    let mut raft = Config::new(cfg.id, cfg.peers.keys().copied().collect());
+    let mut raft = Config::new(cfg.id, bootstrap.keys().copied().collect());
     raft.addresses = bootstrap.clone();
     raft.heartbeat_ticks = heartbeat_ticks;
     raft.election_ticks_min = election_min;
