@@ -605,3 +605,111 @@ fn members_known_by_name_are_dialled_by_every_node_also_after_a_restart() {
     cluster.spawn(3);
     append(&cluster, 2);
 }
+
+/// A name of this test's in `/etc/hosts`, pointing at one loopback address at a time (the test
+/// runs as root, as CI does); the line goes when the guard drops, also on a failure.
+struct HostsName {
+    name: String,
+}
+
+impl HostsName {
+    const HOSTS: &'static str = "/etc/hosts";
+
+    fn new(ip: &str) -> HostsName {
+        let hosts = HostsName {
+            name: format!("raftline-moved-{}.test", std::process::id()),
+        };
+        hosts.point_at(ip);
+        hosts
+    }
+
+    /// Rewrites the name's line to `ip` (glibc reads the file at every lookup).
+    fn point_at(&self, ip: &str) {
+        let mut text = self.others();
+        text.push_str(&format!("{ip} {}\n", self.name));
+        std::fs::write(Self::HOSTS, text).unwrap_or_else(|e| {
+            panic!("this test moves a name in /etc/hosts and needs to write it (root): {e}")
+        });
+    }
+
+    /// The file without this name's line.
+    fn others(&self) -> String {
+        let text = std::fs::read_to_string(Self::HOSTS).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.split_whitespace().nth(1) != Some(self.name.as_str()))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+}
+
+impl Drop for HostsName {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::HOSTS, self.others());
+    }
+}
+
+/// A member known by name moves to a new IP address with its data directory (a rescheduled
+/// pod keeps its name and volume, not its address): the others look the name up again and
+/// dial it there. Node 4 is a voter that the quorum needs once node 2 or 3 is down, so the
+/// append after the move commits only if the leader reaches it at its new address. With the
+/// re-resolution removed (`PeerNames` resolving a name only once) the append times out.
+#[test]
+fn a_member_known_by_name_that_moves_to_a_new_address_is_dialled_there() {
+    let hosts = HostsName::new("127.0.0.2");
+    let mut cluster = Cluster::start(3, "auto");
+    let leader = cluster.wait_leader();
+    let four = cluster.add_joiner(leader);
+    let at = |ip: &str, port: u16| std::net::SocketAddr::new(ip.parse().unwrap(), port);
+    let (peer_port, client_port) = (
+        cluster.node(four).peer.port(),
+        cluster.node(four).client.port(),
+    );
+    let node = &mut cluster.nodes[four as usize - 1];
+    node.peer = at("127.0.0.2", peer_port);
+    node.client = at("127.0.0.2", client_port);
+    node.args = [
+        "--advertise-peer-addr".to_string(),
+        format!("{}:{peer_port}", hosts.name),
+        "--advertise-client-addr".to_string(),
+        format!("{}:{client_port}", hosts.name),
+    ]
+    .to_vec();
+    cluster.spawn(four);
+    promote(&cluster, four);
+    let append = |cluster: &Cluster, tag: u64| {
+        let leader = cluster.wait_leader();
+        let outcome = append_window(cluster.node(leader).client, &[tag], RECORDS, 1);
+        assert!(
+            matches!(outcome.get(&tag), Some(Outcome::Acked { .. })),
+            "append {tag} at node {leader}: {outcome:?}\n{}",
+            cluster.logs()
+        );
+    };
+    append(&cluster, 1);
+    // Node 4's machine is replaced: same name and volume, a new address.
+    cluster.kill(four);
+    hosts.point_at("127.0.0.3");
+    let node = &mut cluster.nodes[four as usize - 1];
+    node.peer = at("127.0.0.3", peer_port);
+    node.client = at("127.0.0.3", client_port);
+    cluster.spawn(four);
+    // Without one of the bootstrap followers, {leader, the other, 4} is the only quorum.
+    let down = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.kill(down);
+    append(&cluster, 2);
+    assert!(
+        cluster.log_of(leader).contains("peer address changed"),
+        "{}",
+        cluster.log_of(leader)
+    );
+    let end = 2 * RECORDS;
+    wait_for("node 4 holding both appends", &cluster, || {
+        status(cluster.node(four).client).is_ok_and(|s| s.log_end_offset >= end)
+    });
+    let tags: Vec<u64> = read_all(cluster.node(four).client, end)
+        .into_iter()
+        .map(|(_, tag)| tag)
+        .collect();
+    assert_eq!(tags.first(), Some(&1));
+    assert_eq!(tags.last(), Some(&2));
+}
