@@ -30,7 +30,7 @@ pub use recovery::{DamageCut, DurableLoss, DurableLossHook, OnDamage};
 pub use segment::Preallocate;
 pub use snapshot::{
     install_snapshot_file, latest_snapshot, read_snapshot, verify_snapshot_file,
-    write_snapshot_streamed, SnapshotMeta,
+    write_snapshot_streamed, SnapshotMeta, SnapshotReader,
 };
 pub use space::DiskFull;
 pub use writer_hook::WriterHook;

@@ -9,7 +9,6 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::batch::crc32c;
 use crate::dir::sync_dir;
 use crate::error::{CorruptionKind, LogError};
 use crate::fault::crash_point;
@@ -235,34 +234,138 @@ pub fn latest_snapshot(dir: &Path) -> Result<Option<SnapshotMeta>, LogError> {
     Ok(list_snapshots(dir)?.into_iter().next())
 }
 
-/// Reads and verifies a snapshot; returns its payload.
-pub fn read_snapshot(meta: &SnapshotMeta) -> Result<Vec<u8>, LogError> {
-    let bytes = std::fs::read(&meta.path)
-        .map_err(|e| LogError::io(format!("reading {}", meta.path.display()), e))?;
-    let corrupt = |kind| LogError::Corrupt {
-        segment: meta.path.clone(),
-        position: 0,
-        kind,
-    };
-    if bytes.len() < HEADER_BYTES || bytes[0..8] != MAGIC.to_le_bytes() || bytes[12..16] != [0; 4] {
-        return Err(corrupt(CorruptionKind::BadFrame(
-            "not a snapshot file".into(),
-        )));
+/// Why a snapshot file's header cannot be trusted for the snapshot expected, if it cannot.
+fn check_header(
+    head: &[u8; HEADER_BYTES],
+    file_len: u64,
+    last_index: u64,
+    last_term: u64,
+) -> Result<(), CorruptionKind> {
+    let u64_at = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"));
+    if head[0..8] != MAGIC.to_le_bytes() || head[12..16] != [0; 4] {
+        return Err(CorruptionKind::BadFrame("not a snapshot file".into()));
     }
-    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-    let expected = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    let actual = crc32c(&bytes[16..]);
-    if expected != actual {
-        return Err(corrupt(CorruptionKind::Checksum { expected, actual }));
-    }
-    if (u64_at(16), u64_at(24)) != (meta.last_index, meta.last_term)
-        || u64_at(32) != (bytes.len() - HEADER_BYTES) as u64
+    if (u64_at(16), u64_at(24)) != (last_index, last_term)
+        || u64_at(32) != file_len - HEADER_BYTES as u64
     {
-        return Err(corrupt(CorruptionKind::BadFrame(
-            "header disagrees with the file name or length".into(),
-        )));
+        return Err(CorruptionKind::BadFrame(
+            "header disagrees with the snapshot expected or the file's length".into(),
+        ));
     }
-    Ok(bytes[HEADER_BYTES..].to_vec())
+    Ok(())
+}
+
+/// Bytes a [`SnapshotReader`] reads from the file at a time.
+const READ_BUFFER_BYTES: usize = 1 << 20;
+
+/// A snapshot's payload as a stream ([`std::io::Read`]), checksummed as it is read: a
+/// consumer decodes it piece by piece (a snapshot is never whole in memory), then
+/// [`SnapshotReader::finish`] says whether what it read can be trusted. Until `finish`
+/// returned `Ok`, nothing decoded from it may be used.
+pub struct SnapshotReader {
+    input: std::io::BufReader<File>,
+    path: PathBuf,
+    /// Payload bytes not read yet.
+    remaining: u64,
+    crc: crc_fast::Digest,
+    expected_crc: u32,
+    /// The first read error: `finish` reports it.
+    failed: Option<std::io::Error>,
+}
+
+impl SnapshotReader {
+    /// Opens the snapshot `meta` names and checks its header (magic, index and term, length).
+    pub fn open(meta: &SnapshotMeta) -> Result<SnapshotReader, LogError> {
+        let path = &meta.path;
+        let io = |e| LogError::io(format!("reading {}", path.display()), e);
+        let corrupt = |kind| LogError::Corrupt {
+            segment: path.clone(),
+            position: 0,
+            kind,
+        };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let mut head = [0u8; HEADER_BYTES];
+        if len < HEADER_BYTES as u64 || file.read_exact_at(&mut head, 0).is_err() {
+            return Err(corrupt(CorruptionKind::BadFrame(
+                "not a snapshot file".into(),
+            )));
+        }
+        check_header(&head, len, meta.last_index, meta.last_term).map_err(corrupt)?;
+        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+        crc.update(&head[16..]);
+        let mut input = std::io::BufReader::with_capacity(READ_BUFFER_BYTES, file);
+        std::io::Seek::seek(&mut input, std::io::SeekFrom::Start(HEADER_BYTES as u64))
+            .map_err(io)?;
+        Ok(SnapshotReader {
+            input,
+            path: path.clone(),
+            remaining: len - HEADER_BYTES as u64,
+            crc,
+            expected_crc: u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")),
+            failed: None,
+        })
+    }
+
+    /// Bytes of the payload.
+    pub fn payload_bytes(&self) -> u64 {
+        self.remaining
+    }
+
+    /// Reads what the consumer left (if anything) and checks the checksum: `Ok` only if the
+    /// whole payload was read and matches.
+    pub fn finish(mut self) -> Result<(), LogError> {
+        std::io::copy(&mut self, &mut std::io::sink()).ok();
+        if let Some(e) = self.failed.take() {
+            return Err(LogError::io(format!("reading {}", self.path.display()), e));
+        }
+        let actual = self.crc.finalize() as u32;
+        if actual != self.expected_crc {
+            return Err(LogError::Corrupt {
+                segment: self.path,
+                position: 0,
+                kind: CorruptionKind::Checksum {
+                    expected: self.expected_crc,
+                    actual,
+                },
+            });
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Read for SnapshotReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(e) = &self.failed {
+            return Err(std::io::Error::new(e.kind(), e.to_string()));
+        }
+        let want = buf.len().min(self.remaining as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = match self.input.read(&mut buf[..want]) {
+            Ok(0) => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the snapshot file ended before its payload",
+            )),
+            other => other,
+        }
+        .inspect_err(|e| self.failed = Some(std::io::Error::new(e.kind(), e.to_string())))?;
+        self.crc.update(&buf[..n]);
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads and verifies a snapshot; returns its payload (whole in memory: for small snapshots
+/// and tests; a node decodes through a [`SnapshotReader`]).
+pub fn read_snapshot(meta: &SnapshotMeta) -> Result<Vec<u8>, LogError> {
+    let mut reader = SnapshotReader::open(meta)?;
+    let mut payload = Vec::with_capacity(reader.payload_bytes() as usize);
+    // A read error is kept by the reader and reported by `finish`.
+    let _ = std::io::Read::read_to_end(&mut reader, &mut payload);
+    reader.finish()?;
+    Ok(payload)
 }
 
 /// Verifies an open snapshot file that is about to be served (to a follower, to a consumer):
@@ -288,18 +391,10 @@ pub fn verify_snapshot_file(
             "not a snapshot file".into(),
         )));
     }
-    let u64_at = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"));
-    if head[0..8] != MAGIC.to_le_bytes()
-        || (u64_at(16), u64_at(24)) != (last_index, last_term)
-        || u64_at(32) != len - HEADER_BYTES as u64
-    {
-        return Err(corrupt(CorruptionKind::BadFrame(
-            "header disagrees with the snapshot served or the file's length".into(),
-        )));
-    }
+    check_header(&head, len, last_index, last_term).map_err(corrupt)?;
     let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
     digest.update(&head[16..]);
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let mut at = HEADER_BYTES as u64;
     while at < len {
         let n = (len - at).min(buf.len() as u64) as usize;
@@ -316,36 +411,28 @@ pub fn verify_snapshot_file(
 }
 
 /// Installs a snapshot file received verbatim (e.g. from a Raft leader, in chunks) at `tmp`:
-/// verifies it (checksum, header = the expected `last_index`/`last_term`), fsyncs it, renames it
-/// to its final name and fsyncs the directory. Returns the installed snapshot and its payload.
+/// verifies it (checksum, header = the expected `last_index`/`last_term`, read 1 MiB at a
+/// time), fsyncs it, renames it to its final name and fsyncs the directory. Returns the
+/// installed snapshot (its payload is read through a [`SnapshotReader`]).
 pub fn install_snapshot_file(
     dir: &Path,
     tmp: &Path,
     last_index: u64,
     last_term: u64,
-) -> Result<(SnapshotMeta, Vec<u8>), LogError> {
-    let received = SnapshotMeta {
-        last_index,
-        last_term,
-        path: tmp.to_path_buf(),
-    };
-    let payload = read_snapshot(&received)?;
+) -> Result<SnapshotMeta, LogError> {
     let path = dir.join(file_name(last_index, last_term));
     let io = |what: &str, e| LogError::io(format!("{what} snapshot {}", path.display()), e);
-    std::fs::File::open(tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io("syncing", e))?;
+    let file = std::fs::File::open(tmp).map_err(|e| io("opening the received", e))?;
+    verify_snapshot_file(&file, tmp, last_index, last_term)?;
+    file.sync_all().map_err(|e| io("syncing", e))?;
     crash_point("install-before-rename");
     std::fs::rename(tmp, &path).map_err(|e| io("renaming", e))?;
     sync_dir(dir).map_err(|e| io("syncing the directory of", e))?;
-    Ok((
-        SnapshotMeta {
-            last_index,
-            last_term,
-            path,
-        },
-        payload,
-    ))
+    Ok(SnapshotMeta {
+        last_index,
+        last_term,
+        path,
+    })
 }
 
 /// Deletes the temp files a crash left behind (a snapshot being written or received: never
@@ -485,8 +572,20 @@ mod tests {
             install_snapshot_file(dir.path(), &tmp, 7, 4).is_err(),
             "wrong term"
         );
-        let (installed, payload) = install_snapshot_file(dir.path(), &tmp, 7, 3).unwrap();
-        assert_eq!(payload, b"state");
+        let mut bad = std::fs::read(&tmp).unwrap();
+        *bad.last_mut().unwrap() ^= 1;
+        std::fs::write(&tmp, &bad).unwrap();
+        assert!(
+            matches!(
+                install_snapshot_file(dir.path(), &tmp, 7, 3),
+                Err(LogError::Corrupt { .. })
+            ),
+            "a flipped bit"
+        );
+        assert_eq!(latest_snapshot(dir.path()).unwrap(), None);
+        std::fs::copy(&meta.path, &tmp).unwrap();
+        let installed = install_snapshot_file(dir.path(), &tmp, 7, 3).unwrap();
+        assert_eq!(read_snapshot(&installed).unwrap(), b"state");
         assert_eq!(latest_snapshot(dir.path()).unwrap(), Some(installed));
         assert!(!tmp.exists());
     }
@@ -505,6 +604,45 @@ mod tests {
                 "bit {bit}"
             );
         }
+    }
+
+    #[test]
+    fn a_reader_streams_the_payload_and_only_finish_says_it_can_be_trusted() {
+        use std::io::Read;
+        let dir = scratch();
+        // Over the reader's buffer, read in odd pieces.
+        let payload: Vec<u8> = (0..(5 << 19)).map(|i| (i % 253) as u8).collect();
+        let meta = write_snapshot(dir.path(), 9, 2, &payload).unwrap();
+        let mut reader = SnapshotReader::open(&meta).unwrap();
+        assert_eq!(reader.payload_bytes(), payload.len() as u64);
+        let (mut read, mut piece) = (Vec::new(), vec![0u8; 7919]);
+        loop {
+            let n = reader.read(&mut piece).unwrap();
+            if n == 0 {
+                break;
+            }
+            read.extend_from_slice(&piece[..n]);
+        }
+        assert_eq!(read, payload);
+        reader.finish().unwrap();
+        // A consumer that stops early: finish reads the rest and still checks it.
+        let mut reader = SnapshotReader::open(&meta).unwrap();
+        reader.read_exact(&mut piece).unwrap();
+        reader.finish().unwrap();
+        // A flipped payload bit reads fine and fails at finish.
+        let good = std::fs::read(&meta.path).unwrap();
+        let mut bad = good.clone();
+        bad[HEADER_BYTES + (3 << 19)] ^= 4;
+        std::fs::write(&meta.path, &bad).unwrap();
+        let mut reader = SnapshotReader::open(&meta).unwrap();
+        std::io::copy(&mut reader, &mut std::io::sink()).unwrap();
+        assert!(matches!(reader.finish(), Err(LogError::Corrupt { .. })));
+        // A file cut short is refused at open (the header names the length).
+        std::fs::write(&meta.path, &good[..good.len() - 1]).unwrap();
+        assert!(matches!(
+            SnapshotReader::open(&meta),
+            Err(LogError::Corrupt { .. })
+        ));
     }
 
     #[test]

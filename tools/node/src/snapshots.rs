@@ -33,7 +33,7 @@ use raftline_log::batch::{entry_batches, for_each_keyed_in};
 use raftline_log::fault::crash_point;
 use raftline_log::snapshot::{list_snapshots, remove_snapshots_below, remove_temp_files};
 use raftline_log::{
-    install_snapshot_file, read_snapshot, write_snapshot_streamed, Batch, Log, LogError,
+    install_snapshot_file, write_snapshot_streamed, Batch, Log, LogError, SnapshotReader,
 };
 use raftline_replicator::{Entry, EntryKind, Index, SnapshotChunk, SnapshotMeta};
 
@@ -206,7 +206,7 @@ impl Snapshots {
             requested: false,
             last_started: std::time::Instant::now(),
         };
-        let (verified, dropped_corrupt) = newest_verified(dir)?;
+        let (verified, dropped_corrupt) = newest_verified(dir, &policy)?;
         let gap = |index| match dropped_corrupt {
             0 => SnapshotError::Gap {
                 index,
@@ -217,7 +217,7 @@ impl Snapshots {
                 first_index: log.first_index(),
             },
         };
-        let Some((file, bytes)) = verified else {
+        let Some((file, payload)) = verified else {
             // A log that starts past index 1 was compacted below a snapshot: without it the
             // state of every key written below the log start is gone.
             if log.first_index() > 1 {
@@ -232,7 +232,6 @@ impl Snapshots {
             });
         };
         let (index, term) = (file.last_index, file.last_term);
-        let payload = decode(index, &bytes, &policy)?;
         let holds_last = log.term_at(index) == Some(term);
         if !holds_last && index + 1 < log.first_index() {
             return Err(gap(index));
@@ -516,8 +515,8 @@ impl Snapshots {
         }
         self.incoming = None;
         let (index, term) = (chunk.meta.index, chunk.meta.term);
-        let (file, payload) = install_snapshot_file(&self.dir, &tmp, index, term)?;
-        let payload = decode(index, &payload, &self.policy)?;
+        let file = install_snapshot_file(&self.dir, &tmp, index, term)?;
+        let payload = load(&file, &self.policy)?;
         let served = ServedSnapshot::open(chunk.meta.clone(), &file.path, payload.next_offset)?;
         Ok(Some((served, payload)))
     }
@@ -539,18 +538,21 @@ impl Snapshots {
     }
 }
 
-/// A snapshot file that passed its checksum, with its payload.
-type Verified = (raftline_log::SnapshotMeta, Vec<u8>);
+/// A snapshot file that passed its checksum, with its decoded payload.
+type Verified = (raftline_log::SnapshotMeta, SnapshotPayload);
 
-/// The newest snapshot file in `dir` that passes its checksum, with its payload, and how many
-/// newer ones failed it: those are deleted (never served, never loaded; the log or a peer has
-/// what they held), each said in an error line.
-fn newest_verified(dir: &Path) -> Result<(Option<Verified>, usize), SnapshotError> {
+/// The newest snapshot file in `dir` that passes its checksum, decoded, and how many newer ones
+/// failed it: those are deleted (never served, never loaded; the log or a peer has what they
+/// held), each said in an error line.
+fn newest_verified(
+    dir: &Path,
+    policy: &SnapshotPolicy,
+) -> Result<(Option<Verified>, usize), SnapshotError> {
     let mut dropped = 0;
     for file in list_snapshots(dir)? {
-        match read_snapshot(&file) {
+        match load(&file, policy) {
             Ok(payload) => return Ok((Some((file, payload)), dropped)),
-            Err(e @ LogError::Corrupt { .. }) => {
+            Err(SnapshotError::Log(e @ LogError::Corrupt { .. })) => {
                 tracing::error!(
                     file = %file.path.display(), index = file.last_index, error = %e,
                     "snapshot file corrupt: dropping it"
@@ -560,17 +562,24 @@ fn newest_verified(dir: &Path) -> Result<(Option<Verified>, usize), SnapshotErro
                     .map_err(|e| LogError::io(format!("deleting {}", file.path.display()), e))?;
                 dropped += 1;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     Ok((None, dropped))
 }
 
-fn decode(
-    index: Index,
-    payload: &[u8],
+/// Decodes snapshot `file` as it is read (never whole in memory); the file's checksum is the
+/// first verdict (a rotted file is `Corrupt` whatever the decoding made of it), the payload's
+/// format the second.
+fn load(
+    file: &raftline_log::SnapshotMeta,
     policy: &SnapshotPolicy,
 ) -> Result<SnapshotPayload, SnapshotError> {
-    SnapshotPayload::decode(payload, policy.tombstone_retain_offsets)
-        .map_err(|source| SnapshotError::Payload { index, source })
+    let mut reader = SnapshotReader::open(file)?;
+    let decoded = SnapshotPayload::read_from(&mut reader, policy.tombstone_retain_offsets);
+    reader.finish()?;
+    decoded.map_err(|source| SnapshotError::Payload {
+        index: file.last_index,
+        source,
+    })
 }

@@ -15,7 +15,7 @@
 //! records carry the snapshot's `next_offset - 1` and timestamp 0).
 
 use std::collections::VecDeque;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use raftline_log::batch::{entry_batches, for_each_keyed_in, KeyedRecord};
@@ -287,6 +287,44 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Bytes [`SnapshotPayload::read_from`] reads at a time.
+pub const READ_PIECE_BYTES: usize = 1 << 20;
+
+/// A stream read in pieces into a buffer that keeps only what is not decoded yet.
+struct Pieces<'a> {
+    input: &'a mut dyn Read,
+    buf: Vec<u8>,
+    /// Bytes of `buf` decoded.
+    at: usize,
+}
+
+impl Pieces<'_> {
+    fn unread(&self) -> &[u8] {
+        &self.buf[self.at..]
+    }
+
+    /// Drops the decoded bytes.
+    fn compact(&mut self) {
+        self.buf.drain(..self.at);
+        self.at = 0;
+    }
+
+    /// Reads another piece (at least what is unread again, so a record longer than a piece
+    /// still fits); `truncated` at the end of the stream.
+    fn more(&mut self) -> Result<(), PayloadError> {
+        self.compact();
+        let want = READ_PIECE_BYTES.max(self.buf.len());
+        let read = (&mut *self.input)
+            .take(want as u64)
+            .read_to_end(&mut self.buf)
+            .map_err(|_| PayloadError("unreadable"))?;
+        if read == 0 {
+            return Err(PayloadError("truncated"));
+        }
+        Ok(())
+    }
+}
+
 impl PayloadHead {
     /// Decodes the head at the start of `bytes` (`Ok(None)`: `bytes` is too short to hold it).
     pub fn decode(bytes: &[u8]) -> Result<Option<PayloadHead>, PayloadError> {
@@ -395,14 +433,38 @@ impl SnapshotPayload {
         bytes: &[u8],
         tombstone_retain_offsets: Option<u64>,
     ) -> Result<SnapshotPayload, PayloadError> {
-        let head = PayloadHead::decode(bytes)?.ok_or(PayloadError("truncated"))?;
-        let mut at = head.head_bytes;
+        SnapshotPayload::read_from(&mut &bytes[..], tombstone_retain_offsets)
+    }
+
+    /// [`SnapshotPayload::decode`] from a stream read to its end, [`READ_PIECE_BYTES`] at a
+    /// time: the payload is never whole in memory, only the state it decodes to (a snapshot
+    /// file is read through a checksumming `SnapshotReader`, whose verdict comes after this).
+    /// A read error is `unreadable` (the reader says why).
+    pub fn read_from(
+        input: &mut dyn Read,
+        tombstone_retain_offsets: Option<u64>,
+    ) -> Result<SnapshotPayload, PayloadError> {
+        let mut pieces = Pieces {
+            input,
+            buf: Vec::with_capacity(READ_PIECE_BYTES),
+            at: 0,
+        };
+        let head = loop {
+            if let Some(head) = PayloadHead::decode(pieces.unread())? {
+                break head;
+            }
+            pieces.more()?;
+        };
+        pieces.at = head.head_bytes;
         let mut state = KeyState::new(tombstone_retain_offsets);
         for _ in 0..head.record_count {
-            let (record, used) = head
-                .decode_record(&bytes[at..])?
-                .ok_or(PayloadError("truncated"))?;
-            at += used;
+            let (record, used) = loop {
+                if let Some(decoded) = head.decode_record(pieces.unread())? {
+                    break decoded;
+                }
+                pieces.more()?;
+            };
+            pieces.at += used;
             let held = Held {
                 value: Arc::from(record.value),
                 offset: record.offset,
@@ -410,13 +472,21 @@ impl SnapshotPayload {
             };
             state.set(Arc::from(record.key), held);
         }
+        // The producers' table (small) and nothing else: the rest, whole.
+        pieces.compact();
+        pieces
+            .input
+            .read_to_end(&mut pieces.buf)
+            .map_err(|_| PayloadError("unreadable"))?;
+        let rest = pieces.unread();
+        let mut used = 0;
         let mut producers = ProducerTable::default();
         if head.with_producers {
-            let (table, used) = ProducerTable::decode(&bytes[at..]).map_err(PayloadError)?;
+            let (table, n) = ProducerTable::decode(rest).map_err(PayloadError)?;
             producers = table;
-            at += used;
+            used = n;
         }
-        if at != bytes.len() {
+        if used != rest.len() {
             return Err(PayloadError("trailing bytes"));
         }
         // Records come in key order; tombstones expire in offset order.
@@ -539,6 +609,62 @@ mod tests {
         v2.truncate(v2.len() - 4);
         let back = SnapshotPayload::decode(&v2, None).unwrap();
         assert_eq!((back.state, back.producers.len()), (state, 0));
+    }
+
+    /// A stream that hands out at most `step` bytes per read (as a file or socket may).
+    struct Dribble<'a> {
+        bytes: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Dribble<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.step).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_payload_is_decoded_from_a_stream_across_pieces_and_records_longer_than_one() {
+        let mut state = KeyState::new(None);
+        let mut records: Vec<Record> = (0..3000)
+            .map(|i| record(Some(&format!("key-{i:05}")), &"v".repeat(i % 700 + 1)))
+            .collect();
+        // One value longer than two read pieces, between small records.
+        let long = "x".repeat(2 * READ_PIECE_BYTES + 12_345);
+        records.insert(1500, record(Some("long"), &long));
+        state
+            .apply(Batch::encode(&records).unwrap().as_bytes())
+            .unwrap();
+        let membership = Membership {
+            voters: vec![1, 2, 3],
+            ..Membership::default()
+        };
+        let bytes = encode(9000, &membership, &state, &ProducerTable::default());
+        assert!(bytes.len() > 3 * READ_PIECE_BYTES);
+        for step in [1 << 16, 4093] {
+            let mut input = Dribble {
+                bytes: &bytes,
+                step,
+            };
+            let back = SnapshotPayload::read_from(&mut input, None).unwrap();
+            assert_eq!(back.state, state, "step {step}");
+            assert_eq!(back.state.get(b"long"), Some(long.as_bytes()));
+            assert_eq!(back.next_offset, 9000);
+        }
+        // Cut anywhere (inside the long value, at a piece boundary, in the table): truncated.
+        for cut in [100, READ_PIECE_BYTES, bytes.len() / 2, bytes.len() - 1] {
+            let mut input = Dribble {
+                bytes: &bytes[..cut],
+                step: 1 << 16,
+            };
+            assert!(
+                SnapshotPayload::read_from(&mut input, None).is_err(),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]
