@@ -34,7 +34,9 @@ fn file_name(last_index: u64, last_term: u64) -> String {
 
 /// Writes a snapshot of `payload_bytes` whose payload `write_payload` streams (through a 1 MiB
 /// buffer: the payload is never whole in memory), atomically and durably: temp file, fsync,
-/// rename, directory fsync. A payload of another length than announced is refused (nothing is
+/// rename, directory fsync, at most `bytes_per_s` (`None`: as fast as the disk takes it; the
+/// writer sleeps between writeback steps to keep to it, so the log's syncs on the same disk
+/// find it less busy). A payload of another length than announced is refused (nothing is
 /// renamed). Crash points: `snapshot-write-half` (half the payload in the temp file),
 /// `snapshot-before-rename` (temp file complete and synced), `snapshot-before-dir-sync`.
 pub fn write_snapshot_streamed(
@@ -42,6 +44,7 @@ pub fn write_snapshot_streamed(
     last_index: u64,
     last_term: u64,
     payload_bytes: u64,
+    bytes_per_s: Option<u64>,
     write_payload: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<SnapshotMeta, LogError> {
     let path = dir.join(file_name(last_index, last_term));
@@ -59,7 +62,7 @@ pub fn write_snapshot_streamed(
             crc: crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi),
             written: 0,
             half: payload_bytes / 2,
-            writeback: Writeback::new(&file),
+            writeback: Writeback::new(&file, bytes_per_s),
         };
         out.inner.write_all(&head).map_err(|e| io("writing", e))?;
         out.crc.update(&head[16..]);
@@ -124,22 +127,37 @@ struct Writeback<'a> {
     started: u64,
     /// Start of the step started last (waited for when the next one starts).
     previous: u64,
+    /// File bytes at the end of the last step (= `started` unless refused).
+    stepped: u64,
     refused: bool,
+    /// The write rate to keep to, and when writing began.
+    rate: Option<(u64, std::time::Instant)>,
 }
 
 impl<'a> Writeback<'a> {
-    fn new(file: &'a File) -> Writeback<'a> {
+    fn new(file: &'a File, bytes_per_s: Option<u64>) -> Writeback<'a> {
         Writeback {
             file,
             started: 0,
             previous: 0,
+            stepped: 0,
             refused: false,
+            rate: bytes_per_s
+                .filter(|&r| r > 0)
+                .map(|r| (r, std::time::Instant::now())),
         }
     }
 
     /// `end` bytes of the file have been written (reached the kernel).
     fn written_through(&mut self, end: u64) {
-        if self.refused || end - self.started < WRITEBACK_STEP_BYTES {
+        if end - self.stepped < WRITEBACK_STEP_BYTES {
+            return;
+        }
+        self.stepped = end;
+        if let Some(wait) = self.ahead_of_rate(end, std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        if self.refused {
             return;
         }
         let start = libc::SYNC_FILE_RANGE_WRITE;
@@ -175,6 +193,13 @@ impl<'a> Writeback<'a> {
         }
         self.previous = self.started;
         self.started = end;
+    }
+
+    /// How far ahead of the rate `end` bytes written by `now` are (`None`: not ahead).
+    fn ahead_of_rate(&self, end: u64, now: std::time::Instant) -> Option<std::time::Duration> {
+        let (rate, began) = self.rate?;
+        let due = began + std::time::Duration::from_secs_f64(end as f64 / rate as f64);
+        due.checked_duration_since(now).filter(|d| !d.is_zero())
     }
 }
 
@@ -479,7 +504,7 @@ mod tests {
     fn writeback_starts_each_step_and_waits_for_the_one_before() {
         let dir = scratch();
         let file = File::create(dir.path().join("paced")).unwrap();
-        let mut paced = Writeback::new(&file);
+        let mut paced = Writeback::new(&file, None);
         let chunk = vec![7u8; 1 << 20];
         for mib in 1..=20u64 {
             (&file).write_all(&chunk).unwrap();
@@ -503,12 +528,40 @@ mod tests {
             use std::os::fd::FromRawFd;
             (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
         };
-        let mut paced = Writeback::new(&write_end);
+        let mut paced = Writeback::new(&write_end, None);
         paced.written_through(WRITEBACK_STEP_BYTES);
         assert!(paced.refused, "a pipe refuses sync_file_range (ESPIPE)");
         paced.written_through(2 * WRITEBACK_STEP_BYTES);
         assert_eq!(paced.started, 0, "no pacing once refused");
         drop(read_end);
+    }
+
+    #[test]
+    fn a_rate_limited_writer_is_held_to_its_rate_from_the_first_byte() {
+        let dir = scratch();
+        let file = File::create(dir.path().join("limited")).unwrap();
+        let rate = 64 << 20;
+        let paced = Writeback::new(&file, Some(rate));
+        let (_, began) = paced.rate.unwrap();
+        // 16 MiB at 64 MiB/s are due 250 ms after the start: written at once, 250 ms ahead.
+        assert_eq!(
+            paced.ahead_of_rate(16 << 20, began),
+            Some(std::time::Duration::from_millis(250))
+        );
+        let later = began + std::time::Duration::from_millis(300);
+        assert_eq!(
+            paced.ahead_of_rate(16 << 20, later),
+            None,
+            "behind: no wait"
+        );
+        assert_eq!(
+            Writeback::new(&file, None).ahead_of_rate(1 << 30, began),
+            None
+        );
+        assert!(
+            Writeback::new(&file, Some(0)).rate.is_none(),
+            "0 is no limit"
+        );
     }
 
     fn write_snapshot(
@@ -517,17 +570,23 @@ mod tests {
         last_term: u64,
         payload: &[u8],
     ) -> Result<SnapshotMeta, LogError> {
-        write_snapshot_streamed(dir, last_index, last_term, payload.len() as u64, |w| {
-            w.write_all(payload)
-        })
+        write_snapshot_streamed(
+            dir,
+            last_index,
+            last_term,
+            payload.len() as u64,
+            None,
+            |w| w.write_all(payload),
+        )
     }
 
     #[test]
     fn a_payload_of_another_length_than_announced_is_never_installed() {
         let dir = scratch();
-        let short = write_snapshot_streamed(dir.path(), 3, 1, 10, |w| w.write_all(b"nine byte"));
+        let short =
+            write_snapshot_streamed(dir.path(), 3, 1, 10, None, |w| w.write_all(b"nine byte"));
         assert!(short.is_err());
-        let long = write_snapshot_streamed(dir.path(), 3, 1, 2, |w| w.write_all(b"abc"));
+        let long = write_snapshot_streamed(dir.path(), 3, 1, 2, None, |w| w.write_all(b"abc"));
         assert!(long.is_err());
         assert_eq!(latest_snapshot(dir.path()).unwrap(), None);
     }

@@ -174,6 +174,11 @@ pub struct ServerArgs {
     /// [default: 64].
     #[arg(long)]
     pub retain_mib: Option<u64>,
+    /// Write snapshot files at most this many MiB per second, so the log's fdatasyncs on the
+    /// same disk do not wait behind a whole snapshot; 0 = as fast as the disk takes them
+    /// [default: 64].
+    #[arg(long)]
+    pub snapshot_write_mib_per_s: Option<u64>,
     /// Largest materialised state in MiB. Once the state holds this much, the leader refuses
     /// appends that would add a key (error StateFull; Kafka: POLICY_VIOLATION) while overwrites
     /// and deletes of held keys go on, and every node keeps snapshotting and compacting
@@ -252,6 +257,7 @@ struct FileConfig {
     snapshot_every_mib: Option<u64>,
     snapshot_interval_s: Option<u64>,
     retain_mib: Option<u64>,
+    snapshot_write_mib_per_s: Option<u64>,
     state_mib_max: Option<u64>,
     tombstone_retain_offsets: Option<u64>,
     emulate_disk: Option<DiskProfile>,
@@ -538,6 +544,14 @@ impl ServerArgs {
                     .or(file.snapshot_interval_s)
                     .filter(|&s| s > 0)
                     .map(Duration::from_secs),
+                write_bytes_per_s: match self
+                    .snapshot_write_mib_per_s
+                    .or(file.snapshot_write_mib_per_s)
+                {
+                    Some(0) => None,
+                    Some(mib) => Some(mib << 20),
+                    None => SnapshotPolicy::default().write_bytes_per_s,
+                },
                 tombstone_retain_offsets: match self
                     .tombstone_retain_offsets
                     .or(file.tombstone_retain_offsets)
@@ -763,6 +777,18 @@ mod tests {
             .unwrap_err()
         );
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn the_snapshot_write_rate_defaults_to_64_mib_per_s_and_0_lifts_it() {
+        let rate = |mib: Option<u64>| {
+            let mut a = args();
+            a.snapshot_write_mib_per_s = mib;
+            a.resolve().unwrap().snapshots.write_bytes_per_s
+        };
+        assert_eq!(rate(None), Some(64 << 20));
+        assert_eq!(rate(Some(16)), Some(16 << 20));
+        assert_eq!(rate(Some(0)), None);
     }
 
     #[test]

@@ -39,6 +39,7 @@ const COMPACTING: SnapshotPolicy = SnapshotPolicy {
     state_bytes_max: 1 << 20,
     tombstone_retain_offsets: None,
     interval: None,
+    write_bytes_per_s: None,
 };
 const COMPACTING_SEGMENT_BYTES: u64 = 128 << 10;
 
@@ -813,6 +814,7 @@ fn every_snapshot_holds_exactly_the_state_rebuilt_from_the_log_up_to_its_index()
         state_bytes_max: 1 << 30,
         tombstone_retain_offsets: None,
         interval: None,
+        write_bytes_per_s: None,
     };
     let mut cluster = Cluster::with(policy, COMPACTING_SEGMENT_BYTES);
     let mut checked = std::collections::BTreeSet::new();
