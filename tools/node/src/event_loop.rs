@@ -186,8 +186,8 @@ pub struct EventLoop {
     vouching: Option<Vouching>,
     /// When the node last said what it waits for while vouching.
     vouching_reported: Instant,
-    /// A peer or the log's configuration records another incarnation for this node: the
-    /// round ends the loop with it.
+    /// A peer records another incarnation for this node (heard while vouching): the round
+    /// ends the loop with it.
     refused: Option<LoopError>,
 }
 
@@ -197,7 +197,7 @@ impl EventLoop {
     #[allow(clippy::too_many_arguments)] // the parts the loop owns, each built by `Node::start`
     pub fn new(
         cfg: LoopConfig,
-        net: Net,
+        mut net: Net,
         replica: Replica,
         appends: Appends,
         subscriptions: Subscriptions,
@@ -220,7 +220,6 @@ impl EventLoop {
                  must not vote)"
             );
         }
-        let mut net = net;
         net.set_pristine(replica.is_pristine());
         EventLoop {
             vouching,
