@@ -440,13 +440,14 @@ impl Producers {
     }
 
     /// Judges a proposal's batches in order, for the leader of `term` whose log holds entries of
-    /// earlier terms up to `earlier_terms_end` and is applied up to `applied`: each against the
-    /// table, this leader's proposals in flight and the batches before it in `batches`.
+    /// earlier terms up to `earlier_terms_end()` (asked only before its first proposal of the
+    /// term) and is applied up to `applied`: each against the table, this leader's proposals in
+    /// flight and the batches before it in `batches`.
     pub fn judge(
         &self,
         batches: &[Batch],
         term: Term,
-        earlier_terms_end: Index,
+        earlier_terms_end: impl FnOnce() -> Index,
         applied: Index,
     ) -> Vec<Verdict> {
         // Before this leader's first proposal of the term, its log after the earlier terms'
@@ -455,7 +456,7 @@ impl Producers {
         let barrier = if self.term == term {
             self.barrier
         } else {
-            earlier_terms_end
+            earlier_terms_end()
         };
         let mut proposing: HashMap<u64, Producer> = HashMap::new();
         let mut verdicts = Vec::with_capacity(batches.len());
@@ -709,9 +710,9 @@ mod tests {
     fn next_duplicate_gap_stale_epoch_and_unknown_are_told_apart() {
         let mut p = Producers::default();
         let first = [batch(9, 0, 0, 3)];
-        assert_eq!(p.judge(&first, 1, 0, 0), vec![Verdict::Fresh]);
+        assert_eq!(p.judge(&first, 1, || 0, 0), vec![Verdict::Fresh]);
         p.apply_entry(1, &entry(&first, 0, 1, 1)).unwrap();
-        let judge = |p: &Producers, b: Batch| p.judge(&[b], 1, 1, 1)[0];
+        let judge = |p: &Producers, b: Batch| p.judge(&[b], 1, || 1, 1)[0];
         assert_eq!(judge(&p, batch(9, 0, 3, 2)), Verdict::Fresh);
         assert_eq!(
             judge(&p, batch(9, 0, 0, 3)),
@@ -759,7 +760,7 @@ mod tests {
         p.apply_entry(2, &entry(&[batch(9, 1, 0, 1)], 3, 1, 2))
             .unwrap();
         assert_eq!(
-            p.judge(&[batch(9, 0, 3, 1)], 1, 2, 2)[0],
+            p.judge(&[batch(9, 0, 3, 1)], 1, || 2, 2)[0],
             Verdict::StaleEpoch {
                 producer_id: 9,
                 current: 1,
@@ -777,7 +778,7 @@ mod tests {
                 .unwrap();
         }
         let p = Producers::new(t);
-        let judge = |b| p.judge(&[b], 1, 7, 7)[0];
+        let judge = |b| p.judge(&[b], 1, || 7, 7)[0];
         assert!(
             matches!(judge(batch(1, 0, 2, 2)), Verdict::OutOfOrder { .. }),
             "6th from last"
@@ -806,7 +807,7 @@ mod tests {
         let mut p = Producers::default();
         let original = [batch(5, 0, 0, 2)];
         // Becomes leader of term 3 at index 10 (all applied): the original is proposed at 11.
-        assert_eq!(p.judge(&original, 3, 10, 10), vec![Verdict::Fresh]);
+        assert_eq!(p.judge(&original, 3, || 10, 10), vec![Verdict::Fresh]);
         propose(&mut p, &original, 3, 11, 100);
         let placed = Placed {
             first_seq: 0,
@@ -817,13 +818,18 @@ mod tests {
             term: 3,
         };
         assert_eq!(
-            p.judge(&original, 3, 11, 10),
+            p.judge(&original, 3, || 11, 10),
             vec![Verdict::Duplicate(placed)]
         );
         // The next batch continues the in-flight one; a resend in the same proposal is SameAs.
         let next = batch(5, 0, 2, 1);
         assert_eq!(
-            p.judge(&[next.clone(), batch(6, 0, 0, 1), next.clone()], 3, 11, 10),
+            p.judge(
+                &[next.clone(), batch(6, 0, 0, 1), next.clone()],
+                3,
+                || 11,
+                10
+            ),
             vec![Verdict::Fresh, Verdict::Fresh, Verdict::SameAs(0)]
         );
         // Once the original commits, the overlay is gone and the table answers the same.
@@ -835,7 +841,7 @@ mod tests {
             ..placed
         };
         assert_eq!(
-            p.judge(&original, 3, 11, 11),
+            p.judge(&original, 3, || 11, 11),
             vec![Verdict::Duplicate(committed)]
         );
         // A lost leadership forgets the overlay.
@@ -850,15 +856,18 @@ mod tests {
         let b = [batch(5, 0, 0, 1)];
         // Earlier terms' entries end at 20 (the no-op and this term's configuration entries
         // follow), applied 15.
-        assert_eq!(p.judge(&b, 4, 20, 15), vec![Verdict::NotReady]);
+        assert_eq!(p.judge(&b, 4, || 20, 15), vec![Verdict::NotReady]);
         assert_eq!(
-            p.judge(&[Batch::encode(&[]).unwrap()], 4, 20, 15),
+            p.judge(&[Batch::encode(&[]).unwrap()], 4, || 20, 15),
             vec![Verdict::Fresh]
         );
         // A plain batch proposed at 21 fixes the barrier at 20.
         p.proposed(&[None], &[(0, 0)], 4, 21);
-        assert_eq!(p.judge(&b, 4, 21, 19), vec![Verdict::NotReady]);
-        assert_eq!(p.judge(&b, 4, 21, 20), vec![Verdict::Fresh]);
+        assert_eq!(p.judge(&b, 4, || 21, 19), vec![Verdict::NotReady]);
+        assert_eq!(p.judge(&b, 4, || 21, 20), vec![Verdict::Fresh]);
+        // Once fixed, the log is not walked again (the walk is for the term's first proposal).
+        let unasked = || panic!("the earlier terms' end is asked after the term's first proposal");
+        assert_eq!(p.judge(&b, 4, unasked, 20), vec![Verdict::Fresh]);
     }
 
     #[test]
@@ -892,7 +901,7 @@ mod tests {
         assert!(t.get(0).is_some() && t.get(2).is_some() && t.get(1 << 40).is_some());
         let p = Producers::new(t);
         assert_eq!(
-            p.judge(&[batch(1, 0, 1, 1)], 1, at + 2, at + 2),
+            p.judge(&[batch(1, 0, 1, 1)], 1, || at + 2, at + 2),
             vec![Verdict::UnknownProducer { producer_id: 1 }]
         );
     }

@@ -610,15 +610,19 @@ impl Replica {
             // of a leader that cannot commit its term's first entry).
             return vec![Verdict::Fresh; batches.len()];
         }
-        let term = self.raft.term();
-        // Entries of this term before its first proposal: the no-op and a few configuration
-        // entries (a compacted index is applied).
-        let mut earlier_terms_end = self.raft.last_index();
-        while earlier_terms_end > 0 && self.raft.term_at(earlier_terms_end) == Some(term) {
-            earlier_terms_end -= 1;
-        }
+        let raft = &self.raft;
+        let term = raft.term();
+        // Asked only before the term's first proposal, when the entries of this term are its
+        // no-op and a few configuration entries (a compacted index is applied).
+        let earlier_terms_end = || {
+            let mut end = raft.last_index();
+            while end > 0 && raft.term_at(end) == Some(term) {
+                end -= 1;
+            }
+            end
+        };
         self.producers
-            .judge(batches, term, earlier_terms_end, self.raft.applied_index())
+            .judge(batches, term, earlier_terms_end, raft.applied_index())
     }
 
     /// The committed dedup table.
