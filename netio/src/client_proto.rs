@@ -576,6 +576,18 @@ pub enum Request {
         /// The secret token (the node keeps only its SHA-256 digest).
         token: String,
     },
+    /// Admin (leader): member `id` is reached at new addresses (its machine moved, its data
+    /// directory with it); its recorded incarnation stays.
+    MemberUpdate {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// The member.
+        id: u64,
+        /// Where peers reach it now.
+        peer_address: String,
+        /// Where clients reach it now.
+        client_address: String,
+    },
 }
 
 /// A member of the cluster's configuration, with its addresses.
@@ -766,6 +778,7 @@ impl Request {
             Request::MemberPromote { .. } => FrameType::MemberPromote,
             Request::MemberRemove { .. } => FrameType::MemberRemove,
             Request::LeaderTransfer { .. } => FrameType::LeaderTransfer,
+            Request::MemberUpdate { .. } => FrameType::MemberUpdate,
             Request::Authenticate { .. } => FrameType::Authenticate,
         }
     }
@@ -792,6 +805,7 @@ impl Request {
             | Request::MemberPromote { request_id, .. }
             | Request::MemberRemove { request_id, .. }
             | Request::LeaderTransfer { request_id, .. }
+            | Request::MemberUpdate { request_id, .. }
             | Request::Authenticate { request_id, .. } => *request_id,
         }
     }
@@ -811,7 +825,8 @@ impl Request {
             | Request::MemberAdd { .. }
             | Request::MemberPromote { .. }
             | Request::MemberRemove { .. }
-            | Request::LeaderTransfer { .. } => Some(AccessRole::Admin),
+            | Request::LeaderTransfer { .. }
+            | Request::MemberUpdate { .. } => Some(AccessRole::Admin),
         }
     }
 }
@@ -954,6 +969,7 @@ pub fn decode_request(frame: Frame) -> Result<Request, ClientProtoError> {
             | FrameType::MemberPromote
             | FrameType::MemberRemove
             | FrameType::LeaderTransfer
+            | FrameType::MemberUpdate
             | FrameType::Authenticate
     ) {
         return Err(ClientProtoError::WrongFrameType(frame_type));

@@ -96,6 +96,8 @@ pub enum FrameType {
     MemberRemove = 0x19,
     /// Client → node (admin): hand leadership to another voter.
     LeaderTransfer = 0x1A,
+    /// Client → node (admin): a member's new peer and client addresses (it moved).
+    MemberUpdate = 0x1B,
     /// Node → client: the members.
     MemberListReply = 0x29,
     /// Node → client: a configuration change committed.
@@ -110,7 +112,7 @@ pub enum FrameType {
 
 impl FrameType {
     /// Every frame type, for tests and tables.
-    pub const ALL: [FrameType; 30] = [
+    pub const ALL: [FrameType; 31] = [
         FrameType::PeerHello,
         FrameType::PeerMessage,
         FrameType::Keepalive,
@@ -136,6 +138,7 @@ impl FrameType {
         FrameType::MemberPromote,
         FrameType::MemberRemove,
         FrameType::LeaderTransfer,
+        FrameType::MemberUpdate,
         FrameType::MemberListReply,
         FrameType::MembershipChanged,
         FrameType::LeaderTransferred,
@@ -172,6 +175,7 @@ impl FrameType {
                 | FrameType::MemberPromote
                 | FrameType::MemberRemove
                 | FrameType::LeaderTransfer
+                | FrameType::MemberUpdate
                 | FrameType::Authenticate
                 | FrameType::Keepalive
         )

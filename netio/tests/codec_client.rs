@@ -106,6 +106,14 @@ fn arb_request() -> impl Strategy<Value = Request> {
             .prop_map(|(request_id, to)| Request::LeaderTransfer { request_id, to }),
         (any::<u64>(), any::<String>())
             .prop_map(|(request_id, token)| Request::Authenticate { request_id, token }),
+        (any::<u64>(), any::<u64>(), any::<String>(), any::<String>()).prop_map(
+            |(request_id, id, peer_address, client_address)| Request::MemberUpdate {
+                request_id,
+                id,
+                peer_address,
+                client_address,
+            }
+        ),
     ]
 }
 

@@ -1,4 +1,4 @@
-//! `raftline member list|add|promote|remove` and `raftline leader transfer`: the cluster's
+//! `raftline member list|add|promote|remove|update` and `raftline leader transfer`: the cluster's
 //! configuration, changed one server at a time through the leader.
 
 use std::process::ExitCode;
@@ -34,6 +34,27 @@ pub enum MemberCommand {
     Promote(PromoteArgs),
     /// Remove a voter or a learner (refused if the remaining reachable voters are no quorum).
     Remove(RemoveArgs),
+    /// A member's new peer and client addresses: its machine moved and kept its data
+    /// directory (a wiped one is removed and joins instead). Voters and learners stay as they
+    /// are; members dial it at the new address once the change is in their log.
+    Update(UpdateArgs),
+}
+
+/// Flags of `raftline member update`.
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// Where the cluster is.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The member's id.
+    #[arg(long)]
+    pub id: u64,
+    /// Where peers reach it now (its `--listen`, or its advertised name).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub peer_addr: String,
+    /// Where clients reach it now.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub client_addr: String,
 }
 
 /// Flags of `raftline member list`.
@@ -129,6 +150,13 @@ pub fn run(command: MemberCommand) -> anyhow::Result<ExitCode> {
                 "stop node {} now (its data directory can be deleted)",
                 args.id
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        MemberCommand::Update(args) => {
+            let config = args.cluster.client_config()?;
+            let changed =
+                admin::update_address(&config, args.id, &args.peer_addr, &args.client_addr)?;
+            print_change("updated", args.id, &changed);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -707,3 +707,48 @@ fn a_member_known_by_name_that_moves_to_a_new_address_is_dialled_there() {
     assert_eq!(tags.first(), Some(&1));
     assert_eq!(tags.last(), Some(&2));
 }
+
+/// A member known by its IP address moves to a new machine with its data directory: `raftline
+/// member update` gives the cluster its new addresses in place (no remove and join: it keeps
+/// its log, its vote and its recorded incarnation). Once the other follower is down the quorum
+/// needs it, so the append commits only if the leader dials it at the new address. With the
+/// update ignored by the leader (the old address kept) no quorum forms and the append fails.
+#[test]
+fn a_member_that_moved_to_a_new_ip_address_is_updated_in_place() {
+    let mut cluster = Cluster::start(3, "auto");
+    let leader = cluster.wait_leader();
+    append_at_leader(&cluster, 1);
+    wait_incarnations_recorded(&cluster, 3);
+    let moved = if leader == 3 { 2 } else { 3 };
+    let other = (1..=3).find(|&id| id != leader && id != moved).unwrap();
+    let recorded = incarnations(&cluster)[&moved].clone();
+    cluster.kill(moved);
+    let node = &mut cluster.nodes[moved as usize - 1];
+    let at = |port| std::net::SocketAddr::new("127.0.0.2".parse().unwrap(), port);
+    node.peer = at(node.peer.port());
+    node.client = at(node.client.port());
+    let (peer, client) = (node.peer.to_string(), node.client.to_string());
+    cluster.spawn(moved);
+    let id = moved.to_string();
+    let args = [
+        "member",
+        "update",
+        "--id",
+        &id,
+        "--peer-addr",
+        &peer,
+        "--client-addr",
+        &client,
+    ];
+    let out = cli_ok(&cluster, &args);
+    assert!(out.contains(&format!("node {moved} updated")), "{out}");
+    cluster.kill(other);
+    append_at_leader(&cluster, 2);
+    let list = cli_ok(&cluster, &["member", "list"]);
+    assert!(list.contains(&peer), "the new address is listed:\n{list}");
+    assert_eq!(
+        incarnations(&cluster)[&moved],
+        recorded,
+        "the same data directory"
+    );
+}

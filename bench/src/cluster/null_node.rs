@@ -157,7 +157,8 @@ impl NullNode {
             | Request::MemberAdd { request_id, .. }
             | Request::MemberPromote { request_id, .. }
             | Request::MemberRemove { request_id, .. }
-            | Request::LeaderTransfer { request_id, .. } => Response::Error {
+            | Request::LeaderTransfer { request_id, .. }
+            | Request::MemberUpdate { request_id, .. } => Response::Error {
                 request_id,
                 error: ClientError::BadRequest {
                     why: "a null node has no membership".to_string(),

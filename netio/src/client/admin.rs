@@ -71,6 +71,22 @@ pub fn add_learner(
     })
 }
 
+/// Member `id` is reached at these addresses now (it moved with its data directory); returns
+/// once the change committed.
+pub fn update_address(
+    config: &ClientConfig,
+    id: u64,
+    peer_address: &str,
+    client_address: &str,
+) -> Result<MembershipChanged, Error> {
+    change(config, |request_id| Request::MemberUpdate {
+        request_id,
+        id,
+        peer_address: peer_address.to_string(),
+        client_address: client_address.to_string(),
+    })
+}
+
 /// Makes learner `id` a voter (refused with `LearnerBehind` until it has caught up).
 pub fn promote(config: &ClientConfig, id: u64) -> Result<MembershipChanged, Error> {
     change(config, |request_id| Request::MemberPromote {

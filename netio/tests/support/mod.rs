@@ -353,7 +353,8 @@ pub fn serve(cluster: &FakeCluster, node: usize, mut stream: TcpStream) {
                 | Request::MemberAdd { request_id, .. }
                 | Request::MemberPromote { request_id, .. }
                 | Request::MemberRemove { request_id, .. }
-                | Request::LeaderTransfer { request_id, .. } => Some(Response::Error {
+                | Request::LeaderTransfer { request_id, .. }
+                | Request::MemberUpdate { request_id, .. } => Some(Response::Error {
                     request_id,
                     error: ClientError::Unavailable {
                         why: "the fake cluster has no membership".into(),

@@ -639,6 +639,19 @@ impl EventLoop {
                 id,
                 force,
             } => self.member_request(client, request_id, MemberRequest::Remove(id, force)),
+            Request::MemberUpdate {
+                request_id,
+                id,
+                peer_address,
+                client_address,
+            } => {
+                let request = MemberRequest::Update {
+                    id,
+                    peer_address,
+                    client_address,
+                };
+                self.member_request(client, request_id, request)
+            }
             Request::LeaderTransfer { request_id, to } => {
                 self.member_request(client, request_id, MemberRequest::Transfer(to))
             }

@@ -58,6 +58,15 @@ pub enum MemberRequest {
         /// Its data directory's incarnation (0: recorded when it connects).
         incarnation: u64,
     },
+    /// `member update`: a member's new addresses.
+    Update {
+        /// The member.
+        id: NodeId,
+        /// Where peers reach it now.
+        peer_address: String,
+        /// Where clients reach it now.
+        client_address: String,
+    },
     /// `member promote`.
     Promote(NodeId),
     /// `member remove` (`force`: skip the reachable-quorum check).
@@ -249,6 +258,31 @@ impl Members {
                         incarnation,
                     },
                 ),
+                Err(why) => {
+                    return replier.error(net, client, request_id, ClientError::BadRequest { why })
+                }
+            },
+            MemberRequest::Update {
+                id,
+                peer_address,
+                client_address,
+            } => match check_addresses(&peer_address, &client_address) {
+                // The recorded incarnation stays: the member moved with its data directory.
+                Ok(()) => {
+                    let incarnation = raft
+                        .membership()
+                        .addresses
+                        .get(&id)
+                        .map_or(0, |a| a.incarnation);
+                    MembershipChange::UpdateAddress(
+                        id,
+                        MemberAddress {
+                            peer: peer_address,
+                            client: client_address,
+                            incarnation,
+                        },
+                    )
+                }
                 Err(why) => {
                     return replier.error(net, client, request_id, ClientError::BadRequest { why })
                 }
