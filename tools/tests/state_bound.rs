@@ -236,6 +236,21 @@ fn an_expired_tombstone_is_absent_from_the_snapshot_and_the_reader_still_ends_wi
     }
     // A recent delete: its tombstone is within the retention at the snapshot.
     let end = append(vec![record("key-000042", b"")], &mut expected);
+    // A node snapshots what it has applied when asked: every node must have applied the last
+    // delete first (a follower learns the commit a heartbeat later).
+    let leader = cluster.wait_leader();
+    let commit = status(cluster.node(leader).client).unwrap().commit_index;
+    let deadline = Instant::now() + DEADLINE;
+    for node in &cluster.nodes {
+        while status(node.client).map_or(true, |s| s.commit_index < commit) {
+            assert!(
+                Instant::now() < deadline,
+                "node {} never applied {commit}",
+                node.id
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     for node in &cluster.nodes {
         snapshot_now(
             &node.client.to_string(),
