@@ -46,13 +46,22 @@ pub struct UpdateArgs {
     /// Where the cluster is.
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// The member's id.
+    /// The member and where it is now.
+    #[command(flatten)]
+    pub member: MemberAddressArgs,
+}
+
+/// A member's id and addresses (`member add`, `member update`).
+#[derive(Args, Debug)]
+pub struct MemberAddressArgs {
+    /// The node's id.
     #[arg(long)]
     pub id: u64,
-    /// Where peers reach it now (its `--listen`, or its advertised name).
+    /// Where peers reach it (its `--listen`): ip:port, or a name (host:port) that every member
+    /// resolves by itself (off its raft thread) and again when it moves.
     #[arg(long, value_name = "HOST:PORT")]
     pub peer_addr: String,
-    /// Where clients reach it now.
+    /// Where clients reach it (its `--client-listen`).
     #[arg(long, value_name = "HOST:PORT")]
     pub client_addr: String,
 }
@@ -71,16 +80,9 @@ pub struct AddArgs {
     /// Where the cluster is.
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// The new node's id (unused in the cluster).
-    #[arg(long)]
-    pub id: u64,
-    /// Where peers reach the new node (its `--listen`): ip:port, or a name (host:port) that
-    /// every member resolves by itself (off its raft thread) and again when it moves.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub peer_addr: String,
-    /// Where clients reach it (its `--client-listen`).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub client_addr: String,
+    /// The new node: its id (unused in the cluster) and addresses.
+    #[command(flatten)]
+    pub member: MemberAddressArgs,
     /// Leave it a learner (promote it later with `member promote`).
     #[arg(long)]
     pub learner: bool,
@@ -154,9 +156,9 @@ pub fn run(command: MemberCommand) -> anyhow::Result<ExitCode> {
         }
         MemberCommand::Update(args) => {
             let config = args.cluster.client_config()?;
-            let changed =
-                admin::update_address(&config, args.id, &args.peer_addr, &args.client_addr)?;
-            print_change("updated", args.id, &changed);
+            let m = &args.member;
+            let changed = admin::update_address(&config, m.id, &m.peer_addr, &m.client_addr)?;
+            print_change("updated", m.id, &changed);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -223,13 +225,14 @@ fn list(config: &ClientConfig) -> anyhow::Result<ExitCode> {
 
 fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
     let config = args.cluster.client_config()?;
-    let changed = admin::add_learner(&config, args.id, &args.peer_addr, &args.client_addr, 0)?;
-    print_change("added as a learner", args.id, &changed);
+    let m = &args.member;
+    let changed = admin::add_learner(&config, m.id, &m.peer_addr, &m.client_addr, 0)?;
+    print_change("added as a learner", m.id, &changed);
     if args.learner {
         return Ok(ExitCode::SUCCESS);
     }
-    let changed = promote_once_caught_up(&config, args.id, Duration::from_secs(args.catch_up_s))?;
-    print_change("promoted", args.id, &changed);
+    let changed = promote_once_caught_up(&config, m.id, Duration::from_secs(args.catch_up_s))?;
+    print_change("promoted", m.id, &changed);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -249,44 +249,23 @@ impl Members {
                 peer_address,
                 client_address,
                 incarnation,
-            } => match check_addresses(&peer_address, &client_address) {
-                Ok(()) => MembershipChange::AddLearner(
-                    id,
-                    MemberAddress {
-                        peer: peer_address,
-                        client: client_address,
-                        incarnation,
-                    },
-                ),
-                Err(why) => {
-                    return replier.error(net, client, request_id, ClientError::BadRequest { why })
-                }
+            } => match member_address(peer_address, client_address, incarnation) {
+                Ok(address) => MembershipChange::AddLearner(id, address),
+                Err(error) => return replier.error(net, client, request_id, error),
             },
             MemberRequest::Update {
                 id,
                 peer_address,
                 client_address,
-            } => match check_addresses(&peer_address, &client_address) {
+            } => {
                 // The recorded incarnation stays: the member moved with its data directory.
-                Ok(()) => {
-                    let incarnation = raft
-                        .membership()
-                        .addresses
-                        .get(&id)
-                        .map_or(0, |a| a.incarnation);
-                    MembershipChange::UpdateAddress(
-                        id,
-                        MemberAddress {
-                            peer: peer_address,
-                            client: client_address,
-                            incarnation,
-                        },
-                    )
+                let membership = raft.membership();
+                let incarnation = membership.addresses.get(&id).map_or(0, |a| a.incarnation);
+                match member_address(peer_address, client_address, incarnation) {
+                    Ok(address) => MembershipChange::UpdateAddress(id, address),
+                    Err(error) => return replier.error(net, client, request_id, error),
                 }
-                Err(why) => {
-                    return replier.error(net, client, request_id, ClientError::BadRequest { why })
-                }
-            },
+            }
             MemberRequest::Promote(id) => MembershipChange::PromoteLearner(id),
             MemberRequest::Remove(id, force) => {
                 if !force {
@@ -637,10 +616,24 @@ impl Members {
     }
 }
 
-/// A new member's addresses: where peers dial it and where clients reach it.
+/// A member's addresses: where peers dial it and where clients reach it.
 fn check_addresses(peer: &str, client: &str) -> Result<(), String> {
     check_address("peer address", peer)?;
     check_address("client address", client)
+}
+
+/// A member's address book entry, its addresses checked.
+fn member_address(
+    peer: String,
+    client: String,
+    incarnation: u64,
+) -> Result<MemberAddress, ClientError> {
+    check_addresses(&peer, &client).map_err(|why| ClientError::BadRequest { why })?;
+    Ok(MemberAddress {
+        peer,
+        client,
+        incarnation,
+    })
 }
 
 /// An address other nodes and clients can dial: `ip:port` or `host:port` (a name, resolved
