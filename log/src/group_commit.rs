@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -71,6 +72,10 @@ pub struct WriterStats {
     /// Groups holding only a durability marker, written when the writer went idle or closed
     /// (each one an fdatasync, also counted in `fdatasyncs`).
     pub durable_mark_groups: AtomicU64,
+    /// Durability markers written ahead, without an fdatasync, where the next group will
+    /// start: the writer found nothing queued right after a group (FORMAT.md, "Durability
+    /// markers").
+    pub durable_marks_ahead: AtomicU64,
 }
 
 /// A segment dropped by prefix truncation, set aside (as a `.free` file) to be recycled.
@@ -284,6 +289,9 @@ pub(crate) struct Writer {
     /// synced, cleared once a marker carrying it is written. `None` at open: what recovery
     /// found was not necessarily synced, and a marker must never claim more than was.
     mark_due: Option<u64>,
+    /// Where in the active segment a marker carrying `mark_due` was written ahead (not synced):
+    /// the next group starts there and rewrites those bytes unchanged.
+    mark_ahead: Option<u64>,
 }
 
 /// Marks the durable state closed when the writer thread ends, even by a panic, so that no
@@ -325,6 +333,7 @@ impl Writer {
             ops_completed: 0,
             locs: Vec::new(),
             mark_due: None,
+            mark_ahead: None,
         };
         w.prepare_spare_if_due();
         w
@@ -459,6 +468,13 @@ impl Writer {
             let Some(durable) = self.mark_due.filter(|_| self.failed.is_none()) else {
                 return rx.recv().ok();
             };
+            if self.mark_ahead != Some(self.pos) {
+                match rx.try_recv() {
+                    Ok(op) => return Some(op),
+                    Err(TryRecvError::Empty) => self.write_mark_ahead(durable),
+                    Err(TryRecvError::Disconnected) => {}
+                }
+            }
             let closed = match rx.recv_timeout(self.params.durable_mark_idle) {
                 Ok(op) => return Some(op),
                 Err(RecvTimeoutError::Timeout) => false,
@@ -485,6 +501,35 @@ impl Writer {
             if closed {
                 return None;
             }
+        }
+    }
+
+    /// Writes the marker vouching for `durable` where the next group will start, without an
+    /// fdatasync, when the writer has nothing queued right after a group: a process that dies
+    /// now (kill -9, a panic, OOM) leaves the marker in the page cache or on the device, and
+    /// recovery can tell a rotted last group from a torn one, where before it could not until
+    /// the next group or the idle marker. Only a power cut before the next fdatasync still
+    /// loses it (FORMAT.md, "Residual window"). The next group starts with the same marker, so
+    /// rewriting the sector cannot damage it whichever version a torn write leaves. Best
+    /// effort: on failure the marker rides at the head of the next group as before.
+    fn write_mark_ahead(&mut self, durable: u64) {
+        let sector = crate::aligned_buf::SECTOR_BYTES as u64;
+        if self.pos + sector > self.header.segment_bytes {
+            return;
+        }
+        self.buf.clear();
+        self.buf
+            .extend_from_slice(Batch::durable_mark(durable, self.header.seq).as_bytes());
+        self.buf.pad_to_sector();
+        match self.file.write_all_at(self.buf.as_slice(), self.pos) {
+            Ok(()) => {
+                self.mark_ahead = Some(self.pos);
+                self.shared
+                    .stats
+                    .durable_marks_ahead
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(error = %e, "writing a durability marker ahead failed"),
         }
     }
 
@@ -838,6 +883,13 @@ impl Writer {
     /// Seals the current segment and starts the next at log position `(index, offset, prev_term)`.
     fn start_segment(&mut self, start: (u64, u64, u64), restart: bool) -> Result<(), LogError> {
         let dir = self.params.dir.clone();
+        if self.mark_ahead.take() == Some(self.pos) {
+            // A marker written ahead ends the segment being sealed: synced, it is a valid
+            // marker-only group there, never a torn write inside a sealed segment.
+            self.file.sync_data().map_err(|e| {
+                LogError::io(format!("fdatasync of segment {}", self.header.seq), e)
+            })?;
+        }
         let prepared = self.next_body(start.0, restart)?;
         let header = SegmentHeader {
             seq: self.header.seq + 1,

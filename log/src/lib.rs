@@ -25,7 +25,7 @@ pub use error::{CorruptionKind, LogError};
 pub use group_commit::WriterStats;
 pub use hard_state::{HardState, HardStateStore, SlotsLoaded};
 pub use histogram::{Pow2Histogram, WalFsyncHistogram};
-pub use log::{AppendTicket, Log, LogConfig};
+pub use log::{AppendTicket, Log, LogConfig, DURABLE_MARK_IDLE_DEFAULT};
 pub use recovery::{DamageCut, DurableLoss, DurableLossHook, OnDamage};
 pub use segment::Preallocate;
 pub use snapshot::{

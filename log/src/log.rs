@@ -96,6 +96,10 @@ pub struct LogConfig {
     pub on_damage: OnDamage,
 }
 
+/// How long the writer idles after a group before it syncs a marker-only group, by default
+/// (FORMAT.md, "Durability markers").
+pub const DURABLE_MARK_IDLE_DEFAULT: Duration = Duration::from_millis(10);
+
 impl LogConfig {
     /// Defaults for production: 64 MiB segments, 1 MiB batches, 4 MiB groups, 4096 queued ops.
     pub fn new(dir: impl Into<PathBuf>) -> LogConfig {
@@ -109,7 +113,7 @@ impl LogConfig {
             preallocate: Preallocate::ZeroFill,
             reserve_bytes: 4 << 20,
             emulated_fsync_delay: Duration::ZERO,
-            durable_mark_idle: Duration::from_millis(10),
+            durable_mark_idle: DURABLE_MARK_IDLE_DEFAULT,
             durable_hook: None,
             writer_start_hook: None,
             durable_loss_hook: None,

@@ -140,9 +140,16 @@ fn last_batch_byte(cluster: &Cluster, id: u64) -> (PathBuf, u64) {
     (path, last.expect("the follower's log holds batches") as u64)
 }
 
-#[test]
-fn a_follower_whose_acknowledged_tail_rots_stays_mute_until_a_leader_repairs_it() {
-    let mut cluster = Cluster::start_on_faultfs(3, "auto", FLAGS);
+/// A follower that helped acknowledge records goes down, the last group of its log rots, the
+/// leader dies: the follower and the lagging node must elect nobody until the leader returns.
+/// `power_cut`: the follower loses power after idling 200 ms (its writer synced the idle
+/// marker); else it is killed (-9) once it holds the last record, its writer never idle long
+/// enough for an idle marker: only the marker written ahead (not synced) vouches for its last
+/// group. Without that marker (a mutation writing none) the killed variant loses records.
+fn an_acknowledged_tail_that_rots_keeps_the_follower_mute_until_repaired(power_cut: bool) {
+    let never_idle = [FLAGS, &["--durable-mark-idle-ms", "3600000"]].concat();
+    let flags = if power_cut { FLAGS } else { &never_idle[..] };
+    let mut cluster = Cluster::start_on_faultfs(3, "auto", flags);
     let leader = cluster.wait_leader();
     let others: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
     let (rotting, lagging) = (others[0], others[1]);
@@ -156,10 +163,14 @@ fn a_follower_whose_acknowledged_tail_rots_stays_mute_until_a_leader_repairs_it(
         assert!(Instant::now() < deadline, "the follower never caught up");
         std::thread::sleep(Duration::from_millis(10));
     }
-    // Idle, its log writer vouches for its last group; then it dies and that group rots.
-    std::thread::sleep(Duration::from_millis(200));
-    cluster.kill(rotting);
-    cluster.faultfs(rotting).power_cut(None).unwrap();
+    if power_cut {
+        // Idle, its log writer vouches durably for its last group; then it loses power.
+        std::thread::sleep(Duration::from_millis(200));
+        cluster.kill(rotting);
+        cluster.faultfs(rotting).power_cut(None).unwrap();
+    } else {
+        cluster.kill(rotting);
+    }
     let (segment, byte) = last_batch_byte(&cluster, rotting);
     cluster.faultfs(rotting).flip(&segment, byte, 3).unwrap();
     cluster.kill(leader);
@@ -201,6 +212,16 @@ fn a_follower_whose_acknowledged_tail_rots_stays_mute_until_a_leader_repairs_it(
         assert!(Instant::now() < deadline, "the repair never completed");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_follower_whose_acknowledged_tail_rots_stays_mute_until_a_leader_repairs_it() {
+    an_acknowledged_tail_that_rots_keeps_the_follower_mute_until_repaired(true);
+}
+
+#[test]
+fn a_follower_killed_right_after_acknowledging_whose_tail_rots_stays_mute_until_repaired() {
+    an_acknowledged_tail_that_rots_keeps_the_follower_mute_until_repaired(false);
 }
 
 /// A byte inside a batch in the middle of node `id`'s first log segment, which must be sealed

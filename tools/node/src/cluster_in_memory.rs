@@ -65,6 +65,9 @@ fn replica_config(
         writer_start_hook: None,
         snapshots,
         emulated_fsync_delay: std::time::Duration::ZERO,
+        durable_mark_idle: std::time::Duration::from_millis(
+            crate::config::DURABLE_MARK_IDLE_MS_DEFAULT,
+        ),
     }
 }
 

@@ -31,6 +31,9 @@ pub const ELECTION_HEARTBEATS_MIN: u64 = 5;
 /// healthy disk's slowest fdatasync under load never trips it; short enough that writes move
 /// to a new leader within a few election timeouts.
 pub const DISK_STALL_ELECTIONS_DEFAULT: u32 = 4;
+/// The log writer's idle delay before a marker-only group: the log's own default.
+pub const DURABLE_MARK_IDLE_MS_DEFAULT: u64 =
+    raftline_log::DURABLE_MARK_IDLE_DEFAULT.as_millis() as u64;
 /// Length of one Raft tick (the unit all Raft timing is counted in).
 pub const TICK_MS_DEFAULT: u64 = 10;
 /// Default size of each log segment file.
@@ -197,6 +200,8 @@ pub struct NodeConfig {
     pub append_timeout: Duration,
     /// A log write outstanding this long means a stalled disk (see `disk_watch.rs`).
     pub disk_stall: Duration,
+    /// How long the log writer idles after a group before it syncs a marker-only group.
+    pub durable_mark_idle: Duration,
     /// A client connection that sends nothing for this long is closed (`None`: never).
     pub client_idle_timeout: Option<Duration>,
     /// Client and Kafka connections at once from one address.
@@ -316,6 +321,7 @@ impl NodeConfig {
             append_timeout: Duration::from_millis(APPEND_TIMEOUT_MS_DEFAULT),
             disk_stall: Duration::from_millis(ELECTION_TIMEOUT_MAX_MS_DEFAULT)
                 * DISK_STALL_ELECTIONS_DEFAULT,
+            durable_mark_idle: Duration::from_millis(DURABLE_MARK_IDLE_MS_DEFAULT),
             client_idle_timeout: Some(Duration::from_secs(CLIENT_IDLE_TIMEOUT_S_DEFAULT)),
             clients_per_source_max: CLIENTS_PER_SOURCE_MAX_DEFAULT,
             connection_buffers_bytes: BUFFER_BUDGET_BYTES_DEFAULT,

@@ -649,6 +649,7 @@ fn open_replica(
             .emulated_disk
             .as_ref()
             .map_or(Duration::ZERO, |e| e.fsync_latency),
+        durable_mark_idle: cfg.durable_mark_idle,
     })
 }
 

@@ -62,6 +62,8 @@ pub struct ReplicaConfig {
     pub snapshots: SnapshotPolicy,
     /// `--emulate-disk`: least time from issuing a log group commit to its completion (zero: real disk).
     pub emulated_fsync_delay: std::time::Duration,
+    /// `--durable-mark-idle-ms`: the log writer's idle delay before a marker-only group.
+    pub durable_mark_idle: std::time::Duration,
 }
 
 /// An error after which the node must stop: it can no longer vouch for its log.
@@ -271,6 +273,7 @@ impl Replica {
         log_cfg.durable_hook = cfg.durable_hook;
         log_cfg.writer_start_hook = cfg.writer_start_hook;
         log_cfg.emulated_fsync_delay = cfg.emulated_fsync_delay;
+        log_cfg.durable_mark_idle = cfg.durable_mark_idle;
         // Room a new segment leaves free (for a snapshot that lets the log drop its prefix).
         log_cfg.reserve_bytes = cfg.segment_bytes / 16;
         let data_dir = cfg.data_dir.clone();
