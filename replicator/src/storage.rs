@@ -36,9 +36,14 @@ pub enum StorageError {
         /// Index of the snapshot asked for.
         index: Index,
     },
-    /// The read failed (I/O error, corruption): the node must stop serving.
+    /// The read failed (an I/O error): the node must stop serving.
     #[error("storage failed: {0}")]
     Failed(String),
+    /// The stored bytes failed their checksum: nothing of them was used. The driver may
+    /// repair its storage (the node reopens it, cutting the damage, and a leader resends it)
+    /// and start a new core on it; this core serves nothing more.
+    #[error("storage damaged: {0}")]
+    Damaged(String),
 }
 
 /// Read access to the durable log. Implementations answer from durable data only.

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use cluster_support::acks::{check, Ledger};
 use cluster_support::{
-    append_window_within, http_get, status, tagged_batch, Cluster, Outcome, DEADLINE,
+    append_window_within, http_get, read_batches, status, tagged_batch, wait_counter, Cluster,
+    Outcome, DEADLINE,
 };
 use raftline_log::batch::check_frame;
 use raftline_log::segment::{list_segments, segment_path, SEGMENT_HEADER_BYTES};
@@ -305,6 +306,95 @@ fn a_leader_whose_sealed_segment_rots_is_repaired_from_the_next_leader() {
 /// it: the file is detected by its checksum and dropped (never loaded, never served), the log
 /// with no base state left is emptied, and the leader's snapshot is installed by
 /// InstallSnapshot. Before this change the node refused to start.
+/// A bit flipped in a sealed segment of node `victim` while it runs (the fault filesystem
+/// has no page cache: the next read sees it). A follower meets it serving a consumer that reads
+/// from offset 0; a leader meets it reading entries for a follower that was down from the
+/// start and comes back. Either way the node does not exit: it reopens its storage in place (the same
+/// process, its sockets kept), cuts the damage, is repaired from a leader, and the consumer's
+/// subscription goes on to the end with the records every other node holds, byte for byte.
+/// Without the reopen (main before this change) the node exits at the read and the test fails.
+fn a_running_node_whose_sealed_segment_rots_repairs_it_in_place(victim_leads: bool) {
+    let mut cluster = Cluster::start_on_faultfs(3, "auto", FLAGS);
+    let leader = cluster.wait_leader();
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let victim = if victim_leads { leader } else { follower };
+    if victim_leads {
+        // Down from the start, it needs every entry from the leader's log when it comes back.
+        cluster.kill(follower);
+    }
+    let mut ledger = Ledger::new();
+    // About 7 MiB: the 4 MiB first segment is sealed. A leader must read it from the disk,
+    // past the 16 MiB its core keeps in memory: about 24 MiB.
+    let batches = if victim_leads { 200 } else { 60 };
+    produce_with(&cluster, 0..batches, &mut ledger, big_batch);
+    let end = ledger.values().map(|&(_, last)| last + 1).max().unwrap();
+    caught_up(&cluster, victim, end);
+    let (segment, byte) = byte_in_a_sealed_segment(&cluster, victim);
+    cluster.faultfs(victim).flip(&segment, byte, 5).unwrap();
+    let consumed = if victim_leads {
+        cluster.spawn(follower);
+        None
+    } else {
+        Some(read_batches(cluster.node(victim).client, 0, end))
+    };
+    wait_counter(
+        cluster.node(victim).metrics,
+        "raftline_storage_reopens_total",
+        1,
+    );
+    produce_with(&cluster, 1000..1010, &mut ledger, big_batch);
+    repaired(&cluster, victim);
+    assert_eq!(
+        cluster.await_exit(victim, Duration::ZERO),
+        None,
+        "the node repaired itself in place:\n{}",
+        cluster.log_of(victim)
+    );
+    let violations = check(&cluster, &ledger, RECORDS);
+    assert!(violations.is_empty(), "{violations:#?}\n{}", cluster.logs());
+    if let Some(consumed) = consumed {
+        let other = (1..=3).find(|&id| id != victim).unwrap();
+        // The stream may run past `end` within its last message.
+        let below_end = |batches: Vec<Batch>| -> Vec<Batch> {
+            batches
+                .into_iter()
+                .filter(|b| b.header().base_offset < end)
+                .collect()
+        };
+        let consumed = below_end(consumed);
+        let reference = below_end(read_batches(cluster.node(other).client, 0, end));
+        let differ = consumed
+            .iter()
+            .zip(&reference)
+            .position(|(a, b)| a.as_bytes() != b.as_bytes());
+        assert_eq!(
+            (consumed.len(), differ),
+            (reference.len(), None),
+            "the consumer got every record, undamaged"
+        );
+    }
+    let log = cluster.log_of(victim);
+    assert!(
+        log.contains("storage damage found while running"),
+        "the node says what it met:\n{log}"
+    );
+    assert!(
+        log.contains("log repaired from the leader; voting again"),
+        "and that it is repaired:\n{log}"
+    );
+    assert_eq!(repairs(&cluster, victim, "log_range"), Some(1));
+}
+
+#[test]
+fn a_running_follower_whose_sealed_segment_rots_under_a_consumer_repairs_it_in_place() {
+    a_running_node_whose_sealed_segment_rots_repairs_it_in_place(false);
+}
+
+#[test]
+fn a_running_leader_whose_sealed_segment_rots_under_a_catching_up_follower_repairs_it_in_place() {
+    a_running_node_whose_sealed_segment_rots_repairs_it_in_place(true);
+}
+
 #[test]
 fn a_corrupt_snapshot_file_is_dropped_and_refetched_from_the_leader() {
     let flags = [FLAGS, &["--snapshot-every-mib", "1", "--retain-mib", "1"]].concat();

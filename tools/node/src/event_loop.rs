@@ -189,7 +189,13 @@ pub struct EventLoop {
     /// A peer records another incarnation for this node (heard while vouching): the round
     /// ends the loop with it.
     refused: Option<LoopError>,
+    /// Opens the replica again from the data directory, repairing what it finds damaged
+    /// (`None`: damage met while running stops the node).
+    reopen: Option<Reopen>,
 }
+
+/// Opens the node's replica from its data directory, as at start.
+pub type Reopen = Box<dyn FnMut() -> Result<Replica, FatalError> + Send>;
 
 impl EventLoop {
     /// A loop over `net`, `replica` and the client state, stopped by `stop`; `peer_names`
@@ -256,7 +262,15 @@ impl EventLoop {
             peer_rtt,
             more_ready: false,
             peer_tls_reloads: None,
+            reopen: None,
         }
+    }
+
+    /// Repairs damage met while running by reopening the replica with `reopen` (see
+    /// [`EventLoop::repaired`]).
+    pub fn with_reopen(mut self, reopen: Reopen) -> EventLoop {
+        self.reopen = Some(reopen);
+        self
     }
 
     /// Checks every client request against `policy` (without one, every request is served).
@@ -302,8 +316,55 @@ impl EventLoop {
                     return Ok(());
                 }
             }
-            self.round()?;
+            match self.round() {
+                Err(LoopError::Fatal(e)) if e.is_damage() && self.reopen.is_some() => {
+                    self = self.repaired(e)?;
+                }
+                done => done?,
+            }
         }
+    }
+
+    /// Repair in place of damage met while running (`damage`: a log batch or the served
+    /// snapshot failed its checksum; nothing of it was served). What a restart would do, with
+    /// the process, its sockets and its clients kept: appends waiting for an answer get
+    /// `Unavailable` (their outcome is unknown: an idempotent producer's retry is deduplicated),
+    /// the replica is closed (its log writer finishes what it was given) and opened again,
+    /// which cuts the damage, persists the repair marker and leaves the node mute until a
+    /// leader has sent back what it may have lost (tools/node/README.md, "Repair instead of
+    /// refusal"). A leader is a follower after it; the others elect. If the reopen finds
+    /// nothing damaged, the damage was not on the disk and the node stops with it.
+    fn repaired(mut self, damage: FatalError) -> Result<EventLoop, LoopError> {
+        tracing::error!(
+            error = %damage,
+            "storage damage found while running: reopening the storage in place to cut it and              fetch it again from a peer (nothing damaged was served)"
+        );
+        self.appends.fail_pending(
+            &mut self.net,
+            "the node found damage in its storage and is repairing it; the append's outcome is              unknown",
+        );
+        let answers = self.appends.take_kafka_answers();
+        self.kafka
+            .answer_produces(&mut self.net, &self.replica, answers);
+        self.metrics.release_log();
+        self.replica.close();
+        let reopen = self
+            .reopen
+            .as_mut()
+            .expect("repair in place needs a reopen");
+        self.replica = reopen()?;
+        self.metrics.set_log(self.replica.log_handle());
+        self.metrics.count_repairs(self.replica.repairs_at_open());
+        self.metrics.storage_reopens.fetch_add(1, Ordering::Relaxed);
+        if self.replica.repairs_at_open().is_empty() {
+            return Err(damage.into());
+        }
+        tracing::warn!(
+            repairs = ?self.replica.repairs_at_open(),
+            "storage reopened in place; serving again once a leader has repaired it"
+        );
+        self.net.set_pristine(self.replica.is_pristine());
+        Ok(self)
     }
 
     /// One round, in the order of its effects.

@@ -229,6 +229,15 @@ impl Node {
                 join_via = Some(via.clone());
             }
         }
+        let reopen: event_loop::Reopen = {
+            let (cfg, bootstrap, layout, waker) = (
+                cfg.clone(),
+                bootstrap.clone(),
+                layout.clone(),
+                waker.clone(),
+            );
+            Box::new(move || open_replica(&cfg, &bootstrap, &layout, waker.clone()))
+        };
         let membership = replica.raft().membership();
         let joining = membership.voters.is_empty() && membership.learners.is_empty();
         // A bootstrap voter that has never voted nor acknowledged by its own durable state may
@@ -351,7 +360,8 @@ impl Node {
             Arc::clone(&stop),
             peer_names,
         )
-        .with_access(cfg.access.clone());
+        .with_access(cfg.access.clone())
+        .with_reopen(reopen);
         if let (PeerSecurity::Tls(files), Some(stamp)) = (&cfg.peer_security, peer_tls_stamp) {
             let reloads =
                 tls_reload::watch(files.clone(), stamp, waker.clone()).map_err(|source| {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use raftline_log::{BackendKind, Log, Pow2Histogram};
@@ -47,7 +47,10 @@ pub struct Metrics {
     leader_changes: AtomicU64,
     /// Which I/O path each layer runs (`net`, `log`), so a fallback from io_uring shows.
     io_backends: Vec<(&'static str, String)>,
-    log: Arc<Log>,
+    /// The log whose writer statistics are exported (`None` while the node reopens it).
+    log: RwLock<Option<Arc<Log>>>,
+    /// Times damage met while running made the node reopen its storage in place.
+    pub storage_reopens: AtomicU64,
     /// Microseconds from a proposal to its commit being known on the leader.
     pub append_commit_us: Pow2Histogram,
     /// Bytes of each batch appended by a producer.
@@ -84,8 +87,8 @@ pub struct Metrics {
     peer_refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Client requests refused by the access check, by reason.
     client_refused: Mutex<BTreeMap<&'static str, u64>>,
-    /// Damaged storage repaired when the node started, by kind.
-    repairs: Vec<(Repair, u64)>,
+    /// Damaged storage repaired when the node started or reopened its storage, by kind.
+    repairs: Mutex<Vec<(Repair, u64)>>,
     /// The network's buffers and closes, as last published.
     net: Mutex<NetStats>,
 }
@@ -97,7 +100,8 @@ impl Metrics {
             status: Mutex::new(None),
             leader_changes: AtomicU64::new(0),
             io_backends: vec![("log", log_backend_label(log.backend()).to_string())],
-            log,
+            log: RwLock::new(Some(log)),
+            storage_reopens: AtomicU64::new(0),
             append_commit_us: Pow2Histogram::default(),
             batch_bytes: Pow2Histogram::default(),
             entry_batches: Pow2Histogram::default(),
@@ -114,17 +118,33 @@ impl Metrics {
             producer_refusals: AtomicU64::new(0),
             peer_refused: Mutex::new(BTreeMap::new()),
             client_refused: Mutex::new(BTreeMap::new()),
-            repairs: Repair::ALL.iter().map(|&r| (r, 0)).collect(),
+            repairs: Mutex::new(Repair::ALL.iter().map(|&r| (r, 0)).collect()),
             net: Mutex::new(NetStats::default()),
         }
     }
 
     /// Counts what the replica repaired when it opened (`raftline_log_repairs_total`).
-    pub fn with_repairs(mut self, repairs: &[Repair]) -> Metrics {
-        for (kind, n) in &mut self.repairs {
+    pub fn with_repairs(self, repairs: &[Repair]) -> Metrics {
+        self.count_repairs(repairs);
+        self
+    }
+
+    /// Counts what a replica repaired when it opened (`raftline_log_repairs_total`).
+    pub fn count_repairs(&self, repairs: &[Repair]) {
+        for (kind, n) in self.repairs.lock().expect("metrics lock").iter_mut() {
             *n += repairs.iter().filter(|&r| r == kind).count() as u64;
         }
-        self
+    }
+
+    /// Gives back the log's handle, so that the replica can close it for a reopen.
+    pub fn release_log(&self) {
+        *self.log.write().expect("metrics lock") = None;
+    }
+
+    /// Exports the writer statistics of the reopened `log` (they start again from zero, as
+    /// after a restart).
+    pub fn set_log(&self, log: Arc<Log>) {
+        *self.log.write().expect("metrics lock") = Some(log);
     }
 
     /// Exports the lower end of the election timeout range (`raftline_election_timeout_seconds`).
@@ -425,19 +445,22 @@ impl Metrics {
                 "raftline_emulated_disk{{profile=\"{profile}\"}} 1\n"
             ));
         }
-        let stats = self.log.stats();
-        counter(
-            &mut out,
-            "raftline_fdatasyncs_total",
-            "Group commits (write + fdatasync).",
-            stats.fdatasyncs.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "raftline_log_bytes_written_total",
-            "Bytes written to the log, padding included.",
-            stats.bytes_written.load(Ordering::Relaxed),
-        );
+        let log = self.log.read().expect("metrics lock").clone();
+        if let Some(log) = &log {
+            let stats = log.stats();
+            counter(
+                &mut out,
+                "raftline_fdatasyncs_total",
+                "Group commits (write + fdatasync).",
+                stats.fdatasyncs.load(Ordering::Relaxed),
+            );
+            counter(
+                &mut out,
+                "raftline_log_bytes_written_total",
+                "Bytes written to the log, padding included.",
+                stats.bytes_written.load(Ordering::Relaxed),
+            );
+        }
         counter(
             &mut out,
             "raftline_appends_refused_state_full_total",
@@ -501,12 +524,18 @@ impl Metrics {
         }
         out.push_str(
             "# HELP raftline_log_repairs_total Damaged storage this node found and repaired at \
-             start instead of refusing to run, by kind: log_tail and log_range (entries cut and \
+             start (or at a reopen in place) instead of refusing to run, by kind: log_tail and log_range (entries cut and \
              re-fetched from the leader), snapshot (a corrupt snapshot file dropped), \
              hard_state_slot and hard_state (one or both hard-state slots damaged).\n\
              # TYPE raftline_log_repairs_total counter\n",
         );
-        for (kind, n) in &self.repairs {
+        counter(
+            &mut out,
+            "raftline_storage_reopens_total",
+            "Times damage met while running (a log batch or the served snapshot failing its checksum) made this node reopen its storage in place, cutting the damage for a leader to resend.",
+            self.storage_reopens.load(Ordering::Relaxed),
+        );
+        for (kind, n) in self.repairs.lock().expect("metrics lock").iter() {
             out.push_str(&format!(
                 "raftline_log_repairs_total{{kind=\"{}\"}} {n}\n",
                 kind.label()
@@ -551,14 +580,16 @@ impl Metrics {
                 "raftline_connections_closed_total{{reason=\"{reason}\"}} {n}\n"
             ));
         }
-        histogram(
-            &mut out,
-            "raftline_disk_wal_fsync_duration_seconds",
-            "Latency of one group commit: the write and its linked fdatasync (etcd's buckets).",
-            "",
-            &stats.group_commit_us,
-            1e6,
-        );
+        if let Some(log) = &log {
+            histogram(
+                &mut out,
+                "raftline_disk_wal_fsync_duration_seconds",
+                "Latency of one group commit: the write and its linked fdatasync (etcd's buckets).",
+                "",
+                &log.stats().group_commit_us,
+                1e6,
+            );
+        }
         let rtt = self.peer_rtt.lock().expect("metrics lock").clone();
         let name = "raftline_network_peer_round_trip_time_seconds";
         out.push_str(&format!(
@@ -568,14 +599,16 @@ impl Metrics {
         for (peer, h) in rtt {
             series(&mut out, name, &format!("To=\"{peer}\","), &h, 1e6);
         }
-        histogram(
-            &mut out,
-            "raftline_group_commit_batches",
-            "Batches made durable per fdatasync.",
-            "",
-            &stats.group_batches,
-            1.0,
-        );
+        if let Some(log) = &log {
+            histogram(
+                &mut out,
+                "raftline_group_commit_batches",
+                "Batches made durable per fdatasync.",
+                "",
+                &log.stats().group_batches,
+                1.0,
+            );
+        }
         histogram(
             &mut out,
             "raftline_batch_bytes",

@@ -91,6 +91,20 @@ pub enum FatalError {
     },
 }
 
+impl FatalError {
+    /// Whether this is damage the node met in its own storage while running (a log batch or
+    /// the served snapshot failing its checksum): nothing damaged was served, and reopening the
+    /// replica repairs it as a restart would (`EventLoop`'s repair in place). I/O errors, a
+    /// failed fdatasync above all, are not: the log's state after them is unknown.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            FatalError::Log(LogError::Corrupt { .. })
+                | FatalError::Storage(StorageError::Damaged(_))
+        )
+    }
+}
+
 /// Why a peer message was dropped (see [`Replica::step`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StepRefused {
@@ -374,6 +388,23 @@ impl Replica {
             producers: Producers::new(producers),
             repairs,
         })
+    }
+
+    /// Closes the replica for a reopen of the same data directory: waits for a snapshot being
+    /// written (its file then verifies, or is dropped, at the open), drops the core and joins
+    /// the log's writer once it has written what it was given. The caller must have given back
+    /// every other handle of the log (`Metrics::release_log`).
+    pub fn close(self) {
+        let Replica {
+            raft,
+            log,
+            mut snapshots,
+            ..
+        } = self;
+        snapshots.wait_written();
+        drop(raft);
+        let log = Arc::into_inner(log).expect("the replica holds the last handle of its log");
+        drop(log);
     }
 
     /// What was found damaged and repaired when the replica opened, one item per repair.

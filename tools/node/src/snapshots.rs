@@ -451,6 +451,14 @@ impl Snapshots {
         }
     }
 
+    /// Waits until the background thread writing a snapshot, if any, has finished (its file
+    /// complete and durable, or the attempt given up); what it wrote is not used here.
+    pub fn wait_written(&mut self) {
+        if let Some(rx) = self.writing.take() {
+            let _ = rx.recv();
+        }
+    }
+
     /// A snapshot the background thread finished: the index below which the log may now be
     /// dropped (the retain floor honoured) and the snapshot to serve. `None` while none finished
     /// or if a newer one was installed meanwhile.

@@ -176,6 +176,7 @@ fn storage_error(e: LogError) -> StorageError {
             index,
             last_index: last,
         },
+        e @ LogError::Corrupt { .. } => StorageError::Damaged(e.to_string()),
         other => StorageError::Failed(other.to_string()),
     }
 }
@@ -195,8 +196,7 @@ impl Storage for LogStorage {
             return Err(StorageError::SnapshotUnavailable { index });
         };
         if offset == 0 {
-            s.verify()
-                .map_err(|e| StorageError::Failed(e.to_string()))?;
+            s.verify().map_err(storage_error)?;
         }
         let end = s.file_bytes.min(offset.saturating_add(bytes_max.max(1)));
         let len = usize::try_from(end.saturating_sub(offset)).unwrap_or(usize::MAX);
