@@ -337,11 +337,13 @@ impl EventLoop {
     fn repaired(mut self, damage: FatalError) -> Result<EventLoop, LoopError> {
         tracing::error!(
             error = %damage,
-            "storage damage found while running: reopening the storage in place to cut it and              fetch it again from a peer (nothing damaged was served)"
+            "storage damage found while running: reopening the storage in place to cut it and \
+             fetch it again from a peer (nothing damaged was served)"
         );
         self.appends.fail_pending(
             &mut self.net,
-            "the node found damage in its storage and is repairing it; the append's outcome is              unknown",
+            "the node found damage in its storage and is repairing it; the append's outcome is \
+             unknown",
         );
         let answers = self.appends.take_kafka_answers();
         self.kafka
