@@ -101,6 +101,8 @@ const DISK_FULL_RETRY: Duration = Duration::from_millis(100);
 /// "Durable up to index N", "ops 1..=n completed", or the error that failed the log.
 pub(crate) struct DurableState {
     pub durable_index: u64,
+    /// The term of the entry at `durable_index` (what a Raft driver reports as durable).
+    pub durable_term: u64,
     pub failed: Option<String>,
     /// Ops completed (successfully, or failed as recorded in `failed_ops`), in queue order.
     pub ops_done: u64,
@@ -119,9 +121,10 @@ pub(crate) struct DurableState {
 
 impl DurableState {
     /// The state of a log whose entries up to `durable_index` are on disk and no op is queued.
-    pub fn new(durable_index: u64) -> DurableState {
+    pub fn new(durable_index: u64, durable_term: u64) -> DurableState {
         DurableState {
             durable_index,
+            durable_term,
             failed: None,
             ops_done: 0,
             failed_ops: None,
@@ -168,11 +171,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The state of a log whose entries up to `durable_index` (all of `index`) are on disk.
-    pub fn new(index: LogIndex, durable_index: u64) -> Shared {
+    /// The state of a log whose entries (all of `index`) are on disk.
+    pub fn new(index: LogIndex) -> Shared {
+        let durable = DurableState::new(index.next_index - 1, index.last_term);
         Shared {
             index: RwLock::new(index),
-            durable: Mutex::new(DurableState::new(durable_index)),
+            durable: Mutex::new(durable),
             durable_changed: Condvar::new(),
             stats: WriterStats::default(),
             free_segments: Mutex::new(VecDeque::new()),
@@ -267,6 +271,8 @@ pub(crate) struct WriterParams {
     pub emulated_fsync_delay: Duration,
     /// How long the writer stays idle after a group before it writes a marker-only group.
     pub durable_mark_idle: Duration,
+    /// A group's ops complete only once a synced marker vouches for it (`LogConfig`).
+    pub durable_mark_before_ack: bool,
     pub durable_hook: Option<WriterHook>,
 }
 
@@ -292,6 +298,10 @@ pub(crate) struct Writer {
     /// Where in the active segment a marker carrying `mark_due` was written ahead (not synced):
     /// the next group starts there and rewrites those bytes unchanged.
     mark_ahead: Option<u64>,
+    /// With `durable_mark_before_ack`: the ops of the groups synced since the last synced
+    /// marker and the durable `(index, term)` after them, completed once a marker vouching for
+    /// that index is synced (at the next group's head, or in a marker-only group at once).
+    unvouched: Option<(u64, (u64, u64))>,
 }
 
 /// Marks the durable state closed when the writer thread ends, even by a panic, so that no
@@ -334,6 +344,7 @@ impl Writer {
             locs: Vec::new(),
             mark_due: None,
             mark_ahead: None,
+            unvouched: None,
         };
         w.prepare_spare_if_due();
         w
@@ -416,12 +427,18 @@ impl Writer {
                 prev_term,
             } = first
             {
+                // Ops held for a marker complete before the restart's, in queue order.
+                if let Some((_, (durable, _))) = self.unvouched {
+                    if !self.vouch_now(durable) {
+                        break;
+                    }
+                }
                 let Some(result) =
                     self.until_room(|w| w.restart(next_index, next_offset, prev_term))
                 else {
                     break;
                 };
-                self.mark_due = result.as_ref().ok().copied();
+                self.mark_due = result.as_ref().ok().map(|&(index, _)| index);
                 self.complete(1, result);
                 continue;
             }
@@ -461,13 +478,25 @@ impl Writer {
 
     /// The next op; while a durable index waits for its marker, waits at most
     /// `durable_mark_idle` for one and otherwise writes a marker-only group (also when the
-    /// last sender is gone, so that a clean close leaves every group vouched for). `None` once
-    /// every sender is gone.
+    /// last sender is gone, so that a clean close leaves every group vouched for). With
+    /// `durable_mark_before_ack`, ops wait for that marker: it is written at once when nothing
+    /// is queued. `None` once every sender is gone.
     fn next_op_or_mark(&mut self, rx: &Receiver<Op>) -> Option<Op> {
         loop {
             let Some(durable) = self.mark_due.filter(|_| self.failed.is_none()) else {
                 return rx.recv().ok();
             };
+            if self.params.durable_mark_before_ack {
+                let closed = match rx.try_recv() {
+                    Ok(op) => return Some(op),
+                    Err(TryRecvError::Empty) => false,
+                    Err(TryRecvError::Disconnected) => true,
+                };
+                if !self.vouch_now(durable) || closed {
+                    return None;
+                }
+                continue;
+            }
             if self.mark_ahead != Some(self.pos) {
                 match rx.try_recv() {
                     Ok(op) => return Some(op),
@@ -481,16 +510,10 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => true,
             };
             self.shared.set_busy(true);
-            let written = self.write_group(&[], DURABLE_MARK_BYTES, Some(durable));
+            let written = self.write_mark_group(durable);
             self.shared.set_busy(false);
             match written {
-                Ok(_) => {
-                    self.mark_due = None;
-                    self.shared
-                        .stats
-                        .durable_mark_groups
-                        .fetch_add(1, Ordering::Relaxed);
-                }
+                Ok(()) => {}
                 // No room for a marker alone: the next op's group carries it (or waits for
                 // room itself).
                 Err(LogError::DiskFull { .. }) if !closed => return rx.recv().ok(),
@@ -501,6 +524,46 @@ impl Writer {
             if closed {
                 return None;
             }
+        }
+    }
+
+    /// Writes and syncs a group holding only the marker vouching for `durable`.
+    fn write_mark_group(&mut self, durable: u64) -> Result<(), LogError> {
+        self.write_group(&[], DURABLE_MARK_BYTES, Some(durable))?;
+        self.mark_due = None;
+        self.shared
+            .stats
+            .durable_mark_groups
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// With `durable_mark_before_ack`: syncs a marker-only group vouching for `durable` now
+    /// (waiting for room if need be) and completes the ops held for it, or fails them with the
+    /// log; `false` if the log was closed while it waited for room.
+    fn vouch_now(&mut self, durable: u64) -> bool {
+        let Some(written) = self.until_room(|w| w.write_mark_group(durable)) else {
+            return false;
+        };
+        match written {
+            Ok(()) => {
+                self.release_vouched(durable);
+                self.shared.set_busy(false);
+            }
+            Err(e) => {
+                let held = self.unvouched.take().map_or(0, |(ops, _)| ops);
+                self.complete(held, Err(e));
+            }
+        }
+        true
+    }
+
+    /// Completes the held ops: a synced marker now vouches for every entry through `mark`.
+    fn release_vouched(&mut self, mark: u64) {
+        if let Some((ops, durable)) = self.unvouched.take() {
+            // Held ops always wait for the marker of the latest synced group (`mark_due`).
+            assert_eq!(durable.0, mark, "a marker vouches for the held groups");
+            self.complete(ops, Ok(durable));
         }
     }
 
@@ -557,12 +620,30 @@ impl Writer {
         let Some(result) = self.until_room(|w| w.write_group(group, bytes, mark)) else {
             return false;
         };
-        if let Ok(durable) = result {
-            self.mark_due = Some(durable);
-        }
         let ops = group.len() as u64;
         group.clear();
-        self.complete(ops, result);
+        match result {
+            Ok(durable) if self.params.durable_mark_before_ack => {
+                self.mark_due = Some(durable.0);
+                if let Some(mark) = mark {
+                    self.release_vouched(mark);
+                }
+                // This group's ops wait for the marker the next group (or one of its own)
+                // carries; a group too large to carry one adds its ops to those held.
+                let held = self.unvouched.map_or(0, |(ops, _)| ops);
+                self.unvouched = Some((held + ops, durable));
+                self.shared.set_busy(false);
+            }
+            Ok(durable) => {
+                self.mark_due = Some(durable.0);
+                self.complete(ops, Ok(durable));
+            }
+            // The held ops fail with this group's: none was acknowledged.
+            Err(e) => {
+                let held = self.unvouched.take().map_or(0, |(ops, _)| ops);
+                self.complete(held + ops, Err(e));
+            }
+        }
         true
     }
 
@@ -629,24 +710,26 @@ impl Writer {
         }
     }
 
-    /// Publishes the outcome of the next `ops` ops (`Ok(durable index)` or the error), with one
-    /// lock and one wake-up for all their waiters, and runs the durable hook. On an error, the
-    /// log is failed for good.
-    fn complete(&mut self, ops: u64, result: Result<u64, LogError>) {
+    /// Publishes the outcome of the next `ops` ops (`Ok(durable (index, term))` or the error),
+    /// with one wake-up for all their waiters, and runs the durable hook. On an error, the log
+    /// is failed for good.
+    fn complete(&mut self, ops: u64, result: Result<(u64, u64), LogError>) {
         let first = self.ops_completed + 1;
         self.ops_completed += ops;
-        // The hook runs after the index shows the group (so `Log::durable_last` sees it) and
-        // before its tickets complete; after a failure, once the failure is visible.
-        if result.is_ok() {
+        // The hook runs once the durable side shows the group (so `Log::durable_last` sees it)
+        // and before its tickets complete; after a failure, once the failure is visible.
+        if let Ok((index, term)) = result {
+            {
+                let mut d = self.shared.durable.lock().expect("durable lock");
+                d.durable_index = index;
+                d.durable_term = term;
+            }
             self.run_durable_hook();
         }
         let failed_now = {
             let mut d = self.shared.durable.lock().expect("durable lock");
             let failed_now = match result {
-                Ok(index) => {
-                    d.durable_index = index;
-                    false
-                }
+                Ok(_) => false,
                 Err(e) if self.failed.is_none() => {
                     let why = e.to_string();
                     tracing::error!(error = %why, "log write failed; the log is failed until reopened");
@@ -670,13 +753,13 @@ impl Writer {
     }
 
     /// Writes the group (`bytes` in all, a durability marker vouching for `mark` first if any)
-    /// durably and extends the index; returns the new durable index.
+    /// durably and extends the index; returns the new durable `(index, term)`.
     fn write_group(
         &mut self,
         group: &[Op],
         bytes: usize,
         mark: Option<u64>,
-    ) -> Result<u64, LogError> {
+    ) -> Result<(u64, u64), LogError> {
         debug_assert!(bytes <= self.group_bytes_max());
         if self.pos + align_up(bytes as u64) > self.header.segment_bytes {
             self.roll_over()?;
@@ -766,7 +849,7 @@ impl Writer {
                     });
                 }
             }
-            index.next_index - 1
+            (index.next_index - 1, index.last_term)
         };
         self.locs = locs;
         Ok(durable_index)
@@ -855,14 +938,14 @@ impl Writer {
     }
 
     /// Starts a restart segment at the given position, then deletes every earlier segment;
-    /// returns the new durable index. A crash before the deletes leaves obsolete segments that
-    /// recovery skips and removes.
+    /// returns the new durable `(index, term)`. A crash before the deletes leaves obsolete
+    /// segments that recovery skips and removes.
     fn restart(
         &mut self,
         next_index: u64,
         next_offset: u64,
         prev_term: u64,
-    ) -> Result<u64, LogError> {
+    ) -> Result<(u64, u64), LogError> {
         self.start_segment((next_index, next_offset, prev_term), true)?;
         let obsolete: Vec<u64> = {
             let mut index = self.shared.index.write().expect("index lock");
@@ -877,7 +960,7 @@ impl Writer {
         crate::fault::crash_point("restart-before-delete");
         segment::remove_segments(&self.params.dir, &obsolete)
             .map_err(|e| LogError::io("deleting segments obsolete after a restart", e))?;
-        Ok(next_index - 1)
+        Ok((next_index - 1, prev_term))
     }
 
     /// Seals the current segment and starts the next at log position `(index, offset, prev_term)`.
@@ -969,7 +1052,7 @@ mod tests {
         // A read-only descriptor makes the real write fail (EBADF): the same path an fdatasync
         // error takes.
         let read_only = File::open(segment::segment_path(dir.path(), 1)).unwrap();
-        let shared = Arc::new(Shared::new(LogIndex::starting_at(1, 0, 0), 0));
+        let shared = Arc::new(Shared::new(LogIndex::starting_at(1, 0, 0)));
         let params = WriterParams {
             dir: dir.path().to_path_buf(),
             segment_bytes: header.segment_bytes,
@@ -978,6 +1061,7 @@ mod tests {
             preallocate: Preallocate::Sparse,
             emulated_fsync_delay: Duration::ZERO,
             durable_mark_idle: Duration::from_millis(10),
+            durable_mark_before_ack: false,
             durable_hook: None,
         };
         let writer = Writer::new(

@@ -81,6 +81,12 @@ pub struct LogConfig {
     /// "Durability markers"). Nobody waits for that group; an append arriving first carries the
     /// marker at the head of its own group instead.
     pub durable_mark_idle: Duration,
+    /// Complete an append only once a *synced* durability marker vouches for its group (the
+    /// next group's head, or a marker-only group synced at once when nothing is queued), so a
+    /// power cut right after an acknowledgement cannot leave a rotted acknowledged group
+    /// passing for a torn write (FORMAT.md, "Residual window"). Costs one more group commit of
+    /// latency per acknowledgement; off by default (the marker then lags one group).
+    pub durable_mark_before_ack: bool,
     /// Called by the writer thread after each durable group (and once when the log fails), so
     /// a single-threaded owner of the log can be woken to read [`Log::durable_last`] instead of
     /// blocking on tickets. On the writer's critical path: quick, never blocking (an eventfd).
@@ -114,6 +120,7 @@ impl LogConfig {
             reserve_bytes: 4 << 20,
             emulated_fsync_delay: Duration::ZERO,
             durable_mark_idle: DURABLE_MARK_IDLE_DEFAULT,
+            durable_mark_before_ack: false,
             durable_hook: None,
             writer_start_hook: None,
             durable_loss_hook: None,
@@ -301,8 +308,7 @@ impl Log {
                 .collect(),
             ops_queued: 0,
         };
-        let durable_index = index.next_index - 1;
-        let shared = Arc::new(Shared::new(index, durable_index));
+        let shared = Arc::new(Shared::new(index));
         let params = WriterParams {
             dir,
             segment_bytes: config.segment_bytes,
@@ -311,6 +317,7 @@ impl Log {
             preallocate: config.preallocate,
             emulated_fsync_delay: config.emulated_fsync_delay,
             durable_mark_idle: config.durable_mark_idle,
+            durable_mark_before_ack: config.durable_mark_before_ack,
             durable_hook: config.durable_hook.clone(),
         };
         let writer = Writer::new(
@@ -544,11 +551,14 @@ impl Log {
 
     /// The last durable entry as `(index, term)`, read from the durable side of the log (not the
     /// accepted one): a suffix accepted for truncation does not change it until the cut is on
-    /// disk, so a Raft driver can report exactly what one fdatasync covered. `Err` once failed.
+    /// disk, nor a group written but held for its marker (`durable_mark_before_ack`), so a Raft
+    /// driver reports exactly what the writer vouches for. `Err` once failed.
     pub fn durable_last(&self) -> Result<(u64, u64), LogError> {
-        self.check_failed()?;
-        let index = self.shared.index.read().expect("index lock");
-        Ok((index.next_index - 1, index.last_term))
+        let d = self.shared.durable.lock().expect("durable lock");
+        match &d.failed {
+            Some(why) => Err(LogError::Failed(why.clone())),
+            None => Ok((d.durable_index, d.durable_term)),
+        }
     }
 
     /// Waits until the durable index reaches `index` or `timeout` passes; returns the durable index.

@@ -192,14 +192,18 @@ fn a_process_killed_right_after_a_group_leaves_the_marker_written_ahead_for_it()
     // after each group the writer found nothing queued behind, can vouch for the last group.
     let dir = scratch();
     let log = Log::open(no_idle_marks(dir.path())).unwrap();
-    append_waited(&log, 1, 0..4);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while log.stats().durable_marks_ahead.load(Ordering::SeqCst) < 4 {
-        assert!(
-            Instant::now() < deadline,
-            "no marker written ahead after each group"
-        );
-        std::thread::sleep(Duration::from_millis(1));
+    for tag in 0..4 {
+        append_waited(&log, 1, [tag]);
+        // Only once it is written does the next append come: one queued before it would
+        // carry the marker at its own head instead.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log.stats().durable_marks_ahead.load(Ordering::SeqCst) <= tag {
+            assert!(
+                Instant::now() < deadline,
+                "no marker written ahead after group {tag}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     let crashed = left_by_a_crash(dir.path());
     assert_eq!(
@@ -227,5 +231,79 @@ fn a_process_killed_right_after_a_group_leaves_the_marker_written_ahead_for_it()
     assert_eq!(all_tags(&log), vec![0, 1, 2, 3, 4]);
     let marks: Vec<u64> = marks(dir.path(), 1).iter().map(|&(_, i)| i).collect();
     assert_eq!(marks, vec![1, 2, 3, 4, 5]);
+    assert_eq!(log.durable_loss(), None);
+}
+
+/// [`no_idle_marks`] with every append held until a synced marker vouches for it.
+fn marks_before_ack(dir: &std::path::Path) -> LogConfig {
+    let mut cfg = no_idle_marks(dir);
+    cfg.durable_mark_before_ack = true;
+    cfg
+}
+
+#[test]
+fn with_marks_before_ack_an_append_completes_only_once_a_synced_marker_vouches_for_it() {
+    let dir = scratch();
+    let log = Log::open(marks_before_ack(dir.path())).unwrap();
+    for tag in 0..4u64 {
+        append_waited(&log, 1, [tag]);
+        let stats = log.stats();
+        assert_eq!(
+            stats.fdatasyncs.load(Ordering::SeqCst),
+            2 * (tag + 1),
+            "append {tag} completed before its group and the marker-only group vouching for it were both synced"
+        );
+        assert_eq!(stats.durable_mark_groups.load(Ordering::SeqCst), tag + 1);
+        assert_eq!(marks(dir.path(), 1).last().map(|&(_, i)| i), Some(tag + 1));
+    }
+    assert_eq!(
+        log.stats().durable_marks_ahead.load(Ordering::SeqCst),
+        0,
+        "nothing is left written but unsynced"
+    );
+    // Every write is synced, so the files now are what a power cut would leave: the last
+    // (acknowledged) group rots, and recovery knows it was durable.
+    let cut = left_by_a_crash(dir.path());
+    let last = *frames(cut.path(), 1).last().unwrap();
+    flip_bit_in(cut.path(), last);
+    let reopened = Log::open(no_idle_marks(cut.path())).unwrap();
+    assert_eq!(
+        reopened.durable_loss(),
+        Some(DurableLoss {
+            first_lost: 4,
+            durable_through: 4,
+        })
+    );
+}
+
+#[test]
+fn with_marks_before_ack_pipelined_appends_complete_in_order_across_segments_and_read_back() {
+    let dir = scratch();
+    let log = Log::open(marks_before_ack(dir.path())).unwrap();
+    // Queued faster than the writer syncs: groups carry the marker for the one before.
+    let tickets: Vec<_> = (0..64)
+        .map(|tag| log.append(None, 1, batch(tag, 60)).unwrap())
+        .collect();
+    // The segments written so far (not `list_segments`: it deletes the writer's spare).
+    let segments = || (1..).take_while(|&seq| segment_path(dir.path(), seq).exists());
+    let vouched = || {
+        segments()
+            .flat_map(|seq| marks(dir.path(), seq))
+            .map(|(_, index)| index)
+            .max()
+    };
+    for t in &tickets {
+        t.wait().unwrap();
+        assert!(
+            vouched() >= Some(t.index),
+            "entry {} completed before a marker vouched for it ({:?})",
+            t.index,
+            vouched()
+        );
+    }
+    assert!(segments().count() > 1, "the appends cross segments");
+    drop(log);
+    let log = Log::open(marks_before_ack(dir.path())).unwrap();
+    assert_eq!(all_tags(&log), (0..64).collect::<Vec<_>>());
     assert_eq!(log.durable_loss(), None);
 }

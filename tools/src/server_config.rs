@@ -142,6 +142,12 @@ pub struct ServerArgs {
     /// [default: 10].
     #[arg(long)]
     pub durable_mark_idle_ms: Option<u64>,
+    /// Acknowledge a log write only once a synced durability marker vouches for it (the next
+    /// group's head, or a marker-only group synced at once when the writer is idle): closes the
+    /// residual window above for power cuts too, at the cost of one more group commit of
+    /// latency per acknowledgement.
+    #[arg(long)]
+    pub durable_mark_before_ack: bool,
     /// Close a client connection that sends nothing for this many seconds; 0 = never
     /// [default: 600].
     #[arg(long)]
@@ -255,6 +261,7 @@ struct FileConfig {
     append_timeout_ms: Option<u64>,
     disk_stall_ms: Option<u64>,
     durable_mark_idle_ms: Option<u64>,
+    durable_mark_before_ack: Option<bool>,
     client_idle_timeout_s: Option<u64>,
     clients_per_source_max: Option<usize>,
     connection_buffers_mib: Option<usize>,
@@ -519,6 +526,8 @@ impl ServerArgs {
                     .or(file.durable_mark_idle_ms)
                     .unwrap_or(DURABLE_MARK_IDLE_MS_DEFAULT),
             ),
+            durable_mark_before_ack: self.durable_mark_before_ack
+                || file.durable_mark_before_ack.unwrap_or(false),
             client_idle_timeout: match self
                 .client_idle_timeout_s
                 .or(file.client_idle_timeout_s)
@@ -834,6 +843,20 @@ mod tests {
         assert_eq!(cfg.kafka_listen, Some("127.0.0.1:9093".parse().unwrap()));
         assert_eq!(cfg.kafka_topic.as_deref(), Some("events"));
         assert_eq!(cfg.kafka_advertise[&1], "k1:9092");
+    }
+
+    #[test]
+    fn durable_mark_before_ack_is_off_unless_the_flag_or_the_file_turns_it_on() {
+        assert!(!args().resolve().unwrap().durable_mark_before_ack);
+        let mut flagged = args();
+        flagged.durable_mark_before_ack = true;
+        assert!(flagged.resolve().unwrap().durable_mark_before_ack);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "durable_mark_before_ack = true\n").unwrap();
+        let mut from_file = args();
+        from_file.config = Some(path);
+        assert!(from_file.resolve().unwrap().durable_mark_before_ack);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub fn config(dir: &Path, kind: BackendKind) -> LogConfig {
         reserve_bytes: 0,
         emulated_fsync_delay: std::time::Duration::ZERO,
         durable_mark_idle: std::time::Duration::from_millis(10),
+        durable_mark_before_ack: false,
         durable_hook: None,
         writer_start_hook: None,
         durable_loss_hook: None,

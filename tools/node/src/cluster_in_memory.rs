@@ -68,6 +68,7 @@ fn replica_config(
         durable_mark_idle: std::time::Duration::from_millis(
             crate::config::DURABLE_MARK_IDLE_MS_DEFAULT,
         ),
+        durable_mark_before_ack: false,
     }
 }
 

@@ -202,6 +202,8 @@ pub struct NodeConfig {
     pub disk_stall: Duration,
     /// How long the log writer idles after a group before it syncs a marker-only group.
     pub durable_mark_idle: Duration,
+    /// The log writer acknowledges a group only once a synced marker vouches for it.
+    pub durable_mark_before_ack: bool,
     /// A client connection that sends nothing for this long is closed (`None`: never).
     pub client_idle_timeout: Option<Duration>,
     /// Client and Kafka connections at once from one address.
@@ -322,6 +324,7 @@ impl NodeConfig {
             disk_stall: Duration::from_millis(ELECTION_TIMEOUT_MAX_MS_DEFAULT)
                 * DISK_STALL_ELECTIONS_DEFAULT,
             durable_mark_idle: Duration::from_millis(DURABLE_MARK_IDLE_MS_DEFAULT),
+            durable_mark_before_ack: false,
             client_idle_timeout: Some(Duration::from_secs(CLIENT_IDLE_TIMEOUT_S_DEFAULT)),
             clients_per_source_max: CLIENTS_PER_SOURCE_MAX_DEFAULT,
             connection_buffers_bytes: BUFFER_BUDGET_BYTES_DEFAULT,

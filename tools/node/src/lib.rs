@@ -660,6 +660,7 @@ fn open_replica(
             .as_ref()
             .map_or(Duration::ZERO, |e| e.fsync_latency),
         durable_mark_idle: cfg.durable_mark_idle,
+        durable_mark_before_ack: cfg.durable_mark_before_ack,
     })
 }
 

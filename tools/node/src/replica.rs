@@ -64,6 +64,8 @@ pub struct ReplicaConfig {
     pub emulated_fsync_delay: std::time::Duration,
     /// `--durable-mark-idle-ms`: the log writer's idle delay before a marker-only group.
     pub durable_mark_idle: std::time::Duration,
+    /// `--durable-mark-before-ack`: acknowledge log writes only once a synced marker vouches.
+    pub durable_mark_before_ack: bool,
 }
 
 /// An error after which the node must stop: it can no longer vouch for its log.
@@ -288,6 +290,7 @@ impl Replica {
         log_cfg.writer_start_hook = cfg.writer_start_hook;
         log_cfg.emulated_fsync_delay = cfg.emulated_fsync_delay;
         log_cfg.durable_mark_idle = cfg.durable_mark_idle;
+        log_cfg.durable_mark_before_ack = cfg.durable_mark_before_ack;
         // Room a new segment leaves free (for a snapshot that lets the log drop its prefix).
         log_cfg.reserve_bytes = cfg.segment_bytes / 16;
         let data_dir = cfg.data_dir.clone();
