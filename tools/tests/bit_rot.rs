@@ -7,7 +7,8 @@
 //!
 //! Shown to see the fault: without `Raft::set_repair_through` in `Replica::open`, the rotted
 //! follower and the lagging node elect a leader without the lost entries and the checker reports
-//! the acknowledged records lost.
+//! the acknowledged records lost. The variants of [`Down`] say which marker vouches for the
+//! last group and which mutation makes each lose records.
 
 mod cluster_support;
 
@@ -141,15 +142,32 @@ fn last_batch_byte(cluster: &Cluster, id: u64) -> (PathBuf, u64) {
     (path, last.expect("the follower's log holds batches") as u64)
 }
 
-/// A follower that helped acknowledge records goes down, the last group of its log rots, the
-/// leader dies: the follower and the lagging node must elect nobody until the leader returns.
-/// `power_cut`: the follower loses power after idling 200 ms (its writer synced the idle
-/// marker); else it is killed (-9) once it holds the last record, its writer never idle long
-/// enough for an idle marker: only the marker written ahead (not synced) vouches for its last
-/// group. Without that marker (a mutation writing none) the killed variant loses records.
-fn an_acknowledged_tail_that_rots_keeps_the_follower_mute_until_repaired(power_cut: bool) {
+/// How the follower whose acknowledged tail will rot goes down.
+#[derive(Clone, Copy, PartialEq)]
+enum Down {
+    /// Loses power after idling 200 ms: its writer synced the idle marker.
+    PowerCutWhenIdle,
+    /// Killed (-9) once it holds the last record, its writer never idle long enough for an idle
+    /// marker: only the marker written ahead (not synced) vouches for its last group. Without
+    /// that marker (a mutation writing none) this variant loses records.
+    Killed,
+    /// Loses power once it holds the last record, its writer never idle, with
+    /// `--durable-mark-before-ack`: only the synced marker each acknowledgement waited for
+    /// vouches for its last group. Without the flag this variant loses records.
+    PowerCutMarkedBeforeAck,
+}
+
+/// A follower that helped acknowledge records goes down (`down`), the last group of its log
+/// rots, the leader dies: the follower and the lagging node must elect nobody until the leader
+/// returns.
+fn an_acknowledged_tail_that_rots_keeps_the_follower_mute_until_repaired(down: Down) {
     let never_idle = [FLAGS, &["--durable-mark-idle-ms", "3600000"]].concat();
-    let flags = if power_cut { FLAGS } else { &never_idle[..] };
+    let marked_before_ack = [&never_idle[..], &["--durable-mark-before-ack"]].concat();
+    let flags = match down {
+        Down::PowerCutWhenIdle => FLAGS,
+        Down::Killed => &never_idle[..],
+        Down::PowerCutMarkedBeforeAck => &marked_before_ack[..],
+    };
     let mut cluster = Cluster::start_on_faultfs(3, "auto", flags);
     let leader = cluster.wait_leader();
     let others: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
@@ -164,13 +182,13 @@ fn an_acknowledged_tail_that_rots_keeps_the_follower_mute_until_repaired(power_c
         assert!(Instant::now() < deadline, "the follower never caught up");
         std::thread::sleep(Duration::from_millis(10));
     }
-    if power_cut {
-        // Idle, its log writer vouches durably for its last group; then it loses power.
+    if down == Down::PowerCutWhenIdle {
+        // Idle, its log writer vouches durably for its last group.
         std::thread::sleep(Duration::from_millis(200));
-        cluster.kill(rotting);
+    }
+    cluster.kill(rotting);
+    if down != Down::Killed {
         cluster.faultfs(rotting).power_cut(None).unwrap();
-    } else {
-        cluster.kill(rotting);
     }
     let (segment, byte) = last_batch_byte(&cluster, rotting);
     cluster.faultfs(rotting).flip(&segment, byte, 3).unwrap();
@@ -217,12 +235,20 @@ fn an_acknowledged_tail_that_rots_keeps_the_follower_mute_until_repaired(power_c
 
 #[test]
 fn a_follower_whose_acknowledged_tail_rots_stays_mute_until_a_leader_repairs_it() {
-    an_acknowledged_tail_that_rots_keeps_the_follower_mute_until_repaired(true);
+    an_acknowledged_tail_that_rots_keeps_the_follower_mute_until_repaired(Down::PowerCutWhenIdle);
 }
 
 #[test]
 fn a_follower_killed_right_after_acknowledging_whose_tail_rots_stays_mute_until_repaired() {
-    an_acknowledged_tail_that_rots_keeps_the_follower_mute_until_repaired(false);
+    an_acknowledged_tail_that_rots_keeps_the_follower_mute_until_repaired(Down::Killed);
+}
+
+#[test]
+fn a_follower_marking_before_ack_that_loses_power_right_after_acknowledging_stays_mute_until_repaired(
+) {
+    an_acknowledged_tail_that_rots_keeps_the_follower_mute_until_repaired(
+        Down::PowerCutMarkedBeforeAck,
+    );
 }
 
 /// A byte inside a batch in the middle of node `id`'s first log segment, which must be sealed
