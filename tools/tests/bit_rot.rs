@@ -328,10 +328,6 @@ fn a_leader_whose_sealed_segment_rots_is_repaired_from_the_next_leader() {
     a_sealed_segment_that_rots_is_repaired_from_a_peer(true);
 }
 
-/// A follower's newest snapshot file rots while it is down, after its log was compacted under
-/// it: the file is detected by its checksum and dropped (never loaded, never served), the log
-/// with no base state left is emptied, and the leader's snapshot is installed by
-/// InstallSnapshot. Before this change the node refused to start.
 /// A bit flipped in a sealed segment of node `victim` while it runs (the fault filesystem
 /// has no page cache: the next read sees it). A follower meets it serving a consumer that reads
 /// from offset 0; a leader meets it reading entries for a follower that was down from the
@@ -421,6 +417,10 @@ fn a_running_leader_whose_sealed_segment_rots_under_a_catching_up_follower_repai
     a_running_node_whose_sealed_segment_rots_repairs_it_in_place(true);
 }
 
+/// A follower's newest snapshot file rots while it is down, after its log was compacted under
+/// it: the file is detected by its checksum and dropped (never loaded, never served), the log
+/// with no base state left is emptied, and the leader's snapshot is installed by
+/// InstallSnapshot. Before this change the node refused to start.
 #[test]
 fn a_corrupt_snapshot_file_is_dropped_and_refetched_from_the_leader() {
     let flags = [FLAGS, &["--snapshot-every-mib", "1", "--retain-mib", "1"]].concat();
@@ -463,6 +463,76 @@ fn a_corrupt_snapshot_file_is_dropped_and_refetched_from_the_leader() {
         Some(files.len() as u64)
     );
     assert!(gauge(&cluster, victim, "raftline_snapshot_index") > Some(0));
+}
+
+/// The snapshot a running leader would send rots under it before a follower that was down
+/// from the start comes back, its log compacted past everything the follower has: the leader
+/// meets the damage verifying the file before the first InstallSnapshot chunk, sends nothing of
+/// it, and repairs in place (reopened, the snapshot dropped, mute until a leader gives back its
+/// state) instead of exiting; the healthy follower leads and installs its own snapshot on both.
+/// Without the reopen (`EventLoop::with_reopen`) the leader exits at the check and the test
+/// fails.
+#[test]
+fn a_running_leader_whose_snapshot_rots_before_installing_it_on_a_follower_repairs_it_in_place() {
+    let flags = [FLAGS, &["--snapshot-every-mib", "1", "--retain-mib", "1"]].concat();
+    let mut cluster = Cluster::start_on_faultfs(3, "auto", &flags);
+    let leader = cluster.wait_leader();
+    let returning = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.kill(returning);
+    let mut ledger = Ledger::new();
+    // About 24 MiB: past the 16 MiB of entries the leader's core keeps in memory, so that only
+    // a snapshot can bring the follower back.
+    produce_with(&cluster, 0..200, &mut ledger, big_batch);
+    let end = ledger.values().map(|&(_, last)| last + 1).max().unwrap();
+    wait_for("the leader compacting its log", || {
+        status(cluster.node(leader).client).is_ok_and(|s| s.log_first_index > 1)
+    });
+    let snapshots = cluster.node(leader).data_dir.join("snapshots");
+    let served = raftline_log::latest_snapshot(&snapshots).unwrap().unwrap();
+    cluster
+        .faultfs(leader)
+        .flip(&served.path, 60_000, 3)
+        .unwrap();
+    cluster.spawn(returning);
+    let deadline = Instant::now() + DEADLINE;
+    while gauge(&cluster, leader, "raftline_storage_reopens_total") < Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the leader never reopened its storage:\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    produce_with(&cluster, 100..110, &mut ledger, big_batch);
+    repaired(&cluster, leader);
+    caught_up(&cluster, returning, end);
+    assert_eq!(
+        cluster.await_exit(leader, Duration::ZERO),
+        None,
+        "the leader repaired itself in place:\n{}",
+        cluster.log_of(leader)
+    );
+    // Entries after the installed snapshots, so that every node's log holds some to compare.
+    produce(&cluster, 200..210, &mut ledger);
+    let violations = check(&cluster, &ledger, RECORDS);
+    assert!(violations.is_empty(), "{violations:#?}\n{}", cluster.logs());
+    let log = cluster.log_of(leader);
+    assert!(
+        log.contains("storage damage found while running"),
+        "the leader says what it met:\n{log}"
+    );
+    assert!(
+        log.contains("snapshot file corrupt: dropping it"),
+        "and drops the damaged snapshot at the reopen:\n{log}"
+    );
+    assert!(repairs(&cluster, leader, "snapshot") >= Some(1));
+    assert!(
+        cluster
+            .log_of(returning)
+            .contains("snapshot from the leader installed"),
+        "the returning follower installs a snapshot from the new leader:\n{}",
+        cluster.log_of(returning)
+    );
 }
 
 /// Flips a bit in slot `slot` of node `id`'s hard state (the node is down).

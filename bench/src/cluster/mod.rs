@@ -157,6 +157,11 @@ pub struct ClusterBenchArgs {
     /// latency (`raftline server --emulate-disk`); marked in the report. See `bench profiles`.
     #[arg(long, value_enum, value_name = "hdd|sata|nvme")]
     pub emulate_disk: Option<DiskProfile>,
+    /// A flag added to every local server's command line (repeatable; e.g.
+    /// `--server-arg=--durable-mark-before-ack`), to measure a server setting; named in the
+    /// report.
+    #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
     /// The local cluster in network namespaces with delayed links (see `--netns`).
     #[command(flatten)]
     pub netns: NetnsArgs,
@@ -201,6 +206,8 @@ pub struct BenchSetup {
     pub duration_s: f64,
     /// EMULATION in effect on the cluster's logs (null: the real disk).
     pub emulated_disk: Option<EmulatedDisk>,
+    /// `--server-arg` flags every local server ran with.
+    pub server_args: Vec<String>,
 }
 
 /// The disk's own limits, measured on the benchmark's directory.
@@ -308,6 +315,11 @@ pub fn validate(args: &ClusterBenchArgs) -> anyhow::Result<()> {
         args.emulate_disk.is_none() || args.bootstrap.is_none(),
         "--emulate-disk configures the local cluster's servers; a --bootstrap cluster emulates \
          only if its servers were started with --emulate-disk"
+    );
+    anyhow::ensure!(
+        args.server_args.is_empty() || (args.bootstrap.is_none() && !args.null_node),
+        "--server-arg configures the local cluster's servers: it takes no --bootstrap or \
+         --null-node"
     );
     anyhow::ensure!(
         !args.null_node
@@ -442,6 +454,7 @@ pub fn run_with_disk(
                 None => Vec::new(),
             };
             server_args.extend(emulated_disk::server_args(args.emulate_disk));
+            server_args.extend(args.server_args.iter().cloned());
             let placement = match args.netns.netns {
                 Some(scenario) => {
                     let run: &NetnsRun = netns.insert(NetnsRun::start(
@@ -579,6 +592,7 @@ fn setup(args: &ClusterBenchArgs) -> BenchSetup {
         warmup_s: args.warmup,
         duration_s: args.duration,
         emulated_disk: args.emulate_disk.map(EmulatedDisk::from),
+        server_args: args.server_args.clone(),
     }
 }
 
@@ -935,6 +949,9 @@ fn render_text(r: &ClusterBenchReport) -> String {
             .map_or(String::new(), |r| format!(", fixed rate {r:.0} appends/s"))
         )
     };
+    if !s.server_args.is_empty() {
+        out += &format!("servers ran with: {}\n", s.server_args.join(" "));
+    }
     if let Some(emulated) = &s.emulated_disk {
         out.insert_str(0, &format!("{}\n", emulated.profile.banner()));
     }
