@@ -635,35 +635,86 @@ fn both_hard_state_slots_damaged_the_node_refuses_to_vote_until_it_learns_the_te
     a_damaged_hard_state_keeps_a_node_from_voting_until_it_learns_the_term(true);
 }
 
-/// The snapshot a running node serves rots under it: a consumer asking for the state gets an
-/// error naming the checksum, never records decoded from the damaged file. Before this change
-/// the node streamed the file as it was.
-#[test]
-fn a_served_snapshot_that_rots_is_refused_to_consumers_not_streamed() {
-    let flags = [FLAGS, &["--snapshot-every-mib", "1", "--retain-mib", "1"]].concat();
-    let cluster = Cluster::start_on_faultfs(3, "auto", &flags);
-    let node = cluster.wait_leader();
-    let mut ledger = Ledger::new();
-    produce_with(&cluster, 0..40, &mut ledger, big_batch);
-    wait_for("a snapshot served", || {
-        gauge(&cluster, node, "raftline_snapshot_index") > Some(0)
-    });
-    let snapshots = cluster.node(node).data_dir.join("snapshots");
-    let served = raftline_log::latest_snapshot(&snapshots).unwrap().unwrap();
-    // Inside the records' values, far past the header.
-    cluster.faultfs(node).flip(&served.path, 60_000, 3).unwrap();
-    let mut conn = cluster_support::Conn::connect(cluster.node(node).client).unwrap();
+/// Node `id`'s first answer to a new consumer asking for the served snapshot.
+fn subscribe_snapshot(
+    cluster: &Cluster,
+    id: u64,
+    subscription_id: u64,
+) -> raftline_netio::client_proto::Response {
+    let mut conn = cluster_support::Conn::connect(cluster.node(id).client).unwrap();
     conn.send(&raftline_netio::client_proto::Request::SubscribeSnapshot {
-        subscription_id: 7,
+        subscription_id,
         window_bytes: 1 << 20,
         resume: None,
     })
     .unwrap();
-    match conn.recv().unwrap() {
+    conn.recv().unwrap()
+}
+
+/// The snapshot a running node serves rots under it: a consumer asking for the state gets an
+/// error naming the checksum, never records decoded from the damaged file, and the node repairs
+/// the snapshot in place (reopened, the file dropped, a leader's installed) without exiting, so
+/// that the next consumer is served. Before the first change the node streamed the file as it
+/// was; without handing the damage to the repair (`Subscriptions::damage`), every later
+/// consumer is refused until a restart and the test fails.
+#[test]
+fn a_served_snapshot_that_rots_is_refused_to_consumers_not_streamed_and_repaired() {
+    let flags = [FLAGS, &["--snapshot-every-mib", "1", "--retain-mib", "1"]].concat();
+    let mut cluster = Cluster::start_on_faultfs(3, "auto", &flags);
+    let node = cluster.wait_leader();
+    let mut ledger = Ledger::new();
+    produce_with(&cluster, 0..40, &mut ledger, big_batch);
+    // A snapshot of everything applied: the last one until more is produced.
+    let mut admin = cluster_support::Conn::connect(cluster.node(node).client).unwrap();
+    admin
+        .send(&raftline_netio::client_proto::Request::SnapshotNow { request_id: 1 })
+        .unwrap();
+    let taken = match admin.recv().unwrap() {
+        raftline_netio::client_proto::Response::SnapshotTaken { index, .. } => index,
+        other => panic!("no snapshot taken: {other:?}"),
+    };
+    wait_for("the snapshot taken served", || {
+        gauge(&cluster, node, "raftline_snapshot_index") == Some(taken)
+    });
+    let snapshots = cluster.node(node).data_dir.join("snapshots");
+    let served = raftline_log::latest_snapshot(&snapshots).unwrap().unwrap();
+    assert_eq!(served.last_index, taken);
+    // Inside the records' values, far past the header.
+    cluster.faultfs(node).flip(&served.path, 60_000, 3).unwrap();
+    match subscribe_snapshot(&cluster, node, 7) {
         raftline_netio::client_proto::Response::Error { error, .. } => {
             let why = format!("{error:?}");
             assert!(why.contains("checksum"), "{why}");
         }
         other => panic!("a damaged snapshot was streamed: {other:?}"),
     }
+    wait_counter(
+        cluster.node(node).metrics,
+        "raftline_storage_reopens_total",
+        1,
+    );
+    produce_with(&cluster, 100..110, &mut ledger, big_batch);
+    repaired(&cluster, node);
+    assert_eq!(
+        cluster.await_exit(node, Duration::ZERO),
+        None,
+        "the node repaired itself in place:\n{}",
+        cluster.log_of(node)
+    );
+    assert!(
+        cluster
+            .log_of(node)
+            .contains("snapshot file corrupt: dropping it"),
+        "the reopen drops the damaged snapshot:\n{}",
+        cluster.log_of(node)
+    );
+    match subscribe_snapshot(&cluster, node, 8) {
+        raftline_netio::client_proto::Response::SnapshotBegin { info, .. } => {
+            assert!(info.index > 0, "{info:?}")
+        }
+        other => panic!("the repaired node serves no snapshot: {other:?}"),
+    }
+    produce(&cluster, 200..210, &mut ledger);
+    let violations = check(&cluster, &ledger, RECORDS);
+    assert!(violations.is_empty(), "{violations:#?}\n{}", cluster.logs());
 }

@@ -16,7 +16,7 @@ use raftline_netio::net::{ClientId, Net, SendError, SendWithError};
 
 use crate::replica::{FatalError, Replica};
 use crate::replies::Replier;
-use crate::snapshot_stream::SnapshotStream;
+use crate::snapshot_stream::{SnapshotStream, StreamError};
 
 /// Batch bytes read from the log into one `Batches` frame at most.
 const STREAM_FRAME_BYTES_MAX: usize = 1 << 20;
@@ -50,6 +50,10 @@ pub struct Subscriptions {
     /// Batches read from the log for one frame, reused by every subscription (no fresh buffer
     /// per read); at most a frame's worth, or one batch when that batch alone is larger.
     read_buf: Vec<u8>,
+    /// The served snapshot failed its checksum when a consumer asked for it: returned by the
+    /// next [`Subscriptions::stream`], so that the node repairs it in place (as when sending it
+    /// to a follower) instead of refusing every consumer until a restart.
+    damage: Option<LogError>,
 }
 
 impl Subscriptions {
@@ -67,6 +71,7 @@ impl Subscriptions {
             subscriptions_per_client_max,
             clients: HashMap::new(),
             read_buf: Vec::new(),
+            damage: None,
         }
     }
 
@@ -195,6 +200,9 @@ impl Subscriptions {
                     subscription_id,
                     ClientError::Unavailable { why },
                 );
+                if let StreamError::Corrupt { source, .. } = e {
+                    self.damage = Some(source);
+                }
                 return;
             }
         };
@@ -237,7 +245,11 @@ impl Subscriptions {
     }
 
     /// Sends committed batches to every subscription that has credit and something new to read.
+    /// `Err` for damage met reading the log, or the served snapshot's found since the last call.
     pub fn stream(&mut self, net: &mut Net, replica: &Replica) -> Result<(), FatalError> {
+        if let Some(damage) = self.damage.take() {
+            return Err(FatalError::Log(damage));
+        }
         let readable_end = replica.readable_end_offset();
         let (cluster_id, node_id) = (self.replier.cluster_id, self.replier.node_id);
         let mut failed: Vec<(ClientId, u64, ClientError)> = Vec::new();
