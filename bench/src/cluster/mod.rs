@@ -160,7 +160,7 @@ pub struct ClusterBenchArgs {
     /// A flag added to every local server's command line (repeatable; e.g.
     /// `--server-arg=--durable-mark-before-ack`), to measure a server setting; named in the
     /// report.
-    #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
+    #[arg(long = "server-arg", value_name = "FLAG", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
     /// The local cluster in network namespaces with delayed links (see `--netns`).
     #[command(flatten)]
@@ -950,7 +950,7 @@ fn render_text(r: &ClusterBenchReport) -> String {
         )
     };
     if !s.server_args.is_empty() {
-        out += &format!("servers ran with: {}\n", s.server_args.join(" "));
+        out += &format!("server flags: {}\n", s.server_args.join(" "));
     }
     if let Some(emulated) = &s.emulated_disk {
         out.insert_str(0, &format!("{}\n", emulated.profile.banner()));
