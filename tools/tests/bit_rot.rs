@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use cluster_support::acks::{check, Ledger};
 use cluster_support::{
-    append_window_within, http_get, read_batches, status, tagged_batch, wait_counter, Cluster,
-    Outcome, DEADLINE,
+    append_window_within, http_get, read_batches, status, tagged_batch, Cluster, Outcome, DEADLINE,
 };
 use raftline_log::batch::check_frame;
 use raftline_log::segment::{list_segments, segment_path, SEGMENT_HEADER_BYTES};
@@ -117,6 +116,27 @@ fn repaired(cluster: &Cluster, id: u64) {
     wait_for(&format!("node {id}'s repair"), || {
         gauge(cluster, id, "raftline_repair_pending") == Some(0)
     });
+}
+
+/// Waits until node `id` has reopened its storage for damage met while running, appends `tags`
+/// meanwhile (the cluster must take them), waits for its repair and checks that it never exited.
+fn repaired_in_place(
+    cluster: &mut Cluster,
+    id: u64,
+    tags: std::ops::Range<u64>,
+    ledger: &mut Ledger,
+) {
+    wait_for(&format!("node {id} reopening its storage"), || {
+        gauge(cluster, id, "raftline_storage_reopens_total") >= Some(1)
+    });
+    produce_with(cluster, tags, ledger, big_batch);
+    repaired(cluster, id);
+    assert_eq!(
+        cluster.await_exit(id, Duration::ZERO),
+        None,
+        "node {id} repaired itself in place:\n{}",
+        cluster.log_of(id)
+    );
 }
 
 /// The tail segment of node `id`'s log (read through its mount) and the position of the last
@@ -359,19 +379,7 @@ fn a_running_node_whose_sealed_segment_rots_repairs_it_in_place(victim_leads: bo
     } else {
         Some(read_batches(cluster.node(victim).client, 0, end))
     };
-    wait_counter(
-        cluster.node(victim).metrics,
-        "raftline_storage_reopens_total",
-        1,
-    );
-    produce_with(&cluster, 1000..1010, &mut ledger, big_batch);
-    repaired(&cluster, victim);
-    assert_eq!(
-        cluster.await_exit(victim, Duration::ZERO),
-        None,
-        "the node repaired itself in place:\n{}",
-        cluster.log_of(victim)
-    );
+    repaired_in_place(&mut cluster, victim, 1000..1010, &mut ledger);
     let violations = check(&cluster, &ledger, RECORDS);
     assert!(violations.is_empty(), "{violations:#?}\n{}", cluster.logs());
     if let Some(consumed) = consumed {
@@ -494,24 +502,8 @@ fn a_running_leader_whose_snapshot_rots_before_installing_it_on_a_follower_repai
         .flip(&served.path, 60_000, 3)
         .unwrap();
     cluster.spawn(returning);
-    let deadline = Instant::now() + DEADLINE;
-    while gauge(&cluster, leader, "raftline_storage_reopens_total") < Some(1) {
-        assert!(
-            Instant::now() < deadline,
-            "the leader never reopened its storage:\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    produce_with(&cluster, 100..110, &mut ledger, big_batch);
-    repaired(&cluster, leader);
+    repaired_in_place(&mut cluster, leader, 100..110, &mut ledger);
     caught_up(&cluster, returning, end);
-    assert_eq!(
-        cluster.await_exit(leader, Duration::ZERO),
-        None,
-        "the leader repaired itself in place:\n{}",
-        cluster.log_of(leader)
-    );
     // Entries after the installed snapshots, so that every node's log holds some to compare.
     produce(&cluster, 200..210, &mut ledger);
     let violations = check(&cluster, &ledger, RECORDS);
@@ -688,19 +680,7 @@ fn a_served_snapshot_that_rots_is_refused_to_consumers_not_streamed_and_repaired
         }
         other => panic!("a damaged snapshot was streamed: {other:?}"),
     }
-    wait_counter(
-        cluster.node(node).metrics,
-        "raftline_storage_reopens_total",
-        1,
-    );
-    produce_with(&cluster, 100..110, &mut ledger, big_batch);
-    repaired(&cluster, node);
-    assert_eq!(
-        cluster.await_exit(node, Duration::ZERO),
-        None,
-        "the node repaired itself in place:\n{}",
-        cluster.log_of(node)
-    );
+    repaired_in_place(&mut cluster, node, 100..110, &mut ledger);
     assert!(
         cluster
             .log_of(node)
