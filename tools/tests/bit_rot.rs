@@ -473,6 +473,29 @@ fn a_corrupt_snapshot_file_is_dropped_and_refetched_from_the_leader() {
     assert!(gauge(&cluster, victim, "raftline_snapshot_index") > Some(0));
 }
 
+/// Has node `id` snapshot everything it applied (`SnapshotNow`: the last snapshot until more is
+/// produced, so no newer one replaces it under a test) and returns that file once it is served.
+fn snapshot_served_now(cluster: &Cluster, id: u64) -> raftline_log::snapshot::SnapshotMeta {
+    let mut admin = cluster_support::Conn::connect(cluster.node(id).client).unwrap();
+    admin
+        .send(&raftline_netio::client_proto::Request::SnapshotNow { request_id: 1 })
+        .unwrap();
+    let taken = match admin.recv().unwrap() {
+        raftline_netio::client_proto::Response::SnapshotTaken { index, .. } => index,
+        other => panic!("no snapshot taken: {other:?}"),
+    };
+    wait_for("the snapshot taken served", || {
+        gauge(cluster, id, "raftline_snapshot_index") == Some(taken)
+    });
+    let snapshots = cluster.node(id).data_dir.join("snapshots");
+    let served = raftline_log::latest_snapshot(&snapshots).unwrap().unwrap();
+    assert_eq!(
+        served.last_index, taken,
+        "the newest file is the one served"
+    );
+    served
+}
+
 /// The snapshot a running leader would send rots under it before a follower that was down
 /// from the start comes back, its log compacted past everything the follower has: the leader
 /// meets the damage verifying the file before the first InstallSnapshot chunk, sends nothing of
@@ -495,8 +518,7 @@ fn a_running_leader_whose_snapshot_rots_before_installing_it_on_a_follower_repai
     wait_for("the leader compacting its log", || {
         status(cluster.node(leader).client).is_ok_and(|s| s.log_first_index > 1)
     });
-    let snapshots = cluster.node(leader).data_dir.join("snapshots");
-    let served = raftline_log::latest_snapshot(&snapshots).unwrap().unwrap();
+    let served = snapshot_served_now(&cluster, leader);
     cluster
         .faultfs(leader)
         .flip(&served.path, 60_000, 3)
@@ -656,21 +678,7 @@ fn a_served_snapshot_that_rots_is_refused_to_consumers_not_streamed_and_repaired
     let node = cluster.wait_leader();
     let mut ledger = Ledger::new();
     produce_with(&cluster, 0..40, &mut ledger, big_batch);
-    // A snapshot of everything applied: the last one until more is produced.
-    let mut admin = cluster_support::Conn::connect(cluster.node(node).client).unwrap();
-    admin
-        .send(&raftline_netio::client_proto::Request::SnapshotNow { request_id: 1 })
-        .unwrap();
-    let taken = match admin.recv().unwrap() {
-        raftline_netio::client_proto::Response::SnapshotTaken { index, .. } => index,
-        other => panic!("no snapshot taken: {other:?}"),
-    };
-    wait_for("the snapshot taken served", || {
-        gauge(&cluster, node, "raftline_snapshot_index") == Some(taken)
-    });
-    let snapshots = cluster.node(node).data_dir.join("snapshots");
-    let served = raftline_log::latest_snapshot(&snapshots).unwrap().unwrap();
-    assert_eq!(served.last_index, taken);
+    let served = snapshot_served_now(&cluster, node);
     // Inside the records' values, far past the header.
     cluster.faultfs(node).flip(&served.path, 60_000, 3).unwrap();
     match subscribe_snapshot(&cluster, node, 7) {
