@@ -50,14 +50,15 @@ pub enum LogError {
         /// The OS error.
         source: Arc<std::io::Error>,
     },
-    /// Acknowledged data on disk fails validation; the log refuses to serve or extend it.
+    /// Acknowledged data on disk (a log segment or a snapshot file) fails validation; the log
+    /// refuses to serve or extend it.
     #[error(
-        "corrupt log data in {} at byte {position}: {kind}; the node must not serve this range \
-         (restore this replica from a peer or a snapshot)",
+        "corrupt data in {} (the frame at byte {position}): {kind}; nothing of it may be served \
+         until it is fetched again from a peer",
         segment.display()
     )]
     Corrupt {
-        /// The segment file.
+        /// The segment (or snapshot) file.
         segment: PathBuf,
         /// Byte position inside the file.
         position: u64,

@@ -128,8 +128,66 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_report(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `e` and the chain of its sources, joined by ": ", leaving out a source whose message the one
+/// before it already holds: most of the project's errors embed their source's message, which
+/// anyhow's `{:#}` would print again at every level.
+fn error_report(e: &anyhow::Error) -> String {
+    let mut report = e.to_string();
+    let mut previous = report.clone();
+    for cause in e.chain().skip(1) {
+        let message = cause.to_string();
+        if !previous.contains(&message) {
+            report.push_str(": ");
+            report.push_str(&message);
+        }
+        previous = message;
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_report;
+    use anyhow::Context;
+
+    /// An error whose message embeds its source's, as the project's errors do.
+    #[derive(Debug)]
+    struct Embeds(std::io::Error);
+
+    impl std::fmt::Display for Embeds {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "reading the log: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Embeds {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    fn disk_gone() -> std::io::Error {
+        std::io::Error::other("disk gone")
+    }
+
+    #[test]
+    fn an_error_report_names_each_cause_once() {
+        let embedded = Err::<(), _>(Embeds(disk_gone())).context("starting the node");
+        assert_eq!(
+            error_report(&embedded.unwrap_err()),
+            "starting the node: reading the log: disk gone"
+        );
+        let bare = Err::<(), _>(disk_gone()).context("opening hard_state");
+        assert_eq!(
+            error_report(&bare.unwrap_err()),
+            "opening hard_state: disk gone",
+            "a context whose source it does not embed still shows it"
+        );
     }
 }
