@@ -134,6 +134,14 @@ impl DurableState {
         }
     }
 
+    /// `Err(Failed)` once the log has failed.
+    pub fn check_failed(&self) -> Result<(), LogError> {
+        match &self.failed {
+            Some(why) => Err(LogError::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// The outcome of op `op` if it is known: `Ok` once completed, the write error for the ops
     /// of the failed group, `Failed` for every later one.
     pub fn outcome(&self, op: u64) -> Option<Result<(), LogError>> {
@@ -551,11 +559,16 @@ impl Writer {
                 self.shared.set_busy(false);
             }
             Err(e) => {
-                let held = self.unvouched.take().map_or(0, |(ops, _)| ops);
+                let held = self.take_held_ops();
                 self.complete(held, Err(e));
             }
         }
         true
+    }
+
+    /// How many ops were held for a marker, no longer held (they complete or fail with the caller's).
+    fn take_held_ops(&mut self) -> u64 {
+        self.unvouched.take().map_or(0, |(ops, _)| ops)
     }
 
     /// Completes the held ops: a synced marker now vouches for every entry through `mark`.
@@ -630,7 +643,7 @@ impl Writer {
                 }
                 // This group's ops wait for the marker the next group (or one of its own)
                 // carries; a group too large to carry one adds its ops to those held.
-                let held = self.unvouched.map_or(0, |(ops, _)| ops);
+                let held = self.take_held_ops();
                 self.unvouched = Some((held + ops, durable));
                 self.shared.set_busy(false);
             }
@@ -640,7 +653,7 @@ impl Writer {
             }
             // The held ops fail with this group's: none was acknowledged.
             Err(e) => {
-                let held = self.unvouched.take().map_or(0, |(ops, _)| ops);
+                let held = self.take_held_ops();
                 self.complete(held + ops, Err(e));
             }
         }

@@ -402,10 +402,11 @@ impl Log {
     }
 
     fn check_failed(&self) -> Result<(), LogError> {
-        match &self.shared.durable.lock().expect("durable lock").failed {
-            Some(why) => Err(LogError::Failed(why.clone())),
-            None => Ok(()),
-        }
+        self.shared
+            .durable
+            .lock()
+            .expect("durable lock")
+            .check_failed()
     }
 
     /// Appends `batch` as the entry at `index` (or at the next index if `None`) with `term`: stamps
@@ -555,10 +556,8 @@ impl Log {
     /// driver reports exactly what the writer vouches for. `Err` once failed.
     pub fn durable_last(&self) -> Result<(u64, u64), LogError> {
         let d = self.shared.durable.lock().expect("durable lock");
-        match &d.failed {
-            Some(why) => Err(LogError::Failed(why.clone())),
-            None => Ok((d.durable_index, d.durable_term)),
-        }
+        d.check_failed()?;
+        Ok((d.durable_index, d.durable_term))
     }
 
     /// Waits until the durable index reaches `index` or `timeout` passes; returns the durable index.
@@ -566,10 +565,8 @@ impl Log {
         let guard = self.shared.wait_durable_until(Some(timeout), |d| {
             d.durable_index >= index || d.failed.is_some() || d.closed
         });
-        match &guard.failed {
-            Some(why) => Err(LogError::Failed(why.clone())),
-            None => Ok(guard.durable_index),
-        }
+        guard.check_failed()?;
+        Ok(guard.durable_index)
     }
 
     /// Earliest retained record offset.
