@@ -597,7 +597,12 @@ impl Writer {
         self.buf
             .extend_from_slice(Batch::durable_mark(durable, self.header.seq).as_bytes());
         self.buf.pad_to_sector();
-        match self.file.write_all_at(self.buf.as_slice(), self.pos) {
+        // Outstanding like any log write: a disk that freezes under this pwrite must show as
+        // a stall (`write_age`), not as an idle writer.
+        self.shared.set_busy(true);
+        let written = self.file.write_all_at(self.buf.as_slice(), self.pos);
+        self.shared.set_busy(false);
+        match written {
             Ok(()) => {
                 self.mark_ahead = Some(self.pos);
                 self.shared
